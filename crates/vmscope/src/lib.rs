@@ -1,0 +1,27 @@
+//! vmscope: an observability agent for virtual-machine hosts.
+//!
+//! Data flow (see `docs/architecture.md`):
+//!
+//! ```text
+//! discovery/  -> which VMs exist (process scan, libvirt status XML)
+//! collectors/ -> one file per thing measured (vm_process, vm_vcpu, vm_net, host_*)
+//! collect     -> runs both on an interval, builds one immutable Arc<Snapshot>
+//! consumers:     export/ (Prometheus text, OpenMetrics, JSON)   api/ (HTTP)
+//! ```
+
+pub mod api;
+pub mod collect;
+pub mod collectors;
+pub mod config;
+pub mod discovery;
+pub mod export;
+pub mod model;
+pub mod roots;
+
+/// Version and build facts, exported as `vmscope_build_info`.
+pub struct BuildInfo;
+
+impl BuildInfo {
+    pub const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    pub const RUST_VERSION: &'static str = "1.95";
+}

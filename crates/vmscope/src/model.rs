@@ -1,0 +1,335 @@
+//! The snapshot: one immutable picture of the host and its VMs per tick.
+//!
+//! The collector builds a [`Snapshot`] once per interval and publishes it as an
+//! `Arc<Snapshot>`; every consumer (the `/metrics` encoder, the JSON API, the
+//! watchdog, later the usage ledger) reads that same value and never blocks
+//! the collector. Nothing in here does IO.
+//!
+//! Units are base units everywhere: seconds, bytes, ratios in 0..1. Counters
+//! are the kernel's own cumulative values, passed through.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Which hypervisor runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hypervisor {
+    Qemu,
+    CloudHypervisor,
+    Firecracker,
+}
+
+impl Hypervisor {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Hypervisor::Qemu => "qemu",
+            Hypervisor::CloudHypervisor => "cloud_hypervisor",
+            Hypervisor::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// Where a VM was discovered. A libvirt domain is also a process; it is
+/// reported once, with source `libvirt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Process,
+    Libvirt,
+}
+
+impl Source {
+    pub const ALL: [Source; 2] = [Source::Process, Source::Libvirt];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Process => "process",
+            Source::Libvirt => "libvirt",
+        }
+    }
+}
+
+/// VM run state, exposed as one 0/1 series per state (StateSet style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    Running,
+    Paused,
+    ShuttingDown,
+    Crashed,
+    Suspended,
+    Unknown,
+}
+
+impl VmState {
+    pub const ALL: [VmState; 6] = [
+        VmState::Running,
+        VmState::Paused,
+        VmState::ShuttingDown,
+        VmState::Crashed,
+        VmState::Suspended,
+        VmState::Unknown,
+    ];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::ShuttingDown => "shutting_down",
+            VmState::Crashed => "crashed",
+            VmState::Suspended => "suspended",
+            VmState::Unknown => "unknown",
+        }
+    }
+}
+
+/// Who a VM belongs to, as far as the host can tell (Nova metadata today;
+/// platform records later).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Owner {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_name: Option<String>,
+}
+
+impl Owner {
+    /// The best short human label: user name, else user id.
+    pub fn user_label(&self) -> Option<&str> {
+        self.user_name.as_deref().or(self.user_id.as_deref())
+    }
+    pub fn project_label(&self) -> Option<&str> {
+        self.project_name.as_deref().or(self.project_id.as_deref())
+    }
+}
+
+/// CPU time of the whole hypervisor process (all threads), in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CpuSeconds {
+    pub user: f64,
+    pub system: f64,
+    /// Time spent running guest code, where the kernel reports it (KVM).
+    /// Part of `user` already: not to be added on top.
+    pub guest: Option<f64>,
+}
+
+impl CpuSeconds {
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// One vCPU thread.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VcpuStats {
+    /// vCPU index inside the guest (0-based).
+    pub index: u32,
+    /// Host thread id (JSON API only; never a metric label).
+    pub tid: u32,
+    /// CPU seconds the thread ran on a host CPU.
+    pub cpu_seconds: f64,
+    /// Seconds the thread was runnable but waiting for a host CPU
+    /// (the guest's steal time), from schedstat when the kernel has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<f64>,
+}
+
+/// One TAP interface, counted in the VM's direction: `rx` is what the guest
+/// received (the TAP's host-side tx), `tx` is what the guest sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetStats {
+    pub interface: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_drops: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_drops: u64,
+}
+
+/// Storage I/O the hypervisor process caused, from `/proc/PID/io`
+/// (all of the VM's disks together; per-device needs the hypervisor's API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DiskIo {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// Rates over the last interval, computed from two consecutive samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct VmRates {
+    /// Seconds the rate is computed over.
+    pub window_seconds: f64,
+    /// Host CPU cores in use by the hypervisor process (1.0 = one core).
+    pub cpu_cores: f64,
+    /// `cpu_cores / allocated_vcpus`, when the vCPU count is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_utilization_ratio: Option<f64>,
+    pub network_rx_bytes_per_second: f64,
+    pub network_tx_bytes_per_second: f64,
+    pub disk_read_bytes_per_second: f64,
+    pub disk_write_bytes_per_second: f64,
+}
+
+/// Everything vmscope knows about one VM at one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmStats {
+    /// Stable identity: the UUID when the hypervisor has one, else an id
+    /// derived from (pid, process start time) that survives PID reuse.
+    pub id: String,
+    pub name: String,
+    pub hypervisor: Hypervisor,
+    pub source: Source,
+    pub pid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    pub state: VmState,
+    /// Unix seconds when the hypervisor process started.
+    pub start_time_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+    /// Flavor or machine type, where the platform says (Nova).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<String>,
+    /// The platform's display name when it differs from `name` (Nova).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocated_vcpus: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocated_memory_bytes: Option<u64>,
+    pub cpu: CpuSeconds,
+    pub vcpus: Vec<VcpuStats>,
+    pub memory_rss_bytes: u64,
+    pub memory_virtual_bytes: u64,
+    /// RSS / allocated memory. Can exceed 1 slightly: RSS includes the
+    /// hypervisor's own overhead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_utilization_ratio: Option<f64>,
+    pub network: Vec<NetStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskIo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rates: Option<VmRates>,
+    /// False when this tick's read failed and the values are the last good ones.
+    pub collect_success: bool,
+    /// Seconds since the values were last read successfully (0 when fresh).
+    pub collect_age_seconds: f64,
+}
+
+impl VmStats {
+    pub fn network_totals(&self) -> (u64, u64) {
+        self.network.iter().fold((0, 0), |(rx, tx), n| {
+            (rx.saturating_add(n.rx_bytes), tx.saturating_add(n.tx_bytes))
+        })
+    }
+}
+
+/// Space on one real (non-pseudo) filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FilesystemStats {
+    pub device: String,
+    pub mountpoint: String,
+    pub fstype: String,
+    pub size_bytes: u64,
+    /// Free for root.
+    pub free_bytes: u64,
+    /// Free for unprivileged users.
+    pub avail_bytes: u64,
+}
+
+/// The host itself: just what the watchdog and the VMs-per-host picture need.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct HostStats {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Share of all CPUs busy over the last interval (absent on the first tick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_ratio: Option<f64>,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub memory_used_ratio: f64,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+    pub filesystems: Vec<FilesystemStats>,
+}
+
+/// How one collector did on this tick, plus its running error counts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectorStatus {
+    pub name: &'static str,
+    pub duration_seconds: f64,
+    pub success: bool,
+    /// Cumulative errors by kind since start (`gone`, `io`, `parse`, `timeout`).
+    pub errors_total: Vec<(&'static str, u64)>,
+}
+
+/// One tick's worth of everything.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    /// Increases by one per tick; 0 is the empty snapshot before the first tick.
+    pub seq: u64,
+    #[serde(serialize_with = "ser_unix")]
+    pub collected_at: SystemTime,
+    /// Collection interval.
+    #[serde(serialize_with = "ser_secs")]
+    pub interval: Duration,
+    /// Wall time the whole tick took.
+    pub tick_duration_seconds: f64,
+    pub host: HostStats,
+    /// Sorted by `id`; ids are unique.
+    pub vms: Vec<VmStats>,
+    pub collectors: Vec<CollectorStatus>,
+    /// VMs found per source this tick.
+    pub discovered: Vec<(Source, usize)>,
+}
+
+impl Snapshot {
+    /// The placeholder published before the first tick completes.
+    pub fn empty(interval: Duration) -> Self {
+        Snapshot {
+            seq: 0,
+            collected_at: UNIX_EPOCH,
+            interval,
+            tick_duration_seconds: 0.0,
+            host: HostStats::default(),
+            vms: Vec::new(),
+            collectors: Vec::new(),
+            discovered: Vec::new(),
+        }
+    }
+
+    pub fn vm(&self, id: &str) -> Option<&VmStats> {
+        self.vms
+            .binary_search_by(|v| v.id.as_str().cmp(id))
+            .ok()
+            .and_then(|i| self.vms.get(i))
+    }
+
+    pub fn collected_at_unix(&self) -> f64 {
+        unix_seconds(self.collected_at)
+    }
+}
+
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn ser_unix<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string())
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
