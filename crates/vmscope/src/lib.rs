@@ -9,6 +9,7 @@
 //! consumers:     export/ (Prometheus text, OpenMetrics, JSON)   api/ (HTTP)
 //! ```
 
+pub mod alert;
 pub mod api;
 pub mod collect;
 pub mod collectors;
@@ -17,6 +18,7 @@ pub mod discovery;
 pub mod export;
 pub mod model;
 pub mod roots;
+pub mod store;
 
 /// Version and build facts, exported as `vmscope_build_info`.
 pub struct BuildInfo;

@@ -1,0 +1,1 @@
+//! The watchdog (being written).
