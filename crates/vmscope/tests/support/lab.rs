@@ -1,0 +1,436 @@
+//! Lab pieces on the host: firmware ROMs, TAP devices, QEMU processes, raw
+//! frame injection and a running `vmscope serve`.
+//!
+//! Every piece is a guard: dropping it deletes the TAP, kills the VM (and
+//! waits until its PID is really gone) or stops the agent, also while a test
+//! panics. If a test fails, the agent's stderr is printed on drop.
+//!
+//! The VMs boot no OS (see shared/LAB.md): the "BIOS" is a 64 KiB ROM whose
+//! reset vector (the last 16 bytes, mapped at 0xFFFFFFF0) runs either `HLT`
+//! (an idle VM: 0% CPU, ~20 MB RSS) or `jmp $` (a VM burning one core).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use tempfile::TempDir;
+
+use super::{IP, PYTHON, QEMU, free_port, http, metrics::Exposition, next_serial, poll_until};
+
+/// Runs a command to completion; an error carries its stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd}: cannot run: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What the guest's CPU does: the whole ROM is filled with one instruction,
+/// so whichever offset the reset vector lands on executes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// `F4` (HLT): the vCPU halts and the VM idles.
+    Idle,
+    /// `EB FE` (`jmp $`): the vCPU spins, one host core per VM.
+    Busy,
+}
+
+/// A temp dir holding both ROMs; VMs keep their pidfiles here too.
+pub struct Roms {
+    dir: TempDir,
+}
+
+impl Roms {
+    pub fn new() -> Roms {
+        let dir = tempfile::Builder::new()
+            .prefix("vmscope-e2e-")
+            .tempdir()
+            .expect("create temp dir for ROMs");
+        fs::write(dir.path().join("hlt.rom"), vec![0xF4u8; 64 * 1024]).expect("write hlt.rom");
+        fs::write(
+            dir.path().join("busy.rom"),
+            [0xEBu8, 0xFE].repeat(32 * 1024),
+        )
+        .expect("write busy.rom");
+        Roms { dir }
+    }
+
+    pub fn path(&self, fw: Firmware) -> PathBuf {
+        self.dir.path().join(match fw {
+            Firmware::Idle => "hlt.rom",
+            Firmware::Busy => "busy.rom",
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A TAP device, up, deleted on drop. Named `vst<pid%1000><n>` (well under
+/// IFNAMSIZ) so parallel tests and parallel test runs do not collide.
+pub struct Tap {
+    pub name: String,
+}
+
+impl Tap {
+    pub fn new() -> Tap {
+        let name = format!("vst{}{}", std::process::id() % 1000, next_serial());
+        assert!(name.len() <= 15, "TAP name {name} longer than IFNAMSIZ-1");
+        // A leftover from a killed earlier run with the same pid would make
+        // `add` fail; it is ours by name, so remove it first.
+        if Path::new("/sys/class/net").join(&name).exists() {
+            let _ = run(IP, &["link", "del", &name]);
+        }
+        run(IP, &["tuntap", "add", "dev", &name, "mode", "tap"]).expect("create TAP");
+        let tap = Tap { name };
+        run(IP, &["link", "set", &tap.name, "up"]).expect("set TAP up");
+        tap
+    }
+
+    /// The host-side counter `tx_packets` etc. from sysfs.
+    pub fn host_counter(&self, counter: &str) -> u64 {
+        let path = format!("/sys/class/net/{}/statistics/{counter}", self.name);
+        fs::read_to_string(&path)
+            .map_err(|e| format!("{path}: {e}"))
+            .and_then(|s| s.trim().parse().map_err(|e| format!("{path}: {e}")))
+            .expect("read TAP counter")
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Err(e) = run(IP, &["link", "del", &self.name]) {
+            eprintln!("lab: deleting TAP {}: {e}", self.name);
+        }
+    }
+}
+
+/// True when KVM can be opened; otherwise VMs run under TCG.
+pub fn kvm_usable() -> bool {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub name: String,
+    pub uuid: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub firmware: Firmware,
+}
+
+/// A daemonized QEMU process, killed on drop.
+pub struct QemuVm {
+    pub spec: VmSpec,
+    pub pid: i32,
+    killed: bool,
+}
+
+impl QemuVm {
+    /// Starts QEMU the way LAB.md measured it: ROM as BIOS, no display, no
+    /// default devices, an rtl8139 on `tap` (so the TAP's counters move when
+    /// QEMU reads frames), `-daemonize` with a pidfile.
+    pub fn start(roms: &Roms, spec: VmSpec, tap: Option<&Tap>) -> QemuVm {
+        let pidfile = roms.dir().join(format!("{}.pid", spec.name));
+        let rom = roms.path(spec.firmware);
+        let accel = if kvm_usable() { "kvm" } else { "tcg" };
+        let mut args: Vec<String> = [
+            "-accel",
+            accel,
+            "-machine",
+            "pc",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-monitor",
+            "none",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend([
+            "-bios".to_owned(),
+            rom.display().to_string(),
+            "-name".to_owned(),
+            format!("guest={},debug-threads=on", spec.name),
+            "-uuid".to_owned(),
+            spec.uuid.clone(),
+            "-smp".to_owned(),
+            spec.vcpus.to_string(),
+            "-m".to_owned(),
+            spec.memory_mib.to_string(),
+        ]);
+        if let Some(tap) = tap {
+            args.extend([
+                "-netdev".to_owned(),
+                format!("tap,id=n0,ifname={},script=no,downscript=no", tap.name),
+                "-device".to_owned(),
+                "rtl8139,netdev=n0".to_owned(),
+            ]);
+        }
+        args.extend([
+            "-pidfile".to_owned(),
+            pidfile.display().to_string(),
+            "-daemonize".to_owned(),
+        ]);
+        // With -daemonize the process we run exits once the VM is up; the VM
+        // lives on, reparented, and is known to us by its pidfile.
+        let out = Command::new(QEMU)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run qemu");
+        assert!(
+            out.status.success(),
+            "qemu {} failed: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .expect("read qemu pidfile")
+            .trim()
+            .parse()
+            .expect("pid in qemu pidfile");
+        QemuVm {
+            spec,
+            pid,
+            killed: false,
+        }
+    }
+
+    /// Sends `sig` and waits until the process is gone from /proc. A killed
+    /// daemonized QEMU stays a zombie (state Z) for a while until its new
+    /// parent reaps it; we are not its parent, so we wait.
+    pub fn kill_and_wait(&mut self, sig: Signal) {
+        self.killed = true;
+        let Some(pid) = Pid::from_raw(self.pid) else {
+            return;
+        };
+        if !pid_alive(self.pid) {
+            return;
+        }
+        if let Err(e) = kill_process(pid, sig) {
+            eprintln!("lab: kill {} ({}): {e}", self.pid, self.spec.name);
+            return;
+        }
+        let gone = poll_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            (!pid_present(self.pid)).then_some(())
+        });
+        if gone.is_none() {
+            eprintln!(
+                "lab: qemu pid {} ({}) still present 15 s after kill",
+                self.pid, self.spec.name
+            );
+        }
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if !self.killed {
+            self.kill_and_wait(Signal::KILL);
+        }
+    }
+}
+
+/// `/proc/PID/stat` state, `None` when the PID does not exist.
+fn pid_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the last ')' (comm may contain anything).
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn pid_present(pid: i32) -> bool {
+    pid_state(pid).is_some()
+}
+
+/// Present and not a zombie (a zombie no longer runs a VM).
+pub fn pid_alive(pid: i32) -> bool {
+    pid_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// Sends `count` raw Ethernet frames of `size` bytes (ethertype 0x88B5) out of
+/// the TAP's host side: QEMU reads them, so the guest *receives* them.
+pub fn inject_frames(tap: &Tap, count: u32, size: u32) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/tools/inject_frames.py"
+    );
+    let out = run(
+        PYTHON,
+        &[script, &tap.name, &count.to_string(), &size.to_string()],
+    )
+    .expect("inject frames");
+    assert!(
+        out.contains(&format!("sent {count} frames")),
+        "inject_frames said: {out}"
+    );
+}
+
+/// A running `vmscope serve` on a loopback port; killed on drop.
+pub struct Agent {
+    pub base: String,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Starts the agent with `--interval interval_secs` on a free loopback
+    /// port and waits until `/healthz` answers 200. Retries a few ports in
+    /// case another process took the free one first.
+    pub fn start(interval_secs: u64) -> Agent {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            match Agent::try_start(interval_secs) {
+                Ok(agent) => return agent,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("vmscope serve did not come up: {last_err}");
+    }
+
+    fn try_start(interval_secs: u64) -> Result<Agent, String> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vmscope"))
+            .args([
+                "serve",
+                "--listen",
+                &addr,
+                "--interval",
+                &interval_secs.to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawn vmscope: {e}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let mut agent = Agent {
+            base: format!("http://{addr}"),
+            child,
+            log,
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                return Err(format!(
+                    "vmscope serve exited with {status}: {}",
+                    agent.log()
+                ));
+            }
+            if http::get(&agent.url("/healthz")).is_ok_and(|r| r.status == 200) {
+                return Ok(agent);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("no 200 from /healthz within 30 s: {}", agent.log()))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// What the agent wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> Exposition {
+        let resp = http::get(&self.url("/metrics")).expect("GET /metrics");
+        assert_eq!(resp.status, 200, "GET /metrics: {}", resp.body);
+        // Prometheus' default scrape format unless OpenMetrics is asked for.
+        assert!(
+            resp.content_type
+                .as_deref()
+                .is_some_and(|c| c.starts_with("text/plain")),
+            "GET /metrics content type {:?}",
+            resp.content_type
+        );
+        Exposition::parse(&resp.body).expect("parse /metrics")
+    }
+
+    /// `GET /api/v1/vms` -> the `vms` array.
+    pub fn api_vms(&self) -> Vec<serde_json::Value> {
+        let body = http::get_json(&self.url("/api/v1/vms")).expect("GET /api/v1/vms");
+        body.get("vms")
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_else(|| panic!("/api/v1/vms has no \"vms\" array: {body}"))
+    }
+
+    /// The API's VM objects whose `id` is `id`.
+    pub fn api_vms_with_id(&self, id: &str) -> Vec<serde_json::Value> {
+        self.api_vms()
+            .into_iter()
+            .filter(|vm| vm.get("id").and_then(|v| v.as_str()) == Some(id))
+            .collect()
+    }
+
+    /// Waits (up to `timeout`) until `/metrics` has a sample `name` with `labels`.
+    pub fn wait_for_series(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Exposition {
+        poll_until(timeout, Duration::from_millis(100), || {
+            let e = self.metrics();
+            (!e.all(name, labels).is_empty()).then_some(e)
+        })
+        .map(|(e, _)| e)
+        .unwrap_or_else(|| {
+            panic!(
+                "{name}{labels:?} not in /metrics within {timeout:?}; agent log:\n{}",
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- vmscope serve stderr ({}) ---\n{}",
+                self.base,
+                self.log()
+            );
+        }
+    }
+}
