@@ -1,1 +1,36 @@
-pub fn _p() {}
+//! Pure parsers for what vmscope reads about a VM host: `/proc` files,
+//! hypervisor command lines, Firecracker config files and libvirt status XML.
+//!
+//! No function here does IO. Each takes the bytes the caller read (cmdline and
+//! `comm` need not be UTF-8), never panics, and returns either a value, a
+//! [`ParseError`] naming the file kind and field, or (for line tables such as
+//! `/proc/net/dev` and mountinfo) the lines that parsed, skipping the rest.
+//! Times are returned in clock ticks or nanoseconds and memory in pages or
+//! bytes exactly as the kernel gives them; the caller converts ticks and pages
+//! with `sysconf`, never with hard-coded values.
+
+pub mod cmdline;
+pub mod error;
+pub mod firecracker;
+pub mod io;
+pub mod libvirt;
+pub mod loadavg;
+pub mod meminfo;
+pub mod mountinfo;
+pub mod netdev;
+pub mod procstat;
+pub mod schedstat;
+pub mod stat;
+
+pub use cmdline::*;
+pub use error::{FileKind, ParseError};
+pub use firecracker::*;
+pub use io::*;
+pub use libvirt::*;
+pub use loadavg::*;
+pub use meminfo::*;
+pub use mountinfo::*;
+pub use netdev::*;
+pub use procstat::*;
+pub use schedstat::*;
+pub use stat::*;
