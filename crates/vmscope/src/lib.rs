@@ -11,6 +11,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod cli;
 pub mod collect;
 pub mod collectors;
 pub mod config;

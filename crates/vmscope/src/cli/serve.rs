@@ -1,0 +1,71 @@
+//! `vmscope serve`: the agent.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::{Failure, ServeArgs, init_logging, load_config};
+use crate::api::{AppState, router};
+use crate::collect::{Collector, spawn};
+use crate::export::MetricSource;
+
+pub fn run(args: ServeArgs) -> Result<(), Failure> {
+    let mut cfg = load_config(&args.common)?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(i) = args.interval {
+        cfg.interval_secs = i;
+    }
+    cfg.validate().map_err(Failure::usage)?;
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("vmscope-worker")
+        .build()
+        .context("starting the async runtime")
+        .map_err(Failure::runtime)?;
+    rt.block_on(async move {
+        let collector = Collector::new(&cfg)
+            .context("setting up collection")
+            .map_err(Failure::runtime)?;
+        let snapshots = spawn(collector, cfg.interval())
+            .context("starting the collector thread")
+            .map_err(Failure::runtime)?;
+        let extra: Vec<Arc<dyn MetricSource>> = Vec::new();
+        let app = router(AppState::new(snapshots, extra));
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))
+            .map_err(Failure::runtime)?;
+        let addr = listener
+            .local_addr()
+            .context("reading the bound address")
+            .map_err(Failure::runtime)?;
+        tracing::info!(address = %addr, interval_secs = cfg.interval_secs, version = crate::BuildInfo::VERSION, "listening");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")
+            .map_err(Failure::runtime)?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

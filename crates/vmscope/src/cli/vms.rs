@@ -1,0 +1,133 @@
+//! `vmscope vms`: the VMs on this host now, without a running agent.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{Failure, Output, VmsArgs, load_config};
+use crate::collect::Collector;
+use crate::model::VmStats;
+
+pub fn run(args: VmsArgs) -> Result<(), Failure> {
+    let cfg = load_config(&args.common)?;
+    if !(args.window.is_finite() && (0.05..=60.0).contains(&args.window)) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--window: {} is out of range (0.05 to 60 seconds)",
+            args.window
+        )));
+    }
+    let mut c = Collector::new(&cfg)
+        .context("setting up collection")
+        .map_err(Failure::runtime)?;
+    c.tick();
+    std::thread::sleep(Duration::from_secs_f64(args.window));
+    let snap = c.tick();
+    let text = match args.output {
+        Output::Json => serde_json::to_string_pretty(&snap.vms)
+            .context("encoding JSON")
+            .map_err(Failure::runtime)?,
+        Output::Table => table(&snap.vms),
+    };
+    println!("{text}");
+    Ok(())
+}
+
+/// Bytes as a short human figure: 1.5G, 512M, 3.0K.
+pub fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 6] = ["B", "K", "M", "G", "T", "P"];
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0}{}", UNITS[i])
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+pub fn table(vms: &[VmStats]) -> String {
+    let header = [
+        "NAME", "ID", "HYPERVISOR", "OWNER", "VCPUS", "CPU", "RSS/ALLOC", "NET RX/s", "NET TX/s",
+    ];
+    let mut rows: Vec<[String; 9]> = vms
+        .iter()
+        .map(|v| {
+            let owner = v
+                .owner
+                .as_ref()
+                .map(|o| match (o.user_label(), o.project_label()) {
+                    (Some(u), Some(p)) => format!("{u}/{p}"),
+                    (Some(u), None) => u.to_string(),
+                    (None, Some(p)) => format!("-/{p}"),
+                    (None, None) => "-".into(),
+                })
+                .unwrap_or_else(|| "-".into());
+            let r = v.rates.unwrap_or_default();
+            let cpu = if v.rates.is_some() {
+                format!("{:.0}%", r.cpu_cores * 100.0)
+            } else {
+                "-".into()
+            };
+            let alloc = v
+                .allocated_memory_bytes
+                .map(|a| human_bytes(a as f64))
+                .unwrap_or_else(|| "?".into());
+            [
+                sanitize(&v.name),
+                v.id.clone(),
+                v.hypervisor.as_str().to_string(),
+                sanitize(&owner),
+                v.allocated_vcpus.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                cpu,
+                format!("{}/{}", human_bytes(v.memory_rss_bytes as f64), alloc),
+                human_bytes(r.network_rx_bytes_per_second),
+                human_bytes(r.network_tx_bytes_per_second),
+            ]
+        })
+        .collect();
+    rows.sort_by(|a, b| a[0].cmp(&b[0]));
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for r in &rows {
+        line(r.iter().map(|s| s.as_str()).collect(), &mut out);
+    }
+    if rows.is_empty() {
+        out.push_str("(no VMs found)\n");
+    }
+    out.trim_end().to_string()
+}
+
+/// VM names come from command lines: keep control characters out of the table.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(0.0), "0B");
+        assert_eq!(human_bytes(1536.0), "1.5K");
+        assert_eq!(human_bytes(32.0 * 1024.0 * 1024.0), "32.0M");
+    }
+}

@@ -1,0 +1,252 @@
+//! Reading /proc and /sys files cheaply and with typed failures.
+//!
+//! A [`ProcFile`] keeps its file descriptor open between ticks and re-reads
+//! with `pread(fd, buf, 0)`: procfs regenerates `stat`, `schedstat`, `io` and
+//! `net/dev` on every read at offset 0, so one tick costs one syscall per file
+//! instead of open+read+close. A held descriptor also pins the identity of
+//! the process: once it exits, reads fail with `ESRCH` even if the PID has
+//! been reused, which is how a vanished VM is told apart from a new one.
+//!
+//! The number of descriptors kept open is bounded by a shared [`FdBudget`];
+//! past it, files are opened per read (slower, never wrong).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use vmscope_proc::ParseError;
+
+/// Why a read for one VM or one host file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The process (or thread) exited between discovery and the read.
+    #[error("process {pid} is gone")]
+    Gone { pid: u32 },
+    #[error("reading {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parsing {}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+    #[error("{what} did not answer within {secs:.1}s")]
+    Timeout { what: String, secs: f64 },
+}
+
+impl CollectError {
+    /// The bounded `kind` label of `vmscope_collector_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CollectError::Gone { .. } => "gone",
+            CollectError::Io { .. } => "io",
+            CollectError::Parse { .. } => "parse",
+            CollectError::Timeout { .. } => "timeout",
+        }
+    }
+
+    pub fn parse(path: &Path, source: ParseError) -> Self {
+        CollectError::Parse {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Maps an IO error on a per-process file: a missing file or `ESRCH`
+    /// means the process exited, anything else is a real IO error.
+    pub fn from_proc_io(pid: u32, path: &Path, e: io::Error) -> Self {
+        if is_gone(&e) {
+            CollectError::Gone { pid }
+        } else {
+            CollectError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    }
+}
+
+/// True when an IO error means "the process is no longer there".
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+}
+
+/// How many descriptors the collector may keep open at once.
+#[derive(Debug, Clone)]
+pub struct FdBudget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl FdBudget {
+    pub fn new(limit: usize) -> Self {
+        FdBudget {
+            used: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit and sizes the
+    /// budget to leave room for sockets, the database and logs.
+    pub fn from_rlimit() -> Self {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut lim = getrlimit(Resource::Nofile);
+        if let Some(max) = lim.maximum {
+            if lim.current != Some(max) {
+                lim.current = Some(max);
+                if setrlimit(Resource::Nofile, lim.clone()).is_err() {
+                    lim = getrlimit(Resource::Nofile);
+                }
+            }
+        }
+        let soft = lim.current.unwrap_or(1 << 20) as usize;
+        FdBudget::new(soft.saturating_sub(256).min(1 << 18))
+    }
+
+    fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u < self.limit).then_some(u + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        self.used.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One /proc file, re-read with `pread` while its descriptor is held.
+#[derive(Debug)]
+pub struct ProcFile {
+    path: PathBuf,
+    file: Option<File>,
+    budget: FdBudget,
+}
+
+impl ProcFile {
+    pub fn new(path: PathBuf, budget: &FdBudget) -> Self {
+        ProcFile {
+            path,
+            file: None,
+            budget: budget.clone(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the whole file into `buf` (cleared first) and returns it.
+    pub fn read<'b>(&mut self, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
+        buf.clear();
+        if let Some(f) = &self.file {
+            pread_all(f, buf)?;
+            return Ok(buf.as_slice());
+        }
+        let mut f = File::open(&self.path)?;
+        if self.budget.try_take() {
+            pread_all(&f, buf)?;
+            self.file = Some(f);
+        } else {
+            f.read_to_end(buf)?;
+        }
+        Ok(buf.as_slice())
+    }
+}
+
+impl Drop for ProcFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            self.budget.give_back();
+        }
+    }
+}
+
+fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut off = 0usize;
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(4096);
+        }
+        let len = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let n = match f.read_at(&mut buf[len..], off as u64) {
+            Ok(n) => n,
+            Err(e) => {
+                buf.truncate(len);
+                return Err(e);
+            }
+        };
+        buf.truncate(len + n);
+        if n == 0 {
+            return Ok(());
+        }
+        off += n;
+    }
+}
+
+/// Reads a small file once (for files read once per VM or rarely).
+pub fn read_once(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    File::open(path)?.read_to_end(buf).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn rereads_see_new_content_and_budget_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"first").unwrap();
+        let budget = FdBudget::new(1);
+        let mut buf = Vec::new();
+        let mut f = ProcFile::new(p.clone(), &budget);
+        assert_eq!(f.read(&mut buf).unwrap(), b"first");
+        assert_eq!(budget.in_use(), 1);
+        std::fs::write(&p, b"second, longer").unwrap();
+        assert_eq!(f.read(&mut buf).unwrap(), b"second, longer");
+        // Over budget: still reads, without keeping the descriptor.
+        let mut g = ProcFile::new(p.clone(), &budget);
+        assert_eq!(g.read(&mut buf).unwrap(), b"second, longer");
+        assert_eq!(budget.in_use(), 1);
+        drop(f);
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn proc_stat_of_this_process_rereads() {
+        let budget = FdBudget::new(8);
+        let mut f = ProcFile::new(PathBuf::from("/proc/self/stat"), &budget);
+        let mut buf = Vec::new();
+        let a = f.read(&mut buf).unwrap().to_vec();
+        let b = f.read(&mut buf).unwrap().to_vec();
+        assert!(!a.is_empty() && !b.is_empty());
+        assert!(vmscope_proc::parse_stat(&b).is_ok());
+    }
+
+    #[test]
+    fn missing_process_is_gone() {
+        let e = io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error());
+        assert!(is_gone(&e));
+        let e = io::Error::from(io::ErrorKind::NotFound);
+        assert!(matches!(
+            CollectError::from_proc_io(7, Path::new("/proc/7/stat"), e),
+            CollectError::Gone { pid: 7 }
+        ));
+    }
+}

@@ -1,0 +1,145 @@
+//! TAP traffic of each VM, in the VM's direction.
+//!
+//! Reads `/proc/PID/net/dev` once per network namespace that holds VMs (one
+//! read covers every TAP in it; usually all VMs share the host namespace), not
+//! one sysfs file per interface. A TAP's host-side `tx` is what the guest
+//! received and its `rx` what the guest sent, so the counters are swapped
+//! here, once. A TAP that has disappeared is simply not reported.
+
+use std::collections::HashMap;
+
+use vmscope_proc::{NetDevStats, parse_net_dev};
+
+use super::procfile::{CollectError, ProcFile};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry};
+use crate::model::NetStats;
+
+pub const SPEC: VmCollectorSpec = VmCollectorSpec {
+    name: "vm_net",
+    enabled: |c| c.network,
+    new: |_| Box::new(VmNet::default()),
+};
+
+#[derive(Default)]
+pub struct VmNet {
+    buf: Vec<u8>,
+    /// One held `net/dev` per namespace, opened through a member VM's pid.
+    files: HashMap<String, (u32, ProcFile)>,
+}
+
+/// Converts host-side TAP counters into the guest's direction.
+pub fn guest_view(d: &NetDevStats) -> NetStats {
+    NetStats {
+        interface: d.name.clone(),
+        rx_bytes: d.tx_bytes,
+        rx_packets: d.tx_packets,
+        rx_errors: d.tx_errors,
+        rx_drops: d.tx_drops,
+        tx_bytes: d.rx_bytes,
+        tx_packets: d.rx_packets,
+        tx_errors: d.rx_errors,
+        tx_drops: d.rx_drops,
+    }
+}
+
+impl VmCollector for VmNet {
+    fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
+        // Group VM indexes by namespace.
+        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, vm) in vms.iter().enumerate() {
+            if vm.gone || vm.taps.is_empty() {
+                continue;
+            }
+            let ns = vm.netns.clone().unwrap_or_default();
+            groups.entry(ns).or_default().push(i);
+        }
+        let mut tables: Vec<(Vec<usize>, Vec<NetDevStats>)> = Vec::with_capacity(groups.len());
+        for (ns, members) in groups {
+            match self.read_ns(ctx, &ns, &members, vms) {
+                Ok(devs) => tables.push((members, devs)),
+                Err(e) => {
+                    for &i in &members {
+                        if let Some(vm) = vms.get_mut(i) {
+                            vm.failed = true;
+                        }
+                    }
+                    errors.push(e);
+                }
+            }
+        }
+        let live: std::collections::HashSet<String> = vms
+            .iter()
+            .filter(|v| !v.gone)
+            .filter_map(|v| v.netns.clone())
+            .collect();
+        self.files.retain(|ns, _| ns.is_empty() || live.contains(ns));
+        for (members, devs) in tables {
+            let by_name: HashMap<&str, &NetDevStats> = devs.iter().map(|d| (d.name.as_str(), d)).collect();
+            for i in members {
+                let Some(vm) = vms.get_mut(i) else { continue };
+                vm.stats.network = vm
+                    .taps
+                    .iter()
+                    .filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d)))
+                    .collect();
+            }
+        }
+    }
+}
+
+impl VmNet {
+    fn read_ns(
+        &mut self,
+        ctx: &Ctx<'_>,
+        ns: &str,
+        members: &[usize],
+        vms: &[VmEntry],
+    ) -> Result<Vec<NetDevStats>, CollectError> {
+        // Reuse the held file if its pid is still a member; else try members
+        // in turn (one may be exiting).
+        let mut last_err = None;
+        let held = self.files.get(ns).map(|(pid, _)| *pid);
+        let pids = held
+            .into_iter()
+            .chain(members.iter().filter_map(|&i| vms.get(i)).filter(|v| !v.gone).map(|v| v.pid));
+        for pid in pids {
+            let entry = self.files.entry(ns.to_string()).or_insert_with(|| {
+                (pid, ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget))
+            });
+            if entry.0 != pid {
+                *entry = (pid, ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget));
+            }
+            match entry.1.read(&mut self.buf) {
+                Ok(data) => return Ok(parse_net_dev(data)),
+                Err(e) => {
+                    last_err = Some(CollectError::from_proc_io(pid, entry.1.path(), e));
+                    self.files.remove(ns);
+                }
+            }
+        }
+        Err(last_err.unwrap_or(CollectError::Gone { pid: 0 }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_is_the_guests() {
+        let d = NetDevStats {
+            name: "tap0".into(),
+            rx_bytes: 1,
+            rx_packets: 2,
+            rx_errors: 3,
+            rx_drops: 4,
+            tx_bytes: 10,
+            tx_packets: 20,
+            tx_errors: 30,
+            tx_drops: 40,
+        };
+        let g = guest_view(&d);
+        assert_eq!((g.rx_bytes, g.rx_packets, g.rx_errors, g.rx_drops), (10, 20, 30, 40));
+        assert_eq!((g.tx_bytes, g.tx_packets, g.tx_errors, g.tx_drops), (1, 2, 3, 4));
+    }
+}

@@ -1,0 +1,208 @@
+//! Finds hypervisor processes in /proc.
+//!
+//! Reads: the `/proc` directory listing every tick; `/proc/PID/stat` once for
+//! each PID it has not classified yet; `/proc/PID/cmdline` (and a Firecracker
+//! `--config-file`, through `/proc/PID/root` so jailed VMs work) once per
+//! hypervisor process.
+//!
+//! Cost: the listing is one `getdents` stream; everything else is paid once
+//! per new process, so a tick's cost follows the number of VMs and of *new*
+//! processes, not the number of processes on the host. A process that is not
+//! a hypervisor is remembered by PID and not read again while that PID stays
+//! listed, except while it is young: libvirt forks and then execs QEMU, so a
+//! process younger than [`EXEC_GRACE_SECS`] is looked at again next tick.
+//! A full rescan every `rescan` interval bounds any staleness (for example a
+//! long-lived process that execs a hypervisor).
+//!
+//! Failure: a process that exits mid-read is skipped silently (it is not a
+//! VM we knew); unreadable hypervisor command lines are counted.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmscope_proc::{VmCmdline, classify_comm, parse_firecracker_config, parse_stat, parse_vm_cmdline, split_cmdline};
+
+use crate::collectors::procfile::read_once;
+use crate::roots::Roots;
+
+/// A process younger than this is classified again on the next tick.
+pub const EXEC_GRACE_SECS: f64 = 10.0;
+
+/// One hypervisor process, with what its command line says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcVm {
+    pub pid: u32,
+    pub starttime_ticks: u64,
+    pub cmdline: VmCmdline,
+}
+
+#[derive(Debug, Default)]
+pub struct ScanStats {
+    /// PIDs read this tick because they were new or young.
+    pub examined: usize,
+    /// Hypervisor processes whose command line could not be used.
+    pub unusable: usize,
+}
+
+#[derive(Debug)]
+pub struct ProcessScanner {
+    /// PIDs known not to be hypervisors (settled: old enough not to exec).
+    others: HashSet<u32>,
+    /// PIDs known to be hypervisors.
+    vms: HashMap<u32, Arc<ProcVm>>,
+    listed: HashSet<u32>,
+    rescan: Duration,
+    last_full: Option<Instant>,
+    buf: Vec<u8>,
+}
+
+/// What the scanner needs to know about time on this host.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub ticks_per_second: u64,
+    /// Host boot time, Unix seconds (`btime` in /proc/stat).
+    pub boot_time: u64,
+    /// Now, Unix seconds.
+    pub now: f64,
+}
+
+impl Clock {
+    pub fn start_time(&self, starttime_ticks: u64) -> f64 {
+        self.boot_time as f64 + starttime_ticks as f64 / self.ticks_per_second.max(1) as f64
+    }
+}
+
+impl ProcessScanner {
+    pub fn new(rescan: Duration) -> Self {
+        ProcessScanner {
+            others: HashSet::new(),
+            vms: HashMap::new(),
+            listed: HashSet::new(),
+            rescan,
+            last_full: None,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Forget a PID (its process exited or was replaced), so that it is
+    /// classified afresh if it is listed again.
+    pub fn forget(&mut self, pid: u32) {
+        self.vms.remove(&pid);
+        self.others.remove(&pid);
+    }
+
+    /// Lists /proc and returns the hypervisor processes found.
+    pub fn scan(
+        &mut self,
+        roots: &Roots,
+        clock: &Clock,
+        now: Instant,
+        stats: &mut ScanStats,
+    ) -> std::io::Result<Vec<Arc<ProcVm>>> {
+        if self
+            .last_full
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.rescan)
+        {
+            self.others.clear();
+            self.last_full = Some(now);
+        }
+        self.listed.clear();
+        for entry in std::fs::read_dir(&roots.proc)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            self.listed.insert(pid);
+            if self.others.contains(&pid) || self.vms.contains_key(&pid) {
+                continue;
+            }
+            stats.examined += 1;
+            match self.classify(roots, clock, pid, stats) {
+                Classified::Vm(vm) => {
+                    self.vms.insert(pid, Arc::new(vm));
+                }
+                Classified::Other { settled: true } => {
+                    self.others.insert(pid);
+                }
+                Classified::Other { settled: false } | Classified::Vanished => {}
+            }
+        }
+        let listed = &self.listed;
+        self.others.retain(|p| listed.contains(p));
+        self.vms.retain(|p, _| listed.contains(p));
+        let mut out: Vec<Arc<ProcVm>> = self.vms.values().cloned().collect();
+        out.sort_by_key(|v| v.pid);
+        Ok(out)
+    }
+
+    fn classify(&mut self, roots: &Roots, clock: &Clock, pid: u32, stats: &mut ScanStats) -> Classified {
+        let dir = roots.pid(pid);
+        if read_once(&dir.join("stat"), &mut self.buf).is_err() {
+            return Classified::Vanished;
+        }
+        let Ok(stat) = parse_stat(&self.buf) else {
+            return Classified::Vanished;
+        };
+        // Kernel threads (children of kthreadd) never become hypervisors.
+        let kernel_thread = pid == 2 || stat.ppid == 2;
+        let age = clock.now - clock.start_time(stat.starttime_ticks);
+        let settled = kernel_thread || age >= EXEC_GRACE_SECS;
+        if kernel_thread || classify_comm(&stat.comm).is_none() {
+            return Classified::Other { settled };
+        }
+        if read_once(&dir.join("cmdline"), &mut self.buf).is_err() {
+            return Classified::Vanished;
+        }
+        let args = split_cmdline(&self.buf);
+        let Some(mut cmdline) = parse_vm_cmdline(&args) else {
+            // A hypervisor binary name without a VM command line (e.g.
+            // `qemu-system-x86_64 --version`, or a zombie with no cmdline).
+            if !args.is_empty() {
+                stats.unusable += 1;
+            }
+            return Classified::Other { settled };
+        };
+        if let Some(cfg) = cmdline.fc_config_file.clone() {
+            self.merge_firecracker_config(&dir, &cfg, &mut cmdline);
+        }
+        Classified::Vm(ProcVm {
+            pid,
+            starttime_ticks: stat.starttime_ticks,
+            cmdline,
+        })
+    }
+
+    /// Firecracker keeps vCPUs, memory and TAPs in its JSON config file. The
+    /// path is the process's own view: resolve it through /proc/PID/root
+    /// (absolute) or /proc/PID/cwd (relative) so jailed VMs work too.
+    fn merge_firecracker_config(&mut self, dir: &Path, path: &str, cmdline: &mut VmCmdline) {
+        let file = if let Some(abs) = path.strip_prefix('/') {
+            dir.join("root").join(abs)
+        } else {
+            dir.join("cwd").join(path)
+        };
+        if read_once(&file, &mut self.buf).is_err() {
+            tracing::debug!(path = %file.display(), "firecracker config file unreadable");
+            return;
+        }
+        match parse_firecracker_config(&self.buf) {
+            Ok(fc) => {
+                cmdline.vcpus = cmdline.vcpus.or(fc.vcpus);
+                cmdline.memory_bytes = cmdline.memory_bytes.or(fc.memory_bytes);
+                if cmdline.taps.is_empty() {
+                    cmdline.taps = fc.taps;
+                }
+            }
+            Err(e) => tracing::debug!(path = %file.display(), error = %e, "firecracker config file unparsable"),
+        }
+    }
+}
+
+enum Classified {
+    Vm(ProcVm),
+    Other { settled: bool },
+    Vanished,
+}

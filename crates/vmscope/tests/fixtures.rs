@@ -1,0 +1,267 @@
+//! Golden and behaviour tests over recorded /proc and /run fixture trees.
+//!
+//! `tests/fixtures/host1` (written by `tests/fixtures/make_fixtures.py`) holds
+//! two bare QEMU VMs (one with a name full of characters that need
+//! escaping), a libvirt domain with Nova metadata, a Cloud Hypervisor and a
+//! Firecracker VM, a stale libvirt status file, a `qemu --version` process and
+//! a VM whose files vanish mid-tick. The exposition and the JSON of the VMs
+//! are compared with `tests/golden/host1.{prom,json}`; regenerate them with
+//! `UPDATE_GOLDEN=1 cargo test -p vmscope --test fixtures`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmscope::collect::Collector;
+use vmscope::collectors::procfile::FdBudget;
+use vmscope::config::Config;
+use vmscope::export::{Format, encode};
+use vmscope::model::{Snapshot, Source, VmStats};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// A private copy of a fixture tree (symlinks kept), for tests that change it.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(fixture(name))
+        .arg(dir.path().join("t"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    dir
+}
+
+fn config_for(root: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.paths.proc = root.join("proc");
+    cfg.paths.sys = root.join("sys");
+    cfg.paths.run = root.join("run");
+    cfg.paths.rootfs = root.join("rootfs");
+    cfg.interval_secs = 1.0;
+    cfg.collectors.filesystem.timeout_secs = 0.5;
+    cfg
+}
+
+fn collector(root: &Path) -> Collector {
+    Collector::with_budget(&config_for(root), FdBudget::new(256)).unwrap()
+}
+
+fn two_ticks(root: &Path) -> Snapshot {
+    let mut c = collector(root);
+    c.tick();
+    c.tick()
+}
+
+fn by_name<'a>(s: &'a Snapshot, name: &str) -> &'a VmStats {
+    s.vms
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap_or_else(|| panic!("no VM named {name:?} in {:?}", s.vms.iter().map(|v| &v.name).collect::<Vec<_>>()))
+}
+
+/// Lines of the exposition that do not depend on timing or the build.
+fn stable_exposition(s: &Snapshot) -> String {
+    const VOLATILE: &[&str] = &[
+        "vmscope_collector_duration_seconds",
+        "vmscope_tick_duration_seconds",
+        "vmscope_snapshot_timestamp_seconds",
+        "vmscope_build_info",
+        "vmscope_host_cpu_ratio",
+    ];
+    encode(Format::Text, &[s])
+        .lines()
+        .filter(|l| !VOLATILE.iter().any(|v| l.contains(v)))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn stable_json(s: &Snapshot) -> String {
+    let mut vms = s.vms.clone();
+    for v in &mut vms {
+        if let Some(r) = v.rates.as_mut() {
+            r.window_seconds = 0.0;
+        }
+    }
+    serde_json::to_string_pretty(&vms).unwrap() + "\n"
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", path.display()));
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .filter(|(a, b)| a != b)
+            .take(10)
+            .map(|(a, b)| format!("- {a}\n+ {b}"))
+            .collect();
+        panic!(
+            "{} differs from this run ({} vs {} lines); first differences:\n{}\n(UPDATE_GOLDEN=1 regenerates)",
+            path.display(),
+            expected.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+#[test]
+fn host1_golden_exposition_and_json() {
+    let s = two_ticks(&fixture("host1"));
+    golden("host1.prom", &stable_exposition(&s));
+    golden("host1.json", &stable_json(&s));
+}
+
+#[test]
+fn host1_finds_every_vm_once_with_its_identity() {
+    let s = two_ticks(&fixture("host1"));
+    let names: Vec<&str> = s.vms.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(s.vms.len(), 5, "{names:?}");
+    for absent in ["ghost", "vanishing"] {
+        assert!(!names.contains(&absent), "{absent} must not be reported: {names:?}");
+    }
+
+    let a = by_name(&s, "alpha");
+    assert_eq!(a.id, "6f1b3c2a-0000-4000-8000-000000000001");
+    assert_eq!(a.source, Source::Process);
+    assert_eq!(a.allocated_vcpus, Some(2));
+    assert_eq!(a.allocated_memory_bytes, Some(512 << 20));
+    assert_eq!(a.memory_rss_bytes, 32768 * rustix::param::page_size() as u64);
+    assert_eq!(a.vcpus.len(), 2);
+    assert_eq!(a.vcpus[0].cpu_seconds, 7.0);
+    assert_eq!(a.vcpus[0].wait_seconds, Some(0.25));
+    // TAP host tx (5000) is what the guest received.
+    assert_eq!(a.network[0].interface, "tap-a");
+    assert_eq!(a.network[0].rx_bytes, 5000);
+    assert_eq!(a.network[0].tx_bytes, 1000);
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    assert_eq!(a.cpu.user, 1500.0 / ticks);
+    assert_eq!(a.start_time_seconds, 1_700_000_000.0 + 500_000.0 / ticks);
+
+    let b = by_name(&s, "b \"quoted\", back\\slash ünï");
+    assert!(b.id.starts_with("pid1002-"), "derived id: {}", b.id);
+    assert_eq!(b.allocated_vcpus, Some(4));
+    assert_eq!(b.allocated_memory_bytes, Some(1 << 30));
+    assert_eq!(b.network[0].tx_bytes, 99_999_999_999);
+
+    let c = by_name(&s, "instance-00000007");
+    assert_eq!(c.source, Source::Libvirt, "a libvirt VM is one VM, from libvirt");
+    assert_eq!(c.id, "a1b2c3d4-0000-4000-8000-0000000000c3");
+    let owner = c.owner.as_ref().unwrap();
+    assert_eq!(owner.user_name.as_deref(), Some("alice"));
+    assert_eq!(owner.project_name.as_deref(), Some("demo"));
+    assert_eq!(c.flavor.as_deref(), Some("m1.tiny"));
+    assert_eq!(c.display_name.as_deref(), Some("web-frontend-1"));
+    assert_eq!(c.network[0].interface, "vnet7");
+    assert_eq!(c.vcpus.len(), 1);
+    assert_eq!(c.allocated_memory_bytes, Some(256 << 20));
+
+    let d = by_name(&s, "web1");
+    assert_eq!(d.hypervisor.as_str(), "cloud_hypervisor");
+    assert_eq!((d.allocated_vcpus, d.allocated_memory_bytes), (Some(2), Some(1 << 30)));
+    assert_eq!(d.vcpus.len(), 2);
+    assert_eq!(d.network[0].interface, "chtap0");
+
+    let e = by_name(&s, "fc-vm-1");
+    assert_eq!(e.id, "fc-vm-1");
+    assert_eq!((e.allocated_vcpus, e.allocated_memory_bytes), (Some(1), Some(128 << 20)));
+    assert_eq!(e.network[0].interface, "fctap0");
+    assert_eq!(e.vcpus[0].index, 0);
+
+    assert_eq!(s.host.hostname.as_deref(), Some("hv01.example"));
+    assert_eq!(s.host.cpus, 2);
+    assert_eq!(s.host.memory_total_bytes, 16_384_000 * 1024);
+    assert!((s.host.memory_used_ratio - 0.5).abs() < 1e-9);
+    assert_eq!(s.discovered, vec![(Source::Process, 5), (Source::Libvirt, 1)], "the vanishing VM was discovered, then found gone");
+}
+
+#[test]
+fn vm_gone_between_ticks_is_gone_from_the_next_snapshot() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let mut c = collector(&root);
+    let first = c.tick();
+    assert!(first.vms.iter().any(|v| v.name == "alpha"));
+    std::fs::remove_dir_all(root.join("proc/1001")).unwrap();
+    let second = c.tick();
+    assert!(!second.vms.iter().any(|v| v.name == "alpha"));
+    assert_eq!(second.vms.len(), first.vms.len() - 1);
+}
+
+#[test]
+fn pid_reuse_is_a_new_vm() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let mut c = collector(&root);
+    let old_id = by_name(&c.tick(), "b \"quoted\", back\\slash ünï").id.clone();
+    // Same pid, later start time: another process now.
+    let p = root.join("proc/1002/stat");
+    let text = std::fs::read_to_string(&p).unwrap().replace(" 600000 ", " 600777 ");
+    std::fs::write(&p, text).unwrap();
+    let s = c.tick();
+    assert!(s.vms.iter().all(|v| v.id != old_id), "old identity must be gone");
+    let s = c.tick();
+    let b = by_name(&s, "b \"quoted\", back\\slash ünï");
+    assert_eq!(b.id, "pid1002-600777");
+}
+
+#[test]
+fn failed_read_keeps_last_good_values_with_age() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let mut c = collector(&root);
+    let before = by_name(&c.tick(), "alpha").clone();
+    std::fs::write(root.join("proc/1001/stat"), "1001 (qemu-system-x86) S 1 garbage\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let s = c.tick();
+    let after = by_name(&s, "alpha");
+    assert!(!after.collect_success);
+    assert!(after.collect_age_seconds > 0.0);
+    assert_eq!(after.cpu, before.cpu);
+    assert_eq!(after.memory_rss_bytes, before.memory_rss_bytes);
+    let status = s.collectors.iter().find(|c| c.name == "vm_process").unwrap();
+    assert!(!status.success);
+    assert!(status.errors_total.iter().any(|(k, n)| *k == "parse" && *n >= 1));
+    // Other VMs are unaffected.
+    assert!(by_name(&s, "fc-vm-1").collect_success);
+    let text = encode(Format::Text, &[&s]);
+    assert!(text.contains("vmscope_vm_collect_success{vm_id=\"6f1b3c2a-0000-4000-8000-000000000001\",vm_name=\"alpha\"} 0"), "{text}");
+}
+
+#[test]
+fn exposition_of_fixture_passes_promtool() {
+    let s = two_ticks(&fixture("host1"));
+    let text = encode(Format::Text, &[&s]);
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(std::env::var("CI").is_err(), "promtool is required under CI");
+        eprintln!("promtool not installed: skipped");
+        return;
+    };
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
