@@ -15,6 +15,8 @@
 use crate::error::{FileKind, ParseError, field_u32, field_u64, parse_i64};
 
 const KIND: FileKind = FileKind::Stat;
+/// The highest man-page field number used (guest_time).
+const LAST_FIELD: usize = 43;
 
 /// The fields of one stat line that vmscope uses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -77,14 +79,17 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat, ParseError> {
     let comm = buf[open + 1..close].to_vec();
 
     // tokens[0] is man-page field 3 (state), so field n is tokens[n - 3].
+    // Up to field 43 (guest_time) plus one, which tells whether the line
+    // goes on past the fields used.
     let mut tokens: Vec<&[u8]> = buf[close + 1..]
         .split(u8::is_ascii_whitespace)
         .filter(|t| !t.is_empty())
+        .take(LAST_FIELD - 1)
         .collect();
     // The kernel ends the line with '\n'; without it the last number may be
     // cut by a short read ("4867" read as "48"), so it is not used.
     let cut = !buf.last().is_some_and(u8::is_ascii_whitespace);
-    if cut {
+    if cut && tokens.len() < LAST_FIELD - 1 {
         tokens.pop();
     }
     let get = |n: usize, name: &'static str| -> Result<&[u8], ParseError> {
