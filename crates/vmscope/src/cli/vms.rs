@@ -4,12 +4,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{Failure, Output, VmsArgs, load_config};
+use super::{Failure, Output, VmsArgs, init_logging, load_config};
 use crate::collect::Collector;
 use crate::model::VmStats;
 
 pub fn run(args: VmsArgs) -> Result<(), Failure> {
-    let cfg = load_config(&args.common)?;
+    let mut cfg = load_config(&args.common)?;
+    if cfg.log.level == "info" {
+        // A one-shot command: only problems are worth printing.
+        cfg.log.level = "warn".into();
+    }
+    init_logging(&cfg);
     if !(args.window.is_finite() && (0.05..=60.0).contains(&args.window)) {
         return Err(Failure::usage(anyhow::anyhow!(
             "--window: {} is out of range (0.05 to 60 seconds)",

@@ -157,7 +157,13 @@ impl ProcessScanner {
             return Classified::Vanished;
         }
         let args = split_cmdline(&self.buf);
-        let Some(mut cmdline) = parse_vm_cmdline(&args) else {
+        // `qemu-system-x86_64 --version` and friends run no VM.
+        let informational = args
+            .iter()
+            .skip(1)
+            .any(|a| matches!(a.as_str(), "-version" | "--version" | "-h" | "-help" | "--help"));
+        let parsed = if informational { None } else { parse_vm_cmdline(&args) };
+        let Some(mut cmdline) = parsed else {
             // A hypervisor binary name without a VM command line (e.g.
             // `qemu-system-x86_64 --version`, or a zombie with no cmdline).
             if !args.is_empty() {
