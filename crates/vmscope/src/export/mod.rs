@@ -1,1 +1,50 @@
-//! (being written)
+//! Exposition: the snapshot (and any other metric source) as Prometheus text
+//! 0.0.4, OpenMetrics 1.0.0 and JSON.
+//!
+//! Reads: an `&Snapshot` plus any number of extra [`MetricSource`]s (HTTP
+//! self-metrics, the watchdog, the store). Emits: bytes in one [`Format`].
+//!
+//! - [`writer`]: the format-neutral encoder every source writes into;
+//! - [`snapshot`]: the per-VM, host and self catalogue from one `Snapshot`
+//!   (names per `docs`/METRICS.md);
+//! - [`cache`]: encode once per snapshot, gzip once per snapshot, then only
+//!   the small live tail (extra sources) per request.
+//!
+//! Failure: encoding cannot fail. Anything that would make the output
+//! invalid (duplicate series, bad names, NaN counters) is left out and
+//! counted in `vmscope_exposition_series_skipped{reason}`; gzip errors
+//! surface as [`cache::CacheError`].
+
+pub mod cache;
+#[doc(hidden)]
+pub mod fixture;
+pub mod snapshot;
+pub mod writer;
+
+pub use cache::{CacheError, Exposition, ExpositionCache};
+pub use writer::{Desc, Format, MetricType, MetricWriter, Value, WriterState};
+
+/// Anything that can write metric families. Implementations write each of
+/// their families once, all samples of a family together, and must not
+/// block: they run on the request path.
+pub trait MetricSource: Send + Sync {
+    fn encode(&self, out: &mut MetricWriter<'_>);
+}
+
+impl<T: MetricSource + ?Sized> MetricSource for std::sync::Arc<T> {
+    fn encode(&self, out: &mut MetricWriter<'_>) {
+        (**self).encode(out);
+    }
+}
+
+/// Encodes `sources` in order into one complete exposition (uncached; the
+/// HTTP path goes through [`ExpositionCache`]).
+pub fn encode(format: Format, sources: &[&dyn MetricSource]) -> String {
+    let mut out = String::new();
+    let mut w = MetricWriter::new(&mut out, format);
+    for s in sources {
+        s.encode(&mut w);
+    }
+    w.finish();
+    out
+}

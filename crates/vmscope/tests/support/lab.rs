@@ -81,18 +81,20 @@ impl Roms {
     }
 }
 
-/// A TAP device, up, deleted on drop. Named `vst<pid%1000><n>` (well under
-/// IFNAMSIZ) so parallel tests and parallel test runs do not collide.
+/// A TAP device, up, deleted on drop. Named `vst<pid>n<serial>` (at most 14
+/// bytes, under IFNAMSIZ) so parallel tests and test processes (nextest runs
+/// one per test) never collide.
 pub struct Tap {
     pub name: String,
 }
 
 impl Tap {
     pub fn new() -> Tap {
-        let name = format!("vst{}{}", std::process::id() % 1000, next_serial());
+        let name = format!("vst{}n{}", std::process::id(), next_serial());
         assert!(name.len() <= 15, "TAP name {name} longer than IFNAMSIZ-1");
-        // A leftover from a killed earlier run with the same pid would make
-        // `add` fail; it is ours by name, so remove it first.
+        // A leftover from an earlier, killed process that had our pid would
+        // make `add` fail; no live process but us has this pid, so it is
+        // safe to remove.
         if Path::new("/sys/class/net").join(&name).exists() {
             let _ = run(IP, &["link", "del", &name]);
         }

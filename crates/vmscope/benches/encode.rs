@@ -1,0 +1,2 @@
+//! Encode benchmark (being written).
+fn main() {}

@@ -1,0 +1,906 @@
+//! The metric encoder: one writer, three wire formats.
+//!
+//! A [`MetricSource`](super::MetricSource) calls [`MetricWriter::family`] with a
+//! static [`Desc`], then [`MetricWriter::sample`] (or
+//! [`MetricWriter::histogram`]) once per series. The writer appends straight
+//! into one `String` in the format chosen by the caller:
+//!
+//! - Prometheus text 0.0.4 (`# HELP`, `# TYPE`);
+//! - OpenMetrics 1.0.0 (`# HELP`, `# TYPE`, `# UNIT`, counters as family `x`
+//!   with sample `x_total`, `# EOF` at the end);
+//! - JSON (`{"families":[{name,type,help,unit,samples:[{labels,value}]}]}`).
+//!
+//! Design: nothing is allocated per series. Metadata lines are written on a
+//! family's first sample, so an empty family costs nothing. Integers are
+//! printed exactly; floats in Rust's shortest round-trip form; NaN and the
+//! infinities as `NaN`, `+Inf`, `-Inf` (JSON: the same spellings as strings,
+//! since JSON numbers cannot hold them). No timestamps.
+//!
+//! Failure: the writer never produces invalid output and never panics. A
+//! series whose label set was already written in the same family, a family
+//! written twice, an invalid metric or label name, or a counter value that is
+//! NaN or negative is left out and counted; [`MetricWriter::finish`] exports
+//! the counts as `vmscope_exposition_series_skipped{reason}` so the bug that
+//! caused them is visible instead of breaking the scrape.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A wire format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Prometheus text exposition format 0.0.4.
+    Text,
+    /// OpenMetrics text 1.0.0.
+    OpenMetrics,
+    /// vmscope's JSON rendering of the same families (`/metrics.json`).
+    Json,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Text, Format::OpenMetrics, Format::Json];
+
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+/// The metric types vmscope emits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Gauge,
+    /// The name must end in `_total` (checked: otherwise the family is skipped).
+    Counter,
+    /// Samples go through [`MetricWriter::histogram`].
+    Histogram,
+}
+
+impl MetricType {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Gauge => "gauge",
+            MetricType::Counter => "counter",
+            MetricType::Histogram => "histogram",
+        }
+    }
+}
+
+/// Base units recognised as a name suffix; they become `# UNIT` lines.
+const UNITS: [&str; 3] = ["seconds", "bytes", "ratio"];
+
+/// A metric family's fixed description. Families are fixed in code, so these
+/// are `static`s next to the code that writes them.
+#[derive(Debug)]
+pub struct Desc {
+    /// The sample name: counters include `_total`; histograms are the base
+    /// name (`_bucket`, `_sum`, `_count` are appended).
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricType,
+}
+
+impl Desc {
+    pub const fn gauge(name: &'static str, help: &'static str) -> Desc {
+        Desc {
+            name,
+            help,
+            kind: MetricType::Gauge,
+        }
+    }
+    pub const fn counter(name: &'static str, help: &'static str) -> Desc {
+        Desc {
+            name,
+            help,
+            kind: MetricType::Counter,
+        }
+    }
+    pub const fn histogram(name: &'static str, help: &'static str) -> Desc {
+        Desc {
+            name,
+            help,
+            kind: MetricType::Histogram,
+        }
+    }
+
+    /// The family name as OpenMetrics sees it (`_total` dropped for counters).
+    pub fn family_name(&self) -> &'static str {
+        match self.kind {
+            MetricType::Counter => self.name.strip_suffix("_total").unwrap_or(self.name),
+            _ => self.name,
+        }
+    }
+
+    /// The unit, when the family name ends in one.
+    pub fn unit(&self) -> Option<&'static str> {
+        let fam = self.family_name();
+        UNITS.into_iter().find(|u| {
+            fam.strip_suffix(u)
+                .is_some_and(|rest| rest.ends_with('_') && rest.len() > 1)
+        })
+    }
+}
+
+/// A sample value. Integers stay integers on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::U64(v)
+    }
+}
+impl From<u32> for Value {
+    fn from(v: u32) -> Self {
+        Value::U64(u64::from(v))
+    }
+}
+impl From<usize> for Value {
+    fn from(v: usize) -> Self {
+        Value::U64(v as u64)
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::I64(v)
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::F64(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::U64(u64::from(v))
+    }
+}
+
+impl Value {
+    fn is_nan_or_negative(self) -> bool {
+        match self {
+            Value::U64(_) => false,
+            Value::I64(v) => v < 0,
+            Value::F64(v) => v.is_nan() || v < 0.0,
+        }
+    }
+}
+
+/// What the prefix of an exposition left behind, so that a later writer can
+/// append more families to it (the per-request tail after the cached
+/// snapshot part) without repeating a family or a JSON comma mistake.
+#[derive(Debug, Clone, Default)]
+pub struct WriterState {
+    families: HashSet<&'static str>,
+    json_families: usize,
+    skipped: Skipped,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Skipped {
+    duplicate: u64,
+    invalid: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FamState {
+    /// `family()` was called; nothing written yet.
+    Pending,
+    /// Metadata written; at least one sample out.
+    Open,
+    /// A family written before: its samples are dropped and counted.
+    Duplicate,
+    /// A bad name (or a counter not ending in `_total`): likewise.
+    Invalid,
+}
+
+/// Appends families and samples to one `String` in one [`Format`].
+pub struct MetricWriter<'a> {
+    out: &'a mut String,
+    format: Format,
+    prior: Option<&'a WriterState>,
+    families: HashSet<&'static str>,
+    json_families: usize,
+    skipped: Skipped,
+    fam: Option<(&'static Desc, FamState)>,
+    /// Label-block hash -> byte range of that block in `out`, for the
+    /// current family: the exact duplicate check without copying labels.
+    seen: HashMap<u64, (usize, usize), BuildHasherDefault<PreHashed>>,
+    fam_samples: usize,
+}
+
+impl<'a> MetricWriter<'a> {
+    /// Starts a new exposition at the end of `out`.
+    pub fn new(out: &'a mut String, format: Format) -> Self {
+        if format == Format::Json {
+            out.push_str("{\"families\":[");
+        }
+        Self::with_prior(out, format, None)
+    }
+
+    /// Continues an exposition whose beginning was written earlier (and
+    /// described by `prior`); `out` holds only the continuation.
+    pub fn resume(out: &'a mut String, format: Format, prior: &'a WriterState) -> Self {
+        Self::with_prior(out, format, Some(prior))
+    }
+
+    fn with_prior(out: &'a mut String, format: Format, prior: Option<&'a WriterState>) -> Self {
+        MetricWriter {
+            out,
+            format,
+            prior,
+            families: HashSet::new(),
+            json_families: prior.map_or(0, |p| p.json_families),
+            skipped: prior.map_or_else(Skipped::default, |p| p.skipped),
+            fam: None,
+            seen: HashMap::default(),
+            fam_samples: 0,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Starts a family. Samples until the next `family` call belong to it.
+    pub fn family(&mut self, desc: &'static Desc) {
+        self.close_family();
+        let dup = self.families.contains(desc.name)
+            || self.prior.is_some_and(|p| p.families.contains(desc.name));
+        let valid = valid_metric_name(desc.name)
+            && (desc.kind != MetricType::Counter
+                || (desc.name.ends_with("_total") && desc.name.len() > "_total".len()));
+        let state = if !valid {
+            FamState::Invalid
+        } else if dup {
+            FamState::Duplicate
+        } else {
+            self.families.insert(desc.name);
+            FamState::Pending
+        };
+        self.fam = Some((desc, state));
+        self.seen.clear();
+        self.fam_samples = 0;
+    }
+
+    /// Writes one series of the current (gauge or counter) family.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        let value = value.into();
+        let Some(desc) = self.sample_family(labels, |d| match d.kind {
+            MetricType::Gauge => true,
+            MetricType::Counter => !value.is_nan_or_negative(),
+            MetricType::Histogram => false,
+        }) else {
+            return;
+        };
+        let line_start = self.out.len();
+        let (lb_start, lb_end) = match self.format {
+            Format::Json => {
+                self.json_sample_open();
+                let r = self.json_labels(labels);
+                self.out.push_str(",\"value\":");
+                self.json_value(value);
+                self.out.push('}');
+                r
+            }
+            Format::Text | Format::OpenMetrics => {
+                self.out.push_str(desc.name);
+                let r = self.text_labels(labels, None);
+                self.out.push(' ');
+                self.text_value(value);
+                self.out.push('\n');
+                r
+            }
+        };
+        self.commit_series(line_start, lb_start, lb_end);
+    }
+
+    /// Writes one histogram series: `buckets` are (upper bound, cumulative
+    /// count) in increasing order, without `+Inf` (added from `count`).
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        let ordered = buckets.windows(2).all(|w| match w {
+            [a, b] => a.0 < b.0 && a.1 <= b.1,
+            _ => true,
+        });
+        let finite = buckets.iter().all(|b| b.0.is_finite());
+        let within = buckets.last().is_none_or(|b| b.1 <= count);
+        let valid = ordered && finite && within && !sum.is_nan();
+        let Some(desc) = self.sample_family(labels, |d| valid && d.kind == MetricType::Histogram)
+        else {
+            return;
+        };
+        let line_start = self.out.len();
+        let range = match self.format {
+            Format::Json => {
+                self.json_sample_open();
+                let r = self.json_labels(labels);
+                self.out.push_str(",\"buckets\":[");
+                for (i, (le, n)) in buckets.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(',');
+                    }
+                    self.out.push_str("{\"le\":");
+                    self.json_value(Value::F64(*le));
+                    self.out.push_str(",\"count\":");
+                    self.json_value(Value::U64(*n));
+                    self.out.push('}');
+                }
+                if !buckets.is_empty() {
+                    self.out.push(',');
+                }
+                self.out.push_str("{\"le\":\"+Inf\",\"count\":");
+                self.json_value(Value::U64(count));
+                self.out.push_str("}],\"sum\":");
+                self.json_value(Value::F64(sum));
+                self.out.push_str(",\"count\":");
+                self.json_value(Value::U64(count));
+                self.out.push('}');
+                r
+            }
+            Format::Text | Format::OpenMetrics => {
+                let mut range = (0, 0);
+                for (i, (le, n)) in buckets
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once((f64::INFINITY, count)))
+                    .enumerate()
+                {
+                    self.out.push_str(desc.name);
+                    self.out.push_str("_bucket");
+                    let r = self.text_labels(labels, Some(le));
+                    if i == 0 {
+                        range = r;
+                    }
+                    self.out.push(' ');
+                    self.text_value(Value::U64(n));
+                    self.out.push('\n');
+                }
+                for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
+                    self.out.push_str(desc.name);
+                    self.out.push_str(suffix);
+                    self.text_labels(labels, None);
+                    self.out.push(' ');
+                    self.text_value(v);
+                    self.out.push('\n');
+                }
+                range
+            }
+        };
+        self.commit_series(line_start, range.0, range.1);
+    }
+
+    /// Closes the current family and returns what a [`MetricWriter::resume`]
+    /// needs to continue this exposition elsewhere.
+    pub fn suspend(mut self) -> WriterState {
+        self.close_family();
+        let mut families = std::mem::take(&mut self.families);
+        if let Some(p) = self.prior {
+            families.extend(p.families.iter().copied());
+        }
+        WriterState {
+            families,
+            json_families: self.json_families,
+            skipped: self.skipped,
+        }
+    }
+
+    /// Writes the skip counts and the format's trailer (`# EOF`, `]}`).
+    pub fn finish(mut self) {
+        static SKIPPED: Desc = Desc::gauge(
+            "vmscope_exposition_series_skipped",
+            "Series left out of this exposition, by reason: duplicate = same name and labels as an \
+             earlier series; invalid = bad name or a counter that was NaN or negative. Non-zero means \
+             a bug upstream.",
+        );
+        let Skipped { duplicate, invalid } = self.skipped;
+        self.family(&SKIPPED);
+        self.sample(&[("reason", "duplicate")], duplicate);
+        self.sample(&[("reason", "invalid")], invalid);
+        self.close_family();
+        match self.format {
+            Format::Text => {}
+            Format::OpenMetrics => self.out.push_str("# EOF\n"),
+            Format::Json => self.out.push_str("]}"),
+        }
+    }
+
+    /// Checks the current family, the value (`valid`) and the label names,
+    /// and writes the family's metadata before its first sample.
+    fn sample_family(
+        &mut self,
+        labels: &[(&str, &str)],
+        valid: impl FnOnce(&Desc) -> bool,
+    ) -> Option<&'static Desc> {
+        let Some((desc, state)) = self.fam else {
+            self.skipped.invalid += 1;
+            return None;
+        };
+        match state {
+            FamState::Duplicate => {
+                self.skipped.duplicate += 1;
+                return None;
+            }
+            FamState::Invalid => {
+                self.skipped.invalid += 1;
+                return None;
+            }
+            FamState::Pending | FamState::Open => {}
+        }
+        if !valid(desc) || !valid_label_names(labels, desc.kind == MetricType::Histogram) {
+            self.skipped.invalid += 1;
+            return None;
+        }
+        if state == FamState::Pending {
+            self.write_metadata(desc);
+            self.fam = Some((desc, FamState::Open));
+        }
+        Some(desc)
+    }
+
+    fn write_metadata(&mut self, desc: &'static Desc) {
+        match self.format {
+            Format::Text => {
+                self.out.push_str("# HELP ");
+                self.out.push_str(desc.name);
+                self.out.push(' ');
+                escape_help(self.out, desc.help, false);
+                self.out.push_str("\n# TYPE ");
+                self.out.push_str(desc.name);
+                self.out.push(' ');
+                self.out.push_str(desc.kind.as_str());
+                self.out.push('\n');
+            }
+            Format::OpenMetrics => {
+                let fam = desc.family_name();
+                self.out.push_str("# HELP ");
+                self.out.push_str(fam);
+                self.out.push(' ');
+                escape_help(self.out, desc.help, true);
+                self.out.push_str("\n# TYPE ");
+                self.out.push_str(fam);
+                self.out.push(' ');
+                self.out.push_str(desc.kind.as_str());
+                self.out.push('\n');
+                if let Some(unit) = desc.unit() {
+                    self.out.push_str("# UNIT ");
+                    self.out.push_str(fam);
+                    self.out.push(' ');
+                    self.out.push_str(unit);
+                    self.out.push('\n');
+                }
+            }
+            Format::Json => {
+                if self.json_families > 0 {
+                    self.out.push(',');
+                }
+                self.json_families += 1;
+                self.out.push_str("{\"name\":");
+                json_string(self.out, desc.name);
+                self.out.push_str(",\"type\":\"");
+                self.out.push_str(desc.kind.as_str());
+                self.out.push_str("\",\"help\":");
+                json_string(self.out, desc.help);
+                self.out.push_str(",\"unit\":\"");
+                self.out.push_str(desc.unit().unwrap_or(""));
+                self.out.push_str("\",\"samples\":[");
+            }
+        }
+    }
+
+    fn close_family(&mut self) {
+        if let Some((_, FamState::Open)) = self.fam
+            && self.format == Format::Json
+        {
+            self.out.push_str("]}");
+        }
+        self.fam = None;
+    }
+
+    /// Keeps the series just written unless its label block repeats one
+    /// already written in this family; then removes it and counts it.
+    fn commit_series(&mut self, line_start: usize, lb_start: usize, lb_end: usize) {
+        let block = self
+            .out
+            .as_bytes()
+            .get(lb_start..lb_end)
+            .unwrap_or_default();
+        let h = hash_bytes(block);
+        if let Some(&(s, e)) = self.seen.get(&h) {
+            if self.out.as_bytes().get(s..e) == Some(block) {
+                self.out.truncate(line_start);
+                self.skipped.duplicate += 1;
+                return;
+            }
+            // A true 64-bit hash collision between different label sets:
+            // keep the series; only the first range stays remembered.
+        } else {
+            self.seen.insert(h, (lb_start, lb_end));
+        }
+        self.fam_samples += 1;
+    }
+
+    fn json_sample_open(&mut self) {
+        if self.fam_samples > 0 {
+            self.out.push(',');
+        }
+        self.out.push_str("{\"labels\":");
+    }
+
+    /// `{"k":"v",...}`; returns its byte range.
+    fn json_labels(&mut self, labels: &[(&str, &str)]) -> (usize, usize) {
+        let start = self.out.len();
+        self.out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            json_string(self.out, k);
+            self.out.push(':');
+            json_string(self.out, v);
+        }
+        self.out.push('}');
+        (start, self.out.len())
+    }
+
+    /// `{k="v",...[,le="x"]}` (nothing when there are no labels); returns
+    /// the byte range of the part that identifies the series (without `le`).
+    fn text_labels(&mut self, labels: &[(&str, &str)], le: Option<f64>) -> (usize, usize) {
+        let start = self.out.len();
+        if labels.is_empty() && le.is_none() {
+            return (start, start);
+        }
+        self.out.push('{');
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            self.out.push_str(k);
+            self.out.push_str("=\"");
+            escape_label_value(self.out, v);
+            self.out.push('"');
+        }
+        let end = self.out.len();
+        if let Some(le) = le {
+            if !labels.is_empty() {
+                self.out.push(',');
+            }
+            self.out.push_str("le=\"");
+            if le == f64::INFINITY {
+                self.out.push_str("+Inf");
+            } else if self.format == Format::OpenMetrics {
+                // OpenMetrics wants bucket bounds as floats ("1.0", not "1").
+                let _ = write!(self.out, "{le:?}");
+            } else {
+                write_number(self.out, le);
+            }
+            self.out.push('"');
+        }
+        self.out.push('}');
+        (start, end)
+    }
+
+    fn text_value(&mut self, v: Value) {
+        match v {
+            Value::U64(n) => self.out.push_str(itoa::Buffer::new().format(n)),
+            Value::I64(n) => self.out.push_str(itoa::Buffer::new().format(n)),
+            Value::F64(f) if f.is_nan() => self.out.push_str("NaN"),
+            Value::F64(f) if f == f64::INFINITY => self.out.push_str("+Inf"),
+            Value::F64(f) if f == f64::NEG_INFINITY => self.out.push_str("-Inf"),
+            Value::F64(f) => write_number(self.out, f),
+        }
+    }
+
+    fn json_value(&mut self, v: Value) {
+        match v {
+            Value::F64(f) if f.is_nan() => self.out.push_str("\"NaN\""),
+            Value::F64(f) if f == f64::INFINITY => self.out.push_str("\"+Inf\""),
+            Value::F64(f) if f == f64::NEG_INFINITY => self.out.push_str("\"-Inf\""),
+            other => self.text_value(other),
+        }
+    }
+}
+
+/// A finite float: as an integer when it is one exactly (|f| < 2^53), else
+/// Rust's shortest round-trip form (`0.25`, `1e-7`, `1e20`), which Go's
+/// `ParseFloat`, Python's `float` and JSON all read.
+fn write_number(out: &mut String, f: f64) {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    if f.fract() == 0.0 && f.abs() < EXACT {
+        #[allow(clippy::cast_possible_truncation)] // integral and < 2^53: exact
+        out.push_str(itoa::Buffer::new().format(f as i64));
+    } else {
+        let _ = write!(out, "{f:?}");
+    }
+}
+
+/// Label values: `\` `"` and newline escaped (identical in 0.0.4 and
+/// OpenMetrics); everything else, UTF-8 included, passes through.
+fn escape_label_value(out: &mut String, v: &str) {
+    escape_with(out, v, |c| match c {
+        '\\' => Some("\\\\"),
+        '"' => Some("\\\""),
+        '\n' => Some("\\n"),
+        _ => None,
+    });
+}
+
+/// HELP text: 0.0.4 escapes `\` and newline; OpenMetrics also `"`.
+fn escape_help(out: &mut String, v: &str, quote: bool) {
+    escape_with(out, v, |c| match c {
+        '\\' => Some("\\\\"),
+        '\n' => Some("\\n"),
+        '"' if quote => Some("\\\""),
+        _ => None,
+    });
+}
+
+fn escape_with(out: &mut String, v: &str, esc: impl Fn(char) -> Option<&'static str>) {
+    let mut last = 0;
+    for (i, c) in v.char_indices() {
+        if let Some(rep) = esc(c) {
+            out.push_str(v.get(last..i).unwrap_or_default());
+            out.push_str(rep);
+            last = i + c.len_utf8();
+        }
+    }
+    out.push_str(v.get(last..).unwrap_or_default());
+}
+
+/// A JSON string literal.
+fn json_string(out: &mut String, v: &str) {
+    out.push('"');
+    let mut last = 0;
+    for (i, c) in v.char_indices() {
+        let rep = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(v.get(last..i).unwrap_or_default());
+        if rep.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(rep);
+        }
+        last = i + c.len_utf8();
+    }
+    out.push_str(v.get(last..).unwrap_or_default());
+    out.push('"');
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
+fn valid_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+/// Label names match `[a-zA-Z_][a-zA-Z0-9_]*`, do not start with `__`, are
+/// unique within the series, and (for histograms) are not `le`.
+fn valid_label_names(labels: &[(&str, &str)], histogram: bool) -> bool {
+    labels.iter().enumerate().all(|(i, (k, _))| {
+        let mut bytes = k.bytes();
+        let ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !k.starts_with("__")
+            && !(histogram && *k == "le");
+        ok && labels
+            .get(..i)
+            .is_none_or(|before| before.iter().all(|(p, _)| p != k))
+    })
+}
+
+/// A fast non-cryptographic hash (word at a time, FxHash-style mixing); the
+/// inputs are our own label blocks and collisions are checked exactly.
+fn hash_bytes(b: &[u8]) -> u64 {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    let mut h = b.len() as u64;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    let mut w = [0u8; 8];
+    if let Some(dst) = w.get_mut(..rest.len()) {
+        dst.copy_from_slice(rest);
+    }
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    h ^ (h >> 29)
+}
+
+/// The map key is already a hash: pass it through.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = hash_bytes(bytes);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    static G: Desc = Desc::gauge("t_temp_ratio", "A \"help\"\\ with\nnewline.");
+    static C: Desc = Desc::counter("t_cpu_seconds_total", "Counter.");
+    static H: Desc = Desc::histogram("t_dur_seconds", "Histogram.");
+    static BADC: Desc = Desc::counter("t_not_suffixed", "Counter without _total.");
+
+    fn enc(format: Format, f: impl Fn(&mut MetricWriter<'_>)) -> String {
+        let mut s = String::new();
+        let mut w = MetricWriter::new(&mut s, format);
+        f(&mut w);
+        w.finish();
+        s
+    }
+
+    #[test]
+    fn text_escapes_and_numbers() {
+        let s = enc(Format::Text, |w| {
+            w.family(&G);
+            w.sample(&[("vm_name", "a\"b\\c\nd é")], 0.5);
+            w.sample(&[("vm_name", "x")], f64::NAN);
+            w.sample(&[("vm_name", "y")], f64::INFINITY);
+            w.sample(&[("vm_name", "z")], 3.0);
+            w.sample(&[("vm_name", "big")], 1e20);
+            w.sample(&[("vm_name", "tiny")], 1e-7);
+            w.family(&C);
+            w.sample(&[], u64::MAX);
+        });
+        assert!(s.contains("# HELP t_temp_ratio A \"help\"\\\\ with\\nnewline.\n"));
+        assert!(s.contains("t_temp_ratio{vm_name=\"a\\\"b\\\\c\\nd é\"} 0.5\n"));
+        assert!(s.contains("{vm_name=\"x\"} NaN\n"));
+        assert!(s.contains("{vm_name=\"y\"} +Inf\n"));
+        assert!(s.contains("{vm_name=\"z\"} 3\n"));
+        assert!(s.contains("{vm_name=\"big\"} 1e20\n"));
+        assert!(s.contains("{vm_name=\"tiny\"} 1e-7\n"));
+        assert!(s.contains(
+            "# TYPE t_cpu_seconds_total counter\nt_cpu_seconds_total 18446744073709551615\n"
+        ));
+        assert!(!s.contains("# UNIT"));
+    }
+
+    #[test]
+    fn openmetrics_counter_family_unit_and_eof() {
+        let s = enc(Format::OpenMetrics, |w| {
+            w.family(&C);
+            w.sample(&[("mode", "user")], 1.5);
+            w.family(&H);
+            w.histogram(&[("route", "/x")], &[(0.5, 1), (1.0, 2)], 1.25, 3);
+        });
+        assert!(s.contains("# TYPE t_cpu_seconds counter\n# UNIT t_cpu_seconds seconds\n"));
+        assert!(s.contains("t_cpu_seconds_total{mode=\"user\"} 1.5\n"));
+        assert!(s.contains("t_dur_seconds_bucket{route=\"/x\",le=\"1.0\"} 2\n"));
+        assert!(s.contains("t_dur_seconds_bucket{route=\"/x\",le=\"+Inf\"} 3\n"));
+        assert!(s.contains(
+            "t_dur_seconds_sum{route=\"/x\"} 1.25\nt_dur_seconds_count{route=\"/x\"} 3\n"
+        ));
+        assert!(s.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn duplicates_and_invalid_values_are_skipped_and_counted() {
+        let s = enc(Format::Text, |w| {
+            w.family(&C);
+            w.sample(&[("a", "1")], 1u64);
+            w.sample(&[("a", "1")], 2u64); // duplicate series
+            w.sample(&[("a", "2")], -1.0); // negative counter
+            w.sample(&[("a", "3")], f64::NAN); // NaN counter
+            w.family(&C); // duplicate family
+            w.sample(&[("a", "9")], 1u64);
+            w.family(&BADC); // counter without _total
+            w.sample(&[], 1u64);
+            w.family(&G);
+            w.sample(&[("bad-name", "x")], 1u64);
+            w.sample(&[("a", "x"), ("a", "y")], 1u64);
+        });
+        assert!(s.contains("t_cpu_seconds_total{a=\"1\"} 1\n"));
+        assert!(!s.contains("{a=\"1\"} 2\n"));
+        assert!(!s.contains("a=\"9\""));
+        assert!(!s.contains("t_not_suffixed"));
+        assert!(
+            !s.contains("t_temp_ratio"),
+            "a family with no valid sample has no metadata"
+        );
+        assert!(
+            s.contains("vmscope_exposition_series_skipped{reason=\"duplicate\"} 2\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("vmscope_exposition_series_skipped{reason=\"invalid\"} 5\n"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn json_is_valid_and_keeps_values() {
+        let s = enc(Format::Json, |w| {
+            w.family(&G);
+            w.sample(&[("vm_name", "q\"\\\n\u{1}ü")], f64::NEG_INFINITY);
+            w.sample(&[("vm_name", "b")], 0.25);
+            w.family(&H);
+            w.histogram(&[], &[(0.5, 1)], 0.75, 2);
+        });
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let fams = v["families"].as_array().unwrap();
+        assert_eq!(fams[0]["name"], "t_temp_ratio");
+        assert_eq!(fams[0]["unit"], "ratio");
+        assert_eq!(fams[0]["samples"][0]["labels"]["vm_name"], "q\"\\\n\u{1}ü");
+        assert_eq!(fams[0]["samples"][0]["value"], "-Inf");
+        assert_eq!(fams[0]["samples"][1]["value"], 0.25);
+        assert_eq!(fams[1]["samples"][0]["buckets"][1]["le"], "+Inf");
+        assert_eq!(fams[1]["samples"][0]["count"], 2);
+    }
+
+    #[test]
+    fn resume_continues_without_repeating_families() {
+        let mut head = String::new();
+        let mut w = MetricWriter::new(&mut head, Format::Json);
+        w.family(&G);
+        w.sample(&[], 1u64);
+        let state = w.suspend();
+        let mut tail = String::new();
+        let mut w = MetricWriter::resume(&mut tail, Format::Json, &state);
+        w.family(&G); // already in the head: skipped
+        w.sample(&[], 2u64);
+        w.family(&C);
+        w.sample(&[], 3u64);
+        w.finish();
+        let v: serde_json::Value = serde_json::from_str(&(head + &tail)).unwrap();
+        let names: Vec<_> = v["families"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "t_temp_ratio",
+                "t_cpu_seconds_total",
+                "vmscope_exposition_series_skipped"
+            ]
+        );
+    }
+
+    #[test]
+    fn units_come_from_the_name() {
+        assert_eq!(C.unit(), Some("seconds"));
+        assert_eq!(G.unit(), Some("ratio"));
+        assert_eq!(Desc::gauge("vmscope_host_load1", "").unit(), None);
+        assert_eq!(Desc::counter("x_packets_total", "").unit(), None);
+        assert_eq!(Desc::gauge("bytes", "").unit(), None);
+    }
+}
