@@ -156,7 +156,10 @@ impl Collector {
                 rescan: Duration::from_secs_f64(cfg.discovery.rescan_secs),
             },
         );
-        let c = &cfg.collectors;
+        // A hung mount may cost at most half a tick.
+        let mut c = cfg.collectors.clone();
+        c.filesystem.timeout_secs = c.filesystem.timeout_secs.min(cfg.interval_secs / 2.0);
+        let c = &c;
         let vm_collectors = VM_COLLECTORS
             .iter()
             .filter(|s| (s.enabled)(c))
