@@ -1,1 +1,302 @@
-//! State store (being written).
+//! Persistent state: alert episodes and the notification log (today), the
+//! usage ledger (later), in an embedded SQLite database (today) or
+//! PostgreSQL (later).
+//!
+//! Reads/writes: the database file named by `watchdog.state_db_path`
+//! (default `/var/lib/vmscope/state.db`, WAL mode, parent directory created).
+//! Every query runs on one dedicated thread (`vmscope-store`) that owns the
+//! connection; async callers send it a job and await the answer, so no
+//! SQLite call ever blocks a tokio worker. Emits:
+//! `vmscope_db_query_duration_seconds{op}` and `vmscope_db_errors_total{op}`
+//! through [`DbMetrics`] (`op` is one of [`OPS`]).
+//! Fails: [`StoreError`], naming the database path or the operation; a
+//! failed write is logged and counted by the caller, never fatal to the
+//! watchdog loop.
+//!
+//! Extending: a new backend is a [`Backend`] variant implementing
+//! [`AlertStore`]; the ledger will be a second trait next to it, reached the
+//! same way (`Backend::ledger()`), sharing the thread and the migrations.
+
+pub mod metrics;
+pub mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use metrics::{DbMetrics, OPS};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open state database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("state database {path} has schema version {found}; this vmscope knows up to {known}")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database operation {op} failed")]
+    Query {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("stored {what} is not valid: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("the state database thread has stopped")]
+    Closed,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite file (created with its parent directory if missing).
+    Sqlite(PathBuf),
+}
+
+/// One alert episode: a (rule, scope) firing from `started_at` until
+/// `resolved_at` (open while `None`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpisodeRow {
+    pub id: i64,
+    pub rule: String,
+    pub scope_key: String,
+    pub severity: String,
+    pub started_at: SystemTime,
+    pub resolved_at: Option<SystemTime>,
+    pub last_notified_at: SystemTime,
+    /// The alert as it fired (JSON, `alert::Alert`'s schema).
+    pub payload: String,
+    /// The resolution alert (JSON), once resolved.
+    pub resolved_payload: Option<String>,
+}
+
+/// A change to the episode table, applied in one transaction per batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EpisodeWrite {
+    Open {
+        rule: String,
+        scope_key: String,
+        severity: String,
+        started_at: SystemTime,
+        payload: String,
+    },
+    Notified {
+        rule: String,
+        scope_key: String,
+        at: SystemTime,
+    },
+    Resolve {
+        rule: String,
+        scope_key: String,
+        at: SystemTime,
+        payload: Option<String>,
+    },
+}
+
+/// One delivery outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotificationLogEntry {
+    pub at: SystemTime,
+    pub sink: String,
+    pub rule: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// `success`, `rejected`, `dropped`, ...
+    pub result: String,
+    pub alerts: u32,
+    /// Already free of secrets (sinks strip URLs and tokens).
+    pub error: Option<String>,
+}
+
+/// Filters for listing episodes. Time filters select episodes that overlap
+/// `[since, until]`: started at or before `until`, and not resolved before
+/// `since`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpisodeQuery {
+    pub rule: Option<String>,
+    /// A scope key (`vm:<id>`) or a scope kind (`vm`, `host`, `filesystem`).
+    pub scope: Option<String>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    /// History page size.
+    pub limit: u32,
+    pub position: Position,
+}
+
+/// Where a history page starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Position {
+    #[default]
+    First,
+    /// After this (started_at ms, id): keyset pagination, stable under inserts.
+    After { started_ms: i64, id: i64 },
+    /// 1-based page number (offset pagination).
+    Page(u32),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpisodePage {
+    /// Open episodes matching the filters, newest first (not paginated:
+    /// bounded by the number of rules x scopes).
+    pub active: Vec<EpisodeRow>,
+    /// Resolved episodes, newest first, one page.
+    pub history: Vec<EpisodeRow>,
+    /// Where the next history page starts, if there is one.
+    pub next: Option<Position>,
+}
+
+/// Alert state, whatever the backend.
+pub trait AlertStore {
+    fn open_episodes(&mut self) -> Result<Vec<EpisodeRow>, StoreError>;
+    fn apply(&mut self, writes: &[EpisodeWrite]) -> Result<(), StoreError>;
+    fn log_notification(&mut self, entry: &NotificationLogEntry) -> Result<(), StoreError>;
+    fn query(&mut self, q: &EpisodeQuery) -> Result<EpisodePage, StoreError>;
+    fn notification_log(&mut self, limit: u32) -> Result<Vec<NotificationLogEntry>, StoreError>;
+    /// Delete resolved episodes and log rows older than `before`.
+    fn prune(&mut self, before: SystemTime) -> Result<u64, StoreError>;
+}
+
+/// The backends. Adding PostgreSQL = one variant + its `AlertStore` impl.
+pub enum Backend {
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Backend {
+    pub fn open(location: &Location) -> Result<Backend, StoreError> {
+        match location {
+            Location::Sqlite(path) => Ok(Backend::Sqlite(sqlite::SqliteStore::open(path)?)),
+        }
+    }
+    pub fn alerts(&mut self) -> &mut dyn AlertStore {
+        match self {
+            Backend::Sqlite(s) => s,
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Backend) + Send>;
+
+/// Handle to the store thread. Cheap to clone; the thread (and the
+/// connection) ends when the last handle is dropped.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+    metrics: Arc<DbMetrics>,
+}
+
+/// Jobs waiting for the store thread before senders wait.
+const QUEUE: usize = 256;
+
+impl Store {
+    /// Open (creating and migrating) the database on a new thread.
+    pub async fn open(location: Location, metrics: Arc<DbMetrics>) -> Result<Store, StoreError> {
+        let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let m = metrics.clone();
+        let spawned = std::thread::Builder::new()
+            .name("vmscope-store".to_owned())
+            .spawn(move || {
+                let start = Instant::now();
+                let opened = Backend::open(&location);
+                m.observe("migrate", start.elapsed(), opened.is_ok());
+                let mut backend = match opened {
+                    Ok(b) => {
+                        let _ = ready_tx.send(Ok(()));
+                        b
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut backend);
+                }
+            });
+        if let Err(e) = spawned {
+            return Err(StoreError::Open {
+                path: PathBuf::from("<thread>"),
+                source: Box::new(e),
+            });
+        }
+        ready_rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(Store { jobs: tx, metrics })
+    }
+
+    pub fn metrics(&self) -> &Arc<DbMetrics> {
+        &self.metrics
+    }
+
+    /// Run `f` on the store thread, timing it as `op`.
+    async fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut dyn AlertStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let metrics = self.metrics.clone();
+        let job: Job = Box::new(move |backend: &mut Backend| {
+            let start = Instant::now();
+            let res = f(backend.alerts());
+            metrics.observe(op, start.elapsed(), res.is_ok());
+            let _ = tx.send(res);
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub async fn open_episodes(&self) -> Result<Vec<EpisodeRow>, StoreError> {
+        self.call("load_open", |s| s.open_episodes()).await
+    }
+
+    pub async fn apply(&self, writes: Vec<EpisodeWrite>) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.call("apply", move |s| s.apply(&writes)).await
+    }
+
+    pub async fn log_notification(&self, entry: NotificationLogEntry) -> Result<(), StoreError> {
+        self.call("log_notification", move |s| s.log_notification(&entry))
+            .await
+    }
+
+    pub async fn query(&self, q: EpisodeQuery) -> Result<EpisodePage, StoreError> {
+        self.call("query", move |s| s.query(&q)).await
+    }
+
+    pub async fn notification_log(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<NotificationLogEntry>, StoreError> {
+        self.call("query", move |s| s.notification_log(limit)).await
+    }
+
+    pub async fn prune(&self, before: SystemTime) -> Result<u64, StoreError> {
+        self.call("prune", move |s| s.prune(before)).await
+    }
+}
+
+/// Milliseconds since the Unix epoch (negative before it, saturating).
+pub fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+pub fn from_ms(ms: i64) -> SystemTime {
+    if ms >= 0 {
+        UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_millis(ms.unsigned_abs())
+    }
+}

@@ -1,0 +1,278 @@
+//! `GET /api/v1/alerts`: firing alerts and the history of resolved ones,
+//! from the state database.
+//!
+//! Query parameters (all optional; unknown or repeated ones are a 400):
+//! - `rule`: a rule name; `scope`: a scope key (`vm:<id>`, `host`,
+//!   `filesystem:/var`) or a scope kind (`vm`, `filesystem`, `host`);
+//! - `since`, `until`: RFC 3339 or Unix seconds; episodes overlapping the
+//!   window (started at or before `until`, not resolved before `since`);
+//! - `limit` (1..=1000, default 50): history page size;
+//! - `cursor` (from the previous page's `next_cursor`) or `page` (1-based):
+//!   pagination of the history; `active` is always complete.
+//!
+//! Errors are JSON `{"error":{"code","message"}}`: `bad_request` (400,
+//! naming the parameter), `unavailable` (503: watchdog disabled), `internal`
+//! (500: the database failed; details only in the log).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::notification::format_time;
+use crate::store::{EpisodeQuery, EpisodeRow, Position, Store};
+
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// The router, with its state applied. `store` is `None` when the
+/// watchdog is disabled.
+pub fn router(store: Option<Store>) -> Router {
+    Router::new()
+        .route("/api/v1/alerts", get(list))
+        .with_state(store)
+}
+
+/// Everything that can go wrong, mapped to a status in one place.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unavailable,
+    Internal,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the watchdog is disabled in the configuration".to_owned(),
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the alert store failed; see the agent's log".to_owned(),
+            ),
+        };
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(m.into())
+}
+
+fn parse_time(name: &str, v: &str) -> Result<SystemTime, ApiError> {
+    if let Ok(secs) = v.parse::<f64>() {
+        if (0.0..1.0e11).contains(&secs) {
+            return Ok(UNIX_EPOCH + Duration::from_secs_f64(secs));
+        }
+        return Err(bad(format!("{name}: {v:?} is not a plausible Unix time")));
+    }
+    super::notification::parse_time(v).ok_or_else(|| {
+        bad(format!(
+            "{name}: {v:?} is neither RFC 3339 (2026-01-02T03:04:05Z) nor Unix seconds"
+        ))
+    })
+}
+
+fn encode_cursor(p: Position) -> Option<String> {
+    match p {
+        Position::After { started_ms, id } => Some(format!("{started_ms}.{id}")),
+        _ => None,
+    }
+}
+
+fn decode_cursor(v: &str) -> Result<Position, ApiError> {
+    let err = || bad(format!("cursor: {v:?} is not a cursor from next_cursor"));
+    let (a, b) = v.split_once('.').ok_or_else(err)?;
+    Ok(Position::After {
+        started_ms: a.parse().map_err(|_| err())?,
+        id: b.parse().map_err(|_| err())?,
+    })
+}
+
+/// Turn the raw pairs into a store query.
+pub fn parse_query(pairs: &[(String, String)]) -> Result<EpisodeQuery, ApiError> {
+    let mut q = EpisodeQuery {
+        limit: DEFAULT_LIMIT,
+        ..EpisodeQuery::default()
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    let mut cursor = None;
+    let mut page = None;
+    for (k, v) in pairs {
+        if seen.contains(&k.as_str()) {
+            return Err(bad(format!("{k}: given more than once")));
+        }
+        seen.push(k);
+        match k.as_str() {
+            "rule" => q.rule = Some(v.clone()),
+            "scope" => q.scope = Some(v.clone()),
+            "since" => q.since = Some(parse_time("since", v)?),
+            "until" => q.until = Some(parse_time("until", v)?),
+            "limit" => {
+                q.limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "limit: {v:?} is not a number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            "cursor" => cursor = Some(decode_cursor(v)?),
+            "page" => {
+                page = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| bad(format!("page: {v:?} is not a number from 1 up")))?,
+                );
+            }
+            other => {
+                return Err(bad(format!(
+                    "{other}: unknown parameter (known: rule, scope, since, until, limit, cursor, page)"
+                )));
+            }
+        }
+    }
+    if let (Some(s), Some(u)) = (q.since, q.until)
+        && s > u
+    {
+        return Err(bad("since: is after until"));
+    }
+    q.position = match (cursor, page) {
+        (Some(_), Some(_)) => return Err(bad("cursor: give either cursor or page, not both")),
+        (Some(c), None) => c,
+        (None, Some(p)) => Position::Page(p),
+        (None, None) => Position::First,
+    };
+    Ok(q)
+}
+
+fn payload(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+fn episode_json(e: &EpisodeRow) -> Value {
+    json!({
+        "id": e.id,
+        "rule": e.rule,
+        "scope": e.scope_key,
+        "severity": e.severity,
+        "status": if e.resolved_at.is_some() { "resolved" } else { "firing" },
+        "started_at": format_time(e.started_at),
+        "resolved_at": e.resolved_at.map(format_time),
+        "last_notified_at": format_time(e.last_notified_at),
+        "alert": payload(&e.payload),
+        "resolution": e.resolved_payload.as_deref().map(payload),
+    })
+}
+
+async fn list(
+    State(store): State<Option<Store>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
+    let q = parse_query(&pairs)?;
+    let store = store.ok_or(ApiError::Unavailable)?;
+    let page_mode = matches!(q.position, Position::Page(_));
+    let page = store.query(q).await.map_err(|e| {
+        tracing::warn!(error = %e, "alert API query failed");
+        ApiError::Internal
+    })?;
+    let next_page = match page.next {
+        Some(Position::Page(p)) if page_mode => Some(p),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "active": page.active.iter().map(episode_json).collect::<Vec<_>>(),
+        "history": page.history.iter().map(episode_json).collect::<Vec<_>>(),
+        "next_cursor": page.next.and_then(encode_cursor),
+        "next_page": next_page,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
+        s.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn bad_params_name_themselves() {
+        for (p, want) in [
+            (vec![("limit", "0")], "limit:"),
+            (vec![("limit", "abc")], "limit:"),
+            (vec![("page", "0")], "page:"),
+            (vec![("cursor", "x")], "cursor:"),
+            (vec![("since", "yesterday")], "since:"),
+            (
+                vec![("rule", "a"), ("rule", "b")],
+                "rule: given more than once",
+            ),
+            (vec![("sort", "asc")], "sort: unknown parameter"),
+            (
+                vec![("cursor", "1.2"), ("page", "2")],
+                "cursor: give either",
+            ),
+            (
+                vec![
+                    ("since", "2026-01-02T00:00:00Z"),
+                    ("until", "2026-01-01T00:00:00Z"),
+                ],
+                "since: is after until",
+            ),
+        ] {
+            match parse_query(&pairs(&p)) {
+                Err(ApiError::BadRequest(m)) => assert!(m.starts_with(want), "{p:?}: {m}"),
+                other => panic!("{p:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn good_params() {
+        let q = parse_query(&pairs(&[
+            ("rule", "vm_cpu"),
+            ("scope", "vm"),
+            ("since", "1800000000"),
+            ("until", "2028-01-01T00:00:00Z"),
+            ("limit", "10"),
+            ("cursor", "1800000000000.7"),
+        ]))
+        .unwrap();
+        assert_eq!(q.limit, 10);
+        assert_eq!(
+            q.position,
+            Position::After {
+                started_ms: 1_800_000_000_000,
+                id: 7
+            }
+        );
+        assert_eq!(
+            q.since,
+            Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+        );
+        assert!(q.until.is_some());
+    }
+}

@@ -1,0 +1,846 @@
+//! The `[watchdog]` configuration section: rules, sinks, the state database.
+//!
+//! Reads: the deserialized TOML section and, for secrets that the file does
+//! not hold, the `VMSCOPE_*` environment variables listed on each sink.
+//! Emits: resolved [`Rule`]s and per-sink settings for `alert::start`.
+//! Fails: [`ConfigError`], whose message starts with the offending key
+//! (`watchdog.rules.vm_cpu.sustained: ...`). Unknown keys are serde errors
+//! (`deny_unknown_fields` everywhere: a typo must not silently disable a rule).
+//!
+//! Rules are a table keyed by rule name. The built-in rules (see
+//! [`builtin_rules`]) are merged under the user's entries, so
+//! `[watchdog.rules.host_cpu] threshold = 0.9` changes one field and
+//! `enabled = false` turns a rule off.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::rules::{FsSelector, Metric, Rule, Severity};
+
+/// Secrets from the environment, used when the config file leaves them out.
+pub const ENV_TELEGRAM_BOT_TOKEN: &str = "VMSCOPE_TELEGRAM_BOT_TOKEN";
+pub const ENV_TELEGRAM_CHAT_ID: &str = "VMSCOPE_TELEGRAM_CHAT_ID";
+pub const ENV_SENTRY_DSN: &str = "VMSCOPE_SENTRY_DSN";
+pub const ENV_WEBHOOK_AUTH_HEADER: &str = "VMSCOPE_WEBHOOK_AUTH_HEADER";
+pub const ENV_ALERTMANAGER_AUTH_HEADER: &str = "VMSCOPE_ALERTMANAGER_AUTH_HEADER";
+
+/// A bad `[watchdog]` setting. `key` is the full dotted path of the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret string (token, DSN, auth header). Its `Debug` and `Display`
+/// print `***`, so it cannot leak through logs, errors or `{:?}` of a config.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself: only for building a request.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+fn env_secret(name: &str) -> Option<Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(Secret)
+}
+
+fn env_string(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// `[watchdog]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// Turn the whole watchdog (rules, sinks, state database) on or off.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// SQLite database holding alert episodes and the notification log.
+    #[serde(default = "default_state_db_path")]
+    pub state_db_path: PathBuf,
+    /// Resolved episodes and notification-log rows older than this are pruned.
+    #[serde(
+        default = "default_history_retention",
+        deserialize_with = "de_duration"
+    )]
+    pub history_retention: Duration,
+    /// Merge the built-in rules under `rules` (false: only the rules given).
+    #[serde(default = "default_true")]
+    pub builtin_rules: bool,
+    /// Rules by name; entries with a built-in name override its fields.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleConfig>,
+    /// Sinks by name. A `log` sink named `log` exists unless configured off.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// How long `shutdown` waits for sinks to flush their queues.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        WatchdogConfig {
+            enabled: true,
+            state_db_path: default_state_db_path(),
+            history_retention: default_history_retention(),
+            builtin_rules: true,
+            rules: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+pub fn default_state_db_path() -> PathBuf {
+    PathBuf::from("/var/lib/vmscope/state.db")
+}
+fn default_history_retention() -> Duration {
+    Duration::from_secs(90 * 86_400)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_sustained() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One `[watchdog.rules.NAME]` entry. Every field is optional so that an entry
+/// can override a built-in rule; a new rule needs at least `metric` and
+/// `threshold`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub enabled: Option<bool>,
+    /// One of [`Metric::ALL`]'s names.
+    pub metric: Option<String>,
+    /// Ratio metrics: 0..=1 (0.8 = 80 %). `filesystem_*_gib`: GiB.
+    pub threshold: Option<f64>,
+    /// How long the condition must hold before the alert fires (default 30s).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub sustained: Option<Duration>,
+    /// How long the condition must be clear before it resolves
+    /// (default: `sustained`).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub recovery: Option<Duration>,
+    /// Notify again while still firing, this often (default: never).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub repeat_interval: Option<Duration>,
+    pub severity: Option<Severity>,
+    /// Sink names this rule notifies (default: every enabled sink).
+    pub sinks: Option<Vec<String>>,
+    /// Filesystem rules: only the filesystem mounted from this device,
+    /// spelled as in /proc/mounts (`findmnt -no SOURCE /`).
+    pub device: Option<String>,
+    /// Filesystem rules: only the filesystem mounted here.
+    pub mountpoint: Option<String>,
+}
+
+/// The rules vmscope ships with; each can be changed or turned off.
+pub fn builtin_rules() -> BTreeMap<String, RuleConfig> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "host_cpu".to_owned(),
+        RuleConfig {
+            metric: Some(Metric::HostCpuRatio.name().to_owned()),
+            threshold: Some(0.8),
+            ..RuleConfig::default()
+        },
+    );
+    m.insert(
+        "host_memory".to_owned(),
+        RuleConfig {
+            metric: Some(Metric::HostMemoryUsedRatio.name().to_owned()),
+            threshold: Some(0.8),
+            ..RuleConfig::default()
+        },
+    );
+    m.insert(
+        "root_fs_free".to_owned(),
+        RuleConfig {
+            metric: Some(Metric::FilesystemFreeGib.name().to_owned()),
+            threshold: Some(5.0),
+            mountpoint: Some("/".to_owned()),
+            ..RuleConfig::default()
+        },
+    );
+    m
+}
+
+/// Settings every sink shares: queue, retries, HTTP timeout, extra CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub enabled: bool,
+    pub queue_capacity: usize,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[watchdog.sinks.NAME]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    Log(LogSinkConfig),
+    Webhook(WebhookSinkConfig),
+    Telegram(TelegramSinkConfig),
+    Sentry(SentrySinkConfig),
+    Alertmanager(AlertmanagerSinkConfig),
+}
+
+/// Fields shared by the HTTP sinks; repeated in each struct because serde's
+/// `flatten` does not combine with `deny_unknown_fields`.
+macro_rules! http_sink_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[serde(default = "default_true")]
+            pub enabled: bool,
+            /// Notifications waiting for this sink; beyond it the oldest go.
+            #[serde(default = "default_queue_capacity")]
+            pub queue_capacity: usize,
+            /// Whole-request timeout.
+            #[serde(default = "default_http_timeout", deserialize_with = "de_duration")]
+            pub timeout: Duration,
+            /// Retry backoff doubles from 1s up to this.
+            #[serde(default = "default_max_backoff", deserialize_with = "de_duration")]
+            pub max_backoff: Duration,
+            /// Extra PEM CA certificate(s) trusted for this sink, on top of
+            /// the system roots.
+            #[serde(default)]
+            pub ca_file: Option<PathBuf>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+        impl $name {
+            pub fn delivery(&self) -> Delivery {
+                Delivery {
+                    enabled: self.enabled,
+                    queue_capacity: self.queue_capacity,
+                    timeout: self.timeout,
+                    max_backoff: self.max_backoff,
+                    ca_file: self.ca_file.clone(),
+                }
+            }
+        }
+    };
+}
+
+fn default_queue_capacity() -> usize {
+    256
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_telegram_api_url() -> String {
+    "https://api.telegram.org".to_owned()
+}
+fn default_resend_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// `type = "log"`: structured `tracing` events (target `vmscope::alert`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSinkConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+http_sink_fields! {
+    /// `type = "webhook"`: POST of the documented JSON body to `url`.
+    pub struct WebhookSinkConfig {
+        pub url: String,
+        /// Value of the `Authorization` header (env `VMSCOPE_WEBHOOK_AUTH_HEADER`).
+        #[serde(default)]
+        pub auth_header: Option<Secret>,
+    }
+}
+
+http_sink_fields! {
+    /// `type = "telegram"`: Bot API `sendMessage`.
+    pub struct TelegramSinkConfig {
+        /// Env `VMSCOPE_TELEGRAM_BOT_TOKEN` when absent.
+        #[serde(default)]
+        pub bot_token: Option<Secret>,
+        /// Numeric chat id or `@channel` (env `VMSCOPE_TELEGRAM_CHAT_ID`).
+        #[serde(default)]
+        pub chat_id: Option<String>,
+        #[serde(default = "default_telegram_api_url")]
+        pub api_url: String,
+    }
+}
+
+http_sink_fields! {
+    /// `type = "sentry"`: events posted to the DSN's envelope endpoint.
+    pub struct SentrySinkConfig {
+        /// Env `VMSCOPE_SENTRY_DSN` when absent.
+        #[serde(default)]
+        pub dsn: Option<Secret>,
+        #[serde(default)]
+        pub environment: Option<String>,
+    }
+}
+
+http_sink_fields! {
+    /// `type = "alertmanager"`: Alertmanager API v2.
+    pub struct AlertmanagerSinkConfig {
+        /// Base URL, e.g. `http://127.0.0.1:9093`.
+        pub url: String,
+        /// Firing alerts are re-sent this often (capped at 1m, as Prometheus
+        /// does) so Alertmanager does not time them out.
+        #[serde(default = "default_resend_interval", deserialize_with = "de_duration")]
+        pub resend_interval: Duration,
+        /// Env `VMSCOPE_ALERTMANAGER_AUTH_HEADER` when absent.
+        #[serde(default)]
+        pub auth_header: Option<Secret>,
+    }
+}
+
+impl TelegramSinkConfig {
+    pub fn bot_token(&self) -> Option<Secret> {
+        self.bot_token
+            .clone()
+            .or_else(|| env_secret(ENV_TELEGRAM_BOT_TOKEN))
+    }
+    pub fn chat_id(&self) -> Option<String> {
+        self.chat_id
+            .clone()
+            .or_else(|| env_string(ENV_TELEGRAM_CHAT_ID))
+    }
+}
+
+impl SentrySinkConfig {
+    pub fn dsn(&self) -> Option<Secret> {
+        self.dsn.clone().or_else(|| env_secret(ENV_SENTRY_DSN))
+    }
+}
+
+impl WebhookSinkConfig {
+    pub fn auth_header(&self) -> Option<Secret> {
+        self.auth_header
+            .clone()
+            .or_else(|| env_secret(ENV_WEBHOOK_AUTH_HEADER))
+    }
+}
+
+impl AlertmanagerSinkConfig {
+    pub fn auth_header(&self) -> Option<Secret> {
+        self.auth_header
+            .clone()
+            .or_else(|| env_secret(ENV_ALERTMANAGER_AUTH_HEADER))
+    }
+    /// What is actually used: at most one minute, as Prometheus re-sends.
+    pub fn effective_resend_interval(&self) -> Duration {
+        self.resend_interval.min(Duration::from_secs(60))
+    }
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Log(_) => "log",
+            SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Telegram(_) => "telegram",
+            SinkConfig::Sentry(_) => "sentry",
+            SinkConfig::Alertmanager(_) => "alertmanager",
+        }
+    }
+    pub fn enabled(&self) -> bool {
+        self.delivery().enabled
+    }
+    pub fn delivery(&self) -> Delivery {
+        match self {
+            SinkConfig::Log(c) => Delivery {
+                enabled: c.enabled,
+                queue_capacity: default_queue_capacity(),
+                timeout: default_http_timeout(),
+                max_backoff: default_max_backoff(),
+                ca_file: None,
+            },
+            SinkConfig::Webhook(c) => c.delivery(),
+            SinkConfig::Telegram(c) => c.delivery(),
+            SinkConfig::Sentry(c) => c.delivery(),
+            SinkConfig::Alertmanager(c) => c.delivery(),
+        }
+    }
+}
+
+impl WatchdogConfig {
+    /// The sinks in effect: the configured ones plus the default `log` sink
+    /// when no sink is named `log`. Disabled sinks are left out.
+    pub fn effective_sinks(&self) -> BTreeMap<String, SinkConfig> {
+        let mut sinks = self.sinks.clone();
+        sinks
+            .entry("log".to_owned())
+            .or_insert(SinkConfig::Log(LogSinkConfig { enabled: true }));
+        sinks.retain(|_, s| s.enabled());
+        sinks
+    }
+
+    /// Built-ins merged with the user's entries, checked and resolved, in
+    /// name order. Disabled rules are left out.
+    pub fn resolve_rules(&self) -> Result<Vec<Rule>, ConfigError> {
+        let mut merged = if self.builtin_rules {
+            builtin_rules()
+        } else {
+            BTreeMap::new()
+        };
+        for (name, user) in &self.rules {
+            let entry = merged.entry(name.clone()).or_default();
+            merge_rule(entry, user);
+        }
+        let all_sinks = {
+            let mut s: Vec<String> = self.sinks.keys().cloned().collect();
+            if !s.iter().any(|n| n == "log") {
+                s.push("log".to_owned());
+            }
+            s
+        };
+        let mut out = Vec::new();
+        for (name, rc) in &merged {
+            if rc.enabled == Some(false) {
+                continue;
+            }
+            out.push(resolve_rule(name, rc, &all_sinks)?);
+        }
+        Ok(out)
+    }
+
+    /// Every check that needs more than one field: rule thresholds and
+    /// timers against the collection interval, sink references, sink URLs
+    /// and secrets (file or environment), CA files.
+    pub fn validate(&self, collection_interval: Duration) -> Result<(), ConfigError> {
+        if self.state_db_path.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "watchdog.state_db_path",
+                "must not be empty",
+            ));
+        }
+        if self.shutdown_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "watchdog.shutdown_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        let rules = self.resolve_rules()?;
+        for rule in &rules {
+            let key = |field: &str| format!("watchdog.rules.{}.{field}", rule.name);
+            for (field, d) in [
+                ("sustained", Some(rule.sustained)),
+                ("recovery", Some(rule.recovery)),
+                ("repeat_interval", rule.repeat_interval),
+            ] {
+                if let Some(d) = d
+                    && d < collection_interval
+                {
+                    return Err(ConfigError::new(
+                        key(field),
+                        format!(
+                            "{} is shorter than the collection interval {}",
+                            humantime::format_duration(d),
+                            humantime::format_duration(collection_interval)
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, sink) in &self.sinks {
+            validate_sink(name, sink)?;
+        }
+        Ok(())
+    }
+}
+
+fn merge_rule(into: &mut RuleConfig, from: &RuleConfig) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if from.$f.is_some() { into.$f = from.$f.clone(); } )* };
+    }
+    take!(
+        enabled,
+        metric,
+        threshold,
+        sustained,
+        recovery,
+        repeat_interval,
+        severity,
+        sinks
+    );
+    // A filesystem selector is one choice: setting either replaces both.
+    if from.device.is_some() || from.mountpoint.is_some() {
+        into.device = from.device.clone();
+        into.mountpoint = from.mountpoint.clone();
+    }
+}
+
+fn resolve_rule(name: &str, rc: &RuleConfig, sinks: &[String]) -> Result<Rule, ConfigError> {
+    let key = |field: &str| format!("watchdog.rules.{name}.{field}");
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':');
+    if !name_ok {
+        return Err(ConfigError::new(
+            format!("watchdog.rules.{name}"),
+            "a rule name is 1-64 characters of A-Z, a-z, 0-9, '_', '-', ':'",
+        ));
+    }
+    let metric_name = rc
+        .metric
+        .as_deref()
+        .ok_or_else(|| ConfigError::new(key("metric"), "missing (every new rule needs one)"))?;
+    let metric = Metric::from_name(metric_name).ok_or_else(|| {
+        let known: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        ConfigError::new(
+            key("metric"),
+            format!(
+                "unknown metric {metric_name:?} (known: {})",
+                known.join(", ")
+            ),
+        )
+    })?;
+    let threshold = rc
+        .threshold
+        .ok_or_else(|| ConfigError::new(key("threshold"), "missing"))?;
+    let (lo, hi) = metric.threshold_range();
+    if !threshold.is_finite() || threshold < lo || threshold > hi {
+        return Err(ConfigError::new(
+            key("threshold"),
+            format!(
+                "{threshold} is out of range for {} ({lo}..={hi}{})",
+                metric.name(),
+                metric.threshold_unit_hint()
+            ),
+        ));
+    }
+    let sustained = rc.sustained.unwrap_or_else(default_sustained);
+    if sustained.is_zero() {
+        return Err(ConfigError::new(key("sustained"), "must be longer than 0s"));
+    }
+    let recovery = rc.recovery.unwrap_or(sustained);
+    if recovery.is_zero() {
+        return Err(ConfigError::new(key("recovery"), "must be longer than 0s"));
+    }
+    if rc.repeat_interval.is_some_and(|d| d.is_zero()) {
+        return Err(ConfigError::new(
+            key("repeat_interval"),
+            "must be longer than 0s (leave it out for no repeats)",
+        ));
+    }
+    if let Some(list) = &rc.sinks {
+        for (i, s) in list.iter().enumerate() {
+            if !sinks.iter().any(|k| k == s) {
+                return Err(ConfigError::new(
+                    format!("watchdog.rules.{name}.sinks[{i}]"),
+                    format!("unknown sink {s:?} (configured: {})", sinks.join(", ")),
+                ));
+            }
+        }
+    }
+    let selector = match (&rc.device, &rc.mountpoint) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                key("device"),
+                "give either device or mountpoint, not both",
+            ));
+        }
+        (Some(d), None) => FsSelector::Device(d.clone()),
+        (None, Some(m)) => FsSelector::Mountpoint(m.clone()),
+        (None, None) => FsSelector::All,
+    };
+    if !metric.is_filesystem() && selector != FsSelector::All {
+        let field = if rc.device.is_some() {
+            "device"
+        } else {
+            "mountpoint"
+        };
+        return Err(ConfigError::new(
+            key(field),
+            format!(
+                "only filesystem metrics take a {field}, not {}",
+                metric.name()
+            ),
+        ));
+    }
+    Ok(Rule {
+        name: name.to_owned(),
+        metric,
+        threshold,
+        sustained,
+        recovery,
+        repeat_interval: rc.repeat_interval,
+        severity: rc.severity.unwrap_or(Severity::Warning),
+        sinks: rc.sinks.clone(),
+        selector,
+    })
+}
+
+fn validate_sink(name: &str, sink: &SinkConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("watchdog.sinks.{name}.{field}");
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(ConfigError::new(
+            format!("watchdog.sinks.{name}"),
+            "a sink name is 1-64 characters of A-Z, a-z, 0-9, '_', '-'",
+        ));
+    }
+    if !sink.enabled() {
+        return Ok(());
+    }
+    let d = sink.delivery();
+    if d.queue_capacity == 0 {
+        return Err(ConfigError::new(
+            key("queue_capacity"),
+            "must be at least 1",
+        ));
+    }
+    if d.timeout.is_zero() {
+        return Err(ConfigError::new(key("timeout"), "must be longer than 0s"));
+    }
+    if d.max_backoff < Duration::from_secs(1) {
+        return Err(ConfigError::new(key("max_backoff"), "must be at least 1s"));
+    }
+    if let Some(ca) = &d.ca_file
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        return Err(ConfigError::new(
+            key("ca_file"),
+            format!("cannot read {}: {e}", ca.display()),
+        ));
+    }
+    match sink {
+        SinkConfig::Log(_) => {}
+        SinkConfig::Webhook(c) => check_url(&key("url"), &c.url)?,
+        SinkConfig::Alertmanager(c) => {
+            check_url(&key("url"), &c.url)?;
+            if c.resend_interval.is_zero() {
+                return Err(ConfigError::new(
+                    key("resend_interval"),
+                    "must be longer than 0s",
+                ));
+            }
+        }
+        SinkConfig::Telegram(c) => {
+            check_url(&key("api_url"), &c.api_url)?;
+            if c.bot_token().is_none() {
+                return Err(ConfigError::new(
+                    key("bot_token"),
+                    format!("missing (set it here or in {ENV_TELEGRAM_BOT_TOKEN})"),
+                ));
+            }
+            if c.chat_id().is_none() {
+                return Err(ConfigError::new(
+                    key("chat_id"),
+                    format!("missing (set it here or in {ENV_TELEGRAM_CHAT_ID})"),
+                ));
+            }
+        }
+        SinkConfig::Sentry(c) => {
+            let dsn = c.dsn().ok_or_else(|| {
+                ConfigError::new(
+                    key("dsn"),
+                    format!("missing (set it here or in {ENV_SENTRY_DSN})"),
+                )
+            })?;
+            super::sinks::sentry::Dsn::parse(&dsn)
+                .map_err(|e| ConfigError::new(key("dsn"), e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        Ok(u) => Err(ConfigError::new(
+            key,
+            format!("{:?} is not an http(s) URL with a host", u.scheme()),
+        )),
+        Err(e) => Err(ConfigError::new(key, format!("not a URL: {e}"))),
+    }
+}
+
+/// A humantime string (`"30s"`, `"5m"`, `"1h 30m"`).
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn parse(s: &str) -> Result<WatchdogConfig, toml::de::Error> {
+        toml::from_str(s)
+    }
+
+    #[test]
+    fn defaults_give_builtin_rules_and_log_sink() {
+        let c = parse("").unwrap();
+        let rules = c.resolve_rules().unwrap();
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["host_cpu", "host_memory", "root_fs_free"]);
+        let cpu = &rules[0];
+        assert_eq!(cpu.threshold, 0.8);
+        assert_eq!(cpu.sustained, Duration::from_secs(30));
+        assert_eq!(cpu.recovery, Duration::from_secs(30));
+        assert_eq!(c.state_db_path, PathBuf::from("/var/lib/vmscope/state.db"));
+        assert_eq!(c.effective_sinks().keys().collect::<Vec<_>>(), ["log"]);
+        c.validate(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn overrides_merge_into_builtins_and_can_disable() {
+        let c = parse(
+            r#"
+            [rules.host_cpu]
+            threshold = 0.95
+            sustained = "1m"
+            [rules.host_memory]
+            enabled = false
+            [rules.vm_cpu]
+            metric = "vm_cpu_utilization_ratio"
+            threshold = 0.9
+            sustained = "10s"
+            repeat_interval = "1h"
+            severity = "critical"
+            "#,
+        )
+        .unwrap();
+        let rules = c.resolve_rules().unwrap();
+        let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["host_cpu", "root_fs_free", "vm_cpu"]);
+        assert_eq!(rules[0].threshold, 0.95);
+        assert_eq!(rules[0].metric, Metric::HostCpuRatio);
+        assert_eq!(rules[0].sustained, Duration::from_secs(60));
+        assert_eq!(rules[2].severity, Severity::Critical);
+        assert_eq!(rules[2].repeat_interval, Some(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn bad_rules_name_the_key() {
+        let cases = [
+            (
+                "[rules.x]\nmetric = \"vm_cpu_utilization_ratio\"\nthreshold = 1.5",
+                "watchdog.rules.x.threshold: 1.5 is out of range",
+            ),
+            (
+                "[rules.x]\nmetric = \"nope\"\nthreshold = 0.5",
+                "watchdog.rules.x.metric: unknown metric \"nope\"",
+            ),
+            (
+                "[rules.x]\nthreshold = 0.5",
+                "watchdog.rules.x.metric: missing",
+            ),
+            (
+                "[rules.host_cpu]\nsustained = \"2s\"",
+                "watchdog.rules.host_cpu.sustained: 2s is shorter than the collection interval 5s",
+            ),
+            (
+                "[rules.host_cpu]\nsinks = [\"log\", \"pager\"]",
+                "watchdog.rules.host_cpu.sinks[1]: unknown sink \"pager\"",
+            ),
+            (
+                "[rules.host_cpu]\nmountpoint = \"/\"",
+                "watchdog.rules.host_cpu.mountpoint: only filesystem metrics",
+            ),
+            (
+                "[rules.root_fs_free]\nthreshold = -1.0",
+                "watchdog.rules.root_fs_free.threshold: -1 is out of range",
+            ),
+            (
+                "[sinks.wh]\ntype = \"webhook\"\nurl = \"ftp://x\"",
+                "watchdog.sinks.wh.url:",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = parse(toml)
+                .unwrap()
+                .validate(Duration::from_secs(5))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(want),
+                "{toml:?}: got {err:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = parse("[rules.host_cpu]\nthreshhold = 0.9").unwrap_err();
+        assert!(e.to_string().contains("threshhold"), "{e}");
+        let e = parse("[sinks.t]\ntype = \"telegram\"\nchat = \"1\"").unwrap_err();
+        assert!(e.to_string().contains("chat"), "{e}");
+        let e = parse("[sinks.t]\ntype = \"pager\"").unwrap_err();
+        assert!(e.to_string().contains("pager"), "{e}");
+        let e = parse("sustained = \"5s\"").unwrap_err();
+        assert!(e.to_string().contains("sustained"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = parse(
+            "[sinks.tg]\ntype = \"telegram\"\nbot_token = \"123:SECRETTOKEN\"\nchat_id = \"42\"",
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("SECRETTOKEN"), "{dbg}");
+        assert!(dbg.contains("***"));
+        c.validate(Duration::from_secs(5)).unwrap();
+    }
+}

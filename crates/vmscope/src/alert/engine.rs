@@ -1,0 +1,618 @@
+//! The rule engine: a pure state machine over snapshots.
+//!
+//! Reads: a [`Snapshot`] and the evaluation time, passed in (no clock reads,
+//! no IO), so tests drive it with simulated time. Emits: [`Notification`]s,
+//! at most one per rule per evaluation, grouping every scope of that rule
+//! that fired, repeated or resolved at this evaluation. Cannot fail.
+//!
+//! Per (rule, scope):
+//! - quiet --condition true--> pending(since = now)
+//! - pending --condition false--> quiet (the timer resets: flapping never fires)
+//! - pending --held for `sustained`--> firing: one `Fired` alert
+//! - firing --condition true--> firing (clear timer resets); a `Repeat`
+//!   alert when `repeat_interval` has passed since the last notification
+//! - firing --clear for `recovery`--> quiet: one `Resolved` alert
+//!
+//! A scope missing from a snapshot (a VM that stopped, an unmounted
+//! filesystem) or whose value is unknown counts as "condition false".
+//! Pending timers are not persisted: after a restart a condition has to
+//! hold for the full sustained time again. Firing episodes are restored
+//! from the store ([`Engine::restore`]) so a restart does not notify again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime};
+
+use super::context;
+use super::notification::{Alert, Notification, Status, Transition};
+use super::rules::{Observation, Rule, Scope};
+use super::text;
+use crate::model::Snapshot;
+
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    Pending {
+        since: SystemTime,
+    },
+    Firing {
+        /// The alert as it fired (scope, context, start time); boxed to
+        /// keep pending states small.
+        alert: Box<Alert>,
+        last_notified: SystemTime,
+        clear_since: Option<SystemTime>,
+    },
+}
+
+/// A firing episode loaded from the store at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredEpisode {
+    /// The alert as it fired (the stored payload).
+    pub alert: Alert,
+    pub last_notified: SystemTime,
+}
+
+/// A firing (rule, scope), for metrics and the API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    pub rule: String,
+    pub severity: super::rules::Severity,
+    pub scope_key: String,
+    pub started_at: SystemTime,
+}
+
+/// The state machine. Cheap to build; owns only rule definitions and one
+/// small state per (rule, scope) that is pending or firing.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    rules: Vec<Rule>,
+    /// (rule name, scope key) -> state. Quiet scopes have no entry.
+    states: BTreeMap<(String, String), State>,
+}
+
+/// `later - earlier`, zero if the clock went backwards.
+fn elapsed(later: SystemTime, earlier: SystemTime) -> Duration {
+    later.duration_since(earlier).unwrap_or(Duration::ZERO)
+}
+
+impl Engine {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Engine {
+            rules,
+            states: BTreeMap::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Take over firing episodes from before a restart. Returns the ones
+    /// whose rule no longer exists (removed or disabled in the config): the
+    /// caller closes them without notifying.
+    pub fn restore(
+        &mut self,
+        episodes: impl IntoIterator<Item = RestoredEpisode>,
+    ) -> Vec<RestoredEpisode> {
+        let mut orphans = Vec::new();
+        for ep in episodes {
+            if !self.rules.iter().any(|r| r.name == ep.alert.rule) {
+                orphans.push(ep);
+                continue;
+            }
+            let key = (ep.alert.rule.clone(), ep.alert.scope_key.clone());
+            self.states.insert(
+                key,
+                State::Firing {
+                    alert: Box::new(ep.alert),
+                    last_notified: ep.last_notified,
+                    clear_since: None,
+                },
+            );
+        }
+        orphans
+    }
+
+    /// Evaluate every rule against `snap` at time `now`.
+    pub fn evaluate(&mut self, now: SystemTime, snap: &Snapshot) -> Vec<Notification> {
+        let host = snap
+            .host
+            .hostname
+            .clone()
+            .unwrap_or_else(|| "unknown".to_owned());
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            let mut alerts = Vec::new();
+            let mut seen = BTreeSet::new();
+            for obs in rule.observe(snap) {
+                let key = obs.scope.key();
+                // Two filesystems on one mountpoint (overmounts): first wins.
+                if !seen.insert(key.clone()) {
+                    continue;
+                }
+                if let Some(a) = step(&mut self.states, rule, &host, now, snap, &key, Some(&obs)) {
+                    alerts.push(a);
+                }
+            }
+            let unseen: Vec<String> = self
+                .states
+                .range((rule.name.clone(), String::new())..)
+                .take_while(|((r, _), _)| *r == rule.name)
+                .map(|((_, k), _)| k.clone())
+                .filter(|k| !seen.contains(k))
+                .collect();
+            for key in unseen {
+                if let Some(a) = step(&mut self.states, rule, &host, now, snap, &key, None) {
+                    alerts.push(a);
+                }
+            }
+            if !alerts.is_empty() {
+                out.push(Notification {
+                    rule: rule.name.clone(),
+                    severity: rule.severity,
+                    host: host.clone(),
+                    at: now,
+                    sinks: rule.sinks.clone(),
+                    alerts,
+                });
+            }
+        }
+        out
+    }
+
+    /// Every firing (rule, scope), in (rule, scope key) order.
+    pub fn active(&self) -> Vec<ActiveAlert> {
+        self.states
+            .iter()
+            .filter_map(|((rule, scope_key), st)| match st {
+                State::Firing { alert, .. } => Some(ActiveAlert {
+                    rule: rule.clone(),
+                    severity: alert.severity,
+                    scope_key: scope_key.clone(),
+                    started_at: alert.started_at,
+                }),
+                State::Pending { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The firing alerts as they fired, for sinks that re-send state.
+    pub fn firing_alerts(&self) -> Vec<Alert> {
+        self.states
+            .values()
+            .filter_map(|st| match st {
+                State::Firing { alert, .. } => Some((**alert).clone()),
+                State::Pending { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Advance one (rule, scope). `obs` is `None` when the scope is missing
+/// from the snapshot. Returns the alert to notify, if any.
+#[allow(clippy::too_many_arguments)]
+fn step(
+    states: &mut BTreeMap<(String, String), State>,
+    rule: &Rule,
+    host: &str,
+    now: SystemTime,
+    snap: &Snapshot,
+    scope_key: &str,
+    obs: Option<&Observation>,
+) -> Option<Alert> {
+    let breach = obs.is_some_and(|o| o.breaches(rule));
+    let value = obs.and_then(|o| o.value);
+    let map_key = (rule.name.clone(), scope_key.to_owned());
+    let state = states.get_mut(&map_key);
+    match (state, breach) {
+        (None, false) => None,
+        (None, true) => {
+            states.insert(map_key, State::Pending { since: now });
+            None
+        }
+        (Some(State::Pending { .. }), false) => {
+            states.remove(&map_key);
+            None
+        }
+        (Some(State::Pending { since }), true) => {
+            let held = elapsed(now, *since);
+            if held < rule.sustained {
+                return None;
+            }
+            // `breach` implies `obs` is Some.
+            let scope = obs.map_or(Scope::Host, |o| o.scope.clone());
+            let mut alert = Alert {
+                rule: rule.name.clone(),
+                host: host.to_owned(),
+                metric: rule.metric.name().to_owned(),
+                severity: rule.severity,
+                scope_key: scope_key.to_owned(),
+                context: context::build(rule.metric, &scope, snap),
+                scope,
+                status: Status::Firing,
+                transition: Transition::Fired,
+                value,
+                threshold: rule.threshold,
+                started_at: now,
+                resolved_at: None,
+                summary: String::new(),
+            };
+            alert.summary = text::summary(rule.metric, &alert, held);
+            states.insert(
+                map_key,
+                State::Firing {
+                    alert: Box::new(alert.clone()),
+                    last_notified: now,
+                    clear_since: None,
+                },
+            );
+            Some(alert)
+        }
+        (
+            Some(State::Firing {
+                alert,
+                last_notified,
+                clear_since,
+            }),
+            true,
+        ) => {
+            *clear_since = None;
+            let due = rule
+                .repeat_interval
+                .is_some_and(|r| elapsed(now, *last_notified) >= r);
+            if !due {
+                return None;
+            }
+            *last_notified = now;
+            let scope = obs.map_or_else(|| alert.scope.clone(), |o| o.scope.clone());
+            let mut rep = Alert {
+                transition: Transition::Repeat,
+                value,
+                context: context::build(rule.metric, &scope, snap),
+                scope,
+                ..(**alert).clone()
+            };
+            rep.summary = text::summary(rule.metric, &rep, elapsed(now, alert.started_at));
+            Some(rep)
+        }
+        (
+            Some(State::Firing {
+                alert, clear_since, ..
+            }),
+            false,
+        ) => {
+            let since = *clear_since.get_or_insert(now);
+            let clear_for = elapsed(now, since);
+            if clear_for < rule.recovery {
+                return None;
+            }
+            let (scope, ctx) = match obs {
+                Some(o) => (o.scope.clone(), context::build(rule.metric, &o.scope, snap)),
+                // Gone: keep what was known when it fired.
+                None => (alert.scope.clone(), alert.context.clone()),
+            };
+            let mut res = Alert {
+                status: Status::Resolved,
+                transition: Transition::Resolved,
+                value,
+                resolved_at: Some(now),
+                context: ctx,
+                scope,
+                ..(**alert).clone()
+            };
+            res.summary = text::summary(rule.metric, &res, clear_for);
+            states.remove(&map_key);
+            Some(res)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::alert::rules::{FsSelector, Metric, Severity};
+    use crate::model::{
+        CpuSeconds, FilesystemStats, Hypervisor, Snapshot, Source, VmRates, VmState, VmStats,
+    };
+
+    const T0: u64 = 1_800_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(T0 + secs)
+    }
+
+    fn rule(name: &str, metric: Metric, threshold: f64, sustained: u64) -> Rule {
+        Rule {
+            name: name.to_owned(),
+            metric,
+            threshold,
+            sustained: Duration::from_secs(sustained),
+            recovery: Duration::from_secs(sustained),
+            repeat_interval: None,
+            severity: Severity::Warning,
+            sinks: None,
+            selector: FsSelector::All,
+        }
+    }
+
+    fn vm(id: &str, cpu_ratio: f64) -> VmStats {
+        VmStats {
+            id: id.to_owned(),
+            name: format!("name-{id}"),
+            hypervisor: Hypervisor::Qemu,
+            source: Source::Process,
+            pid: 1,
+            uuid: None,
+            state: VmState::Running,
+            start_time_seconds: 0.0,
+            owner: None,
+            flavor: None,
+            display_name: None,
+            allocated_vcpus: Some(2),
+            allocated_memory_bytes: Some(1 << 30),
+            cpu: CpuSeconds::default(),
+            vcpus: Vec::new(),
+            memory_rss_bytes: 100 << 20,
+            memory_virtual_bytes: 0,
+            memory_utilization_ratio: Some(0.1),
+            network: Vec::new(),
+            disk: None,
+            rates: Some(VmRates {
+                window_seconds: 5.0,
+                cpu_cores: cpu_ratio * 2.0,
+                cpu_utilization_ratio: Some(cpu_ratio),
+                ..VmRates::default()
+            }),
+            collect_success: true,
+            collect_age_seconds: 0.0,
+        }
+    }
+
+    fn snap(secs: u64, host_cpu: f64, vms: Vec<VmStats>) -> Snapshot {
+        let mut s = Snapshot::empty(Duration::from_secs(5));
+        s.seq = secs + 1;
+        s.collected_at = at(secs);
+        s.host.hostname = Some("hv1".to_owned());
+        s.host.cpu_ratio = Some(host_cpu);
+        s.host.memory_total_bytes = 1 << 34;
+        s.host.memory_used_ratio = 0.2;
+        let mut vms = vms;
+        vms.sort_by(|a, b| a.id.cmp(&b.id));
+        s.vms = vms;
+        s
+    }
+
+    /// Drives `engine` with host CPU values, one per 5 s tick starting at
+    /// `start`; returns (tick time, transitions) for every notification.
+    fn drive(engine: &mut Engine, start: u64, cpu: &[f64]) -> Vec<(u64, Vec<Transition>)> {
+        let mut out = Vec::new();
+        for (i, c) in cpu.iter().enumerate() {
+            let t = start + 5 * i as u64;
+            for n in engine.evaluate(at(t), &snap(t, *c, Vec::new())) {
+                out.push((t, n.alerts.iter().map(|a| a.transition).collect()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn flapping_never_fires() {
+        let mut e = Engine::new(vec![rule("cpu", Metric::HostCpuRatio, 0.8, 30)]);
+        // High for 25 s, one low sample, high for 25 s, ... for ten minutes.
+        let pattern: Vec<f64> = (0..120)
+            .map(|i| if i % 6 == 5 { 0.1 } else { 0.95 })
+            .collect();
+        assert_eq!(drive(&mut e, 0, &pattern), vec![]);
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn one_fire_and_one_recovery_per_episode() {
+        let mut e = Engine::new(vec![rule("cpu", Metric::HostCpuRatio, 0.8, 30)]);
+        let mut cpu = vec![0.1; 2];
+        cpu.extend(vec![0.9; 20]); // t=10..105 high
+        cpu.extend([0.1, 0.1, 0.9]); // a dip shorter than recovery: still firing
+        cpu.extend(vec![0.1; 20]); // clear for good
+        let got = drive(&mut e, 0, &cpu);
+        // Fires once the condition (first true at t=10) has held 30 s: t=40.
+        // Clear from t=125 on; resolves once clear 30 s: t=155.
+        assert_eq!(
+            got,
+            vec![
+                (40, vec![Transition::Fired]),
+                (155, vec![Transition::Resolved])
+            ]
+        );
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn fired_alert_carries_value_context_and_text() {
+        let mut e = Engine::new(vec![rule("cpu", Metric::HostCpuRatio, 0.8, 10)]);
+        let vms = || vec![vm("a", 0.2), vm("b", 0.9)];
+        assert!(e.evaluate(at(0), &snap(0, 0.93, vms())).is_empty());
+        assert!(e.evaluate(at(5), &snap(5, 0.93, vms())).is_empty());
+        let n = e.evaluate(at(10), &snap(10, 0.93, vms()));
+        assert_eq!(n.len(), 1);
+        let a = &n[0].alerts[0];
+        assert_eq!(n[0].host, "hv1");
+        assert_eq!(a.scope, Scope::Host);
+        assert_eq!(a.value, Some(0.93));
+        assert_eq!(a.started_at, at(10));
+        assert_eq!(a.context.top_vms[0].vm_id, "b");
+        assert_eq!(
+            a.summary,
+            "host CPU at 93% (>= 80%); top VMs by CPU: name-b 1.80 cores, name-a 0.40 cores for 10s"
+        );
+    }
+
+    #[test]
+    fn repeat_interval_renotifies_while_firing() {
+        let mut r = rule("cpu", Metric::HostCpuRatio, 0.8, 10);
+        r.repeat_interval = Some(Duration::from_secs(60));
+        let mut e = Engine::new(vec![r]);
+        let got = drive(&mut e, 0, &[0.9; 40]); // t=0..195
+        assert_eq!(
+            got,
+            vec![
+                (10, vec![Transition::Fired]),
+                (70, vec![Transition::Repeat]),
+                (130, vec![Transition::Repeat]),
+                (190, vec![Transition::Repeat]),
+            ]
+        );
+    }
+
+    #[test]
+    fn many_vms_crossing_at_once_make_one_notification() {
+        let mut e = Engine::new(vec![rule("vm_cpu", Metric::VmCpuUtilizationRatio, 0.9, 10)]);
+        let hot = |t| {
+            snap(
+                t,
+                0.1,
+                (0..50).map(|i| vm(&format!("vm{i:02}"), 0.99)).collect(),
+            )
+        };
+        assert!(e.evaluate(at(0), &hot(0)).is_empty());
+        assert!(e.evaluate(at(5), &hot(5)).is_empty());
+        let n = e.evaluate(at(10), &hot(10));
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].alerts.len(), 50);
+        assert_eq!(n[0].count(Transition::Fired), 50);
+        assert_eq!(e.active().len(), 50);
+        // All stop at once (VMs gone): one notification with 50 resolutions.
+        let mut resolved = Vec::new();
+        for t in (15..=40).step_by(5) {
+            resolved.extend(e.evaluate(at(t), &snap(t, 0.1, Vec::new())));
+        }
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].count(Transition::Resolved), 50);
+        assert_eq!(resolved[0].alerts[0].value, None);
+        assert!(
+            resolved[0].alerts[0]
+                .summary
+                .starts_with("resolved: VM name-vm00")
+        );
+    }
+
+    #[test]
+    fn vm_that_stops_while_firing_resolves_after_recovery() {
+        let mut e = Engine::new(vec![rule("vm_cpu", Metric::VmCpuUtilizationRatio, 0.9, 10)]);
+        let mut got = Vec::new();
+        for t in (0..=60).step_by(5) {
+            let vms = if t <= 20 {
+                vec![vm("x", 1.0)]
+            } else {
+                Vec::new()
+            };
+            for n in e.evaluate(at(t), &snap(t, 0.1, vms)) {
+                got.push((t, n.alerts[0].transition, n.alerts[0].scope_key.clone()));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                (10, Transition::Fired, "vm:x".to_owned()),
+                (35, Transition::Resolved, "vm:x".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn restart_mid_episode_does_not_notify_again() {
+        let rules = vec![rule("cpu", Metric::HostCpuRatio, 0.8, 30)];
+        let mut before = Engine::new(rules.clone());
+        let fired = drive(&mut before, 0, &[0.9; 10]); // fires at t=30
+        assert_eq!(fired, vec![(30, vec![Transition::Fired])]);
+        let stored: Vec<RestoredEpisode> = before
+            .firing_alerts()
+            .into_iter()
+            .map(|alert| RestoredEpisode {
+                alert,
+                last_notified: at(30),
+            })
+            .collect();
+
+        // The agent restarts at t=100; the condition still holds for a while.
+        let mut after = Engine::new(rules);
+        assert!(after.restore(stored).is_empty());
+        assert_eq!(after.active().len(), 1);
+        assert_eq!(after.active()[0].started_at, at(30));
+        let mut cpu = vec![0.9; 10];
+        cpu.extend(vec![0.1; 10]);
+        let got = drive(&mut after, 100, &cpu);
+        // No second "fired"; one recovery 30 s after it clears at t=150.
+        assert_eq!(got, vec![(180, vec![Transition::Resolved])]);
+    }
+
+    #[test]
+    fn restored_episode_of_a_removed_rule_is_handed_back() {
+        let mut a = Engine::new(vec![rule("cpu", Metric::HostCpuRatio, 0.8, 5)]);
+        drive(&mut a, 0, &[0.9; 3]);
+        let eps: Vec<RestoredEpisode> = a
+            .firing_alerts()
+            .into_iter()
+            .map(|alert| RestoredEpisode {
+                alert,
+                last_notified: at(5),
+            })
+            .collect();
+        let mut b = Engine::new(vec![rule("mem", Metric::HostMemoryUsedRatio, 0.8, 5)]);
+        let orphans = b.restore(eps);
+        assert_eq!(orphans.len(), 1);
+        assert!(b.active().is_empty());
+    }
+
+    #[test]
+    fn missing_value_counts_as_clear() {
+        let mut e = Engine::new(vec![rule("cpu", Metric::HostCpuRatio, 0.8, 10)]);
+        drive(&mut e, 0, &[0.9; 3]);
+        assert_eq!(e.active().len(), 1);
+        let mut got = Vec::new();
+        for t in (15..=30).step_by(5) {
+            let mut s = snap(t, 0.9, Vec::new());
+            s.host.cpu_ratio = None;
+            got.extend(e.evaluate(at(t), &s));
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].alerts[0].transition, Transition::Resolved);
+    }
+
+    #[test]
+    fn disk_rule_per_mountpoint_with_context() {
+        let mut r = rule("disk", Metric::FilesystemFreeGib, 5.0, 5);
+        r.selector = FsSelector::Mountpoint("/var".to_owned());
+        let mut e = Engine::new(vec![r]);
+        let fs = |mp: &str, free_gib: u64| FilesystemStats {
+            device: format!("/dev/mapper/vg-{}", mp.trim_start_matches('/')),
+            mountpoint: mp.to_owned(),
+            fstype: "xfs".to_owned(),
+            size_bytes: 100 << 30,
+            free_bytes: free_gib << 30,
+            avail_bytes: (free_gib << 30) / 2,
+        };
+        let mut got = Vec::new();
+        for t in [0, 5] {
+            let mut s = snap(t, 0.1, Vec::new());
+            s.host.filesystems = vec![fs("/", 1), fs("/var", 3)];
+            got.extend(e.evaluate(at(t), &s));
+        }
+        assert_eq!(got.len(), 1);
+        let a = &got[0].alerts[0];
+        assert_eq!(a.scope_key, "filesystem:/var");
+        assert_eq!(
+            a.summary,
+            "filesystem /var on /dev/mapper/vg-var (xfs): 3.0 GiB free, 1.5 GiB available, of 100.0 GiB (<= 5.0 GiB) for 5s"
+        );
+    }
+
+    #[test]
+    fn clock_going_backwards_does_not_fire_early() {
+        let mut e = Engine::new(vec![rule("cpu", Metric::HostCpuRatio, 0.8, 30)]);
+        assert!(e.evaluate(at(100), &snap(100, 0.9, Vec::new())).is_empty());
+        assert!(e.evaluate(at(50), &snap(50, 0.9, Vec::new())).is_empty());
+        assert!(e.evaluate(at(120), &snap(120, 0.9, Vec::new())).is_empty());
+        assert_eq!(e.evaluate(at(130), &snap(130, 0.9, Vec::new())).len(), 1);
+    }
+}

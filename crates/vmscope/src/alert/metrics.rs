@@ -1,0 +1,232 @@
+//! The watchdog's metrics, written into `/metrics` through
+//! [`MetricSource`]:
+//! - `vmscope_alert_active{alert,severity,scope}`: 1 per firing (rule, scope);
+//!   absent when nothing fires (as Prometheus' own `ALERTS`);
+//! - `vmscope_alert_since_timestamp_seconds{alert}`: when the rule's oldest
+//!   firing episode started;
+//! - `vmscope_alert_notifications_total{sink,result}`: delivery outcomes;
+//!   `result` is one of [`DeliveryResult`]; every configured sink has all
+//!   of them from the start (zeros included);
+//! - `vmscope_db_query_duration_seconds{op}`, `vmscope_db_errors_total{op}`
+//!   from the store's [`DbMetrics`].
+//!
+//! Label values are bounded: rule and sink names come from the config,
+//! scopes are the host, configured filesystems and the VMs on this host.
+//! Reading never blocks for long: two short mutexes, no IO.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::engine::ActiveAlert;
+use crate::export::{Desc, MetricSource, MetricWriter};
+use crate::store::{DbMetrics, metrics::BUCKETS};
+
+/// Outcome of delivering one notification to one sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DeliveryResult {
+    /// Delivered (also counts Alertmanager re-sends).
+    Success,
+    /// One failed attempt that will be retried (5xx, 429, unreachable).
+    Retry,
+    /// Refused with a 4xx other than 429: not retried.
+    Rejected,
+    /// Given up: the sink's queue overflowed, or shutdown came first.
+    Dropped,
+}
+
+impl DeliveryResult {
+    pub const ALL: [DeliveryResult; 4] = [
+        DeliveryResult::Success,
+        DeliveryResult::Retry,
+        DeliveryResult::Rejected,
+        DeliveryResult::Dropped,
+    ];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryResult::Success => "success",
+            DeliveryResult::Retry => "retry",
+            DeliveryResult::Rejected => "rejected",
+            DeliveryResult::Dropped => "dropped",
+        }
+    }
+}
+
+static ACTIVE: Desc = Desc::gauge(
+    "vmscope_alert_active",
+    "Watchdog alerts firing now, one series per rule and scope (value 1).",
+);
+static SINCE: Desc = Desc::gauge(
+    "vmscope_alert_since_timestamp_seconds",
+    "Unix time the oldest firing episode of the rule started.",
+);
+static NOTIFICATIONS: Desc = Desc::counter(
+    "vmscope_alert_notifications_total",
+    "Watchdog notification deliveries by sink and result (success, retry, rejected, dropped).",
+);
+static DB_DURATION: Desc = Desc::histogram(
+    "vmscope_db_query_duration_seconds",
+    "Time spent in state-database operations, by operation.",
+);
+static DB_ERRORS: Desc = Desc::counter(
+    "vmscope_db_errors_total",
+    "State-database operations that failed, by operation.",
+);
+
+/// Shared between the watchdog loop, the sink tasks and `/metrics`.
+pub struct AlertMetrics {
+    active: Mutex<Vec<ActiveAlert>>,
+    /// Fixed at start: (sink, result) -> count. Never grows afterwards.
+    notifications: BTreeMap<(String, DeliveryResult), AtomicU64>,
+    db: Arc<DbMetrics>,
+}
+
+impl AlertMetrics {
+    pub fn new(sinks: &[String], db: Arc<DbMetrics>) -> Self {
+        let mut notifications = BTreeMap::new();
+        for s in sinks {
+            for r in DeliveryResult::ALL {
+                notifications.insert((s.clone(), r), AtomicU64::new(0));
+            }
+        }
+        AlertMetrics {
+            active: Mutex::new(Vec::new()),
+            notifications,
+            db,
+        }
+    }
+
+    pub fn count(&self, sink: &str, result: DeliveryResult) {
+        if let Some(c) = self.notifications.get(&(sink.to_owned(), result)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn notifications(&self, sink: &str, result: DeliveryResult) -> u64 {
+        self.notifications
+            .get(&(sink.to_owned(), result))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn set_active(&self, active: Vec<ActiveAlert>) {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = active;
+    }
+
+    pub fn active(&self) -> Vec<ActiveAlert> {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn db(&self) -> &Arc<DbMetrics> {
+        &self.db
+    }
+}
+
+impl MetricSource for AlertMetrics {
+    fn encode(&self, out: &mut MetricWriter<'_>) {
+        let active = self.active();
+        out.family(&ACTIVE);
+        for a in &active {
+            out.sample(
+                &[
+                    ("alert", &a.rule),
+                    ("severity", a.severity.as_str()),
+                    ("scope", &a.scope_key),
+                ],
+                1u64,
+            );
+        }
+        let mut since: BTreeMap<&str, f64> = BTreeMap::new();
+        for a in &active {
+            let t = crate::model::unix_seconds(a.started_at);
+            since
+                .entry(a.rule.as_str())
+                .and_modify(|s| *s = s.min(t))
+                .or_insert(t);
+        }
+        out.family(&SINCE);
+        for (rule, t) in since {
+            out.sample(&[("alert", rule)], t);
+        }
+        out.family(&NOTIFICATIONS);
+        for ((sink, result), c) in &self.notifications {
+            out.sample(
+                &[("sink", sink), ("result", result.as_str())],
+                c.load(Ordering::Relaxed),
+            );
+        }
+        let db = self.db.snapshot();
+        out.family(&DB_DURATION);
+        for (op, s) in &db {
+            let mut cum = 0u64;
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .zip(s.buckets.iter())
+                .map(|(le, n)| {
+                    cum += n;
+                    (*le, cum)
+                })
+                .collect();
+            out.histogram(&[("op", op)], &buckets, s.sum_seconds, s.count);
+        }
+        out.family(&DB_ERRORS);
+        for (op, s) in &db {
+            out.sample(&[("op", op)], s.errors);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::alert::rules::Severity;
+    use crate::export::{Format, encode};
+
+    #[test]
+    fn exposition_has_every_family_and_fixed_label_sets() {
+        let db = Arc::new(DbMetrics::new());
+        db.observe("apply", Duration::from_millis(2), true);
+        db.observe("apply", Duration::from_millis(700), false);
+        let m = AlertMetrics::new(&["log".to_owned(), "am".to_owned()], db);
+        m.count("am", DeliveryResult::Success);
+        m.count("unknown-sink", DeliveryResult::Success);
+        m.set_active(vec![
+            ActiveAlert {
+                rule: "vm_cpu".into(),
+                severity: Severity::Warning,
+                scope_key: "vm:a".into(),
+                started_at: UNIX_EPOCH + Duration::from_secs(200),
+            },
+            ActiveAlert {
+                rule: "vm_cpu".into(),
+                severity: Severity::Warning,
+                scope_key: "vm:b".into(),
+                started_at: UNIX_EPOCH + Duration::from_secs(100),
+            },
+        ]);
+        let text = encode(Format::Text, &[&m]);
+        for line in [
+            "vmscope_alert_active{alert=\"vm_cpu\",severity=\"warning\",scope=\"vm:a\"} 1",
+            "vmscope_alert_since_timestamp_seconds{alert=\"vm_cpu\"} 100",
+            "vmscope_alert_notifications_total{sink=\"am\",result=\"success\"} 1",
+            "vmscope_alert_notifications_total{sink=\"log\",result=\"dropped\"} 0",
+            "vmscope_db_query_duration_seconds_bucket{op=\"apply\",le=\"0.0025\"} 1",
+            "vmscope_db_query_duration_seconds_bucket{op=\"apply\",le=\"+Inf\"} 2",
+            "vmscope_db_query_duration_seconds_count{op=\"apply\"} 2",
+            "vmscope_db_errors_total{op=\"apply\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("unknown-sink"));
+        assert!(
+            text.contains("vmscope_exposition_series_skipped{reason=\"duplicate\"} 0")
+                && text.contains("vmscope_exposition_series_skipped{reason=\"invalid\"} 0"),
+            "{text}"
+        );
+    }
+}

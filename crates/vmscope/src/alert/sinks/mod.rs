@@ -1,0 +1,461 @@
+//! Notification sinks: one file per sink, one line per sink in [`REGISTRY`],
+//! and the [`Dispatcher`] that runs each sink isolated.
+//!
+//! Each configured sink gets its own tokio task and its own bounded queue.
+//! The watchdog loop only ever pushes onto queues (never awaits a sink), so
+//! a slow or dead sink delays neither collection, nor evaluation, nor the
+//! other sinks. Per notification a sink's task:
+//! - delivers it; HTTP sinks time out every request (`timeout`);
+//! - on a retryable failure (connect error, timeout, HTTP 5xx or 429)
+//!   retries with exponential backoff from 1 s up to `max_backoff`,
+//!   honouring `Retry-After`, until it succeeds: nothing is given up while
+//!   the sink is merely unreachable;
+//! - on any other 4xx gives up at once (`result="rejected"`, logged once):
+//!   the request itself is wrong and repeating it cannot help.
+//!
+//! While a sink is down its queue fills; beyond `queue_capacity` the oldest
+//! queued notification is dropped (resolved-only notifications first),
+//! counted as `result="dropped"`. Sinks that want the firing set re-sent
+//! (Alertmanager, [`Sink::resend_interval`]) get it re-sent from the task's
+//! own view of what is firing, which is seeded at start with the episodes
+//! restored from the store.
+//!
+//! Emits: `vmscope_alert_notifications_total{sink,result}` via
+//! [`AlertMetrics`], a `notification_log` row per final outcome, and logs
+//! that never hold a URL or a secret (see [`http::describe_error`]).
+
+pub mod alertmanager;
+pub mod http;
+pub mod log;
+pub mod sentry;
+pub mod telegram;
+pub mod webhook;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::config::{ConfigError, Delivery, SinkConfig};
+use super::metrics::{AlertMetrics, DeliveryResult};
+use super::notification::{Alert, Notification, Status, Transition};
+use crate::store::{NotificationLogEntry, Store};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why one delivery attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying: unreachable, timed out, 5xx, 429.
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        /// The receiver asked for this pause (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// The receiver refused the request (4xx other than 429).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Building a sink failed (bad CA file, bad URL, missing secret).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("watchdog.sinks.{sink}.ca_file: cannot use {path}: {reason}")]
+    CaFile {
+        sink: String,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("watchdog.sinks.{sink}: cannot build the HTTP client: {reason}")]
+    Client { sink: String, reason: String },
+}
+
+/// A place notifications go.
+pub trait Sink: Send + Sync {
+    /// One attempt to deliver `n`. Must finish in bounded time.
+    fn deliver<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<(), DeliveryError>>;
+
+    /// Re-send the firing set this often (receivers that expire alerts
+    /// they are not reminded of). `None`: only transitions are sent.
+    fn resend_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Builds the sink called `name` from its config.
+pub type BuildFn = fn(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError>;
+
+/// One row of the registry: a sink type and how to build it from config.
+pub struct SinkKind {
+    pub name: &'static str,
+    pub build: BuildFn,
+}
+
+/// Every sink type. Adding one = a file in this folder, a `SinkConfig`
+/// variant, and a line here.
+pub const REGISTRY: &[SinkKind] = &[
+    log::KIND,
+    webhook::KIND,
+    telegram::KIND,
+    sentry::KIND,
+    alertmanager::KIND,
+];
+
+/// Build the sink `name` from its config through the registry.
+pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
+    let kind = cfg.kind();
+    match REGISTRY.iter().find(|k| k.name == kind) {
+        Some(k) => (k.build)(name, cfg),
+        None => Err(SinkError::Config(ConfigError {
+            key: format!("watchdog.sinks.{name}.type"),
+            message: format!("no sink implementation for {kind:?}"),
+        })),
+    }
+}
+
+/// Helper for the registry's `build` functions: a config of the wrong type.
+fn wrong_type(name: &str, want: &str) -> SinkError {
+    SinkError::Config(ConfigError {
+        key: format!("watchdog.sinks.{name}.type"),
+        message: format!("expected {want}"),
+    })
+}
+
+/// A bounded FIFO that never blocks the producer.
+struct Queue {
+    inner: Mutex<QueueInner>,
+    notify: Notify,
+    capacity: usize,
+}
+
+struct QueueInner {
+    items: VecDeque<Notification>,
+    closed: bool,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Self {
+        Queue {
+            inner: Mutex::new(QueueInner {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enqueue; returns the notification dropped to make room, if any.
+    fn push(&self, n: Notification) -> Option<Notification> {
+        let dropped = {
+            let mut q = self.lock();
+            let dropped = if q.items.len() >= self.capacity {
+                // Recovery notices are the cheapest to lose.
+                let idx = q
+                    .items
+                    .iter()
+                    .position(|x| x.status() == Status::Resolved)
+                    .unwrap_or(0);
+                q.items.remove(idx)
+            } else {
+                None
+            };
+            q.items.push_back(n);
+            dropped
+        };
+        self.notify.notify_one();
+        dropped
+    }
+
+    async fn pop(&self) -> Option<Notification> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut q = self.lock();
+                if let Some(n) = q.items.pop_front() {
+                    return Some(n);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+}
+
+struct Running {
+    name: String,
+    queue: Arc<Queue>,
+    task: JoinHandle<()>,
+}
+
+/// Fans notifications out to the sinks' queues.
+pub struct Dispatcher {
+    sinks: Vec<Running>,
+    stopping: watch::Sender<bool>,
+    metrics: Arc<AlertMetrics>,
+}
+
+/// A built sink ready to run.
+pub struct SinkSpec {
+    pub name: String,
+    pub sink: Box<dyn Sink>,
+    pub delivery: Delivery,
+}
+
+impl Dispatcher {
+    /// Start one task per sink. `firing` seeds re-sending sinks with what
+    /// was firing before a restart.
+    pub fn start(
+        specs: Vec<SinkSpec>,
+        metrics: Arc<AlertMetrics>,
+        store: Option<Store>,
+        firing: Vec<Alert>,
+    ) -> Dispatcher {
+        let (stopping, stop_rx) = watch::channel(false);
+        let sinks = specs
+            .into_iter()
+            .map(|spec| {
+                let queue = Arc::new(Queue::new(spec.delivery.queue_capacity));
+                let worker = Worker {
+                    name: spec.name.clone(),
+                    sink: spec.sink,
+                    max_backoff: spec.delivery.max_backoff,
+                    queue: queue.clone(),
+                    metrics: metrics.clone(),
+                    store: store.clone(),
+                    stopping: stop_rx.clone(),
+                    firing: firing
+                        .iter()
+                        .map(|a| ((a.rule.clone(), a.scope_key.clone()), a.clone()))
+                        .collect(),
+                };
+                Running {
+                    name: spec.name,
+                    queue,
+                    task: tokio::spawn(worker.run()),
+                }
+            })
+            .collect();
+        Dispatcher {
+            sinks,
+            stopping,
+            metrics,
+        }
+    }
+
+    /// Hand `n` to every sink it is meant for. Never waits.
+    pub fn dispatch(&self, n: &Notification) {
+        for s in self.sinks.iter().filter(|s| n.goes_to(&s.name)) {
+            if let Some(dropped) = s.queue.push(n.clone()) {
+                self.metrics.count(&s.name, DeliveryResult::Dropped);
+                tracing::warn!(
+                    sink = %s.name,
+                    rule = %dropped.rule,
+                    queued = s.queue.len(),
+                    "sink queue full: dropped the oldest notification"
+                );
+            }
+        }
+    }
+
+    /// Names of the running sinks.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.sinks.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// Let every sink deliver what is queued (one attempt each, no more
+    /// backoff), for at most `timeout`; then stop them.
+    pub async fn shutdown(self, timeout: Duration) {
+        let _ = self.stopping.send(true);
+        for s in &self.sinks {
+            s.queue.close();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        for s in self.sinks {
+            let mut task = s.task;
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(_) => {}
+                Err(_) => {
+                    let left = s.queue.len();
+                    task.abort();
+                    tracing::warn!(
+                        sink = %s.name,
+                        queued = left,
+                        "sink did not finish within the shutdown timeout; stopped"
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct Worker {
+    name: String,
+    sink: Box<dyn Sink>,
+    max_backoff: Duration,
+    queue: Arc<Queue>,
+    metrics: Arc<AlertMetrics>,
+    store: Option<Store>,
+    stopping: watch::Receiver<bool>,
+    /// What this sink was last told is firing, for re-sending.
+    firing: BTreeMap<(String, String), Alert>,
+}
+
+const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Worker {
+    async fn run(mut self) {
+        let resend = self.sink.resend_interval();
+        let mut ticker = tokio::time::interval(resend.unwrap_or(Duration::from_secs(3600)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: re-send restored alerts at once.
+        loop {
+            tokio::select! {
+                n = self.queue.pop() => match n {
+                    Some(n) => {
+                        self.track(&n);
+                        self.deliver_with_retry(&n).await;
+                        // The receiver just heard the latest state.
+                        ticker.reset();
+                    }
+                    None => break,
+                },
+                _ = ticker.tick(), if resend.is_some() && !self.firing.is_empty() => {
+                    self.resend().await;
+                }
+            }
+        }
+    }
+
+    fn track(&mut self, n: &Notification) {
+        for a in &n.alerts {
+            let key = (a.rule.clone(), a.scope_key.clone());
+            match a.status {
+                Status::Firing => {
+                    self.firing.insert(key, a.clone());
+                }
+                Status::Resolved => {
+                    self.firing.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Re-send everything firing, one notification per rule, one attempt:
+    /// the next re-send is the retry.
+    async fn resend(&mut self) {
+        let now = SystemTime::now();
+        let mut by_rule: BTreeMap<&str, Vec<Alert>> = BTreeMap::new();
+        for a in self.firing.values() {
+            by_rule.entry(a.rule.as_str()).or_default().push(Alert {
+                transition: Transition::Repeat,
+                ..a.clone()
+            });
+        }
+        let notes: Vec<Notification> = by_rule
+            .into_iter()
+            .filter_map(|(rule, alerts)| {
+                let first = alerts.first()?;
+                Some(Notification {
+                    rule: rule.to_owned(),
+                    severity: first.severity,
+                    host: first.host.clone(),
+                    at: now,
+                    sinks: None,
+                    alerts,
+                })
+            })
+            .collect();
+        for n in &notes {
+            match self.sink.deliver(n).await {
+                Ok(()) => self.metrics.count(&self.name, DeliveryResult::Success),
+                Err(e) => {
+                    self.metrics.count(&self.name, DeliveryResult::Retry);
+                    tracing::debug!(sink = %self.name, rule = %n.rule, error = %e, "re-send failed; next re-send retries");
+                }
+            }
+        }
+    }
+
+    async fn deliver_with_retry(&mut self, n: &Notification) {
+        let mut backoff = INITIAL_BACKOFF;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let (result, error) = match self.sink.deliver(n).await {
+                Ok(()) => {
+                    if attempt > 1 {
+                        tracing::info!(sink = %self.name, rule = %n.rule, attempts = attempt, "sink delivered after retrying");
+                    }
+                    (DeliveryResult::Success, None)
+                }
+                Err(DeliveryError::Rejected(msg)) => {
+                    tracing::warn!(sink = %self.name, rule = %n.rule, error = %msg, "sink rejected the notification; not retrying");
+                    (DeliveryResult::Rejected, Some(msg))
+                }
+                Err(DeliveryError::Retryable {
+                    message,
+                    retry_after,
+                }) => {
+                    self.metrics.count(&self.name, DeliveryResult::Retry);
+                    if *self.stopping.borrow() {
+                        tracing::warn!(sink = %self.name, rule = %n.rule, error = %message, "sink failed during shutdown; notification dropped");
+                        (DeliveryResult::Dropped, Some(message))
+                    } else {
+                        if attempt == 1 {
+                            tracing::warn!(sink = %self.name, rule = %n.rule, error = %message, "sink delivery failed; retrying with backoff");
+                        } else {
+                            tracing::debug!(sink = %self.name, rule = %n.rule, attempt, error = %message, "sink delivery failed again");
+                        }
+                        let pause = retry_after.unwrap_or(backoff).min(self.max_backoff);
+                        backoff = (backoff * 2).min(self.max_backoff);
+                        let mut stop = self.stopping.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = stop.wait_for(|s| *s) => {}
+                        }
+                        continue;
+                    }
+                }
+            };
+            self.metrics.count(&self.name, result);
+            if let Some(store) = &self.store {
+                let entry = NotificationLogEntry {
+                    at: SystemTime::now(),
+                    sink: self.name.clone(),
+                    rule: n.rule.clone(),
+                    status: n.status().as_str().to_owned(),
+                    result: result.as_str().to_owned(),
+                    alerts: u32::try_from(n.alerts.len()).unwrap_or(u32::MAX),
+                    error,
+                };
+                if let Err(e) = store.log_notification(entry).await {
+                    tracing::warn!(sink = %self.name, error = %e, "cannot record the delivery in the state database");
+                }
+            }
+            return;
+        }
+    }
+}

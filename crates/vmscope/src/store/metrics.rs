@@ -1,0 +1,74 @@
+//! Database self-metrics: how long each kind of query takes and how often
+//! it fails. Updated by the store thread, read by the `/metrics` encoder.
+//! The label `op` takes only the values in [`OPS`].
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Every value of the `op` label.
+pub const OPS: [&str; 6] = [
+    "migrate",
+    "load_open",
+    "apply",
+    "log_notification",
+    "query",
+    "prune",
+];
+
+/// Histogram upper bounds, seconds (SQLite on a local disk: sub-ms to 1 s).
+pub const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// One op's cumulative numbers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpStats {
+    /// Non-cumulative counts per bucket of [`BUCKETS`]; the last slot is +Inf.
+    pub buckets: [u64; BUCKETS.len() + 1],
+    pub count: u64,
+    pub sum_seconds: f64,
+    pub errors: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct DbMetrics {
+    ops: Mutex<[OpStats; OPS.len()]>,
+}
+
+impl DbMetrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record one query of kind `op` (unknown ops are ignored: the label
+    /// set stays fixed).
+    pub fn observe(&self, op: &str, took: Duration, ok: bool) {
+        let Some(i) = OPS.iter().position(|o| *o == op) else {
+            return;
+        };
+        let secs = took.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        // A poisoned lock only means another thread panicked mid-update of
+        // plain numbers: keep counting.
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = ops.get_mut(i) {
+            if let Some(b) = s.buckets.get_mut(slot) {
+                *b += 1;
+            }
+            s.count += 1;
+            s.sum_seconds += secs;
+            if !ok {
+                s.errors += 1;
+            }
+        }
+    }
+
+    /// (op, stats) for every op, in [`OPS`] order.
+    pub fn snapshot(&self) -> Vec<(&'static str, OpStats)> {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        OPS.iter().copied().zip(ops.iter().cloned()).collect()
+    }
+}

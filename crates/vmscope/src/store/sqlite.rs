@@ -1,0 +1,595 @@
+//! SQLite backend (rusqlite, bundled SQLite). Only ever used from the store
+//! thread (see `store/mod.rs`).
+//!
+//! Opens the file in WAL mode (`synchronous = NORMAL`: a power cut can lose
+//! the last transactions, never corrupt the file), creates the parent
+//! directory, and applies [`MIGRATIONS`] recorded in `schema_migrations`.
+//! A database written by a newer vmscope (a higher schema version) is
+//! refused rather than guessed at. Times are integer milliseconds since the
+//! Unix epoch (UTC).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::{
+    AlertStore, EpisodePage, EpisodeQuery, EpisodeRow, EpisodeWrite, NotificationLogEntry,
+    Position, StoreError, from_ms, to_ms,
+};
+
+/// Schema versions, applied in order, each in its own transaction. Never
+/// edit a released entry: append a new one.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE alert_episodes (
+        id                  INTEGER PRIMARY KEY,
+        rule                TEXT    NOT NULL,
+        scope_key           TEXT    NOT NULL,
+        severity            TEXT    NOT NULL,
+        started_at_ms       INTEGER NOT NULL,
+        resolved_at_ms      INTEGER,
+        last_notified_at_ms INTEGER NOT NULL,
+        payload             TEXT    NOT NULL,
+        resolved_payload    TEXT
+    );
+    CREATE UNIQUE INDEX alert_episodes_open
+        ON alert_episodes (rule, scope_key) WHERE resolved_at_ms IS NULL;
+    CREATE INDEX alert_episodes_started ON alert_episodes (started_at_ms, id);
+    CREATE TABLE notification_log (
+        id      INTEGER PRIMARY KEY,
+        at_ms   INTEGER NOT NULL,
+        sink    TEXT    NOT NULL,
+        rule    TEXT    NOT NULL,
+        status  TEXT    NOT NULL,
+        result  TEXT    NOT NULL,
+        alerts  INTEGER NOT NULL,
+        error   TEXT
+    );
+    CREATE INDEX notification_log_at ON notification_log (at_ms);",
+)];
+
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Query { op, source }
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(Box::new(e)))?;
+        let mut store = SqliteStore { conn };
+        store.configure().map_err(|e| open_err(Box::new(e)))?;
+        store.migrate(path)?;
+        Ok(store)
+    }
+
+    fn configure(&mut self) -> Result<(), rusqlite::Error> {
+        self.conn.busy_timeout(Duration::from_secs(5))?;
+        // journal_mode answers with a row; query it rather than execute.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "state database is not in WAL mode");
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(())
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let op = "migrate";
+        self.conn
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version       INTEGER PRIMARY KEY,
+                    applied_at_ms INTEGER NOT NULL
+                )",
+            )
+            .map_err(q(op))?;
+        let current: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(q(op))?;
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if current > known {
+            return Err(StoreError::SchemaTooNew {
+                path: PathBuf::from(path),
+                found: current,
+                known,
+            });
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let tx = self.conn.transaction().map_err(q(op))?;
+            tx.execute_batch(sql).map_err(q(op))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?1, ?2)",
+                params![version, to_ms(SystemTime::now())],
+            )
+            .map_err(q(op))?;
+            tx.commit().map_err(q(op))?;
+            tracing::info!(version, "state database migrated");
+        }
+        Ok(())
+    }
+
+    /// The journal mode in effect (for tests and diagnostics).
+    pub fn journal_mode(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(q("query"))
+    }
+}
+
+const EPISODE_COLS: &str = "id, rule, scope_key, severity, started_at_ms, resolved_at_ms, \
+                            last_notified_at_ms, payload, resolved_payload";
+
+fn row_to_episode(r: &rusqlite::Row<'_>) -> rusqlite::Result<EpisodeRow> {
+    Ok(EpisodeRow {
+        id: r.get(0)?,
+        rule: r.get(1)?,
+        scope_key: r.get(2)?,
+        severity: r.get(3)?,
+        started_at: from_ms(r.get(4)?),
+        resolved_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+        last_notified_at: from_ms(r.get(6)?),
+        payload: r.get(7)?,
+        resolved_payload: r.get(8)?,
+    })
+}
+
+/// WHERE fragments and their bound values for the shared filters. The SQL
+/// text is fixed; user input only ever travels as bound values.
+fn filters(q: &EpisodeQuery) -> (Vec<&'static str>, Vec<Value>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    if let Some(rule) = &q.rule {
+        clauses.push("rule = ?");
+        values.push(Value::Text(rule.clone()));
+    }
+    if let Some(scope) = &q.scope {
+        if scope.contains(':') {
+            clauses.push("scope_key = ?");
+            values.push(Value::Text(scope.clone()));
+        } else {
+            // A kind: the key itself (`host`) or any key `kind:...`; ';' is
+            // the character after ':', so this is a prefix range scan.
+            clauses.push("(scope_key = ? OR (scope_key >= ? AND scope_key < ?))");
+            values.push(Value::Text(scope.clone()));
+            values.push(Value::Text(format!("{scope}:")));
+            values.push(Value::Text(format!("{scope};")));
+        }
+    }
+    if let Some(since) = q.since {
+        clauses.push("(resolved_at_ms IS NULL OR resolved_at_ms >= ?)");
+        values.push(Value::Integer(to_ms(since)));
+    }
+    if let Some(until) = q.until {
+        clauses.push("started_at_ms <= ?");
+        values.push(Value::Integer(to_ms(until)));
+    }
+    (clauses, values)
+}
+
+impl AlertStore for SqliteStore {
+    fn open_episodes(&mut self) -> Result<Vec<EpisodeRow>, StoreError> {
+        let op = "load_open";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {EPISODE_COLS} FROM alert_episodes WHERE resolved_at_ms IS NULL \
+                 ORDER BY rule, scope_key"
+            ))
+            .map_err(q(op))?;
+        let rows = stmt
+            .query_map([], row_to_episode)
+            .map_err(q(op))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q(op))?;
+        Ok(rows)
+    }
+
+    fn apply(&mut self, writes: &[EpisodeWrite]) -> Result<(), StoreError> {
+        let op = "apply";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        for w in writes {
+            match w {
+                EpisodeWrite::Open {
+                    rule,
+                    scope_key,
+                    severity,
+                    started_at,
+                    payload,
+                } => {
+                    let ms = to_ms(*started_at);
+                    // An open episode for the same (rule, scope) would be a
+                    // bug upstream; close it rather than fail the insert.
+                    tx.execute(
+                        "UPDATE alert_episodes SET resolved_at_ms = ?3 \
+                         WHERE rule = ?1 AND scope_key = ?2 AND resolved_at_ms IS NULL",
+                        params![rule, scope_key, ms],
+                    )
+                    .map_err(q(op))?;
+                    tx.execute(
+                        "INSERT INTO alert_episodes (rule, scope_key, severity, started_at_ms, \
+                         last_notified_at_ms, payload) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                        params![rule, scope_key, severity, ms, payload],
+                    )
+                    .map_err(q(op))?;
+                }
+                EpisodeWrite::Notified {
+                    rule,
+                    scope_key,
+                    at,
+                } => {
+                    tx.execute(
+                        "UPDATE alert_episodes SET last_notified_at_ms = ?3 \
+                         WHERE rule = ?1 AND scope_key = ?2 AND resolved_at_ms IS NULL",
+                        params![rule, scope_key, to_ms(*at)],
+                    )
+                    .map_err(q(op))?;
+                }
+                EpisodeWrite::Resolve {
+                    rule,
+                    scope_key,
+                    at,
+                    payload,
+                } => {
+                    tx.execute(
+                        "UPDATE alert_episodes SET resolved_at_ms = ?3, last_notified_at_ms = ?3, \
+                         resolved_payload = ?4 \
+                         WHERE rule = ?1 AND scope_key = ?2 AND resolved_at_ms IS NULL",
+                        params![rule, scope_key, to_ms(*at), payload],
+                    )
+                    .map_err(q(op))?;
+                }
+            }
+        }
+        tx.commit().map_err(q(op))
+    }
+
+    fn log_notification(&mut self, e: &NotificationLogEntry) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO notification_log (at_ms, sink, rule, status, result, alerts, error) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    to_ms(e.at),
+                    e.sink,
+                    e.rule,
+                    e.status,
+                    e.result,
+                    e.alerts,
+                    e.error
+                ])
+            })
+            .map(|_| ())
+            .map_err(q("log_notification"))
+    }
+
+    fn query(&mut self, qy: &EpisodeQuery) -> Result<EpisodePage, StoreError> {
+        let op = "query";
+        let (clauses, values) = filters(qy);
+
+        let mut active_where = vec!["resolved_at_ms IS NULL"];
+        active_where.extend(clauses.iter().copied());
+        let sql = format!(
+            "SELECT {EPISODE_COLS} FROM alert_episodes WHERE {} \
+             ORDER BY started_at_ms DESC, id DESC LIMIT 10000",
+            active_where.join(" AND ")
+        );
+        let active = self
+            .conn
+            .prepare(&sql)
+            .and_then(|mut s| {
+                s.query_map(params_from_iter(values.iter()), row_to_episode)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(q(op))?;
+
+        let limit = qy.limit.max(1);
+        let mut hist_where = vec!["resolved_at_ms IS NOT NULL"];
+        hist_where.extend(clauses.iter().copied());
+        let mut hist_values = values;
+        let mut offset = 0i64;
+        match qy.position {
+            Position::First => {}
+            Position::After { started_ms, id } => {
+                hist_where.push("(started_at_ms < ? OR (started_at_ms = ? AND id < ?))");
+                hist_values.push(Value::Integer(started_ms));
+                hist_values.push(Value::Integer(started_ms));
+                hist_values.push(Value::Integer(id));
+            }
+            Position::Page(p) => {
+                offset = i64::from(p.saturating_sub(1)) * i64::from(limit);
+            }
+        }
+        hist_values.push(Value::Integer(i64::from(limit) + 1));
+        hist_values.push(Value::Integer(offset));
+        let sql = format!(
+            "SELECT {EPISODE_COLS} FROM alert_episodes WHERE {} \
+             ORDER BY started_at_ms DESC, id DESC LIMIT ? OFFSET ?",
+            hist_where.join(" AND ")
+        );
+        let mut history = self
+            .conn
+            .prepare(&sql)
+            .and_then(|mut s| {
+                s.query_map(params_from_iter(hist_values.iter()), row_to_episode)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(q(op))?;
+        let more = history.len() > limit as usize;
+        history.truncate(limit as usize);
+        let next = match (more, qy.position, history.last()) {
+            (false, _, _) | (_, _, None) => None,
+            (true, Position::Page(p), _) => Some(Position::Page(p.saturating_add(1))),
+            (true, _, Some(last)) => Some(Position::After {
+                started_ms: to_ms(last.started_at),
+                id: last.id,
+            }),
+        };
+        Ok(EpisodePage {
+            active,
+            history,
+            next,
+        })
+    }
+
+    fn notification_log(&mut self, limit: u32) -> Result<Vec<NotificationLogEntry>, StoreError> {
+        let op = "query";
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT at_ms, sink, rule, status, result, alerts, error FROM notification_log \
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(q(op))?;
+        let rows = stmt
+            .query_map([limit], |r| {
+                Ok(NotificationLogEntry {
+                    at: from_ms(r.get(0)?),
+                    sink: r.get(1)?,
+                    rule: r.get(2)?,
+                    status: r.get(3)?,
+                    result: r.get(4)?,
+                    alerts: r.get(5)?,
+                    error: r.get(6)?,
+                })
+            })
+            .map_err(q(op))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q(op))?;
+        Ok(rows)
+    }
+
+    fn prune(&mut self, before: SystemTime) -> Result<u64, StoreError> {
+        let op = "prune";
+        let ms = to_ms(before);
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let a = tx
+            .execute(
+                "DELETE FROM alert_episodes WHERE resolved_at_ms IS NOT NULL AND resolved_at_ms < ?1",
+                [ms],
+            )
+            .map_err(q(op))?;
+        let b = tx
+            .execute("DELETE FROM notification_log WHERE at_ms < ?1", [ms])
+            .map_err(q(op))?;
+        tx.commit().map_err(q(op))?;
+        Ok((a + b) as u64)
+    }
+}
+
+impl SqliteStore {
+    /// The schema version in effect.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()
+            .map(|v| v.flatten().unwrap_or(0))
+            .map_err(q("query"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    fn t(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
+    }
+
+    fn open(rule: &str, scope: &str, at: u64) -> EpisodeWrite {
+        EpisodeWrite::Open {
+            rule: rule.into(),
+            scope_key: scope.into(),
+            severity: "warning".into(),
+            started_at: t(at),
+            payload: format!("{{\"at\":{at}}}"),
+        }
+    }
+
+    fn resolve(rule: &str, scope: &str, at: u64) -> EpisodeWrite {
+        EpisodeWrite::Resolve {
+            rule: rule.into(),
+            scope_key: scope.into(),
+            at: t(at),
+            payload: None,
+        }
+    }
+
+    #[test]
+    fn wal_mode_migrations_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/dir/state.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            assert_eq!(s.journal_mode().unwrap(), "wal");
+            assert_eq!(s.schema_version().unwrap(), 1);
+            s.apply(&[open("cpu", "host", 10)]).unwrap();
+        }
+        // Reopening does not re-run migrations and keeps the open episode.
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 1);
+        let eps = s.open_episodes().unwrap();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].started_at, t(10));
+        assert_eq!(eps[0].last_notified_at, t(10));
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.execute("INSERT INTO schema_migrations VALUES (99, 0)", [])
+            .unwrap();
+        drop(c);
+        let err = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+
+    #[test]
+    fn notify_and_resolve_update_the_open_episode_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        s.apply(&[open("cpu", "host", 0), resolve("cpu", "host", 50)])
+            .unwrap();
+        s.apply(&[
+            open("cpu", "host", 100),
+            EpisodeWrite::Notified {
+                rule: "cpu".into(),
+                scope_key: "host".into(),
+                at: t(160),
+            },
+        ])
+        .unwrap();
+        let open_eps = s.open_episodes().unwrap();
+        assert_eq!(open_eps.len(), 1);
+        assert_eq!(open_eps[0].started_at, t(100));
+        assert_eq!(open_eps[0].last_notified_at, t(160));
+        let page = s
+            .query(&EpisodeQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.active.len(), 1);
+        assert_eq!(page.history.len(), 1);
+        assert_eq!(page.history[0].resolved_at, Some(t(50)));
+    }
+
+    #[test]
+    fn history_pages_by_cursor_and_by_page_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let mut w = Vec::new();
+        for i in 0..25u64 {
+            let scope = format!("vm:{i:02}");
+            w.push(open("vm_cpu", &scope, i * 100));
+            w.push(resolve("vm_cpu", &scope, i * 100 + 50));
+        }
+        w.push(open("host_cpu", "host", 5000));
+        w.push(resolve("host_cpu", "host", 5100));
+        s.apply(&w).unwrap();
+
+        let mut q = EpisodeQuery {
+            rule: Some("vm_cpu".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let p = s.query(&q).unwrap();
+            seen.extend(p.history.iter().map(|e| e.scope_key.clone()));
+            match p.next {
+                Some(pos) => q.position = pos,
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..25).rev().map(|i| format!("vm:{i:02}")).collect();
+        assert_eq!(seen, want);
+
+        let p3 = s
+            .query(&EpisodeQuery {
+                scope: Some("vm".into()),
+                limit: 10,
+                position: Position::Page(3),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(p3.history.len(), 5);
+        assert_eq!(p3.next, None);
+        assert_eq!(p3.history[0].scope_key, "vm:04");
+
+        // Overlap filter: episodes alive during [1020, 1210] s.
+        let win = s
+            .query(&EpisodeQuery {
+                since: Some(t(1020)),
+                until: Some(t(1210)),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let keys: Vec<&str> = win.history.iter().map(|e| e.scope_key.as_str()).collect();
+        assert_eq!(keys, ["vm:12", "vm:11", "vm:10"]);
+
+        let host = s
+            .query(&EpisodeQuery {
+                scope: Some("host".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(host.history.len(), 1);
+    }
+
+    #[test]
+    fn prune_drops_old_history_but_never_open_episodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        s.apply(&[
+            open("a", "host", 0),
+            resolve("a", "host", 10),
+            open("b", "host", 5),
+        ])
+        .unwrap();
+        s.log_notification(&NotificationLogEntry {
+            at: t(1),
+            sink: "log".into(),
+            rule: "a".into(),
+            status: "firing".into(),
+            result: "success".into(),
+            alerts: 1,
+            error: None,
+        })
+        .unwrap();
+        assert_eq!(s.prune(t(1000)).unwrap(), 2);
+        assert_eq!(s.open_episodes().unwrap().len(), 1);
+        assert!(s.notification_log(10).unwrap().is_empty());
+    }
+}
