@@ -17,9 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use crate::collectors::procfile::{CollectError, FdBudget, ProcFile, read_once};
-use crate::collectors::{
-    Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCollector, VmEntry,
-};
+use crate::collectors::{Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCollector, VmEntry};
 use crate::config::Config;
 use crate::discovery::{Clock, DiscoveredVm, Discovery, DiscoveryOptions};
 use crate::model::{
@@ -61,7 +59,10 @@ impl Counters {
                 continue;
             }
             ok = false;
-            if self.last_warn.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60)) {
+            if self
+                .last_warn
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60))
+            {
                 self.last_warn = Some(now);
                 tracing::warn!(collector = name, error = %ErrorChain(e), "collection error (further ones this minute are only counted)");
             } else {
@@ -132,7 +133,8 @@ pub struct Collector {
 /// Reads `btime` from /proc/stat.
 pub fn boot_time(roots: &Roots) -> Result<u64, InitError> {
     let path = roots.proc.join("stat");
-    let text = std::fs::read_to_string(&path).map_err(|_| InitError::NoProc(roots.proc.display().to_string()))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| InitError::NoProc(roots.proc.display().to_string()))?;
     text.lines()
         .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
         .ok_or(InitError::BootTime {
@@ -210,16 +212,26 @@ impl Collector {
             boot_time: self.boot_time,
             now: unix_seconds(wall),
         };
-        let mut statuses = Vec::with_capacity(1 + self.vm_collectors.len() + self.host_collectors.len());
+        let mut statuses =
+            Vec::with_capacity(1 + self.vm_collectors.len() + self.host_collectors.len());
 
         // Discovery.
         let t0 = Instant::now();
         let found = self.discovery.discover(&self.roots, &clock, started);
-        let ok = self.discovery_counters.absorb("discovery", &found.errors, started);
-        statuses.push(self.discovery_counters.status("discovery", t0.elapsed(), ok));
-        let mut discovered_per_source: Vec<(Source, usize)> = Source::ALL.iter().map(|s| (*s, 0)).collect();
+        let ok = self
+            .discovery_counters
+            .absorb("discovery", &found.errors, started);
+        statuses.push(
+            self.discovery_counters
+                .status("discovery", t0.elapsed(), ok),
+        );
+        let mut discovered_per_source: Vec<(Source, usize)> =
+            Source::ALL.iter().map(|s| (*s, 0)).collect();
         for d in &found.vms {
-            if let Some(slot) = discovered_per_source.iter_mut().find(|(s, _)| *s == d.source) {
+            if let Some(slot) = discovered_per_source
+                .iter_mut()
+                .find(|(s, _)| *s == d.source)
+            {
                 slot.1 += 1;
             }
         }
@@ -304,7 +316,8 @@ impl Collector {
 
     /// Follows new VMs, forgets vanished ones, refreshes identities.
     fn reconcile(&mut self, found: Vec<DiscoveredVm>, clock: &Clock) {
-        let mut by_pid: HashMap<u32, DiscoveredVm> = found.into_iter().map(|d| (d.pid, d)).collect();
+        let mut by_pid: HashMap<u32, DiscoveredVm> =
+            found.into_iter().map(|d| (d.pid, d)).collect();
         let mut kept = Vec::with_capacity(by_pid.len());
         for mut f in self.vms.drain(..) {
             let Some(d) = by_pid.remove(&f.entry.pid) else {
@@ -441,7 +454,9 @@ fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm, _clock: &Clock) {
     };
     s.uuid = uuid;
     s.name = name;
-    s.allocated_vcpus = lv.and_then(|l| l.vcpus).or_else(|| cmd.and_then(|c| c.vcpus));
+    s.allocated_vcpus = lv
+        .and_then(|l| l.vcpus)
+        .or_else(|| cmd.and_then(|c| c.vcpus));
     s.allocated_memory_bytes = lv
         .and_then(|l| l.memory_bytes)
         .or_else(|| cmd.and_then(|c| c.memory_bytes));
@@ -526,7 +541,10 @@ fn dedupe_ids(vms: &mut [VmStats]) {
 /// Runs the collector on its own thread every `interval`, publishing each
 /// snapshot. Returns the receiving side; the thread stops when every
 /// receiver is dropped.
-pub fn spawn(mut collector: Collector, interval: Duration) -> std::io::Result<watch::Receiver<Arc<Snapshot>>> {
+pub fn spawn(
+    mut collector: Collector,
+    interval: Duration,
+) -> std::io::Result<watch::Receiver<Arc<Snapshot>>> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(interval)));
     std::thread::Builder::new()
         .name("vmscope-collect".into())
@@ -534,7 +552,12 @@ pub fn spawn(mut collector: Collector, interval: Duration) -> std::io::Result<wa
             let mut next = Instant::now();
             loop {
                 let snap = collector.tick();
-                tracing::debug!(seq = snap.seq, vms = snap.vms.len(), secs = snap.tick_duration_seconds, "tick");
+                tracing::debug!(
+                    seq = snap.seq,
+                    vms = snap.vms.len(),
+                    secs = snap.tick_duration_seconds,
+                    "tick"
+                );
                 if tx.send(Arc::new(snap)).is_err() {
                     return;
                 }

@@ -197,8 +197,9 @@ impl Config {
                     path: path.to_path_buf(),
                     source: e,
                 })?;
-                toml::from_str::<toml::Table>(&text)
-                    .map_err(|e| ConfigError::Invalid(format!("{}: {}", path.display(), e.message())))?
+                toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    ConfigError::Invalid(format!("{}: {}", path.display(), e.message()))
+                })?
             }
             None => toml::Table::new(),
         };
@@ -207,21 +208,22 @@ impl Config {
             .filter(|(k, _)| k.starts_with("VMSCOPE_") && !NON_CONFIG_ENV.contains(&k.as_str()))
             .collect();
         let env_keys = merge_env(&mut tree, &vars)?;
-        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
-            let key = e.path().to_string();
-            let from = env_keys
-                .iter()
-                .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")))
-                .map(|(_, var)| format!(" (from environment variable {var})"))
-                .unwrap_or_default();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim_end();
-            if key.is_empty() || key == "." {
-                ConfigError::Invalid(format!("{inner}{from}"))
-            } else {
-                ConfigError::Invalid(format!("{key}: {inner}{from}"))
-            }
-        })?;
+        let cfg: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
+                let key = e.path().to_string();
+                let from = env_keys
+                    .iter()
+                    .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")))
+                    .map(|(_, var)| format!(" (from environment variable {var})"))
+                    .unwrap_or_default();
+                let inner = e.into_inner().to_string();
+                let inner = inner.trim_end();
+                if key.is_empty() || key == "." {
+                    ConfigError::Invalid(format!("{inner}{from}"))
+                } else {
+                    ConfigError::Invalid(format!("{key}: {inner}{from}"))
+                }
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -235,7 +237,9 @@ impl Config {
                 self.interval_secs
             ));
         }
-        if !(self.discovery.rescan_secs.is_finite() && self.discovery.rescan_secs >= self.interval_secs) {
+        if !(self.discovery.rescan_secs.is_finite()
+            && self.discovery.rescan_secs >= self.interval_secs)
+        {
             return bad(format!(
                 "discovery.rescan_secs: {} must be at least interval_secs ({})",
                 self.discovery.rescan_secs, self.interval_secs
@@ -248,7 +252,10 @@ impl Config {
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return bad(format!("log.level: {:?} is not a valid log filter", self.log.level));
+            return bad(format!(
+                "log.level: {:?} is not a valid log filter",
+                self.log.level
+            ));
         }
         Ok(())
     }
@@ -271,7 +278,10 @@ impl Config {
 /// parsed as a TOML value when it is one (`5`, `true`, `["a"]`) and kept as
 /// a string otherwise. Returns (dotted key, variable name) pairs so that an
 /// error can say which variable was wrong.
-fn merge_env(root: &mut toml::Table, vars: &[(String, String)]) -> Result<Vec<(String, String)>, ConfigError> {
+fn merge_env(
+    root: &mut toml::Table,
+    vars: &[(String, String)],
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut keys = Vec::new();
     for (k, v) in vars {
         let path: Vec<String> = k["VMSCOPE_".len()..]
@@ -279,7 +289,9 @@ fn merge_env(root: &mut toml::Table, vars: &[(String, String)]) -> Result<Vec<(S
             .map(|s| s.to_ascii_lowercase())
             .collect();
         if path.iter().any(|p| p.is_empty()) {
-            return Err(ConfigError::Invalid(format!("environment variable {k}: empty key segment")));
+            return Err(ConfigError::Invalid(format!(
+                "environment variable {k}: empty key segment"
+            )));
         }
         let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
             .ok()
@@ -335,7 +347,10 @@ mod tests {
     fn file_then_env() {
         let c = load(
             "interval_secs = 2\n[collectors.filesystem]\ntimeout_secs = 0.5\n",
-            &[("VMSCOPE_LISTEN", "127.0.0.1:1234"), ("VMSCOPE_COLLECTORS__DISK", "false")],
+            &[
+                ("VMSCOPE_LISTEN", "127.0.0.1:1234"),
+                ("VMSCOPE_COLLECTORS__DISK", "false"),
+            ],
         )
         .unwrap();
         assert_eq!(c.interval_secs, 2.0);
@@ -348,7 +363,9 @@ mod tests {
     fn unknown_keys_are_errors_naming_the_key() {
         let e = load("intervall_secs = 2\n", &[]).unwrap_err().to_string();
         assert!(e.contains("intervall_secs"), "{e}");
-        let e = load("[collectors]\nvcpus = true\n", &[]).unwrap_err().to_string();
+        let e = load("[collectors]\nvcpus = true\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("vcpus"), "{e}");
         let e = load("", &[("VMSCOPE_LISTN", "x")]).unwrap_err().to_string();
         assert!(e.contains("listn"), "{e}");
@@ -365,11 +382,16 @@ mod tests {
         assert!(e.starts_with("interval_secs"), "{e}");
         let e = load("listen = \"nope\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
-        let e = load("[log]\nlevel = \"[[[\"\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("log.level"), "{e}");
-        let e = load("interval_secs = 5\n[collectors.filesystem]\ntimeout_secs = 99\n", &[])
+        let e = load("[log]\nlevel = \"[[[\"\n", &[])
             .unwrap_err()
             .to_string();
+        assert!(e.contains("log.level"), "{e}");
+        let e = load(
+            "interval_secs = 5\n[collectors.filesystem]\ntimeout_secs = 99\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("collectors.filesystem.timeout_secs"), "{e}");
     }
 

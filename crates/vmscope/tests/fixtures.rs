@@ -20,7 +20,9 @@ use vmscope::export::{Format, encode};
 use vmscope::model::{Snapshot, Source, VmStats};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A private copy of a fixture tree (symlinks kept), for tests that change it.
@@ -58,10 +60,12 @@ fn two_ticks(root: &Path) -> Snapshot {
 }
 
 fn by_name<'a>(s: &'a Snapshot, name: &str) -> &'a VmStats {
-    s.vms
-        .iter()
-        .find(|v| v.name == name)
-        .unwrap_or_else(|| panic!("no VM named {name:?} in {:?}", s.vms.iter().map(|v| &v.name).collect::<Vec<_>>()))
+    s.vms.iter().find(|v| v.name == name).unwrap_or_else(|| {
+        panic!(
+            "no VM named {name:?} in {:?}",
+            s.vms.iter().map(|v| &v.name).collect::<Vec<_>>()
+        )
+    })
 }
 
 /// Lines of the exposition that do not depend on timing or the build.
@@ -91,14 +95,20 @@ fn stable_json(s: &Snapshot) -> String {
 }
 
 fn golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+            path.display()
+        )
+    });
     if expected != actual {
         let diff: Vec<String> = expected
             .lines()
@@ -130,7 +140,10 @@ fn host1_finds_every_vm_once_with_its_identity() {
     let names: Vec<&str> = s.vms.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(s.vms.len(), 5, "{names:?}");
     for absent in ["ghost", "vanishing"] {
-        assert!(!names.contains(&absent), "{absent} must not be reported: {names:?}");
+        assert!(
+            !names.contains(&absent),
+            "{absent} must not be reported: {names:?}"
+        );
     }
 
     let a = by_name(&s, "alpha");
@@ -138,7 +151,10 @@ fn host1_finds_every_vm_once_with_its_identity() {
     assert_eq!(a.source, Source::Process);
     assert_eq!(a.allocated_vcpus, Some(2));
     assert_eq!(a.allocated_memory_bytes, Some(512 << 20));
-    assert_eq!(a.memory_rss_bytes, 32768 * rustix::param::page_size() as u64);
+    assert_eq!(
+        a.memory_rss_bytes,
+        32768 * rustix::param::page_size() as u64
+    );
     assert_eq!(a.vcpus.len(), 2);
     assert_eq!(a.vcpus[0].cpu_seconds, 7.0);
     assert_eq!(a.vcpus[0].wait_seconds, Some(0.25));
@@ -157,7 +173,11 @@ fn host1_finds_every_vm_once_with_its_identity() {
     assert_eq!(b.network[0].tx_bytes, 99_999_999_999);
 
     let c = by_name(&s, "instance-00000007");
-    assert_eq!(c.source, Source::Libvirt, "a libvirt VM is one VM, from libvirt");
+    assert_eq!(
+        c.source,
+        Source::Libvirt,
+        "a libvirt VM is one VM, from libvirt"
+    );
     assert_eq!(c.id, "a1b2c3d4-0000-4000-8000-0000000000c3");
     let owner = c.owner.as_ref().unwrap();
     assert_eq!(owner.user_name.as_deref(), Some("alice"));
@@ -170,13 +190,19 @@ fn host1_finds_every_vm_once_with_its_identity() {
 
     let d = by_name(&s, "web1");
     assert_eq!(d.hypervisor.as_str(), "cloud_hypervisor");
-    assert_eq!((d.allocated_vcpus, d.allocated_memory_bytes), (Some(2), Some(1 << 30)));
+    assert_eq!(
+        (d.allocated_vcpus, d.allocated_memory_bytes),
+        (Some(2), Some(1 << 30))
+    );
     assert_eq!(d.vcpus.len(), 2);
     assert_eq!(d.network[0].interface, "chtap0");
 
     let e = by_name(&s, "fc-vm-1");
     assert_eq!(e.id, "fc-vm-1");
-    assert_eq!((e.allocated_vcpus, e.allocated_memory_bytes), (Some(1), Some(128 << 20)));
+    assert_eq!(
+        (e.allocated_vcpus, e.allocated_memory_bytes),
+        (Some(1), Some(128 << 20))
+    );
     assert_eq!(e.network[0].interface, "fctap0");
     assert_eq!(e.vcpus[0].index, 0);
 
@@ -184,7 +210,11 @@ fn host1_finds_every_vm_once_with_its_identity() {
     assert_eq!(s.host.cpus, 2);
     assert_eq!(s.host.memory_total_bytes, 16_384_000 * 1024);
     assert!((s.host.memory_used_ratio - 0.5).abs() < 1e-9);
-    assert_eq!(s.discovered, vec![(Source::Process, 5), (Source::Libvirt, 1)], "the vanishing VM was discovered, then found gone");
+    assert_eq!(
+        s.discovered,
+        vec![(Source::Process, 5), (Source::Libvirt, 1)],
+        "the vanishing VM was discovered, then found gone"
+    );
 }
 
 #[test]
@@ -205,13 +235,20 @@ fn pid_reuse_is_a_new_vm() {
     let dir = copy_fixture("host1");
     let root = dir.path().join("t");
     let mut c = collector(&root);
-    let old_id = by_name(&c.tick(), "b \"quoted\", back\\slash ünï").id.clone();
+    let old_id = by_name(&c.tick(), "b \"quoted\", back\\slash ünï")
+        .id
+        .clone();
     // Same pid, later start time: another process now.
     let p = root.join("proc/1002/stat");
-    let text = std::fs::read_to_string(&p).unwrap().replace(" 600000 ", " 600777 ");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(" 600000 ", " 600777 ");
     std::fs::write(&p, text).unwrap();
     let s = c.tick();
-    assert!(s.vms.iter().all(|v| v.id != old_id), "old identity must be gone");
+    assert!(
+        s.vms.iter().all(|v| v.id != old_id),
+        "old identity must be gone"
+    );
     let s = c.tick();
     let b = by_name(&s, "b \"quoted\", back\\slash ünï");
     assert_eq!(b.id, "pid1002-600777");
@@ -223,7 +260,11 @@ fn failed_read_keeps_last_good_values_with_age() {
     let root = dir.path().join("t");
     let mut c = collector(&root);
     let before = by_name(&c.tick(), "alpha").clone();
-    std::fs::write(root.join("proc/1001/stat"), "1001 (qemu-system-x86) S 1 garbage\n").unwrap();
+    std::fs::write(
+        root.join("proc/1001/stat"),
+        "1001 (qemu-system-x86) S 1 garbage\n",
+    )
+    .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
     let s = c.tick();
     let after = by_name(&s, "alpha");
@@ -231,9 +272,18 @@ fn failed_read_keeps_last_good_values_with_age() {
     assert!(after.collect_age_seconds > 0.0);
     assert_eq!(after.cpu, before.cpu);
     assert_eq!(after.memory_rss_bytes, before.memory_rss_bytes);
-    let status = s.collectors.iter().find(|c| c.name == "vm_process").unwrap();
+    let status = s
+        .collectors
+        .iter()
+        .find(|c| c.name == "vm_process")
+        .unwrap();
     assert!(!status.success);
-    assert!(status.errors_total.iter().any(|(k, n)| *k == "parse" && *n >= 1));
+    assert!(
+        status
+            .errors_total
+            .iter()
+            .any(|(k, n)| *k == "parse" && *n >= 1)
+    );
     // Other VMs are unaffected.
     assert!(by_name(&s, "fc-vm-1").collect_success);
     let text = encode(Format::Text, &[&s]);
@@ -251,12 +301,20 @@ fn exposition_of_fixture_passes_promtool() {
         .stderr(std::process::Stdio::piped())
         .spawn()
     else {
-        assert!(std::env::var("CI").is_err(), "promtool is required under CI");
+        assert!(
+            std::env::var("CI").is_err(),
+            "promtool is required under CI"
+        );
         eprintln!("promtool not installed: skipped");
         return;
     };
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{Config, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "vmscope", version, about = "Observability agent for virtual-machine hosts")]
+#[command(
+    name = "vmscope",
+    version,
+    about = "Observability agent for virtual-machine hosts"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -81,10 +85,16 @@ pub struct Failure {
 
 impl Failure {
     fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: 2, error: error.into() }
+        Failure {
+            code: 2,
+            error: error.into(),
+        }
     }
     fn runtime(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: 1, error: error.into() }
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
     }
 }
 

@@ -55,7 +55,15 @@ pub fn human_bytes(b: f64) -> String {
 
 pub fn table(vms: &[VmStats]) -> String {
     let header = [
-        "NAME", "ID", "HYPERVISOR", "OWNER", "VCPUS", "CPU", "RSS/ALLOC", "NET RX/s", "NET TX/s",
+        "NAME",
+        "ID",
+        "HYPERVISOR",
+        "OWNER",
+        "VCPUS",
+        "CPU",
+        "RSS/ALLOC",
+        "NET RX/s",
+        "NET TX/s",
     ];
     let mut rows: Vec<[String; 9]> = vms
         .iter()
@@ -85,7 +93,9 @@ pub fn table(vms: &[VmStats]) -> String {
                 v.id.clone(),
                 v.hypervisor.as_str().to_string(),
                 sanitize(&owner),
-                v.allocated_vcpus.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+                v.allocated_vcpus
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "?".into()),
                 cpu,
                 format!("{}/{}", human_bytes(v.memory_rss_bytes as f64), alloc),
                 human_bytes(r.network_rx_bytes_per_second),
@@ -122,7 +132,9 @@ pub fn table(vms: &[VmStats]) -> String {
 
 /// VM names come from command lines: keep control characters out of the table.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]

@@ -65,8 +65,19 @@ mod tests {
 
     #[test]
     fn ratio_over_interval() {
-        let a = CpuTicks { user: 100, system: 50, idle: 850, ..Default::default() };
-        let b = CpuTicks { user: 150, system: 100, idle: 900, iowait: 0, ..Default::default() };
+        let a = CpuTicks {
+            user: 100,
+            system: 50,
+            idle: 850,
+            ..Default::default()
+        };
+        let b = CpuTicks {
+            user: 150,
+            system: 100,
+            idle: 900,
+            iowait: 0,
+            ..Default::default()
+        };
         // 150 ticks passed, 50 idle -> 2/3 busy
         let r = busy_ratio(&a, &b).unwrap_or(-1.0);
         assert!((r - 2.0 / 3.0).abs() < 1e-9, "{r}");

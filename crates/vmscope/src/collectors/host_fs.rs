@@ -82,16 +82,19 @@ impl HostFs {
         !is_pseudo_fs(&m.fstype)
             && !is_network_fs(&m.fstype)
             && !self.cfg.exclude_fstypes.iter().any(|t| t == &m.fstype)
-            && !self
-                .cfg
-                .exclude_mountpoints
-                .iter()
-                .any(|p| m.mountpoint == *p || m.mountpoint.starts_with(&format!("{}/", p.trim_end_matches('/'))))
+            && !self.cfg.exclude_mountpoints.iter().any(|p| {
+                m.mountpoint == *p
+                    || m.mountpoint
+                        .starts_with(&format!("{}/", p.trim_end_matches('/')))
+            })
     }
 }
 
 /// Mounts worth measuring: real filesystems, first mount of each device.
-pub fn select_mounts(mounts: Vec<MountInfo>, wanted: impl Fn(&MountInfo) -> bool) -> Vec<MountInfo> {
+pub fn select_mounts(
+    mounts: Vec<MountInfo>,
+    wanted: impl Fn(&MountInfo) -> bool,
+) -> Vec<MountInfo> {
     let mut seen = HashSet::new();
     mounts
         .into_iter()
@@ -125,13 +128,18 @@ impl HostCollector for HostFs {
             if stuck_now.contains(&m.mountpoint) {
                 continue;
             }
-            if worker.tx.send((i, ctx.roots.host_path(&m.mountpoint), m.mountpoint.clone())).is_ok() {
+            if worker
+                .tx
+                .send((i, ctx.roots.host_path(&m.mountpoint), m.mountpoint.clone()))
+                .is_ok()
+            {
                 asked += 1;
             }
         }
         let timeout = Duration::from_secs_f64(self.cfg.timeout_secs);
         let deadline = Instant::now() + timeout;
-        let mut answers: Vec<Option<std::io::Result<rustix::fs::StatVfs>>> = (0..mounts.len()).map(|_| None).collect();
+        let mut answers: Vec<Option<std::io::Result<rustix::fs::StatVfs>>> =
+            (0..mounts.len()).map(|_| None).collect();
         let mut got = 0usize;
         let mut timed_out = false;
         while got < asked {
@@ -156,7 +164,10 @@ impl HostCollector for HostFs {
             if let Some(m) = mounts
                 .iter()
                 .enumerate()
-                .find(|(i, m)| !stuck_now.contains(&m.mountpoint) && answers.get(*i).is_some_and(|a| a.is_none()))
+                .find(|(i, m)| {
+                    !stuck_now.contains(&m.mountpoint)
+                        && answers.get(*i).is_some_and(|a| a.is_none())
+                })
                 .map(|(_, m)| m)
             {
                 if let Ok(mut s) = self.stuck.lock() {
@@ -176,7 +187,11 @@ impl HostCollector for HostFs {
             .zip(answers)
             .filter_map(|(m, a)| {
                 let st = a?.ok()?;
-                let frsize = if st.f_frsize > 0 { st.f_frsize } else { st.f_bsize };
+                let frsize = if st.f_frsize > 0 {
+                    st.f_frsize
+                } else {
+                    st.f_bsize
+                };
                 let size = st.f_blocks.saturating_mul(frsize);
                 if size == 0 {
                     return None;

@@ -25,7 +25,8 @@ impl HostCollector for HostLoad {
             path: file.path().to_path_buf(),
             source: e,
         })?;
-        let (l1, l5, l15) = vmscope_proc::parse_loadavg(data).map_err(|e| CollectError::parse(file.path(), e))?;
+        let (l1, l5, l15) =
+            vmscope_proc::parse_loadavg(data).map_err(|e| CollectError::parse(file.path(), e))?;
         host.load1 = l1;
         host.load5 = l5;
         host.load15 = l15;

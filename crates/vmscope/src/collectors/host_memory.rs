@@ -28,7 +28,8 @@ impl HostCollector for HostMemory {
             path: file.path().to_path_buf(),
             source: e,
         })?;
-        let m = vmscope_proc::parse_meminfo(data).map_err(|e| CollectError::parse(file.path(), e))?;
+        let m =
+            vmscope_proc::parse_meminfo(data).map_err(|e| CollectError::parse(file.path(), e))?;
         host.memory_total_bytes = m.total_bytes;
         host.memory_available_bytes = m.available_bytes.min(m.total_bytes);
         host.memory_used_ratio = if m.total_bytes == 0 {

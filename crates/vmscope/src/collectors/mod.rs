@@ -103,12 +103,8 @@ pub struct HostCollectorSpec {
 
 /// Order matters: `vm_process` runs first and marks exited VMs, which the
 /// others then skip.
-pub const VM_COLLECTORS: &[VmCollectorSpec] = &[
-    vm_process::SPEC,
-    vm_vcpu::SPEC,
-    vm_io::SPEC,
-    vm_net::SPEC,
-];
+pub const VM_COLLECTORS: &[VmCollectorSpec] =
+    &[vm_process::SPEC, vm_vcpu::SPEC, vm_io::SPEC, vm_net::SPEC];
 
 pub const HOST_COLLECTORS: &[HostCollectorSpec] = &[
     host_cpu::SPEC,

@@ -75,7 +75,8 @@ impl CollectError {
 
 /// True when an IO error means "the process is no longer there".
 pub fn is_gone(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
+    e.kind() == io::ErrorKind::NotFound
+        || e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error())
 }
 
 /// How many descriptors the collector may keep open at once.
@@ -98,12 +99,12 @@ impl FdBudget {
     pub fn from_rlimit() -> Self {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let mut lim = getrlimit(Resource::Nofile);
-        if let Some(max) = lim.maximum {
-            if lim.current != Some(max) {
-                lim.current = Some(max);
-                if setrlimit(Resource::Nofile, lim.clone()).is_err() {
-                    lim = getrlimit(Resource::Nofile);
-                }
+        if let Some(max) = lim.maximum
+            && lim.current != Some(max)
+        {
+            lim.current = Some(max);
+            if setrlimit(Resource::Nofile, lim).is_err() {
+                lim = getrlimit(Resource::Nofile);
             }
         }
         let soft = lim.current.unwrap_or(1 << 20) as usize;

@@ -72,9 +72,11 @@ impl VmCollector for VmNet {
             .filter(|v| !v.gone)
             .filter_map(|v| v.netns.clone())
             .collect();
-        self.files.retain(|ns, _| ns.is_empty() || live.contains(ns));
+        self.files
+            .retain(|ns, _| ns.is_empty() || live.contains(ns));
         for (members, devs) in tables {
-            let by_name: HashMap<&str, &NetDevStats> = devs.iter().map(|d| (d.name.as_str(), d)).collect();
+            let by_name: HashMap<&str, &NetDevStats> =
+                devs.iter().map(|d| (d.name.as_str(), d)).collect();
             for i in members {
                 let Some(vm) = vms.get_mut(i) else { continue };
                 vm.stats.network = vm
@@ -99,15 +101,25 @@ impl VmNet {
         // in turn (one may be exiting).
         let mut last_err = None;
         let held = self.files.get(ns).map(|(pid, _)| *pid);
-        let pids = held
-            .into_iter()
-            .chain(members.iter().filter_map(|&i| vms.get(i)).filter(|v| !v.gone).map(|v| v.pid));
+        let pids = held.into_iter().chain(
+            members
+                .iter()
+                .filter_map(|&i| vms.get(i))
+                .filter(|v| !v.gone)
+                .map(|v| v.pid),
+        );
         for pid in pids {
             let entry = self.files.entry(ns.to_string()).or_insert_with(|| {
-                (pid, ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget))
+                (
+                    pid,
+                    ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
+                )
             });
             if entry.0 != pid {
-                *entry = (pid, ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget));
+                *entry = (
+                    pid,
+                    ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
+                );
             }
             match entry.1.read(&mut self.buf) {
                 Ok(data) => return Ok(parse_net_dev(data)),
@@ -139,7 +151,13 @@ mod tests {
             tx_drops: 40,
         };
         let g = guest_view(&d);
-        assert_eq!((g.rx_bytes, g.rx_packets, g.rx_errors, g.rx_drops), (10, 20, 30, 40));
-        assert_eq!((g.tx_bytes, g.tx_packets, g.tx_errors, g.tx_drops), (1, 2, 3, 4));
+        assert_eq!(
+            (g.rx_bytes, g.rx_packets, g.rx_errors, g.rx_drops),
+            (10, 20, 30, 40)
+        );
+        assert_eq!(
+            (g.tx_bytes, g.tx_packets, g.tx_errors, g.tx_drops),
+            (1, 2, 3, 4)
+        );
     }
 }

@@ -37,7 +37,8 @@ impl VmProcess {
             .stat_file
             .read(&mut self.buf)
             .map_err(|e| CollectError::from_proc_io(pid, vm.stat_file.path(), e))?;
-        let st = vmscope_proc::parse_stat(data).map_err(|e| CollectError::parse(vm.stat_file.path(), e))?;
+        let st = vmscope_proc::parse_stat(data)
+            .map_err(|e| CollectError::parse(vm.stat_file.path(), e))?;
         if st.starttime_ticks != vm.starttime_ticks || matches!(st.state, b'Z' | b'X' | b'x') {
             return Err(CollectError::Gone { pid });
         }
@@ -55,7 +56,11 @@ impl VmProcess {
         // domain's QEMU still sleeps in state S); for bare processes only a
         // SIGSTOP'd process is known to be paused.
         if s.source == Source::Process {
-            s.state = if st.state == b'T' { VmState::Paused } else { VmState::Running };
+            s.state = if st.state == b'T' {
+                VmState::Paused
+            } else {
+                VmState::Running
+            };
         }
         Ok(())
     }

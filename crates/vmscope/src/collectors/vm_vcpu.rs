@@ -35,13 +35,11 @@ pub fn vcpu_index_from_thread_name(comm: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(comm).ok()?.trim_end();
     let digits = if let Some(rest) = s.strip_prefix("CPU ") {
         // QEMU: "CPU 3/KVM", "CPU 3/TCG", "CPU 3/HVF"
-        rest.split('/').next()?
+        rest.split('/').next().unwrap_or_default()
     } else if let Some(rest) = s.strip_prefix("fc_vcpu") {
         rest.trim_start()
-    } else if let Some(rest) = s.strip_prefix("vcpu") {
-        rest
     } else {
-        return None;
+        s.strip_prefix("vcpu")?
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -96,7 +94,11 @@ impl VmVcpu {
                 .map_err(|e| CollectError::from_proc_io(vm.pid, &task_dir, e))?;
             let mut v = Vec::new();
             for entry in entries.flatten() {
-                let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                let Some(tid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
                     continue;
                 };
                 if read_once(&task_dir.join(tid.to_string()).join("comm"), &mut self.buf).is_err() {
@@ -125,10 +127,15 @@ impl VmVcpu {
     }
 }
 
-fn read_thread(ctx: &Ctx<'_>, t: &mut VcpuThread, buf: &mut Vec<u8>) -> Result<VcpuStats, CollectError> {
+fn read_thread(
+    ctx: &Ctx<'_>,
+    t: &mut VcpuThread,
+    buf: &mut Vec<u8>,
+) -> Result<VcpuStats, CollectError> {
     match t.schedstat.read(buf) {
         Ok(data) => {
-            let s = vmscope_proc::parse_schedstat(data).map_err(|e| CollectError::parse(t.schedstat.path(), e))?;
+            let s = vmscope_proc::parse_schedstat(data)
+                .map_err(|e| CollectError::parse(t.schedstat.path(), e))?;
             return Ok(VcpuStats {
                 index: t.index,
                 tid: t.tid,

@@ -83,12 +83,13 @@ impl LibvirtScanner {
                         None
                     }
                 };
-                self.cache.insert(path.clone(), Cached { mtime, len, parsed });
+                self.cache
+                    .insert(path.clone(), Cached { mtime, len, parsed });
             }
-            if let Some(d) = self.cache.get(&path).and_then(|c| c.parsed.clone()) {
-                if d.pid.is_some() {
-                    out.push(d);
-                }
+            if let Some(d) = self.cache.get(&path).and_then(|c| c.parsed.clone())
+                && d.pid.is_some()
+            {
+                out.push(d);
             }
             seen.insert(path);
         }

@@ -22,7 +22,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmscope_proc::{VmCmdline, classify_comm, parse_firecracker_config, parse_stat, parse_vm_cmdline, split_cmdline};
+use vmscope_proc::{
+    VmCmdline, classify_comm, parse_firecracker_config, parse_stat, parse_vm_cmdline, split_cmdline,
+};
 
 use crate::collectors::procfile::read_once;
 use crate::roots::Roots;
@@ -122,7 +124,7 @@ impl ProcessScanner {
             stats.examined += 1;
             match self.classify(roots, clock, pid, stats) {
                 Classified::Vm(vm) => {
-                    self.vms.insert(pid, Arc::new(vm));
+                    self.vms.insert(pid, Arc::from(vm));
                 }
                 Classified::Other { settled: true } => {
                     self.others.insert(pid);
@@ -138,7 +140,13 @@ impl ProcessScanner {
         Ok(out)
     }
 
-    fn classify(&mut self, roots: &Roots, clock: &Clock, pid: u32, stats: &mut ScanStats) -> Classified {
+    fn classify(
+        &mut self,
+        roots: &Roots,
+        clock: &Clock,
+        pid: u32,
+        stats: &mut ScanStats,
+    ) -> Classified {
         let dir = roots.pid(pid);
         if read_once(&dir.join("stat"), &mut self.buf).is_err() {
             return Classified::Vanished;
@@ -158,11 +166,17 @@ impl ProcessScanner {
         }
         let args = split_cmdline(&self.buf);
         // `qemu-system-x86_64 --version` and friends run no VM.
-        let informational = args
-            .iter()
-            .skip(1)
-            .any(|a| matches!(a.as_str(), "-version" | "--version" | "-h" | "-help" | "--help"));
-        let parsed = if informational { None } else { parse_vm_cmdline(&args) };
+        let informational = args.iter().skip(1).any(|a| {
+            matches!(
+                a.as_str(),
+                "-version" | "--version" | "-h" | "-help" | "--help"
+            )
+        });
+        let parsed = if informational {
+            None
+        } else {
+            parse_vm_cmdline(&args)
+        };
         let Some(mut cmdline) = parsed else {
             // A hypervisor binary name without a VM command line (e.g.
             // `qemu-system-x86_64 --version`, or a zombie with no cmdline).
@@ -174,11 +188,11 @@ impl ProcessScanner {
         if let Some(cfg) = cmdline.fc_config_file.clone() {
             self.merge_firecracker_config(&dir, &cfg, &mut cmdline);
         }
-        Classified::Vm(ProcVm {
+        Classified::Vm(Box::new(ProcVm {
             pid,
             starttime_ticks: stat.starttime_ticks,
             cmdline,
-        })
+        }))
     }
 
     /// Firecracker keeps vCPUs, memory and TAPs in its JSON config file. The
@@ -202,13 +216,15 @@ impl ProcessScanner {
                     cmdline.taps = fc.taps;
                 }
             }
-            Err(e) => tracing::debug!(path = %file.display(), error = %e, "firecracker config file unparsable"),
+            Err(e) => {
+                tracing::debug!(path = %file.display(), error = %e, "firecracker config file unparsable")
+            }
         }
     }
 }
 
 enum Classified {
-    Vm(ProcVm),
+    Vm(Box<ProcVm>),
     Other { settled: bool },
     Vanished,
 }
