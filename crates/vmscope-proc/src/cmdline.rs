@@ -32,6 +32,12 @@ impl HypervisorKind {
     }
 }
 
+impl std::fmt::Display for HypervisorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Firecracker's API socket when it is started without `--api-sock`.
 pub const FIRECRACKER_DEFAULT_API_SOCK: &str = "/run/firecracker.socket";
 
@@ -331,7 +337,7 @@ fn qemu(opts: &[Opt<'_>]) -> VmCmdline {
         match (*name, value) {
             ("name", Some(v)) => {
                 let kv = qemu_opts(v, "guest");
-                if let Some(g) = get(&kv, "guest") {
+                if let Some(g) = get(&kv, "guest").filter(|g| !g.is_empty()) {
                     vm.name = Some(g.to_string());
                 }
                 if let Some(d) = get(&kv, "debug-threads") {
@@ -614,6 +620,7 @@ mod tests {
             Some("-odd")
         );
         assert_eq!(q(&["-name"]).name, None);
+        assert_eq!(q(&["-name", "guest=,debug-threads=on"]).name, None);
     }
 
     #[test]
