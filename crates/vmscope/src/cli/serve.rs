@@ -33,8 +33,12 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let snapshots = spawn(collector, cfg.interval())
             .context("starting the collector thread")
             .map_err(Failure::runtime)?;
-        let extra: Vec<Arc<dyn MetricSource>> = Vec::new();
-        let app = router(AppState::new(snapshots, extra));
+        let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone())
+            .await
+            .context("starting the watchdog")
+            .map_err(Failure::runtime)?;
+        let extra: Vec<Arc<dyn MetricSource>> = vec![watchdog.metrics()];
+        let app = router(AppState::new(snapshots, extra)).merge(watchdog.router());
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))
@@ -49,6 +53,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .context("serving HTTP")
             .map_err(Failure::runtime)?;
+        // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
+        watchdog.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     })
