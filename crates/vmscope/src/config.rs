@@ -216,7 +216,11 @@ impl Config {
                 let key = e.path().to_string();
                 let from = env_keys
                     .iter()
-                    .find(|(path, _)| key == *path || key.starts_with(&format!("{path}.")))
+                    .find(|(path, _)| {
+                        key == *path
+                            || key.starts_with(&format!("{path}."))
+                            || path.starts_with(&format!("{key}."))
+                    })
                     .map(|(_, var)| format!(" (from environment variable {var})"))
                     .unwrap_or_default();
                 let inner = e.into_inner().to_string();

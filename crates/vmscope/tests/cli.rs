@@ -1,0 +1,140 @@
+//! The binary as a user runs it: exit codes and messages of `check-config`,
+//! `vms` over a fixture tree, and `serve` refusing bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmscope"));
+    // The caller's environment must not leak config into these tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VMSCOPE_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn configs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs")
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_a_full_valid_file() {
+    let (code, out, err) = run(bin()
+        .arg("check-config")
+        .arg(configs().join("valid_full.toml")));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok (listen 127.0.0.1:9999, interval 2s)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_config_names_what_is_wrong() {
+    let cases = [
+        ("unknown_key.toml", "collectors.vcpus"),
+        ("unknown_key.toml", "unknown field"),
+        ("bad_interval.toml", "interval_secs: -1 is out of range"),
+        ("bad_listen.toml", "listen:"),
+        ("broken_toml.toml", "broken_toml.toml"),
+        ("wrong_type.toml", "interval_secs:"),
+        ("does_not_exist.toml", "cannot read config file"),
+    ];
+    for (file, needle) in cases {
+        let (code, out, err) = run(bin().arg("check-config").arg(configs().join(file)));
+        assert_eq!(code, 2, "{file}: exit code; stdout {out} stderr {err}");
+        assert!(err.starts_with("error: "), "{file}: {err}");
+        assert!(
+            err.contains(needle),
+            "{file}: expected {needle:?} in {err:?}"
+        );
+        assert!(!err.contains("panicked"), "{file}: {err}");
+    }
+}
+
+#[test]
+fn env_overrides_are_checked_too() {
+    let (code, _, err) = run(bin()
+        .args(["vms", "--window", "0.1"])
+        .env("VMSCOPE_INTERVAL_SECS", "0"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("interval_secs"), "{err}");
+    let (code, _, err) = run(bin()
+        .args(["vms", "--window", "0.1"])
+        .env("VMSCOPE_COLLECTORZ__DISK", "false"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("VMSCOPE_COLLECTORZ__DISK"), "{err}");
+}
+
+#[test]
+fn vms_json_over_the_fixture_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
+            root.join("proc"),
+            root.join("run"),
+            root.join("rootfs")
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(bin()
+        .args(["vms", "-o", "json", "--window", "0.1", "-c"])
+        .arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    let vms: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = vms
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names.contains(&"instance-00000007"));
+    let (code, table, err) = run(bin().args(["vms", "--window", "0.1", "-c"]).arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("NAME") && header.contains("RSS/ALLOC"),
+        "{table}"
+    );
+    assert!(table.contains("alice/demo"), "owner column: {table}");
+    // Control characters from a VM name never reach the terminal raw.
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_port_in_use() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(bin()
+        .args(["serve", "--interval", "1", "--listen"])
+        .arg(addr.to_string())
+        .env("VMSCOPE_WATCHDOG__STATE_DB_PATH", dir.path().join("s.db")));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
