@@ -73,6 +73,7 @@ pub struct Watchdog {
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Dispatcher>>,
     shutdown_timeout: Duration,
+    evaluated: watch::Receiver<u64>,
 }
 
 impl Watchdog {
@@ -84,6 +85,12 @@ impl Watchdog {
     /// The same, typed (tests, other in-process readers).
     pub fn alert_metrics(&self) -> &Arc<AlertMetrics> {
         &self.metrics
+    }
+
+    /// The `seq` of the last snapshot evaluated (0: none yet), for health
+    /// checks and for tests that must know a snapshot was seen.
+    pub fn evaluated(&self) -> watch::Receiver<u64> {
+        self.evaluated.clone()
     }
 
     /// `GET /api/v1/alerts`, state applied.
@@ -116,6 +123,7 @@ pub async fn start(
     cfg.validate(interval)?;
     let db_metrics = Arc::new(DbMetrics::new());
     let (stop, stop_rx) = watch::channel(false);
+    let (evaluated_tx, evaluated) = watch::channel(0u64);
     if !cfg.enabled {
         tracing::info!("watchdog disabled in the configuration");
         return Ok(Watchdog {
@@ -124,6 +132,7 @@ pub async fn start(
             stop,
             task: None,
             shutdown_timeout: cfg.shutdown_timeout,
+            evaluated,
         });
     }
     let rules = cfg.resolve_rules()?;
@@ -204,6 +213,7 @@ pub async fn start(
         dispatcher,
         metrics.clone(),
         stop_rx,
+        evaluated_tx,
         cfg.history_retention,
     ));
     Ok(Watchdog {
@@ -212,6 +222,7 @@ pub async fn start(
         stop,
         task: Some(task),
         shutdown_timeout: cfg.shutdown_timeout,
+        evaluated,
     })
 }
 
@@ -247,6 +258,7 @@ fn writes_for(n: &Notification) -> Vec<EpisodeWrite> {
 
 /// The watchdog loop: one evaluation per new snapshot. Returns the
 /// dispatcher so `shutdown` can flush it.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     mut engine: Engine,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -254,6 +266,7 @@ async fn run(
     dispatcher: Dispatcher,
     metrics: Arc<AlertMetrics>,
     mut stop: watch::Receiver<bool>,
+    evaluated: watch::Sender<u64>,
     retention: Duration,
 ) -> Dispatcher {
     let mut last_seq = 0;
@@ -272,6 +285,7 @@ async fn run(
                 dispatcher.dispatch(n);
             }
             metrics.set_active(engine.active());
+            evaluated.send_replace(snap.seq);
         }
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
