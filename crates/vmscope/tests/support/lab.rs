@@ -222,22 +222,23 @@ impl QemuVm {
         }
     }
 
+    /// True while our PID still runs this VM (not a zombie, not a reused
+    /// PID): its command line names our guest.
+    fn is_ours(&self) -> bool {
+        let needle = format!("guest={},", self.spec.name);
+        pid_alive(self.pid)
+            && fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.starts_with(needle.as_bytes()))
+            })
+    }
+
     /// Sends `sig` and waits until the process is gone from /proc. A killed
     /// daemonized QEMU stays a zombie (state Z) for a while until its new
     /// parent reaps it; we are not its parent, so we wait.
     pub fn kill_and_wait(&mut self, sig: Signal) {
-        self.killed = true;
-        let Some(pid) = Pid::from_raw(self.pid) else {
-            return;
-        };
-        if !pid_alive(self.pid) {
-            return;
-        }
-        if let Err(e) = kill_process(pid, sig) {
-            eprintln!("lab: kill {} ({}): {e}", self.pid, self.spec.name);
-            return;
-        }
-        let gone = poll_until(Duration::from_secs(15), Duration::from_millis(50), || {
+        self.signal(sig);
+        let gone = poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
             (!pid_present(self.pid)).then_some(())
         });
         if gone.is_none() {
@@ -247,12 +248,39 @@ impl QemuVm {
             );
         }
     }
+
+    /// Sends `sig` if the PID is still this VM; marks the VM as killed.
+    fn signal(&mut self, sig: Signal) {
+        self.killed = true;
+        let Some(pid) = Pid::from_raw(self.pid) else {
+            return;
+        };
+        if !self.is_ours() {
+            return;
+        }
+        if let Err(e) = kill_process(pid, sig) {
+            eprintln!("lab: kill {} ({}): {e}", self.pid, self.spec.name);
+        }
+    }
 }
 
 impl Drop for QemuVm {
+    /// Kills the VM and waits until it no longer runs. Waiting for the
+    /// zombie to be reaped as well (as `kill_and_wait` does) would add ~1-2 s
+    /// per VM to every test for nothing: a zombie holds no TAP or memory.
     fn drop(&mut self) {
-        if !self.killed {
-            self.kill_and_wait(Signal::KILL);
+        if self.killed {
+            return;
+        }
+        self.signal(Signal::KILL);
+        let stopped = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            (!pid_alive(self.pid)).then_some(())
+        });
+        if stopped.is_none() {
+            eprintln!(
+                "lab: qemu pid {} ({}) still running 10 s after SIGKILL",
+                self.pid, self.spec.name
+            );
         }
     }
 }
@@ -266,6 +294,17 @@ fn pid_state(pid: i32) -> Option<char> {
 
 fn pid_present(pid: i32) -> bool {
     pid_state(pid).is_some()
+}
+
+/// CPU seconds (user + system, all threads) of a process, straight from
+/// `/proc/PID/stat`: the ground truth to compare the agent with.
+pub fn proc_cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the last ')': state is field 3, utime 14, stime 15.
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
 /// Present and not a zombie (a zombie no longer runs a VM).
@@ -289,6 +328,13 @@ pub fn inject_frames(tap: &Tap, count: u32, size: u32) {
         out.contains(&format!("sent {count} frames")),
         "inject_frames said: {out}"
     );
+}
+
+/// One tick as the agent published it.
+pub struct Snapshot {
+    pub seq: u64,
+    pub collected_at: std::time::SystemTime,
+    pub metrics: Exposition,
 }
 
 /// A running `vmscope serve` on a loopback port; killed on drop.
@@ -315,7 +361,14 @@ impl Agent {
 
     fn try_start(interval_secs: u64) -> Result<Agent, String> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vmscope"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmscope"));
+        // Hermetic: no VMSCOPE_* settings leak in from the developer's shell.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("VMSCOPE_") {
+                cmd.env_remove(key);
+            }
+        }
+        let mut child = cmd
             .args([
                 "serve",
                 "--listen",
@@ -323,7 +376,7 @@ impl Agent {
                 "--interval",
                 &interval_secs.to_string(),
             ])
-            .env("RUST_LOG", "info")
+            .env("VMSCOPE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -383,6 +436,27 @@ impl Agent {
             resp.content_type
         );
         Exposition::parse(&resp.body).expect("parse /metrics")
+    }
+
+    /// `/metrics` as of one known tick: fetched between two `/api/v1/vms`
+    /// reads that agree on `seq`. `None` if a tick landed in between.
+    pub fn consistent_snapshot(&self) -> Option<Snapshot> {
+        let head = |v: &serde_json::Value| {
+            let seq = v.get("seq")?.as_u64()?;
+            let at = humantime::parse_rfc3339(v.get("collected_at")?.as_str()?).ok()?;
+            Some((seq, at))
+        };
+        let before = http::get_json(&self.url("/api/v1/vms")).expect("GET /api/v1/vms");
+        let (seq, collected_at) = head(&before).unwrap_or_else(|| {
+            panic!("/api/v1/vms lacks seq or an RFC 3339 collected_at: {before}")
+        });
+        let metrics = self.metrics();
+        let after = http::get_json(&self.url("/api/v1/vms")).expect("GET /api/v1/vms");
+        (head(&after)?.0 == seq).then_some(Snapshot {
+            seq,
+            collected_at,
+            metrics,
+        })
     }
 
     /// `GET /api/v1/vms` -> the `vms` array.
