@@ -293,7 +293,8 @@ pub struct LogSinkConfig {
 http_sink_fields! {
     /// `type = "webhook"`: POST of the documented JSON body to `url`.
     pub struct WebhookSinkConfig {
-        pub url: String,
+        /// A secret: chat-service webhook URLs carry their token in the path.
+        pub url: Secret,
         /// Value of the `Authorization` header (env `VMSCOPE_WEBHOOK_AUTH_HEADER`).
         #[serde(default)]
         pub auth_header: Option<Secret>,
@@ -658,7 +659,7 @@ fn validate_sink(name: &str, sink: &SinkConfig) -> Result<(), ConfigError> {
     }
     match sink {
         SinkConfig::Log(_) => {}
-        SinkConfig::Webhook(c) => check_url(&key("url"), &c.url)?,
+        SinkConfig::Webhook(c) => check_url(&key("url"), c.url.expose())?,
         SinkConfig::Alertmanager(c) => {
             check_url(&key("url"), &c.url)?;
             if c.resend_interval.is_zero() {
@@ -835,11 +836,14 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let c = parse(
-            "[sinks.tg]\ntype = \"telegram\"\nbot_token = \"123:SECRETTOKEN\"\nchat_id = \"42\"",
+            "[sinks.tg]\ntype = \"telegram\"\nbot_token = \"123:SECRETTOKEN\"\nchat_id = \"42\"\n\
+             [sinks.slack]\ntype = \"webhook\"\nurl = \"https://hooks.example/T0/SECRETPATH\"\n\
+             auth_header = \"Bearer SECRETBEARER\"\n\
+             [sinks.s]\ntype = \"sentry\"\ndsn = \"https://SECRETKEY@sentry.example/1\"",
         )
         .unwrap();
         let dbg = format!("{c:?}");
-        assert!(!dbg.contains("SECRETTOKEN"), "{dbg}");
+        assert!(!dbg.contains("SECRET"), "{dbg}");
         assert!(dbg.contains("***"));
         c.validate(Duration::from_secs(5)).unwrap();
     }

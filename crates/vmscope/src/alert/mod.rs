@@ -200,12 +200,19 @@ pub async fn start(
         "watchdog started"
     );
 
-    let dispatcher = Dispatcher::start(
-        specs,
-        metrics.clone(),
-        Some(store.clone()),
-        engine.firing_alerts(),
-    );
+    let firing = engine
+        .firing_alerts()
+        .into_iter()
+        .map(|a| {
+            let sinks = engine
+                .rules()
+                .iter()
+                .find(|r| r.name == a.rule)
+                .and_then(|r| r.sinks.clone());
+            (a, sinks)
+        })
+        .collect();
+    let dispatcher = Dispatcher::start(specs, metrics.clone(), Some(store.clone()), firing);
     let task = tokio::spawn(run(
         engine,
         snapshots,

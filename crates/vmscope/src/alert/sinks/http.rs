@@ -57,13 +57,11 @@ pub fn redact(mut s: String, secrets: &[&str]) -> String {
 /// ("error sending request: client error (Connect): tcp connect error:
 /// Connection refused"), secrets scrubbed.
 pub fn describe_error(e: &reqwest::Error, secrets: &[&str]) -> String {
-    let mut msg = if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        String::new()
-    };
-    let head = e.to_string();
-    let mut parts = vec![head];
+    let mut parts = Vec::new();
+    if e.is_timeout() {
+        parts.push("timed out".to_owned());
+    }
+    parts.push(e.to_string());
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         let t = s.to_string();
@@ -72,11 +70,7 @@ pub fn describe_error(e: &reqwest::Error, secrets: &[&str]) -> String {
         }
         src = s.source();
     }
-    if !msg.is_empty() {
-        msg.push_str(": ");
-    }
-    msg.push_str(&parts.join(": "));
-    redact(msg, secrets)
+    redact(parts.join(": "), secrets)
 }
 
 /// Send `req` (whose client has a timeout) and classify the outcome:

@@ -226,12 +226,13 @@ pub struct SinkSpec {
 
 impl Dispatcher {
     /// Start one task per sink. `firing` seeds re-sending sinks with what
-    /// was firing before a restart.
+    /// was firing before a restart, each alert with the sinks its rule
+    /// notifies (`None`: all).
     pub fn start(
         specs: Vec<SinkSpec>,
         metrics: Arc<AlertMetrics>,
         store: Option<Store>,
-        firing: Vec<Alert>,
+        firing: Vec<(Alert, Option<Vec<String>>)>,
     ) -> Dispatcher {
         let (stopping, stop_rx) = watch::channel(false);
         let sinks = specs
@@ -248,7 +249,12 @@ impl Dispatcher {
                     stopping: stop_rx.clone(),
                     firing: firing
                         .iter()
-                        .map(|a| ((a.rule.clone(), a.scope_key.clone()), a.clone()))
+                        .filter(|(_, sinks)| {
+                            sinks
+                                .as_ref()
+                                .is_none_or(|l| l.iter().any(|n| *n == spec.name))
+                        })
+                        .map(|(a, _)| ((a.rule.clone(), a.scope_key.clone()), a.clone()))
                         .collect(),
                 };
                 Running {
@@ -457,5 +463,60 @@ impl Worker {
             }
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+    use crate::alert::notification::Context;
+    use crate::alert::rules::{Scope, Severity};
+
+    fn note(rule: &str, status: Status) -> Notification {
+        Notification {
+            rule: rule.to_owned(),
+            severity: Severity::Warning,
+            host: "h".to_owned(),
+            at: UNIX_EPOCH,
+            sinks: None,
+            alerts: vec![Alert {
+                rule: rule.to_owned(),
+                host: "h".to_owned(),
+                metric: "host_cpu_ratio".to_owned(),
+                severity: Severity::Warning,
+                scope: Scope::Host,
+                scope_key: "host".to_owned(),
+                status,
+                transition: match status {
+                    Status::Firing => Transition::Fired,
+                    Status::Resolved => Transition::Resolved,
+                },
+                value: Some(1.0),
+                threshold: 0.8,
+                started_at: UNIX_EPOCH,
+                resolved_at: None,
+                summary: String::new(),
+                context: Context::default(),
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_resolved_notices_first_then_the_oldest() {
+        let q = Queue::new(3);
+        assert!(q.push(note("a", Status::Firing)).is_none());
+        assert!(q.push(note("b", Status::Resolved)).is_none());
+        assert!(q.push(note("c", Status::Firing)).is_none());
+        assert_eq!(q.push(note("d", Status::Firing)).unwrap().rule, "b");
+        assert_eq!(q.push(note("e", Status::Firing)).unwrap().rule, "a");
+        q.close();
+        let mut left = Vec::new();
+        while let Some(n) = q.pop().await {
+            left.push(n.rule);
+        }
+        assert_eq!(left, ["c", "d", "e"]);
     }
 }

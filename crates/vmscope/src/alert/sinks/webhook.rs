@@ -33,7 +33,7 @@ fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
 
 pub struct WebhookSink {
     client: reqwest::Client,
-    url: String,
+    url: Secret,
     auth: Option<Secret>,
 }
 
@@ -60,10 +60,10 @@ impl Sink for WebhookSink {
             let payload = body(n, SystemTime::now()).to_string();
             let mut req = self
                 .client
-                .post(&self.url)
+                .post(self.url.expose())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(payload);
-            let mut secrets = Vec::new();
+            let mut secrets = vec![self.url.expose()];
             if let Some(a) = &self.auth {
                 req = req.header(reqwest::header::AUTHORIZATION, a.expose());
                 secrets.push(a.expose());
