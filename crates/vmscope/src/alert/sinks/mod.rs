@@ -249,11 +249,7 @@ impl Dispatcher {
                     stopping: stop_rx.clone(),
                     firing: firing
                         .iter()
-                        .filter(|(_, sinks)| {
-                            sinks
-                                .as_ref()
-                                .is_none_or(|l| l.iter().any(|n| *n == spec.name))
-                        })
+                        .filter(|(_, sinks)| sinks.as_ref().is_none_or(|l| l.contains(&spec.name)))
                         .map(|(a, _)| ((a.rule.clone(), a.scope_key.clone()), a.clone()))
                         .collect(),
                 };
