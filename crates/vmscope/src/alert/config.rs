@@ -439,6 +439,7 @@ impl WatchdogConfig {
             if !s.iter().any(|n| n == "log") {
                 s.push("log".to_owned());
             }
+            s.sort();
             s
         };
         let mut out = Vec::new();
