@@ -195,7 +195,10 @@ builtin_rules = false
 
 [watchdog.rules.vm_cpu_busy]
 metric = "vm_cpu_utilization_ratio"
-threshold = 0.5
+# Low on purpose: on a loaded 2-core CI machine a spinning vCPU may get
+# well under a full core, and a value hovering around the threshold would
+# (correctly) never fire. Idle lab VMs use ~0 %; only our VM is checked.
+threshold = 0.1
 sustained = "3s"
 severity = "warning"
 sinks = ["am"]
@@ -278,8 +281,11 @@ fn alertmanager_receives_a_busy_vm_alert_and_its_recovery() {
         am_active(&am_base, &uuid).into_iter().next()
     });
     let Some((alert, _)) = firing else {
+        let seen = http::get_json(&format!("{base}/api/v1/vms"))
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e);
         panic!(
-            "no alert for {uuid} in Alertmanager within 40 s\n---- vmscope log ----\n{}\n---- alertmanager log ----\n{}",
+            "no alert for {uuid} in Alertmanager within 40 s\n---- /api/v1/vms ----\n{seen}\n---- vmscope log ----\n{}\n---- alertmanager log ----\n{}",
             agent.log(),
             am.log()
         );
