@@ -264,6 +264,9 @@ impl Config {
                 self.log.level
             ));
         }
+        self.watchdog
+            .validate(self.interval())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

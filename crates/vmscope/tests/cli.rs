@@ -56,6 +56,7 @@ fn check_config_names_what_is_wrong() {
         ("broken_toml.toml", "broken_toml.toml"),
         ("wrong_type.toml", "interval_secs:"),
         ("does_not_exist.toml", "cannot read config file"),
+        ("bad_watchdog.toml", "watchdog.rules.host_cpu.sustained"),
     ];
     for (file, needle) in cases {
         let (code, out, err) = run(bin().arg("check-config").arg(configs().join(file)));
