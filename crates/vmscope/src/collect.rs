@@ -19,7 +19,10 @@ use tokio::sync::watch;
 use crate::collectors::procfile::{CollectError, FdBudget, ProcFile, read_once};
 use crate::collectors::{Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCollector, VmEntry};
 use crate::config::Config;
-use crate::discovery::{Clock, DiscoveredVm, Discovery, DiscoveryOptions};
+use crate::discovery::{Clock, DiscoveredVm, Discovery, DiscoveryOptions, ProcVm};
+use vmscope_proc::LibvirtDomain;
+
+type AppliedIdentity = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
 use crate::model::{
     CollectorStatus, CpuSeconds, HostStats, Hypervisor, Owner, Snapshot, Source, VmRates, VmState,
     VmStats, unix_seconds,
@@ -111,6 +114,18 @@ struct RateSample {
 struct Followed {
     entry: VmEntry,
     prev: Option<RateSample>,
+    /// The discovery records the identity was last built from. Discovery
+    /// hands out the same `Arc`s until something changes (a libvirt status
+    /// file is rewritten), so identity is rebuilt only then, not every tick.
+    applied: AppliedIdentity,
+}
+
+fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 pub struct Collector {
@@ -247,13 +262,13 @@ impl Collector {
             now: started,
         };
         let mut entries: Vec<VmEntry> = Vec::new();
-        let mut prevs: Vec<Option<RateSample>> = Vec::new();
+        let mut prevs: Vec<(Option<RateSample>, AppliedIdentity)> = Vec::new();
         for f in self.vms.drain(..) {
             let mut e = f.entry;
             e.gone = false;
             e.failed = false;
             entries.push(e);
-            prevs.push(f.prev);
+            prevs.push((f.prev, f.applied));
         }
         let mut errors = Vec::new();
         for (name, c, counters) in self.vm_collectors.iter_mut() {
@@ -275,7 +290,7 @@ impl Collector {
 
         // Finish VMs: drop the gone, date the rest, compute rates.
         let mut vms = Vec::with_capacity(entries.len());
-        for (mut e, prev) in entries.into_iter().zip(prevs) {
+        for (mut e, (prev, applied)) in entries.into_iter().zip(prevs) {
             if e.gone {
                 self.discovery.forget(e.pid);
                 continue;
@@ -292,7 +307,11 @@ impl Collector {
                 .last_success
                 .map(|t| started.saturating_duration_since(t).as_secs_f64())
                 .unwrap_or(0.0);
-            self.vms.push(Followed { entry: e, prev });
+            self.vms.push(Followed {
+                entry: e,
+                prev,
+                applied,
+            });
         }
         for f in &self.vms {
             // A VM never read successfully has no values worth publishing.
@@ -331,7 +350,10 @@ impl Collector {
                 by_pid.insert(d.pid, d);
                 continue;
             }
-            apply_identity(&mut f.entry, &d, clock);
+            if !(same_arc(&f.applied.0, &d.process) && same_arc(&f.applied.1, &d.libvirt)) {
+                apply_identity(&mut f.entry, &d, clock);
+                f.applied = (d.process.clone(), d.libvirt.clone());
+            }
             kept.push(f);
         }
         self.vms = kept;
@@ -339,7 +361,11 @@ impl Collector {
         new.sort_by_key(|d| d.pid);
         for d in new {
             if let Some(entry) = self.new_entry(&d, clock) {
-                self.vms.push(Followed { entry, prev: None });
+                self.vms.push(Followed {
+                    entry,
+                    prev: None,
+                    applied: (d.process.clone(), d.libvirt.clone()),
+                });
             }
         }
     }
