@@ -1,2 +1,124 @@
-//! Encode benchmark (being written).
-fn main() {}
+//! Encoding one 1000-VM snapshot, and serving it.
+//!
+//! - `encode/*`: a full uncached encode per format (what happens once per
+//!   tick per format);
+//! - `gzip_prefix`: compressing the cached text prefix (once per tick, only
+//!   when a client asks for gzip);
+//! - `request/*`: one /metrics request through the whole router with the
+//!   cache warm (no socket), plain and gzip.
+//!
+//! Then, if `wrk` is installed, a short HTTP load test against the router
+//! served on loopback by a single-threaded runtime (one core): requests per
+//! second and latency percentiles. Run with
+//! `cargo bench -p vmscope --bench encode -- --warm-up-time 1 --measurement-time 3`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, header};
+use criterion::{Criterion, Throughput};
+use http_body_util::BodyExt;
+use tokio::sync::watch;
+use tower::ServiceExt;
+use vmscope::api::{AppState, HttpMetrics, router};
+use vmscope::export::{ExpositionCache, Format, MetricSource, encode, fixture};
+
+const VMS: usize = 1000;
+
+fn benches(c: &mut Criterion) {
+    let snap = Arc::new(fixture::snapshot(VMS));
+    let mut g = c.benchmark_group("encode");
+    for format in Format::ALL {
+        let len = encode(format, &[&*snap]).len();
+        eprintln!("{format:?}: {len} bytes for {VMS} VMs");
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(format!("{format:?}_{VMS}_vms"), |b| {
+            b.iter(|| black_box(encode(format, &[&*snap])))
+        });
+    }
+    g.finish();
+
+    let extra: Vec<Arc<dyn MetricSource>> = vec![Arc::new(HttpMetrics::new())];
+    c.bench_function("gzip_prefix_text_1000_vms", |b| {
+        b.iter(|| {
+            // A fresh cache each time: encode + compress, the per-tick cost.
+            let cache = ExpositionCache::new();
+            black_box(cache.render(&snap, &extra, Format::Text, true).unwrap())
+        })
+    });
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_tx, rx) = watch::channel(Arc::clone(&snap));
+    let app = router(AppState::new(rx, Vec::new()));
+    let mut g = c.benchmark_group("request");
+    for (name, enc) in [("metrics_plain", "identity"), ("metrics_gzip", "gzip")] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let req = Request::get("/metrics")
+                        .header(header::ACCEPT_ENCODING, enc)
+                        .body(Body::empty())
+                        .unwrap();
+                    let resp = app.clone().oneshot(req).await.unwrap();
+                    black_box(resp.into_body().collect().await.unwrap().to_bytes().len())
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// `wrk` against the router on one core; prints wrk's summary.
+fn http_load() {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("wrk not installed: skipping the HTTP load test");
+        return;
+    }
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (_tx, rx) = watch::channel(Arc::new(fixture::snapshot(VMS)));
+            let app = router(AppState::new(rx, Vec::new()));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            ready_tx.send(listener.local_addr().unwrap()).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let addr = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    for (label, headers) in [
+        ("plain text", vec![]),
+        (
+            "gzip (as Prometheus asks)",
+            vec!["-H", "Accept-Encoding: gzip"],
+        ),
+    ] {
+        let url = format!("http://{addr}/metrics");
+        let out = Command::new("wrk")
+            .args(["-t1", "-c8", "-d3s", "--latency"])
+            .args(&headers)
+            .arg(&url)
+            .output()
+            .unwrap();
+        eprintln!("--- wrk, {VMS} VMs, server on one core, {label} ---");
+        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+    http_load();
+}

@@ -29,7 +29,10 @@ use super::writer::{Format, MetricWriter, WriterState};
 use crate::model::Snapshot;
 
 /// Deflate level for the cached prefix (compressed once per tick per format).
-const PREFIX_LEVEL: u32 = 6;
+/// Measured on 1000 VMs (2.9 MB of text): level 1 = 260 KB in 8 ms, level 3
+/// = 203 KB in 28 ms, level 6 = 216 KB in 49 ms. The agent's CPU on a busy
+/// host matters more than 60 KB per scrape.
+const PREFIX_LEVEL: u32 = 1;
 /// Deflate level for the per-request tail (a few KiB, on the request path).
 const TAIL_LEVEL: u32 = 1;
 

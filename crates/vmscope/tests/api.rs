@@ -1,0 +1,595 @@
+//! The HTTP API through `tower::ServiceExt::oneshot` (no socket), on
+//! literal snapshots: routes vs `docs/openapi.yaml`, JSON bodies vs the
+//! documented schemas, errors, content negotiation, gzip, HEAD.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::watch;
+use tower::ServiceExt;
+use vmscope::api::{AppState, ROUTES, router};
+use vmscope::export::fixture;
+use vmscope::model::{CpuSeconds, Hypervisor, NetStats, Snapshot, Source, VmState, VmStats};
+
+const SPEC: &str = include_str!("../../../docs/openapi.yaml");
+
+/// A VM built by hand with a name that needs escaping everywhere.
+fn odd_vm() -> VmStats {
+    VmStats {
+        id: "odd id/ü".into(),
+        name: "a \"quoted\" \\ name\nwith newline, ünïcødé 🚀".into(),
+        hypervisor: Hypervisor::Qemu,
+        source: Source::Libvirt,
+        pid: 77,
+        uuid: None,
+        state: VmState::Paused,
+        start_time_seconds: 1_700_000_000.25,
+        owner: None,
+        flavor: None,
+        display_name: None,
+        allocated_vcpus: None,
+        allocated_memory_bytes: None,
+        cpu: CpuSeconds {
+            user: 2.0,
+            system: 0.5,
+            guest: None,
+        },
+        vcpus: vec![],
+        memory_rss_bytes: 1 << 20,
+        memory_virtual_bytes: 1 << 30,
+        memory_utilization_ratio: None,
+        network: vec![
+            NetStats {
+                interface: "tap-a".into(),
+                rx_bytes: 10,
+                tx_bytes: 20,
+                ..NetStats::default()
+            },
+            NetStats {
+                interface: "tap-b".into(),
+                rx_bytes: 1,
+                tx_bytes: 2,
+                ..NetStats::default()
+            },
+        ],
+        disk: None,
+        rates: None,
+        collect_success: true,
+        collect_age_seconds: 0.0,
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let mut snap = fixture::snapshot(5);
+    snap.vms.push(odd_vm());
+    snap.vms.sort_by(|a, b| a.id.cmp(&b.id));
+    snap
+}
+
+fn app(snap: Snapshot) -> (Router, watch::Sender<Arc<Snapshot>>) {
+    let (tx, rx) = watch::channel(Arc::new(snap));
+    (router(AppState::new(rx, Vec::new())), tx)
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).unwrap()
+    }
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    headers: &[(header::HeaderName, &str)],
+) -> Resp {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(k, *v);
+    }
+    let resp = app
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn get(app: &Router, uri: &str) -> Resp {
+    call(app, Method::GET, uri, &[]).await
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn spec() -> Value {
+    serde_yaml::from_str(SPEC).unwrap()
+}
+
+/// A concrete URI for a route template.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "vm-000001")
+}
+
+// ---- a small OpenAPI 3.0 schema checker: enough for our own spec ----
+
+fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let mut node = spec;
+            for part in r.trim_start_matches("#/").split('/') {
+                node = &node[part];
+            }
+            assert!(!node.is_null(), "dangling $ref {r}");
+            resolve(spec, node)
+        }
+        None => schema,
+    }
+}
+
+fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    let schema = resolve(spec, schema);
+    if v.is_null() {
+        return if schema["nullable"] == true {
+            Ok(())
+        } else {
+            Err(format!("{at}: null but not nullable"))
+        };
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            check(spec, s, v, at)?;
+        }
+    }
+    if let Some(any) = schema["oneOf"].as_array()
+        && !any.iter().any(|s| check(spec, s, v, at).is_ok())
+    {
+        return Err(format!("{at}: {v} matches no oneOf branch"));
+    }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(v)
+    {
+        return Err(format!("{at}: {v} not in {values:?}"));
+    }
+    let ok = match schema["type"].as_str() {
+        None => true,
+        Some("string") => v.is_string(),
+        Some("number") => v.is_number(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some("boolean") => v.is_boolean(),
+        Some("array") => v.is_array(),
+        Some("object") => v.is_object(),
+        Some(t) => return Err(format!("{at}: unsupported schema type {t}")),
+    };
+    if !ok {
+        return Err(format!("{at}: {v} is not a {}", schema["type"]));
+    }
+    if let Some(obj) = v.as_object()
+        && (schema.get("properties").is_some() || schema.get("additionalProperties").is_some())
+    {
+        for req in schema["required"].as_array().into_iter().flatten() {
+            let key = req.as_str().unwrap();
+            if !obj.contains_key(key) {
+                return Err(format!("{at}: required field {key} missing"));
+            }
+        }
+        for (k, val) in obj {
+            match (
+                schema["properties"].get(k),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(s), _) => check(spec, s, val, &format!("{at}.{k}"))?,
+                (None, Some(s)) => check(spec, s, val, &format!("{at}.{k}"))?,
+                (None, None) => return Err(format!("{at}: field {k} is not documented")),
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in arr.iter().enumerate() {
+            check(spec, items, item, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a response against the spec entry for its path and status.
+fn check_documented(spec: &Value, template: &str, r: &Resp) {
+    let status = r.status.as_str();
+    let doc = &spec["paths"][template]["get"]["responses"][status];
+    assert!(
+        !doc.is_null(),
+        "{template}: status {status} is not documented"
+    );
+    let doc = resolve(spec, doc);
+    let content_type = r.header(header::CONTENT_TYPE).to_owned();
+    let media = doc["content"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{template} {status}: no content documented"));
+    assert!(
+        media.keys().any(|k| content_type.starts_with(k.as_str())),
+        "{template} {status}: content type {content_type} not among {:?}",
+        media.keys().collect::<Vec<_>>()
+    );
+    if content_type.starts_with("application/json") {
+        let schema = &media["application/json"]["schema"];
+        check(spec, schema, &r.json(), template)
+            .unwrap_or_else(|e| panic!("{template} {status}: {e}"));
+    }
+}
+
+// ---- tests ----
+
+#[test]
+fn spec_paths_are_exactly_the_router_routes() {
+    let spec = spec();
+    let documented: BTreeSet<&str> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let routed: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    assert_eq!(documented, routed);
+}
+
+#[tokio::test]
+async fn every_route_is_served_under_its_template_and_matches_the_spec() {
+    let spec = spec();
+    let (app, _tx) = app(snapshot());
+    for r in ROUTES {
+        let resp = get(&app, &concrete(r.path)).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", r.path);
+        check_documented(&spec, r.path, &resp);
+    }
+    // The router labels each request with the route it matched: every
+    // route in the table (hence the spec) is a real route of the router.
+    let families = get(&app, "/metrics.json").await.json();
+    let hist = families["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "vmscope_http_request_duration_seconds")
+        .unwrap();
+    let labelled: BTreeSet<&str> = hist["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["labels"]["route"].as_str().unwrap())
+        .collect();
+    let routed: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    assert_eq!(labelled, routed);
+}
+
+#[tokio::test]
+async fn error_responses_match_the_spec() {
+    let spec = spec();
+    let (app, tx) = app(snapshot());
+    let r = get(&app, "/api/v1/vms/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    check_documented(&spec, "/api/v1/vms/{id}", &r);
+    let r = get(&app, "/api/v1/vms/nope/stats").await;
+    check_documented(&spec, "/api/v1/vms/{id}/stats", &r);
+    let r = get(&app, "/api/v1/vms/%FF").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    check_documented(&spec, "/api/v1/vms/{id}", &r);
+    tx.send(Arc::new(Snapshot::empty(Duration::from_secs(15))))
+        .unwrap();
+    let r = get(&app, "/healthz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    check_documented(&spec, "/healthz", &r);
+    // Empty snapshot: list and host still answer, as documented.
+    for path in ["/api/v1/vms", "/api/v1/host", "/metrics.json"] {
+        let r = get(&app, path).await;
+        assert_eq!(r.status, StatusCode::OK);
+        check_documented(&spec, path, &r);
+    }
+}
+
+#[tokio::test]
+async fn unknown_vm_is_404_with_a_json_error() {
+    let (app, _tx) = app(snapshot());
+    let r = get(&app, "/api/v1/vms/x").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.header(header::CONTENT_TYPE), "application/json");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": {"code": "not_found", "message": "no VM with id \"x\""}})
+    );
+    // A long id is echoed truncated, and quotes stay valid JSON.
+    let long = format!("{}%22", "a".repeat(500));
+    let r = get(&app, &format!("/api/v1/vms/{long}/stats")).await;
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.len() < 200, "{msg}");
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method_are_json_errors() {
+    let (app, _tx) = app(snapshot());
+    let r = get(&app, "/nope/../etc/passwd").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    let r = call(&app, Method::POST, "/metrics", &[]).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+    let r = call(
+        &app,
+        Method::GET,
+        "/api/v1/vms",
+        &[(header::CONTENT_LENGTH, "10000000")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json()["error"]["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn http_metrics_label_the_route_template_never_the_raw_path() {
+    let (app, _tx) = app(snapshot());
+    get(&app, "/api/v1/vms/secret-id-123").await;
+    get(&app, "/no/such/place").await;
+    let text = get(&app, "/metrics").await.text();
+    assert!(!text.contains("secret-id-123"));
+    assert!(!text.contains("/no/such/place"));
+    assert!(text.contains(r#"route="/api/v1/vms/{id}",method="GET",status="404""#));
+    assert!(text.contains(r#"route="unmatched",method="GET",status="404""#));
+    // This very request is in flight while the exposition is written.
+    assert!(text.contains("\nvmscope_http_requests_in_flight 1\n"));
+}
+
+#[tokio::test]
+async fn metrics_content_negotiation() {
+    let (app, _tx) = app(snapshot());
+    let text = get(&app, "/metrics").await;
+    assert_eq!(text.status, StatusCode::OK);
+    assert_eq!(
+        text.header(header::CONTENT_TYPE),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    assert_eq!(text.header(header::VARY), "Accept, Accept-Encoding");
+    assert!(text.header(header::CONTENT_ENCODING).is_empty());
+    assert!(!text.text().contains("# EOF"));
+    assert!(
+        text.text()
+            .contains("# TYPE vmscope_vm_cpu_seconds_total counter\n")
+    );
+
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                      text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let om = call(
+        &app,
+        Method::GET,
+        "/metrics",
+        &[(header::ACCEPT, prometheus)],
+    )
+    .await;
+    assert_eq!(
+        om.header(header::CONTENT_TYPE),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let body = om.text();
+    assert!(body.ends_with("# EOF\n"));
+    assert!(body.contains(
+        "# TYPE vmscope_vm_cpu_seconds counter\n# UNIT vmscope_vm_cpu_seconds seconds\n"
+    ));
+    assert_eq!(om.header(header::CONTENT_LENGTH), body.len().to_string());
+
+    let plain = call(
+        &app,
+        Method::GET,
+        "/metrics",
+        &[(header::ACCEPT, "text/plain")],
+    )
+    .await;
+    assert!(plain.header(header::CONTENT_TYPE).starts_with("text/plain"));
+}
+
+/// Everything but the HTTP self-metrics, which move with every request.
+fn without_http_metrics(body: &str) -> String {
+    body.lines()
+        .filter(|l| !l.contains("vmscope_http_"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn gzip_decodes_to_the_same_body() {
+    let (app, _tx) = app(snapshot());
+    for accept in ["text/plain", "application/openmetrics-text"] {
+        let plain = call(&app, Method::GET, "/metrics", &[(header::ACCEPT, accept)]).await;
+        let gz = call(
+            &app,
+            Method::GET,
+            "/metrics",
+            &[
+                (header::ACCEPT, accept),
+                (header::ACCEPT_ENCODING, "deflate, gzip;q=0.8"),
+            ],
+        )
+        .await;
+        assert_eq!(gz.header(header::CONTENT_ENCODING), "gzip");
+        assert_eq!(
+            gz.header(header::CONTENT_TYPE),
+            plain.header(header::CONTENT_TYPE)
+        );
+        let unzipped = String::from_utf8(gunzip(&gz.body)).unwrap();
+        assert_eq!(
+            without_http_metrics(&unzipped),
+            without_http_metrics(&plain.text())
+        );
+        assert!(unzipped.contains("vmscope_http_request_duration_seconds"));
+    }
+    let no = call(
+        &app,
+        Method::GET,
+        "/metrics",
+        &[(header::ACCEPT_ENCODING, "gzip;q=0")],
+    )
+    .await;
+    assert!(no.header(header::CONTENT_ENCODING).is_empty());
+
+    // The JSON resources are compressed too, on request.
+    let plain = get(&app, "/api/v1/vms").await;
+    let gz = call(
+        &app,
+        Method::GET,
+        "/api/v1/vms",
+        &[(header::ACCEPT_ENCODING, "gzip")],
+    )
+    .await;
+    assert_eq!(gz.header(header::CONTENT_ENCODING), "gzip");
+    assert_eq!(gunzip(&gz.body), plain.body.to_vec());
+}
+
+#[tokio::test]
+async fn head_has_the_headers_of_get_and_no_body() {
+    let (app, _tx) = app(snapshot());
+    for path in [
+        "/metrics",
+        "/metrics.json",
+        "/api/v1/vms",
+        "/api/v1/vms/vm-000002",
+        "/healthz",
+        "/",
+    ] {
+        let g = get(&app, path).await;
+        let h = call(&app, Method::HEAD, path, &[]).await;
+        assert_eq!(h.status, g.status, "{path}");
+        assert_eq!(
+            h.header(header::CONTENT_TYPE),
+            g.header(header::CONTENT_TYPE),
+            "{path}"
+        );
+        assert!(h.body.is_empty(), "{path}");
+        assert!(!g.body.is_empty(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn vm_resources_carry_the_snapshot_values() {
+    let (app, _tx) = app(snapshot());
+    let list = get(&app, "/api/v1/vms").await.json();
+    let vms = list["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 6);
+    let odd = vms.iter().find(|v| v["id"] == "odd id/ü").unwrap();
+    assert_eq!(
+        odd["name"],
+        "a \"quoted\" \\ name\nwith newline, ünïcødé 🚀"
+    );
+    assert_eq!(odd["cpu_cores"], Value::Null);
+    let v1 = vms.iter().find(|v| v["id"] == "vm-000001").unwrap();
+    assert_eq!(v1["cpu_cores"], 0.25);
+    assert_eq!(v1["network_rx_bytes_per_second"], 100.0);
+
+    // Percent-encoded id with a space, a slash and UTF-8.
+    let full = get(&app, "/api/v1/vms/odd%20id%2F%C3%BC").await;
+    assert_eq!(full.status, StatusCode::OK);
+    assert_eq!(full.json()["state"], "paused");
+    assert_eq!(full.json()["network"][1]["interface"], "tap-b");
+
+    let stats = get(&app, "/api/v1/vms/odd%20id%2F%C3%BC/stats")
+        .await
+        .json();
+    assert_eq!(stats["cpu_seconds"], 2.5);
+    assert_eq!(stats["memory_vms_bytes"], 1u64 << 30);
+    assert_eq!(stats["network_rx_bytes"], 11);
+    assert_eq!(stats["network_tx_bytes"], 22);
+    assert_eq!(stats["rates"], Value::Null);
+    let at = stats["collected_at"].as_str().unwrap();
+    assert!(humantime::parse_rfc3339(at).is_ok(), "{at}");
+
+    let host = get(&app, "/api/v1/host").await.json();
+    assert_eq!(host["cpus"], 64);
+    assert_eq!(host["filesystems"][0]["mountpoint"], "/");
+}
+
+#[tokio::test]
+async fn healthz_follows_the_snapshot_age() {
+    let (app, tx) = app(Snapshot::empty(Duration::from_secs(15)));
+    let r = get(&app, "/healthz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "not_ready");
+
+    tx.send(Arc::new(snapshot())).unwrap();
+    let r = get(&app, "/healthz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "ok");
+    assert!(r.json()["snapshot_age_seconds"].as_f64().unwrap() < 5.0);
+
+    let mut old = snapshot();
+    old.collected_at = SystemTime::now() - Duration::from_secs(46);
+    tx.send(Arc::new(old)).unwrap();
+    let r = get(&app, "/healthz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "stale");
+}
+
+#[tokio::test]
+async fn index_lists_every_route() {
+    let (app, _tx) = app(snapshot());
+    let r = get(&app, "/").await;
+    assert!(r.header(header::CONTENT_TYPE).starts_with("text/html"));
+    let page = r.text();
+    for route in ROUTES {
+        assert!(
+            page.contains(&format!("<code>{}</code>", route.path)),
+            "{}",
+            route.path
+        );
+    }
+}
+
+#[test]
+fn the_schema_checker_catches_missing_and_undocumented_fields() {
+    let spec = spec();
+    let schema = serde_json::json!({"$ref": "#/components/schemas/Health"});
+    let good = serde_json::json!({"status": "ok", "snapshot_age_seconds": 1.5, "seq": 3});
+    assert!(check(&spec, &schema, &good, "h").is_ok());
+    let missing = serde_json::json!({"status": "ok", "seq": 3});
+    assert!(
+        check(&spec, &schema, &missing, "h")
+            .unwrap_err()
+            .contains("snapshot_age_seconds")
+    );
+    let extra = serde_json::json!({"status": "ok", "snapshot_age_seconds": 1, "seq": 3, "x": 1});
+    assert!(
+        check(&spec, &schema, &extra, "h")
+            .unwrap_err()
+            .contains("not documented")
+    );
+    let wrong = serde_json::json!({"status": "bad", "snapshot_age_seconds": 1, "seq": 3});
+    assert!(check(&spec, &schema, &wrong, "h").is_err());
+}
