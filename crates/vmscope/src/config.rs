@@ -194,6 +194,17 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let cfg = Self::load_unvalidated(file, env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads and merges without the cross-field checks, for callers that
+    /// apply command-line overrides first and then call [`Config::validate`].
+    pub fn load_unvalidated(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut tree = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {

@@ -4,13 +4,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::{Failure, ServeArgs, init_logging, load_config};
+use super::{Failure, ServeArgs, init_logging};
 use crate::api::{AppState, router};
 use crate::collect::{Collector, spawn};
+use crate::config::Config;
 use crate::export::MetricSource;
 
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
-    let mut cfg = load_config(&args.common)?;
+    // Flags override the file and the environment, and the whole is checked
+    // after that: `--interval 1` may be what makes a 3 s rule valid.
+    let mut cfg = Config::load_unvalidated(args.common.config.as_deref(), std::env::vars())
+        .map_err(Failure::usage)?;
     if let Some(l) = args.listen {
         cfg.listen = l;
     }
