@@ -1,0 +1,796 @@
+#!/usr/bin/env python3
+"""vmscope benchmark driver: vmscope vs process-exporter vs node-exporter vs the floor.
+
+Run it through `bench/run.sh` (root; it builds the binaries, raises ulimits
+and cleans up after a crash). What it does, in one run on the same processes:
+
+1. starts 3 real QEMU VMs (HLT ROM, KVM or TCG, rtl8139 on a TAP) in the host
+   network namespace, and N stand-in hypervisors (bench/standin/standin.c,
+   installed as `qemu-system-x86_64`, real QEMU command lines, two threads
+   named "CPU 0/KVM" and "CPU 1/KVM") in a private network namespace that
+   holds one real TAP per stand-in;
+2. runs `vmscope serve --interval 1`, Debian's prometheus-process-exporter
+   (one group per VM) and prometheus-node-exporter (host collectors only);
+3. for N = 100, 1000 (and 5000 unless --quick) measures CPU per collection
+   (vmscope: process CPU over K ticks while nothing scrapes, then with one
+   scrape per tick; the floor (bench/floor/floor.c) at the same time; peers:
+   CPU per scrape, since they collect on scrape), /metrics latency p50/p99,
+   series, bytes and RSS;
+4. at N = 1000: wrk requests/s on vmscope's /metrics (plain and gzip), tick
+   cost with 0 vs 5000 extra sleeper processes, and vmscope's RSS before and
+   after churning 10 000 VMs through start and stop;
+5. writes bench/results/<stamp>.{json,md} and the results section of
+   docs/benchmarks.md.
+
+CPU times are read from the kernel: /proc/PID/stat utime+stime (clock
+ticks, whole process, exited threads included) and the sum of
+/proc/PID/task/*/schedstat run times (nanoseconds); the finer one is used
+when both agree (no thread exited in the window).
+
+Failure: any exception stops the run; everything started is killed and
+removed (finally-blocks here, plus the trap in run.sh for SIGKILL cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import gzip
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LIBC = ctypes.CDLL(None, use_errno=True)
+GZIP = {"Accept-Encoding": "gzip"}
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- /proc reads
+
+
+def cpu_ticks_seconds(pid: int) -> float:
+    """utime + stime of the whole process (exited threads included)."""
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    f = data[data.rindex(b")") + 2 :].split()
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def run_ns(pid: int, thread_comm: str | None = None) -> int:
+    """Sum of schedstat run time over the live threads (optionally one name)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if thread_comm is not None:
+                if Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() != thread_comm:
+                    continue
+            total += int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class CpuMeter:
+    """CPU used by one process between start() and stop()."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def start(self) -> None:
+        self.t0, self.n0 = cpu_ticks_seconds(self.pid), run_ns(self.pid)
+
+    def stop(self) -> float:
+        t1, n1 = cpu_ticks_seconds(self.pid), run_ns(self.pid)
+        ticks = t1 - self.t0
+        ns = (n1 - self.n0) / 1e9
+        # utime+stime is rounded to clock ticks; schedstat misses threads
+        # that exited in the window. Prefer the fine one when they agree.
+        self.detail = {"utime_stime_s": round(ticks, 4), "schedstat_s": round(ns, 6)}
+        if abs(ticks - ns) <= 2.0 / CLK_TCK + 0.05 * max(ticks, ns):
+            return ns
+        return ticks
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+class Http:
+    def __init__(self, port: int):
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def get(self, path: str, headers: dict | None = None, timeout: float = 120.0):
+        """Returns (status, headers, body, seconds) over a kept-alive connection."""
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                t0 = time.perf_counter()
+                self.conn.request("GET", path, headers=headers or {})
+                r = self.conn.getresponse()
+                body = r.read()
+                dt = time.perf_counter() - t0
+                return r.status, dict(r.getheaders()), body, dt
+            except (ConnectionError, http.client.HTTPException, OSError):
+                self.close()
+                if attempt == 1:
+                    raise
+        raise RuntimeError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def decoded(headers: dict, body: bytes) -> bytes:
+    enc = {k.lower(): v for k, v in headers.items()}.get("content-encoding", "")
+    return gzip.decompress(body) if "gzip" in enc else body
+
+
+def count_series(text: bytes) -> int:
+    return sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
+
+
+def percentile(values: list[float], p: float) -> float:
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port: int, path: str, deadline_s: float, proc: subprocess.Popen) -> None:
+    h = Http(port)
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before answering on {port}")
+        try:
+            status, _, _, _ = h.get(path, timeout=5)
+            if status == 200:
+                h.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answered on 127.0.0.1:{port}{path} within {deadline_s}s")
+
+
+# ---------------------------------------------------------------- the lab
+
+
+def setns(fd: int) -> None:
+    if LIBC.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"setns: {os.strerror(e)}")
+
+
+class Lab:
+    """Every process, TAP and namespace the benchmark starts; cleanup() undoes all."""
+
+    def __init__(self, work: Path, standin: Path):
+        self.work = work
+        self.netns = f"vmsb{os.getpid()}"
+        self.bin = work / "bin"
+        self.bin.mkdir(exist_ok=True)
+        self.qemu = self.bin / "qemu-system-x86_64"
+        self.sleeper_bin = self.bin / "bench-sleeper"
+        shutil.copy2(standin, self.qemu)
+        shutil.copy2(standin, self.sleeper_bin)
+        self.vms: dict[int, tuple[subprocess.Popen, str]] = {}  # seq -> (proc, tap)
+        self.next_seq = 0
+        self.taps_made = 0
+        self.sleepers: list[subprocess.Popen] = []
+        self.servers: list[subprocess.Popen] = []
+        self.real: list[subprocess.Popen] = []
+        self.host_taps: list[str] = []
+        self.host_ns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.ns_fd: int | None = None
+        self.real_alive = 0
+        # For run.sh's trap, in case this process is SIGKILLed.
+        (work / "netns").write_text(self.netns + "\n")
+
+    def note_pid(self, pid: int) -> None:
+        with open(self.work / "pids", "a") as f:
+            f.write(f"{pid}\n")
+
+    def note_tap(self, tap: str) -> None:
+        with open(self.work / "taps", "a") as f:
+            f.write(f"{tap}\n")
+
+    def setup(self) -> None:
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        subprocess.run(["ip", "-n", self.netns, "link", "set", "lo", "up"], check=True)
+        self.ns_fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY | os.O_CLOEXEC)
+
+    def make_taps(self, upto: int) -> None:
+        """TAPs vmsb<i> for i < upto in the private namespace (one per stand-in)."""
+        if upto <= self.taps_made:
+            return
+        script = "".join(f"tuntap add dev vmsb{i} mode tap\n" for i in range(self.taps_made, upto))
+        subprocess.run(["ip", "-n", self.netns, "-batch", "-"], input=script.encode(), check=True)
+        self.taps_made = upto
+
+    def standin_argv(self, seq: int, tap: str) -> list[str]:
+        """A real (libvirt-style) QEMU command line."""
+        u = str(uuid.UUID(int=(0x5EED << 96) | seq))
+        mac = "52:54:00:%02x:%02x:%02x" % ((seq >> 16) & 0xFF, (seq >> 8) & 0xFF, seq & 0xFF)
+        name = f"bench-{seq}"
+        return [
+            str(self.qemu),
+            "-name", f"guest={name},debug-threads=on",
+            "-S",
+            "-machine", "pc-q35-7.2,usb=off,dump-guest-core=off",
+            "-accel", "kvm",
+            "-cpu", "host,migratable=on",
+            "-m", "512",
+            "-overcommit", "mem-lock=off",
+            "-smp", "2",
+            "-uuid", u,
+            "-no-user-config", "-nodefaults",
+            "-chardev", f"socket,id=charmonitor,path=/var/lib/libvirt/qemu/domain-{seq}-{name}/monitor.sock,server=on,wait=off",
+            "-mon", "chardev=charmonitor,id=monitor,mode=control",
+            "-rtc", "base=utc,driftfix=slew",
+            "-no-shutdown",
+            "-boot", "strict=on",
+            "-blockdev", '{"driver":"file","filename":"/var/lib/nova/instances/%s/disk","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"}' % u,
+            "-device", '{"driver":"virtio-blk-pci","bus":"pci.3","addr":"0x0","drive":"libvirt-1-format","id":"virtio-disk0","bootindex":1}',
+            "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+            "-device", '{"driver":"virtio-net-pci","netdev":"n0","id":"net0","mac":"%s","bus":"pci.1","addr":"0x0"}' % mac,
+            "-display", "none",
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+            "-msg", "timestamp=on",
+        ]
+
+    def spawn_vms(self, count: int, taps: list[str] | None = None, env_extra: dict | None = None) -> list[int]:
+        """Starts `count` stand-ins inside the private namespace; returns their seqs."""
+        env = {"PATH": "/usr/bin:/bin", "VMSCOPE_STANDIN_VCPUS": "2", **(env_extra or {})}
+        seqs = []
+        assert self.ns_fd is not None
+        setns(self.ns_fd)
+        try:
+            for i in range(count):
+                seq = self.next_seq
+                self.next_seq += 1
+                tap = taps[i] if taps else f"vmsb{seq}"
+                p = subprocess.Popen(
+                    self.standin_argv(seq, tap),
+                    executable=str(self.qemu),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    close_fds=False,  # lets Popen use posix_spawn (vfork): 5000 starts stay fast
+                )
+                self.vms[seq] = (p, tap)
+                seqs.append(seq)
+        finally:
+            setns(self.host_ns_fd)
+        return seqs
+
+    def kill_vms(self, seqs: list[int]) -> list[str]:
+        """SIGKILLs and reaps these stand-ins; returns their (now free) TAP names."""
+        procs = []
+        taps = []
+        for s in seqs:
+            p, tap = self.vms.pop(s)
+            p.kill()
+            procs.append(p)
+            taps.append(tap)
+        for p in procs:
+            p.wait()
+        return taps
+
+    def spawn_sleepers(self, count: int) -> None:
+        for _ in range(count):
+            self.sleepers.append(
+                subprocess.Popen(
+                    [str(self.sleeper_bin)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    close_fds=False,
+                )
+            )
+
+    def kill_sleepers(self) -> None:
+        for p in self.sleepers:
+            p.kill()
+        for p in self.sleepers:
+            p.wait()
+        self.sleepers = []
+
+    def start_real_vms(self, count: int) -> int:
+        """Real QEMU per LAB.md: HLT ROM, KVM (else TCG), rtl8139 on a host TAP."""
+        qemu = shutil.which("qemu-system-x86_64", path="/usr/bin:/usr/local/bin")
+        if not qemu:
+            log("no /usr/bin/qemu-system-x86_64: skipping the real VMs")
+            return 0
+        rom = self.work / "hlt.rom"
+        rom.write_bytes(b"\xf4" * 65536)
+        accel = "kvm"
+        try:
+            os.close(os.open("/dev/kvm", os.O_RDWR))
+        except OSError:
+            accel = "tcg"
+        for i in range(count):
+            tap = f"vmsbq{os.getpid() % 10000}{i}"
+            subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+            self.host_taps.append(tap)
+            self.note_tap(tap)
+            subprocess.run(["ip", "link", "set", tap, "up"], check=True)
+            name = f"bench-real-{i}"
+            p = subprocess.Popen(
+                [qemu, "-accel", accel, "-machine", "pc", "-m", "32", "-bios", str(rom),
+                 "-display", "none", "-nodefaults", "-no-user-config", "-monitor", "none",
+                 "-name", f"guest={name},debug-threads=on", "-uuid", str(uuid.uuid4()),
+                 "-smp", "2",
+                 "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                 "-device", "rtl8139,netdev=n0"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=open(self.work / f"{name}.log", "wb"),
+            )
+            self.real.append(p)
+            self.note_pid(p.pid)
+        time.sleep(0.5)
+        alive = [p for p in self.real if p.poll() is None]
+        if len(alive) != count:
+            log(f"only {len(alive)} of {count} real QEMU VMs are running (see {self.work}/bench-real-*.log)")
+        return len(alive)
+
+    def server(self, argv: list[str], log_name: str, env: dict | None = None) -> subprocess.Popen:
+        p = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=open(self.work / log_name, "wb"),
+            stderr=subprocess.STDOUT, env=env,
+        )
+        self.servers.append(p)
+        self.note_pid(p.pid)
+        return p
+
+    def cleanup(self) -> None:
+        for p in self.servers + self.real:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.servers + self.real:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.kill_sleepers()
+        self.kill_vms(list(self.vms))
+        for tap in self.host_taps:
+            subprocess.run(["ip", "link", "del", tap], stderr=subprocess.DEVNULL)
+        self.host_taps = []
+        if self.ns_fd is not None:
+            os.close(self.ns_fd)
+            self.ns_fd = None
+        # Deleting the namespace destroys every TAP in it.
+        subprocess.run(["ip", "netns", "del", self.netns], stderr=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+class Vmscope:
+    def __init__(self, lab: Lab, binary: Path, port: int):
+        env = dict(os.environ, VMSCOPE_LOG="warn")
+        self.proc = lab.server([str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--interval", "1"],
+                               "vmscope.log", env=env)
+        self.pid = self.proc.pid
+        self.http = Http(port)
+        self.port = port
+        wait_http(port, "/healthz", 30, self.proc)
+
+    def seq(self) -> int:
+        status, _, body, _ = self.http.get("/healthz")
+        if status != 200:
+            raise RuntimeError(f"vmscope /healthz answered {status}: {body[:200]!r}")
+        return int(json.loads(body)["seq"])
+
+    def collect_ns(self) -> int:
+        return run_ns(self.pid, "vmscope-collect")
+
+    def between_ticks(self) -> None:
+        """Returns just after a tick finished, so windows hold whole ticks."""
+        n0 = self.collect_ns()
+        end = time.monotonic() + 5
+        while self.collect_ns() == n0 and time.monotonic() < end:
+            time.sleep(0.01)
+        # The tick is running; wait until the thread is idle for 50 ms.
+        last = self.collect_ns()
+        while time.monotonic() < end:
+            time.sleep(0.05)
+            now = self.collect_ns()
+            if now == last:
+                break
+            last = now
+        time.sleep(0.1)
+
+    def vm_count(self) -> int:
+        _, h, body, _ = self.http.get("/metrics", GZIP)
+        text = decoded(h, body)
+        return sum(1 for line in text.splitlines() if line.startswith(b"vmscope_vm_info{"))
+
+    def wait_vms(self, n: int, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            c = self.vm_count()
+            if c >= n:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"vmscope shows {self.vm_count()} VMs, expected {n}")
+
+    def window(self, ticks: int, scrape_each_tick: bool = False) -> dict:
+        """Process CPU per tick over `ticks` ticks (+ one gzip scrape per tick if asked)."""
+        self.between_ticks()
+        s0 = self.seq()
+        meter = CpuMeter(self.pid)
+        meter.start()
+        c0 = self.collect_ns()
+        t0 = time.monotonic()
+        if scrape_each_tick:
+            for _ in range(ticks):
+                self.between_ticks()
+                self.http.get("/metrics", GZIP)
+        else:
+            time.sleep(ticks - 0.5)
+            self.between_ticks()
+        c1 = self.collect_ns()
+        cpu = meter.stop()
+        n = self.seq() - s0
+        return {
+            "ticks": n,
+            "wall_s": round(time.monotonic() - t0, 2),
+            "cpu_per_tick_s": cpu / max(n, 1),
+            "collect_thread_per_tick_s": (c1 - c0) / 1e9 / max(n, 1),
+            "cpu_detail": meter.detail,
+        }
+
+    def collector_durations(self) -> dict:
+        _, h, body, _ = self.http.get("/metrics", GZIP)
+        out = {}
+        for line in decoded(h, body).decode().splitlines():
+            m = re.match(r'vmscope_collector_duration_seconds\{collector="([^"]+)"\} (\S+)', line)
+            if m:
+                out[m.group(1)] = float(m.group(2))
+        return out
+
+
+def scrape_stats(http_: Http, pid: int, requests: int, headers: dict | None,
+                 vmscope: Vmscope | None = None, idle_per_tick: float = 0.0,
+                 budget_s: float | None = None, min_requests: int = 5) -> dict:
+    """Latency, CPU per request, series and bytes of `requests` back-to-back scrapes.
+
+    With `budget_s`, stops early once that much time has passed (peers that
+    collect on scrape take seconds per scrape at N = 5000), after at least
+    `min_requests`.
+    """
+    http_.get("/metrics", headers)  # warm: connection, caches, first collection
+    s0 = vmscope.seq() if vmscope else 0
+    meter = CpuMeter(pid)
+    meter.start()
+    lat = []
+    body = b""
+    hdrs: dict = {}
+    t0 = time.monotonic()
+    for i in range(requests):
+        status, hdrs, body, dt = http_.get("/metrics", headers)
+        if status != 200:
+            raise RuntimeError(f"/metrics on port {http_.port} answered {status}")
+        lat.append(dt)
+        if budget_s is not None and i + 1 >= min_requests and time.monotonic() - t0 > budget_s:
+            break
+    requests = len(lat)
+    cpu = meter.stop()
+    ticks = (vmscope.seq() - s0) if vmscope else 0
+    cpu_scrapes = max(0.0, cpu - ticks * idle_per_tick)
+    text = decoded(hdrs, body)
+    return {
+        "requests": requests,
+        "p50_s": percentile(lat, 50),
+        "p99_s": percentile(lat, 99),
+        "cpu_per_request_s": cpu_scrapes / requests,
+        "ticks_in_window": ticks,
+        "cpu_detail": meter.detail,
+        "series": count_series(text),
+        "bytes": len(text),
+        "bytes_on_wire": len(body),
+    }
+
+
+def run_floor(floor: Path, iterations: int, listing: bool) -> subprocess.Popen:
+    argv = [str(floor), "--iterations", str(iterations), "--interval-ms", "1000"]
+    if listing:
+        argv.append("--listing")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def floor_result(p: subprocess.Popen) -> dict:
+    out, _ = p.communicate(timeout=600)
+    return json.loads(out)
+
+
+def wrk(port: int, gzip_: bool, seconds: int) -> dict:
+    argv = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency"]
+    if gzip_:
+        argv += ["-H", "Accept-Encoding: gzip"]
+    argv.append(f"http://127.0.0.1:{port}/metrics")
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+    return {
+        "requests_per_s": float(m.group(1)) if m else 0.0,
+        "p50_s": float(p50.group(1)) * scale[p50.group(2)] if p50 else None,
+        "non_2xx": int(errs.group(1)) if errs else 0,
+        "raw": out,
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n_total: int) -> dict:
+    k = args.ticks
+    log(f"N={n_total}: idle window ({k} ticks) with the floor alongside")
+    f_plain = run_floor(floor, k, listing=False)
+    f_list = run_floor(floor, k, listing=True)
+    idle = vms.window(k)
+    floor_plain, floor_list = floor_result(f_plain), floor_result(f_list)
+    log(f"N={n_total}: vmscope {idle['cpu_per_tick_s']*1e3:.2f} ms/tick, floor {floor_plain['cpu_per_iteration_seconds']*1e3:.2f} ms")
+    log(f"N={n_total}: window with one gzip scrape per tick")
+    scraped = vms.window(k, scrape_each_tick=True)
+    log(f"N={n_total}: vmscope latency ({args.requests} plain, {args.requests} gzip)")
+    v_plain = scrape_stats(vms.http, vms.pid, args.requests, None, vms, idle["cpu_per_tick_s"])
+    v_gzip = scrape_stats(vms.http, vms.pid, args.requests, GZIP, vms, idle["cpu_per_tick_s"])
+    durations = vms.collector_durations()
+    res = {
+        "n_standins": n_total,
+        "vmscope": {
+            "idle": idle,
+            "scraped": scraped,
+            "plain": v_plain,
+            "gzip": v_gzip,
+            "rss_bytes": rss_bytes(vms.pid),
+            "collector_durations_s": durations,
+        },
+        "floor": floor_plain,
+        "floor_listing": floor_list,
+    }
+    for label, (proc, h) in (("process_exporter", pe), ("node_exporter", ne)):
+        log(f"N={n_total}: {label} (up to {args.peer_requests} gzip scrapes or {args.peer_budget:.0f}s)")
+        st = scrape_stats(h, proc.pid, args.peer_requests, GZIP, budget_s=args.peer_budget)
+        st["rss_bytes"] = rss_bytes(proc.pid)
+        res[label] = st
+        log(f"N={n_total}: {label} {st['cpu_per_request_s']*1e3:.1f} ms CPU/scrape, p50 {st['p50_s']*1e3:.1f} ms")
+    if n_total == 1000 or args.wrk_all:
+        for gz in (False, True):
+            log(f"N={n_total}: wrk -t1 -c8 -d{args.wrk_seconds}s {'gzip' if gz else 'plain'}")
+            meter = CpuMeter(vms.pid)
+            meter.start()
+            w = wrk(vms.port, gz, args.wrk_seconds)
+            w["vmscope_cpu_s"] = meter.stop()
+            res["vmscope"]["wrk_gzip" if gz else "wrk_plain"] = w
+            log(f"N={n_total}: {w['requests_per_s']:.0f} req/s")
+        res["vmscope"]["rss_after_wrk_bytes"] = rss_bytes(vms.pid)
+    return res
+
+
+def independence(args, lab: Lab, vms: Vmscope, floor: Path) -> dict:
+    k = args.ticks
+    log(f"independence: {k} ticks with 0 extra processes")
+    fl = run_floor(floor, k, listing=True)
+    base = vms.window(k)
+    base_floor = floor_result(fl)
+    log(f"independence: starting {args.sleepers} sleeper processes")
+    lab.spawn_sleepers(args.sleepers)
+    # vmscope re-reads processes younger than 10 s (fork-then-exec grace).
+    time.sleep(12)
+    log(f"independence: {k} ticks with {args.sleepers} extra processes")
+    fl = run_floor(floor, k, listing=True)
+    loaded = vms.window(k)
+    loaded_floor = floor_result(fl)
+    lab.kill_sleepers()
+    return {
+        "sleepers": args.sleepers,
+        "without": base,
+        "with": loaded,
+        "floor_listing_without": base_floor,
+        "floor_listing_with": loaded_floor,
+    }
+
+
+def churn(args, lab: Lab, vms: Vmscope) -> dict:
+    """Replaces VMs in waves until `churn_total` have come and gone."""
+    time.sleep(3)
+    for _ in range(3):
+        vms.http.get("/metrics", GZIP)
+        vms.http.get("/metrics")
+    before = rss_bytes(vms.pid)
+    wave = args.churn_wave
+    done = 0
+    log(f"churn: {args.churn_total} VMs through start and stop, waves of {wave}, vmscope RSS {before/2**20:.1f} MiB")
+    t0 = time.monotonic()
+    peak = before
+    while done < args.churn_total:
+        oldest = sorted(lab.vms)[:wave]
+        taps = lab.kill_vms(oldest)
+        lab.spawn_vms(len(taps), taps=taps)
+        done += len(taps)
+        time.sleep(args.churn_pause)
+        vms.http.get("/metrics", GZIP)  # a scraper keeps scraping during churn
+        peak = max(peak, rss_bytes(vms.pid))
+    log(f"churn: done in {time.monotonic() - t0:.0f}s; settling")
+    vms.wait_vms(len(lab.vms) + lab.real_alive)
+    time.sleep(5)
+    for _ in range(3):
+        vms.http.get("/metrics", GZIP)
+        vms.http.get("/metrics")
+    after = rss_bytes(vms.pid)
+    log(f"churn: RSS {before/2**20:.1f} -> {after/2**20:.1f} MiB (peak {peak/2**20:.1f})")
+    return {"vms_churned": done, "wave": wave, "rss_before_bytes": before, "rss_after_bytes": after,
+            "rss_peak_bytes": peak, "seconds": round(time.monotonic() - t0, 1)}
+
+
+def machine_facts() -> dict:
+    cpu_model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    def version(cmd):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+            return (out.stdout + out.stderr).splitlines()[0].strip()
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "crates"], capture_output=True, text=True).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model,
+        "mem_gib": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "clk_tck": CLK_TCK,
+        "git": git + ("+dirty" if dirty else ""),
+        "process_exporter": version(["prometheus-process-exporter", "-version"]),
+        "node_exporter": version(["prometheus-node-exporter", "--version"]),
+        "load_before": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="scratch directory (run.sh makes one)")
+    ap.add_argument("--vmscope", type=Path, required=True)
+    ap.add_argument("--standin", type=Path, required=True)
+    ap.add_argument("--floor", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true", help="N = 100 and 1000 only, shorter windows")
+    ap.add_argument("--sizes", default=None, help="comma-separated N (default 100,1000,5000; quick 100,1000)")
+    ap.add_argument("--ticks", type=int, default=None, help="ticks per CPU window (default 30; quick 15)")
+    ap.add_argument("--requests", type=int, default=None, help="vmscope latency requests (default 200; quick 100)")
+    ap.add_argument("--peer-requests", type=int, default=None, help="peer scrapes (default 50; quick 20)")
+    ap.add_argument("--peer-budget", type=float, default=None,
+                    help="seconds of scraping per peer and N before stopping early (default 60; quick 20)")
+    ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--wrk-all", action="store_true", help="run wrk at every N, not only 1000")
+    ap.add_argument("--sleepers", type=int, default=5000)
+    ap.add_argument("--churn-total", type=int, default=10000)
+    ap.add_argument("--churn-wave", type=int, default=500)
+    ap.add_argument("--churn-pause", type=float, default=1.2)
+    ap.add_argument("--real-vms", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of: independence,churn")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--command", default="bench/run.sh", help="the command line to record")
+    args = ap.parse_args()
+    sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "100,1000,5000")).split(",")]
+    args.ticks = args.ticks or (15 if args.quick else 30)
+    args.requests = args.requests or (100 if args.quick else 200)
+    args.peer_requests = args.peer_requests or (20 if args.quick else 50)
+    args.peer_budget = args.peer_budget or (20.0 if args.quick else 60.0)
+    skip = set(filter(None, args.skip.split(",")))
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
+
+    facts = machine_facts()
+    lab = Lab(args.work, args.standin)
+    results: dict = {"facts": facts, "command": args.command, "sizes": sizes, "ticks_per_window": args.ticks,
+                     "per_n": [], "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    t_start = time.monotonic()
+    try:
+        lab.setup()
+        lab.real_alive = lab.start_real_vms(args.real_vms)
+        results["real_vms"] = lab.real_alive
+        pe_cfg = HERE / "process-exporter.yml"
+        pe_port, ne_port, v_port = free_port(), free_port(), free_port()
+        pe = lab.server(["prometheus-process-exporter", "-config.path", str(pe_cfg),
+                         "-web.listen-address", f"127.0.0.1:{pe_port}"], "process-exporter.log")
+        ne = lab.server(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{ne_port}",
+                         "--collector.disable-defaults", "--collector.cpu", "--collector.stat",
+                         "--collector.meminfo", "--collector.loadavg", "--collector.filesystem",
+                         "--collector.netdev"], "node-exporter.log")
+        wait_http(pe_port, "/metrics", 30, pe)
+        wait_http(ne_port, "/metrics", 30, ne)
+        vms = Vmscope(lab, args.vmscope, v_port)
+        peers = ((pe, Http(pe_port)), (ne, Http(ne_port)))
+        have = 0
+        for n in sizes:
+            log(f"N={n}: creating TAPs and starting {n - have} stand-ins")
+            t0 = time.monotonic()
+            lab.make_taps(n)
+            lab.spawn_vms(n - have)
+            have = n
+            vms.wait_vms(n + lab.real_alive)
+            log(f"N={n}: {n} stand-ins up and seen by vmscope in {time.monotonic() - t0:.1f}s")
+            time.sleep(2)  # a couple of ticks with every file held open
+            res = measure_n(args, lab, vms, peers[0], peers[1], args.floor, n)
+            results["per_n"].append(res)
+            if n == 1000:
+                if "independence" not in skip:
+                    results["independence"] = independence(args, lab, vms, args.floor)
+                if "churn" not in skip:
+                    results["churn"] = churn(args, lab, vms)
+        results["vmscope_errors_in_log"] = sum(
+            1 for line in (args.work / "vmscope.log").read_text(errors="replace").splitlines()
+            if " ERROR " in line or "panicked" in line)
+    finally:
+        log("cleaning up")
+        lab.cleanup()
+    results["seconds"] = round(time.monotonic() - t_start)
+    results["facts"]["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
+
+    import report  # bench/report.py
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    md = report.markdown(results)
+    (args.out / f"{stamp}.md").write_text(md)
+    report.update_docs(REPO / "docs" / "benchmarks.md", md)
+    print(md)
+    log(f"wrote {args.out}/{stamp}.json, .md and docs/benchmarks.md in {results['seconds']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())

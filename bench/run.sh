@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The vmscope benchmark, one command (root): see docs/benchmarks.md.
+#
+#   bench/run.sh            N = 100, 1000, 5000 (~15 min)
+#   bench/run.sh --quick    N = 100, 1000, shorter windows (< 5 min)
+#   bench/run.sh --no-build ...   reuse target/release/vmscope as it is
+#
+# Other flags go to bench/bench.py (--help lists them). Builds the stand-in
+# hypervisor and the floor with gcc, vmscope with `cargo build --release`,
+# raises ulimits, then runs bench/bench.py. Every process, TAP and network
+# namespace it starts is removed on exit, Ctrl-C or failure (bench.py cleans
+# up itself; the trap below catches what a SIGKILLed driver leaves).
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+    echo "bench/run.sh: must run as root (TAP devices, network namespaces, ulimits)" >&2
+    exit 2
+fi
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+build=1
+args=()
+for a in "$@"; do
+    case "$a" in
+        --no-build) build=0 ;;
+        *) args+=("$a") ;;
+    esac
+done
+
+for tool in gcc ip wrk python3 prometheus-process-exporter prometheus-node-exporter; do
+    command -v "$tool" >/dev/null || {
+        echo "bench/run.sh: $tool is missing (sudo scripts/install-deps.sh installs the lab's tools)" >&2
+        exit 2
+    }
+done
+
+WORK=$(mktemp -d /tmp/vmscope-bench.XXXXXX)
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    # Normally empty-handed: bench.py has already stopped everything.
+    if [ -f "$WORK/pids" ]; then
+        while read -r pid; do
+            [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+        done <"$WORK/pids"
+    fi
+    if [ -f "$WORK/taps" ]; then
+        while read -r tap; do
+            [ -n "$tap" ] && ip link del "$tap" 2>/dev/null || true
+        done <"$WORK/taps"
+    fi
+    if [ -f "$WORK/netns" ]; then
+        ip netns del "$(cat "$WORK/netns")" 2>/dev/null || true
+    fi
+    if [ "$rc" != 0 ] && [ -d "$WORK" ]; then
+        mkdir -p "$ROOT/bench/results/failed"
+        for f in "$WORK"/*.log; do
+            [ -f "$f" ] && cp "$f" "$ROOT/bench/results/failed/" || true
+        done
+        echo "bench/run.sh: failed (exit $rc); server logs copied to bench/results/failed/" >&2
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# 5000 VMs x 4 held files, plus sockets: lift the descriptor and process limits.
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)"
+ulimit -u unlimited 2>/dev/null || true
+
+echo "bench: building the stand-in hypervisor and the floor" >&2
+if ! gcc -O2 -static -pthread -Wall -o "$WORK/standin" bench/standin/standin.c 2>"$WORK/gcc.log"; then
+    echo "bench: no static libc, building the stand-in dynamically" >&2
+    gcc -O2 -pthread -Wall -o "$WORK/standin" bench/standin/standin.c
+fi
+gcc -O2 -Wall -o "$WORK/floor" bench/floor/floor.c
+
+if [ "$build" = 1 ]; then
+    echo "bench: cargo build --release -p vmscope" >&2
+    cargo build --release -p vmscope
+fi
+VMSCOPE="$ROOT/target/release/vmscope"
+[ -x "$VMSCOPE" ] || { echo "bench/run.sh: $VMSCOPE is missing (run without --no-build)" >&2; exit 2; }
+
+python3 bench/bench.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" \
+    --floor "$WORK/floor" --command "bench/run.sh $*" "${args[@]}"

@@ -1,0 +1,253 @@
+//! One collection tick over a host with 1000 QEMU VMs.
+//!
+//! The bench writes a fixture tree into a temp dir, shaped like the one of
+//! `tests/fixtures/make_fixtures.py`: `proc/<pid>/{stat,cmdline,comm,io,
+//! ns/net,task/<tid>/{comm,schedstat,stat}}` per VM (a libvirt-style QEMU
+//! command line with `-name guest=...,debug-threads=on`, two vCPU threads
+//! named `CPU N/KVM`, one TAP each), one shared `net/dev` listing every TAP
+//! (each `proc/<pid>/net` links to it, as all VMs share one namespace),
+//! `proc/{stat,meminfo,loadavg}` and `proc/1/mountinfo`, plus 200 non-VM
+//! processes. Then it measures:
+//! - `tick/steady/1000`: a tick once every VM is followed (the steady state:
+//!   held descriptors re-read with `pread`, nothing re-parsed but values);
+//! - `tick/first/1000`: the first tick of a fresh collector (discovery of
+//!   1000 VMs: command lines parsed, files opened).
+//!
+//! The files are regular files, so this measures vmscope's own work (parsing,
+//! bookkeeping, building the snapshot) plus cheap reads; the kernel's cost of
+//! generating real procfs files is measured by `bench/run.sh` instead.
+//! Run with `cargo bench -p vmscope --bench tick`.
+
+// Setup failures here are bugs in the bench itself: panicking is the report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::fs;
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use vmscope::collect::Collector;
+use vmscope::collectors::procfile::FdBudget;
+use vmscope::config::Config;
+
+const VMS: u32 = 1000;
+const OTHERS: u32 = 200;
+const FIRST_VM_PID: u32 = 10_000;
+
+/// A `/proc/PID/stat` line, field for field as `make_fixtures.py` writes it.
+#[allow(clippy::too_many_arguments)]
+fn stat(
+    pid: u32,
+    comm: &str,
+    utime: u64,
+    stime: u64,
+    threads: u32,
+    start: u64,
+    vsize: u64,
+    rss: u64,
+) -> String {
+    format!(
+        "{pid} ({comm}) S 1 1 1 0 -1 4194560 100 0 0 0 {utime} {stime} 0 0 20 0 {threads} 0 {start} {vsize} {rss} \
+         18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 {guest} 0 0 0 0 0 0 0 0 0\n",
+        guest = utime / 2
+    )
+}
+
+fn cmdline(i: u32) -> Vec<u8> {
+    let name = format!("bench-{i}");
+    let args = [
+        "/usr/bin/qemu-system-x86_64".to_string(),
+        "-name".into(),
+        format!("guest={name},debug-threads=on"),
+        "-S".into(),
+        "-machine".into(),
+        "pc-q35-7.2,usb=off,dump-guest-core=off".into(),
+        "-accel".into(),
+        "kvm".into(),
+        "-m".into(),
+        "512".into(),
+        "-smp".into(),
+        "2".into(),
+        "-uuid".into(),
+        format!("5eed0000-0000-4000-8000-{i:012x}"),
+        "-no-user-config".into(),
+        "-nodefaults".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=charmonitor,path=/var/lib/libvirt/qemu/domain-{i}-{name}/monitor.sock,server=on,wait=off"
+        ),
+        "-netdev".into(),
+        format!("tap,id=n0,ifname=vmsb{i},script=no,downscript=no"),
+        "-device".into(),
+        format!(
+            r#"{{"driver":"virtio-net-pci","netdev":"n0","id":"net0","mac":"52:54:00:00:{:02x}:{:02x}"}}"#,
+            i >> 8 & 0xff,
+            i & 0xff
+        ),
+        "-display".into(),
+        "none".into(),
+    ];
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn write(path: &Path, data: impl AsRef<[u8]>) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
+
+/// Writes the fixture tree under `root` (which gets `proc/` and `run/`).
+fn make_tree(root: &Path) {
+    let proc = root.join("proc");
+    write(
+        &proc.join("stat"),
+        "cpu  10000 100 5000 80000 500 0 200 0 3000 0\ncpu0 5000 50 2500 40000 250 0 100 0 1500 0\n\
+         cpu1 5000 50 2500 40000 250 0 100 0 1500 0\nintr 1 2 3\nctxt 12345\nbtime 1700000000\n\
+         processes 4242\nprocs_running 2\nprocs_blocked 0\n",
+    );
+    write(
+        &proc.join("meminfo"),
+        "MemTotal:       16384000 kB\nMemFree:         4096000 kB\nMemAvailable:    8192000 kB\n",
+    );
+    write(&proc.join("loadavg"), "0.50 0.75 1.00 2/300 4242\n");
+    write(&proc.join("sys/kernel/hostname"), "bench-host\n");
+    write(&proc.join("1/stat"), stat(1, "init", 100, 100, 1, 1, 0, 0));
+    write(&proc.join("1/cmdline"), b"/sbin/init\0");
+    write(
+        &proc.join("1/mountinfo"),
+        "22 1 0:21 / /proc rw,nosuid - proc proc rw\n23 1 0:22 / /sys rw - sysfs sysfs rw\n",
+    );
+    write(&proc.join("2/stat"), stat(2, "kthreadd", 0, 0, 1, 1, 0, 0));
+    // Ordinary processes, old enough to be classified once and skipped.
+    for p in 100..100 + OTHERS {
+        write(
+            &proc.join(format!("{p}/stat")),
+            stat(p, "bash", 5, 5, 1, 1000, 1 << 24, 500),
+        );
+        write(&proc.join(format!("{p}/cmdline")), b"-bash\0");
+    }
+    // One network namespace for all VMs: one net/dev listing every TAP.
+    let mut netdev = String::from(
+        "Inter-|   Receive                                                |  Transmit\n \
+         face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n\
+         \x20   lo:  123456     100    0    0    0     0          0         0   123456     100    0    0    0     0       0          0\n",
+    );
+    for i in 0..VMS {
+        let b = 1_000_003u64 * u64::from(i + 1);
+        writeln!(
+            netdev,
+            "{:>8}: {b:>10} {:>7}    0    0    0     0          0         0 {:>10} {:>7}    0    0    0     0       0          0",
+            format!("vmsb{i}"),
+            b / 1000,
+            b / 2,
+            b / 2000
+        )
+        .unwrap();
+    }
+    write(&proc.join("netns-host/dev"), netdev);
+    for i in 0..VMS {
+        let pid = FIRST_VM_PID + i * 4;
+        let dir = proc.join(pid.to_string());
+        let start = 500_000 + u64::from(i);
+        write(
+            &dir.join("stat"),
+            stat(
+                pid,
+                "qemu-system-x86",
+                1500 + u64::from(i),
+                500,
+                3,
+                start,
+                1 << 30,
+                32768,
+            ),
+        );
+        write(&dir.join("cmdline"), cmdline(i));
+        write(&dir.join("comm"), "qemu-system-x86\n");
+        write(
+            &dir.join("io"),
+            format!(
+                "rchar: 1000\nwchar: 2000\nsyscr: 10\nsyscw: 20\nread_bytes: {}\nwrite_bytes: {}\ncancelled_write_bytes: 0\n",
+                u64::from(pid) * 4096,
+                u64::from(pid) * 8192
+            ),
+        );
+        fs::create_dir_all(dir.join("ns")).unwrap();
+        std::os::unix::fs::symlink("net:[4026531840]", dir.join("ns/net")).unwrap();
+        std::os::unix::fs::symlink("../netns-host", dir.join("net")).unwrap();
+        let threads = [
+            (pid, "qemu-system-x86"),
+            (pid + 1, "CPU 0/KVM"),
+            (pid + 2, "CPU 1/KVM"),
+        ];
+        for (n, (tid, comm)) in threads.into_iter().enumerate() {
+            let t = dir.join(format!("task/{tid}"));
+            let run_ns = 1_000_000_000u64 * n as u64 + u64::from(i);
+            write(&t.join("comm"), format!("{comm}\n"));
+            write(
+                &t.join("stat"),
+                stat(tid, comm, run_ns / 10_000_000, 0, 1, start, 0, 0),
+            );
+            write(
+                &t.join("schedstat"),
+                format!("{run_ns} {} 42\n", run_ns / 40),
+            );
+        }
+    }
+    fs::create_dir_all(root.join("run/libvirt/qemu")).unwrap();
+}
+
+fn config(root: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.paths.proc = root.join("proc");
+    cfg.paths.sys = root.join("sys");
+    cfg.paths.run = root.join("run");
+    cfg.paths.rootfs = root.join("rootfs");
+    cfg.interval_secs = 1.0;
+    cfg
+}
+
+fn bench_tick(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    make_tree(dir.path());
+    let cfg = config(dir.path());
+    // 4 held files per VM (stat, io, 2 x schedstat) plus net/dev.
+    let budget = || FdBudget::new(8 * VMS as usize);
+
+    let mut g = c.benchmark_group("tick");
+    g.sample_size(30).measurement_time(Duration::from_secs(10));
+
+    let mut steady = Collector::with_budget(&cfg, budget()).unwrap();
+    let first = steady.tick();
+    assert_eq!(
+        first.vms.len(),
+        VMS as usize,
+        "the fixture's VMs must all be found"
+    );
+    assert!(
+        first
+            .vms
+            .iter()
+            .all(|v| v.vcpus.len() == 2 && v.network.len() == 1),
+        "every VM must have its vCPU threads and its TAP read"
+    );
+    g.bench_function("steady/1000", |b| b.iter(|| black_box(steady.tick())));
+
+    g.bench_function("first/1000", |b| {
+        b.iter_batched(
+            || Collector::with_budget(&cfg, budget()).unwrap(),
+            |mut c| black_box(c.tick()),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_tick);
+criterion_main!(benches);
