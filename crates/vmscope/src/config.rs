@@ -242,7 +242,6 @@ impl Config {
                     ConfigError::Invalid(format!("{key}: {inner}{from}"))
                 }
             })?;
-        cfg.validate()?;
         Ok(cfg)
     }
 
