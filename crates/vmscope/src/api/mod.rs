@@ -123,7 +123,7 @@ impl AppState {
     ) -> Self {
         let http = Arc::new(HttpMetrics::new());
         extra.push(Arc::clone(&http) as Arc<dyn MetricSource>);
-        AppState {
+        let state = AppState {
             inner: Arc::new(Inner {
                 snapshots,
                 extra,
@@ -131,7 +131,34 @@ impl AppState {
                 cache: ExpositionCache::new(),
                 request_timeout,
             }),
-        }
+        };
+        state.spawn_prewarm();
+        state
+    }
+
+    /// Encodes each new snapshot, on a blocking thread, in the variants
+    /// scrapers have been asking for: scrapes then only copy bytes. The task
+    /// holds a weak reference and ends with the state. Outside a tokio
+    /// runtime (plain unit tests) there is no pre-encoding: the first
+    /// request encodes instead, which is slower but the same output.
+    fn spawn_prewarm(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rx = self.inner.snapshots.clone();
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            while rx.changed().await.is_ok() {
+                let Some(inner) = weak.upgrade() else { return };
+                let snap = Arc::clone(&rx.borrow_and_update());
+                let res = tokio::task::spawn_blocking(move || inner.cache.prewarm(&snap)).await;
+                match res {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "pre-encoding the exposition failed"),
+                    Err(e) => tracing::warn!(error = %e, "pre-encoding task failed"),
+                }
+            }
+        });
     }
 
     /// The latest published snapshot.

@@ -19,7 +19,9 @@
 //! Failure: a deflate error (which would be a bug) is a [`CacheError`]; the
 //! cache keeps no partial state, so the next request tries again.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -73,10 +75,47 @@ impl Exposition {
 }
 
 /// Per-snapshot cache of encoded prefixes. Cheap to share behind an `Arc`.
-#[derive(Default)]
 pub struct ExpositionCache {
     current: Mutex<Option<Arc<Entry>>>,
+    /// When each (format, gzip) variant was last asked for, in milliseconds
+    /// since `born` (0 = never): [`ExpositionCache::prewarm`] encodes the
+    /// variants scrapers actually use, so that a scrape arriving after a
+    /// new snapshot does not pay for encoding it.
+    last_asked: [AtomicU64; 6],
+    born: Instant,
 }
+
+impl Default for ExpositionCache {
+    fn default() -> Self {
+        ExpositionCache {
+            current: Mutex::new(None),
+            last_asked: Default::default(),
+            born: Instant::now(),
+        }
+    }
+}
+
+/// A variant not asked for within this long is no longer pre-encoded
+/// (covers scrape intervals up to a couple of minutes).
+const PREWARM_WINDOW_MS: u64 = 180_000;
+
+fn variant(format: Format, gzip: bool) -> usize {
+    let f = match format {
+        Format::Text => 0,
+        Format::OpenMetrics => 1,
+        Format::Json => 2,
+    };
+    f * 2 + usize::from(gzip)
+}
+
+const VARIANTS: [(Format, bool); 6] = [
+    (Format::Text, false),
+    (Format::Text, true),
+    (Format::OpenMetrics, false),
+    (Format::OpenMetrics, true),
+    (Format::Json, false),
+    (Format::Json, true),
+];
 
 /// Everything cached for one snapshot.
 struct Entry {
@@ -129,6 +168,13 @@ impl ExpositionCache {
         format: Format,
         gzip: bool,
     ) -> Result<Exposition, CacheError> {
+        if let Some(slot) = self.last_asked.get(variant(format, gzip)) {
+            // +1 so that a request in the first millisecond is not "never".
+            slot.store(
+                self.born.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+        }
         let entry = self.entry(snapshot);
         // Concurrent first requests wait here for the one encoder.
         let prefix = entry
@@ -162,6 +208,33 @@ impl ExpositionCache {
             chunks,
             seq: entry.snapshot.seq,
         })
+    }
+
+    /// Encodes `snapshot` in every variant asked for recently, off the
+    /// request path (call it from a blocking thread when a snapshot is
+    /// published). Returns how many variants were encoded.
+    pub fn prewarm(&self, snapshot: &Arc<Snapshot>) -> Result<usize, CacheError> {
+        let now = self.born.elapsed().as_millis() as u64;
+        let entry = self.entry(snapshot);
+        let mut n = 0;
+        for (i, (format, gzip)) in VARIANTS.iter().enumerate() {
+            let asked = self
+                .last_asked
+                .get(i)
+                .map_or(0, |a| a.load(Ordering::Relaxed));
+            if asked == 0 || now.saturating_sub(asked) > PREWARM_WINDOW_MS {
+                continue;
+            }
+            let prefix = entry
+                .slot(*format)
+                .get_or_init(|| encode_prefix(&entry.snapshot, *format));
+            if *gzip && prefix.gzip.get().is_none() {
+                let built = gzip_prefix(&prefix.body)?;
+                let _ = prefix.gzip.set(built);
+            }
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn entry(&self, snapshot: &Arc<Snapshot>) -> Arc<Entry> {
@@ -292,6 +365,34 @@ mod tests {
             .read_to_string(&mut s)
             .unwrap();
         s
+    }
+
+    #[test]
+    fn prewarm_encodes_only_the_variants_scrapers_ask_for() {
+        let cache = ExpositionCache::new();
+        let first = Arc::new(fixture::snapshot(5));
+        // Nobody has asked for anything yet: nothing to pre-encode.
+        assert_eq!(cache.prewarm(&first).unwrap(), 0);
+        cache
+            .render(&first, &[], Format::OpenMetrics, true)
+            .unwrap();
+        let mut next = fixture::snapshot(6);
+        next.seq = first.seq + 1;
+        let next = Arc::new(next);
+        assert_eq!(cache.prewarm(&next).unwrap(), 1);
+        let entry = cache.entry(&next);
+        let om = entry.slot(Format::OpenMetrics).get().expect("pre-encoded");
+        assert!(om.gzip.get().is_some(), "gzip prefix pre-built");
+        assert!(
+            entry.slot(Format::Text).get().is_none(),
+            "text was never asked for"
+        );
+        // The request after pre-encoding serves the same bytes as an uncached one.
+        let warm = cache.render(&next, &[], Format::OpenMetrics, true).unwrap();
+        let cold = ExpositionCache::new()
+            .render(&next, &[], Format::OpenMetrics, true)
+            .unwrap();
+        assert_eq!(gunzip(&warm.to_vec()), gunzip(&cold.to_vec()));
     }
 
     #[test]
