@@ -22,6 +22,7 @@ pub mod http_metrics;
 mod index;
 pub mod limits;
 mod metrics;
+mod snapshot_age;
 mod vms;
 
 use std::sync::Arc;
@@ -122,6 +123,7 @@ impl AppState {
         request_timeout: Duration,
     ) -> Self {
         let http = Arc::new(HttpMetrics::new());
+        extra.push(Arc::new(snapshot_age::SnapshotAge::new(snapshots.clone())));
         extra.push(Arc::clone(&http) as Arc<dyn MetricSource>);
         let state = AppState {
             inner: Arc::new(Inner {
