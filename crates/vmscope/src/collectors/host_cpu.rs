@@ -7,21 +7,24 @@
 
 use vmscope_proc::{CpuTicks, parse_proc_stat_cpu};
 
-use super::procfile::{CollectError, ProcFile};
+use super::procfile::{CollectError, HostFile};
 use super::{Ctx, HostCollector, HostCollectorSpec};
 use crate::model::HostStats;
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {
     name: "host_cpu",
     enabled: |_| true,
-    new: |_| Box::new(HostCpu::default()),
+    new: |_| {
+        Box::new(HostCpu {
+            file: HostFile::new("stat"),
+            prev: None,
+        })
+    },
 };
 
-#[derive(Default)]
 pub struct HostCpu {
-    file: Option<ProcFile>,
+    file: HostFile,
     prev: Option<CpuTicks>,
-    buf: Vec<u8>,
 }
 
 /// Busy share of all CPUs between two samples; `None` when no time passed
@@ -44,14 +47,8 @@ pub fn online_cpus(stat: &[u8]) -> u32 {
 
 impl HostCollector for HostCpu {
     fn collect(&mut self, ctx: &Ctx<'_>, host: &mut HostStats) -> Result<(), CollectError> {
-        let file = self
-            .file
-            .get_or_insert_with(|| ProcFile::new(ctx.roots.proc.join("stat"), ctx.budget));
-        let data = file.read(&mut self.buf).map_err(|e| CollectError::Io {
-            path: file.path().to_path_buf(),
-            source: e,
-        })?;
-        let cur = parse_proc_stat_cpu(data).map_err(|e| CollectError::parse(file.path(), e))?;
+        let (data, path) = self.file.read(&ctx.roots.proc, ctx.budget)?;
+        let cur = parse_proc_stat_cpu(data).map_err(|e| CollectError::parse(path, e))?;
         host.cpus = online_cpus(data);
         host.cpu_ratio = self.prev.as_ref().and_then(|p| busy_ratio(p, &cur));
         self.prev = Some(cur);

@@ -198,6 +198,43 @@ fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
     }
 }
 
+/// A host-wide file below the proc root (`stat`, `meminfo`, `loadavg`),
+/// opened on first use and re-read with `pread` after that.
+#[derive(Debug)]
+pub struct HostFile {
+    rel: &'static str,
+    file: Option<ProcFile>,
+    buf: Vec<u8>,
+}
+
+impl HostFile {
+    pub const fn new(rel: &'static str) -> Self {
+        HostFile {
+            rel,
+            file: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The file's current contents and its path (for error messages).
+    pub fn read(
+        &mut self,
+        proc_root: &Path,
+        budget: &FdBudget,
+    ) -> Result<(&[u8], &Path), CollectError> {
+        let file = self
+            .file
+            .get_or_insert_with(|| ProcFile::new(proc_root.join(self.rel), budget));
+        match file.read(&mut self.buf) {
+            Ok(data) => Ok((data, file.path())),
+            Err(e) => Err(CollectError::Io {
+                path: file.path().to_path_buf(),
+                source: e,
+            }),
+        }
+    }
+}
+
 /// Reads a small file once (for files read once per VM or rarely).
 pub fn read_once(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.clear();
