@@ -1,6 +1,10 @@
 //! The HTTP API through `tower::ServiceExt::oneshot` (no socket), on
 //! literal snapshots: routes vs `docs/openapi.yaml`, JSON bodies vs the
 //! documented schemas, errors, content negotiation, gzip, HEAD.
+//!
+//! `GET /api/v1/alerts` is served as `vmscope serve` serves it (the API
+//! router merged with a real watchdog's, `alert::start` on a temporary
+//! state database), fed hand-made snapshots through a watch channel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -253,8 +257,8 @@ fn check_documented(spec: &Value, template: &str, r: &Resp) {
 
 // ---- tests ----
 
-#[test]
-fn spec_paths_are_exactly_the_router_routes() {
+#[tokio::test]
+async fn spec_paths_are_exactly_the_router_routes() {
     let spec = spec();
     let documented: BTreeSet<&str> = spec["paths"]
         .as_object()
@@ -262,8 +266,20 @@ fn spec_paths_are_exactly_the_router_routes() {
         .keys()
         .map(String::as_str)
         .collect();
-    let routed: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).collect();
+    // `vmscope serve` serves `api::router` merged with the watchdog's router.
+    let watchdog = watchdog_routes();
+    assert!(watchdog.contains("/api/v1/alerts"), "{watchdog:?}");
+    let routed: BTreeSet<&str> = ROUTES.iter().map(|r| r.path).chain(watchdog).collect();
     assert_eq!(documented, routed);
+    // Each one is a real route of the app as `serve` builds it, even with
+    // the watchdog disabled: not the JSON 404 fallback, not axum's bare 404.
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _tx, wd) = served_app(snapshot(), disabled_watchdog(dir.path())).await;
+    for path in routed {
+        let r = get(&app, &concrete(path)).await;
+        assert_ne!(r.status, StatusCode::NOT_FOUND, "{path} is not served");
+    }
+    wd.shutdown().await;
 }
 
 #[tokio::test]
@@ -417,10 +433,11 @@ async fn metrics_content_negotiation() {
     assert!(plain.header(header::CONTENT_TYPE).starts_with("text/plain"));
 }
 
-/// Everything but the HTTP self-metrics, which move with every request.
+/// Everything but the live self-metrics (HTTP, snapshot age), which move
+/// with every request.
 fn without_http_metrics(body: &str) -> String {
     body.lines()
-        .filter(|l| !l.contains("vmscope_http_"))
+        .filter(|l| !l.contains("vmscope_http_") && !l.starts_with("vmscope_snapshot_age_seconds "))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -592,4 +609,330 @@ fn the_schema_checker_catches_missing_and_undocumented_fields() {
     );
     let wrong = serde_json::json!({"status": "bad", "snapshot_age_seconds": 1, "seq": 3});
     assert!(check(&spec, &schema, &wrong, "h").is_err());
+}
+
+// ---- the watchdog's route, GET /api/v1/alerts, served as `vmscope serve` does ----
+
+/// Route templates the watchdog's router declares. `Watchdog::router`
+/// (src/alert/mod.rs) serves `alert::api::router`, which has no route table
+/// like `api::ROUTES`; the templates are read from the source of both so a
+/// route added there cannot go undocumented.
+fn watchdog_routes() -> BTreeSet<&'static str> {
+    const SOURCES: [&str; 2] = [
+        include_str!("../src/alert/mod.rs"),
+        include_str!("../src/alert/api.rs"),
+    ];
+    let mut out = BTreeSet::new();
+    for src in SOURCES {
+        for (i, _) in src.match_indices(".route(") {
+            let rest = src[i + ".route(".len()..].trim_start();
+            let lit = rest
+                .strip_prefix('"')
+                .expect("a .route( with a literal path");
+            out.insert(&lit[..lit.find('"').unwrap()]);
+        }
+    }
+    out
+}
+
+/// The app exactly as `vmscope serve` builds it (src/cli/serve.rs).
+async fn served_app(
+    snap: Snapshot,
+    cfg: vmscope::alert::WatchdogConfig,
+) -> (
+    Router,
+    watch::Sender<Arc<Snapshot>>,
+    vmscope::alert::Watchdog,
+) {
+    let (tx, rx) = watch::channel(Arc::new(snap));
+    let wd = vmscope::alert::start(cfg, rx.clone()).await.unwrap();
+    let app = router(AppState::new(rx, vec![wd.metrics()])).merge(wd.router());
+    (app, tx, wd)
+}
+
+fn watchdog_config(dir: &std::path::Path, rest: &str) -> vmscope::alert::WatchdogConfig {
+    toml::from_str(&format!(
+        "state_db_path = \"{}\"\nbuiltin_rules = false\nshutdown_timeout = \"1s\"\n{rest}",
+        dir.join("state.db").display()
+    ))
+    .unwrap()
+}
+
+fn disabled_watchdog(dir: &std::path::Path) -> vmscope::alert::WatchdogConfig {
+    watchdog_config(dir, "enabled = false")
+}
+
+const T0: u64 = 1_800_000_000; // 2027-01-15T08:00:00Z
+
+/// The fixture host (three VMs, one filesystem) at `T0 + secs`, one 5 s
+/// tick each, with the host CPU busy at `cpu_ratio`.
+fn tick(secs: u64, cpu_ratio: f64) -> Snapshot {
+    let mut s = fixture::snapshot(3);
+    s.interval = Duration::from_secs(5);
+    s.seq = secs / 5 + 1;
+    s.collected_at = SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs);
+    s.host.cpu_ratio = Some(cpu_ratio);
+    s
+}
+
+/// Publish each snapshot and wait until the watchdog has evaluated it.
+async fn feed(
+    tx: &watch::Sender<Arc<Snapshot>>,
+    wd: &vmscope::alert::Watchdog,
+    snaps: impl IntoIterator<Item = Snapshot>,
+) {
+    let mut evaluated = wd.evaluated();
+    for s in snaps {
+        let seq = s.seq;
+        tx.send(Arc::new(s)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), evaluated.wait_for(|e| *e == seq))
+            .await
+            .expect("the watchdog evaluates every snapshot within 5 s")
+            .unwrap();
+    }
+}
+
+fn time_of(v: &Value) -> SystemTime {
+    humantime::parse_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+}
+
+fn at(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
+}
+
+/// Every `*_at` field of an episode and of its alerts is RFC 3339 (the
+/// schema checker does not look at `format`).
+fn check_times(episode: &Value) {
+    for k in ["started_at", "last_notified_at"] {
+        time_of(&episode[k]);
+    }
+    for part in ["alert", "resolution"] {
+        if !episode[part].is_null() {
+            time_of(&episode[part]["started_at"]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn alerts_json_of_a_real_watchdog_matches_the_spec_while_firing_and_after_recovery() {
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = watchdog_config(
+        dir.path(),
+        "[rules.host_cpu]\nmetric = \"host_cpu_ratio\"\nthreshold = 0.8\nsustained = \"10s\"",
+    );
+    let (app, tx, wd) = served_app(Snapshot::empty(Duration::from_secs(5)), cfg).await;
+
+    // Busy from t=0: fires at t=10, after the 10 s sustained time.
+    feed(&tx, &wd, [0, 5].map(|t| tick(t, 0.95))).await;
+    let r = get(&app, "/api/v1/alerts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json()["active"],
+        serde_json::json!([]),
+        "not yet: 5 s only"
+    );
+    feed(&tx, &wd, [tick(10, 0.95)]).await;
+    let r = get(&app, "/api/v1/alerts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header(header::CONTENT_TYPE), "application/json");
+    check_documented(&spec, "/api/v1/alerts", &r);
+    let page = r.json();
+    assert_eq!(page["active"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["history"], serde_json::json!([]));
+    let e = &page["active"][0];
+    check_times(e);
+    assert_eq!(e["rule"], "host_cpu");
+    assert_eq!(e["scope"], "host");
+    assert_eq!(e["status"], "firing");
+    assert_eq!(e["severity"], "warning");
+    assert_eq!(time_of(&e["started_at"]), at(10));
+    assert_eq!(e["resolved_at"], Value::Null);
+    assert_eq!(e["resolution"], Value::Null);
+    assert_eq!(e["alert"]["transition"], "fired");
+    assert_eq!(e["alert"]["scope"], serde_json::json!({"kind": "host"}));
+    assert_eq!(e["alert"]["value"], 0.95);
+    assert_eq!(e["alert"]["threshold"], 0.8);
+    assert_eq!(e["alert"]["host"], "hv1");
+    assert_eq!(e["alert"]["context"]["vm_count"], 3);
+    assert!(
+        !e["alert"]["context"]["top_vms"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Idle from t=15: clear for the 10 s recovery time at t=25.
+    feed(&tx, &wd, [15, 20, 25].map(|t| tick(t, 0.1))).await;
+    let r = get(&app, "/api/v1/alerts").await;
+    assert_eq!(r.status, StatusCode::OK);
+    check_documented(&spec, "/api/v1/alerts", &r);
+    let page = r.json();
+    assert_eq!(page["active"], serde_json::json!([]));
+    assert_eq!(page["history"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["next_cursor"], Value::Null);
+    assert_eq!(page["next_page"], Value::Null);
+    let h = &page["history"][0];
+    check_times(h);
+    assert_eq!(h["id"], e["id"], "the same episode, now resolved");
+    assert_eq!(h["status"], "resolved");
+    assert_eq!(time_of(&h["started_at"]), at(10));
+    assert_eq!(time_of(&h["resolved_at"]), at(25));
+    assert_eq!(h["alert"]["transition"], "fired");
+    assert_eq!(h["resolution"]["transition"], "resolved");
+    assert_eq!(h["resolution"]["status"], "resolved");
+    assert_eq!(time_of(&h["resolution"]["resolved_at"]), at(25));
+
+    // Page mode: next_page, and no next_cursor.
+    let r = get(
+        &app,
+        "/api/v1/alerts?page=1&limit=1&rule=host_cpu&scope=host",
+    )
+    .await;
+    check_documented(&spec, "/api/v1/alerts", &r);
+    assert_eq!(r.json()["history"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json()["next_page"], Value::Null);
+    wd.shutdown().await;
+}
+
+#[tokio::test]
+async fn alerts_json_of_every_scope_kind_matches_the_spec() {
+    // One rule per scope kind with thresholds the fixture host always
+    // breaches, so every kind of scope and context is in the JSON.
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = watchdog_config(
+        dir.path(),
+        r#"
+        [rules.mem]
+        metric = "host_memory_used_ratio"
+        threshold = 0.5
+        sustained = "5s"
+        [rules.disk]
+        metric = "filesystem_avail_gib"
+        threshold = 1000
+        sustained = "5s"
+        severity = "critical"
+        [rules.vm_cpu]
+        metric = "vm_cpu_utilization_ratio"
+        threshold = 0.0
+        sustained = "5s"
+        severity = "info"
+        [rules.project_rss]
+        metric = "owner_memory_rss_gib"
+        group_by = "project"
+        threshold = 0.0
+        sustained = "5s"
+        "#,
+    );
+    let (app, tx, wd) = served_app(Snapshot::empty(Duration::from_secs(5)), cfg).await;
+    feed(&tx, &wd, [0, 5].map(|t| tick(t, 0.1))).await;
+    let r = get(&app, "/api/v1/alerts").await;
+    check_documented(&spec, "/api/v1/alerts", &r);
+    let page = r.json();
+    let active = page["active"].as_array().unwrap();
+    let kinds: BTreeSet<&str> = active
+        .iter()
+        .map(|e| e["alert"]["scope"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["filesystem", "host", "owner", "vm"]),
+        "{page}"
+    );
+    let owner = active.iter().find(|e| e["rule"] == "project_rss").unwrap();
+    assert!(
+        owner["scope"]
+            .as_str()
+            .unwrap()
+            .starts_with("owner:project:")
+    );
+    assert!(
+        owner["alert"]["context"]["owner"]["vm_count"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let disk = active.iter().find(|e| e["rule"] == "disk").unwrap();
+    assert_eq!(disk["scope"], "filesystem:/");
+    assert_eq!(
+        disk["alert"]["context"]["filesystem"]["device"],
+        "/dev/sda1"
+    );
+    let mem = active.iter().find(|e| e["rule"] == "mem").unwrap();
+    assert!(
+        mem["alert"]["context"]["hypervisor_rss_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let vm = active
+        .iter()
+        .find(|e| e["scope"] == "vm:vm-000001")
+        .unwrap();
+    assert_eq!(vm["severity"], "info");
+    assert!(
+        vm["alert"]["context"]["vm"]["memory_rss_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    // A scope kind filters on the key's prefix.
+    let r = get(&app, "/api/v1/alerts?scope=vm").await;
+    check_documented(&spec, "/api/v1/alerts", &r);
+    let vms = r.json()["active"].as_array().unwrap().len();
+    assert!(vms >= 1 && vms < active.len(), "{vms} of {}", active.len());
+    wd.shutdown().await;
+}
+
+#[tokio::test]
+async fn alerts_errors_are_documented_json_naming_the_parameter() {
+    let spec = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = watchdog_config(
+        dir.path(),
+        "[rules.host_cpu]\nmetric = \"host_cpu_ratio\"\nthreshold = 0.8",
+    );
+    let (app, _tx, wd) = served_app(Snapshot::empty(Duration::from_secs(5)), cfg).await;
+    for (query, name) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("bogus=1", "bogus"),
+        ("page=0", "page"),
+        ("cursor=x", "cursor"),
+        ("since=yesterday", "since"),
+        ("rule=a&rule=b", "rule"),
+    ] {
+        let r = get(&app, &format!("/api/v1/alerts?{query}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}");
+        check_documented(&spec, "/api/v1/alerts", &r);
+        let body = r.json();
+        assert_eq!(body["error"]["code"], "bad_request", "{query}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("{name}: ")), "{query}: {msg}");
+    }
+
+    // The state database fails under the running agent: 500, no SQL text.
+    let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    db.execute_batch("DROP TABLE alert_episodes").unwrap();
+    let r = get(&app, "/api/v1/alerts").await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    check_documented(&spec, "/api/v1/alerts", &r);
+    assert_eq!(r.json()["error"]["code"], "internal");
+    assert!(!r.text().contains("alert_episodes"), "{}", r.text());
+    wd.shutdown().await;
+
+    // Watchdog disabled: the route still answers, with 503.
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _tx, wd) = served_app(snapshot(), disabled_watchdog(dir.path())).await;
+    let r = get(&app, "/api/v1/alerts").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    check_documented(&spec, "/api/v1/alerts", &r);
+    assert_eq!(r.json()["error"]["code"], "unavailable");
+    assert!(
+        !dir.path().join("state.db").exists(),
+        "a disabled watchdog creates no database"
+    );
+    wd.shutdown().await;
 }
