@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::rules::{FsSelector, Metric, Rule, Severity};
+use super::rules::{Metric, OwnerKind, Rule, ScopeSelector, Severity};
 
 /// Secrets from the environment, used when the config file leaves them out.
 pub const ENV_TELEGRAM_BOT_TOKEN: &str = "VMSCOPE_TELEGRAM_BOT_TOKEN";
@@ -146,14 +146,15 @@ fn default_sustained() -> Duration {
 
 /// One `[watchdog.rules.NAME]` entry. Every field is optional so that an entry
 /// can override a built-in rule; a new rule needs at least `metric` and
-/// `threshold`.
+/// `threshold` (and `group_by` for owner metrics).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub enabled: Option<bool>,
     /// One of [`Metric::ALL`]'s names.
     pub metric: Option<String>,
-    /// Ratio metrics: 0..=1 (0.8 = 80 %). `filesystem_*_gib`: GiB.
+    /// Ratio metrics: 0..=1 (0.8 = 80 %). `*_gib`: GiB. `owner_cpu_cores`:
+    /// cores. `owner_allocated_vcpus`: vCPUs.
     pub threshold: Option<f64>,
     /// How long the condition must hold before the alert fires (default 30s).
     #[serde(default, deserialize_with = "de_opt_duration")]
@@ -173,6 +174,9 @@ pub struct RuleConfig {
     pub device: Option<String>,
     /// Filesystem rules: only the filesystem mounted here.
     pub mountpoint: Option<String>,
+    /// Owner rules (required): `"user"` or `"project"`, whose VMs are
+    /// summed together.
+    pub group_by: Option<String>,
 }
 
 /// The rules vmscope ships with; each can be changed or turned off.
@@ -509,7 +513,8 @@ fn merge_rule(into: &mut RuleConfig, from: &RuleConfig) {
         recovery,
         repeat_interval,
         severity,
-        sinks
+        sinks,
+        group_by
     );
     // A filesystem selector is one choice: setting either replaces both.
     if from.device.is_some() || from.mountpoint.is_some() {
@@ -590,11 +595,11 @@ fn resolve_rule(name: &str, rc: &RuleConfig, sinks: &[String]) -> Result<Rule, C
                 "give either device or mountpoint, not both",
             ));
         }
-        (Some(d), None) => FsSelector::Device(d.clone()),
-        (None, Some(m)) => FsSelector::Mountpoint(m.clone()),
-        (None, None) => FsSelector::All,
+        (Some(d), None) => ScopeSelector::Device(d.clone()),
+        (None, Some(m)) => ScopeSelector::Mountpoint(m.clone()),
+        (None, None) => ScopeSelector::All,
     };
-    if !metric.is_filesystem() && selector != FsSelector::All {
+    if !metric.is_filesystem() && selector != ScopeSelector::All {
         let field = if rc.device.is_some() {
             "device"
         } else {
@@ -608,6 +613,30 @@ fn resolve_rule(name: &str, rc: &RuleConfig, sinks: &[String]) -> Result<Rule, C
             ),
         ));
     }
+    let selector = match (metric.is_owner(), rc.group_by.as_deref()) {
+        (true, Some(g)) => ScopeSelector::GroupBy(OwnerKind::from_name(g).ok_or_else(|| {
+            ConfigError::new(
+                key("group_by"),
+                format!("unknown owner kind {g:?} (known: user, project)"),
+            )
+        })?),
+        (true, None) => {
+            return Err(ConfigError::new(
+                key("group_by"),
+                format!(
+                    "missing ({} sums VMs per owner: give \"user\" or \"project\")",
+                    metric.name()
+                ),
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(ConfigError::new(
+                key("group_by"),
+                format!("only owner metrics take a group_by, not {}", metric.name()),
+            ));
+        }
+        (false, None) => selector,
+    };
     Ok(Rule {
         name: name.to_owned(),
         metric,
@@ -811,6 +840,100 @@ mod tests {
         ];
         for (toml, want) in cases {
             let err = parse(toml)
+                .unwrap()
+                .validate(Duration::from_secs(5))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(want),
+                "{toml:?}: got {err:?}, want {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn owner_rules_are_opt_in_and_resolve_their_grouping() {
+        let defaults = parse("").unwrap().resolve_rules().unwrap();
+        assert!(defaults.iter().all(|r| !r.metric.is_owner()));
+        let c = parse(
+            r#"
+            [rules.user_cpu]
+            metric = "owner_cpu_cores"
+            group_by = "user"
+            threshold = 16
+            sustained = "5m"
+            [rules.project_memory]
+            metric = "owner_memory_allocated_gib"
+            group_by = "project"
+            threshold = 512
+            "#,
+        )
+        .unwrap();
+        c.validate(Duration::from_secs(5)).unwrap();
+        let rules = c.resolve_rules().unwrap();
+        let by_name = |n: &str| rules.iter().find(|r| r.name == n).unwrap();
+        let cpu = by_name("user_cpu");
+        assert_eq!(cpu.metric, Metric::OwnerCpuCores);
+        assert_eq!(cpu.selector, ScopeSelector::GroupBy(OwnerKind::User));
+        assert_eq!(cpu.threshold, 16.0);
+        assert_eq!(cpu.sustained, Duration::from_secs(300));
+        assert_eq!(cpu.recovery, Duration::from_secs(300));
+        let mem = by_name("project_memory");
+        assert_eq!(mem.metric, Metric::OwnerMemoryAllocatedGib);
+        assert_eq!(mem.selector, ScopeSelector::GroupBy(OwnerKind::Project));
+    }
+
+    #[test]
+    fn bad_owner_rules_name_the_key() {
+        let rule = |body: &str| format!("[rules.o]\n{body}");
+        let cases = [
+            (
+                rule("metric = \"owner_cpu_cores\"\nthreshold = 8"),
+                "watchdog.rules.o.group_by: missing (owner_cpu_cores sums VMs per owner",
+            ),
+            (
+                rule("metric = \"owner_cpu_cores\"\ngroup_by = \"team\"\nthreshold = 8"),
+                "watchdog.rules.o.group_by: unknown owner kind \"team\" (known: user, project)",
+            ),
+            (
+                rule("metric = \"owner_allocated_vcpus\"\ngroup_by = \"user\"\nthreshold = -4"),
+                "watchdog.rules.o.threshold: -4 is out of range for owner_allocated_vcpus (0..=1000000 vCPUs)",
+            ),
+            (
+                rule("metric = \"owner_cpu_cores\"\ngroup_by = \"user\"\nthreshold = 2e6"),
+                "watchdog.rules.o.threshold: 2000000 is out of range for owner_cpu_cores (0..=1000000 cores)",
+            ),
+            (
+                rule("metric = \"owner_memory_rss_gib\"\ngroup_by = \"user\"\nthreshold = -0.5"),
+                "watchdog.rules.o.threshold: -0.5 is out of range for owner_memory_rss_gib (0..=1000000000 GiB)",
+            ),
+            (
+                rule("metric = \"owner_memory_rss_gib\"\ngroup_by = \"user\""),
+                "watchdog.rules.o.threshold: missing",
+            ),
+            (
+                rule("metric = \"vm_cpu_utilization_ratio\"\ngroup_by = \"user\"\nthreshold = 0.9"),
+                "watchdog.rules.o.group_by: only owner metrics take a group_by, not vm_cpu_utilization_ratio",
+            ),
+            (
+                "[rules.host_cpu]\ngroup_by = \"project\"".to_owned(),
+                "watchdog.rules.host_cpu.group_by: only owner metrics take a group_by",
+            ),
+            (
+                rule(
+                    "metric = \"owner_cpu_cores\"\ngroup_by = \"user\"\nthreshold = 8\nmountpoint = \"/\"",
+                ),
+                "watchdog.rules.o.mountpoint: only filesystem metrics take a mountpoint",
+            ),
+            (
+                rule(
+                    "metric = \"owner_cpu_cores\"\ngroup_by = \"user\"\nthreshold = 8\nsustained = \"1s\"",
+                ),
+                "watchdog.rules.o.sustained: 1s is shorter than the collection interval 5s",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = parse(&toml)
                 .unwrap()
                 .validate(Duration::from_secs(5))
                 .unwrap_err()

@@ -615,4 +615,446 @@ mod tests {
         assert!(e.evaluate(at(120), &snap(120, 0.9, Vec::new())).is_empty());
         assert_eq!(e.evaluate(at(130), &snap(130, 0.9, Vec::new())).len(), 1);
     }
+
+    /// Owner rules: users alice and bob with several VMs each, plus VMs
+    /// with no owner, on simulated time.
+    mod owners {
+        use super::*;
+        use crate::alert::notification::OwnerContext;
+        use crate::alert::rules::{OwnerKind, ScopeSelector};
+        use crate::alert::sinks::alertmanager;
+        use crate::model::Owner;
+
+        const GIB: u64 = 1 << 30;
+
+        fn owner_rule(name: &str, metric: Metric, threshold: f64, by: OwnerKind) -> Rule {
+            let mut r = rule(name, metric, threshold, 30);
+            r.selector = ScopeSelector::GroupBy(by);
+            r
+        }
+
+        /// A VM of `user` (id `u-<user>`, in project `p-lab` "lab") using
+        /// `cores` host CPU cores.
+        fn owned(id: &str, user: &str, cores: f64) -> VmStats {
+            let mut v = vm(id, cores / 2.0);
+            v.owner = Some(Owner {
+                user_id: Some(format!("u-{user}")),
+                user_name: Some(user.to_owned()),
+                project_id: Some("p-lab".to_owned()),
+                project_name: Some("lab".to_owned()),
+            });
+            v
+        }
+
+        /// A VM with no owner, burning 8 cores: bigger than any owner.
+        fn unowned(id: &str) -> VmStats {
+            vm(id, 4.0)
+        }
+
+        /// Runs `vms_at(t)` every 5 s over `range`; returns
+        /// (t, scope key, transition) for every alert notified.
+        fn run(
+            e: &mut Engine,
+            range: std::ops::RangeInclusive<u64>,
+            vms_at: impl Fn(u64) -> Vec<VmStats>,
+        ) -> Vec<(u64, String, Transition)> {
+            let mut out = Vec::new();
+            for t in range.step_by(5) {
+                let notes = e.evaluate(at(t), &snap(t, 0.1, vms_at(t)));
+                // Grouping: at most one notification per rule and evaluation.
+                assert!(notes.len() <= e.rules().len());
+                for n in notes {
+                    for a in n.alerts {
+                        out.push((t, a.scope_key, a.transition));
+                    }
+                }
+            }
+            out
+        }
+
+        /// alice: 1 + 2 cores, plus a third VM (1.5 cores) from t=20 on:
+        /// 4.5 cores, though no single VM is near 4. bob: 2 x 1.9 cores.
+        fn hosts_with_alice_crossing_at_20(t: u64) -> Vec<VmStats> {
+            let mut vms = vec![
+                owned("a1", "alice", 1.0),
+                owned("a2", "alice", 2.0),
+                owned("b1", "bob", 1.9),
+                owned("b2", "bob", 1.9),
+                unowned("x1"),
+                unowned("x2"),
+            ];
+            if t >= 20 {
+                vms.push(owned("a3", "alice", 1.5));
+            }
+            vms
+        }
+
+        #[test]
+        fn fires_once_when_an_owners_total_crosses_and_holds_and_never_for_the_one_below() {
+            let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let mut e = Engine::new(vec![r]);
+            let got = run(&mut e, 0..=300, hosts_with_alice_crossing_at_20);
+            // Over the line from t=20; held 30 s at t=50; nothing after.
+            assert_eq!(
+                got,
+                vec![(50, "owner:user:u-alice".to_owned(), Transition::Fired)]
+            );
+            let active = e.active();
+            assert_eq!(active.len(), 1);
+            assert_eq!(active[0].scope_key, "owner:user:u-alice");
+            assert_eq!(active[0].started_at, at(50));
+        }
+
+        #[test]
+        fn fired_owner_alert_names_owner_total_threshold_and_top_vms() {
+            let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let mut e = Engine::new(vec![r]);
+            let mut fired = Vec::new();
+            for t in (0..=50).step_by(5) {
+                fired.extend(e.evaluate(at(t), &snap(t, 0.1, hosts_with_alice_crossing_at_20(t))));
+            }
+            assert_eq!(fired.len(), 1);
+            let n = &fired[0];
+            assert_eq!(n.alerts.len(), 1);
+            let a = &n.alerts[0];
+            assert_eq!(a.metric, "owner_cpu_cores");
+            assert_eq!(a.value, Some(4.5));
+            assert_eq!(a.threshold, 4.0);
+            assert_eq!(
+                a.summary,
+                "user alice (u-alice) CPU in use 4.50 cores in 3 VMs (>= 4.00 cores); \
+                 top VMs by CPU: name-a2 2.00 cores, name-a3 1.50 cores, name-a1 1.00 cores for 30s"
+            );
+            assert_eq!(
+                a.context.owner,
+                Some(OwnerContext {
+                    id: Some("u-alice".to_owned()),
+                    name: Some("alice".to_owned()),
+                    vm_count: 3,
+                    cpu_cores: Some(4.5),
+                    allocated_vcpus: Some(6),
+                    memory_rss_bytes: 3 * (100 << 20),
+                    allocated_memory_bytes: Some(3 * GIB),
+                })
+            );
+            // Webhook / stored payload: the scope names the owner.
+            let json = serde_json::to_value(a).unwrap();
+            assert_eq!(
+                json["scope"],
+                serde_json::json!({"kind": "owner", "owner_kind": "user",
+                                   "owner_id": "u-alice", "owner_name": "alice"})
+            );
+            assert_eq!(json["context"]["owner"]["vm_count"], 3);
+            assert_eq!(json["context"]["top_vms"][0]["vm_id"], "a2");
+            // Alertmanager labels, as for VM scopes (vm_id + vm_name).
+            let labels = alertmanager::labels(a);
+            for (k, v) in [
+                ("alertname", "user_cpu"),
+                ("scope", "owner:user:u-alice"),
+                ("metric", "owner_cpu_cores"),
+                ("owner_kind", "user"),
+                ("owner_id", "u-alice"),
+                ("owner_name", "alice"),
+            ] {
+                assert_eq!(labels.get(k).and_then(|v| v.as_str()), Some(v), "{k}");
+            }
+            assert!(labels.get("vm_id").is_none());
+            // Telegram / log text carries the same line.
+            assert!(
+                text::render(n).ends_with(&format!("\n- {}", a.summary)),
+                "{}",
+                text::render(n)
+            );
+        }
+
+        #[test]
+        fn flapping_owner_total_never_fires() {
+            let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let mut e = Engine::new(vec![r]);
+            // alice's third VM idles for one tick in every six: her total is
+            // over the line 25 s at a time, never the full 30 s.
+            let got = run(&mut e, 0..=600, |t| {
+                let mut vms = hosts_with_alice_crossing_at_20(0);
+                let idle = (t / 5) % 6 == 5;
+                vms.push(owned("a3", "alice", if idle { 0.1 } else { 1.5 }));
+                vms
+            });
+            assert_eq!(got, vec![]);
+            assert!(e.active().is_empty());
+        }
+
+        #[test]
+        fn one_fire_and_one_recovery_per_owner_episode() {
+            let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let mut e = Engine::new(vec![r]);
+            // Over the line t=20..=95; a 10 s dip at t=100..=105 (shorter
+            // than recovery: still one episode); over again t=110..=115;
+            // under for good from t=120.
+            let a3_cores = |t: u64| match t {
+                100..=105 => 0.2,
+                0..=115 => 1.5,
+                _ => 0.2,
+            };
+            let mut got = Vec::new();
+            let mut resolved = None;
+            for t in (0..=400).step_by(5) {
+                let mut vms = hosts_with_alice_crossing_at_20(t);
+                if let Some(v) = vms.iter_mut().find(|v| v.id == "a3") {
+                    *v = owned("a3", "alice", a3_cores(t));
+                }
+                for n in e.evaluate(at(t), &snap(t, 0.1, vms)) {
+                    for a in n.alerts {
+                        got.push((t, a.transition));
+                        if a.transition == Transition::Resolved {
+                            resolved = Some(a);
+                        }
+                    }
+                }
+            }
+            assert_eq!(
+                got,
+                vec![(50, Transition::Fired), (150, Transition::Resolved)]
+            );
+            let r = resolved.unwrap();
+            assert_eq!(r.started_at, at(50));
+            assert_eq!(r.resolved_at, Some(at(150)));
+            assert_eq!(
+                r.summary,
+                "resolved: user alice (u-alice) CPU in use 3.20 cores in 3 VMs (< 4.00 cores) for 30s"
+            );
+            assert!(e.active().is_empty());
+        }
+
+        #[test]
+        fn owner_whose_vms_all_stop_resolves_after_recovery() {
+            let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let mut e = Engine::new(vec![r]);
+            let mut resolved = Vec::new();
+            let got = run(&mut e, 0..=200, |t| {
+                let mut vms = hosts_with_alice_crossing_at_20(t);
+                // All of alice's VMs are gone from t=60 on.
+                if t >= 60 {
+                    vms.retain(|v| !v.id.starts_with('a'));
+                }
+                vms
+            });
+            assert_eq!(
+                got,
+                vec![
+                    (50, "owner:user:u-alice".to_owned(), Transition::Fired),
+                    (90, "owner:user:u-alice".to_owned(), Transition::Resolved),
+                ]
+            );
+            // Once more, to look at the recovery itself.
+            let mut e = Engine::new(vec![owner_rule(
+                "user_cpu",
+                Metric::OwnerCpuCores,
+                4.0,
+                OwnerKind::User,
+            )]);
+            for t in (0..=90).step_by(5) {
+                let mut vms = hosts_with_alice_crossing_at_20(t);
+                if t >= 60 {
+                    vms.retain(|v| !v.id.starts_with('a'));
+                }
+                resolved.extend(e.evaluate(at(t), &snap(t, 0.1, vms)));
+            }
+            let a = &resolved.last().unwrap().alerts[0];
+            assert_eq!(a.transition, Transition::Resolved);
+            assert_eq!(a.value, None);
+            // The owner is still named (from when it fired).
+            assert_eq!(
+                a.summary,
+                "resolved: user alice (u-alice) CPU in use unknown (< 4.00 cores); gone or unmeasured for 30s"
+            );
+            assert_eq!(a.context.owner.as_ref().unwrap().vm_count, 3);
+        }
+
+        #[test]
+        fn vms_without_an_owner_of_the_kind_are_in_no_group() {
+            let user_rule = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let project_rule = owner_rule(
+                "project_cpu",
+                Metric::OwnerCpuCores,
+                4.0,
+                OwnerKind::Project,
+            );
+            // Ten 8-core VMs without an owner, and one 8-core VM whose
+            // metadata names only a project.
+            let mut project_only = vm("p1", 4.0);
+            project_only.owner = Some(Owner {
+                project_id: Some("p-ops".to_owned()),
+                project_name: Some("ops".to_owned()),
+                user_id: Some(String::new()), // empty says nothing
+                ..Owner::default()
+            });
+            let vms = move |_t: u64| {
+                let mut v: Vec<VmStats> = (0..10).map(|i| unowned(&format!("x{i}"))).collect();
+                v.push(project_only.clone());
+                v
+            };
+            assert!(user_rule.observe(&snap(0, 0.1, vms(0))).is_empty());
+            let mut e = Engine::new(vec![user_rule, project_rule]);
+            let got = run(&mut e, 0..=120, vms);
+            assert_eq!(
+                got,
+                vec![(30, "owner:project:p-ops".to_owned(), Transition::Fired)]
+            );
+        }
+
+        #[test]
+        fn group_by_project_sums_every_user_of_the_project() {
+            let r = owner_rule("lab_cpu", Metric::OwnerCpuCores, 6.0, OwnerKind::Project);
+            let mut e = Engine::new(vec![r]);
+            // alice 3.0 + bob 3.8 = 6.8 cores in project lab.
+            let got = run(&mut e, 0..=60, |_| hosts_with_alice_crossing_at_20(0));
+            assert_eq!(
+                got,
+                vec![(30, "owner:project:p-lab".to_owned(), Transition::Fired)]
+            );
+            let fired = e.firing_alerts();
+            assert!(
+                fired[0].summary.starts_with(
+                    "project lab (p-lab) CPU in use 6.80 cores in 4 VMs (>= 6.00 cores)"
+                ),
+                "{}",
+                fired[0].summary
+            );
+        }
+
+        #[test]
+        fn owner_known_only_by_name_is_keyed_by_name() {
+            let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
+            let mut carol = vec![vm("c1", 1.5), vm("c2", 1.5)];
+            for v in &mut carol {
+                v.owner = Some(Owner {
+                    user_name: Some("carol".to_owned()),
+                    ..Owner::default()
+                });
+            }
+            let mut e = Engine::new(vec![r]);
+            let got = run(&mut e, 0..=30, |_| carol.clone());
+            assert_eq!(
+                got,
+                vec![(30, "owner:user:carol".to_owned(), Transition::Fired)]
+            );
+            let a = &e.firing_alerts()[0];
+            assert!(
+                a.summary
+                    .starts_with("user carol CPU in use 6.00 cores in 2 VMs")
+            );
+            assert_eq!(a.context.owner.as_ref().unwrap().id, None);
+        }
+
+        #[test]
+        fn vcpu_and_memory_rules_sum_allocations_and_rss() {
+            let sized = |id: &str, user: &str, vcpus: u32, alloc_gib: u64, rss_gib: u64| {
+                let mut v = owned(id, user, 0.1);
+                v.allocated_vcpus = Some(vcpus);
+                v.allocated_memory_bytes = Some(alloc_gib * GIB);
+                v.memory_rss_bytes = rss_gib * GIB;
+                v
+            };
+            let vms = |_t: u64| {
+                vec![
+                    sized("a1", "alice", 4, 8, 6),
+                    sized("a2", "alice", 8, 16, 2),
+                    sized("b1", "bob", 2, 2, 1),
+                    // Allocation unknown: adds to RSS only.
+                    {
+                        let mut v = sized("a3", "alice", 1, 1, 1);
+                        v.allocated_vcpus = None;
+                        v.allocated_memory_bytes = None;
+                        v
+                    },
+                ]
+            };
+            let rules = vec![
+                owner_rule(
+                    "user_vcpus",
+                    Metric::OwnerAllocatedVcpus,
+                    12.0,
+                    OwnerKind::User,
+                ),
+                owner_rule("user_rss", Metric::OwnerMemoryRssGib, 9.0, OwnerKind::User),
+                owner_rule(
+                    "user_mem",
+                    Metric::OwnerMemoryAllocatedGib,
+                    24.0,
+                    OwnerKind::User,
+                ),
+            ];
+            let mut e = Engine::new(rules);
+            let mut fired = Vec::new();
+            for t in (0..=60).step_by(5) {
+                fired.extend(e.evaluate(at(t), &snap(t, 0.1, vms(t))));
+            }
+            let summaries: Vec<(&str, &str)> = fired
+                .iter()
+                .map(|n| (n.rule.as_str(), n.alerts[0].summary.as_str()))
+                .collect();
+            assert_eq!(
+                summaries,
+                vec![
+                    (
+                        "user_vcpus",
+                        "user alice (u-alice) vCPUs allocated 12 vCPUs in 3 VMs (>= 12 vCPUs); \
+                         top VMs by vCPUs: name-a2 8 vCPUs, name-a1 4 vCPUs, name-a3 ? vCPUs for 30s"
+                    ),
+                    (
+                        "user_rss",
+                        "user alice (u-alice) memory RSS 9.0 GiB in 3 VMs (>= 9.0 GiB); \
+                         top VMs by RSS: name-a1 6.0 GiB, name-a2 2.0 GiB, name-a3 1.0 GiB for 30s"
+                    ),
+                    (
+                        "user_mem",
+                        "user alice (u-alice) memory allocated 24.0 GiB in 3 VMs (>= 24.0 GiB); \
+                         top VMs by allocated memory: name-a2 16.0 GiB, name-a1 8.0 GiB, name-a3 ? GiB for 30s"
+                    ),
+                ]
+            );
+            // bob (2 vCPUs, 2 GiB, 1 GiB RSS) is under every line.
+            assert!(
+                fired
+                    .iter()
+                    .all(|n| n.alerts.len() == 1 && n.alerts[0].value.is_some())
+            );
+        }
+
+        #[test]
+        fn restart_mid_owner_episode_does_not_notify_again() {
+            let rules = vec![owner_rule(
+                "user_cpu",
+                Metric::OwnerCpuCores,
+                4.0,
+                OwnerKind::User,
+            )];
+            let mut before = Engine::new(rules.clone());
+            let got = run(&mut before, 0..=60, hosts_with_alice_crossing_at_20);
+            assert_eq!(got.len(), 1);
+            // Through the store's JSON payload, as a real restart goes.
+            let stored: Vec<RestoredEpisode> = before
+                .firing_alerts()
+                .iter()
+                .map(|a| RestoredEpisode {
+                    alert: serde_json::from_str(&serde_json::to_string(a).unwrap()).unwrap(),
+                    last_notified: at(50),
+                })
+                .collect();
+            let mut after = Engine::new(rules);
+            assert!(after.restore(stored).is_empty());
+            // Still hot until t=200, then alice's third VM stops.
+            let got = run(&mut after, 100..=300, |t| {
+                let mut vms = hosts_with_alice_crossing_at_20(t);
+                if t > 200 {
+                    vms.retain(|v| v.id != "a3");
+                }
+                vms
+            });
+            assert_eq!(
+                got,
+                vec![(235, "owner:user:u-alice".to_owned(), Transition::Resolved)]
+            );
+        }
+    }
 }

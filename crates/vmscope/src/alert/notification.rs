@@ -92,9 +92,35 @@ pub struct Context {
     /// Host alerts: VMs running on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_count: Option<usize>,
-    /// Host CPU alerts: top VMs by CPU; host memory alerts: by RSS.
+    /// Host CPU alerts: top VMs by CPU; host memory alerts: by RSS; owner
+    /// alerts: the owner's VMs by the rule's metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_vms: Vec<TopVm>,
+    /// Owner alerts: who, and the totals over the owner's VMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerContext>,
+}
+
+/// An owner group's identity and totals at one evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnerContext {
+    /// The owner's id, when the metadata has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The owner's VMs on this host.
+    pub vm_count: usize,
+    /// Host CPU cores in use by the owner's VMs (those with a rate this tick).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    /// vCPUs allocated (VMs with a known count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_vcpus: Option<u64>,
+    pub memory_rss_bytes: u64,
+    /// Memory allocated (VMs with a known size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +156,10 @@ pub struct TopVm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
     pub memory_rss_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_memory_bytes: Option<u64>,
 }
 
 /// One rule's transitions at one evaluation: many VMs crossing the line at

@@ -2,20 +2,29 @@
 //! scope, and which side of the threshold is bad.
 //!
 //! Reads: one [`Snapshot`]. Emits: one [`Observation`] per scope the rule
-//! covers (the host, each matching filesystem, each VM). Pure: no IO, no
-//! clock. A value that is missing this tick (the first tick has no CPU rate;
-//! a VM without a known vCPU count has no CPU share) observes as "condition
-//! false", so it never fires and lets a firing alert recover.
+//! covers (the host, each matching filesystem, each VM, each owner group).
+//! Pure: no IO, no clock. A value that is missing this tick (the first tick
+//! has no CPU rate; a VM without a known vCPU count has no CPU share)
+//! observes as "condition false", so it never fires and lets a firing alert
+//! recover.
+//!
+//! Owner rules group the VMs by user or project ([`OwnerKind`], the rule's
+//! `group_by`). The group key is the owner's id when the VM's metadata has
+//! one, else its name ([`owner_key`]); a VM with neither (or no owner at
+//! all) belongs to no group of that kind. A group's value is a sum over its
+//! VMs; VMs whose part is unknown this tick (no CPU rate yet, no known
+//! allocation) add nothing, and a group where no VM's part is known has no
+//! value.
 //!
 //! Adding a metric = one [`Metric`] variant, its row in the `match`es below,
-//! and a line in `ALL`. [`Scope`] already has an `Owner` variant for
-//! per-owner rules.
+//! and a line in `ALL`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FilesystemStats, Snapshot, VmStats};
+use crate::model::{FilesystemStats, Owner, Snapshot, VmStats};
 
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -76,6 +85,14 @@ pub enum Metric {
     VmCpuUtilizationRatio,
     /// A VM's RSS as a share of its allocated memory (0..1).
     VmMemoryUtilizationRatio,
+    /// Host CPU cores in use by an owner's VMs together (1.0 = one core).
+    OwnerCpuCores,
+    /// vCPUs allocated to an owner's VMs together.
+    OwnerAllocatedVcpus,
+    /// RSS of an owner's VMs together, in GiB.
+    OwnerMemoryRssGib,
+    /// Memory allocated to an owner's VMs together, in GiB.
+    OwnerMemoryAllocatedGib,
 }
 
 /// What kind of thing a metric is measured per.
@@ -84,16 +101,21 @@ pub enum ScopeKind {
     Host,
     Filesystem,
     Vm,
+    Owner,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 10] = [
         Metric::HostCpuRatio,
         Metric::HostMemoryUsedRatio,
         Metric::FilesystemFreeGib,
         Metric::FilesystemAvailGib,
         Metric::VmCpuUtilizationRatio,
         Metric::VmMemoryUtilizationRatio,
+        Metric::OwnerCpuCores,
+        Metric::OwnerAllocatedVcpus,
+        Metric::OwnerMemoryRssGib,
+        Metric::OwnerMemoryAllocatedGib,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -104,6 +126,10 @@ impl Metric {
             Metric::FilesystemAvailGib => "filesystem_avail_gib",
             Metric::VmCpuUtilizationRatio => "vm_cpu_utilization_ratio",
             Metric::VmMemoryUtilizationRatio => "vm_memory_utilization_ratio",
+            Metric::OwnerCpuCores => "owner_cpu_cores",
+            Metric::OwnerAllocatedVcpus => "owner_allocated_vcpus",
+            Metric::OwnerMemoryRssGib => "owner_memory_rss_gib",
+            Metric::OwnerMemoryAllocatedGib => "owner_memory_allocated_gib",
         }
     }
 
@@ -116,11 +142,19 @@ impl Metric {
             Metric::HostCpuRatio | Metric::HostMemoryUsedRatio => ScopeKind::Host,
             Metric::FilesystemFreeGib | Metric::FilesystemAvailGib => ScopeKind::Filesystem,
             Metric::VmCpuUtilizationRatio | Metric::VmMemoryUtilizationRatio => ScopeKind::Vm,
+            Metric::OwnerCpuCores
+            | Metric::OwnerAllocatedVcpus
+            | Metric::OwnerMemoryRssGib
+            | Metric::OwnerMemoryAllocatedGib => ScopeKind::Owner,
         }
     }
 
     pub const fn is_filesystem(self) -> bool {
         matches!(self.scope_kind(), ScopeKind::Filesystem)
+    }
+
+    pub const fn is_owner(self) -> bool {
+        matches!(self.scope_kind(), ScopeKind::Owner)
     }
 
     pub const fn direction(self) -> Direction {
@@ -133,15 +167,30 @@ impl Metric {
     /// Inclusive range a threshold must lie in.
     pub const fn threshold_range(self) -> (f64, f64) {
         match self {
-            Metric::FilesystemFreeGib | Metric::FilesystemAvailGib => (0.0, 1.0e9),
-            _ => (0.0, 1.0),
+            Metric::FilesystemFreeGib
+            | Metric::FilesystemAvailGib
+            | Metric::OwnerMemoryRssGib
+            | Metric::OwnerMemoryAllocatedGib => (0.0, 1.0e9),
+            Metric::OwnerCpuCores | Metric::OwnerAllocatedVcpus => (0.0, 1.0e6),
+            Metric::HostCpuRatio
+            | Metric::HostMemoryUsedRatio
+            | Metric::VmCpuUtilizationRatio
+            | Metric::VmMemoryUtilizationRatio => (0.0, 1.0),
         }
     }
 
     pub const fn threshold_unit_hint(self) -> &'static str {
         match self {
-            Metric::FilesystemFreeGib | Metric::FilesystemAvailGib => " GiB",
-            _ => ", a ratio: 0.8 = 80 %",
+            Metric::FilesystemFreeGib
+            | Metric::FilesystemAvailGib
+            | Metric::OwnerMemoryRssGib
+            | Metric::OwnerMemoryAllocatedGib => " GiB",
+            Metric::OwnerCpuCores => " cores",
+            Metric::OwnerAllocatedVcpus => " vCPUs",
+            Metric::HostCpuRatio
+            | Metric::HostMemoryUsedRatio
+            | Metric::VmCpuUtilizationRatio
+            | Metric::VmMemoryUtilizationRatio => ", a ratio: 0.8 = 80 %",
         }
     }
 
@@ -153,30 +202,60 @@ impl Metric {
         }
     }
 
-    /// A value of this metric for people: "93%" or "3.2 GiB".
+    /// A value of this metric for people: "93%", "3.2 GiB", "6.50 cores",
+    /// "24 vCPUs".
     pub fn format_value(self, v: f64) -> String {
         match self {
-            Metric::FilesystemFreeGib | Metric::FilesystemAvailGib => format!("{v:.1} GiB"),
-            _ => format!("{:.0}%", v * 100.0),
+            Metric::FilesystemFreeGib
+            | Metric::FilesystemAvailGib
+            | Metric::OwnerMemoryRssGib
+            | Metric::OwnerMemoryAllocatedGib => format!("{v:.1} GiB"),
+            Metric::OwnerCpuCores => format!("{v:.2} cores"),
+            Metric::OwnerAllocatedVcpus => format!("{v:.0} vCPUs"),
+            Metric::HostCpuRatio
+            | Metric::HostMemoryUsedRatio
+            | Metric::VmCpuUtilizationRatio
+            | Metric::VmMemoryUtilizationRatio => format!("{:.0}%", v * 100.0),
         }
     }
 }
 
-/// Which filesystems a filesystem rule covers.
+/// Which scopes a rule covers beyond what its metric implies: for
+/// filesystem metrics, all filesystems or one device or mountpoint; for
+/// owner metrics, whether VMs are grouped by user or by project.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FsSelector {
+pub enum ScopeSelector {
+    /// Every scope of the metric's kind (owner metrics: user groups and
+    /// project groups both; the config always names one kind).
     All,
     /// Exactly as the device appears in /proc/mounts.
     Device(String),
     Mountpoint(String),
+    /// Owner metrics: one group per owner of this kind.
+    GroupBy(OwnerKind),
 }
 
-impl FsSelector {
+/// The selector's name from before owner rules, when it only chose
+/// filesystems; kept so existing callers compile.
+pub type FsSelector = ScopeSelector;
+
+impl ScopeSelector {
     pub fn matches(&self, fs: &FilesystemStats) -> bool {
         match self {
-            FsSelector::All => true,
-            FsSelector::Device(d) => fs.device == *d,
-            FsSelector::Mountpoint(m) => fs.mountpoint == *m,
+            ScopeSelector::All => true,
+            ScopeSelector::Device(d) => fs.device == *d,
+            ScopeSelector::Mountpoint(m) => fs.mountpoint == *m,
+            ScopeSelector::GroupBy(_) => false,
+        }
+    }
+
+    /// The owner kinds an owner rule groups by.
+    pub fn owner_kinds(&self) -> &'static [OwnerKind] {
+        match self {
+            ScopeSelector::GroupBy(OwnerKind::User) => &[OwnerKind::User],
+            ScopeSelector::GroupBy(OwnerKind::Project) => &[OwnerKind::Project],
+            ScopeSelector::All => &OwnerKind::ALL,
+            ScopeSelector::Device(_) | ScopeSelector::Mountpoint(_) => &[],
         }
     }
 }
@@ -193,7 +272,7 @@ pub struct Rule {
     pub severity: Severity,
     /// `None`: every sink.
     pub sinks: Option<Vec<String>>,
-    pub selector: FsSelector,
+    pub selector: ScopeSelector,
 }
 
 /// What an alert is about. The key (`Scope::key`) identifies an episode
@@ -211,18 +290,84 @@ pub enum Scope {
         vm_id: String,
         vm_name: String,
     },
-    /// Per-owner rules (a user or project's VMs together).
+    /// Per-owner rules (a user's or project's VMs together).
     Owner {
         owner_kind: OwnerKind,
+        /// The group key: the owner's id, or its name when no VM of the
+        /// group carries an id ([`owner_key`]).
         owner_id: String,
+        /// The owner's name where the metadata has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_name: Option<String>,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What owner rules group VMs by (`group_by` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OwnerKind {
     User,
     Project,
+}
+
+impl OwnerKind {
+    pub const ALL: [OwnerKind; 2] = [OwnerKind::User, OwnerKind::Project];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OwnerKind::User => "user",
+            OwnerKind::Project => "project",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<OwnerKind> {
+        OwnerKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for OwnerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An empty id or name in the metadata says nothing.
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.filter(|v| !v.trim().is_empty())
+}
+
+/// The owner's id of this kind, if the metadata has one.
+pub fn owner_id(owner: &Owner, kind: OwnerKind) -> Option<&str> {
+    non_empty(match kind {
+        OwnerKind::User => owner.user_id.as_deref(),
+        OwnerKind::Project => owner.project_id.as_deref(),
+    })
+}
+
+/// The owner's name of this kind, if the metadata has one.
+pub fn owner_name(owner: &Owner, kind: OwnerKind) -> Option<&str> {
+    non_empty(match kind {
+        OwnerKind::User => owner.user_name.as_deref(),
+        OwnerKind::Project => owner.project_name.as_deref(),
+    })
+}
+
+/// The key of the owner group of `kind` a VM belongs to: the id when
+/// known, else the name; `None` when the VM has no owner of that kind.
+pub fn owner_key(vm: &VmStats, kind: OwnerKind) -> Option<&str> {
+    let o = vm.owner.as_ref()?;
+    owner_id(o, kind).or_else(|| owner_name(o, kind))
+}
+
+/// The VMs of `snap` in the owner group (`kind`, `key`), in id order.
+pub fn owner_vms<'a>(
+    snap: &'a Snapshot,
+    kind: OwnerKind,
+    key: &'a str,
+) -> impl Iterator<Item = &'a VmStats> + 'a {
+    snap.vms
+        .iter()
+        .filter(move |vm| owner_key(vm, kind) == Some(key))
 }
 
 impl Scope {
@@ -233,17 +378,15 @@ impl Scope {
             Scope::Filesystem { mountpoint, .. } => format!("filesystem:{mountpoint}"),
             Scope::Vm { vm_id, .. } => format!("vm:{vm_id}"),
             Scope::Owner {
-                owner_kind: OwnerKind::User,
+                owner_kind,
                 owner_id,
-            } => format!("owner:user:{owner_id}"),
-            Scope::Owner {
-                owner_kind: OwnerKind::Project,
-                owner_id,
-            } => format!("owner:project:{owner_id}"),
+                ..
+            } => format!("owner:{owner_kind}:{owner_id}"),
         }
     }
 
-    /// Short name for text: "host", "/var (/dev/sda2)", "VM web1".
+    /// Short name for text: "host", "/var (/dev/sda2)", "VM web1",
+    /// "user alice (u-1)".
     pub fn describe(&self) -> String {
         match self {
             Scope::Host => "host".to_owned(),
@@ -254,13 +397,24 @@ impl Scope {
             Scope::Owner {
                 owner_kind,
                 owner_id,
-            } => format!(
-                "{} {owner_id}",
-                match owner_kind {
-                    OwnerKind::User => "user",
-                    OwnerKind::Project => "project",
-                }
-            ),
+                owner_name,
+            } => match owner_name {
+                Some(name) if name != owner_id => format!("{owner_kind} {name} ({owner_id})"),
+                _ => format!("{owner_kind} {owner_id}"),
+            },
+        }
+    }
+}
+
+impl Metric {
+    /// One VM's part of an owner metric; `None` when unknown this tick.
+    pub fn owner_part(self, vm: &VmStats) -> Option<f64> {
+        match self {
+            Metric::OwnerCpuCores => vm.rates.map(|r| r.cpu_cores),
+            Metric::OwnerAllocatedVcpus => vm.allocated_vcpus.map(f64::from),
+            Metric::OwnerMemoryRssGib => Some(vm.memory_rss_bytes as f64 / GIB),
+            Metric::OwnerMemoryAllocatedGib => vm.allocated_memory_bytes.map(|b| b as f64 / GIB),
+            _ => None,
         }
     }
 }
@@ -326,8 +480,53 @@ impl Rule {
                     value: vm.memory_utilization_ratio,
                 })
                 .collect(),
+            Metric::OwnerCpuCores
+            | Metric::OwnerAllocatedVcpus
+            | Metric::OwnerMemoryRssGib
+            | Metric::OwnerMemoryAllocatedGib => self
+                .selector
+                .owner_kinds()
+                .iter()
+                .flat_map(|kind| owner_observations(self.metric, *kind, snap))
+                .collect(),
         }
     }
+}
+
+/// One observation per owner group of `kind` in `snap`, in key order.
+fn owner_observations(metric: Metric, kind: OwnerKind, snap: &Snapshot) -> Vec<Observation> {
+    struct Group<'a> {
+        name: Option<&'a str>,
+        sum: Option<f64>,
+    }
+    let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
+    for vm in &snap.vms {
+        let (Some(owner), Some(key)) = (vm.owner.as_ref(), owner_key(vm, kind)) else {
+            continue;
+        };
+        let g = groups.entry(key).or_insert(Group {
+            name: None,
+            sum: None,
+        });
+        // The first name seen (VMs are in id order) names the group.
+        if g.name.is_none() {
+            g.name = owner_name(owner, kind);
+        }
+        if let Some(part) = metric.owner_part(vm) {
+            g.sum = Some(g.sum.unwrap_or(0.0) + part);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(key, g)| Observation {
+            scope: Scope::Owner {
+                owner_kind: kind,
+                owner_id: key.to_owned(),
+                owner_name: g.name.map(str::to_owned),
+            },
+            value: g.sum,
+        })
+        .collect()
 }
 
 pub fn fs_scope(fs: &FilesystemStats) -> Scope {
@@ -365,6 +564,103 @@ mod tests {
         assert!(!Metric::FilesystemFreeGib.breaches(5.1, 5.0));
     }
 
+    fn owned(id: &str, user: Option<&str>, cores: Option<f64>, vcpus: Option<u32>) -> VmStats {
+        VmStats {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            hypervisor: crate::model::Hypervisor::Qemu,
+            source: crate::model::Source::Libvirt,
+            pid: 1,
+            uuid: None,
+            state: crate::model::VmState::Running,
+            start_time_seconds: 0.0,
+            owner: user.map(|u| Owner {
+                user_id: Some(format!("u-{u}")),
+                user_name: Some(u.to_owned()),
+                ..Owner::default()
+            }),
+            flavor: None,
+            display_name: None,
+            allocated_vcpus: vcpus,
+            allocated_memory_bytes: None,
+            cpu: crate::model::CpuSeconds::default(),
+            vcpus: Vec::new(),
+            memory_rss_bytes: 1 << 30,
+            memory_virtual_bytes: 0,
+            memory_utilization_ratio: None,
+            network: Vec::new(),
+            disk: None,
+            rates: cores.map(|c| crate::model::VmRates {
+                cpu_cores: c,
+                ..crate::model::VmRates::default()
+            }),
+            collect_success: true,
+            collect_age_seconds: 0.0,
+        }
+    }
+
+    fn owner_rule(metric: Metric) -> Rule {
+        Rule {
+            name: "o".to_owned(),
+            metric,
+            threshold: 1.0,
+            sustained: std::time::Duration::from_secs(5),
+            recovery: std::time::Duration::from_secs(5),
+            repeat_interval: None,
+            severity: Severity::Warning,
+            sinks: None,
+            selector: ScopeSelector::GroupBy(OwnerKind::User),
+        }
+    }
+
+    fn values(rule: &Rule, vms: Vec<VmStats>) -> Vec<(String, Option<f64>)> {
+        let mut snap = Snapshot::empty(std::time::Duration::from_secs(5));
+        snap.vms = vms;
+        rule.observe(&snap)
+            .into_iter()
+            .map(|o| (o.scope.key(), o.value))
+            .collect()
+    }
+
+    #[test]
+    fn owner_sums_count_known_parts_and_skip_unowned_vms() {
+        let vms = || {
+            vec![
+                owned("a1", Some("alice"), Some(1.5), Some(4)),
+                owned("a2", Some("alice"), None, None), // first tick, no metadata
+                owned("b1", Some("bob"), None, None),
+                owned("x1", None, Some(9.0), Some(64)),
+            ]
+        };
+        assert_eq!(
+            values(&owner_rule(Metric::OwnerCpuCores), vms()),
+            vec![
+                ("owner:user:u-alice".to_owned(), Some(1.5)),
+                ("owner:user:u-bob".to_owned(), None),
+            ]
+        );
+        assert_eq!(
+            values(&owner_rule(Metric::OwnerAllocatedVcpus), vms()),
+            vec![
+                ("owner:user:u-alice".to_owned(), Some(4.0)),
+                ("owner:user:u-bob".to_owned(), None),
+            ]
+        );
+        assert_eq!(
+            values(&owner_rule(Metric::OwnerMemoryRssGib), vms()),
+            vec![
+                ("owner:user:u-alice".to_owned(), Some(2.0)),
+                ("owner:user:u-bob".to_owned(), Some(1.0)),
+            ]
+        );
+        // An owner group with no known value never breaches.
+        let bob = Observation {
+            scope: Scope::Host,
+            value: None,
+        };
+        assert!(!bob.breaches(&owner_rule(Metric::OwnerCpuCores)));
+    }
+
     #[test]
     fn scope_keys() {
         assert_eq!(Scope::Host.key(), "host");
@@ -376,7 +672,9 @@ mod tests {
         let o = Scope::Owner {
             owner_kind: OwnerKind::Project,
             owner_id: "p1".into(),
+            owner_name: Some("research".into()),
         };
         assert_eq!(o.key(), "owner:project:p1");
+        assert_eq!(o.describe(), "project research (p1)");
     }
 }

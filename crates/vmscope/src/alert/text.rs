@@ -104,7 +104,7 @@ pub fn summary(metric: Metric, alert: &Alert, held: Duration) -> String {
             ),
             _ => format!("VM {vm_name} ({vm_id}) memory {value} ({bound})"),
         },
-        (scope @ Scope::Owner { .. }, _) => format!("{} {value} ({bound})", scope.describe()),
+        (scope @ Scope::Owner { .. }, _) => owner_text(metric, alert, scope, &value, &bound),
     };
     if firing {
         format!("{what} for {held}")
@@ -113,6 +113,45 @@ pub fn summary(metric: Metric, alert: &Alert, held: Duration) -> String {
     } else {
         format!("resolved: {what} for {held}")
     }
+}
+
+/// The owner line: who, the total over how many VMs, the bound, and (while
+/// firing) the owner's top VMs by what the rule measures.
+fn owner_text(metric: Metric, alert: &Alert, scope: &Scope, value: &str, bound: &str) -> String {
+    let who = scope.describe();
+    let (what, by) = match metric {
+        Metric::OwnerCpuCores => ("CPU in use", "CPU"),
+        Metric::OwnerAllocatedVcpus => ("vCPUs allocated", "vCPUs"),
+        Metric::OwnerMemoryRssGib => ("memory RSS", "RSS"),
+        _ => ("memory allocated", "allocated memory"),
+    };
+    let ctx = &alert.context;
+    let Some(owner) = ctx.owner.as_ref().filter(|_| alert.value.is_some()) else {
+        return format!("{who} {what} {value} ({bound})");
+    };
+    let vms = if owner.vm_count == 1 { "VM" } else { "VMs" };
+    let mut s = format!("{who} {what} {value} in {} {vms} ({bound})", owner.vm_count);
+    if alert.status == Status::Firing && !ctx.top_vms.is_empty() {
+        let list: Vec<String> = ctx
+            .top_vms
+            .iter()
+            .map(|v| {
+                let part = match metric {
+                    Metric::OwnerCpuCores => format!("{:.2} cores", v.cpu_cores.unwrap_or(0.0)),
+                    Metric::OwnerAllocatedVcpus => v
+                        .allocated_vcpus
+                        .map_or_else(|| "? vCPUs".to_owned(), |n| format!("{n} vCPUs")),
+                    Metric::OwnerMemoryRssGib => gib(v.memory_rss_bytes),
+                    _ => v
+                        .allocated_memory_bytes
+                        .map_or_else(|| "? GiB".to_owned(), gib),
+                };
+                format!("{} {part}", v.vm_name)
+            })
+            .collect();
+        let _ = write!(s, "; top VMs by {by}: {}", list.join(", "));
+    }
+    s
 }
 
 /// Headline of a notification: `[FIRING warning] vm_cpu on host1: 2 fired, 1 resolved`.

@@ -1,8 +1,9 @@
 //! `type = "alertmanager"`: Alertmanager API v2, `POST {url}/api/v2/alerts`
 //! with a JSON list of alerts. Labels identify an alert (alertname = the
-//! rule, severity, instance = the host, scope, and vm_id/vm_name or
-//! device/mountpoint/fstype where relevant) and stay the same across its
-//! episode so Alertmanager matches the recovery to the firing alert.
+//! rule, severity, instance = the host, scope, and vm_id/vm_name,
+//! device/mountpoint/fstype or owner_kind/owner_id/owner_name where
+//! relevant) and stay the same across its episode so Alertmanager matches
+//! the recovery to the firing alert.
 //! Firing alerts carry `endsAt = now + 4 x resend interval` and are re-sent
 //! every `resend_interval` (at most 1 m), as Prometheus does, so
 //! Alertmanager neither times them out while vmscope runs nor keeps them
@@ -73,6 +74,7 @@ pub fn labels(a: &Alert) -> Map<String, Value> {
         Scope::Owner {
             owner_kind,
             owner_id,
+            owner_name,
         } => {
             put(
                 "owner_kind",
@@ -82,6 +84,7 @@ pub fn labels(a: &Alert) -> Map<String, Value> {
                 },
             );
             put("owner_id", owner_id);
+            put("owner_name", owner_name.as_deref().unwrap_or_default());
         }
     }
     l
