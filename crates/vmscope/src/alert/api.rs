@@ -3,7 +3,7 @@
 //!
 //! Query parameters (all optional; unknown or repeated ones are a 400):
 //! - `rule`: a rule name; `scope`: a scope key (`vm:<id>`, `host`,
-//!   `filesystem:/var`) or a scope kind (`vm`, `filesystem`, `host`);
+//!   `filesystem:/var`, `owner:user:<id>`) or a scope kind (`vm`, `filesystem`, `host`, `owner`);
 //! - `since`, `until`: RFC 3339 or Unix seconds; episodes overlapping the
 //!   window (started at or before `until`, not resolved before `since`);
 //! - `limit` (1..=1000, default 50): history page size;

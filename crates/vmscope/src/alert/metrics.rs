@@ -11,7 +11,7 @@
 //!   from the store's [`DbMetrics`].
 //!
 //! Label values are bounded: rule and sink names come from the config,
-//! scopes are the host, configured filesystems and the VMs on this host.
+//! scopes are the host, configured filesystems, the VMs on this host and the owners (users or projects) of those VMs.
 //! Reading never blocks for long: two short mutexes, no IO.
 
 use std::collections::BTreeMap;
