@@ -5,7 +5,7 @@
 //! feature off). Nested keys in the environment use `__`:
 //! `VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS=2`. Secrets that other
 //! modules read from the environment themselves are listed in
-//! [`NON_CONFIG_ENV`] and not treated as configuration keys.
+//! [`is_non_config_env`] and not treated as configuration keys.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,14 +19,11 @@ use crate::roots::Roots;
 /// exporters' port range; the registry list itself is full.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9847";
 
-/// Environment variables with the `VMSCOPE_` prefix that are not config keys.
-pub const NON_CONFIG_ENV: &[&str] = &[
-    "VMSCOPE_LOG",
-    "VMSCOPE_TELEGRAM_BOT_TOKEN",
-    "VMSCOPE_SENTRY_DSN",
-    "VMSCOPE_WEBHOOK_AUTH",
-    "VMSCOPE_WEBHOOK_AUTH_HEADER",
-];
+/// Environment variables with the `VMSCOPE_` prefix that are not config
+/// keys: the log filter, and the secrets the watchdog reads itself.
+pub fn is_non_config_env(name: &str) -> bool {
+    name == "VMSCOPE_LOG" || crate::alert::config::ENV_VARS.contains(&name)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -219,7 +216,7 @@ impl Config {
         };
         let vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("VMSCOPE_") && !NON_CONFIG_ENV.contains(&k.as_str()))
+            .filter(|(k, _)| k.starts_with("VMSCOPE_") && !is_non_config_env(k))
             .collect();
         let env_keys = merge_env(&mut tree, &vars)?;
         let cfg: Config =
@@ -395,7 +392,9 @@ mod tests {
 
     #[test]
     fn secrets_in_env_are_not_config_keys() {
-        assert!(load("", &[("VMSCOPE_TELEGRAM_BOT_TOKEN", "123:abc")]).is_ok());
+        for var in crate::alert::config::ENV_VARS {
+            assert!(load("", &[(var, "x")]).is_ok(), "{var}");
+        }
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub const ENV_TELEGRAM_CHAT_ID: &str = "VMSCOPE_TELEGRAM_CHAT_ID";
 pub const ENV_SENTRY_DSN: &str = "VMSCOPE_SENTRY_DSN";
 pub const ENV_WEBHOOK_AUTH_HEADER: &str = "VMSCOPE_WEBHOOK_AUTH_HEADER";
 pub const ENV_ALERTMANAGER_AUTH_HEADER: &str = "VMSCOPE_ALERTMANAGER_AUTH_HEADER";
+/// Every environment variable the watchdog reads itself: the top-level
+/// config loader must not take these for configuration keys.
+pub const ENV_VARS: &[&str] = &[
+    ENV_TELEGRAM_BOT_TOKEN,
+    ENV_TELEGRAM_CHAT_ID,
+    ENV_SENTRY_DSN,
+    ENV_WEBHOOK_AUTH_HEADER,
+    ENV_ALERTMANAGER_AUTH_HEADER,
+];
 
 /// A bad `[watchdog]` setting. `key` is the full dotted path of the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

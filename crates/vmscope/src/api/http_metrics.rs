@@ -121,6 +121,7 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         Some(m) => super::ROUTES
             .iter()
             .map(|r| r.path)
+            .chain(crate::alert::api::ROUTES.iter().copied())
             .find(|p| *p == m.as_str())
             .unwrap_or("other"),
     }

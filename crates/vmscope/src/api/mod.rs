@@ -188,6 +188,14 @@ impl AppState {
 
 /// The whole API as one router. Every route answers GET and HEAD.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The API plus `extra` routes that carry their own state (the watchdog's
+/// `/api/v1/alerts`), all behind the same layers: HTTP self-metrics, the
+/// request timeout, the body limit, and JSON errors for unknown routes and
+/// methods.
+pub fn router_with(state: AppState, extra: Router) -> Router {
     // JSON resources may be large (1000 VMs): compress on request. /metrics
     // does its own (cached) gzip and must not be compressed twice.
     let resources = Router::new()
@@ -202,12 +210,13 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics.json", get(metrics::metrics_json))
         .route("/healthz", get(health::get))
         .merge(resources)
+        .with_state(state.clone())
+        .merge(extra)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(RequestBodyLimitLayer::new(limits::BODY_LIMIT_BYTES))
         .layer(from_fn_with_state(state.clone(), limits::enforce))
-        .layer(from_fn_with_state(state.clone(), http_metrics::track))
-        .with_state(state)
+        .layer(from_fn_with_state(state, http_metrics::track))
 }
 
 /// A JSON response from a borrowed value (the snapshot outlives no handler).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Failure, ServeArgs, init_logging};
-use crate::api::{AppState, router};
+use crate::api::{AppState, router_with};
 use crate::collect::{Collector, spawn};
 use crate::config::Config;
 use crate::export::MetricSource;
@@ -42,7 +42,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
         let extra: Vec<Arc<dyn MetricSource>> = vec![watchdog.metrics()];
-        let app = router(AppState::new(snapshots, extra)).merge(watchdog.router());
+        let app = router_with(AppState::new(snapshots, extra), watchdog.router());
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))

@@ -73,6 +73,18 @@ pub fn describe_error(e: &reqwest::Error, secrets: &[&str]) -> String {
     redact(parts.join(": "), secrets)
 }
 
+/// `HTTP <status>: <start of the body>`, one line, secrets scrubbed before
+/// the body is cut (a secret straddling the cut would otherwise survive in
+/// part).
+fn error_message(status: u16, body: String, secrets: &[&str]) -> String {
+    let body = redact(body, secrets);
+    let snippet: String = body.chars().take(BODY_SNIPPET).collect();
+    format!(
+        "HTTP {status}: {}",
+        snippet.replace(['\n', '\r'], " ").trim()
+    )
+}
+
 /// Send `req` (whose client has a timeout) and classify the outcome:
 /// 2xx ok; 429, 5xx and transport errors retryable; other statuses rejected.
 pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), DeliveryError> {
@@ -97,12 +109,7 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
         .map(Duration::from_secs);
     // The body explains the refusal; it is read under the same timeout.
     let body = resp.text().await.unwrap_or_default();
-    let mut snippet: String = body.chars().take(BODY_SNIPPET).collect();
-    snippet = snippet.replace(['\n', '\r'], " ");
-    let message = redact(
-        format!("HTTP {}: {}", status.as_u16(), snippet.trim()),
-        secrets,
-    );
+    let message = error_message(status.as_u16(), body, secrets);
     if status.as_u16() == 429 || status.is_server_error() {
         Err(DeliveryError::Retryable {
             message,
@@ -116,6 +123,17 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_message_never_keeps_part_of_a_secret() {
+        let secret = "123456789:AAHsecretsecretsecret";
+        for pad in BODY_SNIPPET - 40..BODY_SNIPPET {
+            let body = format!("{}/bot{secret}/sendMessage", "x".repeat(pad));
+            let m = error_message(500, body, &[secret]);
+            assert!(!m.contains("123456789"), "pad {pad}: {m}");
+            assert!(m.starts_with("HTTP 500: "));
+        }
+    }
 
     #[test]
     fn redact_removes_secrets() {

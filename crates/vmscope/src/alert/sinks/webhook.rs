@@ -63,7 +63,14 @@ impl Sink for WebhookSink {
                 .post(self.url.expose())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(payload);
+            // The URL's path and query often carry the secret themselves
+            // (`/hooks/<token>`): a receiver echoing them must not leak it.
+            let url = reqwest::Url::parse(self.url.expose()).ok();
             let mut secrets = vec![self.url.expose()];
+            if let Some(u) = &url {
+                secrets.push(u.path());
+                secrets.extend(u.query());
+            }
             if let Some(a) = &self.auth {
                 req = req.header(reqwest::header::AUTHORIZATION, a.expose());
                 secrets.push(a.expose());
