@@ -371,7 +371,7 @@ class Lab:
 
     def server(self, argv: list[str], log_name: str, env: dict | None = None) -> subprocess.Popen:
         p = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=open(self.work / log_name, "wb"),
+            argv, stdin=subprocess.DEVNULL, stdout=open(self.work / log_name, "ab"),
             stderr=subprocess.STDOUT, env=env,
         )
         self.servers.append(p)
@@ -439,9 +439,23 @@ class Vmscope:
         time.sleep(0.1)
 
     def vm_count(self) -> int:
-        _, h, body, _ = self.http.get("/metrics", GZIP)
-        text = decoded(h, body)
-        return sum(1 for line in text.splitlines() if line.startswith(b"vmscope_vm_info{"))
+        # The JSON API, not /metrics: a /metrics request would make vmscope
+        # pre-encode that variant on every tick for the next 3 minutes.
+        status, _, body, _ = self.http.get("/api/v1/vms")
+        if status != 200:
+            raise RuntimeError(f"vmscope /api/v1/vms answered {status}: {body[:200]!r}")
+        return len(json.loads(body)["vms"])
+
+    def stop(self, lab: Lab) -> None:
+        self.http.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc in lab.servers:
+            lab.servers.remove(self.proc)
 
     def wait_vms(self, n: int, timeout: float = 120) -> None:
         end = time.monotonic() + timeout
@@ -460,13 +474,15 @@ class Vmscope:
         meter.start()
         c0 = self.collect_ns()
         t0 = time.monotonic()
-        if scrape_each_tick:
-            for _ in range(ticks):
-                self.between_ticks()
-                self.http.get("/metrics", GZIP)
-        else:
-            time.sleep(ticks - 0.5)
+        per_tick = []
+        last = c0
+        for _ in range(ticks):
             self.between_ticks()
+            now = self.collect_ns()
+            per_tick.append((now - last) / 1e9)
+            last = now
+            if scrape_each_tick:
+                self.http.get("/metrics", GZIP)
         c1 = self.collect_ns()
         cpu = meter.stop()
         n = self.seq() - s0
@@ -475,6 +491,9 @@ class Vmscope:
             "wall_s": round(time.monotonic() - t0, 2),
             "cpu_per_tick_s": cpu / max(n, 1),
             "collect_thread_per_tick_s": (c1 - c0) / 1e9 / max(n, 1),
+            "collect_thread_tick_p50_s": percentile(per_tick, 50),
+            "collect_thread_tick_max_s": max(per_tick) if per_tick else None,
+            "collect_thread_ticks_s": [round(x, 6) for x in per_tick],
             "cpu_detail": meter.detail,
         }
 
@@ -530,10 +549,12 @@ def scrape_stats(http_: Http, pid: int, requests: int, headers: dict | None,
     }
 
 
-def run_floor(floor: Path, iterations: int, listing: bool) -> subprocess.Popen:
+def run_floor(floor: Path, iterations: int, listing: bool, eof_read: bool = False) -> subprocess.Popen:
     argv = [str(floor), "--iterations", str(iterations), "--interval-ms", "1000"]
     if listing:
         argv.append("--listing")
+    if eof_read:
+        argv.append("--eof-read")
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
@@ -568,20 +589,25 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
     log(f"N={n_total}: idle window ({k} ticks) with the floor alongside")
     f_plain = run_floor(floor, k, listing=False)
     f_list = run_floor(floor, k, listing=True)
+    f_eof = run_floor(floor, k, listing=False, eof_read=True)
     idle = vms.window(k)
-    floor_plain, floor_list = floor_result(f_plain), floor_result(f_list)
+    floor_plain, floor_list, floor_eof = floor_result(f_plain), floor_result(f_list), floor_result(f_eof)
     log(f"N={n_total}: vmscope {idle['cpu_per_tick_s']*1e3:.2f} ms/tick, floor {floor_plain['cpu_per_iteration_seconds']*1e3:.2f} ms")
     log(f"N={n_total}: window with one gzip scrape per tick")
     scraped = vms.window(k, scrape_each_tick=True)
     log(f"N={n_total}: vmscope latency ({args.requests} plain, {args.requests} gzip)")
-    v_plain = scrape_stats(vms.http, vms.pid, args.requests, None, vms, idle["cpu_per_tick_s"])
-    v_gzip = scrape_stats(vms.http, vms.pid, args.requests, GZIP, vms, idle["cpu_per_tick_s"])
+    # Ticks meanwhile pre-encode the gzip variant (asked for just above).
+    v_plain = scrape_stats(vms.http, vms.pid, args.requests, None, vms, scraped["cpu_per_tick_s"])
+    v_gzip = scrape_stats(vms.http, vms.pid, args.requests, GZIP, vms, scraped["cpu_per_tick_s"])
     durations = vms.collector_durations()
+    log(f"N={n_total}: window with nothing scraping, after plain and gzip scrapes ({k} ticks)")
+    prewarm = vms.window(k)
     res = {
         "n_standins": n_total,
         "vmscope": {
             "idle": idle,
             "scraped": scraped,
+            "after_scrapes": prewarm,
             "plain": v_plain,
             "gzip": v_gzip,
             "rss_bytes": rss_bytes(vms.pid),
@@ -589,6 +615,7 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
         },
         "floor": floor_plain,
         "floor_listing": floor_list,
+        "floor_eof_read": floor_eof,
     }
     for label, (proc, h) in (("process_exporter", pe), ("node_exporter", ne)):
         log(f"N={n_total}: {label} (up to {args.peer_requests} gzip scrapes or {args.peer_budget:.0f}s)")
@@ -741,7 +768,7 @@ def main() -> int:
         lab.real_alive = lab.start_real_vms(args.real_vms)
         results["real_vms"] = lab.real_alive
         pe_cfg = HERE / "process-exporter.yml"
-        pe_port, ne_port, v_port = free_port(), free_port(), free_port()
+        pe_port, ne_port = free_port(), free_port()
         pe = lab.server(["prometheus-process-exporter", "-config.path", str(pe_cfg),
                          "-web.listen-address", f"127.0.0.1:{pe_port}"], "process-exporter.log")
         ne = lab.server(["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{ne_port}",
@@ -750,18 +777,24 @@ def main() -> int:
                          "--collector.netdev"], "node-exporter.log")
         wait_http(pe_port, "/metrics", 30, pe)
         wait_http(ne_port, "/metrics", 30, ne)
-        vms = Vmscope(lab, args.vmscope, v_port)
         peers = ((pe, Http(pe_port)), (ne, Http(ne_port)))
         have = 0
+        vms: Vmscope | None = None
         for n in sizes:
             log(f"N={n}: creating TAPs and starting {n - have} stand-ins")
             t0 = time.monotonic()
             lab.make_taps(n)
             lab.spawn_vms(n - have)
             have = n
+            # A fresh vmscope per N: it pre-encodes every /metrics variant
+            # asked for in the last 3 minutes on each tick, so "nothing
+            # scrapes" needs an instance that has never been scraped.
+            if vms is not None:
+                vms.stop(lab)
+            vms = Vmscope(lab, args.vmscope, free_port())
             vms.wait_vms(n + lab.real_alive)
             log(f"N={n}: {n} stand-ins up and seen by vmscope in {time.monotonic() - t0:.1f}s")
-            time.sleep(2)  # a couple of ticks with every file held open
+            time.sleep(3)  # a few ticks with every file held open
             res = measure_n(args, lab, vms, peers[0], peers[1], args.floor, n)
             results["per_n"].append(res)
             if n == 1000:
@@ -771,7 +804,7 @@ def main() -> int:
                     results["churn"] = churn(args, lab, vms)
         results["vmscope_errors_in_log"] = sum(
             1 for line in (args.work / "vmscope.log").read_text(errors="replace").splitlines()
-            if " ERROR " in line or "panicked" in line)
+            if "ERROR" in line or "panicked" in line)
     finally:
         log("cleaning up")
         lab.cleanup()
