@@ -729,7 +729,7 @@ def main() -> int:
     ap.add_argument("--floor", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="N = 100 and 1000 only, shorter windows")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 100,1000,5000; quick 100,1000)")
-    ap.add_argument("--ticks", type=int, default=None, help="ticks per CPU window (default 30; quick 15)")
+    ap.add_argument("--ticks", type=int, default=None, help="ticks per CPU window (default 30; quick 12)")
     ap.add_argument("--requests", type=int, default=None, help="vmscope latency requests (default 200; quick 100)")
     ap.add_argument("--peer-requests", type=int, default=None, help="peer scrapes (default 50; quick 20)")
     ap.add_argument("--peer-budget", type=float, default=None,
@@ -746,7 +746,7 @@ def main() -> int:
     ap.add_argument("--command", default="bench/run.sh", help="the command line to record")
     args = ap.parse_args()
     sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "100,1000,5000")).split(",")]
-    args.ticks = args.ticks or (15 if args.quick else 30)
+    args.ticks = args.ticks or (12 if args.quick else 30)
     args.requests = args.requests or (100 if args.quick else 200)
     args.peer_requests = args.peer_requests or (20 if args.quick else 50)
     args.peer_budget = args.peer_budget or (20.0 if args.quick else 60.0)

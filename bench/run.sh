@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The vmscope benchmark, one command (root): see docs/benchmarks.md.
 #
-#   bench/run.sh            N = 100, 1000, 5000 (~15 min)
-#   bench/run.sh --quick    N = 100, 1000, shorter windows (< 5 min)
+#   bench/run.sh            N = 100, 1000, 5000 (~10 min)
+#   bench/run.sh --quick    N = 100, 1000, shorter windows (~4 min)
 #   bench/run.sh --no-build ...   reuse target/release/vmscope as it is
 #
 # Other flags go to bench/bench.py (--help lists them). Builds the stand-in
