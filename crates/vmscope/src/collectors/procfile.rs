@@ -134,6 +134,10 @@ pub struct ProcFile {
     path: PathBuf,
     file: Option<File>,
     budget: FdBudget,
+    /// The file is one record produced whole by each read (`stat`, `io`,
+    /// `schedstat`, `meminfo`): a read that does not fill the buffer has
+    /// read it all, and no second `pread` is needed to see EOF.
+    single_record: bool,
 }
 
 impl ProcFile {
@@ -142,28 +146,39 @@ impl ProcFile {
             path,
             file: None,
             budget: budget.clone(),
+            single_record: true,
         }
+    }
+
+    /// A file of many records that procfs hands out a page at a time
+    /// (`net/dev`): read until EOF.
+    pub fn streaming(path: PathBuf, budget: &FdBudget) -> Self {
+        let mut f = ProcFile::new(path, budget);
+        f.single_record = false;
+        f
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Reads the whole file into `buf` (cleared first) and returns it.
+    /// Reads the whole file and returns it (a prefix of `buf`, which is
+    /// reused across calls and only ever grows).
     pub fn read<'b>(&mut self, buf: &'b mut Vec<u8>) -> io::Result<&'b [u8]> {
-        buf.clear();
         if let Some(f) = &self.file {
-            pread_all(f, buf)?;
-            return Ok(buf.as_slice());
+            let n = pread_all(f, buf, self.single_record)?;
+            return Ok(&buf[..n]);
         }
         let mut f = File::open(&self.path)?;
         if self.budget.try_take() {
-            pread_all(&f, buf)?;
+            let n = pread_all(&f, buf, self.single_record)?;
             self.file = Some(f);
+            Ok(&buf[..n])
         } else {
+            buf.clear();
             f.read_to_end(buf)?;
+            Ok(buf.as_slice())
         }
-        Ok(buf.as_slice())
     }
 }
 
@@ -175,26 +190,23 @@ impl Drop for ProcFile {
     }
 }
 
-fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut off = 0usize;
+/// Reads from offset 0 into `buf`, growing it as needed; returns the
+/// length read. `buf` stays initialized between calls (no zeroing per read).
+fn pread_all(f: &File, buf: &mut Vec<u8>, single_record: bool) -> io::Result<usize> {
+    if buf.len() < 4096 {
+        buf.resize(4096, 0);
+    }
+    let mut filled = 0usize;
     loop {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(4096);
+        if buf.len() - filled < 1024 {
+            let grown = buf.len() * 2;
+            buf.resize(grown, 0);
         }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        let n = match f.read_at(&mut buf[len..], off as u64) {
-            Ok(n) => n,
-            Err(e) => {
-                buf.truncate(len);
-                return Err(e);
-            }
-        };
-        buf.truncate(len + n);
-        if n == 0 {
-            return Ok(());
+        let n = f.read_at(&mut buf[filled..], filled as u64)?;
+        filled += n;
+        if n == 0 || (single_record && filled < buf.len()) {
+            return Ok(filled);
         }
-        off += n;
     }
 }
 
@@ -264,6 +276,33 @@ mod tests {
         assert_eq!(budget.in_use(), 1);
         drop(f);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn large_files_are_read_whole_and_shorter_rereads_are_not_padded() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("big");
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &big).unwrap();
+        let budget = FdBudget::new(8);
+        let mut buf = Vec::new();
+        let mut single = ProcFile::new(p.clone(), &budget);
+        let mut streaming = ProcFile::streaming(p.clone(), &budget);
+        assert_eq!(single.read(&mut buf).unwrap(), &big[..]);
+        assert_eq!(streaming.read(&mut buf).unwrap(), &big[..]);
+        std::fs::write(&p, b"short").unwrap();
+        assert_eq!(single.read(&mut buf).unwrap(), b"short");
+        assert_eq!(streaming.read(&mut buf).unwrap(), b"short");
+    }
+
+    #[test]
+    fn proc_net_dev_streams_whole() {
+        let budget = FdBudget::new(8);
+        let mut f = ProcFile::streaming(PathBuf::from("/proc/self/net/dev"), &budget);
+        let mut buf = Vec::new();
+        let text = String::from_utf8(f.read(&mut buf).unwrap().to_vec()).unwrap();
+        let want = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+        assert_eq!(text.lines().count(), want.lines().count());
     }
 
     #[test]

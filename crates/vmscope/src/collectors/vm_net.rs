@@ -112,13 +112,13 @@ impl VmNet {
             let entry = self.files.entry(ns.to_string()).or_insert_with(|| {
                 (
                     pid,
-                    ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
+                    ProcFile::streaming(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
                 )
             });
             if entry.0 != pid {
                 *entry = (
                     pid,
-                    ProcFile::new(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
+                    ProcFile::streaming(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
                 );
             }
             match entry.1.read(&mut self.buf) {
