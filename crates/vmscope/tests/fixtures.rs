@@ -323,3 +323,41 @@ fn exposition_of_fixture_passes_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_new_vcpu_thread_is_picked_up_when_the_thread_count_changes() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let mut c = collector(&root);
+    assert_eq!(by_name(&c.tick(), "fc-vm-1").vcpus.len(), 1);
+    // Hot-plug: a second vCPU thread, and the process's thread count moves.
+    let t = root.join("proc/1007/task/1014");
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("comm"), "fc_vcpu 1\n").unwrap();
+    std::fs::write(t.join("schedstat"), "1000000000 5000000 7\n").unwrap();
+    let stat = root.join("proc/1007/stat");
+    let fields: Vec<String> = std::fs::read_to_string(&stat)
+        .unwrap()
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    // Field 20 (1-based) is num_threads.
+    let mut fields = fields;
+    fields[19] = (fields[19].parse::<u64>().unwrap() + 1).to_string();
+    std::fs::write(&stat, fields.join(" ")).unwrap();
+    let mut seen = 0;
+    for _ in 0..4 {
+        seen = by_name(&c.tick(), "fc-vm-1").vcpus.len();
+        if seen == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, 2,
+        "the new vCPU thread must be found within the rescan rate limit"
+    );
+    let s = c.tick();
+    let e = by_name(&s, "fc-vm-1");
+    assert_eq!(e.vcpus[1].index, 1);
+    assert_eq!(e.vcpus[1].cpu_seconds, 1.0);
+}

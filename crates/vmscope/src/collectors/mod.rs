@@ -68,8 +68,14 @@ pub struct VmEntry {
     /// `/proc/PID/io` needs ptrace-read rights: stop asking once refused.
     pub io_denied: bool,
     pub vcpus: Vec<VcpuThread>,
-    /// Tick at which the vCPU thread list is read again.
+    /// The vCPU thread list must be read again (new VM, thread count
+    /// changed, a vCPU thread vanished).
+    pub vcpu_rescan_due: bool,
+    /// Earliest tick for the next rescan (rate limit for VMs whose I/O
+    /// worker threads come and go).
     pub vcpu_rescan_tick: u64,
+    /// Thread count at the last `stat` read.
+    pub num_threads: u64,
     /// Network namespace (the `/proc/PID/ns/net` link text).
     pub netns: Option<String>,
     /// Set by `vm_process` when the process has exited.

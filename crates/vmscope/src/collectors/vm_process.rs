@@ -42,6 +42,11 @@ impl VmProcess {
         if st.starttime_ticks != vm.starttime_ticks || matches!(st.state, b'Z' | b'X' | b'x') {
             return Err(CollectError::Gone { pid });
         }
+        if st.num_threads != vm.num_threads {
+            // Cheap signal that vCPU threads may have come or gone.
+            vm.num_threads = st.num_threads;
+            vm.vcpu_rescan_due = true;
+        }
         let s = &mut vm.stats;
         s.cpu.user = ctx.ticks_to_seconds(st.utime_ticks);
         s.cpu.system = ctx.ticks_to_seconds(st.stime_ticks);

@@ -5,9 +5,10 @@
 //! schedstat. vCPU threads are known from libvirt's status XML, or found by
 //! their names: QEMU names them `CPU N/KVM` (or `/TCG`) when started with
 //! `-name ...,debug-threads=on`, Cloud Hypervisor `vcpuN`, Firecracker
-//! `fc_vcpu N`. The thread list is read again every [`RESCAN_TICKS`] ticks
-//! and whenever a thread vanishes (vCPU hot-unplug); a QEMU without
-//! debug-threads has no per-vCPU series.
+//! `fc_vcpu N`. The thread list is read again only when the process's thread
+//! count changed (seen for free in its `stat`) or a vCPU thread vanished,
+//! at most once per [`RESCAN_MIN_TICKS`] ticks, keeping the open files of
+//! threads that remain; a QEMU without debug-threads has no per-vCPU series.
 
 use std::path::Path;
 
@@ -21,8 +22,8 @@ pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     new: |_| Box::new(VmVcpu::default()),
 };
 
-/// How often (in ticks) the vCPU thread list of a VM is read again.
-pub const RESCAN_TICKS: u64 = 12;
+/// At most one vCPU thread rescan per VM in this many ticks.
+pub const RESCAN_MIN_TICKS: u64 = 3;
 
 #[derive(Default)]
 pub struct VmVcpu {
@@ -50,7 +51,7 @@ pub fn vcpu_index_from_thread_name(comm: &[u8]) -> Option<u32> {
 impl VmCollector for VmVcpu {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
         for vm in vms.iter_mut().filter(|v| !v.gone) {
-            if ctx.tick >= vm.vcpu_rescan_tick {
+            if vm.vcpu_rescan_due && ctx.tick >= vm.vcpu_rescan_tick {
                 match self.threads(ctx, vm) {
                     Ok(t) => vm.vcpus = t,
                     Err(e) => {
@@ -58,7 +59,8 @@ impl VmCollector for VmVcpu {
                         continue;
                     }
                 }
-                vm.vcpu_rescan_tick = ctx.tick + RESCAN_TICKS;
+                vm.vcpu_rescan_due = false;
+                vm.vcpu_rescan_tick = ctx.tick + RESCAN_MIN_TICKS;
             }
             let mut out = Vec::with_capacity(vm.vcpus.len());
             let mut vanished = false;
@@ -75,6 +77,7 @@ impl VmCollector for VmVcpu {
             if vanished {
                 // Either the VM is exiting (vm_process will see it next
                 // tick) or a vCPU was unplugged: look again next tick.
+                vm.vcpu_rescan_due = true;
                 vm.vcpu_rescan_tick = ctx.tick + 1;
             }
             if !vm.failed || !out.is_empty() {
@@ -85,7 +88,12 @@ impl VmCollector for VmVcpu {
 }
 
 impl VmVcpu {
-    fn threads(&mut self, ctx: &Ctx<'_>, vm: &VmEntry) -> Result<Vec<VcpuThread>, CollectError> {
+    fn threads(
+        &mut self,
+        ctx: &Ctx<'_>,
+        vm: &mut VmEntry,
+    ) -> Result<Vec<VcpuThread>, CollectError> {
+        let mut old = std::mem::take(&mut vm.vcpus);
         let task_dir = ctx.roots.pid(vm.pid).join("task");
         let mut found: Vec<(u32, u32)> = if !vm.known_vcpu_tids.is_empty() {
             vm.known_vcpu_tids.clone()
@@ -115,6 +123,12 @@ impl VmVcpu {
         Ok(found
             .into_iter()
             .map(|(index, tid)| {
+                // Keep the held descriptors of threads that are still there.
+                if let Some(pos) = old.iter().position(|t| t.tid == tid) {
+                    let mut t = old.swap_remove(pos);
+                    t.index = index;
+                    return t;
+                }
                 let dir = task_dir.join(tid.to_string());
                 VcpuThread {
                     index,
