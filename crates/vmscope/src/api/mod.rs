@@ -153,7 +153,9 @@ impl AppState {
             while rx.changed().await.is_ok() {
                 let Some(inner) = weak.upgrade() else { return };
                 let snap = Arc::clone(&rx.borrow_and_update());
-                let res = tokio::task::spawn_blocking(move || inner.cache.prewarm(&snap)).await;
+                let horizon = snap.interval;
+                let res =
+                    tokio::task::spawn_blocking(move || inner.cache.prewarm(&snap, horizon)).await;
                 match res {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "pre-encoding the exposition failed"),

@@ -82,6 +82,10 @@ pub struct ExpositionCache {
     /// variants scrapers actually use, so that a scrape arriving after a
     /// new snapshot does not pay for encoding it.
     last_asked: [AtomicU64; 6],
+    /// Milliseconds between the last two requests of each variant (0 =
+    /// not known yet): used to predict whether a scrape will come before
+    /// the next snapshot.
+    gap: [AtomicU64; 6],
     born: Instant,
 }
 
@@ -90,6 +94,7 @@ impl Default for ExpositionCache {
         ExpositionCache {
             current: Mutex::new(None),
             last_asked: Default::default(),
+            gap: Default::default(),
             born: Instant::now(),
         }
     }
@@ -168,12 +173,14 @@ impl ExpositionCache {
         format: Format,
         gzip: bool,
     ) -> Result<Exposition, CacheError> {
-        if let Some(slot) = self.last_asked.get(variant(format, gzip)) {
+        let v = variant(format, gzip);
+        if let (Some(slot), Some(gap)) = (self.last_asked.get(v), self.gap.get(v)) {
             // +1 so that a request in the first millisecond is not "never".
-            slot.store(
-                self.born.elapsed().as_millis() as u64 + 1,
-                Ordering::Relaxed,
-            );
+            let now = self.born.elapsed().as_millis() as u64 + 1;
+            let prev = slot.swap(now, Ordering::Relaxed);
+            if prev != 0 && now > prev {
+                gap.store(now - prev, Ordering::Relaxed);
+            }
         }
         let entry = self.entry(snapshot);
         // Concurrent first requests wait here for the one encoder.
@@ -210,11 +217,19 @@ impl ExpositionCache {
         })
     }
 
-    /// Encodes `snapshot` in every variant asked for recently, off the
-    /// request path (call it from a blocking thread when a snapshot is
-    /// published). Returns how many variants were encoded.
-    pub fn prewarm(&self, snapshot: &Arc<Snapshot>) -> Result<usize, CacheError> {
+    /// Encodes `snapshot`, off the request path, in every variant whose
+    /// next scrape is expected before the next snapshot (`horizon` from
+    /// now): a scraper every 15 s on a 5 s collection interval costs one
+    /// encoding per scrape, not one per tick. A variant whose rhythm is
+    /// not known yet is encoded. Call it from a blocking thread when a
+    /// snapshot is published. Returns how many variants were encoded.
+    pub fn prewarm(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        horizon: std::time::Duration,
+    ) -> Result<usize, CacheError> {
         let now = self.born.elapsed().as_millis() as u64;
+        let horizon = horizon.as_millis() as u64;
         let entry = self.entry(snapshot);
         let mut n = 0;
         for (i, (format, gzip)) in VARIANTS.iter().enumerate() {
@@ -223,6 +238,11 @@ impl ExpositionCache {
                 .get(i)
                 .map_or(0, |a| a.load(Ordering::Relaxed));
             if asked == 0 || now.saturating_sub(asked) > PREWARM_WINDOW_MS {
+                continue;
+            }
+            let gap = self.gap.get(i).map_or(0, |g| g.load(Ordering::Relaxed));
+            // 10 % slack: scrapes jitter.
+            if gap != 0 && asked + gap > now + horizon + gap / 10 {
                 continue;
             }
             let prefix = entry
@@ -372,14 +392,15 @@ mod tests {
         let cache = ExpositionCache::new();
         let first = Arc::new(fixture::snapshot(5));
         // Nobody has asked for anything yet: nothing to pre-encode.
-        assert_eq!(cache.prewarm(&first).unwrap(), 0);
+        let tick = std::time::Duration::from_secs(5);
+        assert_eq!(cache.prewarm(&first, tick).unwrap(), 0);
         cache
             .render(&first, &[], Format::OpenMetrics, true)
             .unwrap();
         let mut next = fixture::snapshot(6);
         next.seq = first.seq + 1;
         let next = Arc::new(next);
-        assert_eq!(cache.prewarm(&next).unwrap(), 1);
+        assert_eq!(cache.prewarm(&next, tick).unwrap(), 1);
         let entry = cache.entry(&next);
         let om = entry.slot(Format::OpenMetrics).get().expect("pre-encoded");
         assert!(om.gzip.get().is_some(), "gzip prefix pre-built");
@@ -393,6 +414,42 @@ mod tests {
             .render(&next, &[], Format::OpenMetrics, true)
             .unwrap();
         assert_eq!(gunzip(&warm.to_vec()), gunzip(&cold.to_vec()));
+    }
+
+    #[test]
+    fn prewarm_waits_for_the_tick_before_the_expected_scrape() {
+        let mut cache = ExpositionCache::new();
+        cache.born = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(60))
+            .unwrap();
+        let v = variant(Format::OpenMetrics, true);
+        let now = cache.born.elapsed().as_millis() as u64;
+        let tick = std::time::Duration::from_secs(5);
+        // Scraped every 15 s, last scrape just now: the next one is 15 s
+        // away, beyond this 5 s tick: no encoding now.
+        cache.last_asked[v].store(now, Ordering::Relaxed);
+        cache.gap[v].store(15_000, Ordering::Relaxed);
+        assert_eq!(
+            cache
+                .prewarm(&Arc::new(fixture::snapshot(3)), tick)
+                .unwrap(),
+            0
+        );
+        // Last scrape 12 s ago: the next is due within this tick.
+        cache.last_asked[v].store(now - 12_000, Ordering::Relaxed);
+        assert_eq!(
+            cache
+                .prewarm(&Arc::new(fixture::snapshot(3)), tick)
+                .unwrap(),
+            1
+        );
+        // Two real requests teach the gap.
+        let snap = Arc::new(fixture::snapshot(2));
+        cache.render(&snap, &[], Format::Text, false).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        cache.render(&snap, &[], Format::Text, false).unwrap();
+        let g = cache.gap[variant(Format::Text, false)].load(Ordering::Relaxed);
+        assert!((30..5_000).contains(&g), "{g}");
     }
 
     #[test]
