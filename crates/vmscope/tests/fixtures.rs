@@ -361,3 +361,45 @@ fn a_new_vcpu_thread_is_picked_up_when_the_thread_count_changes() {
     assert_eq!(e.vcpus[1].index, 1);
     assert_eq!(e.vcpus[1].cpu_seconds, 1.0);
 }
+
+#[test]
+fn a_pid_reused_by_a_new_vm_is_found_at_the_next_tick() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let mut c = collector(&root);
+    let before = c.tick();
+    assert!(
+        !before.vms.iter().any(|v| v.pid == 77),
+        "`qemu --version` is no VM"
+    );
+    // PID 77 exits and a new process with the same PID runs a VM: a new
+    // /proc/77 directory (another inode), like the kernel gives it.
+    let old = root.join("proc/77");
+    let tmpl = root.join("proc/1008");
+    std::fs::remove_dir_all(&old).unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&tmpl)
+        .arg(&old)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let stat = std::fs::read_to_string(old.join("stat"))
+        .unwrap()
+        .replacen("1008 ", "77 ", 1);
+    std::fs::write(old.join("stat"), stat).unwrap();
+    std::fs::write(
+        old.join("io"),
+        "rchar: 1\nwchar: 1\nsyscr: 1\nsyscw: 1\nread_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(old.join("task/77")).unwrap();
+    std::fs::write(old.join("task/77/comm"), "qemu-system-x86\n").unwrap();
+    let after = c.tick();
+    let vm = after
+        .vms
+        .iter()
+        .find(|v| v.pid == 77)
+        .expect("the new VM on the reused PID");
+    assert_eq!(vm.name, "vanishing");
+}

@@ -50,8 +50,11 @@ pub struct ScanStats {
 
 #[derive(Debug)]
 pub struct ProcessScanner {
-    /// PIDs known not to be hypervisors (settled: old enough not to exec).
-    others: HashSet<u32>,
+    /// PIDs known not to be hypervisors (settled: old enough not to exec),
+    /// with the inode of their /proc directory: a PID reused by a new
+    /// process between two listings comes with another inode, so it is
+    /// classified afresh instead of being taken for the old one.
+    others: HashMap<u32, u64>,
     /// PIDs known to be hypervisors.
     vms: HashMap<u32, Arc<ProcVm>>,
     listed: HashSet<u32>,
@@ -79,7 +82,7 @@ impl Clock {
 impl ProcessScanner {
     pub fn new(rescan: Duration) -> Self {
         ProcessScanner {
-            others: HashSet::new(),
+            others: HashMap::new(),
             vms: HashMap::new(),
             listed: HashSet::new(),
             rescan,
@@ -118,7 +121,8 @@ impl ProcessScanner {
                 continue;
             };
             self.listed.insert(pid);
-            if self.others.contains(&pid) || self.vms.contains_key(&pid) {
+            let ino = std::os::unix::fs::DirEntryExt::ino(&entry);
+            if self.others.get(&pid) == Some(&ino) || self.vms.contains_key(&pid) {
                 continue;
             }
             stats.examined += 1;
@@ -127,13 +131,13 @@ impl ProcessScanner {
                     self.vms.insert(pid, Arc::from(vm));
                 }
                 Classified::Other { settled: true } => {
-                    self.others.insert(pid);
+                    self.others.insert(pid, ino);
                 }
                 Classified::Other { settled: false } | Classified::Vanished => {}
             }
         }
         let listed = &self.listed;
-        self.others.retain(|p| listed.contains(p));
+        self.others.retain(|p, _| listed.contains(p));
         self.vms.retain(|p, _| listed.contains(p));
         let mut out: Vec<Arc<ProcVm>> = self.vms.values().cloned().collect();
         out.sort_by_key(|v| v.pid);
