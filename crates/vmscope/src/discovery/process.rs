@@ -14,6 +14,11 @@
 //! A full rescan every `rescan` interval bounds any staleness (for example a
 //! long-lived process that execs a hypervisor).
 //!
+//! The listing itself is skipped when no process was created since the last
+//! one (the last PID handed out, in `/proc/loadavg`, did not move), at most
+//! [`MAX_SKIPPED_LISTINGS`] ticks in a row: on a quiet host the tick then
+//! costs nothing per unrelated process.
+//!
 //! Failure: a process that exits mid-read is skipped silently (it is not a
 //! VM we knew); unreadable hypervisor command lines are counted.
 
@@ -57,6 +62,13 @@ pub struct ProcessScanner {
     others: HashMap<u32, u64>,
     /// PIDs known to be hypervisors.
     vms: HashMap<u32, Arc<ProcVm>>,
+    /// PIDs seen but too young to settle: looked at again every tick.
+    young: HashSet<u32>,
+    /// The last PID the kernel handed out (`/proc/loadavg`), at the last
+    /// listing: unchanged means no process was created since.
+    last_pid: Option<u64>,
+    /// Listings skipped in a row.
+    skipped: u32,
     listed: HashSet<u32>,
     rescan: Duration,
     last_full: Option<Instant>,
@@ -83,6 +95,9 @@ impl ProcessScanner {
     pub fn new(rescan: Duration) -> Self {
         ProcessScanner {
             others: HashMap::new(),
+            young: HashSet::new(),
+            last_pid: None,
+            skipped: 0,
             vms: HashMap::new(),
             listed: HashSet::new(),
             rescan,
@@ -96,6 +111,9 @@ impl ProcessScanner {
     pub fn forget(&mut self, pid: u32) {
         self.vms.remove(&pid);
         self.others.remove(&pid);
+        // Look at it again next tick even if no listing runs: the PID may
+        // already belong to a new process (it is dropped if it is gone).
+        self.young.insert(pid);
     }
 
     /// Lists /proc and returns the hypervisor processes found.
@@ -106,13 +124,53 @@ impl ProcessScanner {
         now: Instant,
         stats: &mut ScanStats,
     ) -> std::io::Result<Vec<Arc<ProcVm>>> {
-        if self
+        let full = self
             .last_full
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.rescan)
-        {
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.rescan);
+        if full {
             self.others.clear();
             self.last_full = Some(now);
         }
+        let last_pid = read_once(&roots.proc.join("loadavg"), &mut self.buf)
+            .ok()
+            .and_then(|()| last_pid_from_loadavg(&self.buf));
+        let quiet = !full
+            && last_pid.is_some()
+            && last_pid == self.last_pid
+            && self.skipped < MAX_SKIPPED_LISTINGS;
+        self.last_pid = last_pid;
+        if quiet {
+            // No process was created since the last listing: nothing new
+            // can be listed. Exits are seen by the collectors' reads; only
+            // young processes may still exec a hypervisor.
+            self.skipped += 1;
+            let young: Vec<u32> = self.young.iter().copied().collect();
+            for pid in young {
+                stats.examined += 1;
+                match self.classify(roots, clock, pid, stats) {
+                    Classified::Vm(vm) => {
+                        self.young.remove(&pid);
+                        self.vms.insert(pid, Arc::from(vm));
+                    }
+                    Classified::Other { settled: true } => {
+                        self.young.remove(&pid);
+                        if let Ok(meta) = std::fs::metadata(roots.pid(pid)) {
+                            self.others
+                                .insert(pid, std::os::unix::fs::MetadataExt::ino(&meta));
+                        }
+                    }
+                    Classified::Other { settled: false } => {}
+                    Classified::Vanished => {
+                        self.young.remove(&pid);
+                    }
+                }
+            }
+            let mut out: Vec<Arc<ProcVm>> = self.vms.values().cloned().collect();
+            out.sort_by_key(|v| v.pid);
+            return Ok(out);
+        }
+        self.skipped = 0;
+        self.young.clear();
         self.listed.clear();
         for entry in std::fs::read_dir(&roots.proc)? {
             let Ok(entry) = entry else { continue };
@@ -133,7 +191,10 @@ impl ProcessScanner {
                 Classified::Other { settled: true } => {
                     self.others.insert(pid, ino);
                 }
-                Classified::Other { settled: false } | Classified::Vanished => {}
+                Classified::Other { settled: false } => {
+                    self.young.insert(pid);
+                }
+                Classified::Vanished => {}
             }
         }
         let listed = &self.listed;
@@ -227,8 +288,40 @@ impl ProcessScanner {
     }
 }
 
+/// A listing is never skipped more than this many ticks in a row (bounds
+/// any case where the last-PID shortcut could be wrong, e.g. a /proc from
+/// another PID namespace than the reader's).
+pub const MAX_SKIPPED_LISTINGS: u32 = 9;
+
+/// The last PID handed out by the kernel: the 5th field of /proc/loadavg
+/// (`0.50 0.75 1.00 2/300 4242`).
+pub fn last_pid_from_loadavg(buf: &[u8]) -> Option<u64> {
+    std::str::from_utf8(buf)
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(4)?
+        .parse()
+        .ok()
+}
+
 enum Classified {
     Vm(Box<ProcVm>),
     Other { settled: bool },
     Vanished,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_pid_from_loadavg;
+
+    #[test]
+    fn last_pid() {
+        assert_eq!(
+            last_pid_from_loadavg(b"0.50 0.75 1.00 2/300 4242\n"),
+            Some(4242)
+        );
+        assert_eq!(last_pid_from_loadavg(b"0.50 0.75 1.00 2/300\n"), None);
+        assert_eq!(last_pid_from_loadavg(b""), None);
+        assert_eq!(last_pid_from_loadavg(&[0xff, b' ']), None);
+    }
 }
