@@ -390,7 +390,11 @@ fn a_pid_reused_by_a_new_vm_is_found_at_the_next_tick() {
     // /proc/77 directory (another inode), like the kernel gives it.
     let old = root.join("proc/77");
     let tmpl = root.join("proc/1008");
-    std::fs::remove_dir_all(&old).unwrap();
+    // Move the old directory aside instead of deleting it first, so the new
+    // one cannot get the freed inode back (procfs numbers /proc/PID inodes
+    // from a counter; a disk filesystem may reuse a freed one at once).
+    let aside = dir.path().join("old-77");
+    std::fs::rename(&old, &aside).unwrap();
     let st = Command::new("cp")
         .arg("-a")
         .arg(&tmpl)
