@@ -147,27 +147,14 @@ impl ProcessScanner {
             let young: Vec<u32> = self.young.iter().copied().collect();
             for pid in young {
                 stats.examined += 1;
-                match self.classify(roots, clock, pid, stats) {
-                    Classified::Vm(vm) => {
-                        self.young.remove(&pid);
-                        self.vms.insert(pid, Arc::from(vm));
-                    }
-                    Classified::Other { settled: true } => {
-                        self.young.remove(&pid);
-                        if let Ok(meta) = std::fs::metadata(roots.pid(pid)) {
-                            self.others
-                                .insert(pid, std::os::unix::fs::MetadataExt::ino(&meta));
-                        }
-                    }
-                    Classified::Other { settled: false } => {}
-                    Classified::Vanished => {
-                        self.young.remove(&pid);
-                    }
-                }
+                let found = self.classify(roots, clock, pid, stats);
+                self.record(pid, found, || {
+                    std::fs::metadata(roots.pid(pid))
+                        .ok()
+                        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                });
             }
-            let mut out: Vec<Arc<ProcVm>> = self.vms.values().cloned().collect();
-            out.sort_by_key(|v| v.pid);
-            return Ok(out);
+            return Ok(self.found());
         }
         self.skipped = 0;
         self.young.clear();
@@ -184,25 +171,43 @@ impl ProcessScanner {
                 continue;
             }
             stats.examined += 1;
-            match self.classify(roots, clock, pid, stats) {
-                Classified::Vm(vm) => {
-                    self.vms.insert(pid, Arc::from(vm));
-                }
-                Classified::Other { settled: true } => {
-                    self.others.insert(pid, ino);
-                }
-                Classified::Other { settled: false } => {
-                    self.young.insert(pid);
-                }
-                Classified::Vanished => {}
-            }
+            let found = self.classify(roots, clock, pid, stats);
+            self.record(pid, found, || Some(ino));
         }
         let listed = &self.listed;
         self.others.retain(|p, _| listed.contains(p));
         self.vms.retain(|p, _| listed.contains(p));
+        Ok(self.found())
+    }
+
+    /// Files what `classify` said about `pid`. `ino` gives the inode of its
+    /// /proc directory, asked only when the PID settles as a non-hypervisor.
+    fn record(&mut self, pid: u32, found: Classified, ino: impl FnOnce() -> Option<u64>) {
+        match found {
+            Classified::Vm(vm) => {
+                self.young.remove(&pid);
+                self.vms.insert(pid, Arc::from(vm));
+            }
+            Classified::Other { settled: true } => {
+                self.young.remove(&pid);
+                if let Some(ino) = ino() {
+                    self.others.insert(pid, ino);
+                }
+            }
+            Classified::Other { settled: false } => {
+                self.young.insert(pid);
+            }
+            Classified::Vanished => {
+                self.young.remove(&pid);
+            }
+        }
+    }
+
+    /// The hypervisor processes known now, by PID.
+    fn found(&self) -> Vec<Arc<ProcVm>> {
         let mut out: Vec<Arc<ProcVm>> = self.vms.values().cloned().collect();
         out.sort_by_key(|v| v.pid);
-        Ok(out)
+        out
     }
 
     fn classify(
