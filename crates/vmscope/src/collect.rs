@@ -351,7 +351,7 @@ impl Collector {
                 continue;
             }
             if !(same_arc(&f.applied.0, &d.process) && same_arc(&f.applied.1, &d.libvirt)) {
-                apply_identity(&mut f.entry, &d, clock);
+                apply_identity(&mut f.entry, &d);
                 f.applied = (d.process.clone(), d.libvirt.clone());
             }
             kept.push(f);
@@ -424,7 +424,7 @@ impl Collector {
             failed: false,
             last_success: None,
         };
-        apply_identity(&mut entry, d, clock);
+        apply_identity(&mut entry, d);
         Some(entry)
     }
 }
@@ -458,7 +458,7 @@ fn file_stem(path: &str) -> Option<String> {
 
 /// Sets who a VM is from what discovery knows; the libvirt record wins over
 /// the command line, which fills the gaps.
-fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm, _clock: &Clock) {
+fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) {
     let s = &mut e.stats;
     s.source = d.source;
     s.hypervisor = hypervisor(d.kind);
