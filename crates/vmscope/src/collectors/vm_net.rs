@@ -105,26 +105,22 @@ impl VmNet {
             members
                 .iter()
                 .filter_map(|&i| vms.get(i))
-                .filter(|v| !v.gone)
+                .filter(|v| !v.gone && Some(v.pid) != held)
                 .map(|v| v.pid),
         );
         for pid in pids {
-            let entry = self.files.entry(ns.to_string()).or_insert_with(|| {
-                (
-                    pid,
-                    ProcFile::streaming(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
-                )
-            });
-            if entry.0 != pid {
-                *entry = (
-                    pid,
-                    ProcFile::streaming(ctx.roots.pid(pid).join("net").join("dev"), ctx.budget),
-                );
+            if self.files.get(ns).is_none_or(|(p, _)| *p != pid) {
+                let path = ctx.roots.pid(pid).join("net").join("dev");
+                self.files
+                    .insert(ns.to_string(), (pid, ProcFile::streaming(path, ctx.budget)));
             }
-            match entry.1.read(&mut self.buf) {
+            let Some((_, file)) = self.files.get_mut(ns) else {
+                continue;
+            };
+            match file.read(&mut self.buf) {
                 Ok(data) => return Ok(parse_net_dev(data)),
                 Err(e) => {
-                    last_err = Some(CollectError::from_proc_io(pid, entry.1.path(), e));
+                    last_err = Some(CollectError::from_proc_io(pid, file.path(), e));
                     self.files.remove(ns);
                 }
             }
