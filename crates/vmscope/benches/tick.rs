@@ -31,6 +31,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use vmscope::collect::Collector;
 use vmscope::collectors::procfile::FdBudget;
 use vmscope::config::Config;
+use vmscope::roots::Roots;
 
 const VMS: u32 = 1000;
 const OTHERS: u32 = 200;
@@ -204,13 +205,11 @@ fn make_tree(root: &Path) {
 }
 
 fn config(root: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.paths.proc = root.join("proc");
-    cfg.paths.sys = root.join("sys");
-    cfg.paths.run = root.join("run");
-    cfg.paths.rootfs = root.join("rootfs");
-    cfg.interval_secs = 1.0;
-    cfg
+    Config {
+        paths: Roots::under(root).into(),
+        interval_secs: 1.0,
+        ..Config::default()
+    }
 }
 
 fn bench_tick(c: &mut Criterion) {

@@ -63,15 +63,20 @@ pub struct PathsConfig {
     pub rootfs: PathBuf,
 }
 
-impl Default for PathsConfig {
-    fn default() -> Self {
-        let r = Roots::default();
+impl From<Roots> for PathsConfig {
+    fn from(r: Roots) -> Self {
         PathsConfig {
             proc: r.proc,
             sys: r.sys,
             run: r.run,
             rootfs: r.rootfs,
         }
+    }
+}
+
+impl Default for PathsConfig {
+    fn default() -> Self {
+        Roots::default().into()
     }
 }
 

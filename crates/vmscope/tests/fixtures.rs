@@ -18,6 +18,7 @@ use vmscope::collectors::procfile::FdBudget;
 use vmscope::config::Config;
 use vmscope::export::{Format, encode};
 use vmscope::model::{Snapshot, Source, VmStats};
+use vmscope::roots::Roots;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,12 +40,11 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 }
 
 fn config_for(root: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.paths.proc = root.join("proc");
-    cfg.paths.sys = root.join("sys");
-    cfg.paths.run = root.join("run");
-    cfg.paths.rootfs = root.join("rootfs");
-    cfg.interval_secs = 1.0;
+    let mut cfg = Config {
+        paths: Roots::under(root).into(),
+        interval_secs: 1.0,
+        ..Config::default()
+    };
     cfg.collectors.filesystem.timeout_secs = 0.5;
     cfg
 }
