@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 
 use super::MetricSource;
-use super::writer::{Desc, MetricWriter};
+use super::writer::{Desc, LabelSet, MetricWriter};
 use crate::BuildInfo;
 use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
 
@@ -322,8 +322,11 @@ impl MetricSource for Snapshot {
 
 /// The VMs to export: the first of each id, in snapshot order.
 fn unique_vms(vms: &[VmStats]) -> (Vec<&VmStats>, usize) {
-    // The snapshot is sorted by id, so duplicates are adjacent; the set
-    // covers an unsorted snapshot too.
+    // The collector sorts snapshots by id: strictly increasing ids are
+    // unique without hashing them. The set covers any other order.
+    if vms.windows(2).all(|w| matches!(w, [a, b] if a.id < b.id)) {
+        return (vms.iter().collect(), 0);
+    }
     let mut seen: HashSet<&str> = HashSet::with_capacity(vms.len());
     let unique: Vec<&VmStats> = vms.iter().filter(|v| seen.insert(v.id.as_str())).collect();
     let skipped = vms.len() - unique.len();
@@ -359,28 +362,31 @@ fn encode_vms(vms: &[&VmStats], out: &mut MetricWriter<'_>) {
         out.sample(labels.get(..n).unwrap_or_default(), 1u64);
     }
 
+    // Every other per-VM series carries the same two labels: escape them
+    // once per VM, not once per series.
+    let vms: Vec<(&VmStats, LabelSet)> =
+        vms.iter().map(|vm| (*vm, out.label_set(&id(vm)))).collect();
+    let vms = vms.as_slice();
+
     out.family(&VM_STATE);
-    for vm in vms {
-        let [a, b] = id(vm);
+    for (vm, set) in vms {
         for s in VmState::ALL {
-            out.sample(&[a, b, ("state", s.as_str())], s == vm.state);
+            out.sample_in(*set, &[("state", s.as_str())], s == vm.state);
         }
     }
 
     per_vm(out, &VM_START, vms, |vm| Some(vm.start_time_seconds));
 
     out.family(&VM_CPU);
-    for vm in vms {
-        let [a, b] = id(vm);
-        out.sample(&[a, b, ("mode", "user")], vm.cpu.user);
-        out.sample(&[a, b, ("mode", "system")], vm.cpu.system);
+    for (vm, set) in vms {
+        out.sample_in(*set, &[("mode", "user")], vm.cpu.user);
+        out.sample_in(*set, &[("mode", "system")], vm.cpu.system);
     }
     per_vm(out, &VM_CPU_GUEST, vms, |vm| vm.cpu.guest);
 
     for (desc, wait) in [(&VM_VCPU, false), (&VM_VCPU_WAIT, true)] {
         out.family(desc);
-        for vm in vms {
-            let [a, b] = id(vm);
+        for (vm, set) in vms {
             for vcpu in &vm.vcpus {
                 let value = if wait {
                     vcpu.wait_seconds
@@ -389,7 +395,7 @@ fn encode_vms(vms: &[&VmStats], out: &mut MetricWriter<'_>) {
                 };
                 if let Some(v) = value {
                     let mut idx = itoa::Buffer::new();
-                    out.sample(&[a, b, ("vcpu", idx.format(vcpu.index))], v);
+                    out.sample_in(*set, &[("vcpu", idx.format(vcpu.index))], v);
                 }
             }
         }
@@ -413,10 +419,9 @@ fn encode_vms(vms: &[&VmStats], out: &mut MetricWriter<'_>) {
     ];
     for (desc, get) in net {
         out.family(desc);
-        for vm in vms {
-            let [a, b] = id(vm);
+        for (vm, set) in vms {
             for n in &vm.network {
-                out.sample(&[a, b, ("interface", n.interface.as_str())], get(n));
+                out.sample_in(*set, &[("interface", n.interface.as_str())], get(n));
             }
         }
     }
@@ -442,13 +447,13 @@ fn id(vm: &VmStats) -> [(&'static str, &str); 2] {
 fn per_vm(
     out: &mut MetricWriter<'_>,
     desc: &'static Desc,
-    vms: &[&VmStats],
+    vms: &[(&VmStats, LabelSet)],
     get: impl Fn(&VmStats) -> Option<f64>,
 ) {
     out.family(desc);
-    for vm in vms {
+    for (vm, set) in vms {
         if let Some(v) = get(vm) {
-            out.sample(&id(vm), v);
+            out.sample_in(*set, &[], v);
         }
     }
 }
@@ -456,13 +461,13 @@ fn per_vm(
 fn per_vm_u64(
     out: &mut MetricWriter<'_>,
     desc: &'static Desc,
-    vms: &[&VmStats],
+    vms: &[(&VmStats, LabelSet)],
     get: impl Fn(&VmStats) -> Option<u64>,
 ) {
     out.family(desc);
-    for vm in vms {
+    for (vm, set) in vms {
         if let Some(v) = get(vm) {
-            out.sample(&id(vm), v);
+            out.sample_in(*set, &[], v);
         }
     }
 }

@@ -10,9 +10,15 @@
 //!   with sample `x_total`, `# EOF` at the end);
 //! - JSON (`{"families":[{name,type,help,unit,samples:[{labels,value}]}]}`).
 //!
+//! Label sets that many series share (a VM's `vm_id` and `vm_name`) are
+//! registered once with [`MetricWriter::label_set`]: validated and escaped
+//! once per exposition, then copied into each series by
+//! [`MetricWriter::sample_in`], which also checks duplicates against the
+//! few series of that set rather than the whole family.
+//!
 //! Design: nothing is allocated per series. Metadata lines are written on a
 //! family's first sample, so an empty family costs nothing. Integers are
-//! printed exactly; floats in Rust's shortest round-trip form; NaN and the
+//! printed exactly; floats in the shortest round-trip form; NaN and the
 //! infinities as `NaN`, `+Inf`, `-Inf` (JSON: the same spellings as strings,
 //! since JSON numbers cannot hold them). No timestamps.
 //!
@@ -215,6 +221,76 @@ pub struct MetricWriter<'a> {
     /// current family: the exact duplicate check without copying labels.
     seen: HashMap<u64, (usize, usize), BuildHasherDefault<PreHashed>>,
     fam_samples: usize,
+    sets: LabelSets,
+    /// Where each family written so far starts in `out` (its metadata).
+    starts: Vec<(&'static str, usize)>,
+    /// How the current family's samples are labelled: one family uses
+    /// either plain label slices or shared sets, so that each kind of
+    /// duplicate check sees every series it must compare against.
+    fam_mode: FamMode,
+}
+
+/// A label set registered with [`MetricWriter::label_set`]; valid only
+/// with the writer that returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelSet(u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FamMode {
+    Unused,
+    Plain,
+    Shared,
+}
+
+/// The shared label sets of one writer.
+#[derive(Default)]
+struct LabelSets {
+    /// Every set's rendered block (`k="v",k="v"` or `"k":"v","k":"v"`).
+    buf: String,
+    /// Per set: block range in `buf`, label-name range in `names`, and
+    /// whether its names were valid.
+    entries: Vec<SetEntry>,
+    names: Vec<&'static str>,
+    /// Block hash -> first set id with that hash (identical blocks share an id).
+    by_hash: HashMap<u64, u32, BuildHasherDefault<PreHashed>>,
+    /// Per set: the family number it was last used in, so that a set that
+    /// comes back after other sets in one family is caught (its earlier
+    /// series are no longer in the per-run duplicate check).
+    used_in: Vec<u32>,
+    /// Number of the current family (starts at 1; 0 = never used).
+    family_no: u32,
+    /// The set whose samples are being written, and the byte ranges in
+    /// `out` of the extra labels of its samples so far in this family.
+    run: Option<u32>,
+    run_extras: Vec<(usize, usize)>,
+    /// Recently checked extra label names, see [`LabelSets::known_name`].
+    valid_names: [(usize, usize); 4],
+}
+
+impl LabelSets {
+    /// Whether `name` is a valid label name, remembering the last few
+    /// names that were: extra label names are the same few `'static`
+    /// strings on every series, so identity (address, length) is enough
+    /// to know one was checked.
+    fn known_name(&mut self, name: &'static str) -> bool {
+        let key = (name.as_ptr() as usize, name.len());
+        if self.valid_names.contains(&key) {
+            return true;
+        }
+        let ok = valid_label_names(&[(name, "")], false);
+        if ok {
+            self.valid_names.rotate_right(1);
+            self.valid_names[0] = key;
+        }
+        ok
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SetEntry {
+    block: (u32, u32),
+    names: (u32, u32),
+    valid: bool,
 }
 
 impl<'a> MetricWriter<'a> {
@@ -243,7 +319,73 @@ impl<'a> MetricWriter<'a> {
             fam: None,
             seen: HashMap::default(),
             fam_samples: 0,
+            sets: LabelSets::default(),
+            starts: Vec::new(),
+            fam_mode: FamMode::Unused,
         }
+    }
+
+    /// The families written so far, each with the offset in `out` where
+    /// its metadata begins (the gzip cache cuts the body there).
+    pub fn family_starts(&self) -> &[(&'static str, usize)] {
+        &self.starts
+    }
+
+    /// Registers labels that many series of this exposition share and
+    /// returns a handle for [`MetricWriter::sample_in`]. The names are
+    /// checked and the values escaped here, once. A set with invalid names
+    /// is remembered as invalid: its samples are skipped and counted.
+    pub fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        let sets = &mut self.sets;
+        let valid = valid_label_names(labels, false);
+        let start = sets.buf.len();
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                sets.buf.push(',');
+            }
+            match self.format {
+                Format::Json => {
+                    json_string(&mut sets.buf, k);
+                    sets.buf.push(':');
+                    json_string(&mut sets.buf, v);
+                }
+                Format::Text | Format::OpenMetrics => {
+                    sets.buf.push_str(k);
+                    sets.buf.push_str("=\"");
+                    escape_label_value(&mut sets.buf, v);
+                    sets.buf.push('"');
+                }
+            }
+        }
+        let end = sets.buf.len();
+        let block = sets.buf.as_bytes().get(start..end).unwrap_or_default();
+        let h = hash_bytes(block) ^ u64::from(valid);
+        if let Some(&id) = sets.by_hash.get(&h)
+            && let Some(e) = sets.entries.get(id as usize)
+            && e.valid == valid
+            && sets
+                .buf
+                .as_bytes()
+                .get(e.block.0 as usize..e.block.1 as usize)
+                == Some(block)
+        {
+            sets.buf.truncate(start);
+            return LabelSet(id);
+        }
+        // Offsets as u32: an exposition is far below 4 GiB; saturate rather
+        // than wrap if a caller ever registers that much.
+        let n0 = sets.names.len();
+        sets.names.extend(labels.iter().map(|(k, _)| *k));
+        let to32 = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        let id = to32(sets.entries.len());
+        sets.entries.push(SetEntry {
+            block: (to32(start), to32(end)),
+            names: (to32(n0), to32(sets.names.len())),
+            valid,
+        });
+        sets.used_in.push(0);
+        sets.by_hash.entry(h).or_insert(id);
+        LabelSet(id)
     }
 
     pub fn format(&self) -> Format {
@@ -269,6 +411,10 @@ impl<'a> MetricWriter<'a> {
         self.fam = Some((desc, state));
         self.seen.clear();
         self.fam_samples = 0;
+        self.fam_mode = FamMode::Unused;
+        self.sets.family_no = self.sets.family_no.wrapping_add(1).max(1);
+        self.sets.run = None;
+        self.sets.run_extras.clear();
     }
 
     /// Writes one series of the current (gauge or counter) family.
@@ -281,6 +427,10 @@ impl<'a> MetricWriter<'a> {
         }) else {
             return;
         };
+        if !self.enter_mode(FamMode::Plain) {
+            self.skipped.invalid += 1;
+            return;
+        }
         let line_start = self.out.len();
         let (lb_start, lb_end) = match self.format {
             Format::Json => {
@@ -301,6 +451,144 @@ impl<'a> MetricWriter<'a> {
             }
         };
         self.commit_series(line_start, lb_start, lb_end);
+    }
+
+    /// Writes one series of the current (gauge or counter) family labelled
+    /// with the shared `set` followed by `extra`. All samples of one set
+    /// in a family must come together (a set that comes back after another
+    /// set is skipped as a duplicate); a family takes either `sample_in` or
+    /// `sample`, not both.
+    pub fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        let value = value.into();
+        let Some(entry) = self.sets.entries.get(set.0 as usize).copied() else {
+            self.skipped.invalid += 1;
+            return;
+        };
+        let names_ok = match extra {
+            [] => true,
+            [(k, _)] => self.sets.known_name(k),
+            _ => valid_label_names(extra, false),
+        };
+        let set_names = self
+            .sets
+            .names
+            .get(entry.names.0 as usize..entry.names.1 as usize)
+            .unwrap_or_default();
+        if !entry.valid
+            || !names_ok
+            || extra.iter().any(|(k, _)| set_names.iter().any(|n| n == k))
+            || !self.enter_mode(FamMode::Shared)
+        {
+            self.skipped.invalid += 1;
+            return;
+        }
+        // Label names checked above.
+        let Some(desc) = self.sample_family(&[], |d| match d.kind {
+            MetricType::Gauge => true,
+            MetricType::Counter => !value.is_nan_or_negative(),
+            MetricType::Histogram => false,
+        }) else {
+            return;
+        };
+        if self.sets.run != Some(set.0) {
+            let fam = self.sets.family_no;
+            match self.sets.used_in.get_mut(set.0 as usize) {
+                Some(used) if *used != fam => *used = fam,
+                _ => {
+                    self.skipped.duplicate += 1;
+                    return;
+                }
+            }
+            self.sets.run = Some(set.0);
+            self.sets.run_extras.clear();
+        }
+        // Taken out for the write so that `block` does not borrow `self`.
+        let sets_buf = std::mem::take(&mut self.sets.buf);
+        let block = sets_buf
+            .get(entry.block.0 as usize..entry.block.1 as usize)
+            .unwrap_or_default();
+        let line_start = self.out.len();
+        let (x_start, x_end) = match self.format {
+            Format::Json => {
+                self.json_sample_open();
+                self.out.push('{');
+                self.out.push_str(block);
+                let start = self.out.len();
+                for (i, (k, v)) in extra.iter().enumerate() {
+                    if i > 0 || !block.is_empty() {
+                        self.out.push(',');
+                    }
+                    json_string(self.out, k);
+                    self.out.push(':');
+                    json_string(self.out, v);
+                }
+                let end = self.out.len();
+                self.out.push_str("},\"value\":");
+                self.json_value(value);
+                self.out.push('}');
+                (start, end)
+            }
+            Format::Text | Format::OpenMetrics => {
+                self.out.push_str(desc.name);
+                let any = !block.is_empty() || !extra.is_empty();
+                if any {
+                    self.out.push('{');
+                }
+                self.out.push_str(block);
+                let start = self.out.len();
+                for (i, (k, v)) in extra.iter().enumerate() {
+                    if i > 0 || !block.is_empty() {
+                        self.out.push(',');
+                    }
+                    self.out.push_str(k);
+                    self.out.push_str("=\"");
+                    escape_label_value(self.out, v);
+                    self.out.push('"');
+                }
+                let end = self.out.len();
+                if any {
+                    self.out.push('}');
+                }
+                self.out.push(' ');
+                self.text_value(value);
+                self.out.push('\n');
+                (start, end)
+            }
+        };
+        self.sets.buf = sets_buf;
+        // Within a set, series differ only by their extra labels: compare
+        // them with this run's earlier ones (a handful: vCPUs, interfaces).
+        let bytes = self.out.as_bytes();
+        let this = bytes.get(x_start..x_end).unwrap_or_default();
+        let dup = self
+            .sets
+            .run_extras
+            .iter()
+            .any(|&(s, e)| bytes.get(s..e) == Some(this));
+        if dup {
+            self.out.truncate(line_start);
+            self.skipped.duplicate += 1;
+            return;
+        }
+        self.sets.run_extras.push((x_start, x_end));
+        self.fam_samples += 1;
+    }
+
+    /// Records which kind of labels the current family uses; false (and
+    /// nothing changes) when the family already used the other kind.
+    fn enter_mode(&mut self, mode: FamMode) -> bool {
+        match self.fam_mode {
+            FamMode::Unused => {
+                self.fam_mode = mode;
+                true
+            }
+            m => m == mode,
+        }
     }
 
     /// Writes one histogram series: `buckets` are (upper bound, cumulative
@@ -452,6 +740,7 @@ impl<'a> MetricWriter<'a> {
     }
 
     fn write_metadata(&mut self, desc: &'static Desc) {
+        self.starts.push((desc.name, self.out.len()));
         match self.format {
             Format::Text => {
                 self.out.push_str("# HELP ");
@@ -615,7 +904,7 @@ impl<'a> MetricWriter<'a> {
 }
 
 /// A finite float: as an integer when it is one exactly (|f| < 2^53), else
-/// Rust's shortest round-trip form (`0.25`, `1e-7`, `1e20`), which Go's
+/// the shortest round-trip form (`0.25`, `1e-7`, `1e+20`; zmij), which Go's
 /// `ParseFloat`, Python's `float` and JSON all read.
 fn write_number(out: &mut String, f: f64) {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
@@ -623,13 +912,18 @@ fn write_number(out: &mut String, f: f64) {
         #[allow(clippy::cast_possible_truncation)] // integral and < 2^53: exact
         out.push_str(itoa::Buffer::new().format(f as i64));
     } else {
-        let _ = write!(out, "{f:?}");
+        out.push_str(zmij::Buffer::new().format_finite(f));
     }
 }
 
 /// Label values: `\` `"` and newline escaped (identical in 0.0.4 and
 /// OpenMetrics); everything else, UTF-8 included, passes through.
 fn escape_label_value(out: &mut String, v: &str) {
+    // Almost every value needs no escaping: one scan, one copy.
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
     escape_with(out, v, |c| match c {
         '\\' => Some("\\\\"),
         '"' => Some("\\\""),
@@ -648,13 +942,17 @@ fn escape_help(out: &mut String, v: &str, quote: bool) {
     });
 }
 
+/// Escapes ASCII characters only, so scanning bytes is exact: a byte below
+/// 0x80 is always a whole character in UTF-8.
 fn escape_with(out: &mut String, v: &str, esc: impl Fn(char) -> Option<&'static str>) {
     let mut last = 0;
-    for (i, c) in v.char_indices() {
-        if let Some(rep) = esc(c) {
+    for (i, b) in v.bytes().enumerate() {
+        if b.is_ascii()
+            && let Some(rep) = esc(char::from(b))
+        {
             out.push_str(v.get(last..i).unwrap_or_default());
             out.push_str(rep);
-            last = i + c.len_utf8();
+            last = i + 1;
         }
     }
     out.push_str(v.get(last..).unwrap_or_default());
@@ -784,7 +1082,7 @@ mod tests {
         assert!(s.contains("{vm_name=\"x\"} NaN\n"));
         assert!(s.contains("{vm_name=\"y\"} +Inf\n"));
         assert!(s.contains("{vm_name=\"z\"} 3\n"));
-        assert!(s.contains("{vm_name=\"big\"} 1e20\n"));
+        assert!(s.contains("{vm_name=\"big\"} 1e+20\n"));
         assert!(s.contains("{vm_name=\"tiny\"} 1e-7\n"));
         assert!(s.contains(
             "# TYPE t_cpu_seconds_total counter\nt_cpu_seconds_total 18446744073709551615\n"
@@ -892,6 +1190,99 @@ mod tests {
                 "t_cpu_seconds_total",
                 "vmscope_exposition_series_skipped"
             ]
+        );
+    }
+
+    /// The same series written with plain labels and with a shared set
+    /// plus extras give identical output, in every format.
+    #[test]
+    fn shared_label_sets_write_what_plain_labels_write() {
+        let names = ["a\"b\\c\nd é", "plain", ""];
+        for format in Format::ALL {
+            let plain = enc(format, |w| {
+                w.family(&C);
+                for n in names {
+                    w.sample(&[("vm_id", n), ("vm_name", "x"), ("mode", "user")], 1.5);
+                    w.sample(&[("vm_id", n), ("vm_name", "x"), ("mode", "system")], 2u64);
+                }
+                w.family(&G);
+                for n in names {
+                    w.sample(&[("vm_id", n), ("vm_name", "x")], 0.25);
+                }
+            });
+            let shared = enc(format, |w| {
+                let sets: Vec<_> = names
+                    .iter()
+                    .map(|n| w.label_set(&[("vm_id", n), ("vm_name", "x")]))
+                    .collect();
+                w.family(&C);
+                for set in &sets {
+                    w.sample_in(*set, &[("mode", "user")], 1.5);
+                    w.sample_in(*set, &[("mode", "system")], 2u64);
+                }
+                w.family(&G);
+                for set in &sets {
+                    w.sample_in(*set, &[], 0.25);
+                }
+            });
+            assert_eq!(plain, shared, "{format:?}");
+        }
+        // No labels at all: no braces.
+        let s = enc(Format::Text, |w| {
+            let empty = w.label_set(&[]);
+            w.family(&G);
+            w.sample_in(empty, &[], 1u64);
+        });
+        assert!(s.contains("\nt_temp_ratio 1\n"), "{s}");
+    }
+
+    #[test]
+    fn shared_label_sets_skip_duplicates_and_misuse() {
+        let s = enc(Format::Text, |w| {
+            let a = w.label_set(&[("vm_id", "a")]);
+            let b = w.label_set(&[("vm_id", "b")]);
+            let a2 = w.label_set(&[("vm_id", "a")]); // same block: same set
+            assert_eq!(a, a2);
+            let bad = w.label_set(&[("bad-name", "x")]);
+            w.family(&C);
+            w.sample_in(a, &[("vcpu", "0")], 1u64);
+            w.sample_in(a, &[("vcpu", "1")], 1u64);
+            w.sample_in(a, &[("vcpu", "0")], 9u64); // duplicate in the run
+            w.sample_in(b, &[("vcpu", "0")], 2u64);
+            w.sample_in(a, &[("vcpu", "7")], 9u64); // set back after another: duplicate
+            w.sample_in(bad, &[], 1u64); // invalid set
+            w.sample_in(b, &[("vm_id", "z")], 1u64); // extra repeats a set label: invalid
+            w.sample(&[("vm_id", "c")], 1u64); // plain labels in a shared family: invalid
+            w.family(&G);
+            w.sample(&[("vm_id", "c")], 1u64);
+            w.sample_in(a, &[], 1u64); // shared set in a plain family: invalid
+            w.sample_in(b, &[], 1u64); // same again
+            w.family(&H);
+            w.sample_in(a, &[], 1u64); // not for histograms: invalid
+        });
+        assert!(
+            s.contains("t_cpu_seconds_total{vm_id=\"a\",vcpu=\"0\"} 1\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t_cpu_seconds_total{vm_id=\"a\",vcpu=\"1\"} 1\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("t_cpu_seconds_total{vm_id=\"b\",vcpu=\"0\"} 2\n"),
+            "{s}"
+        );
+        assert!(!s.contains(" 9\n"), "{s}");
+        assert!(!s.contains("vm_id=\"z\""), "{s}");
+        assert!(s.contains("t_temp_ratio{vm_id=\"c\"} 1\n"), "{s}");
+        assert!(!s.contains("t_cpu_seconds_total{vm_id=\"c\"}"), "{s}");
+        assert!(
+            s.contains("vmscope_exposition_series_skipped{reason=\"duplicate\"} 2\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("vmscope_exposition_series_skipped{reason=\"invalid\"} 6\n"),
+            "{s}"
         );
     }
 
