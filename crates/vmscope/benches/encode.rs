@@ -2,8 +2,10 @@
 //!
 //! - `encode/*`: a full uncached encode per format (what happens once per
 //!   tick per format);
-//! - `gzip_prefix`: compressing the cached text prefix (once per tick, only
-//!   when a client asks for gzip);
+//! - `gzip_prefix`: encoding and compressing the text prefix from nothing;
+//! - `gzip_next_tick`: the same one tick later on a busy host (every VM
+//!   changed), with the previous tick's compressed chunks to reuse: the
+//!   per-tick cost when something scrapes gzip;
 //! - `request/*`: one /metrics request through the whole router with the
 //!   cache warm (no socket), plain and gzip.
 //!
@@ -49,6 +51,24 @@ fn benches(c: &mut Criterion) {
             // A fresh cache each time: encode + compress, the per-tick cost.
             let cache = ExpositionCache::new();
             black_box(cache.render(&snap, &extra, Format::Text, true).unwrap())
+        })
+    });
+
+    // Steady state on a busy host: the cache holds the previous tick's
+    // gzip; every VM changed, so every per-VM family that can change did
+    // and only the quiet ones (facts, states, allocations, zero error
+    // counters) are reused. Two snapshots alternate, each a new tick.
+    let ticks = [
+        Arc::new(fixture::next_tick(&snap)),
+        Arc::new(fixture::next_tick(&fixture::next_tick(&snap))),
+    ];
+    c.bench_function("gzip_next_tick_text_1000_vms", |b| {
+        let cache = ExpositionCache::new();
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            let s = &ticks[i % 2];
+            black_box(cache.render(s, &extra, Format::Text, true).unwrap())
         })
     });
 

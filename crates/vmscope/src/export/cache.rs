@@ -12,9 +12,18 @@
 //!
 //! Gzip keeps the same split: the prefix is compressed once into a gzip
 //! header plus a raw deflate stream ended with a sync flush (byte-aligned,
-//! not final); each request deflates only its tail as a new final block
-//! sequence and appends the gzip trailer (CRC-32 continued from the cached
-//! prefix state, total length). The result is one ordinary gzip member.
+//! not final); each request appends its tail as stored (uncompressed)
+//! deflate blocks, the last one final, and the gzip trailer (CRC-32
+//! continued from the cached prefix state, total length). The result is
+//! one ordinary gzip member. The tail is a few KiB: storing it costs that
+//! much on the wire and saves a compressor per request.
+//!
+//! The prefix is compressed in chunks of whole families, each starting
+//! from an empty dictionary and ending byte-aligned, so a chunk can be
+//! moved between streams. A chunk whose text is byte for byte the one the
+//! previous snapshot had (VM facts, states, allocations, error counters
+//! that stay 0) reuses that snapshot's compressed bytes; only the chunks
+//! that changed are compressed again.
 //!
 //! Failure: a deflate error (which would be a bug) is a [`CacheError`]; the
 //! cache keeps no partial state, so the next request tries again.
@@ -35,8 +44,6 @@ use crate::model::Snapshot;
 /// = 203 KB in 28 ms, level 6 = 216 KB in 49 ms. The agent's CPU on a busy
 /// host matters more than 60 KB per scrape.
 const PREFIX_LEVEL: u32 = 1;
-/// Deflate level for the per-request tail (a few KiB, on the request path).
-const TAIL_LEVEL: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -77,6 +84,8 @@ impl Exposition {
 /// Per-snapshot cache of encoded prefixes. Cheap to share behind an `Arc`.
 pub struct ExpositionCache {
     current: Mutex<Option<Arc<Entry>>>,
+    /// Per format, the chunks of the last gzip'd prefix.
+    deflated: [Mutex<Option<Deflated>>; 3],
     /// When each (format, gzip) variant was last asked for, in milliseconds
     /// since `born` (0 = never): [`ExpositionCache::prewarm`] encodes the
     /// variants scrapers actually use, so that a scrape arriving after a
@@ -93,6 +102,7 @@ impl Default for ExpositionCache {
     fn default() -> Self {
         ExpositionCache {
             current: Mutex::new(None),
+            deflated: Default::default(),
             last_asked: Default::default(),
             gap: Default::default(),
             born: Instant::now(),
@@ -145,8 +155,31 @@ impl Entry {
 struct Prefix {
     body: Bytes,
     state: WriterState,
+    /// Offsets in `body` where families begin, with their names.
+    starts: Vec<(&'static str, usize)>,
     gzip: OnceLock<GzipPrefix>,
 }
+
+/// A gzip'd prefix kept chunk by chunk for the next snapshot to reuse.
+#[derive(Default)]
+struct Deflated {
+    chunks: Vec<DeflatedChunk>,
+}
+
+struct DeflatedChunk {
+    /// The first family in the chunk: how the next snapshot finds it.
+    key: &'static str,
+    /// The chunk's text (a slice of that snapshot's body, not a copy).
+    text: Bytes,
+    /// Raw deflate of `text` from an empty dictionary, sync-flushed.
+    deflated: Bytes,
+    crc: crc32fast::Hasher,
+}
+
+/// Families are grouped into chunks of at least this much text: large
+/// enough that a fresh dictionary per chunk costs little ratio, small
+/// enough that one busy family does not drag quiet ones into recompression.
+const MIN_CHUNK: usize = 16 * 1024;
 
 struct GzipPrefix {
     /// Gzip header + raw deflate of `body`, sync-flushed.
@@ -199,13 +232,13 @@ impl ExpositionCache {
             let gz = match prefix.gzip.get() {
                 Some(gz) => gz,
                 None => {
-                    let built = gzip_prefix(&prefix.body)?;
+                    let built = self.gzip_prefix(format, prefix)?;
                     // A concurrent request may have won the race: either copy is fine.
                     let _ = prefix.gzip.set(built);
                     prefix.gzip.get().ok_or(CacheError::DeflateStalled)?
                 }
             };
-            vec![gz.head.clone(), gzip_tail(gz, tail.as_bytes())?]
+            vec![gz.head.clone(), gzip_tail(gz, tail.as_bytes())]
         } else {
             vec![prefix.body.clone(), Bytes::from(tail)]
         };
@@ -249,12 +282,25 @@ impl ExpositionCache {
                 .slot(*format)
                 .get_or_init(|| encode_prefix(&entry.snapshot, *format));
             if *gzip && prefix.gzip.get().is_none() {
-                let built = gzip_prefix(&prefix.body)?;
+                let built = self.gzip_prefix(*format, prefix)?;
                 let _ = prefix.gzip.set(built);
             }
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Gzips `prefix`, reusing the compressed chunks of the last gzip'd
+    /// prefix of `format` whose text did not change.
+    fn gzip_prefix(&self, format: Format, prefix: &Prefix) -> Result<GzipPrefix, CacheError> {
+        let slot = self
+            .deflated
+            .get(variant(format, false) / 2)
+            .ok_or(CacheError::DeflateStalled)?;
+        let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let (gz, chunks) = gzip_chunked(&prefix.body, &prefix.starts, last.as_ref())?;
+        *last = Some(chunks);
+        Ok(gz)
     }
 
     fn entry(&self, snapshot: &Arc<Snapshot>) -> Arc<Entry> {
@@ -280,32 +326,133 @@ fn encode_prefix(snapshot: &Snapshot, format: Format) -> Prefix {
     let mut body = String::with_capacity(4096 + snapshot.vms.len() * 4600);
     let mut w = MetricWriter::new(&mut body, format);
     snapshot.encode(&mut w);
+    let starts = w.family_starts().to_vec();
     let state = w.suspend();
     Prefix {
         body: Bytes::from(body),
         state,
+        starts,
         gzip: OnceLock::new(),
     }
 }
 
-fn gzip_prefix(body: &[u8]) -> Result<GzipPrefix, CacheError> {
-    let mut out = Vec::with_capacity(body.len() / 8 + 64);
-    out.extend_from_slice(&GZIP_HEADER);
-    let mut c = Compress::new(Compression::new(PREFIX_LEVEL), false);
-    deflate(&mut c, body, &mut out, FlushCompress::Sync)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(body);
-    Ok(GzipPrefix {
-        head: Bytes::from(out),
-        crc,
-        len: body.len() as u64,
-    })
+/// Where `body` is cut into chunks: at family starts, once a chunk holds
+/// at least [`MIN_CHUNK`] bytes. Returns (first family, range) pairs.
+fn chunk_ranges(
+    body_len: usize,
+    starts: &[(&'static str, usize)],
+) -> Vec<(&'static str, std::ops::Range<usize>)> {
+    let mut out: Vec<(&'static str, std::ops::Range<usize>)> = Vec::new();
+    for &(name, at) in starts {
+        let at = at.min(body_len);
+        match out.last_mut() {
+            Some((_, r)) if at.saturating_sub(r.start) < MIN_CHUNK => {}
+            Some((_, r)) => {
+                r.end = at.max(r.start);
+                out.push((name, at..body_len));
+            }
+            // Whatever precedes the first family (JSON's opening) goes
+            // with it.
+            None => out.push((name, 0..body_len)),
+        }
+    }
+    if out.is_empty() && body_len > 0 {
+        out.push(("", 0..body_len));
+    }
+    out
 }
 
-fn gzip_tail(prefix: &GzipPrefix, tail: &[u8]) -> Result<Bytes, CacheError> {
-    let mut out = Vec::with_capacity(tail.len() / 4 + 64);
-    let mut c = Compress::new(Compression::new(TAIL_LEVEL), false);
-    deflate(&mut c, tail, &mut out, FlushCompress::Finish)?;
+/// Gzip header + the deflated chunks of `body`, and the chunks for next time.
+fn gzip_chunked(
+    body: &Bytes,
+    starts: &[(&'static str, usize)],
+    last: Option<&Deflated>,
+) -> Result<(GzipPrefix, Deflated), CacheError> {
+    let ranges = chunk_ranges(body.len(), starts);
+    let mut chunks = Vec::with_capacity(ranges.len());
+    let mut compressor: Option<Compress> = None;
+    let mut hint = 0;
+    for (key, range) in ranges {
+        let text = body.slice(range);
+        // Chunks keep their order, so the match is usually at `hint`.
+        let old = last.and_then(|l| {
+            let at = l
+                .chunks
+                .get(hint..)
+                .and_then(|rest| rest.iter().position(|c| c.key == key))
+                .map(|i| i + hint)
+                .or_else(|| l.chunks.iter().position(|c| c.key == key))?;
+            hint = at + 1;
+            l.chunks.get(at)
+        });
+        let chunk = match old {
+            Some(old) if old.text == text => DeflatedChunk {
+                key,
+                text,
+                deflated: old.deflated.clone(),
+                crc: old.crc.clone(),
+            },
+            _ => {
+                let c = match compressor.as_mut() {
+                    Some(c) => {
+                        c.reset();
+                        c
+                    }
+                    None => compressor.insert(Compress::new(Compression::new(PREFIX_LEVEL), false)),
+                };
+                let mut out = Vec::with_capacity(text.len() / 8 + 64);
+                deflate(c, &text, &mut out, FlushCompress::Sync)?;
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&text);
+                DeflatedChunk {
+                    key,
+                    text,
+                    deflated: Bytes::from(out),
+                    crc,
+                }
+            }
+        };
+        chunks.push(chunk);
+    }
+    let size: usize = chunks.iter().map(|c| c.deflated.len()).sum();
+    let mut head = Vec::with_capacity(GZIP_HEADER.len() + size);
+    head.extend_from_slice(&GZIP_HEADER);
+    let mut crc = crc32fast::Hasher::new();
+    for c in &chunks {
+        head.extend_from_slice(&c.deflated);
+        crc.combine(&c.crc);
+    }
+    let gz = GzipPrefix {
+        head: Bytes::from(head),
+        crc,
+        len: body.len() as u64,
+    };
+    Ok((gz, Deflated { chunks }))
+}
+
+/// The request's tail as stored deflate blocks (the last one final), then
+/// the gzip trailer.
+fn gzip_tail(prefix: &GzipPrefix, tail: &[u8]) -> Bytes {
+    const MAX_STORED: usize = 65_535;
+    let blocks = tail.len() / MAX_STORED + 1;
+    let mut out = Vec::with_capacity(tail.len() + blocks * 5 + 8);
+    let mut rest = tail;
+    loop {
+        let n = rest.len().min(MAX_STORED);
+        let (block, after) = rest.split_at(n);
+        // The prefix ended byte-aligned (sync flush), so each stored block
+        // header is one byte: BFINAL in bit 0, BTYPE = 00.
+        out.push(u8::from(after.is_empty()));
+        #[allow(clippy::cast_possible_truncation)] // n <= 65535
+        let len = n as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+        rest = after;
+        if rest.is_empty() {
+            break;
+        }
+    }
     let mut crc = prefix.crc.clone();
     crc.update(tail);
     out.extend_from_slice(&crc.finalize().to_le_bytes());
@@ -313,7 +460,7 @@ fn gzip_tail(prefix: &GzipPrefix, tail: &[u8]) -> Result<Bytes, CacheError> {
     #[allow(clippy::cast_possible_truncation)]
     let isize = (prefix.len + tail.len() as u64) as u32;
     out.extend_from_slice(&isize.to_le_bytes());
-    Ok(Bytes::from(out))
+    Bytes::from(out)
 }
 
 /// Runs `input` through `c` into `out` until the flush completes.
@@ -497,17 +644,81 @@ mod tests {
         assert!(!String::from_utf8(c.to_vec()).unwrap().contains("vm-000002"));
     }
 
+    fn gzip_once(body: &[u8], tail: &[u8]) -> String {
+        let (gz, _) = gzip_chunked(&Bytes::copy_from_slice(body), &[], None).unwrap();
+        gunzip(&[&gz.head[..], &gzip_tail(&gz, tail)[..]].concat())
+    }
+
     #[test]
-    fn tiny_and_empty_bodies_gzip_correctly() {
-        let gz = gzip_prefix(b"").unwrap();
-        assert_eq!(
-            gunzip(&[&gz.head[..], &gzip_tail(&gz, b"").unwrap()[..]].concat()),
-            ""
-        );
-        let gz = gzip_prefix(b"a").unwrap();
-        assert_eq!(
-            gunzip(&[&gz.head[..], &gzip_tail(&gz, b"bc").unwrap()[..]].concat()),
-            "abc"
-        );
+    fn tiny_empty_and_long_tails_gzip_correctly() {
+        assert_eq!(gzip_once(b"", b""), "");
+        assert_eq!(gzip_once(b"a", b"bc"), "abc");
+        // A tail longer than one stored block (65535 bytes), and one that
+        // fills blocks exactly.
+        for n in [200_000, 131_070] {
+            let tail: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            assert_eq!(
+                gzip_once(b"head\n", tail.as_bytes()),
+                format!("head\n{tail}")
+            );
+        }
+    }
+
+    /// A new snapshot reuses the compressed chunks whose text did not
+    /// change and still decodes to exactly its plain body, also when
+    /// families come and go between snapshots.
+    #[test]
+    fn next_snapshot_reuses_unchanged_chunks() {
+        let cache = ExpositionCache::new();
+        let a = Arc::new(fixture::snapshot(300));
+        let mut b = fixture::snapshot(300);
+        b.seq = a.seq + 1;
+        if let Some(vm) = b.vms.get_mut(7) {
+            vm.cpu.user += 1.0;
+        }
+        let mut c = b.clone();
+        c.seq = b.seq + 1;
+        for vm in &mut c.vms {
+            vm.disk = None; // two families disappear
+        }
+        let mut d = c.clone();
+        d.seq = c.seq + 1;
+        for vm in &mut d.vms {
+            vm.cpu.guest = None; // another one
+        }
+        let mut chunk_sets = Vec::new();
+        for snap in [a, Arc::new(b), Arc::new(c), Arc::new(d)] {
+            for format in Format::ALL {
+                let gz = cache.render(&snap, &[], format, true).unwrap();
+                let plain = cache.render(&snap, &[], format, false).unwrap();
+                assert_eq!(
+                    gunzip(&gz.to_vec()),
+                    String::from_utf8(plain.to_vec()).unwrap(),
+                    "{format:?} seq {}",
+                    snap.seq
+                );
+            }
+            let text = cache.deflated[0].lock().unwrap();
+            let ptrs: Vec<(&'static str, usize)> = text
+                .as_ref()
+                .unwrap()
+                .chunks
+                .iter()
+                .map(|c| (c.key, c.deflated.as_ptr() as usize))
+                .collect();
+            chunk_sets.push(ptrs);
+        }
+        let reused = |i: usize| {
+            let (old, new) = (&chunk_sets[i - 1], &chunk_sets[i]);
+            new.iter().filter(|c| old.contains(c)).count()
+        };
+        let n = chunk_sets[1].len();
+        assert!(n > 10, "{n} chunks");
+        // One VM's CPU changed: only the chunk holding that family is new,
+        // and the last one (host and self: the snapshot sequence moved).
+        assert_eq!(reused(1), n - 2, "{:?}", chunk_sets[1]);
+        // Families removed and added: the untouched ones are still reused.
+        assert!(reused(2) >= n - 4, "{} of {n}", reused(2));
+        assert!(reused(3) >= chunk_sets[3].len() - 2, "{}", reused(3));
     }
 }

@@ -137,3 +137,34 @@ pub fn snapshot(n: usize) -> Snapshot {
         vms,
     }
 }
+
+/// The snapshot one tick after `prev` on a busy host: every VM used CPU on
+/// every vCPU, touched memory, moved packets and did I/O, so every family
+/// that can change between ticks did (the worst case for the gzip cache's
+/// chunk reuse).
+pub fn next_tick(prev: &Snapshot) -> Snapshot {
+    let mut s = prev.clone();
+    s.seq += 1;
+    s.collected_at += Duration::from_secs(1);
+    for vm in &mut s.vms {
+        vm.cpu.user += 0.75;
+        vm.cpu.system += 0.125;
+        vm.cpu.guest = vm.cpu.guest.map(|g| g + 0.5);
+        for v in &mut vm.vcpus {
+            v.cpu_seconds += 0.375;
+            v.wait_seconds = v.wait_seconds.map(|w| w + 0.001);
+        }
+        vm.memory_rss_bytes += 4096;
+        for n in &mut vm.network {
+            n.rx_bytes += 1500;
+            n.rx_packets += 1;
+            n.tx_bytes += 60;
+            n.tx_packets += 1;
+        }
+        if let Some(d) = vm.disk.as_mut() {
+            d.read_bytes += 4096;
+            d.write_bytes += 4096;
+        }
+    }
+    s
+}
