@@ -594,7 +594,16 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
     floor_plain, floor_list, floor_eof = floor_result(f_plain), floor_result(f_list), floor_result(f_eof)
     log(f"N={n_total}: vmscope {idle['cpu_per_tick_s']*1e3:.2f} ms/tick, floor {floor_plain['cpu_per_iteration_seconds']*1e3:.2f} ms")
     log(f"N={n_total}: window with one gzip scrape per tick")
+    perf = None
+    if args.perf:
+        args.out.mkdir(parents=True, exist_ok=True)
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "1999", "-g", "-p", str(vms.pid),
+                                 "-o", str(args.out / f"perf-{n_total}.data")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scraped = vms.window(k, scrape_each_tick=True)
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=60)
     log(f"N={n_total}: vmscope latency ({args.requests} plain, {args.requests} gzip)")
     # Ticks meanwhile pre-encode the gzip variant (asked for just above).
     v_plain = scrape_stats(vms.http, vms.pid, args.requests, None, vms, scraped["cpu_per_tick_s"])
@@ -743,6 +752,9 @@ def main() -> int:
     ap.add_argument("--real-vms", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of: independence,churn")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--perf", action="store_true",
+                    help="record vmscope with `perf record -g` during each tick + scrape window "
+                         "(bench/results/perf-N.data; read with `perf report -i ...`)")
     ap.add_argument("--command", default="bench/run.sh", help="the command line to record")
     args = ap.parse_args()
     sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "100,1000,5000")).split(",")]
