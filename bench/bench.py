@@ -563,8 +563,16 @@ def floor_result(p: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+def pin(pid: int, cpus: str) -> None:
+    """Moves every thread of `pid` onto `cpus` (taskset list syntax)."""
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
 def wrk(port: int, gzip_: bool, seconds: int) -> dict:
-    argv = ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency"]
+    # The server under test is pinned to CPU 0 by the caller ("requests/s
+    # on one core"); wrk gets CPU 1 when there is one.
+    argv = ["taskset", "-c", "1"] if (os.cpu_count() or 1) > 1 else []
+    argv += ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency"]
     if gzip_:
         argv += ["-H", "Accept-Encoding: gzip"]
     argv.append(f"http://127.0.0.1:{port}/metrics")
@@ -633,16 +641,49 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
         res[label] = st
         log(f"N={n_total}: {label} {st['cpu_per_request_s']*1e3:.1f} ms CPU/scrape, p50 {st['p50_s']*1e3:.1f} ms")
     if n_total == 1000 or args.wrk_all:
+        all_cpus = f"0-{(os.cpu_count() or 1) - 1}"
         for gz in (False, True):
-            log(f"N={n_total}: wrk -t1 -c8 -d{args.wrk_seconds}s {'gzip' if gz else 'plain'}")
-            meter = CpuMeter(vms.pid)
-            meter.start()
-            w = wrk(vms.port, gz, args.wrk_seconds)
-            w["vmscope_cpu_s"] = meter.stop()
-            res["vmscope"]["wrk_gzip" if gz else "wrk_plain"] = w
+            kind = "gzip" if gz else "plain"
+            log(f"N={n_total}: wrk -t1 -c8 -d{args.wrk_seconds}s {kind}, vmscope on CPU 0")
+            pin(vms.pid, "0")
+            try:
+                meter = CpuMeter(vms.pid)
+                meter.start()
+                w = wrk(vms.port, gz, args.wrk_seconds)
+                w["vmscope_cpu_s"] = meter.stop()
+            finally:
+                pin(vms.pid, all_cpus)
+            res["vmscope"][f"wrk_{kind}"] = w
             log(f"N={n_total}: {w['requests_per_s']:.0f} req/s")
+            if args.serve_floor:
+                res[f"serve_floor_{kind}"] = serve_floor(args, lab, vms, gz)
+                log(f"N={n_total}: serving floor {res[f'serve_floor_{kind}']['requests_per_s']:.0f} req/s")
         res["vmscope"]["rss_after_wrk_bytes"] = rss_bytes(vms.pid)
     return res
+
+
+def serve_floor(args, lab: Lab, vms: Vmscope, gz: bool) -> dict:
+    """wrk against serve_floor.c answering with the body vmscope just served
+    (same bytes, same core): what loopback allows for that body here."""
+    _, _, body, _ = vms.http.get("/metrics", GZIP if gz else None)
+    path = args.work / ("floor-body.gz" if gz else "floor-body.txt")
+    path.write_bytes(body)
+    port = free_port()
+    argv = ["taskset", "-c", "0", str(args.serve_floor), str(port), str(path)] + (["gzip"] if gz else [])
+    proc = lab.server(argv, "serve-floor.log")
+    try:
+        wait_http(port, "/metrics", 10, proc)
+        meter = CpuMeter(proc.pid)
+        meter.start()
+        w = wrk(port, gz, args.wrk_seconds)
+        w["server_cpu_s"] = meter.stop()
+        w["body_bytes"] = len(body)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc in lab.servers:
+            lab.servers.remove(proc)
+    return w
 
 
 def independence(args, lab: Lab, vms: Vmscope, floor: Path) -> dict:
@@ -736,6 +777,8 @@ def main() -> int:
     ap.add_argument("--vmscope", type=Path, required=True)
     ap.add_argument("--standin", type=Path, required=True)
     ap.add_argument("--floor", type=Path, required=True)
+    ap.add_argument("--serve-floor", type=Path, default=None,
+                    help="bench/floor/serve_floor.c built: the HTTP serving floor for the wrk comparison")
     ap.add_argument("--quick", action="store_true", help="N = 100 and 1000 only, shorter windows")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 100,1000,5000; quick 100,1000)")
     ap.add_argument("--ticks", type=int, default=None, help="ticks per CPU window (default 30; quick 12)")

@@ -28,7 +28,7 @@ for a in "$@"; do
     esac
 done
 
-for tool in gcc ip wrk python3 prometheus-process-exporter prometheus-node-exporter; do
+for tool in gcc ip wrk taskset python3 prometheus-process-exporter prometheus-node-exporter; do
     command -v "$tool" >/dev/null || {
         echo "bench/run.sh: $tool is missing (sudo scripts/install-deps.sh installs the lab's tools)" >&2
         exit 2
@@ -81,6 +81,7 @@ if ! gcc -O2 -static -pthread -Wall -o "$WORK/standin" bench/standin/standin.c 2
     gcc -O2 -pthread -Wall -o "$WORK/standin" bench/standin/standin.c
 fi
 gcc -O2 -Wall -o "$WORK/floor" bench/floor/floor.c
+gcc -O2 -Wall -o "$WORK/serve_floor" bench/floor/serve_floor.c
 
 if [ "$build" = 1 ]; then
     echo "bench: cargo build --release -p vmscope" >&2
@@ -90,4 +91,4 @@ VMSCOPE="$ROOT/target/release/vmscope"
 [ -x "$VMSCOPE" ] || { echo "bench/run.sh: $VMSCOPE is missing (run without --no-build)" >&2; exit 2; }
 
 python3 bench/bench.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" \
-    --floor "$WORK/floor" --command "bench/run.sh $*" "${args[@]}"
+    --floor "$WORK/floor" --serve-floor "$WORK/serve_floor" --command "bench/run.sh $*" "${args[@]}"
