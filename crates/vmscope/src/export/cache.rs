@@ -86,6 +86,8 @@ pub struct ExpositionCache {
     current: Mutex<Option<Arc<Entry>>>,
     /// Per format, the chunks of the last gzip'd prefix.
     deflated: [Mutex<Option<Deflated>>; 3],
+    /// Body buffers of snapshots no longer served, for the next encoding.
+    bodies: Arc<BodyPool>,
     /// When each (format, gzip) variant was last asked for, in milliseconds
     /// since `born` (0 = never): [`ExpositionCache::prewarm`] encodes the
     /// variants scrapers actually use, so that a scrape arriving after a
@@ -103,6 +105,7 @@ impl Default for ExpositionCache {
         ExpositionCache {
             current: Mutex::new(None),
             deflated: Default::default(),
+            bodies: Arc::default(),
             last_asked: Default::default(),
             gap: Default::default(),
             born: Instant::now(),
@@ -219,7 +222,7 @@ impl ExpositionCache {
         // Concurrent first requests wait here for the one encoder.
         let prefix = entry
             .slot(format)
-            .get_or_init(|| encode_prefix(&entry.snapshot, format));
+            .get_or_init(|| encode_prefix(&entry.snapshot, format, &self.bodies));
 
         let mut tail = String::with_capacity(16 * 1024);
         let mut w = MetricWriter::resume(&mut tail, format, &prefix.state);
@@ -280,7 +283,7 @@ impl ExpositionCache {
             }
             let prefix = entry
                 .slot(*format)
-                .get_or_init(|| encode_prefix(&entry.snapshot, *format));
+                .get_or_init(|| encode_prefix(&entry.snapshot, *format, &self.bodies));
             if *gzip && prefix.gzip.get().is_none() {
                 let built = self.gzip_prefix(*format, prefix)?;
                 let _ = prefix.gzip.set(built);
@@ -321,15 +324,64 @@ impl ExpositionCache {
     }
 }
 
-fn encode_prefix(snapshot: &Snapshot, format: Format) -> Prefix {
-    // ~130 bytes per series, ~32 series per VM: start close to the final size.
-    let mut body = String::with_capacity(4096 + snapshot.vms.len() * 4600);
+/// The multi-megabyte body buffers, kept for reuse instead of freed: a new
+/// snapshot every tick would otherwise allocate and fault in a fresh body
+/// each time, and leave the allocator's arenas holding freed megabytes
+/// wherever the last one happened to land (RSS that wanders with VM churn).
+#[derive(Default)]
+struct BodyPool {
+    free: Mutex<Vec<String>>,
+}
+
+/// Buffers kept: one per text format being served plus one in flight.
+const POOLED_BODIES: usize = 3;
+
+impl BodyPool {
+    fn take(&self) -> String {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.pop().unwrap_or_default()
+    }
+}
+
+/// A body that goes back to its pool when the last `Bytes` of it is dropped
+/// (the cache replaced the snapshot and every response using it is sent).
+struct PooledBody {
+    buf: String,
+    pool: std::sync::Weak<BodyPool>,
+}
+
+impl AsRef<[u8]> for PooledBody {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_bytes()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            let mut free = pool.free.lock().unwrap_or_else(|p| p.into_inner());
+            if free.len() < POOLED_BODIES {
+                let mut buf = std::mem::take(&mut self.buf);
+                buf.clear();
+                free.push(buf);
+            }
+        }
+    }
+}
+
+fn encode_prefix(snapshot: &Snapshot, format: Format, pool: &Arc<BodyPool>) -> Prefix {
+    let mut body = pool.take();
+    // ~120 bytes per series, ~32 series per VM: start close to the final size.
+    body.reserve(4096 + snapshot.vms.len() * 4000);
     let mut w = MetricWriter::new(&mut body, format);
     snapshot.encode(&mut w);
     let starts = w.family_starts().to_vec();
     let state = w.suspend();
     Prefix {
-        body: Bytes::from(body),
+        body: Bytes::from_owner(PooledBody {
+            buf: body,
+            pool: Arc::downgrade(pool),
+        }),
         state,
         starts,
         gzip: OnceLock::new(),
@@ -642,6 +694,35 @@ mod tests {
         let snap2 = Arc::new(fixture::snapshot(1));
         let c = cache.render(&snap2, &[], Format::Text, false).unwrap();
         assert!(!String::from_utf8(c.to_vec()).unwrap().contains("vm-000002"));
+    }
+
+    /// A body whose snapshot is no longer served (and no response holds)
+    /// is reused for a later snapshot instead of freed.
+    #[test]
+    fn body_buffers_are_reused_across_snapshots() {
+        let cache = ExpositionCache::new();
+        let mut snaps = Vec::new();
+        let mut s = fixture::snapshot(50);
+        for _ in 0..4 {
+            s = fixture::next_tick(&s);
+            snaps.push(Arc::new(s.clone()));
+        }
+        let first = cache.render(&snaps[0], &[], Format::Text, false).unwrap();
+        let first_ptr = first.chunks[0].as_ptr();
+        // Still held by a response: the next snapshot gets another buffer.
+        let second = cache.render(&snaps[1], &[], Format::Text, false).unwrap();
+        let second_ptr = second.chunks[0].as_ptr();
+        assert_ne!(second_ptr, first_ptr);
+        drop(first);
+        drop(second);
+        // Snapshot 0's body went back to the pool when its last response
+        // was dropped, snapshot 1's when the cache moved on: snapshot 2 is
+        // written into one of them.
+        let third = cache.render(&snaps[2], &[], Format::Text, false).unwrap();
+        let third_ptr = third.chunks[0].as_ptr();
+        assert!(third_ptr == first_ptr || third_ptr == second_ptr);
+        let plain = String::from_utf8(third.to_vec()).unwrap();
+        assert_eq!(plain, crate::export::encode(Format::Text, &[&*snaps[2]]));
     }
 
     fn gzip_once(body: &[u8], tail: &[u8]) -> String {
