@@ -722,6 +722,9 @@ def churn(args, lab: Lab, vms: Vmscope) -> dict:
     log(f"churn: {args.churn_total} VMs through start and stop, waves of {wave}, vmscope RSS {before/2**20:.1f} MiB")
     t0 = time.monotonic()
     peak = before
+    # RSS at every 10 000 VMs churned (settled, as `after` below): with
+    # --churn-total 30000 this shows whether growth stops or keeps going.
+    milestones: list[tuple[int, int]] = []
     while done < args.churn_total:
         oldest = sorted(lab.vms)[:wave]
         taps = lab.kill_vms(oldest)
@@ -730,6 +733,10 @@ def churn(args, lab: Lab, vms: Vmscope) -> dict:
         time.sleep(args.churn_pause)
         vms.http.get("/metrics", GZIP)  # a scraper keeps scraping during churn
         peak = max(peak, rss_bytes(vms.pid))
+        if done % 10000 == 0 and done < args.churn_total:
+            time.sleep(3)
+            milestones.append((done, rss_bytes(vms.pid)))
+            log(f"churn: {done} VMs, RSS {milestones[-1][1]/2**20:.1f} MiB")
     log(f"churn: done in {time.monotonic() - t0:.0f}s; settling")
     vms.wait_vms(len(lab.vms) + lab.real_alive)
     time.sleep(5)
@@ -738,8 +745,10 @@ def churn(args, lab: Lab, vms: Vmscope) -> dict:
         vms.http.get("/metrics")
     after = rss_bytes(vms.pid)
     log(f"churn: RSS {before/2**20:.1f} -> {after/2**20:.1f} MiB (peak {peak/2**20:.1f})")
+    milestones.append((done, after))
     return {"vms_churned": done, "wave": wave, "rss_before_bytes": before, "rss_after_bytes": after,
-            "rss_peak_bytes": peak, "seconds": round(time.monotonic() - t0, 1)}
+            "rss_peak_bytes": peak, "seconds": round(time.monotonic() - t0, 1),
+            "rss_milestones": milestones}
 
 
 def machine_facts() -> dict:

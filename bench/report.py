@@ -74,9 +74,14 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     rows.append(("RSS < 40 MiB", mib(rss), rss < 40 * MIB))
     c = results.get("churn")
     if c:
-        growth = c["rss_after_bytes"] / c["rss_before_bytes"] - 1
-        rows.append((f"RSS flat within 10% after {c['vms_churned']} VMs came and went",
-                     f"{mib(c['rss_before_bytes'])} -> {mib(c['rss_after_bytes'])} ({growth:+.1%})",
+        # The target is about 10 000 VMs; a longer churn reports that point.
+        n_at, rss_at = c["vms_churned"], c["rss_after_bytes"]
+        for n, b in c.get("rss_milestones") or []:
+            if n == 10000:
+                n_at, rss_at = n, b
+        growth = rss_at / c["rss_before_bytes"] - 1
+        rows.append((f"RSS flat within 10% after {n_at} VMs came and went",
+                     f"{mib(c['rss_before_bytes'])} -> {mib(rss_at)} ({growth:+.1%})",
                      abs(growth) <= 0.10))
     else:
         rows.append(("RSS flat after churn", "not run", None))
@@ -217,6 +222,9 @@ def markdown(results: dict) -> str:
         w(f"{c['vms_churned']} VMs started and killed in waves of {c['wave']} (about 1000 alive throughout, "
           f"vmscope ticking every second and scraped once per wave) in {c['seconds']} s: RSS "
           f"{mib(c['rss_before_bytes'])} before, {mib(c['rss_after_bytes'])} after, peak {mib(c['rss_peak_bytes'])}.\n")
+        ms_ = c.get("rss_milestones") or []
+        if len(ms_) > 1:
+            w("RSS as the churn went on: " + ", ".join(f"{n} VMs: {mib(b)}" for n, b in ms_) + ".\n")
 
     w("### Targets (issue 4, at N = 1000)\n")
     w("| target | measured | result |")
