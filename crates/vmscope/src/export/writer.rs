@@ -339,24 +339,7 @@ impl<'a> MetricWriter<'a> {
         let sets = &mut self.sets;
         let valid = valid_label_names(labels, false);
         let start = sets.buf.len();
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                sets.buf.push(',');
-            }
-            match self.format {
-                Format::Json => {
-                    json_string(&mut sets.buf, k);
-                    sets.buf.push(':');
-                    json_string(&mut sets.buf, v);
-                }
-                Format::Text | Format::OpenMetrics => {
-                    sets.buf.push_str(k);
-                    sets.buf.push_str("=\"");
-                    escape_label_value(&mut sets.buf, v);
-                    sets.buf.push('"');
-                }
-            }
-        }
+        label_pairs(&mut sets.buf, self.format, labels, false);
         let end = sets.buf.len();
         let block = sets.buf.as_bytes().get(start..end).unwrap_or_default();
         let h = hash_bytes(block) ^ u64::from(valid);
@@ -519,14 +502,7 @@ impl<'a> MetricWriter<'a> {
                 self.out.push('{');
                 self.out.push_str(block);
                 let start = self.out.len();
-                for (i, (k, v)) in extra.iter().enumerate() {
-                    if i > 0 || !block.is_empty() {
-                        self.out.push(',');
-                    }
-                    json_string(self.out, k);
-                    self.out.push(':');
-                    json_string(self.out, v);
-                }
+                label_pairs(self.out, self.format, extra, !block.is_empty());
                 let end = self.out.len();
                 self.out.push_str("},\"value\":");
                 self.json_value(value);
@@ -541,15 +517,7 @@ impl<'a> MetricWriter<'a> {
                 }
                 self.out.push_str(block);
                 let start = self.out.len();
-                for (i, (k, v)) in extra.iter().enumerate() {
-                    if i > 0 || !block.is_empty() {
-                        self.out.push(',');
-                    }
-                    self.out.push_str(k);
-                    self.out.push_str("=\"");
-                    escape_label_value(self.out, v);
-                    self.out.push('"');
-                }
+                label_pairs(self.out, self.format, extra, !block.is_empty());
                 let end = self.out.len();
                 if any {
                     self.out.push('}');
@@ -833,14 +801,7 @@ impl<'a> MetricWriter<'a> {
     fn json_labels(&mut self, labels: &[(&str, &str)]) -> (usize, usize) {
         let start = self.out.len();
         self.out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                self.out.push(',');
-            }
-            json_string(self.out, k);
-            self.out.push(':');
-            json_string(self.out, v);
-        }
+        label_pairs(self.out, Format::Json, labels, false);
         self.out.push('}');
         (start, self.out.len())
     }
@@ -853,15 +814,7 @@ impl<'a> MetricWriter<'a> {
             return (start, start);
         }
         self.out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                self.out.push(',');
-            }
-            self.out.push_str(k);
-            self.out.push_str("=\"");
-            escape_label_value(self.out, v);
-            self.out.push('"');
-        }
+        label_pairs(self.out, self.format, labels, false);
         let end = self.out.len();
         if let Some(le) = le {
             if !labels.is_empty() {
@@ -913,6 +866,29 @@ fn write_number(out: &mut String, f: f64) {
         out.push_str(itoa::Buffer::new().format(f as i64));
     } else {
         out.push_str(zmij::Buffer::new().format_finite(f));
+    }
+}
+
+/// Label pairs, comma-separated (and after a comma when `after` is set):
+/// `k="v"` in the text formats, `"k":"v"` in JSON, values escaped.
+fn label_pairs(out: &mut String, format: Format, labels: &[(&str, &str)], after: bool) {
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 || after {
+            out.push(',');
+        }
+        match format {
+            Format::Json => {
+                json_string(out, k);
+                out.push(':');
+                json_string(out, v);
+            }
+            Format::Text | Format::OpenMetrics => {
+                out.push_str(k);
+                out.push_str("=\"");
+                escape_label_value(out, v);
+                out.push('"');
+            }
+        }
     }
 }
 
