@@ -140,8 +140,37 @@ impl Default for WatchdogConfig {
 fn default_true() -> bool {
     true
 }
+/// `/var/lib/vmscope/state.db` for root (the daemon); for anyone else the
+/// user's state directory (`$XDG_STATE_HOME/vmscope`, else
+/// `~/.local/state/vmscope`), so that `vmscope serve` run by hand as a
+/// normal user starts instead of failing on a directory it cannot create.
 pub fn default_state_db_path() -> PathBuf {
-    PathBuf::from("/var/lib/vmscope/state.db")
+    state_db_path_for(
+        rustix::process::geteuid().is_root(),
+        std::env::var_os("XDG_STATE_HOME"),
+        std::env::var_os("HOME"),
+    )
+}
+
+fn state_db_path_for(
+    root: bool,
+    xdg_state_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> PathBuf {
+    const SYSTEM: &str = "/var/lib/vmscope/state.db";
+    if root {
+        return PathBuf::from(SYSTEM);
+    }
+    // The XDG spec says relative values are to be ignored.
+    let xdg = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = home.map(PathBuf::from).filter(|p| p.is_absolute());
+    match (xdg, home) {
+        (Some(x), _) => x.join("vmscope/state.db"),
+        (None, Some(h)) => h.join(".local/state/vmscope/state.db"),
+        (None, None) => PathBuf::from(SYSTEM),
+    }
 }
 fn default_history_retention() -> Duration {
     Duration::from_secs(90 * 86_400)
@@ -778,9 +807,26 @@ mod tests {
         assert_eq!(cpu.threshold, 0.8);
         assert_eq!(cpu.sustained, Duration::from_secs(30));
         assert_eq!(cpu.recovery, Duration::from_secs(30));
-        assert_eq!(c.state_db_path, PathBuf::from("/var/lib/vmscope/state.db"));
+        assert_eq!(c.state_db_path, default_state_db_path());
         assert_eq!(c.effective_sinks().keys().collect::<Vec<_>>(), ["log"]);
         c.validate(Duration::from_secs(5)).unwrap();
+    }
+
+    #[test]
+    fn state_db_defaults_to_var_lib_for_root_and_the_user_state_dir_otherwise() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        let sys = PathBuf::from("/var/lib/vmscope/state.db");
+        assert_eq!(state_db_path_for(true, os("/x"), os("/home/a")), sys);
+        assert_eq!(
+            state_db_path_for(false, os("/x/state"), os("/home/a")),
+            PathBuf::from("/x/state/vmscope/state.db")
+        );
+        assert_eq!(
+            state_db_path_for(false, os("relative"), os("/home/a")),
+            PathBuf::from("/home/a/.local/state/vmscope/state.db")
+        );
+        assert_eq!(state_db_path_for(false, None, os("")), sys);
+        assert_eq!(state_db_path_for(false, None, None), sys);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! PostgreSQL (later).
 //!
 //! Reads/writes: the database file named by `watchdog.state_db_path`
-//! (default `/var/lib/vmscope/state.db`, WAL mode, parent directory created).
+//! (default `/var/lib/vmscope/state.db` for root, the user's state directory
+//! otherwise; WAL mode, parent directory created).
 //! Every query runs on one dedicated thread (`vmscope-store`) that owns the
 //! connection; async callers send it a job and await the answer, so no
 //! SQLite call ever blocks a tokio worker. Emits:
