@@ -580,13 +580,11 @@ async fn index_lists_every_route() {
     let r = get(&app, "/").await;
     assert!(r.header(header::CONTENT_TYPE).starts_with("text/html"));
     let page = r.text();
-    for route in ROUTES {
-        assert!(
-            page.contains(&format!("<code>{}</code>", route.path)),
-            "{}",
-            route.path
-        );
+    // The watchdog's routes too: `serve` always mounts them.
+    for path in ROUTES.iter().map(|r| r.path).chain(watchdog_routes()) {
+        assert!(page.contains(&format!("<code>{path}</code>")), "{path}");
     }
+    assert!(page.contains("<a href=\"/api/v1/alerts\">"), "{page}");
 }
 
 #[test]
@@ -615,7 +613,7 @@ fn the_schema_checker_catches_missing_and_undocumented_fields() {
 
 /// Route templates the watchdog's router serves.
 fn watchdog_routes() -> BTreeSet<&'static str> {
-    vmscope::alert::api::ROUTES.iter().copied().collect()
+    vmscope::alert::api::ROUTES.iter().map(|r| r.path).collect()
 }
 
 /// The app exactly as `vmscope serve` builds it (src/cli/serve.rs).

@@ -26,19 +26,25 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::notification::format_time;
+use crate::api::RouteInfo;
 use crate::store::{EpisodeQuery, EpisodeRow, Position, Store};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
-/// The route templates this module serves (bounded labels for the HTTP
-/// self-metrics, and the OpenAPI agreement test).
-pub const ROUTES: &[&str] = &["/api/v1/alerts"];
+/// The routes this module serves (bounded labels for the HTTP
+/// self-metrics, the index page, and the OpenAPI agreement test).
+pub const ROUTES: &[RouteInfo] = &[RouteInfo {
+    path: "/api/v1/alerts",
+    summary: "Watchdog alerts: active ones and the history (503 when the watchdog is off).",
+}];
 
 /// The router, with its state applied. `store` is `None` when the
 /// watchdog is disabled.
 pub fn router(store: Option<Store>) -> Router {
-    Router::new().route(ROUTES[0], get(list)).with_state(store)
+    Router::new()
+        .route("/api/v1/alerts", get(list))
+        .with_state(store)
 }
 
 /// Everything that can go wrong, mapped to a status in one place.
