@@ -422,3 +422,50 @@ fn a_pid_reused_by_a_new_vm_is_found_at_the_next_tick() {
         .expect("the new VM on the reused PID");
     assert_eq!(vm.name, "vanishing");
 }
+
+/// QEMU's `-name NAME,process=PNAME` renames the process: its `comm` is no
+/// longer `qemu-system-*`. Discovery then goes by the executable
+/// (`/proc/PID/exe`), also when a package upgrade replaced the binary.
+#[test]
+fn a_qemu_renamed_with_process_is_found_by_its_executable() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let make = |pid: u32, exe: &str| {
+        let p = root.join(format!("proc/{pid}"));
+        std::fs::create_dir_all(p.join(format!("task/{pid}"))).unwrap();
+        let stat = std::fs::read_to_string(root.join("proc/1008/stat"))
+            .unwrap()
+            .replacen("1008 (qemu-system-x86)", &format!("{pid} (web-{pid})"), 1);
+        std::fs::write(p.join("stat"), stat).unwrap();
+        std::fs::write(p.join(format!("task/{pid}/comm")), format!("web-{pid}\n")).unwrap();
+        std::fs::write(
+            p.join("cmdline"),
+            format!(
+                "/usr/bin/qemu-system-x86_64\0-name\0guest=web{pid},process=web-{pid}\0-m\0256\0"
+            ),
+        )
+        .unwrap();
+        // (1008's own `io` is missing on purpose: that VM vanishes mid-tick.)
+        std::fs::write(
+            p.join("io"),
+            "rchar: 1\nwchar: 1\nsyscr: 1\nsyscw: 1\nread_bytes: 0\nwrite_bytes: 0\ncancelled_write_bytes: 0\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(exe, p.join("exe")).unwrap();
+    };
+    make(1500, "/usr/bin/qemu-system-x86_64");
+    make(1501, "/usr/libexec/qemu-kvm (deleted)");
+    // Something else that happens to carry a QEMU-like command line.
+    make(1502, "/usr/bin/python3.11");
+    let snap = two_ticks(&root);
+    assert_eq!(by_name(&snap, "web1500").pid, 1500);
+    assert_eq!(by_name(&snap, "web1501").pid, 1501);
+    assert_eq!(
+        by_name(&snap, "web1501").allocated_memory_bytes,
+        Some(256 << 20)
+    );
+    assert!(
+        !snap.vms.iter().any(|v| v.pid == 1502),
+        "not a hypervisor binary"
+    );
+}

@@ -28,7 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmscope_proc::{
-    VmCmdline, classify_comm, parse_firecracker_config, parse_stat, parse_vm_cmdline, split_cmdline,
+    VmCmdline, classify_argv0, classify_comm, parse_firecracker_config, parse_stat,
+    parse_vm_cmdline, split_cmdline,
 };
 
 use crate::collectors::procfile::read_once;
@@ -228,7 +229,7 @@ impl ProcessScanner {
         let kernel_thread = pid == 2 || stat.ppid == 2;
         let age = clock.now - clock.start_time(stat.starttime_ticks);
         let settled = kernel_thread || age >= EXEC_GRACE_SECS;
-        if kernel_thread || classify_comm(&stat.comm).is_none() {
+        if kernel_thread || (classify_comm(&stat.comm).is_none() && !hypervisor_executable(&dir)) {
             return Classified::Other { settled };
         }
         if read_once(&dir.join("cmdline"), &mut self.buf).is_err() {
@@ -313,6 +314,21 @@ enum Classified {
     Vm(Box<ProcVm>),
     Other { settled: bool },
     Vanished,
+}
+
+/// Whether the process runs a hypervisor binary although its name says
+/// otherwise: QEMU's `-name ...,process=NAME` renames the process (its
+/// `comm`), not the executable. One `readlink` of `/proc/PID/exe`, made once
+/// per process that is not classified yet; unreadable (another user's
+/// process when vmscope is not root) means no.
+fn hypervisor_executable(dir: &Path) -> bool {
+    let Ok(exe) = std::fs::read_link(dir.join("exe")) else {
+        return false;
+    };
+    let exe = exe.to_string_lossy();
+    // A binary replaced by a package upgrade while the VM runs.
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    classify_argv0(exe).is_some()
 }
 
 #[cfg(test)]
