@@ -48,6 +48,7 @@ fn spec(role: &str, vcpus: u32, memory_mib: u64, firmware: Firmware) -> VmSpec {
         vcpus,
         memory_mib,
         firmware,
+        process_name: None,
     }
 }
 
@@ -537,7 +538,17 @@ fn g_cli_vms_lists_a_running_vm_as_json() {
     let _cpu = shared_cpu();
     let t = Instant::now();
     let roms = Roms::new();
-    let vm = QemuVm::start(&roms, spec("cli", 2, 64, Firmware::Idle), None);
+    // Renamed with `process=`: its comm no longer says qemu-system-*, and
+    // discovery has to go by the executable.
+    let mut cli_spec = spec("cli", 2, 64, Firmware::Idle);
+    cli_spec.process_name = Some("guest-cli".to_owned());
+    let vm = QemuVm::start(&roms, cli_spec, None);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", vm.pid)).unwrap_or_default();
+    assert_eq!(
+        comm.trim_end(),
+        "guest-cli",
+        "QEMU did not rename its process"
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_vmscope"))
         .args(["vms", "--output", "json"])
         .output()

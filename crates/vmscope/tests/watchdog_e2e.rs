@@ -271,6 +271,7 @@ fn alertmanager_receives_a_busy_vm_alert_and_its_recovery() {
             vcpus: 1,
             memory_mib: 32,
             firmware: Firmware::Busy,
+            process_name: None,
         },
         None,
     );

@@ -139,6 +139,8 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub firmware: Firmware,
+    /// `-name ...,process=X`: QEMU renames its process (comm) to X.
+    pub process_name: Option<String>,
 }
 
 /// A daemonized QEMU process, killed on drop.
@@ -175,7 +177,10 @@ impl QemuVm {
             "-bios".to_owned(),
             rom.display().to_string(),
             "-name".to_owned(),
-            format!("guest={},debug-threads=on", spec.name),
+            match &spec.process_name {
+                Some(p) => format!("guest={},process={p},debug-threads=on", spec.name),
+                None => format!("guest={},debug-threads=on", spec.name),
+            },
             "-uuid".to_owned(),
             spec.uuid.clone(),
             "-smp".to_owned(),
