@@ -19,7 +19,7 @@
 //! Adding a metric = one [`Metric`] variant, its row in the `match`es below,
 //! and a line in `ALL`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -352,11 +352,47 @@ pub fn owner_name(owner: &Owner, kind: OwnerKind) -> Option<&str> {
     })
 }
 
-/// The key of the owner group of `kind` a VM belongs to: the id when
-/// known, else the name; `None` when the VM has no owner of that kind.
-pub fn owner_key(vm: &VmStats, kind: OwnerKind) -> Option<&str> {
-    let o = vm.owner.as_ref()?;
-    owner_id(o, kind).or_else(|| owner_name(o, kind))
+/// Which owner group each VM of one snapshot belongs to, for one kind.
+///
+/// The key is the owner's id when the VM's metadata has it, else its name.
+/// Metadata is not always complete: a VM that carries only a name joins the
+/// group of the id that other VMs of the snapshot carry with that same name,
+/// when exactly one id does (two users may share a display name; then the
+/// name-only VM stays a group of its own rather than being guessed into one).
+pub struct OwnerIndex<'a> {
+    kind: OwnerKind,
+    /// Name -> the one id seen with it (`None`: more than one id).
+    id_of_name: HashMap<&'a str, Option<&'a str>>,
+}
+
+impl<'a> OwnerIndex<'a> {
+    pub fn new(snap: &'a Snapshot, kind: OwnerKind) -> Self {
+        let mut id_of_name: HashMap<&str, Option<&str>> = HashMap::new();
+        for o in snap.vms.iter().filter_map(|vm| vm.owner.as_ref()) {
+            if let (Some(id), Some(name)) = (owner_id(o, kind), owner_name(o, kind)) {
+                id_of_name
+                    .entry(name)
+                    .and_modify(|seen| {
+                        if *seen != Some(id) {
+                            *seen = None;
+                        }
+                    })
+                    .or_insert(Some(id));
+            }
+        }
+        OwnerIndex { kind, id_of_name }
+    }
+
+    /// The key of the owner group `vm` belongs to; `None` when the VM has
+    /// no owner of this kind.
+    pub fn key(&self, vm: &'a VmStats) -> Option<&'a str> {
+        let o = vm.owner.as_ref()?;
+        if let Some(id) = owner_id(o, self.kind) {
+            return Some(id);
+        }
+        let name = owner_name(o, self.kind)?;
+        Some(self.id_of_name.get(name).copied().flatten().unwrap_or(name))
+    }
 }
 
 /// The VMs of `snap` in the owner group (`kind`, `key`), in id order.
@@ -365,9 +401,8 @@ pub fn owner_vms<'a>(
     kind: OwnerKind,
     key: &'a str,
 ) -> impl Iterator<Item = &'a VmStats> + 'a {
-    snap.vms
-        .iter()
-        .filter(move |vm| owner_key(vm, kind) == Some(key))
+    let index = OwnerIndex::new(snap, kind);
+    snap.vms.iter().filter(move |vm| index.key(vm) == Some(key))
 }
 
 impl Scope {
@@ -500,8 +535,9 @@ fn owner_observations(metric: Metric, kind: OwnerKind, snap: &Snapshot) -> Vec<O
         sum: Option<f64>,
     }
     let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
+    let index = OwnerIndex::new(snap, kind);
     for vm in &snap.vms {
-        let (Some(owner), Some(key)) = (vm.owner.as_ref(), owner_key(vm, kind)) else {
+        let (Some(owner), Some(key)) = (vm.owner.as_ref(), index.key(vm)) else {
             continue;
         };
         let g = groups.entry(key).or_insert(Group {
@@ -620,6 +656,38 @@ mod tests {
             .into_iter()
             .map(|o| (o.scope.key(), o.value))
             .collect()
+    }
+
+    /// A VM whose metadata names its owner without the id joins the group
+    /// of the one id other VMs carry with that name; an ambiguous name (two
+    /// ids) stays a group of its own.
+    #[test]
+    fn name_only_vms_join_the_id_group_of_their_name() {
+        let with = |vm: &str, id: Option<&str>, name: &str| {
+            let mut v = owned(vm, Some(name), None, Some(1));
+            if let Some(o) = v.owner.as_mut() {
+                o.user_id = id.map(str::to_owned);
+            }
+            v
+        };
+        let vms = vec![
+            with("a1", Some("u1"), "alice"),
+            with("a2", None, "alice"),
+            with("b1", None, "bob"),
+            with("c1", Some("u8"), "carol"),
+            with("c2", Some("u9"), "carol"),
+            with("c3", None, "carol"),
+        ];
+        assert_eq!(
+            values(&owner_rule(Metric::OwnerAllocatedVcpus), vms),
+            vec![
+                ("owner:user:bob".to_owned(), Some(1.0)),
+                ("owner:user:carol".to_owned(), Some(1.0)),
+                ("owner:user:u1".to_owned(), Some(2.0)),
+                ("owner:user:u8".to_owned(), Some(1.0)),
+                ("owner:user:u9".to_owned(), Some(1.0)),
+            ]
+        );
     }
 
     #[test]
