@@ -117,13 +117,16 @@ impl Default for ExpositionCache {
 /// (covers scrape intervals up to a couple of minutes).
 const PREWARM_WINDOW_MS: u64 = 180_000;
 
-fn variant(format: Format, gzip: bool) -> usize {
-    let f = match format {
+fn format_slot(format: Format) -> usize {
+    match format {
         Format::Text => 0,
         Format::OpenMetrics => 1,
         Format::Json => 2,
-    };
-    f * 2 + usize::from(gzip)
+    }
+}
+
+fn variant(format: Format, gzip: bool) -> usize {
+    format_slot(format) * 2 + usize::from(gzip)
 }
 
 const VARIANTS: [(Format, bool); 6] = [
@@ -274,6 +277,13 @@ impl ExpositionCache {
                 .get(i)
                 .map_or(0, |a| a.load(Ordering::Relaxed));
             if asked == 0 || now.saturating_sub(asked) > PREWARM_WINDOW_MS {
+                if *gzip {
+                    // Nobody gzips this format any more: let go of the
+                    // chunks kept for reuse (they hold an old body).
+                    if let Some(slot) = self.deflated.get(format_slot(*format)) {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                    }
+                }
                 continue;
             }
             let gap = self.gap.get(i).map_or(0, |g| g.load(Ordering::Relaxed));
@@ -298,7 +308,7 @@ impl ExpositionCache {
     fn gzip_prefix(&self, format: Format, prefix: &Prefix) -> Result<GzipPrefix, CacheError> {
         let slot = self
             .deflated
-            .get(variant(format, false) / 2)
+            .get(format_slot(format))
             .ok_or(CacheError::DeflateStalled)?;
         let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
         let (gz, chunks) = gzip_chunked(&prefix.body, &prefix.starts, last.as_ref())?;
@@ -694,6 +704,30 @@ mod tests {
         let snap2 = Arc::new(fixture::snapshot(1));
         let c = cache.render(&snap2, &[], Format::Text, false).unwrap();
         assert!(!String::from_utf8(c.to_vec()).unwrap().contains("vm-000002"));
+    }
+
+    /// The gzip chunks kept for reuse go when nobody has asked for gzip in
+    /// that format for the prewarm window: they hold a whole old body.
+    #[test]
+    fn reuse_chunks_are_dropped_when_gzip_is_no_longer_asked_for() {
+        let mut cache = ExpositionCache::new();
+        cache.born = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(600))
+            .unwrap();
+        let snap = Arc::new(fixture::snapshot(20));
+        cache.render(&snap, &[], Format::Text, true).unwrap();
+        assert!(cache.deflated[0].lock().unwrap().is_some());
+        let tick = std::time::Duration::from_secs(5);
+        cache.prewarm(&snap, tick).unwrap();
+        assert!(
+            cache.deflated[0].lock().unwrap().is_some(),
+            "asked just now"
+        );
+        let v = variant(Format::Text, true);
+        let long_ago = cache.born.elapsed().as_millis() as u64 - PREWARM_WINDOW_MS - 1000;
+        cache.last_asked[v].store(long_ago, Ordering::Relaxed);
+        cache.prewarm(&snap, tick).unwrap();
+        assert!(cache.deflated[0].lock().unwrap().is_none());
     }
 
     /// A body whose snapshot is no longer served (and no response holds)
