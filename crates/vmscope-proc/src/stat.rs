@@ -81,17 +81,24 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat, ParseError> {
     // tokens[0] is man-page field 3 (state), so field n is tokens[n - 3].
     // Up to field 43 (guest_time) plus one, which tells whether the line
     // goes on past the fields used.
-    let mut tokens: Vec<&[u8]> = buf[close + 1..]
-        .split(u8::is_ascii_whitespace)
-        .filter(|t| !t.is_empty())
-        .take(LAST_FIELD - 1)
-        .collect();
+    // On the stack: this runs for every VM on every tick.
+    let mut slots: [&[u8]; LAST_FIELD - 1] = [&[]; LAST_FIELD - 1];
+    let mut len = 0;
+    for (slot, t) in slots.iter_mut().zip(
+        buf[close + 1..]
+            .split(u8::is_ascii_whitespace)
+            .filter(|t| !t.is_empty()),
+    ) {
+        *slot = t;
+        len += 1;
+    }
     // The kernel ends the line with '\n'; without it the last number may be
     // cut by a short read ("4867" read as "48"), so it is not used.
     let cut = !buf.last().is_some_and(u8::is_ascii_whitespace);
-    if cut && tokens.len() < LAST_FIELD - 1 {
-        tokens.pop();
+    if cut && len < LAST_FIELD - 1 {
+        len = len.saturating_sub(1);
     }
+    let tokens = &slots[..len];
     let get = |n: usize, name: &'static str| -> Result<&[u8], ParseError> {
         tokens
             .get(n - 3)
