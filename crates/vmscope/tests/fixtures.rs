@@ -469,3 +469,51 @@ fn a_qemu_renamed_with_process_is_found_by_its_executable() {
         "not a hypervisor binary"
     );
 }
+
+/// Counters move between ticks: each snapshot carries the new ones (in the
+/// guest's direction) under the same interface name, tick after tick.
+#[test]
+fn network_counters_follow_net_dev_from_tick_to_tick() {
+    let dir = copy_fixture("host1");
+    let root = dir.path().join("t");
+    let mut c = collector(&root);
+    let set_tap_a = |host_rx: u64, host_tx: u64| {
+        for pid in ["1001", "1002", "1003", "1004", "1007"] {
+            let p = root.join(format!("proc/{pid}/net/dev"));
+            let text = std::fs::read_to_string(&p).unwrap();
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("tap-a:") {
+                        format!(
+                            "  tap-a: {host_rx} {} 1 2 0 0 0 0 {host_tx} {} 3 4 0 0 0 0",
+                            host_rx / 100,
+                            host_tx / 100
+                        )
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect();
+            std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        }
+    };
+    let tap_a = |s: &Snapshot| {
+        let n = &by_name(s, "alpha").network;
+        assert_eq!(n.len(), 1, "{n:?}");
+        (
+            n[0].interface.clone(),
+            n[0].rx_bytes,
+            n[0].tx_bytes,
+            n[0].rx_packets,
+        )
+    };
+    c.tick();
+    // tap-a: host side rx 1000 / tx 5000 = guest received 5000, sent 1000.
+    assert_eq!(tap_a(&c.tick()), ("tap-a".to_owned(), 5000, 1000, 50));
+    for (host_rx, host_tx) in [(1500, 9000), (2500, 12000), (2600, 12100)] {
+        set_tap_a(host_rx, host_tx);
+        let got = tap_a(&c.tick());
+        assert_eq!(got, ("tap-a".to_owned(), host_tx, host_rx, host_tx / 100));
+    }
+}

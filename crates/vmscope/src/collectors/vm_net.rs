@@ -31,6 +31,14 @@ pub struct VmNet {
 pub fn guest_view(d: &NetDevStats) -> NetStats {
     NetStats {
         interface: d.name.clone(),
+        ..guest_counters(d)
+    }
+}
+
+/// The counters of [`guest_view`], without the interface name.
+fn guest_counters(d: &NetDevStats) -> NetStats {
+    NetStats {
+        interface: String::new(),
         rx_bytes: d.tx_bytes,
         rx_packets: d.tx_packets,
         rx_errors: d.tx_errors,
@@ -44,15 +52,24 @@ pub fn guest_view(d: &NetDevStats) -> NetStats {
 
 impl VmCollector for VmNet {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
-        // Group VM indexes by namespace.
-        let mut groups: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, vm) in vms.iter().enumerate() {
-            if vm.gone || vm.taps.is_empty() {
-                continue;
+        // Group VM indexes by namespace (one key copy per namespace, not
+        // per VM: usually every VM shares the host's).
+        let groups: Vec<(String, Vec<usize>)> = {
+            let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+            for (i, vm) in vms.iter().enumerate() {
+                if vm.gone || vm.taps.is_empty() {
+                    continue;
+                }
+                by_ns
+                    .entry(vm.netns.as_deref().unwrap_or_default())
+                    .or_default()
+                    .push(i);
             }
-            let ns = vm.netns.clone().unwrap_or_default();
-            groups.entry(ns).or_default().push(i);
-        }
+            by_ns
+                .into_iter()
+                .map(|(ns, members)| (ns.to_owned(), members))
+                .collect()
+        };
         let mut tables: Vec<(Vec<usize>, Vec<NetDevStats>)> = Vec::with_capacity(groups.len());
         for (ns, members) in groups {
             match self.read_ns(ctx, &ns, &members, vms) {
@@ -67,23 +84,45 @@ impl VmCollector for VmNet {
                 }
             }
         }
-        let live: std::collections::HashSet<String> = vms
+        let live: std::collections::HashSet<&str> = vms
             .iter()
             .filter(|v| !v.gone)
-            .filter_map(|v| v.netns.clone())
+            .filter_map(|v| v.netns.as_deref())
             .collect();
         self.files
-            .retain(|ns, _| ns.is_empty() || live.contains(ns));
+            .retain(|ns, _| ns.is_empty() || live.contains(ns.as_str()));
         for (members, devs) in tables {
             let by_name: HashMap<&str, &NetDevStats> =
                 devs.iter().map(|d| (d.name.as_str(), d)).collect();
             for i in members {
                 let Some(vm) = vms.get_mut(i) else { continue };
-                vm.stats.network = vm
-                    .taps
-                    .iter()
-                    .filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d)))
-                    .collect();
+                // The interfaces to report: the VM's TAPs that exist now.
+                let present = || vm.taps.iter().filter(|t| by_name.contains_key(t.as_str()));
+                let same_taps = vm.stats.network.len() == present().count()
+                    && vm
+                        .stats
+                        .network
+                        .iter()
+                        .zip(present())
+                        .all(|(n, t)| n.interface == *t);
+                if same_taps {
+                    // The usual tick: same interfaces, new counters; no
+                    // interface names copied again.
+                    for n in &mut vm.stats.network {
+                        if let Some(d) = by_name.get(n.interface.as_str()) {
+                            *n = NetStats {
+                                interface: std::mem::take(&mut n.interface),
+                                ..guest_counters(d)
+                            };
+                        }
+                    }
+                } else {
+                    vm.stats.network = vm
+                        .taps
+                        .iter()
+                        .filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d)))
+                        .collect();
+                }
             }
         }
     }
