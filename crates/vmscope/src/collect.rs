@@ -24,8 +24,8 @@ use vmscope_proc::LibvirtDomain;
 
 type AppliedIdentity = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
 use crate::model::{
-    CollectorStatus, CpuSeconds, HostStats, Hypervisor, Owner, Snapshot, Source, VmRates, VmState,
-    VmStats, unix_seconds,
+    CollectorStatus, HostStats, Hypervisor, Owner, Snapshot, Source, VmRates, VmState, VmStats,
+    unix_seconds,
 };
 use crate::roots::Roots;
 
@@ -386,29 +386,8 @@ impl Collector {
             pid: d.pid,
             starttime_ticks: starttime,
             stats: VmStats {
-                id: String::new(),
-                name: String::new(),
-                hypervisor: Hypervisor::Qemu,
-                source: d.source,
-                pid: d.pid,
-                uuid: None,
-                state: VmState::Unknown,
                 start_time_seconds: clock.start_time(starttime),
-                owner: None,
-                flavor: None,
-                display_name: None,
-                allocated_vcpus: None,
-                allocated_memory_bytes: None,
-                cpu: CpuSeconds::default(),
-                vcpus: Vec::new(),
-                memory_rss_bytes: 0,
-                memory_virtual_bytes: 0,
-                memory_utilization_ratio: None,
-                network: Vec::new(),
-                disk: None,
-                rates: None,
-                collect_success: false,
-                collect_age_seconds: 0.0,
+                ..VmStats::unmeasured(d.pid, d.source)
             },
             taps: Vec::new(),
             known_vcpu_tids: Vec::new(),

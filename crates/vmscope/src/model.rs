@@ -224,6 +224,37 @@ pub struct VmStats {
 }
 
 impl VmStats {
+    /// A VM known only by its hypervisor process: no identity, nothing
+    /// measured or attributed yet. A new collector entry starts from this;
+    /// tests fill in the fields they care about.
+    pub fn unmeasured(pid: u32, source: Source) -> Self {
+        VmStats {
+            id: String::new(),
+            name: String::new(),
+            hypervisor: Hypervisor::Qemu,
+            source,
+            pid,
+            uuid: None,
+            state: VmState::Unknown,
+            start_time_seconds: 0.0,
+            owner: None,
+            flavor: None,
+            display_name: None,
+            allocated_vcpus: None,
+            allocated_memory_bytes: None,
+            cpu: CpuSeconds::default(),
+            vcpus: Vec::new(),
+            memory_rss_bytes: 0,
+            memory_virtual_bytes: 0,
+            memory_utilization_ratio: None,
+            network: Vec::new(),
+            disk: None,
+            rates: None,
+            collect_success: false,
+            collect_age_seconds: 0.0,
+        }
+    }
+
     pub fn network_totals(&self) -> (u64, u64) {
         self.network.iter().fold((0, 0), |(rx, tx), n| {
             (rx.saturating_add(n.rx_bytes), tx.saturating_add(n.tx_bytes))

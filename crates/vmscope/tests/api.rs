@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use vmscope::api::{AppState, ROUTES, router};
 use vmscope::export::fixture;
-use vmscope::model::{CpuSeconds, Hypervisor, NetStats, Snapshot, Source, VmState, VmStats};
+use vmscope::model::{CpuSeconds, NetStats, Snapshot, Source, VmState, VmStats};
 
 const SPEC: &str = include_str!("../../../docs/openapi.yaml");
 
@@ -31,26 +31,15 @@ fn odd_vm() -> VmStats {
     VmStats {
         id: "odd id/ü".into(),
         name: "a \"quoted\" \\ name\nwith newline, ünïcødé 🚀".into(),
-        hypervisor: Hypervisor::Qemu,
-        source: Source::Libvirt,
-        pid: 77,
-        uuid: None,
         state: VmState::Paused,
         start_time_seconds: 1_700_000_000.25,
-        owner: None,
-        flavor: None,
-        display_name: None,
-        allocated_vcpus: None,
-        allocated_memory_bytes: None,
         cpu: CpuSeconds {
             user: 2.0,
             system: 0.5,
             guest: None,
         },
-        vcpus: vec![],
         memory_rss_bytes: 1 << 20,
         memory_virtual_bytes: 1 << 30,
-        memory_utilization_ratio: None,
         network: vec![
             NetStats {
                 interface: "tap-a".into(),
@@ -65,10 +54,8 @@ fn odd_vm() -> VmStats {
                 ..NetStats::default()
             },
         ],
-        disk: None,
-        rates: None,
         collect_success: true,
-        collect_age_seconds: 0.0,
+        ..VmStats::unmeasured(77, Source::Libvirt)
     }
 }
 

@@ -30,9 +30,7 @@ use vmscope::alert::{
     AlertMetrics, DeliveryResult, Engine, Metric, Notification, Rule, Severity, Watchdog,
     rules::FsSelector,
 };
-use vmscope::model::{
-    CpuSeconds, FilesystemStats, Hypervisor, Snapshot, Source, VmRates, VmState, VmStats,
-};
+use vmscope::model::{FilesystemStats, Snapshot, Source, VmRates, VmState, VmStats};
 use vmscope::store::DbMetrics;
 
 // ---------------------------------------------------------------- receivers
@@ -222,24 +220,11 @@ fn vm(id: &str, name: &str, cpu_ratio: f64) -> VmStats {
     VmStats {
         id: id.to_owned(),
         name: name.to_owned(),
-        hypervisor: Hypervisor::Qemu,
-        source: Source::Process,
-        pid: 4242,
-        uuid: None,
         state: VmState::Running,
-        start_time_seconds: 0.0,
-        owner: None,
-        flavor: None,
-        display_name: None,
         allocated_vcpus: Some(2),
         allocated_memory_bytes: Some(2 << 30),
-        cpu: CpuSeconds::default(),
-        vcpus: Vec::new(),
         memory_rss_bytes: 512 << 20,
-        memory_virtual_bytes: 0,
         memory_utilization_ratio: Some(0.25),
-        network: Vec::new(),
-        disk: None,
         rates: Some(VmRates {
             window_seconds: 5.0,
             cpu_cores: cpu_ratio * 2.0,
@@ -247,7 +232,7 @@ fn vm(id: &str, name: &str, cpu_ratio: f64) -> VmStats {
             ..VmRates::default()
         }),
         collect_success: true,
-        collect_age_seconds: 0.0,
+        ..VmStats::unmeasured(4242, Source::Process)
     }
 }
 

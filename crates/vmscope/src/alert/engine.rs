@@ -312,9 +312,7 @@ mod tests {
 
     use super::*;
     use crate::alert::rules::{FsSelector, Metric, Severity};
-    use crate::model::{
-        CpuSeconds, FilesystemStats, Hypervisor, Snapshot, Source, VmRates, VmState, VmStats,
-    };
+    use crate::model::{FilesystemStats, Snapshot, Source, VmRates, VmState, VmStats};
 
     const T0: u64 = 1_800_000_000;
 
@@ -340,24 +338,11 @@ mod tests {
         VmStats {
             id: id.to_owned(),
             name: format!("name-{id}"),
-            hypervisor: Hypervisor::Qemu,
-            source: Source::Process,
-            pid: 1,
-            uuid: None,
             state: VmState::Running,
-            start_time_seconds: 0.0,
-            owner: None,
-            flavor: None,
-            display_name: None,
             allocated_vcpus: Some(2),
             allocated_memory_bytes: Some(1 << 30),
-            cpu: CpuSeconds::default(),
-            vcpus: Vec::new(),
             memory_rss_bytes: 100 << 20,
-            memory_virtual_bytes: 0,
             memory_utilization_ratio: Some(0.1),
-            network: Vec::new(),
-            disk: None,
             rates: Some(VmRates {
                 window_seconds: 5.0,
                 cpu_cores: cpu_ratio * 2.0,
@@ -365,7 +350,7 @@ mod tests {
                 ..VmRates::default()
             }),
             collect_success: true,
-            collect_age_seconds: 0.0,
+            ..VmStats::unmeasured(1, Source::Process)
         }
     }
 

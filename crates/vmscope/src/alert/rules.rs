@@ -604,34 +604,20 @@ mod tests {
         VmStats {
             id: id.to_owned(),
             name: id.to_owned(),
-            hypervisor: crate::model::Hypervisor::Qemu,
-            source: crate::model::Source::Libvirt,
-            pid: 1,
-            uuid: None,
             state: crate::model::VmState::Running,
-            start_time_seconds: 0.0,
             owner: user.map(|u| Owner {
                 user_id: Some(format!("u-{u}")),
                 user_name: Some(u.to_owned()),
                 ..Owner::default()
             }),
-            flavor: None,
-            display_name: None,
             allocated_vcpus: vcpus,
-            allocated_memory_bytes: None,
-            cpu: crate::model::CpuSeconds::default(),
-            vcpus: Vec::new(),
             memory_rss_bytes: 1 << 30,
-            memory_virtual_bytes: 0,
-            memory_utilization_ratio: None,
-            network: Vec::new(),
-            disk: None,
             rates: cores.map(|c| crate::model::VmRates {
                 cpu_cores: c,
                 ..crate::model::VmRates::default()
             }),
             collect_success: true,
-            collect_age_seconds: 0.0,
+            ..VmStats::unmeasured(1, crate::model::Source::Libvirt)
         }
     }
 
