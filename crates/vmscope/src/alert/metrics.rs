@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use super::engine::ActiveAlert;
 use crate::export::{Desc, MetricSource, MetricWriter};
-use crate::store::{DbMetrics, metrics::BUCKETS};
+use crate::store::DbMetrics;
 
 /// Outcome of delivering one notification to one sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -160,16 +160,7 @@ impl MetricSource for AlertMetrics {
         let db = self.db.snapshot();
         out.family(&DB_DURATION);
         for (op, s) in &db {
-            let mut cum = 0u64;
-            let buckets: Vec<(f64, u64)> = BUCKETS
-                .iter()
-                .zip(s.buckets.iter())
-                .map(|(le, n)| {
-                    cum += n;
-                    (*le, cum)
-                })
-                .collect();
-            out.histogram(&[("op", op)], &buckets, s.sum_seconds, s.count);
+            s.duration.write(out, &[("op", op)]);
         }
         out.family(&DB_ERRORS);
         for (op, s) in &db {

@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::AppState;
-use crate::export::{Desc, MetricSource, MetricWriter};
+use crate::export::{Desc, Histogram, MetricSource, MetricWriter};
 
 static DURATION: Desc = Desc::histogram(
     "vmscope_http_request_duration_seconds",
@@ -32,7 +32,7 @@ static IN_FLIGHT: Desc = Desc::gauge(
 );
 
 /// Upper bounds in seconds; /metrics from cache is ~0.1-1 ms.
-const BUCKETS: [f64; 12] = [
+static BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
@@ -43,13 +43,7 @@ const METHODS: [&str; 9] = [
 /// Series key: (route label, method label, status).
 type Key = (&'static str, &'static str, u16);
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Hist {
-    /// Per-bucket (not cumulative) counts; the cumulative view is built on export.
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
+type Hist = Histogram<12>;
 
 /// Shared by the middleware (writes) and the exposition (reads).
 #[derive(Debug, Default)]
@@ -65,14 +59,9 @@ impl HttpMetrics {
 
     fn observe(&self, key: Key, seconds: f64) {
         let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let h = map.entry(key).or_default();
-        if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b)
-            && let Some(slot) = h.buckets.get_mut(i)
-        {
-            *slot += 1;
-        }
-        h.count += 1;
-        h.sum += seconds;
+        map.entry(key)
+            .or_insert_with(|| Histogram::new(&BUCKETS))
+            .observe(seconds);
     }
 }
 
@@ -88,19 +77,13 @@ impl MetricSource for HttpMetrics {
         };
         out.family(&DURATION);
         for ((route, method, status), h) in series {
-            let mut cumulative = [(0.0, 0u64); BUCKETS.len()];
-            let mut acc = 0u64;
-            for ((slot, bound), n) in cumulative.iter_mut().zip(BUCKETS).zip(h.buckets) {
-                acc += n;
-                *slot = (bound, acc);
-            }
             let mut code = itoa::Buffer::new();
             let labels = [
                 ("route", route),
                 ("method", method),
                 ("status", code.format(status)),
             ];
-            out.histogram(&labels, &cumulative, h.sum, h.count);
+            h.write(out, &labels);
         }
     }
 }

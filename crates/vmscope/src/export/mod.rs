@@ -18,10 +18,12 @@
 pub mod cache;
 #[doc(hidden)]
 pub mod fixture;
+pub mod histogram;
 pub mod snapshot;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
+pub use histogram::Histogram;
 pub use writer::{Desc, Format, MetricType, MetricWriter, Value, WriterState};
 
 /// Anything that can write metric families. Implementations write each of

@@ -5,6 +5,8 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::export::Histogram;
+
 /// Every value of the `op` label.
 pub const OPS: [&str; 6] = [
     "migrate",
@@ -16,18 +18,25 @@ pub const OPS: [&str; 6] = [
 ];
 
 /// Histogram upper bounds, seconds (SQLite on a local disk: sub-ms to 1 s).
-pub const BUCKETS: [f64; 12] = [
+pub static BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
 /// One op's cumulative numbers.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OpStats {
-    /// Non-cumulative counts per bucket of [`BUCKETS`]; the last slot is +Inf.
-    pub buckets: [u64; BUCKETS.len() + 1],
-    pub count: u64,
-    pub sum_seconds: f64,
+    /// Durations in seconds, over [`BUCKETS`].
+    pub duration: Histogram<12>,
     pub errors: u64,
+}
+
+impl Default for OpStats {
+    fn default() -> Self {
+        OpStats {
+            duration: Histogram::new(&BUCKETS),
+            errors: 0,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -46,20 +55,11 @@ impl DbMetrics {
         let Some(i) = OPS.iter().position(|o| *o == op) else {
             return;
         };
-        let secs = took.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
         // A poisoned lock only means another thread panicked mid-update of
         // plain numbers: keep counting.
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = ops.get_mut(i) {
-            if let Some(b) = s.buckets.get_mut(slot) {
-                *b += 1;
-            }
-            s.count += 1;
-            s.sum_seconds += secs;
+            s.duration.observe(took.as_secs_f64());
             if !ok {
                 s.errors += 1;
             }
