@@ -219,33 +219,24 @@ pub struct RuleConfig {
 
 /// The rules vmscope ships with; each can be changed or turned off.
 pub fn builtin_rules() -> BTreeMap<String, RuleConfig> {
-    let mut m = BTreeMap::new();
-    m.insert(
-        "host_cpu".to_owned(),
-        RuleConfig {
-            metric: Some(Metric::HostCpuRatio.name().to_owned()),
-            threshold: Some(0.8),
-            ..RuleConfig::default()
-        },
-    );
-    m.insert(
-        "host_memory".to_owned(),
-        RuleConfig {
-            metric: Some(Metric::HostMemoryUsedRatio.name().to_owned()),
-            threshold: Some(0.8),
-            ..RuleConfig::default()
-        },
-    );
-    m.insert(
-        "root_fs_free".to_owned(),
-        RuleConfig {
-            metric: Some(Metric::FilesystemFreeGib.name().to_owned()),
-            threshold: Some(5.0),
-            mountpoint: Some("/".to_owned()),
-            ..RuleConfig::default()
-        },
-    );
-    m
+    // (name, metric, threshold, mountpoint)
+    const BUILTIN: [(&str, Metric, f64, Option<&str>); 3] = [
+        ("host_cpu", Metric::HostCpuRatio, 0.8, None),
+        ("host_memory", Metric::HostMemoryUsedRatio, 0.8, None),
+        ("root_fs_free", Metric::FilesystemFreeGib, 5.0, Some("/")),
+    ];
+    BUILTIN
+        .into_iter()
+        .map(|(name, metric, threshold, mountpoint)| {
+            let rule = RuleConfig {
+                metric: Some(metric.name().to_owned()),
+                threshold: Some(threshold),
+                mountpoint: mountpoint.map(str::to_owned),
+                ..RuleConfig::default()
+            };
+            (name.to_owned(), rule)
+        })
+        .collect()
 }
 
 /// Settings every sink shares: queue, retries, HTTP timeout, extra CA.
