@@ -490,7 +490,6 @@ fn firecracker(opts: &[Opt<'_>]) -> VmCmdline {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn argv(s: &[&str]) -> Vec<String> {

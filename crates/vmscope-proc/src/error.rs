@@ -188,7 +188,6 @@ pub(crate) fn field_u32(kind: FileKind, field: &'static str, b: &[u8]) -> Result
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -75,7 +75,6 @@ fn bad(field: &'static str, v: &Value) -> ParseError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const REAL: &[u8] = br#"{

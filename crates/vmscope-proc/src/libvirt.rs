@@ -221,7 +221,6 @@ fn unit_scale(unit: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// Shaped like libvirt 9.0's status file for a Nova-managed KVM domain.

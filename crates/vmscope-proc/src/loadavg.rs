@@ -40,7 +40,6 @@ fn load(tok: &[u8], field: &'static str) -> Result<f64, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

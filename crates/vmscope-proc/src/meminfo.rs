@@ -82,7 +82,6 @@ pub fn parse_meminfo(buf: &[u8]) -> Result<MemInfo, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const REAL: &[u8] = b"MemTotal:       24609036 kB\nMemFree:        20123456 kB\nMemAvailable:   22334455 kB\nBuffers:          123456 kB\nCached:          1987654 kB\nSwapCached:            0 kB\nHugePages_Total:       0\nHugepagesize:       2048 kB\n";

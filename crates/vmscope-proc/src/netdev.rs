@@ -71,7 +71,6 @@ fn parse_line(line: &[u8]) -> Option<NetDevStats> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const REAL: &[u8] = b"Inter-|   Receive                                                |  Transmit

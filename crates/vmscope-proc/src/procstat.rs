@@ -125,7 +125,6 @@ pub fn parse_proc_stat_cpu(buf: &[u8]) -> Result<CpuTicks, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     const REAL: &[u8] = b"cpu  10132153 290696 3084719 46828483 16683 0 25195 175 5000 10\ncpu0 1393280 32966 572056 13343292 6130 0 17875 0 0 0\nintr 199292052 35 0 0\nctxt 28012004\nbtime 1700000000\n";

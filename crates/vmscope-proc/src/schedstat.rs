@@ -38,7 +38,6 @@ pub fn parse_schedstat(buf: &[u8]) -> Result<SchedStat, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -159,7 +159,6 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat, ParseError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     /// A real line from a QEMU process (kernel 6.1), 52 fields.

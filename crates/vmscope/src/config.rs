@@ -344,7 +344,6 @@ fn merge_env(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

@@ -217,7 +217,6 @@ async fn list(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {

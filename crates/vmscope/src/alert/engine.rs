@@ -307,7 +307,6 @@ fn step(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::time::UNIX_EPOCH;
 
     use super::*;

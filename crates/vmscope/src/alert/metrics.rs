@@ -171,7 +171,6 @@ impl MetricSource for AlertMetrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;

@@ -573,7 +573,6 @@ fn deflate(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::io::Read;
 
     use super::*;

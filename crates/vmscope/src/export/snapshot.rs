@@ -566,7 +566,6 @@ fn encode_self(snap: &Snapshot, vms_skipped: usize, out: &mut MetricWriter<'_>) 
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::export::{Format, encode, fixture};
 

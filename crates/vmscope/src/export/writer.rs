@@ -1024,7 +1024,6 @@ impl Hasher for PreHashed {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     static G: Desc = Desc::gauge("t_temp_ratio", "A \"help\"\\ with\nnewline.");

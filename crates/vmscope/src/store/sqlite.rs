@@ -413,7 +413,6 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::time::UNIX_EPOCH;
 
     use super::*;

@@ -464,7 +464,6 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::time::UNIX_EPOCH;
 
     use super::*;
