@@ -2,7 +2,7 @@
 //!
 //! [`split_cmdline`] turns the NUL-separated cmdline into argv.
 //! [`classify_comm`] is a cheap pre-filter on the 15-byte `comm`;
-//! [`classify_argv0`] confirms on argv[0]; [`parse_vm_cmdline`] extracts what
+//! [`classify_argv0`] confirms on `argv[0]`; [`parse_vm_cmdline`] extracts what
 //! a command line says about the VM (name, UUID, vCPUs, memory, TAPs,
 //! accelerator, API socket) for QEMU, Cloud Hypervisor and Firecracker.
 //!
@@ -71,7 +71,7 @@ pub fn classify_comm(comm: &[u8]) -> Option<HypervisorKind> {
     }
 }
 
-/// The VMM named by argv[0]'s basename: `qemu-system-*`, `qemu-kvm`,
+/// The VMM named by `argv[0]`'s basename: `qemu-system-*`, `qemu-kvm`,
 /// `cloud-hypervisor` (and its `cloud-hypervisor-static*` release builds),
 /// `firecracker` (and its `firecracker-vX.Y.Z-arch` release builds, but not
 /// e.g. `firecracker-containerd`).
@@ -137,7 +137,7 @@ impl VmCmdline {
     }
 }
 
-/// Parse a hypervisor's argv; `None` when argv[0] is not a known VMM.
+/// Parse a hypervisor's argv; `None` when `argv[0]` is not a known VMM.
 pub fn parse_vm_cmdline(args: &[String]) -> Option<VmCmdline> {
     let kind = classify_argv0(args.first()?)?;
     let opts = options(&args[1..], kind == HypervisorKind::Qemu);
