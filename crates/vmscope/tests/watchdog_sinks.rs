@@ -604,7 +604,7 @@ async fn server_errors_and_429_are_retried_other_4xx_are_not() {
         Vec::new(),
     );
     let (fired, _) = fired_and_resolved();
-    d.dispatch(&fired);
+    d.dispatch(std::slice::from_ref(&fired), Vec::new()).await;
 
     let reqs = retried.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(reqs.len(), 3);
@@ -660,7 +660,7 @@ async fn an_unreachable_sink_keeps_retrying_and_delivers_when_it_comes_back() {
         Vec::new(),
     );
     let (fired, _) = fired_and_resolved();
-    d.dispatch(&fired);
+    d.dispatch(std::slice::from_ref(&fired), Vec::new()).await;
     assert!(
         wait_until(Duration::from_secs(5), || metrics
             .notifications("later", DeliveryResult::Retry)

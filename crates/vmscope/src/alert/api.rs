@@ -11,8 +11,9 @@
 //!   pagination of the history; `active` is always complete.
 //!
 //! Errors are JSON `{"error":{"code","message"}}`: `bad_request` (400,
-//! naming the parameter), `unavailable` (503: watchdog disabled), `internal`
-//! (500: the database failed; details only in the log).
+//! naming the parameter), `unavailable` (503: watchdog disabled, or running
+//! without its state database, as the message says), `internal` (500: the
+//! database failed; details only in the log).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -39,9 +40,17 @@ pub const ROUTES: &[RouteInfo] = &[RouteInfo {
     summary: "Watchdog alerts: active ones and the history (503 when the watchdog is off).",
 }];
 
-/// The router, with its state applied. `store` is `None` when the
-/// watchdog is disabled.
-pub fn router(store: Option<Store>) -> Router {
+/// Why there is no store to answer from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoStore {
+    /// `watchdog.enabled = false`.
+    Disabled,
+    /// The watchdog runs in memory: its database could not be used.
+    InMemory,
+}
+
+/// The router, with its state applied: the store, or why there is none.
+pub fn router(store: Result<Store, NoStore>) -> Router {
     Router::new()
         .route("/api/v1/alerts", get(list))
         .with_state(store)
@@ -51,7 +60,7 @@ pub fn router(store: Option<Store>) -> Router {
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
-    Unavailable,
+    Unavailable(NoStore),
     Internal,
 }
 
@@ -59,10 +68,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
-            ApiError::Unavailable => (
+            ApiError::Unavailable(NoStore::Disabled) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the watchdog is disabled in the configuration".to_owned(),
+            ),
+            ApiError::Unavailable(NoStore::InMemory) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the watchdog runs without its state database (see /healthz and the agent's log): \
+                 it evaluates and notifies, but keeps no alert history to list"
+                    .to_owned(),
             ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,15 +208,15 @@ fn episode_json(e: &EpisodeRow) -> Value {
 }
 
 async fn list(
-    State(store): State<Option<Store>>,
+    State(store): State<Result<Store, NoStore>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
     let q = parse_query(&pairs)?;
-    let store = store.ok_or(ApiError::Unavailable)?;
+    let store = store.map_err(ApiError::Unavailable)?;
     let page_mode = matches!(q.position, Position::Page(_));
     let page = store.query(q).await.map_err(|e| {
-        tracing::warn!(error = %e, "alert API query failed");
+        tracing::warn!(error = %crate::collect::ErrorChain(&e), "alert API query failed");
         ApiError::Internal
     })?;
     let next_page = match page.next {

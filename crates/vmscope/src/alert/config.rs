@@ -100,9 +100,11 @@ pub struct WatchdogConfig {
     /// Turn the whole watchdog (rules, sinks, state database) on or off.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// SQLite database holding alert episodes and the notification log.
+    /// SQLite database holding alert episodes, the notification log and
+    /// the outbox. `None`: no default applies (not root, and neither
+    /// `XDG_STATE_HOME` nor `HOME` is set): the watchdog runs in memory.
     #[serde(default = "default_state_db_path")]
-    pub state_db_path: PathBuf,
+    pub state_db_path: Option<PathBuf>,
     /// Resolved episodes and notification-log rows older than this are pruned.
     #[serde(
         default = "default_history_retention",
@@ -144,7 +146,9 @@ fn default_true() -> bool {
 /// user's state directory (`$XDG_STATE_HOME/vmscope`, else
 /// `~/.local/state/vmscope`), so that `vmscope serve` run by hand as a
 /// normal user starts instead of failing on a directory it cannot create.
-pub fn default_state_db_path() -> PathBuf {
+/// A non-root user with neither variable set gets no default (`None`),
+/// never root's path: that would be another user's state.
+pub fn default_state_db_path() -> Option<PathBuf> {
     state_db_path_for(
         rustix::process::geteuid().is_root(),
         std::env::var_os("XDG_STATE_HOME"),
@@ -156,10 +160,10 @@ fn state_db_path_for(
     root: bool,
     xdg_state_home: Option<std::ffi::OsString>,
     home: Option<std::ffi::OsString>,
-) -> PathBuf {
+) -> Option<PathBuf> {
     const SYSTEM: &str = "/var/lib/vmscope/state.db";
     if root {
-        return PathBuf::from(SYSTEM);
+        return Some(PathBuf::from(SYSTEM));
     }
     // The XDG spec says relative values are to be ignored.
     let xdg = xdg_state_home
@@ -167,11 +171,42 @@ fn state_db_path_for(
         .filter(|p| p.is_absolute());
     let home = home.map(PathBuf::from).filter(|p| p.is_absolute());
     match (xdg, home) {
-        (Some(x), _) => x.join("vmscope/state.db"),
-        (None, Some(h)) => h.join(".local/state/vmscope/state.db"),
-        (None, None) => PathBuf::from(SYSTEM),
+        (Some(x), _) => Some(x.join("vmscope/state.db")),
+        (None, Some(h)) => Some(h.join(".local/state/vmscope/state.db")),
+        (None, None) => None,
     }
 }
+impl WatchdogConfig {
+    /// For `check-config`: would `serve` keep the watchdog's state? Names
+    /// the key and the path; checks without creating or changing anything
+    /// (see [`crate::store::sqlite::probe`]). A database locked by a
+    /// running agent is not an error here. Nothing to check when the
+    /// watchdog is disabled.
+    pub fn check_state_db(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "watchdog.state_db_path";
+        if !self.enabled {
+            return Ok(());
+        }
+        let Some(path) = &self.state_db_path else {
+            return Err(ConfigError::new(
+                KEY,
+                "no default applies (not root, and neither XDG_STATE_HOME nor HOME is set): \
+                 the watchdog would run without persistence; set it \
+                 (or VMSCOPE_WATCHDOG__STATE_DB_PATH)",
+            ));
+        };
+        crate::store::sqlite::probe(path).map_err(|e| {
+            ConfigError::new(
+                KEY,
+                format!(
+                    "{}; the watchdog would run without persistence",
+                    crate::collect::ErrorChain(&e)
+                ),
+            )
+        })
+    }
+}
+
 fn default_history_retention() -> Duration {
     Duration::from_secs(90 * 86_400)
 }
@@ -489,7 +524,11 @@ impl WatchdogConfig {
     /// timers against the collection interval, sink references, sink URLs
     /// and secrets (file or environment), CA files.
     pub fn validate(&self, collection_interval: Duration) -> Result<(), ConfigError> {
-        if self.state_db_path.as_os_str().is_empty() {
+        if self
+            .state_db_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return Err(ConfigError::new(
                 "watchdog.state_db_path",
                 "must not be empty",
@@ -805,18 +844,22 @@ mod tests {
     #[test]
     fn state_db_defaults_to_var_lib_for_root_and_the_user_state_dir_otherwise() {
         let os = |s: &str| Some(std::ffi::OsString::from(s));
-        let sys = PathBuf::from("/var/lib/vmscope/state.db");
-        assert_eq!(state_db_path_for(true, os("/x"), os("/home/a")), sys);
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(
+            state_db_path_for(true, os("/x"), os("/home/a")),
+            p("/var/lib/vmscope/state.db")
+        );
         assert_eq!(
             state_db_path_for(false, os("/x/state"), os("/home/a")),
-            PathBuf::from("/x/state/vmscope/state.db")
+            p("/x/state/vmscope/state.db")
         );
         assert_eq!(
             state_db_path_for(false, os("relative"), os("/home/a")),
-            PathBuf::from("/home/a/.local/state/vmscope/state.db")
+            p("/home/a/.local/state/vmscope/state.db")
         );
-        assert_eq!(state_db_path_for(false, None, os("")), sys);
-        assert_eq!(state_db_path_for(false, None, None), sys);
+        // Never root's path for another user: no default at all.
+        assert_eq!(state_db_path_for(false, None, os("")), None);
+        assert_eq!(state_db_path_for(false, None, None), None);
     }
 
     #[test]

@@ -7,8 +7,14 @@
 //! - `vmscope_alert_notifications_total{sink,result}`: delivery outcomes;
 //!   `result` is one of [`DeliveryResult`]; every configured sink has all
 //!   of them from the start (zeros included);
+//! - `vmscope_watchdog_persistence_enabled`: 1 while the watchdog records
+//!   its state in the database, 0 when it runs in memory (the database
+//!   could not be used; the reason is in `/healthz` and the log); absent
+//!   when the watchdog is disabled;
 //! - `vmscope_db_query_duration_seconds{op}`, `vmscope_db_errors_total{op}`
 //!   from the store's [`DbMetrics`].
+//!
+//! It also reports the store under `/healthz` `components.watchdog_store`.
 //!
 //! Label values are bounded: rule and sink names come from the config,
 //! scopes are the host, configured filesystems, the VMs on this host and the owners (users or projects) of those VMs.
@@ -19,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::engine::ActiveAlert;
-use crate::export::{Desc, MetricSource, MetricWriter};
+use crate::export::{ComponentHealth, Desc, MetricSource, MetricWriter};
 use crate::store::DbMetrics;
 
 /// Outcome of delivering one notification to one sink.
@@ -64,6 +70,10 @@ static NOTIFICATIONS: Desc = Desc::counter(
     "vmscope_alert_notifications_total",
     "Watchdog notification deliveries by sink and result (success, retry, rejected, dropped).",
 );
+static PERSISTENCE: Desc = Desc::gauge(
+    "vmscope_watchdog_persistence_enabled",
+    "1 while the watchdog keeps alert state and undelivered notifications in its state database; 0 when it runs in memory only (see /healthz).",
+);
 static DB_DURATION: Desc = Desc::histogram(
     "vmscope_db_query_duration_seconds",
     "Time spent in state-database operations, by operation.",
@@ -79,6 +89,16 @@ pub struct AlertMetrics {
     /// Fixed at start: (sink, result) -> count. Never grows afterwards.
     notifications: BTreeMap<(String, DeliveryResult), AtomicU64>,
     db: Arc<DbMetrics>,
+    persistence: Mutex<Option<Persistence>>,
+}
+
+/// Where the watchdog keeps its state, once started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Persistence {
+    /// In this database.
+    Database(String),
+    /// Nowhere: in memory, for this reason.
+    InMemory(String),
 }
 
 impl AlertMetrics {
@@ -93,7 +113,20 @@ impl AlertMetrics {
             active: Mutex::new(Vec::new()),
             notifications,
             db,
+            persistence: Mutex::new(None),
         }
+    }
+
+    /// Say where state is kept (the gauge and `/healthz`).
+    pub fn set_persistence(&self, p: Persistence) {
+        *self.persistence.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
+    }
+
+    pub fn persistence(&self) -> Option<Persistence> {
+        self.persistence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn count(&self, sink: &str, result: DeliveryResult) {
@@ -157,6 +190,10 @@ impl MetricSource for AlertMetrics {
                 c.load(Ordering::Relaxed),
             );
         }
+        if let Some(p) = self.persistence() {
+            out.family(&PERSISTENCE);
+            out.sample(&[], u64::from(matches!(p, Persistence::Database(_))));
+        }
         let db = self.db.snapshot();
         out.family(&DB_DURATION);
         for (op, s) in &db {
@@ -166,6 +203,22 @@ impl MetricSource for AlertMetrics {
         for (op, s) in &db {
             out.sample(&[("op", op)], s.errors);
         }
+    }
+
+    fn health(&self) -> Option<(&'static str, ComponentHealth)> {
+        let h = match self.persistence()? {
+            Persistence::Database(path) => ComponentHealth {
+                status: "ok",
+                detail: path,
+            },
+            Persistence::InMemory(why) => ComponentHealth {
+                status: "degraded",
+                detail: format!(
+                    "the watchdog runs without persistence (alert state and undelivered notifications do not survive a restart): {why}"
+                ),
+            },
+        };
+        Some(("watchdog_store", h))
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! watch<Arc<Snapshot>> --> engine (pure: rules x scopes -> notifications)
-//!                            |--> store (episodes, on its own thread)
+//!                            |--> store (episodes + outbox, one transaction, own thread)
 //!                            '--> dispatcher --> one task + bounded queue per sink
 //! ```
 //!
@@ -16,10 +16,15 @@
 //!   `vmscope_db_*`.
 //!
 //! Reads: snapshots from the collector's watch channel; the `[watchdog]`
-//! config; the state database at start (open episodes). Emits:
-//! notifications, episode rows, metrics. Fails: only at [`start`] (bad
-//! config, unusable CA file, state database that cannot be opened);
-//! afterwards a failing store write or sink is logged and counted, and
+//! config; the state database at start (open episodes, the outbox of
+//! undelivered notifications). Emits: notifications, episode and outbox
+//! rows, metrics. Fails: only at [`start`], for a bad config, an unusable
+//! CA file, or a state database held by another running vmscope. A state
+//! database that cannot be used (no path, unwritable, full, not ours, newer
+//! schema) does not stop the agent: the watchdog runs in memory (rules
+//! evaluate and notify; nothing survives a restart) and says so in a warning,
+//! in `vmscope_watchdog_persistence_enabled 0` and in `/healthz`. Afterwards
+//! a failing store write or sink is logged (with its cause) and counted, and
 //! evaluation goes on.
 //!
 //! Time is the snapshot's `collected_at`, so the engine sees exactly the
@@ -35,6 +40,7 @@ pub mod rules;
 pub mod sinks;
 pub mod text;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,11 +49,12 @@ use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, Secret, WatchdogConfig};
 pub use engine::{ActiveAlert, Engine, RestoredEpisode};
-pub use metrics::{AlertMetrics, DeliveryResult};
+pub use metrics::{AlertMetrics, DeliveryResult, Persistence};
 pub use notification::{Alert, Notification, Status, Transition};
 pub use rules::{Metric, Rule, Scope, Severity};
 pub use sinks::SinkError;
 
+use crate::collect::ErrorChain;
 use crate::export::MetricSource;
 use crate::model::Snapshot;
 use crate::store::{DbMetrics, EpisodeWrite, Location, Store, StoreError};
@@ -69,7 +76,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// A running watchdog.
 pub struct Watchdog {
     metrics: Arc<AlertMetrics>,
-    store: Option<Store>,
+    /// The store, or why there is none (disabled, or running in memory).
+    store: Result<Store, api::NoStore>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Dispatcher>>,
     shutdown_timeout: Duration,
@@ -108,7 +116,7 @@ impl Watchdog {
                 Err(e) => tracing::error!(error = %e, "watchdog loop ended abnormally"),
             }
         }
-        self.store = None;
+        self.store = Err(api::NoStore::Disabled);
     }
 }
 
@@ -128,7 +136,7 @@ pub async fn start(
         tracing::info!("watchdog disabled in the configuration");
         return Ok(Watchdog {
             metrics: Arc::new(AlertMetrics::new(&[], db_metrics)),
-            store: None,
+            store: Err(api::NoStore::Disabled),
             stop,
             task: None,
             shutdown_timeout: cfg.shutdown_timeout,
@@ -148,8 +156,125 @@ pub async fn start(
     let names: Vec<String> = sink_cfgs.keys().cloned().collect();
     let metrics = Arc::new(AlertMetrics::new(&names, db_metrics.clone()));
 
-    let store = Store::open(Location::Sqlite(cfg.state_db_path.clone()), db_metrics).await?;
     let mut engine = Engine::new(rules);
+    let mut store = open_store(cfg.state_db_path.as_ref(), db_metrics).await?;
+    let mut outbox = Vec::new();
+    if let Ok(s) = &store {
+        match restore(s, &mut engine).await {
+            Ok(rows) => outbox = rows,
+            Err(e) => {
+                // A database that opened but cannot be read is no better
+                // than one that did not open.
+                let why = ErrorChain(&e).to_string();
+                warn_in_memory(cfg.state_db_path.as_ref(), &why);
+                engine = Engine::new(engine.rules().to_vec());
+                store = Err(why);
+            }
+        }
+    }
+    match &store {
+        Ok(_) => metrics.set_persistence(Persistence::Database(
+            cfg.state_db_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        )),
+        Err(why) => metrics.set_persistence(Persistence::InMemory(why.clone())),
+    }
+    let store = store.ok();
+    let active = engine.active();
+    if !active.is_empty() {
+        tracing::info!(
+            firing = active.len(),
+            "watchdog restored firing alerts; only notifications not yet delivered are sent again"
+        );
+    }
+    metrics.set_active(active);
+    tracing::info!(
+        rules = engine.rules().len(),
+        sinks = %names.join(","),
+        db = %cfg.state_db_path.as_ref().map_or_else(|| "none (in memory)".to_owned(), |p| p.display().to_string()),
+        persistence = store.is_some(),
+        "watchdog started"
+    );
+
+    let firing = engine
+        .firing_alerts()
+        .into_iter()
+        .map(|a| {
+            let sinks = engine
+                .rules()
+                .iter()
+                .find(|r| r.name == a.rule)
+                .and_then(|r| r.sinks.clone());
+            (a, sinks)
+        })
+        .collect();
+    let dispatcher = Dispatcher::start(specs, metrics.clone(), store.clone(), firing);
+    // Before the loop starts: what was undelivered goes out first.
+    dispatcher.requeue(outbox).await;
+    let task = tokio::spawn(run(
+        engine,
+        snapshots,
+        store.clone(),
+        dispatcher,
+        metrics.clone(),
+        stop_rx,
+        evaluated_tx,
+        cfg.history_retention,
+    ));
+    Ok(Watchdog {
+        metrics,
+        store: store.ok_or(api::NoStore::InMemory),
+        stop,
+        task: Some(task),
+        shutdown_timeout: cfg.shutdown_timeout,
+        evaluated,
+    })
+}
+
+/// Open the state database, or say why the watchdog must run without one.
+/// `Err` only for a database another vmscope holds: running beside it
+/// would notify everything twice, so that stops the agent.
+async fn open_store(
+    path: Option<&PathBuf>,
+    db_metrics: Arc<DbMetrics>,
+) -> Result<Result<Store, String>, WatchdogError> {
+    let Some(path) = path else {
+        let why = "no state database path: vmscope does not run as root and neither \
+                   XDG_STATE_HOME nor HOME is set; set watchdog.state_db_path \
+                   (VMSCOPE_WATCHDOG__STATE_DB_PATH)"
+            .to_owned();
+        warn_in_memory(None, &why);
+        return Ok(Err(why));
+    };
+    match Store::open(Location::Sqlite(path.clone()), db_metrics).await {
+        Ok(s) => Ok(Ok(s)),
+        Err(e @ StoreError::Locked { .. }) => Err(e.into()),
+        Err(e) => {
+            let why = ErrorChain(&e).to_string();
+            warn_in_memory(Some(path), &why);
+            Ok(Err(why))
+        }
+    }
+}
+
+fn warn_in_memory(path: Option<&PathBuf>, why: &str) {
+    tracing::warn!(
+        db = %path.map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
+        cause = %why,
+        "the watchdog's state database cannot be used: the watchdog runs WITHOUT persistence \
+         (rules evaluate and notify; alert state and undelivered notifications do not survive \
+         a restart); /metrics and the API are not affected"
+    );
+}
+
+/// Take over the episodes that were firing before a restart (closing
+/// those of removed rules and unreadable ones) and return the outbox.
+async fn restore(
+    store: &Store,
+    engine: &mut Engine,
+) -> Result<Vec<crate::store::OutboxRow>, StoreError> {
     let mut unreadable = Vec::new();
     let mut restored = Vec::new();
     for row in store.open_episodes().await? {
@@ -185,52 +310,7 @@ pub async fn start(
         });
     }
     store.apply(closes).await?;
-    let active = engine.active();
-    if !active.is_empty() {
-        tracing::info!(
-            firing = active.len(),
-            "watchdog restored firing alerts; they are not notified again"
-        );
-    }
-    metrics.set_active(active);
-    tracing::info!(
-        rules = engine.rules().len(),
-        sinks = %names.join(","),
-        db = %cfg.state_db_path.display(),
-        "watchdog started"
-    );
-
-    let firing = engine
-        .firing_alerts()
-        .into_iter()
-        .map(|a| {
-            let sinks = engine
-                .rules()
-                .iter()
-                .find(|r| r.name == a.rule)
-                .and_then(|r| r.sinks.clone());
-            (a, sinks)
-        })
-        .collect();
-    let dispatcher = Dispatcher::start(specs, metrics.clone(), Some(store.clone()), firing);
-    let task = tokio::spawn(run(
-        engine,
-        snapshots,
-        store.clone(),
-        dispatcher,
-        metrics.clone(),
-        stop_rx,
-        evaluated_tx,
-        cfg.history_retention,
-    ));
-    Ok(Watchdog {
-        metrics,
-        store: Some(store),
-        stop,
-        task: Some(task),
-        shutdown_timeout: cfg.shutdown_timeout,
-        evaluated,
-    })
+    store.outbox().await
 }
 
 /// What the store has to record for a notification's alerts.
@@ -269,7 +349,7 @@ fn writes_for(n: &Notification) -> Vec<EpisodeWrite> {
 async fn run(
     mut engine: Engine,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    store: Store,
+    store: Option<Store>,
     dispatcher: Dispatcher,
     metrics: Arc<AlertMetrics>,
     mut stop: watch::Receiver<bool>,
@@ -285,16 +365,13 @@ async fn run(
             last_seq = snap.seq;
             let notes = engine.evaluate(snap.collected_at, &snap);
             let writes: Vec<EpisodeWrite> = notes.iter().flat_map(writes_for).collect();
-            if let Err(e) = store.apply(writes).await {
-                tracing::warn!(error = %e, "cannot record alert state; a restart may notify again");
-            }
-            for n in &notes {
-                dispatcher.dispatch(n);
-            }
+            dispatcher.dispatch(&notes, writes).await;
             metrics.set_active(engine.active());
             evaluated.send_replace(snap.seq);
         }
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+        if let Some(store) = &store
+            && last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)
+        {
             last_prune = Some(std::time::Instant::now());
             let before = SystemTime::now()
                 .checked_sub(retention)
@@ -302,7 +379,7 @@ async fn run(
             match store.prune(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned old alert history"),
-                Err(e) => tracing::warn!(error = %e, "cannot prune alert history"),
+                Err(e) => tracing::warn!(error = %ErrorChain(&e), "cannot prune alert history"),
             }
         }
         tokio::select! {

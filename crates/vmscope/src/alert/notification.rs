@@ -163,14 +163,17 @@ pub struct TopVm {
 }
 
 /// One rule's transitions at one evaluation: many VMs crossing the line at
-/// once make one notification, not one each.
-#[derive(Debug, Clone, PartialEq)]
+/// once make one notification, not one each. Its serde form is what the
+/// outbox stores until a sink confirms (add fields with defaults only: rows
+/// written by an older vmscope must still load).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     pub rule: String,
     pub severity: Severity,
     /// The host's name (from the snapshot), for messages and labels.
     pub host: String,
     /// Evaluation time (the snapshot's collection time).
+    #[serde(with = "rfc3339")]
     pub at: SystemTime,
     /// Sinks to deliver to; `None` means every sink.
     pub sinks: Option<Vec<String>>,

@@ -1,11 +1,16 @@
 //! `/healthz`: is collection current?
 //!
-//! 200 `{"status":"ok","snapshot_age_seconds":..,"seq":..}` once a tick has
-//! completed and the published snapshot is younger than three intervals;
+//! 200 `{"status":"ok","snapshot_age_seconds":..,"seq":..,"components":{..}}`
+//! once a tick has completed and the published snapshot is younger than
+//! three intervals; `components` holds what the extra metric sources report
+//! through [`MetricSource::health`] (e.g. `watchdog_store` `degraded` when
+//! the watchdog runs without its database): a degraded component is shown,
+//! not failed, because collection and `/metrics` are fine;
 //! 503 with the usual JSON error (`not_ready` before the first tick, `stale`
 //! when ticks stopped) otherwise. A snapshot stamped in the future (clock
 //! step) counts as age 0.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
@@ -13,6 +18,7 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::{ApiError, AppState, json};
+use crate::export::{ComponentHealth, MetricSource};
 
 /// Intervals a snapshot may age before the agent reports itself unhealthy.
 const STALE_AFTER_INTERVALS: f64 = 3.0;
@@ -22,6 +28,7 @@ struct Health {
     status: &'static str,
     snapshot_age_seconds: f64,
     seq: u64,
+    components: BTreeMap<&'static str, ComponentHealth>,
 }
 
 pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -45,5 +52,6 @@ pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
         status: "ok",
         snapshot_age_seconds: age,
         seq: snap.seq,
+        components: state.extra().iter().filter_map(|s| s.health()).collect(),
     })
 }

@@ -8,6 +8,8 @@ use crate::config::Config;
 pub fn run(file: &Path) -> Result<(), Failure> {
     // Only the file: the environment must not make a broken file look valid.
     let cfg = Config::load_with_env(Some(file), Vec::new()).map_err(Failure::usage)?;
+    // serve would start, but without the watchdog's persistence: say so.
+    cfg.watchdog.check_state_db().map_err(Failure::usage)?;
     println!(
         "{}: ok (listen {}, interval {}s)",
         file.display(),

@@ -31,12 +31,33 @@ pub use writer::{Desc, Format, MetricType, MetricWriter, Value, WriterState};
 /// block: they run on the request path.
 pub trait MetricSource: Send + Sync {
     fn encode(&self, out: &mut MetricWriter<'_>);
+
+    /// A component behind this source reporting its condition under
+    /// `/healthz` `components.<name>` (e.g. the watchdog's store running
+    /// degraded). `None`: nothing to report. Must not block.
+    fn health(&self) -> Option<(&'static str, ComponentHealth)> {
+        None
+    }
 }
 
 impl<T: MetricSource + ?Sized> MetricSource for std::sync::Arc<T> {
     fn encode(&self, out: &mut MetricWriter<'_>) {
         (**self).encode(out);
     }
+
+    fn health(&self) -> Option<(&'static str, ComponentHealth)> {
+        (**self).health()
+    }
+}
+
+/// One component's condition in `/healthz`. A degraded component does not
+/// fail the health check (metrics are still served); it says what is lost.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentHealth {
+    /// `ok` or `degraded`.
+    pub status: &'static str,
+    /// For people: what is wrong and what it costs, or what is in use.
+    pub detail: String,
 }
 
 /// Encodes `sources` in order into one complete exposition (uncached; the

@@ -4,13 +4,18 @@
 //!
 //! Reads/writes: the database file named by `watchdog.state_db_path`
 //! (default `/var/lib/vmscope/state.db` for root, the user's state directory
-//! otherwise; WAL mode, parent directory created).
+//! otherwise; WAL mode, parent directory created) and `<db>.lock` beside it
+//! ([`lock`]: one agent per database).
 //! Every query runs on one dedicated thread (`vmscope-store`) that owns the
 //! connection; async callers send it a job and await the answer, so no
 //! SQLite call ever blocks a tokio worker. Emits:
 //! `vmscope_db_query_duration_seconds{op}` and `vmscope_db_errors_total{op}`
 //! through [`DbMetrics`] (`op` is one of [`OPS`]).
-//! Fails: [`StoreError`], naming the database path or the operation; a
+//! Fails: [`StoreError`], naming the database path or the operation, with
+//! SQLite's own message as its source (print it with
+//! [`crate::collect::ErrorChain`]: "database or disk is full"). A database
+//! another agent holds is [`StoreError::Locked`]; one that cannot be used
+//! (unwritable, not ours, newer schema) is the caller's to degrade around; a
 //! failed write is logged and counted by the caller, never fatal to the
 //! watchdog loop.
 //!
@@ -18,6 +23,7 @@
 //! [`AlertStore`]; the ledger will be a second trait next to it, reached the
 //! same way (`Backend::ledger()`), sharing the thread and the migrations.
 
+pub mod lock;
 pub mod metrics;
 pub mod sqlite;
 
@@ -31,13 +37,13 @@ pub use metrics::{DbMetrics, OPS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open state database {path}")]
+    #[error("cannot open state database {}", path.display())]
     Open {
         path: PathBuf,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("state database {path} has schema version {found}; this vmscope knows up to {known}")]
+    #[error("state database {} has schema version {found}; this vmscope knows up to {known}", path.display())]
     SchemaTooNew {
         path: PathBuf,
         found: i64,
@@ -49,6 +55,18 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "state database {} is in use by another vmscope ({}); \
+         give each instance its own watchdog.state_db_path (VMSCOPE_WATCHDOG__STATE_DB_PATH)",
+        path.display(),
+        pid.map_or_else(|| "PID unknown".to_owned(), |p| format!("pid {p}"))
+    )]
+    Locked { path: PathBuf, pid: Option<u32> },
+    #[error(
+        "{} is an SQLite database that vmscope did not create ({detail}); refusing to write into it",
+        path.display()
+    )]
+    Foreign { path: PathBuf, detail: String },
     #[error("stored {what} is not valid: {detail}")]
     Corrupt { what: &'static str, detail: String },
     #[error("the state database thread has stopped")]
@@ -110,11 +128,31 @@ pub struct NotificationLogEntry {
     pub rule: String,
     /// `firing` or `resolved`.
     pub status: String,
-    /// `success`, `rejected`, `dropped`, ...
+    /// `success`, `rejected`, `dropped_queue_full`, ...
     pub result: String,
     pub alerts: u32,
     /// Already free of secrets (sinks strip URLs and tokens).
     pub error: Option<String>,
+}
+
+/// A notification queued for one sink, persisted until the sink confirms
+/// or gives up (the outbox).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxWrite {
+    pub sink: String,
+    pub created_at: SystemTime,
+    /// The notification (JSON, `alert::Notification`'s stored form).
+    pub payload: String,
+}
+
+/// An outbox row still undelivered, as loaded at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    /// Increasing: the order notifications were queued in.
+    pub id: i64,
+    pub sink: String,
+    pub created_at: SystemTime,
+    pub payload: String,
 }
 
 /// Filters for listing episodes. Time filters select episodes that overlap
@@ -157,8 +195,29 @@ pub struct EpisodePage {
 /// Alert state, whatever the backend.
 pub trait AlertStore {
     fn open_episodes(&mut self) -> Result<Vec<EpisodeRow>, StoreError>;
-    fn apply(&mut self, writes: &[EpisodeWrite]) -> Result<(), StoreError>;
-    fn log_notification(&mut self, entry: &NotificationLogEntry) -> Result<(), StoreError>;
+    fn apply(&mut self, writes: &[EpisodeWrite]) -> Result<(), StoreError> {
+        self.record(writes, &[]).map(|_| ())
+    }
+    /// Episode changes and the notifications they cause, in one
+    /// transaction: either both are kept or neither. Returns the outbox
+    /// ids, in the order of `outbox`.
+    fn record(
+        &mut self,
+        writes: &[EpisodeWrite],
+        outbox: &[OutboxWrite],
+    ) -> Result<Vec<i64>, StoreError>;
+    fn log_notification(&mut self, entry: &NotificationLogEntry) -> Result<(), StoreError> {
+        self.finish_delivery(None, entry)
+    }
+    /// A final outcome: its log row, and the outbox row (if any) removed,
+    /// in one transaction.
+    fn finish_delivery(
+        &mut self,
+        outbox_id: Option<i64>,
+        entry: &NotificationLogEntry,
+    ) -> Result<(), StoreError>;
+    /// Undelivered notifications, oldest first.
+    fn outbox(&mut self) -> Result<Vec<OutboxRow>, StoreError>;
     fn query(&mut self, q: &EpisodeQuery) -> Result<EpisodePage, StoreError>;
     fn notification_log(&mut self, limit: u32) -> Result<Vec<NotificationLogEntry>, StoreError>;
     /// Delete resolved episodes and log rows older than `before`.
@@ -265,9 +324,38 @@ impl Store {
         self.call("apply", move |s| s.apply(&writes)).await
     }
 
+    /// See [`AlertStore::record`].
+    pub async fn record(
+        &self,
+        writes: Vec<EpisodeWrite>,
+        outbox: Vec<OutboxWrite>,
+    ) -> Result<Vec<i64>, StoreError> {
+        if writes.is_empty() && outbox.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.call("apply", move |s| s.record(&writes, &outbox))
+            .await
+    }
+
     pub async fn log_notification(&self, entry: NotificationLogEntry) -> Result<(), StoreError> {
         self.call("log_notification", move |s| s.log_notification(&entry))
             .await
+    }
+
+    /// See [`AlertStore::finish_delivery`].
+    pub async fn finish_delivery(
+        &self,
+        outbox_id: Option<i64>,
+        entry: NotificationLogEntry,
+    ) -> Result<(), StoreError> {
+        self.call("log_notification", move |s| {
+            s.finish_delivery(outbox_id, &entry)
+        })
+        .await
+    }
+
+    pub async fn outbox(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        self.call("load_open", |s| s.outbox()).await
     }
 
     pub async fn query(&self, q: EpisodeQuery) -> Result<EpisodePage, StoreError> {

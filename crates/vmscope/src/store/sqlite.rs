@@ -5,7 +5,10 @@
 //! the last transactions, never corrupt the file), creates the parent
 //! directory, and applies [`MIGRATIONS`] recorded in `schema_migrations`.
 //! A database written by a newer vmscope (a higher schema version) is
-//! refused rather than guessed at. Times are integer milliseconds since the
+//! refused rather than guessed at, and so is an SQLite file some other
+//! program made (tables but no `schema_migrations`, or without ours): its
+//! tables are never written into. Before opening, the store takes the
+//! `<db>.lock` ([`DbLock`]) so a second agent cannot share the file. Times are integer milliseconds since the
 //! Unix epoch (UTC).
 
 use std::path::{Path, PathBuf};
@@ -14,16 +17,18 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
+use super::lock::DbLock;
 use super::{
     AlertStore, EpisodePage, EpisodeQuery, EpisodeRow, EpisodeWrite, NotificationLogEntry,
-    Position, StoreError, from_ms, to_ms,
+    OutboxRow, OutboxWrite, Position, StoreError, from_ms, to_ms,
 };
 
 /// Schema versions, applied in order, each in its own transaction. Never
 /// edit a released entry: append a new one.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE alert_episodes (
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE alert_episodes (
         id                  INTEGER PRIMARY KEY,
         rule                TEXT    NOT NULL,
         scope_key           TEXT    NOT NULL,
@@ -48,10 +53,27 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
         error   TEXT
     );
     CREATE INDEX notification_log_at ON notification_log (at_ms);",
-)];
+    ),
+    // Notifications not yet confirmed by their sink (one row per sink),
+    // delivered again after a restart in `id` order.
+    (
+        2,
+        "CREATE TABLE notification_outbox (
+            id            INTEGER PRIMARY KEY,
+            sink          TEXT    NOT NULL,
+            created_at_ms INTEGER NOT NULL,
+            payload       TEXT    NOT NULL
+        );",
+    ),
+];
+
+/// A table every vmscope database has once migration 1 ran.
+const OUR_TABLE: &str = "alert_episodes";
 
 pub struct SqliteStore {
     conn: Connection,
+    /// Released when the store is dropped (after the connection).
+    _lock: DbLock,
 }
 
 fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -67,8 +89,9 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(Box::new(e)))?;
         }
+        let lock = DbLock::acquire(path)?;
         let conn = Connection::open(path).map_err(|e| open_err(Box::new(e)))?;
-        let mut store = SqliteStore { conn };
+        let mut store = SqliteStore { conn, _lock: lock };
         store.configure().map_err(|e| open_err(Box::new(e)))?;
         store.migrate(path)?;
         Ok(store)
@@ -90,6 +113,7 @@ impl SqliteStore {
 
     fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
         let op = "migrate";
+        check_ours(&self.conn, path)?;
         self.conn
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -134,6 +158,114 @@ impl SqliteStore {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(q("query"))
     }
+}
+
+/// Refuse a database some other program made: one with tables but no
+/// `schema_migrations`, or with migrations recorded but not our tables
+/// (another tool's `schema_migrations`). An empty file is fine (new).
+fn check_ours(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let op = "migrate";
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(q(op))?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let foreign = |detail: String| StoreError::Foreign {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let listed = || {
+        let mut names: Vec<&str> = tables.iter().map(String::as_str).take(5).collect();
+        if tables.len() > 5 {
+            names.push("...");
+        }
+        names.join(", ")
+    };
+    if !tables.iter().any(|t| t == "schema_migrations") {
+        return Err(foreign(format!(
+            "tables {}, no schema_migrations",
+            listed()
+        )));
+    }
+    let has_versions: bool = conn
+        .query_row("SELECT EXISTS (SELECT 1 FROM schema_migrations)", [], |r| {
+            r.get(0)
+        })
+        .map_err(|source| foreign(format!("unreadable schema_migrations: {source}")))?;
+    if has_versions && !tables.iter().any(|t| t == OUR_TABLE) {
+        return Err(foreign(format!("tables {}, no {OUR_TABLE}", listed())));
+    }
+    Ok(())
+}
+
+/// Would [`SqliteStore::open`] work for `path`, as far as can be told
+/// without creating or changing anything? For `check-config`: the nearest
+/// existing directory must be writable, and an existing file must be
+/// writable and be a vmscope database of a schema this build knows. A lock
+/// held by a running agent is not an error here.
+pub fn probe(path: &Path) -> Result<(), StoreError> {
+    use rustix::fs::{Access, AtFlags, CWD, accessat};
+    let open_err = |e: std::io::Error| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    };
+    // Effective ids, as the agent would use them.
+    let writable = |p: &Path| {
+        accessat(CWD, p, Access::WRITE_OK, AtFlags::EACCESS)
+            .map_err(|e| open_err(std::io::Error::from(e)))
+    };
+    if path.exists() {
+        writable(path)?;
+        // WAL and the lock file are created beside the database.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            writable(dir)?;
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| open_err(std::io::Error::other(e)))?;
+        check_ours(&conn, path).map_err(|e| match e {
+            StoreError::Query { source, .. } => open_err(std::io::Error::other(source)),
+            other => other,
+        })?;
+        let found: i64 = conn
+            .query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if found > known {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        return Ok(());
+    }
+    // The first ancestor that exists is where create_dir_all would start.
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.as_os_str().is_empty() {
+            return writable(Path::new("."));
+        }
+        if d.exists() {
+            if !d.is_dir() {
+                return Err(open_err(std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", d.display()),
+                )));
+            }
+            return writable(d);
+        }
+        dir = d.parent();
+    }
+    Ok(())
 }
 
 const EPISODE_COLS: &str = "id, rule, scope_key, severity, started_at_ms, resolved_at_ms, \
@@ -204,7 +336,11 @@ impl AlertStore for SqliteStore {
         Ok(rows)
     }
 
-    fn apply(&mut self, writes: &[EpisodeWrite]) -> Result<(), StoreError> {
+    fn record(
+        &mut self,
+        writes: &[EpisodeWrite],
+        outbox: &[OutboxWrite],
+    ) -> Result<Vec<i64>, StoreError> {
         let op = "apply";
         let tx = self.conn.transaction().map_err(q(op))?;
         for w in writes {
@@ -260,28 +396,68 @@ impl AlertStore for SqliteStore {
                 }
             }
         }
+        let mut ids = Vec::with_capacity(outbox.len());
+        for o in outbox {
+            tx.execute(
+                "INSERT INTO notification_outbox (sink, created_at_ms, payload) VALUES (?1, ?2, ?3)",
+                params![o.sink, to_ms(o.created_at), o.payload],
+            )
+            .map_err(q(op))?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit().map_err(q(op))?;
+        Ok(ids)
+    }
+
+    fn finish_delivery(
+        &mut self,
+        outbox_id: Option<i64>,
+        e: &NotificationLogEntry,
+    ) -> Result<(), StoreError> {
+        let op = "log_notification";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        tx.execute(
+            "INSERT INTO notification_log (at_ms, sink, rule, status, result, alerts, error) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                to_ms(e.at),
+                e.sink,
+                e.rule,
+                e.status,
+                e.result,
+                e.alerts,
+                e.error
+            ],
+        )
+        .map_err(q(op))?;
+        if let Some(id) = outbox_id {
+            tx.execute("DELETE FROM notification_outbox WHERE id = ?1", [id])
+                .map_err(q(op))?;
+        }
         tx.commit().map_err(q(op))
     }
 
-    fn log_notification(&mut self, e: &NotificationLogEntry) -> Result<(), StoreError> {
-        self.conn
+    fn outbox(&mut self) -> Result<Vec<OutboxRow>, StoreError> {
+        let op = "load_open";
+        let mut stmt = self
+            .conn
             .prepare_cached(
-                "INSERT INTO notification_log (at_ms, sink, rule, status, result, alerts, error) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "SELECT id, sink, created_at_ms, payload FROM notification_outbox ORDER BY id",
             )
-            .and_then(|mut s| {
-                s.execute(params![
-                    to_ms(e.at),
-                    e.sink,
-                    e.rule,
-                    e.status,
-                    e.result,
-                    e.alerts,
-                    e.error
-                ])
+            .map_err(q(op))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(OutboxRow {
+                    id: r.get(0)?,
+                    sink: r.get(1)?,
+                    created_at: from_ms(r.get(2)?),
+                    payload: r.get(3)?,
+                })
             })
-            .map(|_| ())
-            .map_err(q("log_notification"))
+            .map_err(q(op))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q(op))?;
+        Ok(rows)
     }
 
     fn query(&mut self, qy: &EpisodeQuery) -> Result<EpisodePage, StoreError> {
@@ -447,12 +623,12 @@ mod tests {
         {
             let mut s = SqliteStore::open(&path).unwrap();
             assert_eq!(s.journal_mode().unwrap(), "wal");
-            assert_eq!(s.schema_version().unwrap(), 1);
+            assert_eq!(s.schema_version().unwrap(), 2);
             s.apply(&[open("cpu", "host", 10)]).unwrap();
         }
         // Reopening does not re-run migrations and keeps the open episode.
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 1);
+        assert_eq!(s.schema_version().unwrap(), 2);
         let eps = s.open_episodes().unwrap();
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].started_at, t(10));
@@ -590,5 +766,70 @@ mod tests {
         assert_eq!(s.prune(t(1000)).unwrap(), 2);
         assert_eq!(s.open_episodes().unwrap().len(), 1);
         assert!(s.notification_log(10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn outbox_rows_survive_a_reopen_in_order_and_leave_with_their_final_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let row = |sink: &str, p: &str| OutboxWrite {
+            sink: sink.into(),
+            created_at: t(1),
+            payload: p.into(),
+        };
+        let ids = {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.record(
+                &[open("cpu", "host", 1)],
+                &[row("a", "first"), row("b", "first"), row("a", "second")],
+            )
+            .unwrap()
+        };
+        assert_eq!(ids.len(), 3);
+        let mut s = SqliteStore::open(&path).unwrap();
+        let left: Vec<(String, String)> = s
+            .outbox()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.sink, r.payload))
+            .collect();
+        assert_eq!(
+            left,
+            [("a", "first"), ("b", "first"), ("a", "second")]
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        let entry = NotificationLogEntry {
+            at: t(2),
+            sink: "a".into(),
+            rule: "cpu".into(),
+            status: "firing".into(),
+            result: "dropped_queue_full".into(),
+            alerts: 1,
+            error: None,
+        };
+        s.finish_delivery(Some(ids[0]), &entry).unwrap();
+        assert_eq!(s.outbox().unwrap().len(), 2);
+        assert_eq!(s.notification_log(10).unwrap(), [entry]);
+    }
+
+    #[test]
+    fn another_programs_database_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+            .unwrap();
+        drop(c);
+        let err = SqliteStore::open(&path).err().unwrap().to_string();
+        assert!(
+            err.contains("did not create") && err.contains("users"),
+            "{err}"
+        );
+        assert!(probe(&path).is_err());
+        let c = Connection::open(&path).unwrap();
+        let n: i64 = c
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "only the users table");
     }
 }

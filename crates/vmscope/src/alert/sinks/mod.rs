@@ -13,9 +13,18 @@
 //! - on any other 4xx gives up at once (`result="rejected"`, logged once):
 //!   the request itself is wrong and repeating it cannot help.
 //!
+//! Every notification is first written to the state database's outbox, one
+//! row per sink, in the same transaction as the episode change that caused
+//! it; the row goes when the sink's final outcome is recorded in the
+//! notification log. A notification still undelivered at shutdown (the
+//! sink is down) stays in the outbox and is queued again, in order, when
+//! the agent starts ([`Dispatcher::requeue`]): an unreachable sink loses
+//! nothing across restarts either. Without a database (the watchdog runs in
+//! memory) queues are all there is.
+//!
 //! While a sink is down its queue fills; beyond `queue_capacity` the oldest
 //! queued notification is dropped (resolved-only notifications first),
-//! counted as `result="dropped"`. Sinks that want the firing set re-sent
+//! counted as `result="dropped"` and logged as `dropped_queue_full`. Sinks that want the firing set re-sent
 //! (Alertmanager, [`Sink::resend_interval`]) get it re-sent from the task's
 //! own view of what is firing, which is seeded at start with the episodes
 //! restored from the store.
@@ -43,7 +52,56 @@ use tokio::task::JoinHandle;
 use super::config::{ConfigError, Delivery, SinkConfig};
 use super::metrics::{AlertMetrics, DeliveryResult};
 use super::notification::{Alert, Notification, Status, Transition};
-use crate::store::{NotificationLogEntry, Store};
+use crate::collect::ErrorChain;
+use crate::store::{EpisodeWrite, NotificationLogEntry, OutboxRow, OutboxWrite, Store};
+
+/// A notification waiting for its sink, and its outbox row (`None` when it
+/// is not persisted: no database, or the write failed).
+#[derive(Debug, Clone)]
+struct Queued {
+    n: Notification,
+    outbox_id: Option<i64>,
+}
+
+/// The `notification_log.result` of a notification given up without
+/// delivery; the metric counts all of them as `dropped`.
+pub mod dropped {
+    /// The sink's queue overflowed.
+    pub const QUEUE_FULL: &str = "dropped_queue_full";
+    /// Shutdown came first and there was no outbox to keep it in.
+    pub const SHUTDOWN: &str = "dropped_shutdown";
+    /// Found in the outbox for a sink that is no longer configured.
+    pub const SINK_REMOVED: &str = "dropped_sink_removed";
+    /// Found in the outbox but unreadable (written by a different build).
+    pub const UNREADABLE: &str = "dropped_unreadable";
+}
+
+fn log_entry(
+    sink: &str,
+    n: &Notification,
+    result: &str,
+    error: Option<String>,
+) -> NotificationLogEntry {
+    NotificationLogEntry {
+        at: SystemTime::now(),
+        sink: sink.to_owned(),
+        rule: n.rule.clone(),
+        status: n.status().as_str().to_owned(),
+        result: result.to_owned(),
+        alerts: u32::try_from(n.alerts.len()).unwrap_or(u32::MAX),
+        error,
+    }
+}
+
+/// Record a final outcome (and release its outbox row); failures are
+/// logged with their cause, never fatal.
+async fn finish(store: Option<&Store>, outbox_id: Option<i64>, entry: NotificationLogEntry) {
+    let Some(store) = store else { return };
+    let sink = entry.sink.clone();
+    if let Err(e) = store.finish_delivery(outbox_id, entry).await {
+        tracing::warn!(sink = %sink, error = %ErrorChain(&e), "cannot record the delivery in the state database");
+    }
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -136,7 +194,7 @@ struct Queue {
 }
 
 struct QueueInner {
-    items: VecDeque<Notification>,
+    items: VecDeque<Queued>,
     closed: bool,
 }
 
@@ -157,7 +215,7 @@ impl Queue {
     }
 
     /// Enqueue; returns the notification dropped to make room, if any.
-    fn push(&self, n: Notification) -> Option<Notification> {
+    fn push(&self, n: Queued) -> Option<Queued> {
         let dropped = {
             let mut q = self.lock();
             let dropped = if q.items.len() >= self.capacity {
@@ -165,7 +223,7 @@ impl Queue {
                 let idx = q
                     .items
                     .iter()
-                    .position(|x| x.status() == Status::Resolved)
+                    .position(|x| x.n.status() == Status::Resolved)
                     .unwrap_or(0);
                 q.items.remove(idx)
             } else {
@@ -178,7 +236,7 @@ impl Queue {
         dropped
     }
 
-    async fn pop(&self) -> Option<Notification> {
+    async fn pop(&self) -> Option<Queued> {
         loop {
             let notified = self.notify.notified();
             {
@@ -215,6 +273,7 @@ pub struct Dispatcher {
     sinks: Vec<Running>,
     stopping: watch::Sender<bool>,
     metrics: Arc<AlertMetrics>,
+    store: Option<Store>,
 }
 
 /// A built sink ready to run.
@@ -264,22 +323,125 @@ impl Dispatcher {
             sinks,
             stopping,
             metrics,
+            store,
         }
     }
 
-    /// Hand `n` to every sink it is meant for. Never waits.
-    pub fn dispatch(&self, n: &Notification) {
-        for s in self.sinks.iter().filter(|s| n.goes_to(&s.name)) {
-            if let Some(dropped) = s.queue.push(n.clone()) {
-                self.metrics.count(&s.name, DeliveryResult::Dropped);
-                tracing::warn!(
-                    sink = %s.name,
-                    rule = %dropped.rule,
-                    queued = s.queue.len(),
-                    "sink queue full: dropped the oldest notification"
-                );
+    /// Record `writes` and the outbox rows for `notes` in one transaction,
+    /// then hand each notification to every sink it is meant for. Waits for
+    /// the database only, never for a sink. If the database write fails the
+    /// notifications are still queued (in memory only) and the failure is
+    /// logged with its cause.
+    pub async fn dispatch(&self, notes: &[Notification], writes: Vec<EpisodeWrite>) {
+        let mut targets: Vec<(usize, &Running)> = Vec::new();
+        let mut outbox = Vec::new();
+        for (i, n) in notes.iter().enumerate() {
+            let payload = match serde_json::to_string(n) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(rule = %n.rule, error = %e, "cannot serialize a notification for the outbox; it is queued in memory only");
+                    None
+                }
+            };
+            for s in self.sinks.iter().filter(|s| n.goes_to(&s.name)) {
+                if let Some(p) = &payload {
+                    outbox.push((
+                        targets.len(),
+                        OutboxWrite {
+                            sink: s.name.clone(),
+                            created_at: n.at,
+                            payload: p.clone(),
+                        },
+                    ));
+                }
+                targets.push((i, s));
             }
         }
+        let mut ids: Vec<Option<i64>> = vec![None; targets.len()];
+        if let Some(store) = &self.store {
+            let (slots, rows): (Vec<usize>, Vec<OutboxWrite>) = outbox.into_iter().unzip();
+            match store.record(writes, rows).await {
+                Ok(got) => {
+                    for (slot, id) in slots.into_iter().zip(got) {
+                        if let Some(x) = ids.get_mut(slot) {
+                            *x = Some(id);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    error = %ErrorChain(&e),
+                    "cannot record alert state and queued notifications; a restart may notify again or lose them"
+                ),
+            }
+        }
+        for ((i, s), outbox_id) in targets.into_iter().zip(ids) {
+            if let Some(n) = notes.get(i) {
+                self.enqueue(s, n.clone(), outbox_id).await;
+            }
+        }
+    }
+
+    /// Queue what the outbox held at start, oldest first, ahead of
+    /// anything new. Rows for sinks no longer configured, or that cannot be
+    /// read, get their final outcome recorded instead.
+    pub async fn requeue(&self, rows: Vec<OutboxRow>) {
+        let mut queued = 0usize;
+        for row in rows {
+            let parsed = serde_json::from_str::<Notification>(&row.payload);
+            let sink = self.sinks.iter().find(|s| s.name == row.sink);
+            match (parsed, sink) {
+                (Ok(n), Some(s)) => {
+                    self.enqueue(s, n, Some(row.id)).await;
+                    queued += 1;
+                }
+                (Ok(n), None) => {
+                    tracing::info!(sink = %row.sink, rule = %n.rule, "undelivered notification for a sink that is no longer configured; dropped");
+                    let entry = log_entry(&row.sink, &n, dropped::SINK_REMOVED, None);
+                    finish(self.store.as_ref(), Some(row.id), entry).await;
+                }
+                (Err(e), _) => {
+                    tracing::warn!(sink = %row.sink, outbox_id = row.id, error = %e, "undelivered notification unreadable; dropped");
+                    let entry = NotificationLogEntry {
+                        at: SystemTime::now(),
+                        sink: row.sink.clone(),
+                        rule: String::new(),
+                        status: String::new(),
+                        result: dropped::UNREADABLE.to_owned(),
+                        alerts: 0,
+                        error: Some(e.to_string()),
+                    };
+                    finish(self.store.as_ref(), Some(row.id), entry).await;
+                }
+            }
+        }
+        if queued > 0 {
+            tracing::info!(
+                notifications = queued,
+                "queued undelivered notifications from before the restart"
+            );
+        }
+    }
+
+    /// Push onto one sink's queue; a notification pushed out of a full
+    /// queue gets its final outcome recorded.
+    async fn enqueue(&self, s: &Running, n: Notification, outbox_id: Option<i64>) {
+        let Some(dropped) = s.queue.push(Queued { n, outbox_id }) else {
+            return;
+        };
+        self.metrics.count(&s.name, DeliveryResult::Dropped);
+        tracing::warn!(
+            sink = %s.name,
+            rule = %dropped.n.rule,
+            queued = s.queue.len(),
+            "sink queue full: dropped the oldest notification"
+        );
+        let entry = log_entry(
+            &s.name,
+            &dropped.n,
+            dropped::QUEUE_FULL,
+            Some("sink queue full".to_owned()),
+        );
+        finish(self.store.as_ref(), dropped.outbox_id, entry).await;
     }
 
     /// Names of the running sinks.
@@ -335,10 +497,10 @@ impl Worker {
         // The first tick is immediate: re-send restored alerts at once.
         loop {
             tokio::select! {
-                n = self.queue.pop() => match n {
-                    Some(n) => {
-                        self.track(&n);
-                        self.deliver_with_retry(&n).await;
+                q = self.queue.pop() => match q {
+                    Some(q) => {
+                        self.track(&q.n);
+                        self.deliver_with_retry(&q).await;
                         // The receiver just heard the latest state.
                         ticker.reset();
                     }
@@ -401,7 +563,8 @@ impl Worker {
         }
     }
 
-    async fn deliver_with_retry(&mut self, n: &Notification) {
+    async fn deliver_with_retry(&mut self, q: &Queued) {
+        let n = &q.n;
         let mut backoff = INITIAL_BACKOFF;
         let mut attempt: u32 = 0;
         loop {
@@ -423,6 +586,11 @@ impl Worker {
                 }) => {
                     self.metrics.count(&self.name, DeliveryResult::Retry);
                     if *self.stopping.borrow() {
+                        if q.outbox_id.is_some() {
+                            // Not a final outcome: the next start delivers it.
+                            tracing::warn!(sink = %self.name, rule = %n.rule, error = %message, "sink failed during shutdown; notification kept in the outbox for the next start");
+                            return;
+                        }
                         tracing::warn!(sink = %self.name, rule = %n.rule, error = %message, "sink failed during shutdown; notification dropped");
                         (DeliveryResult::Dropped, Some(message))
                     } else {
@@ -443,20 +611,12 @@ impl Worker {
                 }
             };
             self.metrics.count(&self.name, result);
-            if let Some(store) = &self.store {
-                let entry = NotificationLogEntry {
-                    at: SystemTime::now(),
-                    sink: self.name.clone(),
-                    rule: n.rule.clone(),
-                    status: n.status().as_str().to_owned(),
-                    result: result.as_str().to_owned(),
-                    alerts: u32::try_from(n.alerts.len()).unwrap_or(u32::MAX),
-                    error,
-                };
-                if let Err(e) = store.log_notification(entry).await {
-                    tracing::warn!(sink = %self.name, error = %e, "cannot record the delivery in the state database");
-                }
-            }
+            let logged = match result {
+                DeliveryResult::Dropped => dropped::SHUTDOWN,
+                other => other.as_str(),
+            };
+            let entry = log_entry(&self.name, n, logged, error);
+            finish(self.store.as_ref(), q.outbox_id, entry).await;
             return;
         }
     }
@@ -499,18 +659,25 @@ mod tests {
         }
     }
 
+    fn queued(rule: &str, status: Status) -> Queued {
+        Queued {
+            n: note(rule, status),
+            outbox_id: None,
+        }
+    }
+
     #[tokio::test]
     async fn full_queue_drops_resolved_notices_first_then_the_oldest() {
         let q = Queue::new(3);
-        assert!(q.push(note("a", Status::Firing)).is_none());
-        assert!(q.push(note("b", Status::Resolved)).is_none());
-        assert!(q.push(note("c", Status::Firing)).is_none());
-        assert_eq!(q.push(note("d", Status::Firing)).unwrap().rule, "b");
-        assert_eq!(q.push(note("e", Status::Firing)).unwrap().rule, "a");
+        assert!(q.push(queued("a", Status::Firing)).is_none());
+        assert!(q.push(queued("b", Status::Resolved)).is_none());
+        assert!(q.push(queued("c", Status::Firing)).is_none());
+        assert_eq!(q.push(queued("d", Status::Firing)).unwrap().n.rule, "b");
+        assert_eq!(q.push(queued("e", Status::Firing)).unwrap().n.rule, "a");
         q.close();
         let mut left = Vec::new();
-        while let Some(n) = q.pop().await {
-            left.push(n.rule);
+        while let Some(q) = q.pop().await {
+            left.push(q.n.rule);
         }
         assert_eq!(left, ["c", "d", "e"]);
     }
