@@ -159,7 +159,7 @@ pub fn boot_time(roots: &Roots) -> Result<u64, InitError> {
 
 impl Collector {
     pub fn new(cfg: &Config) -> Result<Self, InitError> {
-        Self::with_budget(cfg, FdBudget::from_rlimit())
+        Self::with_budget(cfg, FdBudget::from_rlimit(cfg.http.fd_reserve()))
     }
 
     pub fn with_budget(cfg: &Config, budget: FdBudget) -> Result<Self, InitError> {

@@ -36,6 +36,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub collectors: CollectorsConfig,
     pub log: LogConfig,
+    /// HTTP server limits and timeouts (see `crate::server`).
+    pub http: crate::server::HttpConfig,
     /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
     pub watchdog: crate::alert::WatchdogConfig,
 }
@@ -49,6 +51,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             collectors: CollectorsConfig::default(),
             log: LogConfig::default(),
+            http: crate::server::HttpConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
         }
     }
@@ -276,6 +279,7 @@ impl Config {
                 self.log.level
             ));
         }
+        self.http.validate().map_err(ConfigError::Invalid)?;
         self.watchdog
             .validate(self.interval())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

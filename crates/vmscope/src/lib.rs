@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod export;
 pub mod model;
 pub mod roots;
+pub mod server;
 pub mod store;
 
 /// Version and build facts, exported as `vmscope_build_info`.

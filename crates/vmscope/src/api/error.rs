@@ -4,6 +4,8 @@
 //! with the status from [`ApiError::status_and_code`], the single place where
 //! errors meet status codes. Internal errors are logged with their cause and
 //! answered with a fixed message: no internal text reaches the client.
+//! Requests too broken to reach the router (see `crate::server`) get the
+//! same body, from [`ApiError::json_body`].
 
 use std::time::Duration;
 
@@ -27,6 +29,15 @@ pub enum ApiError {
     BadRequest(&'static str),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// A request head that is not HTTP/1.x (answered by `crate::server`).
+    #[error("malformed request: {0}")]
+    MalformedRequest(&'static str),
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
+    #[error(
+        "request head larger than {max_bytes} bytes or with more than {max_fields} header fields"
+    )]
+    HeadersTooLarge { max_bytes: usize, max_fields: usize },
     #[error("request took longer than {0:?}")]
     Timeout(Duration),
     #[error("no collection tick has completed yet")]
@@ -54,13 +65,38 @@ impl ApiError {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::BadRequest(_) | ApiError::MalformedRequest(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            ApiError::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ApiError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Stale { .. } => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// The error body, `{"error":{"code":...,"message":...}}`.
+    fn body(&self) -> Body<'static> {
+        let (_, code) = self.status_and_code();
+        // `Internal`'s Display is the fixed "internal error", never its source.
+        Body {
+            error: Detail {
+                code,
+                message: self.to_string(),
+            },
+        }
+    }
+
+    /// The error body as bytes, for answers written outside axum.
+    pub fn json_body(&self) -> Vec<u8> {
+        // Two strings cannot fail to serialize; the fallback is never used.
+        serde_json::to_vec(&self.body()).unwrap_or_else(|_| b"{}".to_vec())
     }
 }
 
@@ -77,19 +113,11 @@ struct Detail<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let (status, _) = self.status_and_code();
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = %e, "internal error answering an HTTP request");
         }
-        // `Internal`'s Display is the fixed "internal error", never its source.
-        let message = self.to_string();
-        (
-            status,
-            Json(Body {
-                error: Detail { code, message },
-            }),
-        )
-            .into_response()
+        (status, Json(self.body())).into_response()
     }
 }
 

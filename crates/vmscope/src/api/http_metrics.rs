@@ -1,5 +1,7 @@
 //! HTTP self-metrics: a request-duration histogram and an in-flight gauge,
-//! recorded by a middleware and exported as a [`MetricSource`].
+//! recorded by a middleware, and the connection counters that
+//! `crate::server` keeps ([`ConnectionMetrics`]), all exported as one
+//! [`MetricSource`].
 //!
 //! Labels are bounded: `route` is the matched route template from
 //! [`MatchedPath`] (never the raw path; `unmatched` for the 404 fallback),
@@ -11,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -30,6 +32,142 @@ static IN_FLIGHT: Desc = Desc::gauge(
     "vmscope_http_requests_in_flight",
     "HTTP requests vmscope is serving right now.",
 );
+
+static CONNECTIONS: Desc = Desc::gauge(
+    "vmscope_http_connections",
+    "TCP connections open to vmscope's HTTP server.",
+);
+static CONNECTIONS_LIMIT: Desc = Desc::gauge(
+    "vmscope_http_connections_limit",
+    "Most TCP connections vmscope's HTTP server keeps open (http.max_connections, lowered to fit RLIMIT_NOFILE).",
+);
+static ACCEPTED: Desc = Desc::counter(
+    "vmscope_http_connections_accepted_total",
+    "TCP connections accepted by vmscope's HTTP server.",
+);
+static CLOSED: Desc = Desc::counter(
+    "vmscope_http_connections_closed_total",
+    "Connections vmscope's HTTP server closed on its own, by reason (clients closing are not counted).",
+);
+static ACCEPT_ERRORS: Desc = Desc::counter(
+    "vmscope_http_accept_errors_total",
+    "Failed accept() calls of vmscope's HTTP server; descriptors = the process or system is out of file descriptors.",
+);
+
+/// Why the server closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Accepted at the cap with no idle connection to make room: closed at once.
+    OverLimit,
+    /// Idle (or still sending its request head) and closed to make room.
+    Evicted,
+    /// The request head (or body) did not arrive within `http.header_read_timeout`.
+    HeaderTimeout,
+    /// Kept alive with no request for `http.idle_timeout`.
+    IdleTimeout,
+    /// The client stopped reading the response for `http.idle_timeout`.
+    WriteTimeout,
+    /// The request head was not valid HTTP/1.x or too large: answered, then closed.
+    BadRequest,
+    /// Still open when the server stopped.
+    Shutdown,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 7] = [
+        CloseReason::OverLimit,
+        CloseReason::Evicted,
+        CloseReason::HeaderTimeout,
+        CloseReason::IdleTimeout,
+        CloseReason::WriteTimeout,
+        CloseReason::BadRequest,
+        CloseReason::Shutdown,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::OverLimit => "over_limit",
+            CloseReason::Evicted => "evicted",
+            CloseReason::HeaderTimeout => "header_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::BadRequest => "bad_request",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The `kind` label of `vmscope_http_accept_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcceptErrorKind {
+    /// EMFILE, ENFILE, ENOBUFS, ENOMEM: the server backs off.
+    Descriptors,
+    Other,
+}
+
+/// Connection counters, written by `crate::server` (plain atomics: the
+/// accept loop never waits on a scrape).
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    pub(crate) open: AtomicI64,
+    limit: AtomicU64,
+    accepted: AtomicU64,
+    closed: [AtomicU64; CloseReason::ALL.len()],
+    accept_errors: [AtomicU64; 2],
+}
+
+impl ConnectionMetrics {
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit as u64, Ordering::Relaxed);
+    }
+    pub fn opened(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn released(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Counts a connection accepted only to be closed at once (not open).
+    pub fn refused(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.closed(CloseReason::OverLimit);
+    }
+    pub fn closed(&self, reason: CloseReason) {
+        self.closed_n(reason, 1);
+    }
+    pub fn closed_n(&self, reason: CloseReason, n: u64) {
+        let i = CloseReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.closed[i].fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn accept_error(&self, kind: AcceptErrorKind) {
+        let i = match kind {
+            AcceptErrorKind::Descriptors => 0,
+            AcceptErrorKind::Other => 1,
+        };
+        self.accept_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn encode(&self, out: &mut MetricWriter<'_>) {
+        out.family(&CONNECTIONS);
+        out.sample(&[], self.open.load(Ordering::Relaxed));
+        out.family(&CONNECTIONS_LIMIT);
+        out.sample(&[], self.limit.load(Ordering::Relaxed));
+        out.family(&ACCEPTED);
+        out.sample(&[], self.accepted.load(Ordering::Relaxed));
+        out.family(&CLOSED);
+        for (reason, n) in CloseReason::ALL.iter().zip(&self.closed) {
+            out.sample(&[("reason", reason.as_str())], n.load(Ordering::Relaxed));
+        }
+        out.family(&ACCEPT_ERRORS);
+        for (kind, n) in ["descriptors", "other"].iter().zip(&self.accept_errors) {
+            out.sample(&[("kind", kind)], n.load(Ordering::Relaxed));
+        }
+    }
+}
 
 /// Upper bounds in seconds; /metrics from cache is ~0.1-1 ms.
 static BUCKETS: [f64; 12] = [
@@ -50,11 +188,17 @@ type Hist = Histogram<12>;
 pub struct HttpMetrics {
     in_flight: AtomicI64,
     series: Mutex<BTreeMap<Key, Hist>>,
+    connections: ConnectionMetrics,
 }
 
 impl HttpMetrics {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The server's connection counters.
+    pub fn connections(&self) -> &ConnectionMetrics {
+        &self.connections
     }
 
     fn observe(&self, key: Key, seconds: f64) {
@@ -69,6 +213,7 @@ impl MetricSource for HttpMetrics {
     fn encode(&self, out: &mut MetricWriter<'_>) {
         out.family(&IN_FLIGHT);
         out.sample(&[], self.in_flight.load(Ordering::Relaxed));
+        self.connections.encode(out);
 
         // Copy out so the request path never waits on encoding.
         let series: Vec<(Key, Hist)> = {

@@ -3,7 +3,7 @@
 //!
 //! Reads: the latest `Arc<Snapshot>` from a `tokio::sync::watch` channel
 //! (never blocking the collector) and the extra metric sources. Emits: HTTP
-//! responses; binding the socket is the caller's job (`axum::serve`).
+//! responses; binding the socket and connections are `crate::server`'s job.
 //! `docs/openapi.yaml` describes every route in [`ROUTES`]; a test keeps the
 //! two in agreement.
 //!
@@ -173,6 +173,11 @@ impl AppState {
     /// The HTTP self-metrics (also exported on /metrics).
     pub fn http_metrics(&self) -> &HttpMetrics {
         &self.inner.http
+    }
+
+    /// The same, shared: the server (`crate::server`) counts connections in it.
+    pub fn shared_http_metrics(&self) -> Arc<HttpMetrics> {
+        Arc::clone(&self.inner.http)
     }
 
     pub(crate) fn extra(&self) -> &[Arc<dyn MetricSource>] {

@@ -42,7 +42,9 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
         let extra: Vec<Arc<dyn MetricSource>> = vec![watchdog.metrics()];
-        let app = router_with(AppState::new(snapshots, extra), watchdog.router());
+        let state = AppState::new(snapshots, extra);
+        let http_metrics = state.shared_http_metrics();
+        let app = router_with(state, watchdog.router());
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))
@@ -52,11 +54,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .context("reading the bound address")
             .map_err(Failure::runtime)?;
         tracing::info!(address = %addr, interval_secs = cfg.interval_secs, version = crate::BuildInfo::VERSION, "listening");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving HTTP")
-            .map_err(Failure::runtime)?;
+        crate::server::serve(listener, app, &cfg.http, http_metrics, shutdown_signal()).await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
         watchdog.shutdown().await;
         tracing::info!("stopped");

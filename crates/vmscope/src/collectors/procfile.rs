@@ -95,8 +95,9 @@ impl FdBudget {
     }
 
     /// Raises the soft `RLIMIT_NOFILE` to the hard limit and sizes the
-    /// budget to leave room for sockets, the database and logs.
-    pub fn from_rlimit() -> Self {
+    /// budget to leave `reserve` descriptors for HTTP connections, the
+    /// database, logs and files opened per read (`HttpConfig::fd_reserve`).
+    pub fn from_rlimit(reserve: usize) -> Self {
         use rustix::process::{Resource, getrlimit, setrlimit};
         let mut lim = getrlimit(Resource::Nofile);
         if let Some(max) = lim.maximum
@@ -108,7 +109,7 @@ impl FdBudget {
             }
         }
         let soft = lim.current.unwrap_or(1 << 20) as usize;
-        FdBudget::new(soft.saturating_sub(256).min(1 << 18))
+        FdBudget::new(soft.saturating_sub(reserve).min(1 << 18))
     }
 
     fn try_take(&self) -> bool {
