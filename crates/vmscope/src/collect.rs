@@ -25,7 +25,7 @@ use vmscope_proc::LibvirtDomain;
 type AppliedIdentity = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
 use crate::model::{
     CollectorStatus, HostStats, Hypervisor, Owner, Snapshot, Source, VmRates, VmState, VmStats,
-    unix_seconds,
+    cap_label_value, unix_seconds,
 };
 use crate::roots::Roots;
 
@@ -143,6 +143,8 @@ pub struct Collector {
     page_size: u64,
     budget: FdBudget,
     buf: Vec<u8>,
+    /// Identity strings cut to MAX_LABEL_VALUE_BYTES since start.
+    label_values_truncated: u64,
 }
 
 /// Reads `btime` from /proc/stat.
@@ -209,6 +211,7 @@ impl Collector {
             budget,
             buf: Vec::new(),
             roots,
+            label_values_truncated: 0,
         })
     }
 
@@ -330,6 +333,7 @@ impl Collector {
             vms,
             collectors: statuses,
             discovered: discovered_per_source,
+            label_values_truncated_total: self.label_values_truncated,
         }
     }
 
@@ -340,6 +344,7 @@ impl Collector {
         let mut kept = Vec::with_capacity(by_pid.len());
         for mut f in self.vms.drain(..) {
             let Some(d) = by_pid.remove(&f.entry.pid) else {
+                tracing::debug!(vm_id = %f.entry.stats.id, vm_name = %f.entry.stats.name, pid = f.entry.pid, "VM gone");
                 continue;
             };
             let same_process = d
@@ -351,7 +356,7 @@ impl Collector {
                 continue;
             }
             if !(same_arc(&f.applied.0, &d.process) && same_arc(&f.applied.1, &d.libvirt)) {
-                apply_identity(&mut f.entry, &d);
+                self.label_values_truncated += apply_identity(&mut f.entry, &d);
                 f.applied = (d.process.clone(), d.libvirt.clone());
             }
             kept.push(f);
@@ -361,6 +366,7 @@ impl Collector {
         new.sort_by_key(|d| d.pid);
         for d in new {
             if let Some(entry) = self.new_entry(&d, clock) {
+                tracing::debug!(vm_id = %entry.stats.id, vm_name = %entry.stats.name, pid = d.pid, source = d.source.as_str(), "following a new VM");
                 self.vms.push(Followed {
                     entry,
                     prev: None,
@@ -403,7 +409,7 @@ impl Collector {
             failed: false,
             last_success: None,
         };
-        apply_identity(&mut entry, d);
+        self.label_values_truncated += apply_identity(&mut entry, d);
         Some(entry)
     }
 }
@@ -436,8 +442,14 @@ fn file_stem(path: &str) -> Option<String> {
 }
 
 /// Sets who a VM is from what discovery knows; the libvirt record wins over
-/// the command line, which fills the gaps.
-fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) {
+/// the command line, which fills the gaps. Returns how many strings were cut
+/// to [`MAX_LABEL_VALUE_BYTES`].
+///
+/// The cap is applied here, where the identity is built, and nowhere else:
+/// every consumer (exposition, JSON API, watchdog, `vmscope vms`, logs)
+/// reads these fields from the snapshot, so all of them see the same capped
+/// name, and the encoder's hot path needs no length checks.
+fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
     let s = &mut e.stats;
     s.source = d.source;
     s.hypervisor = hypervisor(d.kind);
@@ -491,6 +503,25 @@ fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) {
         }
     }
     e.taps = taps;
+    cap_identity(&mut e.stats)
+}
+
+/// Caps every identity string of `s` that ends up in a label value.
+fn cap_identity(s: &mut VmStats) -> u64 {
+    let mut values: Vec<&mut String> = vec![&mut s.id, &mut s.name];
+    values.extend(s.uuid.as_mut());
+    values.extend(s.flavor.as_mut());
+    values.extend(s.display_name.as_mut());
+    if let Some(o) = s.owner.as_mut() {
+        values.extend(o.user_id.as_mut());
+        values.extend(o.user_name.as_mut());
+        values.extend(o.project_id.as_mut());
+        values.extend(o.project_name.as_mut());
+    }
+    values
+        .into_iter()
+        .map(|v| u64::from(cap_label_value(v)))
+        .sum()
 }
 
 fn rate_sample(s: &VmStats, at: Instant) -> RateSample {

@@ -7,11 +7,14 @@
 //! modules read from the environment themselves are listed in
 //! [`is_non_config_env`] and not treated as configuration keys.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::value::MapDeserializer;
+use serde::de::{Error as _, IntoDeserializer, Unexpected, Visitor};
+use serde::{Deserialize, Deserializer as _, Serialize};
 
 use crate::roots::Roots;
 
@@ -19,16 +22,20 @@ use crate::roots::Roots;
 /// exporters' port range; the registry list itself is full.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9847";
 
+/// The log filter variable: overrides `log.level` and is checked like it.
+pub const LOG_ENV: &str = "VMSCOPE_LOG";
+
 /// Environment variables with the `VMSCOPE_` prefix that are not config
 /// keys: the log filter, and the secrets the watchdog reads itself.
 pub fn is_non_config_env(name: &str) -> bool {
-    name == "VMSCOPE_LOG" || crate::alert::config::ENV_VARS.contains(&name)
+    name == LOG_ENV || crate::alert::config::ENV_VARS.contains(&name)
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address the HTTP server binds to.
+    /// Address the HTTP server binds to: an IP address and port.
+    #[serde(deserialize_with = "de_listen")]
     pub listen: SocketAddr,
     /// Collection interval in seconds.
     pub interval_secs: f64,
@@ -40,6 +47,10 @@ pub struct Config {
     pub http: crate::server::HttpConfig,
     /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
     pub watchdog: crate::alert::WatchdogConfig,
+    /// (dotted key, variable) for every value set from the environment,
+    /// sorted by variable; filled by the loader.
+    #[serde(skip)]
+    pub from_env: Vec<(String, String)>,
 }
 
 impl Default for Config {
@@ -53,6 +64,7 @@ impl Default for Config {
             log: LogConfig::default(),
             http: crate::server::HttpConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
+            from_env: Vec::new(),
         }
     }
 }
@@ -210,7 +222,7 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut tree = match file {
+        let tree = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
                     path: path.to_path_buf(),
@@ -222,36 +234,63 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let vars: Vec<(String, String)> = env
+        let mut vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("VMSCOPE_") && !is_non_config_env(k))
+            .filter(|(k, _)| k.starts_with("VMSCOPE_"))
             .collect();
-        let env_keys = merge_env(&mut tree, &vars)?;
-        let cfg: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
-                let key = e.path().to_string();
-                let from = env_keys
-                    .iter()
-                    .find(|(path, _)| {
-                        key == *path
-                            || key.starts_with(&format!("{path}."))
-                            || path.starts_with(&format!("{key}."))
-                    })
-                    .map(|(_, var)| format!(" (from environment variable {var})"))
-                    .unwrap_or_default();
-                let inner = e.into_inner().to_string();
-                let inner = inner.trim_end();
-                if key.is_empty() || key == "." {
-                    ConfigError::Invalid(format!("{inner}{from}"))
-                } else {
-                    ConfigError::Invalid(format!("{key}: {inner}{from}"))
-                }
-            })?;
+        // Sorted so that errors and `check-config`'s report do not depend on
+        // the order of the process environment.
+        vars.sort();
+        let log_env = vars
+            .iter()
+            .find(|(k, _)| k == LOG_ENV)
+            .map(|(_, v)| v.clone());
+        vars.retain(|(k, _)| !is_non_config_env(k));
+        let mut tree = Node::from_table(tree);
+        let mut from_env = merge_env(&mut tree, &vars)?;
+        let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            let from = env_source(&from_env, &key)
+                .map(|var| format!(" (from environment variable {var})"))
+                .unwrap_or_default();
+            // `message()`, not `to_string()`: the latter appends "in `key`"
+            // on a second line, and the key is already in front.
+            let inner = e.into_inner();
+            let inner = inner.message().trim_end();
+            if key.is_empty() || key == "." {
+                ConfigError::Invalid(format!("{inner}{from}"))
+            } else {
+                ConfigError::Invalid(format!("{key}: {inner}{from}"))
+            }
+        })?;
+        if let Some(filter) = log_env {
+            // VMSCOPE_LOG is `log.level` from the environment: checked by
+            // `validate` like the file's value, never silently ignored.
+            cfg.log.level = filter;
+            from_env.push(("log.level".into(), LOG_ENV.into()));
+        }
+        cfg.from_env = from_env;
         Ok(cfg)
     }
 
-    /// Cross-field checks that serde cannot express.
+    /// Cross-field checks that serde cannot express. An error about a value
+    /// that came from the environment names the variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_values().map_err(|e| match e {
+            ConfigError::Invalid(m) => {
+                let key = m.split(':').next().unwrap_or_default();
+                match env_source(&self.from_env, key) {
+                    Some(var) => {
+                        ConfigError::Invalid(format!("{m} (from environment variable {var})"))
+                    }
+                    None => ConfigError::Invalid(m),
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn validate_values(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if !(self.interval_secs.is_finite() && (0.1..=3600.0).contains(&self.interval_secs)) {
             return bad(format!(
@@ -273,9 +312,9 @@ impl Config {
                 "collectors.filesystem.timeout_secs: {t} is out of range (above 0, at most 30 seconds)"
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return bad(format!(
-                "log.level: {:?} is not a valid log filter",
+                "log.level: {:?} is not a valid log filter: {e}",
                 self.log.level
             ));
         }
@@ -284,6 +323,11 @@ impl Config {
             .validate(self.interval())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
+    }
+
+    /// True when `key` (dotted) was set from the environment.
+    pub fn is_from_env(&self, key: &str) -> bool {
+        self.from_env.iter().any(|(k, _)| k == key)
     }
 
     pub fn interval(&self) -> Duration {
@@ -300,12 +344,49 @@ impl Config {
     }
 }
 
-/// Merges `VMSCOPE_A__B=v` pairs into the tree as `a.b = v`, each value
-/// parsed as a TOML value when it is one (`5`, `true`, `["a"]`) and kept as
-/// a string otherwise. Returns (dotted key, variable name) pairs so that an
-/// error can say which variable was wrong.
+/// The variable that set `key`, or a section holding it, or a key inside it.
+fn env_source<'a>(from_env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    from_env
+        .iter()
+        .find(|(path, _)| {
+            key == *path
+                || key.starts_with(&format!("{path}."))
+                || key.starts_with(&format!("{path}["))
+                || path.starts_with(&format!("{key}."))
+        })
+        .map(|(_, var)| var.as_str())
+}
+
+/// Parses a listen address. Host names are refused rather than resolved:
+/// `localhost` resolves to 127.0.0.1 and ::1, and binding one of them (or
+/// whatever DNS says at start) would silently decide which clients reach
+/// the agent. An IP address says exactly where it listens.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let hint = "give an IP address and port, e.g. 127.0.0.1:9847, 0.0.0.0:9847 or [::1]:9847";
+    match s.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() && host.parse::<IpAddr>().is_err() => {
+            Err(format!(
+                "{s:?}: host names are not accepted (an address is bound, not resolved); {hint}"
+            ))
+        }
+        _ => Err(format!("{s:?} is not an address and port; {hint}")),
+    }
+}
+
+fn de_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen(&s).map_err(serde::de::Error::custom)
+}
+
+/// Merges `VMSCOPE_A__B=v` pairs into the tree as `a.b = v`, each value kept
+/// as its text until deserialization says which type the key expects (see
+/// [`Node`]). Returns (dotted key, variable name) pairs so that an error can
+/// say which variable was wrong.
 fn merge_env(
-    root: &mut toml::Table,
+    root: &mut Node,
     vars: &[(String, String)],
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut keys = Vec::new();
@@ -319,31 +400,247 @@ fn merge_env(
                 "environment variable {k}: empty key segment"
             )));
         }
-        let value = toml::from_str::<toml::Table>(&format!("v = {v}"))
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(v.clone()));
         let Some((last, parents)) = path.split_last() else {
             continue;
         };
-        let mut table = &mut *root;
+        let mut node = &mut *root;
         for p in parents {
-            let entry = table
-                .entry(p.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = match entry {
-                toml::Value::Table(t) => t,
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "environment variable {k}: {p} is not a section"
-                    )));
-                }
+            let Node::Table(table) = node else {
+                return Err(ConfigError::Invalid(format!(
+                    "environment variable {k}: {p} is not a section"
+                )));
             };
+            node = table
+                .entry(p.clone())
+                .or_insert_with(|| Node::Table(BTreeMap::new()))
+                .open_table();
         }
-        table.insert(last.clone(), value);
+        let Node::Table(table) = node else {
+            return Err(ConfigError::Invalid(format!(
+                "environment variable {k}: {} is not a section",
+                parents.join(".")
+            )));
+        };
+        table.insert(last.clone(), Node::Env(v.clone()));
         keys.push((path.join("."), k.clone()));
     }
     Ok(keys)
+}
+
+/// The config tree being deserialized: the file's TOML values as they are,
+/// and environment values as raw text that is parsed by the type the key
+/// expects. A string key takes the text verbatim (`VMSCOPE_PATHS__PROC=5` is
+/// the path `5`); numbers are decimal only (`0x10` is an error, not 16);
+/// booleans are `true` or `false`; lists are TOML arrays (`["a", "b"]`).
+/// Where serde does not say (inside the `type`-tagged sinks), `true`,
+/// `false` and decimal integers are taken as such, anything else as text.
+enum Node {
+    Toml(toml::Value),
+    Env(String),
+    Table(BTreeMap<String, Node>),
+}
+
+type DeError = toml::de::Error;
+
+impl Node {
+    fn from_table(t: toml::Table) -> Node {
+        Node::Table(t.into_iter().map(|(k, v)| (k, Node::Toml(v))).collect())
+    }
+
+    /// Turns a file's table into a [`Node::Table`] so that environment
+    /// values can be put into it; other values stay as they are.
+    fn open_table(&mut self) -> &mut Node {
+        if let Node::Toml(toml::Value::Table(t)) = self {
+            *self = Node::from_table(std::mem::take(t));
+        }
+        self
+    }
+}
+
+fn env_bool<'de, V: Visitor<'de>>(s: String, v: V) -> Result<V::Value, DeError> {
+    match s.as_str() {
+        "true" => v.visit_bool(true),
+        "false" => v.visit_bool(false),
+        _ => Err(DeError::invalid_value(
+            Unexpected::Str(&s),
+            &"true or false",
+        )),
+    }
+}
+
+fn env_int<'de, V: Visitor<'de>>(s: String, v: V) -> Result<V::Value, DeError> {
+    // from_str takes an optional sign and decimal digits, nothing else.
+    if let Ok(i) = s.parse::<i64>() {
+        v.visit_i64(i)
+    } else if let Ok(u) = s.parse::<u64>() {
+        v.visit_u64(u)
+    } else {
+        Err(DeError::invalid_value(
+            Unexpected::Str(&s),
+            &"a decimal integer",
+        ))
+    }
+}
+
+fn env_float<'de, V: Visitor<'de>>(s: String, v: V) -> Result<V::Value, DeError> {
+    // f64::from_str would also take "inf", "NaN" and "infinity".
+    let decimal = !s.is_empty()
+        && s.chars().any(|c| c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c));
+    match s.parse::<f64>() {
+        Ok(f) if decimal => v.visit_f64(f),
+        _ => Err(DeError::invalid_value(
+            Unexpected::Str(&s),
+            &"a decimal number",
+        )),
+    }
+}
+
+fn env_str<'de, V: Visitor<'de>>(s: String, v: V) -> Result<V::Value, DeError> {
+    v.visit_string(s)
+}
+
+fn env_seq<'de, V: Visitor<'de>>(s: String, v: V) -> Result<V::Value, DeError> {
+    match toml::from_str::<toml::Table>(&format!("v = {s}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+    {
+        Some(a @ toml::Value::Array(_)) => a.deserialize_seq(v),
+        _ => Err(DeError::invalid_value(
+            Unexpected::Str(&s),
+            &"a TOML array such as [\"a\", \"b\"]",
+        )),
+    }
+}
+
+/// Where the visitor gives no type: booleans and decimal integers as such.
+fn env_any<'de, V: Visitor<'de>>(s: String, v: V) -> Result<V::Value, DeError> {
+    match s.as_str() {
+        "true" => v.visit_bool(true),
+        "false" => v.visit_bool(false),
+        _ => match s.parse::<i64>() {
+            Ok(i) => v.visit_i64(i),
+            Err(_) => v.visit_string(s),
+        },
+    }
+}
+
+macro_rules! typed {
+    ($($method:ident => $env:ident),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+            match self {
+                Node::Toml(t) => t.$method(v),
+                Node::Env(s) => $env(s, v),
+                Node::Table(_) => self.deserialize_any(v),
+            }
+        }
+    )*};
+}
+
+impl<'de> serde::Deserializer<'de> for Node {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_any(v),
+            Node::Env(s) => env_any(s, v),
+            Node::Table(m) => v.visit_map(MapDeserializer::new(m.into_iter())),
+        }
+    }
+
+    typed! {
+        deserialize_bool => env_bool,
+        deserialize_i8 => env_int, deserialize_i16 => env_int,
+        deserialize_i32 => env_int, deserialize_i64 => env_int,
+        deserialize_u8 => env_int, deserialize_u16 => env_int,
+        deserialize_u32 => env_int, deserialize_u64 => env_int,
+        deserialize_f32 => env_float, deserialize_f64 => env_float,
+        deserialize_char => env_str, deserialize_str => env_str,
+        deserialize_string => env_str, deserialize_bytes => env_str,
+        deserialize_byte_buf => env_str, deserialize_identifier => env_str,
+        deserialize_seq => env_seq, deserialize_unit => env_any,
+        deserialize_map => env_any, deserialize_ignored_any => env_any,
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_option(v),
+            other => v.visit_some(other),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_newtype_struct(name, v),
+            other => v.visit_newtype_struct(other),
+        }
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_enum(name, variants, v),
+            Node::Env(s) => v.visit_enum(s.into_deserializer()),
+            Node::Table(_) => self.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_struct(name, fields, v),
+            other => other.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_unit_struct(name, v),
+            other => other.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_tuple(len, v),
+            other => other.deserialize_seq(v),
+        }
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        len: usize,
+        v: V,
+    ) -> Result<V::Value, DeError> {
+        match self {
+            Node::Toml(t) => t.deserialize_tuple_struct(name, len, v),
+            other => other.deserialize_seq(v),
+        }
+    }
+}
+
+impl<'de> IntoDeserializer<'de, DeError> for Node {
+    type Deserializer = Node;
+    fn into_deserializer(self) -> Node {
+        self
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +719,133 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("collectors.filesystem.timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn env_values_are_parsed_by_the_type_the_key_expects() {
+        // A string key takes the text verbatim, even when it looks like a number.
+        let c = load("", &[("VMSCOPE_PATHS__PROC", "5")]).unwrap();
+        assert_eq!(c.paths.proc, PathBuf::from("5"));
+        let c = load("", &[("VMSCOPE_LOG__LEVEL", "true")]).unwrap();
+        assert_eq!(c.log.level, "true");
+        // Numbers are decimal: TOML's 0x10 (16) is refused, naming the variable.
+        let e = load("", &[("VMSCOPE_INTERVAL_SECS", "0x10")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("interval_secs:"), "{e}");
+        assert!(e.contains("VMSCOPE_INTERVAL_SECS"), "{e}");
+        let e = load("", &[("VMSCOPE_INTERVAL_SECS", "inf")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decimal number"), "{e}");
+        let c = load("", &[("VMSCOPE_INTERVAL_SECS", "2")]).unwrap();
+        assert_eq!(c.interval_secs, 2.0);
+        let c = load("", &[("VMSCOPE_INTERVAL_SECS", "0.5")]).unwrap();
+        assert_eq!(c.interval_secs, 0.5);
+        // Booleans are true or false.
+        let e = load("", &[("VMSCOPE_COLLECTORS__DISK", "yes")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("collectors.disk") && e.contains("true or false"),
+            "{e}"
+        );
+        // Lists are TOML arrays; enums take their variant name.
+        let c = load(
+            "",
+            &[
+                (
+                    "VMSCOPE_COLLECTORS__FILESYSTEM__EXCLUDE_FSTYPES",
+                    r#"["tmpfs", "5"]"#,
+                ),
+                ("VMSCOPE_LOG__FORMAT", "json"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.collectors.filesystem.exclude_fstypes, ["tmpfs", "5"]);
+        assert_eq!(c.log.format, LogFormat::Json);
+        let e = load(
+            "",
+            &[("VMSCOPE_COLLECTORS__FILESYSTEM__EXCLUDE_FSTYPES", "tmpfs")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("TOML array"), "{e}");
+        // Inside a `type`-tagged sink, decimal integers stay numbers.
+        let c = load(
+            "",
+            &[
+                ("VMSCOPE_WATCHDOG__SINKS__AM__TYPE", "alertmanager"),
+                ("VMSCOPE_WATCHDOG__SINKS__AM__URL", "http://127.0.0.1:9093"),
+                ("VMSCOPE_WATCHDOG__SINKS__AM__QUEUE_CAPACITY", "10"),
+            ],
+        );
+        assert!(c.is_ok(), "{:?}", c.err());
+    }
+
+    #[test]
+    fn env_overrides_a_file_section_and_is_recorded() {
+        let c = load(
+            "[paths]\nsys = \"/host/sys\"\n",
+            &[
+                ("VMSCOPE_PATHS__PROC", "/host/proc"),
+                ("VMSCOPE_LOG", "debug"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.paths.sys, PathBuf::from("/host/sys"));
+        assert_eq!(c.paths.proc, PathBuf::from("/host/proc"));
+        assert_eq!(c.log.level, "debug");
+        assert!(c.is_from_env("paths.proc") && c.is_from_env("log.level"));
+        assert!(!c.is_from_env("paths.sys"));
+    }
+
+    #[test]
+    fn a_bad_vmscope_log_is_refused_naming_the_variable() {
+        let e = load("", &[("VMSCOPE_LOG", "[[[")]).unwrap_err().to_string();
+        assert!(e.starts_with("log.level:"), "{e}");
+        assert!(e.contains("VMSCOPE_LOG"), "{e}");
+    }
+
+    #[test]
+    fn errors_are_one_line_with_the_key_in_front() {
+        for (toml, key) in [
+            ("listen = 5\n", "listen:"),
+            ("interval_secs = \"x\"\n", "interval_secs:"),
+            ("[paths]\nproc = 5\n", "paths.proc:"),
+            ("[log]\nformat = \"xml\"\n", "log.format:"),
+            ("[collectors]\ndisk = \"yes\"\n", "collectors.disk:"),
+            ("[watchdog]\nstate_db_path = 5\n", "watchdog.state_db_path:"),
+            (
+                "[watchdog.rules.x]\nthreshold = \"a\"\n",
+                "watchdog.rules.x.threshold:",
+            ),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+            assert!(!e.contains('\n'), "{toml}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn listen_refuses_host_names_saying_to_use_an_ip_address() {
+        let e = load("listen = \"localhost:9847\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("listen:"), "{e}");
+        assert!(e.contains("host names are not accepted"), "{e}");
+        assert!(e.contains("127.0.0.1:9847"), "{e}");
+        let e = load("", &[("VMSCOPE_LISTEN", "example.com:80")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("host names") && e.contains("VMSCOPE_LISTEN"),
+            "{e}"
+        );
+        let e = load("listen = \"9847\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("not an address and port"), "{e}");
+        let c = load("listen = \"[::1]:9847\"\n", &[]).unwrap();
+        assert!(c.listen.ip().is_loopback());
     }
 
     #[test]

@@ -177,6 +177,28 @@ pub struct VmRates {
     pub disk_write_bytes_per_second: f64,
 }
 
+/// The longest VM name, id, display name, flavor or owner name vmscope
+/// keeps, in bytes (cut on a UTF-8 character boundary). These strings come
+/// from command lines and platform metadata that a VM's owner may control,
+/// and every per-VM series carries `vm_name`: one 100 000-character name
+/// would otherwise grow every scrape twentyfold. Cuts are counted in
+/// `vmscope_label_values_truncated_total`.
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// Cuts `s` to at most [`MAX_LABEL_VALUE_BYTES`] on a character boundary;
+/// true when it did.
+pub fn cap_label_value(s: &mut String) -> bool {
+    if s.len() <= MAX_LABEL_VALUE_BYTES {
+        return false;
+    }
+    let mut end = MAX_LABEL_VALUE_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
+}
+
 /// Everything vmscope knows about one VM at one tick.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmStats {
@@ -322,6 +344,9 @@ pub struct Snapshot {
     pub collectors: Vec<CollectorStatus>,
     /// VMs found per source this tick.
     pub discovered: Vec<(Source, usize)>,
+    /// Identity strings cut to [`MAX_LABEL_VALUE_BYTES`] since start.
+    #[serde(skip)]
+    pub label_values_truncated_total: u64,
 }
 
 impl Snapshot {
@@ -336,6 +361,7 @@ impl Snapshot {
             vms: Vec::new(),
             collectors: Vec::new(),
             discovered: Vec::new(),
+            label_values_truncated_total: 0,
         }
     }
 
@@ -363,4 +389,27 @@ fn ser_unix<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Erro
 
 fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod label_cap_tests {
+    use super::*;
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary() {
+        let mut short = "web-1".to_owned();
+        assert!(!cap_label_value(&mut short));
+        assert_eq!(short, "web-1");
+        let mut exact = "x".repeat(MAX_LABEL_VALUE_BYTES);
+        assert!(!cap_label_value(&mut exact));
+        // 'é' is 2 bytes: 255 ASCII bytes then 'é' would end at byte 257.
+        let mut s = format!(
+            "{}é{}",
+            "x".repeat(MAX_LABEL_VALUE_BYTES - 1),
+            "y".repeat(99_000)
+        );
+        assert!(cap_label_value(&mut s));
+        assert_eq!(s.len(), MAX_LABEL_VALUE_BYTES - 1);
+        assert!(s.chars().all(|c| c == 'x'));
+    }
 }

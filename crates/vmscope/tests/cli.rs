@@ -139,3 +139,107 @@ fn serve_refuses_a_port_in_use() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+#[test]
+fn check_config_checks_the_environment_serve_would_use() {
+    let file = configs().join("valid_full.toml");
+    // A bad variable fails the check, naming the variable.
+    let (code, _, err) = run(bin()
+        .arg("check-config")
+        .arg(&file)
+        .env("VMSCOPE_INTERVAL_SECS", "0"));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("interval_secs") && err.contains("VMSCOPE_INTERVAL_SECS"),
+        "{err}"
+    );
+    // A bad VMSCOPE_LOG is refused, not ignored.
+    let (code, _, err) = run(bin()
+        .arg("check-config")
+        .arg(&file)
+        .env("VMSCOPE_LOG", "[[["));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("VMSCOPE_LOG"), "{err}");
+    // Good variables are applied and listed; -c FILE works like FILE.
+    let (code, out, err) = run(bin()
+        .args(["check-config", "-c"])
+        .arg(&file)
+        .env("VMSCOPE_LISTEN", "127.0.0.1:1234")
+        .env("VMSCOPE_LOG", "debug"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok (listen 127.0.0.1:1234, interval 2s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("listen from environment variable VMSCOPE_LISTEN"),
+        "{out}"
+    );
+    assert!(
+        out.contains("log.level from environment variable VMSCOPE_LOG"),
+        "{out}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_bad_vmscope_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("VMSCOPE_WATCHDOG__STATE_DB_PATH", dir.path().join("s.db"))
+        .env("VMSCOPE_LOG", "vmscope=loud")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must refuse at once; one that starts serving is killed and fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.starts_with("error: log.level:"), "{err}");
+    assert!(err.contains("VMSCOPE_LOG"), "{err}");
+}
+
+#[test]
+fn listen_names_that_host_names_are_not_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "listen = \"localhost:9847\"\n").unwrap();
+    let (code, _, err) = run(bin().arg("check-config").arg(&cfg));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("host names are not accepted"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, _, err) = run(bin().args(["serve", "--listen", "localhost:9847"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("host names are not accepted"), "{err}");
+}
+
+#[test]
+fn the_shipped_example_config_passes_check_config() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../vmscope.example.toml");
+    let (code, out, err) = run(bin().arg("check-config").arg(&example));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ok (listen 127.0.0.1:9847, interval 5s)"),
+        "{out}"
+    );
+    // Every section is present, so the example documents every setting.
+    let text = std::fs::read_to_string(&example).unwrap();
+    for section in [
+        "[paths]",
+        "[discovery]",
+        "[collectors]",
+        "[collectors.filesystem]",
+        "[log]",
+        "[watchdog]",
+        "[watchdog.rules.",
+        "[watchdog.sinks.",
+    ] {
+        assert!(text.contains(section), "{section} missing from the example");
+    }
+}

@@ -1,20 +1,31 @@
-//! `vmscope check-config FILE`: load and validate, say what is wrong.
+//! `vmscope check-config [FILE]`: load and validate exactly what `serve`
+//! would run with (defaults, the file, then `VMSCOPE_*` variables, including
+//! `VMSCOPE_LOG`), say what is wrong, or say which values came from the
+//! environment.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::PathBuf;
 
-use super::Failure;
+use super::{Failure, print_stdout};
 use crate::config::Config;
 
-pub fn run(file: &Path) -> Result<(), Failure> {
-    // Only the file: the environment must not make a broken file look valid.
-    let cfg = Config::load_with_env(Some(file), Vec::new()).map_err(Failure::usage)?;
+pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
+    // The environment is part of the check: a pre-start check that passed
+    // while `serve` then refused its VMSCOPE_* values would be worthless.
+    let cfg = Config::load(file.as_deref()).map_err(Failure::usage)?;
     // serve would start, but without the watchdog's persistence: say so.
     cfg.watchdog.check_state_db().map_err(Failure::usage)?;
-    println!(
-        "{}: ok (listen {}, interval {}s)",
-        file.display(),
-        cfg.listen,
-        cfg.interval_secs
+    let what = match &file {
+        Some(f) => f.display().to_string(),
+        None => "defaults (no file)".to_owned(),
+    };
+    let mut out = format!(
+        "{what}: ok (listen {}, interval {}s)\n",
+        cfg.listen, cfg.interval_secs
     );
-    Ok(())
+    for (key, var) in &cfg.from_env {
+        // Values are not printed: some variables may hold secrets.
+        let _ = writeln!(out, "  {key} from environment variable {var}");
+    }
+    print_stdout(&out)
 }

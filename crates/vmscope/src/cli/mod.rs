@@ -3,11 +3,18 @@
 //! Errors reach the user once, at this edge, printed with their causes
 //! (`error: cannot read config file x.toml: No such file or directory`) and
 //! turned into an exit code: 0 ok, 1 runtime failure, 2 bad usage or config.
+//!
+//! Output goes through [`print_stdout`], never `println!` (which panics when
+//! stdout fails). A closed stdout (`vmscope vms | head -1`) ends the command
+//! quietly with status 0, as ripgrep does: the reader got what it wanted.
+//! Any other write error (`> /dev/full`) is one `error:` line and status 1.
 
 mod check;
+mod logfmt;
 mod serve;
 mod vms;
 
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,10 +40,15 @@ enum Command {
     Serve(ServeArgs),
     /// Print the VMs on this host now, measured over a short window.
     Vms(VmsArgs),
-    /// Validate a configuration file and explain what is wrong.
+    /// Validate the configuration `serve` would run with (the file, then
+    /// VMSCOPE_* variables) and explain what is wrong.
     CheckConfig {
-        /// The TOML file to check.
-        file: PathBuf,
+        /// The TOML file to check (same as -c FILE).
+        #[arg(value_name = "FILE", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// Configuration file (TOML).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -51,8 +63,8 @@ pub struct CommonArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Address to listen on [default: 127.0.0.1:9847].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on, an IP address and port [default: 127.0.0.1:9847].
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     listen: Option<SocketAddr>,
     /// Collection interval in seconds [default: 5].
     #[arg(long, value_name = "SECONDS")]
@@ -77,40 +89,96 @@ pub struct VmsArgs {
     window: f64,
 }
 
-/// A failure meant for the user: message (with causes) and exit code.
+/// A failure meant for the user: message (with causes) and exit code. No
+/// message for a reader that went away: that ends the command quietly.
 pub struct Failure {
     code: u8,
-    error: anyhow::Error,
+    error: Option<anyhow::Error>,
 }
 
 impl Failure {
     fn usage(error: impl Into<anyhow::Error>) -> Self {
         Failure {
             code: 2,
-            error: error.into(),
+            error: Some(error.into()),
         }
     }
     fn runtime(error: impl Into<anyhow::Error>) -> Self {
         Failure {
             code: 1,
-            error: error.into(),
+            error: Some(error.into()),
+        }
+    }
+    /// Stdout was closed by its reader: stop, say nothing, status 0.
+    fn reader_gone() -> Self {
+        Failure {
+            code: 0,
+            error: None,
         }
     }
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(e),
+    };
     let res = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Vms(a) => vms::run(a),
-        Command::CheckConfig { file } => check::run(&file),
+        Command::CheckConfig { file, config } => check::run(file.or(config)),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("error: {:#}", f.error);
-            ExitCode::from(f.code)
+        Err(f) => exit_with(f),
+    }
+}
+
+fn exit_with(f: Failure) -> ExitCode {
+    if let Some(error) = f.error {
+        // stderr may be closed or full as well: nothing is left to tell then.
+        let _ = writeln!(std::io::stderr().lock(), "error: {error:#}");
+    }
+    ExitCode::from(f.code)
+}
+
+/// clap's own output: `--help` and `--version` are command output (stdout,
+/// same rules as every other), usage errors go to stderr with status 2.
+/// `Error::exit` would print them with errors ignored.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    use std::io::IsTerminal;
+    let render = |terminal: bool| {
+        if terminal {
+            e.render().ansi().to_string()
+        } else {
+            e.render().to_string()
         }
+    };
+    if e.use_stderr() {
+        let _ = write!(
+            std::io::stderr().lock(),
+            "{}",
+            render(std::io::stderr().is_terminal())
+        );
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
+    let text = render(std::io::stdout().is_terminal());
+    match print_stdout(&text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => exit_with(f),
+    }
+}
+
+/// Writes command output to stdout and flushes it. A closed pipe is
+/// [`Failure::reader_gone`]; any other error names stdout and its cause.
+pub(crate) fn print_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Err(Failure::reader_gone()),
+        Err(e) => Err(Failure::runtime(
+            anyhow::Error::new(e).context("cannot write to stdout"),
+        )),
     }
 }
 
@@ -119,20 +187,18 @@ fn load_config(common: &CommonArgs) -> Result<Config, Failure> {
 }
 
 /// Logs go to stderr (stdout is for command output), filtered by
-/// `VMSCOPE_LOG` if set, else by the config's `log.level`.
+/// `log.level`, which `VMSCOPE_LOG` overrides (both checked when the config
+/// is loaded). The text format escapes control characters in every field
+/// (see [`logfmt`]); the JSON format is escaped by serde_json.
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("VMSCOPE_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&cfg.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match cfg.log.format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(logfmt::EscapingFields).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }

@@ -1,16 +1,20 @@
 //! `vmscope vms`: the VMs on this host now, without a running agent.
+//!
+//! Table cells are at most [`MAX_CELL_CHARS`] characters (longer ones end in
+//! `…`) and control characters show as `?`, so a hostile VM name can neither
+//! widen the table without bound nor write to the terminal.
 
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{Failure, Output, VmsArgs, init_logging, load_config};
+use super::{Failure, Output, VmsArgs, init_logging, load_config, print_stdout};
 use crate::collect::Collector;
 use crate::model::VmStats;
 
 pub fn run(args: VmsArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&args.common)?;
-    if cfg.log.level == "info" {
+    if cfg.log.level == "info" && !cfg.is_from_env("log.level") {
         // A one-shot command: only problems are worth printing.
         cfg.log.level = "warn".into();
     }
@@ -27,14 +31,14 @@ pub fn run(args: VmsArgs) -> Result<(), Failure> {
     c.tick();
     std::thread::sleep(Duration::from_secs_f64(args.window));
     let snap = c.tick();
-    let text = match args.output {
+    let mut text = match args.output {
         Output::Json => serde_json::to_string_pretty(&snap.vms)
             .context("encoding JSON")
             .map_err(Failure::runtime)?,
         Output::Table => table(&snap.vms),
     };
-    println!("{text}");
-    Ok(())
+    text.push('\n');
+    print_stdout(&text)
 }
 
 /// Bytes as a short human figure: 1.5G, 512M, 3.0K.
@@ -53,6 +57,14 @@ pub fn human_bytes(b: f64) -> String {
     }
 }
 
+/// The widest a table cell gets, in characters. A UUID (36) fits; a longer
+/// name is cut, and its full (capped) form is in `-o json`.
+pub const MAX_CELL_CHARS: usize = 40;
+
+/// CPU is shown two ways, each with its unit in the header: `CPU(cores)`,
+/// host cores busy (1.00 = one host core, the rate of
+/// `vmscope_vm_cpu_seconds_total`), and `CPU/vCPU`, that as a share of the
+/// VM's vCPUs (what the watchdog's `vm_cpu_utilization_ratio` rule watches).
 pub fn table(vms: &[VmStats]) -> String {
     let header = [
         "NAME",
@@ -60,12 +72,13 @@ pub fn table(vms: &[VmStats]) -> String {
         "HYPERVISOR",
         "OWNER",
         "VCPUS",
-        "CPU",
+        "CPU(cores)",
+        "CPU/vCPU",
         "RSS/ALLOC",
         "NET RX/s",
         "NET TX/s",
     ];
-    let mut rows: Vec<[String; 9]> = vms
+    let mut rows: Vec<[String; 10]> = vms
         .iter()
         .map(|v| {
             let owner = v
@@ -79,24 +92,30 @@ pub fn table(vms: &[VmStats]) -> String {
                 })
                 .unwrap_or_else(|| "-".into());
             let r = v.rates.unwrap_or_default();
-            let cpu = if v.rates.is_some() {
-                format!("{:.0}%", r.cpu_cores * 100.0)
+            let cores = if v.rates.is_some() {
+                format!("{:.2}", r.cpu_cores)
             } else {
                 "-".into()
             };
+            let per_vcpu = v
+                .rates
+                .and_then(|r| r.cpu_utilization_ratio)
+                .map(|u| format!("{:.0}%", u * 100.0))
+                .unwrap_or_else(|| "-".into());
             let alloc = v
                 .allocated_memory_bytes
                 .map(|a| human_bytes(a as f64))
                 .unwrap_or_else(|| "?".into());
             [
-                sanitize(&v.name),
-                v.id.clone(),
+                cell(&v.name),
+                cell(&v.id),
                 v.hypervisor.as_str().to_string(),
-                sanitize(&owner),
+                cell(&owner),
                 v.allocated_vcpus
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "?".into()),
-                cpu,
+                cores,
+                per_vcpu,
                 format!("{}/{}", human_bytes(v.memory_rss_bytes as f64), alloc),
                 human_bytes(r.network_rx_bytes_per_second),
                 human_bytes(r.network_tx_bytes_per_second),
@@ -130,16 +149,35 @@ pub fn table(vms: &[VmStats]) -> String {
     out.trim_end().to_string()
 }
 
-/// VM names come from command lines: keep control characters out of the table.
-fn sanitize(s: &str) -> String {
-    s.chars()
+/// VM names come from command lines: keep control characters out of the
+/// table, and cut what is longer than [`MAX_CELL_CHARS`] with an ellipsis.
+fn cell(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(MAX_CELL_CHARS + 1)
         .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+        .collect();
+    if out.chars().count() > MAX_CELL_CHARS {
+        out = out.chars().take(MAX_CELL_CHARS - 1).collect();
+        out.push('…');
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_are_cut_with_an_ellipsis() {
+        assert_eq!(cell("web-1"), "web-1");
+        assert_eq!(cell("a\nb"), "a?b");
+        let exact = "x".repeat(MAX_CELL_CHARS);
+        assert_eq!(cell(&exact), exact);
+        let long = cell(&"é".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_CELL_CHARS);
+        assert!(long.ends_with("é…"), "{long}");
+    }
 
     #[test]
     fn human() {

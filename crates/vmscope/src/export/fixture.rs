@@ -134,6 +134,7 @@ pub fn snapshot(n: usize) -> Snapshot {
             },
         ],
         discovered: vec![(Source::Process, n - libvirt), (Source::Libvirt, libvirt)],
+        label_values_truncated_total: 0,
         vms,
     }
 }

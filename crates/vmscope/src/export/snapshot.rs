@@ -291,6 +291,12 @@ desc!(
     "VMs left out of this exposition because an earlier VM had the same id (a discovery bug; should be 0)."
 );
 desc!(
+    LABELS_TRUNCATED,
+    counter,
+    "vmscope_label_values_truncated_total",
+    "VM names, ids and owner names cut to 256 bytes since vmscope started (counted each time a VM identity is built)."
+);
+desc!(
     SNAPSHOT_TS,
     gauge,
     "vmscope_snapshot_timestamp_seconds",
@@ -562,6 +568,8 @@ fn encode_self(snap: &Snapshot, vms_skipped: usize, out: &mut MetricWriter<'_>) 
     }
     out.family(&VMS_SKIPPED);
     out.sample(&[], vms_skipped);
+    out.family(&LABELS_TRUNCATED);
+    out.sample(&[], snap.label_values_truncated_total);
 }
 
 #[cfg(test)]
