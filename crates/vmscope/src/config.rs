@@ -36,6 +36,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub collectors: CollectorsConfig,
     pub log: LogConfig,
+    /// Who owns each VM: the owner sources (owners/), in precedence order.
+    pub owners: crate::owners::OwnersConfig,
     /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
     pub watchdog: crate::alert::WatchdogConfig,
 }
@@ -49,6 +51,7 @@ impl Default for Config {
             discovery: DiscoveryConfig::default(),
             collectors: CollectorsConfig::default(),
             log: LogConfig::default(),
+            owners: crate::owners::OwnersConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
         }
     }
