@@ -21,7 +21,7 @@
 
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::OwnerMap;
 
@@ -164,6 +164,7 @@ fn supervise(
 ) {
     let mut hanging = false;
     loop {
+        let started = Instant::now();
         if hanging {
             match answer.try_recv() {
                 // The overdue fetch finished: drop its answer, ask afresh.
@@ -172,26 +173,24 @@ fn supervise(
                 Err(TryRecvError::Disconnected) => return panicked(name, shared),
             }
         }
+        let timed_out = || ("timeout", format!("no answer within {:?}", opts.timeout));
         let outcome = if hanging {
-            Err("timeout")
+            Err(timed_out())
         } else if ask.send(()).is_err() {
             return panicked(name, shared);
         } else {
             match answer.recv_timeout(opts.timeout) {
                 Ok(Ok(map)) => Ok(map),
-                Ok(Err(e)) => {
-                    tracing::debug!(source = name, error = %e, cause = %e.source, "owner source fetch failed");
-                    Err(e.kind)
-                }
+                Ok(Err(e)) => Err((e.kind, format!("{e}: {}", e.source))),
                 Err(RecvTimeoutError::Timeout) => {
                     hanging = true;
-                    Err("timeout")
+                    Err(timed_out())
                 }
                 Err(RecvTimeoutError::Disconnected) => return panicked(name, shared),
             }
         };
         record(name, shared, outcome);
-        match stop.recv_timeout(opts.every) {
+        match stop.recv_timeout(opts.every.saturating_sub(started.elapsed())) {
             Err(RecvTimeoutError::Timeout) => {}
             // The handle was dropped: vmscope is shutting down.
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
@@ -201,7 +200,11 @@ fn supervise(
 
 /// Publishes a good map (only when it changed, so the tick re-resolves only
 /// then) or counts the error; logs when `up` changes.
-fn record(name: &'static str, shared: &Published, outcome: Result<OwnerMap, &'static str>) {
+fn record(
+    name: &'static str,
+    shared: &Published,
+    outcome: Result<OwnerMap, (&'static str, String)>,
+) {
     let was_up = shared.health().up;
     match outcome {
         Ok(map) => {
@@ -221,26 +224,28 @@ fn record(name: &'static str, shared: &Published, outcome: Result<OwnerMap, &'st
                 tracing::info!(source = name, rows, "owner source up");
             }
         }
-        Err(kind) => {
+        Err((kind, error)) => {
             shared.update(|h| {
                 h.up = false;
                 h.count(kind);
             });
             // The first failure, and each failure after a success: not every
-            // refresh of a source that stays down.
+            // refresh of a source that stays down (those are counted).
             if was_up || shared.health().errors.iter().map(|(_, n)| n).sum::<u64>() == 1 {
-                tracing::warn!(
-                    source = name,
-                    error = kind,
-                    "owner source down; keeping its last good rows"
-                );
+                tracing::warn!(source = name, kind, error = %error, "owner source down; keeping its last good rows");
+            } else {
+                tracing::debug!(source = name, kind, error = %error, "owner source still down");
             }
         }
     }
 }
 
 fn panicked(name: &'static str, shared: &Published) {
-    record(name, shared, Err("panic"));
+    record(
+        name,
+        shared,
+        Err(("panic", "the fetch panicked".to_owned())),
+    );
     tracing::error!(
         source = name,
         "owner source stopped (its fetch panicked); keeping its last rows"
@@ -251,7 +256,6 @@ fn panicked(name: &'static str, shared: &Published) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-    use std::time::Instant;
 
     use super::*;
     use crate::model::Owner;
