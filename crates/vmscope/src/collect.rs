@@ -24,7 +24,7 @@ use vmscope_proc::LibvirtDomain;
 
 type AppliedIdentity = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
 use crate::model::{
-    CollectorStatus, HostStats, Hypervisor, Owner, Snapshot, Source, VmRates, VmState, VmStats,
+    CollectorStatus, HostStats, Hypervisor, Snapshot, Source, VmRates, VmState, VmStats,
     cap_label_value, unix_seconds,
 };
 use crate::roots::Roots;
@@ -135,6 +135,7 @@ pub struct Collector {
     discovery_counters: Counters,
     vm_collectors: Vec<(&'static str, Box<dyn VmCollector>, Counters)>,
     host_collectors: Vec<(&'static str, Box<dyn HostCollector>, Counters)>,
+    owners: crate::owners::Owners,
     vms: Vec<Followed>,
     host: HostStats,
     tick: u64,
@@ -199,6 +200,7 @@ impl Collector {
             discovery_counters: Counters::default(),
             vm_collectors,
             host_collectors,
+            owners: crate::owners::Owners::start(&cfg.owners),
             vms: Vec::new(),
             host: HostStats {
                 hostname,
@@ -254,6 +256,13 @@ impl Collector {
             }
         }
         self.reconcile(found.vms, &clock);
+        // Owners (owners/): one resolve step over discovery's records and
+        // the owner sources' latest maps.
+        self.label_values_truncated += self.owners.resolve(
+            self.vms
+                .iter_mut()
+                .map(|f| (&mut f.entry.stats, &f.applied)),
+        );
 
         // VM collectors.
         let ctx = Ctx {
@@ -481,14 +490,8 @@ fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
         .or_else(|| cmd.and_then(|c| c.memory_bytes));
     if let Some(l) = lv {
         s.state = libvirt_state(l.state.as_deref());
+        // The owner comes from the owner sources (owners/nova.rs), at tick time.
         if let Some(n) = &l.nova {
-            let owner = Owner {
-                user_id: n.user_id.clone(),
-                user_name: n.user_name.clone(),
-                project_id: n.project_id.clone(),
-                project_name: n.project_name.clone(),
-            };
-            s.owner = (owner != Owner::default()).then_some(owner);
             s.flavor = n.flavor.clone();
             s.display_name = n.instance_name.clone();
         }
@@ -512,12 +515,7 @@ fn cap_identity(s: &mut VmStats) -> u64 {
     values.extend(s.uuid.as_mut());
     values.extend(s.flavor.as_mut());
     values.extend(s.display_name.as_mut());
-    if let Some(o) = s.owner.as_mut() {
-        values.extend(o.user_id.as_mut());
-        values.extend(o.user_name.as_mut());
-        values.extend(o.project_id.as_mut());
-        values.extend(o.project_name.as_mut());
-    }
+    // Owners are capped where they are resolved (owners::Owners::resolve).
     values
         .into_iter()
         .map(|v| u64::from(cap_label_value(v)))

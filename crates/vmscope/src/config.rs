@@ -45,6 +45,8 @@ pub struct Config {
     pub log: LogConfig,
     /// HTTP server limits and timeouts (see `crate::server`).
     pub http: crate::server::HttpConfig,
+    /// Who owns each VM: the owner sources (owners/), in precedence order.
+    pub owners: crate::owners::OwnersConfig,
     /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
     pub watchdog: crate::alert::WatchdogConfig,
     /// (dotted key, variable) for every value set from the environment,
@@ -63,6 +65,7 @@ impl Default for Config {
             collectors: CollectorsConfig::default(),
             log: LogConfig::default(),
             http: crate::server::HttpConfig::default(),
+            owners: crate::owners::OwnersConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
             from_env: Vec::new(),
         }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod discovery;
 pub mod export;
 pub mod model;
+pub mod owners;
 pub mod roots;
 pub mod server;
 pub mod store;

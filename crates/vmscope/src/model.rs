@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+pub mod identity;
+
 /// Which hypervisor runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -98,12 +100,13 @@ pub struct Owner {
 }
 
 impl Owner {
-    /// The best short human label: user name, else user id.
+    /// The user's display label ([`identity::label`]: name, else id).
     pub fn user_label(&self) -> Option<&str> {
-        self.user_name.as_deref().or(self.user_id.as_deref())
+        identity::label(self, identity::OwnerKind::User)
     }
+    /// The project's display label ([`identity::label`]: name, else id).
     pub fn project_label(&self) -> Option<&str> {
-        self.project_name.as_deref().or(self.project_id.as_deref())
+        identity::label(self, identity::OwnerKind::Project)
     }
 }
 

@@ -9,9 +9,10 @@
 //! recover.
 //!
 //! Owner rules group the VMs by user or project ([`OwnerKind`], the rule's
-//! `group_by`). The group key is the owner's id when the VM's metadata has
-//! one, else its name ([`owner_key`]); a VM with neither (or no owner at
-//! all) belongs to no group of that kind. A group's value is a sum over its
+//! `group_by`). The group key is the owner identity rule's
+//! ([`crate::model::identity`]: id, else the name joined to the one id it
+//! carries on the host); a VM with neither (or no owner at all) belongs to
+//! no group of that kind. A group's value is a sum over its
 //! VMs; VMs whose part is unknown this tick (no CPU rate yet, no known
 //! allocation) add nothing, and a group where no VM's part is known has no
 //! value.
@@ -19,12 +20,14 @@
 //! Adding a metric = one [`Metric`] variant, its row in the `match`es below,
 //! and a line in `ALL`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FilesystemStats, Owner, Snapshot, VmStats};
+use crate::model::identity::OwnerIndex;
+pub use crate::model::identity::{OwnerKind, id as owner_id, name as owner_name};
+use crate::model::{FilesystemStats, Snapshot, VmStats};
 
 pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
@@ -294,7 +297,7 @@ pub enum Scope {
     Owner {
         owner_kind: OwnerKind,
         /// The group key: the owner's id, or its name when no VM of the
-        /// group carries an id ([`owner_key`]).
+        /// group carries an id ([`OwnerIndex::key`]).
         owner_id: String,
         /// The owner's name where the metadata has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,97 +305,16 @@ pub enum Scope {
     },
 }
 
-/// What owner rules group VMs by (`group_by` in the config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OwnerKind {
-    User,
-    Project,
+/// Which owner group each VM of `snap` belongs to, for one kind: the
+/// identity rule's index over the snapshot's owners.
+fn owner_index(snap: &Snapshot, kind: OwnerKind) -> OwnerIndex<'_> {
+    OwnerIndex::new(kind, snap.vms.iter().filter_map(|vm| vm.owner.as_ref()))
 }
 
-impl OwnerKind {
-    pub const ALL: [OwnerKind; 2] = [OwnerKind::User, OwnerKind::Project];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OwnerKind::User => "user",
-            OwnerKind::Project => "project",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<OwnerKind> {
-        OwnerKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for OwnerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An empty id or name in the metadata says nothing.
-fn non_empty(s: Option<&str>) -> Option<&str> {
-    s.filter(|v| !v.trim().is_empty())
-}
-
-/// The owner's id of this kind, if the metadata has one.
-pub fn owner_id(owner: &Owner, kind: OwnerKind) -> Option<&str> {
-    non_empty(match kind {
-        OwnerKind::User => owner.user_id.as_deref(),
-        OwnerKind::Project => owner.project_id.as_deref(),
-    })
-}
-
-/// The owner's name of this kind, if the metadata has one.
-pub fn owner_name(owner: &Owner, kind: OwnerKind) -> Option<&str> {
-    non_empty(match kind {
-        OwnerKind::User => owner.user_name.as_deref(),
-        OwnerKind::Project => owner.project_name.as_deref(),
-    })
-}
-
-/// Which owner group each VM of one snapshot belongs to, for one kind.
-///
-/// The key is the owner's id when the VM's metadata has it, else its name.
-/// Metadata is not always complete: a VM that carries only a name joins the
-/// group of the id that other VMs of the snapshot carry with that same name,
-/// when exactly one id does (two users may share a display name; then the
-/// name-only VM stays a group of its own rather than being guessed into one).
-pub struct OwnerIndex<'a> {
-    kind: OwnerKind,
-    /// Name -> the one id seen with it (`None`: more than one id).
-    id_of_name: HashMap<&'a str, Option<&'a str>>,
-}
-
-impl<'a> OwnerIndex<'a> {
-    pub fn new(snap: &'a Snapshot, kind: OwnerKind) -> Self {
-        let mut id_of_name: HashMap<&str, Option<&str>> = HashMap::new();
-        for o in snap.vms.iter().filter_map(|vm| vm.owner.as_ref()) {
-            if let (Some(id), Some(name)) = (owner_id(o, kind), owner_name(o, kind)) {
-                id_of_name
-                    .entry(name)
-                    .and_modify(|seen| {
-                        if *seen != Some(id) {
-                            *seen = None;
-                        }
-                    })
-                    .or_insert(Some(id));
-            }
-        }
-        OwnerIndex { kind, id_of_name }
-    }
-
-    /// The key of the owner group `vm` belongs to; `None` when the VM has
-    /// no owner of this kind.
-    pub fn key(&self, vm: &'a VmStats) -> Option<&'a str> {
-        let o = vm.owner.as_ref()?;
-        if let Some(id) = owner_id(o, self.kind) {
-            return Some(id);
-        }
-        let name = owner_name(o, self.kind)?;
-        Some(self.id_of_name.get(name).copied().flatten().unwrap_or(name))
-    }
+/// The key of the owner group `vm` belongs to; `None` when the VM has no
+/// owner of the index's kind.
+fn owner_key<'a>(index: &OwnerIndex<'a>, vm: &'a VmStats) -> Option<&'a str> {
+    vm.owner.as_ref().and_then(|o| index.key(o))
 }
 
 /// The VMs of `snap` in the owner group (`kind`, `key`), in id order.
@@ -401,8 +323,10 @@ pub fn owner_vms<'a>(
     kind: OwnerKind,
     key: &'a str,
 ) -> impl Iterator<Item = &'a VmStats> + 'a {
-    let index = OwnerIndex::new(snap, kind);
-    snap.vms.iter().filter(move |vm| index.key(vm) == Some(key))
+    let index = owner_index(snap, kind);
+    snap.vms
+        .iter()
+        .filter(move |vm| owner_key(&index, vm) == Some(key))
 }
 
 impl Scope {
@@ -535,9 +459,9 @@ fn owner_observations(metric: Metric, kind: OwnerKind, snap: &Snapshot) -> Vec<O
         sum: Option<f64>,
     }
     let mut groups: BTreeMap<&str, Group<'_>> = BTreeMap::new();
-    let index = OwnerIndex::new(snap, kind);
+    let index = owner_index(snap, kind);
     for vm in &snap.vms {
-        let (Some(owner), Some(key)) = (vm.owner.as_ref(), index.key(vm)) else {
+        let (Some(owner), Some(key)) = (vm.owner.as_ref(), owner_key(&index, vm)) else {
             continue;
         };
         let g = groups.entry(key).or_insert(Group {
@@ -583,6 +507,7 @@ pub fn vm_scope(vm: &VmStats) -> Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Owner;
 
     #[test]
     fn metric_names_round_trip() {

@@ -44,6 +44,9 @@ pub struct ProcVm {
     pub pid: u32,
     pub starttime_ticks: u64,
     pub cmdline: VmCmdline,
+    /// The arguments joined by spaces, for the `cmdline` owner source's
+    /// pattern (owners/cmdline.rs).
+    pub command_line: String,
 }
 
 #[derive(Debug, Default)]
@@ -263,6 +266,7 @@ impl ProcessScanner {
             pid,
             starttime_ticks: stat.starttime_ticks,
             cmdline,
+            command_line: args.join(" "),
         }))
     }
 

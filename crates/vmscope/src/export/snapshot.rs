@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use super::MetricSource;
 use super::writer::{Desc, LabelSet, MetricWriter};
 use crate::BuildInfo;
+use crate::model::identity::{OwnerKind, label};
 use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
 
 macro_rules! desc {
@@ -347,8 +348,11 @@ fn encode_vms(vms: &[&VmStats], out: &mut MetricWriter<'_>) {
         let optional = [
             ("uuid", vm.uuid.as_deref()),
             ("pid", Some(pid.format(vm.pid))),
-            ("owner_user", owner.and_then(|o| o.user_label())),
-            ("owner_project", owner.and_then(|o| o.project_label())),
+            ("owner_user", owner.and_then(|o| label(o, OwnerKind::User))),
+            (
+                "owner_project",
+                owner.and_then(|o| label(o, OwnerKind::Project)),
+            ),
             ("flavor", vm.flavor.as_deref()),
             ("display_name", vm.display_name.as_deref()),
         ];

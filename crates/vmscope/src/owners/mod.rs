@@ -1,0 +1,167 @@
+//! Owner sources: who each VM belongs to, from wherever the platform keeps it.
+//!
+//! Reads: per VM, what discovery already knows ([`VmFacts`]: ids, name,
+//! PID, command line, the libvirt domain with its Nova metadata), and the
+//! latest map each fetched source published. Emits: one [`Owner`] per VM,
+//! set on [`VmStats::owner`] by [`Owners::resolve`] once per tick.
+//!
+//! Two flavours of source, one table ([`SOURCES`]), one precedence:
+//! - **facts** ([`FactSource`]): a pure function of one VM's facts, no IO
+//!   (`nova`: libvirt's Nova metadata; `cmdline`: a regex over the command
+//!   line or VM name). Evaluated at tick time, only for VMs whose facts or
+//!   whose sources' maps changed since the last tick.
+//! - **fetched** ([`OwnerSource`]): reads the platform's records (a file,
+//!   a database, an HTTP endpoint: the owners issue) on its own thread, its
+//!   own interval and timeout ([`runner`]), and publishes its latest
+//!   [`OwnerMap`]. The tick only takes the newest published map and never
+//!   waits for a source: a refresh that hangs or fails leaves the last good
+//!   map in place and is counted in the source's [`Health`].
+//!
+//! Precedence is the table's order, per field ([`fill`]): a source lower in
+//! the list fills only the fields the sources above it left empty.
+//!
+//! Failure: nothing here fails the tick. Bad configuration (an invalid
+//! pattern) is a config error at load, naming the key.
+//!
+//! Adding a source = one file here with its `Config` struct and a
+//! `fn start(&OwnersConfig) -> Option<Source>`, one field in
+//! [`OwnersConfig`], one line in [`SOURCES`].
+
+pub mod cmdline;
+pub mod map;
+pub mod nova;
+pub mod resolve;
+pub mod runner;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use vmscope_proc::LibvirtDomain;
+
+use crate::discovery::ProcVm;
+use crate::model::Owner;
+#[cfg(doc)]
+use crate::model::VmStats;
+
+pub use map::{OwnerMap, VmKey};
+pub use resolve::{Owners, fill};
+pub use runner::{FetchError, Health, OwnerSource, RunOptions};
+
+/// `[owners]`: one sub-table per source, keyed by the source's name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnersConfig {
+    pub nova: nova::Config,
+    pub cmdline: cmdline::Config,
+}
+
+/// What the tick knows about one VM, without IO: the keys a fetched map is
+/// looked up by and the facts a [`FactSource`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct VmFacts<'a> {
+    /// The exported `vm_id` (the UUID when there is one).
+    pub id: &'a str,
+    /// The UUID, lowercase.
+    pub uuid: Option<&'a str>,
+    pub name: &'a str,
+    pub pid: u32,
+    /// The hypervisor process as the process scan read it.
+    pub process: Option<&'a ProcVm>,
+    /// libvirt's status XML for the domain.
+    pub libvirt: Option<&'a LibvirtDomain>,
+}
+
+/// A source that answers from one VM's facts alone (no IO, cheap enough
+/// for the collector thread).
+pub trait FactSource: Send {
+    /// The owner row this source gives the VM; `None` when it says nothing.
+    fn row(&self, vm: &VmFacts<'_>) -> Option<Owner>;
+}
+
+/// What one line of [`SOURCES`] starts.
+pub enum Source {
+    Facts(Box<dyn FactSource>),
+    /// Run by [`runner::spawn`] on its own thread.
+    Fetched(Box<dyn OwnerSource>, RunOptions),
+}
+
+/// One owner source: its name (= its key under `[owners]`) and how to
+/// start it from the configuration (`None`: not enabled).
+pub struct SourceSpec {
+    pub name: &'static str,
+    pub start: fn(&OwnersConfig) -> Option<Source>,
+}
+
+/// Every owner source, in precedence order (first wins, per field).
+pub const SOURCES: &[SourceSpec] = &[
+    SourceSpec {
+        name: "nova",
+        start: nova::start,
+    },
+    SourceSpec {
+        name: "cmdline",
+        start: cmdline::start,
+    },
+];
+
+/// Default refresh interval and timeout of a fetched source, for the
+/// sources that come with the owners issue.
+pub const DEFAULT_RUN: RunOptions = RunOptions {
+    every: Duration::from_secs(60),
+    timeout: Duration::from_secs(10),
+};
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load(toml: &str) -> Result<crate::config::Config, crate::config::ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        crate::config::Config::load_with_env(Some(&p), std::iter::empty())
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let e = load("[owners.cmdline]\npattern = '(?P<user>'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("owners.cmdline.pattern"), "{e}");
+        let e = load("[owners.ldap]\n").unwrap_err().to_string();
+        assert!(e.contains("ldap"), "{e}");
+        let cfg = load("[owners.nova]\nenabled = false\n[owners.cmdline]\npattern = '(?P<user>.+)'\nover = 'name'\n").unwrap();
+        assert!(!cfg.owners.nova.enabled);
+        assert_eq!(cfg.owners.cmdline.over, cmdline::Over::Name);
+    }
+
+    #[test]
+    fn source_names_are_unique_config_keys() {
+        let names: Vec<&str> = SOURCES.iter().map(|s| s.name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len());
+        // Each name is a key of `[owners]` (deny_unknown_fields holds the
+        // other direction).
+        for name in names {
+            let toml = format!("[{name}]");
+            assert!(
+                toml::from_str::<OwnersConfig>(&toml).is_ok(),
+                "[owners.{name}] is not a config key"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_are_todays_behaviour_nova_only() {
+        let cfg = OwnersConfig::default();
+        let on: Vec<&str> = SOURCES
+            .iter()
+            .filter(|s| (s.start)(&cfg).is_some())
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(on, ["nova"]);
+    }
+}

@@ -1,0 +1,387 @@
+//! The tick's side of the owner sources: one resolve step, one precedence.
+//!
+//! Reads: each VM's discovery records (the same `Arc`s the tick follows it
+//! by) and the newest map each fetched source published. Emits: each VM's
+//! [`VmStats::owner`]. Runs on the collector thread and never waits: a map
+//! being swapped right now is picked up next tick. Work per VM per tick is
+//! a hash lookup; sources are asked again for a VM only when its discovery
+//! records changed or a fetched source published a new map.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use vmscope_proc::LibvirtDomain;
+
+use super::runner::{self, Health, Running};
+use super::{FactSource, OwnerMap, OwnersConfig, SOURCES, Source, VmFacts};
+use crate::discovery::ProcVm;
+use crate::model::{Owner, VmStats};
+
+/// A VM's discovery records, as the tick keeps them.
+pub type Records = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
+
+/// The precedence, written once: per field, `from` (a source lower in the
+/// list) fills only what the sources above it left empty (missing or blank).
+pub fn fill(into: &mut Owner, from: &Owner) {
+    let fields = [
+        (&mut into.user_id, &from.user_id),
+        (&mut into.user_name, &from.user_name),
+        (&mut into.project_id, &from.project_id),
+        (&mut into.project_name, &from.project_name),
+    ];
+    for (slot, value) in fields {
+        let empty = slot.as_deref().is_none_or(|v| v.trim().is_empty());
+        if let (true, Some(v)) = (empty, value) {
+            *slot = Some(v.clone());
+        }
+    }
+}
+
+fn complete(o: &Owner) -> bool {
+    [&o.user_id, &o.user_name, &o.project_id, &o.project_name]
+        .iter()
+        .all(|f| f.as_deref().is_some_and(|v| !v.trim().is_empty()))
+}
+
+/// One source, as the tick sees it.
+enum Layer {
+    Facts(Box<dyn FactSource>),
+    /// A fetched source: its handle and the map the tick last took from it.
+    Map(Running, Arc<OwnerMap>),
+}
+
+/// The merged owner of one VM over every source, in precedence order.
+fn merge(layers: &[(&'static str, Layer)], vm: &VmFacts<'_>) -> Option<Owner> {
+    let mut owner = Owner::default();
+    for (_, layer) in layers {
+        match layer {
+            Layer::Facts(s) => {
+                if let Some(row) = s.row(vm) {
+                    fill(&mut owner, &row);
+                }
+            }
+            Layer::Map(_, map) => {
+                if let Some(row) = map.lookup(vm) {
+                    fill(&mut owner, row);
+                }
+            }
+        }
+        if complete(&owner) {
+            break;
+        }
+    }
+    (owner != Owner::default()).then_some(owner)
+}
+
+/// What a VM's owner was last resolved from.
+struct Seen {
+    records: Records,
+    generation: u64,
+    tick: u64,
+}
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The enabled owner sources, in precedence order, and what the tick last
+/// resolved from them.
+pub struct Owners {
+    layers: Vec<(&'static str, Layer)>,
+    /// Bumped whenever a fetched source's map changed.
+    generation: u64,
+    tick: u64,
+    /// Per VM (pid, start time bits).
+    seen: HashMap<(u32, u64), Seen>,
+}
+
+impl Owners {
+    /// Starts every enabled source of [`SOURCES`]; fetched ones on their
+    /// own threads. A source whose threads cannot start is logged and left
+    /// out (the rest still attribute).
+    pub fn start(cfg: &OwnersConfig) -> Self {
+        let mut layers = Vec::new();
+        for spec in SOURCES {
+            match (spec.start)(cfg) {
+                None => {}
+                Some(Source::Facts(s)) => layers.push((spec.name, Layer::Facts(s))),
+                Some(Source::Fetched(s, opts)) => match runner::spawn(spec.name, s, opts) {
+                    Ok(r) => layers.push((spec.name, Layer::Map(r, Arc::default()))),
+                    Err(e) => {
+                        tracing::error!(source = spec.name, error = %e, "cannot start owner source")
+                    }
+                },
+            }
+        }
+        Self::from_layers(layers)
+    }
+
+    fn from_layers(layers: Vec<(&'static str, Layer)>) -> Self {
+        Owners {
+            layers,
+            generation: 0,
+            tick: 0,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Health of each fetched source, for `/metrics`.
+    pub fn health(&self) -> Vec<(&'static str, Health)> {
+        self.layers
+            .iter()
+            .filter_map(|(name, l)| match l {
+                Layer::Map(r, _) => Some((*name, r.published.health())),
+                Layer::Facts(_) => None,
+            })
+            .collect()
+    }
+
+    /// Takes the newest map of each fetched source; `true` if any changed.
+    fn refresh_maps(&mut self) -> bool {
+        let mut changed = false;
+        for (_, layer) in &mut self.layers {
+            if let Layer::Map(r, current) = layer
+                && let Some(latest) = r.published.try_map()
+                && !Arc::ptr_eq(&latest, current)
+            {
+                *current = latest;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The one resolve step of a tick: sets every VM's owner from the
+    /// sources. Asks the sources again only for VMs whose records changed
+    /// since they were last resolved, or for all after a map changed.
+    ///
+    /// Owner values are capped like every other label value
+    /// ([`crate::model::cap_label_value`]): a platform database may hold a
+    /// name of any length. Returns how many values were cut.
+    pub fn resolve<'a>(
+        &mut self,
+        vms: impl IntoIterator<Item = (&'a mut VmStats, &'a Records)>,
+    ) -> u64 {
+        let mut truncated = 0;
+        if self.refresh_maps() {
+            self.generation += 1;
+        }
+        self.tick += 1;
+        for (vm, records) in vms {
+            let key = (vm.pid, vm.start_time_seconds.to_bits());
+            if let Some(s) = self.seen.get_mut(&key)
+                && s.generation == self.generation
+                && same(&s.records.0, &records.0)
+                && same(&s.records.1, &records.1)
+            {
+                s.tick = self.tick;
+                continue;
+            }
+            let facts = VmFacts {
+                id: &vm.id,
+                uuid: vm.uuid.as_deref(),
+                name: &vm.name,
+                pid: vm.pid,
+                process: records.0.as_deref(),
+                libvirt: records.1.as_deref(),
+            };
+            let mut owner = merge(&self.layers, &facts);
+            if let Some(o) = owner.as_mut() {
+                truncated += cap_owner(o);
+            }
+            if vm.owner != owner {
+                vm.owner = owner;
+            }
+            self.seen.insert(
+                key,
+                Seen {
+                    records: records.clone(),
+                    generation: self.generation,
+                    tick: self.tick,
+                },
+            );
+        }
+        let tick = self.tick;
+        self.seen.retain(|_, s| s.tick == tick);
+        truncated
+    }
+}
+
+/// Caps an owner's four values; how many were cut.
+fn cap_owner(o: &mut crate::model::Owner) -> u64 {
+    [
+        &mut o.user_id,
+        &mut o.user_name,
+        &mut o.project_id,
+        &mut o.project_name,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|v| u64::from(crate::model::cap_label_value(v)))
+    .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::Source as Discovered;
+    use crate::owners::VmKey;
+    use crate::owners::runner::{FetchError, OwnerSource, RunOptions};
+
+    fn owner(f: [Option<&str>; 4]) -> Owner {
+        let s = |v: Option<&str>| v.map(str::to_owned);
+        Owner {
+            user_id: s(f[0]),
+            user_name: s(f[1]),
+            project_id: s(f[2]),
+            project_name: s(f[3]),
+        }
+    }
+
+    #[test]
+    fn a_lower_source_fills_only_the_fields_left_empty() {
+        let mut o = owner([Some("u1"), None, Some(" "), None]);
+        fill(
+            &mut o,
+            &owner([Some("u2"), Some("alice"), Some("p2"), None]),
+        );
+        assert_eq!(o, owner([Some("u1"), Some("alice"), Some("p2"), None]));
+        // A blank the lower source has too stays as it was.
+        let mut o = owner([None, Some(""), None, None]);
+        fill(&mut o, &owner([None, None, None, None]));
+        assert_eq!(o, owner([None, Some(""), None, None]));
+    }
+
+    /// A facts source that gives every VM the same row and counts calls.
+    struct Fixed(Owner, Arc<std::sync::atomic::AtomicU32>);
+
+    impl FactSource for Fixed {
+        fn row(&self, _: &VmFacts<'_>) -> Option<Owner> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (self.0 != Owner::default()).then(|| self.0.clone())
+        }
+    }
+
+    fn fixed(o: Owner) -> (Layer, Arc<std::sync::atomic::AtomicU32>) {
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        (Layer::Facts(Box::new(Fixed(o, Arc::clone(&calls)))), calls)
+    }
+
+    fn vm(pid: u32) -> VmStats {
+        VmStats {
+            id: format!("vm{pid}"),
+            name: format!("vm{pid}"),
+            ..VmStats::unmeasured(pid, Discovered::Process)
+        }
+    }
+
+    #[test]
+    fn sources_merge_in_table_order_and_nothing_known_is_no_owner() {
+        let (hi, _) = fixed(owner([Some("u1"), None, None, None]));
+        let (lo, _) = fixed(owner([Some("u2"), Some("alice"), None, Some("lab")]));
+        let mut owners = Owners::from_layers(vec![("hi", hi), ("lo", lo)]);
+        let records: Records = (None, None);
+        let mut v = vm(1);
+        owners.resolve([(&mut v, &records)]);
+        assert_eq!(
+            v.owner,
+            Some(owner([Some("u1"), Some("alice"), None, Some("lab")]))
+        );
+
+        let (none, _) = fixed(Owner::default());
+        let mut owners = Owners::from_layers(vec![("none", none)]);
+        let mut v = vm(1);
+        owners.resolve([(&mut v, &records)]);
+        assert_eq!(v.owner, None);
+    }
+
+    #[test]
+    fn sources_are_asked_again_only_when_a_vms_records_change() {
+        let (src, calls) = fixed(owner([Some("u1"), None, None, None]));
+        let mut owners = Owners::from_layers(vec![("src", src)]);
+        let first: Records = (None, None);
+        let mut a = vm(1);
+        let mut b = vm(2);
+        owners.resolve([(&mut a, &first), (&mut b, &first)]);
+        owners.resolve([(&mut a, &first), (&mut b, &first)]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        // VM 1's libvirt record was re-read: only VM 1 is resolved again.
+        let domain =
+            vmscope_proc::parse_libvirt_status(b"<domain><name>vm1</name></domain>").unwrap();
+        let changed: Records = (None, Some(Arc::new(domain)));
+        owners.resolve([(&mut a, &changed), (&mut b, &first)]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A VM that left and came back (same pid, new process) is new.
+        owners.resolve([(&mut b, &first)]);
+        let mut a_again = VmStats {
+            start_time_seconds: 99.0,
+            ..vm(1)
+        };
+        owners.resolve([(&mut a_again, &first), (&mut b, &first)]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+        assert!(a_again.owner.is_some());
+    }
+
+    /// A fetched source with one row for `vm1`, then another.
+    struct Rows(Arc<std::sync::Mutex<&'static str>>);
+
+    impl OwnerSource for Rows {
+        fn fetch(&mut self) -> Result<OwnerMap, FetchError> {
+            let user = *self.0.lock().unwrap();
+            let row = Owner {
+                user_id: Some(user.to_owned()),
+                user_name: Some("from-map".to_owned()),
+                ..Owner::default()
+            };
+            Ok([(VmKey::Name("vm1".into()), row)].into_iter().collect())
+        }
+    }
+
+    #[test]
+    fn a_new_map_re_resolves_every_vm_and_facts_sources_keep_precedence() {
+        let user = Arc::new(std::sync::Mutex::new("u-map"));
+        let running = runner::spawn(
+            "rows",
+            Box::new(Rows(Arc::clone(&user))),
+            RunOptions {
+                every: std::time::Duration::from_millis(10),
+                timeout: std::time::Duration::from_secs(5),
+            },
+        )
+        .unwrap();
+        let (nova, _) = fixed(owner([None, Some("alice"), None, None]));
+        let mut owners = Owners::from_layers(vec![
+            ("nova", nova),
+            ("rows", Layer::Map(running, Arc::default())),
+        ]);
+        let records: Records = (None, None);
+        let mut v = vm(1);
+        let mut other = vm(2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut wait_for = |want: &str, v: &mut VmStats, other: &mut VmStats| loop {
+            owners.resolve([(&mut *v, &records), (&mut *other, &records)]);
+            if v.owner.as_ref().and_then(|o| o.user_id.as_deref()) == Some(want) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no map with {want}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        wait_for("u-map", &mut v, &mut other);
+        // The higher source's name stays; the map fills the id.
+        assert_eq!(
+            v.owner,
+            Some(owner([Some("u-map"), Some("alice"), None, None]))
+        );
+        // VM 2 has no row in the map: only the facts source's fields.
+        assert_eq!(other.owner, Some(owner([None, Some("alice"), None, None])));
+        *user.lock().unwrap() = "u-new";
+        wait_for("u-new", &mut v, &mut other);
+        assert_eq!(owners.health().len(), 1);
+        assert!(owners.health()[0].1.up);
+    }
+}
