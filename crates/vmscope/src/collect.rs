@@ -16,10 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::collectors::procfile::{CollectError, FdBudget, ProcFile, read_once};
 use crate::collectors::{Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCollector, VmEntry};
 use crate::config::Config;
-use crate::discovery::{Clock, DiscoveredVm, Discovery, DiscoveryOptions, ProcVm};
+use crate::discovery::{DiscoveredVm, Discovery, DiscoveryOptions, ProcVm};
+use crate::host::{Clock, CollectError, FdBudget, ProcFile, Roots, read_once};
 use vmscope_proc::LibvirtDomain;
 
 type AppliedIdentity = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
@@ -27,7 +27,6 @@ use crate::model::{
     CollectorStatus, HostStats, Hypervisor, Owner, Snapshot, Source, VmRates, VmState, VmStats,
     unix_seconds,
 };
-use crate::roots::Roots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::roots::Roots;
+use crate::host::Roots;
 
 /// The default listen address: loopback only. 9847 is in the Prometheus
 /// exporters' port range; the registry list itself is full.

@@ -17,8 +17,8 @@ pub mod collectors;
 pub mod config;
 pub mod discovery;
 pub mod export;
+pub mod host;
 pub mod model;
-pub mod roots;
 pub mod store;
 
 /// Version and build facts, exported as `vmscope_build_info`.

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use vmscope_proc::{MountInfo, is_network_fs, is_pseudo_fs, parse_mountinfo};
 
-use super::procfile::{CollectError, read_once};
 use super::{Ctx, HostCollector, HostCollectorSpec};
 use crate::config::{CollectorsConfig, FilesystemConfig};
+use crate::host::{CollectError, read_once};
 use crate::model::{FilesystemStats, HostStats};
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {

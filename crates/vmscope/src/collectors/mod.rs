@@ -11,7 +11,6 @@ pub mod host_cpu;
 pub mod host_fs;
 pub mod host_load;
 pub mod host_memory;
-pub mod procfile;
 pub mod vm_io;
 pub mod vm_net;
 pub mod vm_process;
@@ -20,10 +19,8 @@ pub mod vm_vcpu;
 use std::time::Instant;
 
 use crate::config::CollectorsConfig;
-use crate::discovery::Clock;
+use crate::host::{Clock, CollectError, FdBudget, ProcFile, Roots};
 use crate::model::{HostStats, VmStats};
-use crate::roots::Roots;
-use procfile::{CollectError, FdBudget, ProcFile};
 
 /// What every collector may read during one tick.
 pub struct Ctx<'a> {

@@ -6,8 +6,8 @@
 //! read here. The file needs ptrace-read rights: when refused (not root) it
 //! is counted once per VM and not asked again.
 
-use super::procfile::CollectError;
 use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, record_vm_error};
+use crate::host::CollectError;
 use crate::model::DiskIo;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {

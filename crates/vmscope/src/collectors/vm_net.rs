@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use vmscope_proc::{NetDevStats, parse_net_dev};
 
-use super::procfile::{CollectError, ProcFile};
 use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry};
+use crate::host::{CollectError, ProcFile};
 use crate::model::NetStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {

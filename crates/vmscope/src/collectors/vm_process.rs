@@ -5,8 +5,8 @@
 //! collector that notices a VM is gone: the read fails with `ESRCH`/`ENOENT`,
 //! the process is a zombie, or its start time changed (the PID was reused).
 
-use super::procfile::CollectError;
 use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, record_vm_error};
+use crate::host::CollectError;
 use crate::model::{Source, VmState};
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {

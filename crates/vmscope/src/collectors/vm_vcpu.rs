@@ -12,8 +12,8 @@
 
 use std::path::Path;
 
-use super::procfile::{CollectError, ProcFile, read_once};
 use super::{Ctx, VcpuThread, VmCollector, VmCollectorSpec, VmEntry, record_vm_error};
+use crate::host::{CollectError, ProcFile, read_once};
 use crate::model::VcpuStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
