@@ -5,20 +5,21 @@
 //! ```text
 //! discovery/  -> which VMs exist (process scan, libvirt status XML)
 //! collectors/ -> one file per thing measured (vm_process, vm_vcpu, vm_net, host_*)
-//! collect     -> runs both on an interval, builds one immutable Arc<Snapshot>
+//! host/       -> roots, held-descriptor reads, clock: what both stand on
+//! pipeline/   -> runs both on an interval, builds one immutable Arc<Snapshot>
 //! consumers:     export/ (Prometheus text, OpenMetrics, JSON)   api/ (HTTP)
 //! ```
 
 pub mod alert;
 pub mod api;
 pub mod cli;
-pub mod collect;
 pub mod collectors;
 pub mod config;
 pub mod discovery;
 pub mod export;
 pub mod host;
 pub mod model;
+pub mod pipeline;
 pub mod store;
 
 /// Version and build facts, exported as `vmscope_build_info`.

@@ -13,12 +13,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vmscope::collect::Collector;
 use vmscope::config::Config;
 use vmscope::export::{Format, encode};
 use vmscope::host::FdBudget;
 use vmscope::host::Roots;
 use vmscope::model::{Snapshot, Source, VmStats};
+use vmscope::pipeline::Collector;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
