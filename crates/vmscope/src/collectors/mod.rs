@@ -1,11 +1,21 @@
 //! One file per thing measured, registered in the two tables below.
 //!
 //! Adding a collector is one new file plus one line in [`VM_COLLECTORS`] or
-//! [`HOST_COLLECTORS`]. The tick (see `collect.rs`) wraps every collector run:
+//! [`HOST_COLLECTORS`]. The tick (see `pipeline/`) wraps every collector run:
 //! it times it, counts its errors by kind and never lets one failure stop the
 //! others. VM collectors work on the whole batch of VMs at once, so that a
 //! collector like `vm_net` can read one `/proc/net/dev` per network namespace
 //! instead of one file per interface.
+//!
+//! **State.** A [`VmEntry`] is what the pipeline and every collector share
+//! about one VM: its identity, its published values and its health for this
+//! tick. Whatever one collector needs to keep across ticks for a VM (held
+//! descriptors, thread lists, a refusal to remember) lives in that
+//! collector, keyed by the VM's [`VmKey`], and is dropped in
+//! [`VmCollector::forget`] when the VM leaves.
+//!
+//! Collectors import `host` (roots, file reads, clock) and `model`, never
+//! `discovery`.
 
 pub mod host_cpu;
 pub mod host_fs;
@@ -19,7 +29,7 @@ pub mod vm_vcpu;
 use std::time::Instant;
 
 use crate::config::CollectorsConfig;
-use crate::host::{Clock, CollectError, FdBudget, ProcFile, Roots};
+use crate::host::{Clock, CollectError, FdBudget, Roots};
 use crate::model::{HostStats, VmStats};
 
 /// What every collector may read during one tick.
@@ -38,18 +48,16 @@ impl Ctx<'_> {
     }
 }
 
-/// One vCPU thread being followed.
-#[derive(Debug)]
-pub struct VcpuThread {
-    pub index: u32,
-    pub tid: u32,
-    pub schedstat: ProcFile,
-    /// Used when the kernel has no schedstat (no CONFIG_SCHED_INFO).
-    pub stat: ProcFile,
+/// Which VM: one hypervisor process, told apart from a later process that
+/// reuses its pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VmKey {
+    pub pid: u32,
+    pub starttime_ticks: u64,
 }
 
-/// A VM being followed across ticks: its identity, its open files and its
-/// last good values. Owned by the tick loop; collectors update it in place.
+/// A VM being followed across ticks: its identity, its last good values and
+/// this tick's health. Owned by the pipeline; collectors update it in place.
 #[derive(Debug)]
 pub struct VmEntry {
     pub pid: u32,
@@ -60,21 +68,9 @@ pub struct VmEntry {
     pub taps: Vec<String>,
     /// vCPU thread ids known from the hypervisor's own records (libvirt).
     pub known_vcpu_tids: Vec<(u32, u32)>,
-    pub stat_file: ProcFile,
-    pub io_file: ProcFile,
-    /// `/proc/PID/io` needs ptrace-read rights: stop asking once refused.
-    pub io_denied: bool,
-    pub vcpus: Vec<VcpuThread>,
-    /// The vCPU thread list must be read again (new VM, thread count
-    /// changed, a vCPU thread vanished).
-    pub vcpu_rescan_due: bool,
-    /// Earliest tick for the next rescan (rate limit for VMs whose I/O
-    /// worker threads come and go).
-    pub vcpu_rescan_tick: u64,
-    /// Thread count at the last `stat` read.
+    /// Thread count at the last good `stat` read (set by `vm_process`): when
+    /// it changes, `vm_vcpu` looks for vCPU threads again.
     pub num_threads: u64,
-    /// Network namespace (the `/proc/PID/ns/net` link text).
-    pub netns: Option<String>,
     /// Set by `vm_process` when the process has exited.
     pub gone: bool,
     /// Some read failed this tick: values are (partly) the last good ones.
@@ -82,9 +78,37 @@ pub struct VmEntry {
     pub last_success: Option<Instant>,
 }
 
+impl VmEntry {
+    /// A VM not measured yet.
+    pub fn new(key: VmKey, stats: VmStats) -> Self {
+        VmEntry {
+            pid: key.pid,
+            starttime_ticks: key.starttime_ticks,
+            stats,
+            taps: Vec::new(),
+            known_vcpu_tids: Vec::new(),
+            num_threads: 0,
+            gone: false,
+            failed: false,
+            last_success: None,
+        }
+    }
+
+    pub fn key(&self) -> VmKey {
+        VmKey {
+            pid: self.pid,
+            starttime_ticks: self.starttime_ticks,
+        }
+    }
+}
+
 /// A collector over all followed VMs.
 pub trait VmCollector: Send {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>);
+
+    /// The VM left (exited, PID reused, no longer discovered): drop what is
+    /// kept for it. Called once per VM, after the tick that saw it leave.
+    fn forget(&mut self, vm: VmKey);
 }
 
 /// A collector of host-wide values.
@@ -93,12 +117,14 @@ pub trait HostCollector: Send {
 }
 
 pub struct VmCollectorSpec {
+    /// The collector's one name (see the module doc).
     pub name: &'static str,
     pub enabled: fn(&CollectorsConfig) -> bool,
     pub new: fn(&CollectorsConfig) -> Box<dyn VmCollector>,
 }
 
 pub struct HostCollectorSpec {
+    /// The collector's one name (see the module doc).
     pub name: &'static str,
     pub enabled: fn(&CollectorsConfig) -> bool,
     pub new: fn(&CollectorsConfig) -> Box<dyn HostCollector>,
@@ -125,4 +151,37 @@ pub fn record_vm_error(vm: &mut VmEntry, e: CollectError, errors: &mut Vec<Colle
         vm.failed = true;
     }
     errors.push(e);
+}
+
+/// Test helpers shared by the collectors' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::model::Source;
+
+    /// A followed VM as the pipeline hands it to collectors.
+    pub fn entry(pid: u32, starttime_ticks: u64) -> VmEntry {
+        VmEntry::new(
+            VmKey {
+                pid,
+                starttime_ticks,
+            },
+            VmStats::unmeasured(pid, Source::Process),
+        )
+    }
+
+    pub fn ctx<'a>(roots: &'a Roots, budget: &'a FdBudget, tick: u64) -> Ctx<'a> {
+        Ctx {
+            roots,
+            clock: Clock {
+                ticks_per_second: 100,
+                boot_time: 1_000,
+                now: 2_000.0,
+            },
+            page_size: 4096,
+            budget,
+            tick,
+            now: Instant::now(),
+        }
+    }
 }
