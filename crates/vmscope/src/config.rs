@@ -3,7 +3,7 @@
 //!
 //! Unknown keys are errors everywhere (a typo must not silently turn a
 //! feature off). Nested keys in the environment use `__`:
-//! `VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS=2`. Secrets that other
+//! `VMSCOPE_COLLECTORS__HOST_FILESYSTEM__TIMEOUT_SECS=2`. Secrets that other
 //! modules read from the environment themselves are listed in
 //! [`is_non_config_env`] and not treated as configuration keys.
 
@@ -38,6 +38,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
     pub watchdog: crate::alert::WatchdogConfig,
+    /// Deprecated keys this configuration used, for the caller to warn
+    /// about once logging is set up (the log settings are config too).
+    #[serde(skip)]
+    pub renamed_keys: Vec<RenamedKey>,
 }
 
 impl Default for Config {
@@ -50,6 +54,7 @@ impl Default for Config {
             collectors: CollectorsConfig::default(),
             log: LogConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
+            renamed_keys: Vec::new(),
         }
     }
 }
@@ -101,27 +106,107 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// The optional collectors. Each key is the collector's name (see
+/// `collectors/mod.rs`): the same word as its file and as its `collector`
+/// label on the `vmscope_collector_*` self-metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorsConfig {
     /// Per-vCPU thread CPU and wait time.
-    pub vcpu: bool,
+    pub vm_vcpu: bool,
     /// Per-VM storage I/O from /proc/PID/io.
-    pub disk: bool,
+    pub vm_io: bool,
     /// TAP interface counters.
-    pub network: bool,
-    pub filesystem: FilesystemConfig,
+    pub vm_net: bool,
+    pub host_filesystem: FilesystemConfig,
 }
 
 impl Default for CollectorsConfig {
     fn default() -> Self {
         CollectorsConfig {
-            vcpu: true,
-            disk: true,
-            network: true,
-            filesystem: FilesystemConfig::default(),
+            vm_vcpu: true,
+            vm_io: true,
+            vm_net: true,
+            host_filesystem: FilesystemConfig::default(),
         }
     }
+}
+
+/// A key that was renamed: the old one is still read, with a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenamedKey {
+    /// Dotted path as it was: `collectors.disk`.
+    pub old: &'static str,
+    /// Dotted path to use instead: `collectors.vm_io`.
+    pub new: &'static str,
+}
+
+impl std::fmt::Display for RenamedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "config key {} is deprecated: it is now {} (the old name still works for now)",
+            self.old, self.new
+        )
+    }
+}
+
+/// `[collectors]` keys from before they were named after their collectors.
+pub const RENAMED_COLLECTOR_KEYS: &[RenamedKey] = &[
+    RenamedKey {
+        old: "collectors.vcpu",
+        new: "collectors.vm_vcpu",
+    },
+    RenamedKey {
+        old: "collectors.disk",
+        new: "collectors.vm_io",
+    },
+    RenamedKey {
+        old: "collectors.network",
+        new: "collectors.vm_net",
+    },
+    RenamedKey {
+        old: "collectors.filesystem",
+        new: "collectors.host_filesystem",
+    },
+];
+
+/// Moves renamed keys of the merged tree (file and environment) to their new
+/// names and returns the ones found. Both names at once is an error: which
+/// one was meant cannot be told. `env_keys` (dotted path, variable) follow
+/// the move, so an error in a value still names its variable.
+fn rename_keys(
+    tree: &mut toml::Table,
+    renamed: &[RenamedKey],
+    env_keys: &mut [(String, String)],
+) -> Result<Vec<RenamedKey>, ConfigError> {
+    let mut found = Vec::new();
+    for r in renamed {
+        let (Some((section, old)), Some((_, new))) = (r.old.split_once('.'), r.new.split_once('.'))
+        else {
+            continue;
+        };
+        let Some(toml::Value::Table(table)) = tree.get_mut(section) else {
+            continue;
+        };
+        let Some(value) = table.remove(old) else {
+            continue;
+        };
+        if table.contains_key(new) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: set only {}, the new name of {}",
+                r.old, r.new, r.old
+            )));
+        }
+        table.insert(new.to_string(), value);
+        for (path, _) in env_keys.iter_mut() {
+            if path == r.old || path.starts_with(&format!("{}.", r.old)) {
+                *path = format!("{}{}", r.new, &path[r.old.len()..]);
+            }
+        }
+        found.push(*r);
+    }
+    Ok(found)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,8 +308,9 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with("VMSCOPE_") && !is_non_config_env(k))
             .collect();
-        let env_keys = merge_env(&mut tree, &vars)?;
-        let cfg: Config =
+        let mut env_keys = merge_env(&mut tree, &vars)?;
+        let renamed = rename_keys(&mut tree, RENAMED_COLLECTOR_KEYS, &mut env_keys)?;
+        let mut cfg: Config =
             serde_path_to_error::deserialize(toml::Value::Table(tree)).map_err(|e| {
                 let key = e.path().to_string();
                 let from = env_keys
@@ -244,6 +330,7 @@ impl Config {
                     ConfigError::Invalid(format!("{key}: {inner}{from}"))
                 }
             })?;
+        cfg.renamed_keys = renamed;
         Ok(cfg)
     }
 
@@ -264,10 +351,10 @@ impl Config {
                 self.discovery.rescan_secs, self.interval_secs
             ));
         }
-        let t = self.collectors.filesystem.timeout_secs;
+        let t = self.collectors.host_filesystem.timeout_secs;
         if !(t.is_finite() && t > 0.0 && t <= 30.0) {
             return bad(format!(
-                "collectors.filesystem.timeout_secs: {t} is out of range (above 0, at most 30 seconds)"
+                "collectors.host_filesystem.timeout_secs: {t} is out of range (above 0, at most 30 seconds)"
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
@@ -373,14 +460,14 @@ mod tests {
             "interval_secs = 2\n[collectors.filesystem]\ntimeout_secs = 0.5\n",
             &[
                 ("VMSCOPE_LISTEN", "127.0.0.1:1234"),
-                ("VMSCOPE_COLLECTORS__DISK", "false"),
+                ("VMSCOPE_COLLECTORS__VM_IO", "false"),
             ],
         )
         .unwrap();
         assert_eq!(c.interval_secs, 2.0);
-        assert_eq!(c.collectors.filesystem.timeout_secs, 0.5);
+        assert_eq!(c.collectors.host_filesystem.timeout_secs, 0.5);
         assert_eq!(c.listen.port(), 1234);
-        assert!(!c.collectors.disk);
+        assert!(!c.collectors.vm_io);
     }
 
     #[test]
@@ -413,12 +500,68 @@ mod tests {
             .to_string();
         assert!(e.contains("log.level"), "{e}");
         let e = load(
-            "interval_secs = 5\n[collectors.filesystem]\ntimeout_secs = 99\n",
+            "interval_secs = 5\n[collectors.host_filesystem]\ntimeout_secs = 99\n",
             &[],
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("collectors.filesystem.timeout_secs"), "{e}");
+        assert!(e.contains("collectors.host_filesystem.timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn old_collector_keys_still_work_and_are_reported() {
+        let c = load(
+            "[collectors]\nvcpu = false\ndisk = false\n[collectors.filesystem]\ntimeout_secs = 0.5\n",
+            &[("VMSCOPE_COLLECTORS__NETWORK", "false")],
+        )
+        .unwrap();
+        assert!(!c.collectors.vm_vcpu && !c.collectors.vm_io && !c.collectors.vm_net);
+        assert!(c.collectors.host_filesystem.enabled);
+        assert_eq!(c.collectors.host_filesystem.timeout_secs, 0.5);
+        let renamed: Vec<(&str, &str)> = c.renamed_keys.iter().map(|r| (r.old, r.new)).collect();
+        assert_eq!(
+            renamed,
+            [
+                ("collectors.vcpu", "collectors.vm_vcpu"),
+                ("collectors.disk", "collectors.vm_io"),
+                ("collectors.network", "collectors.vm_net"),
+                ("collectors.filesystem", "collectors.host_filesystem"),
+            ]
+        );
+        let warning = c.renamed_keys[1].to_string();
+        assert!(
+            warning.contains("collectors.disk") && warning.contains("collectors.vm_io"),
+            "{warning}"
+        );
+        // New names only: nothing to warn about.
+        let c = load("[collectors]\nvm_io = false\n", &[]).unwrap();
+        assert!(c.renamed_keys.is_empty() && !c.collectors.vm_io);
+    }
+
+    #[test]
+    fn old_and_new_name_together_is_an_error() {
+        let e = load("[collectors]\ndisk = false\nvm_io = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("collectors.disk") && e.contains("collectors.vm_io"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_under_an_old_name_names_its_variable() {
+        let e = load(
+            "",
+            &[("VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS", "\"soon\"")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("collectors.host_filesystem.timeout_secs"), "{e}");
+        assert!(
+            e.contains("VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn config_for(root: &Path) -> Config {
         interval_secs: 1.0,
         ..Config::default()
     };
-    cfg.collectors.filesystem.timeout_secs = 0.5;
+    cfg.collectors.host_filesystem.timeout_secs = 0.5;
     cfg
 }
 

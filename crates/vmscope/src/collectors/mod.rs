@@ -7,6 +7,15 @@
 //! collector like `vm_net` can read one `/proc/net/dev` per network namespace
 //! instead of one file per interface.
 //!
+//! **One name per collector.** A collector's `name` is its file name, its
+//! `collector` label on the `vmscope_collector_*` self-metrics and its key
+//! under `[collectors]` in the configuration (`vm_io = false`,
+//! `[collectors.host_filesystem]`). Collectors that cannot be turned off
+//! (`vm_process`, `host_cpu`, `host_memory`, `host_load`) have no key. The
+//! metric names keep their older subsystems where they differ (`vm_io`
+//! fills `vmscope_vm_disk_*`, `vm_net` fills `vmscope_vm_network_*`): a
+//! metric name is an interface, renamed only with a deprecation cycle.
+//!
 //! **State.** A [`VmEntry`] is what the pipeline and every collector share
 //! about one VM: its identity, its published values and its health for this
 //! tick. Whatever one collector needs to keep across ticks for a VM (held
@@ -18,7 +27,7 @@
 //! `discovery`.
 
 pub mod host_cpu;
-pub mod host_fs;
+pub mod host_filesystem;
 pub mod host_load;
 pub mod host_memory;
 pub mod vm_io;
@@ -139,7 +148,7 @@ pub const HOST_COLLECTORS: &[HostCollectorSpec] = &[
     host_cpu::SPEC,
     host_memory::SPEC,
     host_load::SPEC,
-    host_fs::SPEC,
+    host_filesystem::SPEC,
 ];
 
 /// Read failures for one VM: gone processes end the VM, anything else keeps
@@ -182,6 +191,60 @@ pub(crate) mod testing {
             budget,
             tick,
             now: Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn enabled(c: &CollectorsConfig) -> Vec<&'static str> {
+        VM_COLLECTORS
+            .iter()
+            .filter(|s| (s.enabled)(c))
+            .map(|s| s.name)
+            .chain(
+                HOST_COLLECTORS
+                    .iter()
+                    .filter(|s| (s.enabled)(c))
+                    .map(|s| s.name),
+            )
+            .collect()
+    }
+
+    #[test]
+    fn names_are_unique_and_every_config_key_is_a_name() {
+        let mut names = enabled(&CollectorsConfig::default());
+        let n = names.len();
+        assert_eq!(n, VM_COLLECTORS.len() + HOST_COLLECTORS.len());
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "{names:?}");
+        let keys = toml::Value::try_from(CollectorsConfig::default()).unwrap();
+        let keys = keys.as_table().unwrap();
+        assert_eq!(keys.len(), 4);
+        for key in keys.keys() {
+            assert!(
+                names.contains(&key.as_str()),
+                "[collectors] {key} names no collector"
+            );
+        }
+    }
+
+    #[test]
+    fn each_key_turns_its_own_collector_off() {
+        for (key, toml) in [
+            ("vm_vcpu", "vm_vcpu = false"),
+            ("vm_io", "vm_io = false"),
+            ("vm_net", "vm_net = false"),
+            ("host_filesystem", "host_filesystem.enabled = false"),
+        ] {
+            let c: CollectorsConfig = toml::from_str(toml).unwrap();
+            let on = enabled(&c);
+            assert!(!on.contains(&key), "{key} still on: {on:?}");
+            assert_eq!(on.len(), VM_COLLECTORS.len() + HOST_COLLECTORS.len() - 1);
         }
     }
 }

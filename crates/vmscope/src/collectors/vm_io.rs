@@ -15,7 +15,7 @@ use crate::model::DiskIo;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_io",
-    enabled: |c| c.disk,
+    enabled: |c| c.vm_io,
     new: |_| Box::new(VmIo::default()),
 };
 

@@ -18,7 +18,7 @@ use crate::model::NetStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_net",
-    enabled: |c| c.network,
+    enabled: |c| c.vm_net,
     new: |_| Box::new(VmNet::default()),
 };
 

@@ -21,7 +21,7 @@ use crate::model::VcpuStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_vcpu",
-    enabled: |c| c.vcpu,
+    enabled: |c| c.vm_vcpu,
     new: |_| Box::new(VmVcpu::default()),
 };
 

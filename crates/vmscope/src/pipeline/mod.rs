@@ -109,7 +109,8 @@ impl Collector {
         );
         // A hung mount may cost at most half a tick.
         let mut c = cfg.collectors.clone();
-        c.filesystem.timeout_secs = c.filesystem.timeout_secs.min(cfg.interval_secs / 2.0);
+        c.host_filesystem.timeout_secs =
+            c.host_filesystem.timeout_secs.min(cfg.interval_secs / 2.0);
         let c = &c;
         let vm_collectors = VM_COLLECTORS
             .iter()

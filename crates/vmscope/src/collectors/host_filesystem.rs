@@ -27,8 +27,8 @@ use crate::model::{FilesystemStats, HostStats};
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {
     name: "host_filesystem",
-    enabled: |c| c.filesystem.enabled,
-    new: |c: &CollectorsConfig| Box::new(HostFs::new(c.filesystem.clone())),
+    enabled: |c| c.host_filesystem.enabled,
+    new: |c: &CollectorsConfig| Box::new(HostFs::new(c.host_filesystem.clone())),
 };
 
 type Answer = (usize, std::io::Result<rustix::fs::StatVfs>);
