@@ -297,9 +297,15 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::HashSet;
+    use std::path::Path;
+    use std::sync::Mutex;
+
     use vmscope_proc::{HypervisorKind, LibvirtDomain};
 
     use super::*;
+    use crate::collectors::VmEntry;
 
     fn found(pid: u32, source: Source) -> DiscoveredVm {
         DiscoveredVm {
@@ -324,5 +330,66 @@ mod tests {
         let count = |s| some.iter().find(|(x, _)| *x == s).map(|(_, n)| *n);
         assert_eq!(count(Source::Libvirt), Some(2));
         assert_eq!(count(Source::Process), Some(1));
+    }
+
+    /// A collector that keeps a note per VM, as real ones keep files.
+    #[derive(Default, Clone)]
+    struct Spy(Arc<Mutex<HashSet<VmKey>>>);
+
+    impl VmCollector for Spy {
+        fn collect(&mut self, _: &Ctx<'_>, vms: &mut [VmEntry], _: &mut Vec<CollectError>) {
+            let mut kept = self.0.lock().unwrap();
+            kept.extend(vms.iter().map(|v| v.key()));
+        }
+        fn forget(&mut self, vm: VmKey) {
+            assert!(self.0.lock().unwrap().remove(&vm), "{vm:?} forgotten twice");
+        }
+    }
+
+    fn followed_keys(c: &Collector) -> HashSet<VmKey> {
+        c.vms.iter().map(|f| f.entry.key()).collect()
+    }
+
+    #[test]
+    fn collectors_forget_every_vm_that_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fixture)
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let cfg = Config {
+            paths: Roots::under(&root).into(),
+            interval_secs: 1.0,
+            ..Config::default()
+        };
+        // No held descriptors: a deleted fixture file then reads as gone.
+        let mut c = Collector::with_budget(&cfg, FdBudget::new(0)).unwrap();
+        let spy = Spy::default();
+        c.vm_collectors
+            .push(("spy", Box::new(spy.clone()), Counters::default()));
+        c.tick();
+        assert!(c.followed() >= 5);
+        assert_eq!(*spy.0.lock().unwrap(), followed_keys(&c));
+
+        // One VM exits, another's PID is reused by a new process.
+        std::fs::remove_dir_all(root.join("proc/1001")).unwrap();
+        let p = root.join("proc/1002/stat");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace(" 600000 ", " 600777 ")).unwrap();
+        for _ in 0..3 {
+            c.tick();
+            assert_eq!(*spy.0.lock().unwrap(), followed_keys(&c));
+        }
+        let kept = spy.0.lock().unwrap();
+        assert!(!kept.iter().any(|k| k.pid == 1001));
+        assert!(!kept.contains(&VmKey {
+            pid: 1002,
+            starttime_ticks: 600_000
+        }));
     }
 }
