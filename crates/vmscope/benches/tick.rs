@@ -28,10 +28,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use vmscope::collect::Collector;
-use vmscope::collectors::procfile::FdBudget;
 use vmscope::config::Config;
-use vmscope::roots::Roots;
+use vmscope::host::FdBudget;
+use vmscope::host::Roots;
+use vmscope::pipeline::Collector;
 
 const VMS: u32 = 1000;
 const OTHERS: u32 = 200;

@@ -3,7 +3,7 @@
 //!
 //! Unknown keys are errors everywhere (a typo must not silently turn a
 //! feature off). Nested keys in the environment use `__`:
-//! `VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS=2`. Secrets that other
+//! `VMSCOPE_COLLECTORS__HOST_FILESYSTEM__TIMEOUT_SECS=2`. Secrets that other
 //! modules read from the environment themselves are listed in
 //! [`is_non_config_env`] and not treated as configuration keys.
 
@@ -16,7 +16,7 @@ use serde::de::value::MapDeserializer;
 use serde::de::{Error as _, IntoDeserializer, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer as _, Serialize};
 
-use crate::roots::Roots;
+use crate::host::Roots;
 
 /// The default listen address: loopback only. 9847 is in the Prometheus
 /// exporters' port range; the registry list itself is full.
@@ -53,6 +53,10 @@ pub struct Config {
     /// sorted by variable; filled by the loader.
     #[serde(skip)]
     pub from_env: Vec<(String, String)>,
+    /// Deprecated keys this configuration used, for the caller to warn
+    /// about once logging is set up (the log settings are config too).
+    #[serde(skip)]
+    pub renamed_keys: Vec<RenamedKey>,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             owners: crate::owners::OwnersConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
             from_env: Vec::new(),
+            renamed_keys: Vec::new(),
         }
     }
 }
@@ -119,27 +124,110 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// The optional collectors. Each key is the collector's name (see
+/// `collectors/mod.rs`): the same word as its file and as its `collector`
+/// label on the `vmscope_collector_*` self-metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorsConfig {
     /// Per-vCPU thread CPU and wait time.
-    pub vcpu: bool,
+    pub vm_vcpu: bool,
     /// Per-VM storage I/O from /proc/PID/io.
-    pub disk: bool,
+    pub vm_io: bool,
     /// TAP interface counters.
-    pub network: bool,
-    pub filesystem: FilesystemConfig,
+    pub vm_net: bool,
+    pub host_filesystem: FilesystemConfig,
 }
 
 impl Default for CollectorsConfig {
     fn default() -> Self {
         CollectorsConfig {
-            vcpu: true,
-            disk: true,
-            network: true,
-            filesystem: FilesystemConfig::default(),
+            vm_vcpu: true,
+            vm_io: true,
+            vm_net: true,
+            host_filesystem: FilesystemConfig::default(),
         }
     }
+}
+
+/// A key that was renamed: the old one is still read, with a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RenamedKey {
+    /// Dotted path as it was: `collectors.disk`.
+    pub old: &'static str,
+    /// Dotted path to use instead: `collectors.vm_io`.
+    pub new: &'static str,
+}
+
+impl std::fmt::Display for RenamedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "config key {} is deprecated: it is now {} (the old name still works for now)",
+            self.old, self.new
+        )
+    }
+}
+
+/// `[collectors]` keys from before they were named after their collectors.
+pub const RENAMED_COLLECTOR_KEYS: &[RenamedKey] = &[
+    RenamedKey {
+        old: "collectors.vcpu",
+        new: "collectors.vm_vcpu",
+    },
+    RenamedKey {
+        old: "collectors.disk",
+        new: "collectors.vm_io",
+    },
+    RenamedKey {
+        old: "collectors.network",
+        new: "collectors.vm_net",
+    },
+    RenamedKey {
+        old: "collectors.filesystem",
+        new: "collectors.host_filesystem",
+    },
+];
+
+/// Moves renamed keys of the merged tree (file and environment) to their new
+/// names and returns the ones found. Both names at once is an error: which
+/// one was meant cannot be told. `env_keys` (dotted path, variable) follow
+/// the move, so an error in a value still names its variable.
+fn rename_keys(
+    tree: &mut Node,
+    renamed: &[RenamedKey],
+    env_keys: &mut [(String, String)],
+) -> Result<Vec<RenamedKey>, ConfigError> {
+    let mut found = Vec::new();
+    let Node::Table(root) = tree.open_table() else {
+        return Ok(found);
+    };
+    for r in renamed {
+        let (Some((section, old)), Some((_, new))) = (r.old.split_once('.'), r.new.split_once('.'))
+        else {
+            continue;
+        };
+        let Some(Node::Table(table)) = root.get_mut(section).map(Node::open_table) else {
+            continue;
+        };
+        let Some(value) = table.remove(old) else {
+            continue;
+        };
+        if table.contains_key(new) {
+            return Err(ConfigError::Invalid(format!(
+                "{}: set only {}, the new name of {}",
+                r.old, r.new, r.old
+            )));
+        }
+        table.insert(new.to_string(), value);
+        for (path, _) in env_keys.iter_mut() {
+            if path == r.old || path.starts_with(&format!("{}.", r.old)) {
+                *path = format!("{}{}", r.new, &path[r.old.len()..]);
+            }
+        }
+        found.push(*r);
+    }
+    Ok(found)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,6 +339,7 @@ impl Config {
         vars.retain(|(k, _)| !is_non_config_env(k));
         let mut tree = Node::from_table(tree);
         let mut from_env = merge_env(&mut tree, &vars)?;
+        let renamed = rename_keys(&mut tree, RENAMED_COLLECTOR_KEYS, &mut from_env)?;
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             let from = env_source(&from_env, &key)
@@ -273,6 +362,7 @@ impl Config {
             from_env.push(("log.level".into(), LOG_ENV.into()));
         }
         cfg.from_env = from_env;
+        cfg.renamed_keys = renamed;
         Ok(cfg)
     }
 
@@ -309,10 +399,10 @@ impl Config {
                 self.discovery.rescan_secs, self.interval_secs
             ));
         }
-        let t = self.collectors.filesystem.timeout_secs;
+        let t = self.collectors.host_filesystem.timeout_secs;
         if !(t.is_finite() && t > 0.0 && t <= 30.0) {
             return bad(format!(
-                "collectors.filesystem.timeout_secs: {t} is out of range (above 0, at most 30 seconds)"
+                "collectors.host_filesystem.timeout_secs: {t} is out of range (above 0, at most 30 seconds)"
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -676,14 +766,14 @@ mod tests {
             "interval_secs = 2\n[collectors.filesystem]\ntimeout_secs = 0.5\n",
             &[
                 ("VMSCOPE_LISTEN", "127.0.0.1:1234"),
-                ("VMSCOPE_COLLECTORS__DISK", "false"),
+                ("VMSCOPE_COLLECTORS__VM_IO", "false"),
             ],
         )
         .unwrap();
         assert_eq!(c.interval_secs, 2.0);
-        assert_eq!(c.collectors.filesystem.timeout_secs, 0.5);
+        assert_eq!(c.collectors.host_filesystem.timeout_secs, 0.5);
         assert_eq!(c.listen.port(), 1234);
-        assert!(!c.collectors.disk);
+        assert!(!c.collectors.vm_io);
     }
 
     #[test]
@@ -716,12 +806,68 @@ mod tests {
             .to_string();
         assert!(e.contains("log.level"), "{e}");
         let e = load(
-            "interval_secs = 5\n[collectors.filesystem]\ntimeout_secs = 99\n",
+            "interval_secs = 5\n[collectors.host_filesystem]\ntimeout_secs = 99\n",
             &[],
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("collectors.filesystem.timeout_secs"), "{e}");
+        assert!(e.contains("collectors.host_filesystem.timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn old_collector_keys_still_work_and_are_reported() {
+        let c = load(
+            "[collectors]\nvcpu = false\ndisk = false\n[collectors.filesystem]\ntimeout_secs = 0.5\n",
+            &[("VMSCOPE_COLLECTORS__NETWORK", "false")],
+        )
+        .unwrap();
+        assert!(!c.collectors.vm_vcpu && !c.collectors.vm_io && !c.collectors.vm_net);
+        assert!(c.collectors.host_filesystem.enabled);
+        assert_eq!(c.collectors.host_filesystem.timeout_secs, 0.5);
+        let renamed: Vec<(&str, &str)> = c.renamed_keys.iter().map(|r| (r.old, r.new)).collect();
+        assert_eq!(
+            renamed,
+            [
+                ("collectors.vcpu", "collectors.vm_vcpu"),
+                ("collectors.disk", "collectors.vm_io"),
+                ("collectors.network", "collectors.vm_net"),
+                ("collectors.filesystem", "collectors.host_filesystem"),
+            ]
+        );
+        let warning = c.renamed_keys[1].to_string();
+        assert!(
+            warning.contains("collectors.disk") && warning.contains("collectors.vm_io"),
+            "{warning}"
+        );
+        // New names only: nothing to warn about.
+        let c = load("[collectors]\nvm_io = false\n", &[]).unwrap();
+        assert!(c.renamed_keys.is_empty() && !c.collectors.vm_io);
+    }
+
+    #[test]
+    fn old_and_new_name_together_is_an_error() {
+        let e = load("[collectors]\ndisk = false\nvm_io = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("collectors.disk") && e.contains("collectors.vm_io"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_under_an_old_name_names_its_variable() {
+        let e = load(
+            "",
+            &[("VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS", "\"soon\"")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("collectors.host_filesystem.timeout_secs"), "{e}");
+        assert!(
+            e.contains("VMSCOPE_COLLECTORS__FILESYSTEM__TIMEOUT_SECS"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -746,11 +892,11 @@ mod tests {
         let c = load("", &[("VMSCOPE_INTERVAL_SECS", "0.5")]).unwrap();
         assert_eq!(c.interval_secs, 0.5);
         // Booleans are true or false.
-        let e = load("", &[("VMSCOPE_COLLECTORS__DISK", "yes")])
+        let e = load("", &[("VMSCOPE_COLLECTORS__VM_IO", "yes")])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("collectors.disk") && e.contains("true or false"),
+            e.contains("collectors.vm_io") && e.contains("true or false"),
             "{e}"
         );
         // Lists are TOML arrays; enums take their variant name.
@@ -765,7 +911,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.collectors.filesystem.exclude_fstypes, ["tmpfs", "5"]);
+        assert_eq!(c.collectors.host_filesystem.exclude_fstypes, ["tmpfs", "5"]);
         assert_eq!(c.log.format, LogFormat::Json);
         let e = load(
             "",
@@ -817,7 +963,7 @@ mod tests {
             ("interval_secs = \"x\"\n", "interval_secs:"),
             ("[paths]\nproc = 5\n", "paths.proc:"),
             ("[log]\nformat = \"xml\"\n", "log.format:"),
-            ("[collectors]\ndisk = \"yes\"\n", "collectors.disk:"),
+            ("[collectors]\nvm_io = \"yes\"\n", "collectors.vm_io:"),
             ("[watchdog]\nstate_db_path = 5\n", "watchdog.state_db_path:"),
             (
                 "[watchdog.rules.x]\nthreshold = \"a\"\n",

@@ -5,21 +5,22 @@
 //! ```text
 //! discovery/  -> which VMs exist (process scan, libvirt status XML)
 //! collectors/ -> one file per thing measured (vm_process, vm_vcpu, vm_net, host_*)
-//! collect     -> runs both on an interval, builds one immutable Arc<Snapshot>
+//! host/       -> roots, held-descriptor reads, clock: what both stand on
+//! pipeline/   -> runs both on an interval, builds one immutable Arc<Snapshot>
 //! consumers:     export/ (Prometheus text, OpenMetrics, JSON)   api/ (HTTP)
 //! ```
 
 pub mod alert;
 pub mod api;
 pub mod cli;
-pub mod collect;
 pub mod collectors;
 pub mod config;
 pub mod discovery;
 pub mod export;
+pub mod host;
 pub mod model;
 pub mod owners;
-pub mod roots;
+pub mod pipeline;
 pub mod server;
 pub mod store;
 

@@ -47,6 +47,31 @@ fn check_config_accepts_a_full_valid_file() {
 }
 
 #[test]
+fn check_config_accepts_old_collector_keys_and_names_the_new_ones() {
+    let (code, out, err) = run(bin()
+        .arg("check-config")
+        .arg(configs().join("deprecated_keys.toml")));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
+    for (old, new) in [
+        ("collectors.vcpu", "collectors.vm_vcpu"),
+        ("collectors.disk", "collectors.vm_io"),
+        ("collectors.filesystem", "collectors.host_filesystem"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(old) && l.contains(new)),
+            "{old} -> {new}: {err}"
+        );
+    }
+    // The full valid file uses the new names only: no warnings.
+    let (_, _, err) = run(bin()
+        .arg("check-config")
+        .arg(configs().join("valid_full.toml")));
+    assert!(!err.contains("warning"), "{err}");
+}
+
+#[test]
 fn check_config_names_what_is_wrong() {
     let cases = [
         ("unknown_key.toml", "collectors.vcpus"),

@@ -13,12 +13,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vmscope::collect::Collector;
-use vmscope::collectors::procfile::FdBudget;
 use vmscope::config::Config;
 use vmscope::export::{Format, encode};
+use vmscope::host::FdBudget;
+use vmscope::host::Roots;
 use vmscope::model::{Snapshot, Source, VmStats};
-use vmscope::roots::Roots;
+use vmscope::pipeline::Collector;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -45,7 +45,7 @@ fn config_for(root: &Path) -> Config {
         interval_secs: 1.0,
         ..Config::default()
     };
-    cfg.collectors.filesystem.timeout_secs = 0.5;
+    cfg.collectors.host_filesystem.timeout_secs = 0.5;
     cfg
 }
 

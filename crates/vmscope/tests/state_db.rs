@@ -325,6 +325,12 @@ fn webhook(name: &str, port: u16, extra: &str) -> String {
 }
 
 fn healthz_store(agent: &Agent) -> Value {
+    // /metrics answers before the first tick completes; /healthz says
+    // not_ready (503) until then, so wait for it to be ready.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.get("/healthz").is_ok_and(|(s, _)| s == 503) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let body = agent.get_ok("/healthz");
     let v: Value = serde_json::from_str(&body).unwrap();
     v["components"]["watchdog_store"].clone()

@@ -216,7 +216,7 @@ async fn list(
     let store = store.map_err(ApiError::Unavailable)?;
     let page_mode = matches!(q.position, Position::Page(_));
     let page = store.query(q).await.map_err(|e| {
-        tracing::warn!(error = %crate::collect::ErrorChain(&e), "alert API query failed");
+        tracing::warn!(error = %crate::pipeline::ErrorChain(&e), "alert API query failed");
         ApiError::Internal
     })?;
     let next_page = match page.next {

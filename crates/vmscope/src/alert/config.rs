@@ -200,7 +200,7 @@ impl WatchdogConfig {
                 KEY,
                 format!(
                     "{}; the watchdog would run without persistence",
-                    crate::collect::ErrorChain(&e)
+                    crate::pipeline::ErrorChain(&e)
                 ),
             )
         })

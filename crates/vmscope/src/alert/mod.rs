@@ -54,9 +54,9 @@ pub use notification::{Alert, Notification, Status, Transition};
 pub use rules::{Metric, Rule, Scope, Severity};
 pub use sinks::SinkError;
 
-use crate::collect::ErrorChain;
 use crate::export::MetricSource;
 use crate::model::Snapshot;
+use crate::pipeline::ErrorChain;
 use crate::store::{DbMetrics, EpisodeWrite, Location, Store, StoreError};
 use sinks::{Dispatcher, SinkSpec};
 

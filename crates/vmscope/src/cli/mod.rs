@@ -201,4 +201,8 @@ fn init_logging(cfg: &Config) {
         LogFormat::Text => builder.fmt_fields(logfmt::EscapingFields).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    // Said once at start: the config was read before logging was set up.
+    for r in &cfg.renamed_keys {
+        tracing::warn!(old = r.old, new = r.new, "{r}");
+    }
 }

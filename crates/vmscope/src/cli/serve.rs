@@ -6,9 +6,9 @@ use anyhow::Context;
 
 use super::{Failure, ServeArgs, init_logging};
 use crate::api::{AppState, router_with};
-use crate::collect::{Collector, spawn};
 use crate::config::Config;
 use crate::export::MetricSource;
+use crate::pipeline::{Collector, spawn};
 
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
     // Flags override the file and the environment, and the whole is checked

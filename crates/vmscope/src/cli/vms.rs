@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{Failure, Output, VmsArgs, init_logging, load_config, print_stdout};
-use crate::collect::Collector;
 use crate::model::VmStats;
+use crate::pipeline::Collector;
 
 pub fn run(args: VmsArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&args.common)?;

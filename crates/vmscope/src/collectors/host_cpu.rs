@@ -7,8 +7,8 @@
 
 use vmscope_proc::{CpuTicks, parse_proc_stat_cpu};
 
-use super::procfile::{CollectError, HostFile};
 use super::{Ctx, HostCollector, HostCollectorSpec};
+use crate::host::{CollectError, HostFile};
 use crate::model::HostStats;
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {

@@ -1,7 +1,7 @@
 //! Host load averages, from `/proc/loadavg`.
 
-use super::procfile::{CollectError, HostFile};
 use super::{Ctx, HostCollector, HostCollectorSpec};
+use crate::host::{CollectError, HostFile};
 use crate::model::HostStats;
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {

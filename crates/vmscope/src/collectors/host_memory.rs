@@ -3,8 +3,8 @@
 //! Reads `/proc/meminfo`. "Used" follows the kernel's MemAvailable estimate,
 //! as `free` does, so page cache does not count as used.
 
-use super::procfile::{CollectError, HostFile};
 use super::{Ctx, HostCollector, HostCollectorSpec};
+use crate::host::{CollectError, HostFile};
 use crate::model::HostStats;
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {

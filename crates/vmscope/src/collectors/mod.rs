@@ -1,17 +1,35 @@
 //! One file per thing measured, registered in the two tables below.
 //!
 //! Adding a collector is one new file plus one line in [`VM_COLLECTORS`] or
-//! [`HOST_COLLECTORS`]. The tick (see `collect.rs`) wraps every collector run:
+//! [`HOST_COLLECTORS`]. The tick (see `pipeline/`) wraps every collector run:
 //! it times it, counts its errors by kind and never lets one failure stop the
 //! others. VM collectors work on the whole batch of VMs at once, so that a
 //! collector like `vm_net` can read one `/proc/net/dev` per network namespace
 //! instead of one file per interface.
+//!
+//! **One name per collector.** A collector's `name` is its file name, its
+//! `collector` label on the `vmscope_collector_*` self-metrics and its key
+//! under `[collectors]` in the configuration (`vm_io = false`,
+//! `[collectors.host_filesystem]`). Collectors that cannot be turned off
+//! (`vm_process`, `host_cpu`, `host_memory`, `host_load`) have no key. The
+//! metric names keep their older subsystems where they differ (`vm_io`
+//! fills `vmscope_vm_disk_*`, `vm_net` fills `vmscope_vm_network_*`): a
+//! metric name is an interface, renamed only with a deprecation cycle.
+//!
+//! **State.** A [`VmEntry`] is what the pipeline and every collector share
+//! about one VM: its identity, its published values and its health for this
+//! tick. Whatever one collector needs to keep across ticks for a VM (held
+//! descriptors, thread lists, a refusal to remember) lives in that
+//! collector, keyed by the VM's [`VmKey`], and is dropped in
+//! [`VmCollector::forget`] when the VM leaves.
+//!
+//! Collectors import `host` (roots, file reads, clock) and `model`, never
+//! `discovery`.
 
 pub mod host_cpu;
-pub mod host_fs;
+pub mod host_filesystem;
 pub mod host_load;
 pub mod host_memory;
-pub mod procfile;
 pub mod vm_io;
 pub mod vm_net;
 pub mod vm_process;
@@ -20,10 +38,8 @@ pub mod vm_vcpu;
 use std::time::Instant;
 
 use crate::config::CollectorsConfig;
-use crate::discovery::Clock;
+use crate::host::{Clock, CollectError, FdBudget, Roots};
 use crate::model::{HostStats, VmStats};
-use crate::roots::Roots;
-use procfile::{CollectError, FdBudget, ProcFile};
 
 /// What every collector may read during one tick.
 pub struct Ctx<'a> {
@@ -41,18 +57,16 @@ impl Ctx<'_> {
     }
 }
 
-/// One vCPU thread being followed.
-#[derive(Debug)]
-pub struct VcpuThread {
-    pub index: u32,
-    pub tid: u32,
-    pub schedstat: ProcFile,
-    /// Used when the kernel has no schedstat (no CONFIG_SCHED_INFO).
-    pub stat: ProcFile,
+/// Which VM: one hypervisor process, told apart from a later process that
+/// reuses its pid by its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VmKey {
+    pub pid: u32,
+    pub starttime_ticks: u64,
 }
 
-/// A VM being followed across ticks: its identity, its open files and its
-/// last good values. Owned by the tick loop; collectors update it in place.
+/// A VM being followed across ticks: its identity, its last good values and
+/// this tick's health. Owned by the pipeline; collectors update it in place.
 #[derive(Debug)]
 pub struct VmEntry {
     pub pid: u32,
@@ -63,21 +77,9 @@ pub struct VmEntry {
     pub taps: Vec<String>,
     /// vCPU thread ids known from the hypervisor's own records (libvirt).
     pub known_vcpu_tids: Vec<(u32, u32)>,
-    pub stat_file: ProcFile,
-    pub io_file: ProcFile,
-    /// `/proc/PID/io` needs ptrace-read rights: stop asking once refused.
-    pub io_denied: bool,
-    pub vcpus: Vec<VcpuThread>,
-    /// The vCPU thread list must be read again (new VM, thread count
-    /// changed, a vCPU thread vanished).
-    pub vcpu_rescan_due: bool,
-    /// Earliest tick for the next rescan (rate limit for VMs whose I/O
-    /// worker threads come and go).
-    pub vcpu_rescan_tick: u64,
-    /// Thread count at the last `stat` read.
+    /// Thread count at the last good `stat` read (set by `vm_process`): when
+    /// it changes, `vm_vcpu` looks for vCPU threads again.
     pub num_threads: u64,
-    /// Network namespace (the `/proc/PID/ns/net` link text).
-    pub netns: Option<String>,
     /// Set by `vm_process` when the process has exited.
     pub gone: bool,
     /// Some read failed this tick: values are (partly) the last good ones.
@@ -85,9 +87,37 @@ pub struct VmEntry {
     pub last_success: Option<Instant>,
 }
 
+impl VmEntry {
+    /// A VM not measured yet.
+    pub fn new(key: VmKey, stats: VmStats) -> Self {
+        VmEntry {
+            pid: key.pid,
+            starttime_ticks: key.starttime_ticks,
+            stats,
+            taps: Vec::new(),
+            known_vcpu_tids: Vec::new(),
+            num_threads: 0,
+            gone: false,
+            failed: false,
+            last_success: None,
+        }
+    }
+
+    pub fn key(&self) -> VmKey {
+        VmKey {
+            pid: self.pid,
+            starttime_ticks: self.starttime_ticks,
+        }
+    }
+}
+
 /// A collector over all followed VMs.
 pub trait VmCollector: Send {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>);
+
+    /// The VM left (exited, PID reused, no longer discovered): drop what is
+    /// kept for it. Called once per VM, after the tick that saw it leave.
+    fn forget(&mut self, vm: VmKey);
 }
 
 /// A collector of host-wide values.
@@ -96,12 +126,14 @@ pub trait HostCollector: Send {
 }
 
 pub struct VmCollectorSpec {
+    /// The collector's one name (see the module doc).
     pub name: &'static str,
     pub enabled: fn(&CollectorsConfig) -> bool,
     pub new: fn(&CollectorsConfig) -> Box<dyn VmCollector>,
 }
 
 pub struct HostCollectorSpec {
+    /// The collector's one name (see the module doc).
     pub name: &'static str,
     pub enabled: fn(&CollectorsConfig) -> bool,
     pub new: fn(&CollectorsConfig) -> Box<dyn HostCollector>,
@@ -116,7 +148,7 @@ pub const HOST_COLLECTORS: &[HostCollectorSpec] = &[
     host_cpu::SPEC,
     host_memory::SPEC,
     host_load::SPEC,
-    host_fs::SPEC,
+    host_filesystem::SPEC,
 ];
 
 /// Read failures for one VM: gone processes end the VM, anything else keeps
@@ -128,4 +160,91 @@ pub fn record_vm_error(vm: &mut VmEntry, e: CollectError, errors: &mut Vec<Colle
         vm.failed = true;
     }
     errors.push(e);
+}
+
+/// Test helpers shared by the collectors' unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::model::Source;
+
+    /// A followed VM as the pipeline hands it to collectors.
+    pub fn entry(pid: u32, starttime_ticks: u64) -> VmEntry {
+        VmEntry::new(
+            VmKey {
+                pid,
+                starttime_ticks,
+            },
+            VmStats::unmeasured(pid, Source::Process),
+        )
+    }
+
+    pub fn ctx<'a>(roots: &'a Roots, budget: &'a FdBudget, tick: u64) -> Ctx<'a> {
+        Ctx {
+            roots,
+            clock: Clock {
+                ticks_per_second: 100,
+                boot_time: 1_000,
+                now: 2_000.0,
+            },
+            page_size: 4096,
+            budget,
+            tick,
+            now: Instant::now(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn enabled(c: &CollectorsConfig) -> Vec<&'static str> {
+        VM_COLLECTORS
+            .iter()
+            .filter(|s| (s.enabled)(c))
+            .map(|s| s.name)
+            .chain(
+                HOST_COLLECTORS
+                    .iter()
+                    .filter(|s| (s.enabled)(c))
+                    .map(|s| s.name),
+            )
+            .collect()
+    }
+
+    #[test]
+    fn names_are_unique_and_every_config_key_is_a_name() {
+        let mut names = enabled(&CollectorsConfig::default());
+        let n = names.len();
+        assert_eq!(n, VM_COLLECTORS.len() + HOST_COLLECTORS.len());
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "{names:?}");
+        let keys = toml::Value::try_from(CollectorsConfig::default()).unwrap();
+        let keys = keys.as_table().unwrap();
+        assert_eq!(keys.len(), 4);
+        for key in keys.keys() {
+            assert!(
+                names.contains(&key.as_str()),
+                "[collectors] {key} names no collector"
+            );
+        }
+    }
+
+    #[test]
+    fn each_key_turns_its_own_collector_off() {
+        for (key, toml) in [
+            ("vm_vcpu", "vm_vcpu = false"),
+            ("vm_io", "vm_io = false"),
+            ("vm_net", "vm_net = false"),
+            ("host_filesystem", "host_filesystem.enabled = false"),
+        ] {
+            let c: CollectorsConfig = toml::from_str(toml).unwrap();
+            let on = enabled(&c);
+            assert!(!on.contains(&key), "{key} still on: {on:?}");
+            assert_eq!(on.len(), VM_COLLECTORS.len() + HOST_COLLECTORS.len() - 1);
+        }
+    }
 }

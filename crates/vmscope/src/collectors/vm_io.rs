@@ -4,46 +4,122 @@
 //! to be fetched from or sent to the block layer, all of the VM's disks
 //! together). Per-device counters need the hypervisor's own API and are not
 //! read here. The file needs ptrace-read rights: when refused (not root) it
-//! is counted once per VM and not asked again.
+//! is counted once per VM and not asked again. Keeps one held `io` per VM
+//! (and whether it was refused), dropped when the VM leaves.
 
-use super::procfile::CollectError;
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, record_vm_error};
+use std::collections::HashMap;
+
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
+use crate::host::{CollectError, ProcFile};
 use crate::model::DiskIo;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_io",
-    enabled: |c| c.disk,
+    enabled: |c| c.vm_io,
     new: |_| Box::new(VmIo::default()),
 };
 
 #[derive(Default)]
 pub struct VmIo {
     buf: Vec<u8>,
+    vms: HashMap<VmKey, IoFile>,
+}
+
+/// One VM's `/proc/PID/io`.
+struct IoFile {
+    file: ProcFile,
+    /// The file needs ptrace-read rights: stop asking once refused.
+    denied: bool,
 }
 
 impl VmCollector for VmIo {
-    fn collect(&mut self, _ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
-        for vm in vms.iter_mut().filter(|v| !v.gone && !v.io_denied) {
+    fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
+        for vm in vms.iter_mut().filter(|v| !v.gone) {
             let pid = vm.pid;
-            let res = match vm.io_file.read(&mut self.buf) {
-                Ok(data) => vmscope_proc::parse_io(data)
-                    .map_err(|e| CollectError::parse(vm.io_file.path(), e)),
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    vm.io_denied = true;
-                    Err(CollectError::from_proc_io(pid, vm.io_file.path(), e))
+            let io = self.vms.entry(vm.key()).or_insert_with(|| IoFile {
+                file: ProcFile::new(ctx.roots.pid(pid).join("io"), ctx.budget),
+                denied: false,
+            });
+            if io.denied {
+                continue;
+            }
+            let res = match io.file.read(&mut self.buf) {
+                Ok(data) => {
+                    vmscope_proc::parse_io(data).map_err(|e| CollectError::parse(io.file.path(), e))
                 }
-                Err(e) => Err(CollectError::from_proc_io(pid, vm.io_file.path(), e)),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    io.denied = true;
+                    Err(CollectError::from_proc_io(pid, io.file.path(), e))
+                }
+                Err(e) => Err(CollectError::from_proc_io(pid, io.file.path(), e)),
             };
             match res {
-                Ok(io) => {
+                Ok(c) => {
                     vm.stats.disk = Some(DiskIo {
-                        read_bytes: io.read_bytes,
-                        write_bytes: io.write_bytes,
+                        read_bytes: c.read_bytes,
+                        write_bytes: c.write_bytes,
                     })
                 }
-                Err(e) if vm.io_denied => errors.push(e),
+                Err(e) if io.denied => errors.push(e),
                 Err(e) => record_vm_error(vm, e, errors),
             }
         }
+    }
+
+    fn forget(&mut self, vm: VmKey) {
+        self.vms.remove(&vm);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::collectors::testing::{ctx, entry};
+    use crate::host::{FdBudget, Roots};
+
+    #[test]
+    fn reads_counters_skips_the_gone_and_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(8);
+        let pdir = dir.path().join("proc/7");
+        std::fs::create_dir_all(&pdir).unwrap();
+        std::fs::write(
+            pdir.join("io"),
+            "rchar: 1\nwchar: 2\nsyscr: 3\nsyscw: 4\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n",
+        )
+        .unwrap();
+        let mut c = VmIo::default();
+        let mut vms = [entry(7, 70), entry(9, 90)];
+        vms[1].gone = true;
+        let mut errors = Vec::new();
+        c.collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            vms[0].stats.disk,
+            Some(DiskIo {
+                read_bytes: 4096,
+                write_bytes: 8192
+            })
+        );
+        // Nothing is kept for a VM already gone when it was first seen.
+        assert_eq!(c.vms.len(), 1);
+        assert_eq!(vms[1].stats.disk, None);
+        c.forget(vms[0].key());
+        assert!(c.vms.is_empty());
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn a_vanished_file_is_a_gone_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(8);
+        let mut vms = [entry(7, 70)];
+        let mut errors = Vec::new();
+        VmIo::default().collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert!(vms[0].gone);
+        assert!(matches!(errors[..], [CollectError::Gone { pid: 7 }]));
     }
 }

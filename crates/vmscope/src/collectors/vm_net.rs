@@ -4,19 +4,21 @@
 //! read covers every TAP in it; usually all VMs share the host namespace), not
 //! one sysfs file per interface. A TAP's host-side `tx` is what the guest
 //! received and its `rx` what the guest sent, so the counters are swapped
-//! here, once. A TAP that has disappeared is simply not reported.
+//! here, once. A TAP that has disappeared is simply not reported. Keeps each
+//! VM's namespace (the `/proc/PID/ns/net` link, read once when the VM is
+//! first seen) and one held `net/dev` per namespace.
 
 use std::collections::HashMap;
 
 use vmscope_proc::{NetDevStats, parse_net_dev};
 
-use super::procfile::{CollectError, ProcFile};
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey};
+use crate::host::{CollectError, ProcFile};
 use crate::model::NetStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_net",
-    enabled: |c| c.network,
+    enabled: |c| c.vm_net,
     new: |_| Box::new(VmNet::default()),
 };
 
@@ -25,6 +27,8 @@ pub struct VmNet {
     buf: Vec<u8>,
     /// One held `net/dev` per namespace, opened through a member VM's pid.
     files: HashMap<String, (u32, ProcFile)>,
+    /// Each VM's network namespace (the `/proc/PID/ns/net` link text).
+    netns: HashMap<VmKey, Option<String>>,
 }
 
 /// Converts host-side TAP counters into the guest's direction.
@@ -52,19 +56,34 @@ fn guest_counters(d: &NetDevStats) -> NetStats {
 
 impl VmCollector for VmNet {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
+        for vm in vms.iter().filter(|v| !v.gone) {
+            self.netns.entry(vm.key()).or_insert_with(|| {
+                std::fs::read_link(ctx.roots.pid(vm.pid).join("ns").join("net"))
+                    .ok()
+                    .map(|p| p.to_string_lossy().into_owned())
+            });
+        }
         // Group VM indexes by namespace (one key copy per namespace, not
         // per VM: usually every VM shares the host's).
         let groups: Vec<(String, Vec<usize>)> = {
             let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
+            let mut live: std::collections::HashSet<&str> = std::collections::HashSet::new();
             for (i, vm) in vms.iter().enumerate() {
-                if vm.gone || vm.taps.is_empty() {
+                if vm.gone {
                     continue;
                 }
-                by_ns
-                    .entry(vm.netns.as_deref().unwrap_or_default())
-                    .or_default()
-                    .push(i);
+                let ns = self.netns.get(&vm.key()).and_then(|n| n.as_deref());
+                if let Some(ns) = ns {
+                    live.insert(ns);
+                }
+                if vm.taps.is_empty() {
+                    continue;
+                }
+                by_ns.entry(ns.unwrap_or_default()).or_default().push(i);
             }
+            // Namespaces without a live VM: their held files go.
+            self.files
+                .retain(|ns, _| ns.is_empty() || live.contains(ns.as_str()));
             by_ns
                 .into_iter()
                 .map(|(ns, members)| (ns.to_owned(), members))
@@ -84,13 +103,6 @@ impl VmCollector for VmNet {
                 }
             }
         }
-        let live: std::collections::HashSet<&str> = vms
-            .iter()
-            .filter(|v| !v.gone)
-            .filter_map(|v| v.netns.as_deref())
-            .collect();
-        self.files
-            .retain(|ns, _| ns.is_empty() || live.contains(ns.as_str()));
         for (members, devs) in tables {
             let by_name: HashMap<&str, &NetDevStats> =
                 devs.iter().map(|d| (d.name.as_str(), d)).collect();
@@ -125,6 +137,10 @@ impl VmCollector for VmNet {
                 }
             }
         }
+    }
+
+    fn forget(&mut self, vm: VmKey) {
+        self.netns.remove(&vm);
     }
 }
 
@@ -170,7 +186,58 @@ impl VmNet {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::collectors::testing::{ctx, entry};
+    use crate::host::{FdBudget, Roots};
+
+    const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 1 1 0 0 0 0 0 0 1 1 0 0 0 0 0 0
+  tap0: 100 2 0 0 0 0 0 0 200 4 0 0 0 0 0 0
+  tap1: 300 6 0 0 0 0 0 0 400 8 0 0 0 0 0 0
+";
+
+    fn vm_dir(root: &std::path::Path, pid: u32) {
+        let dir = root.join("proc").join(pid.to_string());
+        std::fs::create_dir_all(dir.join("ns")).unwrap();
+        std::fs::create_dir_all(dir.join("net")).unwrap();
+        std::os::unix::fs::symlink("net:[4026531840]", dir.join("ns/net")).unwrap();
+        std::fs::write(dir.join("net/dev"), NET_DEV).unwrap();
+    }
+
+    #[test]
+    fn one_namespace_one_file_and_state_goes_with_the_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(8);
+        vm_dir(dir.path(), 7);
+        vm_dir(dir.path(), 8);
+        let mut vms = [entry(7, 70), entry(8, 80)];
+        vms[0].taps = vec!["tap0".into(), "gone-tap".into()];
+        vms[1].taps = vec!["tap1".into()];
+        let mut c = VmNet::default();
+        let mut errors = Vec::new();
+        c.collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let net: Vec<(&str, u64, u64)> = vms
+            .iter()
+            .flat_map(|v| &v.stats.network)
+            .map(|n| (n.interface.as_str(), n.rx_bytes, n.tx_bytes))
+            .collect();
+        // The guest's direction: rx is the TAP's tx.
+        assert_eq!(net, [("tap0", 200, 100), ("tap1", 400, 300)]);
+        // Both VMs share a namespace: one held file.
+        assert_eq!(budget.in_use(), 1);
+        assert_eq!(c.netns.len(), 2);
+
+        c.forget(vms[0].key());
+        c.forget(vms[1].key());
+        assert!(c.netns.is_empty());
+        // The namespace's file goes with its last VM, at the next tick.
+        c.collect(&ctx(&roots, &budget, 2), &mut [], &mut errors);
+        assert_eq!(budget.in_use(), 0);
+    }
 
     #[test]
     fn direction_is_the_guests() {

@@ -1,12 +1,15 @@
 //! CPU time, memory and run state of each hypervisor process.
 //!
 //! Reads `/proc/PID/stat` (one `pread` on a held descriptor): user, system and
-//! guest CPU ticks, RSS pages, virtual size, state and start time. This is the
-//! collector that notices a VM is gone: the read fails with `ESRCH`/`ENOENT`,
-//! the process is a zombie, or its start time changed (the PID was reused).
+//! guest CPU ticks, RSS pages, virtual size, state, thread count and start
+//! time. This is the collector that notices a VM is gone: the read fails with
+//! `ESRCH`/`ENOENT`, the process is a zombie, or its start time changed (the
+//! PID was reused). Keeps one held `stat` per VM, dropped when the VM leaves.
 
-use super::procfile::CollectError;
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, record_vm_error};
+use std::collections::HashMap;
+
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
+use crate::host::{CollectError, ProcFile};
 use crate::model::{Source, VmState};
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
@@ -18,55 +21,140 @@ pub const SPEC: VmCollectorSpec = VmCollectorSpec {
 #[derive(Default)]
 pub struct VmProcess {
     buf: Vec<u8>,
+    /// Each VM's `/proc/PID/stat`, held open: it also pins the process.
+    stat: HashMap<VmKey, ProcFile>,
 }
 
 impl VmCollector for VmProcess {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
         for vm in vms.iter_mut() {
-            if let Err(e) = self.one(ctx, vm) {
+            let file = self
+                .stat
+                .entry(vm.key())
+                .or_insert_with(|| ProcFile::new(ctx.roots.pid(vm.pid).join("stat"), ctx.budget));
+            if let Err(e) = one(ctx, vm, file, &mut self.buf) {
                 record_vm_error(vm, e, errors);
             }
         }
     }
+
+    fn forget(&mut self, vm: VmKey) {
+        self.stat.remove(&vm);
+    }
 }
 
-impl VmProcess {
-    fn one(&mut self, ctx: &Ctx<'_>, vm: &mut VmEntry) -> Result<(), CollectError> {
-        let pid = vm.pid;
-        let data = vm
-            .stat_file
-            .read(&mut self.buf)
-            .map_err(|e| CollectError::from_proc_io(pid, vm.stat_file.path(), e))?;
-        let st = vmscope_proc::parse_stat(data)
-            .map_err(|e| CollectError::parse(vm.stat_file.path(), e))?;
-        if st.starttime_ticks != vm.starttime_ticks || matches!(st.state, b'Z' | b'X' | b'x') {
-            return Err(CollectError::Gone { pid });
-        }
-        if st.num_threads != vm.num_threads {
-            // Cheap signal that vCPU threads may have come or gone.
-            vm.num_threads = st.num_threads;
-            vm.vcpu_rescan_due = true;
-        }
-        let s = &mut vm.stats;
-        s.cpu.user = ctx.ticks_to_seconds(st.utime_ticks);
-        s.cpu.system = ctx.ticks_to_seconds(st.stime_ticks);
-        s.cpu.guest = st.guest_time_ticks.map(|t| ctx.ticks_to_seconds(t));
-        s.memory_rss_bytes = st.rss_pages.saturating_mul(ctx.page_size);
-        s.memory_virtual_bytes = st.vsize_bytes;
-        s.memory_utilization_ratio = s
-            .allocated_memory_bytes
-            .filter(|a| *a > 0)
-            .map(|a| s.memory_rss_bytes as f64 / a as f64);
-        // libvirt's own state is authoritative for its domains (a paused
-        // domain's QEMU still sleeps in state S); for bare processes only a
-        // SIGSTOP'd process is known to be paused.
-        if s.source == Source::Process {
-            s.state = if st.state == b'T' {
-                VmState::Paused
-            } else {
-                VmState::Running
-            };
-        }
-        Ok(())
+fn one(
+    ctx: &Ctx<'_>,
+    vm: &mut VmEntry,
+    file: &mut ProcFile,
+    buf: &mut Vec<u8>,
+) -> Result<(), CollectError> {
+    let pid = vm.pid;
+    let data = file
+        .read(buf)
+        .map_err(|e| CollectError::from_proc_io(pid, file.path(), e))?;
+    let st = vmscope_proc::parse_stat(data).map_err(|e| CollectError::parse(file.path(), e))?;
+    if st.starttime_ticks != vm.starttime_ticks || matches!(st.state, b'Z' | b'X' | b'x') {
+        return Err(CollectError::Gone { pid });
+    }
+    // A cheap signal that vCPU threads may have come or gone (vm_vcpu).
+    vm.num_threads = st.num_threads;
+    let s = &mut vm.stats;
+    s.cpu.user = ctx.ticks_to_seconds(st.utime_ticks);
+    s.cpu.system = ctx.ticks_to_seconds(st.stime_ticks);
+    s.cpu.guest = st.guest_time_ticks.map(|t| ctx.ticks_to_seconds(t));
+    s.memory_rss_bytes = st.rss_pages.saturating_mul(ctx.page_size);
+    s.memory_virtual_bytes = st.vsize_bytes;
+    s.memory_utilization_ratio = s
+        .allocated_memory_bytes
+        .filter(|a| *a > 0)
+        .map(|a| s.memory_rss_bytes as f64 / a as f64);
+    // libvirt's own state is authoritative for its domains (a paused
+    // domain's QEMU still sleeps in state S); for bare processes only a
+    // SIGSTOP'd process is known to be paused.
+    if s.source == Source::Process {
+        s.state = if st.state == b'T' {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::collectors::testing::{ctx, entry};
+    use crate::host::{FdBudget, Roots};
+
+    /// A `/proc/PID/stat` line: state, utime, stime, threads, start, vsize, rss.
+    fn stat_line(pid: u32, state: char, threads: u32, start: u64) -> String {
+        format!(
+            "{pid} (qemu-system-x86) {state} 1 1 1 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 {threads} 0 {start} 8192000 100 \
+             18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 120 0 0 0 0 0 0 0 0 0\n"
+        )
+    }
+
+    fn write_stat(root: &std::path::Path, pid: u32, line: &str) {
+        let dir = root.join("proc").join(pid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stat"), line).unwrap();
+    }
+
+    #[test]
+    fn reads_values_notices_reuse_and_forgets_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(8);
+        write_stat(dir.path(), 7, &stat_line(7, 'S', 5, 700));
+        write_stat(dir.path(), 8, &stat_line(8, 'T', 1, 800));
+        let mut c = VmProcess::default();
+        let mut vms = [entry(7, 700), entry(8, 800)];
+        let mut errors = Vec::new();
+        c.collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = &vms[0].stats;
+        assert_eq!(
+            (s.cpu.user, s.cpu.system, s.cpu.guest),
+            (2.5, 0.5, Some(1.2))
+        );
+        assert_eq!(s.memory_rss_bytes, 100 * 4096);
+        assert_eq!(s.memory_virtual_bytes, 8_192_000);
+        assert_eq!(s.state, VmState::Running);
+        assert_eq!(vms[0].num_threads, 5);
+        assert_eq!(vms[1].stats.state, VmState::Paused);
+        assert_eq!(budget.in_use(), 2);
+
+        // Pid 8 now belongs to another process: the VM is gone.
+        write_stat(dir.path(), 8, &stat_line(8, 'S', 1, 999));
+        c.collect(&ctx(&roots, &budget, 2), &mut vms, &mut errors);
+        assert!(!vms[0].gone && vms[1].gone);
+        assert!(matches!(errors[..], [CollectError::Gone { pid: 8 }]));
+
+        // The pipeline forgets it: its descriptor goes back to the budget.
+        c.forget(vms[1].key());
+        assert_eq!(budget.in_use(), 1);
+        assert_eq!(c.stat.len(), 1);
+        // A new process on pid 8 is a new VM with its own file.
+        let mut vms = [entry(7, 700), entry(8, 999)];
+        vms[1].gone = false;
+        errors.clear();
+        c.collect(&ctx(&roots, &budget, 3), &mut vms, &mut errors);
+        assert!(errors.is_empty() && !vms[1].gone);
+        assert_eq!(budget.in_use(), 2);
+    }
+
+    #[test]
+    fn a_zombie_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(8);
+        write_stat(dir.path(), 7, &stat_line(7, 'Z', 1, 700));
+        let mut vms = [entry(7, 700)];
+        let mut errors = Vec::new();
+        VmProcess::default().collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert!(vms[0].gone);
     }
 }

@@ -9,16 +9,19 @@
 //! count changed (seen for free in its `stat`) or a vCPU thread vanished,
 //! at most once per [`RESCAN_MIN_TICKS`] ticks, keeping the open files of
 //! threads that remain; a QEMU without debug-threads has no per-vCPU series.
+//! Keeps each VM's vCPU threads (with their held files) and rescan marks,
+//! dropped when the VM leaves.
 
+use std::collections::HashMap;
 use std::path::Path;
 
-use super::procfile::{CollectError, ProcFile, read_once};
-use super::{Ctx, VcpuThread, VmCollector, VmCollectorSpec, VmEntry, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
+use crate::host::{CollectError, ProcFile, read_once};
 use crate::model::VcpuStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_vcpu",
-    enabled: |c| c.vcpu,
+    enabled: |c| c.vm_vcpu,
     new: |_| Box::new(VmVcpu::default()),
 };
 
@@ -28,6 +31,42 @@ pub const RESCAN_MIN_TICKS: u64 = 3;
 #[derive(Default)]
 pub struct VmVcpu {
     buf: Vec<u8>,
+    vms: HashMap<VmKey, Threads>,
+}
+
+/// One vCPU thread being followed.
+#[derive(Debug)]
+struct VcpuThread {
+    index: u32,
+    tid: u32,
+    schedstat: ProcFile,
+    /// Used when the kernel has no schedstat (no CONFIG_SCHED_INFO).
+    stat: ProcFile,
+}
+
+/// What is kept for one VM across ticks.
+#[derive(Debug)]
+struct Threads {
+    vcpus: Vec<VcpuThread>,
+    /// The process's thread count when last looked at (from `vm_process`).
+    num_threads: u64,
+    /// The vCPU thread list must be read again (new VM, thread count
+    /// changed, a vCPU thread vanished).
+    rescan_due: bool,
+    /// Earliest tick for the next rescan (rate limit for VMs whose I/O
+    /// worker threads come and go).
+    rescan_tick: u64,
+}
+
+impl Default for Threads {
+    fn default() -> Self {
+        Threads {
+            vcpus: Vec::new(),
+            num_threads: 0,
+            rescan_due: true,
+            rescan_tick: 0,
+        }
+    }
 }
 
 /// The vCPU index encoded in a thread name, for the hypervisors that name
@@ -51,20 +90,26 @@ pub fn vcpu_index_from_thread_name(comm: &[u8]) -> Option<u32> {
 impl VmCollector for VmVcpu {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
         for vm in vms.iter_mut().filter(|v| !v.gone) {
-            if vm.vcpu_rescan_due && ctx.tick >= vm.vcpu_rescan_tick {
-                match self.threads(ctx, vm) {
-                    Ok(t) => vm.vcpus = t,
+            let st = self.vms.entry(vm.key()).or_default();
+            if vm.num_threads != st.num_threads {
+                // Cheap signal that vCPU threads may have come or gone.
+                st.num_threads = vm.num_threads;
+                st.rescan_due = true;
+            }
+            if st.rescan_due && ctx.tick >= st.rescan_tick {
+                match Self::threads(ctx, vm, std::mem::take(&mut st.vcpus), &mut self.buf) {
+                    Ok(t) => st.vcpus = t,
                     Err(e) => {
                         record_vm_error(vm, e, errors);
                         continue;
                     }
                 }
-                vm.vcpu_rescan_due = false;
-                vm.vcpu_rescan_tick = ctx.tick + RESCAN_MIN_TICKS;
+                st.rescan_due = false;
+                st.rescan_tick = ctx.tick + RESCAN_MIN_TICKS;
             }
-            let mut out = Vec::with_capacity(vm.vcpus.len());
+            let mut out = Vec::with_capacity(st.vcpus.len());
             let mut vanished = false;
-            for t in vm.vcpus.iter_mut() {
+            for t in st.vcpus.iter_mut() {
                 match read_thread(ctx, t, &mut self.buf) {
                     Ok(v) => out.push(v),
                     Err(CollectError::Gone { .. }) => vanished = true,
@@ -77,23 +122,29 @@ impl VmCollector for VmVcpu {
             if vanished {
                 // Either the VM is exiting (vm_process will see it next
                 // tick) or a vCPU was unplugged: look again next tick.
-                vm.vcpu_rescan_due = true;
-                vm.vcpu_rescan_tick = ctx.tick + 1;
+                st.rescan_due = true;
+                st.rescan_tick = ctx.tick + 1;
             }
             if !vm.failed || !out.is_empty() {
                 vm.stats.vcpus = out;
             }
         }
     }
+
+    fn forget(&mut self, vm: VmKey) {
+        self.vms.remove(&vm);
+    }
 }
 
 impl VmVcpu {
+    /// The VM's vCPU threads now, keeping the held files of `old` threads that
+    /// are still there.
     fn threads(
-        &mut self,
         ctx: &Ctx<'_>,
-        vm: &mut VmEntry,
+        vm: &VmEntry,
+        mut old: Vec<VcpuThread>,
+        buf: &mut Vec<u8>,
     ) -> Result<Vec<VcpuThread>, CollectError> {
-        let mut old = std::mem::take(&mut vm.vcpus);
         let task_dir = ctx.roots.pid(vm.pid).join("task");
         let mut found: Vec<(u32, u32)> = if !vm.known_vcpu_tids.is_empty() {
             vm.known_vcpu_tids.clone()
@@ -109,10 +160,10 @@ impl VmVcpu {
                 else {
                     continue;
                 };
-                if read_once(&task_dir.join(tid.to_string()).join("comm"), &mut self.buf).is_err() {
+                if read_once(&task_dir.join(tid.to_string()).join("comm"), buf).is_err() {
                     continue; // thread exited meanwhile
                 }
-                if let Some(idx) = vcpu_index_from_thread_name(&self.buf) {
+                if let Some(idx) = vcpu_index_from_thread_name(buf) {
                     v.push((idx, tid));
                 }
             }
@@ -179,7 +230,86 @@ fn thread_alive(stat: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::vcpu_index_from_thread_name as idx;
+    use super::*;
+    use crate::collectors::testing::{ctx, entry};
+    use crate::host::{FdBudget, Roots};
+
+    fn thread(root: &Path, tid: u32, comm: &str) {
+        let dir = root.join("proc/7/task").join(tid.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
+        std::fs::write(
+            dir.join("schedstat"),
+            format!("{}000000000 5000000 9\n", tid - 99),
+        )
+        .unwrap();
+    }
+
+    fn indexes(vm: &VmEntry) -> Vec<(u32, u32, f64)> {
+        vm.stats
+            .vcpus
+            .iter()
+            .map(|v| (v.index, v.tid, v.cpu_seconds))
+            .collect()
+    }
+
+    #[test]
+    fn threads_are_rescanned_when_the_count_moves_at_most_every_few_ticks() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(16);
+        thread(dir.path(), 100, "CPU 0/KVM");
+        thread(dir.path(), 101, "qemu-system-x86");
+        thread(dir.path(), 102, "CPU 1/KVM");
+        let mut c = VmVcpu::default();
+        let mut vms = [entry(7, 70)];
+        vms[0].num_threads = 3;
+        let mut errors = Vec::new();
+        c.collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(indexes(&vms[0]), [(0, 100, 1.0), (1, 102, 3.0)]);
+        assert_eq!(vms[0].stats.vcpus[0].wait_seconds, Some(0.005));
+
+        // A vCPU is hot-plugged: vm_process sees 4 threads at tick 2, but
+        // the list is read again only from tick 1 + RESCAN_MIN_TICKS.
+        thread(dir.path(), 103, "CPU 2/KVM");
+        vms[0].num_threads = 4;
+        for tick in 2..1 + RESCAN_MIN_TICKS {
+            c.collect(&ctx(&roots, &budget, tick), &mut vms, &mut errors);
+            assert_eq!(vms[0].stats.vcpus.len(), 2, "tick {tick}");
+        }
+        c.collect(
+            &ctx(&roots, &budget, 1 + RESCAN_MIN_TICKS),
+            &mut vms,
+            &mut errors,
+        );
+        assert_eq!(
+            indexes(&vms[0]),
+            [(0, 100, 1.0), (1, 102, 3.0), (2, 103, 4.0)]
+        );
+        assert_eq!(budget.in_use(), 3);
+
+        // The VM left: its threads' descriptors go back to the budget.
+        c.forget(vms[0].key());
+        assert!(c.vms.is_empty());
+        assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn libvirt_thread_ids_are_used_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots::under(dir.path());
+        let budget = FdBudget::new(16);
+        thread(dir.path(), 100, "unnamed");
+        thread(dir.path(), 101, "unnamed");
+        let mut vms = [entry(7, 70)];
+        vms[0].known_vcpu_tids = vec![(1, 101), (0, 100)];
+        let mut errors = Vec::new();
+        VmVcpu::default().collect(&ctx(&roots, &budget, 1), &mut vms, &mut errors);
+        assert_eq!(indexes(&vms[0]), [(0, 100, 1.0), (1, 101, 2.0)]);
+    }
 
     #[test]
     fn thread_names() {

@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use vmscope_proc::{LibvirtDomain, parse_libvirt_status};
 
-use crate::collectors::procfile::{CollectError, read_once};
+use crate::host::{CollectError, read_once};
 
 #[derive(Debug)]
 struct Cached {

@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 
 use vmscope_proc::{HypervisorKind, LibvirtDomain};
 
-use crate::collectors::procfile::CollectError;
+use crate::host::{Clock, CollectError, Roots};
 use crate::model::Source;
-use crate::roots::Roots;
-pub use process::{Clock, ProcVm};
+pub use process::ProcVm;
 
 /// One VM as discovery sees it: who it is, not how it is doing.
 #[derive(Debug, Clone)]

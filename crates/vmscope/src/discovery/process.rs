@@ -32,8 +32,7 @@ use vmscope_proc::{
     parse_vm_cmdline, split_cmdline,
 };
 
-use crate::collectors::procfile::read_once;
-use crate::roots::Roots;
+use crate::host::{Clock, Roots, read_once};
 
 /// A process younger than this is classified again on the next tick.
 pub const EXEC_GRACE_SECS: f64 = 10.0;
@@ -77,22 +76,6 @@ pub struct ProcessScanner {
     rescan: Duration,
     last_full: Option<Instant>,
     buf: Vec<u8>,
-}
-
-/// What the scanner needs to know about time on this host.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub ticks_per_second: u64,
-    /// Host boot time, Unix seconds (`btime` in /proc/stat).
-    pub boot_time: u64,
-    /// Now, Unix seconds.
-    pub now: f64,
-}
-
-impl Clock {
-    pub fn start_time(&self, starttime_ticks: u64) -> f64 {
-        self.boot_time as f64 + starttime_ticks as f64 / self.ticks_per_second.max(1) as f64
-    }
 }
 
 impl ProcessScanner {

@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 use super::config::{ConfigError, Delivery, SinkConfig};
 use super::metrics::{AlertMetrics, DeliveryResult};
 use super::notification::{Alert, Notification, Status, Transition};
-use crate::collect::ErrorChain;
+use crate::pipeline::ErrorChain;
 use crate::store::{EpisodeWrite, NotificationLogEntry, OutboxRow, OutboxWrite, Store};
 
 /// A notification waiting for its sink, and its outbox row (`None` when it

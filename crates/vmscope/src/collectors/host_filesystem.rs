@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 
 use vmscope_proc::{MountInfo, is_network_fs, is_pseudo_fs, parse_mountinfo};
 
-use super::procfile::{CollectError, read_once};
 use super::{Ctx, HostCollector, HostCollectorSpec};
 use crate::config::{CollectorsConfig, FilesystemConfig};
+use crate::host::{CollectError, read_once};
 use crate::model::{FilesystemStats, HostStats};
 
 pub const SPEC: HostCollectorSpec = HostCollectorSpec {
     name: "host_filesystem",
-    enabled: |c| c.filesystem.enabled,
-    new: |c: &CollectorsConfig| Box::new(HostFs::new(c.filesystem.clone())),
+    enabled: |c| c.host_filesystem.enabled,
+    new: |c: &CollectorsConfig| Box::new(HostFs::new(c.host_filesystem.clone())),
 };
 
 type Answer = (usize, std::io::Result<rustix::fs::StatVfs>);

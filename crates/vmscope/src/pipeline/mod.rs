@@ -1,0 +1,410 @@
+//! The tick: discovery, then every collector, then one immutable snapshot.
+//!
+//! [`Collector::tick`] is synchronous and does blocking file IO; the server
+//! runs it on a dedicated thread ([`spawn`]) and publishes each snapshot on a
+//! `tokio::sync::watch` channel, so HTTP handlers never wait for /proc.
+//!
+//! One tick, in order, each step in its own file:
+//! - discovery says which VMs exist; [`follow`] sets that against the VMs
+//!   followed so far, keyed by (pid, process start time): kept, left, new;
+//! - [`identity`] builds who a new (or re-described) VM is;
+//! - the collectors run over all followed VMs, each wrapped by [`health`]
+//!   (timed, errors counted by kind, warnings rate-limited); a collector
+//!   keeps its own per-VM state (held descriptors, thread lists) and is
+//!   told, through `forget`, which VMs left;
+//! - [`follow::settle`] drops the VMs found gone, dates the rest (a VM whose
+//!   read failed keeps its last good values, marked with their age) and
+//!   [`rates`] turns two samples into per-second rates;
+//! - [`dedup`] makes VM ids unique, and the snapshot is built.
+//!
+//! Reads: `/proc/stat` (`btime`) and the hostname once at start; per tick,
+//! only what discovery and the collectors read. Fails only at start
+//! ([`InitError`]: no readable procfs); after that a tick always yields a
+//! snapshot and failures show in it.
+
+pub mod dedup;
+pub mod follow;
+pub mod health;
+pub mod identity;
+pub mod rates;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::collectors::{Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCollector, VmKey};
+use crate::config::Config;
+use crate::discovery::{DiscoveredVm, Discovery, DiscoveryOptions};
+use crate::host::{Clock, CollectError, FdBudget, Roots, read_once};
+use crate::model::{HostStats, Snapshot, Source, unix_seconds};
+use follow::Followed;
+use health::Counters;
+
+pub use health::ErrorChain;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot read the boot time from {path}")]
+    BootTime { path: String },
+    #[error("{} is not a readable procfs", .0)]
+    NoProc(String),
+}
+
+pub struct Collector {
+    roots: Roots,
+    interval: Duration,
+    discovery: Discovery,
+    discovery_counters: Counters,
+    vm_collectors: Vec<(&'static str, Box<dyn VmCollector>, Counters)>,
+    host_collectors: Vec<(&'static str, Box<dyn HostCollector>, Counters)>,
+    vms: Vec<Followed>,
+    host: HostStats,
+    tick: u64,
+    ticks_per_second: u64,
+    boot_time: u64,
+    page_size: u64,
+    budget: FdBudget,
+    buf: Vec<u8>,
+    owners: crate::owners::Owners,
+    /// Identity strings cut to MAX_LABEL_VALUE_BYTES since start.
+    label_values_truncated: u64,
+}
+
+/// Reads `btime` from /proc/stat.
+pub fn boot_time(roots: &Roots) -> Result<u64, InitError> {
+    let path = roots.proc.join("stat");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| InitError::NoProc(roots.proc.display().to_string()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse().ok()))
+        .ok_or(InitError::BootTime {
+            path: path.display().to_string(),
+        })
+}
+
+/// How many VMs each discovery source found (every source listed, even at 0).
+fn discovered_per_source(vms: &[DiscoveredVm]) -> Vec<(Source, usize)> {
+    let mut per_source: Vec<(Source, usize)> = Source::ALL.iter().map(|s| (*s, 0)).collect();
+    for d in vms {
+        if let Some(slot) = per_source.iter_mut().find(|(s, _)| *s == d.source) {
+            slot.1 += 1;
+        }
+    }
+    per_source
+}
+
+impl Collector {
+    pub fn new(cfg: &Config) -> Result<Self, InitError> {
+        Self::with_budget(cfg, FdBudget::from_rlimit(cfg.http.fd_reserve()))
+    }
+
+    pub fn with_budget(cfg: &Config, budget: FdBudget) -> Result<Self, InitError> {
+        let roots = cfg.roots();
+        let boot = boot_time(&roots)?;
+        let discovery = Discovery::new(
+            &roots,
+            DiscoveryOptions {
+                process: cfg.discovery.process,
+                libvirt: cfg.discovery.libvirt,
+                rescan: Duration::from_secs_f64(cfg.discovery.rescan_secs),
+            },
+        );
+        // A hung mount may cost at most half a tick.
+        let mut c = cfg.collectors.clone();
+        c.host_filesystem.timeout_secs =
+            c.host_filesystem.timeout_secs.min(cfg.interval_secs / 2.0);
+        let c = &c;
+        let vm_collectors = VM_COLLECTORS
+            .iter()
+            .filter(|s| (s.enabled)(c))
+            .map(|s| (s.name, (s.new)(c), Counters::default()))
+            .collect();
+        let host_collectors = HOST_COLLECTORS
+            .iter()
+            .filter(|s| (s.enabled)(c))
+            .map(|s| (s.name, (s.new)(c), Counters::default()))
+            .collect();
+        let hostname = std::fs::read_to_string(roots.proc.join("sys/kernel/hostname"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        Ok(Collector {
+            interval: cfg.interval(),
+            discovery,
+            discovery_counters: Counters::default(),
+            vm_collectors,
+            host_collectors,
+            vms: Vec::new(),
+            host: HostStats {
+                hostname,
+                ..HostStats::default()
+            },
+            tick: 0,
+            ticks_per_second: rustix::param::clock_ticks_per_second(),
+            boot_time: boot,
+            page_size: rustix::param::page_size() as u64,
+            budget,
+            buf: Vec::new(),
+            roots,
+            owners: crate::owners::Owners::start(&cfg.owners),
+            label_values_truncated: 0,
+        })
+    }
+
+    /// Number of VMs followed right now.
+    pub fn followed(&self) -> usize {
+        self.vms.len()
+    }
+
+    /// Runs one collection and returns its snapshot.
+    pub fn tick(&mut self) -> Snapshot {
+        let started = Instant::now();
+        let wall = SystemTime::now();
+        self.tick += 1;
+        let clock = Clock {
+            ticks_per_second: self.ticks_per_second,
+            boot_time: self.boot_time,
+            now: unix_seconds(wall),
+        };
+        let mut statuses =
+            Vec::with_capacity(1 + self.vm_collectors.len() + self.host_collectors.len());
+
+        // Discovery.
+        let t0 = Instant::now();
+        let found = self.discovery.discover(&self.roots, &clock, started);
+        let ok = self
+            .discovery_counters
+            .absorb("discovery", &found.errors, started);
+        statuses.push(
+            self.discovery_counters
+                .status("discovery", t0.elapsed(), ok),
+        );
+        let discovered = discovered_per_source(&found.vms);
+        self.follow(found.vms, &clock);
+        // Owners (owners/): one resolve step over discovery's records and
+        // the owner sources' latest maps.
+        self.label_values_truncated += self.owners.resolve(
+            self.vms
+                .iter_mut()
+                .map(|f| (&mut f.entry.stats, &f.memo.applied)),
+        );
+
+        // VM collectors.
+        let ctx = Ctx {
+            roots: &self.roots,
+            clock,
+            page_size: self.page_size,
+            budget: &self.budget,
+            tick: self.tick,
+            now: started,
+        };
+        let (mut entries, memos) = follow::split(&mut self.vms);
+        let mut errors = Vec::new();
+        for (name, c, counters) in self.vm_collectors.iter_mut() {
+            let t = Instant::now();
+            errors.clear();
+            c.collect(&ctx, &mut entries, &mut errors);
+            let ok = counters.absorb(name, &errors, started);
+            statuses.push(counters.status(name, t.elapsed(), ok));
+        }
+
+        // Host collectors.
+        for (name, c, counters) in self.host_collectors.iter_mut() {
+            let t = Instant::now();
+            let res = c.collect(&ctx, &mut self.host);
+            let errs: Vec<CollectError> = res.err().into_iter().collect();
+            let ok = counters.absorb(name, &errs, started);
+            statuses.push(counters.status(name, t.elapsed(), ok));
+        }
+
+        // Finish VMs: drop the gone, date the rest, compute rates.
+        let gone = follow::settle(entries, memos, started, &mut self.vms);
+        for key in gone {
+            self.discovery.forget(key.pid);
+            self.forget(key);
+        }
+        let mut vms = follow::published(&self.vms);
+        dedup::dedupe_ids(&mut vms);
+
+        Snapshot {
+            seq: self.tick,
+            collected_at: wall,
+            interval: self.interval,
+            tick_duration_seconds: started.elapsed().as_secs_f64(),
+            host: self.host.clone(),
+            vms,
+            collectors: statuses,
+            discovered,
+            label_values_truncated_total: self.label_values_truncated,
+        }
+    }
+
+    /// Follows new VMs, forgets vanished ones, refreshes identities.
+    fn follow(&mut self, found: Vec<DiscoveredVm>, clock: &Clock) {
+        let r = follow::reconcile(std::mem::take(&mut self.vms), found);
+        self.vms = r.kept;
+        self.label_values_truncated += r.truncated;
+        for key in r.left {
+            self.forget(key);
+        }
+        for d in r.new {
+            if let Some(start) = self.start_time_ticks(&d) {
+                let f = Followed::new(&d, start, clock, &mut self.label_values_truncated);
+                self.vms.push(f);
+            }
+        }
+    }
+
+    /// A new VM's process start time: from discovery's record, else from
+    /// its `stat` (a libvirt domain the process scan did not report). `None`
+    /// when the process is already gone: it is looked at again next tick.
+    fn start_time_ticks(&mut self, d: &DiscoveredVm) -> Option<u64> {
+        if let Some(p) = &d.process {
+            return Some(p.starttime_ticks);
+        }
+        read_once(&self.roots.pid(d.pid).join("stat"), &mut self.buf).ok()?;
+        Some(vmscope_proc::parse_stat(&self.buf).ok()?.starttime_ticks)
+    }
+
+    /// A VM left: every collector drops what it kept for it.
+    fn forget(&mut self, key: VmKey) {
+        for (_, c, _) in self.vm_collectors.iter_mut() {
+            c.forget(key);
+        }
+    }
+}
+
+/// Runs the collector on its own thread every `interval`, publishing each
+/// snapshot. Returns the receiving side; the thread stops when every
+/// receiver is dropped.
+pub fn spawn(
+    mut collector: Collector,
+    interval: Duration,
+) -> std::io::Result<watch::Receiver<Arc<Snapshot>>> {
+    let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(interval)));
+    std::thread::Builder::new()
+        .name("vmscope-collect".into())
+        .spawn(move || {
+            let mut next = Instant::now();
+            loop {
+                let snap = collector.tick();
+                tracing::debug!(
+                    seq = snap.seq,
+                    vms = snap.vms.len(),
+                    secs = snap.tick_duration_seconds,
+                    "tick"
+                );
+                if tx.send(Arc::new(snap)).is_err() {
+                    return;
+                }
+                next += interval;
+                let now = Instant::now();
+                if next <= now {
+                    // Fell behind (a slow tick): skip missed ticks rather than burst.
+                    next = now + interval;
+                }
+                std::thread::sleep(next.saturating_duration_since(now));
+            }
+        })?;
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::HashSet;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use vmscope_proc::{HypervisorKind, LibvirtDomain};
+
+    use super::*;
+    use crate::collectors::VmEntry;
+
+    fn found(pid: u32, source: Source) -> DiscoveredVm {
+        DiscoveredVm {
+            pid,
+            kind: HypervisorKind::Qemu,
+            source,
+            process: None,
+            libvirt: Some(Arc::new(LibvirtDomain::default())),
+        }
+    }
+
+    #[test]
+    fn discovered_counts_every_source() {
+        let none = discovered_per_source(&[]);
+        assert_eq!(none.len(), Source::ALL.len());
+        assert!(none.iter().all(|(_, n)| *n == 0));
+        let some = discovered_per_source(&[
+            found(1, Source::Libvirt),
+            found(2, Source::Process),
+            found(3, Source::Libvirt),
+        ]);
+        let count = |s| some.iter().find(|(x, _)| *x == s).map(|(_, n)| *n);
+        assert_eq!(count(Source::Libvirt), Some(2));
+        assert_eq!(count(Source::Process), Some(1));
+    }
+
+    /// A collector that keeps a note per VM, as real ones keep files.
+    #[derive(Default, Clone)]
+    struct Spy(Arc<Mutex<HashSet<VmKey>>>);
+
+    impl VmCollector for Spy {
+        fn collect(&mut self, _: &Ctx<'_>, vms: &mut [VmEntry], _: &mut Vec<CollectError>) {
+            let mut kept = self.0.lock().unwrap();
+            kept.extend(vms.iter().map(|v| v.key()));
+        }
+        fn forget(&mut self, vm: VmKey) {
+            assert!(self.0.lock().unwrap().remove(&vm), "{vm:?} forgotten twice");
+        }
+    }
+
+    fn followed_keys(c: &Collector) -> HashSet<VmKey> {
+        c.vms.iter().map(|f| f.entry.key()).collect()
+    }
+
+    #[test]
+    fn collectors_forget_every_vm_that_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fixture)
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let cfg = Config {
+            paths: Roots::under(&root).into(),
+            interval_secs: 1.0,
+            ..Config::default()
+        };
+        // No held descriptors: a deleted fixture file then reads as gone.
+        let mut c = Collector::with_budget(&cfg, FdBudget::new(0)).unwrap();
+        let spy = Spy::default();
+        c.vm_collectors
+            .push(("spy", Box::new(spy.clone()), Counters::default()));
+        c.tick();
+        assert!(c.followed() >= 5);
+        assert_eq!(*spy.0.lock().unwrap(), followed_keys(&c));
+
+        // One VM exits, another's PID is reused by a new process.
+        std::fs::remove_dir_all(root.join("proc/1001")).unwrap();
+        let p = root.join("proc/1002/stat");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace(" 600000 ", " 600777 ")).unwrap();
+        for _ in 0..3 {
+            c.tick();
+            assert_eq!(*spy.0.lock().unwrap(), followed_keys(&c));
+        }
+        let kept = spy.0.lock().unwrap();
+        assert!(!kept.iter().any(|k| k.pid == 1001));
+        assert!(!kept.contains(&VmKey {
+            pid: 1002,
+            starttime_ticks: 600_000
+        }));
+    }
+}
