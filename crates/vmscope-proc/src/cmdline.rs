@@ -158,7 +158,7 @@ const QEMU_TAKES_VALUE: &[&str] = &[
     "kernel", "initrd",
 ];
 
-/// Split argv (without argv[0]) into options. `-x`, `--x` and `-x=v` are all
+/// Split argv (without `argv[0]`) into options. `-x`, `--x` and `-x=v` are all
 /// accepted. QEMU options take at most one value; Cloud Hypervisor and
 /// Firecracker options take every following argument up to the next option
 /// (Cloud Hypervisor's `--net a b` form).

@@ -6,9 +6,7 @@
 //! Firecracker VM, a stale libvirt status file, a `qemu --version` process and
 //! a VM whose files vanish mid-tick. The exposition and the JSON of the VMs
 //! are compared with `tests/golden/host1.{prom,json}`; regenerate them with
-//! `UPDATE_GOLDEN=1 cargo test -p vmscope --test fixtures`.
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `UPDATE_GOLDEN=1 cargo test -p vmscope --test pure fixtures::`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -7,7 +7,6 @@
 //! trusts it only through its `ca_file`. Notifications come from the real
 //! rule engine fed with synthetic snapshots, so payloads are checked
 //! end-to-end from snapshot to bytes on the wire.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

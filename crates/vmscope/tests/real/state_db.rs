@@ -11,7 +11,6 @@
 //! any running host. Receivers are plain HTTP servers on 127.0.0.1 run by
 //! the test. Needs root (to drop to `nobody`, and to mount a tiny tmpfs).
 //! No CPU measurements: these run in parallel with other tests.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -14,7 +14,6 @@
 //!
 //! Each agent gets its own temporary state database; the child's
 //! environment is cleared of every inherited `VMSCOPE_*` variable.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

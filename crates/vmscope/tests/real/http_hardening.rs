@@ -3,14 +3,7 @@
 //! while a client dribbles its request, and requests too broken to route.
 //! Every client here is this test's own, on 127.0.0.1; every count bounded.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[allow(dead_code)]
-#[path = "support/http.rs"]
-mod http;
-#[allow(dead_code)]
-#[path = "support/metrics.rs"]
-mod metrics;
+use crate::support::{http, metrics};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

@@ -1,15 +1,14 @@
 //! End-to-end tests against real components: QEMU VMs with TAP devices, a
 //! running `vmscope serve`, a real Prometheus and a real libvirtd (see
-//! `docs/lab.md` and `tests/support/`).
+//! `docs/lab.md` and `tests/real/support/`).
 //!
 //! Each test starts its own VMs (unique names, UUIDs and TAPs) and its own
 //! agent on a free loopback port, and looks only at its own VMs: other VMs
 //! on the host, and the other tests running in parallel, do not matter.
 //! Without root or QEMU the tests print why and pass; under `CI=true` they
 //! fail instead.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -6,8 +6,6 @@
 //! router merged with a real watchdog's, `alert::start` on a temporary
 //! state database), fed hand-made snapshots through a watch channel.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::sync::Arc;
@@ -24,7 +22,7 @@ use vmscope::api::{AppState, ROUTES, router};
 use vmscope::export::fixture;
 use vmscope::model::{CpuSeconds, NetStats, Snapshot, Source, VmState, VmStats};
 
-const SPEC: &str = include_str!("../../../docs/openapi.yaml");
+const SPEC: &str = include_str!("../../../../docs/openapi.yaml");
 
 /// A VM built by hand with a name that needs escaping everywhere.
 fn odd_vm() -> VmStats {

@@ -1,8 +1,6 @@
 //! The binary as a user runs it: exit codes and messages of `check-config`,
 //! `vms` over a fixture tree, and `serve` refusing bad input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -2,10 +2,9 @@
 //! `/dev/full`, and a real QEMU VM whose `-name` holds a newline, terminal
 //! escapes and 100 000 characters, checked in the text log, the JSON log,
 //! the `vms` table and `/metrics`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(dead_code)]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

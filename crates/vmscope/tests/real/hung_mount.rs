@@ -4,8 +4,6 @@
 //! other filesystems must still be reported, the hung one must not, and the
 //! timeout must be counted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

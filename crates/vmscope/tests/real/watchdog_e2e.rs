@@ -8,10 +8,9 @@
 //!
 //! Without root, QEMU or Alertmanager the test prints why and passes;
 //! under `CI=true` it fails instead (see `support::lab_available`).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[allow(dead_code)]
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -6,8 +6,6 @@
 //! A tool that is missing skips its check with a message, unless `CI` is set
 //! (then it fails: CI must run the real validators).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};

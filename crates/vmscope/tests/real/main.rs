@@ -1,0 +1,19 @@
+//! The real-component tests: one binary (linked once) for everything that
+//! starts real processes beside vmscope: QEMU VMs, libvirtd, Prometheus,
+//! Alertmanager, HTTP receivers, a FUSE mount, unprivileged agents, tmpfs
+//! "full disks". Needs root; see `docs/lab.md`. Tests whose CPU figures
+//! need the machine to themselves (`e2e::`, `watchdog_e2e::`) run alone
+//! (`.config/nextest.toml`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+mod cli_robustness;
+mod e2e;
+mod http_hardening;
+mod hung_mount;
+mod state_db;
+mod watchdog_e2e;
+mod watchdog_secrets;
+mod watchdog_sinks;
