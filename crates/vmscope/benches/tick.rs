@@ -207,7 +207,7 @@ fn make_tree(root: &Path) {
 fn config(root: &Path) -> Config {
     Config {
         paths: Roots::under(root).into(),
-        interval_secs: 1.0,
+        interval: std::time::Duration::from_secs(1),
         ..Config::default()
     }
 }

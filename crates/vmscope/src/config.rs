@@ -37,8 +37,9 @@ pub struct Config {
     /// Address the HTTP server binds to: an IP address and port.
     #[serde(deserialize_with = "de_listen")]
     pub listen: SocketAddr,
-    /// Collection interval in seconds.
-    pub interval_secs: f64,
+    /// Collection interval (`"5s"`; was `interval_secs`).
+    #[serde(deserialize_with = "de_duration")]
+    pub interval: Duration,
     pub paths: PathsConfig,
     pub discovery: DiscoveryConfig,
     pub collectors: CollectorsConfig,
@@ -63,7 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
-            interval_secs: 5.0,
+            interval: Duration::from_secs(5),
             paths: PathsConfig::default(),
             discovery: DiscoveryConfig::default(),
             collectors: CollectorsConfig::default(),
@@ -110,8 +111,9 @@ pub struct DiscoveryConfig {
     pub process: bool,
     /// Read libvirt's live status files in `<run>/libvirt/qemu`.
     pub libvirt: bool,
-    /// Re-classify every process this often, in seconds.
-    pub rescan_secs: f64,
+    /// Re-classify every process this often (`"5m"`; was `rescan_secs`).
+    #[serde(deserialize_with = "de_duration")]
+    pub rescan: Duration,
 }
 
 impl Default for DiscoveryConfig {
@@ -119,7 +121,7 @@ impl Default for DiscoveryConfig {
         DiscoveryConfig {
             process: true,
             libvirt: true,
-            rescan_secs: 300.0,
+            rescan: Duration::from_secs(300),
         }
     }
 }
@@ -214,10 +216,14 @@ fn rename_keys(
             continue;
         };
         if table.contains_key(new) {
-            return Err(ConfigError::Invalid(format!(
-                "{}: set only {}, the new name of {}",
-                r.old, r.new, r.old
-            )));
+            match env_wins(r, &value, env_keys) {
+                Some(true) => {}
+                Some(false) => {
+                    found.push(*r);
+                    continue;
+                }
+                None => return Err(both_names(r)),
+            }
         }
         table.insert(new.to_string(), value);
         for (path, _) in env_keys.iter_mut() {
@@ -230,13 +236,153 @@ fn rename_keys(
     Ok(found)
 }
 
+/// Both the old and the new name of a key are set. When one came from
+/// the environment and the other from the file, the environment wins as it
+/// always does: `Some(true)` keeps the old name's value, `Some(false)` the
+/// new one's. Both in the same place (or a whole section, which would have
+/// to be merged key by key) cannot be told apart: `None`.
+fn env_wins(r: &RenamedKey, old_value: &Node, env_keys: &[(String, String)]) -> Option<bool> {
+    if matches!(
+        old_value,
+        Node::Table(_) | Node::Toml(toml::Value::Table(_))
+    ) {
+        return None;
+    }
+    let from_env = |key: &str| env_keys.iter().any(|(p, _)| p == key);
+    match (from_env(r.old), from_env(r.new)) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
+}
+
+fn both_names(r: &RenamedKey) -> ConfigError {
+    ConfigError::Invalid(format!(
+        "{}: set only {}, the new name of {}",
+        r.old, r.new, r.old
+    ))
+}
+
+/// Keys that took a number of seconds before every duration in the file
+/// became a humantime string (`"5s"`, `"1m 30s"`), as the watchdog's and the
+/// HTTP server's always were. The old key still works, with a warning.
+pub const SECONDS_KEYS: &[RenamedKey] = &[
+    RenamedKey {
+        old: "interval_secs",
+        new: "interval",
+    },
+    RenamedKey {
+        old: "discovery.rescan_secs",
+        new: "discovery.rescan",
+    },
+    RenamedKey {
+        old: "collectors.host_filesystem.timeout_secs",
+        new: "collectors.host_filesystem.timeout",
+    },
+];
+
+/// Moves each old seconds key to its new duration key, turning the number
+/// into the same duration as a humantime string. Runs after
+/// [`rename_keys`], so `[collectors.filesystem] timeout_secs` arrives here
+/// as `collectors.host_filesystem.timeout_secs`.
+fn seconds_to_durations(
+    tree: &mut Node,
+    keys: &[RenamedKey],
+    env_keys: &mut [(String, String)],
+) -> Result<Vec<RenamedKey>, ConfigError> {
+    let mut found = Vec::new();
+    for r in keys {
+        let (parent, old) = r.old.rsplit_once('.').unwrap_or(("", r.old));
+        let new = r.new.rsplit_once('.').map_or(r.new, |(_, n)| n);
+        let Some(table) = table_at(tree, parent) else {
+            continue;
+        };
+        let Some(value) = table.remove(old) else {
+            continue;
+        };
+        if table.contains_key(new) {
+            match env_wins(r, &value, env_keys) {
+                Some(true) => {}
+                Some(false) => {
+                    found.push(*r);
+                    continue;
+                }
+                None => return Err(both_names(r)),
+            }
+        }
+        let secs = match &value {
+            Node::Toml(toml::Value::Integer(i)) => Some(*i as f64),
+            Node::Toml(toml::Value::Float(f)) => Some(*f),
+            Node::Env(s) => decimal(s),
+            _ => None,
+        }
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 1e9);
+        let var = env_keys
+            .iter()
+            .find(|(p, _)| p == r.old)
+            .map(|(_, v)| format!(" (from environment variable {v})"))
+            .unwrap_or_default();
+        let Some(secs) = secs else {
+            return Err(ConfigError::Invalid(format!(
+                "{}: expected a number of seconds, at least 0 (or use {} = \"5s\"){var}",
+                r.old, r.new
+            )));
+        };
+        let text = humantime::format_duration(Duration::from_secs_f64(secs)).to_string();
+        table.insert(new.to_string(), Node::Toml(toml::Value::String(text)));
+        for (path, _) in env_keys.iter_mut() {
+            if path == r.old {
+                *path = r.new.to_string();
+            }
+        }
+        found.push(*r);
+    }
+    Ok(found)
+}
+
+/// The table at a dotted path of the merged tree (`""` is the root).
+fn table_at<'a>(tree: &'a mut Node, path: &str) -> Option<&'a mut BTreeMap<String, Node>> {
+    let mut node = tree.open_table();
+    if !path.is_empty() {
+        for seg in path.split('.') {
+            let Node::Table(t) = node else { return None };
+            node = t.get_mut(seg)?.open_table();
+        }
+    }
+    match node {
+        Node::Table(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// A plain decimal number (`2`, `0.5`), as environment values are read.
+fn decimal(s: &str) -> Option<f64> {
+    let t = s.trim();
+    let ok = !t.is_empty()
+        && t.chars()
+            .all(|c| c.is_ascii_digit() || c == '.' || c == '-');
+    if ok { t.parse().ok() } else { None }
+}
+
+/// A duration as a humantime string (`"30s"`, `"5m"`, `"1h 30m"`, `"500ms"`):
+/// the one duration style of the configuration.
+pub fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (write e.g. \"5s\", \"500ms\", \"2m\")"
+        ))
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesystemConfig {
     pub enabled: bool,
     /// How long all `statvfs` calls of one tick may take together; capped
-    /// at half the collection interval.
-    pub timeout_secs: f64,
+    /// at half the collection interval (`"1s"`; was `timeout_secs`).
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
     /// Filesystem types to skip, on top of pseudo and network filesystems.
     pub exclude_fstypes: Vec<String>,
     /// Mountpoints to skip, with everything below them.
@@ -247,7 +393,7 @@ impl Default for FilesystemConfig {
     fn default() -> Self {
         FilesystemConfig {
             enabled: true,
-            timeout_secs: 1.0,
+            timeout: Duration::from_secs(1),
             exclude_fstypes: Vec::new(),
             exclude_mountpoints: Vec::new(),
         }
@@ -339,7 +485,12 @@ impl Config {
         vars.retain(|(k, _)| !is_non_config_env(k));
         let mut tree = Node::from_table(tree);
         let mut from_env = merge_env(&mut tree, &vars)?;
-        let renamed = rename_keys(&mut tree, RENAMED_COLLECTOR_KEYS, &mut from_env)?;
+        let mut renamed = rename_keys(&mut tree, RENAMED_COLLECTOR_KEYS, &mut from_env)?;
+        renamed.extend(seconds_to_durations(
+            &mut tree,
+            SECONDS_KEYS,
+            &mut from_env,
+        )?);
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             let from = env_source(&from_env, &key)
@@ -385,24 +536,25 @@ impl Config {
 
     fn validate_values(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if !(self.interval_secs.is_finite() && (0.1..=3600.0).contains(&self.interval_secs)) {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&self.interval) {
             return bad(format!(
-                "interval_secs: {} is out of range (0.1 to 3600 seconds)",
-                self.interval_secs
+                "interval: {} is out of range (100ms to 1h)",
+                show(self.interval)
             ));
         }
-        if !(self.discovery.rescan_secs.is_finite()
-            && self.discovery.rescan_secs >= self.interval_secs)
-        {
+        if self.discovery.rescan < self.interval {
             return bad(format!(
-                "discovery.rescan_secs: {} must be at least interval_secs ({})",
-                self.discovery.rescan_secs, self.interval_secs
+                "discovery.rescan: {} must be at least interval ({})",
+                show(self.discovery.rescan),
+                show(self.interval)
             ));
         }
-        let t = self.collectors.host_filesystem.timeout_secs;
-        if !(t.is_finite() && t > 0.0 && t <= 30.0) {
+        let t = self.collectors.host_filesystem.timeout;
+        if t.is_zero() || t > Duration::from_secs(30) {
             return bad(format!(
-                "collectors.host_filesystem.timeout_secs: {t} is out of range (above 0, at most 30 seconds)"
+                "collectors.host_filesystem.timeout: {} is out of range (above 0, at most 30s)",
+                show(t)
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -424,7 +576,7 @@ impl Config {
     }
 
     pub fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.interval_secs)
+        self.interval
     }
 
     pub fn roots(&self) -> Roots {
@@ -754,7 +906,7 @@ mod tests {
     fn defaults_are_valid_and_loopback() {
         let c = Config::load_with_env(None, Vec::new()).unwrap();
         assert_eq!(c.listen, Config::default().listen);
-        assert_eq!(c.interval_secs, 5.0);
+        assert_eq!(c.interval, Duration::from_secs(5));
         assert_eq!(c.collectors, CollectorsConfig::default());
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
@@ -763,15 +915,18 @@ mod tests {
     #[test]
     fn file_then_env() {
         let c = load(
-            "interval_secs = 2\n[collectors.filesystem]\ntimeout_secs = 0.5\n",
+            "interval = \"2s\"\n[collectors.host_filesystem]\ntimeout = \"500ms\"\n",
             &[
                 ("VMSCOPE_LISTEN", "127.0.0.1:1234"),
                 ("VMSCOPE_COLLECTORS__VM_IO", "false"),
             ],
         )
         .unwrap();
-        assert_eq!(c.interval_secs, 2.0);
-        assert_eq!(c.collectors.host_filesystem.timeout_secs, 0.5);
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(
+            c.collectors.host_filesystem.timeout,
+            Duration::from_millis(500)
+        );
         assert_eq!(c.listen.port(), 1234);
         assert!(!c.collectors.vm_io);
     }
@@ -797,8 +952,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = load("interval_secs = 0\n", &[]).unwrap_err().to_string();
-        assert!(e.starts_with("interval_secs"), "{e}");
+        let e = load("interval = \"0s\"\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("interval: 0s is out of range"), "{e}");
+        let e = load("interval = 5\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("interval:"), "{e}");
+        let e = load("interval = \"5 parsecs\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("interval: invalid duration"), "{e}");
         let e = load("listen = \"nope\"\n", &[]).unwrap_err().to_string();
         assert!(e.contains("listen"), "{e}");
         let e = load("[log]\nlevel = \"[[[\"\n", &[])
@@ -806,12 +967,12 @@ mod tests {
             .to_string();
         assert!(e.contains("log.level"), "{e}");
         let e = load(
-            "interval_secs = 5\n[collectors.host_filesystem]\ntimeout_secs = 99\n",
+            "interval = \"5s\"\n[collectors.host_filesystem]\ntimeout = \"99s\"\n",
             &[],
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("collectors.host_filesystem.timeout_secs"), "{e}");
+        assert!(e.starts_with("collectors.host_filesystem.timeout:"), "{e}");
     }
 
     #[test]
@@ -823,7 +984,10 @@ mod tests {
         .unwrap();
         assert!(!c.collectors.vm_vcpu && !c.collectors.vm_io && !c.collectors.vm_net);
         assert!(c.collectors.host_filesystem.enabled);
-        assert_eq!(c.collectors.host_filesystem.timeout_secs, 0.5);
+        assert_eq!(
+            c.collectors.host_filesystem.timeout,
+            Duration::from_millis(500)
+        );
         let renamed: Vec<(&str, &str)> = c.renamed_keys.iter().map(|r| (r.old, r.new)).collect();
         assert_eq!(
             renamed,
@@ -832,6 +996,10 @@ mod tests {
                 ("collectors.disk", "collectors.vm_io"),
                 ("collectors.network", "collectors.vm_net"),
                 ("collectors.filesystem", "collectors.host_filesystem"),
+                (
+                    "collectors.host_filesystem.timeout_secs",
+                    "collectors.host_filesystem.timeout"
+                ),
             ]
         );
         let warning = c.renamed_keys[1].to_string();
@@ -842,6 +1010,51 @@ mod tests {
         // New names only: nothing to warn about.
         let c = load("[collectors]\nvm_io = false\n", &[]).unwrap();
         assert!(c.renamed_keys.is_empty() && !c.collectors.vm_io);
+    }
+
+    #[test]
+    fn old_seconds_keys_become_durations_with_a_warning() {
+        let c = load(
+            "interval_secs = 2\n[discovery]\nrescan_secs = 600\n[collectors.filesystem]\ntimeout_secs = 0.25\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.interval, Duration::from_secs(2));
+        assert_eq!(c.discovery.rescan, Duration::from_secs(600));
+        assert_eq!(
+            c.collectors.host_filesystem.timeout,
+            Duration::from_millis(250)
+        );
+        let renamed: Vec<&str> = c.renamed_keys.iter().map(|r| r.new).collect();
+        assert_eq!(
+            renamed,
+            [
+                "collectors.host_filesystem",
+                "interval",
+                "discovery.rescan",
+                "collectors.host_filesystem.timeout"
+            ]
+        );
+        // A bad old value names the old key and says what to write instead.
+        let e = load("interval_secs = -1\n", &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("interval_secs: expected a number of seconds")
+                && e.contains("interval = "),
+            "{e}"
+        );
+        // The environment overrides the file under either name.
+        let c = load("interval = \"2s\"\n", &[("VMSCOPE_INTERVAL_SECS", "3")]).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(3));
+        let c = load("interval_secs = 2\n", &[("VMSCOPE_INTERVAL", "4s")]).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(4));
+        // Both in one place cannot be told apart.
+        let e = load("interval_secs = 2\ninterval = \"2s\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("set only interval"), "{e}");
+        // Range checks apply to the converted value, under the new name.
+        let e = load("interval_secs = 0\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("interval: 0s is out of range"), "{e}");
     }
 
     #[test]
@@ -878,19 +1091,30 @@ mod tests {
         let c = load("", &[("VMSCOPE_LOG__LEVEL", "true")]).unwrap();
         assert_eq!(c.log.level, "true");
         // Numbers are decimal: TOML's 0x10 (16) is refused, naming the variable.
+        let e = load("", &[("VMSCOPE_HTTP__MAX_CONNECTIONS", "0x10")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("http.max_connections:"), "{e}");
+        assert!(e.contains("VMSCOPE_HTTP__MAX_CONNECTIONS"), "{e}");
+        let e = load("", &[("VMSCOPE_HTTP__MAX_CONNECTIONS", "inf")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("decimal integer"), "{e}");
+        let c = load("", &[("VMSCOPE_HTTP__MAX_CONNECTIONS", "20")]).unwrap();
+        assert_eq!(c.http.max_connections, 20);
+        // Durations are humantime strings, also from the environment.
+        let c = load("", &[("VMSCOPE_INTERVAL", "500ms")]).unwrap();
+        assert_eq!(c.interval, Duration::from_millis(500));
+        // The old seconds key: decimal seconds only.
+        let c = load("", &[("VMSCOPE_INTERVAL_SECS", "0.5")]).unwrap();
+        assert_eq!(c.interval, Duration::from_millis(500));
         let e = load("", &[("VMSCOPE_INTERVAL_SECS", "0x10")])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("interval_secs:"), "{e}");
-        assert!(e.contains("VMSCOPE_INTERVAL_SECS"), "{e}");
-        let e = load("", &[("VMSCOPE_INTERVAL_SECS", "inf")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("decimal number"), "{e}");
-        let c = load("", &[("VMSCOPE_INTERVAL_SECS", "2")]).unwrap();
-        assert_eq!(c.interval_secs, 2.0);
-        let c = load("", &[("VMSCOPE_INTERVAL_SECS", "0.5")]).unwrap();
-        assert_eq!(c.interval_secs, 0.5);
+        assert!(
+            e.starts_with("interval_secs:") && e.contains("VMSCOPE_INTERVAL_SECS"),
+            "{e}"
+        );
         // Booleans are true or false.
         let e = load("", &[("VMSCOPE_COLLECTORS__VM_IO", "yes")])
             .unwrap_err()

@@ -25,8 +25,9 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
         None => "defaults (no file)".to_owned(),
     };
     let mut out = format!(
-        "{what}: ok (listen {}, interval {}s)\n",
-        cfg.listen, cfg.interval_secs
+        "{what}: ok (listen {}, interval {})\n",
+        cfg.listen,
+        humantime::format_duration(cfg.interval)
     );
     for (key, var) in &cfg.from_env {
         // Values are not printed: some variables may hold secrets.

@@ -66,9 +66,11 @@ pub struct ServeArgs {
     /// Address to listen on, an IP address and port [default: 127.0.0.1:9847].
     #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     listen: Option<SocketAddr>,
-    /// Collection interval in seconds [default: 5].
+    /// Collection interval: a duration ("5s", "500ms") or a number of
+    /// seconds [default: 5s].
     #[arg(long, value_name = "SECONDS")]
-    interval: Option<f64>,
+    #[arg(value_parser = parse_interval)]
+    interval: Option<std::time::Duration>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,4 +207,14 @@ fn init_logging(cfg: &Config) {
     for r in &cfg.renamed_keys {
         tracing::warn!(old = r.old, new = r.new, "{r}");
     }
+}
+
+/// `--interval`: a humantime duration like the config file's (`"5s"`), or
+/// a plain number of seconds as the flag always took (`--interval 1`).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a number of seconds, at least 0"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 5s, 500ms or 2)"))
 }

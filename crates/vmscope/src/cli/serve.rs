@@ -19,7 +19,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         cfg.listen = l;
     }
     if let Some(i) = args.interval {
-        cfg.interval_secs = i;
+        cfg.interval = i;
     }
     cfg.validate().map_err(Failure::usage)?;
     init_logging(&cfg);
@@ -53,7 +53,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .local_addr()
             .context("reading the bound address")
             .map_err(Failure::runtime)?;
-        tracing::info!(address = %addr, interval_secs = cfg.interval_secs, version = crate::BuildInfo::VERSION, "listening");
+        tracing::info!(address = %addr, interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
         crate::server::serve(listener, app, &cfg.http, http_metrics, shutdown_signal()).await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
         watchdog.shutdown().await;

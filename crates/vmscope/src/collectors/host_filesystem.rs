@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vmscope_proc::{MountInfo, is_network_fs, is_pseudo_fs, parse_mountinfo};
 
@@ -136,7 +136,7 @@ impl HostCollector for HostFs {
                 asked += 1;
             }
         }
-        let timeout = Duration::from_secs_f64(self.cfg.timeout_secs);
+        let timeout = self.cfg.timeout;
         let deadline = Instant::now() + timeout;
         let mut answers: Vec<Option<std::io::Result<rustix::fs::StatVfs>>> =
             (0..mounts.len()).map(|_| None).collect();

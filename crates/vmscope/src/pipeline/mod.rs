@@ -107,13 +107,12 @@ impl Collector {
             DiscoveryOptions {
                 process: cfg.discovery.process,
                 libvirt: cfg.discovery.libvirt,
-                rescan: Duration::from_secs_f64(cfg.discovery.rescan_secs),
+                rescan: cfg.discovery.rescan,
             },
         );
         // A hung mount may cost at most half a tick.
         let mut c = cfg.collectors.clone();
-        c.host_filesystem.timeout_secs =
-            c.host_filesystem.timeout_secs.min(cfg.interval_secs / 2.0);
+        c.host_filesystem.timeout = c.host_filesystem.timeout.min(cfg.interval / 2);
         let c = &c;
         let vm_collectors = VM_COLLECTORS
             .iter()
@@ -379,7 +378,7 @@ mod tests {
         assert!(st.success());
         let cfg = Config {
             paths: Roots::under(&root).into(),
-            interval_secs: 1.0,
+            interval: Duration::from_secs(1),
             ..Config::default()
         };
         // No held descriptors: a deleted fixture file then reads as gone.

@@ -40,10 +40,10 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 fn config_for(root: &Path) -> Config {
     let mut cfg = Config {
         paths: Roots::under(root).into(),
-        interval_secs: 1.0,
+        interval: std::time::Duration::from_secs(1),
         ..Config::default()
     };
-    cfg.collectors.host_filesystem.timeout_secs = 0.5;
+    cfg.collectors.host_filesystem.timeout = std::time::Duration::from_millis(500);
     cfg
 }
 
