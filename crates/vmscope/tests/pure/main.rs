@@ -9,3 +9,4 @@ mod api;
 mod cli;
 mod exposition;
 mod fixtures;
+mod metrics_doc;
