@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
+use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, wrong_type};
 use crate::alert::config::{Secret, SinkConfig};
 use crate::alert::notification::{Alert, Notification, Status, format_time};
 use crate::alert::rules::{OwnerKind, Scope};
@@ -28,7 +28,7 @@ fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         return Err(wrong_type(name, "alertmanager"));
     };
     Ok(Box::new(AlertmanagerSink {
-        client: http::client(name, &c.delivery())?,
+        client: super::http_client(name, &c.delivery())?,
         url: format!("{}/api/v2/alerts", c.url.trim_end_matches('/')),
         resend: c.effective_resend_interval(),
         auth: c.auth_header(),
@@ -132,7 +132,7 @@ impl Sink for AlertmanagerSink {
                 req = req.header(reqwest::header::AUTHORIZATION, a.expose());
                 secrets.push(a.expose());
             }
-            http::send(req, &secrets).await
+            crate::outbound::client::send(req, &secrets).await
         })
     }
 

@@ -9,7 +9,8 @@
 //! - on a retryable failure (connect error, timeout, HTTP 5xx or 429)
 //!   retries with exponential backoff from 1 s up to `max_backoff`,
 //!   honouring `Retry-After`, until it succeeds: nothing is given up while
-//!   the sink is merely unreachable;
+//!   the sink is merely unreachable (queue, backoff, client and redaction
+//!   are [`crate::outbound`]'s, shared with the metric pushers);
 //! - on any other 4xx gives up at once (`result="rejected"`, logged once):
 //!   the request itself is wrong and repeating it cannot help.
 //!
@@ -31,27 +32,27 @@
 //!
 //! Emits: `vmscope_alert_notifications_total{sink,result}` via
 //! [`AlertMetrics`], a `notification_log` row per final outcome, and logs
-//! that never hold a URL or a secret (see [`http::describe_error`]).
+//! that never hold a URL or a secret (see [`crate::outbound::client::describe_error`]).
 
 pub mod alertmanager;
-pub mod http;
 pub mod log;
 pub mod sentry;
 pub mod telegram;
 pub mod webhook;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::config::{ConfigError, Delivery, SinkConfig};
 use super::metrics::{AlertMetrics, DeliveryResult};
 use super::notification::{Alert, Notification, Status, Transition};
+use crate::outbound::{self, Backoff, BoundedQueue, ClientError, ClientOptions};
 use crate::pipeline::ErrorChain;
 use crate::store::{EpisodeWrite, NotificationLogEntry, OutboxRow, OutboxWrite, Store};
 
@@ -105,20 +106,7 @@ async fn finish(store: Option<&Store>, outbox_id: Option<i64>, entry: Notificati
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why one delivery attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    /// Worth retrying: unreachable, timed out, 5xx, 429.
-    #[error("{message}")]
-    Retryable {
-        message: String,
-        /// The receiver asked for this pause (`Retry-After`).
-        retry_after: Option<Duration>,
-    },
-    /// The receiver refused the request (4xx other than 429).
-    #[error("{0}")]
-    Rejected(String),
-}
+pub use crate::outbound::DeliveryError;
 
 /// Building a sink failed (bad CA file, bad URL, missing secret).
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +166,25 @@ pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
     }
 }
 
+/// The HTTP client of the sink `name` (see [`crate::outbound::client`]).
+fn http_client(name: &str, d: &Delivery) -> Result<reqwest::Client, SinkError> {
+    let opts = ClientOptions {
+        timeout: d.timeout,
+        ca_file: d.ca_file.clone(),
+    };
+    outbound::client::client(&opts).map_err(|e| match e {
+        ClientError::CaFile { path, reason } => SinkError::CaFile {
+            sink: name.to_owned(),
+            path,
+            reason,
+        },
+        ClientError::Build { reason } => SinkError::Client {
+            sink: name.to_owned(),
+            reason,
+        },
+    })
+}
+
 /// Helper for the registry's `build` functions: a config of the wrong type.
 fn wrong_type(name: &str, want: &str) -> SinkError {
     SinkError::Config(ConfigError {
@@ -186,80 +193,11 @@ fn wrong_type(name: &str, want: &str) -> SinkError {
     })
 }
 
-/// A bounded FIFO that never blocks the producer.
-struct Queue {
-    inner: Mutex<QueueInner>,
-    notify: Notify,
-    capacity: usize,
-}
+/// A sink's queue: recovery notices are the cheapest to lose.
+type Queue = BoundedQueue<Queued>;
 
-struct QueueInner {
-    items: VecDeque<Queued>,
-    closed: bool,
-}
-
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Queue {
-            inner: Mutex::new(QueueInner {
-                items: VecDeque::new(),
-                closed: false,
-            }),
-            notify: Notify::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Enqueue; returns the notification dropped to make room, if any.
-    fn push(&self, n: Queued) -> Option<Queued> {
-        let dropped = {
-            let mut q = self.lock();
-            let dropped = if q.items.len() >= self.capacity {
-                // Recovery notices are the cheapest to lose.
-                let idx = q
-                    .items
-                    .iter()
-                    .position(|x| x.n.status() == Status::Resolved)
-                    .unwrap_or(0);
-                q.items.remove(idx)
-            } else {
-                None
-            };
-            q.items.push_back(n);
-            dropped
-        };
-        self.notify.notify_one();
-        dropped
-    }
-
-    async fn pop(&self) -> Option<Queued> {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut q = self.lock();
-                if let Some(n) = q.items.pop_front() {
-                    return Some(n);
-                }
-                if q.closed {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_one();
-    }
-
-    fn len(&self) -> usize {
-        self.lock().items.len()
-    }
+fn new_queue(capacity: usize) -> Queue {
+    BoundedQueue::new(capacity, |q: &Queued| q.n.status() == Status::Resolved)
 }
 
 struct Running {
@@ -297,7 +235,7 @@ impl Dispatcher {
         let sinks = specs
             .into_iter()
             .map(|spec| {
-                let queue = Arc::new(Queue::new(spec.delivery.queue_capacity));
+                let queue = Arc::new(new_queue(spec.delivery.queue_capacity));
                 let worker = Worker {
                     name: spec.name.clone(),
                     sink: spec.sink,
@@ -487,8 +425,6 @@ struct Worker {
     firing: BTreeMap<(String, String), Alert>,
 }
 
-const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-
 impl Worker {
     async fn run(mut self) {
         let resend = self.sink.resend_interval();
@@ -565,7 +501,7 @@ impl Worker {
 
     async fn deliver_with_retry(&mut self, q: &Queued) {
         let n = &q.n;
-        let mut backoff = INITIAL_BACKOFF;
+        let mut backoff = Backoff::new(self.max_backoff);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -599,8 +535,7 @@ impl Worker {
                         } else {
                             tracing::debug!(sink = %self.name, rule = %n.rule, attempt, error = %message, "sink delivery failed again");
                         }
-                        let pause = retry_after.unwrap_or(backoff).min(self.max_backoff);
-                        backoff = (backoff * 2).min(self.max_backoff);
+                        let pause = backoff.pause(retry_after);
                         let mut stop = self.stopping.clone();
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
@@ -668,7 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_drops_resolved_notices_first_then_the_oldest() {
-        let q = Queue::new(3);
+        let q = new_queue(3);
         assert!(q.push(queued("a", Status::Firing)).is_none());
         assert!(q.push(queued("b", Status::Resolved)).is_none());
         assert!(q.push(queued("c", Status::Firing)).is_none());

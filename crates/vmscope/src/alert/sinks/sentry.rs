@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
+use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, wrong_type};
 use crate::alert::config::{ConfigError, Secret, SinkConfig};
 use crate::alert::notification::{Notification, Status, format_time};
 use crate::alert::rules::Severity;
@@ -120,7 +120,7 @@ fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         })
     })?;
     Ok(Box::new(SentrySink {
-        client: http::client(name, &c.delivery())?,
+        client: super::http_client(name, &c.delivery())?,
         dsn,
         environment: c.environment.clone(),
     }))
@@ -224,7 +224,7 @@ impl Sink for SentrySink {
             if let Some(s) = &self.dsn.secret_key {
                 secrets.push(s);
             }
-            http::send(req, &secrets).await
+            crate::outbound::client::send(req, &secrets).await
         })
     }
 }

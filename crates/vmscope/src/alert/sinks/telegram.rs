@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
+use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, wrong_type};
 use crate::alert::config::{ConfigError, Secret, SinkConfig};
 use crate::alert::notification::Notification;
 use crate::alert::text;
@@ -36,7 +36,7 @@ fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         .chat_id()
         .ok_or_else(|| missing("chat_id", crate::alert::config::ENV_TELEGRAM_CHAT_ID))?;
     Ok(Box::new(TelegramSink {
-        client: http::client(name, &c.delivery())?,
+        client: super::http_client(name, &c.delivery())?,
         api_url: c.api_url.trim_end_matches('/').to_owned(),
         token,
         chat_id,
@@ -78,7 +78,7 @@ impl Sink for TelegramSink {
                 .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body(&self.chat_id, n).to_string());
-            http::send(req, &[self.token.expose()]).await
+            crate::outbound::client::send(req, &[self.token.expose()]).await
         })
     }
 }

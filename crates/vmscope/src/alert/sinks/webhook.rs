@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
+use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, wrong_type};
 use crate::alert::config::{Secret, SinkConfig};
 use crate::alert::notification::{Notification, format_time};
 use crate::alert::text;
@@ -25,7 +25,7 @@ fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         return Err(wrong_type(name, "webhook"));
     };
     Ok(Box::new(WebhookSink {
-        client: http::client(name, &c.delivery())?,
+        client: super::http_client(name, &c.delivery())?,
         url: c.url.clone(),
         auth: c.auth_header(),
     }))
@@ -65,17 +65,13 @@ impl Sink for WebhookSink {
                 .body(payload);
             // The URL's path and query often carry the secret themselves
             // (`/hooks/<token>`): a receiver echoing them must not leak it.
-            let url = reqwest::Url::parse(self.url.expose()).ok();
-            let mut secrets = vec![self.url.expose()];
-            if let Some(u) = &url {
-                secrets.push(u.path());
-                secrets.extend(u.query());
-            }
+            let url_secrets = crate::outbound::redact::url_secrets(self.url.expose());
+            let mut secrets: Vec<&str> = url_secrets.iter().map(String::as_str).collect();
             if let Some(a) = &self.auth {
                 req = req.header(reqwest::header::AUTHORIZATION, a.expose());
                 secrets.push(a.expose());
             }
-            http::send(req, &secrets).await
+            crate::outbound::client::send(req, &secrets).await
         })
     }
 }
