@@ -28,7 +28,7 @@ pub const LOG_ENV: &str = "VMSCOPE_LOG";
 /// Environment variables with the `VMSCOPE_` prefix that are not config
 /// keys: the log filter, and the secrets the watchdog reads itself.
 pub fn is_non_config_env(name: &str) -> bool {
-    name == LOG_ENV || crate::alert::config::ENV_VARS.contains(&name)
+    name == LOG_ENV || crate::alert::config::env_vars().contains(&name)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -790,7 +790,7 @@ mod tests {
 
     #[test]
     fn secrets_in_env_are_not_config_keys() {
-        for var in crate::alert::config::ENV_VARS {
+        for var in crate::alert::config::env_vars() {
             assert!(load("", &[(var, "x")]).is_ok(), "{var}");
         }
     }
@@ -974,6 +974,35 @@ mod tests {
             assert!(e.starts_with(key), "{toml}: {e}");
             assert!(!e.contains('\n'), "{toml}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_sink_field_is_named_with_its_whole_path() {
+        let e = load(
+            "[watchdog.sinks.hook]\ntype = \"webhook\"\nurl = \"http://h\"\nqueue_capacity = -1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("watchdog.sinks.hook: queue_capacity: invalid value"),
+            "{e}"
+        );
+        let e = load(
+            "",
+            &[
+                ("VMSCOPE_WATCHDOG__SINKS__AM__TYPE", "alertmanager"),
+                ("VMSCOPE_WATCHDOG__SINKS__AM__URL", "http://127.0.0.1:9093"),
+                ("VMSCOPE_WATCHDOG__SINKS__AM__TIMEOUT", "soon"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("watchdog.sinks.am: timeout: invalid duration"),
+            "{e}"
+        );
+        assert!(e.contains("VMSCOPE_WATCHDOG__SINKS__AM"), "{e}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod engine;
 pub mod metrics;
 pub mod notification;
 pub mod rules;
+pub mod setting;
 pub mod sinks;
 pub mod text;
 
@@ -47,7 +48,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, Secret, WatchdogConfig};
+pub use config::{ConfigError, WatchdogConfig};
 pub use engine::{ActiveAlert, Engine, RestoredEpisode};
 pub use metrics::{AlertMetrics, DeliveryResult, Persistence};
 pub use notification::{Alert, Notification, Status, Transition};
