@@ -1,4 +1,5 @@
-//! The `[watchdog]` configuration section: rules, sinks, the state database.
+//! The `[watchdog]` configuration section: rules and sinks (each sink's own
+//! settings live in its file under `sinks/`; the database is `[store]`).
 //!
 //! Reads: the deserialized TOML section and, for secrets that the file does
 //! not hold, the `VMSCOPE_*` environment variables listed on each sink.
@@ -40,10 +41,9 @@ pub struct WatchdogConfig {
     /// Turn the whole watchdog (rules, sinks, state database) on or off.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// SQLite database holding alert episodes, the notification log and
-    /// the outbox. `None`: no default applies (not root, and neither
-    /// `XDG_STATE_HOME` nor `HOME` is set): the watchdog runs in memory.
-    #[serde(default = "default_state_db_path")]
+    /// Deprecated: `[store] path`. The config loader moves it there (with a
+    /// warning naming the new key); the watchdog never reads it.
+    #[serde(default)]
     pub state_db_path: Option<PathBuf>,
     /// Resolved episodes and notification-log rows older than this are pruned.
     #[serde(
@@ -69,78 +69,13 @@ impl Default for WatchdogConfig {
     fn default() -> Self {
         WatchdogConfig {
             enabled: true,
-            state_db_path: default_state_db_path(),
+            state_db_path: None,
             history_retention: default_history_retention(),
             builtin_rules: true,
             rules: BTreeMap::new(),
             sinks: BTreeMap::new(),
             shutdown_timeout: default_shutdown_timeout(),
         }
-    }
-}
-
-/// `/var/lib/vmscope/state.db` for root (the daemon); for anyone else the
-/// user's state directory (`$XDG_STATE_HOME/vmscope`, else
-/// `~/.local/state/vmscope`), so that `vmscope serve` run by hand as a
-/// normal user starts instead of failing on a directory it cannot create.
-/// A non-root user with neither variable set gets no default (`None`),
-/// never root's path: that would be another user's state.
-pub fn default_state_db_path() -> Option<PathBuf> {
-    state_db_path_for(
-        rustix::process::geteuid().is_root(),
-        std::env::var_os("XDG_STATE_HOME"),
-        std::env::var_os("HOME"),
-    )
-}
-
-fn state_db_path_for(
-    root: bool,
-    xdg_state_home: Option<std::ffi::OsString>,
-    home: Option<std::ffi::OsString>,
-) -> Option<PathBuf> {
-    const SYSTEM: &str = "/var/lib/vmscope/state.db";
-    if root {
-        return Some(PathBuf::from(SYSTEM));
-    }
-    // The XDG spec says relative values are to be ignored.
-    let xdg = xdg_state_home
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let home = home.map(PathBuf::from).filter(|p| p.is_absolute());
-    match (xdg, home) {
-        (Some(x), _) => Some(x.join("vmscope/state.db")),
-        (None, Some(h)) => Some(h.join(".local/state/vmscope/state.db")),
-        (None, None) => None,
-    }
-}
-impl WatchdogConfig {
-    /// For `check-config`: would `serve` keep the watchdog's state? Names
-    /// the key and the path; checks without creating or changing anything
-    /// (see [`crate::store::sqlite::probe`]). A database locked by a
-    /// running agent is not an error here. Nothing to check when the
-    /// watchdog is disabled.
-    pub fn check_state_db(&self) -> Result<(), ConfigError> {
-        const KEY: &str = "watchdog.state_db_path";
-        if !self.enabled {
-            return Ok(());
-        }
-        let Some(path) = &self.state_db_path else {
-            return Err(ConfigError::new(
-                KEY,
-                "no default applies (not root, and neither XDG_STATE_HOME nor HOME is set): \
-                 the watchdog would run without persistence; set it \
-                 (or VMSCOPE_WATCHDOG__STATE_DB_PATH)",
-            ));
-        };
-        crate::store::sqlite::probe(path).map_err(|e| {
-            ConfigError::new(
-                KEY,
-                format!(
-                    "{}; the watchdog would run without persistence",
-                    crate::pipeline::ErrorChain(&e)
-                ),
-            )
-        })
     }
 }
 
@@ -257,16 +192,6 @@ impl WatchdogConfig {
     /// timers against the collection interval, sink references, sink URLs
     /// and secrets (file or environment), CA files.
     pub fn validate(&self, collection_interval: Duration) -> Result<(), ConfigError> {
-        if self
-            .state_db_path
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(ConfigError::new(
-                "watchdog.state_db_path",
-                "must not be empty",
-            ));
-        }
         if self.shutdown_timeout.is_zero() {
             return Err(ConfigError::new(
                 "watchdog.shutdown_timeout",
@@ -473,30 +398,8 @@ mod tests {
         assert_eq!(cpu.threshold, 0.8);
         assert_eq!(cpu.sustained, Duration::from_secs(30));
         assert_eq!(cpu.recovery, Duration::from_secs(30));
-        assert_eq!(c.state_db_path, default_state_db_path());
         assert_eq!(c.effective_sinks().keys().collect::<Vec<_>>(), ["log"]);
         c.validate(Duration::from_secs(5)).unwrap();
-    }
-
-    #[test]
-    fn state_db_defaults_to_var_lib_for_root_and_the_user_state_dir_otherwise() {
-        let os = |s: &str| Some(std::ffi::OsString::from(s));
-        let p = |s: &str| Some(PathBuf::from(s));
-        assert_eq!(
-            state_db_path_for(true, os("/x"), os("/home/a")),
-            p("/var/lib/vmscope/state.db")
-        );
-        assert_eq!(
-            state_db_path_for(false, os("/x/state"), os("/home/a")),
-            p("/x/state/vmscope/state.db")
-        );
-        assert_eq!(
-            state_db_path_for(false, os("relative"), os("/home/a")),
-            p("/home/a/.local/state/vmscope/state.db")
-        );
-        // Never root's path for another user: no default at all.
-        assert_eq!(state_db_path_for(false, None, os("")), None);
-        assert_eq!(state_db_path_for(false, None, None), None);
     }
 
     #[test]
