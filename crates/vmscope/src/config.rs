@@ -195,7 +195,7 @@ pub const RENAMED_COLLECTOR_KEYS: &[RenamedKey] = &[
 /// Keys that moved to another section. They are not moved in the tree
 /// like [`RENAMED_COLLECTOR_KEYS`]: the old field stays in its section's
 /// struct so that a bad value is named by the key the user wrote (serde
-/// names the path it deserializes), and [`move_section_keys`] carries the
+/// names the path it deserializes), and `move_section_keys` carries the
 /// value over afterwards.
 pub const MOVED_STORE_PATH: RenamedKey = RenamedKey {
     old: crate::store::config::OLD_PATH_KEY,
