@@ -28,7 +28,7 @@ pub const LOG_ENV: &str = "VMSCOPE_LOG";
 /// Environment variables with the `VMSCOPE_` prefix that are not config
 /// keys: the log filter, and the secrets the watchdog reads itself.
 pub fn is_non_config_env(name: &str) -> bool {
-    name == LOG_ENV || crate::alert::config::ENV_VARS.contains(&name)
+    name == LOG_ENV || crate::alert::config::env_vars().contains(&name)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +50,8 @@ pub struct Config {
     pub owners: crate::owners::OwnersConfig,
     /// Sustained-threshold alerts and their sinks (see docs/watchdog.md).
     pub watchdog: crate::alert::WatchdogConfig,
+    /// Where persistent state lives (see `crate::store::config`).
+    pub store: crate::store::StoreConfig,
     /// (dotted key, variable) for every value set from the environment,
     /// sorted by variable; filled by the loader.
     #[serde(skip)]
@@ -72,6 +74,7 @@ impl Default for Config {
             http: crate::server::HttpConfig::default(),
             owners: crate::owners::OwnersConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
+            store: crate::store::StoreConfig::default(),
             from_env: Vec::new(),
             renamed_keys: Vec::new(),
         }
@@ -190,6 +193,46 @@ pub const RENAMED_COLLECTOR_KEYS: &[RenamedKey] = &[
         new: "collectors.host_filesystem",
     },
 ];
+
+/// Keys that moved to another section. They are not moved in the tree
+/// like [`RENAMED_COLLECTOR_KEYS`]: the old field stays in its section's
+/// struct so that a bad value is named by the key the user wrote (serde
+/// names the path it deserializes), and `move_section_keys` carries the
+/// value over afterwards.
+pub const MOVED_STORE_PATH: RenamedKey = RenamedKey {
+    old: crate::store::config::OLD_PATH_KEY,
+    new: crate::store::config::PATH_KEY,
+};
+
+/// True when the merged tree (file and environment) sets `section.key`.
+fn tree_has(tree: &mut Node, section: &str, key: &str) -> bool {
+    let Node::Table(root) = tree.open_table() else {
+        return false;
+    };
+    matches!(
+        root.get_mut(section).map(Node::open_table),
+        Some(Node::Table(t)) if t.contains_key(key)
+    )
+}
+
+/// Carries `watchdog.state_db_path` over to `store.path` and reports it.
+/// Both at once is an error, as for renamed keys.
+fn move_section_keys(cfg: &mut Config, store_path_set: bool) -> Result<(), ConfigError> {
+    let Some(path) = cfg.watchdog.state_db_path.take() else {
+        return Ok(());
+    };
+    let r = MOVED_STORE_PATH;
+    if store_path_set {
+        return Err(ConfigError::Invalid(format!(
+            "{}: set only {}, the new name of {}",
+            r.old, r.new, r.old
+        )));
+    }
+    cfg.store.path = Some(path);
+    cfg.store.path_key = r.old;
+    cfg.renamed_keys.push(r);
+    Ok(())
+}
 
 /// Moves renamed keys of the merged tree (file and environment) to their new
 /// names and returns the ones found. Both names at once is an error: which
@@ -491,6 +534,7 @@ impl Config {
             SECONDS_KEYS,
             &mut from_env,
         )?);
+        let store_path_set = tree_has(&mut tree, "store", "path");
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             let from = env_source(&from_env, &key)
@@ -514,6 +558,7 @@ impl Config {
         }
         cfg.from_env = from_env;
         cfg.renamed_keys = renamed;
+        move_section_keys(&mut cfg, store_path_set)?;
         Ok(cfg)
     }
 
@@ -564,6 +609,9 @@ impl Config {
             ));
         }
         self.http.validate().map_err(ConfigError::Invalid)?;
+        self.store
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.watchdog
             .validate(self.interval())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -945,7 +993,7 @@ mod tests {
 
     #[test]
     fn secrets_in_env_are_not_config_keys() {
-        for var in crate::alert::config::ENV_VARS {
+        for var in crate::alert::config::env_vars() {
             assert!(load("", &[(var, "x")]).is_ok(), "{var}");
         }
     }
@@ -1055,6 +1103,51 @@ mod tests {
         // Range checks apply to the converted value, under the new name.
         let e = load("interval_secs = 0\n", &[]).unwrap_err().to_string();
         assert!(e.starts_with("interval: 0s is out of range"), "{e}");
+    }
+
+    #[test]
+    fn the_old_state_db_path_still_works_names_itself_and_warns() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let c = load(&format!("[watchdog]\nstate_db_path = {:?}\n", db), &[]).unwrap();
+        assert_eq!(c.store.path.as_ref(), Some(&db));
+        assert_eq!(c.store.path_key, "watchdog.state_db_path");
+        assert!(c.watchdog.state_db_path.is_none());
+        assert_eq!(c.renamed_keys, [MOVED_STORE_PATH]);
+        let warning = c.renamed_keys[0].to_string();
+        assert!(warning.contains("watchdog.state_db_path") && warning.contains("store.path"));
+        // From the environment too, and an error names the variable.
+        let c = load("", &[("VMSCOPE_WATCHDOG__STATE_DB_PATH", "/x/s.db")]).unwrap();
+        assert_eq!(c.store.path, Some(PathBuf::from("/x/s.db")));
+        assert_eq!(c.renamed_keys, [MOVED_STORE_PATH]);
+        let e = load("", &[("VMSCOPE_WATCHDOG__STATE_DB_PATH", "")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("watchdog.state_db_path: must not be empty"),
+            "{e}"
+        );
+        assert!(e.contains("VMSCOPE_WATCHDOG__STATE_DB_PATH"), "{e}");
+        // The new key: no warning.
+        let c = load("[store]\npath = \"/y/s.db\"\n", &[]).unwrap();
+        assert_eq!(c.store.path, Some(PathBuf::from("/y/s.db")));
+        assert_eq!(c.store.path_key, "store.path");
+        assert!(c.renamed_keys.is_empty());
+        let c = load("", &[("VMSCOPE_STORE__PATH", "/z/s.db")]).unwrap();
+        assert_eq!(c.store.path, Some(PathBuf::from("/z/s.db")));
+        let e = load("[store]\npath = \"\"\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("store.path: must not be empty"), "{e}");
+        // Both: which one was meant cannot be told.
+        let e = load(
+            "[store]\npath = \"/a\"\n",
+            &[("VMSCOPE_WATCHDOG__STATE_DB_PATH", "/b")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("watchdog.state_db_path") && e.contains("set only store.path"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1198,6 +1291,35 @@ mod tests {
             assert!(e.starts_with(key), "{toml}: {e}");
             assert!(!e.contains('\n'), "{toml}: {e:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_sink_field_is_named_with_its_whole_path() {
+        let e = load(
+            "[watchdog.sinks.hook]\ntype = \"webhook\"\nurl = \"http://h\"\nqueue_capacity = -1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("watchdog.sinks.hook: queue_capacity: invalid value"),
+            "{e}"
+        );
+        let e = load(
+            "",
+            &[
+                ("VMSCOPE_WATCHDOG__SINKS__AM__TYPE", "alertmanager"),
+                ("VMSCOPE_WATCHDOG__SINKS__AM__URL", "http://127.0.0.1:9093"),
+                ("VMSCOPE_WATCHDOG__SINKS__AM__TIMEOUT", "soon"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("watchdog.sinks.am: timeout: invalid duration"),
+            "{e}"
+        );
+        assert!(e.contains("VMSCOPE_WATCHDOG__SINKS__AM"), "{e}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod export;
 pub mod host;
 pub mod model;
+pub mod outbound;
 pub mod owners;
 pub mod pipeline;
 pub mod server;

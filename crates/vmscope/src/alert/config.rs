@@ -1,4 +1,5 @@
-//! The `[watchdog]` configuration section: rules, sinks, the state database.
+//! The `[watchdog]` configuration section: rules and sinks (each sink's own
+//! settings live in its file under `sinks/`; the database is `[store]`).
 //!
 //! Reads: the deserialized TOML section and, for secrets that the file does
 //! not hold, the `VMSCOPE_*` environment variables listed on each sink.
@@ -13,7 +14,6 @@
 //! `enabled = false` turns a rule off.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,76 +21,17 @@ use serde::{Deserialize, Deserializer};
 
 use super::rules::{Metric, OwnerKind, Rule, ScopeSelector, Severity};
 
-/// Secrets from the environment, used when the config file leaves them out.
-pub const ENV_TELEGRAM_BOT_TOKEN: &str = "VMSCOPE_TELEGRAM_BOT_TOKEN";
-pub const ENV_TELEGRAM_CHAT_ID: &str = "VMSCOPE_TELEGRAM_CHAT_ID";
-pub const ENV_SENTRY_DSN: &str = "VMSCOPE_SENTRY_DSN";
-pub const ENV_WEBHOOK_AUTH_HEADER: &str = "VMSCOPE_WEBHOOK_AUTH_HEADER";
-pub const ENV_ALERTMANAGER_AUTH_HEADER: &str = "VMSCOPE_ALERTMANAGER_AUTH_HEADER";
+pub use super::setting::ConfigError;
+use super::setting::default_true;
+// server.rs reads its durations with it too.
+pub(crate) use super::setting::de_duration;
+pub use super::sinks::SinkConfig;
+use super::sinks::log::LogSinkConfig;
+
 /// Every environment variable the watchdog reads itself: the top-level
 /// config loader must not take these for configuration keys.
-pub const ENV_VARS: &[&str] = &[
-    ENV_TELEGRAM_BOT_TOKEN,
-    ENV_TELEGRAM_CHAT_ID,
-    ENV_SENTRY_DSN,
-    ENV_WEBHOOK_AUTH_HEADER,
-    ENV_ALERTMANAGER_AUTH_HEADER,
-];
-
-/// A bad `[watchdog]` setting. `key` is the full dotted path of the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// A secret string (token, DSN, auth header). Its `Debug` and `Display`
-/// print `***`, so it cannot leak through logs, errors or `{:?}` of a config.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself: only for building a request.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-fn env_secret(name: &str) -> Option<Secret> {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .map(Secret)
-}
-
-fn env_string(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+pub fn env_vars() -> Vec<&'static str> {
+    super::sinks::env_vars()
 }
 
 /// `[watchdog]`.
@@ -100,10 +41,9 @@ pub struct WatchdogConfig {
     /// Turn the whole watchdog (rules, sinks, state database) on or off.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// SQLite database holding alert episodes, the notification log and
-    /// the outbox. `None`: no default applies (not root, and neither
-    /// `XDG_STATE_HOME` nor `HOME` is set): the watchdog runs in memory.
-    #[serde(default = "default_state_db_path")]
+    /// Deprecated: `[store] path`. The config loader moves it there (with a
+    /// warning naming the new key); the watchdog never reads it.
+    #[serde(default)]
     pub state_db_path: Option<PathBuf>,
     /// Resolved episodes and notification-log rows older than this are pruned.
     #[serde(
@@ -129,81 +69,13 @@ impl Default for WatchdogConfig {
     fn default() -> Self {
         WatchdogConfig {
             enabled: true,
-            state_db_path: default_state_db_path(),
+            state_db_path: None,
             history_retention: default_history_retention(),
             builtin_rules: true,
             rules: BTreeMap::new(),
             sinks: BTreeMap::new(),
             shutdown_timeout: default_shutdown_timeout(),
         }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-/// `/var/lib/vmscope/state.db` for root (the daemon); for anyone else the
-/// user's state directory (`$XDG_STATE_HOME/vmscope`, else
-/// `~/.local/state/vmscope`), so that `vmscope serve` run by hand as a
-/// normal user starts instead of failing on a directory it cannot create.
-/// A non-root user with neither variable set gets no default (`None`),
-/// never root's path: that would be another user's state.
-pub fn default_state_db_path() -> Option<PathBuf> {
-    state_db_path_for(
-        rustix::process::geteuid().is_root(),
-        std::env::var_os("XDG_STATE_HOME"),
-        std::env::var_os("HOME"),
-    )
-}
-
-fn state_db_path_for(
-    root: bool,
-    xdg_state_home: Option<std::ffi::OsString>,
-    home: Option<std::ffi::OsString>,
-) -> Option<PathBuf> {
-    const SYSTEM: &str = "/var/lib/vmscope/state.db";
-    if root {
-        return Some(PathBuf::from(SYSTEM));
-    }
-    // The XDG spec says relative values are to be ignored.
-    let xdg = xdg_state_home
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let home = home.map(PathBuf::from).filter(|p| p.is_absolute());
-    match (xdg, home) {
-        (Some(x), _) => Some(x.join("vmscope/state.db")),
-        (None, Some(h)) => Some(h.join(".local/state/vmscope/state.db")),
-        (None, None) => None,
-    }
-}
-impl WatchdogConfig {
-    /// For `check-config`: would `serve` keep the watchdog's state? Names
-    /// the key and the path; checks without creating or changing anything
-    /// (see [`crate::store::sqlite::probe`]). A database locked by a
-    /// running agent is not an error here. Nothing to check when the
-    /// watchdog is disabled.
-    pub fn check_state_db(&self) -> Result<(), ConfigError> {
-        const KEY: &str = "watchdog.state_db_path";
-        if !self.enabled {
-            return Ok(());
-        }
-        let Some(path) = &self.state_db_path else {
-            return Err(ConfigError::new(
-                KEY,
-                "no default applies (not root, and neither XDG_STATE_HOME nor HOME is set): \
-                 the watchdog would run without persistence; set it \
-                 (or VMSCOPE_WATCHDOG__STATE_DB_PATH)",
-            ));
-        };
-        crate::store::sqlite::probe(path).map_err(|e| {
-            ConfigError::new(
-                KEY,
-                format!(
-                    "{}; the watchdog would run without persistence",
-                    crate::pipeline::ErrorChain(&e)
-                ),
-            )
-        })
     }
 }
 
@@ -274,210 +146,6 @@ pub fn builtin_rules() -> BTreeMap<String, RuleConfig> {
         .collect()
 }
 
-/// Settings every sink shares: queue, retries, HTTP timeout, extra CA.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Delivery {
-    pub enabled: bool,
-    pub queue_capacity: usize,
-    pub timeout: Duration,
-    pub max_backoff: Duration,
-    pub ca_file: Option<PathBuf>,
-}
-
-/// `[watchdog.sinks.NAME]`, tagged by `type`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SinkConfig {
-    Log(LogSinkConfig),
-    Webhook(WebhookSinkConfig),
-    Telegram(TelegramSinkConfig),
-    Sentry(SentrySinkConfig),
-    Alertmanager(AlertmanagerSinkConfig),
-}
-
-/// Fields shared by the HTTP sinks; repeated in each struct because serde's
-/// `flatten` does not combine with `deny_unknown_fields`.
-macro_rules! http_sink_fields {
-    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {
-            #[serde(default = "default_true")]
-            pub enabled: bool,
-            /// Notifications waiting for this sink; beyond it the oldest go.
-            #[serde(default = "default_queue_capacity")]
-            pub queue_capacity: usize,
-            /// Whole-request timeout.
-            #[serde(default = "default_http_timeout", deserialize_with = "de_duration")]
-            pub timeout: Duration,
-            /// Retry backoff doubles from 1s up to this.
-            #[serde(default = "default_max_backoff", deserialize_with = "de_duration")]
-            pub max_backoff: Duration,
-            /// Extra PEM CA certificate(s) trusted for this sink, on top of
-            /// the system roots.
-            #[serde(default)]
-            pub ca_file: Option<PathBuf>,
-            $($(#[$fmeta])* pub $field: $ty,)*
-        }
-        impl $name {
-            pub fn delivery(&self) -> Delivery {
-                Delivery {
-                    enabled: self.enabled,
-                    queue_capacity: self.queue_capacity,
-                    timeout: self.timeout,
-                    max_backoff: self.max_backoff,
-                    ca_file: self.ca_file.clone(),
-                }
-            }
-        }
-    };
-}
-
-fn default_queue_capacity() -> usize {
-    256
-}
-fn default_http_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_telegram_api_url() -> String {
-    "https://api.telegram.org".to_owned()
-}
-fn default_resend_interval() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// `type = "log"`: structured `tracing` events (target `vmscope::alert`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSinkConfig {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-}
-
-http_sink_fields! {
-    /// `type = "webhook"`: POST of the documented JSON body to `url`.
-    pub struct WebhookSinkConfig {
-        /// A secret: chat-service webhook URLs carry their token in the path.
-        pub url: Secret,
-        /// Value of the `Authorization` header (env `VMSCOPE_WEBHOOK_AUTH_HEADER`).
-        #[serde(default)]
-        pub auth_header: Option<Secret>,
-    }
-}
-
-http_sink_fields! {
-    /// `type = "telegram"`: Bot API `sendMessage`.
-    pub struct TelegramSinkConfig {
-        /// Env `VMSCOPE_TELEGRAM_BOT_TOKEN` when absent.
-        #[serde(default)]
-        pub bot_token: Option<Secret>,
-        /// Numeric chat id or `@channel` (env `VMSCOPE_TELEGRAM_CHAT_ID`).
-        #[serde(default)]
-        pub chat_id: Option<String>,
-        #[serde(default = "default_telegram_api_url")]
-        pub api_url: String,
-    }
-}
-
-http_sink_fields! {
-    /// `type = "sentry"`: events posted to the DSN's envelope endpoint.
-    pub struct SentrySinkConfig {
-        /// Env `VMSCOPE_SENTRY_DSN` when absent.
-        #[serde(default)]
-        pub dsn: Option<Secret>,
-        #[serde(default)]
-        pub environment: Option<String>,
-    }
-}
-
-http_sink_fields! {
-    /// `type = "alertmanager"`: Alertmanager API v2.
-    pub struct AlertmanagerSinkConfig {
-        /// Base URL, e.g. `http://127.0.0.1:9093`.
-        pub url: String,
-        /// Firing alerts are re-sent this often (capped at 1m, as Prometheus
-        /// does) so Alertmanager does not time them out.
-        #[serde(default = "default_resend_interval", deserialize_with = "de_duration")]
-        pub resend_interval: Duration,
-        /// Env `VMSCOPE_ALERTMANAGER_AUTH_HEADER` when absent.
-        #[serde(default)]
-        pub auth_header: Option<Secret>,
-    }
-}
-
-impl TelegramSinkConfig {
-    pub fn bot_token(&self) -> Option<Secret> {
-        self.bot_token
-            .clone()
-            .or_else(|| env_secret(ENV_TELEGRAM_BOT_TOKEN))
-    }
-    pub fn chat_id(&self) -> Option<String> {
-        self.chat_id
-            .clone()
-            .or_else(|| env_string(ENV_TELEGRAM_CHAT_ID))
-    }
-}
-
-impl SentrySinkConfig {
-    pub fn dsn(&self) -> Option<Secret> {
-        self.dsn.clone().or_else(|| env_secret(ENV_SENTRY_DSN))
-    }
-}
-
-impl WebhookSinkConfig {
-    pub fn auth_header(&self) -> Option<Secret> {
-        self.auth_header
-            .clone()
-            .or_else(|| env_secret(ENV_WEBHOOK_AUTH_HEADER))
-    }
-}
-
-impl AlertmanagerSinkConfig {
-    pub fn auth_header(&self) -> Option<Secret> {
-        self.auth_header
-            .clone()
-            .or_else(|| env_secret(ENV_ALERTMANAGER_AUTH_HEADER))
-    }
-    /// What is actually used: at most one minute, as Prometheus re-sends.
-    pub fn effective_resend_interval(&self) -> Duration {
-        self.resend_interval.min(Duration::from_secs(60))
-    }
-}
-
-impl SinkConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Log(_) => "log",
-            SinkConfig::Webhook(_) => "webhook",
-            SinkConfig::Telegram(_) => "telegram",
-            SinkConfig::Sentry(_) => "sentry",
-            SinkConfig::Alertmanager(_) => "alertmanager",
-        }
-    }
-    pub fn enabled(&self) -> bool {
-        self.delivery().enabled
-    }
-    pub fn delivery(&self) -> Delivery {
-        match self {
-            SinkConfig::Log(c) => Delivery {
-                enabled: c.enabled,
-                queue_capacity: default_queue_capacity(),
-                timeout: default_http_timeout(),
-                max_backoff: default_max_backoff(),
-                ca_file: None,
-            },
-            SinkConfig::Webhook(c) => c.delivery(),
-            SinkConfig::Telegram(c) => c.delivery(),
-            SinkConfig::Sentry(c) => c.delivery(),
-            SinkConfig::Alertmanager(c) => c.delivery(),
-        }
-    }
-}
-
 impl WatchdogConfig {
     /// The sinks in effect: the configured ones plus the default `log` sink
     /// when no sink is named `log`. Disabled sinks are left out.
@@ -524,16 +192,6 @@ impl WatchdogConfig {
     /// timers against the collection interval, sink references, sink URLs
     /// and secrets (file or environment), CA files.
     pub fn validate(&self, collection_interval: Duration) -> Result<(), ConfigError> {
-        if self
-            .state_db_path
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return Err(ConfigError::new(
-                "watchdog.state_db_path",
-                "must not be empty",
-            ));
-        }
         if self.shutdown_timeout.is_zero() {
             return Err(ConfigError::new(
                 "watchdog.shutdown_timeout",
@@ -563,7 +221,7 @@ impl WatchdogConfig {
             }
         }
         for (name, sink) in &self.sinks {
-            validate_sink(name, sink)?;
+            super::sinks::validate(name, sink)?;
         }
         Ok(())
     }
@@ -718,102 +376,6 @@ fn resolve_rule(name: &str, rc: &RuleConfig, sinks: &[String]) -> Result<Rule, C
     })
 }
 
-fn validate_sink(name: &str, sink: &SinkConfig) -> Result<(), ConfigError> {
-    let key = |field: &str| format!("watchdog.sinks.{name}.{field}");
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !name_ok {
-        return Err(ConfigError::new(
-            format!("watchdog.sinks.{name}"),
-            "a sink name is 1-64 characters of A-Z, a-z, 0-9, '_', '-'",
-        ));
-    }
-    if !sink.enabled() {
-        return Ok(());
-    }
-    let d = sink.delivery();
-    if d.queue_capacity == 0 {
-        return Err(ConfigError::new(
-            key("queue_capacity"),
-            "must be at least 1",
-        ));
-    }
-    if d.timeout.is_zero() {
-        return Err(ConfigError::new(key("timeout"), "must be longer than 0s"));
-    }
-    if d.max_backoff < Duration::from_secs(1) {
-        return Err(ConfigError::new(key("max_backoff"), "must be at least 1s"));
-    }
-    if let Some(ca) = &d.ca_file
-        && let Err(e) = std::fs::metadata(ca)
-    {
-        return Err(ConfigError::new(
-            key("ca_file"),
-            format!("cannot read {}: {e}", ca.display()),
-        ));
-    }
-    match sink {
-        SinkConfig::Log(_) => {}
-        SinkConfig::Webhook(c) => check_url(&key("url"), c.url.expose())?,
-        SinkConfig::Alertmanager(c) => {
-            check_url(&key("url"), &c.url)?;
-            if c.resend_interval.is_zero() {
-                return Err(ConfigError::new(
-                    key("resend_interval"),
-                    "must be longer than 0s",
-                ));
-            }
-        }
-        SinkConfig::Telegram(c) => {
-            check_url(&key("api_url"), &c.api_url)?;
-            if c.bot_token().is_none() {
-                return Err(ConfigError::new(
-                    key("bot_token"),
-                    format!("missing (set it here or in {ENV_TELEGRAM_BOT_TOKEN})"),
-                ));
-            }
-            if c.chat_id().is_none() {
-                return Err(ConfigError::new(
-                    key("chat_id"),
-                    format!("missing (set it here or in {ENV_TELEGRAM_CHAT_ID})"),
-                ));
-            }
-        }
-        SinkConfig::Sentry(c) => {
-            let dsn = c.dsn().ok_or_else(|| {
-                ConfigError::new(
-                    key("dsn"),
-                    format!("missing (set it here or in {ENV_SENTRY_DSN})"),
-                )
-            })?;
-            super::sinks::sentry::Dsn::parse(&dsn)
-                .map_err(|e| ConfigError::new(key("dsn"), e.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
-fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
-        Ok(u) => Err(ConfigError::new(
-            key,
-            format!("{:?} is not an http(s) URL with a host", u.scheme()),
-        )),
-        Err(e) => Err(ConfigError::new(key, format!("not a URL: {e}"))),
-    }
-}
-
-/// A humantime string (`"30s"`, `"5m"`, `"1h 30m"`).
-pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
-}
-
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
 }
@@ -836,30 +398,8 @@ mod tests {
         assert_eq!(cpu.threshold, 0.8);
         assert_eq!(cpu.sustained, Duration::from_secs(30));
         assert_eq!(cpu.recovery, Duration::from_secs(30));
-        assert_eq!(c.state_db_path, default_state_db_path());
         assert_eq!(c.effective_sinks().keys().collect::<Vec<_>>(), ["log"]);
         c.validate(Duration::from_secs(5)).unwrap();
-    }
-
-    #[test]
-    fn state_db_defaults_to_var_lib_for_root_and_the_user_state_dir_otherwise() {
-        let os = |s: &str| Some(std::ffi::OsString::from(s));
-        let p = |s: &str| Some(PathBuf::from(s));
-        assert_eq!(
-            state_db_path_for(true, os("/x"), os("/home/a")),
-            p("/var/lib/vmscope/state.db")
-        );
-        assert_eq!(
-            state_db_path_for(false, os("/x/state"), os("/home/a")),
-            p("/x/state/vmscope/state.db")
-        );
-        assert_eq!(
-            state_db_path_for(false, os("relative"), os("/home/a")),
-            p("/home/a/.local/state/vmscope/state.db")
-        );
-        // Never root's path for another user: no default at all.
-        assert_eq!(state_db_path_for(false, None, os("")), None);
-        assert_eq!(state_db_path_for(false, None, None), None);
     }
 
     #[test]
@@ -1043,6 +583,33 @@ mod tests {
         assert!(e.to_string().contains("pager"), "{e}");
         let e = parse("sustained = \"5s\"").unwrap_err();
         assert!(e.to_string().contains("sustained"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_field_inside_a_sink_is_named() {
+        let e = parse("[sinks.x]\ntype = \"webhook\"\nurl = \"http://h\"\nqueue_capacity = -1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue_capacity: invalid value"), "{e}");
+        let e = parse(
+            "[sinks.x]\ntype = \"alertmanager\"\nurl = \"http://h\"\nresend_interval = \"soon\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("resend_interval: invalid duration"), "{e}");
+        let e = parse("[sinks.x]\nurl = \"http://h\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `type`"), "{e}");
+        let e = parse("[sinks.x]\ntype = 5").unwrap_err().to_string();
+        assert!(e.contains("type: expected a string"), "{e}");
+        let e = parse("[sinks.x]\ntype = \"pager\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("known: log, webhook, telegram, sentry, alertmanager"),
+            "{e}"
+        );
     }
 
     #[test]

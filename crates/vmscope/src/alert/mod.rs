@@ -16,10 +16,12 @@
 //!   `vmscope_db_*`.
 //!
 //! Reads: snapshots from the collector's watch channel; the `[watchdog]`
-//! config; the state database at start (open episodes, the outbox of
+//! config; the state database the serve command opened (`[store]`, see
+//! [`crate::store::config`]) at start (open episodes, the outbox of
 //! undelivered notifications). Emits: notifications, episode and outbox
-//! rows, metrics. Fails: only at [`start`], for a bad config, an unusable
-//! CA file, or a state database held by another running vmscope. A state
+//! rows, metrics. Fails: only at [`start`], for a bad config or an unusable
+//! CA file (a state database held by another running vmscope stops the
+//! serve command before the watchdog starts). A state
 //! database that cannot be used (no path, unwritable, full, not ours, newer
 //! schema) does not stop the agent: the watchdog runs in memory (rules
 //! evaluate and notify; nothing survives a restart) and says so in a warning,
@@ -37,6 +39,7 @@ pub mod engine;
 pub mod metrics;
 pub mod notification;
 pub mod rules;
+pub mod setting;
 pub mod sinks;
 pub mod text;
 
@@ -47,7 +50,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, Secret, WatchdogConfig};
+pub use config::{ConfigError, WatchdogConfig};
 pub use engine::{ActiveAlert, Engine, RestoredEpisode};
 pub use metrics::{AlertMetrics, DeliveryResult, Persistence};
 pub use notification::{Alert, Notification, Status, Transition};
@@ -57,7 +60,7 @@ pub use sinks::SinkError;
 use crate::export::MetricSource;
 use crate::model::Snapshot;
 use crate::pipeline::ErrorChain;
-use crate::store::{DbMetrics, EpisodeWrite, Location, Store, StoreError};
+use crate::store::{DbMetrics, EpisodeWrite, Opened, Store, StoreError};
 use sinks::{Dispatcher, SinkSpec};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +72,11 @@ pub enum WatchdogError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// How long `shutdown` waits for the store to close (its lock released), so
+/// that it can be opened again at once; a router still held elsewhere keeps
+/// it open longer.
+const STORE_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often resolved history older than `history_retention` is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -116,20 +124,35 @@ impl Watchdog {
                 Err(e) => tracing::error!(error = %e, "watchdog loop ended abnormally"),
             }
         }
-        self.store = Err(api::NoStore::Disabled);
+        let store = std::mem::replace(&mut self.store, Err(api::NoStore::Disabled));
+        if let Ok(store) = store
+            && !store.close(STORE_CLOSE_WAIT).await
+        {
+            tracing::debug!("the state database is still in use after the watchdog stopped");
+        }
     }
 }
 
 /// Start the watchdog on `snapshots`. Validates `cfg` against the
-/// snapshots' collection interval, builds every sink, opens the state
-/// database and takes over the episodes that were firing before a restart.
+/// snapshots' collection interval, builds every sink and takes over the
+/// episodes that were firing before a restart from `store`, which the
+/// serve command opened ([`crate::store::open`]). Without a store (`None`,
+/// or one that could not be opened) the watchdog runs in memory and says so.
 pub async fn start(
     cfg: WatchdogConfig,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    store: Option<Opened>,
 ) -> Result<Watchdog, WatchdogError> {
     let interval = snapshots.borrow().interval;
     cfg.validate(interval)?;
-    let db_metrics = Arc::new(DbMetrics::new());
+    let (db_metrics, db_path, store) = match store {
+        Some(o) => (o.metrics, o.path, o.store),
+        None => (
+            Arc::new(DbMetrics::new()),
+            None,
+            Err("no state database was opened for the watchdog".to_owned()),
+        ),
+    };
     let (stop, stop_rx) = watch::channel(false);
     let (evaluated_tx, evaluated) = watch::channel(0u64);
     if !cfg.enabled {
@@ -154,10 +177,13 @@ pub async fn start(
         });
     }
     let names: Vec<String> = sink_cfgs.keys().cloned().collect();
-    let metrics = Arc::new(AlertMetrics::new(&names, db_metrics.clone()));
+    let metrics = Arc::new(AlertMetrics::new(&names, db_metrics));
 
     let mut engine = Engine::new(rules);
-    let mut store = open_store(cfg.state_db_path.as_ref(), db_metrics).await?;
+    let mut store = store;
+    if let Err(why) = &store {
+        warn_in_memory(db_path.as_ref(), why);
+    }
     let mut outbox = Vec::new();
     if let Ok(s) = &store {
         match restore(s, &mut engine).await {
@@ -166,7 +192,7 @@ pub async fn start(
                 // A database that opened but cannot be read is no better
                 // than one that did not open.
                 let why = ErrorChain(&e).to_string();
-                warn_in_memory(cfg.state_db_path.as_ref(), &why);
+                warn_in_memory(db_path.as_ref(), &why);
                 engine = Engine::new(engine.rules().to_vec());
                 store = Err(why);
             }
@@ -174,7 +200,7 @@ pub async fn start(
     }
     match &store {
         Ok(_) => metrics.set_persistence(Persistence::Database(
-            cfg.state_db_path
+            db_path
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
@@ -193,7 +219,7 @@ pub async fn start(
     tracing::info!(
         rules = engine.rules().len(),
         sinks = %names.join(","),
-        db = %cfg.state_db_path.as_ref().map_or_else(|| "none (in memory)".to_owned(), |p| p.display().to_string()),
+        db = %db_path.as_ref().map_or_else(|| "none (in memory)".to_owned(), |p| p.display().to_string()),
         persistence = store.is_some(),
         "watchdog started"
     );
@@ -231,32 +257,6 @@ pub async fn start(
         shutdown_timeout: cfg.shutdown_timeout,
         evaluated,
     })
-}
-
-/// Open the state database, or say why the watchdog must run without one.
-/// `Err` only for a database another vmscope holds: running beside it
-/// would notify everything twice, so that stops the agent.
-async fn open_store(
-    path: Option<&PathBuf>,
-    db_metrics: Arc<DbMetrics>,
-) -> Result<Result<Store, String>, WatchdogError> {
-    let Some(path) = path else {
-        let why = "no state database path: vmscope does not run as root and neither \
-                   XDG_STATE_HOME nor HOME is set; set watchdog.state_db_path \
-                   (VMSCOPE_WATCHDOG__STATE_DB_PATH)"
-            .to_owned();
-        warn_in_memory(None, &why);
-        return Ok(Err(why));
-    };
-    match Store::open(Location::Sqlite(path.clone()), db_metrics).await {
-        Ok(s) => Ok(Ok(s)),
-        Err(e @ StoreError::Locked { .. }) => Err(e.into()),
-        Err(e) => {
-            let why = ErrorChain(&e).to_string();
-            warn_in_memory(Some(path), &why);
-            Ok(Err(why))
-        }
-    }
 }
 
 fn warn_in_memory(path: Option<&PathBuf>, why: &str) {

@@ -13,13 +13,19 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     // The environment is part of the check: a pre-start check that passed
     // while `serve` then refused its VMSCOPE_* values would be worthless.
     let cfg = Config::load(file.as_deref()).map_err(Failure::usage)?;
+    // serve would start, but without the watchdog's persistence: say so.
+    // (The store has one user today; the ledger will be the second.)
+    if cfg.watchdog.enabled {
+        cfg.store.check().map_err(Failure::usage)?;
+    }
+    // Deprecation warnings only once every check passed: an error, like
+    // any config error, is the first line on stderr and names the key as
+    // it was written.
     for r in &cfg.renamed_keys {
         // stderr, like every diagnostic; a closed stderr is not an error here.
         let _ =
             std::io::Write::write_all(&mut std::io::stderr(), format!("warning: {r}\n").as_bytes());
     }
-    // serve would start, but without the watchdog's persistence: say so.
-    cfg.watchdog.check_state_db().map_err(Failure::usage)?;
     let what = match &file {
         Some(f) => f.display().to_string(),
         None => "defaults (no file)".to_owned(),

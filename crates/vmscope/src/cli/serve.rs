@@ -1,4 +1,5 @@
-//! `vmscope serve`: the agent.
+//! `vmscope serve`: the agent, and the composition root: it opens the
+//! store once and hands it to the watchdog.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use crate::api::{AppState, router_with};
 use crate::config::Config;
 use crate::export::MetricSource;
 use crate::pipeline::{Collector, spawn};
+use crate::store::DbMetrics;
 
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
     // Flags override the file and the environment, and the whole is checked
@@ -37,7 +39,18 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let snapshots = spawn(collector, cfg.interval())
             .context("starting the collector thread")
             .map_err(Failure::runtime)?;
-        let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone())
+        // The store is opened once, here, for everything that keeps state
+        // (the watchdog today, the ledger next); only if something uses it.
+        let store = if cfg.watchdog.enabled {
+            let opened = crate::store::open(&cfg.store, Arc::new(DbMetrics::new()))
+                .await
+                .context("opening the state database")
+                .map_err(Failure::runtime)?;
+            Some(opened)
+        } else {
+            None
+        };
+        let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone(), store)
             .await
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;

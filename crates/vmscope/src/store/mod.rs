@@ -2,8 +2,9 @@
 //! usage ledger (later), in an embedded SQLite database (today) or
 //! PostgreSQL (later).
 //!
-//! Reads/writes: the database file named by `watchdog.state_db_path`
-//! (default `/var/lib/vmscope/state.db` for root, the user's state directory
+//! Reads/writes: the database file named by `store.path` (see [`config`]:
+//! opened once by the serve command and handed to its users; default
+//! `/var/lib/vmscope/state.db` for root, the user's state directory
 //! otherwise; WAL mode, parent directory created) and `<db>.lock` beside it
 //! ([`lock`]: one agent per database).
 //! Every query runs on one dedicated thread (`vmscope-store`) that owns the
@@ -23,6 +24,7 @@
 //! [`AlertStore`]; the ledger will be a second trait next to it, reached the
 //! same way (`Backend::ledger()`), sharing the thread and the migrations.
 
+pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod sqlite;
@@ -31,8 +33,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+pub use config::{Opened, StoreConfig, open};
 pub use metrics::{DbMetrics, OPS};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +60,8 @@ pub enum StoreError {
     },
     #[error(
         "state database {} is in use by another vmscope ({}); \
-         give each instance its own watchdog.state_db_path (VMSCOPE_WATCHDOG__STATE_DB_PATH)",
+         give each instance its own store.path (VMSCOPE_STORE__PATH; \
+         formerly watchdog.state_db_path, VMSCOPE_WATCHDOG__STATE_DB_PATH)",
         path.display(),
         pid.map_or_else(|| "PID unknown".to_owned(), |p| format!("pid {p}"))
     )]
@@ -250,6 +254,9 @@ type Job = Box<dyn FnOnce(&mut Backend) + Send>;
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     metrics: Arc<DbMetrics>,
+    /// Becomes true (or loses its sender) once the thread has closed the
+    /// database and released its lock.
+    closed: watch::Receiver<bool>,
 }
 
 /// Jobs waiting for the store thread before senders wait.
@@ -260,6 +267,7 @@ impl Store {
     pub async fn open(location: Location, metrics: Arc<DbMetrics>) -> Result<Store, StoreError> {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
+        let (closed_tx, closed) = watch::channel(false);
         let m = metrics.clone();
         let spawned = std::thread::Builder::new()
             .name("vmscope-store".to_owned())
@@ -280,6 +288,9 @@ impl Store {
                 while let Some(job) = rx.blocking_recv() {
                     job(&mut backend);
                 }
+                // Closes the connection and releases the lock file.
+                drop(backend);
+                let _ = closed_tx.send(true);
             });
         if let Err(e) = spawned {
             return Err(StoreError::Open {
@@ -288,7 +299,26 @@ impl Store {
             });
         }
         ready_rx.await.map_err(|_| StoreError::Closed)??;
-        Ok(Store { jobs: tx, metrics })
+        Ok(Store {
+            jobs: tx,
+            metrics,
+            closed,
+        })
+    }
+
+    /// Drop this handle and wait, at most `timeout`, until the database is
+    /// closed and its lock released: that happens once every handle is
+    /// gone, so a store can be opened again at once (a restart in the same
+    /// process). False if other handles kept it open past `timeout`.
+    pub async fn close(self, timeout: Duration) -> bool {
+        let mut closed = self.closed.clone();
+        drop(self);
+        // An error means the thread is gone, which is closed too.
+        tokio::time::timeout(timeout, async move {
+            let _ = closed.wait_for(|c| *c).await;
+        })
+        .await
+        .is_ok()
     }
 
     pub fn metrics(&self) -> &Arc<DbMetrics> {

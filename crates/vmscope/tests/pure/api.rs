@@ -611,7 +611,19 @@ async fn served_app(
     vmscope::alert::Watchdog,
 ) {
     let (tx, rx) = watch::channel(Arc::new(snap));
-    let wd = vmscope::alert::start(cfg, rx.clone()).await.unwrap();
+    // serve opens the store once, when the watchdog uses it.
+    let store = match (&cfg.state_db_path, cfg.enabled) {
+        (Some(path), true) => {
+            let c = vmscope::store::StoreConfig {
+                path: Some(path.clone()),
+                ..Default::default()
+            };
+            let metrics = Arc::new(vmscope::store::DbMetrics::new());
+            Some(vmscope::store::open(&c, metrics).await.unwrap())
+        }
+        _ => None,
+    };
+    let wd = vmscope::alert::start(cfg, rx.clone(), store).await.unwrap();
     let app = vmscope::api::router_with(AppState::new(rx, vec![wd.metrics()]), wd.router());
     (app, tx, wd)
 }

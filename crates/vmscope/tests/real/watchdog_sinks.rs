@@ -705,6 +705,25 @@ fn watchdog_config(db: &Path, sinks_toml: &str) -> WatchdogConfig {
     .unwrap()
 }
 
+/// Open the store from the config's (old) `state_db_path` as `serve` does
+/// (src/cli/serve.rs), then start the watchdog with it.
+async fn start_watchdog(
+    cfg: WatchdogConfig,
+    rx: watch::Receiver<Arc<Snapshot>>,
+) -> Result<Watchdog, vmscope::alert::WatchdogError> {
+    let store = match &cfg.state_db_path {
+        Some(path) => {
+            let c = vmscope::store::StoreConfig {
+                path: Some(path.clone()),
+                ..Default::default()
+            };
+            Some(vmscope::store::open(&c, Arc::new(DbMetrics::new())).await?)
+        }
+        None => None,
+    };
+    vmscope::alert::start(cfg, rx, store).await
+}
+
 /// A watch channel like the collector's, and a way to publish simulated
 /// 5 s ticks one at a time, each awaited until the watchdog evaluated it.
 struct Feed {
@@ -769,7 +788,7 @@ async fn a_hanging_sink_delays_neither_evaluation_nor_the_other_sinks() {
         ),
     );
     let (feed, rx) = Feed::new();
-    let wd = vmscope::alert::start(cfg, rx).await.unwrap();
+    let wd = start_watchdog(cfg, rx).await.unwrap();
 
     // Two VMs cross the line together: one notification, two alerts.
     feed.ticks(&wd, (0..=10).step_by(5), true).await;
@@ -818,7 +837,7 @@ async fn restart_mid_episode_does_not_notify_again_and_the_api_shows_it() {
     );
 
     let (feed, rx) = Feed::new();
-    let wd = vmscope::alert::start(watchdog_config(&db, &sinks), rx)
+    let wd = start_watchdog(watchdog_config(&db, &sinks), rx)
         .await
         .unwrap();
     feed.ticks(&wd, (0..=20).step_by(5), true).await;
@@ -827,7 +846,7 @@ async fn restart_mid_episode_does_not_notify_again_and_the_api_shows_it() {
 
     // A new agent on the same database; the VMs are still hot.
     let (feed, rx) = Feed::new();
-    let wd = vmscope::alert::start(watchdog_config(&db, &sinks), rx)
+    let wd = start_watchdog(watchdog_config(&db, &sinks), rx)
         .await
         .unwrap();
     let text = vmscope::export::encode(vmscope::export::Format::Text, &[&wd.metrics()]);
@@ -882,7 +901,7 @@ async fn alerts_api_paginates_filters_and_rejects_bad_queries() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = watchdog_config(&dir.path().join("state.db"), "");
     let (feed, rx) = Feed::new();
-    let wd = vmscope::alert::start(cfg, rx).await.unwrap();
+    let wd = start_watchdog(cfg, rx).await.unwrap();
     // Five episodes for two VMs each: hot 15 s, cold 15 s.
     let mut t = 0;
     for _ in 0..5 {
@@ -944,7 +963,7 @@ async fn start_rejects_bad_config_naming_the_key() {
     ))
     .unwrap();
     let (_tx, rx) = watch::channel(Arc::new(Snapshot::empty(Duration::from_secs(5))));
-    let err = vmscope::alert::start(cfg, rx)
+    let err = vmscope::alert::start(cfg, rx, None)
         .await
         .err()
         .unwrap()

@@ -13,26 +13,73 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
-use crate::alert::config::{Secret, SinkConfig};
+use super::{BoxFuture, Delivery, DeliveryError, Sink, SinkError, SinkSettings, check_url, key};
 use crate::alert::notification::{Alert, Notification, Status, format_time};
 use crate::alert::rules::{OwnerKind, Scope};
+use crate::alert::setting::{ConfigError, de_duration};
+use crate::outbound::Secret;
 
-pub const KIND: SinkKind = SinkKind {
-    name: "alertmanager",
-    build,
-};
+/// The `Authorization` header when the file leaves it out.
+pub const ENV_AUTH_HEADER: &str = "VMSCOPE_ALERTMANAGER_AUTH_HEADER";
 
-fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let SinkConfig::Alertmanager(c) = cfg else {
-        return Err(wrong_type(name, "alertmanager"));
-    };
-    Ok(Box::new(AlertmanagerSink {
-        client: http::client(name, &c.delivery())?,
-        url: format!("{}/api/v2/alerts", c.url.trim_end_matches('/')),
-        resend: c.effective_resend_interval(),
-        auth: c.auth_header(),
-    }))
+fn default_resend_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+http_sink_fields! {
+    /// `type = "alertmanager"`: Alertmanager API v2.
+    pub struct AlertmanagerSinkConfig {
+        /// Base URL, e.g. `http://127.0.0.1:9093`.
+        pub url: String,
+        /// Firing alerts are re-sent this often (capped at 1m, as Prometheus
+        /// does) so Alertmanager does not time them out.
+        #[serde(default = "default_resend_interval", deserialize_with = "de_duration")]
+        pub resend_interval: Duration,
+        /// Env `VMSCOPE_ALERTMANAGER_AUTH_HEADER` when absent.
+        #[serde(default)]
+        pub auth_header: Option<Secret>,
+    }
+}
+
+impl AlertmanagerSinkConfig {
+    pub fn auth_header(&self) -> Option<Secret> {
+        self.auth_header
+            .clone()
+            .or_else(|| Secret::from_env(ENV_AUTH_HEADER))
+    }
+    /// What is actually used: at most one minute, as Prometheus re-sends.
+    pub fn effective_resend_interval(&self) -> Duration {
+        self.resend_interval.min(Duration::from_secs(60))
+    }
+}
+
+impl SinkSettings for AlertmanagerSinkConfig {
+    const KIND: &'static str = "alertmanager";
+    const ENV_VARS: &'static [&'static str] = &[ENV_AUTH_HEADER];
+
+    fn delivery(&self) -> Delivery {
+        self.http_delivery()
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        check_url(&key(name, "url"), &self.url)?;
+        if self.resend_interval.is_zero() {
+            return Err(ConfigError::new(
+                key(name, "resend_interval"),
+                "must be longer than 0s",
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(AlertmanagerSink {
+            client: super::http_client(name, &self.delivery())?,
+            url: format!("{}/api/v2/alerts", self.url.trim_end_matches('/')),
+            resend: self.effective_resend_interval(),
+            auth: self.auth_header(),
+        }))
+    }
 }
 
 pub struct AlertmanagerSink {
@@ -132,7 +179,7 @@ impl Sink for AlertmanagerSink {
                 req = req.header(reqwest::header::AUTHORIZATION, a.expose());
                 secrets.push(a.expose());
             }
-            http::send(req, &secrets).await
+            crate::outbound::client::send(req, &secrets).await
         })
     }
 

@@ -2,18 +2,35 @@
 //! `vmscope::alert`. Firing: `warn` (`error` for critical); resolved: `info`.
 //! Never fails. On by default as the sink named `log`.
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, wrong_type};
-use crate::alert::config::SinkConfig;
+use serde::Deserialize;
+
+use super::{BoxFuture, Delivery, DeliveryError, Sink, SinkError, SinkSettings};
 use crate::alert::notification::{Notification, Status};
 use crate::alert::rules::Severity;
+use crate::alert::setting::default_true;
 use crate::alert::text;
 
-pub const KIND: SinkKind = SinkKind { name: "log", build };
+/// `type = "log"`: structured `tracing` events (target `vmscope::alert`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSinkConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
 
-fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    match cfg {
-        SinkConfig::Log(_) => Ok(Box::new(LogSink)),
-        _ => Err(wrong_type(name, "log")),
+impl SinkSettings for LogSinkConfig {
+    const KIND: &'static str = "log";
+
+    /// Nothing is sent anywhere: only `enabled` means something.
+    fn delivery(&self) -> Delivery {
+        Delivery {
+            enabled: self.enabled,
+            ..Delivery::default()
+        }
+    }
+
+    fn build(&self, _name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(LogSink))
     }
 }
 

@@ -1,5 +1,7 @@
-//! Notification sinks: one file per sink, one line per sink in [`REGISTRY`],
-//! and the [`Dispatcher`] that runs each sink isolated.
+//! Notification sinks: one file per sink (its config struct, implementing
+//! [`SinkSettings`], and the sink), one line per sink in the sink table
+//! (which generates [`SinkConfig`]), and the [`Dispatcher`] that runs each
+//! sink isolated.
 //!
 //! Each configured sink gets its own tokio task and its own bounded queue.
 //! The watchdog loop only ever pushes onto queues (never awaits a sink), so
@@ -9,7 +11,8 @@
 //! - on a retryable failure (connect error, timeout, HTTP 5xx or 429)
 //!   retries with exponential backoff from 1 s up to `max_backoff`,
 //!   honouring `Retry-After`, until it succeeds: nothing is given up while
-//!   the sink is merely unreachable;
+//!   the sink is merely unreachable (queue, backoff, client and redaction
+//!   are [`crate::outbound`]'s, shared with the metric pushers);
 //! - on any other 4xx gives up at once (`result="rejected"`, logged once):
 //!   the request itself is wrong and repeating it cannot help.
 //!
@@ -31,27 +34,76 @@
 //!
 //! Emits: `vmscope_alert_notifications_total{sink,result}` via
 //! [`AlertMetrics`], a `notification_log` row per final outcome, and logs
-//! that never hold a URL or a secret (see [`http::describe_error`]).
+//! that never hold a URL or a secret (see [`crate::outbound::client::describe_error`]).
+
+/// Fields shared by the HTTP sinks, for a sink file's config struct;
+/// repeated in each struct because serde's `flatten` does not combine with
+/// `deny_unknown_fields`. Adds `http_delivery()`.
+macro_rules! http_sink_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[serde(default = "crate::alert::setting::default_true")]
+            pub enabled: bool,
+            /// Notifications waiting for this sink; beyond it the oldest go.
+            #[serde(default = "crate::alert::sinks::default_queue_capacity")]
+            pub queue_capacity: usize,
+            /// Whole-request timeout.
+            #[serde(
+                default = "crate::alert::sinks::default_http_timeout",
+                deserialize_with = "crate::alert::setting::de_duration"
+            )]
+            pub timeout: std::time::Duration,
+            /// Retry backoff doubles from 1s up to this.
+            #[serde(
+                default = "crate::alert::sinks::default_max_backoff",
+                deserialize_with = "crate::alert::setting::de_duration"
+            )]
+            pub max_backoff: std::time::Duration,
+            /// Extra PEM CA certificate(s) trusted for this sink, on top of
+            /// the system roots.
+            #[serde(default)]
+            pub ca_file: Option<std::path::PathBuf>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+        impl $name {
+            pub fn http_delivery(&self) -> crate::alert::sinks::Delivery {
+                crate::alert::sinks::Delivery {
+                    enabled: self.enabled,
+                    queue_capacity: self.queue_capacity,
+                    timeout: self.timeout,
+                    max_backoff: self.max_backoff,
+                    ca_file: self.ca_file.clone(),
+                }
+            }
+        }
+    };
+}
 
 pub mod alertmanager;
-pub mod http;
 pub mod log;
 pub mod sentry;
 pub mod telegram;
 pub mod webhook;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::config::{ConfigError, Delivery, SinkConfig};
+use serde::{Deserialize, Deserializer};
+
 use super::metrics::{AlertMetrics, DeliveryResult};
 use super::notification::{Alert, Notification, Status, Transition};
+use super::setting::ConfigError;
+use crate::outbound::{self, Backoff, BoundedQueue, ClientError, ClientOptions};
 use crate::pipeline::ErrorChain;
 use crate::store::{EpisodeWrite, NotificationLogEntry, OutboxRow, OutboxWrite, Store};
 
@@ -105,20 +157,7 @@ async fn finish(store: Option<&Store>, outbox_id: Option<i64>, entry: Notificati
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why one delivery attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    /// Worth retrying: unreachable, timed out, 5xx, 429.
-    #[error("{message}")]
-    Retryable {
-        message: String,
-        /// The receiver asked for this pause (`Retry-After`).
-        retry_after: Option<Duration>,
-    },
-    /// The receiver refused the request (4xx other than 429).
-    #[error("{0}")]
-    Rejected(String),
-}
+pub use crate::outbound::DeliveryError;
 
 /// Building a sink failed (bad CA file, bad URL, missing secret).
 #[derive(Debug, thiserror::Error)]
@@ -147,119 +186,263 @@ pub trait Sink: Send + Sync {
     }
 }
 
-/// Builds the sink called `name` from its config.
-pub type BuildFn = fn(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError>;
-
-/// One row of the registry: a sink type and how to build it from config.
-pub struct SinkKind {
-    pub name: &'static str,
-    pub build: BuildFn,
+/// Settings every sink shares: queue, retries, HTTP timeout, extra CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub enabled: bool,
+    pub queue_capacity: usize,
+    pub timeout: Duration,
+    pub max_backoff: Duration,
+    pub ca_file: Option<PathBuf>,
 }
 
-/// Every sink type. Adding one = a file in this folder, a `SinkConfig`
-/// variant, and a line here.
-pub const REGISTRY: &[SinkKind] = &[
-    log::KIND,
-    webhook::KIND,
-    telegram::KIND,
-    sentry::KIND,
-    alertmanager::KIND,
-];
-
-/// Build the sink `name` from its config through the registry.
-pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let kind = cfg.kind();
-    match REGISTRY.iter().find(|k| k.name == kind) {
-        Some(k) => (k.build)(name, cfg),
-        None => Err(SinkError::Config(ConfigError {
-            key: format!("watchdog.sinks.{name}.type"),
-            message: format!("no sink implementation for {kind:?}"),
-        })),
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            enabled: true,
+            queue_capacity: default_queue_capacity(),
+            timeout: default_http_timeout(),
+            max_backoff: default_max_backoff(),
+            ca_file: None,
+        }
     }
 }
 
-/// Helper for the registry's `build` functions: a config of the wrong type.
-fn wrong_type(name: &str, want: &str) -> SinkError {
-    SinkError::Config(ConfigError {
-        key: format!("watchdog.sinks.{name}.type"),
-        message: format!("expected {want}"),
+pub(crate) fn default_queue_capacity() -> usize {
+    256
+}
+pub(crate) fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+pub(crate) fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// What a sink's config struct (in the sink's own file) provides.
+pub trait SinkSettings: Sized + serde::de::DeserializeOwned {
+    /// The `type` value that selects this sink.
+    const KIND: &'static str;
+    /// Environment variables the sink reads secrets from: the config loader
+    /// must not take them for configuration keys.
+    const ENV_VARS: &'static [&'static str] = &[];
+    fn delivery(&self) -> Delivery;
+    /// Checks beyond serde's (URLs, secrets from the file or the
+    /// environment) for the enabled sink `name`.
+    fn validate(&self, _name: &str) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    /// The running sink. Fails like `validate`, or on an unusable CA file.
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError>;
+}
+
+/// The one table of sinks: `Variant(config struct)`, the struct
+/// implementing [`SinkSettings`] in the sink's own file. Generates
+/// [`SinkConfig`] and its dispatch, so that adding a sink is its file and
+/// one line here.
+macro_rules! sink_table {
+    ($($variant:ident($ty:ty),)*) => {
+        /// `[watchdog.sinks.NAME]`, selected by `type`.
+        #[derive(Debug, Clone)]
+        pub enum SinkConfig {
+            $($variant($ty),)*
+        }
+
+        impl SinkConfig {
+            /// Every `type` value, in table order.
+            pub const KINDS: &'static [&'static str] = &[$(<$ty as SinkSettings>::KIND,)*];
+
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SinkConfig::$variant(_) => <$ty as SinkSettings>::KIND,)*
+                }
+            }
+
+            pub fn delivery(&self) -> Delivery {
+                match self {
+                    $(SinkConfig::$variant(c) => c.delivery(),)*
+                }
+            }
+
+            fn check(&self, name: &str) -> Result<(), ConfigError> {
+                match self {
+                    $(SinkConfig::$variant(c) => c.validate(name),)*
+                }
+            }
+
+            fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+                match self {
+                    $(SinkConfig::$variant(c) => c.build(name),)*
+                }
+            }
+
+            fn parse(kind: &str, table: toml::Table) -> Result<SinkConfig, String> {
+                $(if kind == <$ty as SinkSettings>::KIND {
+                    return parse_settings::<$ty>(table).map(SinkConfig::$variant);
+                })*
+                Err(format!(
+                    "unknown sink type {kind:?} (known: {})",
+                    Self::KINDS.join(", ")
+                ))
+            }
+        }
+
+        /// Every environment variable the sinks read themselves.
+        pub fn env_vars() -> Vec<&'static str> {
+            [$(<$ty as SinkSettings>::ENV_VARS,)*].concat()
+        }
+    };
+}
+
+sink_table! {
+    Log(log::LogSinkConfig),
+    Webhook(webhook::WebhookSinkConfig),
+    Telegram(telegram::TelegramSinkConfig),
+    Sentry(sentry::SentrySinkConfig),
+    Alertmanager(alertmanager::AlertmanagerSinkConfig),
+}
+
+impl SinkConfig {
+    pub fn enabled(&self) -> bool {
+        self.delivery().enabled
+    }
+}
+
+/// Read `type` first, then the variant's own struct, so that an error
+/// names the field (`queue_capacity: invalid value: integer -1, expected
+/// usize`): serde's internally tagged enums lose the path inside the variant.
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(s)) => s,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "type: expected a string such as \"webhook\", found {}",
+                    other.type_str()
+                )));
+            }
+            None => return Err(D::Error::missing_field("type")),
+        };
+        SinkConfig::parse(&kind, table).map_err(D::Error::custom)
+    }
+}
+
+/// Deserialize one sink's struct, the failing field's path in front.
+fn parse_settings<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, String> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().trim_end();
+        if path.is_empty() || path == "." {
+            message.to_owned()
+        } else {
+            format!("{path}: {message}")
+        }
     })
 }
 
-/// A bounded FIFO that never blocks the producer.
-struct Queue {
-    inner: Mutex<QueueInner>,
-    notify: Notify,
-    capacity: usize,
+/// The dotted key of `field` of the sink `name`.
+pub(crate) fn key(name: &str, field: &str) -> String {
+    format!("watchdog.sinks.{name}.{field}")
 }
 
-struct QueueInner {
-    items: VecDeque<Queued>,
-    closed: bool,
+/// A secret (or chat id) given neither in the file nor in `env`.
+pub(crate) fn missing(name: &str, field: &str, env: &str) -> ConfigError {
+    ConfigError::new(
+        key(name, field),
+        format!("missing (set it here or in {env})"),
+    )
 }
 
-impl Queue {
-    fn new(capacity: usize) -> Self {
-        Queue {
-            inner: Mutex::new(QueueInner {
-                items: VecDeque::new(),
-                closed: false,
-            }),
-            notify: Notify::new(),
-            capacity: capacity.max(1),
-        }
+/// An `http(s)` URL with a host.
+pub(crate) fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        Ok(u) => Err(ConfigError::new(
+            key,
+            format!("{:?} is not an http(s) URL with a host", u.scheme()),
+        )),
+        Err(e) => Err(ConfigError::new(key, format!("not a URL: {e}"))),
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+/// Every check of the sink `name` that serde cannot do: its name, the
+/// shared delivery settings, then the sink's own.
+pub fn validate(name: &str, sink: &SinkConfig) -> Result<(), ConfigError> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !name_ok {
+        return Err(ConfigError::new(
+            format!("watchdog.sinks.{name}"),
+            "a sink name is 1-64 characters of A-Z, a-z, 0-9, '_', '-'",
+        ));
     }
+    if !sink.enabled() {
+        return Ok(());
+    }
+    let d = sink.delivery();
+    if d.queue_capacity == 0 {
+        return Err(ConfigError::new(
+            key(name, "queue_capacity"),
+            "must be at least 1",
+        ));
+    }
+    if d.timeout.is_zero() {
+        return Err(ConfigError::new(
+            key(name, "timeout"),
+            "must be longer than 0s",
+        ));
+    }
+    if d.max_backoff < Duration::from_secs(1) {
+        return Err(ConfigError::new(
+            key(name, "max_backoff"),
+            "must be at least 1s",
+        ));
+    }
+    if let Some(ca) = &d.ca_file
+        && let Err(e) = std::fs::metadata(ca)
+    {
+        return Err(ConfigError::new(
+            key(name, "ca_file"),
+            format!("cannot read {}: {e}", ca.display()),
+        ));
+    }
+    sink.check(name)
+}
 
-    /// Enqueue; returns the notification dropped to make room, if any.
-    fn push(&self, n: Queued) -> Option<Queued> {
-        let dropped = {
-            let mut q = self.lock();
-            let dropped = if q.items.len() >= self.capacity {
-                // Recovery notices are the cheapest to lose.
-                let idx = q
-                    .items
-                    .iter()
-                    .position(|x| x.n.status() == Status::Resolved)
-                    .unwrap_or(0);
-                q.items.remove(idx)
-            } else {
-                None
-            };
-            q.items.push_back(n);
-            dropped
-        };
-        self.notify.notify_one();
-        dropped
-    }
+/// Build the sink `name` from its config.
+pub fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
+    cfg.build(name)
+}
 
-    async fn pop(&self) -> Option<Queued> {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut q = self.lock();
-                if let Some(n) = q.items.pop_front() {
-                    return Some(n);
-                }
-                if q.closed {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
+/// The HTTP client of the sink `name` (see [`crate::outbound::client`]).
+fn http_client(name: &str, d: &Delivery) -> Result<reqwest::Client, SinkError> {
+    let opts = ClientOptions {
+        timeout: d.timeout,
+        ca_file: d.ca_file.clone(),
+    };
+    outbound::client::client(&opts).map_err(|e| match e {
+        ClientError::CaFile { path, reason } => SinkError::CaFile {
+            sink: name.to_owned(),
+            path,
+            reason,
+        },
+        ClientError::Build { reason } => SinkError::Client {
+            sink: name.to_owned(),
+            reason,
+        },
+    })
+}
 
-    fn close(&self) {
-        self.lock().closed = true;
-        self.notify.notify_one();
-    }
+/// A sink's queue: recovery notices are the cheapest to lose.
+type Queue = BoundedQueue<Queued>;
 
-    fn len(&self) -> usize {
-        self.lock().items.len()
-    }
+fn new_queue(capacity: usize) -> Queue {
+    BoundedQueue::new(capacity, |q: &Queued| q.n.status() == Status::Resolved)
 }
 
 struct Running {
@@ -297,7 +480,7 @@ impl Dispatcher {
         let sinks = specs
             .into_iter()
             .map(|spec| {
-                let queue = Arc::new(Queue::new(spec.delivery.queue_capacity));
+                let queue = Arc::new(new_queue(spec.delivery.queue_capacity));
                 let worker = Worker {
                     name: spec.name.clone(),
                     sink: spec.sink,
@@ -487,8 +670,6 @@ struct Worker {
     firing: BTreeMap<(String, String), Alert>,
 }
 
-const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
-
 impl Worker {
     async fn run(mut self) {
         let resend = self.sink.resend_interval();
@@ -565,7 +746,7 @@ impl Worker {
 
     async fn deliver_with_retry(&mut self, q: &Queued) {
         let n = &q.n;
-        let mut backoff = INITIAL_BACKOFF;
+        let mut backoff = Backoff::new(self.max_backoff);
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -599,8 +780,7 @@ impl Worker {
                         } else {
                             tracing::debug!(sink = %self.name, rule = %n.rule, attempt, error = %message, "sink delivery failed again");
                         }
-                        let pause = retry_after.unwrap_or(backoff).min(self.max_backoff);
-                        backoff = (backoff * 2).min(self.max_backoff);
+                        let pause = backoff.pause(retry_after);
                         let mut stop = self.stopping.clone();
                         tokio::select! {
                             _ = tokio::time::sleep(pause) => {}
@@ -668,7 +848,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_drops_resolved_notices_first_then_the_oldest() {
-        let q = Queue::new(3);
+        let q = new_queue(3);
         assert!(q.push(queued("a", Status::Firing)).is_none());
         assert!(q.push(queued("b", Status::Resolved)).is_none());
         assert!(q.push(queued("c", Status::Firing)).is_none());

@@ -14,16 +14,60 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
-use crate::alert::config::{ConfigError, Secret, SinkConfig};
+use super::{BoxFuture, Delivery, DeliveryError, Sink, SinkError, SinkSettings, key, missing};
 use crate::alert::notification::{Notification, Status, format_time};
 use crate::alert::rules::Severity;
+use crate::alert::setting::ConfigError;
 use crate::alert::text;
+use crate::outbound::Secret;
 
-pub const KIND: SinkKind = SinkKind {
-    name: "sentry",
-    build,
-};
+/// The DSN when the file leaves it out.
+pub const ENV_DSN: &str = "VMSCOPE_SENTRY_DSN";
+
+http_sink_fields! {
+    /// `type = "sentry"`: events posted to the DSN's envelope endpoint.
+    pub struct SentrySinkConfig {
+        /// Env `VMSCOPE_SENTRY_DSN` when absent.
+        #[serde(default)]
+        pub dsn: Option<Secret>,
+        #[serde(default)]
+        pub environment: Option<String>,
+    }
+}
+
+impl SentrySinkConfig {
+    pub fn dsn(&self) -> Option<Secret> {
+        self.dsn.clone().or_else(|| Secret::from_env(ENV_DSN))
+    }
+
+    /// The DSN, present and parsed, or the error naming `dsn`.
+    fn parsed_dsn(&self, name: &str) -> Result<Dsn, ConfigError> {
+        let dsn = self.dsn().ok_or_else(|| missing(name, "dsn", ENV_DSN))?;
+        Dsn::parse(&dsn).map_err(|e| ConfigError::new(key(name, "dsn"), e.to_string()))
+    }
+}
+
+impl SinkSettings for SentrySinkConfig {
+    const KIND: &'static str = "sentry";
+    const ENV_VARS: &'static [&'static str] = &[ENV_DSN];
+
+    fn delivery(&self) -> Delivery {
+        self.http_delivery()
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        self.parsed_dsn(name).map(|_| ())
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        let dsn = self.parsed_dsn(name)?;
+        Ok(Box::new(SentrySink {
+            client: super::http_client(name, &self.delivery())?,
+            dsn,
+            environment: self.environment.clone(),
+        }))
+    }
+}
 
 /// A parsed DSN. `Debug` hides the keys.
 #[derive(Clone, PartialEq, Eq)]
@@ -97,33 +141,6 @@ impl Dsn {
         }
         h
     }
-}
-
-fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let SinkConfig::Sentry(c) = cfg else {
-        return Err(wrong_type(name, "sentry"));
-    };
-    let key = format!("watchdog.sinks.{name}.dsn");
-    let dsn = c.dsn().ok_or_else(|| {
-        SinkError::Config(ConfigError {
-            key: key.clone(),
-            message: format!(
-                "missing (set it here or in {})",
-                crate::alert::config::ENV_SENTRY_DSN
-            ),
-        })
-    })?;
-    let dsn = Dsn::parse(&dsn).map_err(|e| {
-        SinkError::Config(ConfigError {
-            key,
-            message: e.to_string(),
-        })
-    })?;
-    Ok(Box::new(SentrySink {
-        client: http::client(name, &c.delivery())?,
-        dsn,
-        environment: c.environment.clone(),
-    }))
 }
 
 pub struct SentrySink {
@@ -224,7 +241,7 @@ impl Sink for SentrySink {
             if let Some(s) = &self.dsn.secret_key {
                 secrets.push(s);
             }
-            http::send(req, &secrets).await
+            crate::outbound::client::send(req, &secrets).await
         })
     }
 }

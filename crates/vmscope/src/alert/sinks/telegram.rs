@@ -6,41 +6,85 @@
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
-use crate::alert::config::{ConfigError, Secret, SinkConfig};
-use crate::alert::notification::Notification;
-use crate::alert::text;
-
-pub const KIND: SinkKind = SinkKind {
-    name: "telegram",
-    build,
+use super::{
+    BoxFuture, Delivery, DeliveryError, Sink, SinkError, SinkSettings, check_url, key, missing,
 };
+use crate::alert::notification::Notification;
+use crate::alert::setting::ConfigError;
+use crate::alert::text;
+use crate::outbound::Secret;
+use crate::outbound::redact::env_string;
+
+/// The bot token when the file leaves it out.
+pub const ENV_BOT_TOKEN: &str = "VMSCOPE_TELEGRAM_BOT_TOKEN";
+/// The chat id when the file leaves it out.
+pub const ENV_CHAT_ID: &str = "VMSCOPE_TELEGRAM_CHAT_ID";
 
 /// Telegram's limit on a message's text, in characters.
 pub const MAX_TEXT: usize = 4096;
 
-fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let SinkConfig::Telegram(c) = cfg else {
-        return Err(wrong_type(name, "telegram"));
-    };
-    let missing = |field: &str, env: &str| {
-        SinkError::Config(ConfigError {
-            key: format!("watchdog.sinks.{name}.{field}"),
-            message: format!("missing (set it here or in {env})"),
-        })
-    };
-    let token = c
-        .bot_token()
-        .ok_or_else(|| missing("bot_token", crate::alert::config::ENV_TELEGRAM_BOT_TOKEN))?;
-    let chat_id = c
-        .chat_id()
-        .ok_or_else(|| missing("chat_id", crate::alert::config::ENV_TELEGRAM_CHAT_ID))?;
-    Ok(Box::new(TelegramSink {
-        client: http::client(name, &c.delivery())?,
-        api_url: c.api_url.trim_end_matches('/').to_owned(),
-        token,
-        chat_id,
-    }))
+fn default_api_url() -> String {
+    "https://api.telegram.org".to_owned()
+}
+
+http_sink_fields! {
+    /// `type = "telegram"`: Bot API `sendMessage`.
+    pub struct TelegramSinkConfig {
+        /// Env `VMSCOPE_TELEGRAM_BOT_TOKEN` when absent.
+        #[serde(default)]
+        pub bot_token: Option<Secret>,
+        /// Numeric chat id or `@channel` (env `VMSCOPE_TELEGRAM_CHAT_ID`).
+        #[serde(default)]
+        pub chat_id: Option<String>,
+        #[serde(default = "default_api_url")]
+        pub api_url: String,
+    }
+}
+
+impl TelegramSinkConfig {
+    pub fn bot_token(&self) -> Option<Secret> {
+        self.bot_token
+            .clone()
+            .or_else(|| Secret::from_env(ENV_BOT_TOKEN))
+    }
+    pub fn chat_id(&self) -> Option<String> {
+        self.chat_id.clone().or_else(|| env_string(ENV_CHAT_ID))
+    }
+}
+
+impl SinkSettings for TelegramSinkConfig {
+    const KIND: &'static str = "telegram";
+    const ENV_VARS: &'static [&'static str] = &[ENV_BOT_TOKEN, ENV_CHAT_ID];
+
+    fn delivery(&self) -> Delivery {
+        self.http_delivery()
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        check_url(&key(name, "api_url"), &self.api_url)?;
+        if self.bot_token().is_none() {
+            return Err(missing(name, "bot_token", ENV_BOT_TOKEN));
+        }
+        if self.chat_id().is_none() {
+            return Err(missing(name, "chat_id", ENV_CHAT_ID));
+        }
+        Ok(())
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        let token = self
+            .bot_token()
+            .ok_or_else(|| missing(name, "bot_token", ENV_BOT_TOKEN))?;
+        let chat_id = self
+            .chat_id()
+            .ok_or_else(|| missing(name, "chat_id", ENV_CHAT_ID))?;
+        Ok(Box::new(TelegramSink {
+            client: super::http_client(name, &self.delivery())?,
+            api_url: self.api_url.trim_end_matches('/').to_owned(),
+            token,
+            chat_id,
+        }))
+    }
 }
 
 pub struct TelegramSink {
@@ -78,7 +122,7 @@ impl Sink for TelegramSink {
                 .post(url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body(&self.chat_id, n).to_string());
-            http::send(req, &[self.token.expose()]).await
+            crate::outbound::client::send(req, &[self.token.expose()]).await
         })
     }
 }

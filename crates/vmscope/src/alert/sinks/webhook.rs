@@ -7,28 +7,56 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use super::{BoxFuture, DeliveryError, Sink, SinkError, SinkKind, http, wrong_type};
-use crate::alert::config::{Secret, SinkConfig};
+use super::{BoxFuture, Delivery, DeliveryError, Sink, SinkError, SinkSettings, check_url, key};
 use crate::alert::notification::{Notification, format_time};
+use crate::alert::setting::ConfigError;
 use crate::alert::text;
+use crate::outbound::Secret;
 
-pub const KIND: SinkKind = SinkKind {
-    name: "webhook",
-    build,
-};
+/// The `Authorization` header when the file leaves it out.
+pub const ENV_AUTH_HEADER: &str = "VMSCOPE_WEBHOOK_AUTH_HEADER";
 
 /// Version of the JSON body; bumped only on incompatible changes.
 pub const SCHEMA_VERSION: &str = "1";
 
-fn build(name: &str, cfg: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
-    let SinkConfig::Webhook(c) = cfg else {
-        return Err(wrong_type(name, "webhook"));
-    };
-    Ok(Box::new(WebhookSink {
-        client: http::client(name, &c.delivery())?,
-        url: c.url.clone(),
-        auth: c.auth_header(),
-    }))
+http_sink_fields! {
+    /// `type = "webhook"`: POST of the documented JSON body to `url`.
+    pub struct WebhookSinkConfig {
+        /// A secret: chat-service webhook URLs carry their token in the path.
+        pub url: Secret,
+        /// Value of the `Authorization` header (env `VMSCOPE_WEBHOOK_AUTH_HEADER`).
+        #[serde(default)]
+        pub auth_header: Option<Secret>,
+    }
+}
+
+impl WebhookSinkConfig {
+    pub fn auth_header(&self) -> Option<Secret> {
+        self.auth_header
+            .clone()
+            .or_else(|| Secret::from_env(ENV_AUTH_HEADER))
+    }
+}
+
+impl SinkSettings for WebhookSinkConfig {
+    const KIND: &'static str = "webhook";
+    const ENV_VARS: &'static [&'static str] = &[ENV_AUTH_HEADER];
+
+    fn delivery(&self) -> Delivery {
+        self.http_delivery()
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        check_url(&key(name, "url"), self.url.expose())
+    }
+
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(WebhookSink {
+            client: super::http_client(name, &self.delivery())?,
+            url: self.url.clone(),
+            auth: self.auth_header(),
+        }))
+    }
 }
 
 pub struct WebhookSink {
@@ -65,17 +93,13 @@ impl Sink for WebhookSink {
                 .body(payload);
             // The URL's path and query often carry the secret themselves
             // (`/hooks/<token>`): a receiver echoing them must not leak it.
-            let url = reqwest::Url::parse(self.url.expose()).ok();
-            let mut secrets = vec![self.url.expose()];
-            if let Some(u) = &url {
-                secrets.push(u.path());
-                secrets.extend(u.query());
-            }
+            let url_secrets = crate::outbound::redact::url_secrets(self.url.expose());
+            let mut secrets: Vec<&str> = url_secrets.iter().map(String::as_str).collect();
             if let Some(a) = &self.auth {
                 req = req.header(reqwest::header::AUTHORIZATION, a.expose());
                 secrets.push(a.expose());
             }
-            http::send(req, &secrets).await
+            crate::outbound::client::send(req, &secrets).await
         })
     }
 }

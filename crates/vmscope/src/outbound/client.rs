@@ -1,31 +1,53 @@
-//! What the HTTP sinks share: the client (rustls, system roots plus an
-//! optional extra CA file, a timeout on every request, no redirects, no
-//! proxies), and the mapping of an HTTP outcome to retry / reject.
+//! The HTTP client every outbound sender uses, and one request's outcome.
+//!
+//! Reads: an optional extra CA file (PEM, on top of the system roots).
+//! Emits: a `reqwest::Client` (rustls, a timeout on every request, no
+//! redirects, no proxies) and, per request, `Ok` or a [`DeliveryError`]
+//! classified by [`super::retry`]. Fails: [`ClientError`], naming the CA
+//! file's path.
 //!
 //! Error text is built from reqwest errors with `.without_url()` and then
-//! has every secret of the sink scrubbed from it, because a Telegram bot
+//! has every secret of the sender scrubbed from it, because a Telegram bot
 //! token lives in the request URL and a receiver may echo a header back.
 
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
-use super::{DeliveryError, SinkError};
-use crate::alert::config::Delivery;
+use super::redact::{redact, snippet};
+use super::retry::{DeliveryError, is_retryable, parse_retry_after};
 
 /// Longest part of a response body kept in an error message.
-const BODY_SNIPPET: usize = 200;
+pub const BODY_SNIPPET: usize = 200;
 
-/// A client for one sink.
-pub fn client(sink: &str, d: &Delivery) -> Result<reqwest::Client, SinkError> {
+/// What a client is built from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientOptions {
+    /// Whole-request timeout (the connect timeout is at most 5 s of it).
+    pub timeout: Duration,
+    /// Extra PEM CA certificate(s) to trust.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Building a client failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot use {}: {reason}", path.display())]
+    CaFile { path: PathBuf, reason: String },
+    #[error("cannot build the HTTP client: {reason}")]
+    Build { reason: String },
+}
+
+/// A client for one sender.
+pub fn client(opts: &ClientOptions) -> Result<reqwest::Client, ClientError> {
     let mut b = reqwest::Client::builder()
         .user_agent(concat!("vmscope/", env!("CARGO_PKG_VERSION")))
-        .timeout(d.timeout)
-        .connect_timeout(d.timeout.min(Duration::from_secs(5)))
+        .timeout(opts.timeout)
+        .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
         // A redirect could carry the request (and its auth header) elsewhere.
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(60));
-    if let Some(path) = &d.ca_file {
-        let ca_err = |reason: String| SinkError::CaFile {
-            sink: sink.to_owned(),
+    if let Some(path) = &opts.ca_file {
+        let ca_err = |reason: String| ClientError::CaFile {
             path: path.clone(),
             reason,
         };
@@ -37,20 +59,9 @@ pub fn client(sink: &str, d: &Delivery) -> Result<reqwest::Client, SinkError> {
         }
         b = b.tls_certs_merge(certs);
     }
-    b.build().map_err(|e| SinkError::Client {
-        sink: sink.to_owned(),
+    b.build().map_err(|e| ClientError::Build {
         reason: describe_error(&e, &[]),
     })
-}
-
-/// Remove every non-empty secret from `s`.
-pub fn redact(mut s: String, secrets: &[&str]) -> String {
-    for secret in secrets.iter().filter(|x| x.len() >= 4) {
-        if s.contains(secret) {
-            s = s.replace(secret, "***");
-        }
-    }
-    s
 }
 
 /// A reqwest error as text: its kind without the URL, plus its causes
@@ -73,20 +84,14 @@ pub fn describe_error(e: &reqwest::Error, secrets: &[&str]) -> String {
     redact(parts.join(": "), secrets)
 }
 
-/// `HTTP <status>: <start of the body>`, one line, secrets scrubbed before
-/// the body is cut (a secret straddling the cut would otherwise survive in
-/// part).
-fn error_message(status: u16, body: String, secrets: &[&str]) -> String {
-    let body = redact(body, secrets);
-    let snippet: String = body.chars().take(BODY_SNIPPET).collect();
-    format!(
-        "HTTP {status}: {}",
-        snippet.replace(['\n', '\r'], " ").trim()
-    )
+/// `HTTP <status>: <start of the body>`, one line, secrets scrubbed.
+pub fn error_message(status: u16, body: String, secrets: &[&str]) -> String {
+    format!("HTTP {status}: {}", snippet(body, BODY_SNIPPET, secrets))
 }
 
 /// Send `req` (whose client has a timeout) and classify the outcome:
-/// 2xx ok; 429, 5xx and transport errors retryable; other statuses rejected.
+/// 2xx ok; 429, 5xx and transport errors retryable (with the receiver's
+/// `Retry-After`); other statuses rejected.
 pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), DeliveryError> {
     let resp = match req.send().await {
         Ok(r) => r,
@@ -105,12 +110,11 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
     // The body explains the refusal; it is read under the same timeout.
     let body = resp.text().await.unwrap_or_default();
     let message = error_message(status.as_u16(), body, secrets);
-    if status.as_u16() == 429 || status.is_server_error() {
+    if is_retryable(status.as_u16()) {
         Err(DeliveryError::Retryable {
             message,
             retry_after,
@@ -124,6 +128,35 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
 mod tests {
     use super::*;
 
+    fn opts(ca_file: Option<PathBuf>) -> ClientOptions {
+        ClientOptions {
+            timeout: Duration::from_secs(1),
+            ca_file,
+        }
+    }
+
+    #[test]
+    fn a_client_without_a_ca_file_builds() {
+        client(&opts(None)).unwrap();
+    }
+
+    #[test]
+    fn ca_file_errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = client(&opts(Some(missing.clone()))).unwrap_err();
+        assert!(matches!(&e, ClientError::CaFile { path, .. } if *path == missing));
+        let text = e.to_string();
+        assert!(text.contains(&missing.display().to_string()), "{text}");
+        assert!(text.contains("No such file"), "{text}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let text = client(&opts(Some(empty.clone()))).unwrap_err().to_string();
+        assert!(text.contains(&empty.display().to_string()), "{text}");
+        assert!(text.contains("no PEM certificate"), "{text}");
+    }
+
     #[test]
     fn error_message_never_keeps_part_of_a_secret() {
         let secret = "123456789:AAHsecretsecretsecret";
@@ -133,16 +166,5 @@ mod tests {
             assert!(!m.contains("123456789"), "pad {pad}: {m}");
             assert!(m.starts_with("HTTP 500: "));
         }
-    }
-
-    #[test]
-    fn redact_removes_secrets() {
-        assert_eq!(
-            redact(
-                "bad token 123:ABC in /bot123:ABC/x".to_owned(),
-                &["123:ABC", ""]
-            ),
-            "bad token *** in /bot***/x"
-        );
     }
 }

@@ -1,0 +1,39 @@
+//! What every `[watchdog]` config file shares: the error that names a bad
+//! setting by its key, and the serde helpers for its values.
+//!
+//! A leaf: `config.rs` (rules, the section) and `sinks/` (each sink's own
+//! settings) both use it, and neither has to import the other for it.
+//! Fails: [`ConfigError`], whose message starts with the offending key
+//! (`watchdog.rules.vm_cpu.sustained: ...`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A bad `[watchdog]` setting. `key` is the full dotted path of the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+/// A humantime string (`"30s"`, `"5m"`, `"1h 30m"`).
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+}
