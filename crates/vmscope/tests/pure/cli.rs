@@ -166,7 +166,7 @@ fn serve_refuses_a_port_in_use() {
     let (code, _, err) = run(bin()
         .args(["serve", "--interval", "1", "--listen"])
         .arg(addr.to_string())
-        .env("VMSCOPE_WATCHDOG__STATE_DB_PATH", dir.path().join("s.db")));
+        .env("VMSCOPE_STORE__PATH", dir.path().join("s.db")));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
@@ -217,7 +217,7 @@ fn serve_refuses_a_bad_vmscope_log() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = bin()
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("VMSCOPE_WATCHDOG__STATE_DB_PATH", dir.path().join("s.db"))
+        .env("VMSCOPE_STORE__PATH", dir.path().join("s.db"))
         .env("VMSCOPE_LOG", "vmscope=loud")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -257,7 +257,7 @@ fn a_hostile_vm_name_is_escaped_in_logs_and_capped_everywhere() {
         bin()
             .args(["serve", "--interval", "1", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .env("VMSCOPE_WATCHDOG__STATE_DB_PATH", state.path().join("s.db"))
+            .env("VMSCOPE_STORE__PATH", state.path().join("s.db"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

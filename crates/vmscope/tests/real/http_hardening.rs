@@ -60,7 +60,7 @@ impl Agent {
         let db = state.path().join("state.db");
         cmd.args(["serve", "--listen", &addr, "--interval", "1"])
             .env("VMSCOPE_LOG", "info")
-            .env("VMSCOPE_WATCHDOG__STATE_DB_PATH", &db)
+            .env("VMSCOPE_STORE__PATH", &db)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -347,6 +347,9 @@ pub struct Agent {
     pub base: String,
     child: Child,
     log: Arc<Mutex<String>>,
+    /// The agent's own state database: never the host's /var/lib/vmscope,
+    /// whose lock another agent (or a developer's) may hold.
+    _state: tempfile::TempDir,
 }
 
 impl Agent {
@@ -366,6 +369,7 @@ impl Agent {
 
     fn try_start(interval_secs: u64) -> Result<Agent, String> {
         let addr = format!("127.0.0.1:{}", free_port());
+        let state = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmscope"));
         // Hermetic: no VMSCOPE_* settings leak in from the developer's shell.
         for (key, _) in std::env::vars_os() {
@@ -382,6 +386,7 @@ impl Agent {
                 &interval_secs.to_string(),
             ])
             .env("VMSCOPE_LOG", "info")
+            .env("VMSCOPE_STORE__PATH", state.path().join("state.db"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -403,6 +408,7 @@ impl Agent {
             base: format!("http://{addr}"),
             child,
             log,
+            _state: state,
         };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
