@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Failure, ServeArgs, init_logging};
-use crate::api::{AppState, router_with};
+use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, router};
 use crate::config::Config;
 use crate::export::MetricSource;
 use crate::pipeline::{Collector, spawn};
@@ -42,9 +42,14 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
         let extra: Vec<Arc<dyn MetricSource>> = vec![watchdog.metrics()];
-        let state = AppState::new(snapshots, extra);
+        let state = AppState::serving(
+            snapshots,
+            extra,
+            DEFAULT_REQUEST_TIMEOUT,
+            watchdog.history(),
+        );
         let http_metrics = state.shared_http_metrics();
-        let app = router_with(state, watchdog.router());
+        let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))
