@@ -33,3 +33,6 @@ impl BuildInfo {
     pub const RUST_VERSION: &'static str = "1.95";
 }
 
+/// The dependency rules between the modules above, as a test.
+#[cfg(test)]
+mod layering;
