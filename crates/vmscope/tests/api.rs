@@ -621,12 +621,7 @@ async fn served_app(
 ) {
     let (tx, rx) = watch::channel(Arc::new(snap));
     let wd = vmscope::alert::start(cfg, rx.clone()).await.unwrap();
-    let app = router(AppState::serving(
-        rx,
-        vec![wd.metrics()],
-        vmscope::api::DEFAULT_REQUEST_TIMEOUT,
-        wd.history(),
-    ));
+    let app = router(vmscope::cli::serve::state(rx, &wd));
     (app, tx, wd)
 }
 

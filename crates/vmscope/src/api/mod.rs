@@ -23,7 +23,6 @@ pub mod http_metrics;
 mod index;
 pub mod limits;
 mod metrics;
-mod snapshot_age;
 mod vms;
 
 use std::sync::Arc;
@@ -44,7 +43,7 @@ pub use error::ApiError;
 pub use http_metrics::HttpMetrics;
 
 use crate::alert::AlertHistory;
-use crate::export::{ExpositionCache, MetricSource};
+use crate::export::{ExpositionCache, MetricSource, SnapshotAge, Sources};
 use crate::model::Snapshot;
 
 /// What a resource answers from: the snapshot (always there) or a part of
@@ -160,46 +159,62 @@ pub struct AppState {
 
 struct Inner {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// Extra sources followed by the HTTP self-metrics.
-    extra: Vec<Arc<dyn MetricSource>>,
+    /// The live sources after the snapshot's families (the HTTP
+    /// self-metrics among them).
+    sources: Sources,
     http: Arc<HttpMetrics>,
     cache: ExpositionCache,
     request_timeout: Duration,
     alerts: AlertHistory,
 }
 
+/// What the API serves, built once at start-up by `vmscope serve`
+/// (`crate::cli::serve::state`).
+pub struct Parts {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Every live metric source, in exposition order; `http` must be one
+    /// of them for the HTTP self-metrics to be exported.
+    pub sources: Sources,
+    /// The HTTP self-metrics the middleware and the server write.
+    pub http: Arc<HttpMetrics>,
+    /// What `/api/v1/alerts` answers from.
+    pub alerts: AlertHistory,
+    pub request_timeout: Duration,
+}
+
 impl AppState {
+    /// A state serving `snapshots` with `extra` sources followed by the
+    /// snapshot age and the HTTP self-metrics, as `vmscope serve` orders
+    /// them, no watchdog (`/api/v1/alerts` answers 503) and the default
+    /// timeout: for tests and benches.
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        extra: Vec<Arc<dyn MetricSource>>,
-    ) -> Self {
-        Self::with_timeout(snapshots, extra, DEFAULT_REQUEST_TIMEOUT)
-    }
-
-    /// Same, with a request timeout other than [`DEFAULT_REQUEST_TIMEOUT`].
-    pub fn with_timeout(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
-        extra: Vec<Arc<dyn MetricSource>>,
-        request_timeout: Duration,
-    ) -> Self {
-        Self::serving(snapshots, extra, request_timeout, AlertHistory::disabled())
-    }
-
-    /// Same, serving `alerts` at `/api/v1/alerts` (as `vmscope serve` does;
-    /// without it that resource answers 503, the watchdog is disabled).
-    pub fn serving(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
         mut extra: Vec<Arc<dyn MetricSource>>,
-        request_timeout: Duration,
-        alerts: AlertHistory,
     ) -> Self {
         let http = Arc::new(HttpMetrics::new());
-        extra.push(Arc::new(snapshot_age::SnapshotAge::new(snapshots.clone())));
+        extra.push(Arc::new(SnapshotAge::new(snapshots.clone())));
         extra.push(Arc::clone(&http) as Arc<dyn MetricSource>);
+        Self::from_parts(Parts {
+            snapshots,
+            sources: Sources::new(extra),
+            http,
+            alerts: AlertHistory::disabled(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
+    pub fn from_parts(parts: Parts) -> Self {
+        let Parts {
+            snapshots,
+            sources,
+            http,
+            alerts,
+            request_timeout,
+        } = parts;
         let state = AppState {
             inner: Arc::new(Inner {
                 snapshots,
-                extra,
+                sources,
                 http,
                 cache: ExpositionCache::new(),
                 request_timeout,
@@ -252,8 +267,9 @@ impl AppState {
         Arc::clone(&self.inner.http)
     }
 
-    pub(crate) fn extra(&self) -> &[Arc<dyn MetricSource>] {
-        &self.inner.extra
+    /// The live metric sources (`/metrics` tail, `/healthz` components).
+    pub(crate) fn sources(&self) -> &[Arc<dyn MetricSource>] {
+        self.inner.sources.as_slice()
     }
 
     pub(crate) fn cache(&self) -> &ExpositionCache {

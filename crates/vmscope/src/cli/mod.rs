@@ -11,7 +11,7 @@
 
 mod check;
 mod logfmt;
-mod serve;
+pub mod serve;
 mod vms;
 
 use std::io::{ErrorKind, Write};

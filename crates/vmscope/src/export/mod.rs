@@ -20,10 +20,12 @@ pub mod cache;
 pub mod fixture;
 pub mod histogram;
 pub mod snapshot;
+pub mod snapshot_age;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
 pub use histogram::Histogram;
+pub use snapshot_age::SnapshotAge;
 pub use writer::{Desc, Format, MetricType, MetricWriter, Value, WriterState};
 
 /// Anything that can write metric families. Implementations write each of
@@ -47,6 +49,23 @@ impl<T: MetricSource + ?Sized> MetricSource for std::sync::Arc<T> {
 
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {
         (**self).health()
+    }
+}
+
+/// The live metric sources, in the order they follow the snapshot's
+/// families: built once at start-up (by `vmscope serve`) and shared by
+/// everything that exports (`/metrics` now, pushers next), so that each
+/// sees the same families. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Sources(std::sync::Arc<[std::sync::Arc<dyn MetricSource>]>);
+
+impl Sources {
+    pub fn new(sources: Vec<std::sync::Arc<dyn MetricSource>>) -> Self {
+        Sources(sources.into())
+    }
+
+    pub fn as_slice(&self) -> &[std::sync::Arc<dyn MetricSource>] {
+        &self.0
     }
 }
 
