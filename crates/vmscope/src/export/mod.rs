@@ -4,7 +4,9 @@
 //! Reads: an `&Snapshot` plus any number of extra [`MetricSource`]s (HTTP
 //! self-metrics, the watchdog, the store). Emits: bytes in one [`Format`].
 //!
-//! - [`writer`]: the format-neutral encoder every source writes into;
+//! - [`encoder`]: what every source writes into, [`MetricWriter`], an enum
+//!   of encoders: text ([`writer`]: text 0.0.4, OpenMetrics, JSON) or
+//!   structured samples for pushers ([`SampleCollector`]);
 //! - [`snapshot`]: the per-VM, host and self catalogue from one `Snapshot`
 //!   (names per `docs`/METRICS.md);
 //! - [`cache`]: encode once per snapshot, gzip once per snapshot, then only
@@ -16,6 +18,7 @@
 //! surface as [`cache::CacheError`].
 
 pub mod cache;
+pub mod encoder;
 #[doc(hidden)]
 pub mod fixture;
 pub mod histogram;
@@ -24,9 +27,10 @@ pub mod snapshot_age;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
+pub use encoder::{Family, MetricWriter, Sample, SampleCollector};
 pub use histogram::Histogram;
 pub use snapshot_age::SnapshotAge;
-pub use writer::{Desc, Format, MetricType, MetricWriter, Value, WriterState};
+pub use writer::{Desc, Format, MetricType, TextWriter, Value, WriterState};
 
 /// Anything that can write metric families. Implementations write each of
 /// their families once, all samples of a family together, and must not

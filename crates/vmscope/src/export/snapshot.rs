@@ -14,7 +14,8 @@
 use std::collections::HashSet;
 
 use super::MetricSource;
-use super::writer::{Desc, LabelSet, MetricWriter};
+use super::encoder::MetricWriter;
+use super::writer::{Desc, LabelSet};
 use crate::BuildInfo;
 use crate::model::identity::{OwnerKind, label};
 use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
