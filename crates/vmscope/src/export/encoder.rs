@@ -139,6 +139,69 @@ impl<'a> MetricWriter<'a> {
     }
 }
 
+/// The five calls of the vocabulary, implemented by each encoder. Most
+/// sources write through [`MetricWriter`] (one `match` per call); a hot
+/// source (the snapshot: every VM's series) matches once and runs code
+/// made for the arm, so the text path is exactly the text writer's.
+pub trait Encode {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet;
+    fn family(&mut self, desc: &'static Desc);
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>);
+    fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: impl Into<Value>);
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64);
+}
+
+impl Encode for TextWriter<'_> {
+    #[inline]
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        TextWriter::label_set(self, labels)
+    }
+    #[inline]
+    fn family(&mut self, desc: &'static Desc) {
+        TextWriter::family(self, desc);
+    }
+    #[inline]
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        TextWriter::sample(self, labels, value);
+    }
+    #[inline]
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        TextWriter::sample_in(self, set, extra, value);
+    }
+    #[inline]
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        TextWriter::histogram(self, labels, buckets, sum, count);
+    }
+}
+
+impl Encode for SampleCollector {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        SampleCollector::label_set(self, labels)
+    }
+    fn family(&mut self, desc: &'static Desc) {
+        SampleCollector::family(self, desc);
+    }
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        SampleCollector::sample(self, labels, value.into());
+    }
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        SampleCollector::sample_in(self, set, extra, value.into());
+    }
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        SampleCollector::histogram(self, labels, buckets, sum, count);
+    }
+}
+
 /// One series as a value: a histogram gives one per bucket (`_bucket` with
 /// `le`), `_sum` and `_count`, named as in the text format.
 #[derive(Debug, Clone, PartialEq)]

@@ -27,7 +27,7 @@ pub mod snapshot_age;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
-pub use encoder::{Family, MetricWriter, Sample, SampleCollector};
+pub use encoder::{Encode, Family, MetricWriter, Sample, SampleCollector};
 pub use histogram::Histogram;
 pub use snapshot_age::SnapshotAge;
 pub use writer::{Desc, Format, MetricType, TextWriter, Value, WriterState};
