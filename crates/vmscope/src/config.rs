@@ -38,7 +38,7 @@ pub struct Config {
     #[serde(deserialize_with = "de_listen")]
     pub listen: SocketAddr,
     /// Collection interval (`"5s"`; was `interval_secs`).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::model::de_duration")]
     pub interval: Duration,
     pub paths: PathsConfig,
     pub discovery: DiscoveryConfig,
@@ -115,7 +115,7 @@ pub struct DiscoveryConfig {
     /// Read libvirt's live status files in `<run>/libvirt/qemu`.
     pub libvirt: bool,
     /// Re-classify every process this often (`"5m"`; was `rescan_secs`).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::model::de_duration")]
     pub rescan: Duration,
 }
 
@@ -407,24 +407,13 @@ fn decimal(s: &str) -> Option<f64> {
     if ok { t.parse().ok() } else { None }
 }
 
-/// A duration as a humantime string (`"30s"`, `"5m"`, `"1h 30m"`, `"500ms"`):
-/// the one duration style of the configuration.
-pub fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "invalid duration {s:?}: {e} (write e.g. \"5s\", \"500ms\", \"2m\")"
-        ))
-    })
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilesystemConfig {
     pub enabled: bool,
     /// How long all `statvfs` calls of one tick may take together; capped
     /// at half the collection interval (`"1s"`; was `timeout_secs`).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::model::de_duration")]
     pub timeout: Duration,
     /// Filesystem types to skip, on top of pseudo and network filesystems.
     pub exclude_fstypes: Vec<String>,

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod collectors;
 pub mod config;
 pub mod discovery;
+pub mod error;
 pub mod export;
 pub mod host;
 pub mod model;
@@ -32,3 +33,7 @@ impl BuildInfo {
     pub const VERSION: &'static str = env!("CARGO_PKG_VERSION");
     pub const RUST_VERSION: &'static str = "1.95";
 }
+
+/// The dependency rules between the modules above, as a test.
+#[cfg(test)]
+mod layering;

@@ -394,6 +394,19 @@ fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error>
     s.serialize_f64(d.as_secs_f64())
 }
 
+/// A duration as a humantime string (`"30s"`, `"5m"`, `"1h 30m"`, `"500ms"`):
+/// the one duration style of the configuration.
+pub fn de_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?}: {e} (write e.g. \"5s\", \"500ms\", \"2m\")"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod label_cap_tests {
     use super::*;

@@ -94,14 +94,14 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Time for a request's head (and body) to arrive, from the connection's
     /// start or the request's first byte.
-    #[serde(deserialize_with = "crate::alert::config::de_duration")]
+    #[serde(deserialize_with = "crate::model::de_duration")]
     pub header_read_timeout: Duration,
     /// How long a kept-alive connection may wait for its next request (and a
     /// client may stall reading a response).
-    #[serde(deserialize_with = "crate::alert::config::de_duration")]
+    #[serde(deserialize_with = "crate::model::de_duration")]
     pub idle_timeout: Duration,
     /// How long requests in progress may take to finish at shutdown.
-    #[serde(deserialize_with = "crate::alert::config::de_duration")]
+    #[serde(deserialize_with = "crate::model::de_duration")]
     pub shutdown_grace: Duration,
 }
 

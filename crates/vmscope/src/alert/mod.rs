@@ -12,7 +12,8 @@
 //!   clock; [`context`] and [`text`]: what a message says.
 //! - [`sinks`]: one file per sink behind a registry table; retries, backoff
 //!   and isolation in `sinks/mod.rs`.
-//! - [`api`]: `GET /api/v1/alerts`; [`metrics`]: `vmscope_alert_*` and
+//! - [`history`]: the alert history as plain values (`GET /api/v1/alerts`
+//!   lives in `crate::api::alerts`); [`metrics`]: `vmscope_alert_*` and
 //!   `vmscope_db_*`.
 //!
 //! Reads: snapshots from the collector's watch channel; the `[watchdog]`
@@ -32,10 +33,10 @@
 //! Time is the snapshot's `collected_at`, so the engine sees exactly the
 //! timeline the collector measured.
 
-pub mod api;
 pub mod config;
 pub mod context;
 pub mod engine;
+pub mod history;
 pub mod metrics;
 pub mod notification;
 pub mod rules;
@@ -52,14 +53,15 @@ use tokio::task::JoinHandle;
 
 pub use config::{ConfigError, WatchdogConfig};
 pub use engine::{ActiveAlert, Engine, RestoredEpisode};
+pub use history::{AlertHistory, HistoryError, NoStore};
 pub use metrics::{AlertMetrics, DeliveryResult, Persistence};
 pub use notification::{Alert, Notification, Status, Transition};
 pub use rules::{Metric, Rule, Scope, Severity};
 pub use sinks::SinkError;
 
+use crate::error::ErrorChain;
 use crate::export::MetricSource;
 use crate::model::Snapshot;
-use crate::pipeline::ErrorChain;
 use crate::store::{DbMetrics, EpisodeWrite, Opened, Store, StoreError};
 use sinks::{Dispatcher, SinkSpec};
 
@@ -85,7 +87,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 pub struct Watchdog {
     metrics: Arc<AlertMetrics>,
     /// The store, or why there is none (disabled, or running in memory).
-    store: Result<Store, api::NoStore>,
+    store: Result<Store, NoStore>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Dispatcher>>,
     shutdown_timeout: Duration,
@@ -109,9 +111,9 @@ impl Watchdog {
         self.evaluated.clone()
     }
 
-    /// `GET /api/v1/alerts`, state applied.
-    pub fn router(&self) -> axum::Router {
-        api::router(self.store.clone())
+    /// The alert history (`GET /api/v1/alerts` reads it).
+    pub fn history(&self) -> AlertHistory {
+        AlertHistory::new(self.store.clone())
     }
 
     /// Stop evaluating, let sinks flush their queues for at most the
@@ -124,7 +126,7 @@ impl Watchdog {
                 Err(e) => tracing::error!(error = %e, "watchdog loop ended abnormally"),
             }
         }
-        let store = std::mem::replace(&mut self.store, Err(api::NoStore::Disabled));
+        let store = std::mem::replace(&mut self.store, Err(NoStore::Disabled));
         if let Ok(store) = store
             && !store.close(STORE_CLOSE_WAIT).await
         {
@@ -159,7 +161,7 @@ pub async fn start(
         tracing::info!("watchdog disabled in the configuration");
         return Ok(Watchdog {
             metrics: Arc::new(AlertMetrics::new(&[], db_metrics)),
-            store: Err(api::NoStore::Disabled),
+            store: Err(NoStore::Disabled),
             stop,
             task: None,
             shutdown_timeout: cfg.shutdown_timeout,
@@ -251,7 +253,7 @@ pub async fn start(
     ));
     Ok(Watchdog {
         metrics,
-        store: store.ok_or(api::NoStore::InMemory),
+        store: store.ok_or(NoStore::InMemory),
         stop,
         task: Some(task),
         shutdown_timeout: cfg.shutdown_timeout,

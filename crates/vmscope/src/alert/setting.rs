@@ -6,10 +6,6 @@
 //! Fails: [`ConfigError`], whose message starts with the offending key
 //! (`watchdog.rules.vm_cpu.sustained: ...`).
 
-use std::time::Duration;
-
-use serde::{Deserialize, Deserializer};
-
 /// A bad `[watchdog]` setting. `key` is the full dotted path of the setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
@@ -31,9 +27,5 @@ pub(crate) fn default_true() -> bool {
     true
 }
 
-/// A humantime string (`"30s"`, `"5m"`, `"1h 30m"`).
-pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
-}
+/// The one duration style of the configuration (`model::de_duration`).
+pub(crate) use crate::model::de_duration;

@@ -7,6 +7,7 @@
 //! Requests too broken to reach the router (see `crate::server`) get the
 //! same body, from [`ApiError::json_body`].
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::Json;
@@ -25,8 +26,10 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed on this endpoint")]
     MethodNotAllowed,
+    /// A request the resource cannot answer; the message names the part
+    /// (a parameter, the path) that is wrong.
     #[error("{0}")]
-    BadRequest(&'static str),
+    BadRequest(Cow<'static, str>),
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
     /// A request head that is not HTTP/1.x (answered by `crate::server`).
@@ -49,12 +52,21 @@ pub enum ApiError {
         age_seconds: f64,
         limit_seconds: f64,
     },
+    /// A part of the agent the resource needs is not running (the
+    /// watchdog disabled, or without its database); the message says which.
+    #[error("{0}")]
+    Unavailable(&'static str),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Like `Internal`, but the caller has logged the cause already and
+    /// the fixed message says where to look.
+    #[error("{0}")]
+    Failed(&'static str),
 }
 
 impl ApiError {
-    /// A not-found error that echoes at most [`ECHO_MAX_CHARS`] of the id.
+    /// A not-found error that echoes at most `ECHO_MAX_CHARS` (128)
+    /// characters of the id.
     pub fn vm_not_found(id: &str) -> Self {
         ApiError::VmNotFound(id.chars().take(ECHO_MAX_CHARS).collect())
     }
@@ -77,7 +89,10 @@ impl ApiError {
             ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Stale { .. } => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) | ApiError::Failed(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 
@@ -129,4 +144,40 @@ pub async fn not_found() -> ApiError {
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The alerts resource's answers, folded into this type, keep their
+    /// status, code and fixed message.
+    #[test]
+    fn every_error_has_one_status_and_a_fixed_body() {
+        for (e, status, body) in [
+            (
+                ApiError::BadRequest("limit: \"0\" is not a number".to_owned().into()),
+                StatusCode::BAD_REQUEST,
+                r#"{"error":{"code":"bad_request","message":"limit: \"0\" is not a number"}}"#,
+            ),
+            (
+                ApiError::Unavailable("the watchdog is disabled in the configuration"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":{"code":"unavailable","message":"the watchdog is disabled in the configuration"}}"#,
+            ),
+            (
+                ApiError::Failed("the alert store failed; see the agent's log"),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":{"code":"internal","message":"the alert store failed; see the agent's log"}}"#,
+            ),
+            (
+                ApiError::Internal("secret path /var/lib/x".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"error":{"code":"internal","message":"internal error"}}"#,
+            ),
+        ] {
+            assert_eq!(e.status_and_code().0, status, "{e:?}");
+            assert_eq!(String::from_utf8(e.json_body()).unwrap(), body);
+        }
+    }
 }

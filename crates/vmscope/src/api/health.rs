@@ -52,6 +52,6 @@ pub async fn get(State(state): State<AppState>) -> Result<Response, ApiError> {
         status: "ok",
         snapshot_age_seconds: age,
         seq: snap.seq,
-        components: state.extra().iter().filter_map(|s| s.health()).collect(),
+        components: state.sources().iter().filter_map(|s| s.health()).collect(),
     })
 }

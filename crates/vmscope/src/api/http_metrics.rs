@@ -249,7 +249,6 @@ fn route_label(matched: Option<&MatchedPath>) -> &'static str {
         Some(m) => super::ROUTES
             .iter()
             .map(|r| r.path)
-            .chain(crate::alert::api::ROUTES.iter().map(|r| r.path))
             .find(|p| *p == m.as_str())
             .unwrap_or("other"),
     }

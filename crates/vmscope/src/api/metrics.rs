@@ -52,7 +52,7 @@ fn serve(state: &AppState, format: Format, headers: &HeaderMap) -> Result<Respon
     let snapshot = state.snapshot();
     let cache: &ExpositionCache = state.cache();
     let exposition = cache
-        .render(&snapshot, state.extra(), format, gzip)
+        .render(&snapshot, state.sources(), format, gzip)
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(response(exposition))
 }

@@ -15,6 +15,7 @@
 //! Failure: unknown routes and ids are 404 JSON; an overdue request is 503
 //! JSON; nothing internal is echoed to clients.
 
+pub mod alerts;
 pub mod error;
 mod health;
 mod host;
@@ -22,7 +23,6 @@ pub mod http_metrics;
 mod index;
 pub mod limits;
 mod metrics;
-mod snapshot_age;
 mod vms;
 
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use serde::Serialize;
 use tokio::sync::watch;
 use tower_http::compression::CompressionLayer;
@@ -42,50 +42,108 @@ use tower_http::limit::RequestBodyLimitLayer;
 pub use error::ApiError;
 pub use http_metrics::HttpMetrics;
 
-use crate::export::{ExpositionCache, MetricSource};
+use crate::alert::AlertHistory;
+use crate::export::{ExpositionCache, MetricSource, SnapshotAge, Sources};
 use crate::model::Snapshot;
 
-/// A route the router serves (all of them answer GET and HEAD).
-#[derive(Debug, Clone, Copy)]
-pub struct RouteInfo {
+/// What a resource answers from: the snapshot (always there) or a part of
+/// the agent that may be off (the watchdog's alert history).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    Snapshot,
+    AlertHistory,
+}
+
+/// One resource the router serves: the table row that the router, the index
+/// page, the `route` label of the HTTP self-metrics and the OpenAPI test all
+/// read, so a path is written once.
+#[derive(Clone, Copy)]
+pub struct Resource {
     /// The axum route template, also the OpenAPI path and the `route` label.
     pub path: &'static str,
     pub summary: &'static str,
+    /// The handlers of the resource (all of today's answer GET and HEAD).
+    pub handler: fn() -> MethodRouter<AppState>,
+    /// Gzip the answer when asked to (large JSON: 1000 VMs). Off for
+    /// /metrics, which does its own (cached) gzip and must not be
+    /// compressed twice, and for what stays small.
+    pub compress: bool,
+    pub reads: Reads,
 }
 
-/// Every route, in the order the index lists them.
-pub const ROUTES: &[RouteInfo] = &[
-    RouteInfo {
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("path", &self.path)
+            .field("reads", &self.reads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every resource, in the order the index lists them.
+pub const ROUTES: &[Resource] = &[
+    Resource {
         path: "/",
         summary: "This index.",
+        handler: || get(index::get),
+        compress: false,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/metrics",
         summary: "Prometheus text 0.0.4, or OpenMetrics 1.0.0 when Accept asks for application/openmetrics-text.",
+        handler: || get(metrics::metrics),
+        compress: false,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/metrics.json",
         summary: "The same metric families as JSON.",
+        handler: || get(metrics::metrics_json),
+        compress: false,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/healthz",
         summary: "200 while collection is current, 503 otherwise.",
+        handler: || get(health::get),
+        compress: false,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/api/v1/vms",
         summary: "All VMs, one summary each.",
+        handler: || get(vms::list),
+        compress: true,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/api/v1/vms/{id}",
         summary: "Everything known about one VM.",
+        handler: || get(vms::get),
+        compress: true,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/api/v1/vms/{id}/stats",
         summary: "One VM's usage as flat totals and rates.",
+        handler: || get(vms::stats),
+        compress: true,
+        reads: Reads::Snapshot,
     },
-    RouteInfo {
+    Resource {
         path: "/api/v1/host",
         summary: "The host's CPU, memory, load and filesystems.",
+        handler: || get(host::get),
+        compress: true,
+        reads: Reads::Snapshot,
+    },
+    Resource {
+        path: "/api/v1/alerts",
+        summary: "Watchdog alerts: active ones and the history (503 when the watchdog is off).",
+        handler: alerts::handler,
+        compress: false,
+        reads: Reads::AlertHistory,
     },
 ];
 
@@ -101,37 +159,66 @@ pub struct AppState {
 
 struct Inner {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    /// Extra sources followed by the HTTP self-metrics.
-    extra: Vec<Arc<dyn MetricSource>>,
+    /// The live sources after the snapshot's families (the HTTP
+    /// self-metrics among them).
+    sources: Sources,
     http: Arc<HttpMetrics>,
     cache: ExpositionCache,
     request_timeout: Duration,
+    alerts: AlertHistory,
+}
+
+/// What the API serves, built once at start-up by `vmscope serve`
+/// (`crate::cli::serve::state`).
+pub struct Parts {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// Every live metric source, in exposition order; `http` must be one
+    /// of them for the HTTP self-metrics to be exported.
+    pub sources: Sources,
+    /// The HTTP self-metrics the middleware and the server write.
+    pub http: Arc<HttpMetrics>,
+    /// What `/api/v1/alerts` answers from.
+    pub alerts: AlertHistory,
+    pub request_timeout: Duration,
 }
 
 impl AppState {
+    /// A state serving `snapshots` with `extra` sources followed by the
+    /// snapshot age and the HTTP self-metrics, as `vmscope serve` orders
+    /// them, no watchdog (`/api/v1/alerts` answers 503) and the default
+    /// timeout: for tests and benches.
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        extra: Vec<Arc<dyn MetricSource>>,
-    ) -> Self {
-        Self::with_timeout(snapshots, extra, DEFAULT_REQUEST_TIMEOUT)
-    }
-
-    /// Same, with a request timeout other than [`DEFAULT_REQUEST_TIMEOUT`].
-    pub fn with_timeout(
-        snapshots: watch::Receiver<Arc<Snapshot>>,
         mut extra: Vec<Arc<dyn MetricSource>>,
-        request_timeout: Duration,
     ) -> Self {
         let http = Arc::new(HttpMetrics::new());
-        extra.push(Arc::new(snapshot_age::SnapshotAge::new(snapshots.clone())));
+        extra.push(Arc::new(SnapshotAge::new(snapshots.clone())));
         extra.push(Arc::clone(&http) as Arc<dyn MetricSource>);
+        Self::from_parts(Parts {
+            snapshots,
+            sources: Sources::new(extra),
+            http,
+            alerts: AlertHistory::disabled(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        })
+    }
+
+    pub fn from_parts(parts: Parts) -> Self {
+        let Parts {
+            snapshots,
+            sources,
+            http,
+            alerts,
+            request_timeout,
+        } = parts;
         let state = AppState {
             inner: Arc::new(Inner {
                 snapshots,
-                extra,
+                sources,
                 http,
                 cache: ExpositionCache::new(),
                 request_timeout,
+                alerts,
             }),
         };
         state.spawn_prewarm();
@@ -180,8 +267,9 @@ impl AppState {
         Arc::clone(&self.inner.http)
     }
 
-    pub(crate) fn extra(&self) -> &[Arc<dyn MetricSource>] {
-        &self.inner.extra
+    /// The live metric sources (`/metrics` tail, `/healthz` components).
+    pub(crate) fn sources(&self) -> &[Arc<dyn MetricSource>] {
+        self.inner.sources.as_slice()
     }
 
     pub(crate) fn cache(&self) -> &ExpositionCache {
@@ -191,34 +279,28 @@ impl AppState {
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.request_timeout
     }
+
+    /// The watchdog's alert history (`/api/v1/alerts`).
+    pub(crate) fn alerts(&self) -> &AlertHistory {
+        &self.inner.alerts
+    }
 }
 
-/// The whole API as one router. Every route answers GET and HEAD.
+/// The whole API as one router: every row of [`ROUTES`], behind the same
+/// layers (outermost first): HTTP self-metrics, the request timeout, the
+/// body limit; JSON errors for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
-    router_with(state, Router::new())
-}
-
-/// The API plus `extra` routes that carry their own state (the watchdog's
-/// `/api/v1/alerts`), all behind the same layers: HTTP self-metrics, the
-/// request timeout, the body limit, and JSON errors for unknown routes and
-/// methods.
-pub fn router_with(state: AppState, extra: Router) -> Router {
-    // JSON resources may be large (1000 VMs): compress on request. /metrics
-    // does its own (cached) gzip and must not be compressed twice.
-    let resources = Router::new()
-        .route("/api/v1/vms", get(vms::list))
-        .route("/api/v1/vms/{id}", get(vms::get))
-        .route("/api/v1/vms/{id}/stats", get(vms::stats))
-        .route("/api/v1/host", get(host::get))
-        .layer(CompressionLayer::new());
-    Router::new()
-        .route("/", get(index::get))
-        .route("/metrics", get(metrics::metrics))
-        .route("/metrics.json", get(metrics::metrics_json))
-        .route("/healthz", get(health::get))
-        .merge(resources)
-        .with_state(state.clone())
-        .merge(extra)
+    let mut app = Router::new();
+    for r in ROUTES {
+        let handler = (r.handler)();
+        let handler = if r.compress {
+            handler.layer(CompressionLayer::new())
+        } else {
+            handler
+        };
+        app = app.route(r.path, handler);
+    }
+    app.with_state(state.clone())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(RequestBodyLimitLayer::new(limits::BODY_LIMIT_BYTES))

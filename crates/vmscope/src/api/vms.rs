@@ -99,7 +99,7 @@ pub async fn get(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) =
-        id.map_err(|_| ApiError::BadRequest("the VM id in the path is not valid UTF-8"))?;
+        id.map_err(|_| ApiError::BadRequest("the VM id in the path is not valid UTF-8".into()))?;
     let snap = state.snapshot();
     let vm = snap.vm(&id).ok_or_else(|| ApiError::vm_not_found(&id))?;
     json(vm)
@@ -110,7 +110,7 @@ pub async fn stats(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) =
-        id.map_err(|_| ApiError::BadRequest("the VM id in the path is not valid UTF-8"))?;
+        id.map_err(|_| ApiError::BadRequest("the VM id in the path is not valid UTF-8".into()))?;
     let snap = state.snapshot();
     let vm = snap.vm(&id).ok_or_else(|| ApiError::vm_not_found(&id))?;
     let (network_rx_bytes, network_tx_bytes) = vm.network_totals();

@@ -4,14 +4,14 @@
 //! (`error: cannot read config file x.toml: No such file or directory`) and
 //! turned into an exit code: 0 ok, 1 runtime failure, 2 bad usage or config.
 //!
-//! Output goes through [`print_stdout`], never `println!` (which panics when
+//! Output goes through `print_stdout`, never `println!` (which panics when
 //! stdout fails). A closed stdout (`vmscope vms | head -1`) ends the command
 //! quietly with status 0, as ripgrep does: the reader got what it wanted.
 //! Any other write error (`> /dev/full`) is one `error:` line and status 1.
 
 mod check;
 mod logfmt;
-mod serve;
+pub mod serve;
 mod vms;
 
 use std::io::{ErrorKind, Write};

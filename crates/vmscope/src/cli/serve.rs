@@ -1,14 +1,23 @@
-//! `vmscope serve`: the agent, and the composition root: it opens the
-//! store once and hands it to the watchdog.
+//! `vmscope serve`: the agent, and the composition root: the one place
+//! that starts the parts and hands each what it needs (the snapshot
+//! channel, the store, opened once, the watchdog, the list of metric
+//! sources, the API state).
+//!
+//! Fails: with a usage error for a bad configuration, a runtime error when
+//! a part cannot start (collector, store lock, watchdog, listener).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 
 use super::{Failure, ServeArgs, init_logging};
-use crate::api::{AppState, router_with};
+use tokio::sync::watch;
+
+use crate::alert::Watchdog;
+use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router};
 use crate::config::Config;
-use crate::export::MetricSource;
+use crate::export::{MetricSource, SnapshotAge, Sources};
+use crate::model::Snapshot;
 use crate::pipeline::{Collector, spawn};
 use crate::store::DbMetrics;
 
@@ -54,10 +63,9 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
-        let extra: Vec<Arc<dyn MetricSource>> = vec![watchdog.metrics()];
-        let state = AppState::new(snapshots, extra);
+        let state = state(snapshots, &watchdog);
         let http_metrics = state.shared_http_metrics();
-        let app = router_with(state, watchdog.router());
+        let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))
@@ -72,6 +80,26 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         watchdog.shutdown().await;
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+/// The API's state: the metric sources, built once here, in exposition
+/// order (after the snapshot's families): the watchdog's, the snapshot
+/// age, the HTTP self-metrics (with the server's connection counters).
+/// Next: pushers take the same `Sources`.
+pub fn state(snapshots: watch::Receiver<Arc<Snapshot>>, watchdog: &Watchdog) -> AppState {
+    let http = Arc::new(HttpMetrics::new());
+    let sources = Sources::new(vec![
+        watchdog.metrics(),
+        Arc::new(SnapshotAge::new(snapshots.clone())),
+        Arc::clone(&http) as Arc<dyn MetricSource>,
+    ]);
+    AppState::from_parts(Parts {
+        snapshots,
+        sources,
+        http,
+        alerts: watchdog.history(),
+        request_timeout: DEFAULT_REQUEST_TIMEOUT,
     })
 }
 

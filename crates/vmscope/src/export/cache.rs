@@ -36,7 +36,8 @@ use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress, Status};
 
 use super::MetricSource;
-use super::writer::{Format, MetricWriter, WriterState};
+use super::encoder::MetricWriter;
+use super::writer::{Format, WriterState};
 use crate::model::Snapshot;
 
 /// Deflate level for the cached prefix (compressed once per tick per format).

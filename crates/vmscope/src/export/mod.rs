@@ -4,7 +4,9 @@
 //! Reads: an `&Snapshot` plus any number of extra [`MetricSource`]s (HTTP
 //! self-metrics, the watchdog, the store). Emits: bytes in one [`Format`].
 //!
-//! - [`writer`]: the format-neutral encoder every source writes into;
+//! - [`encoder`]: what every source writes into, [`MetricWriter`], an enum
+//!   of encoders: text ([`writer`]: text 0.0.4, OpenMetrics, JSON) or
+//!   structured samples for pushers ([`SampleCollector`]);
 //! - [`snapshot`]: the per-VM, host and self catalogue from one `Snapshot`
 //!   (names per `docs`/METRICS.md);
 //! - [`cache`]: encode once per snapshot, gzip once per snapshot, then only
@@ -16,15 +18,19 @@
 //! surface as [`cache::CacheError`].
 
 pub mod cache;
+pub mod encoder;
 #[doc(hidden)]
 pub mod fixture;
 pub mod histogram;
 pub mod snapshot;
+pub mod snapshot_age;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
+pub use encoder::{Encode, Family, MetricWriter, Sample, SampleCollector};
 pub use histogram::Histogram;
-pub use writer::{Desc, Format, MetricType, MetricWriter, Value, WriterState};
+pub use snapshot_age::SnapshotAge;
+pub use writer::{Desc, Format, MetricType, TextWriter, Value, WriterState};
 
 /// Anything that can write metric families. Implementations write each of
 /// their families once, all samples of a family together, and must not
@@ -47,6 +53,23 @@ impl<T: MetricSource + ?Sized> MetricSource for std::sync::Arc<T> {
 
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {
         (**self).health()
+    }
+}
+
+/// The live metric sources, in the order they follow the snapshot's
+/// families: built once at start-up (by `vmscope serve`) and shared by
+/// everything that exports (`/metrics` now, pushers next), so that each
+/// sees the same families. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Sources(std::sync::Arc<[std::sync::Arc<dyn MetricSource>]>);
+
+impl Sources {
+    pub fn new(sources: Vec<std::sync::Arc<dyn MetricSource>>) -> Self {
+        Sources(sources.into())
+    }
+
+    pub fn as_slice(&self) -> &[std::sync::Arc<dyn MetricSource>] {
+        &self.0
     }
 }
 

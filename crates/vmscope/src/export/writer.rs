@@ -1,9 +1,9 @@
-//! The metric encoder: one writer, three wire formats.
+//! The text encoder ([`TextWriter`], the `Text` arm of
+//! [`MetricWriter`](super::MetricWriter)): one writer, three wire formats.
 //!
-//! A [`MetricSource`](super::MetricSource) calls [`MetricWriter::family`] with a
-//! static [`Desc`], then [`MetricWriter::sample`] (or
-//! [`MetricWriter::histogram`]) once per series. The writer appends straight
-//! into one `String` in the format chosen by the caller:
+//! A [`MetricSource`](super::MetricSource) calls `family` with a static
+//! [`Desc`], then `sample` (or `histogram`) once per series. The writer
+//! appends straight into one `String` in the format chosen by the caller:
 //!
 //! - Prometheus text 0.0.4 (`# HELP`, `# TYPE`);
 //! - OpenMetrics 1.0.0 (`# HELP`, `# TYPE`, `# UNIT`, counters as family `x`
@@ -11,10 +11,10 @@
 //! - JSON (`{"families":[{name,type,help,unit,samples:[{labels,value}]}]}`).
 //!
 //! Label sets that many series share (a VM's `vm_id` and `vm_name`) are
-//! registered once with [`MetricWriter::label_set`]: validated and escaped
-//! once per exposition, then copied into each series by
-//! [`MetricWriter::sample_in`], which also checks duplicates against the
-//! few series of that set rather than the whole family.
+//! registered once with `label_set`: validated and escaped once per
+//! exposition, then copied into each series by `sample_in`, which also
+//! checks duplicates against the few series of that set rather than the
+//! whole family.
 //!
 //! Design: nothing is allocated per series. Metadata lines are written on a
 //! family's first sample, so an empty family costs nothing. Integers are
@@ -25,7 +25,7 @@
 //! Failure: the writer never produces invalid output and never panics. A
 //! series whose label set was already written in the same family, a family
 //! written twice, an invalid metric or label name, or a counter value that is
-//! NaN or negative is left out and counted; [`MetricWriter::finish`] exports
+//! NaN or negative is left out and counted; `finish` exports
 //! the counts as `vmscope_exposition_series_skipped{reason}` so the bug that
 //! caused them is visible instead of breaking the scrape.
 
@@ -62,7 +62,7 @@ pub enum MetricType {
     Gauge,
     /// The name must end in `_total` (checked: otherwise the family is skipped).
     Counter,
-    /// Samples go through [`MetricWriter::histogram`].
+    /// Samples go through [`MetricWriter::histogram`](super::MetricWriter::histogram).
     Histogram,
 }
 
@@ -171,7 +171,7 @@ impl From<bool> for Value {
 }
 
 impl Value {
-    fn is_nan_or_negative(self) -> bool {
+    pub(super) fn is_nan_or_negative(self) -> bool {
         match self {
             Value::U64(_) => false,
             Value::I64(v) => v < 0,
@@ -208,8 +208,9 @@ enum FamState {
     Invalid,
 }
 
-/// Appends families and samples to one `String` in one [`Format`].
-pub struct MetricWriter<'a> {
+/// Appends families and samples to one `String` in one [`Format`]: the
+/// text arm of [`MetricWriter`](super::MetricWriter).
+pub struct TextWriter<'a> {
     out: &'a mut String,
     format: Format,
     prior: Option<&'a WriterState>,
@@ -230,10 +231,21 @@ pub struct MetricWriter<'a> {
     fam_mode: FamMode,
 }
 
-/// A label set registered with [`MetricWriter::label_set`]; valid only
+/// A label set registered with [`MetricWriter::label_set`](super::MetricWriter::label_set); valid only
 /// with the writer that returned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LabelSet(u32);
+
+impl LabelSet {
+    /// The handle of the `i`th set (the sample collector numbers its own).
+    pub(super) fn from_index(i: usize) -> Self {
+        LabelSet(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
+    pub(super) fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FamMode {
@@ -293,7 +305,7 @@ struct SetEntry {
     valid: bool,
 }
 
-impl<'a> MetricWriter<'a> {
+impl<'a> TextWriter<'a> {
     /// Starts a new exposition at the end of `out`.
     pub fn new(out: &'a mut String, format: Format) -> Self {
         if format == Format::Json {
@@ -309,7 +321,7 @@ impl<'a> MetricWriter<'a> {
     }
 
     fn with_prior(out: &'a mut String, format: Format, prior: Option<&'a WriterState>) -> Self {
-        MetricWriter {
+        TextWriter {
             out,
             format,
             prior,
@@ -332,7 +344,7 @@ impl<'a> MetricWriter<'a> {
     }
 
     /// Registers labels that many series of this exposition share and
-    /// returns a handle for [`MetricWriter::sample_in`]. The names are
+    /// returns a handle for [`MetricWriter::sample_in`](super::MetricWriter::sample_in). The names are
     /// checked and the values escaped here, once. A set with invalid names
     /// is remembered as invalid: its samples are skipped and counted.
     pub fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
@@ -639,7 +651,7 @@ impl<'a> MetricWriter<'a> {
         self.commit_series(line_start, range.0, range.1);
     }
 
-    /// Closes the current family and returns what a [`MetricWriter::resume`]
+    /// Closes the current family and returns what a [`MetricWriter::resume`](super::MetricWriter::resume)
     /// needs to continue this exposition elsewhere.
     pub fn suspend(mut self) -> WriterState {
         self.close_family();
@@ -656,12 +668,6 @@ impl<'a> MetricWriter<'a> {
 
     /// Writes the skip counts and the format's trailer (`# EOF`, `]}`).
     pub fn finish(mut self) {
-        static SKIPPED: Desc = Desc::gauge(
-            "vmscope_exposition_series_skipped",
-            "Series left out of this exposition, by reason: duplicate = same name and labels as an \
-             earlier series; invalid = bad name or a counter that was NaN or negative. Non-zero means \
-             a bug upstream.",
-        );
         let Skipped { duplicate, invalid } = self.skipped;
         self.family(&SKIPPED);
         self.sample(&[("reason", "duplicate")], duplicate);
@@ -821,14 +827,7 @@ impl<'a> MetricWriter<'a> {
                 self.out.push(',');
             }
             self.out.push_str("le=\"");
-            if le == f64::INFINITY {
-                self.out.push_str("+Inf");
-            } else if self.format == Format::OpenMetrics {
-                // OpenMetrics wants bucket bounds as floats ("1.0", not "1").
-                let _ = write!(self.out, "{le:?}");
-            } else {
-                write_number(self.out, le);
-            }
+            write_le(self.out, le, self.format);
             self.out.push('"');
         }
         self.out.push('}');
@@ -960,8 +959,35 @@ fn json_string(out: &mut String, v: &str) {
     out.push('"');
 }
 
+/// Written by every encoder's `finish`.
+pub(super) static SKIPPED: Desc = Desc::gauge(
+    "vmscope_exposition_series_skipped",
+    "Series left out of this exposition, by reason: duplicate = same name and labels as an \
+     earlier series; invalid = bad name or a counter that was NaN or negative. Non-zero means \
+     a bug upstream.",
+);
+
+/// A bucket bound as the `le` label value in `format`.
+fn write_le(out: &mut String, le: f64, format: Format) {
+    if le == f64::INFINITY {
+        out.push_str("+Inf");
+    } else if format == Format::OpenMetrics {
+        // OpenMetrics wants bucket bounds as floats ("1.0", not "1").
+        let _ = write!(out, "{le:?}");
+    } else {
+        write_number(out, le);
+    }
+}
+
+/// The same, as a string (the sample collector's `le`).
+pub(super) fn le_text(le: f64, format: Format) -> String {
+    let mut s = String::new();
+    write_le(&mut s, le, format);
+    s
+}
+
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`
-fn valid_metric_name(name: &str) -> bool {
+pub(super) fn valid_metric_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes
         .next()
@@ -971,7 +997,7 @@ fn valid_metric_name(name: &str) -> bool {
 
 /// Label names match `[a-zA-Z_][a-zA-Z0-9_]*`, do not start with `__`, are
 /// unique within the series, and (for histograms) are not `le`.
-fn valid_label_names(labels: &[(&str, &str)], histogram: bool) -> bool {
+pub(super) fn valid_label_names(labels: &[(&str, &str)], histogram: bool) -> bool {
     labels.iter().enumerate().all(|(i, (k, _))| {
         let mut bytes = k.bytes();
         let ok = bytes
@@ -1025,6 +1051,7 @@ impl Hasher for PreHashed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::MetricWriter;
 
     static G: Desc = Desc::gauge("t_temp_ratio", "A \"help\"\\ with\nnewline.");
     static C: Desc = Desc::counter("t_cpu_seconds_total", "Counter.");

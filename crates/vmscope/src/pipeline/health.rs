@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::collectors::VmEntry;
+use crate::error::ErrorChain;
 use crate::host::CollectError;
 use crate::model::CollectorStatus;
 
@@ -69,21 +70,6 @@ impl Counters {
             success,
             errors_total: self.errors.clone(),
         }
-    }
-}
-
-/// Prints an error with its sources: `reading /proc/1/stat: No such file`.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
     }
 }
 

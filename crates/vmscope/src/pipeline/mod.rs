@@ -41,7 +41,9 @@ use crate::model::{HostStats, Snapshot, Source, unix_seconds};
 use follow::Followed;
 use health::Counters;
 
-pub use health::ErrorChain;
+/// Kept here for the modules that still name it so; new code imports
+/// [`crate::error::ErrorChain`].
+pub use crate::error::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{DbMetrics, Location, Store, StoreError};
-use crate::pipeline::ErrorChain;
+use crate::error::ErrorChain;
 
 /// The key of the database path.
 pub const PATH_KEY: &str = "store.path";

@@ -14,7 +14,7 @@
 //! through [`DbMetrics`] (`op` is one of [`OPS`]).
 //! Fails: [`StoreError`], naming the database path or the operation, with
 //! SQLite's own message as its source (print it with
-//! [`crate::pipeline::ErrorChain`]: "database or disk is full"). A database
+//! [`crate::error::ErrorChain`]: "database or disk is full"). A database
 //! another agent holds is [`StoreError::Locked`]; one that cannot be used
 //! (unwritable, not ours, newer schema) is the caller's to degrade around; a
 //! failed write is logged and counted by the caller, never fatal to the

@@ -813,7 +813,11 @@ async fn a_hanging_sink_delays_neither_evaluation_nor_the_other_sinks() {
         "hang is still on its first request"
     );
 
-    let (status, page) = get_json(&wd.router(), "/api/v1/alerts?rule=vm_cpu").await;
+    let (status, page) = get_json(
+        &vmscope::api::alerts::router(wd.history()),
+        "/api/v1/alerts?rule=vm_cpu",
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["active"], json!([]));
     assert_eq!(page["history"].as_array().unwrap().len(), 2);
@@ -856,7 +860,11 @@ async fn restart_mid_episode_does_not_notify_again_and_the_api_shows_it() {
         ),
         "{text}"
     );
-    let (_, page) = get_json(&wd.router(), "/api/v1/alerts").await;
+    let (_, page) = get_json(
+        &vmscope::api::alerts::router(wd.history()),
+        "/api/v1/alerts",
+    )
+    .await;
     let active: Vec<&str> = page["active"]
         .as_array()
         .unwrap()
@@ -884,7 +892,11 @@ async fn restart_mid_episode_does_not_notify_again_and_the_api_shows_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(good.requests().len(), 2, "exactly one recovery");
 
-    let (_, page) = get_json(&wd.router(), "/api/v1/alerts?scope=vm:vm-1").await;
+    let (_, page) = get_json(
+        &vmscope::api::alerts::router(wd.history()),
+        "/api/v1/alerts?scope=vm:vm-1",
+    )
+    .await;
     assert_eq!(page["active"], json!([]));
     let h = &page["history"][0];
     assert_eq!(h["status"], "resolved");
@@ -909,7 +921,7 @@ async fn alerts_api_paginates_filters_and_rejects_bad_queries() {
         feed.ticks(&wd, (t + 20..=t + 35).step_by(5), false).await;
         t += 40;
     }
-    let router = wd.router();
+    let router = vmscope::api::alerts::router(wd.history());
 
     let mut seen = 0;
     let mut uri = "/api/v1/alerts?limit=3".to_owned();

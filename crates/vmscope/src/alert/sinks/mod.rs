@@ -103,8 +103,8 @@ use serde::{Deserialize, Deserializer};
 use super::metrics::{AlertMetrics, DeliveryResult};
 use super::notification::{Alert, Notification, Status, Transition};
 use super::setting::ConfigError;
+use crate::error::ErrorChain;
 use crate::outbound::{self, Backoff, BoundedQueue, ClientError, ClientOptions};
-use crate::pipeline::ErrorChain;
 use crate::store::{EpisodeWrite, NotificationLogEntry, OutboxRow, OutboxWrite, Store};
 
 /// A notification waiting for its sink, and its outbox row (`None` when it

@@ -10,92 +10,75 @@
 //! - `cursor` (from the previous page's `next_cursor`) or `page` (1-based):
 //!   pagination of the history; `active` is always complete.
 //!
-//! Errors are JSON `{"error":{"code","message"}}`: `bad_request` (400,
-//! naming the parameter), `unavailable` (503: watchdog disabled, or running
-//! without its state database, as the message says), `internal` (500: the
-//! database failed; details only in the log).
+//! Reads: the watchdog's [`AlertHistory`] (from [`AppState`]); the query
+//! string is parsed here, the episodes rendered here: the watchdog knows
+//! nothing of HTTP. Errors are [`ApiError`]s: `bad_request` (400, naming the
+//! parameter), `unavailable` (503: watchdog disabled, or running without its
+//! state database, as the message says), `internal` (500: the database
+//! failed; details only in the log).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::{FromRef, Query, State};
+use axum::routing::{MethodRouter, get};
+use axum::{Json, Router};
 use serde_json::{Value, json};
 
-use super::notification::format_time;
-use crate::api::RouteInfo;
-use crate::store::{EpisodeQuery, EpisodeRow, Position, Store};
+use super::{ApiError, AppState};
+use crate::alert::notification::format_time;
+use crate::alert::{AlertHistory, HistoryError, NoStore};
+use crate::error::ErrorChain;
+use crate::store::{EpisodeQuery, EpisodeRow, Position};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
-/// The routes this module serves (bounded labels for the HTTP
-/// self-metrics, the index page, and the OpenAPI agreement test).
-pub const ROUTES: &[RouteInfo] = &[RouteInfo {
-    path: "/api/v1/alerts",
-    summary: "Watchdog alerts: active ones and the history (503 when the watchdog is off).",
-}];
-
-/// Why there is no store to answer from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoStore {
-    /// `watchdog.enabled = false`.
-    Disabled,
-    /// The watchdog runs in memory: its database could not be used.
-    InMemory,
+/// The handler, for its row in [`super::ROUTES`].
+pub(super) fn handler<S>() -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AlertHistory: FromRef<S>,
+{
+    get(list)
 }
 
-/// The router, with its state applied: the store, or why there is none.
-pub fn router(store: Result<Store, NoStore>) -> Router {
-    Router::new()
-        .route("/api/v1/alerts", get(list))
-        .with_state(store)
+/// This resource alone, over `history` (tests, and embedding it without
+/// the snapshot resources); its path is the table's.
+pub fn router(history: AlertHistory) -> Router {
+    super::ROUTES
+        .iter()
+        .filter(|r| r.reads == super::Reads::AlertHistory)
+        .fold(Router::new(), |app, r| app.route(r.path, handler()))
+        .with_state(history)
 }
 
-/// Everything that can go wrong, mapped to a status in one place.
-#[derive(Debug)]
-pub enum ApiError {
-    BadRequest(String),
-    Unavailable(NoStore),
-    Internal,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
-            ApiError::Unavailable(NoStore::Disabled) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the watchdog is disabled in the configuration".to_owned(),
-            ),
-            ApiError::Unavailable(NoStore::InMemory) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the watchdog runs without its state database (see /healthz and the agent's log): \
-                 it evaluates and notifies, but keeps no alert history to list"
-                    .to_owned(),
-            ),
-            ApiError::Internal => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the alert store failed; see the agent's log".to_owned(),
-            ),
-        };
-        (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response()
+impl FromRef<AppState> for AlertHistory {
+    fn from_ref(state: &AppState) -> Self {
+        state.alerts().clone()
     }
 }
 
 fn bad(m: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(m.into())
+    ApiError::BadRequest(m.into().into())
+}
+
+/// The watchdog's answer, as the API's: the messages are fixed (they say
+/// where to look, never echo the cause).
+fn unavailable(e: HistoryError) -> ApiError {
+    match e {
+        HistoryError::Unavailable(NoStore::Disabled) => {
+            ApiError::Unavailable("the watchdog is disabled in the configuration")
+        }
+        HistoryError::Unavailable(NoStore::InMemory) => ApiError::Unavailable(
+            "the watchdog runs without its state database (see /healthz and the agent's log): \
+             it evaluates and notifies, but keeps no alert history to list",
+        ),
+        HistoryError::Store(e) => {
+            tracing::warn!(error = %ErrorChain(&e), "alert API query failed");
+            ApiError::Failed("the alert store failed; see the agent's log")
+        }
+    }
 }
 
 fn parse_time(name: &str, v: &str) -> Result<SystemTime, ApiError> {
@@ -105,7 +88,7 @@ fn parse_time(name: &str, v: &str) -> Result<SystemTime, ApiError> {
         }
         return Err(bad(format!("{name}: {v:?} is not a plausible Unix time")));
     }
-    super::notification::parse_time(v).ok_or_else(|| {
+    crate::alert::notification::parse_time(v).ok_or_else(|| {
         bad(format!(
             "{name}: {v:?} is neither RFC 3339 (2026-01-02T03:04:05Z) nor Unix seconds"
         ))
@@ -208,17 +191,13 @@ fn episode_json(e: &EpisodeRow) -> Value {
 }
 
 async fn list(
-    State(store): State<Result<Store, NoStore>>,
+    State(history): State<AlertHistory>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
     let q = parse_query(&pairs)?;
-    let store = store.map_err(ApiError::Unavailable)?;
     let page_mode = matches!(q.position, Position::Page(_));
-    let page = store.query(q).await.map_err(|e| {
-        tracing::warn!(error = %crate::pipeline::ErrorChain(&e), "alert API query failed");
-        ApiError::Internal
-    })?;
+    let page = history.query(q).await.map_err(unavailable)?;
     let next_page = match page.next {
         Some(Position::Page(p)) if page_mode => Some(p),
         _ => None,

@@ -1,0 +1,657 @@
+//! What a [`MetricSource`](super::MetricSource) writes into: one vocabulary
+//! (`family`, `sample`, `label_set`, `sample_in`, `histogram`), more than
+//! one encoder behind it, in the style of prometheus/client_rust's
+//! `DescriptorEncoder` (an enum with one arm per encoding).
+//!
+//! - [`MetricWriter::Text`]: the hand-written, cached text path
+//!   ([`TextWriter`]: Prometheus text 0.0.4, OpenMetrics 1.0.0, JSON).
+//! - [`MetricWriter::Samples`]: a [`SampleCollector`] that keeps each family
+//!   and its series as values, `(name, labels, value)`, for a pusher
+//!   (remote_write, OTLP) that builds its own messages.
+//!
+//! Each call is one `match` on the arm; the text arm then runs exactly the
+//! code it ran before there were arms (the encode benchmark holds this).
+//!
+//! Both arms apply the same rules: a family written twice, a bad name, a
+//! counter that is NaN or negative, a repeated series or a mix of plain and
+//! shared labels in one family are left out and counted, and `finish` adds
+//! `vmscope_exposition_series_skipped`. So a collector sees exactly the
+//! families and series the text encoder writes (a test holds this over the
+//! fixture snapshot). Neither fails.
+
+use std::collections::HashSet;
+
+use super::writer::{
+    Desc, Format, LabelSet, MetricType, TextWriter, Value, WriterState, le_text, valid_label_names,
+    valid_metric_name,
+};
+
+/// The encoder a source writes into (see the module docs).
+// The text arm is the large and the hot one: boxing it would allocate per
+// exposition for the sake of the rare collector.
+#[allow(clippy::large_enum_variant)]
+pub enum MetricWriter<'a> {
+    /// Text formats, appended to a `String`.
+    Text(TextWriter<'a>),
+    /// Structured samples, for pushers.
+    Samples(&'a mut SampleCollector),
+}
+
+impl<'a> MetricWriter<'a> {
+    /// Starts a new text exposition at the end of `out`.
+    pub fn new(out: &'a mut String, format: Format) -> Self {
+        MetricWriter::Text(TextWriter::new(out, format))
+    }
+
+    /// Continues a text exposition whose beginning was written earlier.
+    pub fn resume(out: &'a mut String, format: Format, prior: &'a WriterState) -> Self {
+        MetricWriter::Text(TextWriter::resume(out, format, prior))
+    }
+
+    /// Collects samples into `into` instead of writing text.
+    pub fn samples(into: &'a mut SampleCollector) -> Self {
+        MetricWriter::Samples(into)
+    }
+
+    /// The text families written so far with their offsets (none when
+    /// collecting samples).
+    pub fn family_starts(&self) -> &[(&'static str, usize)] {
+        match self {
+            MetricWriter::Text(w) => w.family_starts(),
+            MetricWriter::Samples(_) => &[],
+        }
+    }
+
+    /// See [`TextWriter::label_set`].
+    pub fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        match self {
+            MetricWriter::Text(w) => w.label_set(labels),
+            MetricWriter::Samples(c) => c.label_set(labels),
+        }
+    }
+
+    /// Starts a family. Samples until the next `family` call belong to it.
+    pub fn family(&mut self, desc: &'static Desc) {
+        match self {
+            MetricWriter::Text(w) => w.family(desc),
+            MetricWriter::Samples(c) => c.family(desc),
+        }
+    }
+
+    /// One series of the current (gauge or counter) family.
+    #[inline]
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        let value = value.into();
+        match self {
+            MetricWriter::Text(w) => w.sample(labels, value),
+            MetricWriter::Samples(c) => c.sample(labels, value),
+        }
+    }
+
+    /// One series labelled with the shared `set` followed by `extra`; see
+    /// [`TextWriter::sample_in`] for the rules.
+    #[inline]
+    pub fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        let value = value.into();
+        match self {
+            MetricWriter::Text(w) => w.sample_in(set, extra, value),
+            MetricWriter::Samples(c) => c.sample_in(set, extra, value),
+        }
+    }
+
+    /// One histogram series; see [`TextWriter::histogram`].
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        match self {
+            MetricWriter::Text(w) => w.histogram(labels, buckets, sum, count),
+            MetricWriter::Samples(c) => c.histogram(labels, buckets, sum, count),
+        }
+    }
+
+    /// Closes the current family; for text, what [`MetricWriter::resume`]
+    /// needs to continue the exposition elsewhere.
+    pub fn suspend(self) -> WriterState {
+        match self {
+            MetricWriter::Text(w) => w.suspend(),
+            MetricWriter::Samples(c) => {
+                c.close_family();
+                WriterState::default()
+            }
+        }
+    }
+
+    /// Adds the skip counts and ends the exposition.
+    pub fn finish(self) {
+        match self {
+            MetricWriter::Text(w) => w.finish(),
+            MetricWriter::Samples(c) => c.finish(),
+        }
+    }
+}
+
+/// The five calls of the vocabulary, implemented by each encoder. Most
+/// sources write through [`MetricWriter`] (one `match` per call); a hot
+/// source (the snapshot: every VM's series) matches once and runs code
+/// made for the arm, so the text path is exactly the text writer's.
+pub trait Encode {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet;
+    fn family(&mut self, desc: &'static Desc);
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>);
+    fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: impl Into<Value>);
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64);
+}
+
+impl Encode for TextWriter<'_> {
+    #[inline]
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        TextWriter::label_set(self, labels)
+    }
+    #[inline]
+    fn family(&mut self, desc: &'static Desc) {
+        TextWriter::family(self, desc);
+    }
+    #[inline]
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        TextWriter::sample(self, labels, value);
+    }
+    #[inline]
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        TextWriter::sample_in(self, set, extra, value);
+    }
+    #[inline]
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        TextWriter::histogram(self, labels, buckets, sum, count);
+    }
+}
+
+impl Encode for SampleCollector {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        SampleCollector::label_set(self, labels)
+    }
+    fn family(&mut self, desc: &'static Desc) {
+        SampleCollector::family(self, desc);
+    }
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        SampleCollector::sample(self, labels, value.into());
+    }
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        SampleCollector::sample_in(self, set, extra, value.into());
+    }
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        SampleCollector::histogram(self, labels, buckets, sum, count);
+    }
+}
+
+/// One series as a value: a histogram gives one per bucket (`_bucket` with
+/// `le`), `_sum` and `_count`, named as in the text format.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: Value,
+}
+
+/// One family with at least one series (as in the text, a family without
+/// series is not there).
+#[derive(Debug, Clone)]
+pub struct Family {
+    pub desc: &'static Desc,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ok,
+    Duplicate,
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Unused,
+    Plain,
+    Shared,
+}
+
+/// A label set registered with `label_set`.
+#[derive(Debug)]
+struct SharedSet {
+    labels: Vec<(&'static str, String)>,
+    valid: bool,
+    /// The number of the family it was last used in (0: never).
+    used_in: u32,
+}
+
+/// Collects families and series as values (the `Samples` encoder).
+#[derive(Debug, Default)]
+pub struct SampleCollector {
+    families: Vec<Family>,
+    names: HashSet<&'static str>,
+    current: Option<(&'static Desc, State)>,
+    /// Whether the current family's [`Family`] was pushed (first series).
+    opened: bool,
+    mode: Option<Mode>,
+    /// Label blocks of the current family's series, for the duplicate check.
+    seen: HashSet<Vec<(String, String)>>,
+    sets: Vec<SharedSet>,
+    family_no: u32,
+    run: Option<usize>,
+    duplicate: u64,
+    invalid: u64,
+}
+
+impl SampleCollector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The families collected, in the order they were written.
+    pub fn families(&self) -> &[Family] {
+        &self.families
+    }
+
+    pub fn into_families(self) -> Vec<Family> {
+        self.families
+    }
+
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        let owned: Vec<(&'static str, String)> =
+            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let valid = valid_label_names(labels, false);
+        if let Some(i) = self
+            .sets
+            .iter()
+            .position(|s| s.labels == owned && s.valid == valid)
+        {
+            return LabelSet::from_index(i);
+        }
+        self.sets.push(SharedSet {
+            labels: owned,
+            valid,
+            used_in: 0,
+        });
+        LabelSet::from_index(self.sets.len() - 1)
+    }
+
+    fn close_family(&mut self) {
+        self.current = None;
+    }
+
+    fn family(&mut self, desc: &'static Desc) {
+        self.close_family();
+        let valid = valid_metric_name(desc.name)
+            && (desc.kind != MetricType::Counter
+                || (desc.name.ends_with("_total") && desc.name.len() > "_total".len()));
+        let state = if !valid {
+            State::Invalid
+        } else if !self.names.insert(desc.name) {
+            State::Duplicate
+        } else {
+            State::Ok
+        };
+        self.current = Some((desc, state));
+        self.opened = false;
+        self.mode = Some(Mode::Unused);
+        self.seen.clear();
+        self.family_no = self.family_no.wrapping_add(1).max(1);
+        self.run = None;
+    }
+
+    /// The current family if a series with `labels` may go into it; counts
+    /// why not otherwise (the text writer's checks, in its order).
+    fn admit(&mut self, labels: &[(&str, &str)], valid: impl FnOnce(&Desc) -> bool) -> bool {
+        let Some((desc, state)) = self.current else {
+            self.invalid += 1;
+            return false;
+        };
+        match state {
+            State::Duplicate => {
+                self.duplicate += 1;
+                false
+            }
+            State::Invalid => {
+                self.invalid += 1;
+                false
+            }
+            State::Ok => {
+                let ok =
+                    valid(desc) && valid_label_names(labels, desc.kind == MetricType::Histogram);
+                if !ok {
+                    self.invalid += 1;
+                }
+                ok
+            }
+        }
+    }
+
+    fn enter_mode(&mut self, mode: Mode) -> bool {
+        match self.mode {
+            Some(Mode::Unused) | None => {
+                self.mode = Some(mode);
+                true
+            }
+            Some(m) => m == mode,
+        }
+    }
+
+    fn counter_or_gauge_ok(value: Value) -> impl FnOnce(&Desc) -> bool {
+        move |d| match d.kind {
+            MetricType::Gauge => true,
+            MetricType::Counter => !value.is_nan_or_negative(),
+            MetricType::Histogram => false,
+        }
+    }
+
+    /// Keeps a series unless its labels repeat one of this family's.
+    fn push(&mut self, key: Vec<(String, String)>, samples: Vec<Sample>) {
+        if !self.seen.insert(key) {
+            self.duplicate += 1;
+            return;
+        }
+        let Some((desc, _)) = self.current else {
+            return;
+        };
+        if !self.opened {
+            self.families.push(Family {
+                desc,
+                samples: Vec::new(),
+            });
+            self.opened = true;
+        }
+        if let Some(f) = self.families.last_mut() {
+            f.samples.extend(samples);
+        }
+    }
+
+    fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+        if !self.admit(labels, Self::counter_or_gauge_ok(value)) {
+            return;
+        }
+        if !self.enter_mode(Mode::Plain) {
+            self.invalid += 1;
+            return;
+        }
+        let Some((desc, _)) = self.current else {
+            return;
+        };
+        let labels = Self::owned(labels);
+        let sample = Sample {
+            name: desc.name.to_owned(),
+            labels: labels.clone(),
+            value,
+        };
+        self.push(labels, vec![sample]);
+    }
+
+    fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
+        let Some(shared) = self.sets.get(set.index()) else {
+            self.invalid += 1;
+            return;
+        };
+        let set_valid = shared.valid;
+        let collides = extra
+            .iter()
+            .any(|(k, _)| shared.labels.iter().any(|(n, _)| n == k));
+        if !set_valid
+            || !valid_label_names(extra, false)
+            || collides
+            || !self.enter_mode(Mode::Shared)
+        {
+            self.invalid += 1;
+            return;
+        }
+        if !self.admit(&[], Self::counter_or_gauge_ok(value)) {
+            return;
+        }
+        if self.run != Some(set.index()) {
+            let fam = self.family_no;
+            match self.sets.get_mut(set.index()) {
+                Some(s) if s.used_in != fam => s.used_in = fam,
+                _ => {
+                    self.duplicate += 1;
+                    return;
+                }
+            }
+            self.run = Some(set.index());
+        }
+        let Some((desc, _)) = self.current else {
+            return;
+        };
+        let mut labels: Vec<(String, String)> = self
+            .sets
+            .get(set.index())
+            .map(|s| {
+                s.labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        labels.extend(Self::owned(extra));
+        let sample = Sample {
+            name: desc.name.to_owned(),
+            labels: labels.clone(),
+            value,
+        };
+        self.push(labels, vec![sample]);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        let ordered = buckets.windows(2).all(|w| match w {
+            [a, b] => a.0 < b.0 && a.1 <= b.1,
+            _ => true,
+        });
+        let finite = buckets.iter().all(|b| b.0.is_finite());
+        let within = buckets.last().is_none_or(|b| b.1 <= count);
+        let valid = ordered && finite && within && !sum.is_nan();
+        if !self.admit(labels, |d| valid && d.kind == MetricType::Histogram) {
+            return;
+        }
+        let Some((desc, _)) = self.current else {
+            return;
+        };
+        let key = Self::owned(labels);
+        let mut samples = Vec::with_capacity(buckets.len() + 3);
+        for (le, n) in buckets
+            .iter()
+            .copied()
+            .chain(std::iter::once((f64::INFINITY, count)))
+        {
+            let mut l = key.clone();
+            l.push(("le".to_owned(), le_text(le, Format::Text)));
+            samples.push(Sample {
+                name: format!("{}_bucket", desc.name),
+                labels: l,
+                value: Value::U64(n),
+            });
+        }
+        for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
+            samples.push(Sample {
+                name: format!("{}{suffix}", desc.name),
+                labels: key.clone(),
+                value: v,
+            });
+        }
+        self.push(key, samples);
+    }
+
+    fn finish(&mut self) {
+        let (duplicate, invalid) = (self.duplicate, self.invalid);
+        self.family(&super::writer::SKIPPED);
+        self.sample(&[("reason", "duplicate")], Value::U64(duplicate));
+        self.sample(&[("reason", "invalid")], Value::U64(invalid));
+        self.close_family();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{Histogram, MetricSource, encode, fixture};
+
+    type Series = (String, Vec<(String, String)>, f64);
+
+    /// The families (`# TYPE` lines) and series of a Prometheus text
+    /// exposition, parsed back.
+    fn parse_text(text: &str) -> (Vec<String>, Vec<Series>) {
+        let mut families = Vec::new();
+        let mut series = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                families.push(rest.split(' ').next().unwrap().to_owned());
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let name_end = line.find(['{', ' ']).unwrap();
+            let name = line[..name_end].to_owned();
+            let mut labels = Vec::new();
+            let mut rest = &line[name_end..];
+            if let Some(r) = rest.strip_prefix('{') {
+                rest = r;
+                while !rest.starts_with('}') {
+                    let eq = rest.find("=\"").unwrap();
+                    let key = rest[..eq].to_owned();
+                    let mut chars = rest[eq + 2..].char_indices();
+                    let mut value = String::new();
+                    let end = loop {
+                        let (i, c) = chars.next().unwrap();
+                        match c {
+                            '"' => break eq + 2 + i + 1,
+                            '\\' => match chars.next().unwrap().1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            c => value.push(c),
+                        }
+                    };
+                    labels.push((key, value));
+                    rest = rest[end..].strip_prefix(',').unwrap_or(&rest[end..]);
+                }
+                rest = &rest[1..];
+            }
+            let value = match rest.trim() {
+                "NaN" => f64::NAN,
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap(),
+            };
+            series.push((name, labels, value));
+        }
+        (families, series)
+    }
+
+    fn as_f64(v: Value) -> f64 {
+        match v {
+            Value::U64(n) => n as f64,
+            Value::I64(n) => n as f64,
+            Value::F64(f) => f,
+        }
+    }
+
+    static DUR: Desc = Desc::histogram("t_duration_seconds", "A histogram.");
+    static TWICE: Desc = Desc::gauge("t_twice", "Written twice.");
+    static NEG: Desc = Desc::counter("t_events_total", "A counter.");
+
+    /// A source that uses the rest of the vocabulary, and breaks the rules
+    /// in each way the writer counts.
+    struct Odd;
+
+    impl MetricSource for Odd {
+        fn encode(&self, out: &mut MetricWriter<'_>) {
+            static BOUNDS: [f64; 3] = [0.005, 0.25, 1.0];
+            let mut h = Histogram::new(&BOUNDS);
+            for v in [0.001, 0.1, 0.3, 7.0] {
+                h.observe(v);
+            }
+            out.family(&DUR);
+            h.write(out, &[("route", "/a \"b\"\\\n")]);
+            h.write(out, &[("route", "/a \"b\"\\\n")]); // a repeated series
+            h.write(out, &[("le", "x")]); // `le` is the histogram's own
+            out.family(&TWICE);
+            out.sample(&[], 1u64);
+            out.family(&TWICE); // the family again
+            out.sample(&[], 2u64);
+            out.family(&NEG);
+            out.sample(&[("k", "v")], -1i64); // a negative counter
+            out.sample(&[("k", "w")], 3u64);
+            let set = out.label_set(&[("vm_id", "a")]);
+            out.sample_in(set, &[("cpu", "0")], 1.5);
+            out.sample(&[("k", "x")], 1u64); // plain after shared labels
+        }
+    }
+
+    #[test]
+    fn the_sample_collector_sees_what_the_text_encoder_writes() {
+        let mut snap = fixture::snapshot(7);
+        snap.vms[1].name = "a \"quoted\" \\ name\nwith newline".into();
+        let sources: [&dyn MetricSource; 2] = [&snap, &Odd];
+        let text = encode(Format::Text, &sources);
+
+        let mut collector = SampleCollector::new();
+        let mut w = MetricWriter::samples(&mut collector);
+        for s in sources {
+            s.encode(&mut w);
+        }
+        w.finish();
+
+        let (text_families, text_series) = parse_text(&text);
+        let families: Vec<String> = collector
+            .families()
+            .iter()
+            .map(|f| f.desc.name.to_owned())
+            .collect();
+        assert_eq!(families, text_families);
+        let series: Vec<Series> = collector
+            .families()
+            .iter()
+            .flat_map(|f| &f.samples)
+            .map(|s| (s.name.clone(), s.labels.clone(), as_f64(s.value)))
+            .collect();
+        assert!(series.len() > 200, "{}", series.len());
+        assert_eq!(series.len(), text_series.len());
+        for (got, want) in series.iter().zip(&text_series) {
+            let same_value = got.2 == want.2 || (got.2.is_nan() && want.2.is_nan());
+            assert!(
+                got.0 == want.0 && got.1 == want.1 && same_value,
+                "{got:?} != {want:?}"
+            );
+        }
+        // The skips were counted alike: 1 duplicate series + 1 duplicate
+        // family; `le`, the negative counter and the mixed labels invalid.
+        let skipped: Vec<&Series> = series
+            .iter()
+            .filter(|s| s.0 == "vmscope_exposition_series_skipped")
+            .collect();
+        assert_eq!(skipped[0].2, 2.0, "{skipped:?}");
+        assert_eq!(skipped[1].2, 3.0, "{skipped:?}");
+    }
+}
