@@ -1,30 +1,53 @@
 //! vmscope: an observability agent for virtual-machine hosts.
 //!
-//! Data flow (see `docs/architecture.md`):
+//! Modules in data-flow order (see `docs/architecture.md`, which also has
+//! the import rules that `layering.rs` holds):
 //!
 //! ```text
-//! discovery/  -> which VMs exist (process scan, libvirt status XML)
-//! collectors/ -> one file per thing measured (vm_process, vm_vcpu, vm_net, host_*)
-//! host/       -> roots, held-descriptor reads, clock: what both stand on
-//! pipeline/   -> runs both on an interval, builds one immutable Arc<Snapshot>
-//! consumers:     export/ (Prometheus text, OpenMetrics, JSON)   api/ (HTTP)
+//! error, model, host     what everything stands on (no agent imports)
+//! discovery, collectors  which VMs exist; one file per thing measured
+//! owners                 who owns each VM (sources, one resolve step)
+//! pipeline               the tick: one immutable Arc<Snapshot> per interval
+//! export, outbound       metric sources and encoders; delivery out
+//! store, alert           state database; the watchdog and its sinks
+//! config                 every section, loaded and checked
+//! api, server            the HTTP edge
+//! cli                    the commands; `serve` is the composition root
 //! ```
 
-pub mod alert;
-pub mod api;
-pub mod cli;
-pub mod collectors;
-pub mod config;
-pub mod discovery;
+// What everything stands on.
 pub mod error;
-pub mod export;
 pub mod host;
 pub mod model;
-pub mod outbound;
+
+// Which VMs exist, what they use, who owns them.
+pub mod discovery;
+
+pub mod collectors;
+
 pub mod owners;
+
+// The tick.
 pub mod pipeline;
-pub mod server;
+
+// Consumers of the snapshot.
+pub mod export;
+
+pub mod outbound;
+
 pub mod store;
+
+pub mod alert;
+
+// Configuration of all of the above.
+pub mod config;
+
+// The HTTP edge.
+pub mod api;
+pub mod server;
+
+// The commands.
+pub mod cli;
 
 /// Version and build facts, exported as `vmscope_build_info`.
 pub struct BuildInfo;
