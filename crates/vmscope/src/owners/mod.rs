@@ -28,6 +28,7 @@
 //! [`OwnersConfig`], one line in [`SOURCES`].
 
 pub mod cmdline;
+pub mod file;
 pub mod map;
 pub mod nova;
 pub mod resolve;
@@ -52,6 +53,7 @@ pub use runner::{FetchError, Health, OwnerSource, RunOptions};
 #[serde(deny_unknown_fields, default)]
 pub struct OwnersConfig {
     pub nova: nova::Config,
+    pub file: file::Config,
     pub cmdline: cmdline::Config,
 }
 
@@ -97,6 +99,11 @@ pub const SOURCES: &[SourceSpec] = &[
     SourceSpec {
         name: "nova",
         start: nova::start,
+    },
+    // The platform's own records before a pattern's guess.
+    SourceSpec {
+        name: "file",
+        start: file::start,
     },
     SourceSpec {
         name: "cmdline",

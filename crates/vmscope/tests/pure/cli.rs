@@ -159,6 +159,68 @@ fn vms_json_over_the_fixture_tree() {
 }
 
 #[test]
+fn vms_takes_owners_from_a_mapping_file_below_nova() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+    let dir = tempfile::tempdir().unwrap();
+    let paths = format!(
+        "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
+        root.join("proc"),
+        root.join("run"),
+        root.join("rootfs")
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, &paths).unwrap();
+    let vms = |cfg: &Path| -> Vec<serde_json::Value> {
+        let (code, out, err) = run(bin()
+            .args(["vms", "-o", "json", "--window", "0.2", "-c"])
+            .arg(cfg));
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let before = vms(&cfg);
+    let unowned: Vec<&str> = before
+        .iter()
+        .filter(|v| v["owner"].is_null())
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    let nova = before
+        .iter()
+        .find(|v| v["owner"]["user_name"].is_string())
+        .expect("the fixture has a Nova-owned VM");
+    let nova_name = nova["name"].as_str().unwrap();
+    let nova_user = nova["owner"]["user_name"].as_str().unwrap();
+    assert!(!unowned.is_empty());
+    // A CSV mapping: one unowned VM by name, and the Nova VM, whose Nova
+    // fields win (the file only fills what Nova left empty).
+    let mapping = dir.path().join("owners.csv");
+    std::fs::write(
+        &mapping,
+        format!(
+            "name,user_name,project_name\n\"{}\",zed,proj-z\n{nova_name},mallory,\n",
+            unowned[0].replace('"', "\"\"")
+        ),
+    )
+    .unwrap();
+    std::fs::write(&cfg, format!("{paths}[owners.file]\npath = {mapping:?}\n")).unwrap();
+    let after = vms(&cfg);
+    let by_name = |n: &str| after.iter().find(|v| v["name"] == n).unwrap().clone();
+    let mapped = by_name(unowned[0]);
+    assert_eq!(mapped["owner"]["user_name"], "zed", "{mapped}");
+    assert_eq!(mapped["owner"]["project_name"], "proj-z", "{mapped}");
+    assert_eq!(by_name(nova_name)["owner"]["user_name"], nova_user);
+    // A mapping file with an extension vmscope cannot read is a config error
+    // naming the key.
+    std::fs::write(
+        &cfg,
+        format!("{paths}[owners.file]\npath = \"/x/owners.txt\"\n"),
+    )
+    .unwrap();
+    let (code, _, err) = run(bin().arg("check-config").arg(&cfg));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("owners.file.format"), "{err}");
+}
+
+#[test]
 fn serve_refuses_a_port_in_use() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
