@@ -28,7 +28,10 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("host", &[]),
     ("discovery", &["host", "model"]),
     ("collectors", &["host", "model", "config"]),
-    ("owners", &["discovery", "model", "error", "config"]),
+    (
+        "owners",
+        &["discovery", "model", "error", "config", "export"],
+    ),
     ("export", &["model", "error"]),
     ("outbound", &["error"]),
     ("store", &["export", "model", "error"]),

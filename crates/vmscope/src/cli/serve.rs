@@ -45,6 +45,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let collector = Collector::new(&cfg)
             .context("setting up collection")
             .map_err(Failure::runtime)?;
+        let owner_metrics: Arc<dyn MetricSource> = Arc::new(collector.owner_metrics());
         let snapshots = spawn(collector, cfg.interval())
             .context("starting the collector thread")
             .map_err(Failure::runtime)?;
@@ -63,7 +64,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
-        let state = state(snapshots, &watchdog);
+        let state = state_with(snapshots, &watchdog, vec![owner_metrics]);
         let http_metrics = state.shared_http_metrics();
         let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -88,12 +89,22 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
 /// age, the HTTP self-metrics (with the server's connection counters).
 /// Next: pushers take the same `Sources`.
 pub fn state(snapshots: watch::Receiver<Arc<Snapshot>>, watchdog: &Watchdog) -> AppState {
+    state_with(snapshots, watchdog, Vec::new())
+}
+
+/// [`state`] with the sources that live with the collector (the owner
+/// sources' health), written after the watchdog's.
+pub fn state_with(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    watchdog: &Watchdog,
+    collector_sources: Vec<Arc<dyn MetricSource>>,
+) -> AppState {
     let http = Arc::new(HttpMetrics::new());
-    let sources = Sources::new(vec![
-        watchdog.metrics(),
-        Arc::new(SnapshotAge::new(snapshots.clone())),
-        Arc::clone(&http) as Arc<dyn MetricSource>,
-    ]);
+    let mut list = vec![watchdog.metrics()];
+    list.extend(collector_sources);
+    list.push(Arc::new(SnapshotAge::new(snapshots.clone())));
+    list.push(Arc::clone(&http) as Arc<dyn MetricSource>);
+    let sources = Sources::new(list);
     AppState::from_parts(Parts {
         snapshots,
         sources,

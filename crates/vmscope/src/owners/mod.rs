@@ -30,6 +30,7 @@
 pub mod cmdline;
 pub mod file;
 pub mod map;
+pub mod metrics;
 pub mod nova;
 pub mod resolve;
 pub mod runner;
@@ -45,6 +46,7 @@ use crate::model::Owner;
 use crate::model::VmStats;
 
 pub use map::{OwnerMap, VmKey};
+pub use metrics::OwnerSourceMetrics;
 pub use resolve::{Owners, fill};
 pub use runner::{FetchError, Health, OwnerSource, RunOptions};
 

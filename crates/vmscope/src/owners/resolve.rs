@@ -129,6 +129,21 @@ impl Owners {
         }
     }
 
+    /// `/metrics` for the fetched sources: reads their published health,
+    /// shared with the runners, so it can be taken before the tick's thread
+    /// owns `self`.
+    pub fn metrics(&self) -> super::OwnerSourceMetrics {
+        super::OwnerSourceMetrics::new(
+            self.layers
+                .iter()
+                .filter_map(|(name, l)| match l {
+                    Layer::Map(r, _) => Some((*name, Arc::clone(&r.published))),
+                    Layer::Facts(_) => None,
+                })
+                .collect(),
+        )
+    }
+
     /// Health of each fetched source, for `/metrics`.
     pub fn health(&self) -> Vec<(&'static str, Health)> {
         self.layers

@@ -153,6 +153,12 @@ impl Collector {
         })
     }
 
+    /// The owner sources' self-metrics (`vmscope_owner_source_*`), for the
+    /// metric-source list; take it before the collector moves to its thread.
+    pub fn owner_metrics(&self) -> crate::owners::OwnerSourceMetrics {
+        self.owners.metrics()
+    }
+
     /// Number of VMs followed right now.
     pub fn followed(&self) -> usize {
         self.vms.len()

@@ -13,6 +13,7 @@ mod cli_robustness;
 mod e2e;
 mod http_hardening;
 mod hung_mount;
+mod owners;
 mod state_db;
 mod watchdog_e2e;
 mod watchdog_secrets;
