@@ -234,25 +234,25 @@ fn move_section_keys(cfg: &mut Config, store_path_set: bool) -> Result<(), Confi
     Ok(())
 }
 
+/// How a renamed key's value becomes the new key's (env keys for messages).
+type Convert = fn(&RenamedKey, Node, &[(String, String)]) -> Result<Node, ConfigError>;
+
 /// Moves renamed keys of the merged tree (file and environment) to their new
-/// names and returns the ones found. Both names at once is an error: which
-/// one was meant cannot be told. `env_keys` (dotted path, variable) follow
-/// the move, so an error in a value still names its variable.
-fn rename_keys(
+/// names, turning each value with `convert`, and returns the ones found.
+/// Both names at once is an error ([`env_wins`] says when it is not).
+/// `env_keys` (dotted path, variable) follow the move, so an error in a
+/// value still names its variable.
+fn move_keys(
     tree: &mut Node,
     renamed: &[RenamedKey],
     env_keys: &mut [(String, String)],
+    convert: Convert,
 ) -> Result<Vec<RenamedKey>, ConfigError> {
     let mut found = Vec::new();
-    let Node::Table(root) = tree.open_table() else {
-        return Ok(found);
-    };
     for r in renamed {
-        let (Some((section, old)), Some((_, new))) = (r.old.split_once('.'), r.new.split_once('.'))
-        else {
-            continue;
-        };
-        let Some(Node::Table(table)) = root.get_mut(section).map(Node::open_table) else {
+        let (parent, old) = r.old.rsplit_once('.').unwrap_or(("", r.old));
+        let new = r.new.rsplit_once('.').map_or(r.new, |(_, n)| n);
+        let Some(table) = table_at(tree, parent) else {
             continue;
         };
         let Some(value) = table.remove(old) else {
@@ -268,7 +268,7 @@ fn rename_keys(
                 None => return Err(both_names(r)),
             }
         }
-        table.insert(new.to_string(), value);
+        table.insert(new.to_string(), convert(r, value, env_keys)?);
         for (path, _) in env_keys.iter_mut() {
             if path == r.old || path.starts_with(&format!("{}.", r.old)) {
                 *path = format!("{}{}", r.new, &path[r.old.len()..]);
@@ -277,6 +277,11 @@ fn rename_keys(
         found.push(*r);
     }
     Ok(found)
+}
+
+/// A renamed key whose value means the same under its new name.
+fn same_value(_: &RenamedKey, value: Node, _: &[(String, String)]) -> Result<Node, ConfigError> {
+    Ok(value)
 }
 
 /// Both the old and the new name of a key are set. When one came from
@@ -324,63 +329,34 @@ pub const SECONDS_KEYS: &[RenamedKey] = &[
     },
 ];
 
-/// Moves each old seconds key to its new duration key, turning the number
-/// into the same duration as a humantime string. Runs after
-/// [`rename_keys`], so `[collectors.filesystem] timeout_secs` arrives here
-/// as `collectors.host_filesystem.timeout_secs`.
-fn seconds_to_durations(
-    tree: &mut Node,
-    keys: &[RenamedKey],
-    env_keys: &mut [(String, String)],
-) -> Result<Vec<RenamedKey>, ConfigError> {
-    let mut found = Vec::new();
-    for r in keys {
-        let (parent, old) = r.old.rsplit_once('.').unwrap_or(("", r.old));
-        let new = r.new.rsplit_once('.').map_or(r.new, |(_, n)| n);
-        let Some(table) = table_at(tree, parent) else {
-            continue;
-        };
-        let Some(value) = table.remove(old) else {
-            continue;
-        };
-        if table.contains_key(new) {
-            match env_wins(r, &value, env_keys) {
-                Some(true) => {}
-                Some(false) => {
-                    found.push(*r);
-                    continue;
-                }
-                None => return Err(both_names(r)),
-            }
-        }
-        let secs = match &value {
-            Node::Toml(toml::Value::Integer(i)) => Some(*i as f64),
-            Node::Toml(toml::Value::Float(f)) => Some(*f),
-            Node::Env(s) => decimal(s),
-            _ => None,
-        }
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 1e9);
+/// An old seconds key's number as the same duration in a humantime string.
+/// Runs after the collector renames, so `[collectors.filesystem]
+/// timeout_secs` arrives here as `collectors.host_filesystem.timeout_secs`.
+fn seconds_to_duration(
+    r: &RenamedKey,
+    value: Node,
+    env_keys: &[(String, String)],
+) -> Result<Node, ConfigError> {
+    let secs = match &value {
+        Node::Toml(toml::Value::Integer(i)) => Some(*i as f64),
+        Node::Toml(toml::Value::Float(f)) => Some(*f),
+        Node::Env(s) => decimal(s),
+        _ => None,
+    }
+    .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 1e9);
+    let Some(secs) = secs else {
         let var = env_keys
             .iter()
             .find(|(p, _)| p == r.old)
             .map(|(_, v)| format!(" (from environment variable {v})"))
             .unwrap_or_default();
-        let Some(secs) = secs else {
-            return Err(ConfigError::Invalid(format!(
-                "{}: expected a number of seconds, at least 0 (or use {} = \"5s\"){var}",
-                r.old, r.new
-            )));
-        };
-        let text = humantime::format_duration(Duration::from_secs_f64(secs)).to_string();
-        table.insert(new.to_string(), Node::Toml(toml::Value::String(text)));
-        for (path, _) in env_keys.iter_mut() {
-            if path == r.old {
-                *path = r.new.to_string();
-            }
-        }
-        found.push(*r);
-    }
-    Ok(found)
+        return Err(ConfigError::Invalid(format!(
+            "{}: expected a number of seconds, at least 0 (or use {} = \"5s\"){var}",
+            r.old, r.new
+        )));
+    };
+    let text = humantime::format_duration(Duration::from_secs_f64(secs)).to_string();
+    Ok(Node::Toml(toml::Value::String(text)))
 }
 
 /// The table at a dotted path of the merged tree (`""` is the root).
@@ -517,11 +493,12 @@ impl Config {
         vars.retain(|(k, _)| !is_non_config_env(k));
         let mut tree = Node::from_table(tree);
         let mut from_env = merge_env(&mut tree, &vars)?;
-        let mut renamed = rename_keys(&mut tree, RENAMED_COLLECTOR_KEYS, &mut from_env)?;
-        renamed.extend(seconds_to_durations(
+        let mut renamed = move_keys(&mut tree, RENAMED_COLLECTOR_KEYS, &mut from_env, same_value)?;
+        renamed.extend(move_keys(
             &mut tree,
             SECONDS_KEYS,
             &mut from_env,
+            seconds_to_duration,
         )?);
         let store_path_set = tree_has(&mut tree, "store", "path");
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
