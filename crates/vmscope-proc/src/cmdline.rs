@@ -120,7 +120,8 @@ pub struct VmCmdline {
 }
 
 impl VmCmdline {
-    fn new(kind: HypervisorKind) -> Self {
+    /// Nothing known yet but the hypervisor: what the parsers fill in.
+    pub fn new(kind: HypervisorKind) -> Self {
         VmCmdline {
             kind,
             name: None,

@@ -194,17 +194,9 @@ mod tests {
 
     fn cmdline(name: &str) -> VmCmdline {
         VmCmdline {
-            kind: HypervisorKind::Qemu,
             name: Some(name.into()),
-            uuid: None,
             vcpus: Some(2),
-            memory_bytes: None,
-            taps: Vec::new(),
-            debug_threads: false,
-            accel: None,
-            api_socket: None,
-            fc_id: None,
-            fc_config_file: None,
+            ..VmCmdline::new(HypervisorKind::Qemu)
         }
     }
 

@@ -130,19 +130,7 @@ mod tests {
     };
 
     fn cmdline(kind: HypervisorKind) -> VmCmdline {
-        VmCmdline {
-            kind,
-            name: None,
-            uuid: None,
-            vcpus: None,
-            memory_bytes: None,
-            taps: Vec::new(),
-            debug_threads: false,
-            accel: None,
-            api_socket: None,
-            fc_id: None,
-            fc_config_file: None,
-        }
+        VmCmdline::new(kind)
     }
 
     fn process(kind: HypervisorKind, cmdline: VmCmdline) -> DiscoveredVm {
