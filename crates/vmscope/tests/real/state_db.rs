@@ -12,6 +12,7 @@
 //! the test. Needs root (to drop to `nobody`, and to mount a tiny tmpfs).
 //! No CPU measurements: these run in parallel with other tests.
 
+use crate::support::metrics::sample;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -272,27 +273,9 @@ impl Drop for Agent {
     }
 }
 
-/// GET over loopback, no proxy, bounded; any status is returned.
+/// GET over loopback (the lab's client); any status is returned.
 fn get(url: &str) -> Result<(u16, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    Ok((status, body))
-}
-
-/// One sample's value from a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    crate::support::http::get(url).map(|r| (r.status, r.body))
 }
 
 /// `[watchdog]` with the given database, no built-in rules, and `rest`.

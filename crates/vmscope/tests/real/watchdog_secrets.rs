@@ -15,6 +15,7 @@
 //! Each agent gets its own temporary state database; the child's
 //! environment is cleared of every inherited `VMSCOPE_*` variable.
 
+use crate::support::metrics::sample;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -259,21 +260,9 @@ impl Drop for Agent {
     }
 }
 
-/// GET over loopback, no proxy, bounded; any status is returned.
+/// GET over loopback (the lab's client); any status is returned.
 fn get(url: &str) -> Result<(u16, String), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut resp = agent.get(url).call().map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    Ok((status, body))
+    crate::support::http::get(url).map(|r| (r.status, r.body))
 }
 
 /// A value unique to this run, so a match can only come from this test.
@@ -283,12 +272,6 @@ fn unique(tag: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!("{tag}{}x{nanos}", std::process::id())
-}
-
-/// One sample's value from a Prometheus text exposition.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 // ------------------------------------------------------------------- tests

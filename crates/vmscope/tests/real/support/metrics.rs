@@ -151,6 +151,13 @@ fn parse_value(v: &str) -> Result<f64, String> {
     }
 }
 
+/// The value of the one sample whose line is `series` (name and labels,
+/// written exactly as the exposition writes them) and a value.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
