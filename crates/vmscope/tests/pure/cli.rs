@@ -115,21 +115,22 @@ fn env_overrides_are_checked_too() {
     assert!(err.contains("VMSCOPE_COLLECTORZ__DISK"), "{err}");
 }
 
+/// `[paths]` reading the recorded fixture host (five VMs).
+fn fixture_paths() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+    format!(
+        "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
+        root.join("proc"),
+        root.join("run"),
+        root.join("rootfs")
+    )
+}
+
 #[test]
 fn vms_json_over_the_fixture_tree() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
-            root.join("proc"),
-            root.join("run"),
-            root.join("rootfs")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, fixture_paths()).unwrap();
     let (code, out, err) = run(bin()
         .args(["vms", "-o", "json", "--window", "0.1", "-c"])
         .arg(&cfg));
@@ -160,14 +161,8 @@ fn vms_json_over_the_fixture_tree() {
 
 #[test]
 fn vms_takes_owners_from_a_mapping_file_below_nova() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
     let dir = tempfile::tempdir().unwrap();
-    let paths = format!(
-        "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
-        root.join("proc"),
-        root.join("run"),
-        root.join("rootfs")
-    );
+    let paths = fixture_paths();
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, &paths).unwrap();
     let vms = |cfg: &Path| -> Vec<serde_json::Value> {

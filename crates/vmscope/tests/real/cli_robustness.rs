@@ -27,18 +27,8 @@ fn bin() -> Command {
 /// A config reading the recorded fixture host (five VMs), so `vms` has
 /// rows to write and runs the same everywhere.
 fn fixture_config(dir: &Path) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
     let cfg = dir.join("c.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
-            root.join("proc"),
-            root.join("run"),
-            root.join("rootfs")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, support::fixture_paths()).unwrap();
     cfg
 }
 

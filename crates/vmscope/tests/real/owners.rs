@@ -4,12 +4,11 @@
 //! `vmscope_owner_source_*`, and a half-written file never replaces the
 //! last good rows.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::metrics::sample;
-use crate::support::{free_port, http, poll_until};
+use crate::support::{fixture_paths, free_port, http, poll_until};
 
 struct Serve(Child);
 
@@ -22,7 +21,6 @@ impl Drop for Serve {
 
 #[test]
 fn a_mapping_file_rewritten_while_running_half_written_then_fixed() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
     let dir = tempfile::tempdir().unwrap();
     let mapping = dir.path().join("owners.csv");
     std::fs::write(
@@ -34,10 +32,8 @@ fn a_mapping_file_rewritten_while_running_half_written_then_fixed() {
     std::fs::write(
         &cfg,
         format!(
-            "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n[owners.file]\npath = {mapping:?}\ninterval = \"200ms\"\n",
-            root.join("proc"),
-            root.join("run"),
-            root.join("rootfs")
+            "{}[owners.file]\npath = {mapping:?}\ninterval = \"200ms\"\n",
+            fixture_paths()
         ),
     )
     .unwrap();

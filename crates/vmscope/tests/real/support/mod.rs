@@ -116,3 +116,15 @@ pub fn free_port() -> u16 {
         .expect("local_addr of a bound listener")
         .port()
 }
+
+/// `[paths]` reading the recorded fixture host (`tests/fixtures/host1`,
+/// five VMs): a config that runs the same everywhere.
+pub fn fixture_paths() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+    format!(
+        "[paths]\nproc = {:?}\nrun = {:?}\nrootfs = {:?}\n",
+        root.join("proc"),
+        root.join("run"),
+        root.join("rootfs")
+    )
+}
