@@ -134,25 +134,23 @@ impl Owners {
     /// owns `self`.
     pub fn metrics(&self) -> super::OwnerSourceMetrics {
         super::OwnerSourceMetrics::new(
-            self.layers
-                .iter()
-                .filter_map(|(name, l)| match l {
-                    Layer::Map(r, _) => Some((*name, Arc::clone(&r.published))),
-                    Layer::Facts(_) => None,
-                })
+            self.fetched()
+                .map(|(name, p)| (name, Arc::clone(p)))
                 .collect(),
         )
     }
 
-    /// Health of each fetched source, for `/metrics`.
+    /// Health of each fetched source, now.
     pub fn health(&self) -> Vec<(&'static str, Health)> {
-        self.layers
-            .iter()
-            .filter_map(|(name, l)| match l {
-                Layer::Map(r, _) => Some((*name, r.published.health())),
-                Layer::Facts(_) => None,
-            })
-            .collect()
+        self.fetched().map(|(name, p)| (name, p.health())).collect()
+    }
+
+    /// The fetched sources' shared state, by name.
+    fn fetched(&self) -> impl Iterator<Item = (&'static str, &Arc<runner::Published>)> {
+        self.layers.iter().filter_map(|(name, l)| match l {
+            Layer::Map(r, _) => Some((*name, &r.published)),
+            Layer::Facts(_) => None,
+        })
     }
 
     /// Takes the newest map of each fetched source; `true` if any changed.
