@@ -575,7 +575,7 @@ impl Config {
             ));
         }
         self.http.validate().map_err(ConfigError::Invalid)?;
-        self.owners.file.validate().map_err(ConfigError::Invalid)?;
+        self.owners.validate().map_err(ConfigError::Invalid)?;
         self.store
             .validate()
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -219,6 +219,10 @@ pub struct VmStats {
     pub start_time_seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
+    /// The owner source that attributed the VM (`[owners]` key: `nova`,
+    /// `file`, ...): the highest in precedence that gave any field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_source: Option<&'static str>,
     /// Flavor or machine type, where the platform says (Nova).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flavor: Option<String>,
@@ -263,6 +267,7 @@ impl VmStats {
             state: VmState::Unknown,
             start_time_seconds: 0.0,
             owner: None,
+            owner_source: None,
             flavor: None,
             display_name: None,
             allocated_vcpus: None,

@@ -33,6 +33,8 @@ struct VmSummary<'a> {
     uuid: Option<&'a str>,
     state: VmState,
     owner: Option<&'a Owner>,
+    /// The owner source that attributed the VM (`nova`, `file`, ...).
+    owner_source: Option<&'static str>,
     allocated_vcpus: Option<u32>,
     allocated_memory_bytes: Option<u64>,
     /// Host CPU cores in use (rate over the last interval).
@@ -54,6 +56,7 @@ impl<'a> From<&'a VmStats> for VmSummary<'a> {
             uuid: vm.uuid.as_deref(),
             state: vm.state,
             owner: vm.owner.as_ref(),
+            owner_source: vm.owner_source,
             allocated_vcpus: vm.allocated_vcpus,
             allocated_memory_bytes: vm.allocated_memory_bytes,
             cpu_cores: vm.rates.map(|r| r.cpu_cores),

@@ -41,6 +41,7 @@ pub fn vm(i: usize) -> VmStats {
             project_id: Some(format!("p{}", i % 10)),
             project_name: None,
         }),
+        owner_source: libvirt.then_some("nova"),
         flavor: libvirt.then(|| "m1.small".to_owned()),
         display_name: None,
         allocated_vcpus: Some(2),

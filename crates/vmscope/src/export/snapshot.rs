@@ -363,10 +363,11 @@ fn encode_vms(vms: &[&VmStats], out: &mut impl Encode) {
                 "owner_project",
                 owner.and_then(|o| label(o, OwnerKind::Project)),
             ),
+            ("owner_source", vm.owner_source),
             ("flavor", vm.flavor.as_deref()),
             ("display_name", vm.display_name.as_deref()),
         ];
-        let mut labels = [("", ""); 10];
+        let mut labels = [("", ""); 11];
         let [a, b] = id(vm);
         labels[0] = a;
         labels[1] = b;

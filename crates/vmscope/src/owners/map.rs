@@ -21,12 +21,60 @@ pub enum VmKey {
     Pid(u32),
 }
 
-/// One fetched source's rows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One fetched source's rows, and what it knows about the platform.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct OwnerMap {
     by_id: HashMap<String, Owner>,
     by_name: HashMap<String, Owner>,
     by_pid: HashMap<u32, Owner>,
+    /// The platform's inventory as this source sees it (SQL: users, Redis:
+    /// sessions); empty for sources that know only rows.
+    pub inventory: Inventory,
+}
+
+/// What a fetched source knows about the platform beyond VM rows, counted
+/// in the background when it fetches (never on the scrape path).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// Platform users by active state, as the platform names the states
+    /// (bounded by the source: at most a few dozen states).
+    pub users_by_state: Vec<(String, u64)>,
+    /// Live sessions in the platform's session store.
+    pub sessions: Option<u64>,
+    /// Users by time since they last started a VM.
+    pub last_vm_start: Option<DaysHistogram>,
+}
+
+/// Users by days since their last VM start: the buckets
+/// [`DaysHistogram::BOUNDS_DAYS`] and +Inf, cumulative like Prometheus's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DaysHistogram {
+    /// Users at or below each bound; the last is +Inf (= all users).
+    pub cumulative: [u64; 8],
+    /// Sum of every user's age, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl DaysHistogram {
+    /// The bucket bounds the owners issue asks for, in days.
+    pub const BOUNDS_DAYS: [u64; 7] = [1, 3, 7, 14, 30, 90, 365];
+
+    /// Counts one user whose last VM start is `age` ago (a start in the
+    /// future, from a skewed clock, counts as 0).
+    pub fn observe(&mut self, age: std::time::Duration) {
+        let secs = age.as_secs_f64();
+        self.sum_seconds += secs;
+        for (i, bound) in Self::BOUNDS_DAYS.iter().enumerate() {
+            if secs <= (*bound * 86_400) as f64 {
+                self.cumulative[i] += 1;
+            }
+        }
+        self.cumulative[7] += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.cumulative[7]
+    }
 }
 
 impl OwnerMap {
@@ -102,6 +150,18 @@ mod tests {
             process: None,
             libvirt: None,
         }
+    }
+
+    #[test]
+    fn days_histogram_is_cumulative() {
+        let mut h = DaysHistogram::default();
+        let day = std::time::Duration::from_secs(86_400);
+        h.observe(day / 2);
+        h.observe(day * 3);
+        h.observe(day * 400);
+        assert_eq!(h.cumulative, [1, 2, 2, 2, 2, 2, 2, 3]);
+        assert_eq!(h.count(), 3);
+        assert!((h.sum_seconds - 86_400.0 * 403.5).abs() < 1e-6);
     }
 
     #[test]

@@ -45,18 +45,74 @@ use crate::model::Owner;
 #[cfg(doc)]
 use crate::model::VmStats;
 
-pub use map::{OwnerMap, VmKey};
+pub use map::{DaysHistogram, Inventory, OwnerMap, VmKey};
 pub use metrics::OwnerSourceMetrics;
 pub use resolve::{Owners, fill};
 pub use runner::{FetchError, Health, OwnerSource, RunOptions};
 
-/// `[owners]`: one sub-table per source, keyed by the source's name.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[owners]`: the precedence, the cardinality cap and one sub-table per
+/// source, keyed by the source's name.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OwnersConfig {
+    /// Precedence, highest first, by source name. Enabled sources not
+    /// listed follow in [`SOURCES`] order; empty = [`SOURCES`] order.
+    pub order: Vec<String>,
+    /// Owners of each kind (users, projects) with series of their own; the
+    /// rest are summed into one `__other__` series.
+    pub max_owners: usize,
     pub nova: nova::Config,
     pub file: file::Config,
     pub cmdline: cmdline::Config,
+}
+
+impl Default for OwnersConfig {
+    fn default() -> Self {
+        OwnersConfig {
+            order: Vec::new(),
+            max_owners: 1000,
+            nova: nova::Config::default(),
+            file: file::Config::default(),
+            cmdline: cmdline::Config::default(),
+        }
+    }
+}
+
+impl OwnersConfig {
+    /// Errors name the key (`owners.order: ...`).
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, name) in self.order.iter().enumerate() {
+            if !SOURCES.iter().any(|s| s.name == name) {
+                let known: Vec<&str> = SOURCES.iter().map(|s| s.name).collect();
+                return Err(format!(
+                    "owners.order: {name:?} is not an owner source (known: {})",
+                    known.join(", ")
+                ));
+            }
+            if self.order[..i].contains(name) {
+                return Err(format!("owners.order: {name:?} is listed twice"));
+            }
+        }
+        if self.max_owners == 0 {
+            return Err("owners.max_owners: must be at least 1".to_owned());
+        }
+        self.file.validate()
+    }
+
+    /// [`SOURCES`] in the configured precedence, highest first.
+    pub fn precedence(&self) -> Vec<&'static SourceSpec> {
+        let mut specs: Vec<&'static SourceSpec> = self
+            .order
+            .iter()
+            .filter_map(|n| SOURCES.iter().find(|s| s.name == n))
+            .collect();
+        for s in SOURCES {
+            if !specs.iter().any(|t| t.name == s.name) {
+                specs.push(s);
+            }
+        }
+        specs
+    }
 }
 
 /// What the tick knows about one VM, without IO: the keys a fetched map is
@@ -161,6 +217,19 @@ mod tests {
                 "[owners.{name}] is not a config key"
             );
         }
+    }
+
+    #[test]
+    fn order_sets_the_precedence_and_names_the_bad_key() {
+        let cfg = load("[owners]\norder = ['cmdline', 'file']\n").unwrap();
+        let names: Vec<&str> = cfg.owners.precedence().iter().map(|s| s.name).collect();
+        assert_eq!(names, ["cmdline", "file", "nova"]);
+        let e = load("[owners]\norder = ['ldap']\n").unwrap_err().to_string();
+        assert!(e.starts_with("owners.order"), "{e}");
+        let e = load("[owners]\norder = ['file', 'file']\n").unwrap_err().to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = load("[owners]\nmax_owners = 0\n").unwrap_err().to_string();
+        assert!(e.starts_with("owners.max_owners"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vmscope_proc::LibvirtDomain;
 
 use super::runner::{self, Health, Running};
-use super::{FactSource, OwnerMap, OwnersConfig, SOURCES, Source, VmFacts};
+use super::{FactSource, OwnerMap, OwnersConfig, Source, VmFacts};
 use crate::discovery::ProcVm;
 use crate::model::{Owner, VmStats};
 
@@ -50,10 +50,14 @@ enum Layer {
     Map(Running, Arc<OwnerMap>),
 }
 
-/// The merged owner of one VM over every source, in precedence order.
-fn merge(layers: &[(&'static str, Layer)], vm: &VmFacts<'_>) -> Option<Owner> {
+/// The merged owner of one VM over every source, in precedence order, and
+/// the source that said most: the highest one that gave any field (the
+/// `owner_source` users see).
+fn merge(layers: &[(&'static str, Layer)], vm: &VmFacts<'_>) -> Option<(Owner, &'static str)> {
     let mut owner = Owner::default();
-    for (_, layer) in layers {
+    let mut said = None;
+    for (name, layer) in layers {
+        let before = said.is_none().then(|| owner.clone());
         match layer {
             Layer::Facts(s) => {
                 if let Some(row) = s.row(vm) {
@@ -66,11 +70,14 @@ fn merge(layers: &[(&'static str, Layer)], vm: &VmFacts<'_>) -> Option<Owner> {
                 }
             }
         }
+        if before.is_some_and(|b| b != owner) {
+            said = Some(*name);
+        }
         if complete(&owner) {
             break;
         }
     }
-    (owner != Owner::default()).then_some(owner)
+    said.map(|s| (owner, s))
 }
 
 /// What a VM's owner was last resolved from.
@@ -100,12 +107,13 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// Starts every enabled source of [`SOURCES`]; fetched ones on their
-    /// own threads. A source whose threads cannot start is logged and left
-    /// out (the rest still attribute).
+    /// Starts every enabled source of [`SOURCES`], in the configured
+    /// precedence; fetched ones on their own threads. A source whose
+    /// threads cannot start is logged and left out (the rest still
+    /// attribute).
     pub fn start(cfg: &OwnersConfig) -> Self {
         let mut layers = Vec::new();
-        for spec in SOURCES {
+        for spec in cfg.precedence() {
             match (spec.start)(cfg) {
                 None => {}
                 Some(Source::Facts(s)) => layers.push((spec.name, Layer::Facts(s))),
@@ -202,13 +210,16 @@ impl Owners {
                 process: records.0.as_deref(),
                 libvirt: records.1.as_deref(),
             };
-            let mut owner = merge(&self.layers, &facts);
+            let merged = merge(&self.layers, &facts);
+            let source = merged.as_ref().map(|(_, s)| *s);
+            let mut owner = merged.map(|(o, _)| o);
             if let Some(o) = owner.as_mut() {
                 truncated += cap_owner(o);
             }
             if vm.owner != owner {
                 vm.owner = owner;
             }
+            vm.owner_source = source;
             self.seen.insert(
                 key,
                 Seen {
@@ -305,12 +316,21 @@ mod tests {
             v.owner,
             Some(owner([Some("u1"), Some("alice"), None, Some("lab")]))
         );
+        assert_eq!(v.owner_source, Some("hi"));
+        // A higher source that says nothing about the VM does not claim it.
+        let (silent, _) = fixed(Owner::default());
+        let (lo, _) = fixed(owner([Some("u2"), None, None, None]));
+        let mut owners = Owners::from_layers(vec![("silent", silent), ("lo", lo)]);
+        let mut v = vm(1);
+        owners.resolve([(&mut v, &records)]);
+        assert_eq!(v.owner_source, Some("lo"));
 
         let (none, _) = fixed(Owner::default());
         let mut owners = Owners::from_layers(vec![("none", none)]);
         let mut v = vm(1);
         owners.resolve([(&mut v, &records)]);
         assert_eq!(v.owner, None);
+        assert_eq!(v.owner_source, None);
     }
 
     #[test]

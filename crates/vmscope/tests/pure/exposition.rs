@@ -55,6 +55,7 @@ fn nasty_vm(i: usize, name: &str) -> VmStats {
             project_id: None,
             project_name: Some("proj\\ect\n".into()),
         }),
+        owner_source: Some("file"),
         flavor: None,
         display_name: Some(format!("display {name}")),
         allocated_vcpus: None,
