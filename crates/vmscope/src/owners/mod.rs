@@ -224,9 +224,13 @@ mod tests {
         let cfg = load("[owners]\norder = ['cmdline', 'file']\n").unwrap();
         let names: Vec<&str> = cfg.owners.precedence().iter().map(|s| s.name).collect();
         assert_eq!(names, ["cmdline", "file", "nova"]);
-        let e = load("[owners]\norder = ['ldap']\n").unwrap_err().to_string();
+        let e = load("[owners]\norder = ['ldap']\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("owners.order"), "{e}");
-        let e = load("[owners]\norder = ['file', 'file']\n").unwrap_err().to_string();
+        let e = load("[owners]\norder = ['file', 'file']\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("twice"), "{e}");
         let e = load("[owners]\nmax_owners = 0\n").unwrap_err().to_string();
         assert!(e.starts_with("owners.max_owners"), "{e}");
