@@ -5,7 +5,7 @@
 #
 # What it sets up:
 # - Debian packages: QEMU, libvirt (monolithic libvirtd), Prometheus and its
-#   exporters, iproute2, python3, wrk, hyperfine, curl, jq, procps.
+#   exporters, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps.
 # - libvirt without systemd: the libvirt-qemu user/group, /var/log/libvirt and
 #   /etc/libvirt/qemu.conf running domains as root (see shared/LAB.md).
 # - Python's prometheus_client (the OpenMetrics parser used to validate output).
@@ -35,6 +35,9 @@ declare -A PKGS=(
     [libvirt-daemon]=/usr/sbin/libvirtd
     [libvirt-daemon-driver-qemu]=/usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so
     [libvirt-clients]=/usr/bin/virsh
+    # owners tests: the platform's database and session store
+    [postgresql]=/usr/lib/postgresql/15/bin/postgres
+    [redis-server]=/usr/bin/redis-server
 )
 
 apt_updated=0
