@@ -357,9 +357,15 @@ impl Agent {
     /// port and waits until `/healthz` answers 200. Retries a few ports in
     /// case another process took the free one first.
     pub fn start(interval_secs: u64) -> Agent {
+        Agent::start_with(interval_secs, "")
+    }
+
+    /// [`Agent::start`] with `config` (TOML) as its config file (`-c`),
+    /// e.g. an `[owners.*]` source.
+    pub fn start_with(interval_secs: u64, config: &str) -> Agent {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Agent::try_start(interval_secs) {
+            match Agent::try_start(interval_secs, config) {
                 Ok(agent) => return agent,
                 Err(e) => last_err = e,
             }
@@ -367,9 +373,16 @@ impl Agent {
         panic!("vmscope serve did not come up: {last_err}");
     }
 
-    fn try_start(interval_secs: u64) -> Result<Agent, String> {
+    fn try_start(interval_secs: u64, config: &str) -> Result<Agent, String> {
         let addr = format!("127.0.0.1:{}", free_port());
         let state = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let config_file = if config.is_empty() {
+            None
+        } else {
+            let path = state.path().join("vmscope.toml");
+            std::fs::write(&path, config).map_err(|e| format!("write config: {e}"))?;
+            Some(path)
+        };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmscope"));
         // Hermetic: no VMSCOPE_* settings leak in from the developer's shell.
         for (key, _) in std::env::vars_os() {
@@ -385,6 +398,11 @@ impl Agent {
                 "--interval",
                 &interval_secs.to_string(),
             ])
+            .args(
+                config_file
+                    .iter()
+                    .flat_map(|p| [std::ffi::OsStr::new("-c"), p.as_os_str()]),
+            )
             .env("VMSCOPE_LOG", "info")
             .env("VMSCOPE_STORE__PATH", state.path().join("state.db"))
             .stdin(Stdio::null())
