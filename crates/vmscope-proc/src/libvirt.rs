@@ -2,24 +2,32 @@
 //! (root `<domstatus>`), or a plain `<domain>` definition.
 //!
 //! Emits [`LibvirtDomain`]: name, UUID, QEMU PID, state and reason, vCPU
-//! count and thread ids, memory, host TAP names, and OpenStack Nova metadata
-//! (owner, project, flavor) when present. This file is readable without any
+//! count and thread ids, memory, host TAP names, OpenStack Nova metadata
+//! (owner, project, flavor) when present, and every `<metadata>` element
+//! as a bounded [`Metadata`] tree (for owner paths in other namespaces). This file is readable without any
 //! libvirt client library.
 //!
 //! Fails when the input is not UTF-8 or not XML, the root is neither
 //! `<domstatus>` nor `<domain>`, `<name>` is missing, or `pid`, `<vcpu>` or
 //! `<memory>` (with its `unit`) hold values that do not parse. vCPU entries
 //! and interfaces that lack the attributes used are skipped. DTDs are refused
-//! (roxmltree's default), so entity expansion cannot blow up.
+//! (roxmltree's default), so entity expansion cannot blow up, and so are
+//! documents nested deeper than [`MAX_XML_DEPTH`] (roxmltree recurses per
+//! level: a few thousand levels would overflow the collector's stack).
 
 use roxmltree::{Document, Node};
 
 use crate::error::{FileKind, ParseError, field_u32, field_u64};
+use crate::metadata::Metadata;
 
 const KIND: FileKind = FileKind::LibvirtStatus;
 
 /// Namespace prefix of Nova's `<nova:instance>` metadata, any version (1.0, 1.1, ...).
 pub const NOVA_NAMESPACE_PREFIX: &str = "http://openstack.org/xmlns/libvirt/nova/";
+
+/// The deepest element nesting parsed (libxml2's default limit, which
+/// libvirt parses with, is 256).
+pub const MAX_XML_DEPTH: usize = 256;
 
 /// One libvirt domain as its XML describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -41,6 +49,8 @@ pub struct LibvirtDomain {
     /// Host-side device names (`<target dev=...>`) of the interfaces, in order.
     pub interfaces: Vec<String>,
     pub nova: Option<NovaMeta>,
+    /// Everything under `<metadata>`, bounded (see [`Metadata`]).
+    pub metadata: Metadata,
 }
 
 /// OpenStack Nova's metadata on an instance.
@@ -62,6 +72,12 @@ pub fn parse_libvirt_status(buf: &[u8]) -> Result<LibvirtDomain, ParseError> {
     }
     let text =
         std::str::from_utf8(buf).map_err(|source| ParseError::NotUtf8 { kind: KIND, source })?;
+    if too_deep(text.as_bytes(), MAX_XML_DEPTH) {
+        return Err(ParseError::Malformed {
+            kind: KIND,
+            what: "elements nested deeper than 256 levels",
+        });
+    }
     let doc = Document::parse(text).map_err(|source| ParseError::Xml { kind: KIND, source })?;
     let root = doc.root_element();
     let (domain, status) = match root.tag_name().name() {
@@ -122,6 +138,7 @@ pub fn parse_libvirt_status(buf: &[u8]) -> Result<LibvirtDomain, ParseError> {
                         .is_some_and(|ns| ns.starts_with(NOVA_NAMESPACE_PREFIX))
             })
             .map(nova);
+        dom.metadata = Metadata::from_element(meta);
     }
 
     if let Some(st) = status {
@@ -141,6 +158,56 @@ pub fn parse_libvirt_status(buf: &[u8]) -> Result<LibvirtDomain, ParseError> {
         }
     }
     Ok(dom)
+}
+
+/// True when elements nest deeper than `max`: a linear scan of tags that
+/// skips comments, CDATA, processing instructions and quoted attribute
+/// values, so that roxmltree (which recurses per level) is never handed a
+/// document that would exhaust the stack. Malformed input is left to
+/// roxmltree to reject.
+fn too_deep(b: &[u8], max: usize) -> bool {
+    let find = |from: usize, pat: &[u8]| {
+        b.get(from..)
+            .and_then(|r| r.windows(pat.len()).position(|w| w == pat))
+            .map_or(b.len(), |p| from + p + pat.len())
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(off) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b'<')) {
+        let at = i + off;
+        let rest = &b[at..];
+        if rest.starts_with(b"<!--") {
+            i = find(at + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = find(at + 9, b"]]>");
+        } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            i = find(at + 2, b">");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = at + 2;
+        } else {
+            // A start tag: its end is the first `>` outside quotes.
+            let mut j = at + 1;
+            let mut quote = None;
+            while let Some(&c) = b.get(j) {
+                match quote {
+                    None if c == b'"' || c == b'\'' => quote = Some(c),
+                    None if c == b'>' => break,
+                    Some(q) if c == q => quote = None,
+                    _ => {}
+                }
+                j += 1;
+            }
+            if b.get(j.wrapping_sub(1)) != Some(&b'/') {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            i = j + 1;
+        }
+    }
+    false
 }
 
 fn nova(inst: Node<'_, '_>) -> NovaMeta {
@@ -354,6 +421,28 @@ mod tests {
             parse_libvirt_status(dtd),
             Err(ParseError::Xml { .. })
         ));
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_not_a_stack_overflow() {
+        let nest = |depth: usize| {
+            format!(
+                "<domain><name>x</name><!-- <a><a><a> --><metadata x='a>b'>{}<![CDATA[<a><a>]]>{}</metadata></domain>",
+                "<a k='/'><b/>".repeat(depth),
+                "</a>".repeat(depth)
+            )
+        };
+        // <domain> and <metadata> are two levels.
+        let ok = parse_libvirt_status(nest(MAX_XML_DEPTH - 2).as_bytes()).unwrap();
+        assert_eq!(ok.name, "x");
+        for depth in [MAX_XML_DEPTH - 1, 100_000] {
+            assert!(matches!(
+                parse_libvirt_status(nest(depth).as_bytes()),
+                Err(ParseError::Malformed { .. })
+            ));
+        }
+        // Unbalanced or cut input is not deep: roxmltree says what is wrong.
+        assert!(!too_deep(b"</a></a><a", 1));
     }
 
     #[test]
