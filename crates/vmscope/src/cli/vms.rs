@@ -2,7 +2,9 @@
 //!
 //! Table cells are at most [`MAX_CELL_CHARS`] characters (longer ones end in
 //! `…`) and control characters show as `?`, so a hostile VM name can neither
-//! widen the table without bound nor write to the terminal.
+//! widen the table without bound nor write to the terminal. The OWNER cell
+//! names the owner source that said so (`alice/demo (file)`); `-o json`
+//! carries it as `owner_source`.
 
 use std::time::Duration;
 
@@ -81,16 +83,6 @@ pub fn table(vms: &[VmStats]) -> String {
     let mut rows: Vec<[String; 10]> = vms
         .iter()
         .map(|v| {
-            let owner = v
-                .owner
-                .as_ref()
-                .map(|o| match (o.user_label(), o.project_label()) {
-                    (Some(u), Some(p)) => format!("{u}/{p}"),
-                    (Some(u), None) => u.to_string(),
-                    (None, Some(p)) => format!("-/{p}"),
-                    (None, None) => "-".into(),
-                })
-                .unwrap_or_else(|| "-".into());
             let r = v.rates.unwrap_or_default();
             let cores = if v.rates.is_some() {
                 format!("{:.2}", r.cpu_cores)
@@ -110,7 +102,7 @@ pub fn table(vms: &[VmStats]) -> String {
                 cell(&v.name),
                 cell(&v.id),
                 v.hypervisor.as_str().to_string(),
-                cell(&owner),
+                owner_cell(v),
                 v.allocated_vcpus
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "?".into()),
@@ -149,16 +141,47 @@ pub fn table(vms: &[VmStats]) -> String {
     out.trim_end().to_string()
 }
 
+/// `user/project (source)`: the owner's labels and the owner source that
+/// attributed the VM (`VmStats::owner_source`). The labels are cut first,
+/// so the source always shows and the cell stays within [`MAX_CELL_CHARS`].
+fn owner_cell(v: &VmStats) -> String {
+    let label = v
+        .owner
+        .as_ref()
+        .and_then(|o| match (o.user_label(), o.project_label()) {
+            (Some(u), Some(p)) => Some(format!("{u}/{p}")),
+            (Some(u), None) => Some(u.to_string()),
+            (None, Some(p)) => Some(format!("-/{p}")),
+            (None, None) => None,
+        });
+    match (label, v.owner_source) {
+        (None, _) => "-".into(),
+        (Some(l), None) => cell(&l),
+        (Some(l), Some(src)) => {
+            let src = cell(src);
+            let room = MAX_CELL_CHARS
+                .saturating_sub(src.chars().count() + 3)
+                .max(2);
+            format!("{} ({src})", cut(&l, room))
+        }
+    }
+}
+
 /// VM names come from command lines: keep control characters out of the
 /// table, and cut what is longer than [`MAX_CELL_CHARS`] with an ellipsis.
 fn cell(s: &str) -> String {
+    cut(s, MAX_CELL_CHARS)
+}
+
+/// [`cell`] with room for `max` characters (at least 2).
+fn cut(s: &str, max: usize) -> String {
     let mut out: String = s
         .chars()
-        .take(MAX_CELL_CHARS + 1)
+        .take(max + 1)
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
-    if out.chars().count() > MAX_CELL_CHARS {
-        out = out.chars().take(MAX_CELL_CHARS - 1).collect();
+    if out.chars().count() > max {
+        out = out.chars().take(max.saturating_sub(1)).collect();
         out.push('…');
     }
     out
@@ -177,6 +200,39 @@ mod tests {
         let long = cell(&"é".repeat(1000));
         assert_eq!(long.chars().count(), MAX_CELL_CHARS);
         assert!(long.ends_with("é…"), "{long}");
+    }
+
+    #[test]
+    fn owner_cell_names_the_source_and_stays_within_the_cell() {
+        use crate::model::{Owner, Source};
+        let mut v = VmStats::unmeasured(7, Source::Process);
+        v.name = "web1".into();
+        v.id = "6f1b3c2a-0000-4000-8000-000000000001".into();
+        assert_eq!(owner_cell(&v), "-");
+        v.owner = Some(Owner {
+            user_name: Some("alice".into()),
+            project_id: Some("p-42".into()),
+            project_name: Some("demo".into()),
+            ..Owner::default()
+        });
+        v.owner_source = Some("file");
+        assert_eq!(owner_cell(&v), "alice/demo (file)");
+        let t = table(std::slice::from_ref(&v));
+        let (head, row) = t.split_once('\n').unwrap();
+        let col = head.find("OWNER").unwrap();
+        assert_eq!(row.get(col..col + 17), Some("alice/demo (file)"), "{t}");
+        assert!(head.find("VCPUS").unwrap() >= col + 19, "{t}");
+        // Attributed before owner sources had names (or by a test): no suffix.
+        v.owner_source = None;
+        assert_eq!(owner_cell(&v), "alice/demo");
+        // A long owner is cut, the source is kept, the cell is capped.
+        v.owner_source = Some("cmdline");
+        v.owner.as_mut().unwrap().user_name = Some(format!("{}\n", "x".repeat(300)));
+        let c = owner_cell(&v);
+        assert_eq!(c.chars().count(), MAX_CELL_CHARS, "{c}");
+        assert!(c.ends_with("… (cmdline)") && !c.contains('\n'), "{c}");
+        v.owner = Some(Owner::default());
+        assert_eq!(owner_cell(&v), "-");
     }
 
     #[test]

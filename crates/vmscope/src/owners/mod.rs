@@ -7,8 +7,9 @@
 //!
 //! Two flavours of source, one table ([`SOURCES`]), one precedence:
 //! - **facts** ([`FactSource`]): a pure function of one VM's facts, no IO
-//!   (`nova`: libvirt's Nova metadata; `cmdline`: a regex over the command
-//!   line or VM name). Evaluated at tick time, only for VMs whose facts or
+//!   (`nova`: libvirt's Nova metadata; `libvirt`: configured paths in
+//!   another platform's `<metadata>` element; `cmdline`: a regex over the
+//!   command line or VM name). Evaluated at tick time, only for VMs whose facts or
 //!   whose sources' maps changed since the last tick.
 //! - **fetched** ([`OwnerSource`]): reads the platform's records (a file,
 //!   a database, an HTTP endpoint: the owners issue) on its own thread, its
@@ -29,6 +30,7 @@
 
 pub mod cmdline;
 pub mod file;
+pub mod libvirt;
 pub mod map;
 pub mod metrics;
 pub mod nova;
@@ -62,6 +64,7 @@ pub struct OwnersConfig {
     /// rest are summed into one `__other__` series.
     pub max_owners: usize,
     pub nova: nova::Config,
+    pub libvirt: libvirt::Config,
     pub file: file::Config,
     pub cmdline: cmdline::Config,
 }
@@ -72,6 +75,7 @@ impl Default for OwnersConfig {
             order: Vec::new(),
             max_owners: 1000,
             nova: nova::Config::default(),
+            libvirt: libvirt::Config::default(),
             file: file::Config::default(),
             cmdline: cmdline::Config::default(),
         }
@@ -96,6 +100,7 @@ impl OwnersConfig {
         if self.max_owners == 0 {
             return Err("owners.max_owners: must be at least 1".to_owned());
         }
+        self.libvirt.validate()?;
         self.file.validate()
     }
 
@@ -158,6 +163,11 @@ pub const SOURCES: &[SourceSpec] = &[
         name: "nova",
         start: nova::start,
     },
+    // A platform's own element in <metadata>, beside Nova's.
+    SourceSpec {
+        name: "libvirt",
+        start: libvirt::start,
+    },
     // The platform's own records before a pattern's guess.
     SourceSpec {
         name: "file",
@@ -199,6 +209,14 @@ mod tests {
         let cfg = load("[owners.nova]\nenabled = false\n[owners.cmdline]\npattern = '(?P<user>.+)'\nover = 'name'\n").unwrap();
         assert!(!cfg.owners.nova.enabled);
         assert_eq!(cfg.owners.cmdline.over, cmdline::Over::Name);
+        let e = load("[owners.libvirt]\nnamespace = 'urn:x'\nuser_id = 'owner//user'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("owners.libvirt.user_id"), "{e}");
+        let e = load("[owners.libvirt]\nuser_id = 'owner/user'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("owners.libvirt.namespace"), "{e}");
     }
 
     #[test]
@@ -223,7 +241,7 @@ mod tests {
     fn order_sets_the_precedence_and_names_the_bad_key() {
         let cfg = load("[owners]\norder = ['cmdline', 'file']\n").unwrap();
         let names: Vec<&str> = cfg.owners.precedence().iter().map(|s| s.name).collect();
-        assert_eq!(names, ["cmdline", "file", "nova"]);
+        assert_eq!(names, ["cmdline", "file", "nova", "libvirt"]);
         let e = load("[owners]\norder = ['ldap']\n")
             .unwrap_err()
             .to_string();
