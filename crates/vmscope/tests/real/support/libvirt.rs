@@ -1,7 +1,7 @@
 //! libvirt in the lab: starts `virtlogd` and the monolithic `libvirtd` when
 //! they are not already running (no systemd here; see shared/LAB.md) and
-//! defines + starts a cheap ROM domain carrying Nova metadata and an
-//! unmanaged TAP. The daemons are left running (starting them is slow-ish
+//! defines + starts a cheap ROM domain carrying Nova (or any other)
+//! metadata and an unmanaged TAP. The daemons are left running (starting them is slow-ish
 //! and other tests or users may share them); the domain is destroyed and
 //! undefined on drop.
 //!
@@ -80,27 +80,13 @@ pub struct Nova {
     pub project_uuid: String,
 }
 
-/// A defined and running libvirt domain; destroyed and undefined on drop.
-pub struct Domain {
-    pub name: String,
-    pub pid: Option<i32>,
-}
-
-impl Domain {
-    /// Defines and starts a 1-vCPU, 32 MiB domain booting the idle ROM, with
-    /// `tap` as an `ethernet` interface (`managed='no'`: the TAP exists
-    /// already and libvirt must not touch it).
-    pub fn start(roms: &Roms, name: &str, uuid: &str, tap: &Tap, nova: &Nova) -> Domain {
-        let kind = if kvm_usable() { "kvm" } else { "qemu" };
-        let rom = roms.path(Firmware::Idle);
-        let xml = format!(
-            r#"<domain type='{kind}'>
-  <name>{name}</name>
-  <uuid>{uuid}</uuid>
-  <metadata>
-    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+impl Nova {
+    /// `<nova:instance>` as Nova writes it into `<metadata>`.
+    pub fn metadata_xml(&self) -> String {
+        format!(
+            r#"<nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
       <nova:package version="0.0.0-e2e"/>
-      <nova:name>{nova_name}</nova:name>
+      <nova:name>{name}</nova:name>
       <nova:flavor name="{flavor}">
         <nova:memory>32</nova:memory>
         <nova:disk>0</nova:disk>
@@ -112,7 +98,48 @@ impl Domain {
         <nova:user uuid="{user_uuid}">{user_name}</nova:user>
         <nova:project uuid="{project_uuid}">{project_name}</nova:project>
       </nova:owner>
-    </nova:instance>
+    </nova:instance>"#,
+            name = self.name,
+            flavor = self.flavor,
+            user_uuid = self.user_uuid,
+            user_name = self.user_name,
+            project_uuid = self.project_uuid,
+            project_name = self.project_name,
+        )
+    }
+}
+
+/// A defined and running libvirt domain; destroyed and undefined on drop.
+pub struct Domain {
+    pub name: String,
+    pub pid: Option<i32>,
+}
+
+impl Domain {
+    /// Defines and starts a 1-vCPU, 32 MiB domain booting the idle ROM, with
+    /// `tap` as an `ethernet` interface (`managed='no'`: the TAP exists
+    /// already and libvirt must not touch it) and `nova` as its metadata.
+    pub fn start(roms: &Roms, name: &str, uuid: &str, tap: &Tap, nova: &Nova) -> Domain {
+        Domain::start_with_metadata(roms, name, uuid, tap, &nova.metadata_xml())
+    }
+
+    /// [`Domain::start`] with `metadata` (the children of `<metadata>`,
+    /// e.g. a custom platform's own element) instead of Nova's.
+    pub fn start_with_metadata(
+        roms: &Roms,
+        name: &str,
+        uuid: &str,
+        tap: &Tap,
+        metadata: &str,
+    ) -> Domain {
+        let kind = if kvm_usable() { "kvm" } else { "qemu" };
+        let rom = roms.path(Firmware::Idle);
+        let xml = format!(
+            r#"<domain type='{kind}'>
+  <name>{name}</name>
+  <uuid>{uuid}</uuid>
+  <metadata>
+    {metadata}
   </metadata>
   <memory unit='MiB'>32</memory>
   <vcpu>1</vcpu>
@@ -132,12 +159,6 @@ impl Domain {
   </devices>
 </domain>
 "#,
-            nova_name = nova.name,
-            flavor = nova.flavor,
-            user_uuid = nova.user_uuid,
-            user_name = nova.user_name,
-            project_uuid = nova.project_uuid,
-            project_name = nova.project_name,
             rom = rom.display(),
             tap = tap.name,
         );
