@@ -257,6 +257,9 @@ project_name = "owner/project"
         // Same element, other prefix: the namespace is what counts.
         let other_prefix = xml.replace("acme:", "x:").replace("xmlns:acme", "xmlns:x");
         assert_eq!(row(&s, &other_prefix), row(&s, xml));
+        // A default namespace is the same namespace.
+        let default_ns = xml.replace("acme:", "").replace("xmlns:acme", "xmlns");
+        assert_eq!(row(&s, &default_ns), row(&s, xml));
         // Same local names in another namespace (Nova's, here) say nothing.
         let nova = "<domain><name>i</name><metadata>\
              <nova:owner xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'>\
@@ -282,8 +285,9 @@ project_name = "owner/project"
     }
 
     /// oVirt writes no owner; an engine whose admin defined VM custom
-    /// properties (`UserDefinedVMProperties`) `owner` and `project` has
-    /// VDSM keep them under `<ovirt-vm:custom>`.
+    /// properties (`UserDefinedVMProperties`) `owner` and `project` writes
+    /// them under `<ovirt-vm:vm><ovirt-vm:custom>`, beside devices that have
+    /// a `custom` of their own (which the path does not reach).
     #[test]
     fn ovirt_custom_properties() {
         let s = source(
@@ -294,19 +298,29 @@ project_name = "vm/custom/project"
 "#,
         );
         let xml = r#"<domain type='kvm' id='1'>
-  <name>a0_41</name>
+  <name>web-frontend-1</name>
   <uuid>13070562-2ee7-4092-a746-7975ff5b3993</uuid>
   <metadata xmlns:ovirt-tune="http://ovirt.org/vm/tune/1.0" xmlns:ovirt-vm="http://ovirt.org/vm/1.0">
     <ovirt-tune:qos/>
     <ovirt-vm:vm xmlns:ovirt-vm="http://ovirt.org/vm/1.0">
-      <ovirt-vm:clusterVersion>4.5</ovirt-vm:clusterVersion>
-      <ovirt-vm:memGuaranteedSize type="int">4096
-        </ovirt-vm:memGuaranteedSize>
+      <ovirt-vm:minGuaranteedMemoryMb type="int">1024</ovirt-vm:minGuaranteedMemoryMb>
+      <ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion>
       <ovirt-vm:custom>
         <ovirt-vm:owner>alice
         </ovirt-vm:owner>
         <ovirt-vm:project>research</ovirt-vm:project>
       </ovirt-vm:custom>
+      <ovirt-vm:device alias="ua-5e5d1a5c-8b8e-4c47-9d0c-1f2e3d4c5b6a" mac_address="56:6f:1a:2b:00:01">
+        <ovirt-vm:custom>
+          <ovirt-vm:owner>not-the-vm-owner</ovirt-vm:owner>
+        </ovirt-vm:custom>
+      </ovirt-vm:device>
+      <ovirt-vm:device devtype="disk" name="sda">
+        <ovirt-vm:poolID>5849b030-626e-47cb-ad90-3ce782d831b3</ovirt-vm:poolID>
+        <ovirt-vm:volumeID>4cb8b1b6-0c7b-4b4a-9d1e-2a3b4c5d6e7f</ovirt-vm:volumeID>
+      </ovirt-vm:device>
+      <ovirt-vm:launchPaused>false</ovirt-vm:launchPaused>
+      <ovirt-vm:resumeBehavior>auto_resume</ovirt-vm:resumeBehavior>
     </ovirt-vm:vm>
   </metadata>
 </domain>"#;
@@ -318,6 +332,15 @@ project_name = "vm/custom/project"
                 ..Owner::default()
             })
         );
+        // No custom properties: <ovirt-vm:custom/> is empty, and the
+        // devices' own are not the VM's.
+        let none = xml
+            .replace("<ovirt-vm:owner>alice", "<ovirt-vm:x>alice")
+            .replace(
+                "</ovirt-vm:owner>\n        <ovirt-vm:project>research</ovirt-vm:project>",
+                "</ovirt-vm:x>",
+            );
+        assert_eq!(row(&s, &none), None, "{none}");
     }
 
     #[test]
