@@ -147,9 +147,7 @@ impl Config {
             _ => return Err(format!("{key}: not an http:// or https:// URL")),
         }
         if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
-            return Err(
-                "owners.http: set bearer_token or bearer_token_file, not both".to_owned(),
-            );
+            return Err("owners.http: set bearer_token or bearer_token_file, not both".to_owned());
         }
         if let Some(path) = &self.bearer_token_file {
             read_token(path).map_err(|e| format!("owners.http.bearer_token_file: {e}"))?;
@@ -502,7 +500,8 @@ mod tests {
         Ok(c)
     }
 
-    const MIN: &str = "url = 'https://cp.example/api/vms?token=QSECRET1'\nvm_id = '/id'\nuser_id = '/owner/id'\n";
+    const MIN: &str =
+        "url = 'https://cp.example/api/vms?token=QSECRET1'\nvm_id = '/id'\nuser_id = '/owner/id'\n";
 
     #[test]
     fn config_needs_a_vm_key_and_an_owner_and_names_the_key() {
@@ -519,12 +518,21 @@ mod tests {
         assert!(e.starts_with("owners.http.rows:"), "{e}");
         let e = cfg("url = 'ftp://u:QSECRET2@cp/'\nvm_id = '/v'\nuser_id = '/u'\n").unwrap_err();
         assert_eq!(e, "owners.http.url: not an http:// or https:// URL");
-        let e = cfg(&format!("{MIN}bearer_token = 'x'\nbearer_token_file = '/x'\n")).unwrap_err();
+        let e = cfg(&format!(
+            "{MIN}bearer_token = 'x'\nbearer_token_file = '/x'\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("not both"), "{e}");
         let e = cfg(&format!("{MIN}bearer_token_file = '/nonexistent/token'\n")).unwrap_err();
-        assert!(e.starts_with("owners.http.bearer_token_file: cannot read /nonexistent/token"), "{e}");
+        assert!(
+            e.starts_with("owners.http.bearer_token_file: cannot read /nonexistent/token"),
+            "{e}"
+        );
         let e = cfg(&format!("{MIN}ca_file = '/nonexistent/ca.pem'\n")).unwrap_err();
-        assert!(e.starts_with("owners.http.ca_file: cannot use /nonexistent/ca.pem"), "{e}");
+        assert!(
+            e.starts_with("owners.http.ca_file: cannot use /nonexistent/ca.pem"),
+            "{e}"
+        );
         let e = cfg(&format!("{MIN}max_bytes = 0\n")).unwrap_err();
         assert!(e.starts_with("owners.http.max_bytes"), "{e}");
         let e = cfg(&format!("{MIN}token = 'x'\n")).unwrap_err();
@@ -593,7 +601,15 @@ mod tests {
             serde_json::from_str(r#"[{"id": "vm-a", "pid": 100, "user": "alice"}]"#).unwrap();
         let p = pointers(
             "",
-            [Some("/id"), None, Some("/pid"), None, Some("/user"), None, None],
+            [
+                Some("/id"),
+                None,
+                Some("/pid"),
+                None,
+                Some("/user"),
+                None,
+                None,
+            ],
         );
         let (map, _) = rows(&doc, &p, |_, _| false).unwrap();
         assert!(map.lookup(&facts("x", "y", 100)).is_none());
@@ -604,7 +620,10 @@ mod tests {
 
     #[test]
     fn rows_must_be_an_array() {
-        let p = pointers("/vms", [Some("/id"), None, None, Some("/u"), None, None, None]);
+        let p = pointers(
+            "/vms",
+            [Some("/id"), None, None, Some("/u"), None, None, None],
+        );
         for doc in [r#"{"vms": {"a": 1}}"#, r#"{"other": []}"#, "[]"] {
             let doc: Value = serde_json::from_str(doc).unwrap();
             let e = rows(&doc, &p, |_, _| true).unwrap_err();

@@ -351,7 +351,10 @@ impl SessionStore {
                 .query(con);
             let (next, keys) = page.map_err(|e| self.error(&e, false))?;
             // SCAN may return a key more than once: each is read once.
-            let keys: Vec<Vec<u8>> = keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
+            let keys: Vec<Vec<u8>> = keys
+                .into_iter()
+                .filter(|k| seen.insert(k.clone()))
+                .collect();
             if seen.len() > max_keys {
                 return Err(FetchError::new(
                     "too_many_keys",
@@ -422,7 +425,8 @@ fn session(key: Vec<u8>, answer: redis::Value) -> Result<Option<Session>, redis:
                 let s = String::from_utf8_lossy(b).trim().to_owned();
                 (!s.is_empty()).then_some(s)
             }
-            Some(redis::Value::SimpleString(s)) | Some(redis::Value::VerbatimString { text: s, .. }) => {
+            Some(redis::Value::SimpleString(s))
+            | Some(redis::Value::VerbatimString { text: s, .. }) => {
                 let s = s.trim();
                 (!s.is_empty()).then(|| s.to_owned())
             }
@@ -438,7 +442,9 @@ fn session(key: Vec<u8>, answer: redis::Value) -> Result<Option<Session>, redis:
         project_name: get(Field::ProjectName),
         vm_id: get(Field::Vm),
         // A PID that does not parse is a missing one: the VM id still works.
-        pid: get(Field::Pid).and_then(|p| p.parse().ok()).filter(|p| *p > 0),
+        pid: get(Field::Pid)
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p > 0),
     }))
 }
 
@@ -612,7 +618,10 @@ mod tests {
         assert_eq!(live, 4);
         assert_eq!(map.inventory.sessions, Some(4));
         // By PID: only the verified one.
-        assert_eq!(user_of(&map, facts("x", "y", 100)).as_deref(), Some("u-alice"));
+        assert_eq!(
+            user_of(&map, facts("x", "y", 100)).as_deref(),
+            Some("u-alice")
+        );
         for pid in [200, 300, 400] {
             assert_eq!(user_of(&map, facts("x", "y", pid)), None, "pid {pid}");
         }
@@ -699,7 +708,10 @@ mod tests {
         assert!(e.starts_with("owners.redis.key_pattern"), "{e}");
         let e = cfg("url = 'redis://db'\ntimeout = '0s'\n").unwrap_err();
         assert!(e.contains("timeout"), "{e}");
-        assert!(cfg("url = 'redis://db'\nkeys = 'x'\n").is_err(), "unknown key");
+        assert!(
+            cfg("url = 'redis://db'\nkeys = 'x'\n").is_err(),
+            "unknown key"
+        );
         // Off without a URL.
         assert!(cfg("").unwrap().url(|_| None).unwrap().is_none());
         assert!(cfg("url = 'unix:///run/redis.sock'\n").is_ok());

@@ -79,7 +79,12 @@ fn until(agent: &Agent, what: &str, ok: impl Fn(&Exposition) -> bool) -> Exposit
         ok(&e).then_some(e)
     })
     .map(|(e, _)| e)
-    .unwrap_or_else(|| panic!("{what}: not seen within {APPEAR:?}; agent log:\n{}", agent.log()))
+    .unwrap_or_else(|| {
+        panic!(
+            "{what}: not seen within {APPEAR:?}; agent log:\n{}",
+            agent.log()
+        )
+    })
 }
 
 fn owner_user<'a>(e: &'a Exposition, vm: &Vm) -> Option<&'a str> {
@@ -204,7 +209,11 @@ fn a_stale_pid_is_resolved_by_vm_id_and_never_attributes_the_other_vm() {
     // does not name it, so B is not its VM.
     redis.hset(
         "session:elsewhere",
-        &[("user_id", "u-eve"), ("vm_id", "vm-on-host-9"), ("pid", &b_pid)],
+        &[
+            ("user_id", "u-eve"),
+            ("vm_id", "vm-on-host-9"),
+            ("pid", &b_pid),
+        ],
     );
 
     let agent = Agent::start_with(1, &config(&redis, ""));
@@ -282,7 +291,11 @@ fn redis_stopped_keeps_the_last_owners_then_restarted_picks_up_new_sessions() {
     assert!(log.contains("owner source down"), "{log}");
     assert!(!log.contains(password), "the password leaked:\n{log}");
     assert!(
-        !agent.metrics().samples.iter().any(|s| s.labels.values().any(|v| v.contains(password))),
+        !agent
+            .metrics()
+            .samples
+            .iter()
+            .any(|s| s.labels.values().any(|v| v.contains(password))),
         "the password is in /metrics"
     );
 }
@@ -303,15 +316,24 @@ fn more_sessions_than_one_scan_page_are_all_read_and_max_keys_holds() {
         } else {
             (format!("u-{i}"), format!("vm-elsewhere-{i}"))
         };
-        ["HSET", &format!("session:{i:05}"), "user_id", &user, "vm_id", &vm]
-            .map(str::to_owned)
-            .to_vec()
+        [
+            "HSET",
+            &format!("session:{i:05}"),
+            "user_id",
+            &user,
+            "vm_id",
+            &vm,
+        ]
+        .map(str::to_owned)
+        .to_vec()
     }));
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), N.to_string());
 
     // COUNT 100: at least 50 SCAN calls.
     let agent = Agent::start_with(1, &config(&redis, "scan_count = 100\n"));
-    let e = until(&agent, "A attributed", |e| owner_user(e, &a) == Some("u-needle"));
+    let e = until(&agent, "A attributed", |e| {
+        owner_user(e, &a) == Some("u-needle")
+    });
     assert_eq!(
         e.value("vmscope_owner_source_rows", &[("source", "redis")]),
         Some((2 * N) as f64),

@@ -145,7 +145,11 @@ impl Redis {
         let ok = poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
             self.spawn().ok()
         });
-        assert!(ok.is_some(), "redis-server did not restart on port {}", self.port);
+        assert!(
+            ok.is_some(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
     }
 
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
