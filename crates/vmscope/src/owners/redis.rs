@@ -575,7 +575,7 @@ mod tests {
 
     #[test]
     fn the_pid_counts_only_when_its_command_line_names_the_vm() {
-        let qemu = b"qemu-system-x86_64\0-name\0guest=web-7,debug-threads=on\0-uuid\0AAAA-0001\0-m\01024\0-smp\02\0-drive\0file=/vms/vm-12/disk.img\0";
+        let qemu = b"qemu-system-x86_64\0-name\0guest=web-7,debug-threads=on\0-uuid\0AAAA-0001\0-m\x001024\0-smp\x002\0-drive\0file=/vms/vm-12/disk.img\0";
         assert!(cmdline_names(qemu, "web-7"));
         assert!(cmdline_names(qemu, "aaaa-0001"), "case-insensitive");
         assert!(cmdline_names(qemu, "vm-12"), "a path component");
