@@ -101,6 +101,32 @@ fn up(e: &Exposition) -> Option<f64> {
     e.value("vmscope_owner_source_up", &[("source", "redis")])
 }
 
+/// `promtool check metrics` on an exposition: exit 0 (clean) or 3 (lint
+/// findings only); 1 is a parse error.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn api_owner(agent: &Agent, vm: &Vm) -> Value {
     let vms = agent.api_vms_with_id(vm.uuid());
     assert_eq!(vms.len(), 1, "{vms:?}");
@@ -115,6 +141,17 @@ fn sessions_attribute_vms_by_verified_pid_and_by_vm_id() {
     let redis = Redis::start();
     let a = Vm::start("rs-a");
     let b = Vm::start("rs-b");
+    let c = Vm::start("rs-c");
+    // C's user name as a hostile platform database may hold it.
+    let hostile = format!("evil\"}} 1\nvmscope_fake{{a=\"b\\{}", "x".repeat(1024));
+    redis.hset(
+        "session:hostile",
+        &[
+            ("user_id", "u-evil"),
+            ("user_name", &hostile),
+            ("vm_id", c.uuid()),
+        ],
+    );
     // A: the platform's own id (only in A's command line) and A's PID.
     let a_pid = a.pid();
     let a_id = a.platform_id();
@@ -136,19 +173,31 @@ fn sessions_attribute_vms_by_verified_pid_and_by_vm_id() {
     redis.hset("session:empty", &[("other", "x")]);
 
     let agent = Agent::start_with(1, &config(&redis, ""));
-    let e = until(&agent, "both owners", |e| {
-        owner_user(e, &a) == Some("alice") && owner_user(e, &b) == Some("u-bob")
+    let e = until(&agent, "the three owners", |e| {
+        owner_user(e, &a) == Some("alice")
+            && owner_user(e, &b) == Some("u-bob")
+            && owner_user(e, &c).is_some_and(|u| u.starts_with("evil"))
     });
+    // The hostile name is one escaped, capped label value: no injected
+    // series, and promtool parses the whole exposition.
+    let cut = owner_user(&e, &c).unwrap();
+    assert!(hostile.starts_with(cut) && cut.len() <= 256, "{cut:?}");
+    assert!(e.all("vmscope_fake", &[]).is_empty());
+    promtool_check(
+        &crate::support::http::get(&agent.url("/metrics"))
+            .unwrap()
+            .body,
+    );
     assert_eq!(source_of(&e, &a), Some("redis"));
     assert_eq!(source_of(&e, &b), Some("redis"));
     let info = e.all("vmscope_vm_info", &[("vm_id", a.uuid())]);
     assert_eq!(info[0].label("owner_project"), Some("p-web"));
     assert_eq!(up(&e), Some(1.0));
-    // A: id + name + its verified PID; B: id + name. (Sessions without a
-    // VM give no row.)
+    // A: id + name + its verified PID; B and C: id + name. (Sessions
+    // without a VM give no row.)
     assert_eq!(
         e.value("vmscope_owner_source_rows", &[("source", "redis")]),
-        Some(5.0)
+        Some(7.0)
     );
     assert!(
         e.value(
