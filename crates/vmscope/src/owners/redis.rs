@@ -7,7 +7,8 @@
 //! name/project fields, fetched with `HMGET` in pipelines (one round trip
 //! per SCAN page, not per key); on the source's own thread every
 //! `interval`, with `timeout` as the connect, read and write timeout of
-//! every call. Also `/proc/PID/cmdline` (under the configured proc root)
+//! every call (the whole refresh, many calls for a big store, may take up
+//! to `interval`). Also `/proc/PID/cmdline` (under the configured proc root)
 //! of each session's PID, to check that PID is that VM's hypervisor.
 //!
 //! Emits: an [`OwnerMap`] with, per session that names a user and a VM:
@@ -29,7 +30,8 @@
 //! goes to [`Inventory::sessions`](super::Inventory).
 //!
 //! Fails: `connect` (cannot connect or authenticate, or the connection
-//! dropped), `timeout` (a call took longer than `timeout`), `command` (the
+//! dropped), `timeout` (a call took longer than `timeout`, or the refresh
+//! longer than `interval`), `command` (the
 //! server refused a command, e.g. an ACL), `too_many_keys` (more than
 //! `max_keys` keys match: the fetch stops rather than grow without bound).
 //! The runner keeps the last good rows; the connection is dropped and made
@@ -74,8 +76,8 @@ pub struct Config {
     pub project_name_field: Option<String>,
     #[serde(deserialize_with = "crate::model::de_duration")]
     pub interval: Duration,
-    /// Connect, read and write timeout of every call, and of the whole
-    /// refresh.
+    /// Connect, read and write timeout of every call (the whole refresh
+    /// may take up to `interval`).
     #[serde(deserialize_with = "crate::model::de_duration")]
     pub timeout: Duration,
 }
@@ -156,17 +158,19 @@ impl Config {
         Ok(())
     }
 
-    /// The hash fields to ask for, in [`Field`] order.
-    fn fields(&self) -> Vec<String> {
-        let opt = |f: &Option<String>| f.clone().unwrap_or_default();
-        vec![
-            self.user_field.clone(),
-            self.vm_field.clone(),
-            self.pid_field.clone(),
-            opt(&self.user_name_field),
-            opt(&self.project_field),
-            opt(&self.project_name_field),
+    /// The hash fields to ask for: the configured ones only.
+    fn fields(&self) -> Vec<(Field, String)> {
+        [
+            (Field::User, Some(&self.user_field)),
+            (Field::Vm, Some(&self.vm_field)),
+            (Field::Pid, Some(&self.pid_field)),
+            (Field::UserName, self.user_name_field.as_ref()),
+            (Field::Project, self.project_field.as_ref()),
+            (Field::ProjectName, self.project_name_field.as_ref()),
         ]
+        .into_iter()
+        .filter_map(|(f, name)| Some((f, name?.clone())))
+        .collect()
     }
 }
 
@@ -246,7 +250,10 @@ pub fn start(cfg: &OwnersConfig) -> Option<Source> {
         }),
         RunOptions {
             every: c.interval,
-            timeout: c.timeout,
+            // Each call is bounded by `timeout`; a refresh of a big store
+            // is many calls, and one that the runner gave up on is thrown
+            // away: so the whole refresh may take up to the interval.
+            timeout: c.interval.max(c.timeout),
         },
     ))
 }
@@ -259,17 +266,18 @@ struct SessionStore {
     pattern: String,
     scan_count: u32,
     max_keys: usize,
-    fields: Vec<String>,
+    /// What to ask `HMGET` for, and what each answer is.
+    fields: Vec<(Field, String)>,
     timeout: Duration,
     proc_root: PathBuf,
     /// Which kinds of keys were skipped when that was last logged.
     logged: Option<[bool; 3]>,
 }
 
-/// Positions of the fields in an `HMGET` answer.
-#[derive(Clone, Copy)]
+/// What one value of an `HMGET` answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
-    User = 0,
+    User,
     Vm,
     Pid,
     UserName,
@@ -336,6 +344,8 @@ impl SessionStore {
     fn read(&mut self) -> Result<(Vec<Session>, Skipped), FetchError> {
         let (pattern, count, max_keys) = (self.pattern.clone(), self.scan_count, self.max_keys);
         let fields = self.fields.clone();
+        let names: Vec<&str> = fields.iter().map(|(_, n)| n.as_str()).collect();
+        let order: Vec<Field> = fields.iter().map(|(f, _)| *f).collect();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let mut sessions = Vec::new();
         let mut skipped = Skipped::default();
@@ -365,13 +375,13 @@ impl SessionStore {
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors();
                 for k in &keys {
-                    pipe.cmd("HMGET").arg(k).arg(&fields);
+                    pipe.cmd("HMGET").arg(k).arg(&names);
                 }
                 let con = self.connection()?;
                 let answers: redis::RedisResult<Vec<redis::Value>> = pipe.query(con);
                 let answers = answers.map_err(|e| self.error(&e, false))?;
                 for (key, answer) in keys.into_iter().zip(answers) {
-                    match session(key, answer) {
+                    match session(key, answer, &order) {
                         Ok(Some(s)) => sessions.push(s),
                         Ok(None) => skipped.wrong_type += 1,
                         Err(e) => return Err(self.error(&e, false)),
@@ -410,8 +420,13 @@ impl SessionStore {
     }
 }
 
-/// One `HMGET` answer as a session; `Ok(None)` for a key of another type.
-fn session(key: Vec<u8>, answer: redis::Value) -> Result<Option<Session>, redis::RedisError> {
+/// One `HMGET` answer (the values of `order`'s fields) as a session;
+/// `Ok(None)` for a key of another type.
+fn session(
+    key: Vec<u8>,
+    answer: redis::Value,
+    order: &[Field],
+) -> Result<Option<Session>, redis::RedisError> {
     let values = match answer {
         redis::Value::Array(values) => values,
         redis::Value::ServerError(e) if e.code() == "WRONGTYPE" => return Ok(None),
@@ -420,7 +435,8 @@ fn session(key: Vec<u8>, answer: redis::Value) -> Result<Option<Session>, redis:
         _ => return Ok(None),
     };
     let get = |f: Field| -> Option<String> {
-        match values.get(f as usize) {
+        let i = order.iter().position(|o| *o == f)?;
+        match values.get(i) {
             Some(redis::Value::BulkString(b)) => {
                 let s = String::from_utf8_lossy(b).trim().to_owned();
                 (!s.is_empty()).then_some(s)
@@ -536,7 +552,15 @@ impl OwnerSource for SessionStore {
             }
         };
         let root = self.proc_root.clone();
-        let (map, _, skipped) = build(sessions, skipped, |pid, vm| pid_runs_vm(&root, pid, vm));
+        // One listing of procfs, so that a session PID not running here
+        // (most of a platform-wide store's) costs no open().
+        let running: Option<HashSet<u32>> = std::fs::read_dir(&root).ok().map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        });
+        let (map, _, skipped) = build(sessions, skipped, |pid, vm| {
+            running.as_ref().is_none_or(|r| r.contains(&pid)) && pid_runs_vm(&root, pid, vm)
+        });
         self.log_skipped(skipped);
         Ok(map)
     }
@@ -664,9 +688,12 @@ mod tests {
     fn hmget_answers_become_sessions() {
         use redis::Value::{Array, BulkString, Nil};
         let b = |s: &str| BulkString(s.as_bytes().to_vec());
+        use Field::*;
+        let all = [User, Vm, Pid, UserName, Project, ProjectName];
         let got = session(
             b"k".to_vec(),
             Array(vec![b(" u-1 "), b("vm-1"), b("4x"), Nil, b(""), b("Demo")]),
+            &all,
         )
         .unwrap()
         .unwrap();
@@ -675,8 +702,21 @@ mod tests {
         assert_eq!(got.pid, None, "a PID that does not parse is missing");
         assert_eq!(got.project_id, None, "blank is missing");
         assert_eq!(got.project_name.as_deref(), Some("Demo"));
-        let pid = session(b"k".to_vec(), Array(vec![b("u"), b("v"), b("42")])).unwrap();
-        assert_eq!(pid.unwrap().pid, Some(42));
+        // Only the configured fields are asked for, in the order given.
+        let got = session(
+            b"k".to_vec(),
+            Array(vec![b("alice"), b("u"), b("v"), b("42")]),
+            &[UserName, User, Vm, Pid],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.pid, Some(42));
+        assert_eq!(got.user_name.as_deref(), Some("alice"));
+        assert_eq!(got.project_id, None);
+        assert!(
+            session(b"k".to_vec(), Nil, &all).unwrap().is_none(),
+            "not a hash answer"
+        );
     }
 
     fn cfg(toml: &str) -> Result<Config, String> {

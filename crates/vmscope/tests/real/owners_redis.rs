@@ -350,6 +350,41 @@ fn redis_stopped_keeps_the_last_owners_then_restarted_picks_up_new_sessions() {
 }
 
 #[test]
+fn a_redis_that_answers_nothing_times_out_and_keeps_the_owners() {
+    if !runs("a_redis_that_answers_nothing_times_out_and_keeps_the_owners") {
+        return;
+    }
+    let redis = Redis::start();
+    let a = Vm::start("rs-hung-a");
+    redis.hset("session:a", &[("user_id", "u-ann"), ("vm_id", a.uuid())]);
+    let cfg = format!(
+        "[owners.redis]\nurl = {:?}\ninterval = \"500ms\"\ntimeout = \"1s\"\n",
+        redis.url()
+    );
+    let agent = Agent::start_with(1, &cfg);
+    until(&agent, "A attributed", |e| {
+        owner_user(e, &a) == Some("u-ann")
+    });
+
+    // Connections are accepted by the kernel, nothing is answered.
+    redis.pause(true);
+    let e = until(&agent, "a timeout", |e| {
+        e.value(
+            "vmscope_owner_source_errors_total",
+            &[("source", "redis"), ("kind", "timeout")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(up(&e), Some(0.0));
+    assert_eq!(owner_user(&e, &a), Some("u-ann"), "last good owners kept");
+    let age = e.value("vmscope_snapshot_age_seconds", &[]).unwrap();
+    assert!(age < 2.5, "snapshot {age} s old while Redis hangs");
+
+    redis.pause(false);
+    until(&agent, "up again", |e| up(e) == Some(1.0));
+}
+
+#[test]
 fn more_sessions_than_one_scan_page_are_all_read_and_max_keys_holds() {
     if !runs("more_sessions_than_one_scan_page_are_all_read_and_max_keys_holds") {
         return;

@@ -134,9 +134,25 @@ impl Redis {
     /// Stops the server (SIGKILL by PID: a store that vanishes).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused server dies of SIGKILL too; CONT first is harmless.
+            let _ = rustix::process::Pid::from_raw(c.id() as i32)
+                .map(|p| rustix::process::kill_process(p, rustix::process::Signal::CONT));
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the server: a store that
+    /// accepts connections and answers nothing.
+    pub fn pause(&self, paused: bool) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        let sig = if paused {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        rustix::process::kill_process(pid, sig).unwrap();
     }
 
     /// Starts it again on the same port, empty (no persistence).
