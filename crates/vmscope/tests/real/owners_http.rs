@@ -314,3 +314,113 @@ fn a_slow_or_broken_endpoint_keeps_the_rows_and_never_delays_the_tick() {
     });
     assert!(cp.requests.load(Ordering::SeqCst) >= 4);
 }
+
+/// What the HTTPS control plane answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Tls {
+    Rows,
+    /// 302 to another origin (the plain-HTTP [`ControlPlane`]).
+    Redirect,
+    /// A body longer than `max_bytes`.
+    Big,
+}
+
+/// An HTTPS control plane (axum-server, rustls) with a certificate from a
+/// throwaway CA, on a runtime of its own.
+struct HttpsPlane {
+    url: String,
+    mode: Arc<Mutex<Tls>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl HttpsPlane {
+    fn start(pki: &crate::support::tls::Pki, elsewhere: String) -> HttpsPlane {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/instances",
+            listener.local_addr().unwrap().port()
+        );
+        let mode = Arc::new(Mutex::new(Tls::Rows));
+        let m = Arc::clone(&mode);
+        let app = axum::Router::new().fallback(move || {
+            let mode = *m.lock().unwrap();
+            let elsewhere = elsewhere.clone();
+            async move {
+                use axum::http::{StatusCode, header};
+                use axum::response::IntoResponse;
+                match mode {
+                    Tls::Rows => r#"[{"id": "vm-tls-1", "user": "u-tls"}]"#.into_response(),
+                    Tls::Redirect => {
+                        (StatusCode::FOUND, [(header::LOCATION, elsewhere)]).into_response()
+                    }
+                    Tls::Big => format!(r#"[{{"id": "vm-big", "user": "{}"}}]"#, "x".repeat(4096))
+                        .into_response(),
+                }
+            }
+        });
+        let (cert, key) = (pki.leaf_pem.clone(), pki.leaf_key_pem.clone());
+        rt.spawn(async move {
+            let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+                cert.into_bytes(),
+                key.into_bytes(),
+            )
+            .await
+            .unwrap();
+            let server = axum_server::from_tcp_rustls(listener, config).unwrap();
+            server.serve(app.into_make_service()).await
+        });
+        HttpsPlane { url, mode, _rt: rt }
+    }
+
+    fn set(&self, m: Tls) {
+        *self.mode.lock().unwrap() = m;
+    }
+}
+
+#[test]
+fn https_with_a_ca_file_no_redirect_no_token_elsewhere_and_a_size_cap() {
+    let pki = crate::support::tls::pki();
+    // The other origin a redirect points at: it must never see a request.
+    let elsewhere = ControlPlane::start("never", Answer::Json("[]".to_owned()));
+    let cp = HttpsPlane::start(&pki, elsewhere.url.clone());
+    let token = "tls-token-5c0ffee1";
+    let config = |ca: Option<&std::path::Path>| {
+        format!(
+            "[owners.http]\nurl = {:?}\nbearer_token = {token:?}\n{}interval = \"300ms\"\ntimeout = \"2s\"\nmax_bytes = 1024\nvm_id = \"/id\"\nuser_id = \"/user\"\n",
+            cp.url,
+            ca.map(|p| format!("ca_file = {p:?}\n")).unwrap_or_default()
+        )
+    };
+
+    // Without the CA the certificate is refused: a connect error.
+    let agent = Agent::start_with(1, &config(None));
+    let e = until(&agent, "the TLS refusal", |e| errors(e, "connect") >= 1.0);
+    assert_eq!(up(&e), Some(0.0));
+    drop(agent);
+
+    let agent = Agent::start_with(1, &config(Some(&pki.ca_file)));
+    let e = until(&agent, "rows over HTTPS", |e| up(e) == Some(1.0));
+    assert_eq!(rows(&e), Some(1.0));
+
+    // A redirect to another origin is not followed: the token stays home.
+    cp.set(Tls::Redirect);
+    let e = until(&agent, "the redirect refused", |e| {
+        errors(e, "status") >= 1.0
+    });
+    assert_eq!(up(&e), Some(0.0));
+    assert_eq!(rows(&e), Some(1.0), "last good rows kept");
+    assert_eq!(elsewhere.requests.load(Ordering::SeqCst), 0);
+
+    // Over max_bytes: too_large, rows kept.
+    cp.set(Tls::Big);
+    let e = until(&agent, "too_large", |e| errors(e, "too_large") >= 1.0);
+    assert_eq!(rows(&e), Some(1.0));
+
+    cp.set(Tls::Rows);
+    until(&agent, "up again", |e| up(e) == Some(1.0));
+    let log = agent.log();
+    assert!(!log.contains(token), "the token leaked:\n{log}");
+}

@@ -20,6 +20,7 @@ pub mod libvirt;
 pub mod metrics;
 pub mod prom;
 pub mod redis;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
