@@ -1,9 +1,11 @@
 //! The HTTP JSON owner source through the real binary, against a control
 //! plane the test runs: a std `TcpListener` speaking HTTP/1.1 (one request
 //! per connection) that checks the bearer token, and can answer slowly or
-//! with broken JSON. Real QEMU VMs are attributed from its rows; a refused
-//! token (401), a timeout and a malformed body each keep the last good
-//! rows, set `up` 0 with their error kind, and never delay the tick.
+//! with broken JSON, and an HTTPS one (axum-server with a throwaway CA)
+//! that can redirect or answer too much. Real QEMU VMs are attributed from
+//! the rows; a refused token (401), a timeout, a malformed body, a
+//! redirect and an oversized body each keep the last good rows, set `up`
+//! 0 with their error kind, and never delay the tick.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
