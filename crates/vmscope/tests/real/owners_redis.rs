@@ -350,6 +350,22 @@ fn redis_stopped_keeps_the_last_owners_then_restarted_picks_up_new_sessions() {
 }
 
 #[test]
+fn a_unix_socket_url_is_read() {
+    if !runs("a_unix_socket_url_is_read") {
+        return;
+    }
+    let redis = Redis::start_unix();
+    assert!(redis.url().starts_with("unix:///"), "{}", redis.url());
+    let a = Vm::start("rs-unix-a");
+    redis.hset("session:a", &[("user_id", "u-sock"), ("vm_id", a.uuid())]);
+    let agent = Agent::start_with(1, &config(&redis, ""));
+    let e = until(&agent, "A attributed", |e| {
+        owner_user(e, &a) == Some("u-sock")
+    });
+    assert_eq!(up(&e), Some(1.0));
+}
+
+#[test]
 fn a_redis_that_answers_nothing_times_out_and_keeps_the_owners() {
     if !runs("a_redis_that_answers_nothing_times_out_and_keeps_the_owners") {
         return;

@@ -37,6 +37,8 @@ pub fn redis_available(test: &str) -> bool {
 pub struct Redis {
     pub port: u16,
     password: Option<String>,
+    /// Listening on `<dir>/redis.sock` only (port 0).
+    unix: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -49,11 +51,21 @@ impl Redis {
 
     /// [`Redis::start`] with `requirepass`.
     pub fn start_with_password(password: Option<&str>) -> Redis {
+        Redis::start_on(password, false)
+    }
+
+    /// A server on a unix socket in its directory, no TCP port.
+    pub fn start_unix() -> Redis {
+        Redis::start_on(None, true)
+    }
+
+    fn start_on(password: Option<&str>, unix: bool) -> Redis {
         let mut last = String::new();
         for _ in 0..3 {
             let mut r = Redis {
-                port: free_port(),
+                port: if unix { 0 } else { free_port() },
                 password: password.map(str::to_owned),
+                unix,
                 dir: tempfile::Builder::new()
                     .prefix("vmscope-redis-")
                     .tempdir()
@@ -69,11 +81,29 @@ impl Redis {
         panic!("redis-server did not come up: {last}");
     }
 
-    /// `redis://[:password@]127.0.0.1:PORT/0`.
+    /// `redis://[:password@]127.0.0.1:PORT/0`, or `unix:///dir/redis.sock`.
     pub fn url(&self) -> String {
+        if self.unix {
+            return format!("unix://{}", self.socket().display());
+        }
         match &self.password {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
             None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// How `redis-cli` reaches it.
+    fn endpoint(&self) -> Vec<String> {
+        if self.unix {
+            vec!["-s".to_owned(), self.socket().display().to_string()]
+        } else {
+            ["-h", "127.0.0.1", "-p", &self.port.to_string()]
+                .map(str::to_owned)
+                .to_vec()
         }
     }
 
@@ -95,6 +125,11 @@ impl Redis {
         .arg(self.dir.path());
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
+        }
+        if self.unix {
+            cmd.arg("--unixsocket")
+                .arg(self.socket())
+                .args(["--unixsocketperm", "700"]);
         }
         let log = std::fs::File::create(self.dir.path().join("redis.log"))
             .map_err(|e| format!("redis log: {e}"))?;
@@ -170,7 +205,7 @@ impl Redis {
 
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let mut cmd = Command::new(REDIS_CLI);
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(self.endpoint());
         if let Some(p) = &self.password {
             // Through the environment: not on a command line others can read.
             cmd.env("REDISCLI_AUTH", p);
@@ -216,7 +251,7 @@ impl Redis {
             }
         }
         let mut cmd = Command::new(REDIS_CLI);
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--pipe"]);
+        cmd.args(self.endpoint()).arg("--pipe");
         if let Some(p) = &self.password {
             cmd.env("REDISCLI_AUTH", p);
         }
