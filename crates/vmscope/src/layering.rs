@@ -30,7 +30,14 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("collectors", &["host", "model", "config"]),
     (
         "owners",
-        &["discovery", "model", "error", "config", "export"],
+        &[
+            "discovery",
+            "model",
+            "error",
+            "config",
+            "export",
+            "outbound",
+        ],
     ),
     ("export", &["model", "error"]),
     ("outbound", &["error"]),

@@ -30,13 +30,16 @@
 
 pub mod cmdline;
 pub mod file;
+pub mod http;
 pub mod libvirt;
 pub mod map;
 pub mod metrics;
 pub mod nova;
+pub mod redis;
 pub mod resolve;
 pub mod runner;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -66,7 +69,14 @@ pub struct OwnersConfig {
     pub nova: nova::Config,
     pub libvirt: libvirt::Config,
     pub file: file::Config,
+    pub redis: redis::Config,
+    pub http: http::Config,
     pub cmdline: cmdline::Config,
+    /// procfs as `[paths] proc` says (not a key of `[owners]`: the
+    /// collector sets it before starting the sources), for sources that
+    /// check a PID the platform wrote down.
+    #[serde(skip)]
+    pub proc_root: PathBuf,
 }
 
 impl Default for OwnersConfig {
@@ -77,7 +87,10 @@ impl Default for OwnersConfig {
             nova: nova::Config::default(),
             libvirt: libvirt::Config::default(),
             file: file::Config::default(),
+            redis: redis::Config::default(),
+            http: http::Config::default(),
             cmdline: cmdline::Config::default(),
+            proc_root: PathBuf::from("/proc"),
         }
     }
 }
@@ -101,7 +114,9 @@ impl OwnersConfig {
             return Err("owners.max_owners: must be at least 1".to_owned());
         }
         self.libvirt.validate()?;
-        self.file.validate()
+        self.file.validate()?;
+        self.redis.validate()?;
+        self.http.validate()
     }
 
     /// [`SOURCES`] in the configured precedence, highest first.
@@ -174,6 +189,14 @@ pub const SOURCES: &[SourceSpec] = &[
         start: file::start,
     },
     SourceSpec {
+        name: "redis",
+        start: redis::start,
+    },
+    SourceSpec {
+        name: "http",
+        start: http::start,
+    },
+    SourceSpec {
         name: "cmdline",
         start: cmdline::start,
     },
@@ -241,7 +264,14 @@ mod tests {
     fn order_sets_the_precedence_and_names_the_bad_key() {
         let cfg = load("[owners]\norder = ['cmdline', 'file']\n").unwrap();
         let names: Vec<&str> = cfg.owners.precedence().iter().map(|s| s.name).collect();
-        assert_eq!(names, ["cmdline", "file", "nova", "libvirt"]);
+        // The listed ones first, then the rest in table order.
+        let rest = SOURCES
+            .iter()
+            .map(|s| s.name)
+            .filter(|n| !["cmdline", "file"].contains(n));
+        let want: Vec<&str> = ["cmdline", "file"].into_iter().chain(rest).collect();
+        assert_eq!(names, want);
+        assert_eq!(names[2], "nova");
         let e = load("[owners]\norder = ['ldap']\n")
             .unwrap_err()
             .to_string();

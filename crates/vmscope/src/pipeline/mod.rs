@@ -130,6 +130,11 @@ impl Collector {
             .ok()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        // Sources that check a platform's PID read the configured procfs.
+        let owners = crate::owners::Owners::start(&crate::owners::OwnersConfig {
+            proc_root: roots.proc.clone(),
+            ..cfg.owners.clone()
+        });
         Ok(Collector {
             interval: cfg.interval(),
             discovery,
@@ -148,7 +153,7 @@ impl Collector {
             budget,
             buf: Vec::new(),
             roots,
-            owners: crate::owners::Owners::start(&cfg.owners),
+            owners,
             label_values_truncated: 0,
         })
     }

@@ -335,3 +335,54 @@ fn the_shipped_example_config_passes_check_config() {
         assert!(text.contains(section), "{section} missing from the example");
     }
 }
+
+#[test]
+fn check_config_names_the_redis_and_http_owner_keys_and_never_their_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[owners.redis]\nurl = \"rediss://:pw-4f9a2c@db:6380/0\"\n",
+            "owners.redis.url: TLS (rediss://) is not supported",
+            "pw-4f9a2c",
+        ),
+        (
+            "[owners.redis]\nurl = \"redis://:pw-4f9a2c@db:6380/0\"\nmax_keys = 0\n",
+            "owners.redis.max_keys",
+            "pw-4f9a2c",
+        ),
+        (
+            "[owners.redis]\nurl_env = \"VMSCOPE_TEST_NO_SUCH_REDIS_URL\"\n",
+            "owners.redis.url_env: the environment variable VMSCOPE_TEST_NO_SUCH_REDIS_URL is not set",
+            "",
+        ),
+        (
+            "[owners.http]\nurl = \"ftp://cp/x?token=tk-88e1d0\"\nvm_id = \"/id\"\nuser_id = \"/u\"\n",
+            "owners.http.url: not an http:// or https:// URL",
+            "tk-88e1d0",
+        ),
+        (
+            "[owners.http]\nurl = \"https://cp/x?token=tk-88e1d0\"\nvm_id = \"id\"\nuser_id = \"/u\"\n",
+            "owners.http.vm_id: \"id\" is not a JSON pointer",
+            "tk-88e1d0",
+        ),
+        (
+            "[owners.http]\nurl = \"https://cp/x\"\nuser_id = \"/u\"\n",
+            "at least one of vm_id, vm_name, pid",
+            "",
+        ),
+    ];
+    for (i, (toml, needle, secret)) in cases.into_iter().enumerate() {
+        let cfg = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let (code, out, err) = run(bin().arg("check-config").arg(&cfg));
+        assert_eq!(code, 2, "{toml}: stdout {out} stderr {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{needle:?} in {err:?}"
+        );
+        assert!(
+            secret.is_empty() || !err.contains(secret),
+            "secret leaked: {err}"
+        );
+    }
+}

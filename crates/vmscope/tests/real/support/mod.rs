@@ -8,6 +8,7 @@
 //!   sample by name and labels.
 //! - [`prom`]: a real Prometheus server scraping the agent.
 //! - [`libvirt`]: libvirtd/virtlogd start-up and a transient test domain.
+//! - [`redis`]: a real `redis-server` on a private port, restartable.
 //!
 //! Everything here needs root (TAP devices, AF_PACKET, libvirt) and a QEMU
 //! binary; [`lab_available`] decides whether a test runs, skips, or (under
@@ -18,6 +19,8 @@ pub mod lab;
 pub mod libvirt;
 pub mod metrics;
 pub mod prom;
+pub mod redis;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
