@@ -16,6 +16,21 @@
 //! The files are regular files, so this measures vmscope's own work (parsing,
 //! bookkeeping, building the snapshot) plus cheap reads; the kernel's cost of
 //! generating real procfs files is measured by `bench/run.sh` instead.
+//!
+//! The `owners` group measures the same steady tick with owner sources
+//! holding a 100 000-row mapping (1000 rows for the fixture's VMs, 99 000
+//! for VMs on other hosts), against the tick with no fetched source, in
+//! the same run:
+//! - `owners/none`: `[owners]` defaults (Nova only: no fetched source);
+//! - `owners/file-100k`: a CSV mapping file, parsed once;
+//! - `owners/redis-100k`: 100 000 sessions in a real `redis-server` the
+//!   bench starts on a free port (skipped without `redis-server`);
+//! - `owners/redis-100k-refreshing`: the same while the source re-reads all
+//!   100 000 sessions back to back on its own thread (the tick never waits
+//!   for it; on a 2-core machine the two compete for CPU);
+//! - `owners/file-100k-remap`: the tick that applies a new map (every VM
+//!   resolved again), measured alone.
+//!
 //! Run with `cargo bench -p vmscope --bench tick`.
 
 // Setup failures here are bugs in the bench itself: panicking is the report.
@@ -255,5 +270,184 @@ fn bench_tick(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_tick);
+/// Rows of the 100 000-row owner mapping: the fixture's 1000 VMs by UUID
+/// first, then VMs that live on other hosts.
+const MAPPING_ROWS: u32 = 100_000;
+
+fn vm_uuid(i: u32) -> String {
+    format!("5eed0000-0000-4000-8000-{i:012x}")
+}
+
+/// The mapping as CSV; `variant` changes VM 0's user (a new map).
+fn mapping_csv(variant: u32) -> String {
+    let mut csv = String::from("id,user_id,user_name,project_id,project_name\n");
+    for i in 0..MAPPING_ROWS {
+        let user = if i == 0 { variant } else { i % 5000 };
+        writeln!(
+            csv,
+            "{},u-{user},user {user},p-{},project {}",
+            vm_uuid(i),
+            i % 300,
+            i % 300
+        )
+        .unwrap();
+    }
+    csv
+}
+
+/// A steady collector over the fixture with `owners` as its `[owners]`
+/// table, ticked until every VM carries an owner from `source`.
+fn owned_collector(root: &Path, owners: &str, source: &str) -> Collector {
+    let mut cfg = config(root);
+    cfg.owners = toml::from_str(owners).unwrap();
+    let mut c = Collector::with_budget(&cfg, FdBudget::new(8 * VMS as usize)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let snap = c.tick();
+        if snap.vms.len() == VMS as usize
+            && snap.vms.iter().all(|v| v.owner_source == Some(source))
+        {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the {source} source never attributed every VM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A `redis-server` on a free port, killed on drop.
+struct Redis(std::process::Child, u16);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<Redis> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let redis = Redis(child, port);
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        if let Ok(c) = client.get_connection() {
+            break c;
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for chunk in (0..MAPPING_ROWS).collect::<Vec<_>>().chunks(5000) {
+        let mut pipe = redis::pipe();
+        for &i in chunk {
+            pipe.hset_multiple(
+                format!("session:{i}"),
+                &[
+                    ("user_id", format!("u-{}", i % 5000)),
+                    ("vm_id", vm_uuid(i)),
+                    ("pid", (FIRST_VM_PID + i).to_string()),
+                ],
+            )
+            .ignore();
+        }
+        pipe.query::<()>(&mut conn).unwrap();
+    }
+    Some(redis)
+}
+
+fn bench_owners(c: &mut Criterion) {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    make_tree(dir.path());
+    let mapping = dir.path().join("owners.csv");
+    fs::write(&mapping, mapping_csv(0)).unwrap();
+
+    let mut g = c.benchmark_group("owners");
+    g.sample_size(30).measurement_time(Duration::from_secs(10));
+
+    let mut none = Collector::with_budget(&config(dir.path()), FdBudget::new(8 * VMS as usize))
+        .unwrap();
+    none.tick();
+    g.bench_function("none", |b| b.iter(|| black_box(none.tick())));
+
+    let file = format!("[file]\npath = {mapping:?}\ninterval = \"1h\"\n");
+    let mut with_file = owned_collector(dir.path(), &file, "file");
+    g.bench_function("file-100k", |b| b.iter(|| black_box(with_file.tick())));
+    drop(with_file);
+
+    match start_redis() {
+        None => eprintln!("owners/redis-*: skipped (no redis-server)"),
+        Some(redis) => {
+            let url = format!("redis://127.0.0.1:{}/", redis.1);
+            let quiet = format!(
+                "[redis]\nurl = {url:?}\ninterval = \"1h\"\ntimeout = \"60s\"\nmax_keys = 200000\n"
+            );
+            let mut quiet = owned_collector(dir.path(), &quiet, "redis");
+            g.bench_function("redis-100k", |b| b.iter(|| black_box(quiet.tick())));
+            drop(quiet);
+            // Refreshing back to back: the shortest interval the source
+            // takes, far below one read of 100 000 sessions.
+            let busy = format!(
+                "[redis]\nurl = {url:?}\ninterval = \"1ms\"\ntimeout = \"60s\"\nmax_keys = 200000\n"
+            );
+            let mut busy = owned_collector(dir.path(), &busy, "redis");
+            g.bench_function("redis-100k-refreshing", |b| {
+                b.iter(|| black_box(busy.tick()))
+            });
+        }
+    }
+
+    // A new map: the tick that applies it, alone. The file is looked at
+    // every 20 ms; ticks before the new map arrives are not counted.
+    let fast = format!("[file]\npath = {mapping:?}\ninterval = \"20ms\"\n");
+    let mut remap = owned_collector(dir.path(), &fast, "file");
+    let mut variant = 0;
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.bench_function("file-100k-remap", |b| {
+        b.iter_custom(|iters| {
+            let mut applying = Duration::ZERO;
+            for _ in 0..iters {
+                variant += 1;
+                let want = format!("u-{}", 100_000 + variant);
+                // Replaced whole (rename), as a platform should write it.
+                let next = mapping.with_extension("csv.new");
+                fs::write(&next, mapping_csv(100_000 + variant)).unwrap();
+                fs::rename(&next, &mapping).unwrap();
+                loop {
+                    let t = std::time::Instant::now();
+                    let snap = remap.tick();
+                    let took = t.elapsed();
+                    let vm0 = snap.vms.iter().find(|v| v.name == "bench-0");
+                    if vm0.and_then(|v| v.owner.as_ref()?.user_id.as_deref()) == Some(&want) {
+                        applying += took;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            applying
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_tick, bench_owners);
 criterion_main!(benches);
