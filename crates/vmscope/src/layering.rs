@@ -30,7 +30,15 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("collectors", &["host", "model", "config"]),
     (
         "owners",
-        &["discovery", "model", "error", "config", "export"],
+        // outbound: `Secret` and redaction for database URLs and tokens
+        &[
+            "discovery",
+            "model",
+            "error",
+            "config",
+            "export",
+            "outbound",
+        ],
     ),
     ("export", &["model", "error"]),
     ("outbound", &["error"]),

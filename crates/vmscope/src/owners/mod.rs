@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod nova;
 pub mod resolve;
 pub mod runner;
+pub mod sql;
 
 use std::time::Duration;
 
@@ -63,6 +64,7 @@ pub struct OwnersConfig {
     pub max_owners: usize,
     pub nova: nova::Config,
     pub file: file::Config,
+    pub sql: sql::Config,
     pub cmdline: cmdline::Config,
 }
 
@@ -73,6 +75,7 @@ impl Default for OwnersConfig {
             max_owners: 1000,
             nova: nova::Config::default(),
             file: file::Config::default(),
+            sql: sql::Config::default(),
             cmdline: cmdline::Config::default(),
         }
     }
@@ -96,7 +99,8 @@ impl OwnersConfig {
         if self.max_owners == 0 {
             return Err("owners.max_owners: must be at least 1".to_owned());
         }
-        self.file.validate()
+        self.file.validate()?;
+        self.sql.validate()
     }
 
     /// [`SOURCES`] in the configured precedence, highest first.
@@ -164,6 +168,10 @@ pub const SOURCES: &[SourceSpec] = &[
         start: file::start,
     },
     SourceSpec {
+        name: "sql",
+        start: sql::start,
+    },
+    SourceSpec {
         name: "cmdline",
         start: cmdline::start,
     },
@@ -223,7 +231,7 @@ mod tests {
     fn order_sets_the_precedence_and_names_the_bad_key() {
         let cfg = load("[owners]\norder = ['cmdline', 'file']\n").unwrap();
         let names: Vec<&str> = cfg.owners.precedence().iter().map(|s| s.name).collect();
-        assert_eq!(names, ["cmdline", "file", "nova"]);
+        assert_eq!(names, ["cmdline", "file", "nova", "sql"]);
         let e = load("[owners]\norder = ['ldap']\n")
             .unwrap_err()
             .to_string();
