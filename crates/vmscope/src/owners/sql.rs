@@ -1260,8 +1260,10 @@ mod tests {
             "url = 'sqlite://{}'\nquery = 'select uuid as vm_id, name as vm_name, owner as user_name from vms'\ntimeout = '2s'\n",
             path.display()
         );
-        let mut owners = OwnersConfig::default();
-        owners.sql = cfg(&toml);
+        let mut owners = OwnersConfig {
+            sql: cfg(&toml),
+            ..OwnersConfig::default()
+        };
         owners.validate().unwrap();
         let Some(Source::Fetched(mut src, opts)) = start(&owners) else {
             panic!("not started")

@@ -17,6 +17,7 @@ pub mod http;
 pub mod lab;
 pub mod libvirt;
 pub mod metrics;
+pub mod postgres;
 pub mod prom;
 
 use std::path::Path;
