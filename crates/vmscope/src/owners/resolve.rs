@@ -107,7 +107,7 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// Starts every enabled source of [`SOURCES`], in the configured
+    /// Starts every enabled source of [`SOURCES`](super::SOURCES), in the configured
     /// precedence; fetched ones on their own threads. A source whose
     /// threads cannot start is logged and left out (the rest still
     /// attribute).
