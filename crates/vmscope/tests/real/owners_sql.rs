@@ -551,3 +551,111 @@ fn check_config_reads_the_url_from_the_environment_and_never_prints_it() {
     assert!(!ok && text.contains("owners.sql.url_env"), "{text}");
     assert!(!text.contains("hunter2secret"), "{text}");
 }
+
+/// The source itself (no agent) against PostgreSQL: what the database is
+/// made to enforce, and the platform's column types.
+#[test]
+fn postgres_fetches_are_read_only_bounded_and_read_the_platforms_types() {
+    use vmscope::owners::{OwnerSource, OwnersConfig, Source, VmFacts};
+    if !postgres::available() {
+        assert!(!in_ci(), "PostgreSQL 15 is missing under CI=true");
+        eprintln!("skipped: PostgreSQL 15 is not installed");
+        return;
+    }
+    let mut pg = Postgres::start();
+    pg.create_db(
+        "platform",
+        "CREATE TABLE vms (id uuid, owner_id bigint, login varchar(64), project text);
+         INSERT INTO vms VALUES ('6F1B3C2A-0000-4000-8000-000000000001', 7, 'alice', 'lab'),
+                                ('6f1b3c2a-0000-4000-8000-000000000002', 8, 'bob', NULL);
+         CREATE TABLE starts (owner_id bigint, at timestamptz);
+         INSERT INTO starts VALUES (7, now() - interval '2 days'), (8, now() - interval '40 days'), (9, NULL);",
+    );
+    let source = |query: &str, extra: &str| -> Box<dyn OwnerSource> {
+        let toml = format!(
+            "[sql]\nurl = {:?}\nquery = {query:?}\ntimeout = \"1s\"\nmax_rows = 3\n{extra}",
+            pg.url("platform")
+        );
+        let cfg: OwnersConfig = toml::from_str(&toml).unwrap();
+        cfg.validate().unwrap();
+        match vmscope::owners::sql::start(&cfg) {
+            Some(Source::Fetched(s, _)) => s,
+            _ => panic!("the SQL source did not start"),
+        }
+    };
+    let facts = |uuid: &'static str| VmFacts {
+        id: uuid,
+        uuid: Some(uuid),
+        name: "x",
+        pid: 1,
+        process: None,
+        libvirt: None,
+    };
+
+    // uuid, bigint and varchar columns; timestamptz and numeric epochs.
+    let rows = "SELECT id AS vm_id, owner_id AS user_id, login AS user_name, project AS project_name FROM vms";
+    for starts in [
+        "SELECT owner_id, max(at) AS last_start FROM starts GROUP BY owner_id",
+        "SELECT owner_id, extract(epoch FROM max(at)) AS last_start FROM starts GROUP BY owner_id",
+    ] {
+        let mut s = source(
+            rows,
+            &format!(
+                "last_start_query = {starts:?}\nusers_query = \"SELECT 'active' AS state, count(*) AS count FROM vms\"\n"
+            ),
+        );
+        let m = s.fetch().unwrap();
+        assert_eq!(m.len(), 2);
+        let o = m
+            .lookup(&facts("6f1b3c2a-0000-4000-8000-000000000001"))
+            .unwrap();
+        assert_eq!(o.user_id.as_deref(), Some("7"));
+        assert_eq!(o.user_name.as_deref(), Some("alice"));
+        assert_eq!(o.project_name.as_deref(), Some("lab"));
+        let h = m.inventory.last_vm_start.clone().unwrap();
+        // 2 days (<= 3), 40 days (<= 90); the NULL one is left out.
+        assert_eq!(h.cumulative, [0, 1, 1, 1, 1, 2, 2, 2], "{starts}");
+        assert_eq!(m.inventory.users_by_state, vec![("active".to_owned(), 2)]);
+    }
+
+    // A query that writes is refused by the read-only transaction.
+    let mut s = source(
+        "DELETE FROM vms RETURNING id AS vm_id, login AS user_name",
+        "",
+    );
+    assert_eq!(s.fetch().unwrap_err().kind, "query");
+    let mut c = pg.client("platform");
+    let n: i64 = c.query_one("SELECT count(*) FROM vms", &[]).unwrap().get(0);
+    assert_eq!(n, 2, "the DELETE must not have run");
+
+    // Slower than the timeout: the server cancels it.
+    let mut s = source(
+        "SELECT id AS vm_id, login AS user_name, pg_sleep(5) FROM vms",
+        "",
+    );
+    let t0 = std::time::Instant::now();
+    let e = s.fetch().unwrap_err();
+    assert_eq!(e.kind, "timeout", "{e:?}");
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+
+    // More rows than max_rows (3): the fetch fails, it does not eat memory.
+    let mut s = source(
+        "SELECT g::text AS vm_name, 'u' AS user_name FROM generate_series(1, 1000000) g",
+        "",
+    );
+    assert_eq!(s.fetch().unwrap_err().kind, "too_many_rows");
+    let mut s = source("SELECT login AS user_name FROM vms", "");
+    assert_eq!(s.fetch().unwrap_err().kind, "columns");
+
+    // The server restarts: one failed fetch (connect), then it reconnects.
+    let mut s = source(rows, "");
+    assert_eq!(s.fetch().unwrap().len(), 2);
+    pg.stop();
+    let e = s.fetch().unwrap_err();
+    assert_eq!(e.kind, "connect", "{e:?}");
+    let text = format!("{e:?} {}", e.source);
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+    pg.start_again();
+    assert_eq!(s.fetch().unwrap().len(), 2);
+}
