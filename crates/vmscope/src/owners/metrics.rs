@@ -37,6 +37,10 @@ static ERRORS: Desc = Desc::counter(
     "Failed fetches of the owner source, by kind (read, parse, timeout, panic, ...).",
 );
 
+static SKIPPED: Desc = Desc::gauge(
+    "vmscope_owner_source_rows_skipped",
+    "Malformed rows (no VM key or two, a value of the wrong type, no owner field) the owner source skipped in the mapping in use.",
+);
 static USERS: Desc = Desc::gauge(
     "vmscope_platform_users",
     "Platform users by active state, as the owner source (its users_query) counts them.",
@@ -101,14 +105,19 @@ impl MetricSource for OwnerSourceMetrics {
 }
 
 impl OwnerSourceMetrics {
-    /// `vmscope_platform_*` from each source's latest map; families no
-    /// source reports are left out.
+    /// From each source's latest map: its skipped rows and the
+    /// `vmscope_platform_*` families; families no source reports are left
+    /// out.
     fn encode_inventory(&self, out: &mut MetricWriter<'_>) {
         let maps: Vec<_> = self
             .sources
             .iter()
             .filter_map(|(name, p)| Some((*name, p.try_map()?)))
             .collect();
+        out.family(&SKIPPED);
+        for (name, m) in &maps {
+            out.sample(&[("source", name)], m.skipped as u64);
+        }
         out.family(&USERS);
         for (name, m) in &maps {
             for (state, n) in &m.inventory.users_by_state {
@@ -156,6 +165,7 @@ mod tests {
     fn running(name: &'static str, inventory: Inventory) -> runner::Running {
         let mut map = OwnerMap::default();
         map.inventory = inventory;
+        map.skipped = 4;
         let opts = RunOptions {
             every: Duration::from_secs(60),
             timeout: Duration::from_secs(5),
@@ -214,6 +224,7 @@ mod tests {
             "vmscope_platform_users{source=\"sql\",state=\"active\"} 7\n",
             "vmscope_platform_users{source=\"sql\",state=\"bl\\\"ock\\ned\"} 2\n",
             "vmscope_platform_sessions{source=\"redis\"} 3\n",
+            "vmscope_owner_source_rows_skipped{source=\"file\"} 4\n",
             "# TYPE vmscope_platform_user_last_vm_start_age_seconds histogram\n",
             "vmscope_platform_user_last_vm_start_age_seconds_bucket{source=\"sql\",le=\"86400\"} 1\n",
             "vmscope_platform_user_last_vm_start_age_seconds_bucket{source=\"sql\",le=\"1209600\"} 1\n",

@@ -326,7 +326,7 @@ impl OwnerSource for SqlSource {
             ),
         };
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
-        let (map, skipped) = got.map_err(|(kind, text)| {
+        let (mut map, skipped) = got.map_err(|(kind, text)| {
             FetchError::new(kind, format!("{what}: {}", redact(text, &secrets)))
         })?;
         if skipped != self.skipped {
@@ -344,6 +344,7 @@ impl OwnerSource for SqlSource {
             }
             self.skipped = skipped;
         }
+        map.skipped = skipped.rows + skipped.users + skipped.last_start;
         Ok(map)
     }
 }

@@ -186,6 +186,10 @@ fn real_vms_attributed_from_postgres_by_uuid_name_and_pid() {
     assert_eq!(e.value("vmscope_owner_source_up", &src), Some(1.0));
     // The row without a VM key is skipped.
     assert_eq!(e.value("vmscope_owner_source_rows", &src), Some(3.0));
+    assert_eq!(
+        e.value("vmscope_owner_source_rows_skipped", &src),
+        Some(1.0)
+    );
 
     let vms = agent.api_vms();
     let api = |v: &QemuVm| {
