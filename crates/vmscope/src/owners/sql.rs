@@ -256,7 +256,12 @@ pub fn start(cfg: &OwnersConfig) -> Option<Source> {
     };
     let db = match target {
         Target::Postgres(mut pg) => {
-            pg.connect_timeout(c.timeout).application_name("vmscope");
+            // A peer that stops acknowledging (a partition, a dead host)
+            // drops the connection after `timeout` instead of hanging the
+            // source's thread on the kernel's retransmissions for minutes.
+            pg.connect_timeout(c.timeout)
+                .tcp_user_timeout(c.timeout)
+                .application_name("vmscope");
             Db::Postgres(Postgres {
                 config: pg,
                 client: None,
@@ -436,44 +441,44 @@ fn pg_fetch(
         limits.timeout.as_millis().max(1)
     ))?;
     let mut skipped = Skipped::default();
-
-    let mut acc = {
-        let stmt = tx.prepare(&q.rows)?;
-        let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
-        let cols = RowColumns::find(&names).map_err(PgFail::Ours)?;
-        let mut acc = Rows::new(limits.max_rows);
-        let portal = tx.bind(&stmt, &[])?;
-        // One more than allowed: seeing it is how we know there are more.
-        let fetch_at_most = i32::try_from(limits.max_rows.saturating_add(1)).unwrap_or(i32::MAX);
-        let mut it = tx.query_portal_raw(&portal, fetch_at_most)?;
-        while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut it)? {
-            acc.push(&cols, |i| pg_cell(&row, i))
-                .map_err(PgFail::Ours)?;
-        }
-        acc
-    };
+    let mut acc = Rows::new(limits.max_rows);
+    pg_each(
+        &mut tx,
+        &q.rows,
+        limits.max_rows,
+        RowColumns::find,
+        |c, row| acc.push(&c, |i| pg_cell(row, i)),
+    )?;
     skipped.rows = acc.skipped;
 
     if let Some(users_q) = &q.users {
-        let stmt = tx.prepare(users_q)?;
-        let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
-        let (state, count) = users_columns(&names).map_err(PgFail::Ours)?;
         let mut users = Users::default();
-        for row in pg_rows(&mut tx, &stmt, limits.max_rows)? {
-            users.push(pg_cell(&row, state), pg_cell(&row, count));
-        }
+        pg_each(
+            &mut tx,
+            users_q,
+            limits.max_rows,
+            users_columns,
+            |c, row| {
+                users.push(pg_cell(row, c.0), pg_cell(row, c.1));
+                Ok(())
+            },
+        )?;
         skipped.users = users.skipped;
         acc.map.inventory.users_by_state = users.finish();
     }
 
     if let Some(starts_q) = &q.last_start {
-        let stmt = tx.prepare(starts_q)?;
-        let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
-        let at = last_start_column(&names).map_err(PgFail::Ours)?;
         let mut starts = Starts::new(SystemTime::now());
-        for row in pg_rows(&mut tx, &stmt, limits.max_rows)? {
-            starts.push(pg_cell(&row, at));
-        }
+        pg_each(
+            &mut tx,
+            starts_q,
+            limits.max_rows,
+            last_start_column,
+            |c, row| {
+                starts.push(pg_cell(row, c));
+                Ok(())
+            },
+        )?;
         skipped.last_start = starts.skipped;
         acc.map.inventory.last_vm_start = Some(starts.hist);
     }
@@ -481,21 +486,32 @@ fn pg_fetch(
     Ok((acc.map, skipped))
 }
 
-/// At most `max` rows of `stmt`, or `too_many_rows`.
-fn pg_rows(
+/// Runs `sql` in `tx`: `cols` finds its columns by name, then `each` takes
+/// every row as it streams in (through a portal, so at most `max` + 1 rows
+/// are ever asked of the server); more than `max` is `too_many_rows`.
+fn pg_each<C: Copy>(
     tx: &mut postgres::Transaction<'_>,
-    stmt: &postgres::Statement,
+    sql: &str,
     max: usize,
-) -> Result<Vec<postgres::Row>, PgFail> {
-    let portal = tx.bind(stmt, &[])?;
-    let rows = tx.query_portal(
-        &portal,
-        i32::try_from(max.saturating_add(1)).unwrap_or(i32::MAX),
-    )?;
-    if rows.len() > max {
-        return Err(PgFail::Ours(too_many(max)));
+    cols: impl FnOnce(&[&str]) -> Result<C, Failure>,
+    mut each: impl FnMut(C, &postgres::Row) -> Result<(), Failure>,
+) -> Result<(), PgFail> {
+    let stmt = tx.prepare(sql)?;
+    let names: Vec<&str> = stmt.columns().iter().map(|c| c.name()).collect();
+    let c = cols(&names).map_err(PgFail::Ours)?;
+    let portal = tx.bind(&stmt, &[])?;
+    // One more than allowed: seeing it is how we know there are more.
+    let ask = i32::try_from(max.saturating_add(1)).unwrap_or(i32::MAX);
+    let mut it = tx.query_portal_raw(&portal, ask)?;
+    let mut n = 0usize;
+    while let Some(row) = postgres::fallible_iterator::FallibleIterator::next(&mut it)? {
+        n += 1;
+        if n > max {
+            return Err(PgFail::Ours(too_many(max)));
+        }
+        each(c, &row).map_err(PgFail::Ours)?;
     }
-    Ok(rows)
+    Ok(())
 }
 
 fn pg_cell(row: &postgres::Row, i: usize) -> Cell {
