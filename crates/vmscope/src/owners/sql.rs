@@ -254,6 +254,7 @@ pub fn start(cfg: &OwnersConfig) -> Option<Source> {
         users: c.users_query.clone(),
         last_start: c.last_start_query.clone(),
     };
+    let what = target.describe();
     let db = match target {
         Target::Postgres(mut pg) => {
             // A peer that stops acknowledging (a partition, a dead host)
@@ -276,6 +277,7 @@ pub fn start(cfg: &OwnersConfig) -> Option<Source> {
             timeout: c.timeout,
             max_rows: c.max_rows,
             secrets,
+            what,
             skipped: Skipped::default(),
         }),
         RunOptions {
@@ -306,6 +308,8 @@ struct SqlSource {
     max_rows: usize,
     /// The URL and its password, scrubbed from every error's text.
     secrets: Vec<String>,
+    /// The database as errors and logs name it ([`Target::describe`]).
+    what: String,
     skipped: Skipped,
 }
 
@@ -320,16 +324,11 @@ impl OwnerSource for SqlSource {
             timeout: self.timeout,
             max_rows: self.max_rows,
         };
-        let (what, got) = match &mut self.db {
-            Db::Postgres(pg) => (
-                Target::Postgres(pg.config.clone()).describe(),
-                pg.fetch(&self.queries, limits),
-            ),
-            Db::Sqlite(s) => (
-                Target::Sqlite(s.path.clone()).describe(),
-                s.fetch(&self.queries, limits),
-            ),
+        let got = match &mut self.db {
+            Db::Postgres(pg) => pg.fetch(&self.queries, limits),
+            Db::Sqlite(s) => s.fetch(&self.queries, limits),
         };
+        let what = &self.what;
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
         let (mut map, skipped) = got.map_err(|(kind, text)| {
             FetchError::new(kind, format!("{what}: {}", redact(text, &secrets)))
