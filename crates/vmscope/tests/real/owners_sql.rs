@@ -575,10 +575,12 @@ fn postgres_fetches_are_read_only_bounded_and_read_the_platforms_types() {
          CREATE TABLE starts (owner_id bigint, at timestamptz);
          INSERT INTO starts VALUES (7, now() - interval '2 days'), (8, now() - interval '40 days'), (9, NULL);",
     );
+    // libpq's default sslmode (prefer): plain text against a server
+    // without TLS, as documented.
+    let url = pg.url("platform").replace("?sslmode=disable", "");
     let source = |query: &str, extra: &str| -> Box<dyn OwnerSource> {
         let toml = format!(
-            "[sql]\nurl = {:?}\nquery = {query:?}\ntimeout = \"1s\"\nmax_rows = 3\n{extra}",
-            pg.url("platform")
+            "[sql]\nurl = {url:?}\nquery = {query:?}\ntimeout = \"1s\"\nmax_rows = 3\n{extra}"
         );
         let cfg: OwnersConfig = toml::from_str(&toml).unwrap();
         cfg.validate().unwrap();
