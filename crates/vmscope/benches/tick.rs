@@ -304,8 +304,7 @@ fn owned_collector(root: &Path, owners: &str, source: &str) -> Collector {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let snap = c.tick();
-        if snap.vms.len() == VMS as usize
-            && snap.vms.iter().all(|v| v.owner_source == Some(source))
+        if snap.vms.len() == VMS as usize && snap.vms.iter().all(|v| v.owner_source == Some(source))
         {
             return c;
         }
@@ -334,7 +333,14 @@ fn start_redis() -> Option<Redis> {
         .ok()?
         .port();
     let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -383,8 +389,8 @@ fn bench_owners(c: &mut Criterion) {
     let mut g = c.benchmark_group("owners");
     g.sample_size(30).measurement_time(Duration::from_secs(10));
 
-    let mut none = Collector::with_budget(&config(dir.path()), FdBudget::new(8 * VMS as usize))
-        .unwrap();
+    let mut none =
+        Collector::with_budget(&config(dir.path()), FdBudget::new(8 * VMS as usize)).unwrap();
     none.tick();
     g.bench_function("none", |b| b.iter(|| black_box(none.tick())));
 

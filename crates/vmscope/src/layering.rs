@@ -30,6 +30,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("collectors", &["host", "model", "config"]),
     (
         "owners",
+        // outbound: `Secret` and redaction for database URLs and tokens
         &[
             "discovery",
             "model",

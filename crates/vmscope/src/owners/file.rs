@@ -204,6 +204,7 @@ fn parse(text: &str, format: Format) -> Result<(OwnerMap, usize), String> {
         }
         map.insert(key, owner);
     }
+    map.skipped = skipped;
     Ok((map, skipped))
 }
 

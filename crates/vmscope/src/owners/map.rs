@@ -30,6 +30,9 @@ pub struct OwnerMap {
     /// The platform's inventory as this source sees it (SQL: users, Redis:
     /// sessions); empty for sources that know only rows.
     pub inventory: Inventory,
+    /// Malformed rows the source skipped in the fetch that built this map
+    /// (no VM key or two, a value of the wrong type, no owner field).
+    pub skipped: usize,
 }
 
 /// What a fetched source knows about the platform beyond VM rows, counted

@@ -38,6 +38,7 @@ pub mod nova;
 pub mod redis;
 pub mod resolve;
 pub mod runner;
+pub mod sql;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,6 +70,7 @@ pub struct OwnersConfig {
     pub nova: nova::Config,
     pub libvirt: libvirt::Config,
     pub file: file::Config,
+    pub sql: sql::Config,
     pub redis: redis::Config,
     pub http: http::Config,
     pub cmdline: cmdline::Config,
@@ -87,6 +89,7 @@ impl Default for OwnersConfig {
             nova: nova::Config::default(),
             libvirt: libvirt::Config::default(),
             file: file::Config::default(),
+            sql: sql::Config::default(),
             redis: redis::Config::default(),
             http: http::Config::default(),
             cmdline: cmdline::Config::default(),
@@ -115,6 +118,7 @@ impl OwnersConfig {
         }
         self.libvirt.validate()?;
         self.file.validate()?;
+        self.sql.validate()?;
         self.redis.validate()?;
         self.http.validate()
     }
@@ -187,6 +191,10 @@ pub const SOURCES: &[SourceSpec] = &[
     SourceSpec {
         name: "file",
         start: file::start,
+    },
+    SourceSpec {
+        name: "sql",
+        start: sql::start,
     },
     SourceSpec {
         name: "redis",

@@ -17,6 +17,7 @@ mod owners;
 mod owners_http;
 mod owners_libvirt;
 mod owners_redis;
+mod owners_sql;
 mod state_db;
 mod watchdog_e2e;
 mod watchdog_secrets;

@@ -18,6 +18,7 @@ pub mod http;
 pub mod lab;
 pub mod libvirt;
 pub mod metrics;
+pub mod postgres;
 pub mod prom;
 pub mod redis;
 pub mod tls;
