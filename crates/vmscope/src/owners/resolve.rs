@@ -169,7 +169,8 @@ impl Owners {
                 && let Some(latest) = r.published.try_map()
                 && !Arc::ptr_eq(&latest, current)
             {
-                *current = latest;
+                // The old map goes back to the source's thread to be freed.
+                r.retire(std::mem::replace(current, latest));
                 changed = true;
             }
         }

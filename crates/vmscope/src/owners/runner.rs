@@ -96,6 +96,9 @@ impl Health {
 pub struct Published {
     map: RwLock<Arc<OwnerMap>>,
     health: Mutex<Health>,
+    /// Maps the tick has let go of ([`Running::retire`]), freed by the
+    /// supervisor.
+    retired: Mutex<Vec<Arc<OwnerMap>>>,
 }
 
 impl Published {
@@ -112,6 +115,13 @@ impl Published {
             .clone()
     }
 
+    /// Frees what the tick retired, outside the lock.
+    fn drop_retired(&self) {
+        let retired =
+            std::mem::take(&mut *self.retired.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(retired);
+    }
+
     fn update(&self, f: impl FnOnce(&mut Health)) {
         f(&mut self.health.lock().unwrap_or_else(PoisonError::into_inner));
     }
@@ -121,7 +131,25 @@ impl Published {
 pub struct Running {
     pub name: &'static str,
     pub published: Arc<Published>,
-    _stop: mpsc::Sender<()>,
+    /// A message wakes the supervisor to free retired maps; dropping the
+    /// sender stops it.
+    wake: mpsc::Sender<()>,
+}
+
+impl Running {
+    /// Hands a map the tick no longer uses to the source's own thread,
+    /// which frees it (if it was the last user) at once: freeing a
+    /// 100 000-row map takes tens of milliseconds, which must not land on
+    /// the tick that swaps in its successor.
+    pub fn retire(&self, map: Arc<OwnerMap>) {
+        self.published
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(map);
+        // A supervisor that is gone has nothing left to free for.
+        let _ = self.wake.send(());
+    }
 }
 
 /// Starts `source` on its own threads; the first fetch starts at once.
@@ -150,7 +178,7 @@ pub fn spawn(
     Ok(Running {
         name,
         published,
-        _stop: stop_tx,
+        wake: stop_tx,
     })
 }
 
@@ -190,10 +218,15 @@ fn supervise(
             }
         };
         record(name, shared, outcome);
-        match stop.recv_timeout(opts.every.saturating_sub(started.elapsed())) {
-            Err(RecvTimeoutError::Timeout) => {}
-            // The handle was dropped: vmscope is shutting down.
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        loop {
+            shared.drop_retired();
+            match stop.recv_timeout(opts.every.saturating_sub(started.elapsed())) {
+                // The tick retired a map: free it, then keep waiting.
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => break,
+                // The handle was dropped: vmscope is shutting down.
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 }
@@ -407,6 +440,25 @@ mod tests {
         let before = t.health().last_success;
         eventually("another success", || t.health().last_success != before);
         assert!(Arc::ptr_eq(&first, &t.r.published.try_map().unwrap()));
+    }
+
+    #[test]
+    fn a_retired_map_is_freed_on_the_sources_thread_at_once() {
+        // An interval far longer than the test: only the wake-up can free it.
+        let source = InTest {
+            mode: Arc::new(Mutex::new(Mode::Rows("alice"))),
+            fetches: Arc::new(AtomicU32::new(0)),
+        };
+        let slow = RunOptions {
+            every: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+        };
+        let r = spawn("test", Box::new(source), slow).unwrap();
+        eventually("the first map", || r.published.health().up);
+        let old = Arc::new(OwnerMap::default());
+        let weak = Arc::downgrade(&old);
+        r.retire(old);
+        eventually("the retired map freed", || weak.upgrade().is_none());
     }
 
     #[test]
