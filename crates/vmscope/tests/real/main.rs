@@ -14,6 +14,7 @@ mod e2e;
 mod http_hardening;
 mod hung_mount;
 mod owners;
+mod owners_usage;
 mod state_db;
 mod watchdog_e2e;
 mod watchdog_secrets;
