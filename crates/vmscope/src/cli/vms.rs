@@ -151,7 +151,7 @@ pub fn table(vms: &[VmStats]) -> String {
 
 /// VM names come from command lines: keep control characters out of the
 /// table, and cut what is longer than [`MAX_CELL_CHARS`] with an ellipsis.
-fn cell(s: &str) -> String {
+pub(super) fn cell(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(MAX_CELL_CHARS + 1)
