@@ -263,7 +263,8 @@ pub fn vms_of<'a>(
 
 fn by_owner(vms: &[VmStats], kind: OwnerKind, max_owners: usize) -> KindUsage {
     let index = OwnerIndex::new(kind, vms.iter().filter_map(|v| v.owner.as_ref()));
-    let mut slot: HashMap<&str, usize> = HashMap::new();
+    // Sized for one owner per VM (the worst case) so the map never regrows.
+    let mut slot: HashMap<&str, usize> = HashMap::with_capacity(vms.len());
     let mut groups: Vec<(&str, Option<&str>, Totals)> = Vec::new();
     for vm in vms {
         let Some(owner) = vm.owner.as_ref() else {
