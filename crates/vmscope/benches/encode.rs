@@ -136,9 +136,73 @@ fn http_load() {
     }
 }
 
+/// The per-owner families' share of an encode: the fixture (50 users, 10
+/// projects on a third of 1000 VMs), every VM attributed to 250 users and
+/// 50 projects, and the worst case (every VM its own user and project:
+/// 2000 owners, none folded), each against the same snapshot without any
+/// per-owner series; and summing the owners on the tick.
+fn owners(c: &mut Criterion) {
+    use vmscope::model::usage::Usage;
+    use vmscope::model::{Owner, Snapshot};
+    let attributed = |users: usize, projects: usize| -> Snapshot {
+        let mut s = fixture::snapshot(VMS);
+        for (i, vm) in s.vms.iter_mut().enumerate() {
+            vm.owner = Some(Owner {
+                user_id: Some(format!("user-{:06}", i % users)),
+                user_name: Some(format!("User Number {}", i % users)),
+                project_id: Some(format!("project-{:06}", i % projects)),
+                project_name: None,
+            });
+        }
+        s.with_usage(1000)
+    };
+    let cases = [
+        ("fixture", fixture::snapshot(VMS)),
+        ("250_users_50_projects", attributed(250, 50)),
+        ("2000_owners", attributed(VMS, VMS)),
+    ];
+    let mut g = c.benchmark_group("owners");
+    for (name, snap) in &cases {
+        let mut bare = snap.clone();
+        bare.usage = Usage::default();
+        // Best of interleaved runs: on a shared machine the minimum is the
+        // figure that load from elsewhere does not move.
+        let best = |s: &Snapshot, best: &mut Duration| {
+            let t = std::time::Instant::now();
+            black_box(encode(Format::Text, &[s]));
+            *best = (*best).min(t.elapsed());
+        };
+        let (mut with, mut without) = (Duration::MAX, Duration::MAX);
+        for _ in 0..300 {
+            best(snap, &mut with);
+            best(&bare, &mut without);
+        }
+        eprintln!(
+            "owners {name}: Text encode best of 300 interleaved: {:.3} ms with the per-owner families, \
+             {:.3} ms without ({:+.1}%); {} bytes vs {}",
+            with.as_secs_f64() * 1e3,
+            without.as_secs_f64() * 1e3,
+            (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0,
+            encode(Format::Text, &[snap]).len(),
+            encode(Format::Text, &[&bare]).len()
+        );
+        for (variant, s) in [("with", snap), ("without", &bare)] {
+            g.bench_function(
+                format!("Text_{VMS}_vms_{name}_{variant}_owner_families"),
+                |b| b.iter(|| black_box(encode(Format::Text, &[s]))),
+            );
+        }
+        g.bench_function(format!("usage_of_{VMS}_vms_{name}"), |b| {
+            b.iter(|| black_box(Usage::of(&snap.vms, 1000)))
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);
+    owners(&mut c);
     c.final_summary();
     http_load();
 }

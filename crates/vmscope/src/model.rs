@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub mod identity;
+pub mod usage;
 
 /// Which hypervisor runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -24,6 +25,11 @@ pub enum Hypervisor {
 }
 
 impl Hypervisor {
+    pub const ALL: [Hypervisor; 3] = [
+        Hypervisor::Qemu,
+        Hypervisor::CloudHypervisor,
+        Hypervisor::Firecracker,
+    ];
     pub const fn as_str(self) -> &'static str {
         match self {
             Hypervisor::Qemu => "qemu",
@@ -355,6 +361,11 @@ pub struct Snapshot {
     /// Identity strings cut to [`MAX_LABEL_VALUE_BYTES`] since start.
     #[serde(skip)]
     pub label_values_truncated_total: u64,
+    /// What `vms` add up to per owner and by state ([`usage::Usage::of`]
+    /// over `vms`, on the collector thread): what the per-owner gauges and
+    /// `/api/v1/owners` read.
+    #[serde(skip)]
+    pub usage: usage::Usage,
 }
 
 impl Snapshot {
@@ -370,7 +381,15 @@ impl Snapshot {
             collectors: Vec::new(),
             discovered: Vec::new(),
             label_values_truncated_total: 0,
+            usage: usage::Usage::default(),
         }
+    }
+
+    /// Sums `vms` again into [`Snapshot::usage`] (for snapshots built or
+    /// changed by hand: tests, benches).
+    pub fn with_usage(mut self, max_owners: usize) -> Self {
+        self.usage = usage::Usage::of(&self.vms, max_owners);
+        self
     }
 
     pub fn vm(&self, id: &str) -> Option<&VmStats> {

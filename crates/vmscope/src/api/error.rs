@@ -22,6 +22,10 @@ const ECHO_MAX_CHARS: usize = 128;
 pub enum ApiError {
     #[error("no VM with id \"{0}\"")]
     VmNotFound(String),
+    #[error("no {kind} with id \"{id}\" has a VM on this host")]
+    OwnerNotFound { kind: &'static str, id: String },
+    #[error("no owner kind \"{0}\" (user or project)")]
+    OwnerKindNotFound(String),
     #[error("no such endpoint; GET / lists them")]
     RouteNotFound,
     #[error("method not allowed on this endpoint")]
@@ -71,11 +75,25 @@ impl ApiError {
         ApiError::VmNotFound(id.chars().take(ECHO_MAX_CHARS).collect())
     }
 
+    /// An unknown owner, its id echoed as [`ApiError::vm_not_found`] does.
+    pub fn owner_not_found(kind: &'static str, id: &str) -> Self {
+        ApiError::OwnerNotFound {
+            kind,
+            id: id.chars().take(ECHO_MAX_CHARS).collect(),
+        }
+    }
+
+    /// An unknown owner kind in the path, echoed likewise.
+    pub fn owner_kind_not_found(kind: &str) -> Self {
+        ApiError::OwnerKindNotFound(kind.chars().take(ECHO_MAX_CHARS).collect())
+    }
+
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::VmNotFound(_) | ApiError::RouteNotFound => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
+            ApiError::VmNotFound(_)
+            | ApiError::OwnerNotFound { .. }
+            | ApiError::OwnerKindNotFound(_)
+            | ApiError::RouteNotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::BadRequest(_) | ApiError::MalformedRequest(_) => {
                 (StatusCode::BAD_REQUEST, "bad_request")

@@ -23,6 +23,7 @@ pub mod http_metrics;
 mod index;
 pub mod limits;
 mod metrics;
+mod owners;
 mod vms;
 
 use std::sync::Arc;
@@ -128,6 +129,20 @@ pub const ROUTES: &[Resource] = &[
         path: "/api/v1/vms/{id}/stats",
         summary: "One VM's usage as flat totals and rates.",
         handler: || get(vms::stats),
+        compress: true,
+        reads: Reads::Snapshot,
+    },
+    Resource {
+        path: "/api/v1/owners",
+        summary: "Every owner (users and projects) with VMs on this host and their totals; ?kind=user|project.",
+        handler: || get(owners::list),
+        compress: true,
+        reads: Reads::Snapshot,
+    },
+    Resource {
+        path: "/api/v1/owners/{kind}/{id}",
+        summary: "One owner (kind user or project, id its key) with its totals and its VMs.",
+        handler: || get(owners::get),
         compress: true,
         reads: Reads::Snapshot,
     },

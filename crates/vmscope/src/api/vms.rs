@@ -23,8 +23,9 @@ struct VmList<'a> {
     vms: Vec<VmSummary<'a>>,
 }
 
+/// One VM in a list (`/api/v1/vms`, an owner's VMs).
 #[derive(Serialize)]
-struct VmSummary<'a> {
+pub(super) struct VmSummary<'a> {
     id: &'a str,
     name: &'a str,
     hypervisor: Hypervisor,

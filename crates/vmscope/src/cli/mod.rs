@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `vms`, `check-config`.
+//! Command-line interface: `serve`, `vms`, `owners`, `check-config`.
 //!
 //! Errors reach the user once, at this edge, printed with their causes
 //! (`error: cannot read config file x.toml: No such file or directory`) and
@@ -11,6 +11,7 @@
 
 mod check;
 mod logfmt;
+mod owners;
 pub mod serve;
 mod vms;
 
@@ -40,6 +41,9 @@ enum Command {
     Serve(ServeArgs),
     /// Print the VMs on this host now, measured over a short window.
     Vms(VmsArgs),
+    /// Print who uses this host now: per user and project, their VMs,
+    /// vCPUs, CPU, memory and network, measured over a short window.
+    Owners(OwnersArgs),
     /// Validate the configuration `serve` would run with (the file, then
     /// VMSCOPE_* variables) and explain what is wrong.
     CheckConfig {
@@ -91,6 +95,37 @@ pub struct VmsArgs {
     window: f64,
 }
 
+/// `--kind` of `vmscope owners`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum KindArg {
+    User,
+    Project,
+}
+
+impl From<KindArg> for crate::model::identity::OwnerKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::User => Self::User,
+            KindArg::Project => Self::Project,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct OwnersArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Output format (json: the /api/v1/owners entries).
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Seconds to measure rates over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    window: f64,
+    /// Only owners of this kind.
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
+}
+
 /// A failure meant for the user: message (with causes) and exit code. No
 /// message for a reader that went away: that ends the command quietly.
 pub struct Failure {
@@ -128,6 +163,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Vms(a) => vms::run(a),
+        Command::Owners(a) => owners::run(a),
         Command::CheckConfig { file, config } => check::run(file.or(config)),
     };
     match res {

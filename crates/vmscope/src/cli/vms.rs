@@ -169,7 +169,7 @@ fn owner_cell(v: &VmStats) -> String {
 
 /// VM names come from command lines: keep control characters out of the
 /// table, and cut what is longer than [`MAX_CELL_CHARS`] with an ellipsis.
-fn cell(s: &str) -> String {
+pub(super) fn cell(s: &str) -> String {
     cut(s, MAX_CELL_CHARS)
 }
 

@@ -137,7 +137,9 @@ pub fn snapshot(n: usize) -> Snapshot {
         discovered: vec![(Source::Process, n - libvirt), (Source::Libvirt, libvirt)],
         label_values_truncated_total: 0,
         vms,
+        usage: Default::default(),
     }
+    .with_usage(1000)
 }
 
 /// The snapshot one tick after `prev` on a busy host: every VM used CPU on
@@ -168,5 +170,5 @@ pub fn next_tick(prev: &Snapshot) -> Snapshot {
             d.write_bytes += 4096;
         }
     }
-    s
+    s.with_usage(1000)
 }

@@ -9,6 +9,8 @@
 //!   structured samples for pushers ([`SampleCollector`]);
 //! - [`snapshot`]: the per-VM, host and self catalogue from one `Snapshot`
 //!   (names per `docs`/METRICS.md);
+//! - [`usage`]: the per-owner (`vmscope_user_*`, `vmscope_project_*`) and
+//!   VM-inventory families, from the totals the snapshot carries;
 //! - [`cache`]: encode once per snapshot, gzip once per snapshot, then only
 //!   the small live tail (extra sources) per request.
 //!
@@ -24,6 +26,7 @@ pub mod fixture;
 pub mod histogram;
 pub mod snapshot;
 pub mod snapshot_age;
+pub mod usage;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};

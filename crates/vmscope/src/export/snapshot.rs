@@ -332,6 +332,7 @@ fn encode_snapshot(snap: &Snapshot, out: &mut impl Encode) {
     let (vms, skipped) = unique_vms(&snap.vms);
     if snap.seq > 0 {
         encode_vms(&vms, out);
+        super::usage::encode_usage(&snap.usage, out);
         encode_host(snap, out);
     }
     encode_self(snap, skipped, out);

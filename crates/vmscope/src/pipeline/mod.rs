@@ -37,6 +37,7 @@ use crate::collectors::{Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCo
 use crate::config::Config;
 use crate::discovery::{DiscoveredVm, Discovery, DiscoveryOptions};
 use crate::host::{Clock, CollectError, FdBudget, Roots, read_once};
+use crate::model::usage::Usage;
 use crate::model::{HostStats, Snapshot, Source, unix_seconds};
 use follow::Followed;
 use health::Counters;
@@ -69,6 +70,8 @@ pub struct Collector {
     budget: FdBudget,
     buf: Vec<u8>,
     owners: crate::owners::Owners,
+    /// `[owners] max_owners`: owners of a kind with series of their own.
+    max_owners: usize,
     /// Identity strings cut to MAX_LABEL_VALUE_BYTES since start.
     label_values_truncated: u64,
 }
@@ -154,6 +157,7 @@ impl Collector {
             buf: Vec::new(),
             roots,
             owners,
+            max_owners: cfg.owners.max_owners,
             label_values_truncated: 0,
         })
     }
@@ -238,6 +242,8 @@ impl Collector {
         }
         let mut vms = follow::published(&self.vms);
         dedup::dedupe_ids(&mut vms);
+        // Per-owner totals here, once per tick, so that a scrape never sums.
+        let usage = Usage::of(&vms, self.max_owners);
 
         Snapshot {
             seq: self.tick,
@@ -249,6 +255,7 @@ impl Collector {
             collectors: statuses,
             discovered,
             label_values_truncated_total: self.label_values_truncated,
+            usage,
         }
     }
 

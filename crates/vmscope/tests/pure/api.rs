@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use vmscope::api::{AppState, ROUTES, Reads, router};
 use vmscope::export::fixture;
-use vmscope::model::{CpuSeconds, NetStats, Snapshot, Source, VmState, VmStats};
+use vmscope::model::{CpuSeconds, NetStats, Owner, Snapshot, Source, VmState, VmStats};
 
 const SPEC: &str = include_str!("../../../../docs/openapi.yaml");
 
@@ -57,11 +57,20 @@ fn odd_vm() -> VmStats {
     }
 }
 
+/// An owner id that needs escaping in JSON, a URL and a label.
+const ODD_OWNER: &str = "odd \"owner\"/ü\n";
+
 fn snapshot() -> Snapshot {
     let mut snap = fixture::snapshot(5);
-    snap.vms.push(odd_vm());
+    let mut odd = odd_vm();
+    odd.owner = Some(Owner {
+        user_id: Some(ODD_OWNER.into()),
+        project_id: Some("p0".into()),
+        ..Owner::default()
+    });
+    snap.vms.push(odd);
     snap.vms.sort_by(|a, b| a.id.cmp(&b.id));
-    snap
+    snap.with_usage(1000)
 }
 
 fn app(snap: Snapshot) -> (Router, watch::Sender<Arc<Snapshot>>) {
@@ -131,6 +140,10 @@ fn spec() -> Value {
 
 /// A concrete URI for a route template.
 fn concrete(path: &str) -> String {
+    if path.contains("{kind}") {
+        // fixture: vm-000000 belongs to user u0.
+        return path.replace("{kind}", "user").replace("{id}", "u0");
+    }
     path.replace("{id}", "vm-000001")
 }
 
@@ -310,13 +323,30 @@ async fn error_responses_match_the_spec() {
     let r = get(&app, "/api/v1/vms/%FF").await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     check_documented(&spec, "/api/v1/vms/{id}", &r);
+    for (uri, status) in [
+        ("/api/v1/owners/user/nobody", StatusCode::NOT_FOUND),
+        ("/api/v1/owners/tenant/u0", StatusCode::NOT_FOUND),
+        ("/api/v1/owners/user/%FF", StatusCode::BAD_REQUEST),
+    ] {
+        let r = get(&app, uri).await;
+        assert_eq!(r.status, status, "{uri}");
+        check_documented(&spec, "/api/v1/owners/{kind}/{id}", &r);
+    }
+    let r = get(&app, "/api/v1/owners?kind=tenant").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    check_documented(&spec, "/api/v1/owners", &r);
     tx.send(Arc::new(Snapshot::empty(Duration::from_secs(15))))
         .unwrap();
     let r = get(&app, "/healthz").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     check_documented(&spec, "/healthz", &r);
     // Empty snapshot: list and host still answer, as documented.
-    for path in ["/api/v1/vms", "/api/v1/host", "/metrics.json"] {
+    for path in [
+        "/api/v1/vms",
+        "/api/v1/owners",
+        "/api/v1/host",
+        "/metrics.json",
+    ] {
         let r = get(&app, path).await;
         assert_eq!(r.status, StatusCode::OK);
         check_documented(&spec, path, &r);
@@ -539,6 +569,81 @@ async fn vm_resources_carry_the_snapshot_values() {
     let host = get(&app, "/api/v1/host").await.json();
     assert_eq!(host["cpus"], 64);
     assert_eq!(host["filesystems"][0]["mountpoint"], "/");
+}
+
+#[tokio::test]
+async fn owner_resources_carry_the_snapshot_totals() {
+    let spec = spec();
+    let (app, _tx) = app(snapshot());
+    let r = get(&app, "/api/v1/owners").await;
+    check_documented(&spec, "/api/v1/owners", &r);
+    let list = r.json();
+    let owners = list["owners"].as_array().unwrap();
+    let keys: Vec<(&str, &str)> = owners
+        .iter()
+        .map(|o| (o["kind"].as_str().unwrap(), o["key"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("user", ODD_OWNER),
+            ("user", "u0"),
+            ("user", "u3"),
+            ("project", "p0"),
+            ("project", "p3")
+        ]
+    );
+    // p0: vm-000000 (fixture, 2 vCPUs, 0.25 cores) and the odd VM (paused,
+    // no allocation known, no rate yet, 1 MiB RSS).
+    let p0 = &owners[3];
+    assert_eq!(p0["vms"], 2);
+    assert_eq!(p0["vms_running"], 1);
+    assert_eq!(p0["allocated_vcpus"], 2);
+    assert_eq!(p0["cpu_cores"], 0.25);
+    assert_eq!(p0["memory_rss_bytes"], (1u64 << 30) + (1 << 20));
+    assert_eq!(p0["folded"], false);
+    assert_eq!(p0["series"], "p0");
+    assert_eq!(owners[1]["name"], "user0");
+    assert_eq!(owners[0]["name"], Value::Null);
+
+    let projects = get(&app, "/api/v1/owners?kind=project").await.json();
+    assert_eq!(projects["owners"].as_array().unwrap().len(), 2);
+    assert!(
+        projects["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["kind"] == "project")
+    );
+
+    let r = get(&app, "/api/v1/owners/project/p0").await;
+    check_documented(&spec, "/api/v1/owners/{kind}/{id}", &r);
+    let detail = r.json();
+    assert_eq!(detail["owner"], *p0);
+    let ids: Vec<&str> = detail["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["odd id/ü", "vm-000000"]);
+
+    // A hostile id, percent-encoded, is found; one that is not there is
+    // echoed, truncated, in valid JSON.
+    let r = get(&app, "/api/v1/owners/user/odd%20%22owner%22%2F%C3%BC%0A").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["vms"][0]["id"], "odd id/ü");
+    let long = format!("{}%22%0A", "x".repeat(500));
+    let r = get(&app, &format!("/api/v1/owners/user/{long}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(msg.starts_with("no user with id \"xxx"), "{msg}");
+    assert!(msg.len() < 200, "{msg}");
+    let r = get(&app, "/api/v1/owners/tenant/u0").await;
+    assert_eq!(
+        r.json()["error"]["message"],
+        "no owner kind \"tenant\" (user or project)"
+    );
 }
 
 #[tokio::test]

@@ -386,3 +386,56 @@ fn check_config_names_the_redis_and_http_owner_keys_and_never_their_secrets() {
         );
     }
 }
+
+#[test]
+fn owners_sums_the_vms_of_each_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mapping = dir.path().join("owners.csv");
+    std::fs::write(
+        &mapping,
+        "name,user_id,user_name\nalpha,u-zed,zed\nweb1,u-zed,\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}[owners.file]\npath = {mapping:?}\n", fixture_paths()),
+    )
+    .unwrap();
+    let (code, out, err) = run(bin()
+        .args([
+            "owners", "-o", "json", "--kind", "user", "--window", "0.2", "-c",
+        ])
+        .arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    let owners: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let (code, vms, err) = run(bin()
+        .args(["vms", "-o", "json", "--window", "0.2", "-c"])
+        .arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    let vms: Vec<serde_json::Value> = serde_json::from_str(&vms).unwrap();
+    let zed = owners.iter().find(|o| o["key"] == "u-zed").unwrap();
+    assert_eq!(zed["kind"], "user");
+    assert_eq!(zed["name"], "zed");
+    assert_eq!(zed["vms"], 2);
+    // Allocations do not move between the two runs.
+    let vcpus: u64 = vms
+        .iter()
+        .filter(|v| v["name"] == "alpha" || v["name"] == "web1")
+        .map(|v| v["allocated_vcpus"].as_u64().unwrap())
+        .sum();
+    assert_eq!(zed["allocated_vcpus"], vcpus);
+    assert!(owners.iter().all(|o| o["kind"] == "user"));
+    assert!(owners.iter().any(|o| o["name"] == "alice"), "{out}");
+
+    let (code, table, err) = run(bin().args(["owners", "--window", "0.1", "-c"]).arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    assert!(table.starts_with("KIND"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("user ") && l.contains("u-zed") && l.contains(" 2/2 ")),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("project ")), "{table}");
+}

@@ -10,3 +10,4 @@ mod cli;
 mod exposition;
 mod fixtures;
 mod metrics_doc;
+mod owners;

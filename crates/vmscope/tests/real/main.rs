@@ -18,6 +18,7 @@ mod owners_http;
 mod owners_libvirt;
 mod owners_redis;
 mod owners_sql;
+mod owners_usage;
 mod state_db;
 mod watchdog_e2e;
 mod watchdog_secrets;
