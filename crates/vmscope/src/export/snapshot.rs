@@ -17,7 +17,8 @@ use super::MetricSource;
 use super::encoder::{Encode, MetricWriter};
 use super::writer::{Desc, LabelSet};
 use crate::BuildInfo;
-use crate::model::identity::{OwnerKind, label};
+use crate::model::identity::{OwnerIndex, OwnerKind, label};
+use crate::model::usage::series_label;
 use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
 
 macro_rules! desc {
@@ -31,7 +32,7 @@ desc!(
     VM_INFO,
     gauge,
     "vmscope_vm_info",
-    "Facts about a VM as labels; always 1. Join on vm_id: metric * on(vm_id) group_left(owner_user) vmscope_vm_info."
+    "Facts about a VM as labels; always 1. owner_user/owner_project: the owner's name (else id); user/project: its key, as on vmscope_user_*/vmscope_project_*. Join on vm_id: metric * on(vm_id) group_left(user) vmscope_vm_info."
 );
 desc!(
     VM_STATE,
@@ -352,10 +353,18 @@ fn unique_vms(vms: &[VmStats]) -> (Vec<&VmStats>, usize) {
 }
 
 fn encode_vms(vms: &[&VmStats], out: &mut impl Encode) {
+    // The owner keys by the one identity rule (a name-only VM joins the id
+    // its name goes with), escaped like the per-owner families' labels, so
+    // `sum by (user)` over a join with vm_info meets `vmscope_user_*{user}`.
+    let owners = || vms.iter().filter_map(|v| v.owner.as_ref());
+    let users = OwnerIndex::new(OwnerKind::User, owners());
+    let projects = OwnerIndex::new(OwnerKind::Project, owners());
     out.family(&VM_INFO);
     for vm in vms {
         let mut pid = itoa::Buffer::new();
         let owner = vm.owner.as_ref();
+        let user = owner.and_then(|o| users.key(o)).map(series_label);
+        let project = owner.and_then(|o| projects.key(o)).map(series_label);
         let optional = [
             ("uuid", vm.uuid.as_deref()),
             ("pid", Some(pid.format(vm.pid))),
@@ -365,10 +374,12 @@ fn encode_vms(vms: &[&VmStats], out: &mut impl Encode) {
                 owner.and_then(|o| label(o, OwnerKind::Project)),
             ),
             ("owner_source", vm.owner_source),
+            ("user", user.as_deref()),
+            ("project", project.as_deref()),
             ("flavor", vm.flavor.as_deref()),
             ("display_name", vm.display_name.as_deref()),
         ];
-        let mut labels = [("", ""); 11];
+        let mut labels = [("", ""); 13];
         let [a, b] = id(vm);
         labels[0] = a;
         labels[1] = b;

@@ -3,8 +3,8 @@
 //! mapping file, collected by the real pipeline and read back from one
 //! exposition the way a user would check it: each `vmscope_user_*` /
 //! `vmscope_project_*` figure equals the sum of that owner's per-VM series
-//! (joined through `vmscope_vm_info{owner_user,owner_project}` and
-//! `vmscope_user_info`), in the same scrape.
+//! (joined through the owner keys on `vmscope_vm_info{user,project}`, the
+//! join users write), in the same scrape.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -176,9 +176,10 @@ fn per_owner_figures_are_the_sums_of_their_vms_in_one_scrape() {
         .map(|(_, l, _)| {
             (
                 l["vm_id"].as_str(),
+                // The owner keys on vm_info: the join users write.
                 (
-                    l.get("owner_user").map(String::as_str),
-                    l.get("owner_project").map(String::as_str),
+                    l.get("user").map(String::as_str),
+                    l.get("project").map(String::as_str),
                 ),
             )
         })
@@ -208,10 +209,9 @@ fn per_owner_figures_are_the_sums_of_their_vms_in_one_scrape() {
             .map(|(_, l, _)| l[kind].as_str())
             .collect();
         for key in owners {
-            let label = vm_info_label(&lines, kind, key);
             let vms: Vec<&str> = vm_owner
                 .iter()
-                .filter(|(_, o)| (if side == 0 { o.0 } else { o.1 }) == Some(label.as_str()))
+                .filter(|(_, o)| (if side == 0 { o.0 } else { o.1 }) == Some(key))
                 .map(|(id, _)| *id)
                 .collect();
             assert!(!vms.is_empty(), "{kind} {key}: no VM");

@@ -68,7 +68,7 @@ fn a_mapping_file_rewritten_while_running_half_written_then_fixed() {
     assert_eq!(sample(&text, up), Some(1.0), "{text}");
     assert_eq!(sample(&text, rows), Some(2.0));
     assert!(
-        text.contains(r#"vm_name="web1",hypervisor="cloud_hypervisor",source="process",pid="1004",owner_user="yan",owner_source="file"}"#),
+        text.contains(r#"vm_name="web1",hypervisor="cloud_hypervisor",source="process",pid="1004",owner_user="yan",owner_source="file",user="yan"}"#),
         "{text}"
     );
     // Nova's owner is untouched by a file that says nothing about it.
