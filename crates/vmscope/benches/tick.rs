@@ -23,6 +23,7 @@
 //! the same run:
 //! - `owners/none`: `[owners]` defaults (Nova only: no fetched source);
 //! - `owners/file-100k`: a CSV mapping file, parsed once;
+//! - `owners/sqlite-100k`: the SQL source over a SQLite database;
 //! - `owners/redis-100k`: 100 000 sessions in a real `redis-server` the
 //!   bench starts on a free port (skipped without `redis-server`);
 //! - `owners/redis-100k-refreshing`: the same while the source re-reads all
@@ -398,6 +399,43 @@ fn bench_owners(c: &mut Criterion) {
     let mut with_file = owned_collector(dir.path(), &file, "file");
     g.bench_function("file-100k", |b| b.iter(|| black_box(with_file.tick())));
     drop(with_file);
+
+    // SQL: the same 100 000 rows in a SQLite database (the PostgreSQL
+    // backend publishes the same map; its fetch cost is off the tick).
+    let db = dir.path().join("platform.db");
+    {
+        let mut conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE vms (uuid TEXT, owner_id TEXT, owner TEXT, project TEXT, project_name TEXT)",
+        )
+        .unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO vms VALUES (?1, ?2, ?3, ?4, ?5)")
+                .unwrap();
+            for i in 0..MAPPING_ROWS {
+                let user = i % 5000;
+                insert
+                    .execute((
+                        vm_uuid(i),
+                        format!("u-{user}"),
+                        format!("user {user}"),
+                        format!("p-{}", i % 300),
+                        format!("project {}", i % 300),
+                    ))
+                    .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let sql = format!(
+        "[sql]\nurl = \"sqlite://{}\"\nquery = \"SELECT uuid AS vm_id, owner_id AS user_id, owner AS user_name, project AS project_id, project_name FROM vms\"\ninterval = \"1h\"\ntimeout = \"60s\"\n",
+        db.display()
+    );
+    let mut with_sql = owned_collector(dir.path(), &sql, "sql");
+    g.bench_function("sqlite-100k", |b| b.iter(|| black_box(with_sql.tick())));
+    drop(with_sql);
 
     match start_redis() {
         None => eprintln!("owners/redis-*: skipped (no redis-server)"),
