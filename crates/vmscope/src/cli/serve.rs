@@ -51,7 +51,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .map_err(Failure::runtime)?;
         // The store is opened once, here, for everything that keeps state
         // (the watchdog today, the ledger next); only if something uses it.
-        let store = if cfg.watchdog.enabled {
+        let store = if cfg.watchdog.enabled || cfg.ledger.enabled {
             let opened = crate::store::open(&cfg.store, Arc::new(DbMetrics::new()))
                 .await
                 .context("opening the state database")
@@ -60,11 +60,27 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         } else {
             None
         };
+        // The ledger shares the store (a clone of the handle: one thread,
+        // one connection) and reads the same snapshots, on its own thread.
+        let ledger = match &store {
+            Some(o) => crate::ledger::start(
+                &cfg.ledger,
+                &cfg.roots(),
+                snapshots.clone(),
+                o.store.clone(),
+                o.path.clone(),
+            ),
+            None => crate::ledger::Ledger::disabled(),
+        };
+        let mut collector_sources = vec![owner_metrics];
+        if let Some(m) = ledger.metrics() {
+            collector_sources.push(m);
+        }
         let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone(), store)
             .await
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
-        let state = state_with(snapshots, &watchdog, vec![owner_metrics]);
+        let state = state_with(snapshots, &watchdog, collector_sources);
         let http_metrics = state.shared_http_metrics();
         let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -77,6 +93,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .map_err(Failure::runtime)?;
         tracing::info!(address = %addr, interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
         crate::server::serve(listener, app, &cfg.http, http_metrics, shutdown_signal()).await;
+        // The ledger's last flush first: the watchdog's shutdown closes the store.
+        ledger.shutdown().await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
         watchdog.shutdown().await;
         tracing::info!("stopped");
