@@ -126,7 +126,7 @@ impl MetricSource for LedgerMetrics {
         out.family(&PERSISTENCE);
         out.sample(&[], u64::from(self.persisting()));
         out.family(&FLUSH);
-        let h = self.flush.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let h = *self.flush.lock().unwrap_or_else(|p| p.into_inner());
         h.write(out, &[]);
         out.family(&WRITTEN);
         out.sample(&[], self.written.load(Ordering::Relaxed));

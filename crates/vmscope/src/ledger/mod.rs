@@ -277,6 +277,9 @@ impl Worker {
         mut stop: oneshot::Receiver<()>,
         flush_every: Duration,
     ) {
+        // Timers and channels below are tokio's: this thread runs in the
+        // runtime's context (it only ever blocks itself, never a worker).
+        let _context = handle.enter();
         match handle.block_on(
             self.store
                 .load_ledger(self.acct_boot_id(), self.acct_resolution()),
@@ -362,7 +365,13 @@ impl Worker {
     fn flush(&mut self, handle: &tokio::runtime::Handle, wait: bool) {
         let (batch, marks) = self.acct.batch();
         let rows = marks.rows();
-        if rows == 0 && batch.cursors.is_empty() && batch.forget.is_empty() {
+        // With no VM at all there is still the horizon to write: a VM that
+        // starts while the agent is down is then counted from its start.
+        if rows == 0
+            && batch.cursors.is_empty()
+            && batch.forget.is_empty()
+            && batch.horizon.is_none()
+        {
             return;
         }
         match self
@@ -387,7 +396,7 @@ impl Worker {
             return;
         };
         let answer = if wait {
-            match handle.block_on(tokio::time::timeout(SHUTDOWN_WAIT, &mut rx)) {
+            match handle.block_on(async { tokio::time::timeout(SHUTDOWN_WAIT, &mut rx).await }) {
                 Ok(r) => Some(r.unwrap_or(Err(StoreError::Closed))),
                 Err(_) => None,
             }
