@@ -17,6 +17,7 @@ use crate::alert::Watchdog;
 use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router};
 use crate::config::Config;
 use crate::export::{MetricSource, SnapshotAge, Sources};
+use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
 use crate::pipeline::{Collector, spawn};
 use crate::store::DbMetrics;
@@ -80,7 +81,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .await
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
-        let state = state_with(snapshots, &watchdog, collector_sources);
+        let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
         let http_metrics = state.shared_http_metrics();
         let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -117,6 +118,21 @@ pub fn state_with(
     watchdog: &Watchdog,
     collector_sources: Vec<Arc<dyn MetricSource>>,
 ) -> AppState {
+    state_with_usage(
+        snapshots,
+        watchdog,
+        collector_sources,
+        UsageReader::unavailable(NoLedger::Disabled),
+    )
+}
+
+/// [`state_with`] and the usage ledger's reader for `/api/v1/usage`.
+pub fn state_with_usage(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    watchdog: &Watchdog,
+    collector_sources: Vec<Arc<dyn MetricSource>>,
+    usage: UsageReader,
+) -> AppState {
     let http = Arc::new(HttpMetrics::new());
     let mut list = vec![watchdog.metrics()];
     list.extend(collector_sources);
@@ -128,6 +144,7 @@ pub fn state_with(
         sources,
         http,
         alerts: watchdog.history(),
+        usage,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
     })
 }

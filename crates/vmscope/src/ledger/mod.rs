@@ -40,7 +40,7 @@ pub use metrics::LedgerMetrics;
 use crate::error::ErrorChain;
 use crate::host::Roots;
 use crate::model::Snapshot;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, UsageQuery, UsageTotal};
 
 /// `[ledger]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -104,8 +104,56 @@ impl LedgerConfig {
     }
 }
 
+/// Why usage cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoLedger {
+    /// `[ledger] enabled = false`.
+    Disabled,
+    /// Enabled, but without a state database (see `/healthz`).
+    NoDatabase,
+}
+
+/// Reading usage totals: a query over the ledger's tables, or why there
+/// is none. Cheap to clone; `GET /api/v1/usage` holds one.
+#[derive(Clone)]
+pub struct UsageReader {
+    store: Result<Store, NoLedger>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("the usage ledger is not available ({0:?})")]
+    Unavailable(NoLedger),
+    #[error("the answer would hold more than {0} totals")]
+    TooMany(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl UsageReader {
+    pub fn unavailable(why: NoLedger) -> Self {
+        UsageReader { store: Err(why) }
+    }
+
+    /// Totals per group and bucket, ordered by bucket then key; more than
+    /// `q.limit` is [`UsageError::TooMany`] rather than a cut answer.
+    pub async fn query(&self, q: UsageQuery) -> Result<Vec<UsageTotal>, UsageError> {
+        let store = self
+            .store
+            .as_ref()
+            .map_err(|w| UsageError::Unavailable(*w))?;
+        let limit = q.limit;
+        let rows = store.usage(q).await?;
+        if rows.len() > limit {
+            return Err(UsageError::TooMany(limit));
+        }
+        Ok(rows)
+    }
+}
+
 /// A running ledger.
 pub struct Ledger {
+    usage: UsageReader,
     metrics: Option<Arc<LedgerMetrics>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
@@ -118,10 +166,16 @@ impl Ledger {
     /// A ledger that does nothing (disabled).
     pub fn disabled() -> Ledger {
         Ledger {
+            usage: UsageReader::unavailable(NoLedger::Disabled),
             metrics: None,
             stop: None,
             done: None,
         }
+    }
+
+    /// What `GET /api/v1/usage` reads.
+    pub fn usage(&self) -> UsageReader {
+        self.usage.clone()
     }
 
     /// `vmscope_ledger_*` (`None` when disabled).
@@ -191,11 +245,15 @@ pub fn start(
         Err(why) => {
             tracing::warn!(reason = %why, "the usage ledger has no state database and records nothing");
             return Ledger {
+                usage: UsageReader::unavailable(NoLedger::NoDatabase),
                 metrics: Some(Arc::new(LedgerMetrics::new(Err(why)))),
                 stop: None,
                 done: None,
             };
         }
+    };
+    let reader = UsageReader {
+        store: Ok(store.clone()),
     };
     let shown = path.map_or_else(|| "state database".to_owned(), |p| p.display().to_string());
     let metrics = Arc::new(LedgerMetrics::new(Ok(shown)));
@@ -234,6 +292,9 @@ pub fn start(
                 in_flight: None,
             };
             worker.run(&handle, snapshots, stop_rx, flush_every);
+            // Our store handle goes before "done": whoever waits for the
+            // store to close next (the watchdog's shutdown) is not kept.
+            drop(worker);
             let _ = done_tx.send(());
         });
     if let Err(e) = spawned {
@@ -241,12 +302,14 @@ pub fn start(
         tracing::warn!(reason = %why, "the usage ledger records nothing");
         metrics.set_persistence(Err(why));
         return Ledger {
+            usage: UsageReader::unavailable(NoLedger::NoDatabase),
             metrics: Some(metrics),
             stop: None,
             done: None,
         };
     }
     Ledger {
+        usage: reader,
         metrics: Some(metrics),
         stop: Some(stop_tx),
         done: Some(done_rx),

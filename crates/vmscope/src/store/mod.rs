@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::{Opened, StoreConfig, open};
 pub use ledger::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
+    UsageBy, UsageQuery, UsageTotal,
 };
 pub use metrics::{DbMetrics, OPS};
 

@@ -19,6 +19,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::ledger::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
+    UsageQuery, UsageTotal,
 };
 use super::lock::DbLock;
 use super::{
@@ -840,6 +841,34 @@ impl LedgerStore for SqliteStore {
         }
         tx.commit().map_err(q(op))
     }
+
+    fn usage(&mut self, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
+        let op = "query";
+        let limit = i64::try_from(qy.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare(&qy.sql()).map_err(q(op))?;
+        let rows = stmt
+            .query_map(params![qy.from_ms, qy.to_ms, qy.step_ms, limit], |r| {
+                Ok(UsageTotal {
+                    start_ms: r.get(0)?,
+                    key: r.get(1)?,
+                    label: r.get(2)?,
+                    cpu_seconds: r.get(4)?,
+                    guest_seconds: r.get(5)?,
+                    vcpu_allocated_seconds: r.get(6)?,
+                    memory_allocated_byte_seconds: r.get(7)?,
+                    rss_byte_seconds: r.get(8)?,
+                    net_rx_bytes: to_u64(r.get(9)?),
+                    net_tx_bytes: to_u64(r.get(10)?),
+                    observed_seconds: r.get(11)?,
+                    gap_seconds: r.get(12)?,
+                    rows: to_u64(r.get(13)?),
+                })
+            })
+            .map_err(q(op))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q(op))?;
+        Ok(rows)
+    }
 }
 
 #[cfg(test)]
@@ -1166,5 +1195,94 @@ mod tests {
             ..LedgerBatch::default()
         })
         .unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn usage_sums_rows_per_group_and_step_with_the_newest_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let row =
+            |vm: &str, inc: &str, start: i64, project: Option<&str>, label: &str, cpu: f64| {
+                (
+                    LedgerKey {
+                        host: "hv1".into(),
+                        vm_id: vm.into(),
+                        incarnation: inc.into(),
+                        resolution_s: 60,
+                        interval_start_ms: start,
+                    },
+                    LedgerUsage {
+                        vm_name: format!("{vm}-name"),
+                        project_key: project.map(str::to_owned),
+                        project_label: Some(label.into()),
+                        cpu_seconds: cpu,
+                        net_rx_bytes: 10,
+                        observed_seconds: 60.0,
+                        ..LedgerUsage::default()
+                    },
+                )
+            };
+        s.flush_ledger(&LedgerBatch {
+            rows: vec![
+                row("a", "b:1:1", 0, Some("p1"), "old name", 1.0),
+                row("a", "b:1:1", 60_000, Some("p1"), "new name", 2.0),
+                // A restart of the same VM: another incarnation, summed.
+                row("a", "b:2:9", 120_000, Some("p1"), "new name", 4.0),
+                row("b", "b:3:1", 60_000, Some("p2"), "two", 8.0),
+                row("c", "b:4:1", 60_000, None, "", 16.0),
+                // Outside [0, 180 s).
+                row("a", "b:2:9", 180_000, Some("p1"), "new name", 32.0),
+            ],
+            ..LedgerBatch::default()
+        })
+        .unwrap();
+        let q = |by, step_ms| UsageQuery {
+            from_ms: 0,
+            to_ms: 180_000,
+            step_ms,
+            by,
+            limit: 100,
+        };
+        let all = s.usage(&q(super::super::UsageBy::Project, 0)).unwrap();
+        let got: Vec<(Option<&str>, Option<&str>, f64, u64, u64)> = all
+            .iter()
+            .map(|t| {
+                (
+                    t.key.as_deref(),
+                    t.label.as_deref(),
+                    t.cpu_seconds,
+                    t.net_rx_bytes,
+                    t.rows,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (None, Some(""), 16.0, 10, 1),
+                (Some("p1"), Some("new name"), 7.0, 30, 3),
+                (Some("p2"), Some("two"), 8.0, 10, 1),
+            ]
+        );
+        let stepped = s.usage(&q(super::super::UsageBy::Vm, 120_000)).unwrap();
+        let got: Vec<(i64, &str, f64)> = stepped
+            .iter()
+            .map(|t| (t.start_ms, t.key.as_deref().unwrap(), t.cpu_seconds))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "a", 3.0),
+                (0, "b", 8.0),
+                (0, "c", 16.0),
+                (120_000, "a", 4.0)
+            ]
+        );
+        assert_eq!(stepped[0].label.as_deref(), Some("a-name"));
+        // One more than the limit is asked for, so "too many" can be told.
+        let mut small = q(super::super::UsageBy::Vm, 60_000);
+        small.limit = 2;
+        assert_eq!(s.usage(&small).unwrap().len(), 3);
     }
 }

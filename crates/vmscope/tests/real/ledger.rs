@@ -225,6 +225,78 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     assert_close("the restarted VM, counted from its start", t[1].2, k2);
     assert_eq!(bad_rows(&path, &id), Vec::<String>::new());
 
+    // GET /api/v1/usage gives the same totals as the rows, per VM and in
+    // steps; CSV on request; a bad parameter is a 400 naming it.
+    let (db_cpu, db_rows): (f64, i64) = db(&path)
+        .query_row(
+            "SELECT SUM(cpu_seconds), COUNT(*) FROM ledger_rows WHERE vm_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_close("the ledger over both incarnations", db_cpu, k1 + k2);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Ten minutes back covers this test's rows; 5 s steps stay few.
+    let (from, to) = ((now - 600).to_string(), (now + 60).to_string());
+    let window = [("from", from.as_str()), ("to", to.as_str())];
+    let api_sum = |extra: &[(&'static str, &'static str)]| {
+        let mut q: Vec<(&str, &str)> = window.to_vec();
+        q.extend_from_slice(extra);
+        let r = http::get_with_query(&agent.url("/api/v1/usage"), &q).unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let mine: Vec<&serde_json::Value> = v["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["key"] == id.as_str())
+            .collect();
+        let cpu: f64 = mine
+            .iter()
+            .map(|t| t["cpu_seconds"].as_f64().unwrap())
+            .sum();
+        let rows: i64 = mine.iter().map(|t| t["rows"].as_i64().unwrap()).sum();
+        (cpu, rows, mine.len())
+    };
+    let (cpu, rows, n) = api_sum(&[("by", "vm")]);
+    assert!(
+        (cpu - db_cpu).abs() < 1e-6 && rows == db_rows && n == 1,
+        "{cpu} {rows} {n}"
+    );
+    let (cpu, rows, n) = api_sum(&[("by", "vm"), ("step", "5s")]);
+    assert!(
+        (cpu - db_cpu).abs() < 1e-6 && rows == db_rows,
+        "{cpu} {rows}"
+    );
+    assert!(n > 1, "several 5 s steps: {n}");
+    let csv = http::get_accepting(&agent.url("/api/v1/usage"), &window, "text/csv").unwrap();
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(
+        csv.content_type
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("text/csv")
+    );
+    assert!(
+        csv.body
+            .starts_with("ChargePeriodStart,ChargePeriodEnd,by,key,label,cpu_seconds,")
+    );
+    assert!(
+        csv.body.lines().any(|l| l.contains(&format!(",vm,{id},"))),
+        "{}",
+        csv.body
+    );
+    let bad = http::get_with_query(&agent.url("/api/v1/usage"), &[("by", "host")]).unwrap();
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let msg = serde_json::from_str::<serde_json::Value>(&bad.body).unwrap()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(msg.starts_with("by: "), "{msg}");
+
     // The ledger's own metrics, as a scrape shows them, valid for promtool.
     let m = agent.metrics();
     assert_eq!(
@@ -294,4 +366,7 @@ fn without_a_usable_database_the_ledger_says_so_and_the_agent_runs() {
         "{}",
         agent.log()
     );
+    let r = http::get(&agent.url("/api/v1/usage")).unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("no state database"), "{}", r.body);
 }
