@@ -625,6 +625,24 @@ impl AlertStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The database's size in bytes after checkpointing the WAL into it
+    /// (pages x page size): what the file holds (benchmarks, diagnostics).
+    pub fn file_bytes(&self) -> Result<u64, StoreError> {
+        let op = "query";
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(q(op))?;
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(q(op))?;
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(q(op))?;
+        Ok(u64::try_from(pages.saturating_mul(size)).unwrap_or(0))
+    }
+
     /// The schema version in effect.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         self.conn
