@@ -370,3 +370,125 @@ fn without_a_usable_database_the_ledger_says_so_and_the_agent_runs() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("no state database"), "{}", r.body);
 }
+
+/// A small tmpfs, unmounted on drop: a disk that can be filled.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount tmpfs (needs root)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_keeps_rows_in_memory_and_delivers_them_when_space_is_back() {
+    use std::io::Write;
+    if !lab_available("ledger_full_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(&dir.path().join("small"), "1m");
+    let roms = Roms::new();
+    let spec = VmSpec {
+        name: unique_name("ledger-full"),
+        uuid: unique_uuid(),
+        vcpus: 1,
+        memory_mib: 32,
+        firmware: Firmware::Busy,
+        process_name: None,
+    };
+    let id = spec.uuid.clone();
+    let agent = Agent::start_in(1, CONFIG, &fs.0);
+    let path = agent.state_db();
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        db(&path)
+            .query_row("SELECT COUNT(*) FROM ledger_state", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+            .filter(|n| *n > 0)
+    })
+    .expect("no ledger flush within 10 s");
+    let vm = QemuVm::start(&roms, spec, None);
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        cursor(&path, &id, vm.pid)
+    })
+    .expect("the VM's cursor was not flushed within 10 s");
+
+    // Fill the disk: flushes fail, rows wait in memory.
+    let filler = fs.0.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0x5Au8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let errors = |a: &Agent| {
+        a.metrics()
+            .value("vmscope_ledger_flush_errors_total", &[])
+            .unwrap_or(0.0)
+    };
+    poll_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        (errors(&agent) >= 2.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no failed flushes on a full disk: {}", agent.log()));
+    std::thread::sleep(Duration::from_secs(6));
+    let m = agent.metrics();
+    let pending = m.value("vmscope_ledger_pending_rows", &[]).unwrap_or(0.0);
+    assert!(pending >= 1.0, "rows wait in memory: pending {pending}");
+    assert!(
+        agent.log().contains("usage ledger flush failed"),
+        "{}",
+        agent.log()
+    );
+
+    // Space is back: the next flush delivers everything (the open
+    // interval's row is dirty again a tick later, so "pending" does not
+    // stay at 0; a successful flush after the removal is the signal).
+    std::fs::remove_file(&filler).unwrap();
+    let freed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let before = errors(&agent);
+    poll_until(Duration::from_secs(15), Duration::from_millis(200), || {
+        let m = agent.metrics();
+        m.value("vmscope_ledger_last_flush_timestamp_seconds", &[])
+            .filter(|t| *t > freed)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no successful flush within 15 s of freeing the disk ({} errors): {}",
+            errors(&agent),
+            agent.log()
+        )
+    });
+    let k = freeze_and_settle(&vm, &path);
+    assert!(errors(&agent) - before <= 1.0, "flushes still failing");
+    let t = totals(&path, &id);
+    eprintln!(
+        "ledger: full disk: /proc {k:.3} s; per incarnation {t:?}; pending at the worst {pending}"
+    );
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_close("across a full disk", t[0].2, k);
+    // The agent stayed up and saw the VM all along: no gap.
+    assert!(t[0].4 < 0.01, "gap_seconds {} with the agent up", t[0].4);
+    assert_eq!(bad_rows(&path, &id), Vec::<String>::new());
+    drop(agent);
+}
