@@ -263,13 +263,18 @@ async fn list(
         );
         return Ok(resp);
     }
-    json_response(&json!({
+    json_response(&answer_json(&q, &totals))
+}
+
+/// The JSON answer (also `vmscope usage --output json`).
+pub fn answer_json(q: &UsageQuery, totals: &[UsageTotal]) -> Value {
+    json!({
         "from": rfc3339(from_ms(q.from_ms)),
         "to": rfc3339(from_ms(q.to_ms)),
         "by": q.by.as_str(),
         "step_seconds": (q.step_ms > 0).then_some(q.step_ms / 1000),
-        "usage": totals.iter().map(|t| total_json(&q, t)).collect::<Vec<_>>(),
-    }))
+        "usage": totals.iter().map(|t| total_json(q, t)).collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]

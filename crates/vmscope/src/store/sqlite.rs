@@ -117,13 +117,17 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// The schema version that added the usage ledger's tables.
+pub const LEDGER_SCHEMA: i64 = 3;
+
 /// A table every vmscope database has once migration 1 ran.
 const OUR_TABLE: &str = "alert_episodes";
 
 pub struct SqliteStore {
     conn: Connection,
-    /// Released when the store is dropped (after the connection).
-    _lock: DbLock,
+    /// Released when the store is dropped (after the connection); `None`
+    /// for a read-only reader ([`SqliteStore::open_read_only`]).
+    _lock: Option<DbLock>,
 }
 
 fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -141,9 +145,51 @@ impl SqliteStore {
         }
         let lock = DbLock::acquire(path)?;
         let conn = Connection::open(path).map_err(|e| open_err(Box::new(e)))?;
-        let mut store = SqliteStore { conn, _lock: lock };
+        let mut store = SqliteStore {
+            conn,
+            _lock: Some(lock),
+        };
         store.configure().map_err(|e| open_err(Box::new(e)))?;
         store.migrate(path)?;
+        Ok(store)
+    }
+
+    /// Open `path` to read it while an agent may be writing it (`vmscope
+    /// usage`): read-only, no lock, no migration. Refuses a file vmscope
+    /// did not make, one of a newer schema, and one older than `min_schema`
+    /// (the tables the reader needs are not there yet).
+    pub fn open_read_only(path: &Path, min_schema: i64) -> Result<SqliteStore, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            return Err(open_err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file (has vmscope serve run with this store.path?)",
+            ))));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| open_err(Box::new(e)))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| open_err(Box::new(e)))?;
+        check_ours(&conn, path)?;
+        let store = SqliteStore { conn, _lock: None };
+        let found = store.schema_version()?;
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if found > known {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found < min_schema {
+            return Err(open_err(Box::new(std::io::Error::other(format!(
+                "schema version {found}: written by a vmscope without the usage ledger \
+                 (needs {min_schema}); run this vmscope's serve once"
+            )))));
+        }
         Ok(store)
     }
 

@@ -297,6 +297,60 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
         .to_owned();
     assert!(msg.starts_with("by: "), "{msg}");
 
+    // `vmscope usage` reads the same database directly, beside the running
+    // agent, and gives the same totals; a bad parameter exits 2 naming it.
+    let usage_cli = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vmscope"));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("VMSCOPE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("usage")
+            .arg("--db")
+            .arg(&path)
+            .args(["--from", from.as_str(), "--to", to.as_str()])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = usage_cli(&["--by", "vm", "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli_cpu: f64 = v["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["key"] == id.as_str())
+        .map(|t| t["cpu_seconds"].as_f64().unwrap())
+        .sum();
+    let (api_cpu, _, _) = api_sum(&[("by", "vm")]);
+    assert!(
+        (cli_cpu - api_cpu).abs() < 1e-9,
+        "CLI {cli_cpu} vs API {api_cpu}"
+    );
+    let out = usage_cli(&["--output", "csv"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("ChargePeriodStart,ChargePeriodEnd,"),
+        "{text}"
+    );
+    let out = usage_cli(&["--output", "table"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id[..24]));
+    let out = usage_cli(&["--by", "host"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: --by: \"host\" is not one of"),
+        "{err}"
+    );
+
     // The ledger's own metrics, as a scrape shows them, valid for promtool.
     let m = agent.metrics();
     assert_eq!(
