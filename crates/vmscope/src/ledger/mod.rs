@@ -356,10 +356,13 @@ impl Worker {
                 self.acct.restore(r, now_ms());
             }
             Err(e) => {
-                // Counted; the ledger goes on from scratch (VMs seen from
-                // now on) rather than not at all.
-                self.metrics.flush_failed();
-                tracing::warn!(error = %ErrorChain(&e), "cannot load the usage ledger's cursors; starting without them");
+                // Without the cursors and open rows, a flush would replace
+                // rows already written with partial totals: record nothing
+                // rather than corrupt what is there, and say so.
+                let why = format!("cannot load the usage ledger's cursors: {}", ErrorChain(&e));
+                tracing::warn!(reason = %why, "the usage ledger records nothing");
+                self.metrics.set_persistence(Err(why));
+                return;
             }
         }
         let mut next_flush = Instant::now() + flush_every;

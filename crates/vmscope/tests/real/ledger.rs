@@ -546,3 +546,81 @@ fn a_full_disk_keeps_rows_in_memory_and_delivers_them_when_space_is_back() {
     assert_eq!(bad_rows(&path, &id), Vec::<String>::new());
     drop(agent);
 }
+
+#[test]
+fn unreadable_cursors_stop_the_ledger_rather_than_overwrite_its_rows() {
+    if !lab_available("ledger_bad_cursors") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let roms = Roms::new();
+    let spec = VmSpec {
+        name: unique_name("ledger-bad"),
+        uuid: unique_uuid(),
+        vcpus: 1,
+        memory_mib: 32,
+        firmware: Firmware::Idle,
+        process_name: None,
+    };
+    let id = spec.uuid.clone();
+    let agent = Agent::start_in(1, CONFIG, dir.path());
+    let path = agent.state_db();
+    let vm = QemuVm::start(&roms, spec, None);
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        cursor(&path, &id, vm.pid)
+    })
+    .expect("the VM's cursor was not flushed within 10 s");
+    agent.stop(Signal::TERM);
+    let rows_before: Vec<(i64, f64)> = {
+        let c = db(&path);
+        let mut s = c
+            .prepare(
+                "SELECT interval_start_ms, observed_seconds FROM ledger_rows \
+                 WHERE vm_id = ?1 ORDER BY 1",
+            )
+            .unwrap();
+        s.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert!(!rows_before.is_empty());
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE ledger_cursors SET net = '{not json' WHERE vm_id = ?1",
+            [&id],
+        )
+        .unwrap();
+
+    let agent = Agent::start_in(1, CONFIG, dir.path());
+    std::thread::sleep(Duration::from_secs(4));
+    let m = agent.metrics();
+    assert_eq!(
+        m.value("vmscope_ledger_persistence_enabled", &[]),
+        Some(0.0)
+    );
+    let health = http::get_json(&agent.url("/healthz")).unwrap();
+    let detail = health["components"]["ledger"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("cannot load"), "{health}");
+    let rows_after: Vec<(i64, f64)> = {
+        let c = db(&path);
+        let mut s = c
+            .prepare(
+                "SELECT interval_start_ms, observed_seconds FROM ledger_rows \
+                 WHERE vm_id = ?1 ORDER BY 1",
+            )
+            .unwrap();
+        s.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(rows_before, rows_after, "rows written before are untouched");
+    // Reading still works.
+    let r = http::get(&agent.url("/api/v1/usage")).unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+}
