@@ -36,12 +36,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::model::identity::{self, OwnerIndex, OwnerKind};
-use crate::model::{Snapshot, VmState, VmStats};
+use crate::model::{NetStats, Snapshot, VmState, VmStats};
 use crate::store::{LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerUsage, NetCounter};
+
+/// An incarnation within one boot: (PID, process start in clock ticks
+/// since boot). Numbers, so that following 1000 VMs allocates nothing per
+/// tick; the `<boot id>:<pid>:<ticks>` string is made once per incarnation.
+type Inc = (u32, i64);
 
 /// A row and its write versions: dirty while `version > flushed`.
 #[derive(Debug, Clone)]
 struct Entry {
+    key: LedgerKey,
     usage: LedgerUsage,
     version: u64,
     flushed: u64,
@@ -58,7 +64,7 @@ struct Tracked {
 /// Versions of the rows a batch carried, to mark them clean once written.
 #[derive(Debug, Default)]
 pub struct BatchMarks {
-    rows: Vec<(LedgerKey, u64)>,
+    rows: Vec<((u32, i64, i64), u64)>,
     forget: Vec<String>,
 }
 
@@ -92,8 +98,9 @@ pub struct AccountConfig {
 #[derive(Debug)]
 pub struct Accountant {
     cfg: AccountConfig,
-    cursors: HashMap<String, Tracked>,
-    rows: BTreeMap<LedgerKey, Entry>,
+    cursors: HashMap<Inc, Tracked>,
+    /// (pid, ticks, interval start) -> row.
+    rows: BTreeMap<(u32, i64, i64), Entry>,
     /// Up to when (ms) the ledger has looked: a VM that started after this
     /// started unseen and is counted from its start.
     horizon_ms: Option<i64>,
@@ -107,12 +114,45 @@ fn ms(t: SystemTime) -> i64 {
     crate::store::to_ms(t)
 }
 
-/// The incarnation of `vm` on boot `boot_id`: the process start in clock
-/// ticks since boot (100 Hz) rather than Unix seconds, so that it does not
-/// move with the wall clock between agent runs.
+/// The process start of `vm` in clock ticks since boot (100 Hz) rather
+/// than Unix seconds, so that it does not move with the wall clock between
+/// agent runs.
+fn ticks(boot_time: f64, vm: &VmStats) -> i64 {
+    ((vm.start_time_seconds - boot_time) * 100.0).round() as i64
+}
+
+/// The incarnation of `vm` on boot `boot_id`: `<boot id>:<pid>:<ticks>`.
 pub fn incarnation(boot_id: &str, boot_time: f64, vm: &VmStats) -> String {
-    let ticks = ((vm.start_time_seconds - boot_time) * 100.0).round();
-    format!("{boot_id}:{}:{ticks:.0}", vm.pid)
+    format!("{boot_id}:{}:{}", vm.pid, ticks(boot_time, vm))
+}
+
+/// (pid, ticks) back from an incarnation string.
+fn parse_inc(s: &str) -> Option<Inc> {
+    let mut parts = s.rsplitn(3, ':');
+    let ticks = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    Some((pid, ticks))
+}
+
+/// What one snapshot says about one VM, without its strings.
+#[derive(Debug, Clone, Copy)]
+struct Obs {
+    at_ms: i64,
+    cpu_seconds: f64,
+    guest_seconds: Option<f64>,
+}
+
+/// The owner keys of one snapshot, built once for all its VMs.
+struct Owners<'a> {
+    users: OwnerIndex<'a>,
+    projects: OwnerIndex<'a>,
+}
+
+/// Sets `dst` to `src` without allocating when they are already equal.
+fn set_opt(dst: &mut Option<String>, src: Option<&str>) {
+    if dst.as_deref() != src {
+        *dst = src.map(str::to_owned);
+    }
 }
 
 impl Accountant {
@@ -134,8 +174,11 @@ impl Accountant {
     /// forget clock of the restored cursors.
     pub fn restore(&mut self, r: LedgerRestore, now_ms: i64) {
         for c in r.cursors {
+            let Some(inc) = parse_inc(&c.incarnation) else {
+                continue;
+            };
             self.cursors.insert(
-                c.incarnation.clone(),
+                inc,
                 Tracked {
                     cursor: c,
                     last_seen_ms: now_ms,
@@ -143,9 +186,13 @@ impl Accountant {
             );
         }
         for (k, usage) in r.rows {
+            let Some((pid, t)) = parse_inc(&k.incarnation) else {
+                continue;
+            };
             self.rows.insert(
-                k,
+                (pid, t, k.interval_start_ms),
                 Entry {
+                    key: k,
                     usage,
                     version: 0,
                     flushed: 0,
@@ -161,196 +208,101 @@ impl Accountant {
         if snap.seq == 0 || snap.collected_at <= UNIX_EPOCH {
             return;
         }
-        let host = snap.host.hostname.clone().unwrap_or_default();
-        let users = OwnerIndex::new(
-            OwnerKind::User,
-            snap.vms.iter().filter_map(|v| v.owner.as_ref()),
-        );
-        let projects = OwnerIndex::new(
-            OwnerKind::Project,
-            snap.vms.iter().filter_map(|v| v.owner.as_ref()),
-        );
+        let owners = Owners {
+            users: OwnerIndex::new(
+                OwnerKind::User,
+                snap.vms.iter().filter_map(|v| v.owner.as_ref()),
+            ),
+            projects: OwnerIndex::new(
+                OwnerKind::Project,
+                snap.vms.iter().filter_map(|v| v.owner.as_ref()),
+            ),
+        };
         for vm in &snap.vms {
             // Stale values (this tick's read failed): the next good read
             // covers the time.
             if !vm.collect_success || vm.pid == 0 {
                 continue;
             }
-            let inc = incarnation(&self.cfg.boot_id, self.cfg.boot_time, vm);
-            let now = observation(&host, &inc, at, vm);
-            let meta = LedgerUsage {
-                vm_name: vm.name.clone(),
-                user_key: vm
-                    .owner
-                    .as_ref()
-                    .and_then(|o| users.key(o))
-                    .map(str::to_owned),
-                user_label: vm
-                    .owner
-                    .as_ref()
-                    .and_then(|o| identity::label(o, OwnerKind::User))
-                    .map(str::to_owned),
-                project_key: vm
-                    .owner
-                    .as_ref()
-                    .and_then(|o| projects.key(o))
-                    .map(str::to_owned),
-                project_label: vm
-                    .owner
-                    .as_ref()
-                    .and_then(|o| identity::label(o, OwnerKind::Project))
-                    .map(str::to_owned),
-                ..LedgerUsage::default()
+            let inc = (vm.pid, ticks(self.cfg.boot_time, vm));
+            let now = Obs {
+                at_ms: at,
+                cpu_seconds: vm.cpu.total(),
+                guest_seconds: vm.cpu.guest,
             };
-            let prev = match self.cursors.get(&inc) {
-                Some(t) if t.cursor.at_ms >= at => {
+            if let Some(t) = self.cursors.get_mut(&inc) {
+                if t.cursor.at_ms >= at {
                     // Same or older snapshot: nothing new.
                     continue;
                 }
-                Some(t) => Some(t.cursor.clone()),
-                None => {
-                    let start_ms = (vm.start_time_seconds * 1000.0).round() as i64;
-                    match self.horizon_ms {
-                        // Started after the ledger last looked: its counters
-                        // started at 0 when it started.
-                        Some(h) if start_ms >= h - self.cfg.gap_after_ms && start_ms < at => {
-                            Some(LedgerCursor {
-                                at_ms: start_ms,
-                                cpu_seconds: 0.0,
-                                guest_seconds: now.guest_seconds.map(|_| 0.0),
-                                net: Vec::new(),
-                                ..now.clone()
-                            })
-                        }
-                        // Running before the ledger looked: only what it
-                        // uses from now on is known to be in a window.
-                        _ => None,
-                    }
-                }
-            };
-            if let Some(prev) = prev {
-                self.account(&prev, &now, &meta);
+                account(
+                    &self.cfg,
+                    &mut self.rows,
+                    &mut self.version,
+                    inc,
+                    &t.cursor,
+                    &now,
+                    vm,
+                    &owners,
+                );
+                update_cursor(&mut t.cursor, &now, vm);
+                t.last_seen_ms = at;
+                continue;
             }
+            let host = snap.host.hostname.as_deref().unwrap_or_default();
+            let inc_s = incarnation(&self.cfg.boot_id, self.cfg.boot_time, vm);
+            let start_ms = (vm.start_time_seconds * 1000.0).round() as i64;
+            let mut cursor = new_cursor(host, &inc_s, vm);
+            match self.horizon_ms {
+                // Started after the ledger last looked: its counters
+                // started at 0 when it started.
+                Some(h) if start_ms >= h - self.cfg.gap_after_ms && start_ms < at => {
+                    let zero = LedgerCursor {
+                        at_ms: start_ms,
+                        guest_seconds: now.guest_seconds.map(|_| 0.0),
+                        ..cursor.clone()
+                    };
+                    account(
+                        &self.cfg,
+                        &mut self.rows,
+                        &mut self.version,
+                        inc,
+                        &zero,
+                        &now,
+                        vm,
+                        &owners,
+                    );
+                }
+                // Running before the ledger looked: only what it uses from
+                // now on is known to be in a window.
+                _ => {}
+            }
+            update_cursor(&mut cursor, &now, vm);
             self.cursors.insert(
                 inc,
                 Tracked {
-                    cursor: now,
+                    cursor,
                     last_seen_ms: at,
                 },
             );
         }
         self.horizon_ms = Some(self.horizon_ms.map_or(at, |h| h.max(at)));
         let forget_before = at - self.cfg.forget_after_ms;
-        let gone: Vec<String> = self
+        if self
             .cursors
-            .iter()
-            .filter(|(_, t)| t.last_seen_ms < forget_before)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in gone {
-            self.cursors.remove(&k);
-            self.forgotten.push(k);
+            .values()
+            .any(|t| t.last_seen_ms < forget_before)
+        {
+            let forgotten = &mut self.forgotten;
+            self.cursors.retain(|_, t| {
+                let keep = t.last_seen_ms >= forget_before;
+                if !keep {
+                    forgotten.push(t.cursor.incarnation.clone());
+                }
+                keep
+            });
         }
         self.bound();
-    }
-
-    /// Spread the deltas between `prev` and `now` over the intervals they
-    /// span.
-    fn account(&mut self, prev: &LedgerCursor, now: &LedgerCursor, meta: &LedgerUsage) {
-        let (t0, t1) = (prev.at_ms, now.at_ms);
-        let span = t1 - t0;
-        if span <= 0 {
-            return;
-        }
-        let cpu = counter_delta_f64(prev.cpu_seconds, now.cpu_seconds);
-        let guest = match (prev.guest_seconds, now.guest_seconds) {
-            (Some(a), Some(b)) => Some(counter_delta_f64(a, b)),
-            _ => None,
-        };
-        let (rx, tx) = net_delta(&prev.net, &now.net);
-        let observed = span <= self.cfg.gap_after_ms;
-        let running = prev.running;
-        let vcpus = f64::from(prev.vcpus.unwrap_or(0));
-        let mem = prev.memory_bytes.unwrap_or(0) as f64;
-        let rss = prev.rss_bytes as f64;
-        let len = self.cfg.interval_ms.max(1);
-        let mut start = t0.div_euclid(len) * len;
-        let (mut cpu_left, mut guest_left, mut rx_left, mut tx_left) = (cpu, guest, rx, tx);
-        while start < t1 {
-            let end = start + len;
-            let lo = t0.max(start);
-            let hi = t1.min(end);
-            let piece = hi - lo;
-            let last = end >= t1;
-            let share = |total: f64, left: f64| {
-                if last {
-                    left
-                } else {
-                    total * piece as f64 / span as f64
-                }
-            };
-            let share_u = |total: u64, left: u64| {
-                if last {
-                    left
-                } else {
-                    let v = u128::from(total) * piece as u128 / span as u128;
-                    u64::try_from(v).unwrap_or(left).min(left)
-                }
-            };
-            let c = share(cpu, cpu_left).max(0.0);
-            cpu_left -= c;
-            let g = match (guest, guest_left) {
-                (Some(total), Some(left)) => {
-                    let g = share(total, left).max(0.0);
-                    guest_left = Some(left - g);
-                    Some(g)
-                }
-                _ => None,
-            };
-            let r = share_u(rx, rx_left);
-            rx_left -= r;
-            let t = share_u(tx, tx_left);
-            tx_left -= t;
-            let secs = piece as f64 / 1000.0;
-            let key = LedgerKey {
-                host: now.host.clone(),
-                vm_id: now.vm_id.clone(),
-                incarnation: now.incarnation.clone(),
-                resolution_s: len / 1000,
-                interval_start_ms: start,
-            };
-            self.version += 1;
-            let version = self.version;
-            let e = self.rows.entry(key).or_insert_with(|| Entry {
-                usage: LedgerUsage::default(),
-                version,
-                flushed: 0,
-            });
-            e.version = version;
-            let u = &mut e.usage;
-            u.vm_name.clone_from(&meta.vm_name);
-            u.user_key.clone_from(&meta.user_key);
-            u.user_label.clone_from(&meta.user_label);
-            u.project_key.clone_from(&meta.project_key);
-            u.project_label.clone_from(&meta.project_label);
-            u.cpu_seconds += c;
-            if let Some(g) = g {
-                u.guest_seconds = Some(u.guest_seconds.unwrap_or(0.0) + g);
-            }
-            u.net_rx_bytes = u.net_rx_bytes.saturating_add(r);
-            u.net_tx_bytes = u.net_tx_bytes.saturating_add(t);
-            if observed {
-                u.observed_seconds += secs;
-                if running {
-                    u.vcpu_allocated_seconds += vcpus * secs;
-                    u.memory_allocated_byte_seconds += mem * secs;
-                    u.rss_byte_seconds += rss * secs;
-                }
-            } else {
-                u.gap_seconds += secs;
-            }
-            start = end;
-        }
     }
 
     /// Rows past `max_rows`: drop the oldest clean ones first, then the
@@ -365,13 +317,9 @@ impl Accountant {
             return;
         }
         // Once per snapshot while over the bound: sort once, drop the oldest.
-        let mut keys: Vec<(i64, LedgerKey)> = self
-            .rows
-            .keys()
-            .map(|k| (k.interval_start_ms, k.clone()))
-            .collect();
-        keys.sort_unstable_by_key(|(t, _)| *t);
-        for (_, k) in keys.into_iter().take(excess) {
+        let mut keys: Vec<(u32, i64, i64)> = self.rows.keys().copied().collect();
+        keys.sort_unstable_by_key(|k| k.2);
+        for k in keys.into_iter().take(excess) {
             if let Some(e) = self.rows.remove(&k)
                 && e.version > e.flushed
             {
@@ -386,12 +334,12 @@ impl Accountant {
     fn evict_clean(&mut self) {
         let len = self.cfg.interval_ms;
         let cursors = &self.cursors;
-        self.rows.retain(|k, e| {
+        self.rows.retain(|&(pid, t, start), e| {
             if e.version > e.flushed {
                 return true;
             }
-            match cursors.get(&k.incarnation) {
-                Some(t) => k.interval_start_ms + len > t.cursor.at_ms,
+            match cursors.get(&(pid, t)) {
+                Some(c) => start + len > c.cursor.at_ms,
                 None => false,
             }
         });
@@ -404,8 +352,8 @@ impl Accountant {
         let mut marks = BatchMarks::default();
         for (k, e) in &self.rows {
             if e.version > e.flushed {
-                batch.rows.push((k.clone(), e.usage.clone()));
-                marks.rows.push((k.clone(), e.version));
+                batch.rows.push((e.key.clone(), e.usage.clone()));
+                marks.rows.push((*k, e.version));
             }
         }
         batch.cursors = self.cursors.values().map(|t| t.cursor.clone()).collect();
@@ -453,20 +401,169 @@ impl Accountant {
 
     /// Every row in memory (tests).
     pub fn rows(&self) -> impl Iterator<Item = (&LedgerKey, &LedgerUsage)> {
-        self.rows.iter().map(|(k, e)| (k, &e.usage))
+        self.rows.values().map(|e| (&e.key, &e.usage))
     }
 }
 
-/// The cursor for `vm` observed at `at_ms`.
-fn observation(host: &str, inc: &str, at_ms: i64, vm: &VmStats) -> LedgerCursor {
+/// Spread the deltas between `prev` and `now` over the intervals they
+/// span (see the module's rules).
+#[allow(clippy::too_many_arguments)]
+fn account(
+    cfg: &AccountConfig,
+    rows: &mut BTreeMap<(u32, i64, i64), Entry>,
+    version: &mut u64,
+    inc: Inc,
+    prev: &LedgerCursor,
+    now: &Obs,
+    vm: &VmStats,
+    owners: &Owners<'_>,
+) {
+    let (t0, t1) = (prev.at_ms, now.at_ms);
+    let span = t1 - t0;
+    if span <= 0 {
+        return;
+    }
+    let cpu = counter_delta_f64(prev.cpu_seconds, now.cpu_seconds);
+    let guest = match (prev.guest_seconds, now.guest_seconds) {
+        (Some(a), Some(b)) => Some(counter_delta_f64(a, b)),
+        _ => None,
+    };
+    let (rx, tx) = net_delta(&prev.net, &vm.network);
+    let observed = span <= cfg.gap_after_ms;
+    let running = prev.running;
+    let vcpus = f64::from(prev.vcpus.unwrap_or(0));
+    let mem = prev.memory_bytes.unwrap_or(0) as f64;
+    let rss = prev.rss_bytes as f64;
+    let owner = vm.owner.as_ref();
+    let len = cfg.interval_ms.max(1);
+    let mut start = t0.div_euclid(len) * len;
+    let (mut cpu_left, mut guest_left, mut rx_left, mut tx_left) = (cpu, guest, rx, tx);
+    while start < t1 {
+        let end = start + len;
+        let piece = t1.min(end) - t0.max(start);
+        let last = end >= t1;
+        let share = |total: f64, left: f64| {
+            if last {
+                left
+            } else {
+                total * piece as f64 / span as f64
+            }
+        };
+        let share_u = |total: u64, left: u64| {
+            if last {
+                left
+            } else {
+                let v = u128::from(total) * piece as u128 / span as u128;
+                u64::try_from(v).unwrap_or(left).min(left)
+            }
+        };
+        let c = share(cpu, cpu_left).max(0.0);
+        cpu_left -= c;
+        let g = match (guest, guest_left) {
+            (Some(total), Some(left)) => {
+                let g = share(total, left).max(0.0);
+                guest_left = Some(left - g);
+                Some(g)
+            }
+            _ => None,
+        };
+        let r = share_u(rx, rx_left);
+        rx_left -= r;
+        let t = share_u(tx, tx_left);
+        tx_left -= t;
+        let secs = piece as f64 / 1000.0;
+        *version += 1;
+        let v = *version;
+        let e = rows.entry((inc.0, inc.1, start)).or_insert_with(|| Entry {
+            key: LedgerKey {
+                host: prev.host.clone(),
+                vm_id: prev.vm_id.clone(),
+                incarnation: prev.incarnation.clone(),
+                resolution_s: len / 1000,
+                interval_start_ms: start,
+            },
+            usage: LedgerUsage::default(),
+            version: v,
+            flushed: 0,
+        });
+        e.version = v;
+        let u = &mut e.usage;
+        if u.vm_name != vm.name {
+            u.vm_name.clone_from(&vm.name);
+        }
+        set_opt(&mut u.user_key, owner.and_then(|o| owners.users.key(o)));
+        set_opt(
+            &mut u.user_label,
+            owner.and_then(|o| identity::label(o, OwnerKind::User)),
+        );
+        set_opt(
+            &mut u.project_key,
+            owner.and_then(|o| owners.projects.key(o)),
+        );
+        set_opt(
+            &mut u.project_label,
+            owner.and_then(|o| identity::label(o, OwnerKind::Project)),
+        );
+        u.cpu_seconds += c;
+        if let Some(g) = g {
+            u.guest_seconds = Some(u.guest_seconds.unwrap_or(0.0) + g);
+        }
+        u.net_rx_bytes = u.net_rx_bytes.saturating_add(r);
+        u.net_tx_bytes = u.net_tx_bytes.saturating_add(t);
+        if observed {
+            u.observed_seconds += secs;
+            if running {
+                u.vcpu_allocated_seconds += vcpus * secs;
+                u.memory_allocated_byte_seconds += mem * secs;
+                u.rss_byte_seconds += rss * secs;
+            }
+        } else {
+            u.gap_seconds += secs;
+        }
+        start = end;
+    }
+}
+
+/// A cursor for a VM seen for the first time (counters filled in by
+/// [`update_cursor`]).
+fn new_cursor(host: &str, inc: &str, vm: &VmStats) -> LedgerCursor {
     LedgerCursor {
         host: host.to_owned(),
         vm_id: vm.id.clone(),
         incarnation: inc.to_owned(),
-        at_ms,
-        cpu_seconds: vm.cpu.total(),
-        guest_seconds: vm.cpu.guest,
-        net: vm
+        at_ms: 0,
+        cpu_seconds: 0.0,
+        guest_seconds: None,
+        net: Vec::new(),
+        vcpus: vm.allocated_vcpus,
+        memory_bytes: vm.allocated_memory_bytes,
+        rss_bytes: vm.memory_rss_bytes,
+        running: vm.state == VmState::Running,
+    }
+}
+
+/// The cursor now holds this observation; interface names are copied only
+/// when they changed.
+fn update_cursor(c: &mut LedgerCursor, now: &Obs, vm: &VmStats) {
+    c.at_ms = now.at_ms;
+    c.cpu_seconds = now.cpu_seconds;
+    c.guest_seconds = now.guest_seconds;
+    c.vcpus = vm.allocated_vcpus;
+    c.memory_bytes = vm.allocated_memory_bytes;
+    c.rss_bytes = vm.memory_rss_bytes;
+    c.running = vm.state == VmState::Running;
+    let same = c.net.len() == vm.network.len()
+        && c.net
+            .iter()
+            .zip(&vm.network)
+            .all(|(a, b)| a.interface == b.interface);
+    if same {
+        for (a, b) in c.net.iter_mut().zip(&vm.network) {
+            a.rx_bytes = b.rx_bytes;
+            a.tx_bytes = b.tx_bytes;
+        }
+    } else {
+        c.net = vm
             .network
             .iter()
             .map(|n| NetCounter {
@@ -474,11 +571,7 @@ fn observation(host: &str, inc: &str, at_ms: i64, vm: &VmStats) -> LedgerCursor 
                 rx_bytes: n.rx_bytes,
                 tx_bytes: n.tx_bytes,
             })
-            .collect(),
-        vcpus: vm.allocated_vcpus,
-        memory_bytes: vm.allocated_memory_bytes,
-        rss_bytes: vm.memory_rss_bytes,
-        running: vm.state == VmState::Running,
+            .collect();
     }
 }
 
@@ -497,11 +590,15 @@ fn counter_delta(prev: u64, now: u64) -> u64 {
 /// Bytes received and sent between two observations, per interface: an
 /// interface seen before counts its increase (a decrease is a reset), a
 /// new one counts from 0, one that vanished adds nothing.
-fn net_delta(prev: &[NetCounter], now: &[NetCounter]) -> (u64, u64) {
+fn net_delta(prev: &[NetCounter], now: &[NetStats]) -> (u64, u64) {
     let mut rx = 0u64;
     let mut tx = 0u64;
-    for n in now {
-        let before = prev.iter().find(|p| p.interface == n.interface);
+    for (i, n) in now.iter().enumerate() {
+        // Usually the same order as last time: look there first.
+        let before = match prev.get(i) {
+            Some(p) if p.interface == n.interface => Some(p),
+            _ => prev.iter().find(|p| p.interface == n.interface),
+        };
         let (r, t) = match before {
             Some(p) => (
                 counter_delta(p.rx_bytes, n.rx_bytes),
