@@ -52,6 +52,8 @@ pub struct Config {
     pub watchdog: crate::alert::WatchdogConfig,
     /// Where persistent state lives (see `crate::store::config`).
     pub store: crate::store::StoreConfig,
+    /// The usage ledger (see docs/ledger.md).
+    pub ledger: crate::ledger::LedgerConfig,
     /// (dotted key, variable) for every value set from the environment,
     /// sorted by variable; filled by the loader.
     #[serde(skip)]
@@ -75,6 +77,7 @@ impl Default for Config {
             owners: crate::owners::OwnersConfig::default(),
             watchdog: crate::alert::WatchdogConfig::default(),
             store: crate::store::StoreConfig::default(),
+            ledger: crate::ledger::LedgerConfig::default(),
             from_env: Vec::new(),
             renamed_keys: Vec::new(),
         }
@@ -582,6 +585,7 @@ impl Config {
         self.watchdog
             .validate(self.interval())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.ledger.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

@@ -44,6 +44,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("outbound", &["error"]),
     ("store", &["export", "model", "error"]),
     ("alert", &["export", "model", "error", "store", "outbound"]),
+    ("ledger", &["export", "model", "error", "store", "host"]),
 ];
 
 /// Modules that may name the web framework's types.

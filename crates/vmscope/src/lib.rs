@@ -10,6 +10,7 @@
 //! pipeline               the tick: one immutable Arc<Snapshot> per interval
 //! export, outbound       metric sources and encoders; delivery out
 //! store, alert           state database; the watchdog and its sinks
+//! ledger                 usage per VM incarnation and interval, persisted
 //! config                 every section, loaded and checked
 //! api, server            the HTTP edge
 //! cli                    the commands; `serve` is the composition root
@@ -38,6 +39,8 @@ pub mod outbound;
 pub mod store;
 
 pub mod alert;
+
+pub mod ledger;
 
 // Configuration of all of the above.
 pub mod config;

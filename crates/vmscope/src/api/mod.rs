@@ -24,6 +24,7 @@ mod index;
 pub mod limits;
 mod metrics;
 mod owners;
+pub mod usage;
 mod vms;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub use http_metrics::HttpMetrics;
 
 use crate::alert::AlertHistory;
 use crate::export::{ExpositionCache, MetricSource, SnapshotAge, Sources};
+use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
 
 /// What a resource answers from: the snapshot (always there) or a part of
@@ -53,6 +55,8 @@ use crate::model::Snapshot;
 pub enum Reads {
     Snapshot,
     AlertHistory,
+    /// The usage ledger's tables (`crate::ledger::UsageReader`).
+    Usage,
 }
 
 /// One resource the router serves: the table row that the router, the index
@@ -160,6 +164,13 @@ pub const ROUTES: &[Resource] = &[
         compress: false,
         reads: Reads::AlertHistory,
     },
+    Resource {
+        path: "/api/v1/usage",
+        summary: "Usage totals from the ledger by user, project or VM over a window (CSV with Accept: text/csv; 503 when the ledger is off).",
+        handler: usage::handler,
+        compress: true,
+        reads: Reads::Usage,
+    },
 ];
 
 /// Default bound on the time to answer one request.
@@ -181,6 +192,7 @@ struct Inner {
     cache: ExpositionCache,
     request_timeout: Duration,
     alerts: AlertHistory,
+    usage: UsageReader,
 }
 
 /// What the API serves, built once at start-up by `vmscope serve`
@@ -194,6 +206,8 @@ pub struct Parts {
     pub http: Arc<HttpMetrics>,
     /// What `/api/v1/alerts` answers from.
     pub alerts: AlertHistory,
+    /// What `/api/v1/usage` answers from.
+    pub usage: UsageReader,
     pub request_timeout: Duration,
 }
 
@@ -214,6 +228,7 @@ impl AppState {
             sources: Sources::new(extra),
             http,
             alerts: AlertHistory::disabled(),
+            usage: UsageReader::unavailable(NoLedger::Disabled),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         })
     }
@@ -224,6 +239,7 @@ impl AppState {
             sources,
             http,
             alerts,
+            usage,
             request_timeout,
         } = parts;
         let state = AppState {
@@ -234,6 +250,7 @@ impl AppState {
                 cache: ExpositionCache::new(),
                 request_timeout,
                 alerts,
+                usage,
             }),
         };
         state.spawn_prewarm();
@@ -298,6 +315,11 @@ impl AppState {
     /// The watchdog's alert history (`/api/v1/alerts`).
     pub(crate) fn alerts(&self) -> &AlertHistory {
         &self.inner.alerts
+    }
+
+    /// The usage ledger's reader (`/api/v1/usage`).
+    pub(crate) fn usage(&self) -> &UsageReader {
+        &self.inner.usage
     }
 }
 

@@ -13,9 +13,9 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     // The environment is part of the check: a pre-start check that passed
     // while `serve` then refused its VMSCOPE_* values would be worthless.
     let cfg = Config::load(file.as_deref()).map_err(Failure::usage)?;
-    // serve would start, but without the watchdog's persistence: say so.
-    // (The store has one user today; the ledger will be the second.)
-    if cfg.watchdog.enabled {
+    // serve would start, but without the watchdog's persistence and with a
+    // usage ledger recording nothing: say so.
+    if cfg.watchdog.enabled || cfg.ledger.enabled {
         cfg.store.check().map_err(Failure::usage)?;
     }
     // Deprecation warnings only once every check passed: an error, like

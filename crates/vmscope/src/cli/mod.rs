@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `vms`, `owners`, `check-config`.
+//! Command-line interface: `serve`, `vms`, `owners`, `usage`, `check-config`.
 //!
 //! Errors reach the user once, at this edge, printed with their causes
 //! (`error: cannot read config file x.toml: No such file or directory`) and
@@ -13,6 +13,7 @@ mod check;
 mod logfmt;
 mod owners;
 pub mod serve;
+mod usage;
 mod vms;
 
 use std::io::{ErrorKind, Write};
@@ -44,6 +45,9 @@ enum Command {
     /// Print who uses this host now: per user and project, their VMs,
     /// vCPUs, CPU, memory and network, measured over a short window.
     Owners(OwnersArgs),
+    /// Usage totals from the ledger in the state database (no agent
+    /// needed; the same totals as GET /api/v1/usage).
+    Usage(UsageArgs),
     /// Validate the configuration `serve` would run with (the file, then
     /// VMSCOPE_* variables) and explain what is wrong.
     CheckConfig {
@@ -81,6 +85,38 @@ pub struct ServeArgs {
 enum Output {
     Table,
     Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum UsageOutput {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The state database [default: store.path of the configuration].
+    #[arg(long, value_name = "FILE")]
+    db: Option<PathBuf>,
+    /// Start (RFC 3339 in UTC, a date such as 2026-11-01, or Unix seconds)
+    /// [default: to minus 24 hours].
+    #[arg(long)]
+    from: Option<String>,
+    /// End, exclusive, as --from [default: now].
+    #[arg(long)]
+    to: Option<String>,
+    /// Group by user, project or vm [default: vm].
+    #[arg(long)]
+    by: Option<String>,
+    /// One total per group per step (e.g. 1h, 1d) [default: the window].
+    #[arg(long)]
+    step: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = UsageOutput::Table)]
+    output: UsageOutput,
 }
 
 #[derive(clap::Args, Debug)]
@@ -164,6 +200,7 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => serve::run(a),
         Command::Vms(a) => vms::run(a),
         Command::Owners(a) => owners::run(a),
+        Command::Usage(a) => usage::run(a),
         Command::CheckConfig { file, config } => check::run(file.or(config)),
     };
     match res {

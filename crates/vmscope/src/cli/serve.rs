@@ -17,6 +17,7 @@ use crate::alert::Watchdog;
 use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router};
 use crate::config::Config;
 use crate::export::{MetricSource, SnapshotAge, Sources};
+use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
 use crate::pipeline::{Collector, spawn};
 use crate::store::DbMetrics;
@@ -51,7 +52,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .map_err(Failure::runtime)?;
         // The store is opened once, here, for everything that keeps state
         // (the watchdog today, the ledger next); only if something uses it.
-        let store = if cfg.watchdog.enabled {
+        let store = if cfg.watchdog.enabled || cfg.ledger.enabled {
             let opened = crate::store::open(&cfg.store, Arc::new(DbMetrics::new()))
                 .await
                 .context("opening the state database")
@@ -60,11 +61,27 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         } else {
             None
         };
+        // The ledger shares the store (a clone of the handle: one thread,
+        // one connection) and reads the same snapshots, on its own thread.
+        let ledger = match &store {
+            Some(o) => crate::ledger::start(
+                &cfg.ledger,
+                &cfg.roots(),
+                snapshots.clone(),
+                o.store.clone(),
+                o.path.clone(),
+            ),
+            None => crate::ledger::Ledger::disabled(),
+        };
+        let mut collector_sources = vec![owner_metrics];
+        if let Some(m) = ledger.metrics() {
+            collector_sources.push(m);
+        }
         let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone(), store)
             .await
             .context("starting the watchdog")
             .map_err(Failure::runtime)?;
-        let state = state_with(snapshots, &watchdog, vec![owner_metrics]);
+        let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
         let http_metrics = state.shared_http_metrics();
         let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -77,6 +94,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .map_err(Failure::runtime)?;
         tracing::info!(address = %addr, interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
         crate::server::serve(listener, app, &cfg.http, http_metrics, shutdown_signal()).await;
+        // The ledger's last flush first: the watchdog's shutdown closes the store.
+        ledger.shutdown().await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
         watchdog.shutdown().await;
         tracing::info!("stopped");
@@ -99,6 +118,21 @@ pub fn state_with(
     watchdog: &Watchdog,
     collector_sources: Vec<Arc<dyn MetricSource>>,
 ) -> AppState {
+    state_with_usage(
+        snapshots,
+        watchdog,
+        collector_sources,
+        UsageReader::unavailable(NoLedger::Disabled),
+    )
+}
+
+/// [`state_with`] and the usage ledger's reader for `/api/v1/usage`.
+pub fn state_with_usage(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    watchdog: &Watchdog,
+    collector_sources: Vec<Arc<dyn MetricSource>>,
+    usage: UsageReader,
+) -> AppState {
     let http = Arc::new(HttpMetrics::new());
     let mut list = vec![watchdog.metrics()];
     list.extend(collector_sources);
@@ -110,6 +144,7 @@ pub fn state_with(
         sources,
         http,
         alerts: watchdog.history(),
+        usage,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
     })
 }

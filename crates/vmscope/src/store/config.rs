@@ -90,14 +90,14 @@ impl StoreConfig {
         let Some(path) = &self.path else {
             return Err(err(format!(
                 "no default applies (not root, and neither XDG_STATE_HOME nor HOME is set): \
-                 the watchdog would run without persistence; set it \
+                 the watchdog would run without persistence and the usage ledger record nothing; set it \
                  (or {})",
                 env_var(self.path_key)
             )));
         };
         super::sqlite::probe(path).map_err(|e| {
             err(format!(
-                "{}; the watchdog would run without persistence",
+                "{}; the watchdog would run without persistence and the usage ledger record nothing",
                 ErrorChain(&e)
             ))
         })

@@ -8,13 +8,15 @@ use std::time::Duration;
 use crate::export::Histogram;
 
 /// Every value of the `op` label.
-pub const OPS: [&str; 6] = [
+pub const OPS: [&str; 8] = [
     "migrate",
     "load_open",
     "apply",
     "log_notification",
     "query",
     "prune",
+    "ledger_load",
+    "ledger_flush",
 ];
 
 /// Histogram upper bounds, seconds (SQLite on a local disk: sub-ms to 1 s).

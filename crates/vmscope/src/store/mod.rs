@@ -25,6 +25,7 @@
 //! same way (`Backend::ledger()`), sharing the thread and the migrations.
 
 pub mod config;
+pub mod ledger;
 pub mod lock;
 pub mod metrics;
 pub mod sqlite;
@@ -36,6 +37,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Opened, StoreConfig, open};
+pub use ledger::{
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
+    UsageBy, UsageQuery, UsageTotal,
+};
 pub use metrics::{DbMetrics, OPS};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +80,8 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("the state database thread has stopped")]
     Closed,
+    #[error("the state database thread is busy (its queue of {QUEUE} jobs is full)")]
+    Busy,
 }
 
 /// Where state lives.

@@ -17,6 +17,10 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
+use super::ledger::{
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
+    UsageQuery, UsageTotal,
+};
 use super::lock::DbLock;
 use super::{
     AlertStore, EpisodePage, EpisodeQuery, EpisodeRow, EpisodeWrite, NotificationLogEntry,
@@ -65,15 +69,65 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             payload       TEXT    NOT NULL
         );",
     ),
+    // The usage ledger (store/ledger.rs): rows are running totals per
+    // interval, replaced by each flush (idempotent); cursors are where each
+    // incarnation's next delta starts; ledger_state the per-boot horizon.
+    (
+        3,
+        "CREATE TABLE ledger_rows (
+            host                          TEXT    NOT NULL,
+            vm_id                         TEXT    NOT NULL,
+            incarnation                   TEXT    NOT NULL,
+            resolution_s                  INTEGER NOT NULL,
+            interval_start_ms             INTEGER NOT NULL,
+            vm_name                       TEXT    NOT NULL,
+            user_key                      TEXT,
+            user_label                    TEXT,
+            project_key                   TEXT,
+            project_label                 TEXT,
+            cpu_seconds                   REAL    NOT NULL,
+            guest_seconds                 REAL,
+            vcpu_allocated_seconds        REAL    NOT NULL,
+            memory_allocated_byte_seconds REAL    NOT NULL,
+            rss_byte_seconds              REAL    NOT NULL,
+            net_rx_bytes                  INTEGER NOT NULL,
+            net_tx_bytes                  INTEGER NOT NULL,
+            observed_seconds              REAL    NOT NULL,
+            gap_seconds                   REAL    NOT NULL,
+            PRIMARY KEY (host, vm_id, incarnation, resolution_s, interval_start_ms)
+        ) WITHOUT ROWID;
+        CREATE INDEX ledger_rows_time ON ledger_rows (resolution_s, interval_start_ms);
+        CREATE TABLE ledger_cursors (
+            incarnation   TEXT    PRIMARY KEY,
+            host          TEXT    NOT NULL,
+            vm_id         TEXT    NOT NULL,
+            at_ms         INTEGER NOT NULL,
+            cpu_seconds   REAL    NOT NULL,
+            guest_seconds REAL,
+            net           TEXT    NOT NULL,
+            vcpus         INTEGER,
+            memory_bytes  INTEGER,
+            rss_bytes     INTEGER NOT NULL,
+            running       INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE ledger_state (
+            boot_id    TEXT    PRIMARY KEY,
+            horizon_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;",
+    ),
 ];
+
+/// The schema version that added the usage ledger's tables.
+pub const LEDGER_SCHEMA: i64 = 3;
 
 /// A table every vmscope database has once migration 1 ran.
 const OUR_TABLE: &str = "alert_episodes";
 
 pub struct SqliteStore {
     conn: Connection,
-    /// Released when the store is dropped (after the connection).
-    _lock: DbLock,
+    /// Released when the store is dropped (after the connection); `None`
+    /// for a read-only reader ([`SqliteStore::open_read_only`]).
+    _lock: Option<DbLock>,
 }
 
 fn q(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -91,9 +145,51 @@ impl SqliteStore {
         }
         let lock = DbLock::acquire(path)?;
         let conn = Connection::open(path).map_err(|e| open_err(Box::new(e)))?;
-        let mut store = SqliteStore { conn, _lock: lock };
+        let mut store = SqliteStore {
+            conn,
+            _lock: Some(lock),
+        };
         store.configure().map_err(|e| open_err(Box::new(e)))?;
         store.migrate(path)?;
+        Ok(store)
+    }
+
+    /// Open `path` to read it while an agent may be writing it (`vmscope
+    /// usage`): read-only, no lock, no migration. Refuses a file vmscope
+    /// did not make, one of a newer schema, and one older than `min_schema`
+    /// (the tables the reader needs are not there yet).
+    pub fn open_read_only(path: &Path, min_schema: i64) -> Result<SqliteStore, StoreError> {
+        let open_err = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if !path.exists() {
+            return Err(open_err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file (has vmscope serve run with this store.path?)",
+            ))));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| open_err(Box::new(e)))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| open_err(Box::new(e)))?;
+        check_ours(&conn, path)?;
+        let store = SqliteStore { conn, _lock: None };
+        let found = store.schema_version()?;
+        let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if found > known {
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        if found < min_schema {
+            return Err(open_err(Box::new(std::io::Error::other(format!(
+                "schema version {found}: written by a vmscope without the usage ledger \
+                 (needs {min_schema}); run this vmscope's serve once"
+            )))));
+        }
         Ok(store)
     }
 
@@ -575,6 +671,24 @@ impl AlertStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The database's size in bytes after checkpointing the WAL into it
+    /// (pages x page size): what the file holds (benchmarks, diagnostics).
+    pub fn file_bytes(&self) -> Result<u64, StoreError> {
+        let op = "query";
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(q(op))?;
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(q(op))?;
+        let size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(q(op))?;
+        Ok(u64::try_from(pages.saturating_mul(size)).unwrap_or(0))
+    }
+
     /// The schema version in effect.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         self.conn
@@ -584,6 +698,240 @@ impl SqliteStore {
             .optional()
             .map(|v| v.flatten().unwrap_or(0))
             .map_err(q("query"))
+    }
+}
+
+/// SQLite integers are i64; byte counters beyond that (never in practice)
+/// saturate rather than wrap.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const LEDGER_ROW_COLS: &str = "host, vm_id, incarnation, resolution_s, interval_start_ms, \
+     vm_name, user_key, user_label, project_key, project_label, cpu_seconds, guest_seconds, \
+     vcpu_allocated_seconds, memory_allocated_byte_seconds, rss_byte_seconds, net_rx_bytes, \
+     net_tx_bytes, observed_seconds, gap_seconds";
+
+fn row_to_ledger(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerKey, LedgerUsage)> {
+    Ok((
+        LedgerKey {
+            host: r.get(0)?,
+            vm_id: r.get(1)?,
+            incarnation: r.get(2)?,
+            resolution_s: r.get(3)?,
+            interval_start_ms: r.get(4)?,
+        },
+        LedgerUsage {
+            vm_name: r.get(5)?,
+            user_key: r.get(6)?,
+            user_label: r.get(7)?,
+            project_key: r.get(8)?,
+            project_label: r.get(9)?,
+            cpu_seconds: r.get(10)?,
+            guest_seconds: r.get(11)?,
+            vcpu_allocated_seconds: r.get(12)?,
+            memory_allocated_byte_seconds: r.get(13)?,
+            rss_byte_seconds: r.get(14)?,
+            net_rx_bytes: to_u64(r.get(15)?),
+            net_tx_bytes: to_u64(r.get(16)?),
+            observed_seconds: r.get(17)?,
+            gap_seconds: r.get(18)?,
+        },
+    ))
+}
+
+impl LedgerStore for SqliteStore {
+    fn load_ledger(
+        &mut self,
+        boot_id: &str,
+        resolution_s: i64,
+    ) -> Result<LedgerRestore, StoreError> {
+        let op = "ledger_load";
+        // Incarnations start with the boot id; ':' is followed by ';' in
+        // ASCII, so this is a prefix range.
+        let lo = format!("{boot_id}:");
+        let hi = format!("{boot_id};");
+        let tx = self.conn.transaction().map_err(q(op))?;
+        tx.execute(
+            "DELETE FROM ledger_cursors WHERE NOT (incarnation >= ?1 AND incarnation < ?2)",
+            params![lo, hi],
+        )
+        .map_err(q(op))?;
+        let mut cursors = Vec::new();
+        {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT host, vm_id, incarnation, at_ms, cpu_seconds, guest_seconds, net, \
+                     vcpus, memory_bytes, rss_bytes, running FROM ledger_cursors",
+                )
+                .map_err(q(op))?;
+            let mut rows = stmt.query([]).map_err(q(op))?;
+            while let Some(r) = rows.next().map_err(q(op))? {
+                let net: String = r.get(6).map_err(q(op))?;
+                let net: Vec<NetCounter> =
+                    serde_json::from_str(&net).map_err(|e| StoreError::Corrupt {
+                        what: "ledger cursor",
+                        detail: e.to_string(),
+                    })?;
+                cursors.push(LedgerCursor {
+                    host: r.get(0).map_err(q(op))?,
+                    vm_id: r.get(1).map_err(q(op))?,
+                    incarnation: r.get(2).map_err(q(op))?,
+                    at_ms: r.get(3).map_err(q(op))?,
+                    cpu_seconds: r.get(4).map_err(q(op))?,
+                    guest_seconds: r.get(5).map_err(q(op))?,
+                    net,
+                    vcpus: r.get(7).map_err(q(op))?,
+                    memory_bytes: r.get::<_, Option<i64>>(8).map_err(q(op))?.map(to_u64),
+                    rss_bytes: to_u64(r.get(9).map_err(q(op))?),
+                    running: r.get(10).map_err(q(op))?,
+                });
+            }
+        }
+        let rows = {
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {} FROM ledger_rows r JOIN ledger_cursors c \
+                     ON r.incarnation = c.incarnation AND r.vm_id = c.vm_id \
+                     WHERE r.resolution_s = ?1 AND r.interval_start_ms + ?1 * 1000 > c.at_ms",
+                    LEDGER_ROW_COLS
+                        .split(", ")
+                        .map(|c| format!("r.{}", c.trim()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .map_err(q(op))?;
+            stmt.query_map([resolution_s], row_to_ledger)
+                .map_err(q(op))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(q(op))?
+        };
+        let horizon_ms: Option<i64> = tx
+            .query_row(
+                "SELECT horizon_ms FROM ledger_state WHERE boot_id = ?1",
+                [boot_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(q(op))?;
+        tx.commit().map_err(q(op))?;
+        Ok(LedgerRestore {
+            cursors,
+            rows,
+            horizon_ms,
+        })
+    }
+
+    fn flush_ledger(&mut self, batch: &LedgerBatch) -> Result<(), StoreError> {
+        let op = "ledger_flush";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        {
+            let mut upsert = tx
+                .prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO ledger_rows ({LEDGER_ROW_COLS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                     ?17, ?18, ?19)"
+                ))
+                .map_err(q(op))?;
+            for (k, u) in &batch.rows {
+                upsert
+                    .execute(params![
+                        k.host,
+                        k.vm_id,
+                        k.incarnation,
+                        k.resolution_s,
+                        k.interval_start_ms,
+                        u.vm_name,
+                        u.user_key,
+                        u.user_label,
+                        u.project_key,
+                        u.project_label,
+                        u.cpu_seconds,
+                        u.guest_seconds,
+                        u.vcpu_allocated_seconds,
+                        u.memory_allocated_byte_seconds,
+                        u.rss_byte_seconds,
+                        to_i64(u.net_rx_bytes),
+                        to_i64(u.net_tx_bytes),
+                        u.observed_seconds,
+                        u.gap_seconds,
+                    ])
+                    .map_err(q(op))?;
+            }
+            let mut cur = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO ledger_cursors (incarnation, host, vm_id, at_ms, \
+                     cpu_seconds, guest_seconds, net, vcpus, memory_bytes, rss_bytes, running) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(q(op))?;
+            for c in &batch.cursors {
+                let net = serde_json::to_string(&c.net).map_err(|e| StoreError::Corrupt {
+                    what: "ledger cursor",
+                    detail: e.to_string(),
+                })?;
+                cur.execute(params![
+                    c.incarnation,
+                    c.host,
+                    c.vm_id,
+                    c.at_ms,
+                    c.cpu_seconds,
+                    c.guest_seconds,
+                    net,
+                    c.vcpus,
+                    c.memory_bytes.map(to_i64),
+                    to_i64(c.rss_bytes),
+                    c.running,
+                ])
+                .map_err(q(op))?;
+            }
+            let mut del = tx
+                .prepare_cached("DELETE FROM ledger_cursors WHERE incarnation = ?1")
+                .map_err(q(op))?;
+            for inc in &batch.forget {
+                del.execute([inc]).map_err(q(op))?;
+            }
+            if let Some((boot, at)) = &batch.horizon {
+                tx.execute(
+                    "INSERT OR REPLACE INTO ledger_state (boot_id, horizon_ms) VALUES (?1, ?2)",
+                    params![boot, at],
+                )
+                .map_err(q(op))?;
+            }
+        }
+        tx.commit().map_err(q(op))
+    }
+
+    fn usage(&mut self, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
+        let op = "query";
+        let limit = i64::try_from(qy.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare(&qy.sql()).map_err(q(op))?;
+        let rows = stmt
+            .query_map(params![qy.from_ms, qy.to_ms, qy.step_ms, limit], |r| {
+                Ok(UsageTotal {
+                    start_ms: r.get(0)?,
+                    key: r.get(1)?,
+                    label: r.get(2)?,
+                    cpu_seconds: r.get(4)?,
+                    guest_seconds: r.get(5)?,
+                    vcpu_allocated_seconds: r.get(6)?,
+                    memory_allocated_byte_seconds: r.get(7)?,
+                    rss_byte_seconds: r.get(8)?,
+                    net_rx_bytes: to_u64(r.get(9)?),
+                    net_tx_bytes: to_u64(r.get(10)?),
+                    observed_seconds: r.get(11)?,
+                    gap_seconds: r.get(12)?,
+                    rows: to_u64(r.get(13)?),
+                })
+            })
+            .map_err(q(op))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(q(op))?;
+        Ok(rows)
     }
 }
 
@@ -623,12 +971,12 @@ mod tests {
         {
             let mut s = SqliteStore::open(&path).unwrap();
             assert_eq!(s.journal_mode().unwrap(), "wal");
-            assert_eq!(s.schema_version().unwrap(), 2);
+            assert_eq!(s.schema_version().unwrap(), 3);
             s.apply(&[open("cpu", "host", 10)]).unwrap();
         }
         // Reopening does not re-run migrations and keeps the open episode.
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), 3);
         let eps = s.open_episodes().unwrap();
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].started_at, t(10));
@@ -831,5 +1179,174 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1, "only the users table");
+    }
+
+    #[test]
+    fn a_ledger_flush_replayed_writes_the_same_totals_and_loads_back_per_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let key = |inc: &str, start: i64| LedgerKey {
+            host: "hv1".into(),
+            vm_id: "vm-1".into(),
+            incarnation: inc.into(),
+            resolution_s: 60,
+            interval_start_ms: start,
+        };
+        let usage = |cpu: f64| LedgerUsage {
+            vm_name: "web-1".into(),
+            user_key: Some("alice".into()),
+            cpu_seconds: cpu,
+            guest_seconds: None,
+            net_rx_bytes: 1 << 40,
+            observed_seconds: 60.0,
+            ..LedgerUsage::default()
+        };
+        let cursor = |inc: &str, at: i64| LedgerCursor {
+            host: "hv1".into(),
+            vm_id: "vm-1".into(),
+            incarnation: inc.into(),
+            at_ms: at,
+            cpu_seconds: 12.5,
+            guest_seconds: Some(3.0),
+            net: vec![NetCounter {
+                interface: "tap0".into(),
+                rx_bytes: 7,
+                tx_bytes: 8,
+            }],
+            vcpus: Some(2),
+            memory_bytes: Some(1 << 30),
+            rss_bytes: 1 << 20,
+            running: true,
+        };
+        let batch = LedgerBatch {
+            rows: vec![
+                (key("b1:10:5", 0), usage(60.0)),
+                (key("b1:10:5", 60_000), usage(30.0)),
+                (key("b0:9:1", 0), usage(1.0)),
+            ],
+            cursors: vec![cursor("b1:10:5", 90_000), cursor("b0:9:1", 10)],
+            forget: Vec::new(),
+            horizon: Some(("b1".into(), 90_000)),
+        };
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            s.flush_ledger(&batch).unwrap();
+            // Replayed (an answer lost after commit): the same totals.
+            s.flush_ledger(&batch).unwrap();
+        }
+        let c = Connection::open(&path).unwrap();
+        let (n, cpu): (i64, f64) = c
+            .query_row(
+                "SELECT COUNT(*), SUM(cpu_seconds) FROM ledger_rows",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, cpu), (3, 91.0));
+        drop(c);
+        let mut s = SqliteStore::open(&path).unwrap();
+        let r = s.load_ledger("b1", 60).unwrap();
+        // Only this boot's cursor; the other boot's is deleted.
+        assert_eq!(r.cursors, vec![cursor("b1:10:5", 90_000)]);
+        assert_eq!(r.horizon_ms, Some(90_000));
+        // Only the row the cursor is still adding to.
+        assert_eq!(r.rows, vec![(key("b1:10:5", 60_000), usage(30.0))]);
+        assert!(s.load_ledger("b1", 60).unwrap().cursors.len() == 1);
+        let again = s.load_ledger("b2", 60).unwrap();
+        assert!(again.cursors.is_empty() && again.rows.is_empty() && again.horizon_ms.is_none());
+        s.flush_ledger(&LedgerBatch {
+            forget: vec!["b1:10:5".into()],
+            ..LedgerBatch::default()
+        })
+        .unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn usage_sums_rows_per_group_and_step_with_the_newest_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let row =
+            |vm: &str, inc: &str, start: i64, project: Option<&str>, label: &str, cpu: f64| {
+                (
+                    LedgerKey {
+                        host: "hv1".into(),
+                        vm_id: vm.into(),
+                        incarnation: inc.into(),
+                        resolution_s: 60,
+                        interval_start_ms: start,
+                    },
+                    LedgerUsage {
+                        vm_name: format!("{vm}-name"),
+                        project_key: project.map(str::to_owned),
+                        project_label: Some(label.into()),
+                        cpu_seconds: cpu,
+                        net_rx_bytes: 10,
+                        observed_seconds: 60.0,
+                        ..LedgerUsage::default()
+                    },
+                )
+            };
+        s.flush_ledger(&LedgerBatch {
+            rows: vec![
+                row("a", "b:1:1", 0, Some("p1"), "old name", 1.0),
+                row("a", "b:1:1", 60_000, Some("p1"), "new name", 2.0),
+                // A restart of the same VM: another incarnation, summed.
+                row("a", "b:2:9", 120_000, Some("p1"), "new name", 4.0),
+                row("b", "b:3:1", 60_000, Some("p2"), "two", 8.0),
+                row("c", "b:4:1", 60_000, None, "", 16.0),
+                // Outside [0, 180 s).
+                row("a", "b:2:9", 180_000, Some("p1"), "new name", 32.0),
+            ],
+            ..LedgerBatch::default()
+        })
+        .unwrap();
+        let q = |by, step_ms| UsageQuery {
+            from_ms: 0,
+            to_ms: 180_000,
+            step_ms,
+            by,
+            limit: 100,
+        };
+        let all = s.usage(&q(super::super::UsageBy::Project, 0)).unwrap();
+        let got: Vec<(Option<&str>, Option<&str>, f64, u64, u64)> = all
+            .iter()
+            .map(|t| {
+                (
+                    t.key.as_deref(),
+                    t.label.as_deref(),
+                    t.cpu_seconds,
+                    t.net_rx_bytes,
+                    t.rows,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (None, Some(""), 16.0, 10, 1),
+                (Some("p1"), Some("new name"), 7.0, 30, 3),
+                (Some("p2"), Some("two"), 8.0, 10, 1),
+            ]
+        );
+        let stepped = s.usage(&q(super::super::UsageBy::Vm, 120_000)).unwrap();
+        let got: Vec<(i64, &str, f64)> = stepped
+            .iter()
+            .map(|t| (t.start_ms, t.key.as_deref().unwrap(), t.cpu_seconds))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "a", 3.0),
+                (0, "b", 8.0),
+                (0, "c", 16.0),
+                (120_000, "a", 4.0)
+            ]
+        );
+        assert_eq!(stepped[0].label.as_deref(), Some("a-name"));
+        // One more than the limit is asked for, so "too many" can be told.
+        let mut small = q(super::super::UsageBy::Vm, 60_000);
+        small.limit = 2;
+        assert_eq!(s.usage(&small).unwrap().len(), 3);
     }
 }

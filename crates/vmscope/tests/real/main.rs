@@ -13,6 +13,7 @@ mod cli_robustness;
 mod e2e;
 mod http_hardening;
 mod hung_mount;
+mod ledger;
 mod owners;
 mod owners_http;
 mod owners_libvirt;

@@ -24,9 +24,21 @@ fn agent() -> ureq::Agent {
 
 /// GET `url` with optional query parameters (encoded here).
 pub fn get_with_query(url: &str, query: &[(&str, &str)]) -> Result<Response, String> {
+    get_full(url, query, None)
+}
+
+/// GET `url` asking for `accept` (e.g. `text/csv`).
+pub fn get_accepting(url: &str, query: &[(&str, &str)], accept: &str) -> Result<Response, String> {
+    get_full(url, query, Some(accept))
+}
+
+fn get_full(url: &str, query: &[(&str, &str)], accept: Option<&str>) -> Result<Response, String> {
     let mut req = agent().get(url);
     for (k, v) in query {
         req = req.query(*k, *v);
+    }
+    if let Some(a) = accept {
+        req = req.header("accept", a);
     }
     let mut resp = req.call().map_err(|e| format!("GET {url}: {e}"))?;
     let status = resp.status().as_u16();

@@ -348,8 +348,11 @@ pub struct Agent {
     child: Child,
     log: Arc<Mutex<String>>,
     /// The agent's own state database: never the host's /var/lib/vmscope,
-    /// whose lock another agent (or a developer's) may hold.
-    _state: tempfile::TempDir,
+    /// whose lock another agent (or a developer's) may hold. `None` when
+    /// the test gave a directory ([`Agent::start_in`]) that outlives it.
+    _state: Option<tempfile::TempDir>,
+    /// Where `state.db` (and the config file) are.
+    state_dir: PathBuf,
 }
 
 impl Agent {
@@ -363,9 +366,20 @@ impl Agent {
     /// [`Agent::start`] with `config` (TOML) as its config file (`-c`),
     /// e.g. an `[owners.*]` source.
     pub fn start_with(interval_secs: u64, config: &str) -> Agent {
+        Agent::start_with_state(interval_secs, config, None)
+    }
+
+    /// [`Agent::start_with`] keeping its state in `state_dir` (`state.db`
+    /// there), so that a second agent started on the same directory takes
+    /// over the first one's database (restarts, crashes).
+    pub fn start_in(interval_secs: u64, config: &str, state_dir: &Path) -> Agent {
+        Agent::start_with_state(interval_secs, config, Some(state_dir))
+    }
+
+    fn start_with_state(interval_secs: u64, config: &str, state_dir: Option<&Path>) -> Agent {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Agent::try_start(interval_secs, config) {
+            match Agent::try_start(interval_secs, config, state_dir) {
                 Ok(agent) => return agent,
                 Err(e) => last_err = e,
             }
@@ -373,13 +387,24 @@ impl Agent {
         panic!("vmscope serve did not come up: {last_err}");
     }
 
-    fn try_start(interval_secs: u64, config: &str) -> Result<Agent, String> {
+    fn try_start(
+        interval_secs: u64,
+        config: &str,
+        state_dir: Option<&Path>,
+    ) -> Result<Agent, String> {
         let addr = format!("127.0.0.1:{}", free_port());
-        let state = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+        let (state, state_dir) = match state_dir {
+            Some(d) => (None, d.to_path_buf()),
+            None => {
+                let t = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
         let config_file = if config.is_empty() {
             None
         } else {
-            let path = state.path().join("vmscope.toml");
+            let path = state_dir.join("vmscope.toml");
             std::fs::write(&path, config).map_err(|e| format!("write config: {e}"))?;
             Some(path)
         };
@@ -404,7 +429,7 @@ impl Agent {
                     .flat_map(|p| [std::ffi::OsStr::new("-c"), p.as_os_str()]),
             )
             .env("VMSCOPE_LOG", "info")
-            .env("VMSCOPE_STORE__PATH", state.path().join("state.db"))
+            .env("VMSCOPE_STORE__PATH", state_dir.join("state.db"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -427,6 +452,7 @@ impl Agent {
             child,
             log,
             _state: state,
+            state_dir,
         };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
@@ -442,6 +468,30 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         Err(format!("no 200 from /healthz within 30 s: {}", agent.log()))
+    }
+
+    /// The agent's state database (`VMSCOPE_STORE__PATH`).
+    pub fn state_db(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    /// Sends `sig` (TERM: the graceful path; KILL: a crash), waits at most
+    /// 15 s for the process to exit and returns its log.
+    pub fn stop(mut self, sig: Signal) -> String {
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, sig);
+        }
+        let exited = poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
+            self.child.try_wait().ok().flatten()
+        });
+        assert!(
+            exited.is_some(),
+            "vmscope still running 15 s after {sig:?}: {}",
+            self.log()
+        );
+        // The stderr reader ends with the pipe.
+        std::thread::sleep(Duration::from_millis(100));
+        self.log()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,535 @@
+//! The usage ledger: per VM incarnation and interval, what it used (CPU,
+//! guest CPU, allocated vCPU- and memory-seconds, RSS byte-seconds, network
+//! bytes) and how much of the interval was observed, kept in the state
+//! database so that it survives agent restarts (docs/ledger.md).
+//!
+//! ```text
+//! watch<Arc<Snapshot>> --> vmscope-ledger thread: account::Accountant (pure)
+//!                            '--> every flush_interval: one transaction of
+//!                                 rows + cursors on the vmscope-store thread
+//! ```
+//!
+//! Reads: the snapshots the collector publishes (the newest one whenever
+//! the ledger thread looks: never blocks the tick, and nothing is lost when
+//! it falls behind, steps only get coarser), `/proc/sys/kernel/random/boot_id`
+//! and `btime` from `/proc/stat` under the configured proc root once at
+//! start, and at start the cursors and open rows the previous run flushed.
+//! Emits: `ledger_rows` / `ledger_cursors` / `ledger_state` through
+//! [`crate::store::LedgerStore`]; `vmscope_ledger_*` ([`metrics`]) and the
+//! `/healthz` component `ledger`.
+//! Fails: only [`LedgerConfig::validate`] (a key named). Without a state
+//! database (none configured, unusable, or the boot id unreadable) the
+//! ledger records nothing and says so (log, `/healthz`,
+//! `vmscope_ledger_persistence_enabled 0`); a failing flush keeps its rows in
+//! memory (bounded by `max_pending_rows`), is counted and retried at the
+//! next flush; nothing in here panics or stops the agent.
+
+pub mod account;
+pub mod metrics;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+use tokio::sync::{oneshot, watch};
+
+pub use account::{AccountConfig, Accountant, BatchMarks};
+pub use metrics::LedgerMetrics;
+
+use crate::error::ErrorChain;
+use crate::host::Roots;
+use crate::model::Snapshot;
+use crate::store::{Store, StoreError, UsageQuery, UsageTotal};
+
+/// `[ledger]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Record usage (default on: with the default SQLite state database a
+    /// single host needs no setup).
+    pub enabled: bool,
+    /// Row length; rows are aligned to multiples of it since the Unix epoch
+    /// (60 s: wall-clock minutes). Whole seconds dividing an hour.
+    #[serde(deserialize_with = "crate::model::de_duration")]
+    pub interval: Duration,
+    /// How often rows and cursors are written (one transaction). A crash
+    /// loses at most this much of *observed time* (it shows as
+    /// `gap_seconds`); the counters themselves continue from the last
+    /// flushed cursor.
+    #[serde(deserialize_with = "crate::model::de_duration")]
+    pub flush_interval: Duration,
+    /// Most unwritten rows kept in memory while the database fails; past
+    /// it the oldest are dropped and counted.
+    pub max_pending_rows: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            enabled: true,
+            interval: Duration::from_secs(60),
+            flush_interval: Duration::from_secs(60),
+            max_pending_rows: 500_000,
+        }
+    }
+}
+
+impl LedgerConfig {
+    /// Checks serde cannot express; the message starts with the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let i = self.interval;
+        if i.subsec_nanos() != 0 || i.as_secs() == 0 || 3600 % i.as_secs() != 0 {
+            return Err(format!(
+                "ledger.interval: {} must be a whole number of seconds that divides an hour \
+                 (e.g. \"60s\", \"5m\", \"1h\"), so that rows align to hours",
+                show(i)
+            ));
+        }
+        let f = self.flush_interval;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&f) {
+            return Err(format!(
+                "ledger.flush_interval: {} is out of range (1s to 1h)",
+                show(f)
+            ));
+        }
+        if self.max_pending_rows < 1000 {
+            return Err(format!(
+                "ledger.max_pending_rows: {} is too small (at least 1000)",
+                self.max_pending_rows
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why usage cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoLedger {
+    /// `[ledger] enabled = false`.
+    Disabled,
+    /// Enabled, but without a state database (see `/healthz`).
+    NoDatabase,
+}
+
+/// Reading usage totals: a query over the ledger's tables, or why there
+/// is none. Cheap to clone; `GET /api/v1/usage` holds one.
+#[derive(Clone)]
+pub struct UsageReader {
+    store: Result<Store, NoLedger>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("the usage ledger is not available ({0:?})")]
+    Unavailable(NoLedger),
+    #[error("the answer would hold more than {0} totals")]
+    TooMany(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl UsageReader {
+    pub fn unavailable(why: NoLedger) -> Self {
+        UsageReader { store: Err(why) }
+    }
+
+    /// Totals per group and bucket, ordered by bucket then key; more than
+    /// `q.limit` is [`UsageError::TooMany`] rather than a cut answer.
+    pub async fn query(&self, q: UsageQuery) -> Result<Vec<UsageTotal>, UsageError> {
+        let store = self
+            .store
+            .as_ref()
+            .map_err(|w| UsageError::Unavailable(*w))?;
+        let limit = q.limit;
+        let rows = store.usage(q).await?;
+        if rows.len() > limit {
+            return Err(UsageError::TooMany(limit));
+        }
+        Ok(rows)
+    }
+}
+
+/// A running ledger.
+pub struct Ledger {
+    usage: UsageReader,
+    metrics: Option<Arc<LedgerMetrics>>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Receiver<()>>,
+}
+
+/// How long [`Ledger::shutdown`] waits for the last flush.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+impl Ledger {
+    /// A ledger that does nothing (disabled).
+    pub fn disabled() -> Ledger {
+        Ledger {
+            usage: UsageReader::unavailable(NoLedger::Disabled),
+            metrics: None,
+            stop: None,
+            done: None,
+        }
+    }
+
+    /// What `GET /api/v1/usage` reads.
+    pub fn usage(&self) -> UsageReader {
+        self.usage.clone()
+    }
+
+    /// `vmscope_ledger_*` (`None` when disabled).
+    pub fn metrics(&self) -> Option<Arc<LedgerMetrics>> {
+        self.metrics.clone()
+    }
+
+    /// Account the newest snapshot, write everything pending (at most
+    /// [`SHUTDOWN_WAIT`]) and stop.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(done) = self.done.take()
+            && tokio::time::timeout(SHUTDOWN_WAIT, done).await.is_err()
+        {
+            tracing::warn!("the usage ledger's last flush did not finish in time");
+        }
+    }
+}
+
+/// `/proc/sys/kernel/random/boot_id` and `btime`, under `roots`.
+fn boot(roots: &Roots) -> Result<(String, f64), String> {
+    let path = roots.proc.join("sys/kernel/random/boot_id");
+    let id = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .trim()
+        .to_owned();
+    if id.is_empty() || id.contains(':') {
+        return Err(format!("{} holds no boot id", path.display()));
+    }
+    let stat = roots.proc.join("stat");
+    let btime = std::fs::read_to_string(&stat)
+        .map_err(|e| format!("cannot read {}: {e}", stat.display()))?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("btime ")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .ok_or_else(|| format!("{} has no btime line", stat.display()))?;
+    Ok((id, btime))
+}
+
+/// Start the ledger thread on `snapshots`. `store` is the state database
+/// the serve command opened (`Err`: why there is none); `path` where it is.
+/// Must be called inside the tokio runtime (the thread uses its handle to
+/// wait).
+pub fn start(
+    cfg: &LedgerConfig,
+    roots: &Roots,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    store: Result<Store, String>,
+    path: Option<PathBuf>,
+) -> Ledger {
+    if !cfg.enabled {
+        tracing::info!("usage ledger disabled in the configuration");
+        return Ledger::disabled();
+    }
+    let booted = boot(roots);
+    let store = match (store, booted) {
+        (Ok(s), Ok(b)) => Ok((s, b)),
+        (Err(why), _) => Err(why),
+        (_, Err(why)) => Err(why),
+    };
+    let (store, (boot_id, boot_time)) = match store {
+        Ok(ok) => ok,
+        Err(why) => {
+            tracing::warn!(reason = %why, "the usage ledger has no state database and records nothing");
+            return Ledger {
+                usage: UsageReader::unavailable(NoLedger::NoDatabase),
+                metrics: Some(Arc::new(LedgerMetrics::new(Err(why)))),
+                stop: None,
+                done: None,
+            };
+        }
+    };
+    let reader = UsageReader {
+        store: Ok(store.clone()),
+    };
+    let shown = path.map_or_else(|| "state database".to_owned(), |p| p.display().to_string());
+    let metrics = Arc::new(LedgerMetrics::new(Ok(shown)));
+    let interval = snapshots.borrow().interval;
+    let gap_after = interval
+        .saturating_mul(3)
+        .max(Duration::from_secs(2))
+        .as_millis();
+    let acct = AccountConfig {
+        interval_ms: i64::try_from(cfg.interval.as_millis()).unwrap_or(60_000),
+        gap_after_ms: i64::try_from(gap_after).unwrap_or(i64::MAX),
+        forget_after_ms: i64::try_from(
+            cfg.flush_interval
+                .max(interval)
+                .saturating_mul(10)
+                .max(Duration::from_secs(600))
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX),
+        max_rows: cfg.max_pending_rows,
+        boot_id,
+        boot_time,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let handle = tokio::runtime::Handle::current();
+    let m = metrics.clone();
+    let flush_every = cfg.flush_interval;
+    let spawned = std::thread::Builder::new()
+        .name("vmscope-ledger".to_owned())
+        .spawn(move || {
+            let mut worker = Worker {
+                acct: Accountant::new(acct),
+                store,
+                metrics: m,
+                in_flight: None,
+            };
+            worker.run(&handle, snapshots, stop_rx, flush_every);
+            // Our store handle goes before "done": whoever waits for the
+            // store to close next (the watchdog's shutdown) is not kept.
+            drop(worker);
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = spawned {
+        let why = format!("cannot start the ledger thread: {e}");
+        tracing::warn!(reason = %why, "the usage ledger records nothing");
+        metrics.set_persistence(Err(why));
+        return Ledger {
+            usage: UsageReader::unavailable(NoLedger::NoDatabase),
+            metrics: Some(metrics),
+            stop: None,
+            done: None,
+        };
+    }
+    Ledger {
+        usage: reader,
+        metrics: Some(metrics),
+        stop: Some(stop_tx),
+        done: Some(done_rx),
+    }
+}
+
+type FlushResult = oneshot::Receiver<Result<(), StoreError>>;
+
+/// The ledger thread's state.
+struct Worker {
+    acct: Accountant,
+    store: Store,
+    metrics: Arc<LedgerMetrics>,
+    /// The flush the store is working on: its answer, what it carried, when
+    /// it was sent.
+    in_flight: Option<(FlushResult, BatchMarks, Instant)>,
+}
+
+fn now_ms() -> i64 {
+    crate::store::to_ms(SystemTime::now())
+}
+
+impl Worker {
+    fn run(
+        &mut self,
+        handle: &tokio::runtime::Handle,
+        mut snapshots: watch::Receiver<Arc<Snapshot>>,
+        mut stop: oneshot::Receiver<()>,
+        flush_every: Duration,
+    ) {
+        // Timers and channels below are tokio's: this thread runs in the
+        // runtime's context (it only ever blocks itself, never a worker).
+        let _context = handle.enter();
+        match handle.block_on(
+            self.store
+                .load_ledger(self.acct_boot_id(), self.acct_resolution()),
+        ) {
+            Ok(r) => {
+                tracing::info!(
+                    cursors = r.cursors.len(),
+                    rows = r.rows.len(),
+                    "usage ledger restored"
+                );
+                self.acct.restore(r, now_ms());
+            }
+            Err(e) => {
+                // Without the cursors and open rows, a flush would replace
+                // rows already written with partial totals: record nothing
+                // rather than corrupt what is there, and say so.
+                let why = format!("cannot load the usage ledger's cursors: {}", ErrorChain(&e));
+                tracing::warn!(reason = %why, "the usage ledger records nothing");
+                self.metrics.set_persistence(Err(why));
+                return;
+            }
+        }
+        let mut next_flush = Instant::now() + flush_every;
+        let mut stopping = false;
+        loop {
+            let wait = next_flush.saturating_duration_since(Instant::now());
+            enum Woke {
+                Snapshot,
+                Closed,
+                Timer,
+                Stop,
+            }
+            let woke = handle.block_on(async {
+                tokio::select! {
+                    r = snapshots.changed() => if r.is_ok() { Woke::Snapshot } else { Woke::Closed },
+                    _ = &mut stop, if !stopping => Woke::Stop,
+                    _ = tokio::time::sleep(wait) => Woke::Timer,
+                }
+            });
+            match woke {
+                Woke::Snapshot => {
+                    let snap = snapshots.borrow_and_update().clone();
+                    self.acct.observe(&snap);
+                }
+                Woke::Stop | Woke::Closed => stopping = true,
+                Woke::Timer => {}
+            }
+            self.poll_flush(false, handle);
+            if stopping {
+                // The newest snapshot, then one last flush, waited for.
+                let snap = snapshots.borrow_and_update().clone();
+                self.acct.observe(&snap);
+                self.poll_flush(true, handle);
+                self.flush(handle, true);
+                self.poll_flush(true, handle);
+                self.publish();
+                return;
+            }
+            if Instant::now() >= next_flush {
+                if self.in_flight.is_none() {
+                    self.flush(handle, false);
+                }
+                next_flush = Instant::now() + flush_every;
+            }
+            self.publish();
+        }
+    }
+
+    fn acct_boot_id(&self) -> String {
+        self.acct.boot_id().to_owned()
+    }
+
+    fn acct_resolution(&self) -> i64 {
+        self.acct.resolution_s()
+    }
+
+    fn publish(&self) {
+        self.metrics.set_state(
+            self.acct.pending(),
+            self.acct.incarnations(),
+            self.acct.dropped(),
+        );
+    }
+
+    /// Send what is pending to the store; never waits for it unless `wait`.
+    fn flush(&mut self, handle: &tokio::runtime::Handle, wait: bool) {
+        let (batch, marks) = self.acct.batch();
+        let rows = marks.rows();
+        // With no VM at all there is still the horizon to write: a VM that
+        // starts while the agent is down is then counted from its start.
+        if rows == 0
+            && batch.cursors.is_empty()
+            && batch.forget.is_empty()
+            && batch.horizon.is_none()
+        {
+            return;
+        }
+        match self
+            .store
+            .ledger_job("ledger_flush", move |s| s.flush_ledger(&batch))
+        {
+            Ok(rx) => self.in_flight = Some((rx, marks, Instant::now())),
+            Err(e) => {
+                self.metrics.flush_failed();
+                tracing::warn!(error = %ErrorChain(&e), rows, "usage ledger flush not sent; kept for the next one");
+            }
+        }
+        if wait {
+            self.poll_flush(true, handle);
+        }
+    }
+
+    /// Take the answer of the flush in flight, if there is one (waiting for
+    /// it at most [`SHUTDOWN_WAIT`] when `wait`).
+    fn poll_flush(&mut self, wait: bool, handle: &tokio::runtime::Handle) {
+        let Some((mut rx, marks, sent)) = self.in_flight.take() else {
+            return;
+        };
+        let answer = if wait {
+            match handle.block_on(async { tokio::time::timeout(SHUTDOWN_WAIT, &mut rx).await }) {
+                Ok(r) => Some(r.unwrap_or(Err(StoreError::Closed))),
+                Err(_) => None,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Closed)),
+            }
+        };
+        match answer {
+            None => self.in_flight = Some((rx, marks, sent)),
+            Some(Ok(())) => {
+                let rows = marks.rows();
+                self.acct.flushed(marks);
+                self.metrics
+                    .flushed(sent.elapsed().as_secs_f64(), rows, now_ms());
+            }
+            Some(Err(e)) => {
+                // The rows stay dirty and go with the next flush.
+                self.metrics.flush_failed();
+                tracing::warn!(error = %ErrorChain(&e), rows = marks.rows(), "usage ledger flush failed; kept for the next one");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_and_bad_values_name_their_key() {
+        let c: LedgerConfig = toml::from_str("").unwrap();
+        assert_eq!(c, LedgerConfig::default());
+        assert!(c.enabled && c.validate().is_ok());
+        let c: LedgerConfig = toml::from_str("interval = \"5s\"\nflush_interval = \"2s\"").unwrap();
+        assert!(c.validate().is_ok());
+        for (toml, key) in [
+            ("interval = \"7s\"", "ledger.interval: "),
+            ("interval = \"1500ms\"", "ledger.interval: "),
+            ("interval = \"2h\"", "ledger.interval: "),
+            ("flush_interval = \"0s\"", "ledger.flush_interval: "),
+            ("max_pending_rows = 10", "ledger.max_pending_rows: "),
+        ] {
+            let c: LedgerConfig = toml::from_str(toml).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        }
+        assert!(toml::from_str::<LedgerConfig>("intervall = \"5s\"").is_err());
+    }
+
+    #[test]
+    fn the_boot_id_comes_from_the_proc_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = Roots {
+            proc: dir.path().to_path_buf(),
+            ..Roots::default()
+        };
+        assert!(boot(&roots).unwrap_err().contains("boot_id"));
+        std::fs::create_dir_all(dir.path().join("sys/kernel/random")).unwrap();
+        std::fs::write(dir.path().join("sys/kernel/random/boot_id"), "abc-123\n").unwrap();
+        std::fs::write(dir.path().join("stat"), "cpu 1 2 3\nbtime 1700000000\n").unwrap();
+        assert_eq!(
+            boot(&roots).unwrap(),
+            ("abc-123".to_owned(), 1_700_000_000.0)
+        );
+    }
+}
