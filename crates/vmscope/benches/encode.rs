@@ -147,12 +147,12 @@ fn owners(c: &mut Criterion) {
     let attributed = |users: usize, projects: usize| -> Snapshot {
         let mut s = fixture::snapshot(VMS);
         for (i, vm) in s.vms.iter_mut().enumerate() {
-            vm.owner = Some(Owner {
+            vm.owner = Some(std::sync::Arc::new(Owner {
                 user_id: Some(format!("user-{:06}", i % users)),
                 user_name: Some(format!("User Number {}", i % users)),
                 project_id: Some(format!("project-{:06}", i % projects)),
                 project_name: None,
-            });
+            }));
         }
         s.with_usage(1000)
     };

@@ -46,12 +46,12 @@ fn vms(n: u32, step: u64) -> Vec<VmStats> {
             v.name = format!("instance-{i:08x}");
             v.start_time_seconds = 1_799_000_000.0 + f64::from(i);
             v.state = VmState::Running;
-            v.owner = Some(Owner {
+            v.owner = Some(std::sync::Arc::new(Owner {
                 user_id: Some(format!("u-{}", i % 50)),
                 user_name: Some(format!("user-{}", i % 50)),
                 project_id: Some(format!("p-{}", i % 20)),
                 project_name: Some(format!("project-{}", i % 20)),
-            });
+            }));
             v.allocated_vcpus = Some(2);
             v.allocated_memory_bytes = Some(2 << 30);
             v.memory_rss_bytes = 1 << 30;

@@ -317,6 +317,33 @@ fn owned_collector(root: &Path, owners: &str, source: &str) -> Collector {
     }
 }
 
+/// Ticks each collector once per round, 300 rounds, and prints each one's
+/// median and 10th percentile against the first's.
+fn interleaved(cases: &mut [(&str, &mut Collector)]) {
+    const ROUNDS: usize = 300;
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(ROUNDS); cases.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, c)) in cases.iter_mut().enumerate() {
+            let t = std::time::Instant::now();
+            black_box(c.tick());
+            times[i].push(t.elapsed());
+        }
+    }
+    let stat = |t: &mut Vec<Duration>, q: usize| {
+        t.sort_unstable();
+        t[t.len() * q / 100].as_secs_f64() * 1e3
+    };
+    let base = (stat(&mut times[0], 50), stat(&mut times[0], 10));
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let (p50, p10) = (stat(&mut times[i], 50), stat(&mut times[i], 10));
+        eprintln!(
+            "owners interleaved {name}: p50 {p50:.3} ms ({:+.1}%), p10 {p10:.3} ms ({:+.1}%) over {ROUNDS} rounds",
+            (p50 / base.0 - 1.0) * 100.0,
+            (p10 / base.1 - 1.0) * 100.0
+        );
+    }
+}
+
 /// A `redis-server` on a free port, killed on drop.
 struct Redis(std::process::Child, u16);
 
@@ -398,7 +425,6 @@ fn bench_owners(c: &mut Criterion) {
     let file = format!("[file]\npath = {mapping:?}\ninterval = \"1h\"\n");
     let mut with_file = owned_collector(dir.path(), &file, "file");
     g.bench_function("file-100k", |b| b.iter(|| black_box(with_file.tick())));
-    drop(with_file);
 
     // SQL: the same 100 000 rows in a SQLite database (the PostgreSQL
     // backend publishes the same map; its fetch cost is off the tick).
@@ -435,7 +461,6 @@ fn bench_owners(c: &mut Criterion) {
     );
     let mut with_sql = owned_collector(dir.path(), &sql, "sql");
     g.bench_function("sqlite-100k", |b| b.iter(|| black_box(with_sql.tick())));
-    drop(with_sql);
 
     match start_redis() {
         None => eprintln!("owners/redis-*: skipped (no redis-server)"),
@@ -446,6 +471,15 @@ fn bench_owners(c: &mut Criterion) {
             );
             let mut quiet = owned_collector(dir.path(), &quiet, "redis");
             g.bench_function("redis-100k", |b| b.iter(|| black_box(quiet.tick())));
+            // Criterion's cases run one after the other, minutes apart, on
+            // a shared machine whose speed drifts by more than the 5% the
+            // issue allows. Interleaved rounds compare like with like.
+            interleaved(&mut [
+                ("none", &mut none),
+                ("file-100k", &mut with_file),
+                ("sqlite-100k", &mut with_sql),
+                ("redis-100k", &mut quiet),
+            ]);
             drop(quiet);
             // Refreshing back to back: the shortest interval the source
             // takes, far below one read of 100 000 sessions.

@@ -10,6 +10,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 pub mod identity;
@@ -223,8 +225,10 @@ pub struct VmStats {
     pub state: VmState,
     /// Unix seconds when the hypervisor process started.
     pub start_time_seconds: f64,
+    /// Shared: the snapshot of every tick copies each VM's stats, and an
+    /// owner changes far less often than once per tick.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<Owner>,
+    pub owner: Option<Arc<Owner>>,
     /// The owner source that attributed the VM (`[owners]` key: `nova`,
     /// `file`, ...): the highest in precedence that gave any field.
     #[serde(skip_serializing_if = "Option::is_none")]

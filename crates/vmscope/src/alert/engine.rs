@@ -621,12 +621,12 @@ mod tests {
         /// `cores` host CPU cores.
         fn owned(id: &str, user: &str, cores: f64) -> VmStats {
             let mut v = vm(id, cores / 2.0);
-            v.owner = Some(Owner {
+            v.owner = Some(std::sync::Arc::new(Owner {
                 user_id: Some(format!("u-{user}")),
                 user_name: Some(user.to_owned()),
                 project_id: Some("p-lab".to_owned()),
                 project_name: Some("lab".to_owned()),
-            });
+            }));
             v
         }
 
@@ -866,12 +866,12 @@ mod tests {
             // Ten 8-core VMs without an owner, and one 8-core VM whose
             // metadata names only a project.
             let mut project_only = vm("p1", 4.0);
-            project_only.owner = Some(Owner {
+            project_only.owner = Some(std::sync::Arc::new(Owner {
                 project_id: Some("p-ops".to_owned()),
                 project_name: Some("ops".to_owned()),
                 user_id: Some(String::new()), // empty says nothing
                 ..Owner::default()
-            });
+            }));
             let vms = move |_t: u64| {
                 let mut v: Vec<VmStats> = (0..10).map(|i| unowned(&format!("x{i}"))).collect();
                 v.push(project_only.clone());
@@ -911,10 +911,10 @@ mod tests {
             let r = owner_rule("user_cpu", Metric::OwnerCpuCores, 4.0, OwnerKind::User);
             let mut carol = vec![vm("c1", 1.5), vm("c2", 1.5)];
             for v in &mut carol {
-                v.owner = Some(Owner {
+                v.owner = Some(std::sync::Arc::new(Owner {
                     user_name: Some("carol".to_owned()),
                     ..Owner::default()
-                });
+                }));
             }
             let mut e = Engine::new(vec![r]);
             let got = run(&mut e, 0..=30, |_| carol.clone());

@@ -308,7 +308,7 @@ pub enum Scope {
 /// Which owner group each VM of `snap` belongs to, for one kind: the
 /// identity rule's index over the snapshot's owners.
 fn owner_index(snap: &Snapshot, kind: OwnerKind) -> OwnerIndex<'_> {
-    OwnerIndex::new(kind, snap.vms.iter().filter_map(|vm| vm.owner.as_ref()))
+    OwnerIndex::new(kind, snap.vms.iter().filter_map(|vm| vm.owner.as_deref()))
 }
 
 /// The key of the owner group `vm` belongs to; `None` when the VM has no
@@ -530,10 +530,12 @@ mod tests {
             id: id.to_owned(),
             name: id.to_owned(),
             state: crate::model::VmState::Running,
-            owner: user.map(|u| Owner {
-                user_id: Some(format!("u-{u}")),
-                user_name: Some(u.to_owned()),
-                ..Owner::default()
+            owner: user.map(|u| {
+                std::sync::Arc::new(Owner {
+                    user_id: Some(format!("u-{u}")),
+                    user_name: Some(u.to_owned()),
+                    ..Owner::default()
+                })
             }),
             allocated_vcpus: vcpus,
             memory_rss_bytes: 1 << 30,
@@ -576,7 +578,7 @@ mod tests {
     fn name_only_vms_join_the_id_group_of_their_name() {
         let with = |vm: &str, id: Option<&str>, name: &str| {
             let mut v = owned(vm, Some(name), None, Some(1));
-            if let Some(o) = v.owner.as_mut() {
+            if let Some(o) = v.owner.as_mut().map(std::sync::Arc::make_mut) {
                 o.user_id = id.map(str::to_owned);
             }
             v

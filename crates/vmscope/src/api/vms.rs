@@ -56,7 +56,7 @@ impl<'a> From<&'a VmStats> for VmSummary<'a> {
             pid: vm.pid,
             uuid: vm.uuid.as_deref(),
             state: vm.state,
-            owner: vm.owner.as_ref(),
+            owner: vm.owner.as_deref(),
             owner_source: vm.owner_source,
             allocated_vcpus: vm.allocated_vcpus,
             allocated_memory_bytes: vm.allocated_memory_bytes,

@@ -147,10 +147,10 @@ mod tests {
     #[test]
     fn one_row_per_owner_biggest_first_hostile_keys_cleaned() {
         let mut snap = fixture::snapshot(7);
-        snap.vms[3].owner = Some(Owner {
+        snap.vms[3].owner = Some(std::sync::Arc::new(Owner {
             user_id: Some("evil\n\u{1b}[31mred".into()),
             ..Owner::default()
-        });
+        }));
         let snap = snap.with_usage(1000);
         let t = table(&snap.usage, &[OwnerKind::User]);
         let lines: Vec<&str> = t.lines().collect();

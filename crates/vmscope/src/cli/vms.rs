@@ -209,12 +209,12 @@ mod tests {
         v.name = "web1".into();
         v.id = "6f1b3c2a-0000-4000-8000-000000000001".into();
         assert_eq!(owner_cell(&v), "-");
-        v.owner = Some(Owner {
+        v.owner = Some(std::sync::Arc::new(Owner {
             user_name: Some("alice".into()),
             project_id: Some("p-42".into()),
             project_name: Some("demo".into()),
             ..Owner::default()
-        });
+        }));
         v.owner_source = Some("file");
         assert_eq!(owner_cell(&v), "alice/demo (file)");
         let t = table(std::slice::from_ref(&v));
@@ -227,11 +227,12 @@ mod tests {
         assert_eq!(owner_cell(&v), "alice/demo");
         // A long owner is cut, the source is kept, the cell is capped.
         v.owner_source = Some("cmdline");
-        v.owner.as_mut().unwrap().user_name = Some(format!("{}\n", "x".repeat(300)));
+        std::sync::Arc::make_mut(v.owner.as_mut().unwrap()).user_name =
+            Some(format!("{}\n", "x".repeat(300)));
         let c = owner_cell(&v);
         assert_eq!(c.chars().count(), MAX_CELL_CHARS, "{c}");
         assert!(c.ends_with("… (cmdline)") && !c.contains('\n'), "{c}");
-        v.owner = Some(Owner::default());
+        v.owner = Some(std::sync::Arc::new(Owner::default()));
         assert_eq!(owner_cell(&v), "-");
     }
 

@@ -35,11 +35,13 @@ pub fn vm(i: usize) -> VmStats {
             VmState::Running
         },
         start_time_seconds: 1_700_000_000.0 + n as f64,
-        owner: libvirt.then(|| Owner {
-            user_id: Some(format!("u{}", i % 50)),
-            user_name: Some(format!("user{}", i % 50)),
-            project_id: Some(format!("p{}", i % 10)),
-            project_name: None,
+        owner: libvirt.then(|| {
+            std::sync::Arc::new(Owner {
+                user_id: Some(format!("u{}", i % 50)),
+                user_name: Some(format!("user{}", i % 50)),
+                project_id: Some(format!("p{}", i % 10)),
+                project_name: None,
+            })
         }),
         owner_source: libvirt.then_some("nova"),
         flavor: libvirt.then(|| "m1.small".to_owned()),

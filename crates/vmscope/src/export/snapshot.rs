@@ -356,7 +356,7 @@ fn encode_vms(vms: &[&VmStats], out: &mut impl Encode) {
     // The owner keys by the one identity rule (a name-only VM joins the id
     // its name goes with), escaped like the per-owner families' labels, so
     // `sum by (user)` over a join with vm_info meets `vmscope_user_*{user}`.
-    let owners = || vms.iter().filter_map(|v| v.owner.as_ref());
+    let owners = || vms.iter().filter_map(|v| v.owner.as_deref());
     let users = OwnerIndex::new(OwnerKind::User, owners());
     let projects = OwnerIndex::new(OwnerKind::Project, owners());
     out.family(&VM_INFO);

@@ -264,11 +264,11 @@ mod tests {
     #[test]
     fn hostile_owner_names_are_escaped_and_other_is_not_merged() {
         let mut snap = fixture::snapshot(4);
-        snap.vms[0].owner = Some(Owner {
+        snap.vms[0].owner = Some(std::sync::Arc::new(Owner {
             user_id: Some("__other__".into()),
             user_name: Some("a \"quoted\"\nname \\ }".into()),
             ..Owner::default()
-        });
+        }));
         let snap = snap.with_usage(1000);
         let text = encode(Format::Text, &[&snap]);
         assert!(

@@ -211,11 +211,11 @@ impl Accountant {
         let owners = Owners {
             users: OwnerIndex::new(
                 OwnerKind::User,
-                snap.vms.iter().filter_map(|v| v.owner.as_ref()),
+                snap.vms.iter().filter_map(|v| v.owner.as_deref()),
             ),
             projects: OwnerIndex::new(
                 OwnerKind::Project,
-                snap.vms.iter().filter_map(|v| v.owner.as_ref()),
+                snap.vms.iter().filter_map(|v| v.owner.as_deref()),
             ),
         };
         for vm in &snap.vms {
@@ -679,10 +679,12 @@ mod tests {
                 ..NetStats::default()
             })
             .collect();
-        s.owner = x.owner.map(|(u, p)| Owner {
-            user_name: Some(u.into()),
-            project_id: Some(p.into()),
-            ..Owner::default()
+        s.owner = x.owner.map(|(u, p)| {
+            std::sync::Arc::new(Owner {
+                user_name: Some(u.into()),
+                project_id: Some(p.into()),
+                ..Owner::default()
+            })
         });
         s.collect_success = x.ok;
         s

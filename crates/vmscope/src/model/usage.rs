@@ -252,7 +252,7 @@ pub fn vms_of<'a>(
     kind: OwnerKind,
     key: &'a str,
 ) -> impl Iterator<Item = &'a VmStats> + 'a {
-    let index = OwnerIndex::new(kind, vms.iter().filter_map(|v| v.owner.as_ref()));
+    let index = OwnerIndex::new(kind, vms.iter().filter_map(|v| v.owner.as_deref()));
     vms.iter().filter(move |v| {
         v.owner
             .as_ref()
@@ -262,7 +262,7 @@ pub fn vms_of<'a>(
 }
 
 fn by_owner(vms: &[VmStats], kind: OwnerKind, max_owners: usize) -> KindUsage {
-    let index = OwnerIndex::new(kind, vms.iter().filter_map(|v| v.owner.as_ref()));
+    let index = OwnerIndex::new(kind, vms.iter().filter_map(|v| v.owner.as_deref()));
     // Sized for one owner per VM (the worst case) so the map never regrows.
     let mut slot: HashMap<&str, usize> = HashMap::with_capacity(vms.len());
     let mut groups: Vec<(&str, Option<&str>, Totals)> = Vec::new();
@@ -339,12 +339,12 @@ mod tests {
             id: id.to_owned(),
             name: id.to_owned(),
             state: VmState::Running,
-            owner: Some(Owner {
+            owner: Some(std::sync::Arc::new(Owner {
                 user_id: s(user.0),
                 user_name: s(user.1),
                 project_id: s(project),
                 project_name: None,
-            }),
+            })),
             allocated_vcpus: Some(2),
             allocated_memory_bytes: Some(1 << 30),
             memory_rss_bytes: 100,

@@ -217,8 +217,8 @@ impl Owners {
             if let Some(o) = owner.as_mut() {
                 truncated += cap_owner(o);
             }
-            if vm.owner != owner {
-                vm.owner = owner;
+            if vm.owner.as_deref() != owner.as_ref() {
+                vm.owner = owner.map(Arc::new);
             }
             vm.owner_source = source;
             self.seen.insert(
@@ -314,8 +314,8 @@ mod tests {
         let mut v = vm(1);
         owners.resolve([(&mut v, &records)]);
         assert_eq!(
-            v.owner,
-            Some(owner([Some("u1"), Some("alice"), None, Some("lab")]))
+            v.owner.as_deref(),
+            Some(&owner([Some("u1"), Some("alice"), None, Some("lab")]))
         );
         assert_eq!(v.owner_source, Some("hi"));
         // A higher source that says nothing about the VM does not claim it.
@@ -408,11 +408,14 @@ mod tests {
         wait_for("u-map", &mut v, &mut other);
         // The higher source's name stays; the map fills the id.
         assert_eq!(
-            v.owner,
-            Some(owner([Some("u-map"), Some("alice"), None, None]))
+            v.owner.as_deref(),
+            Some(&owner([Some("u-map"), Some("alice"), None, None]))
         );
         // VM 2 has no row in the map: only the facts source's fields.
-        assert_eq!(other.owner, Some(owner([None, Some("alice"), None, None])));
+        assert_eq!(
+            other.owner.as_deref(),
+            Some(&owner([None, Some("alice"), None, None]))
+        );
         *user.lock().unwrap() = "u-new";
         wait_for("u-new", &mut v, &mut other);
         assert_eq!(owners.health().len(), 1);

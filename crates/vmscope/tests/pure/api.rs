@@ -63,11 +63,11 @@ const ODD_OWNER: &str = "odd \"owner\"/ü\n";
 fn snapshot() -> Snapshot {
     let mut snap = fixture::snapshot(5);
     let mut odd = odd_vm();
-    odd.owner = Some(Owner {
+    odd.owner = Some(std::sync::Arc::new(Owner {
         user_id: Some(ODD_OWNER.into()),
         project_id: Some("p0".into()),
         ..Owner::default()
-    });
+    }));
     snap.vms.push(odd);
     snap.vms.sort_by(|a, b| a.id.cmp(&b.id));
     snap.with_usage(1000)

@@ -49,12 +49,12 @@ fn nasty_vm(i: usize, name: &str) -> VmStats {
         uuid: None,
         state: VmState::Crashed,
         start_time_seconds: 1_700_000_123.5,
-        owner: Some(Owner {
+        owner: Some(std::sync::Arc::new(Owner {
             user_id: Some("u\"1".into()),
             user_name: None,
             project_id: None,
             project_name: Some("proj\\ect\n".into()),
-        }),
+        })),
         owner_source: Some("file"),
         flavor: None,
         display_name: Some(format!("display {name}")),
