@@ -101,17 +101,7 @@ impl Config {
     /// The URL from `url` or the variable `url_env` names; `Ok(None)` when
     /// the source is off.
     pub fn url(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, String> {
-        match (&self.url, &self.url_env) {
-            (Some(_), Some(_)) => Err("owners.http: set url or url_env, not both".to_owned()),
-            (Some(url), None) => Ok(Some(url.clone())),
-            (None, Some(var)) => env(var)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| Some(Secret::new(v.trim())))
-                .ok_or_else(|| {
-                    format!("owners.http.url_env: the environment variable {var} is not set")
-                }),
-            (None, None) => Ok(None),
-        }
+        super::url_or_env("http", self.url.as_ref(), self.url_env.as_deref(), env)
     }
 
     /// The pointers in [`Field`] order.

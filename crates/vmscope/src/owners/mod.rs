@@ -50,6 +50,7 @@ use crate::discovery::ProcVm;
 use crate::model::Owner;
 #[cfg(doc)]
 use crate::model::VmStats;
+use crate::outbound::Secret;
 
 pub use map::{DaysHistogram, Inventory, OwnerMap, VmKey};
 pub use metrics::OwnerSourceMetrics;
@@ -136,6 +137,31 @@ impl OwnersConfig {
             }
         }
         specs
+    }
+}
+
+/// A source's URL from `url`, or from the environment variable `url_env`
+/// names (`env` reads the environment: a parameter so that tests need not
+/// set variables); `Ok(None)` when neither is set. Errors name the key
+/// (`owners.<source>.url_env: ...`) and never the URL.
+pub fn url_or_env(
+    source: &str,
+    url: Option<&Secret>,
+    url_env: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Secret>, String> {
+    match (url, url_env) {
+        (Some(_), Some(_)) => Err(format!(
+            "owners.{source}.url_env: set url or url_env, not both"
+        )),
+        (Some(url), None) => Ok(Some(url.clone())),
+        (None, Some(var)) => env(var)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| Some(Secret::new(v.trim())))
+            .ok_or_else(|| {
+                format!("owners.{source}.url_env: the environment variable {var} is not set")
+            }),
+        (None, None) => Ok(None),
     }
 }
 

@@ -107,17 +107,7 @@ impl Config {
     /// the environment: a parameter so that tests need not set variables);
     /// `Ok(None)` when the source is off.
     pub fn url(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<Secret>, String> {
-        match (&self.url, &self.url_env) {
-            (Some(_), Some(_)) => Err("owners.redis: set url or url_env, not both".to_owned()),
-            (Some(url), None) => Ok(Some(url.clone())),
-            (None, Some(var)) => env(var)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| Some(Secret::new(v.trim())))
-                .ok_or_else(|| {
-                    format!("owners.redis.url_env: the environment variable {var} is not set")
-                }),
-            (None, None) => Ok(None),
-        }
+        super::url_or_env("redis", self.url.as_ref(), self.url_env.as_deref(), env)
     }
 
     /// Checks that `serve` could start the source (for `validate`).

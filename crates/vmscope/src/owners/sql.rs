@@ -134,27 +134,25 @@ impl Config {
 
     /// The URL, from the config or the environment; `None` when off.
     fn url(&self) -> Result<Option<Secret>, String> {
-        match (&self.url, &self.url_env) {
-            (Some(_), Some(_)) => {
-                Err("owners.sql.url_env: set either url or url_env, not both".to_owned())
-            }
-            (Some(u), None) => Ok(Some(u.clone())),
-            (None, Some(var)) => Secret::from_env(var).map(Some).ok_or_else(|| {
-                format!("owners.sql.url_env: the environment variable {var:?} is not set")
-            }),
-            (None, None) => {
-                let set = [
-                    ("query", self.query.is_some()),
-                    ("users_query", self.users_query.is_some()),
-                    ("last_start_query", self.last_start_query.is_some()),
-                ];
-                match set.iter().find(|(_, on)| *on) {
-                    Some((key, _)) => Err(format!(
-                        "owners.sql.url: {key} is set but there is no url or url_env to run it against"
-                    )),
-                    None => Ok(None),
-                }
-            }
+        let url = super::url_or_env(
+            "sql",
+            self.url.as_ref(),
+            self.url_env.as_deref(),
+            crate::outbound::redact::env_string,
+        )?;
+        if url.is_some() {
+            return Ok(url);
+        }
+        let set = [
+            ("query", self.query.is_some()),
+            ("users_query", self.users_query.is_some()),
+            ("last_start_query", self.last_start_query.is_some()),
+        ];
+        match set.iter().find(|(_, on)| *on) {
+            Some((key, _)) => Err(format!(
+                "owners.sql.url: {key} is set but there is no url or url_env to run it against"
+            )),
+            None => Ok(None),
         }
     }
 
