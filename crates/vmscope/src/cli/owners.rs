@@ -10,16 +10,13 @@
 //!
 //! Fails: as `vmscope vms` (bad config: status 2; no procfs: status 1).
 
-use std::time::Duration;
-
 use anyhow::Context;
 use serde::Serialize;
 
-use super::vms::{cell, human_bytes};
-use super::{Failure, Output, OwnersArgs, init_logging, load_config, print_stdout};
+use super::vms::{cell, human_bytes, measure, render};
+use super::{Failure, Output, OwnersArgs, print_stdout};
 use crate::model::identity::OwnerKind;
 use crate::model::usage::{OwnerTotals, Usage};
-use crate::pipeline::Collector;
 
 #[derive(Serialize)]
 struct Entry<'a> {
@@ -29,23 +26,7 @@ struct Entry<'a> {
 }
 
 pub fn run(args: OwnersArgs) -> Result<(), Failure> {
-    let mut cfg = load_config(&args.common)?;
-    if cfg.log.level == "info" && !cfg.is_from_env("log.level") {
-        cfg.log.level = "warn".into();
-    }
-    init_logging(&cfg);
-    if !(args.window.is_finite() && (0.05..=60.0).contains(&args.window)) {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--window: {} is out of range (0.05 to 60 seconds)",
-            args.window
-        )));
-    }
-    let mut c = Collector::new(&cfg)
-        .context("setting up collection")
-        .map_err(Failure::runtime)?;
-    c.tick();
-    std::thread::sleep(Duration::from_secs_f64(args.window));
-    let snap = c.tick();
+    let snap = measure(&args.common, args.window)?;
     let kinds: Vec<OwnerKind> = match args.kind {
         Some(k) => vec![k.into()],
         None => OwnerKind::ALL.to_vec(),
@@ -112,30 +93,7 @@ pub fn table(usage: &Usage, kinds: &[OwnerKind]) -> String {
             ]);
         }
     }
-    let mut widths = header.map(|h| h.chars().count());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths.iter())
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
-            .collect();
-        out.push_str(parts.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec(), &mut out);
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect(), &mut out);
-    }
-    if rows.is_empty() {
-        out.push_str("(no owned VMs found)\n");
-    }
-    out.trim_end().to_string()
+    render(header, &rows, "(no owned VMs found)")
 }
 
 #[cfg(test)]

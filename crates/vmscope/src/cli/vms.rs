@@ -10,29 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{Failure, Output, VmsArgs, init_logging, load_config, print_stdout};
-use crate::model::VmStats;
+use super::{CommonArgs, Failure, Output, VmsArgs, init_logging, load_config, print_stdout};
+use crate::model::{Snapshot, VmStats};
 use crate::pipeline::Collector;
 
 pub fn run(args: VmsArgs) -> Result<(), Failure> {
-    let mut cfg = load_config(&args.common)?;
-    if cfg.log.level == "info" && !cfg.is_from_env("log.level") {
-        // A one-shot command: only problems are worth printing.
-        cfg.log.level = "warn".into();
-    }
-    init_logging(&cfg);
-    if !(args.window.is_finite() && (0.05..=60.0).contains(&args.window)) {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "--window: {} is out of range (0.05 to 60 seconds)",
-            args.window
-        )));
-    }
-    let mut c = Collector::new(&cfg)
-        .context("setting up collection")
-        .map_err(Failure::runtime)?;
-    c.tick();
-    std::thread::sleep(Duration::from_secs_f64(args.window));
-    let snap = c.tick();
+    let snap = measure(&args.common, args.window)?;
     let mut text = match args.output {
         Output::Json => serde_json::to_string_pretty(&snap.vms)
             .context("encoding JSON")
@@ -41,6 +24,62 @@ pub fn run(args: VmsArgs) -> Result<(), Failure> {
     };
     text.push('\n');
     print_stdout(&text)
+}
+
+/// What a one-shot command (`vms`, `owners`) shows: the second of two
+/// ticks `window` seconds apart, so that rates have an interval.
+pub(super) fn measure(common: &CommonArgs, window: f64) -> Result<Snapshot, Failure> {
+    let mut cfg = load_config(common)?;
+    if cfg.log.level == "info" && !cfg.is_from_env("log.level") {
+        // A one-shot command: only problems are worth printing.
+        cfg.log.level = "warn".into();
+    }
+    init_logging(&cfg);
+    if !(window.is_finite() && (0.05..=60.0).contains(&window)) {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--window: {window} is out of range (0.05 to 60 seconds)"
+        )));
+    }
+    let mut c = Collector::new(&cfg)
+        .context("setting up collection")
+        .map_err(Failure::runtime)?;
+    c.tick();
+    std::thread::sleep(Duration::from_secs_f64(window));
+    Ok(c.tick())
+}
+
+/// Rows under `header`, each column as wide as its widest cell, two
+/// spaces apart; `empty` when there are no rows.
+pub(super) fn render<const N: usize>(
+    header: [&str; N],
+    rows: &[[String; N]],
+    empty: &str,
+) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; N]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for r in rows {
+        line(r.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        out.push_str(empty);
+        out.push('\n');
+    }
+    out.trim_end().to_string()
 }
 
 /// Bytes as a short human figure: 1.5G, 512M, 3.0K.
@@ -115,30 +154,7 @@ pub fn table(vms: &[VmStats]) -> String {
         })
         .collect();
     rows.sort_by(|a, b| a[0].cmp(&b[0]));
-    let mut widths = header.map(|h| h.chars().count());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<&str>, out: &mut String| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(widths.iter())
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
-            .collect();
-        out.push_str(parts.join("  ").trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec(), &mut out);
-    for r in &rows {
-        line(r.iter().map(|s| s.as_str()).collect(), &mut out);
-    }
-    if rows.is_empty() {
-        out.push_str("(no VMs found)\n");
-    }
-    out.trim_end().to_string()
+    render(header, &rows, "(no VMs found)")
 }
 
 /// `user/project (source)`: the owner's labels and the owner source that
