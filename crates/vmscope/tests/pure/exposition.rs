@@ -133,6 +133,16 @@ fn tool_available(program: &str, probe: &[&str]) -> bool {
     ok
 }
 
+/// `promtool check metrics` over `text` succeeds (parse errors and lint
+/// findings fail it); skipped where promtool is missing, outside CI.
+pub(crate) fn promtool_passes(text: &str) {
+    if !tool_available("promtool", &["--version"]) {
+        return;
+    }
+    let (ok, stdout, stderr) = run_with_stdin("promtool", &["check", "metrics"], text);
+    assert!(ok, "promtool: {stdout}{stderr}");
+}
+
 fn run_with_stdin(program: &str, args: &[&str], input: &str) -> (bool, String, String) {
     let mut child = Command::new(program)
         .args(args)

@@ -16,6 +16,8 @@ use vmscope::host::{FdBudget, Roots};
 use vmscope::model::{Snapshot, VmState};
 use vmscope::pipeline::Collector;
 
+use crate::exposition::promtool_passes;
+
 /// One sample: name, labels, value.
 type Line = (String, BTreeMap<String, String>, f64);
 
@@ -114,38 +116,6 @@ fn attributed(mapping: &Path, max_owners: usize) -> Snapshot {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the mapping file's owners never reached the VMs");
-}
-
-fn promtool_passes(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "promtool is required under CI"
-        );
-        eprintln!("promtool not installed: skipped");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// `kind`'s owner key -> display label, from `vmscope_<kind>_info` (the
