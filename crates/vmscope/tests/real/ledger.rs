@@ -364,31 +364,15 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     );
     assert_eq!(m.value("vmscope_ledger_flush_errors_total", &[]), Some(0.0));
     let body = http::get(&agent.url("/metrics")).unwrap().body;
-    let check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            if let Some(mut i) = c.stdin.take() {
-                i.write_all(body.as_bytes())?;
-            }
-            c.wait_with_output()
-        });
-    if let Ok(out) = check {
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        let ledger_lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.contains("vmscope_ledger"))
-            .collect();
-        assert!(
-            ledger_lines.is_empty(),
-            "promtool on the ledger families: {ledger_lines:?}"
-        );
-    }
+    let (_, text) = support::metrics::promtool_check(&body);
+    let ledger_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("vmscope_ledger"))
+        .collect();
+    assert!(
+        ledger_lines.is_empty(),
+        "promtool on the ledger families: {ledger_lines:?}"
+    );
 }
 
 #[test]

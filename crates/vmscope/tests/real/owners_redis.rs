@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::lab::{Agent, Firmware, QemuVm, Roms, VmSpec};
-use crate::support::metrics::Exposition;
+use crate::support::metrics::{Exposition, promtool_check};
 use crate::support::redis::{Redis, redis_available};
 use crate::support::{lab_available, poll_until, unique_name, unique_uuid};
 
@@ -101,32 +101,6 @@ fn up(e: &Exposition) -> Option<f64> {
     e.value("vmscope_owner_source_up", &[("source", "redis")])
 }
 
-/// `promtool check metrics` on an exposition: exit 0 (clean) or 3 (lint
-/// findings only); 1 is a parse error.
-fn promtool_check(text: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        matches!(out.status.code(), Some(0 | 3)),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn api_owner(agent: &Agent, vm: &Vm) -> Value {
     let vms = agent.api_vms_with_id(vm.uuid());
     assert_eq!(vms.len(), 1, "{vms:?}");
@@ -179,15 +153,17 @@ fn sessions_attribute_vms_by_verified_pid_and_by_vm_id() {
             && owner_user(e, &c).is_some_and(|u| u.starts_with("evil"))
     });
     // The hostile name is one escaped, capped label value: no injected
-    // series, and promtool parses the whole exposition.
+    // series, and promtool parses the whole exposition (exit 0, or 3:
+    // lint findings only).
     let cut = owner_user(&e, &c).unwrap();
     assert!(hostile.starts_with(cut) && cut.len() <= 256, "{cut:?}");
     assert!(e.all("vmscope_fake", &[]).is_empty());
-    promtool_check(
+    let (code, out) = promtool_check(
         &crate::support::http::get(&agent.url("/metrics"))
             .unwrap()
             .body,
     );
+    assert!(matches!(code, Some(0 | 3)), "promtool check metrics: {out}");
     assert_eq!(source_of(&e, &a), Some("redis"));
     assert_eq!(source_of(&e, &b), Some("redis"));
     let info = e.all("vmscope_vm_info", &[("vm_id", a.uuid())]);

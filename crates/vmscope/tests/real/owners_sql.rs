@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::support::lab::{Agent, Firmware, QemuVm, Roms, VmSpec};
-use crate::support::metrics::Exposition;
+use crate::support::metrics::{Exposition, assert_promtool_clean};
 use crate::support::postgres::{self, PASSWORD, Postgres};
 use crate::support::{http, in_ci, lab_available, poll_until, unique_name, unique_uuid};
 
@@ -77,35 +77,6 @@ fn scrape_until(agent: &Agent, what: &str, ok: impl Fn(&Exposition) -> bool) -> 
             agent.log()
         )
     })
-}
-
-/// `promtool check metrics` over `body`: no parse error, no lint finding.
-fn promtool(body: &str) {
-    use std::io::Write;
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        assert!(!in_ci(), "promtool is required under CI");
-        eprintln!("promtool not installed: check skipped");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn scrape_text(agent: &Agent) -> String {
@@ -332,7 +303,7 @@ fn hostile_owner_names_from_postgres_do_not_break_the_exposition() {
             .any(|l| l.starts_with("vmscope_injected") || l.starts_with("# TYPE vmscope_injected")),
         "{body}"
     );
-    promtool(&body);
+    assert_promtool_clean(&body);
     // The API gives the same (capped) values.
     let vms = agent.api_vms();
     let ja = vms
@@ -460,7 +431,7 @@ fn sqlite_backend_with_users_and_last_start_inventory() {
         (sum - want_sum).abs() < n * 120.0,
         "sum {sum} vs {want_sum}"
     );
-    promtool(&scrape_text(&agent));
+    assert_promtool_clean(&scrape_text(&agent));
     let om = scrape_openmetrics(&agent);
     assert!(om.ends_with("# EOF\n"), "{om}");
     assert!(om.contains(&format!("# TYPE {h} histogram\n")), "{om}");

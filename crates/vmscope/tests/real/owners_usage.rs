@@ -13,7 +13,7 @@ use rustix::process::Signal;
 use serde_json::Value;
 
 use crate::support::lab::{Agent, Firmware, QemuVm, Roms, VmSpec};
-use crate::support::metrics::Exposition;
+use crate::support::metrics::{Exposition, assert_promtool_clean};
 use crate::support::{http, lab_available, poll_until, unique_name, unique_uuid};
 
 fn spec(role: &str, vcpus: u32, memory_mib: u64) -> VmSpec {
@@ -159,32 +159,6 @@ impl Tick {
     }
 }
 
-/// `promtool check metrics` (lint included) on one scrape.
-fn promtool_passes(body: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (scripts/install-deps.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn per_owner_figures_follow_real_vms_and_drop_when_one_is_killed() {
     if !lab_available("owners_usage") {
@@ -262,7 +236,7 @@ fn per_owner_figures_follow_real_vms_and_drop_when_one_is_killed() {
     );
     assert_eq!(tick.check_owner("user", &ub, &[&ub]).len(), 1);
     assert_eq!(tick.check_owner("project", &pr, &[&pr]).len(), 3);
-    promtool_passes(&http::get(&agent.url("/metrics")).unwrap().body);
+    assert_promtool_clean(&http::get(&agent.url("/metrics")).unwrap().body);
 
     // bob's only VM is killed: bob is gone from the next scrape, the
     // project drops to two VMs.

@@ -158,6 +158,37 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// `promtool check metrics` over `body`: its exit status (0 clean, 3 lint
+/// findings only, 1 a parse error) and what it printed. Panics when
+/// promtool cannot run: `scripts/install-deps.sh` installs it with the lab.
+pub fn promtool_check(body: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// [`promtool_check`] finds nothing: no parse error, no lint finding.
+pub fn assert_promtool_clean(body: &str) {
+    let (code, text) = promtool_check(body);
+    assert_eq!(code, Some(0), "promtool check metrics: {text}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
