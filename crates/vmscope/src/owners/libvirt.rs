@@ -297,33 +297,8 @@ user_name = "vm/custom/owner"
 project_name = "vm/custom/project"
 "#,
         );
-        let xml = r#"<domain type='kvm' id='1'>
-  <name>web-frontend-1</name>
-  <uuid>13070562-2ee7-4092-a746-7975ff5b3993</uuid>
-  <metadata xmlns:ovirt-tune="http://ovirt.org/vm/tune/1.0" xmlns:ovirt-vm="http://ovirt.org/vm/1.0">
-    <ovirt-tune:qos/>
-    <ovirt-vm:vm xmlns:ovirt-vm="http://ovirt.org/vm/1.0">
-      <ovirt-vm:minGuaranteedMemoryMb type="int">1024</ovirt-vm:minGuaranteedMemoryMb>
-      <ovirt-vm:clusterVersion>4.7</ovirt-vm:clusterVersion>
-      <ovirt-vm:custom>
-        <ovirt-vm:owner>alice
-        </ovirt-vm:owner>
-        <ovirt-vm:project>research</ovirt-vm:project>
-      </ovirt-vm:custom>
-      <ovirt-vm:device alias="ua-5e5d1a5c-8b8e-4c47-9d0c-1f2e3d4c5b6a" mac_address="56:6f:1a:2b:00:01">
-        <ovirt-vm:custom>
-          <ovirt-vm:owner>not-the-vm-owner</ovirt-vm:owner>
-        </ovirt-vm:custom>
-      </ovirt-vm:device>
-      <ovirt-vm:device devtype="disk" name="sda">
-        <ovirt-vm:poolID>5849b030-626e-47cb-ad90-3ce782d831b3</ovirt-vm:poolID>
-        <ovirt-vm:volumeID>4cb8b1b6-0c7b-4b4a-9d1e-2a3b4c5d6e7f</ovirt-vm:volumeID>
-      </ovirt-vm:device>
-      <ovirt-vm:launchPaused>false</ovirt-vm:launchPaused>
-      <ovirt-vm:resumeBehavior>auto_resume</ovirt-vm:resumeBehavior>
-    </ovirt-vm:vm>
-  </metadata>
-</domain>"#;
+        // What oVirt's engine writes (vmscope-proc's testdata).
+        let xml = include_str!("../../../vmscope-proc/testdata/libvirt-status-ovirt.xml");
         assert_eq!(
             row(&s, xml),
             Some(Owner {
