@@ -59,6 +59,39 @@ fn cursor(path: &Path, vm_id: &str, pid: i32) -> Option<(i64, f64)> {
 
 /// Freeze the VM, read its final CPU counter from /proc and wait until the
 /// ledger has flushed a cursor holding that value. Returns the counter.
+/// A 1-vCPU, 32 MiB VM named after `role`.
+fn small_vm(role: &str, firmware: Firmware) -> VmSpec {
+    VmSpec {
+        name: unique_name(role),
+        uuid: unique_uuid(),
+        vcpus: 1,
+        memory_mib: 32,
+        firmware,
+        process_name: None,
+    }
+}
+
+/// Waits until the ledger has flushed once (its horizon is written).
+fn wait_for_first_flush(path: &Path) {
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        db(path)
+            .query_row("SELECT COUNT(*) FROM ledger_state", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .ok()
+            .filter(|n| *n > 0)
+    })
+    .expect("no ledger flush within 10 s");
+}
+
+/// Waits until the cursor of the VM `vm_id` running as `pid` is flushed.
+fn wait_for_cursor(path: &Path, vm_id: &str, pid: i32) {
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        cursor(path, vm_id, pid)
+    })
+    .expect("the VM's cursor was not flushed within 10 s");
+}
+
 fn freeze_and_settle(vm: &QemuVm, path: &Path) -> f64 {
     let pid = Pid::from_raw(vm.pid).unwrap();
     kill_process(pid, Signal::STOP).unwrap();
@@ -136,14 +169,7 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     }
     let dir = tempfile::tempdir().unwrap();
     let roms = Roms::new();
-    let spec = VmSpec {
-        name: unique_name("ledger"),
-        uuid: unique_uuid(),
-        vcpus: 1,
-        memory_mib: 32,
-        firmware: Firmware::Busy,
-        process_name: None,
-    };
+    let spec = small_vm("ledger", Firmware::Busy);
     let id = spec.uuid.clone();
 
     let agent = Agent::start_in(1, CONFIG, dir.path());
@@ -151,20 +177,9 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     assert_eq!(path, dir.path().join("state.db"));
     // The ledger has looked (its horizon is written): a VM started now is
     // counted from its start.
-    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        db(&path)
-            .query_row("SELECT COUNT(*) FROM ledger_state", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()
-            .filter(|n| *n > 0)
-    })
-    .expect("no ledger flush within 10 s");
+    wait_for_first_flush(&path);
     let mut vm = QemuVm::start(&roms, spec.clone(), None);
-    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        cursor(&path, &id, vm.pid)
-    })
-    .expect("the VM's cursor was not flushed within 10 s");
+    wait_for_cursor(&path, &id, vm.pid);
     std::thread::sleep(Duration::from_secs(4));
 
     // A clean restart: the last flush at SIGTERM, the cursor continues.
@@ -443,31 +458,13 @@ fn a_full_disk_keeps_rows_in_memory_and_delivers_them_when_space_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(&dir.path().join("small"), "1m");
     let roms = Roms::new();
-    let spec = VmSpec {
-        name: unique_name("ledger-full"),
-        uuid: unique_uuid(),
-        vcpus: 1,
-        memory_mib: 32,
-        firmware: Firmware::Busy,
-        process_name: None,
-    };
+    let spec = small_vm("ledger-full", Firmware::Busy);
     let id = spec.uuid.clone();
     let agent = Agent::start_in(1, CONFIG, &fs.0);
     let path = agent.state_db();
-    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        db(&path)
-            .query_row("SELECT COUNT(*) FROM ledger_state", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .ok()
-            .filter(|n| *n > 0)
-    })
-    .expect("no ledger flush within 10 s");
+    wait_for_first_flush(&path);
     let vm = QemuVm::start(&roms, spec, None);
-    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        cursor(&path, &id, vm.pid)
-    })
-    .expect("the VM's cursor was not flushed within 10 s");
+    wait_for_cursor(&path, &id, vm.pid);
 
     // Fill the disk: flushes fail, rows wait in memory.
     let filler = fs.0.join("filler");
@@ -538,22 +535,12 @@ fn unreadable_cursors_stop_the_ledger_rather_than_overwrite_its_rows() {
     }
     let dir = tempfile::tempdir().unwrap();
     let roms = Roms::new();
-    let spec = VmSpec {
-        name: unique_name("ledger-bad"),
-        uuid: unique_uuid(),
-        vcpus: 1,
-        memory_mib: 32,
-        firmware: Firmware::Idle,
-        process_name: None,
-    };
+    let spec = small_vm("ledger-bad", Firmware::Idle);
     let id = spec.uuid.clone();
     let agent = Agent::start_in(1, CONFIG, dir.path());
     let path = agent.state_db();
     let vm = QemuVm::start(&roms, spec, None);
-    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
-        cursor(&path, &id, vm.pid)
-    })
-    .expect("the VM's cursor was not flushed within 10 s");
+    wait_for_cursor(&path, &id, vm.pid);
     agent.stop(Signal::TERM);
     let rows_before: Vec<(i64, f64)> = {
         let c = db(&path);
