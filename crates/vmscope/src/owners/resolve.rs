@@ -22,7 +22,9 @@ pub type Records = (Option<Arc<ProcVm>>, Option<Arc<LibvirtDomain>>);
 
 /// The precedence, written once: per field, `from` (a source lower in the
 /// list) fills only what the sources above it left empty (missing or blank).
-pub fn fill(into: &mut Owner, from: &Owner) {
+/// Returns whether `into` changed.
+pub fn fill(into: &mut Owner, from: &Owner) -> bool {
+    let mut changed = false;
     let fields = [
         (&mut into.user_id, &from.user_id),
         (&mut into.user_name, &from.user_name),
@@ -31,10 +33,14 @@ pub fn fill(into: &mut Owner, from: &Owner) {
     ];
     for (slot, value) in fields {
         let empty = slot.as_deref().is_none_or(|v| v.trim().is_empty());
-        if let (true, Some(v)) = (empty, value) {
+        if let (true, Some(v)) = (empty, value)
+            && slot.as_ref() != Some(v)
+        {
             *slot = Some(v.clone());
+            changed = true;
         }
     }
+    changed
 }
 
 fn complete(o: &Owner) -> bool {
@@ -57,20 +63,11 @@ fn merge(layers: &[(&'static str, Layer)], vm: &VmFacts<'_>) -> Option<(Owner, &
     let mut owner = Owner::default();
     let mut said = None;
     for (name, layer) in layers {
-        let before = said.is_none().then(|| owner.clone());
-        match layer {
-            Layer::Facts(s) => {
-                if let Some(row) = s.row(vm) {
-                    fill(&mut owner, &row);
-                }
-            }
-            Layer::Map(_, map) => {
-                if let Some(row) = map.lookup(vm) {
-                    fill(&mut owner, row);
-                }
-            }
-        }
-        if before.is_some_and(|b| b != owner) {
+        let gave = match layer {
+            Layer::Facts(s) => s.row(vm).is_some_and(|row| fill(&mut owner, &row)),
+            Layer::Map(_, map) => map.lookup(vm).is_some_and(|row| fill(&mut owner, row)),
+        };
+        if gave && said.is_none() {
             said = Some(*name);
         }
         if complete(&owner) {
@@ -278,7 +275,8 @@ mod tests {
         assert_eq!(o, owner([Some("u1"), Some("alice"), Some("p2"), None]));
         // A blank the lower source has too stays as it was.
         let mut o = owner([None, Some(""), None, None]);
-        fill(&mut o, &owner([None, None, None, None]));
+        assert!(!fill(&mut o, &owner([None, None, None, None])));
+        assert!(!fill(&mut o, &owner([None, Some(""), None, None])));
         assert_eq!(o, owner([None, Some(""), None, None]));
     }
 
