@@ -129,6 +129,8 @@ pub fn parse_query(pairs: &[(String, String)], now: SystemTime) -> Result<UsageQ
         to_ms,
         step_ms,
         by,
+        resolution_s: 0,
+        host: None,
         limit: MAX_TOTALS,
     })
 }

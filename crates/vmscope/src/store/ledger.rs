@@ -142,6 +142,12 @@ pub struct UsageQuery {
     /// Bucket length, ms, from `from_ms`; 0: one bucket for the window.
     pub step_ms: i64,
     pub by: UsageBy,
+    /// Which rows are summed: those of this resolution (seconds: 60 for the
+    /// raw rows, 3600 and 86400 for the hourly and daily rollups). 0: the
+    /// finest resolution the ledger holds.
+    pub resolution_s: i64,
+    /// Only this host's rows (a fleet ledger holds many hosts); `None`: all.
+    pub host: Option<String>,
     /// Most totals answered; one more is asked for to tell "too many".
     pub limit: usize,
 }
@@ -170,7 +176,8 @@ pub struct UsageTotal {
 
 impl UsageQuery {
     /// The SQL, fixed text but for the two column names chosen by `by`
-    /// (never user input); values travel bound. The label is a bare column
+    /// (never user input); values travel bound: ?1 from, ?2 to, ?3 step,
+    /// ?4 limit, ?5 resolution (resolved, never 0), ?6 host or NULL. The label is a bare column
     /// next to the one `MAX()`: SQLite takes it from the row with the
     /// latest interval, so a renamed owner shows under its newest label.
     pub fn sql(&self) -> String {
@@ -180,8 +187,8 @@ impl UsageQuery {
              AS bucket, {key}, {label}, MAX(interval_start_ms), SUM(cpu_seconds), SUM(guest_seconds), SUM(vcpu_allocated_seconds), \
              SUM(memory_allocated_byte_seconds), SUM(rss_byte_seconds), SUM(net_rx_bytes), \
              SUM(net_tx_bytes), SUM(observed_seconds), SUM(gap_seconds), COUNT(*) \
-             FROM ledger_rows WHERE interval_start_ms >= ?1 AND interval_start_ms < ?2 \
-             GROUP BY bucket, {key} ORDER BY bucket, {key} LIMIT ?4"
+             FROM ledger_rows WHERE resolution_s = ?5 AND interval_start_ms >= ?1 \
+             AND interval_start_ms < ?2 AND (?6 IS NULL OR host = ?6) GROUP BY bucket, {key} ORDER BY bucket, {key} LIMIT ?4"
         )
     }
 }

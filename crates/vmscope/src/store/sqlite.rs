@@ -909,25 +909,43 @@ impl LedgerStore for SqliteStore {
     fn usage(&mut self, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
         let op = "query";
         let limit = i64::try_from(qy.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let resolution = if qy.resolution_s > 0 {
+            qy.resolution_s
+        } else {
+            // The finest the ledger holds (an index lookup); none: no rows.
+            let finest: Option<i64> = self
+                .conn
+                .query_row("SELECT MIN(resolution_s) FROM ledger_rows", [], |r| {
+                    r.get(0)
+                })
+                .map_err(q(op))?;
+            match finest {
+                Some(r) => r,
+                None => return Ok(Vec::new()),
+            }
+        };
         let mut stmt = self.conn.prepare(&qy.sql()).map_err(q(op))?;
         let rows = stmt
-            .query_map(params![qy.from_ms, qy.to_ms, qy.step_ms, limit], |r| {
-                Ok(UsageTotal {
-                    start_ms: r.get(0)?,
-                    key: r.get(1)?,
-                    label: r.get(2)?,
-                    cpu_seconds: r.get(4)?,
-                    guest_seconds: r.get(5)?,
-                    vcpu_allocated_seconds: r.get(6)?,
-                    memory_allocated_byte_seconds: r.get(7)?,
-                    rss_byte_seconds: r.get(8)?,
-                    net_rx_bytes: to_u64(r.get(9)?),
-                    net_tx_bytes: to_u64(r.get(10)?),
-                    observed_seconds: r.get(11)?,
-                    gap_seconds: r.get(12)?,
-                    rows: to_u64(r.get(13)?),
-                })
-            })
+            .query_map(
+                params![qy.from_ms, qy.to_ms, qy.step_ms, limit, resolution, qy.host],
+                |r| {
+                    Ok(UsageTotal {
+                        start_ms: r.get(0)?,
+                        key: r.get(1)?,
+                        label: r.get(2)?,
+                        cpu_seconds: r.get(4)?,
+                        guest_seconds: r.get(5)?,
+                        vcpu_allocated_seconds: r.get(6)?,
+                        memory_allocated_byte_seconds: r.get(7)?,
+                        rss_byte_seconds: r.get(8)?,
+                        net_rx_bytes: to_u64(r.get(9)?),
+                        net_tx_bytes: to_u64(r.get(10)?),
+                        observed_seconds: r.get(11)?,
+                        gap_seconds: r.get(12)?,
+                        rows: to_u64(r.get(13)?),
+                    })
+                },
+            )
             .map_err(q(op))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(q(op))?;
@@ -1306,6 +1324,8 @@ mod tests {
             to_ms: 180_000,
             step_ms,
             by,
+            resolution_s: 0,
+            host: None,
             limit: 100,
         };
         let all = s.usage(&q(super::super::UsageBy::Project, 0)).unwrap();
