@@ -256,7 +256,7 @@ async fn list(
     let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
     let q = parse_query(&pairs, SystemTime::now())?;
     let reader: &UsageReader = state.usage();
-    let totals = reader.query(q.clone()).await.map_err(unavailable)?;
+    let (q, totals) = reader.query(q).await.map_err(unavailable)?;
     if wants_csv(&headers) {
         let mut resp = csv(&q, &totals).into_response();
         resp.headers_mut().insert(
@@ -275,6 +275,7 @@ pub fn answer_json(q: &UsageQuery, totals: &[UsageTotal]) -> Value {
         "to": rfc3339(from_ms(q.to_ms)),
         "by": q.by.as_str(),
         "step_seconds": (q.step_ms > 0).then_some(q.step_ms / 1000),
+        "resolution_seconds": q.resolution_s,
         "usage": totals.iter().map(|t| total_json(q, t)).collect::<Vec<_>>(),
     })
 }

@@ -54,6 +54,18 @@ pub fn run(args: UsageArgs) -> Result<(), Failure> {
     let mut store = SqliteStore::open_read_only(&path, LEDGER_SCHEMA)
         .with_context(|| format!("reading the usage ledger in {}", path.display()))
         .map_err(Failure::runtime)?;
+    // The same choice of rows as the agent's API makes: from the
+    // resolutions held and the configured retention.
+    let held = store
+        .resolutions()
+        .with_context(|| format!("reading the usage ledger in {}", path.display()))
+        .map_err(Failure::runtime)?;
+    let q = crate::ledger::resolve(
+        q,
+        &held,
+        &cfg.ledger.retention,
+        crate::store::to_ms(SystemTime::now()),
+    );
     let limit = q.limit;
     let totals = store
         .usage(&q)

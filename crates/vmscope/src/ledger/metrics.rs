@@ -6,7 +6,9 @@
 //! `vmscope_ledger_flush_duration_seconds`, `vmscope_ledger_rows_written_total`,
 //! `vmscope_ledger_pending_rows`, `vmscope_ledger_flush_errors_total`,
 //! `vmscope_ledger_rows_dropped_total`, `vmscope_ledger_incarnations`,
-//! `vmscope_ledger_last_flush_timestamp_seconds`; no labels. Fails: never.
+//! `vmscope_ledger_last_flush_timestamp_seconds`,
+//! `vmscope_ledger_pruned_rows_total`, `vmscope_ledger_prune_errors_total`;
+//! no labels. Fails: never.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +48,15 @@ static LAST_FLUSH: Desc = Desc::gauge(
     "Unix time of the last successful ledger flush (0: none yet).",
 );
 
+static PRUNED: Desc = Desc::counter(
+    "vmscope_ledger_pruned_rows_total",
+    "Usage rows deleted by retention (ledger.retention: raw rows, hourly and daily rollups).",
+);
+static PRUNE_ERRORS: Desc = Desc::counter(
+    "vmscope_ledger_prune_errors_total",
+    "Retention passes that failed (tried again an hour later).",
+);
+
 /// Flush durations, seconds.
 static BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -63,6 +74,8 @@ pub struct LedgerMetrics {
     dropped: AtomicU64,
     incarnations: AtomicU64,
     last_flush_ms: AtomicU64,
+    pruned: AtomicU64,
+    prune_errors: AtomicU64,
 }
 
 impl LedgerMetrics {
@@ -76,6 +89,8 @@ impl LedgerMetrics {
             dropped: AtomicU64::new(0),
             incarnations: AtomicU64::new(0),
             last_flush_ms: AtomicU64::new(0),
+            pruned: AtomicU64::new(0),
+            prune_errors: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +113,14 @@ impl LedgerMetrics {
         self.written.fetch_add(rows as u64, Ordering::Relaxed);
         self.last_flush_ms
             .store(u64::try_from(at_ms).unwrap_or(0), Ordering::Relaxed);
+    }
+
+    pub fn pruned(&self, rows: u64) {
+        self.pruned.fetch_add(rows, Ordering::Relaxed);
+    }
+
+    pub fn prune_failed(&self) {
+        self.prune_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn flush_failed(&self) {
@@ -143,6 +166,10 @@ impl MetricSource for LedgerMetrics {
             &[],
             self.last_flush_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         );
+        out.family(&PRUNED);
+        out.sample(&[], self.pruned.load(Ordering::Relaxed));
+        out.family(&PRUNE_ERRORS);
+        out.sample(&[], self.prune_errors.load(Ordering::Relaxed));
     }
 
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {

@@ -62,6 +62,118 @@ pub struct LedgerConfig {
     /// Most unwritten rows kept in memory while the database fails; past
     /// it the oldest are dropped and counted.
     pub max_pending_rows: usize,
+    /// How long rows of each resolution are kept (`[ledger.retention]`).
+    pub retention: Retention,
+}
+
+/// How long to keep rows: a duration, or `"forever"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Forever,
+    For(Duration),
+}
+
+impl Keep {
+    /// Milliseconds, `None` for forever.
+    pub fn ms(self) -> Option<i64> {
+        match self {
+            Keep::Forever => None,
+            Keep::For(d) => Some(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+
+    fn show(self) -> String {
+        match self {
+            Keep::Forever => "forever".to_owned(),
+            // As configured ("35d"), not as humantime spells days
+            // ("1month 4days 4h 30m 36s").
+            Keep::For(d) if d.as_secs() % 86_400 == 0 && d.subsec_nanos() == 0 => {
+                format!("{}d", d.as_secs() / 86_400)
+            }
+            Keep::For(d) => humantime::format_duration(d).to_string(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().eq_ignore_ascii_case("forever") {
+            return Ok(Keep::Forever);
+        }
+        humantime::parse_duration(s.trim())
+            .map(Keep::For)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is neither a duration (\"35d\", \"400d\") nor \"forever\": {e}"
+                ))
+            })
+    }
+}
+
+/// `[ledger.retention]`: rows older than this (by interval start) are
+/// deleted in the background, per resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// The raw rows (`interval`).
+    pub raw: Keep,
+    /// Hourly rollups.
+    pub hourly: Keep,
+    /// Daily rollups.
+    pub daily: Keep,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Retention {
+            raw: Keep::For(Duration::from_secs(35 * DAY)),
+            hourly: Keep::For(Duration::from_secs(400 * DAY)),
+            daily: Keep::Forever,
+        }
+    }
+}
+
+impl Retention {
+    /// How long rows of `resolution_s` are kept (a resolution finer than an
+    /// hour is raw).
+    pub fn keep(&self, resolution_s: i64) -> Keep {
+        match resolution_s {
+            r if r >= 86_400 => self.daily,
+            r if r >= 3600 => self.hourly,
+            _ => self.raw,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let order = |k: Keep| k.ms().unwrap_or(i64::MAX);
+        for (name, k, min) in [
+            ("raw", self.raw, Duration::from_secs(3600)),
+            ("hourly", self.hourly, Duration::from_secs(86_400)),
+            ("daily", self.daily, Duration::from_secs(86_400)),
+        ] {
+            if let Keep::For(d) = k
+                && d < min
+            {
+                return Err(format!(
+                    "ledger.retention.{name}: {} is too short (at least {})",
+                    k.show(),
+                    humantime::format_duration(min)
+                ));
+            }
+        }
+        if order(self.raw) > order(self.hourly) || order(self.hourly) > order(self.daily) {
+            return Err(format!(
+                "ledger.retention: raw ({}) <= hourly ({}) <= daily ({}) is required, so that \
+                 a window too old for finer rows is still answered by coarser ones",
+                self.raw.show(),
+                self.hourly.show(),
+                self.daily.show()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for LedgerConfig {
@@ -71,6 +183,7 @@ impl Default for LedgerConfig {
             interval: Duration::from_secs(60),
             flush_interval: Duration::from_secs(60),
             max_pending_rows: 500_000,
+            retention: Retention::default(),
         }
     }
 }
@@ -100,7 +213,7 @@ impl LedgerConfig {
                 self.max_pending_rows
             ));
         }
-        Ok(())
+        self.retention.validate()
     }
 }
 
@@ -118,6 +231,8 @@ pub enum NoLedger {
 #[derive(Clone)]
 pub struct UsageReader {
     store: Result<Store, NoLedger>,
+    /// Which rows answer a query best ([`crate::store::pick_resolution`]).
+    retention: Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,23 +247,41 @@ pub enum UsageError {
 
 impl UsageReader {
     pub fn unavailable(why: NoLedger) -> Self {
-        UsageReader { store: Err(why) }
+        UsageReader {
+            store: Err(why),
+            retention: Retention::default(),
+        }
     }
 
-    /// Totals per group and bucket, ordered by bucket then key; more than
-    /// `q.limit` is [`UsageError::TooMany`] rather than a cut answer.
-    pub async fn query(&self, q: UsageQuery) -> Result<Vec<UsageTotal>, UsageError> {
+    /// Totals per group and bucket, ordered by bucket then key, and the
+    /// query as answered (its resolution chosen when it was 0: the
+    /// coarsest rows that answer it exactly); more than `q.limit` is
+    /// [`UsageError::TooMany`] rather than a cut answer.
+    pub async fn query(&self, q: UsageQuery) -> Result<(UsageQuery, Vec<UsageTotal>), UsageError> {
         let store = self
             .store
             .as_ref()
             .map_err(|w| UsageError::Unavailable(*w))?;
         let limit = q.limit;
-        let rows = store.usage(q).await?;
+        let retention = self.retention.clone();
+        let (q, rows) = store
+            .usage(q, move |q, held| resolve(q, held, &retention, now_ms()))
+            .await?;
         if rows.len() > limit {
             return Err(UsageError::TooMany(limit));
         }
-        Ok(rows)
+        Ok((q, rows))
     }
+}
+
+/// `q` with its resolution chosen when it is 0 (see
+/// [`crate::store::pick_resolution`]); the CLI uses this too.
+pub fn resolve(mut q: UsageQuery, held: &[i64], retention: &Retention, now_ms: i64) -> UsageQuery {
+    if q.resolution_s == 0 {
+        q.resolution_s =
+            crate::store::pick_resolution(&q, held, |r| retention.keep(r).ms(), now_ms);
+    }
+    q
 }
 
 /// A running ledger.
@@ -254,6 +387,7 @@ pub fn start(
     };
     let reader = UsageReader {
         store: Ok(store.clone()),
+        retention: cfg.retention.clone(),
     };
     let shown = path.map_or_else(|| "state database".to_owned(), |p| p.display().to_string());
     let metrics = Arc::new(LedgerMetrics::new(Ok(shown)));
@@ -282,6 +416,7 @@ pub fn start(
     let handle = tokio::runtime::Handle::current();
     let m = metrics.clone();
     let flush_every = cfg.flush_interval;
+    let retention = cfg.retention.clone();
     let spawned = std::thread::Builder::new()
         .name("vmscope-ledger".to_owned())
         .spawn(move || {
@@ -290,6 +425,7 @@ pub fn start(
                 store,
                 metrics: m,
                 in_flight: None,
+                prune: Prune::new(retention),
             };
             worker.run(&handle, snapshots, stop_rx, flush_every);
             // Our store handle goes before "done": whoever waits for the
@@ -326,6 +462,50 @@ struct Worker {
     /// The flush the store is working on: its answer, what it carried, when
     /// it was sent.
     in_flight: Option<(FlushResult, BatchMarks, Instant)>,
+    prune: Prune,
+}
+
+type PruneResult = oneshot::Receiver<Result<(u64, i64), StoreError>>;
+
+/// Retention, applied a little at a time: one store job of at most
+/// [`PRUNE_BUDGET`] per wake of the ledger thread until every resolution is
+/// done, then again an hour later.
+struct Prune {
+    /// (class of resolutions, how long kept in ms), those not kept
+    /// forever.
+    plan: Vec<(std::ops::RangeInclusive<i64>, i64)>,
+    /// Which entry of `plan` is being worked on.
+    at: usize,
+    /// Where that resolution's walk goes on from (`None`: its oldest row).
+    from: Option<i64>,
+    next: Instant,
+    in_flight: Option<PruneResult>,
+}
+
+const PRUNE_BUDGET: Duration = Duration::from_millis(50);
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+impl Prune {
+    fn new(retention: Retention) -> Prune {
+        // Raw rows of any length (the interval may have been changed),
+        // hourly, daily.
+        let plan = [
+            (1..=3599, retention.raw),
+            (3600..=86_399, retention.hourly),
+            (86_400..=i64::MAX, retention.daily),
+        ]
+        .into_iter()
+        .filter_map(|(class, keep)| keep.ms().map(|k| (class, k)))
+        .collect();
+        Prune {
+            plan,
+            at: 0,
+            from: None,
+            // Not at once: the first flushes and the restore go first.
+            next: Instant::now() + Duration::from_secs(30),
+            in_flight: None,
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -391,6 +571,9 @@ impl Worker {
                 Woke::Timer => {}
             }
             self.poll_flush(false, handle);
+            if !stopping {
+                self.prune();
+            }
             if stopping {
                 // The newest snapshot, then one last flush, waited for.
                 let snap = snapshots.borrow_and_update().clone();
@@ -408,6 +591,64 @@ impl Worker {
                 next_flush = Instant::now() + flush_every;
             }
             self.publish();
+        }
+    }
+
+    /// Take the answer of the retention job in flight and send the next
+    /// one when due. Never waits.
+    fn prune(&mut self) {
+        let p = &mut self.prune;
+        if let Some(rx) = p.in_flight.as_mut() {
+            match rx.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok((deleted, reached))) => {
+                    p.in_flight = None;
+                    self.metrics.pruned(deleted);
+                    let keep = p.plan.get(p.at).map(|(_, k)| *k);
+                    if let Some(keep) = keep
+                        && reached < now_ms().saturating_sub(keep)
+                    {
+                        p.from = Some(reached);
+                    } else {
+                        p.at += 1;
+                        p.from = None;
+                        if p.at >= p.plan.len() {
+                            p.at = 0;
+                            p.next = Instant::now() + PRUNE_EVERY;
+                            return;
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    p.in_flight = None;
+                    self.metrics.prune_failed();
+                    tracing::warn!(error = %ErrorChain(&e), "usage ledger retention failed; tried again in an hour");
+                    p.at = 0;
+                    p.from = None;
+                    p.next = Instant::now() + PRUNE_EVERY;
+                    return;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    p.in_flight = None;
+                    p.next = Instant::now() + PRUNE_EVERY;
+                    return;
+                }
+            }
+        }
+        if Instant::now() < p.next {
+            return;
+        }
+        let Some((class, keep)) = p.plan.get(p.at).cloned() else {
+            p.next = Instant::now() + PRUNE_EVERY;
+            return;
+        };
+        let before = now_ms().saturating_sub(keep);
+        let from = p.from;
+        // A busy store: the next wake tries again.
+        if let Ok(rx) = self.store.ledger_job("prune", move |s| {
+            s.prune_ledger(class, from, before, PRUNE_BUDGET)
+        }) {
+            p.in_flight = Some(rx);
         }
     }
 
@@ -514,6 +755,36 @@ mod tests {
             assert!(e.starts_with(key), "{toml}: {e}");
         }
         assert!(toml::from_str::<LedgerConfig>("intervall = \"5s\"").is_err());
+    }
+
+    #[test]
+    fn retention_reads_durations_and_forever_and_keeps_coarser_rows_longer() {
+        let c: LedgerConfig =
+            toml::from_str("[retention]\nraw = \"7d\"\nhourly = \"forever\"").unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.retention.keep(60).ms(), Some(7 * 86_400_000));
+        assert_eq!(c.retention.keep(5).ms(), Some(7 * 86_400_000));
+        assert_eq!(c.retention.keep(3600), Keep::Forever);
+        assert_eq!(c.retention.keep(86_400), Keep::Forever);
+        for (toml, want) in [
+            ("raw = \"10m\"", "ledger.retention.raw: 10m is too short"),
+            (
+                "raw = \"500d\"",
+                "ledger.retention: raw (500d) <= hourly (400d) <= daily (forever)",
+            ),
+            (
+                "daily = \"30d\"",
+                "ledger.retention: raw (35d) <= hourly (400d) <= daily (30d)",
+            ),
+        ] {
+            let c: LedgerConfig = toml::from_str(&format!("[retention]\n{toml}")).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.starts_with(want), "{toml}: {e}");
+        }
+        let e = toml::from_str::<LedgerConfig>("[retention]\nraw = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"soon\" is neither a duration"), "{e}");
     }
 
     #[test]

@@ -11,11 +11,55 @@
 //! changes nothing and is simply sent again (rows are upserts: replaying a
 //! flush writes the same totals, it cannot double count).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, Job, Store, StoreError};
+
+/// The rollup resolutions (seconds): hourly and daily rows, each the sum
+/// of the finer rows in it, written by the same flush (see
+/// `store/sqlite/ledger.rs`). A resolution coarser than the raw rows only.
+pub const ROLLUPS: [i64; 2] = [3600, 86_400];
+
+/// The resolutions a ledger with raw rows of `raw_s` holds, finest first.
+pub fn resolutions(raw_s: i64) -> Vec<i64> {
+    std::iter::once(raw_s)
+        .chain(ROLLUPS.into_iter().filter(|r| *r > raw_s))
+        .collect()
+}
+
+/// The coarsest resolution that answers `q` exactly, of those the ledger
+/// holds (`held`, any order; the finest is the raw rows): rows of
+/// resolution R give the same totals as the raw rows when `from` and the
+/// step are multiples of R and `to` is too (or is now: nothing after now
+/// has been used, and raw and rollup rows are written by the same
+/// flushes), and R's rows are still kept at `from` (`keep_ms(R)`: how long
+/// rows of R are kept, `None` = forever). The raw rows otherwise (they
+/// answer every window: rows that *start* in it). 0 when nothing is held.
+pub fn pick_resolution(
+    q: &UsageQuery,
+    held: &[i64],
+    keep_ms: impl Fn(i64) -> Option<i64>,
+    now_ms: i64,
+) -> i64 {
+    let Some(raw) = held.iter().copied().filter(|r| *r > 0).min() else {
+        return 0;
+    };
+    let fits = |r: i64| {
+        let len = r * 1000;
+        q.from_ms.rem_euclid(len) == 0
+            && q.step_ms.rem_euclid(len) == 0
+            // A second of slack: `to` defaulted to "now" a moment ago.
+            && (q.to_ms.rem_euclid(len) == 0 || q.to_ms >= now_ms - 1000)
+            && keep_ms(r).is_none_or(|k| q.from_ms >= now_ms.saturating_sub(k))
+    };
+    held.iter()
+        .copied()
+        .filter(|r| *r > raw && fits(*r))
+        .max()
+        .unwrap_or(raw)
+}
 
 /// The key of one ledger row.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -205,8 +249,23 @@ pub trait LedgerStore {
     /// Upsert the rows and cursors, delete forgotten cursors, in one
     /// transaction.
     fn flush_ledger(&mut self, batch: &LedgerBatch) -> Result<(), StoreError>;
+    /// The resolutions rows exist for (seconds, ascending).
+    fn resolutions(&mut self) -> Result<Vec<i64>, StoreError>;
     /// Totals per group and bucket, at most `q.limit + 1` of them.
     fn usage(&mut self, q: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError>;
+    /// Retention: delete rows whose resolution is in `resolutions` (a
+    /// class: raw rows of any length below an hour, hourly, daily) and
+    /// whose interval starts before `before_ms`, walking up from `from_ms`
+    /// (`None`: the oldest row) for about `budget`, so that the store
+    /// thread is never held long. Returns (rows deleted, where to go on
+    /// from): done once that reaches `before_ms`.
+    fn prune_ledger(
+        &mut self,
+        resolutions: std::ops::RangeInclusive<i64>,
+        from_ms: Option<i64>,
+        before_ms: i64,
+        budget: Duration,
+    ) -> Result<(u64, i64), StoreError>;
 }
 
 impl Backend {
@@ -242,8 +301,23 @@ impl Store {
         Ok(rx)
     }
 
-    pub async fn usage(&self, q: UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
-        let rx = self.ledger_job("query", move |s| s.usage(&q))?;
+    /// Totals for `q`, its resolution chosen by `pick` from those held
+    /// when it is 0; returns the query as answered.
+    pub async fn usage(
+        &self,
+        q: UsageQuery,
+        pick: impl FnOnce(UsageQuery, &[i64]) -> UsageQuery + Send + 'static,
+    ) -> Result<(UsageQuery, Vec<UsageTotal>), StoreError> {
+        let rx = self.ledger_job("query", move |s| {
+            let q = if q.resolution_s == 0 {
+                let held = s.resolutions()?;
+                pick(q, &held)
+            } else {
+                q
+            };
+            let totals = s.usage(&q)?;
+            Ok((q, totals))
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -256,5 +330,80 @@ impl Store {
             s.load_ledger(&boot_id, resolution_s)
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: i64 = 3_600_000;
+    const D: i64 = 86_400_000;
+
+    fn q(from_ms: i64, to_ms: i64, step_ms: i64) -> UsageQuery {
+        UsageQuery {
+            from_ms,
+            to_ms,
+            step_ms,
+            by: UsageBy::Vm,
+            resolution_s: 0,
+            host: None,
+            limit: 10,
+        }
+    }
+
+    #[test]
+    fn the_coarsest_rows_that_answer_exactly_are_picked() {
+        let now = 400 * D + 5 * H + 1234;
+        let forever = |_| None;
+        let held = [60, 3600, 86_400];
+        // A month of days up to now: daily rows.
+        assert_eq!(
+            pick_resolution(&q(370 * D, now, D), &held, forever, now),
+            86_400
+        );
+        // Days, but `to` in the past in mid-day: hourly rows still fit.
+        assert_eq!(
+            pick_resolution(&q(370 * D, 399 * D + 3 * H, 0), &held, forever, now),
+            3600
+        );
+        // An unaligned start: only the raw rows.
+        assert_eq!(
+            pick_resolution(&q(370 * D + 60_000, now, 0), &held, forever, now),
+            60
+        );
+        // An hourly step over an aligned window: hourly, not daily.
+        assert_eq!(
+            pick_resolution(&q(399 * D, 400 * D, H), &held, forever, now),
+            3600
+        );
+        // Hourly rows kept 30 days: a window starting 31 days ago takes
+        // the daily rows; one unaligned to days falls back to the raw rows.
+        let keep = |r: i64| (r == 3600).then_some(30 * D);
+        assert_eq!(
+            pick_resolution(&q(369 * D, now, 0), &held, keep, now),
+            86_400
+        );
+        assert_eq!(
+            pick_resolution(&q(369 * D + H, now, 0), &held, keep, now),
+            60
+        );
+        // Raw rows of an hour: only the daily rollup is coarser.
+        assert_eq!(resolutions(3600), vec![3600, 86_400]);
+        assert_eq!(
+            pick_resolution(&q(399 * D, now, 0), &[3600, 86_400], forever, now),
+            86_400
+        );
+        assert_eq!(
+            pick_resolution(&q(399 * D + H, now, 0), &[3600, 86_400], forever, now),
+            3600
+        );
+        // Raw rows of 5 s and of 60 s (the interval was changed): the
+        // finest are the raw rows; nothing held, nothing to pick.
+        assert_eq!(
+            pick_resolution(&q(D + 5000, now, 0), &[60, 5, 3600], forever, now),
+            5
+        );
+        assert_eq!(pick_resolution(&q(D, now, 0), &[], forever, now), 0);
     }
 }

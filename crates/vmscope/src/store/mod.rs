@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::{Opened, StoreConfig, open};
 pub use ledger::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
-    UsageBy, UsageQuery, UsageTotal,
+    ROLLUPS, UsageBy, UsageQuery, UsageTotal, pick_resolution, resolutions,
 };
 pub use metrics::{DbMetrics, OPS};
 

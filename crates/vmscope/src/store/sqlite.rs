@@ -17,10 +17,8 @@ use std::time::{Duration, SystemTime};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::ledger::{
-    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
-    UsageQuery, UsageTotal,
-};
+mod ledger;
+
 use super::lock::DbLock;
 use super::{
     AlertStore, EpisodePage, EpisodeQuery, EpisodeRow, EpisodeWrite, NotificationLogEntry,
@@ -115,16 +113,105 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             horizon_ms INTEGER NOT NULL
         ) WITHOUT ROWID;",
     ),
+    // The ledger, compacted (store/sqlite/ledger.rs): the strings a row
+    // repeats (host, VM id, incarnation; name and owner) move to two
+    // dictionary tables, facts keep integer references (444 -> about 93
+    // bytes a row), keyed time first so that a window's rows and
+    // retention's deletes are range scans. `ledger_rows` stays as a view
+    // with migration 3's columns, so consumers' SQL keeps working. Hourly
+    // and daily rollups of the rows already there are computed once here;
+    // from now on each flush adds to them.
+    (
+        4,
+        "CREATE TABLE ledger_vms (
+            id          INTEGER PRIMARY KEY,
+            host        TEXT NOT NULL,
+            vm_id       TEXT NOT NULL,
+            incarnation TEXT NOT NULL,
+            UNIQUE (host, vm_id, incarnation)
+        );
+        CREATE TABLE ledger_owners (
+            id            INTEGER PRIMARY KEY,
+            vm_name       TEXT NOT NULL,
+            user_key      TEXT,
+            user_label    TEXT,
+            project_key   TEXT,
+            project_label TEXT
+        );
+        CREATE INDEX ledger_owners_name ON ledger_owners (vm_name);
+        CREATE TABLE ledger_facts (
+            interval_start_ms             INTEGER NOT NULL,
+            vm                            INTEGER NOT NULL,
+            resolution_s                  INTEGER NOT NULL,
+            owner                         INTEGER NOT NULL,
+            cpu_seconds                   REAL    NOT NULL,
+            guest_seconds                 REAL,
+            vcpu_allocated_seconds        REAL    NOT NULL,
+            memory_allocated_byte_seconds REAL    NOT NULL,
+            rss_byte_seconds              REAL    NOT NULL,
+            net_rx_bytes                  INTEGER NOT NULL,
+            net_tx_bytes                  INTEGER NOT NULL,
+            observed_seconds              REAL    NOT NULL,
+            gap_seconds                   REAL    NOT NULL,
+            PRIMARY KEY (interval_start_ms, vm, resolution_s)
+        ) WITHOUT ROWID;
+        CREATE TABLE ledger_resolutions (resolution_s INTEGER PRIMARY KEY);
+        INSERT INTO ledger_vms (host, vm_id, incarnation)
+            SELECT DISTINCT host, vm_id, incarnation FROM ledger_rows;
+        INSERT INTO ledger_owners (vm_name, user_key, user_label, project_key, project_label)
+            SELECT DISTINCT vm_name, user_key, user_label, project_key, project_label
+            FROM ledger_rows;
+        INSERT INTO ledger_facts
+            SELECT r.interval_start_ms, v.id, r.resolution_s, o.id, r.cpu_seconds,
+                   r.guest_seconds, r.vcpu_allocated_seconds, r.memory_allocated_byte_seconds,
+                   r.rss_byte_seconds, r.net_rx_bytes, r.net_tx_bytes, r.observed_seconds,
+                   r.gap_seconds
+            FROM ledger_rows r
+            JOIN ledger_vms v ON v.host = r.host AND v.vm_id = r.vm_id
+                              AND v.incarnation = r.incarnation
+            JOIN ledger_owners o ON o.vm_name = r.vm_name AND o.user_key IS r.user_key
+                                 AND o.user_label IS r.user_label
+                                 AND o.project_key IS r.project_key
+                                 AND o.project_label IS r.project_label;
+        INSERT INTO ledger_facts
+            SELECT (interval_start_ms / 3600000) * 3600000 AS h, vm, 3600, owner,
+                   SUM(cpu_seconds), SUM(guest_seconds), SUM(vcpu_allocated_seconds),
+                   SUM(memory_allocated_byte_seconds), SUM(rss_byte_seconds),
+                   SUM(net_rx_bytes), SUM(net_tx_bytes), SUM(observed_seconds),
+                   SUM(gap_seconds)
+            FROM ledger_facts WHERE resolution_s < 3600 GROUP BY h, vm;
+        INSERT INTO ledger_facts
+            SELECT (interval_start_ms / 86400000) * 86400000 AS d, vm, 86400, owner,
+                   SUM(cpu_seconds), SUM(guest_seconds), SUM(vcpu_allocated_seconds),
+                   SUM(memory_allocated_byte_seconds), SUM(rss_byte_seconds),
+                   SUM(net_rx_bytes), SUM(net_tx_bytes), SUM(observed_seconds),
+                   SUM(gap_seconds)
+            FROM ledger_facts WHERE resolution_s = 3600 GROUP BY d, vm;
+        INSERT INTO ledger_resolutions SELECT DISTINCT resolution_s FROM ledger_facts;
+        DROP TABLE ledger_rows;
+        CREATE VIEW ledger_rows AS
+            SELECT v.host, v.vm_id, v.incarnation, f.resolution_s, f.interval_start_ms,
+                   o.vm_name, o.user_key, o.user_label, o.project_key, o.project_label,
+                   f.cpu_seconds, f.guest_seconds, f.vcpu_allocated_seconds,
+                   f.memory_allocated_byte_seconds, f.rss_byte_seconds, f.net_rx_bytes,
+                   f.net_tx_bytes, f.observed_seconds, f.gap_seconds
+            FROM ledger_facts f
+            JOIN ledger_vms v ON v.id = f.vm
+            JOIN ledger_owners o ON o.id = f.owner;",
+    ),
 ];
 
-/// The schema version that added the usage ledger's tables.
-pub const LEDGER_SCHEMA: i64 = 3;
+/// The schema version a reader of the usage ledger needs (migration 4:
+/// the compact tables, rollups and `ledger_resolutions`).
+pub const LEDGER_SCHEMA: i64 = 4;
 
 /// A table every vmscope database has once migration 1 ran.
 const OUR_TABLE: &str = "alert_episodes";
 
 pub struct SqliteStore {
     conn: Connection,
+    /// The ledger's dictionary ids, so a flush rarely looks them up.
+    ledger_ids: ledger::IdCache,
     /// Released when the store is dropped (after the connection); `None`
     /// for a read-only reader ([`SqliteStore::open_read_only`]).
     _lock: Option<DbLock>,
@@ -147,6 +234,7 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(|e| open_err(Box::new(e)))?;
         let mut store = SqliteStore {
             conn,
+            ledger_ids: ledger::IdCache::default(),
             _lock: Some(lock),
         };
         store.configure().map_err(|e| open_err(Box::new(e)))?;
@@ -174,7 +262,11 @@ impl SqliteStore {
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| open_err(Box::new(e)))?;
         check_ours(&conn, path)?;
-        let store = SqliteStore { conn, _lock: None };
+        let store = SqliteStore {
+            conn,
+            ledger_ids: ledger::IdCache::default(),
+            _lock: None,
+        };
         let found = store.schema_version()?;
         let known = MIGRATIONS.last().map_or(0, |(v, _)| *v);
         if found > known {
@@ -701,263 +793,14 @@ impl SqliteStore {
     }
 }
 
-/// SQLite integers are i64; byte counters beyond that (never in practice)
-/// saturate rather than wrap.
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-const LEDGER_ROW_COLS: &str = "host, vm_id, incarnation, resolution_s, interval_start_ms, \
-     vm_name, user_key, user_label, project_key, project_label, cpu_seconds, guest_seconds, \
-     vcpu_allocated_seconds, memory_allocated_byte_seconds, rss_byte_seconds, net_rx_bytes, \
-     net_tx_bytes, observed_seconds, gap_seconds";
-
-fn row_to_ledger(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerKey, LedgerUsage)> {
-    Ok((
-        LedgerKey {
-            host: r.get(0)?,
-            vm_id: r.get(1)?,
-            incarnation: r.get(2)?,
-            resolution_s: r.get(3)?,
-            interval_start_ms: r.get(4)?,
-        },
-        LedgerUsage {
-            vm_name: r.get(5)?,
-            user_key: r.get(6)?,
-            user_label: r.get(7)?,
-            project_key: r.get(8)?,
-            project_label: r.get(9)?,
-            cpu_seconds: r.get(10)?,
-            guest_seconds: r.get(11)?,
-            vcpu_allocated_seconds: r.get(12)?,
-            memory_allocated_byte_seconds: r.get(13)?,
-            rss_byte_seconds: r.get(14)?,
-            net_rx_bytes: to_u64(r.get(15)?),
-            net_tx_bytes: to_u64(r.get(16)?),
-            observed_seconds: r.get(17)?,
-            gap_seconds: r.get(18)?,
-        },
-    ))
-}
-
-impl LedgerStore for SqliteStore {
-    fn load_ledger(
-        &mut self,
-        boot_id: &str,
-        resolution_s: i64,
-    ) -> Result<LedgerRestore, StoreError> {
-        let op = "ledger_load";
-        // Incarnations start with the boot id; ':' is followed by ';' in
-        // ASCII, so this is a prefix range.
-        let lo = format!("{boot_id}:");
-        let hi = format!("{boot_id};");
-        let tx = self.conn.transaction().map_err(q(op))?;
-        tx.execute(
-            "DELETE FROM ledger_cursors WHERE NOT (incarnation >= ?1 AND incarnation < ?2)",
-            params![lo, hi],
-        )
-        .map_err(q(op))?;
-        let mut cursors = Vec::new();
-        {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT host, vm_id, incarnation, at_ms, cpu_seconds, guest_seconds, net, \
-                     vcpus, memory_bytes, rss_bytes, running FROM ledger_cursors",
-                )
-                .map_err(q(op))?;
-            let mut rows = stmt.query([]).map_err(q(op))?;
-            while let Some(r) = rows.next().map_err(q(op))? {
-                let net: String = r.get(6).map_err(q(op))?;
-                let net: Vec<NetCounter> =
-                    serde_json::from_str(&net).map_err(|e| StoreError::Corrupt {
-                        what: "ledger cursor",
-                        detail: e.to_string(),
-                    })?;
-                cursors.push(LedgerCursor {
-                    host: r.get(0).map_err(q(op))?,
-                    vm_id: r.get(1).map_err(q(op))?,
-                    incarnation: r.get(2).map_err(q(op))?,
-                    at_ms: r.get(3).map_err(q(op))?,
-                    cpu_seconds: r.get(4).map_err(q(op))?,
-                    guest_seconds: r.get(5).map_err(q(op))?,
-                    net,
-                    vcpus: r.get(7).map_err(q(op))?,
-                    memory_bytes: r.get::<_, Option<i64>>(8).map_err(q(op))?.map(to_u64),
-                    rss_bytes: to_u64(r.get(9).map_err(q(op))?),
-                    running: r.get(10).map_err(q(op))?,
-                });
-            }
-        }
-        let rows = {
-            let mut stmt = tx
-                .prepare(&format!(
-                    "SELECT {} FROM ledger_rows r JOIN ledger_cursors c \
-                     ON r.incarnation = c.incarnation AND r.vm_id = c.vm_id \
-                     WHERE r.resolution_s = ?1 AND r.interval_start_ms + ?1 * 1000 > c.at_ms",
-                    LEDGER_ROW_COLS
-                        .split(", ")
-                        .map(|c| format!("r.{}", c.trim()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
-                .map_err(q(op))?;
-            stmt.query_map([resolution_s], row_to_ledger)
-                .map_err(q(op))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(q(op))?
-        };
-        let horizon_ms: Option<i64> = tx
-            .query_row(
-                "SELECT horizon_ms FROM ledger_state WHERE boot_id = ?1",
-                [boot_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(q(op))?;
-        tx.commit().map_err(q(op))?;
-        Ok(LedgerRestore {
-            cursors,
-            rows,
-            horizon_ms,
-        })
-    }
-
-    fn flush_ledger(&mut self, batch: &LedgerBatch) -> Result<(), StoreError> {
-        let op = "ledger_flush";
-        let tx = self.conn.transaction().map_err(q(op))?;
-        {
-            let mut upsert = tx
-                .prepare_cached(&format!(
-                    "INSERT OR REPLACE INTO ledger_rows ({LEDGER_ROW_COLS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                     ?17, ?18, ?19)"
-                ))
-                .map_err(q(op))?;
-            for (k, u) in &batch.rows {
-                upsert
-                    .execute(params![
-                        k.host,
-                        k.vm_id,
-                        k.incarnation,
-                        k.resolution_s,
-                        k.interval_start_ms,
-                        u.vm_name,
-                        u.user_key,
-                        u.user_label,
-                        u.project_key,
-                        u.project_label,
-                        u.cpu_seconds,
-                        u.guest_seconds,
-                        u.vcpu_allocated_seconds,
-                        u.memory_allocated_byte_seconds,
-                        u.rss_byte_seconds,
-                        to_i64(u.net_rx_bytes),
-                        to_i64(u.net_tx_bytes),
-                        u.observed_seconds,
-                        u.gap_seconds,
-                    ])
-                    .map_err(q(op))?;
-            }
-            let mut cur = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO ledger_cursors (incarnation, host, vm_id, at_ms, \
-                     cpu_seconds, guest_seconds, net, vcpus, memory_bytes, rss_bytes, running) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(q(op))?;
-            for c in &batch.cursors {
-                let net = serde_json::to_string(&c.net).map_err(|e| StoreError::Corrupt {
-                    what: "ledger cursor",
-                    detail: e.to_string(),
-                })?;
-                cur.execute(params![
-                    c.incarnation,
-                    c.host,
-                    c.vm_id,
-                    c.at_ms,
-                    c.cpu_seconds,
-                    c.guest_seconds,
-                    net,
-                    c.vcpus,
-                    c.memory_bytes.map(to_i64),
-                    to_i64(c.rss_bytes),
-                    c.running,
-                ])
-                .map_err(q(op))?;
-            }
-            let mut del = tx
-                .prepare_cached("DELETE FROM ledger_cursors WHERE incarnation = ?1")
-                .map_err(q(op))?;
-            for inc in &batch.forget {
-                del.execute([inc]).map_err(q(op))?;
-            }
-            if let Some((boot, at)) = &batch.horizon {
-                tx.execute(
-                    "INSERT OR REPLACE INTO ledger_state (boot_id, horizon_ms) VALUES (?1, ?2)",
-                    params![boot, at],
-                )
-                .map_err(q(op))?;
-            }
-        }
-        tx.commit().map_err(q(op))
-    }
-
-    fn usage(&mut self, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
-        let op = "query";
-        let limit = i64::try_from(qy.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let resolution = if qy.resolution_s > 0 {
-            qy.resolution_s
-        } else {
-            // The finest the ledger holds (an index lookup); none: no rows.
-            let finest: Option<i64> = self
-                .conn
-                .query_row("SELECT MIN(resolution_s) FROM ledger_rows", [], |r| {
-                    r.get(0)
-                })
-                .map_err(q(op))?;
-            match finest {
-                Some(r) => r,
-                None => return Ok(Vec::new()),
-            }
-        };
-        let mut stmt = self.conn.prepare(&qy.sql()).map_err(q(op))?;
-        let rows = stmt
-            .query_map(
-                params![qy.from_ms, qy.to_ms, qy.step_ms, limit, resolution, qy.host],
-                |r| {
-                    Ok(UsageTotal {
-                        start_ms: r.get(0)?,
-                        key: r.get(1)?,
-                        label: r.get(2)?,
-                        cpu_seconds: r.get(4)?,
-                        guest_seconds: r.get(5)?,
-                        vcpu_allocated_seconds: r.get(6)?,
-                        memory_allocated_byte_seconds: r.get(7)?,
-                        rss_byte_seconds: r.get(8)?,
-                        net_rx_bytes: to_u64(r.get(9)?),
-                        net_tx_bytes: to_u64(r.get(10)?),
-                        observed_seconds: r.get(11)?,
-                        gap_seconds: r.get(12)?,
-                        rows: to_u64(r.get(13)?),
-                    })
-                },
-            )
-            .map_err(q(op))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(q(op))?;
-        Ok(rows)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
 
     use super::*;
+    use crate::store::{
+        LedgerBatch, LedgerCursor, LedgerKey, LedgerStore, LedgerUsage, NetCounter, UsageQuery,
+    };
 
     fn t(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
@@ -1255,7 +1098,7 @@ mod tests {
         let c = Connection::open(&path).unwrap();
         let (n, cpu): (i64, f64) = c
             .query_row(
-                "SELECT COUNT(*), SUM(cpu_seconds) FROM ledger_rows",
+                "SELECT COUNT(*), SUM(cpu_seconds) FROM ledger_rows WHERE resolution_s = 60",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

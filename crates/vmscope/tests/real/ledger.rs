@@ -34,7 +34,7 @@ fn totals(path: &Path, vm_id: &str) -> Vec<(String, i64, f64, f64, f64)> {
     let mut s = c
         .prepare(
             "SELECT incarnation, COUNT(*), SUM(cpu_seconds), SUM(observed_seconds), \
-             SUM(gap_seconds) FROM ledger_rows WHERE vm_id = ?1 \
+             SUM(gap_seconds) FROM ledger_rows WHERE resolution_s < 3600 AND vm_id = ?1 \
              GROUP BY incarnation ORDER BY MIN(interval_start_ms)",
         )
         .unwrap();
@@ -125,7 +125,7 @@ fn bad_rows(path: &Path, vm_id: &str) -> Vec<String> {
         .prepare(
             "SELECT incarnation, interval_start_ms, cpu_seconds, observed_seconds, gap_seconds, \
              net_rx_bytes, net_tx_bytes, rss_byte_seconds, vcpu_allocated_seconds \
-             FROM ledger_rows WHERE vm_id = ?1 AND (cpu_seconds < 0 OR observed_seconds < 0 \
+             FROM ledger_rows WHERE resolution_s < 3600 AND vm_id = ?1 AND (cpu_seconds < 0 OR observed_seconds < 0 \
              OR gap_seconds < 0 OR net_rx_bytes < 0 OR net_tx_bytes < 0 \
              OR rss_byte_seconds < 0 OR vcpu_allocated_seconds < 0 \
              OR interval_start_ms % 5000 != 0 OR resolution_s != 5 \
@@ -151,13 +151,49 @@ fn bad_rows(path: &Path, vm_id: &str) -> Vec<String> {
     let dup: i64 = c
         .query_row(
             "SELECT COUNT(*) - COUNT(DISTINCT incarnation || '/' || interval_start_ms) \
-             FROM ledger_rows WHERE vm_id = ?1",
+             FROM ledger_rows WHERE resolution_s < 3600 AND vm_id = ?1",
             [vm_id],
             |r| r.get(0),
         )
         .unwrap();
     if dup != 0 {
         out.push(format!("{dup} duplicated intervals"));
+    }
+    // Each rollup holds exactly what its raw rows hold, per incarnation.
+    let mut s = c
+        .prepare(
+            "SELECT incarnation, resolution_s, SUM(cpu_seconds), SUM(net_rx_bytes), \
+             SUM(observed_seconds), SUM(gap_seconds) FROM ledger_rows WHERE vm_id = ?1 \
+             GROUP BY incarnation, resolution_s ORDER BY incarnation, resolution_s",
+        )
+        .unwrap();
+    let sums: Vec<(String, i64, f64, i64, f64, f64)> = s
+        .query_map([vm_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for raw in sums.iter().filter(|r| r.1 == 5) {
+        for res in [3600, 86_400] {
+            let roll = sums.iter().find(|r| r.0 == raw.0 && r.1 == res);
+            let same = roll.is_some_and(|r| {
+                (r.2 - raw.2).abs() < 1e-6
+                    && r.3 == raw.3
+                    && (r.4 - raw.4).abs() < 1e-6
+                    && (r.5 - raw.5).abs() < 1e-6
+            });
+            if !same {
+                out.push(format!("rollup {res} of {raw:?} is {roll:?}"));
+            }
+        }
     }
     out
 }
@@ -210,7 +246,7 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     assert!(gap1 >= 4.5, "gap_seconds {gap1}: the agent was away 5 s");
     let start_ms = db(&path)
         .query_row(
-            "SELECT MIN(interval_start_ms) FROM ledger_rows WHERE vm_id = ?1",
+            "SELECT MIN(interval_start_ms) FROM ledger_rows WHERE resolution_s < 3600 AND vm_id = ?1",
             [&id],
             |r| r.get::<_, i64>(0),
         )
@@ -244,7 +280,7 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     // steps; CSV on request; a bad parameter is a 400 naming it.
     let (db_cpu, db_rows): (f64, i64) = db(&path)
         .query_row(
-            "SELECT SUM(cpu_seconds), COUNT(*) FROM ledger_rows WHERE vm_id = ?1",
+            "SELECT SUM(cpu_seconds), COUNT(*) FROM ledger_rows WHERE resolution_s < 3600 AND vm_id = ?1",
             [&id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -287,6 +323,27 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
         "{cpu} {rows}"
     );
     assert!(n > 1, "several 5 s steps: {n}");
+    // A window of whole days up to now is answered from the daily
+    // rollups, with the same total.
+    let day_from = (now - now % 86_400 - 86_400).to_string();
+    let r = http::get_with_query(
+        &agent.url("/api/v1/usage"),
+        &[("from", day_from.as_str()), ("by", "vm")],
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["resolution_seconds"], 86_400, "{}", r.body);
+    let daily: f64 = v["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["key"] == id.as_str())
+        .map(|t| t["cpu_seconds"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (daily - db_cpu).abs() < 1e-6,
+        "daily {daily} vs raw {db_cpu}"
+    );
     let csv = http::get_accepting(&agent.url("/api/v1/usage"), &window, "text/csv").unwrap();
     assert_eq!(csv.status, 200, "{}", csv.body);
     assert!(
@@ -547,7 +604,7 @@ fn unreadable_cursors_stop_the_ledger_rather_than_overwrite_its_rows() {
         let mut s = c
             .prepare(
                 "SELECT interval_start_ms, observed_seconds FROM ledger_rows \
-                 WHERE vm_id = ?1 ORDER BY 1",
+                 WHERE resolution_s < 3600 AND vm_id = ?1 ORDER BY 1",
             )
             .unwrap();
         s.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -582,7 +639,7 @@ fn unreadable_cursors_stop_the_ledger_rather_than_overwrite_its_rows() {
         let mut s = c
             .prepare(
                 "SELECT interval_start_ms, observed_seconds FROM ledger_rows \
-                 WHERE vm_id = ?1 ORDER BY 1",
+                 WHERE resolution_s < 3600 AND vm_id = ?1 ORDER BY 1",
             )
             .unwrap();
         s.query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
