@@ -135,6 +135,11 @@ impl UsageReader {
         UsageReader { store: Err(why) }
     }
 
+    /// Why usage cannot be read, if it cannot.
+    pub fn why_unavailable(&self) -> Option<NoLedger> {
+        self.store.as_ref().err().copied()
+    }
+
     /// Totals per group and bucket, ordered by bucket then key; more than
     /// `q.limit` is [`UsageError::TooMany`] rather than a cut answer.
     pub async fn query(&self, q: UsageQuery) -> Result<Vec<UsageTotal>, UsageError> {
