@@ -119,7 +119,8 @@ pub struct RuleConfig {
     /// One of [`Metric::ALL`]'s names.
     pub metric: Option<String>,
     /// Ratio metrics: 0..=1 (0.8 = 80 %). `*_gib`: GiB. `owner_cpu_cores`:
-    /// cores. `owner_allocated_vcpus`: vCPUs.
+    /// cores. `owner_allocated_vcpus`: vCPUs. Usage metrics: CPU seconds,
+    /// vCPU-hours, GiB-hours, GiB over the window.
     pub threshold: Option<f64>,
     /// How long the condition must hold before the alert fires (default 30s).
     #[serde(default, deserialize_with = "de_opt_duration")]
