@@ -1295,6 +1295,41 @@ mod tests {
         }
 
         #[test]
+        fn a_restored_quota_episode_waits_for_the_first_answer() {
+            // Firing before a restart; after it, no answer for a while
+            // (the refresh task's first query): no recovery notice, no
+            // second FIRING; then an answer under the quota resolves it
+            // after `recovery`.
+            let mut before = Engine::new(vec![quota_rule()]);
+            drive(&mut before, (0..=60).step_by(10), |t| {
+                view(t, Some(90_000.0))
+            });
+            let stored: Vec<RestoredEpisode> = before
+                .firing_alerts()
+                .iter()
+                .map(|a| RestoredEpisode {
+                    alert: serde_json::from_str(&serde_json::to_string(a).unwrap()).unwrap(),
+                    last_notified: at(60),
+                })
+                .collect();
+            assert_eq!(stored.len(), 1);
+            let mut after = Engine::new(vec![quota_rule()]);
+            assert!(after.restore(stored).is_empty());
+            let got = drive(&mut after, (1000..=1300).step_by(10), |t| {
+                view(t, (t >= 1100).then_some(10.0))
+            });
+            assert_eq!(
+                got,
+                vec![(
+                    1160,
+                    "owner:project:p-lab".to_owned(),
+                    Transition::Resolved,
+                    Some(10.0)
+                )]
+            );
+        }
+
+        #[test]
         fn a_stale_answer_is_no_answer() {
             // The refresh task's last answer is from t=0 and never replaced
             // (every query fails): it counts until it is older than the

@@ -14,7 +14,10 @@
 //! the latest snapshot's host name. Emits: a [`UsageView`] after every
 //! round; `vmscope_watchdog_usage_*` through [`AlertMetrics`]; one log line
 //! per change of a query's state (failing, recovered, answer expired).
-//! Fails: never. A failed or timed-out query keeps the previous answer;
+//! Fails: never. A failed or timed-out query keeps the previous answer (a
+//! timed-out one is waited for again at the next round rather than asked
+//! anew, so at most one query per (group_by, window) is ever queued on the
+//! store thread);
 //! the view offers an answer only while it is younger than
 //! [`UsageView::max_age`] (three refreshes plus one timeout), after which
 //! the usage rules reading it hold their state (see `engine.rs`).
@@ -29,9 +32,9 @@ use tokio::task::JoinHandle;
 use super::metrics::{AlertMetrics, UsageQueryResult};
 use super::rules::{UsageGroup, UsageKey};
 use crate::error::ErrorChain;
-use crate::ledger::UsageReader;
+use crate::ledger::{UsageError, UsageReader};
 use crate::model::Snapshot;
-use crate::store::{UsageBy, UsageQuery, to_ms};
+use crate::store::{UsageBy, UsageQuery, UsageTotal, to_ms};
 
 /// Most owner groups one answer may hold; more is a failed query (and a
 /// bound on the scopes, and so on the `scope` label values, of a rule).
@@ -194,11 +197,7 @@ pub fn query(key: &UsageKey, now: SystemTime, host: &str) -> UsageQuery {
 }
 
 /// The answer from the ledger's totals (one per group, step 0).
-pub fn answer(
-    from: SystemTime,
-    to: SystemTime,
-    totals: Vec<crate::store::UsageTotal>,
-) -> UsageAnswer {
+pub fn answer(from: SystemTime, to: SystemTime, totals: Vec<UsageTotal>) -> UsageAnswer {
     let groups = totals
         .into_iter()
         .filter_map(|t| {
@@ -219,20 +218,41 @@ pub fn answer(
     UsageAnswer { from, to, groups }
 }
 
+/// A query still waiting for the store after its timeout: the next round
+/// waits for it again instead of queueing another (at most one query per
+/// key is ever queued on the store thread). Aborted when dropped.
+struct InFlight {
+    asked: SystemTime,
+    task: JoinHandle<Result<Vec<UsageTotal>, UsageError>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Start the refresh task; it ends when `stop` turns true or the
 /// snapshots' sender goes. The view starts empty (usage rules hold until
 /// the first answer).
 pub(crate) fn spawn(
     reader: UsageReader,
     plan: RefreshPlan,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<AlertMetrics>,
     mut stop: watch::Receiver<bool>,
 ) -> (watch::Receiver<Arc<UsageView>>, JoinHandle<()>) {
     let max_age = plan.max_age();
     let (tx, rx) = watch::channel(Arc::new(UsageView::new(max_age)));
     let task = tokio::spawn(async move {
+        // Until the first tick the snapshot is a placeholder without a
+        // host name: asking then would answer "nothing used" for this host.
+        tokio::select! {
+            first = snapshots.wait_for(|s| s.seq != 0) => if first.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
         let mut slots: BTreeMap<UsageKey, Slot> = BTreeMap::new();
+        let mut waiting: BTreeMap<UsageKey, InFlight> = BTreeMap::new();
         let mut tick = tokio::time::interval(plan.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -240,37 +260,46 @@ pub(crate) fn spawn(
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
-            // Before the first tick the snapshot is a placeholder without
-            // a host name: asking then would answer "nothing used".
-            let host = {
-                let snap = snapshots.borrow();
-                if snap.seq == 0 {
-                    continue;
-                }
-                snap.host.hostname.clone().unwrap_or_default()
-            };
+            let host = snapshots.borrow().host.hostname.clone().unwrap_or_default();
             for key in &plan.keys {
-                let now = SystemTime::now();
-                let q = query(key, now, &host);
-                let outcome = match tokio::time::timeout(plan.timeout, reader.query(q)).await {
-                    Ok(Ok(totals)) => {
+                let mut q = match waiting.remove(key) {
+                    Some(w) => w,
+                    None => {
+                        let asked = SystemTime::now();
+                        let r = reader.clone();
+                        let q = query(key, asked, &host);
+                        InFlight {
+                            asked,
+                            task: tokio::spawn(async move { r.query(q).await }),
+                        }
+                    }
+                };
+                let outcome = match tokio::time::timeout(plan.timeout, &mut q.task).await {
+                    Ok(Ok(Ok(totals))) => {
                         metrics.usage_query(UsageQueryResult::Success);
-                        metrics.usage_answered(*key, now);
-                        let from = now
+                        metrics.usage_answered(*key, q.asked);
+                        let from = q
+                            .asked
                             .checked_sub(key.window)
                             .unwrap_or(SystemTime::UNIX_EPOCH);
-                        Ok(answer(from, now, totals))
+                        Ok(answer(from, q.asked, totals))
                     }
-                    Ok(Err(e)) => {
+                    Ok(Ok(Err(e))) => {
                         metrics.usage_query(UsageQueryResult::Error);
                         Err(ErrorChain(&e).to_string())
                     }
+                    Ok(Err(e)) => {
+                        metrics.usage_query(UsageQueryResult::Error);
+                        Err(format!("the usage query task ended abnormally: {e}"))
+                    }
                     Err(_) => {
                         metrics.usage_query(UsageQueryResult::Timeout);
-                        Err(format!(
+                        let why = format!(
                             "no answer within usage_timeout ({})",
                             humantime::format_duration(plan.timeout)
-                        ))
+                        );
+                        waiting.insert(*key, q);
+                        Err(why)
                     }
                 };
                 let slot = slots.entry(*key).or_default();
