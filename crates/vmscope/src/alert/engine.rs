@@ -1,7 +1,8 @@
 //! The rule engine: a pure state machine over snapshots.
 //!
-//! Reads: a [`Snapshot`] and the evaluation time, passed in (no clock reads,
-//! no IO), so tests drive it with simulated time. Emits: [`Notification`]s,
+//! Reads: a [`Snapshot`], the evaluation time and, for usage rules, a
+//! [`UsageView`] of ledger answers, all passed in (no clock reads, no IO),
+//! so tests drive it with simulated time and literal answers. Emits: [`Notification`]s,
 //! at most one per rule per evaluation, grouping every scope of that rule
 //! that fired, repeated or resolved at this evaluation. Cannot fail.
 //!

@@ -358,6 +358,47 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("unknown-sink"));
+        // Without usage rules, no usage families.
+        assert!(!text.contains("vmscope_watchdog_usage"), "{text}");
+    }
+
+    #[test]
+    fn usage_families_appear_with_usage_rules_and_say_each_querys_age() {
+        use crate::alert::rules::{OwnerKind, UsageKey};
+        let m = AlertMetrics::new(&["log".to_owned()], Arc::new(DbMetrics::new()));
+        let day = UsageKey {
+            by: OwnerKind::Project,
+            window: Duration::from_secs(86_400),
+        };
+        let hour = UsageKey {
+            by: OwnerKind::User,
+            window: Duration::from_secs(3600),
+        };
+        m.set_usage_keys(&[day, hour]);
+        m.usage_query(UsageQueryResult::Success);
+        m.usage_query(UsageQueryResult::Timeout);
+        m.usage_query(UsageQueryResult::Timeout);
+        m.usage_answered(day, std::time::SystemTime::now() - Duration::from_secs(30));
+        let text = encode(Format::Text, &[&m]);
+        for line in [
+            "vmscope_watchdog_usage_queries_total{result=\"success\"} 1",
+            "vmscope_watchdog_usage_queries_total{result=\"error\"} 0",
+            "vmscope_watchdog_usage_queries_total{result=\"timeout\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let age: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "vmscope_watchdog_usage_answer_age_seconds{group_by=\"project\",window=\"24h\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no age for project/24h in\n{text}"));
+        assert!((30.0..40.0).contains(&age), "{age}");
+        // No answer yet for the user query: no age series for it.
+        assert!(!text.contains("window=\"1h\""), "{text}");
         assert!(
             text.contains("vmscope_exposition_series_skipped{reason=\"duplicate\"} 0")
                 && text.contains("vmscope_exposition_series_skipped{reason=\"invalid\"} 0"),

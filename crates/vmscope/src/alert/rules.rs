@@ -1,8 +1,9 @@
 //! Rule definitions: which value of a snapshot a rule watches, per which
 //! scope, and which side of the threshold is bad.
 //!
-//! Reads: one [`Snapshot`]. Emits: one [`Observation`] per scope the rule
-//! covers (the host, each matching filesystem, each VM, each owner group).
+//! Reads: one [`Snapshot`] (usage rules: one ledger answer's groups).
+//! Emits: one [`Observation`] per scope the rule covers (the host, each
+//! matching filesystem, each VM, each owner group).
 //! Pure: no IO, no clock. A value that is missing this tick (the first tick
 //! has no CPU rate; a VM without a known vCPU count has no CPU share)
 //! observes as "condition false", so it never fires and lets a firing alert

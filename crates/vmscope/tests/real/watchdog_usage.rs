@@ -425,6 +425,10 @@ mod slow_ledger {
         // A timed-out query was waited for again, not asked anew: the
         // store ran (about) one query per answer, not one per round.
         let ran = query_count(&db);
+        eprintln!(
+            "watchdog_usage: slowest evaluation while the store was stuck {slowest:?}; \
+             {timeouts} timeouts; {ran} queries ran for {successes} answers"
+        );
         assert!(
             ran >= successes && ran <= successes + 1,
             "the store ran {ran} usage queries for {successes} answers"
