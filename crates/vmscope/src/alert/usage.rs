@@ -307,8 +307,8 @@ pub(crate) fn spawn(
                 match slot.record(outcome, SystemTime::now(), max_age) {
                     Some(SlotEvent::Failing(why)) => tracing::warn!(
                         group_by = %key.by, window = %window, error = %why,
-                        "watchdog usage query failed; usage rules keep the previous answer for at most {}",
-                        humantime::format_duration(max_age)
+                        keep_for = %humantime::format_duration(max_age),
+                        "watchdog usage query failed; usage rules keep the previous answer for at most keep_for, then hold"
                     ),
                     Some(SlotEvent::Recovered) => tracing::info!(
                         group_by = %key.by, window = %window,
