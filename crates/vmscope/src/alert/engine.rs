@@ -30,6 +30,7 @@
 //! answer after a gap judges the condition as if it had been seen all
 //! along (a pending condition still true fires if it started `sustained`
 //! ago).
+//!
 //! Pending timers are not persisted: after a restart a condition has to
 //! hold for the full sustained time again. Firing episodes are restored
 //! from the store ([`Engine::restore`]) so a restart does not notify again.
