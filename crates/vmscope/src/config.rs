@@ -586,6 +586,10 @@ impl Config {
             .validate(self.interval())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.ledger.validate().map_err(ConfigError::Invalid)?;
+        // Usage rules need the ledger, and windows of at least one row.
+        self.watchdog
+            .validate_usage(self.ledger.enabled.then_some(self.ledger.interval))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

@@ -43,7 +43,11 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("export", &["model", "error"]),
     ("outbound", &["error"]),
     ("store", &["export", "model", "error"]),
-    ("alert", &["export", "model", "error", "store", "outbound"]),
+    // ledger: usage rules read its `UsageReader` (the ledger never imports alert).
+    (
+        "alert",
+        &["export", "model", "error", "store", "outbound", "ledger"],
+    ),
     ("ledger", &["export", "model", "error", "store", "host"]),
 ];
 

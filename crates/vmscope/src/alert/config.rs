@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use super::rules::{Metric, OwnerKind, Rule, ScopeSelector, Severity};
+use super::usage::show_window;
 
 pub use super::setting::ConfigError;
 use super::setting::default_true;
@@ -63,6 +64,12 @@ pub struct WatchdogConfig {
     /// How long `shutdown` waits for sinks to flush their queues.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// Usage rules: how often their ledger queries run (off the loop).
+    #[serde(default = "default_usage_refresh", deserialize_with = "de_duration")]
+    pub usage_refresh: Duration,
+    /// Usage rules: how long one ledger query may take.
+    #[serde(default = "default_usage_timeout", deserialize_with = "de_duration")]
+    pub usage_timeout: Duration,
 }
 
 impl Default for WatchdogConfig {
@@ -75,9 +82,22 @@ impl Default for WatchdogConfig {
             rules: BTreeMap::new(),
             sinks: BTreeMap::new(),
             shutdown_timeout: default_shutdown_timeout(),
+            usage_refresh: default_usage_refresh(),
+            usage_timeout: default_usage_timeout(),
         }
     }
 }
+
+fn default_usage_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_usage_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The longest usage window: a month and a few days, the longest quota
+/// period worth watching from one host's ledger.
+pub const MAX_USAGE_WINDOW: Duration = Duration::from_secs(35 * 86_400);
 
 fn default_history_retention() -> Duration {
     Duration::from_secs(90 * 86_400)
@@ -99,7 +119,8 @@ pub struct RuleConfig {
     /// One of [`Metric::ALL`]'s names.
     pub metric: Option<String>,
     /// Ratio metrics: 0..=1 (0.8 = 80 %). `*_gib`: GiB. `owner_cpu_cores`:
-    /// cores. `owner_allocated_vcpus`: vCPUs.
+    /// cores. `owner_allocated_vcpus`: vCPUs. Usage metrics: CPU seconds,
+    /// vCPU-hours, GiB-hours, GiB over the window.
     pub threshold: Option<f64>,
     /// How long the condition must hold before the alert fires (default 30s).
     #[serde(default, deserialize_with = "de_opt_duration")]
@@ -122,6 +143,10 @@ pub struct RuleConfig {
     /// Owner rules (required): `"user"` or `"project"`, whose VMs are
     /// summed together.
     pub group_by: Option<String>,
+    /// Usage rules (required): the usage is summed over this long up to
+    /// now (at least the ledger interval, at most 35 days).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub window: Option<Duration>,
 }
 
 /// The rules vmscope ships with; each can be changed or turned off.
@@ -223,7 +248,75 @@ impl WatchdogConfig {
         for (name, sink) in &self.sinks {
             super::sinks::validate(name, sink)?;
         }
+        let refresh = self.usage_refresh;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&refresh) {
+            return Err(ConfigError::new(
+                "watchdog.usage_refresh",
+                format!(
+                    "{} is out of range (1s to 1h)",
+                    humantime::format_duration(refresh)
+                ),
+            ));
+        }
+        let timeout = self.usage_timeout;
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+            return Err(ConfigError::new(
+                "watchdog.usage_timeout",
+                format!(
+                    "{} is out of range (100ms to 1m)",
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Usage rules against the ledger: `ledger_interval` is `[ledger]
+    /// interval` when the ledger is enabled, `None` when it is off (a
+    /// usage rule would then never have data: an error, not a silent
+    /// rule). A window shorter than one ledger row sums at most one row.
+    pub fn validate_usage(&self, ledger_interval: Option<Duration>) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        for rule in self.resolve_rules()? {
+            let Some(key) = rule.usage_key() else {
+                continue;
+            };
+            let Some(interval) = ledger_interval else {
+                return Err(ConfigError::new(
+                    format!("watchdog.rules.{}.metric", rule.name),
+                    format!(
+                        "{} reads the usage ledger, which is disabled (ledger.enabled = false)",
+                        rule.metric.name()
+                    ),
+                ));
+            };
+            if key.window < interval {
+                return Err(ConfigError::new(
+                    format!("watchdog.rules.{}.window", rule.name),
+                    format!(
+                        "{} is shorter than the ledger interval {} (ledger.interval)",
+                        show_window(key.window),
+                        show_window(interval)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The distinct ledger queries the usage rules need (one per
+    /// (group_by, window), shared by the rules that ask the same).
+    pub fn usage_keys(&self) -> Result<Vec<super::rules::UsageKey>, ConfigError> {
+        let mut keys: Vec<_> = self
+            .resolve_rules()?
+            .iter()
+            .filter_map(Rule::usage_key)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 }
 
@@ -240,7 +333,8 @@ fn merge_rule(into: &mut RuleConfig, from: &RuleConfig) {
         repeat_interval,
         severity,
         sinks,
-        group_by
+        group_by,
+        window
     );
     // A filesystem selector is one choice: setting either replaces both.
     if from.device.is_some() || from.mountpoint.is_some() {
@@ -362,6 +456,40 @@ fn resolve_rule(name: &str, rc: &RuleConfig, sinks: &[String]) -> Result<Rule, C
             ));
         }
         (false, None) => selector,
+    };
+    let selector = match (metric.is_usage(), rc.window, &selector) {
+        (true, Some(w), ScopeSelector::GroupBy(by)) => {
+            if w < Duration::from_secs(1) || w.subsec_nanos() != 0 || w > MAX_USAGE_WINDOW {
+                return Err(ConfigError::new(
+                    key("window"),
+                    format!(
+                        "{} is out of range (whole seconds, 1s to {})",
+                        show_window(w),
+                        show_window(MAX_USAGE_WINDOW)
+                    ),
+                ));
+            }
+            ScopeSelector::Usage { by: *by, window: w }
+        }
+        (true, None, _) => {
+            return Err(ConfigError::new(
+                key("window"),
+                format!(
+                    "missing ({} sums the usage ledger over a window: give one, e.g. \"24h\")",
+                    metric.name()
+                ),
+            ));
+        }
+        (false, Some(_), _) => {
+            return Err(ConfigError::new(
+                key("window"),
+                format!(
+                    "only usage metrics (owner_usage_*) take a window, not {}",
+                    metric.name()
+                ),
+            ));
+        }
+        _ => selector,
     };
     Ok(Rule {
         name: name.to_owned(),
@@ -571,6 +699,139 @@ mod tests {
                 "{toml:?}: got {err:?}, want {want:?}"
             );
         }
+    }
+
+    #[test]
+    fn usage_rules_resolve_their_window_and_share_queries() {
+        let c = parse(
+            r#"
+            usage_refresh = "30s"
+            [rules.project_cpu_quota]
+            metric = "owner_usage_cpu_seconds"
+            group_by = "project"
+            window = "24h"
+            threshold = 86400
+            sustained = "5m"
+            [rules.project_net]
+            metric = "owner_usage_network_gib"
+            group_by = "project"
+            window = "1day"
+            threshold = 500
+            [rules.user_vcpu_week]
+            metric = "owner_usage_vcpu_hours"
+            group_by = "user"
+            window = "7d"
+            threshold = 1000
+            "#,
+        )
+        .unwrap();
+        c.validate(Duration::from_secs(5)).unwrap();
+        c.validate_usage(Some(Duration::from_secs(60))).unwrap();
+        assert_eq!(c.usage_refresh, Duration::from_secs(30));
+        assert_eq!(c.usage_timeout, Duration::from_secs(10));
+        let rules = c.resolve_rules().unwrap();
+        let quota = rules
+            .iter()
+            .find(|r| r.name == "project_cpu_quota")
+            .unwrap();
+        assert_eq!(quota.metric, Metric::OwnerUsageCpuSeconds);
+        assert_eq!(
+            quota.selector,
+            ScopeSelector::Usage {
+                by: OwnerKind::Project,
+                window: Duration::from_secs(86_400)
+            }
+        );
+        assert_eq!(quota.sustained, Duration::from_secs(300));
+        // Two project rules over one day share one query.
+        let keys = c.usage_keys().unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        // Built-in rules are not usage rules and need no ledger.
+        parse("").unwrap().validate_usage(None).unwrap();
+    }
+
+    #[test]
+    fn bad_usage_rules_name_the_key() {
+        let rule = |body: &str| format!("[rules.q]\n{body}");
+        let ok = "metric = \"owner_usage_cpu_seconds\"\ngroup_by = \"project\"\nthreshold = 10";
+        let cases = [
+            (
+                rule(ok),
+                "watchdog.rules.q.window: missing (owner_usage_cpu_seconds sums the usage ledger over a window",
+            ),
+            (
+                rule(&format!("{ok}\nwindow = \"36d\"")),
+                "watchdog.rules.q.window: 36d is out of range (whole seconds, 1s to 35d)",
+            ),
+            (
+                rule(&format!("{ok}\nwindow = \"0s\"")),
+                "watchdog.rules.q.window: 0s is out of range",
+            ),
+            (
+                rule(&format!("{ok}\nwindow = \"1500ms\"")),
+                "watchdog.rules.q.window: 1500ms is out of range",
+            ),
+            (
+                rule(
+                    "metric = \"owner_cpu_cores\"\ngroup_by = \"user\"\nthreshold = 8\nwindow = \"1h\"",
+                ),
+                "watchdog.rules.q.window: only usage metrics (owner_usage_*) take a window, not owner_cpu_cores",
+            ),
+            (
+                "[rules.host_cpu]\nwindow = \"1h\"".to_owned(),
+                "watchdog.rules.host_cpu.window: only usage metrics",
+            ),
+            (
+                rule("metric = \"owner_usage_vcpu_hours\"\nwindow = \"1h\"\nthreshold = 10"),
+                "watchdog.rules.q.group_by: missing (owner_usage_vcpu_hours",
+            ),
+            (
+                rule(
+                    "metric = \"owner_usage_cpu_seconds\"\ngroup_by = \"project\"\nwindow = \"1h\"\nthreshold = -1",
+                ),
+                "watchdog.rules.q.threshold: -1 is out of range for owner_usage_cpu_seconds (0..=1000000000000 CPU seconds)",
+            ),
+            (
+                format!(
+                    "usage_refresh = \"0s\"\n{}",
+                    rule(&format!("{ok}\nwindow = \"1h\""))
+                ),
+                "watchdog.usage_refresh: 0s is out of range (1s to 1h)",
+            ),
+            (
+                "usage_timeout = \"5m\"".to_owned(),
+                "watchdog.usage_timeout: 5m is out of range (100ms to 1m)",
+            ),
+        ];
+        for (toml, want) in cases {
+            let err = parse(&toml)
+                .unwrap()
+                .validate(Duration::from_secs(5))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(want),
+                "{toml:?}: got {err:?}, want {want:?}"
+            );
+        }
+        let good = parse(&rule(&format!("{ok}\nwindow = \"30s\""))).unwrap();
+        good.validate(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            good.validate_usage(None).unwrap_err().to_string(),
+            "watchdog.rules.q.metric: owner_usage_cpu_seconds reads the usage ledger, \
+             which is disabled (ledger.enabled = false)"
+        );
+        assert_eq!(
+            good.validate_usage(Some(Duration::from_secs(60)))
+                .unwrap_err()
+                .to_string(),
+            "watchdog.rules.q.window: 30s is shorter than the ledger interval 1m (ledger.interval)"
+        );
+        good.validate_usage(Some(Duration::from_secs(30))).unwrap();
+        // A disabled watchdog does not care.
+        let mut off = good.clone();
+        off.enabled = false;
+        off.validate_usage(None).unwrap();
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The rule engine: a pure state machine over snapshots.
 //!
-//! Reads: a [`Snapshot`] and the evaluation time, passed in (no clock reads,
-//! no IO), so tests drive it with simulated time. Emits: [`Notification`]s,
+//! Reads: a [`Snapshot`], the evaluation time and, for usage rules, a
+//! [`UsageView`] of ledger answers, all passed in (no clock reads, no IO),
+//! so tests drive it with simulated time and literal answers. Emits: [`Notification`]s,
 //! at most one per rule per evaluation, grouping every scope of that rule
 //! that fired, repeated or resolved at this evaluation. Cannot fail.
 //!
@@ -15,6 +16,21 @@
 //!
 //! A scope missing from a snapshot (a VM that stopped, an unmounted
 //! filesystem) or whose value is unknown counts as "condition false".
+//!
+//! Usage rules read a [`UsageView`] (the latest ledger answers, fetched
+//! off this loop) instead of the snapshot. An owner group missing from an
+//! answer used nothing in the window: value 0, "condition false". No
+//! usable answer at all (none yet, or the queries kept failing past the
+//! view's usable age) is different: the rule **holds**: its states are
+//! left exactly as they are, neither advanced nor reset, so it neither
+//! fires nor resolves on missing data. Why: a quota alert that resolved
+//! because the database was down would page again when it came back, and
+//! one that fired on a stale answer would be wrong; "we do not know" must
+//! not look like either. The timers keep their start times, so the first
+//! answer after a gap judges the condition as if it had been seen all
+//! along (a pending condition still true fires if it started `sustained`
+//! ago).
+//!
 //! Pending timers are not persisted: after a restart a condition has to
 //! hold for the full sustained time again. Firing episodes are restored
 //! from the store ([`Engine::restore`]) so a restart does not notify again.
@@ -24,8 +40,10 @@ use std::time::{Duration, SystemTime};
 
 use super::context;
 use super::notification::{Alert, Notification, Status, Transition};
-use super::rules::{Observation, Rule, Scope};
+use super::notification::{Context, UsageContext};
+use super::rules::{Metric, Observation, Rule, Scope, usage_observations};
 use super::text;
+use super::usage::{UsageAnswer, UsageView};
 use crate::model::Snapshot;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,8 +129,20 @@ impl Engine {
         orphans
     }
 
-    /// Evaluate every rule against `snap` at time `now`.
+    /// Evaluate every rule against `snap` at time `now`, without usage
+    /// answers (usage rules hold).
     pub fn evaluate(&mut self, now: SystemTime, snap: &Snapshot) -> Vec<Notification> {
+        self.evaluate_with(now, snap, &UsageView::default())
+    }
+
+    /// Evaluate every rule at time `now`: snapshot rules against `snap`,
+    /// usage rules against `usage`.
+    pub fn evaluate_with(
+        &mut self,
+        now: SystemTime,
+        snap: &Snapshot,
+        usage: &UsageView,
+    ) -> Vec<Notification> {
         let host = snap
             .host
             .hostname
@@ -120,15 +150,32 @@ impl Engine {
             .unwrap_or_else(|| "unknown".to_owned());
         let mut out = Vec::new();
         for rule in &self.rules {
+            let answer = match rule.usage_key() {
+                // No usable answer: hold (see the module header).
+                Some(k) => match usage.get(&k, now) {
+                    Some(a) => Some(a),
+                    None => continue,
+                },
+                None => None,
+            };
+            let ctx = |scope: &Scope| match answer {
+                Some(a) => usage_context(rule, a, scope),
+                None => context::build(rule.metric, scope, snap),
+            };
+            let observations = match (answer, rule.selector.owner_kinds()) {
+                (Some(a), [by]) => usage_observations(rule.metric, *by, &a.groups),
+                (Some(_), _) => Vec::new(),
+                (None, _) => rule.observe(snap),
+            };
             let mut alerts = Vec::new();
             let mut seen = BTreeSet::new();
-            for obs in rule.observe(snap) {
+            for obs in observations {
                 let key = obs.scope.key();
                 // Two filesystems on one mountpoint (overmounts): first wins.
                 if !seen.insert(key.clone()) {
                     continue;
                 }
-                if let Some(a) = step(&mut self.states, rule, &host, now, snap, &key, Some(&obs)) {
+                if let Some(a) = step(&mut self.states, rule, &host, now, &ctx, &key, Some(&obs)) {
                     alerts.push(a);
                 }
             }
@@ -140,7 +187,27 @@ impl Engine {
                 .filter(|k| !seen.contains(k))
                 .collect();
             for key in unseen {
-                if let Some(a) = step(&mut self.states, rule, &host, now, snap, &key, None) {
+                // A usage group missing from the answer used nothing in
+                // the window: a known 0, not a vanished scope.
+                let zero =
+                    answer.and_then(
+                        |_| match self.states.get(&(rule.name.clone(), key.clone())) {
+                            Some(State::Firing { alert, .. }) => Some(Observation {
+                                scope: alert.scope.clone(),
+                                value: Some(0.0),
+                            }),
+                            _ => None,
+                        },
+                    );
+                if let Some(a) = step(
+                    &mut self.states,
+                    rule,
+                    &host,
+                    now,
+                    &ctx,
+                    &key,
+                    zero.as_ref(),
+                ) {
                     alerts.push(a);
                 }
             }
@@ -186,15 +253,45 @@ impl Engine {
     }
 }
 
+/// A usage alert's context: the window, the answer's span and what the
+/// group used in it (zeros for a group not in the answer).
+fn usage_context(rule: &Rule, answer: &UsageAnswer, scope: &Scope) -> Context {
+    let Scope::Owner {
+        owner_id,
+        owner_name,
+        ..
+    } = scope
+    else {
+        return Context::default();
+    };
+    let window = rule.usage_key().map_or(Duration::ZERO, |k| k.window);
+    let group = answer.groups.get(owner_id).cloned().unwrap_or_default();
+    Context {
+        usage: Some(UsageContext {
+            window: super::usage::show_window(window),
+            window_seconds: window.as_secs(),
+            from: answer.from,
+            to: answer.to,
+            label: group.label.clone().or_else(|| owner_name.clone()),
+            cpu_seconds: Metric::OwnerUsageCpuSeconds.usage_value(&group),
+            vcpu_allocated_hours: Metric::OwnerUsageVcpuHours.usage_value(&group),
+            memory_allocated_gib_hours: Metric::OwnerUsageMemoryGibHours.usage_value(&group),
+            network_rx_bytes: group.net_rx_bytes,
+            network_tx_bytes: group.net_tx_bytes,
+        }),
+        ..Context::default()
+    }
+}
+
 /// Advance one (rule, scope). `obs` is `None` when the scope is missing
-/// from the snapshot. Returns the alert to notify, if any.
-#[allow(clippy::too_many_arguments)]
+/// from the snapshot. `ctx` builds the context of an alert about a scope.
+/// Returns the alert to notify, if any.
 fn step(
     states: &mut BTreeMap<(String, String), State>,
     rule: &Rule,
     host: &str,
     now: SystemTime,
-    snap: &Snapshot,
+    ctx: &dyn Fn(&Scope) -> Context,
     scope_key: &str,
     obs: Option<&Observation>,
 ) -> Option<Alert> {
@@ -225,7 +322,7 @@ fn step(
                 metric: rule.metric.name().to_owned(),
                 severity: rule.severity,
                 scope_key: scope_key.to_owned(),
-                context: context::build(rule.metric, &scope, snap),
+                context: ctx(&scope),
                 scope,
                 status: Status::Firing,
                 transition: Transition::Fired,
@@ -266,7 +363,7 @@ fn step(
             let mut rep = Alert {
                 transition: Transition::Repeat,
                 value,
-                context: context::build(rule.metric, &scope, snap),
+                context: ctx(&scope),
                 scope,
                 ..(**alert).clone()
             };
@@ -285,7 +382,7 @@ fn step(
                 return None;
             }
             let (scope, ctx) = match obs {
-                Some(o) => (o.scope.clone(), context::build(rule.metric, &o.scope, snap)),
+                Some(o) => (o.scope.clone(), ctx(&o.scope)),
                 // Gone: keep what was known when it fired.
                 None => (alert.scope.clone(), alert.context.clone()),
             };
@@ -1038,6 +1135,376 @@ mod tests {
             assert_eq!(
                 got,
                 vec![(235, "owner:user:u-alice".to_owned(), Transition::Resolved)]
+            );
+        }
+    }
+
+    /// Usage rules: values from literal ledger answers, on simulated time.
+    mod usage_rules {
+        use std::collections::BTreeMap;
+
+        use super::*;
+        use crate::alert::rules::{OwnerKind, ScopeSelector, UsageGroup, UsageKey};
+        use crate::alert::sinks::alertmanager;
+        use crate::alert::usage::UsageAnswer;
+
+        const DAY: Duration = Duration::from_secs(86_400);
+
+        fn key() -> UsageKey {
+            UsageKey {
+                by: OwnerKind::Project,
+                window: DAY,
+            }
+        }
+
+        /// `project_cpu_quota`: a project's CPU seconds over 24 h >= one
+        /// core-day, sustained and recovery 60 s.
+        fn quota_rule() -> Rule {
+            let mut r = rule(
+                "project_cpu_quota",
+                Metric::OwnerUsageCpuSeconds,
+                86_400.0,
+                60,
+            );
+            r.selector = ScopeSelector::Usage {
+                by: OwnerKind::Project,
+                window: DAY,
+            };
+            r
+        }
+
+        /// The ledger's answer at `t`: project p-lab ("lab") used `cpu`.
+        fn answer(t: u64, groups: &[(&str, Option<&str>, f64)]) -> UsageAnswer {
+            let groups: BTreeMap<String, UsageGroup> = groups
+                .iter()
+                .map(|(k, label, cpu)| {
+                    (
+                        (*k).to_owned(),
+                        UsageGroup {
+                            label: label.map(str::to_owned),
+                            cpu_seconds: *cpu,
+                            vcpu_allocated_seconds: 4.0 * 86_400.0,
+                            memory_allocated_byte_seconds: 8.0 * 3600.0 * (1u64 << 30) as f64,
+                            net_rx_bytes: 3 << 30,
+                            net_tx_bytes: 1 << 30,
+                        },
+                    )
+                })
+                .collect();
+            UsageAnswer {
+                from: at(t) - DAY,
+                to: at(t),
+                groups,
+            }
+        }
+
+        fn view(t: u64, cpu: Option<f64>) -> UsageView {
+            let v = UsageView::new(Duration::from_secs(190));
+            match cpu {
+                Some(c) => v.with(key(), answer(t, &[("p-lab", Some("lab"), c)])),
+                None => v,
+            }
+        }
+
+        /// Every 10 s from `from` to `to`, with the view `at_t` gives;
+        /// returns (t, scope key, transition, value).
+        fn drive(
+            e: &mut Engine,
+            ts: impl IntoIterator<Item = u64>,
+            at_t: impl Fn(u64) -> UsageView,
+        ) -> Vec<(u64, String, Transition, Option<f64>)> {
+            let mut out = Vec::new();
+            for t in ts {
+                for n in e.evaluate_with(at(t), &snap(t, 0.1, Vec::new()), &at_t(t)) {
+                    for a in n.alerts {
+                        out.push((t, a.scope_key, a.transition, a.value));
+                    }
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn above_the_quota_for_sustained_fires_and_below_for_recovery_resolves() {
+            let mut e = Engine::new(vec![quota_rule()]);
+            // Under the quota until t=100, over it t=100..=300, under after.
+            let got = drive(&mut e, (0..=600).step_by(10), |t| {
+                view(
+                    t,
+                    Some(if (100..=300).contains(&t) {
+                        90_000.0
+                    } else {
+                        50_000.0
+                    }),
+                )
+            });
+            assert_eq!(
+                got,
+                vec![
+                    (
+                        160,
+                        "owner:project:p-lab".to_owned(),
+                        Transition::Fired,
+                        Some(90_000.0)
+                    ),
+                    (
+                        370,
+                        "owner:project:p-lab".to_owned(),
+                        Transition::Resolved,
+                        Some(50_000.0)
+                    ),
+                ]
+            );
+        }
+
+        #[test]
+        fn no_answer_holds_neither_firing_nor_resolving() {
+            // Pending, then the ledger stops answering: nothing fires
+            // while there is no answer, however long.
+            let mut e = Engine::new(vec![quota_rule()]);
+            let got = drive(&mut e, (0..=1000).step_by(10), |t| {
+                view(t, (t < 30).then_some(90_000.0))
+            });
+            assert_eq!(got, vec![]);
+            assert!(e.active().is_empty());
+            // Firing, then no answer while the usage is (unknown to us)
+            // below: no recovery; the first answer after the gap that says
+            // "below" starts the recovery timer... which has not run, so
+            // it resolves only `recovery` later.
+            let mut e = Engine::new(vec![quota_rule()]);
+            let got = drive(&mut e, (0..=2000).step_by(10), |t| match t {
+                0..=100 => view(t, Some(90_000.0)),
+                101..=1500 => view(t, None),
+                _ => view(t, Some(10.0)),
+            });
+            assert_eq!(
+                got,
+                vec![
+                    (
+                        60,
+                        "owner:project:p-lab".to_owned(),
+                        Transition::Fired,
+                        Some(90_000.0)
+                    ),
+                    (
+                        1570,
+                        "owner:project:p-lab".to_owned(),
+                        Transition::Resolved,
+                        Some(10.0)
+                    ),
+                ]
+            );
+        }
+
+        #[test]
+        fn a_restored_quota_episode_waits_for_the_first_answer() {
+            // Firing before a restart; after it, no answer for a while
+            // (the refresh task's first query): no recovery notice, no
+            // second FIRING; then an answer under the quota resolves it
+            // after `recovery`.
+            let mut before = Engine::new(vec![quota_rule()]);
+            drive(&mut before, (0..=60).step_by(10), |t| {
+                view(t, Some(90_000.0))
+            });
+            let stored: Vec<RestoredEpisode> = before
+                .firing_alerts()
+                .iter()
+                .map(|a| RestoredEpisode {
+                    alert: serde_json::from_str(&serde_json::to_string(a).unwrap()).unwrap(),
+                    last_notified: at(60),
+                })
+                .collect();
+            assert_eq!(stored.len(), 1);
+            let mut after = Engine::new(vec![quota_rule()]);
+            assert!(after.restore(stored).is_empty());
+            let got = drive(&mut after, (1000..=1300).step_by(10), |t| {
+                view(t, (t >= 1100).then_some(10.0))
+            });
+            assert_eq!(
+                got,
+                vec![(
+                    1160,
+                    "owner:project:p-lab".to_owned(),
+                    Transition::Resolved,
+                    Some(10.0)
+                )]
+            );
+        }
+
+        #[test]
+        fn a_stale_answer_is_no_answer() {
+            // The refresh task's last answer is from t=0 and never replaced
+            // (every query fails): it counts until it is older than the
+            // view's usable age (190 s), then the rule holds.
+            let mut e = Engine::new(vec![quota_rule()]);
+            let stale = view(0, Some(90_000.0));
+            let got = drive(&mut e, (0..=1000).step_by(10), |_| stale.clone());
+            assert_eq!(
+                got,
+                vec![(
+                    60,
+                    "owner:project:p-lab".to_owned(),
+                    Transition::Fired,
+                    Some(90_000.0)
+                )]
+            );
+            // ...and holds: still firing at t=1000, no recovery.
+            assert_eq!(e.active().len(), 1);
+            // A pending condition on an answer that goes stale never fires.
+            let mut e = Engine::new(vec![quota_rule()]);
+            let once = view(0, Some(90_000.0));
+            let got = drive(&mut e, (0..=40).chain((200..=1000).step_by(10)), |_| {
+                once.clone()
+            });
+            assert_eq!(got, vec![]);
+        }
+
+        #[test]
+        fn a_group_gone_from_the_answer_used_nothing_and_resolves() {
+            let mut e = Engine::new(vec![quota_rule()]);
+            let got = drive(&mut e, (0..=300).step_by(10), |t| {
+                if t <= 100 {
+                    view(t, Some(90_000.0))
+                } else {
+                    // The window moved past the project's last row.
+                    UsageView::new(Duration::from_secs(190)).with(key(), answer(t, &[]))
+                }
+            });
+            assert_eq!(
+                got,
+                vec![
+                    (
+                        60,
+                        "owner:project:p-lab".to_owned(),
+                        Transition::Fired,
+                        Some(90_000.0)
+                    ),
+                    (
+                        170,
+                        "owner:project:p-lab".to_owned(),
+                        Transition::Resolved,
+                        Some(0.0)
+                    ),
+                ]
+            );
+        }
+
+        #[test]
+        fn the_alert_says_usage_quota_window_and_owner() {
+            let mut e = Engine::new(vec![quota_rule()]);
+            let mut notes = Vec::new();
+            for t in (0..=400).step_by(10) {
+                let cpu = if t <= 100 { 91_200.0 } else { 100.0 };
+                notes.extend(e.evaluate_with(
+                    at(t),
+                    &snap(t, 0.1, Vec::new()),
+                    &view(t, Some(cpu)),
+                ));
+            }
+            assert_eq!(notes.len(), 2);
+            let fired = &notes[0].alerts[0];
+            assert_eq!(fired.metric, "owner_usage_cpu_seconds");
+            assert_eq!(fired.threshold, 86_400.0);
+            assert_eq!(
+                fired.summary,
+                "project lab (p-lab) used 91200 CPU seconds in the last 24h (>= quota 86400 CPU seconds) for 1m"
+            );
+            let json = serde_json::to_value(fired).unwrap();
+            assert_eq!(
+                json["scope"],
+                serde_json::json!({"kind": "owner", "owner_kind": "project",
+                                   "owner_id": "p-lab", "owner_name": "lab"})
+            );
+            let u = &json["context"]["usage"];
+            assert_eq!(u["window"], "24h");
+            assert_eq!(u["window_seconds"], 86_400);
+            assert_eq!(u["label"], "lab");
+            assert_eq!(u["cpu_seconds"], 91_200.0);
+            assert_eq!(u["vcpu_allocated_hours"], 96.0);
+            assert_eq!(u["memory_allocated_gib_hours"], 8.0);
+            assert_eq!(u["network_rx_bytes"], 3u64 << 30);
+            assert_eq!(u["to"], crate::alert::notification::format_time(at(60)));
+            assert_eq!(
+                u["from"],
+                crate::alert::notification::format_time(at(60) - DAY)
+            );
+            // The stored payload reads back (restarts).
+            let back: crate::alert::Alert = serde_json::from_value(json).unwrap();
+            assert_eq!(&back, fired);
+            // Alertmanager: the owner labels, as for owner rules.
+            let labels = alertmanager::labels(fired);
+            for (k, v) in [
+                ("alertname", "project_cpu_quota"),
+                ("scope", "owner:project:p-lab"),
+                ("metric", "owner_usage_cpu_seconds"),
+                ("owner_kind", "project"),
+                ("owner_id", "p-lab"),
+                ("owner_name", "lab"),
+            ] {
+                assert_eq!(labels.get(k).and_then(|v| v.as_str()), Some(v), "{k}");
+            }
+            let resolved = &notes[1].alerts[0];
+            assert_eq!(resolved.transition, Transition::Resolved);
+            assert_eq!(
+                resolved.summary,
+                "resolved: project lab (p-lab) used 100 CPU seconds in the last 24h (< quota 86400 CPU seconds) for 1m"
+            );
+            assert_eq!(resolved.context.usage.as_ref().unwrap().cpu_seconds, 100.0);
+        }
+
+        #[test]
+        fn other_usage_metrics_convert_to_their_units() {
+            let g = UsageGroup {
+                label: None,
+                cpu_seconds: 1.0,
+                vcpu_allocated_seconds: 7200.0,
+                memory_allocated_byte_seconds: 3.0 * 3600.0 * (1u64 << 30) as f64,
+                net_rx_bytes: 1 << 30,
+                net_tx_bytes: 1 << 29,
+            };
+            assert_eq!(Metric::OwnerUsageVcpuHours.usage_value(&g), 2.0);
+            assert_eq!(Metric::OwnerUsageMemoryGibHours.usage_value(&g), 3.0);
+            assert_eq!(Metric::OwnerUsageNetworkGib.usage_value(&g), 1.5);
+            assert_eq!(Metric::OwnerUsageNetworkGib.format_value(1.5), "1.50 GiB");
+            // Snapshot rules ignore the view; usage rules ignore the snapshot.
+            let mut vm_heavy = vm("a", 0.99);
+            vm_heavy.owner = None;
+            let r = quota_rule();
+            assert!(r.observe(&snap(0, 0.99, vec![vm_heavy])).is_empty());
+        }
+
+        #[test]
+        fn two_projects_in_one_answer_make_one_notification() {
+            let mut e = Engine::new(vec![quota_rule()]);
+            let both = |t: u64| {
+                UsageView::new(Duration::from_secs(190)).with(
+                    key(),
+                    answer(
+                        t,
+                        &[
+                            ("p-a", None, 100_000.0),
+                            ("p-b", Some("b"), 90_000.0),
+                            ("p-c", None, 5.0),
+                        ],
+                    ),
+                )
+            };
+            let mut notes = Vec::new();
+            for t in (0..=60).step_by(10) {
+                notes.extend(e.evaluate_with(at(t), &snap(t, 0.1, Vec::new()), &both(t)));
+            }
+            assert_eq!(notes.len(), 1);
+            let keys: Vec<&str> = notes[0]
+                .alerts
+                .iter()
+                .map(|a| a.scope_key.as_str())
+                .collect();
+            assert_eq!(keys, ["owner:project:p-a", "owner:project:p-b"]);
+            // A key-only group is described by its key.
+            assert!(
+                notes[0].alerts[0]
+                    .summary
+                    .starts_with("project p-a used 100000 CPU seconds")
             );
         }
     }

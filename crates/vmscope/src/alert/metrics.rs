@@ -12,19 +12,28 @@
 //!   could not be used; the reason is in `/healthz` and the log); absent
 //!   when the watchdog is disabled;
 //! - `vmscope_db_query_duration_seconds{op}`, `vmscope_db_errors_total{op}`
-//!   from the store's [`DbMetrics`].
+//!   from the store's [`DbMetrics`];
+//! - with usage rules configured only: `vmscope_watchdog_usage_queries_total{result}`
+//!   (ledger queries of the usage rules: `success`, `error`, `timeout`) and
+//!   `vmscope_watchdog_usage_answer_age_seconds{group_by,window}` (age of
+//!   the newest answer per query; absent until the first).
 //!
 //! It also reports the store under `/healthz` `components.watchdog_store`.
 //!
 //! Label values are bounded: rule and sink names come from the config,
-//! scopes are the host, configured filesystems, the VMs on this host and the owners (users or projects) of those VMs.
+//! scopes are the host, configured filesystems, the VMs on this host and the owners (users or projects) of those VMs
+//! (for usage rules: owners in the ledger's window, at most `usage::MAX_GROUPS` per rule);
+//! `group_by` and `window` come from the configured usage rules.
 //! Reading never blocks for long: two short mutexes, no IO.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::SystemTime;
+
 use super::engine::ActiveAlert;
+use super::rules::UsageKey;
 use crate::export::{ComponentHealth, Desc, MetricSource, MetricWriter};
 use crate::store::DbMetrics;
 
@@ -58,6 +67,40 @@ impl DeliveryResult {
     }
 }
 
+/// Outcome of one ledger query of the usage rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UsageQueryResult {
+    Success,
+    /// The ledger answered with an error (or has no database).
+    Error,
+    /// No answer within `usage_timeout`.
+    Timeout,
+}
+
+impl UsageQueryResult {
+    pub const ALL: [UsageQueryResult; 3] = [
+        UsageQueryResult::Success,
+        UsageQueryResult::Error,
+        UsageQueryResult::Timeout,
+    ];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UsageQueryResult::Success => "success",
+            UsageQueryResult::Error => "error",
+            UsageQueryResult::Timeout => "timeout",
+        }
+    }
+}
+
+static USAGE_QUERIES: Desc = Desc::counter(
+    "vmscope_watchdog_usage_queries_total",
+    "Usage-ledger queries of the watchdog's usage rules, by result (success, error, timeout).",
+);
+static USAGE_AGE: Desc = Desc::gauge(
+    "vmscope_watchdog_usage_answer_age_seconds",
+    "Age of the newest usage-ledger answer per usage-rule query (group_by, window); usage rules hold when it grows past three refreshes plus the timeout.",
+);
+
 static ACTIVE: Desc = Desc::gauge(
     "vmscope_alert_active",
     "Watchdog alerts firing now, one series per rule and scope (value 1).",
@@ -90,6 +133,10 @@ pub struct AlertMetrics {
     notifications: BTreeMap<(String, DeliveryResult), AtomicU64>,
     db: Arc<DbMetrics>,
     persistence: Mutex<Option<Persistence>>,
+    /// Usage rules' queries: (group_by, window) -> time of the newest
+    /// answer; empty (and the usage families absent) without usage rules.
+    usage_answers: Mutex<BTreeMap<UsageKey, Option<SystemTime>>>,
+    usage_queries: [AtomicU64; 3],
 }
 
 /// Where the watchdog keeps its state, once started.
@@ -114,6 +161,32 @@ impl AlertMetrics {
             notifications,
             db,
             persistence: Mutex::new(None),
+            usage_answers: Mutex::new(BTreeMap::new()),
+            usage_queries: Default::default(),
+        }
+    }
+
+    /// The usage rules' queries: their families appear on `/metrics`.
+    pub fn set_usage_keys(&self, keys: &[UsageKey]) {
+        let mut m = self.usage_answers.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            m.entry(*k).or_insert(None);
+        }
+    }
+
+    pub fn usage_query(&self, r: UsageQueryResult) {
+        self.usage_queries[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn usage_queries(&self, r: UsageQueryResult) -> u64 {
+        self.usage_queries[r as usize].load(Ordering::Relaxed)
+    }
+
+    /// A query for `key` answered, as of `at`.
+    pub fn usage_answered(&self, key: UsageKey, at: SystemTime) {
+        let mut m = self.usage_answers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = m.get_mut(&key) {
+            *t = Some(at);
         }
     }
 
@@ -203,6 +276,25 @@ impl MetricSource for AlertMetrics {
         for (op, s) in &db {
             out.sample(&[("op", op)], s.errors);
         }
+        let usage = self
+            .usage_answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !usage.is_empty() {
+            out.family(&USAGE_QUERIES);
+            for r in UsageQueryResult::ALL {
+                out.sample(&[("result", r.as_str())], self.usage_queries(r));
+            }
+            out.family(&USAGE_AGE);
+            let now = SystemTime::now();
+            for (key, at) in usage {
+                let Some(at) = at else { continue };
+                let window = super::usage::show_window(key.window);
+                let age = now.duration_since(at).unwrap_or_default().as_secs_f64();
+                out.sample(&[("group_by", key.by.as_str()), ("window", &window)], age);
+            }
+        }
     }
 
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {
@@ -266,6 +358,47 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(!text.contains("unknown-sink"));
+        // Without usage rules, no usage families.
+        assert!(!text.contains("vmscope_watchdog_usage"), "{text}");
+    }
+
+    #[test]
+    fn usage_families_appear_with_usage_rules_and_say_each_querys_age() {
+        use crate::alert::rules::{OwnerKind, UsageKey};
+        let m = AlertMetrics::new(&["log".to_owned()], Arc::new(DbMetrics::new()));
+        let day = UsageKey {
+            by: OwnerKind::Project,
+            window: Duration::from_secs(86_400),
+        };
+        let hour = UsageKey {
+            by: OwnerKind::User,
+            window: Duration::from_secs(3600),
+        };
+        m.set_usage_keys(&[day, hour]);
+        m.usage_query(UsageQueryResult::Success);
+        m.usage_query(UsageQueryResult::Timeout);
+        m.usage_query(UsageQueryResult::Timeout);
+        m.usage_answered(day, std::time::SystemTime::now() - Duration::from_secs(30));
+        let text = encode(Format::Text, &[&m]);
+        for line in [
+            "vmscope_watchdog_usage_queries_total{result=\"success\"} 1",
+            "vmscope_watchdog_usage_queries_total{result=\"error\"} 0",
+            "vmscope_watchdog_usage_queries_total{result=\"timeout\"} 2",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let age: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    "vmscope_watchdog_usage_answer_age_seconds{group_by=\"project\",window=\"24h\"} ",
+                )
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no age for project/24h in\n{text}"));
+        assert!((30.0..40.0).contains(&age), "{age}");
+        // No answer yet for the user query: no age series for it.
+        assert!(!text.contains("window=\"1h\""), "{text}");
         assert!(
             text.contains("vmscope_exposition_series_skipped{reason=\"duplicate\"} 0")
                 && text.contains("vmscope_exposition_series_skipped{reason=\"invalid\"} 0"),

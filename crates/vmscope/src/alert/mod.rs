@@ -12,12 +12,15 @@
 //!   clock; [`context`] and [`text`]: what a message says.
 //! - [`sinks`]: one file per sink behind a registry table; retries, backoff
 //!   and isolation in `sinks/mod.rs`.
+//! - [`usage`]: the usage rules' ledger answers, refreshed on a task of
+//!   their own so that the loop never waits on the database.
 //! - [`history`]: the alert history as plain values (`GET /api/v1/alerts`
 //!   lives in `crate::api::alerts`); [`metrics`]: `vmscope_alert_*` and
 //!   `vmscope_db_*`.
 //!
 //! Reads: snapshots from the collector's watch channel; the `[watchdog]`
-//! config; the state database the serve command opened (`[store]`, see
+//! config; usage totals from the ledger's [`UsageReader`] (usage rules
+//! only, through [`usage`]); the state database the serve command opened (`[store]`, see
 //! [`crate::store::config`]) at start (open episodes, the outbox of
 //! undelivered notifications). Emits: notifications, episode and outbox
 //! rows, metrics. Fails: only at [`start`], for a bad config or an unusable
@@ -43,6 +46,7 @@ pub mod rules;
 pub mod setting;
 pub mod sinks;
 pub mod text;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +65,7 @@ pub use sinks::SinkError;
 
 use crate::error::ErrorChain;
 use crate::export::MetricSource;
+use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
 use crate::store::{DbMetrics, EpisodeWrite, Opened, Store, StoreError};
 use sinks::{Dispatcher, SinkSpec};
@@ -92,6 +97,8 @@ pub struct Watchdog {
     task: Option<JoinHandle<Dispatcher>>,
     shutdown_timeout: Duration,
     evaluated: watch::Receiver<u64>,
+    /// The usage rules' refresh task (none without usage rules).
+    usage_task: Option<JoinHandle<()>>,
 }
 
 impl Watchdog {
@@ -120,6 +127,11 @@ impl Watchdog {
     /// configured `shutdown_timeout`, close the database.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(task) = self.usage_task.take() {
+            // A query in flight holds a store handle: do not wait for it.
+            task.abort();
+            let _ = task.await;
+        }
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(dispatcher) => dispatcher.shutdown(self.shutdown_timeout).await,
@@ -145,6 +157,23 @@ pub async fn start(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     store: Option<Opened>,
 ) -> Result<Watchdog, WatchdogError> {
+    start_with_usage(
+        cfg,
+        snapshots,
+        store,
+        UsageReader::unavailable(NoLedger::Disabled),
+    )
+    .await
+}
+
+/// [`start`] with the usage ledger's reader, which usage rules
+/// (`owner_usage_*`) read on a task of their own every `usage_refresh`.
+pub async fn start_with_usage(
+    cfg: WatchdogConfig,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    store: Option<Opened>,
+    usage: UsageReader,
+) -> Result<Watchdog, WatchdogError> {
     let interval = snapshots.borrow().interval;
     cfg.validate(interval)?;
     let (db_metrics, db_path, store) = match store {
@@ -166,9 +195,11 @@ pub async fn start(
             task: None,
             shutdown_timeout: cfg.shutdown_timeout,
             evaluated,
+            usage_task: None,
         });
     }
     let rules = cfg.resolve_rules()?;
+    let usage_keys = cfg.usage_keys()?;
     let sink_cfgs = cfg.effective_sinks();
     let mut specs = Vec::new();
     for (name, sc) in &sink_cfgs {
@@ -180,6 +211,7 @@ pub async fn start(
     }
     let names: Vec<String> = sink_cfgs.keys().cloned().collect();
     let metrics = Arc::new(AlertMetrics::new(&names, db_metrics));
+    metrics.set_usage_keys(&usage_keys);
 
     let mut engine = Engine::new(rules);
     let mut store = store;
@@ -241,9 +273,36 @@ pub async fn start(
     let dispatcher = Dispatcher::start(specs, metrics.clone(), store.clone(), firing);
     // Before the loop starts: what was undelivered goes out first.
     dispatcher.requeue(outbox).await;
+    let plan = usage::RefreshPlan {
+        keys: usage_keys,
+        every: cfg.usage_refresh,
+        timeout: cfg.usage_timeout,
+    };
+    let (usage_view, usage_task) = if plan.keys.is_empty() {
+        (
+            watch::channel(Arc::new(usage::UsageView::default())).1,
+            None,
+        )
+    } else {
+        if let Some(why) = usage.why_unavailable() {
+            tracing::warn!(
+                reason = ?why,
+                "the usage ledger cannot be read: usage rules hold (never fire) until it can"
+            );
+        }
+        let (view, task) = usage::spawn(
+            usage,
+            plan,
+            snapshots.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+        (view, Some(task))
+    };
     let task = tokio::spawn(run(
         engine,
         snapshots,
+        usage_view,
         store.clone(),
         dispatcher,
         metrics.clone(),
@@ -258,6 +317,7 @@ pub async fn start(
         task: Some(task),
         shutdown_timeout: cfg.shutdown_timeout,
         evaluated,
+        usage_task,
     })
 }
 
@@ -351,6 +411,7 @@ fn writes_for(n: &Notification) -> Vec<EpisodeWrite> {
 async fn run(
     mut engine: Engine,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    usage: watch::Receiver<Arc<usage::UsageView>>,
     store: Option<Store>,
     dispatcher: Dispatcher,
     metrics: Arc<AlertMetrics>,
@@ -365,7 +426,9 @@ async fn run(
         // seq 0 is the placeholder published before the first tick.
         if snap.seq != 0 && snap.seq != last_seq {
             last_seq = snap.seq;
-            let notes = engine.evaluate(snap.collected_at, &snap);
+            // The latest answers, never waited for (an Arc clone).
+            let view = usage.borrow().clone();
+            let notes = engine.evaluate_with(snap.collected_at, &snap, &view);
             let writes: Vec<EpisodeWrite> = notes.iter().flat_map(writes_for).collect();
             dispatcher.dispatch(&notes, writes).await;
             metrics.set_active(engine.active());

@@ -99,6 +99,31 @@ pub struct Context {
     /// Owner alerts: who, and the totals over the owner's VMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<OwnerContext>,
+    /// Usage alerts: the window and what the owner used in it (ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageContext>,
+}
+
+/// An owner group's usage over a rule's window, from the usage ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageContext {
+    /// The rule's window, as configured (`24h`).
+    pub window: String,
+    pub window_seconds: u64,
+    /// The window the ledger answer covered: rows whose interval starts in
+    /// `[from, to)` (RFC 3339).
+    #[serde(with = "rfc3339")]
+    pub from: SystemTime,
+    #[serde(with = "rfc3339")]
+    pub to: SystemTime,
+    /// The group's label in the ledger (name, else id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub cpu_seconds: f64,
+    pub vcpu_allocated_hours: f64,
+    pub memory_allocated_gib_hours: f64,
+    pub network_rx_bytes: u64,
+    pub network_tx_bytes: u64,
 }
 
 /// An owner group's identity and totals at one evaluation.

@@ -1,8 +1,9 @@
 //! Rule definitions: which value of a snapshot a rule watches, per which
 //! scope, and which side of the threshold is bad.
 //!
-//! Reads: one [`Snapshot`]. Emits: one [`Observation`] per scope the rule
-//! covers (the host, each matching filesystem, each VM, each owner group).
+//! Reads: one [`Snapshot`] (usage rules: one ledger answer's groups).
+//! Emits: one [`Observation`] per scope the rule covers (the host, each
+//! matching filesystem, each VM, each owner group).
 //! Pure: no IO, no clock. A value that is missing this tick (the first tick
 //! has no CPU rate; a VM without a known vCPU count has no CPU share)
 //! observes as "condition false", so it never fires and lets a firing alert
@@ -17,11 +18,20 @@
 //! allocation) add nothing, and a group where no VM's part is known has no
 //! value.
 //!
+//! Usage rules (`owner_usage_*`) are owner rules over the usage ledger
+//! rather than the snapshot: their value is what the owner group used over
+//! the rule's `window` up to now, from a cached ledger answer
+//! ([`super::usage`]); [`usage_observations`] turns one answer into
+//! observations. A group with no ledger rows in the window used nothing
+//! (value 0), while no answer at all is "unknown": the engine then holds
+//! the rule's states rather than count it as "condition false".
+//!
 //! Adding a metric = one [`Metric`] variant, its row in the `match`es below,
 //! and a line in `ALL`.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +106,15 @@ pub enum Metric {
     OwnerMemoryRssGib,
     /// Memory allocated to an owner's VMs together, in GiB.
     OwnerMemoryAllocatedGib,
+    /// CPU seconds the owner's VMs used over the rule's window (ledger).
+    OwnerUsageCpuSeconds,
+    /// vCPU-hours allocated to the owner's VMs over the window (ledger;
+    /// while running and observed).
+    OwnerUsageVcpuHours,
+    /// GiB-hours of memory allocated to the owner's VMs over the window.
+    OwnerUsageMemoryGibHours,
+    /// GiB the owner's VMs received and sent together over the window.
+    OwnerUsageNetworkGib,
 }
 
 /// What kind of thing a metric is measured per.
@@ -108,7 +127,7 @@ pub enum ScopeKind {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 10] = [
+    pub const ALL: [Metric; 14] = [
         Metric::HostCpuRatio,
         Metric::HostMemoryUsedRatio,
         Metric::FilesystemFreeGib,
@@ -119,6 +138,10 @@ impl Metric {
         Metric::OwnerAllocatedVcpus,
         Metric::OwnerMemoryRssGib,
         Metric::OwnerMemoryAllocatedGib,
+        Metric::OwnerUsageCpuSeconds,
+        Metric::OwnerUsageVcpuHours,
+        Metric::OwnerUsageMemoryGibHours,
+        Metric::OwnerUsageNetworkGib,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -133,6 +156,10 @@ impl Metric {
             Metric::OwnerAllocatedVcpus => "owner_allocated_vcpus",
             Metric::OwnerMemoryRssGib => "owner_memory_rss_gib",
             Metric::OwnerMemoryAllocatedGib => "owner_memory_allocated_gib",
+            Metric::OwnerUsageCpuSeconds => "owner_usage_cpu_seconds",
+            Metric::OwnerUsageVcpuHours => "owner_usage_vcpu_hours",
+            Metric::OwnerUsageMemoryGibHours => "owner_usage_memory_gib_hours",
+            Metric::OwnerUsageNetworkGib => "owner_usage_network_gib",
         }
     }
 
@@ -148,7 +175,11 @@ impl Metric {
             Metric::OwnerCpuCores
             | Metric::OwnerAllocatedVcpus
             | Metric::OwnerMemoryRssGib
-            | Metric::OwnerMemoryAllocatedGib => ScopeKind::Owner,
+            | Metric::OwnerMemoryAllocatedGib
+            | Metric::OwnerUsageCpuSeconds
+            | Metric::OwnerUsageVcpuHours
+            | Metric::OwnerUsageMemoryGibHours
+            | Metric::OwnerUsageNetworkGib => ScopeKind::Owner,
         }
     }
 
@@ -158,6 +189,17 @@ impl Metric {
 
     pub const fn is_owner(self) -> bool {
         matches!(self.scope_kind(), ScopeKind::Owner)
+    }
+
+    /// Owner usage over a window, read from the ledger (not the snapshot).
+    pub const fn is_usage(self) -> bool {
+        matches!(
+            self,
+            Metric::OwnerUsageCpuSeconds
+                | Metric::OwnerUsageVcpuHours
+                | Metric::OwnerUsageMemoryGibHours
+                | Metric::OwnerUsageNetworkGib
+        )
     }
 
     pub const fn direction(self) -> Direction {
@@ -175,6 +217,10 @@ impl Metric {
             | Metric::OwnerMemoryRssGib
             | Metric::OwnerMemoryAllocatedGib => (0.0, 1.0e9),
             Metric::OwnerCpuCores | Metric::OwnerAllocatedVcpus => (0.0, 1.0e6),
+            Metric::OwnerUsageCpuSeconds
+            | Metric::OwnerUsageVcpuHours
+            | Metric::OwnerUsageMemoryGibHours
+            | Metric::OwnerUsageNetworkGib => (0.0, 1.0e12),
             Metric::HostCpuRatio
             | Metric::HostMemoryUsedRatio
             | Metric::VmCpuUtilizationRatio
@@ -190,6 +236,10 @@ impl Metric {
             | Metric::OwnerMemoryAllocatedGib => " GiB",
             Metric::OwnerCpuCores => " cores",
             Metric::OwnerAllocatedVcpus => " vCPUs",
+            Metric::OwnerUsageCpuSeconds => " CPU seconds",
+            Metric::OwnerUsageVcpuHours => " vCPU-hours",
+            Metric::OwnerUsageMemoryGibHours => " GiB-hours",
+            Metric::OwnerUsageNetworkGib => " GiB",
             Metric::HostCpuRatio
             | Metric::HostMemoryUsedRatio
             | Metric::VmCpuUtilizationRatio
@@ -215,6 +265,10 @@ impl Metric {
             | Metric::OwnerMemoryAllocatedGib => format!("{v:.1} GiB"),
             Metric::OwnerCpuCores => format!("{v:.2} cores"),
             Metric::OwnerAllocatedVcpus => format!("{v:.0} vCPUs"),
+            Metric::OwnerUsageCpuSeconds => format!("{v:.0} CPU seconds"),
+            Metric::OwnerUsageVcpuHours => format!("{v:.1} vCPU-hours"),
+            Metric::OwnerUsageMemoryGibHours => format!("{v:.1} GiB-hours"),
+            Metric::OwnerUsageNetworkGib => format!("{v:.2} GiB"),
             Metric::HostCpuRatio
             | Metric::HostMemoryUsedRatio
             | Metric::VmCpuUtilizationRatio
@@ -236,6 +290,12 @@ pub enum ScopeSelector {
     Mountpoint(String),
     /// Owner metrics: one group per owner of this kind.
     GroupBy(OwnerKind),
+    /// Usage metrics: one group per owner of this kind, summing the
+    /// ledger over `window` up to now.
+    Usage {
+        by: OwnerKind,
+        window: Duration,
+    },
 }
 
 /// The selector's name from before owner rules, when it only chose
@@ -248,15 +308,23 @@ impl ScopeSelector {
             ScopeSelector::All => true,
             ScopeSelector::Device(d) => fs.device == *d,
             ScopeSelector::Mountpoint(m) => fs.mountpoint == *m,
-            ScopeSelector::GroupBy(_) => false,
+            ScopeSelector::GroupBy(_) | ScopeSelector::Usage { .. } => false,
         }
     }
 
     /// The owner kinds an owner rule groups by.
     pub fn owner_kinds(&self) -> &'static [OwnerKind] {
         match self {
-            ScopeSelector::GroupBy(OwnerKind::User) => &[OwnerKind::User],
-            ScopeSelector::GroupBy(OwnerKind::Project) => &[OwnerKind::Project],
+            ScopeSelector::GroupBy(OwnerKind::User)
+            | ScopeSelector::Usage {
+                by: OwnerKind::User,
+                ..
+            } => &[OwnerKind::User],
+            ScopeSelector::GroupBy(OwnerKind::Project)
+            | ScopeSelector::Usage {
+                by: OwnerKind::Project,
+                ..
+            } => &[OwnerKind::Project],
             ScopeSelector::All => &OwnerKind::ALL,
             ScopeSelector::Device(_) | ScopeSelector::Mountpoint(_) => &[],
         }
@@ -394,7 +462,20 @@ impl Observation {
 }
 
 impl Rule {
-    /// Every scope this rule covers in `snap`, with its value.
+    /// The ledger query a usage rule reads (group kind, window); `None`
+    /// for every other rule.
+    pub fn usage_key(&self) -> Option<UsageKey> {
+        match self.selector {
+            ScopeSelector::Usage { by, window } if self.metric.is_usage() => {
+                Some(UsageKey { by, window })
+            }
+            _ => None,
+        }
+    }
+
+    /// Every scope this rule covers in `snap`, with its value. Usage rules
+    /// observe nothing here: their values come from
+    /// [`usage_observations`].
     pub fn observe(&self, snap: &Snapshot) -> Vec<Observation> {
         match self.metric {
             Metric::HostCpuRatio => vec![Observation {
@@ -448,7 +529,73 @@ impl Rule {
                 .iter()
                 .flat_map(|kind| owner_observations(self.metric, *kind, snap))
                 .collect(),
+            Metric::OwnerUsageCpuSeconds
+            | Metric::OwnerUsageVcpuHours
+            | Metric::OwnerUsageMemoryGibHours
+            | Metric::OwnerUsageNetworkGib => Vec::new(),
         }
+    }
+}
+
+/// Which ledger answer a usage rule reads: owners of one kind, usage over
+/// `window` up to now. Rules with the same key share one query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UsageKey {
+    pub by: OwnerKind,
+    pub window: Duration,
+}
+
+/// One owner group's usage over a window, as the ledger sums it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageGroup {
+    /// The group's label (name, else id) in its newest ledger row.
+    pub label: Option<String>,
+    pub cpu_seconds: f64,
+    pub vcpu_allocated_seconds: f64,
+    pub memory_allocated_byte_seconds: f64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
+impl Metric {
+    /// A usage metric's value for one group (0 for other metrics).
+    pub fn usage_value(self, g: &UsageGroup) -> f64 {
+        match self {
+            Metric::OwnerUsageCpuSeconds => g.cpu_seconds,
+            Metric::OwnerUsageVcpuHours => g.vcpu_allocated_seconds / 3600.0,
+            Metric::OwnerUsageMemoryGibHours => g.memory_allocated_byte_seconds / 3600.0 / GIB,
+            Metric::OwnerUsageNetworkGib => {
+                g.net_rx_bytes.saturating_add(g.net_tx_bytes) as f64 / GIB
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// A usage rule's observations from one answer: one per group of the
+/// answer's kind, in key order, its value what the group used.
+pub fn usage_observations(
+    metric: Metric,
+    by: OwnerKind,
+    groups: &BTreeMap<String, UsageGroup>,
+) -> Vec<Observation> {
+    groups
+        .iter()
+        .map(|(key, g)| Observation {
+            scope: usage_scope(by, key, g.label.as_deref()),
+            value: Some(metric.usage_value(g)),
+        })
+        .collect()
+}
+
+/// The owner scope of a ledger group: the same key as the owner rules'
+/// (the ledger stores the identity rule's key), named by its label when
+/// that says more than the key.
+pub fn usage_scope(by: OwnerKind, key: &str, label: Option<&str>) -> Scope {
+    Scope::Owner {
+        owner_kind: by,
+        owner_id: key.to_owned(),
+        owner_name: label.filter(|l| *l != key).map(str::to_owned),
     }
 }
 

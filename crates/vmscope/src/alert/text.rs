@@ -104,6 +104,9 @@ pub fn summary(metric: Metric, alert: &Alert, held: Duration) -> String {
             ),
             _ => format!("VM {vm_name} ({vm_id}) memory {value} ({bound})"),
         },
+        (scope @ Scope::Owner { .. }, m) if m.is_usage() => {
+            usage_text(metric, alert, scope, &value, firing)
+        }
         (scope @ Scope::Owner { .. }, _) => owner_text(metric, alert, scope, &value, &bound),
     };
     if firing {
@@ -152,6 +155,23 @@ fn owner_text(metric: Metric, alert: &Alert, scope: &Scope, value: &str, bound: 
         let _ = write!(s, "; top VMs by {by}: {}", list.join(", "));
     }
     s
+}
+
+/// The usage line: who, what they used in the window, against the quota
+/// (`project research (p1) used 91200 CPU seconds in the last 1day
+/// (>= quota 86400 CPU seconds)`).
+fn usage_text(metric: Metric, alert: &Alert, scope: &Scope, value: &str, firing: bool) -> String {
+    let who = scope.describe();
+    let window = alert
+        .context
+        .usage
+        .as_ref()
+        .map_or_else(String::new, |u| format!(" in the last {}", u.window));
+    format!(
+        "{who} used {value}{window} ({} quota {})",
+        op(metric, firing),
+        metric.format_value(alert.threshold)
+    )
 }
 
 /// Headline of a notification: `[FIRING warning] vm_cpu on host1: 2 fired, 1 resolved`.

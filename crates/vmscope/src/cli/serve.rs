@@ -77,10 +77,16 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
         }
-        let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone(), store)
-            .await
-            .context("starting the watchdog")
-            .map_err(Failure::runtime)?;
+        // Usage rules read the ledger through its reader, off the loop.
+        let watchdog = crate::alert::start_with_usage(
+            cfg.watchdog.clone(),
+            snapshots.clone(),
+            store,
+            ledger.usage(),
+        )
+        .await
+        .context("starting the watchdog")
+        .map_err(Failure::runtime)?;
         let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
         let http_metrics = state.shared_http_metrics();
         let app = router(state);

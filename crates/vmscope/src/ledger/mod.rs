@@ -253,6 +253,11 @@ impl UsageReader {
         }
     }
 
+    /// Why usage cannot be read, if it cannot.
+    pub fn why_unavailable(&self) -> Option<NoLedger> {
+        self.store.as_ref().err().copied()
+    }
+
     /// Totals per group and bucket, ordered by bucket then key, and the
     /// query as answered (its resolution chosen when it was 0: the
     /// coarsest rows that answer it exactly); more than `q.limit` is

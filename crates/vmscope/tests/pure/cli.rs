@@ -85,6 +85,14 @@ fn check_config_names_what_is_wrong() {
         ("wrong_type.toml", "interval: invalid duration \"fast\""),
         ("does_not_exist.toml", "cannot read config file"),
         ("bad_watchdog.toml", "watchdog.rules.host_cpu.sustained"),
+        (
+            "usage_rule_without_ledger.toml",
+            "watchdog.rules.project_cpu_quota.metric: owner_usage_cpu_seconds reads the usage ledger, which is disabled",
+        ),
+        (
+            "usage_window_below_ledger_interval.toml",
+            "watchdog.rules.project_cpu_quota.window: 1m is shorter than the ledger interval 5m",
+        ),
     ];
     for (file, needle) in cases {
         let (code, out, err) = run(bin().arg("check-config").arg(configs().join(file)));

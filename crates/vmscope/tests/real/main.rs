@@ -24,3 +24,4 @@ mod state_db;
 mod watchdog_e2e;
 mod watchdog_secrets;
 mod watchdog_sinks;
+mod watchdog_usage;
