@@ -50,7 +50,9 @@ fn totals(path: &Path, vm_id: &str) -> Vec<(String, i64, f64, f64, f64)> {
 fn cursor(path: &Path, vm_id: &str, pid: i32) -> Option<(i64, f64)> {
     db(path)
         .query_row(
-            "SELECT at_ms, cpu_seconds FROM ledger_cursors WHERE vm_id = ?1 AND incarnation LIKE ?2",
+            // The newest: after a PID reuse two incarnations share the PID.
+            "SELECT at_ms, cpu_seconds FROM ledger_cursors WHERE vm_id = ?1 AND incarnation LIKE ?2 \
+             ORDER BY at_ms DESC LIMIT 1",
             rusqlite::params![vm_id, format!("%:{pid}:%")],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -196,6 +198,85 @@ fn bad_rows(path: &Path, vm_id: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Starts `spec` as a process with PID `pid` (free again: its VM was
+/// killed), by setting the kernel's last-allocated PID just below it.
+/// QEMU takes a few PIDs before the daemonized VM process (its first
+/// threads, the daemonizing fork): the offset is learnt from each try.
+/// Another process forking in between takes the PID: tried a few times.
+fn start_with_pid(roms: &Roms, spec: &VmSpec, pid: i32) -> Option<QemuVm> {
+    let mut offset = 0;
+    for _ in 0..20 {
+        let last = pid - 1 - offset;
+        std::fs::write("/proc/sys/kernel/ns_last_pid", last.to_string()).ok()?;
+        let mut vm = QemuVm::start(roms, spec.clone(), None);
+        if vm.pid == pid {
+            return Some(vm);
+        }
+        if (0..64).contains(&(vm.pid - last - 1)) {
+            offset = vm.pid - last - 1;
+        }
+        vm.kill_and_wait(Signal::KILL);
+    }
+    None
+}
+
+/// A VM whose PID is reused by the *same* VM (same UUID, so same vm_id,
+/// same PID; only the process start differs) while the agent is down: the
+/// restored cursor of the first process must not be continued by the
+/// second (that would count the second's counters from the first's, a
+/// negative or lost delta). Two incarnations, each equal to /proc's count.
+#[test]
+fn a_reused_pid_is_a_new_incarnation_counted_from_zero() {
+    if !lab_available("ledger_pid_reuse") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let roms = Roms::new();
+    let spec = small_vm("ledger-pid", Firmware::Busy);
+    let id = spec.uuid.clone();
+    let agent = Agent::start_in(1, CONFIG, dir.path());
+    let path = agent.state_db();
+    wait_for_first_flush(&path);
+    let mut first = QemuVm::start(&roms, spec.clone(), None);
+    wait_for_cursor(&path, &id, first.pid);
+    std::thread::sleep(Duration::from_secs(3));
+    // Frozen and flushed, then the agent crashes and the VM dies while
+    // it is away.
+    let k1 = freeze_and_settle(&first, &path);
+    agent.stop(Signal::KILL);
+    let pid = first.pid;
+    first.kill_and_wait(Signal::KILL);
+    let Some(second) = start_with_pid(&roms, &spec, pid) else {
+        panic!("could not start a VM as PID {pid} again (other processes took it 20 times)");
+    };
+    let agent = Agent::start_in(1, CONFIG, dir.path());
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        (totals(&path, &id).len() == 2).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no second incarnation: {:?}\n{}",
+            totals(&path, &id),
+            agent.log()
+        )
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let k2 = freeze_and_settle(&second, &path);
+    let t = totals(&path, &id);
+    eprintln!("ledger: PID {pid} reused: /proc {k1:.3} s then {k2:.3} s; per incarnation {t:?}");
+    assert_eq!(t.len(), 2, "{t:?}");
+    for (inc, ..) in &t {
+        assert!(inc.contains(&format!(":{pid}:")), "{inc}");
+    }
+    assert_ne!(t[0].0, t[1].0);
+    assert_close("the first process", t[0].2, k1);
+    // Started after the ledger last looked: counted from its start.
+    assert_close("the second process on the same PID", t[1].2, k2);
+    assert_eq!(bad_rows(&path, &id), Vec::<String>::new());
+    let log = agent.stop(Signal::TERM);
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]
