@@ -77,6 +77,35 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
         }
+        // With `[store] database_url` the watchdog keeps its state in
+        // PostgreSQL (a fleet's one database), scoped to this host; the
+        // ledger stays in the SQLite store above.
+        // The host name the ledger's rows carry (the collector's, read
+        // from the configured procfs).
+        let host = snapshots
+            .borrow()
+            .host
+            .hostname
+            .clone()
+            .or_else(|| {
+                std::fs::read_to_string(cfg.roots().proc.join("sys/kernel/hostname"))
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let watchdog_store = if cfg.watchdog.enabled {
+            crate::store::config::open_alerts_pg(
+                &cfg.store,
+                &host,
+                store.as_ref().map_or_else(|| Arc::new(DbMetrics::new()), |o| o.metrics.clone()),
+            )
+            .await
+            .context("opening the PostgreSQL alert store")
+            .map_err(Failure::runtime)?
+        } else {
+            None
+        };
+        let store = watchdog_store.or(store);
         // Usage rules read the ledger through its reader, off the loop.
         let watchdog = crate::alert::start_with_usage(
             cfg.watchdog.clone(),

@@ -36,6 +36,11 @@ pub struct StoreConfig {
     /// [`PATH_KEY`], or [`OLD_PATH_KEY`] when the configuration used it.
     #[serde(skip)]
     pub path_key: &'static str,
+    /// `postgresql://...`: keep the watchdog's alert state (episodes,
+    /// notification log, outbox) in PostgreSQL, one database for a fleet,
+    /// each host's rows apart. The SQLite file at `path` still holds the
+    /// usage ledger. `None`: everything in SQLite.
+    pub database_url: Option<crate::outbound::redact::Secret>,
 }
 
 impl Default for StoreConfig {
@@ -43,6 +48,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: default_path(),
             path_key: PATH_KEY,
+            database_url: None,
         }
     }
 }
@@ -75,7 +81,21 @@ impl StoreConfig {
                 message: "must not be empty".to_owned(),
             });
         }
+        self.postgres()?;
         Ok(())
+    }
+
+    /// `database_url`, parsed; `None` when unset. Errors never repeat it.
+    pub fn postgres(&self) -> Result<Option<postgres::Config>, StoreConfigError> {
+        let Some(url) = &self.database_url else {
+            return Ok(None);
+        };
+        super::pg_alerts::parse_url(url.expose())
+            .map(Some)
+            .map_err(|message| StoreConfigError {
+                key: "store.database_url",
+                message,
+            })
     }
 
     /// For `check-config`: would `serve` keep its state? Names the key and
@@ -150,6 +170,48 @@ pub struct Opened {
     pub store: Result<Store, String>,
 }
 
+/// Open the watchdog's alert store in PostgreSQL for `host` when
+/// `[store] database_url` is set (`None` otherwise). `Err` only for a host
+/// another vmscope holds there; any other failure (unreachable, refused,
+/// bad password) is the watchdog's to degrade around, like an unusable
+/// SQLite file.
+pub async fn open_alerts_pg(
+    cfg: &StoreConfig,
+    host: &str,
+    metrics: Arc<DbMetrics>,
+) -> Result<Option<Opened>, StoreError> {
+    let config = match cfg.postgres() {
+        Ok(Some(c)) => c,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            return Ok(Some(Opened {
+                path: None,
+                metrics,
+                store: Err(e.to_string()),
+            }));
+        }
+    };
+    let shown = format!("{} (host {host})", super::pg_alerts::describe(&config));
+    let store = match Store::open(
+        Location::Postgres {
+            config: Box::new(config),
+            host: host.to_owned(),
+        },
+        metrics.clone(),
+    )
+    .await
+    {
+        Ok(s) => Ok(s),
+        Err(e @ StoreError::HostTaken { .. }) => return Err(e),
+        Err(e) => Err(ErrorChain(&e).to_string()),
+    };
+    Ok(Some(Opened {
+        path: Some(PathBuf::from(shown)),
+        metrics,
+        store,
+    }))
+}
+
 /// Open the store once, for everything that uses it. `Err` only for a
 /// database another vmscope holds.
 pub async fn open(cfg: &StoreConfig, metrics: Arc<DbMetrics>) -> Result<Opened, StoreError> {
@@ -217,6 +279,7 @@ mod tests {
         let mut c = StoreConfig {
             path: Some(PathBuf::new()),
             path_key: PATH_KEY,
+            database_url: None,
         };
         assert_eq!(
             c.validate().unwrap_err().to_string(),
@@ -247,6 +310,7 @@ mod tests {
         let none = StoreConfig {
             path: None,
             path_key: PATH_KEY,
+            database_url: None,
         };
         let o = open(&none, Arc::new(DbMetrics::new())).await.unwrap();
         let why = o.store.err().unwrap();
@@ -259,6 +323,7 @@ mod tests {
         let cfg = StoreConfig {
             path: Some(dir.path().join("s.db")),
             path_key: PATH_KEY,
+            database_url: None,
         };
         let first = open(&cfg, Arc::new(DbMetrics::new())).await.unwrap();
         assert!(first.store.is_ok());
@@ -271,6 +336,7 @@ mod tests {
         let cfg = StoreConfig {
             path: Some(junk.clone()),
             path_key: PATH_KEY,
+            database_url: None,
         };
         let o = open(&cfg, Arc::new(DbMetrics::new())).await.unwrap();
         assert_eq!(o.path, Some(junk));

@@ -269,9 +269,12 @@ pub trait LedgerStore {
 }
 
 impl Backend {
-    pub fn ledger(&mut self) -> &mut dyn LedgerStore {
+    /// The ledger's tables: only in SQLite (the fleet's PostgreSQL copy is
+    /// written by the shipper, not through the store thread).
+    pub fn ledger(&mut self) -> Result<&mut dyn LedgerStore, StoreError> {
         match self {
-            Backend::Sqlite(s) => s,
+            Backend::Sqlite(s) => Ok(s),
+            Backend::Postgres(_) => Err(StoreError::NoLedger),
         }
     }
 }
@@ -289,7 +292,7 @@ impl Store {
         let metrics = self.metrics.clone();
         let job: Job = Box::new(move |backend: &mut Backend| {
             let start = Instant::now();
-            let res = f(backend.ledger());
+            let res = backend.ledger().and_then(f);
             metrics.observe(op, start.elapsed(), res.is_ok());
             let _ = tx.send(res);
         });

@@ -1,6 +1,6 @@
-//! Persistent state: alert episodes and the notification log (today), the
-//! usage ledger (later), in an embedded SQLite database (today) or
-//! PostgreSQL (later).
+//! Persistent state: alert episodes, the notification log and outbox, and
+//! the usage ledger, in an embedded SQLite database; the alert state may
+//! instead live in PostgreSQL ([`pg_alerts`], `[store] database_url`).
 //!
 //! Reads/writes: the database file named by `store.path` (see [`config`]:
 //! opened once by the serve command and handed to its users; default
@@ -28,6 +28,7 @@ pub mod config;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;
+pub mod pg_alerts;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -78,6 +79,19 @@ pub enum StoreError {
     Foreign { path: PathBuf, detail: String },
     #[error("stored {what} is not valid: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    #[error("PostgreSQL operation {op} failed")]
+    Postgres {
+        op: &'static str,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error(
+        "the alert store {at} already has a vmscope for host {host:?} (it holds the host's \
+         advisory lock); give each host its own name, or stop the other agent"
+    )]
+    HostTaken { host: String, at: String },
+    #[error("the usage ledger lives in the SQLite state database, not in this store")]
+    NoLedger,
     #[error("the state database thread has stopped")]
     Closed,
     #[error("the state database thread is busy (its queue of {QUEUE} jobs is full)")]
@@ -85,11 +99,32 @@ pub enum StoreError {
 }
 
 /// Where state lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Location {
     /// An SQLite file (created with its parent directory if missing).
     Sqlite(PathBuf),
+    /// The alert state of host `host` in PostgreSQL (`[store]
+    /// database_url`); the ledger stays in SQLite.
+    Postgres {
+        config: Box<postgres::Config>,
+        host: String,
+    },
 }
+
+impl PartialEq for Location {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Location::Sqlite(a), Location::Sqlite(b)) => a == b,
+            (
+                Location::Postgres { config: a, host: h },
+                Location::Postgres { config: b, host: g },
+            ) => h == g && pg_alerts::describe(a) == pg_alerts::describe(b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Location {}
 
 /// One alert episode: a (rule, scope) firing from `started_at` until
 /// `resolved_at` (open while `None`).
@@ -236,19 +271,27 @@ pub trait AlertStore {
 }
 
 /// The backends. Adding PostgreSQL = one variant + its `AlertStore` impl.
+// One value per store thread, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Sqlite(sqlite::SqliteStore),
+    /// Alert state only (the ledger keeps its own SQLite store).
+    Postgres(Box<pg_alerts::PgAlertStore>),
 }
 
 impl Backend {
     pub fn open(location: &Location) -> Result<Backend, StoreError> {
         match location {
             Location::Sqlite(path) => Ok(Backend::Sqlite(sqlite::SqliteStore::open(path)?)),
+            Location::Postgres { config, host } => Ok(Backend::Postgres(Box::new(
+                pg_alerts::PgAlertStore::open((**config).clone(), host)?,
+            ))),
         }
     }
     pub fn alerts(&mut self) -> &mut dyn AlertStore {
         match self {
             Backend::Sqlite(s) => s,
+            Backend::Postgres(p) => p.as_mut(),
         }
     }
 }
