@@ -4,7 +4,7 @@
  *
  * Setup (not measured): find the VM processes (comm starting with "qemu-system"
  * or the pids given), open and keep open per VM `/proc/PID/stat`,
- * `/proc/PID/io` and `/proc/PID/task/TID/schedstat` of every thread named
+ * `/proc/PID/statm`, `/proc/PID/io` and `/proc/PID/task/TID/schedstat` of every thread named
  * "CPU N/..."; one `/proc/PID/net/dev` per network namespace; `/proc/stat`,
  * `/proc/meminfo`, `/proc/loadavg`.
  * Each iteration re-reads every held file with one pread(fd, buf, 0) (procfs
@@ -85,6 +85,8 @@ static size_t nns;
 static void add_vm(int pid) {
     char path[512], link[64] = {0};
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    add_fd(path);
+    snprintf(path, sizeof path, "/proc/%d/statm", pid);
     add_fd(path);
     snprintf(path, sizeof path, "/proc/%d/io", pid);
     add_fd(path);

@@ -12,6 +12,8 @@ use std::fmt;
 pub enum FileKind {
     /// `/proc/<pid>/stat` or `/proc/<pid>/task/<tid>/stat`.
     Stat,
+    /// `/proc/<pid>/statm`.
+    Statm,
     /// `/proc/<pid>/schedstat`.
     SchedStat,
     /// `/proc/<pid>/io`.
@@ -33,6 +35,7 @@ impl FileKind {
     pub fn as_str(self) -> &'static str {
         match self {
             FileKind::Stat => "proc_pid_stat",
+            FileKind::Statm => "proc_pid_statm",
             FileKind::SchedStat => "proc_pid_schedstat",
             FileKind::Io => "proc_pid_io",
             FileKind::MemInfo => "proc_meminfo",
@@ -48,6 +51,7 @@ impl fmt::Display for FileKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             FileKind::Stat => "/proc/<pid>/stat",
+            FileKind::Statm => "/proc/<pid>/statm",
             FileKind::SchedStat => "/proc/<pid>/schedstat",
             FileKind::Io => "/proc/<pid>/io",
             FileKind::MemInfo => "/proc/meminfo",

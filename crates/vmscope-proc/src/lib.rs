@@ -22,6 +22,7 @@ pub mod netdev;
 pub mod procstat;
 pub mod schedstat;
 pub mod stat;
+pub mod statm;
 
 pub use cmdline::*;
 pub use error::{FileKind, ParseError};
@@ -36,3 +37,4 @@ pub use netdev::*;
 pub use procstat::*;
 pub use schedstat::*;
 pub use stat::*;
+pub use statm::*;

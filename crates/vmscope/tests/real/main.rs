@@ -22,6 +22,7 @@ mod owners_redis;
 mod owners_sql;
 mod owners_usage;
 mod state_db;
+mod vm_memory;
 mod watchdog_e2e;
 mod watchdog_secrets;
 mod watchdog_sinks;
