@@ -75,7 +75,7 @@ desc!(
     counter,
     "vmscope_vm_vcpu_wait_seconds_total",
     concat!(
-        "Time each vCPU thread was runnable but waiting for a host CPU (what the guest sees as steal), ",
+        "Time each vCPU thread was runnable but waiting for a host CPU: the scheduler's run delay, what the guest sees as steal, libvirt's vcpu.N.delay (not libvirt's vcpu.N.wait), ",
         "measured from the host (the hypervisor process), not inside the guest."
     )
 );
