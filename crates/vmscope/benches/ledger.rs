@@ -35,6 +35,7 @@ fn cfg() -> AccountConfig {
         max_rows: 500_000,
         boot_id: "3f1c2a9e-0b7d-4c55-9a0e-1d2b3c4d5e6f".into(),
         boot_time: 1_700_000_000.0,
+        max_owners: 1000,
     }
 }
 
@@ -94,7 +95,7 @@ fn observe(c: &mut Criterion) {
                 if seq % 12 == 0 {
                     let mut a = a.borrow_mut();
                     let (_, marks) = a.batch();
-                    a.flushed(marks);
+                    a.flushed(marks, &[]);
                 }
                 let mut v = template.clone();
                 for vm in &mut v {
@@ -126,7 +127,7 @@ fn flush(c: &mut Criterion) {
             },
             |(batch, marks)| {
                 store.flush_ledger(black_box(&batch)).unwrap();
-                a.borrow_mut().flushed(marks);
+                a.borrow_mut().flushed(marks, &[]);
             },
             criterion::BatchSize::LargeInput,
         );
@@ -145,7 +146,7 @@ fn growth() {
         a.observe(&snap(minute + 1, minute * 60, vms(N, minute * 60)));
         let (batch, marks) = a.batch();
         store.flush_ledger(&batch).unwrap();
-        a.flushed(marks);
+        a.flushed(marks, &[]);
     }
     let full = size(&store);
     eprintln!(

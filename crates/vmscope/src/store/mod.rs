@@ -38,8 +38,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Opened, StoreConfig, open};
 pub use ledger::{
-    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
-    UsageBy, UsageQuery, UsageTotal,
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
+    NetCounter, Quantities, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageBy, UsageQuery,
+    UsageTotal,
 };
 pub use metrics::{DbMetrics, OPS};
 

@@ -18,8 +18,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::ledger::{
-    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
-    UsageQuery, UsageTotal,
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
+    NetCounter, Quantities, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageQuery, UsageTotal,
 };
 use super::lock::DbLock;
 use super::{
@@ -114,6 +114,29 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             boot_id    TEXT    PRIMARY KEY,
             horizon_ms INTEGER NOT NULL
         ) WITHOUT ROWID;",
+    ),
+    // Migrations 4 (ledger tables rewrite) and 5 (PostgreSQL spool) are
+    // written in parallel; this one only adds a table.
+    // The ledger's counter totals (ledger/totals.rs): per owner (its own
+    // series), per owner kind (the overflow, key '') and per VM id, all the
+    // usage ever accounted on this host; added to in the flush transaction
+    // that moves the cursors, so they match what the cursors continue from.
+    (
+        6,
+        "CREATE TABLE ledger_totals (
+            kind                          TEXT    NOT NULL,
+            key                           TEXT    NOT NULL,
+            label                         TEXT,
+            cpu_seconds                   REAL    NOT NULL,
+            vcpu_allocated_seconds        REAL    NOT NULL,
+            memory_allocated_byte_seconds REAL    NOT NULL,
+            net_rx_bytes                  INTEGER NOT NULL,
+            net_tx_bytes                  INTEGER NOT NULL,
+            first_ms                      INTEGER NOT NULL,
+            last_ms                       INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX ledger_totals_recent ON ledger_totals (kind, last_ms);",
     ),
 ];
 
@@ -744,6 +767,86 @@ fn row_to_ledger(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerKey, LedgerUs
     ))
 }
 
+const TOTALS_COLS: &str = "kind, key, cpu_seconds, vcpu_allocated_seconds, \
+     memory_allocated_byte_seconds, net_rx_bytes, net_tx_bytes, last_ms";
+
+/// A `ledger_totals` row; `None` for a kind this vmscope does not know
+/// (written by a newer one: left alone).
+fn row_to_total(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<LedgerTotal>> {
+    let kind: String = r.get(0)?;
+    let Some(kind) = TotalsKind::from_name(&kind) else {
+        return Ok(None);
+    };
+    Ok(Some(LedgerTotal {
+        kind,
+        key: r.get(1)?,
+        q: Quantities {
+            cpu_seconds: r.get(2)?,
+            vcpu_allocated_seconds: r.get(3)?,
+            memory_allocated_byte_seconds: r.get(4)?,
+            net_rx_bytes: to_u64(r.get(5)?),
+            net_tx_bytes: to_u64(r.get(6)?),
+        },
+        last_ms: r.get(7)?,
+    }))
+}
+
+/// Adds a flush's usage to `ledger_totals` (inside the flush's
+/// transaction: the totals move with the cursors, never apart). Adding
+/// rather than replacing lets a VM's first flush count before its earlier
+/// total was read back; a failed transaction adds nothing, and the ledger
+/// sends the same usage again only after a failure.
+fn add_totals(tx: &rusqlite::Transaction<'_>, totals: &[TotalsDelta]) -> rusqlite::Result<()> {
+    let mut add = tx.prepare_cached(
+        "INSERT INTO ledger_totals (kind, key, label, cpu_seconds, vcpu_allocated_seconds, \
+         memory_allocated_byte_seconds, net_rx_bytes, net_tx_bytes, first_ms, last_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+         ON CONFLICT (kind, key) DO UPDATE SET \
+         label = COALESCE(excluded.label, label), \
+         cpu_seconds = cpu_seconds + excluded.cpu_seconds, \
+         vcpu_allocated_seconds = vcpu_allocated_seconds + excluded.vcpu_allocated_seconds, \
+         memory_allocated_byte_seconds = memory_allocated_byte_seconds + excluded.memory_allocated_byte_seconds, \
+         net_rx_bytes = MIN(net_rx_bytes + excluded.net_rx_bytes, 9223372036854775807), \
+         net_tx_bytes = MIN(net_tx_bytes + excluded.net_tx_bytes, 9223372036854775807), \
+         last_ms = MAX(last_ms, excluded.last_ms)",
+    )?;
+    for t in totals {
+        add.execute(params![
+            t.kind.as_str(),
+            t.key,
+            t.label,
+            t.add.cpu_seconds,
+            t.add.vcpu_allocated_seconds,
+            t.add.memory_allocated_byte_seconds,
+            to_i64(t.add.net_rx_bytes),
+            to_i64(t.add.net_tx_bytes),
+            t.at_ms,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The totals the ledger continues from at start: the overflow rows and
+/// the most recently active owners of each kind.
+fn load_totals(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<LedgerTotal>> {
+    let mut out = Vec::new();
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {TOTALS_COLS} FROM ledger_totals WHERE kind = ?1 ORDER BY last_ms DESC LIMIT ?2"
+    ))?;
+    for (kind, limit) in [
+        (TotalsKind::UserOverflow, 1),
+        (TotalsKind::ProjectOverflow, 1),
+        (TotalsKind::User, TOTALS_RESTORE_OWNERS),
+        (TotalsKind::Project, TOTALS_RESTORE_OWNERS),
+    ] {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        for t in stmt.query_map(params![kind.as_str(), limit], row_to_total)? {
+            out.extend(t?);
+        }
+    }
+    Ok(out)
+}
+
 impl LedgerStore for SqliteStore {
     fn load_ledger(
         &mut self,
@@ -818,11 +921,13 @@ impl LedgerStore for SqliteStore {
             )
             .optional()
             .map_err(q(op))?;
+        let totals = load_totals(&tx).map_err(q(op))?;
         tx.commit().map_err(q(op))?;
         Ok(LedgerRestore {
             cursors,
             rows,
             horizon_ms,
+            totals,
         })
     }
 
@@ -902,8 +1007,34 @@ impl LedgerStore for SqliteStore {
                 )
                 .map_err(q(op))?;
             }
+            add_totals(&tx, &batch.totals).map_err(q(op))?;
         }
         tx.commit().map_err(q(op))
+    }
+
+    fn ledger_totals(
+        &mut self,
+        keys: &[(TotalsKind, String)],
+    ) -> Result<Vec<LedgerTotal>, StoreError> {
+        let op = "ledger_flush";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {TOTALS_COLS} FROM ledger_totals WHERE kind = ?1 AND key = ?2"
+            ))
+            .map_err(q(op))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (kind, key) in keys {
+            if let Some(t) = stmt
+                .query_row(params![kind.as_str(), key], row_to_total)
+                .optional()
+                .map_err(q(op))?
+                .flatten()
+            {
+                out.push(t);
+            }
+        }
+        Ok(out)
     }
 
     fn usage(&mut self, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
@@ -982,6 +1113,9 @@ mod tests {
         }
     }
 
+    /// The newest schema version (every migration applied).
+    const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
     #[test]
     fn wal_mode_migrations_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -989,12 +1123,12 @@ mod tests {
         {
             let mut s = SqliteStore::open(&path).unwrap();
             assert_eq!(s.journal_mode().unwrap(), "wal");
-            assert_eq!(s.schema_version().unwrap(), 3);
+            assert_eq!(s.schema_version().unwrap(), LATEST);
             s.apply(&[open("cpu", "host", 10)]).unwrap();
         }
         // Reopening does not re-run migrations and keeps the open episode.
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), LATEST);
         let eps = s.open_episodes().unwrap();
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].started_at, t(10));
@@ -1245,6 +1379,7 @@ mod tests {
             cursors: vec![cursor("b1:10:5", 90_000), cursor("b0:9:1", 10)],
             forget: Vec::new(),
             horizon: Some(("b1".into(), 90_000)),
+            totals: Vec::new(),
         };
         {
             let mut s = SqliteStore::open(&path).unwrap();
