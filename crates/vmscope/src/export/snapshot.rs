@@ -17,9 +17,9 @@ use super::MetricSource;
 use super::encoder::{Encode, MetricWriter};
 use super::writer::{Desc, LabelSet};
 use crate::BuildInfo;
+use crate::model::counters::CounterTotals;
 use crate::model::identity::{OwnerIndex, OwnerKind, label};
 use crate::model::usage::series_label;
-use crate::model::counters::CounterTotals;
 use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
 
 macro_rules! desc {

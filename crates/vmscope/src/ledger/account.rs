@@ -38,10 +38,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::model::identity::{self, OwnerIndex, OwnerKind};
-use crate::model::{NetStats, Snapshot, VmState, VmStats};
 use super::totals::{Totals, TotalsMarks};
 use crate::model::counters::{CounterTotals, Quantities};
+use crate::model::identity::{self, OwnerIndex, OwnerKind};
+use crate::model::{NetStats, Snapshot, VmState, VmStats};
 use crate::store::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerTotal, LedgerUsage, NetCounter,
 };
@@ -1157,7 +1157,10 @@ mod tests {
         assert_eq!((vm20.net_rx_bytes, vm20.net_tx_bytes), (700, 70));
         // 2 vCPUs and 1 GiB over 5 observed seconds.
         assert_eq!(vm20.vcpu_allocated_seconds, 10.0);
-        assert_eq!(vm20.memory_allocated_byte_seconds, 5.0 * f64::from(1u32 << 30));
+        assert_eq!(
+            vm20.memory_allocated_byte_seconds,
+            5.0 * f64::from(1u32 << 30)
+        );
         // Usage since the flush is not shown until the next one commits it.
         let mut b = v(20, 6.0);
         owner(&mut b, "bob", "proj-2");
@@ -1237,7 +1240,11 @@ mod tests {
         flush(&mut a, &mut store);
         let c = shown(&mut a);
         assert_eq!(
-            c.users.owners.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(),
+            c.users
+                .owners
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .collect::<Vec<_>>(),
             ["bob"]
         );
         // bob's usage since he got the series (2 -> 10).
@@ -1246,7 +1253,12 @@ mod tests {
         assert_eq!(owner_cpu(&c, OwnerKind::User, "__other__"), Some(11.0));
         // Every CPU second of the host is in exactly one user series.
         let host_cpu = 1.0 + 10.0 + 9.0;
-        let listed: f64 = c.users.owners.iter().map(|(_, q)| q.cpu_seconds).sum::<f64>()
+        let listed: f64 = c
+            .users
+            .owners
+            .iter()
+            .map(|(_, q)| q.cpu_seconds)
+            .sum::<f64>()
             + c.users.other.unwrap().cpu_seconds
             + 1.0; // alice's, no longer listed, in the table
         assert!((listed - host_cpu).abs() < 1e-9, "{listed}");
@@ -1273,7 +1285,10 @@ mod tests {
         // bob's VM exits; its last usage is flushed with the rest.
         a.observe(&owned(3, 10_000, &[v(10, 10.0)], 1000));
         flush(&mut a, &mut store);
-        assert_eq!(owner_cpu(&shown(&mut a), OwnerKind::User, "alice"), Some(10.0));
+        assert_eq!(
+            owner_cpu(&shown(&mut a), OwnerKind::User, "alice"),
+            Some(10.0)
+        );
         // Not flushed: lost with a crash, but derived again from the cursor.
         a.observe(&owned(4, 15_000, &[v(10, 15.0)], 1000));
         drop(a);
@@ -1313,6 +1328,9 @@ mod tests {
         );
         a.observe(&owned(3, 10_000, &[v(10, 4.0)], 1000));
         flush(&mut a, &mut store);
-        assert_eq!(owner_cpu(&shown(&mut a), OwnerKind::User, "alice"), Some(4.0));
+        assert_eq!(
+            owner_cpu(&shown(&mut a), OwnerKind::User, "alice"),
+            Some(4.0)
+        );
     }
 }

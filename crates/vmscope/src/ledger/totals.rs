@@ -237,13 +237,7 @@ impl Totals {
     }
 
     /// Usage of VM `vm_id` owned by (`user`, `project`) keys, to count.
-    pub fn add(
-        &mut self,
-        vm_id: &str,
-        user: Option<&str>,
-        project: Option<&str>,
-        q: &Quantities,
-    ) {
+    pub fn add(&mut self, vm_id: &str, user: Option<&str>, project: Option<&str>, q: &Quantities) {
         if let Some(c) = self.vms.get_mut(vm_id) {
             c.pending.add(q);
         }
@@ -323,7 +317,9 @@ impl Totals {
             .map(|t| ((t.kind, t.key.as_str()), &t.q))
             .collect();
         for (kind, key) in &marks.keys {
-            let q = by_key.get(&(*kind, key.as_str())).map_or_else(Quantities::default, |q| **q);
+            let q = by_key
+                .get(&(*kind, key.as_str()))
+                .map_or_else(Quantities::default, |q| **q);
             if let Some(c) = self.counter_mut(*kind, key) {
                 c.committed = Some(q);
                 c.sent = None;

@@ -424,7 +424,9 @@ fn ledger_counters_cover_the_snapshots_vms_and_the_owners_and_nothing_without_a_
     )));
     assert!(!text.contains("vmscope_project_cpu_seconds_total{project=\"__other__\"}"));
     let om = encode(Format::OpenMetrics, &[&snap]);
-    assert!(om.contains("# TYPE vmscope_user_cpu_seconds counter\n# UNIT vmscope_user_cpu_seconds seconds\n"));
+    assert!(om.contains(
+        "# TYPE vmscope_user_cpu_seconds counter\n# UNIT vmscope_user_cpu_seconds seconds\n"
+    ));
     promtool_passes(&text);
 
     let plain = fixture::snapshot(3);
