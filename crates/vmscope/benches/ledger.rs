@@ -95,7 +95,7 @@ fn observe(c: &mut Criterion) {
                 if seq % 12 == 0 {
                     let mut a = a.borrow_mut();
                     let (_, marks) = a.batch();
-                    a.flushed(marks, &[]);
+                    a.flushed(marks, Some(&[]));
                 }
                 let mut v = template.clone();
                 for vm in &mut v {
@@ -127,7 +127,7 @@ fn flush(c: &mut Criterion) {
             },
             |(batch, marks)| {
                 store.flush_ledger(black_box(&batch)).unwrap();
-                a.borrow_mut().flushed(marks, &[]);
+                a.borrow_mut().flushed(marks, Some(&[]));
             },
             criterion::BatchSize::LargeInput,
         );
@@ -146,7 +146,7 @@ fn growth() {
         a.observe(&snap(minute + 1, minute * 60, vms(N, minute * 60)));
         let (batch, marks) = a.batch();
         store.flush_ledger(&batch).unwrap();
-        a.flushed(marks, &[]);
+        a.flushed(marks, Some(&[]));
     }
     let full = size(&store);
     eprintln!(

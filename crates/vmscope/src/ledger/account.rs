@@ -388,8 +388,9 @@ impl Accountant {
 
     /// The batch behind `marks` is in the store: mark its rows clean (those
     /// not changed since) and drop what is no longer needed in memory.
-    /// `totals`: the counter totals of `marks` read back after the write.
-    pub fn flushed(&mut self, marks: BatchMarks, totals: &[LedgerTotal]) {
+    /// `totals`: the counter totals of `marks` read back after the write
+    /// (`None`: written, but reading them back failed).
+    pub fn flushed(&mut self, marks: BatchMarks, totals: Option<&[LedgerTotal]>) {
         self.totals.flushed(marks.totals, totals);
         for (k, v) in marks.rows {
             if let Some(e) = self.rows.get_mut(&k) {
@@ -989,7 +990,7 @@ mod tests {
         a.observe(&snap(1, 0, &[v(10, 0.0)]));
         a.observe(&snap(2, 20_000, &[v(10, 20.0)]));
         let (batch, marks) = a.batch();
-        a.flushed(marks, &[]);
+        a.flushed(marks, Some(&[]));
         // Not flushed: lost with the crash (observed time only).
         a.observe(&snap(3, 30_000, &[v(10, 30.0)]));
         // The next run loads what was flushed.
@@ -1045,19 +1046,19 @@ mod tests {
         assert_eq!((b1.rows.len(), b1.cursors.len()), (1, 1));
         // A snapshot arrives while the flush is in flight: the row changes.
         a.observe(&snap(3, 10_000, &[v(10, 2.0)]));
-        a.flushed(m1, &[]);
+        a.flushed(m1, Some(&[]));
         assert_eq!(a.pending(), 1, "changed after the batch was taken");
         let (b2, m2) = a.batch();
         assert!(
             (b2.rows[0].1.cpu_seconds - 2.0).abs() < 1e-9,
             "running total"
         );
-        a.flushed(m2, &[]);
+        a.flushed(m2, Some(&[]));
         assert_eq!(a.pending(), 0);
         // Past its interval and written: dropped from memory.
         a.observe(&snap(4, 65_000, &[v(10, 3.0)]));
         let (_, m3) = a.batch();
-        a.flushed(m3, &[]);
+        a.flushed(m3, Some(&[]));
         assert!(rows(&a).iter().all(|(s, _)| *s == 60));
         // A VM gone for longer than forget_after is forgotten (cursor deleted).
         a.observe(&snap(5, 700_000, &[]));
@@ -1107,7 +1108,7 @@ mod tests {
         let (batch, marks) = a.batch();
         db.flush_ledger(&batch).unwrap();
         let read = db.ledger_totals(marks.totals_keys()).unwrap();
-        a.flushed(marks, &read);
+        a.flushed(marks, Some(&read));
     }
 
     fn shown(a: &mut Accountant) -> std::sync::Arc<CounterTotals> {
@@ -1332,5 +1333,25 @@ mod tests {
             owner_cpu(&shown(&mut a), OwnerKind::User, "alice"),
             Some(4.0)
         );
+    }
+
+    #[test]
+    fn a_flush_whose_totals_do_not_read_back_is_not_sent_again() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        a.observe(&owned(1, 0, &[v(10, 0.0)], 1000));
+        a.observe(&owned(2, 5_000, &[v(10, 3.0)], 1000));
+        let (batch, marks) = a.batch();
+        store.flush_ledger(&batch).unwrap();
+        // Written, but the read-back failed.
+        a.flushed(marks, None);
+        let c = shown(&mut a);
+        assert!(c.vm("vm-10").is_none() && c.users.owners.is_empty());
+        assert!(a.totals_unread(), "read again at once");
+        a.observe(&owned(3, 10_000, &[v(10, 4.0)], 1000));
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(4.0));
+        assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 4.0);
     }
 }

@@ -330,8 +330,9 @@ pub fn start(
     }
 }
 
-/// A flush's answer: the counter totals it read back after writing.
-type FlushResult = oneshot::Receiver<Result<Vec<LedgerTotal>, StoreError>>;
+/// A flush's answer: whether it was written and, if so, the counter totals
+/// it read back after writing (or why that read failed: the flush stands).
+type FlushResult = oneshot::Receiver<Result<Result<Vec<LedgerTotal>, StoreError>, StoreError>>;
 
 /// The ledger thread's state.
 struct Worker {
@@ -471,10 +472,11 @@ impl Worker {
         }
         let keys = marks.totals_keys().to_vec();
         // The read-back runs right after the commit on the store thread,
-        // which runs one job at a time: it sees exactly this flush.
+        // which runs one job at a time: it sees exactly this flush. Its
+        // failure is not the flush's: what is committed is never resent.
         match self.store.ledger_job("ledger_flush", move |s| {
             s.flush_ledger(&batch)?;
-            s.ledger_totals(&keys)
+            Ok(s.ledger_totals(&keys))
         }) {
             Ok(rx) => self.in_flight = Some((rx, marks, Instant::now())),
             Err(e) => {
@@ -510,7 +512,10 @@ impl Worker {
             None => self.in_flight = Some((rx, marks, sent)),
             Some(Ok(totals)) => {
                 let rows = marks.rows();
-                self.acct.flushed(marks, &totals);
+                if let Err(e) = &totals {
+                    tracing::warn!(error = %ErrorChain(e), "usage ledger flush written, but its counter totals did not read back; read at the next flush");
+                }
+                self.acct.flushed(marks, totals.as_deref().ok());
                 self.metrics
                     .flushed(sent.elapsed().as_secs_f64(), rows, now_ms());
             }

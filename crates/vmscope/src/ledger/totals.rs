@@ -310,9 +310,13 @@ impl Totals {
     }
 
     /// The batch behind `marks` is written; `read` holds the committed
-    /// totals of its keys (a key absent from the table: zero).
-    pub fn flushed(&mut self, marks: TotalsMarks, read: &[LedgerTotal]) {
+    /// totals of its keys (a key absent from the table: zero), or `None`
+    /// when reading them back failed: the usage is in the table (it must
+    /// not be sent again), its total is not known, so those series leave
+    /// `/metrics` until the next flush reads them.
+    pub fn flushed(&mut self, marks: TotalsMarks, read: Option<&[LedgerTotal]>) {
         let by_key: HashMap<(TotalsKind, &str), &Quantities> = read
+            .unwrap_or_default()
             .iter()
             .map(|t| ((t.kind, t.key.as_str()), &t.q))
             .collect();
@@ -321,8 +325,9 @@ impl Totals {
                 .get(&(*kind, key.as_str()))
                 .map_or_else(Quantities::default, |q| **q);
             if let Some(c) = self.counter_mut(*kind, key) {
-                c.committed = Some(q);
                 c.sent = None;
+                c.committed = read.is_some().then_some(q);
+                c.asked = read.is_some();
             }
         }
         // Forget what is neither shown nor waiting to be written.
