@@ -216,15 +216,17 @@ impl Totals {
                 }
             }
             for o in usage.owners.iter().filter(|o| !o.folded) {
-                let c = k.owners.entry(o.key.clone()).or_insert_with(|| Counter {
-                    label: o.name.clone(),
-                    last_ms: at_ms,
-                    seen_seq: snap.seq,
-                    ..Counter::default()
-                });
-                if c.held {
-                    continue;
-                }
+                // Looked up before inserting: no key copied per tick.
+                let c = match k.owners.get_mut(o.key.as_str()) {
+                    Some(c) if c.held => continue,
+                    Some(c) => c,
+                    None => k.owners.entry(o.key.clone()).or_insert_with(|| Counter {
+                        label: o.name.clone(),
+                        last_ms: at_ms,
+                        seen_seq: snap.seq,
+                        ..Counter::default()
+                    }),
+                };
                 c.held = true;
                 k.held += 1;
                 changed = true;
