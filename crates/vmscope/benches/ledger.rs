@@ -139,6 +139,25 @@ fn flush(c: &mut Criterion) {
             criterion::BatchSize::LargeInput,
         );
     });
+    // The same flush without the counter totals (neither written nor read
+    // back): the flush as it was before them, measured alongside.
+    c.bench_function("ledger/flush/1000_without_counter_totals", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                let mut a = a.borrow_mut();
+                a.observe(&snap(seq, seq * 5, vms(1000, seq)));
+                let (mut batch, marks) = a.batch();
+                batch.totals.clear();
+                (batch, marks)
+            },
+            |(batch, marks)| {
+                store.flush_ledger(black_box(&batch)).unwrap();
+                a.borrow_mut().flushed(marks, Some(&[]));
+            },
+            criterion::BatchSize::LargeInput,
+        );
+    });
 }
 
 fn growth() {

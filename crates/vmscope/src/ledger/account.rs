@@ -1178,6 +1178,22 @@ mod tests {
             .map(|(_, u)| u.cpu_seconds)
             .sum();
         assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(rows_bob));
+        // Known totals are not read back: added in memory as in SQLite,
+        // to the same value, bit for bit.
+        let mut stored =
+            |kind, key: &str| store.ledger_totals(&[(kind, key.to_owned())]).unwrap()[0].q;
+        assert_eq!(
+            Some(stored(crate::store::TotalsKind::User, "alice")),
+            c.users
+                .owners
+                .iter()
+                .find(|(l, _)| l == "alice")
+                .map(|(_, q)| *q)
+        );
+        assert_eq!(
+            Some(&stored(crate::store::TotalsKind::Vm, "vm-20")),
+            c.vm("vm-20")
+        );
     }
 
     #[test]

@@ -12,8 +12,10 @@
 //!
 //! Rules (docs/ledger.md, "Counters on /metrics"):
 //! - **Only committed totals are shown.** A flush adds the usage since the
-//!   last one in the same transaction as the cursors, and reads the rows
-//!   back; the series show what was read. After a crash the agent
+//!   last one in the same transaction as the cursors; once it answers,
+//!   a total known before becomes known + what was sent (the addition
+//!   SQLite did), one not known yet (a VM just seen) is read back right
+//!   after the commit; the series show those. After a crash the agent
 //!   continues from the cursors of that transaction, so it continues from
 //!   exactly the totals shown: a series never goes down. (Showing unflushed
 //!   usage too would be fresher, but usage between the last flush and a
@@ -86,13 +88,18 @@ struct KindTotals {
 /// What a batch carried, to settle when its answer comes.
 #[derive(Debug, Default)]
 pub struct TotalsMarks {
-    keys: Vec<(TotalsKind, String)>,
+    /// Every key whose usage is in flight.
+    sent: Vec<(TotalsKind, String)>,
+    /// The keys whose committed totals are not known: read back after the
+    /// write. The others are known: committed + what was sent, the same
+    /// addition SQLite does, so they need no read.
+    read: Vec<(TotalsKind, String)>,
 }
 
 impl TotalsMarks {
     /// The keys whose committed totals the flush must read back.
     pub fn keys(&self) -> &[(TotalsKind, String)] {
-        &self.keys
+        &self.read
     }
 }
 
@@ -279,7 +286,10 @@ impl Totals {
             }
             c.sent = Some(std::mem::take(&mut c.pending));
             c.asked = true;
-            marks.keys.push((kind, key.to_owned()));
+            marks.sent.push((kind, key.to_owned()));
+            if c.committed.is_none() {
+                marks.read.push((kind, key.to_owned()));
+            }
         };
         for kind in OwnerKind::ALL {
             let (own, over) = kinds(kind);
@@ -312,22 +322,29 @@ impl Totals {
     }
 
     /// The batch behind `marks` is written; `read` holds the committed
-    /// totals of its keys (a key absent from the table: zero), or `None`
-    /// when reading them back failed: the usage is in the table (it must
-    /// not be sent again), its total is not known, so those series leave
-    /// `/metrics` until the next flush reads them.
+    /// totals of the keys it read back (a key absent from the table:
+    /// zero), or `None` when reading them back failed: the usage is in the
+    /// table (it must not be sent again), those totals are not known, so
+    /// their series leave `/metrics` until the next flush reads them.
     pub fn flushed(&mut self, marks: TotalsMarks, read: Option<&[LedgerTotal]>) {
+        for (kind, key) in &marks.sent {
+            if let Some(c) = self.counter_mut(*kind, key)
+                && let Some(sent) = c.sent.take()
+                && let Some(q) = &mut c.committed
+            {
+                q.add(&sent);
+            }
+        }
         let by_key: HashMap<(TotalsKind, &str), &Quantities> = read
             .unwrap_or_default()
             .iter()
             .map(|t| ((t.kind, t.key.as_str()), &t.q))
             .collect();
-        for (kind, key) in &marks.keys {
+        for (kind, key) in &marks.read {
             let q = by_key
                 .get(&(*kind, key.as_str()))
                 .map_or_else(Quantities::default, |q| **q);
             if let Some(c) = self.counter_mut(*kind, key) {
-                c.sent = None;
                 c.committed = read.is_some().then_some(q);
                 c.asked = read.is_some();
             }
@@ -343,7 +360,7 @@ impl Totals {
 
     /// The batch behind `marks` failed: its usage goes with the next one.
     pub fn failed(&mut self, marks: TotalsMarks) {
-        for (kind, key) in &marks.keys {
+        for (kind, key) in &marks.sent {
             if let Some(c) = self.counter_mut(*kind, key)
                 && let Some(s) = c.sent.take()
             {
