@@ -35,19 +35,23 @@ fn stored_user_cpu(path: &Path, user: &str) -> Option<f64> {
         .ok()
 }
 
-/// Waits until `/metrics` shows `family{labels}` within 1 % of `kernel`
-/// (the flush after the freeze reached the exposition); returns the scrape.
-fn wait_for_value(agent: &Agent, family: &str, labels: &[(&str, &str)], kernel: f64) -> Exposition {
+/// Once the frozen VM's cursor is flushed (`freeze_and_settle`), U's
+/// total in the database is final: waits until `/metrics` shows exactly
+/// it (the flush reached the exposition); returns the scrape.
+fn wait_for_final(agent: &Agent, path: &Path, user: &str) -> Exposition {
+    let u = [("user", user)];
     poll_until(Duration::from_secs(15), Duration::from_millis(200), || {
         let e = agent.metrics();
-        let v = e.value(family, labels)?;
-        ((v - kernel).abs() <= (kernel * 0.01).max(0.02)).then_some(e)
+        let shown = e.value(USER_CPU, &u)?;
+        let stored = stored_user_cpu(path, user)?;
+        ((shown - stored).abs() <= 1e-9 * stored.max(1.0)).then_some(e)
     })
     .map(|(e, _)| e)
     .unwrap_or_else(|| {
         panic!(
-            "{family}{labels:?} never came within 1% of /proc's {kernel:.3} s: {:?}",
-            agent.metrics().value(family, labels)
+            "{USER_CPU}{{user={user:?}}} never showed the stored total {:?}: {:?}",
+            stored_user_cpu(path, user),
+            agent.metrics().value(USER_CPU, &u)
         )
     })
 }
@@ -107,8 +111,9 @@ fn user_counter_agrees_with_proc_survives_kill_9_and_outlives_its_vm() {
     // Frozen: the counter, the VM's ledger counter, the rows (API) and
     // /proc agree. The VM started after the agent, so all of its CPU is in.
     let k1 = freeze_and_settle(&vm, &path);
-    let e = wait_for_value(&agent, USER_CPU, &u, k1);
+    let e = wait_for_final(&agent, &path, &user);
     let shown1 = e.value(USER_CPU, &u).unwrap();
+    assert_close("U's counter", shown1, k1);
     assert_close("the VM's ledger counter", e.value(VM_CPU, &v).unwrap(), k1);
     let api = api_user_cpu(&agent, &user);
     assert!(
@@ -138,7 +143,12 @@ fn user_counter_agrees_with_proc_survives_kill_9_and_outlives_its_vm() {
         "after kill -9 the counter shows {after} < {flushed} flushed before"
     );
     let k2 = freeze_and_settle(&vm, &path);
-    let e = wait_for_value(&agent, USER_CPU, &u, k2);
+    let e = wait_for_final(&agent, &path, &user);
+    assert_close(
+        "U's counter after kill -9",
+        e.value(USER_CPU, &u).unwrap(),
+        k2,
+    );
     assert_close(
         "the VM's ledger counter after kill -9",
         e.value(VM_CPU, &v).unwrap(),
