@@ -442,6 +442,11 @@ impl Accountant {
         self.dropped
     }
 
+    /// Counter totals held in memory (VMs and owners; tests).
+    pub fn totals_len(&self) -> usize {
+        self.totals.len()
+    }
+
     /// Every row in memory (tests).
     pub fn rows(&self) -> impl Iterator<Item = (&LedgerKey, &LedgerUsage)> {
         self.rows.values().map(|e| (&e.key, &e.usage))
@@ -1369,5 +1374,37 @@ mod tests {
         let c = shown(&mut a);
         assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(4.0));
         assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 4.0);
+    }
+
+    #[test]
+    fn a_vm_that_comes_back_resumes_its_total_and_a_gone_one_leaves_memory() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        a.observe(&owned(1, 0, &[v(10, 0.0), v(20, 0.0)], 1000));
+        a.observe(&owned(2, 5_000, &[v(10, 2.0), v(20, 1.0)], 1000));
+        flush(&mut a, &mut store);
+        // vm-10 stops; once its last usage is written it leaves memory.
+        a.observe(&owned(3, 10_000, &[v(20, 2.0)], 1000));
+        flush(&mut a, &mut store);
+        assert!(shown(&mut a).vm("vm-10").is_none(), "{:?}", a.totals_len());
+        assert_eq!(a.totals_len(), 3, "vm-20, alice and proj-1");
+        // It starts again (a new process): its total goes on from 2 s.
+        let mut again = v(11, 0.0);
+        again.start = (T0 + 12) as f64;
+        let mut s = owned(4, 15_000, &[again, v(20, 3.0)], 1000);
+        s.vms[0].id = "vm-10".into();
+        a.observe(&s);
+        assert!(a.totals_unread());
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        // 0.0 at its start: nothing yet, but the earlier total is back.
+        assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 2.0);
+        let mut later = v(11, 1.5);
+        later.start = (T0 + 12) as f64;
+        let mut s = owned(5, 20_000, &[later, v(20, 4.0)], 1000);
+        s.vms[0].id = "vm-10".into();
+        a.observe(&s);
+        flush(&mut a, &mut store);
+        assert_eq!(shown(&mut a).vm("vm-10").unwrap().cpu_seconds, 3.5);
     }
 }
