@@ -466,6 +466,7 @@ impl Worker {
             && batch.forget.is_empty()
             && batch.horizon.is_none()
             && batch.totals.is_empty()
+            && marks.totals_keys().is_empty()
         {
             self.acct.flush_failed(marks);
             return;
