@@ -27,15 +27,19 @@
 //!   goes to its own series while it holds one, else to the kind's
 //!   overflow; so every series only grows and the sum over a kind's
 //!   series is all the usage of VMs with an owner of that kind.
-//! - **Owner series are bounded and stable.** At most `max_owners` owners
-//!   of a kind hold a series. Every owner with a gauge series of its own
-//!   this tick (the snapshot's fold, `model/usage.rs`) gets one; when all
-//!   are taken, the holder least recently seen with a VM that does not
-//!   have a gauge series gives its up (its series disappears; its total
-//!   stays in the table and resumes if it gets a series again). An owner
-//!   that is folded keeps a series it holds: no flapping with the RSS
-//!   ranking. An owner with no VM left keeps its series until its slot is
-//!   needed, across agent restarts (the most recently active are restored).
+//! - **Owner series are bounded.** At most `max_owners` owners of a kind
+//!   hold a series. Every owner with a gauge series of its own this tick
+//!   (the snapshot's fold, `model/usage.rs`) holds one, so the counters
+//!   and the gauges name the same owners; when all are taken, the holder
+//!   least recently seen with a VM among those without a gauge series
+//!   gives its up (its series disappears; its total stays in the table
+//!   and resumes if it gets a series again). A slot is only given up when
+//!   another owner needs it: an owner with no VM left keeps its series
+//!   while there is room, across agent restarts too (the most recently
+//!   active are restored). With more owners than `max_owners` on the
+//!   host, the set follows the gauges' fold, which ranks by RSS so that
+//!   it rarely changes; an owner moving across the edge only moves where
+//!   its next usage goes, no series goes down.
 //! - **VMs**: one total per VM id across its incarnations; in memory while
 //!   the VM is in the snapshot or has usage not yet written. Its earlier
 //!   total is read back by the first flush after it appears (which happens
