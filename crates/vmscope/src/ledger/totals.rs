@@ -451,3 +451,60 @@ fn evict(k: &mut KindTotals, owners: &[crate::model::usage::OwnerTotals], seq: u
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::float_cmp)]
+    use super::*;
+
+    fn total(kind: TotalsKind, key: &str, cpu: f64, last_ms: i64) -> LedgerTotal {
+        LedgerTotal {
+            kind,
+            key: key.into(),
+            q: Quantities {
+                cpu_seconds: cpu,
+                ..Quantities::default()
+            },
+            last_ms,
+        }
+    }
+
+    #[test]
+    fn a_restore_keeps_the_most_recent_owners_up_to_max_owners_and_the_overflow() {
+        let mut t = Totals::new(2);
+        // As the store returns them: most recently active first.
+        t.restore(&[
+            total(TotalsKind::UserOverflow, "", 9.0, 5),
+            total(TotalsKind::User, "carol", 3.0, 30),
+            total(TotalsKind::User, "__other__", 2.0, 20),
+            total(TotalsKind::User, "alice", 1.0, 10),
+            total(TotalsKind::Project, "p", 4.0, 10),
+        ]);
+        let v = t.view().unwrap();
+        assert_eq!(
+            v.users.owners,
+            [
+                (
+                    "___other__".to_owned(),
+                    Quantities {
+                        cpu_seconds: 2.0,
+                        ..Quantities::default()
+                    }
+                ),
+                (
+                    "carol".to_owned(),
+                    Quantities {
+                        cpu_seconds: 3.0,
+                        ..Quantities::default()
+                    }
+                ),
+            ]
+        );
+        assert_eq!(v.users.other.unwrap().cpu_seconds, 9.0);
+        // No overflow row: zero, not shown.
+        assert_eq!(v.projects.other, None);
+        assert_eq!(v.projects.owners.len(), 1);
+        assert_eq!(t.len(), 3, "alice is not kept in memory");
+        assert!(t.view().is_none(), "nothing changed since");
+    }
+}
