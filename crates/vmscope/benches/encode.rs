@@ -199,10 +199,117 @@ fn owners(c: &mut Criterion) {
     g.finish();
 }
 
+/// The usage ledger's counters (`vmscope_{user,project}_*_total`,
+/// `vmscope_vm_ledger_*_total`) on 1000 VMs attributed to 250 users and 50
+/// projects: text encode with and without them (best of interleaved runs),
+/// and the gzip of the next tick on a busy host when the counters did not
+/// change since the last flush (their chunks are reused) and when they did.
+fn ledger_counters(c: &mut Criterion) {
+    use vmscope::model::counters::{CounterTotals, KindCounters, Quantities};
+    use vmscope::model::{Owner, Snapshot};
+    let q = |x: f64| Quantities {
+        cpu_seconds: 1234.5 + x,
+        vcpu_allocated_seconds: 86400.0 * 2.0 + x,
+        memory_allocated_byte_seconds: 86400.0 * 4294967296.0 + x,
+        net_rx_bytes: 123_456_789 + x as u64,
+        net_tx_bytes: 98_765_432 + x as u64,
+    };
+    let with_owners = |mut s: Snapshot| -> Snapshot {
+        for (i, vm) in s.vms.iter_mut().enumerate() {
+            vm.owner = Some(Arc::new(Owner {
+                user_id: Some(format!("user-{:06}", i % 250)),
+                user_name: Some(format!("User Number {}", i % 250)),
+                project_id: Some(format!("project-{:06}", i % 50)),
+                project_name: None,
+            }));
+        }
+        s.with_usage(1000)
+    };
+    let counters = |s: &Snapshot, bump: f64| -> Arc<CounterTotals> {
+        let kind = |n: usize, prefix: &str| KindCounters {
+            owners: (0..n)
+                .map(|i| (format!("{prefix}-{i:06}"), q(i as f64 + bump)))
+                .collect(),
+            other: Some(q(bump)),
+        };
+        Arc::new(CounterTotals {
+            users: kind(250, "user"),
+            projects: kind(50, "project"),
+            vms: s
+                .vms
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v.id.clone(), q(i as f64 + bump)))
+                .collect(),
+        })
+    };
+    let bare = with_owners(fixture::snapshot(VMS));
+    let mut snap = bare.clone();
+    snap.counters = Some(counters(&snap, 0.0));
+    let best = |s: &Snapshot, best: &mut Duration| {
+        let t = std::time::Instant::now();
+        black_box(encode(Format::Text, &[s]));
+        *best = (*best).min(t.elapsed());
+    };
+    let (mut with, mut without) = (Duration::MAX, Duration::MAX);
+    for _ in 0..300 {
+        best(&snap, &mut with);
+        best(&bare, &mut without);
+    }
+    eprintln!(
+        "ledger counters: Text encode best of 300 interleaved: {:.3} ms with, {:.3} ms without \
+         ({:+.1}%); {} bytes vs {}",
+        with.as_secs_f64() * 1e3,
+        without.as_secs_f64() * 1e3,
+        (with.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0,
+        encode(Format::Text, &[&snap]).len(),
+        encode(Format::Text, &[&bare]).len()
+    );
+    let mut g = c.benchmark_group("ledger_counters");
+    for (variant, s) in [("with", &snap), ("without", &bare)] {
+        g.bench_function(format!("Text_{VMS}_vms_{variant}_counters"), |b| {
+            b.iter(|| black_box(encode(Format::Text, &[s])))
+        });
+    }
+    // Next tick on a busy host, gzip'd with the previous tick's chunks:
+    // counters as they were (no flush in between) or all changed (a flush).
+    let extra: Vec<Arc<dyn MetricSource>> = vec![Arc::new(HttpMetrics::new())];
+    let ticks = |changed: bool| -> [Arc<Snapshot>; 2] {
+        let a = snap.clone();
+        let mut b = fixture::next_tick(&a);
+        b.counters = if changed {
+            Some(counters(&b, 60.0))
+        } else {
+            a.counters.clone()
+        };
+        [Arc::new(a), Arc::new(b)]
+    };
+    for (variant, changed) in [("unchanged", false), ("after_a_flush", true)] {
+        let pair = ticks(changed);
+        let cache = ExpositionCache::new();
+        let mut i = 0usize;
+        g.bench_function(
+            format!("gzip_next_tick_text_{VMS}_vms_counters_{variant}"),
+            |b| {
+                b.iter(|| {
+                    i += 1;
+                    black_box(
+                        cache
+                            .render(&pair[i % 2], &extra, Format::Text, true)
+                            .unwrap(),
+                    )
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);
     owners(&mut c);
+    ledger_counters(&mut c);
     c.final_summary();
     http_load();
 }

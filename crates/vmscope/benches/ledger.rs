@@ -6,7 +6,9 @@
 //!   state: every VM has a cursor; each adds to its open row), the work the
 //!   `vmscope-ledger` thread does per tick;
 //! - `ledger/flush/1000`: one flush of 1000 changed rows and 1000 cursors
-//!   (one SQLite transaction, WAL, `synchronous = NORMAL`) on a temp file.
+//!   and the counter totals of 1000 VMs, 50 users and 20 projects (one
+//!   SQLite transaction, WAL, `synchronous = NORMAL`) on a temp file, and
+//!   the read-back of those totals, as the ledger's store job does.
 //!
 //! It also prints, once, the state database's growth per VM per day: 100 VMs
 //! accounted for a simulated day (a snapshot every 60 s, a flush after
@@ -35,6 +37,7 @@ fn cfg() -> AccountConfig {
         max_rows: 500_000,
         boot_id: "3f1c2a9e-0b7d-4c55-9a0e-1d2b3c4d5e6f".into(),
         boot_time: 1_700_000_000.0,
+        max_owners: 1000,
     }
 }
 
@@ -76,7 +79,9 @@ fn snap(seq: u64, at_s: u64, vms: Vec<VmStats>) -> Snapshot {
     s.collected_at = UNIX_EPOCH + Duration::from_secs(T0 + at_s);
     s.host.hostname = Some("hv-bench-01".into());
     s.vms = vms;
-    s
+    // As the collector publishes it: with the per-owner totals, whose fold
+    // the ledger's counters follow.
+    s.with_usage(1000)
 }
 
 fn observe(c: &mut Criterion) {
@@ -94,7 +99,7 @@ fn observe(c: &mut Criterion) {
                 if seq % 12 == 0 {
                     let mut a = a.borrow_mut();
                     let (_, marks) = a.batch();
-                    a.flushed(marks);
+                    a.flushed(marks, Some(&[]));
                 }
                 let mut v = template.clone();
                 for vm in &mut v {
@@ -125,8 +130,30 @@ fn flush(c: &mut Criterion) {
                 a.batch()
             },
             |(batch, marks)| {
+                // As the ledger thread's store job: write, read the
+                // counter totals back.
                 store.flush_ledger(black_box(&batch)).unwrap();
-                a.borrow_mut().flushed(marks);
+                let read = store.ledger_totals(marks.totals_keys()).unwrap();
+                a.borrow_mut().flushed(marks, Some(&read));
+            },
+            criterion::BatchSize::LargeInput,
+        );
+    });
+    // The same flush without the counter totals (neither written nor read
+    // back): the flush as it was before them, measured alongside.
+    c.bench_function("ledger/flush/1000_without_counter_totals", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                let mut a = a.borrow_mut();
+                a.observe(&snap(seq, seq * 5, vms(1000, seq)));
+                let (mut batch, marks) = a.batch();
+                batch.totals.clear();
+                (batch, marks)
+            },
+            |(batch, marks)| {
+                store.flush_ledger(black_box(&batch)).unwrap();
+                a.borrow_mut().flushed(marks, Some(&[]));
             },
             criterion::BatchSize::LargeInput,
         );
@@ -145,7 +172,7 @@ fn growth() {
         a.observe(&snap(minute + 1, minute * 60, vms(N, minute * 60)));
         let (batch, marks) = a.batch();
         store.flush_ledger(&batch).unwrap();
-        a.flushed(marks);
+        a.flushed(marks, Some(&[]));
     }
     let full = size(&store);
     eprintln!(

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+pub mod counters;
 pub mod identity;
 pub mod usage;
 
@@ -370,6 +371,10 @@ pub struct Snapshot {
     /// `/api/v1/owners` read.
     #[serde(skip)]
     pub usage: usage::Usage,
+    /// The usage ledger's counter totals, as its last flush committed them
+    /// (`None`: no ledger); see [`counters`].
+    #[serde(skip)]
+    pub counters: Option<std::sync::Arc<counters::CounterTotals>>,
 }
 
 impl Snapshot {
@@ -386,6 +391,7 @@ impl Snapshot {
             discovered: Vec::new(),
             label_values_truncated_total: 0,
             usage: usage::Usage::default(),
+            counters: None,
         }
     }
 

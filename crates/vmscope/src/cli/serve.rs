@@ -43,9 +43,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .context("starting the async runtime")
         .map_err(Failure::runtime)?;
     rt.block_on(async move {
-        let collector = Collector::new(&cfg)
+        let mut collector = Collector::new(&cfg)
             .context("setting up collection")
             .map_err(Failure::runtime)?;
+        // The ledger publishes its counter totals here; each snapshot
+        // carries the newest into /metrics.
+        let counters = crate::model::counters::CounterSlot::default();
+        collector.attach_counters(counters.clone());
         let owner_metrics: Arc<dyn MetricSource> = Arc::new(collector.owner_metrics());
         let snapshots = spawn(collector, cfg.interval())
             .context("starting the collector thread")
@@ -70,6 +74,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
                 snapshots.clone(),
                 o.store.clone(),
                 o.path.clone(),
+                counters,
+                cfg.owners.max_owners,
             ),
             None => crate::ledger::Ledger::disabled(),
         };

@@ -140,6 +140,7 @@ pub fn snapshot(n: usize) -> Snapshot {
         label_values_truncated_total: 0,
         vms,
         usage: Default::default(),
+        counters: None,
     }
     .with_usage(1000)
 }

@@ -11,6 +11,8 @@
 //!   (names per `docs`/METRICS.md);
 //! - [`usage`]: the per-owner (`vmscope_user_*`, `vmscope_project_*`) and
 //!   VM-inventory families, from the totals the snapshot carries;
+//! - `counters`: the usage ledger's counters (`vmscope_*_total` kept by
+//!   the ledger), from the committed totals the snapshot carries;
 //! - [`cache`]: encode once per snapshot, gzip once per snapshot, then only
 //!   the small live tail (extra sources) per request.
 //!
@@ -20,6 +22,7 @@
 //! surface as [`cache::CacheError`].
 
 pub mod cache;
+mod counters;
 pub mod encoder;
 #[doc(hidden)]
 pub mod fixture;

@@ -17,6 +17,7 @@ use super::MetricSource;
 use super::encoder::{Encode, MetricWriter};
 use super::writer::{Desc, LabelSet};
 use crate::BuildInfo;
+use crate::model::counters::CounterTotals;
 use crate::model::identity::{OwnerIndex, OwnerKind, label};
 use crate::model::usage::series_label;
 use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
@@ -332,8 +333,11 @@ impl MetricSource for Snapshot {
 fn encode_snapshot(snap: &Snapshot, out: &mut impl Encode) {
     let (vms, skipped) = unique_vms(&snap.vms);
     if snap.seq > 0 {
-        encode_vms(&vms, out);
+        encode_vms(&vms, snap.counters.as_deref(), out);
         super::usage::encode_usage(&snap.usage, out);
+        if let Some(c) = &snap.counters {
+            super::counters::encode_owner_counters(c, out);
+        }
         encode_host(snap, out);
     }
     encode_self(snap, skipped, out);
@@ -352,7 +356,7 @@ fn unique_vms(vms: &[VmStats]) -> (Vec<&VmStats>, usize) {
     (unique, skipped)
 }
 
-fn encode_vms(vms: &[&VmStats], out: &mut impl Encode) {
+fn encode_vms(vms: &[&VmStats], counters: Option<&CounterTotals>, out: &mut impl Encode) {
     // The owner keys by the one identity rule (a name-only VM joins the id
     // its name goes with), escaped like the per-owner families' labels, so
     // `sum by (user)` over a join with vm_info meets `vmscope_user_*{user}`.
@@ -465,6 +469,9 @@ fn encode_vms(vms: &[&VmStats], out: &mut impl Encode) {
         Some(u64::from(vm.collect_success))
     });
     per_vm(out, &VM_COLLECT_AGE, vms, |vm| Some(vm.collect_age_seconds));
+    if let Some(c) = counters {
+        super::counters::encode_vm_counters(c, vms, out);
+    }
 }
 
 /// A network family and the counter it reads from an interface.

@@ -31,13 +31,20 @@
 //!   is known about the VM's state during a gap.
 //! - Name and owner of a row are those of the latest observation that
 //!   added to it.
+//! - Every delta added to rows is also added to the counter totals
+//!   ([`Totals`]: per VM id, and per owner of that moment), which the
+//!   flush writes with the rows and cursors.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::totals::{Totals, TotalsMarks};
+use crate::model::counters::{CounterTotals, Quantities};
 use crate::model::identity::{self, OwnerIndex, OwnerKind};
 use crate::model::{NetStats, Snapshot, VmState, VmStats};
-use crate::store::{LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerUsage, NetCounter};
+use crate::store::{
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerTotal, LedgerUsage, NetCounter,
+};
 
 /// An incarnation within one boot: (PID, process start in clock ticks
 /// since boot). Numbers, so that following 1000 VMs allocates nothing per
@@ -66,11 +73,17 @@ struct Tracked {
 pub struct BatchMarks {
     rows: Vec<((u32, i64, i64), u64)>,
     forget: Vec<String>,
+    totals: TotalsMarks,
 }
 
 impl BatchMarks {
     pub fn rows(&self) -> usize {
         self.rows.len()
+    }
+
+    /// The counter totals the flush must read back once written.
+    pub fn totals_keys(&self) -> &[(crate::store::TotalsKind, String)] {
+        self.totals.keys()
     }
 }
 
@@ -92,6 +105,8 @@ pub struct AccountConfig {
     /// Host boot time, Unix seconds (`btime`), to turn a process start time
     /// back into clock ticks since boot.
     pub boot_time: f64,
+    /// `[owners] max_owners`: owners of a kind with counter series.
+    pub max_owners: usize,
 }
 
 /// The ledger's state between snapshots.
@@ -108,6 +123,8 @@ pub struct Accountant {
     /// Incarnations forgotten since the last flush (their cursors to delete).
     forgotten: Vec<String>,
     dropped: u64,
+    /// The counter totals on `/metrics`.
+    totals: Totals,
 }
 
 fn ms(t: SystemTime) -> i64 {
@@ -158,6 +175,7 @@ fn set_opt(dst: &mut Option<String>, src: Option<&str>) {
 impl Accountant {
     pub fn new(cfg: AccountConfig) -> Self {
         Accountant {
+            totals: Totals::new(cfg.max_owners),
             cfg,
             cursors: HashMap::new(),
             rows: BTreeMap::new(),
@@ -200,6 +218,7 @@ impl Accountant {
             );
         }
         self.horizon_ms = r.horizon_ms.max(self.horizon_ms);
+        self.totals.restore(&r.totals);
     }
 
     /// Account one snapshot.
@@ -208,6 +227,7 @@ impl Accountant {
         if snap.seq == 0 || snap.collected_at <= UNIX_EPOCH {
             return;
         }
+        self.totals.begin(snap, at);
         let owners = Owners {
             users: OwnerIndex::new(
                 OwnerKind::User,
@@ -239,6 +259,7 @@ impl Accountant {
                     &self.cfg,
                     &mut self.rows,
                     &mut self.version,
+                    &mut self.totals,
                     inc,
                     &t.cursor,
                     &now,
@@ -266,6 +287,7 @@ impl Accountant {
                         &self.cfg,
                         &mut self.rows,
                         &mut self.version,
+                        &mut self.totals,
                         inc,
                         &zero,
                         &now,
@@ -347,7 +369,7 @@ impl Accountant {
 
     /// What the next flush writes: every row changed since it was last
     /// written, every cursor, the cursors to forget and the horizon.
-    pub fn batch(&self) -> (LedgerBatch, BatchMarks) {
+    pub fn batch(&mut self) -> (LedgerBatch, BatchMarks) {
         let mut batch = LedgerBatch::default();
         let mut marks = BatchMarks::default();
         for (k, e) in &self.rows {
@@ -360,12 +382,16 @@ impl Accountant {
         batch.forget = self.forgotten.clone();
         marks.forget = self.forgotten.clone();
         batch.horizon = self.horizon_ms.map(|h| (self.cfg.boot_id.clone(), h));
+        marks.totals = self.totals.batch(&mut batch.totals);
         (batch, marks)
     }
 
     /// The batch behind `marks` is in the store: mark its rows clean (those
     /// not changed since) and drop what is no longer needed in memory.
-    pub fn flushed(&mut self, marks: BatchMarks) {
+    /// `totals`: the counter totals of `marks` read back after the write
+    /// (`None`: written, but reading them back failed).
+    pub fn flushed(&mut self, marks: BatchMarks, totals: Option<&[LedgerTotal]>) {
+        self.totals.flushed(marks.totals, totals);
         for (k, v) in marks.rows {
             if let Some(e) = self.rows.get_mut(&k) {
                 e.flushed = e.flushed.max(v);
@@ -373,6 +399,23 @@ impl Accountant {
         }
         self.forgotten.retain(|f| !marks.forget.contains(f));
         self.evict_clean();
+    }
+
+    /// The batch behind `marks` was not written: its counter usage goes
+    /// with the next one (its rows stay dirty by themselves).
+    pub fn flush_failed(&mut self, marks: BatchMarks) {
+        self.totals.failed(marks.totals);
+    }
+
+    /// A VM or owner appeared whose earlier counter total is not read yet:
+    /// flushing now lets its series appear.
+    pub fn totals_unread(&self) -> bool {
+        self.totals.unread()
+    }
+
+    /// The committed counter totals, when they changed since last asked.
+    pub fn counters(&mut self) -> Option<std::sync::Arc<CounterTotals>> {
+        self.totals.view()
     }
 
     pub fn boot_id(&self) -> &str {
@@ -399,6 +442,11 @@ impl Accountant {
         self.dropped
     }
 
+    /// Counter totals held in memory (VMs and owners; tests).
+    pub fn totals_len(&self) -> usize {
+        self.totals.len()
+    }
+
     /// Every row in memory (tests).
     pub fn rows(&self) -> impl Iterator<Item = (&LedgerKey, &LedgerUsage)> {
         self.rows.values().map(|e| (&e.key, &e.usage))
@@ -412,6 +460,7 @@ fn account(
     cfg: &AccountConfig,
     rows: &mut BTreeMap<(u32, i64, i64), Entry>,
     version: &mut u64,
+    totals: &mut Totals,
     inc: Inc,
     prev: &LedgerCursor,
     now: &Obs,
@@ -522,6 +571,25 @@ fn account(
         }
         start = end;
     }
+    // The same usage, whole, on the counters of this VM and its owners.
+    let (alloc_vcpu, alloc_mem) = if observed && running {
+        let secs = span as f64 / 1000.0;
+        (vcpus * secs, mem * secs)
+    } else {
+        (0.0, 0.0)
+    };
+    totals.add(
+        &vm.id,
+        owner.and_then(|o| owners.users.key(o)),
+        owner.and_then(|o| owners.projects.key(o)),
+        &Quantities {
+            cpu_seconds: cpu,
+            vcpu_allocated_seconds: alloc_vcpu,
+            memory_allocated_byte_seconds: alloc_mem,
+            net_rx_bytes: rx,
+            net_tx_bytes: tx,
+        },
+    );
 }
 
 /// A cursor for a VM seen for the first time (counters filled in by
@@ -630,9 +698,11 @@ mod tests {
             max_rows: 100_000,
             boot_id: "boot-a".into(),
             boot_time: 1_000_000_000.0,
+            max_owners: 1000,
         }
     }
 
+    #[derive(Clone)]
     struct V {
         pid: u32,
         start: f64,
@@ -925,7 +995,7 @@ mod tests {
         a.observe(&snap(1, 0, &[v(10, 0.0)]));
         a.observe(&snap(2, 20_000, &[v(10, 20.0)]));
         let (batch, marks) = a.batch();
-        a.flushed(marks);
+        a.flushed(marks, Some(&[]));
         // Not flushed: lost with the crash (observed time only).
         a.observe(&snap(3, 30_000, &[v(10, 30.0)]));
         // The next run loads what was flushed.
@@ -945,6 +1015,7 @@ mod tests {
                 cursors: batch.cursors.clone(),
                 rows: open_rows,
                 horizon_ms: batch.horizon.map(|(_, h)| h),
+                totals: Vec::new(),
             },
             at(100),
         );
@@ -980,19 +1051,19 @@ mod tests {
         assert_eq!((b1.rows.len(), b1.cursors.len()), (1, 1));
         // A snapshot arrives while the flush is in flight: the row changes.
         a.observe(&snap(3, 10_000, &[v(10, 2.0)]));
-        a.flushed(m1);
+        a.flushed(m1, Some(&[]));
         assert_eq!(a.pending(), 1, "changed after the batch was taken");
         let (b2, m2) = a.batch();
         assert!(
             (b2.rows[0].1.cpu_seconds - 2.0).abs() < 1e-9,
             "running total"
         );
-        a.flushed(m2);
+        a.flushed(m2, Some(&[]));
         assert_eq!(a.pending(), 0);
         // Past its interval and written: dropped from memory.
         a.observe(&snap(4, 65_000, &[v(10, 3.0)]));
         let (_, m3) = a.batch();
-        a.flushed(m3);
+        a.flushed(m3, Some(&[]));
         assert!(rows(&a).iter().all(|(s, _)| *s == 60));
         // A VM gone for longer than forget_after is forgotten (cursor deleted).
         a.observe(&snap(5, 700_000, &[]));
@@ -1013,5 +1084,327 @@ mod tests {
         assert_eq!(a.dropped(), 7);
         // The newest are kept.
         assert_eq!(rows(&a).first().unwrap().0, 420);
+    }
+
+    // Counter totals (ledger/totals.rs), against a real SQLite state
+    // database: what a flush commits is what the next run continues from.
+
+    use crate::model::counters::CounterTotals;
+    use crate::store::LedgerStore;
+    use crate::store::sqlite::SqliteStore;
+
+    /// A snapshot of VMs with ids `vm-<pid>` and the collector's per-owner
+    /// fold at `max_owners`.
+    fn owned(seq: u64, at_ms: u64, vms: &[V], max_owners: usize) -> Snapshot {
+        let mut s = snap(seq, at_ms, vms);
+        for x in &mut s.vms {
+            x.id = format!("vm-{}", x.pid);
+        }
+        s.vms.sort_by(|a, b| a.id.cmp(&b.id));
+        s.with_usage(max_owners)
+    }
+
+    fn owner(x: &mut V, user: &'static str, project: &'static str) {
+        x.owner = Some((user, project));
+    }
+
+    /// One flush as the ledger thread does it: write, read the totals back.
+    fn flush(a: &mut Accountant, db: &mut SqliteStore) {
+        let (batch, marks) = a.batch();
+        db.flush_ledger(&batch).unwrap();
+        let read = db.ledger_totals(marks.totals_keys()).unwrap();
+        a.flushed(marks, Some(&read));
+    }
+
+    fn shown(a: &mut Accountant) -> std::sync::Arc<CounterTotals> {
+        a.counters().expect("the totals changed")
+    }
+
+    fn owner_cpu(c: &CounterTotals, kind: OwnerKind, label: &str) -> Option<f64> {
+        let k = c.kind(kind);
+        if label == crate::model::usage::OTHER {
+            return k.other.map(|q| q.cpu_seconds);
+        }
+        k.owners
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, q)| q.cpu_seconds)
+    }
+
+    fn db() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn counters_sum_per_owner_and_vm_and_show_only_what_a_flush_committed() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        let mut b = v(20, 0.0);
+        owner(&mut b, "bob", "proj-2");
+        a.observe(&owned(1, 0, &[v(10, 0.0), b], 1000));
+        let mut b = v(20, 4.0);
+        owner(&mut b, "bob", "proj-2");
+        b.net = vec![("tap0", 700, 70)];
+        a.observe(&owned(2, 5_000, &[v(10, 10.0), b], 1000));
+        // Nothing committed yet: nothing to show.
+        assert!(
+            a.counters()
+                .is_none_or(|c| c.users.owners.is_empty() && c.vms.is_empty())
+        );
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(10.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(4.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::Project, "proj-2"), Some(4.0));
+        assert_eq!(c.users.other, None, "nobody is folded");
+        let vm20 = c.vm("vm-20").unwrap();
+        assert_eq!((vm20.net_rx_bytes, vm20.net_tx_bytes), (700, 70));
+        // 2 vCPUs and 1 GiB over 5 observed seconds.
+        assert_eq!(vm20.vcpu_allocated_seconds, 10.0);
+        assert_eq!(
+            vm20.memory_allocated_byte_seconds,
+            5.0 * f64::from(1u32 << 30)
+        );
+        // Usage since the flush is not shown until the next one commits it.
+        let mut b = v(20, 6.0);
+        owner(&mut b, "bob", "proj-2");
+        a.observe(&owned(3, 10_000, &[v(10, 15.0), b], 1000));
+        assert!(a.counters().is_none(), "nothing new committed");
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(15.0));
+        assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 15.0);
+        // The table holds the same as the rows, per owner.
+        let rows_bob: f64 = a
+            .rows()
+            .filter(|(_, u)| u.user_key.as_deref() == Some("bob"))
+            .map(|(_, u)| u.cpu_seconds)
+            .sum();
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(rows_bob));
+        // Known totals are not read back: added in memory as in SQLite,
+        // to the same value, bit for bit.
+        let mut stored =
+            |kind, key: &str| store.ledger_totals(&[(kind, key.to_owned())]).unwrap()[0].q;
+        assert_eq!(
+            Some(stored(crate::store::TotalsKind::User, "alice")),
+            c.users
+                .owners
+                .iter()
+                .find(|(l, _)| l == "alice")
+                .map(|(_, q)| *q)
+        );
+        assert_eq!(
+            Some(&stored(crate::store::TotalsKind::Vm, "vm-20")),
+            c.vm("vm-20")
+        );
+    }
+
+    #[test]
+    fn an_owner_change_moves_later_usage_to_the_new_owner_and_the_old_one_stays() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        a.observe(&owned(1, 0, &[v(10, 0.0)], 1000));
+        a.observe(&owned(2, 5_000, &[v(10, 5.0)], 1000));
+        let mut moved = v(10, 8.0);
+        owner(&mut moved, "bob", "proj-1");
+        a.observe(&owned(3, 10_000, &[moved], 1000));
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        // The delta up to the observation that saw the new owner is the
+        // new owner's, as in the rows.
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(5.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(3.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::Project, "proj-1"), Some(8.0));
+        // alice has no VM left: her series stays, unchanged.
+        let mut moved = v(10, 20.0);
+        owner(&mut moved, "bob", "proj-1");
+        a.observe(&owned(4, 15_000, &[moved], 1000));
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(5.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(15.0));
+    }
+
+    #[test]
+    fn owners_past_max_owners_count_in_other_and_no_usage_is_counted_twice() {
+        let (_dir, mut store) = db();
+        let mut c1 = cfg();
+        c1.max_owners = 1;
+        let mut a = Accountant::new(c1);
+        let vms = |cpu: f64, seq: u64, at: u64| {
+            let mut b = v(20, cpu * 2.0);
+            owner(&mut b, "bob", "proj-1");
+            let mut c = v(30, cpu * 3.0);
+            owner(&mut c, "carol", "proj-1");
+            owned(seq, at, &[v(10, cpu), b, c], 1)
+        };
+        // Same RSS for all: the fold keeps the first key (alice).
+        a.observe(&vms(0.0, 1, 0));
+        a.observe(&vms(1.0, 2, 5_000));
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(c.users.owners.len(), 1);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(1.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "__other__"), Some(5.0));
+        // alice's VM goes: bob now has the gauge series, so the counter
+        // series moves to him; alice's series goes, her total stays in the
+        // table, and carol stays in __other__.
+        let mut b = v(20, 4.0);
+        owner(&mut b, "bob", "proj-1");
+        let mut cc = v(30, 6.0);
+        owner(&mut cc, "carol", "proj-1");
+        a.observe(&owned(3, 10_000, &[b.clone(), cc.clone()], 1));
+        b.cpu = 10.0;
+        cc.cpu = 9.0;
+        a.observe(&owned(4, 15_000, &[b, cc], 1));
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(
+            c.users
+                .owners
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .collect::<Vec<_>>(),
+            ["bob"]
+        );
+        // bob's usage since he got the series (2 -> 10).
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(8.0));
+        // bob's before it (2) and all of carol's (9).
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "__other__"), Some(11.0));
+        // Every CPU second of the host is in exactly one user series.
+        let host_cpu = 1.0 + 10.0 + 9.0;
+        let listed: f64 = c
+            .users
+            .owners
+            .iter()
+            .map(|(_, q)| q.cpu_seconds)
+            .sum::<f64>()
+            + c.users.other.unwrap().cpu_seconds
+            + 1.0; // alice's, no longer listed, in the table
+        assert!((listed - host_cpu).abs() < 1e-9, "{listed}");
+        assert_eq!(
+            store
+                .ledger_totals(&[(crate::store::TotalsKind::User, "alice".into())])
+                .unwrap()[0]
+                .q
+                .cpu_seconds,
+            1.0
+        );
+    }
+
+    #[test]
+    fn totals_continue_after_a_reload_from_what_was_committed() {
+        let (dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        let mut gone = v(20, 0.0);
+        owner(&mut gone, "bob", "proj-2");
+        a.observe(&owned(1, 0, &[v(10, 0.0), gone], 1000));
+        let mut gone = v(20, 2.0);
+        owner(&mut gone, "bob", "proj-2");
+        a.observe(&owned(2, 5_000, &[v(10, 5.0), gone], 1000));
+        // bob's VM exits; its last usage is flushed with the rest.
+        a.observe(&owned(3, 10_000, &[v(10, 10.0)], 1000));
+        flush(&mut a, &mut store);
+        assert_eq!(
+            owner_cpu(&shown(&mut a), OwnerKind::User, "alice"),
+            Some(10.0)
+        );
+        // Not flushed: lost with a crash, but derived again from the cursor.
+        a.observe(&owned(4, 15_000, &[v(10, 15.0)], 1000));
+        drop(a);
+        drop(store);
+
+        let mut store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        let restore = store.load_ledger("boot-a", 60).unwrap();
+        let mut b = Accountant::new(cfg());
+        b.restore(restore, at(20));
+        // Restored owners show at once, bob (no VM left) included.
+        let c = shown(&mut b);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(10.0));
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(2.0));
+        assert!(c.vm("vm-10").is_none(), "VMs are read when they appear");
+        b.observe(&owned(5, 20_000, &[v(10, 20.0)], 1000));
+        assert!(b.totals_unread());
+        flush(&mut b, &mut store);
+        assert!(!b.totals_unread());
+        let c = shown(&mut b);
+        // Every CPU second of the VM's counter, once.
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(20.0));
+        assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 20.0);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "bob"), Some(2.0));
+    }
+
+    #[test]
+    fn a_failed_flush_shows_nothing_new_and_sends_its_usage_again() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        a.observe(&owned(1, 0, &[v(10, 0.0)], 1000));
+        a.observe(&owned(2, 5_000, &[v(10, 3.0)], 1000));
+        let (_lost, marks) = a.batch();
+        a.flush_failed(marks);
+        assert!(
+            a.counters()
+                .is_none_or(|c| c.users.owners.is_empty() && c.vms.is_empty())
+        );
+        a.observe(&owned(3, 10_000, &[v(10, 4.0)], 1000));
+        flush(&mut a, &mut store);
+        assert_eq!(
+            owner_cpu(&shown(&mut a), OwnerKind::User, "alice"),
+            Some(4.0)
+        );
+    }
+
+    #[test]
+    fn a_flush_whose_totals_do_not_read_back_is_not_sent_again() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        a.observe(&owned(1, 0, &[v(10, 0.0)], 1000));
+        a.observe(&owned(2, 5_000, &[v(10, 3.0)], 1000));
+        let (batch, marks) = a.batch();
+        store.flush_ledger(&batch).unwrap();
+        // Written, but the read-back failed.
+        a.flushed(marks, None);
+        let c = shown(&mut a);
+        assert!(c.vm("vm-10").is_none() && c.users.owners.is_empty());
+        assert!(a.totals_unread(), "read again at once");
+        a.observe(&owned(3, 10_000, &[v(10, 4.0)], 1000));
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        assert_eq!(owner_cpu(&c, OwnerKind::User, "alice"), Some(4.0));
+        assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 4.0);
+    }
+
+    #[test]
+    fn a_vm_that_comes_back_resumes_its_total_and_a_gone_one_leaves_memory() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        a.observe(&owned(1, 0, &[v(10, 0.0), v(20, 0.0)], 1000));
+        a.observe(&owned(2, 5_000, &[v(10, 2.0), v(20, 1.0)], 1000));
+        flush(&mut a, &mut store);
+        // vm-10 stops; once its last usage is written it leaves memory.
+        a.observe(&owned(3, 10_000, &[v(20, 2.0)], 1000));
+        flush(&mut a, &mut store);
+        assert!(shown(&mut a).vm("vm-10").is_none(), "{:?}", a.totals_len());
+        assert_eq!(a.totals_len(), 3, "vm-20, alice and proj-1");
+        // It starts again (a new process): its total goes on from 2 s.
+        let mut again = v(11, 0.0);
+        again.start = (T0 + 12) as f64;
+        let mut s = owned(4, 15_000, &[again, v(20, 3.0)], 1000);
+        s.vms[0].id = "vm-10".into();
+        a.observe(&s);
+        assert!(a.totals_unread());
+        flush(&mut a, &mut store);
+        let c = shown(&mut a);
+        // 0.0 at its start: nothing yet, but the earlier total is back.
+        assert_eq!(c.vm("vm-10").unwrap().cpu_seconds, 2.0);
+        let mut later = v(11, 1.5);
+        later.start = (T0 + 12) as f64;
+        let mut s = owned(5, 20_000, &[later, v(20, 4.0)], 1000);
+        s.vms[0].id = "vm-10".into();
+        a.observe(&s);
+        flush(&mut a, &mut store);
+        assert_eq!(shown(&mut a).vm("vm-10").unwrap().cpu_seconds, 3.5);
     }
 }

@@ -6,7 +6,10 @@
 //! ```text
 //! watch<Arc<Snapshot>> --> vmscope-ledger thread: account::Accountant (pure)
 //!                            '--> every flush_interval: one transaction of
-//!                                 rows + cursors on the vmscope-store thread
+//!                                 rows + cursors + counter totals on the
+//!                                 vmscope-store thread, totals read back
+//!                            '--> CounterSlot (committed totals) --> the
+//!                                 collector's next snapshot --> /metrics
 //! ```
 //!
 //! Reads: the snapshots the collector publishes (the newest one whenever
@@ -14,9 +17,11 @@
 //! it falls behind, steps only get coarser), `/proc/sys/kernel/random/boot_id`
 //! and `btime` from `/proc/stat` under the configured proc root once at
 //! start, and at start the cursors and open rows the previous run flushed.
-//! Emits: `ledger_rows` / `ledger_cursors` / `ledger_state` through
-//! [`crate::store::LedgerStore`]; `vmscope_ledger_*` ([`metrics`]) and the
-//! `/healthz` component `ledger`.
+//! Emits: `ledger_rows` / `ledger_cursors` / `ledger_state` /
+//! `ledger_totals` through [`crate::store::LedgerStore`]; the committed
+//! counter totals in a [`CounterSlot`] ([`totals`]; exposed as
+//! `vmscope_{user,project}_*_total` and `vmscope_vm_ledger_*_total`);
+//! `vmscope_ledger_*` ([`metrics`]) and the `/healthz` component `ledger`.
 //! Fails: only [`LedgerConfig::validate`] (a key named). Without a state
 //! database (none configured, unusable, or the boot id unreadable) the
 //! ledger records nothing and says so (log, `/healthz`,
@@ -26,6 +31,7 @@
 
 pub mod account;
 pub mod metrics;
+pub mod totals;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,7 +46,8 @@ pub use metrics::LedgerMetrics;
 use crate::error::ErrorChain;
 use crate::host::Roots;
 use crate::model::Snapshot;
-use crate::store::{Store, StoreError, UsageQuery, UsageTotal};
+use crate::model::counters::CounterSlot;
+use crate::store::{LedgerTotal, Store, StoreError, UsageQuery, UsageTotal};
 
 /// `[ledger]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -359,6 +366,9 @@ fn boot(roots: &Roots) -> Result<(String, f64), String> {
 
 /// Start the ledger thread on `snapshots`. `store` is the state database
 /// the serve command opened (`Err`: why there is none); `path` where it is.
+/// The counter totals go to `counters` (nothing is published without a
+/// database), at most `max_owners` owners of a kind with series of their
+/// own (`[owners] max_owners`).
 /// Must be called inside the tokio runtime (the thread uses its handle to
 /// wait).
 pub fn start(
@@ -367,6 +377,8 @@ pub fn start(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     store: Result<Store, String>,
     path: Option<PathBuf>,
+    counters: CounterSlot,
+    max_owners: usize,
 ) -> Ledger {
     if !cfg.enabled {
         tracing::info!("usage ledger disabled in the configuration");
@@ -415,6 +427,7 @@ pub fn start(
         max_rows: cfg.max_pending_rows,
         boot_id,
         boot_time,
+        max_owners,
     };
     let (stop_tx, stop_rx) = oneshot::channel();
     let (done_tx, done_rx) = oneshot::channel();
@@ -429,6 +442,7 @@ pub fn start(
                 acct: Accountant::new(acct),
                 store,
                 metrics: m,
+                counters,
                 in_flight: None,
                 prune: Prune::new(retention),
             };
@@ -457,13 +471,17 @@ pub fn start(
     }
 }
 
-type FlushResult = oneshot::Receiver<Result<(), StoreError>>;
+/// A flush's answer: whether it was written and, if so, the counter totals
+/// it read back after writing (or why that read failed: the flush stands).
+type FlushResult = oneshot::Receiver<Result<Result<Vec<LedgerTotal>, StoreError>, StoreError>>;
 
 /// The ledger thread's state.
 struct Worker {
     acct: Accountant,
     store: Store,
     metrics: Arc<LedgerMetrics>,
+    /// Where the committed counter totals are published.
+    counters: CounterSlot,
     /// The flush the store is working on: its answer, what it carried, when
     /// it was sent.
     in_flight: Option<(FlushResult, BatchMarks, Instant)>,
@@ -571,6 +589,13 @@ impl Worker {
                 Woke::Snapshot => {
                     let snap = snapshots.borrow_and_update().clone();
                     self.acct.observe(&snap);
+                    // A VM or owner new to the counters gets its series
+                    // from the next flush's read-back: do not make it
+                    // wait a whole flush interval.
+                    self.poll_flush(false, handle);
+                    if self.in_flight.is_none() && self.acct.totals_unread() {
+                        self.flush(handle, false);
+                    }
                 }
                 Woke::Stop | Woke::Closed => stopping = true,
                 Woke::Timer => {}
@@ -665,7 +690,10 @@ impl Worker {
         self.acct.resolution_s()
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        if let Some(view) = self.acct.counters() {
+            self.counters.set(view);
+        }
         self.metrics.set_state(
             self.acct.pending(),
             self.acct.incarnations(),
@@ -683,15 +711,23 @@ impl Worker {
             && batch.cursors.is_empty()
             && batch.forget.is_empty()
             && batch.horizon.is_none()
+            && batch.totals.is_empty()
+            && marks.totals_keys().is_empty()
         {
+            self.acct.flush_failed(marks);
             return;
         }
-        match self
-            .store
-            .ledger_job("ledger_flush", move |s| s.flush_ledger(&batch))
-        {
+        let keys = marks.totals_keys().to_vec();
+        // The read-back runs right after the commit on the store thread,
+        // which runs one job at a time: it sees exactly this flush. Its
+        // failure is not the flush's: what is committed is never resent.
+        match self.store.ledger_job("ledger_flush", move |s| {
+            s.flush_ledger(&batch)?;
+            Ok(s.ledger_totals(&keys))
+        }) {
             Ok(rx) => self.in_flight = Some((rx, marks, Instant::now())),
             Err(e) => {
+                self.acct.flush_failed(marks);
                 self.metrics.flush_failed();
                 tracing::warn!(error = %ErrorChain(&e), rows, "usage ledger flush not sent; kept for the next one");
             }
@@ -721,16 +757,21 @@ impl Worker {
         };
         match answer {
             None => self.in_flight = Some((rx, marks, sent)),
-            Some(Ok(())) => {
+            Some(Ok(totals)) => {
                 let rows = marks.rows();
-                self.acct.flushed(marks);
+                if let Err(e) = &totals {
+                    tracing::warn!(error = %ErrorChain(e), "usage ledger flush written, but its counter totals did not read back; read at the next flush");
+                }
+                self.acct.flushed(marks, totals.as_deref().ok());
                 self.metrics
                     .flushed(sent.elapsed().as_secs_f64(), rows, now_ms());
             }
             Some(Err(e)) => {
                 // The rows stay dirty and go with the next flush.
+                let rows = marks.rows();
+                self.acct.flush_failed(marks);
                 self.metrics.flush_failed();
-                tracing::warn!(error = %ErrorChain(&e), rows = marks.rows(), "usage ledger flush failed; kept for the next one");
+                tracing::warn!(error = %ErrorChain(&e), rows, "usage ledger flush failed; kept for the next one");
             }
         }
     }

@@ -37,6 +37,7 @@ use crate::collectors::{Ctx, HOST_COLLECTORS, HostCollector, VM_COLLECTORS, VmCo
 use crate::config::Config;
 use crate::discovery::{DiscoveredVm, Discovery, DiscoveryOptions};
 use crate::host::{Clock, CollectError, FdBudget, Roots, read_once};
+use crate::model::counters::CounterSlot;
 use crate::model::usage::Usage;
 use crate::model::{HostStats, Snapshot, Source, unix_seconds};
 use follow::Followed;
@@ -74,6 +75,9 @@ pub struct Collector {
     max_owners: usize,
     /// Identity strings cut to MAX_LABEL_VALUE_BYTES since start.
     label_values_truncated: u64,
+    /// Where the usage ledger publishes its counter totals (`None`: no
+    /// ledger), carried into each snapshot.
+    counters: Option<CounterSlot>,
 }
 
 /// Reads `btime` from /proc/stat.
@@ -159,6 +163,7 @@ impl Collector {
             owners,
             max_owners: cfg.owners.max_owners,
             label_values_truncated: 0,
+            counters: None,
         })
     }
 
@@ -166,6 +171,12 @@ impl Collector {
     /// metric-source list; take it before the collector moves to its thread.
     pub fn owner_metrics(&self) -> crate::owners::OwnerSourceMetrics {
         self.owners.metrics()
+    }
+
+    /// Carry the usage ledger's counter totals published in `slot` into
+    /// every snapshot from now on.
+    pub fn attach_counters(&mut self, slot: CounterSlot) {
+        self.counters = Some(slot);
     }
 
     /// Number of VMs followed right now.
@@ -256,6 +267,7 @@ impl Collector {
             discovered,
             label_values_truncated_total: self.label_values_truncated,
             usage,
+            counters: self.counters.as_ref().and_then(CounterSlot::get),
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Backend, Job, Store, StoreError};
+pub use crate::model::counters::Quantities;
 
 /// The rollup resolutions (seconds): hourly and daily rows, each the sum
 /// of the finer rows in it, written by the same flush (see
@@ -137,6 +138,77 @@ pub struct LedgerRestore {
     /// Up to when (ms) the ledger had looked at this boot's VMs: a VM that
     /// started after it started while the agent was away.
     pub horizon_ms: Option<i64>,
+    /// Counter totals (`ledger_totals`) to continue from: every overflow
+    /// row, and the owners most recently active (at most
+    /// [`TOTALS_RESTORE_OWNERS`] per kind), so that an owner with no VM
+    /// left keeps its series across an agent restart. VMs' totals are read
+    /// when they appear ([`LedgerStore::ledger_totals`]).
+    pub totals: Vec<LedgerTotal>,
+}
+
+/// At most this many owners of one kind are restored at start (the most
+/// recently active; `[owners] max_owners` of them keep series).
+pub const TOTALS_RESTORE_OWNERS: usize = 10_000;
+
+/// What a counter family of `ledger_totals` is kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TotalsKind {
+    /// An owner's own series (`vmscope_user_*_total{user}`).
+    User,
+    Project,
+    /// The usage of owners that had no series of their own when it was
+    /// accounted (the `__other__` series); key `""`.
+    UserOverflow,
+    ProjectOverflow,
+    /// A VM id, across its incarnations (`vmscope_vm_ledger_*_total`).
+    Vm,
+}
+
+impl TotalsKind {
+    pub const ALL: [TotalsKind; 5] = [
+        TotalsKind::User,
+        TotalsKind::Project,
+        TotalsKind::UserOverflow,
+        TotalsKind::ProjectOverflow,
+        TotalsKind::Vm,
+    ];
+
+    /// The `kind` column.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TotalsKind::User => "user",
+            TotalsKind::Project => "project",
+            TotalsKind::UserOverflow => "user_overflow",
+            TotalsKind::ProjectOverflow => "project_overflow",
+            TotalsKind::Vm => "vm",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<TotalsKind> {
+        TotalsKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One row of `ledger_totals`: everything the ledger accounted for one
+/// key, on this host, ever.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerTotal {
+    pub kind: TotalsKind,
+    pub key: String,
+    pub q: Quantities,
+    /// When usage was last added, ms since the Unix epoch.
+    pub last_ms: i64,
+}
+
+/// Usage to add to one `ledger_totals` row in a flush.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TotalsDelta {
+    pub kind: TotalsKind,
+    pub key: String,
+    /// The owner's label or the VM's name, for people reading the table.
+    pub label: Option<String>,
+    pub add: Quantities,
+    pub at_ms: i64,
 }
 
 /// One flush: written in one transaction.
@@ -149,6 +221,9 @@ pub struct LedgerBatch {
     pub forget: Vec<String>,
     /// (boot id, horizon ms).
     pub horizon: Option<(String, i64)>,
+    /// Usage added to the counter totals since the last flush; added to
+    /// `ledger_totals` in the same transaction as the cursors it goes with.
+    pub totals: Vec<TotalsDelta>,
 }
 
 /// What usage totals are grouped by.
@@ -266,6 +341,11 @@ pub trait LedgerStore {
         before_ms: i64,
         budget: Duration,
     ) -> Result<(u64, i64), StoreError>;
+    /// The `ledger_totals` rows of these keys (absent: never counted).
+    fn ledger_totals(
+        &mut self,
+        keys: &[(TotalsKind, String)],
+    ) -> Result<Vec<LedgerTotal>, StoreError>;
 }
 
 impl Backend {

@@ -39,8 +39,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Opened, StoreConfig, open};
 pub use ledger::{
-    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
-    ROLLUPS, UsageBy, UsageQuery, UsageTotal, pick_resolution, resolutions,
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
+    NetCounter, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageBy,
+    UsageQuery, UsageTotal, pick_resolution, resolutions,
 };
 pub use metrics::{DbMetrics, OPS};
 

@@ -199,6 +199,27 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             JOIN ledger_vms v ON v.id = f.vm
             JOIN ledger_owners o ON o.id = f.owner;",
     ),
+    // The ledger's counter totals (ledger/totals.rs): per owner (its own
+    // series), per owner kind (the overflow, key '') and per VM id, all the
+    // usage ever accounted on this host; added to in the flush transaction
+    // that moves the cursors, so they match what the cursors continue from.
+    (
+        6,
+        "CREATE TABLE ledger_totals (
+            kind                          TEXT    NOT NULL,
+            key                           TEXT    NOT NULL,
+            label                         TEXT,
+            cpu_seconds                   REAL    NOT NULL,
+            vcpu_allocated_seconds        REAL    NOT NULL,
+            memory_allocated_byte_seconds REAL    NOT NULL,
+            net_rx_bytes                  INTEGER NOT NULL,
+            net_tx_bytes                  INTEGER NOT NULL,
+            first_ms                      INTEGER NOT NULL,
+            last_ms                       INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX ledger_totals_recent ON ledger_totals (kind, last_ms);",
+    ),
 ];
 
 /// The schema version a reader of the usage ledger needs (migration 4:
@@ -1088,6 +1109,7 @@ mod tests {
             cursors: vec![cursor("b1:10:5", 90_000), cursor("b0:9:1", 10)],
             forget: Vec::new(),
             horizon: Some(("b1".into(), 90_000)),
+            totals: Vec::new(),
         };
         {
             let mut s = SqliteStore::open(&path).unwrap();

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use vmscope::api::{AppState, router};
 use vmscope::export::{Format, encode, fixture};
+use vmscope::model::counters::{CounterTotals, KindCounters, Quantities};
 use vmscope::model::{
     CpuSeconds, Hypervisor, NetStats, Owner, Snapshot, Source, VcpuStats, VmState, VmStats,
 };
@@ -93,6 +94,41 @@ fn snapshot() -> Snapshot {
     }
     snap.vms.sort_by(|a, b| a.id.cmp(&b.id));
     snap.discovered = vec![(Source::Process, snap.vms.len())];
+    // The usage ledger's counters: every VM (nasty names included), owners
+    // with hostile keys, the overflow, and one VM gone from the snapshot.
+    let q = |x: f64| Quantities {
+        cpu_seconds: x,
+        vcpu_allocated_seconds: 2.0 * x,
+        memory_allocated_byte_seconds: 1e9 * x,
+        net_rx_bytes: u64::MAX,
+        net_tx_bytes: x as u64,
+    };
+    let mut vms: Vec<(String, Quantities)> = snap
+        .vms
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id.clone(), q(i as f64 + 0.5)))
+        .chain([("zz-gone".to_owned(), q(1.0))])
+        .collect();
+    vms.sort_by(|a, b| a.0.cmp(&b.0));
+    let owners = NASTY
+        .iter()
+        .map(|n| (n.to_string(), q(3.0)))
+        .chain([("___other__".to_owned(), q(4.0))])
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect::<Vec<_>>();
+    snap.counters = Some(Arc::new(CounterTotals {
+        users: KindCounters {
+            owners: owners.clone(),
+            other: Some(q(7.0)),
+        },
+        projects: KindCounters {
+            owners,
+            other: None,
+        },
+        vms,
+    }));
     snap
 }
 
@@ -342,4 +378,59 @@ fn counters_from_a_broken_collector_never_reach_the_output() {
     if let Some(parsed) = python_parse("openmetrics", &body) {
         assert!(!samples(&parsed).is_empty());
     }
+}
+
+#[test]
+fn ledger_counters_cover_the_snapshots_vms_and_the_owners_and_nothing_without_a_ledger() {
+    let snap = snapshot();
+    let text = encode(Format::Text, &[&snap]);
+    let (i, plain) = snap
+        .vms
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.id.starts_with("vm-"))
+        .unwrap();
+    assert!(
+        text.contains(&format!(
+            "vmscope_vm_ledger_cpu_seconds_total{{vm_id=\"{}\",vm_name=\"{}\"}} {}\n",
+            plain.id,
+            plain.name,
+            i as f64 + 0.5
+        )),
+        "{text}"
+    );
+    let per_vm = |family: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .count()
+    };
+    for family in [
+        "vmscope_vm_ledger_cpu_seconds_total",
+        "vmscope_vm_ledger_vcpu_allocated_seconds_total",
+        "vmscope_vm_ledger_memory_allocated_byte_seconds_total",
+        "vmscope_vm_ledger_network_receive_bytes_total",
+        "vmscope_vm_ledger_network_transmit_bytes_total",
+    ] {
+        assert_eq!(per_vm(family), snap.vms.len(), "{family}");
+    }
+    // A VM the ledger still holds but the snapshot no longer has: gone.
+    assert!(!text.contains("zz-gone"));
+    // The overflow, and a real owner whose key reads like it, apart.
+    assert!(text.contains("\nvmscope_user_cpu_seconds_total{user=\"__other__\"} 7\n"));
+    assert!(text.contains("\nvmscope_user_cpu_seconds_total{user=\"___other__\"} 4\n"));
+    assert!(text.contains(&format!(
+        "\nvmscope_user_network_receive_bytes_total{{user=\"__other__\"}} {}\n",
+        u64::MAX
+    )));
+    assert!(!text.contains("vmscope_project_cpu_seconds_total{project=\"__other__\"}"));
+    let om = encode(Format::OpenMetrics, &[&snap]);
+    assert!(om.contains(
+        "# TYPE vmscope_user_cpu_seconds counter\n# UNIT vmscope_user_cpu_seconds seconds\n"
+    ));
+    promtool_passes(&text);
+
+    let plain = fixture::snapshot(3);
+    let text = encode(Format::Text, &[&plain]);
+    assert!(!text.contains("vmscope_vm_ledger_"));
+    assert!(!text.contains("vmscope_user_cpu_seconds_total"));
 }

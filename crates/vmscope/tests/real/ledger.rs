@@ -22,9 +22,9 @@ use support::lab::{Agent, Firmware, QemuVm, Roms, VmSpec, proc_cpu_seconds};
 use support::{http, lab_available, poll_until, unique_name, unique_uuid};
 
 /// Short rows and flushes, so that a test sees several of each.
-const CONFIG: &str = "[ledger]\ninterval = \"5s\"\nflush_interval = \"2s\"\n";
+pub(crate) const CONFIG: &str = "[ledger]\ninterval = \"5s\"\nflush_interval = \"2s\"\n";
 
-fn db(path: &Path) -> Connection {
+pub(crate) fn db(path: &Path) -> Connection {
     Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open state.db")
 }
 
@@ -47,7 +47,7 @@ fn totals(path: &Path, vm_id: &str) -> Vec<(String, i64, f64, f64, f64)> {
 }
 
 /// The flushed cursor of `vm_id`'s incarnation with `pid`: (at ms, cpu).
-fn cursor(path: &Path, vm_id: &str, pid: i32) -> Option<(i64, f64)> {
+pub(crate) fn cursor(path: &Path, vm_id: &str, pid: i32) -> Option<(i64, f64)> {
     db(path)
         .query_row(
             // The newest: after a PID reuse two incarnations share the PID.
@@ -62,7 +62,7 @@ fn cursor(path: &Path, vm_id: &str, pid: i32) -> Option<(i64, f64)> {
 /// Freeze the VM, read its final CPU counter from /proc and wait until the
 /// ledger has flushed a cursor holding that value. Returns the counter.
 /// A 1-vCPU, 32 MiB VM named after `role`.
-fn small_vm(role: &str, firmware: Firmware) -> VmSpec {
+pub(crate) fn small_vm(role: &str, firmware: Firmware) -> VmSpec {
     VmSpec {
         name: unique_name(role),
         uuid: unique_uuid(),
@@ -74,7 +74,7 @@ fn small_vm(role: &str, firmware: Firmware) -> VmSpec {
 }
 
 /// Waits until the ledger has flushed once (its horizon is written).
-fn wait_for_first_flush(path: &Path) {
+pub(crate) fn wait_for_first_flush(path: &Path) {
     poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
         db(path)
             .query_row("SELECT COUNT(*) FROM ledger_state", [], |r| {
@@ -87,14 +87,14 @@ fn wait_for_first_flush(path: &Path) {
 }
 
 /// Waits until the cursor of the VM `vm_id` running as `pid` is flushed.
-fn wait_for_cursor(path: &Path, vm_id: &str, pid: i32) {
+pub(crate) fn wait_for_cursor(path: &Path, vm_id: &str, pid: i32) {
     poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
         cursor(path, vm_id, pid)
     })
     .expect("the VM's cursor was not flushed within 10 s");
 }
 
-fn freeze_and_settle(vm: &QemuVm, path: &Path) -> f64 {
+pub(crate) fn freeze_and_settle(vm: &QemuVm, path: &Path) -> f64 {
     let pid = Pid::from_raw(vm.pid).unwrap();
     kill_process(pid, Signal::STOP).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -110,7 +110,7 @@ fn freeze_and_settle(vm: &QemuVm, path: &Path) -> f64 {
     k
 }
 
-fn assert_close(what: &str, ledger: f64, kernel: f64) {
+pub(crate) fn assert_close(what: &str, ledger: f64, kernel: f64) {
     let tol = (kernel * 0.01).max(0.02);
     assert!(
         (ledger - kernel).abs() <= tol,

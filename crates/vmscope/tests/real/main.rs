@@ -15,6 +15,7 @@ mod e2e;
 mod http_hardening;
 mod hung_mount;
 mod ledger;
+mod ledger_counters;
 mod owners;
 mod owners_http;
 mod owners_libvirt;

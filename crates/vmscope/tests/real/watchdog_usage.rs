@@ -355,6 +355,8 @@ mod slow_ledger {
             rx.clone(),
             opened.store.clone(),
             opened.path.clone(),
+            vmscope::model::counters::CounterSlot::default(),
+            100,
         );
         let now = to_ms(SystemTime::now());
         let start_ms = now - now % 5000;

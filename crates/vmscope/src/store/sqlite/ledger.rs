@@ -27,8 +27,9 @@ use super::SqliteStore;
 use super::q;
 use crate::store::StoreError;
 use crate::store::ledger::{
-    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerUsage, NetCounter,
-    ROLLUPS, UsageQuery, UsageTotal,
+    LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
+    NetCounter, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageQuery,
+    UsageTotal,
 };
 
 /// SQLite integers are i64; byte counters beyond that (never in practice)
@@ -235,6 +236,86 @@ impl Amounts {
     }
 }
 
+const TOTALS_COLS: &str = "kind, key, cpu_seconds, vcpu_allocated_seconds, \
+     memory_allocated_byte_seconds, net_rx_bytes, net_tx_bytes, last_ms";
+
+/// A `ledger_totals` row; `None` for a kind this vmscope does not know
+/// (written by a newer one: left alone).
+fn row_to_total(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<LedgerTotal>> {
+    let kind: String = r.get(0)?;
+    let Some(kind) = TotalsKind::from_name(&kind) else {
+        return Ok(None);
+    };
+    Ok(Some(LedgerTotal {
+        kind,
+        key: r.get(1)?,
+        q: Quantities {
+            cpu_seconds: r.get(2)?,
+            vcpu_allocated_seconds: r.get(3)?,
+            memory_allocated_byte_seconds: r.get(4)?,
+            net_rx_bytes: to_u64(r.get(5)?),
+            net_tx_bytes: to_u64(r.get(6)?),
+        },
+        last_ms: r.get(7)?,
+    }))
+}
+
+/// Adds a flush's usage to `ledger_totals` (inside the flush's
+/// transaction: the totals move with the cursors, never apart). Adding
+/// rather than replacing lets a VM's first flush count before its earlier
+/// total was read back; a failed transaction adds nothing, and the ledger
+/// sends the same usage again only after a failure.
+fn add_totals(tx: &rusqlite::Transaction<'_>, totals: &[TotalsDelta]) -> rusqlite::Result<()> {
+    let mut add = tx.prepare_cached(
+        "INSERT INTO ledger_totals (kind, key, label, cpu_seconds, vcpu_allocated_seconds, \
+         memory_allocated_byte_seconds, net_rx_bytes, net_tx_bytes, first_ms, last_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+         ON CONFLICT (kind, key) DO UPDATE SET \
+         label = COALESCE(excluded.label, label), \
+         cpu_seconds = cpu_seconds + excluded.cpu_seconds, \
+         vcpu_allocated_seconds = vcpu_allocated_seconds + excluded.vcpu_allocated_seconds, \
+         memory_allocated_byte_seconds = memory_allocated_byte_seconds + excluded.memory_allocated_byte_seconds, \
+         net_rx_bytes = MIN(net_rx_bytes + excluded.net_rx_bytes, 9223372036854775807), \
+         net_tx_bytes = MIN(net_tx_bytes + excluded.net_tx_bytes, 9223372036854775807), \
+         last_ms = MAX(last_ms, excluded.last_ms)",
+    )?;
+    for t in totals {
+        add.execute(params![
+            t.kind.as_str(),
+            t.key,
+            t.label,
+            t.add.cpu_seconds,
+            t.add.vcpu_allocated_seconds,
+            t.add.memory_allocated_byte_seconds,
+            to_i64(t.add.net_rx_bytes),
+            to_i64(t.add.net_tx_bytes),
+            t.at_ms,
+        ])?;
+    }
+    Ok(())
+}
+
+/// The totals the ledger continues from at start: the overflow rows and
+/// the most recently active owners of each kind.
+fn load_totals(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<LedgerTotal>> {
+    let mut out = Vec::new();
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {TOTALS_COLS} FROM ledger_totals WHERE kind = ?1 ORDER BY last_ms DESC LIMIT ?2"
+    ))?;
+    for (kind, limit) in [
+        (TotalsKind::UserOverflow, 1),
+        (TotalsKind::ProjectOverflow, 1),
+        (TotalsKind::User, TOTALS_RESTORE_OWNERS),
+        (TotalsKind::Project, TOTALS_RESTORE_OWNERS),
+    ] {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        for t in stmt.query_map(params![kind.as_str(), limit], row_to_total)? {
+            out.extend(t?);
+        }
+    }
+    Ok(out)
+}
+
 const FACT_COLS: &str = "interval_start_ms, vm, resolution_s, owner, cpu_seconds, guest_seconds, \
      vcpu_allocated_seconds, memory_allocated_byte_seconds, rss_byte_seconds, net_rx_bytes, \
      net_tx_bytes, observed_seconds, gap_seconds";
@@ -381,6 +462,7 @@ fn flush(conn: &mut Connection, ids: &mut IdCache, batch: &LedgerBatch) -> Resul
             )
             .map_err(q(op))?;
         }
+        add_totals(&tx, &batch.totals).map_err(q(op))?;
     }
     tx.commit().map_err(q(op))?;
     ids.absorb(fresh);
@@ -501,11 +583,13 @@ fn load(
         )
         .optional()
         .map_err(q(op))?;
+    let totals = load_totals(&tx).map_err(q(op))?;
     tx.commit().map_err(q(op))?;
     Ok(LedgerRestore {
         cursors,
         rows,
         horizon_ms,
+        totals,
     })
 }
 
@@ -629,6 +713,31 @@ impl LedgerStore for SqliteStore {
 
     fn usage(&mut self, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreError> {
         usage(&self.conn, qy)
+    }
+
+    fn ledger_totals(
+        &mut self,
+        keys: &[(TotalsKind, String)],
+    ) -> Result<Vec<LedgerTotal>, StoreError> {
+        let op = "ledger_flush";
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {TOTALS_COLS} FROM ledger_totals WHERE kind = ?1 AND key = ?2"
+            ))
+            .map_err(q(op))?;
+        let mut out = Vec::with_capacity(keys.len());
+        for (kind, key) in keys {
+            if let Some(t) = stmt
+                .query_row(params![kind.as_str(), key], row_to_total)
+                .optional()
+                .map_err(q(op))?
+                .flatten()
+            {
+                out.push(t);
+            }
+        }
+        Ok(out)
     }
 
     fn prune_ledger(
@@ -824,7 +933,7 @@ mod tests {
             }
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 4);
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.last().unwrap().0);
         let raw = sums(&s, "resolution_s = 60");
         assert_eq!((raw.0, raw.1, raw.4), (2, 6.5, 10));
         assert_eq!(raw.2, 0.0, "no guest time");
