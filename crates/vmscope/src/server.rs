@@ -103,6 +103,9 @@ pub struct HttpConfig {
     /// How long requests in progress may take to finish at shutdown.
     #[serde(deserialize_with = "crate::model::de_duration")]
     pub shutdown_grace: Duration,
+    /// The exporter-toolkit web configuration file (TLS, users, tokens,
+    /// allow-lists; `crate::access`); `--web.config.file` overrides it.
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -114,6 +117,7 @@ impl Default for HttpConfig {
             // Prometheus keeps its connection between scrapes.
             idle_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            web_config_file: None,
         }
     }
 }
@@ -207,10 +211,10 @@ pub async fn serve(
             }
             res = listener.accept() => res,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => {
                 failing = false;
-                stream
+                (stream, peer)
             }
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
@@ -249,7 +253,7 @@ pub async fn serve(
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
         };
-        tasks.spawn(conn.run(stream, app.clone(), limits, stop_rx.clone()));
+        tasks.spawn(conn.run(stream, peer, app.clone(), limits, stop_rx.clone()));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -419,12 +423,16 @@ impl Connection {
     async fn run(
         self,
         stream: TcpStream,
+        peer: std::net::SocketAddr,
         app: Router,
         limits: Limits,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut io = Guarded::new(stream, limits, Arc::clone(&self.slot));
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        // The client's address, for access control (allow-lists, rate limits).
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             app.clone().oneshot(req)
         });
         let mut builder = http1::Builder::new();
