@@ -688,17 +688,9 @@ fn tls(t: RawTls, dir: &Path) -> Result<Option<TlsSettings>, String> {
             k("client_auth_type")
         ));
     }
-    if client_ca.is_none()
-        && matches!(
-            client_auth,
-            ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert
-        )
-    {
-        return Err(format!(
-            "{}: client_auth_type {client_auth:?} verifies client certificates and needs client_ca_file (or client_ca)",
-            k("client_ca_file")
-        ));
-    }
+    // VerifyClientCertIfGiven / RequireAndVerifyClientCert without a client
+    // CA load, as in the toolkit (Go then verifies against the system's
+    // roots); the TLS serving step decides what rustls verifies against.
     let version = |v: Option<String>, key: &str, default: TlsVersion| match v.as_deref() {
         None | Some("") => Ok(default),
         Some("TLS13") => Ok(TlsVersion::Tls13),
