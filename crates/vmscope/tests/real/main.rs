@@ -9,6 +9,7 @@
 
 mod support;
 
+mod access;
 mod cli_robustness;
 mod e2e;
 mod http_hardening;
