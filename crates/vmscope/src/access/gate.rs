@@ -184,6 +184,9 @@ impl PendingBasic {
     }
 }
 
+/// The verified-credentials cache: current and previous generation.
+type Generations = (HashSet<[u8; 32]>, HashSet<[u8; 32]>);
+
 /// One loaded web config, with its limiters and cache (a reload starts
 /// them afresh).
 struct Policy {
@@ -194,7 +197,7 @@ struct Policy {
     per_ip: Option<Limiter<IpAddr>>,
     per_token: Option<Limiter<Principal>>,
     cache_secret: [u8; 32],
-    verified: Mutex<(HashSet<[u8; 32]>, HashSet<[u8; 32]>)>,
+    verified: Mutex<Generations>,
     metrics: Arc<AccessMetrics>,
 }
 
