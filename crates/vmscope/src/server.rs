@@ -61,6 +61,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
+use crate::access::tls::TlsState;
 use crate::api::ApiError;
 use crate::api::http_metrics::{AcceptErrorKind, CloseReason, HttpMetrics};
 
@@ -179,6 +180,19 @@ pub async fn serve(
     metrics: Arc<HttpMetrics>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, app, cfg, metrics, None, shutdown).await;
+}
+
+/// [`serve`], speaking TLS on every connection when `tls` is given (see
+/// `crate::access::tls`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    cfg: &HttpConfig,
+    metrics: Arc<HttpMetrics>,
+    tls: Option<Arc<TlsState>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let cap = cfg.effective_max_connections(fd_limit);
     if cap < cfg.max_connections {
@@ -253,7 +267,14 @@ pub async fn serve(
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
         };
-        tasks.spawn(conn.run(stream, peer, app.clone(), limits, stop_rx.clone()));
+        tasks.spawn(conn.run(
+            stream,
+            peer,
+            app.clone(),
+            limits,
+            tls.clone(),
+            stop_rx.clone(),
+        ));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -426,6 +447,41 @@ impl Connection {
         peer: std::net::SocketAddr,
         app: Router,
         limits: Limits,
+        tls: Option<Arc<TlsState>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(tls) = tls else {
+            return self.run_on(stream, peer, app, limits, stop).await;
+        };
+        // The handshake is part of the head: it must end within
+        // header_read_timeout, and the connection stays evictable meanwhile.
+        // The configuration is taken per connection, so a reload applies
+        // to new handshakes while open connections keep theirs.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let deadline = self.slot.accepted + limits.header_read;
+        let reason = tokio::select! {
+            res = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => match res {
+                Ok(Ok(s)) => return self.run_on(s, peer, app, limits, stop).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, client = %peer, "TLS handshake failed");
+                    CloseReason::TlsHandshake
+                }
+                Err(_) => CloseReason::HeaderTimeout,
+            },
+            () = self.slot.close.notified() => CloseReason::Evicted,
+            _ = stop.changed() => CloseReason::Shutdown,
+        };
+        if reason != CloseReason::Shutdown {
+            self.metrics.connections().closed(reason);
+        }
+    }
+
+    async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        stream: S,
+        peer: std::net::SocketAddr,
+        app: Router,
+        limits: Limits,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut io = Guarded::new(stream, limits, Arc::clone(&self.slot));
@@ -495,7 +551,7 @@ impl Connection {
 /// Writes `err` as a complete HTTP/1.1 response, then closes gently: our
 /// side first, then the client's unread bytes are discarded (bounded in time
 /// and bytes) so that the close does not reset the answer away.
-async fn answer_and_close(stream: &mut TcpStream, err: &ApiError) {
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, err: &ApiError) {
     let (status, _) = err.status_and_code();
     let body = err.json_body();
     let head = format!(
@@ -734,8 +790,8 @@ enum Wait {
 /// The connection as hyper sees it: bytes are handed on only once a whole
 /// request head has arrived and parses (bodies are passed through as they
 /// come, counted to find the next head), and waits are bounded.
-struct Guarded {
-    io: TcpStream,
+struct Guarded<S> {
+    io: S,
     limits: Limits,
     slot: Arc<Slot>,
     /// Bytes read: `inbound[..out]` already handed to hyper,
@@ -754,8 +810,8 @@ struct Guarded {
     rejected: Option<ApiError>,
 }
 
-impl Guarded {
-    fn new(io: TcpStream, limits: Limits, slot: Arc<Slot>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    fn new(io: S, limits: Limits, slot: Arc<Slot>) -> Self {
         let accepted = slot.accepted;
         Guarded {
             io,
@@ -905,7 +961,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -959,7 +1015,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

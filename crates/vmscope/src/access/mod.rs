@@ -27,6 +27,7 @@ pub mod config;
 mod gate;
 mod limiter;
 mod metrics;
+pub mod tls;
 pub mod token;
 
 pub use config::{

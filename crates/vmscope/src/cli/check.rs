@@ -20,7 +20,7 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     }
     // The web config as serve loads it (an error names its file and key).
     let web = super::serve::web_config(&cfg).map_err(Failure::usage)?;
-    if let Some(w) = &web {
+    if let Some((w, _)) = &web {
         for n in super::serve::web_config_notes(w) {
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
@@ -45,13 +45,14 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
         cfg.listen,
         humantime::format_duration(cfg.interval)
     );
-    if let (Some(w), Some(path)) = (&web, &cfg.http.web_config_file) {
+    if let (Some((w, tls)), Some(path)) = (&web, &cfg.http.web_config_file) {
         let _ = writeln!(
             out,
-            "  web config {}: ok ({} users, {} tokens)",
+            "  web config {}: ok ({} users, {} tokens, {})",
             path.display(),
             w.users.len(),
-            w.tokens.len()
+            w.tokens.len(),
+            if tls.is_some() { "TLS" } else { "no TLS" }
         );
     }
     for (key, var) in &cfg.from_env {

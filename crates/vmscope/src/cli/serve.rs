@@ -13,6 +13,7 @@ use anyhow::Context;
 use super::{Failure, ServeArgs, init_logging};
 use tokio::sync::watch;
 
+use crate::access::tls::TlsState;
 use crate::access::{Anonymous, Gate, Group, WebConfig};
 use crate::alert::Watchdog;
 use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router_with_access};
@@ -40,11 +41,16 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     cfg.validate().map_err(Failure::usage)?;
     let web = web_config(&cfg).map_err(Failure::usage)?;
     init_logging(&cfg);
+    let (web, tls) = match web {
+        Some((w, t)) => (Some(w), t.map(|t| Arc::new(TlsState::new(t)))),
+        None => (None, None),
+    };
     if let (Some(w), Some(path)) = (&web, &cfg.http.web_config_file) {
         tracing::info!(
             file = %path.display(),
             users = w.users.len(),
             tokens = w.tokens.len(),
+            tls = tls.is_some(),
             "access control from the web config"
         );
         for n in web_config_notes(w) {
@@ -116,7 +122,15 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .context("reading the bound address")
             .map_err(Failure::runtime)?;
         tracing::info!(address = %addr, interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
-        crate::server::serve(listener, app, &cfg.http, http_metrics, shutdown_signal()).await;
+        crate::server::serve_tls(
+            listener,
+            app,
+            &cfg.http,
+            http_metrics,
+            tls,
+            shutdown_signal(),
+        )
+        .await;
         // The ledger's last flush first: the watchdog's shutdown closes the store.
         ledger.shutdown().await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
@@ -127,21 +141,23 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
 }
 
 /// The web configuration `serve` runs with (`http.web_config_file`), loaded
-/// and checked; also what `check-config` checks. TLS serving is the next
-/// step of issue 12: a file with `tls_server_config` is refused rather than
-/// served over plain HTTP.
-pub(crate) fn web_config(cfg: &Config) -> anyhow::Result<Option<WebConfig>> {
+/// and checked, with its TLS configuration built (certificates read): also
+/// what `check-config` checks.
+pub(crate) fn web_config(
+    cfg: &Config,
+) -> anyhow::Result<Option<(WebConfig, Option<Arc<rustls::ServerConfig>>)>> {
     let Some(path) = &cfg.http.web_config_file else {
         return Ok(None);
     };
     let web = WebConfig::load(path)?;
-    if web.tls.is_some() {
-        anyhow::bail!(
-            "web config {}: tls_server_config: this version of vmscope does not serve TLS yet; terminate TLS in front of it (a reverse proxy) and remove the section",
-            path.display()
-        );
-    }
-    Ok(Some(web))
+    let tls = match &web.tls {
+        Some(t) => Some(
+            crate::access::tls::server_config(t)
+                .map_err(|e| anyhow::anyhow!("web config {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some((web, tls)))
 }
 
 /// Said once at start (and by check-config): settings accepted but not in

@@ -22,16 +22,27 @@ fn sha(t: &str) -> String {
 }
 
 /// A `vmscope serve` with `web_yaml` as its web config, killed on drop.
-struct Agent {
-    addr: String,
+pub(crate) struct Agent {
+    pub(crate) addr: String,
     child: Child,
     log: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Agent {
     fn start(web_yaml: &str) -> Agent {
+        let agent = Agent::start_with(&[], web_yaml);
+        agent.wait_healthy();
+        agent
+    }
+
+    /// Writes `files` (name, contents) next to the web config, starts the
+    /// agent and waits for its "listening" line (the scheme may be https).
+    pub(crate) fn start_with(files: &[(&str, &str)], web_yaml: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
         let web = dir.path().join("web.yml");
         std::fs::write(&web, web_yaml).unwrap();
         let port = crate::support::free_port();
@@ -66,29 +77,38 @@ impl Agent {
             addr,
             child,
             log,
-            _dir: dir,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(st)) = agent.child.try_wait() {
                 panic!("vmscope exited with {st}: {}", agent.log());
             }
-            // /healthz stays open whatever the web config says.
-            if try_get(&format!("http://{}/healthz", agent.addr), None)
-                .is_ok_and(|r| r.status == 200)
-            {
+            if agent.log().contains("listening") {
                 return agent;
             }
+            assert!(Instant::now() < deadline, "not listening: {}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a 200 from `/healthz` over plain HTTP (open whatever the
+    /// web config says).
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !try_get(&format!("http://{}/healthz", self.addr), None)
+            .is_ok_and(|r| r.status == 200)
+        {
             assert!(
                 Instant::now() < deadline,
                 "no 200 from /healthz: {}",
-                agent.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 

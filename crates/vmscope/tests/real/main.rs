@@ -10,6 +10,7 @@
 mod support;
 
 mod access;
+mod access_tls;
 mod cli_robustness;
 mod e2e;
 mod http_hardening;
