@@ -218,3 +218,35 @@ fn client_certificates_are_required_optional_or_checked_per_client_auth_type() {
         );
     }
 }
+
+#[test]
+fn prometheus_scrapes_over_tls_with_a_bearer_token() {
+    let ca = make_ca("vmscope test CA");
+    let server = leaf(&ca, &["127.0.0.1"], false);
+    let tokens = format!(
+        "vmscope:\n  tokens:\n    - {{name: prometheus, sha256: {}, scope: admin}}\n",
+        vmscope::access::token::sha256_hex(TOKEN)
+    );
+    let agent = tls_agent(&server, "", &[], &tokens);
+    let ca_file = agent.dir.path().join("ca-for-prometheus.crt");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let job = format!(
+        "    scheme: https\n    tls_config:\n      ca_file: {}\n    authorization:\n      credentials: {TOKEN}\n",
+        ca_file.display()
+    );
+    let prom = crate::support::prom::Prometheus::start_jobs(&[("tls", &agent.addr, &job)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let built = prom.query("vmscope_build_info{job=\"tls\"}");
+        if !built.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "targets: {}\nagent log: {}",
+            prom.targets(),
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
