@@ -279,6 +279,9 @@ impl Gate {
 
     pub fn new(cfg: Option<WebConfig>) -> Gate {
         let metrics = Arc::new(AccessMetrics::new());
+        if cfg.is_some() {
+            metrics.loaded(super::reload::unix_now());
+        }
         Gate {
             policy: RwLock::new(Arc::new(Policy::new(cfg, Arc::clone(&metrics)))),
             metrics,
@@ -287,6 +290,9 @@ impl Gate {
 
     /// Replaces the policy (a reloaded file); limiters and cache restart.
     pub fn replace(&self, cfg: Option<WebConfig>) {
+        if cfg.is_some() {
+            self.metrics.loaded(super::reload::unix_now());
+        }
         let p = Arc::new(Policy::new(cfg, Arc::clone(&self.metrics)));
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = p;
     }

@@ -2,7 +2,7 @@
 //! verifications (what a password check cost, so that an operator and the
 //! tests can see that rate limits come before hashing).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::export::{Desc, MetricSource, MetricWriter};
 
@@ -13,6 +13,15 @@ static AUTH: Desc = Desc::counter(
 static BCRYPT: Desc = Desc::counter(
     "vmscope_http_auth_bcrypt_total",
     "bcrypt password verifications vmscope ran for basic auth (repeat clients are answered from a cache).",
+);
+
+static RELOAD_OK: Desc = Desc::gauge(
+    "vmscope_web_config_last_reload_successful",
+    "1 if the last load of the web config file (and its certificates) succeeded; 0 if the running config is older than the file. Only with a web config.",
+);
+static RELOAD_TS: Desc = Desc::gauge(
+    "vmscope_web_config_last_reload_success_timestamp_seconds",
+    "Unix time of the last successful load of the web config file. Only with a web config.",
 );
 
 /// The `result` label.
@@ -56,6 +65,11 @@ impl AuthResult {
 pub struct AccessMetrics {
     results: [AtomicU64; AuthResult::ALL.len()],
     bcrypt: AtomicU64,
+    /// A web config is in use: the reload gauges are exported.
+    configured: AtomicBool,
+    reload_ok: AtomicBool,
+    /// Seconds since the epoch, as f64 bits.
+    reload_ts: AtomicU64,
 }
 
 impl AccessMetrics {
@@ -65,6 +79,19 @@ impl AccessMetrics {
 
     pub fn count(&self, r: AuthResult) {
         self.results[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A load of the web config succeeded at `unix_seconds`.
+    pub fn loaded(&self, unix_seconds: f64) {
+        self.configured.store(true, Ordering::Relaxed);
+        self.reload_ok.store(true, Ordering::Relaxed);
+        self.reload_ts
+            .store(unix_seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    /// A reload failed: the running config stays.
+    pub fn reload_failed(&self) {
+        self.reload_ok.store(false, Ordering::Relaxed);
     }
 
     pub fn bcrypt_ran(&self) {
@@ -88,5 +115,11 @@ impl MetricSource for AccessMetrics {
         }
         out.family(&BCRYPT);
         out.sample(&[], self.bcrypt_runs());
+        if self.configured.load(Ordering::Relaxed) {
+            out.family(&RELOAD_OK);
+            out.sample(&[], u64::from(self.reload_ok.load(Ordering::Relaxed)));
+            out.family(&RELOAD_TS);
+            out.sample(&[], f64::from_bits(self.reload_ts.load(Ordering::Relaxed)));
+        }
     }
 }

@@ -27,6 +27,7 @@ pub mod config;
 mod gate;
 mod limiter;
 mod metrics;
+pub mod reload;
 pub mod tls;
 pub mod token;
 

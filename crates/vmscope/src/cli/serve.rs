@@ -95,7 +95,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             ),
             None => crate::ledger::Ledger::disabled(),
         };
-        let gate = Arc::new(Gate::new(web));
+        let gate = Arc::new(Gate::new(web.clone()));
+        if let (Some(w), Some(path)) = (&web, &cfg.http.web_config_file) {
+            crate::access::reload::spawn(path.clone(), w, Arc::clone(&gate), tls.clone());
+        }
         let mut collector_sources = vec![owner_metrics, gate.metrics() as Arc<dyn MetricSource>];
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
@@ -149,15 +152,9 @@ pub(crate) fn web_config(
     let Some(path) = &cfg.http.web_config_file else {
         return Ok(None);
     };
-    let web = WebConfig::load(path)?;
-    let tls = match &web.tls {
-        Some(t) => Some(
-            crate::access::tls::server_config(t)
-                .map_err(|e| anyhow::anyhow!("web config {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    Ok(Some((web, tls)))
+    crate::access::reload::load(path)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Said once at start (and by check-config): settings accepted but not in

@@ -108,6 +108,15 @@ impl Agent {
         }
     }
 
+    /// Sends SIGHUP (reload the web config).
+    pub(crate) fn hangup(&self) {
+        let st = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -250,3 +250,111 @@ fn prometheus_scrapes_over_tls_with_a_bearer_token() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// Waits until the agent's log has `n` lines containing `what`.
+fn wait_log(agent: &Agent, what: &str, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while agent.log().matches(what).count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {what:?} x{n}: {}",
+            agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn certificates_and_tokens_reload_without_dropping_connections_and_a_bad_file_keeps_the_old() {
+    let ca1 = make_ca("first CA");
+    let ca2 = make_ca("second CA");
+    let first = leaf(&ca1, &["127.0.0.1"], false);
+    let second = leaf(&ca2, &["127.0.0.1"], false);
+    let t1 = "vms_reload_first_token_0123456789";
+    let t2 = "vms_reload_second_token_0123456789";
+    let web = |t: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nvmscope:\n  tokens:\n    - {{name: ops, sha256: {}, scope: admin}}\n",
+            vmscope::access::token::sha256_hex(t)
+        )
+    };
+    let agent = Agent::start_with(
+        &[("server.crt", &first.0), ("server.key", &first.1)],
+        &web(t1),
+    );
+    let url = format!("https://{}/metrics", agent.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // One client trusting only the first CA, its connection kept alive.
+    let kept = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .tls_certs_only([reqwest::Certificate::from_pem(ca1.pem.as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let get = |c: &reqwest::Client, token: &str| {
+        rt.block_on(async {
+            c.get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    assert_eq!(get(&kept, t1).unwrap(), 200);
+
+    // New certificate (another CA) and a new token, then SIGHUP.
+    let dir = agent.dir.path();
+    std::fs::write(dir.join("server.crt"), &second.0).unwrap();
+    std::fs::write(dir.join("server.key"), &second.1).unwrap();
+    std::fs::write(dir.join("web.yml"), web(t2)).unwrap();
+    agent.hangup();
+    wait_log(&agent, "web config reloaded", 1);
+
+    // The kept-alive connection was not dropped: it still works (a new
+    // connection from this client would fail, it does not trust the new
+    // CA) and it now answers to the new token only.
+    assert_eq!(get(&kept, t2).unwrap(), 200, "the open connection survived");
+    assert_eq!(get(&kept, t1).unwrap(), 401, "the old token is gone");
+    // New handshakes see the new certificate.
+    let (s, _) = fetch(&url, &ca2.pem, None, Some(t2)).unwrap();
+    assert_eq!(s, 200);
+    assert!(fetch(&url, &ca1.pem, None, Some(t2)).is_err());
+
+    // A broken file: the old config keeps serving and the metric says 0.
+    std::fs::write(dir.join("web.yml"), "tls_server_config:\n  cert_filse: x\n").unwrap();
+    agent.hangup();
+    wait_log(&agent, "reloading the web config failed", 1);
+    let (s, text) = fetch(&url, &ca2.pem, None, Some(t2)).unwrap();
+    assert_eq!(s, 200);
+    let m = Exposition::parse(&text).unwrap();
+    assert_eq!(
+        m.value("vmscope_web_config_last_reload_successful", &[]),
+        Some(0.0)
+    );
+    assert!(
+        m.value(
+            "vmscope_web_config_last_reload_success_timestamp_seconds",
+            &[]
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert!(agent.log().contains("cert_filse"), "the log says why");
+
+    // Fixed again, picked up by the poll (no signal) within its 5 s.
+    std::fs::write(dir.join("web.yml"), web(t1)).unwrap();
+    wait_log(&agent, "web config reloaded", 2);
+    let (s, text) = fetch(&url, &ca2.pem, None, Some(t1)).unwrap();
+    assert_eq!(s, 200);
+    let m = Exposition::parse(&text).unwrap();
+    assert_eq!(
+        m.value("vmscope_web_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    for secret in [t1, t2] {
+        assert!(!agent.log().contains(secret));
+    }
+}
