@@ -31,6 +31,14 @@
 //!   fields) are answered with the API's JSON error body (400 `bad_request`,
 //!   414 `uri_too_long`, 431 `headers_too_large`) after the responses to any
 //!   earlier requests on the connection, and the connection is closed.
+//! - **TLS** (with a web config's `tls_server_config`, `crate::access::tls`):
+//!   the handshake runs in the connection's task within
+//!   `http.header_read_timeout`, with the configuration current at accept
+//!   (a reload changes new handshakes only); then the same [`Guarded`] runs
+//!   over the TLS stream. Failed handshakes are closed and counted
+//!   (`tls_handshake`).
+//! - **Client address.** Each request carries the peer's `ConnectInfo` for
+//!   access control (allow-lists, rate limits).
 //! - **Shutdown.** The listener closes, idle connections close at once,
 //!   requests in progress get `http.shutdown_grace` to finish (without
 //!   keep-alive), and whatever is left after that is dropped.

@@ -16,6 +16,10 @@
 //! keys) never reach a log, an error or a metric: only a token's or a
 //! user's name does.
 //!
+//! Also here: the rustls configuration from `tls_server_config` ([`tls`]),
+//! reloading the file and certificates ([`reload`]), and new tokens
+//! ([`token`]).
+//!
 //! Order of the checks ([`Gate::check`], cheapest first, so that a flood of
 //! bad credentials is stopped before it costs a password hash): IP
 //! allow-list of the endpoint group -> rate limit per client IP (and the
