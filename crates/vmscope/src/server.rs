@@ -34,7 +34,7 @@
 //! - **TLS** (with a web config's `tls_server_config`, `crate::access::tls`):
 //!   the handshake runs in the connection's task within
 //!   `http.header_read_timeout`, with the configuration current at accept
-//!   (a reload changes new handshakes only); then the same [`Guarded`] runs
+//!   (a reload changes new handshakes only); then the same `Guarded` runs
 //!   over the TLS stream. Failed handshakes are closed and counted
 //!   (`tls_handshake`).
 //! - **Client address.** Each request carries the peer's `ConnectInfo` for

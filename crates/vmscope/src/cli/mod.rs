@@ -75,7 +75,7 @@ enum TokenCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct TokenNewArgs {
-    /// What the token may see: admin, user:<key> or project:<key>;
+    /// What the token may see: admin, user:KEY or project:KEY;
     /// repeat for several tenants.
     #[arg(long, required = true, value_name = "SCOPE")]
     scope: Vec<String>,
