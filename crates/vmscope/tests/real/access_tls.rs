@@ -294,13 +294,14 @@ fn certificates_and_tokens_reload_without_dropping_connections_and_a_bad_file_ke
         .tls_certs_only([reqwest::Certificate::from_pem(ca1.pem.as_bytes()).unwrap()])
         .build()
         .unwrap();
+    // The body is read to its end: only then does the connection go back
+    // to the pool (an unread body closes it).
     let get = |c: &reqwest::Client, token: &str| {
         rt.block_on(async {
-            c.get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
+            let r = c.get(&url).bearer_auth(token).send().await?;
+            let status = r.status().as_u16();
+            r.bytes().await?;
+            Ok::<u16, reqwest::Error>(status)
         })
     };
     assert_eq!(get(&kept, t1).unwrap(), 200);
