@@ -479,3 +479,124 @@ fn tenant_scopes_make_an_access_with_their_users_and_projects() {
         (&["alice".to_owned()][..], &["acme".to_owned()][..])
     );
 }
+
+fn vmscope(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vmscope"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("VMSCOPE_") {
+            c.env_remove(key);
+        }
+    }
+    c.args(args).envs(env.iter().copied()).output().unwrap()
+}
+
+#[test]
+fn token_new_prints_a_token_once_and_an_entry_that_authenticates_it() {
+    let out = vmscope(
+        &[
+            "token",
+            "new",
+            "--scope",
+            "admin",
+            "--name",
+            "prometheus",
+            "--expires",
+            "90d",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text.lines().next().unwrap();
+    assert!(
+        token.starts_with("vms_") && token.len() == 4 + 43,
+        "{token}"
+    );
+    assert_eq!(text.matches(token).count(), 1, "the token is printed once");
+    // The printed entry, pasted under `vmscope: tokens:`, lets the token in.
+    let entry: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with("    "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = parse(&format!("vmscope:\n  tokens:\n{entry}")).unwrap();
+    assert!(cfg.tokens[0].expires.unwrap() > SystemTime::now() + Duration::from_secs(89 * 86_400));
+    let gate = Gate::new(Some(cfg));
+    assert!(matches!(
+        decided(gate.check("/metrics", None, bearer(token), T0())),
+        Decision::Allow(Access::Admin { .. })
+    ));
+    // Two tokens differ.
+    let again = vmscope(&["token", "new", "--scope", "admin", "--name", "x"], &[]);
+    assert!(!String::from_utf8_lossy(&again.stdout).contains(token));
+    // Bad flags: exit 2 naming the flag.
+    for (args, flag) in [
+        (vec!["--scope", "tenant:x", "--name", "a"], "--scope"),
+        (vec!["--scope", "admin", "--name", "a b"], "--name"),
+        (
+            vec!["--scope", "admin", "--name", "a", "--expires", "later"],
+            "--expires",
+        ),
+    ] {
+        let mut all = vec!["token", "new"];
+        all.extend(args);
+        let out = vmscope(&all, &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(&format!("error: {flag}")), "{err}");
+    }
+}
+
+#[test]
+fn check_config_checks_the_web_config_and_names_the_file_and_key() {
+    let dir = fixture_dir();
+    let good = dir.path().join("vmscope.yml");
+    let out = vmscope(
+        &["check-config"],
+        &[("VMSCOPE_HTTP__WEB_CONFIG_FILE", good.as_os_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("web config") && stdout.contains("1 users, 2 tokens"),
+        "{stdout}"
+    );
+    // Accepted but not in force yet: said on stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("host_only"), "{stderr}");
+
+    for (file, key) in [
+        ("toolkit_web_config_junk_key.yml", "cert_filse"),
+        (
+            "toolkit_web_config_noAuth_someCurves.good.yml",
+            "tls_server_config.curve_preferences[0]",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        let toml = dir.path().join("c.toml");
+        std::fs::write(&toml, format!("[http]\nweb_config_file = {:?}\n", path)).unwrap();
+        let out = vmscope(&["check-config", toml.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(file) && err.contains(key), "{file}: {err}");
+    }
+    // The toolkit's minimal TLS example checks (certificates are read).
+    let toml = dir.path().join("c.toml");
+    let path = dir.path().join("toolkit_web-config.yml");
+    std::fs::write(&toml, format!("[http]\nweb_config_file = {:?}\n", path)).unwrap();
+    let out = vmscope(&["check-config", toml.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TLS"));
+}
