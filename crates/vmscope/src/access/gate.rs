@@ -179,7 +179,12 @@ impl PendingBasic {
     /// threads). False for a wrong password or an unknown user.
     pub fn verify(&self) -> bool {
         self.policy.metrics.bcrypt_ran();
-        let ok = bcrypt::verify(&self.password, &self.hash).unwrap_or(false);
+        let hash = if self.known {
+            self.hash.as_str()
+        } else {
+            DUMMY_HASH.as_str()
+        };
+        let ok = bcrypt::verify(&self.password, hash).unwrap_or(false);
         ok && self.known
     }
 }
@@ -401,9 +406,18 @@ impl Gate {
                 decided(after_credentials(&policy, group, who, &scopes, now.0))
             }
             Credentials::Basic { user, password } => {
+                if policy.users.is_empty() {
+                    // No users: nothing to enumerate, no bcrypt to spend.
+                    return decided(Decision::Refuse(Refusal::new(
+                        AuthResult::Invalid,
+                        "invalid credentials",
+                    )));
+                }
+                // An unknown user is checked against the dummy hash (in
+                // `verify`, on the blocking thread).
                 let (name, hash, known) = match policy.users.get(&user) {
                     Some((n, h)) => (Arc::clone(n), h.clone(), true),
-                    None => (Arc::from("?"), DUMMY_HASH.clone(), false),
+                    None => (Arc::from("?"), String::new(), false),
                 };
                 let cache_key = policy.cache_key(&user, &password, &hash);
                 if known && policy.cached(&cache_key) {

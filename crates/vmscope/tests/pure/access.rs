@@ -600,3 +600,22 @@ fn check_config_checks_the_web_config_and_names_the_file_and_key() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("TLS"));
 }
+
+#[test]
+fn basic_credentials_without_configured_users_cost_no_bcrypt() {
+    let text = format!(
+        "vmscope:\n  tokens:\n    - {{name: a, sha256: {}, scope: admin}}\n",
+        sha("vms_a")
+    );
+    let gate = Gate::new(Some(parse(&text).unwrap()));
+    assert_eq!(
+        refused(&decided(gate.check(
+            "/metrics",
+            None,
+            basic("carol", "carol123"),
+            T0()
+        ))),
+        (401, AuthResult::Invalid)
+    );
+    assert_eq!(gate.metrics().bcrypt_runs(), 0);
+}
