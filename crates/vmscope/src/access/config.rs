@@ -527,7 +527,7 @@ impl WebConfig {
             let de = serde_yaml::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let key = e.path().to_string();
-                let inner = e.into_inner().to_string();
+                let inner = redact_quoted(&e.into_inner().to_string());
                 // serde_yaml appends " at line N column M" (kept: it helps)
                 // and sometimes starts with a path of its own.
                 let own_path = inner
@@ -616,6 +616,27 @@ impl WebConfig {
             }),
         }
     }
+}
+
+/// serde quotes a value of the wrong type (`invalid type: string "..."`):
+/// a value longer than a key name may be a password hash or a PEM key put
+/// in the wrong place, so it is replaced.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut parts = msg.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('"');
+        // Odd pieces (0, 2, ... after the first) are inside quotes.
+        if i % 2 == 0 && part.chars().count() > 24 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, what a dual-stack

@@ -124,7 +124,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .local_addr()
             .context("reading the bound address")
             .map_err(Failure::runtime)?;
-        tracing::info!(address = %addr, interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
+        tracing::info!(address = %addr, tls = tls.is_some(), interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
         crate::server::serve_tls(
             listener,
             app,

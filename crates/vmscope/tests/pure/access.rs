@@ -619,3 +619,13 @@ fn basic_credentials_without_configured_users_cost_no_bcrypt() {
     );
     assert_eq!(gate.metrics().bcrypt_runs(), 0);
 }
+
+#[test]
+fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
+    let e = parse(
+        "tls_server_config:\n  cipher_suites: \"-----BEGIN PRIVATE KEY----- SECRETSECRETSECRET\"\n",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("tls_server_config.cipher_suites"), "{e}");
+    assert!(!e.contains("SECRETSECRETSECRET"), "{e}");
+}
