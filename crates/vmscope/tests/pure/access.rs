@@ -629,3 +629,32 @@ fn a_secret_in_the_wrong_place_is_not_quoted_in_the_error() {
     assert!(e.starts_with("tls_server_config.cipher_suites"), "{e}");
     assert!(!e.contains("SECRETSECRETSECRET"), "{e}");
 }
+
+#[test]
+fn the_toolkits_global_rate_limit_is_one_bucket_for_every_client() {
+    let gate = Gate::new(Some(
+        parse("rate_limit:\n  interval: 1s\n  burst: 2\n").unwrap(),
+    ));
+    let a: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+    let b: Option<IpAddr> = Some("192.0.2.2".parse().unwrap());
+    let t = Instant::now();
+    let at = (t, SystemTime::now());
+    assert!(matches!(
+        decided(gate.check("/metrics", a, Credentials::None, at)),
+        Decision::Allow(_)
+    ));
+    assert!(matches!(
+        decided(gate.check("/metrics", b, Credentials::None, at)),
+        Decision::Allow(_)
+    ));
+    // The third request, from either client, waits for the next interval.
+    assert_eq!(
+        refused(&decided(gate.check("/metrics", a, Credentials::None, at))),
+        (429, AuthResult::RateLimited)
+    );
+    let later = (t + Duration::from_secs(1), SystemTime::now());
+    assert!(matches!(
+        decided(gate.check("/metrics", b, Credentials::None, later)),
+        Decision::Allow(_)
+    ));
+}
