@@ -49,6 +49,8 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         &["export", "model", "error", "store", "outbound", "ledger"],
     ),
     ("ledger", &["export", "model", "error", "store", "host"]),
+    // access: decisions only; the HTTP edge (api) hands requests in.
+    ("access", &["export", "error"]),
 ];
 
 /// Modules that may name the web framework's types.

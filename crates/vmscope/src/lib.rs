@@ -11,6 +11,7 @@
 //! export, outbound       metric sources and encoders; delivery out
 //! store, alert           state database; the watchdog and its sinks
 //! ledger                 usage per VM incarnation and interval, persisted
+//! access                 web config (TLS, users, tokens), access decisions
 //! config                 every section, loaded and checked
 //! api, server            the HTTP edge
 //! cli                    the commands; `serve` is the composition root
@@ -41,6 +42,9 @@ pub mod store;
 pub mod alert;
 
 pub mod ledger;
+
+// Who may read what over HTTP (no web framework types).
+pub mod access;
 
 // Configuration of all of the above.
 pub mod config;

@@ -31,6 +31,14 @@
 //!   fields) are answered with the API's JSON error body (400 `bad_request`,
 //!   414 `uri_too_long`, 431 `headers_too_large`) after the responses to any
 //!   earlier requests on the connection, and the connection is closed.
+//! - **TLS** (with a web config's `tls_server_config`, `crate::access::tls`):
+//!   the handshake runs in the connection's task within
+//!   `http.header_read_timeout`, with the configuration current at accept
+//!   (a reload changes new handshakes only); then the same `Guarded` runs
+//!   over the TLS stream. Failed handshakes are closed and counted
+//!   (`tls_handshake`).
+//! - **Client address.** Each request carries the peer's `ConnectInfo` for
+//!   access control (allow-lists, rate limits).
 //! - **Shutdown.** The listener closes, idle connections close at once,
 //!   requests in progress get `http.shutdown_grace` to finish (without
 //!   keep-alive), and whatever is left after that is dropped.
@@ -61,6 +69,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
+use crate::access::tls::TlsState;
 use crate::api::ApiError;
 use crate::api::http_metrics::{AcceptErrorKind, CloseReason, HttpMetrics};
 
@@ -103,6 +112,9 @@ pub struct HttpConfig {
     /// How long requests in progress may take to finish at shutdown.
     #[serde(deserialize_with = "crate::model::de_duration")]
     pub shutdown_grace: Duration,
+    /// The exporter-toolkit web configuration file (TLS, users, tokens,
+    /// allow-lists; `crate::access`); `--web.config.file` overrides it.
+    pub web_config_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -114,6 +126,7 @@ impl Default for HttpConfig {
             // Prometheus keeps its connection between scrapes.
             idle_timeout: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            web_config_file: None,
         }
     }
 }
@@ -175,6 +188,19 @@ pub async fn serve(
     metrics: Arc<HttpMetrics>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_tls(listener, app, cfg, metrics, None, shutdown).await;
+}
+
+/// [`serve`], speaking TLS on every connection when `tls` is given (see
+/// `crate::access::tls`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    cfg: &HttpConfig,
+    metrics: Arc<HttpMetrics>,
+    tls: Option<Arc<TlsState>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let cap = cfg.effective_max_connections(fd_limit);
     if cap < cfg.max_connections {
@@ -207,10 +233,10 @@ pub async fn serve(
             }
             res = listener.accept() => res,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match accepted {
+            Ok((stream, peer)) => {
                 failing = false;
-                stream
+                (stream, peer)
             }
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
@@ -249,7 +275,14 @@ pub async fn serve(
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
         };
-        tasks.spawn(conn.run(stream, app.clone(), limits, stop_rx.clone()));
+        tasks.spawn(conn.run(
+            stream,
+            peer,
+            app.clone(),
+            limits,
+            tls.clone(),
+            stop_rx.clone(),
+        ));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -419,12 +452,51 @@ impl Connection {
     async fn run(
         self,
         stream: TcpStream,
+        peer: std::net::SocketAddr,
+        app: Router,
+        limits: Limits,
+        tls: Option<Arc<TlsState>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(tls) = tls else {
+            return self.run_on(stream, peer, app, limits, stop).await;
+        };
+        // The handshake is part of the head: it must end within
+        // header_read_timeout, and the connection stays evictable meanwhile.
+        // The configuration is taken per connection, so a reload applies
+        // to new handshakes while open connections keep theirs.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+        let deadline = self.slot.accepted + limits.header_read;
+        let reason = tokio::select! {
+            res = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => match res {
+                Ok(Ok(s)) => return self.run_on(s, peer, app, limits, stop).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, client = %peer, "TLS handshake failed");
+                    CloseReason::TlsHandshake
+                }
+                Err(_) => CloseReason::HeaderTimeout,
+            },
+            () = self.slot.close.notified() => CloseReason::Evicted,
+            _ = stop.changed() => CloseReason::Shutdown,
+        };
+        if reason != CloseReason::Shutdown {
+            self.metrics.connections().closed(reason);
+        }
+    }
+
+    async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        stream: S,
+        peer: std::net::SocketAddr,
         app: Router,
         limits: Limits,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut io = Guarded::new(stream, limits, Arc::clone(&self.slot));
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        // The client's address, for access control (allow-lists, rate limits).
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             app.clone().oneshot(req)
         });
         let mut builder = http1::Builder::new();
@@ -487,7 +559,7 @@ impl Connection {
 /// Writes `err` as a complete HTTP/1.1 response, then closes gently: our
 /// side first, then the client's unread bytes are discarded (bounded in time
 /// and bytes) so that the close does not reset the answer away.
-async fn answer_and_close(stream: &mut TcpStream, err: &ApiError) {
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, err: &ApiError) {
     let (status, _) = err.status_and_code();
     let body = err.json_body();
     let head = format!(
@@ -726,8 +798,8 @@ enum Wait {
 /// The connection as hyper sees it: bytes are handed on only once a whole
 /// request head has arrived and parses (bodies are passed through as they
 /// come, counted to find the next head), and waits are bounded.
-struct Guarded {
-    io: TcpStream,
+struct Guarded<S> {
+    io: S,
     limits: Limits,
     slot: Arc<Slot>,
     /// Bytes read: `inbound[..out]` already handed to hyper,
@@ -746,8 +818,8 @@ struct Guarded {
     rejected: Option<ApiError>,
 }
 
-impl Guarded {
-    fn new(io: TcpStream, limits: Limits, slot: Arc<Slot>) -> Self {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    fn new(io: S, limits: Limits, slot: Arc<Slot>) -> Self {
         let accepted = slot.accepted;
         Guarded {
             io,
@@ -897,7 +969,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -951,7 +1023,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

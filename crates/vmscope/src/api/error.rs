@@ -60,6 +60,15 @@ pub enum ApiError {
     /// watchdog disabled, or without its database); the message says which.
     #[error("{0}")]
     Unavailable(&'static str),
+    /// Missing, malformed or wrong credentials (answered with
+    /// `WWW-Authenticate` by `super::access`).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Outside the IP allow-list or the credentials' scope.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    RateLimited(&'static str),
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Like `Internal`, but the caller has logged the cause already and
@@ -108,6 +117,9 @@ impl ApiError {
             ApiError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ApiError::Stale { .. } => (StatusCode::SERVICE_UNAVAILABLE, "stale"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) | ApiError::Failed(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

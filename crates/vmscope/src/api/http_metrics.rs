@@ -71,10 +71,13 @@ pub enum CloseReason {
     BadRequest,
     /// Still open when the server stopped.
     Shutdown,
+    /// The TLS handshake failed (no common version or suite, a refused
+    /// client certificate, not TLS at all).
+    TlsHandshake,
 }
 
 impl CloseReason {
-    const ALL: [CloseReason; 7] = [
+    const ALL: [CloseReason; 8] = [
         CloseReason::OverLimit,
         CloseReason::Evicted,
         CloseReason::HeaderTimeout,
@@ -82,6 +85,7 @@ impl CloseReason {
         CloseReason::WriteTimeout,
         CloseReason::BadRequest,
         CloseReason::Shutdown,
+        CloseReason::TlsHandshake,
     ];
 
     /// The `reason` label.
@@ -94,6 +98,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::BadRequest => "bad_request",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 }

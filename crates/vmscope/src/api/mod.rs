@@ -10,11 +10,12 @@
 //! One file per resource; [`error::ApiError`] is the only error type and maps
 //! to status codes in one `match`. Middleware, outermost first: HTTP
 //! self-metrics ([`http_metrics`]), then a request timeout and body limit
-//! ([`limits`]).
+//! ([`limits`]), then access control ([`access`], see `crate::access`).
 //!
 //! Failure: unknown routes and ids are 404 JSON; an overdue request is 503
 //! JSON; nothing internal is echoed to clients.
 
+pub mod access;
 pub mod alerts;
 pub mod error;
 mod health;
@@ -327,6 +328,12 @@ impl AppState {
 /// layers (outermost first): HTTP self-metrics, the request timeout, the
 /// body limit; JSON errors for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
+    router_with_access(state, Arc::new(crate::access::Gate::open()))
+}
+
+/// [`router`] behind the access control of `gate` (inside the timeout, so
+/// that a bcrypt check is bounded by it too).
+pub fn router_with_access(state: AppState, gate: Arc<crate::access::Gate>) -> Router {
     let mut app = Router::new();
     for r in ROUTES {
         let handler = (r.handler)();
@@ -340,6 +347,7 @@ pub fn router(state: AppState) -> Router {
     app.with_state(state.clone())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(from_fn_with_state(gate, access::enforce))
         .layer(RequestBodyLimitLayer::new(limits::BODY_LIMIT_BYTES))
         .layer(from_fn_with_state(state.clone(), limits::enforce))
         .layer(from_fn_with_state(state, http_metrics::track))

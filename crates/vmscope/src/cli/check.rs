@@ -18,6 +18,16 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     if cfg.watchdog.enabled || cfg.ledger.enabled {
         cfg.store.check().map_err(Failure::usage)?;
     }
+    // The web config as serve loads it (an error names its file and key).
+    let web = super::serve::web_config(&cfg).map_err(Failure::usage)?;
+    if let Some((w, _)) = &web {
+        for n in super::serve::web_config_notes(w) {
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("warning: {n}\n").as_bytes(),
+            );
+        }
+    }
     // Deprecation warnings only once every check passed: an error, like
     // any config error, is the first line on stderr and names the key as
     // it was written.
@@ -35,6 +45,16 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
         cfg.listen,
         humantime::format_duration(cfg.interval)
     );
+    if let (Some((w, tls)), Some(path)) = (&web, &cfg.http.web_config_file) {
+        let _ = writeln!(
+            out,
+            "  web config {}: ok ({} users, {} tokens, {})",
+            path.display(),
+            w.users.len(),
+            w.tokens.len(),
+            if tls.is_some() { "TLS" } else { "no TLS" }
+        );
+    }
     for (key, var) in &cfg.from_env {
         // Values are not printed: some variables may hold secrets.
         let _ = writeln!(out, "  {key} from environment variable {var}");

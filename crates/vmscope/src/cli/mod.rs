@@ -1,4 +1,5 @@
-//! Command-line interface: `serve`, `vms`, `owners`, `usage`, `check-config`.
+//! Command-line interface: `serve`, `vms`, `owners`, `usage`, `token`,
+//! `check-config`.
 //!
 //! Errors reach the user once, at this edge, printed with their causes
 //! (`error: cannot read config file x.toml: No such file or directory`) and
@@ -13,6 +14,7 @@ mod check;
 mod logfmt;
 mod owners;
 pub mod serve;
+mod token;
 mod usage;
 mod vms;
 
@@ -48,8 +50,12 @@ enum Command {
     /// Usage totals from the ledger in the state database (no agent
     /// needed; the same totals as GET /api/v1/usage).
     Usage(UsageArgs),
+    /// Bearer tokens for the web config's `vmscope.tokens`.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Validate the configuration `serve` would run with (the file, then
-    /// VMSCOPE_* variables) and explain what is wrong.
+    /// VMSCOPE_* variables, and the web config it names) and explain what
+    /// is wrong.
     CheckConfig {
         /// The TOML file to check (same as -c FILE).
         #[arg(value_name = "FILE", conflicts_with = "config")]
@@ -58,6 +64,27 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print a new random token (once: vmscope keeps only its SHA-256) and
+    /// the `vmscope.tokens` entry to paste into the web config file.
+    New(TokenNewArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenNewArgs {
+    /// What the token may see: admin, user:KEY or project:KEY;
+    /// repeat for several tenants.
+    #[arg(long, required = true, value_name = "SCOPE")]
+    scope: Vec<String>,
+    /// A name for logs (A-Z, a-z, 0-9, '-', '_', '.').
+    #[arg(long)]
+    name: String,
+    /// Lifetime (e.g. 90d, 12h) or an RFC 3339 time in UTC; none: no expiry.
+    #[arg(long)]
+    expires: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -79,6 +106,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS")]
     #[arg(value_parser = parse_interval)]
     interval: Option<std::time::Duration>,
+    /// The exporter-toolkit web configuration file (basic auth, bearer
+    /// tokens, allow-lists, rate limits) [default: http.web_config_file].
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +232,7 @@ pub fn main() -> ExitCode {
         Command::Vms(a) => vms::run(a),
         Command::Owners(a) => owners::run(a),
         Command::Usage(a) => usage::run(a),
+        Command::Token(TokenCommand::New(a)) => token::new(a),
         Command::CheckConfig { file, config } => check::run(file.or(config)),
     };
     match res {

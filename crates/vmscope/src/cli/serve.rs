@@ -13,8 +13,10 @@ use anyhow::Context;
 use super::{Failure, ServeArgs, init_logging};
 use tokio::sync::watch;
 
+use crate::access::tls::TlsState;
+use crate::access::{Anonymous, Gate, Group, WebConfig};
 use crate::alert::Watchdog;
-use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router};
+use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router_with_access};
 use crate::config::Config;
 use crate::export::{MetricSource, SnapshotAge, Sources};
 use crate::ledger::{NoLedger, UsageReader};
@@ -33,8 +35,28 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(i) = args.interval {
         cfg.interval = i;
     }
+    if let Some(w) = args.web_config_file {
+        cfg.http.web_config_file = Some(w);
+    }
     cfg.validate().map_err(Failure::usage)?;
+    let web = web_config(&cfg).map_err(Failure::usage)?;
     init_logging(&cfg);
+    let (web, tls) = match web {
+        Some((w, t)) => (Some(w), t.map(|t| Arc::new(TlsState::new(t)))),
+        None => (None, None),
+    };
+    if let (Some(w), Some(path)) = (&web, &cfg.http.web_config_file) {
+        tracing::info!(
+            file = %path.display(),
+            users = w.users.len(),
+            tokens = w.tokens.len(),
+            tls = tls.is_some(),
+            "access control from the web config"
+        );
+        for n in web_config_notes(w) {
+            tracing::warn!("{n}");
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -79,7 +101,11 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             ),
             None => crate::ledger::Ledger::disabled(),
         };
-        let mut collector_sources = vec![owner_metrics];
+        let gate = Arc::new(Gate::new(web.clone()));
+        if let (Some(w), Some(path)) = (&web, &cfg.http.web_config_file) {
+            crate::access::reload::spawn(path.clone(), w, Arc::clone(&gate), tls.clone());
+        }
+        let mut collector_sources = vec![owner_metrics, gate.metrics() as Arc<dyn MetricSource>];
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
         }
@@ -124,7 +150,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
         let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
         let http_metrics = state.shared_http_metrics();
-        let app = router(state);
+        let app = router_with_access(state, gate);
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))
@@ -133,8 +159,16 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             .local_addr()
             .context("reading the bound address")
             .map_err(Failure::runtime)?;
-        tracing::info!(address = %addr, interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
-        crate::server::serve(listener, app, &cfg.http, http_metrics, shutdown_signal()).await;
+        tracing::info!(address = %addr, tls = tls.is_some(), interval = %humantime::format_duration(cfg.interval), version = crate::BuildInfo::VERSION, "listening");
+        crate::server::serve_tls(
+            listener,
+            app,
+            &cfg.http,
+            http_metrics,
+            tls,
+            shutdown_signal(),
+        )
+        .await;
         // The ledger's last flush first: the watchdog's shutdown closes the store.
         ledger.shutdown().await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
@@ -142,6 +176,40 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The web configuration `serve` runs with (`http.web_config_file`), loaded
+/// and checked, with its TLS configuration built (certificates read): also
+/// what `check-config` checks.
+pub(crate) fn web_config(
+    cfg: &Config,
+) -> anyhow::Result<Option<(WebConfig, Option<Arc<rustls::ServerConfig>>)>> {
+    let Some(path) = &cfg.http.web_config_file else {
+        return Ok(None);
+    };
+    crate::access::reload::load(path)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
+}
+
+/// Said once at start (and by check-config): settings accepted but not in
+/// force yet.
+pub(crate) fn web_config_notes(web: &WebConfig) -> Vec<String> {
+    let mut notes = Vec::new();
+    if web.anonymous.get(&Group::Scrape) == Some(&Anonymous::HostOnly) {
+        notes.push(
+            "vmscope.anonymous.scrape: host_only is not enforced yet; anonymous scrapes are denied"
+                .to_owned(),
+        );
+    }
+    if web
+        .tokens
+        .iter()
+        .any(|t| !t.scopes.contains(&crate::access::Scope::Admin))
+    {
+        notes.push("vmscope.tokens: tenant-scoped tokens are refused (403) until endpoints filter by tenant".to_owned());
+    }
+    notes
 }
 
 /// The API's state: the metric sources, built once here, in exposition

@@ -9,6 +9,8 @@
 
 mod support;
 
+mod access;
+mod access_tls;
 mod alert_store_pg;
 mod cli_robustness;
 mod e2e;

@@ -24,9 +24,15 @@ impl Prometheus {
     /// Starts Prometheus scraping `target` (`host:port`, path `/metrics`) as
     /// job `vmscope` every second, and waits until it is ready.
     pub fn start(target: &str) -> Prometheus {
+        Prometheus::start_jobs(&[("vmscope", target, "")])
+    }
+
+    /// Starts Prometheus with one scrape job per (job name, target, extra
+    /// YAML lines of the job, indented four spaces: `authorization:` ...).
+    pub fn start_jobs(jobs: &[(&str, &str, &str)]) -> Prometheus {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Prometheus::try_start(target) {
+            match Prometheus::try_start(jobs) {
                 Ok(p) => return p,
                 Err(e) => last_err = e,
             }
@@ -34,20 +40,19 @@ impl Prometheus {
         panic!("prometheus did not come up: {last_err}");
     }
 
-    fn try_start(target: &str) -> Result<Prometheus, String> {
+    fn try_start(jobs: &[(&str, &str, &str)]) -> Result<Prometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("vmscope-e2e-prom-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let config = dir.path().join("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: vmscope\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .map_err(|e| format!("write {}: {e}", config.display()))?;
+        let mut text = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n".to_owned();
+        for (job, target, extra) in jobs {
+            text.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n{extra}"
+            ));
+        }
+        fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
         let log = fs::File::create(dir.path().join("prometheus.log"))
             .map_err(|e| format!("create prometheus.log: {e}"))?;
         let addr = format!("127.0.0.1:{}", free_port());

@@ -1,0 +1,122 @@
+//! The access middleware: hands each request's path, client address and
+//! `Authorization` header to [`crate::access::Gate`], runs a bcrypt check
+//! (when one is needed) on a blocking thread, answers refusals, and sets
+//! `http_server_config.headers` on every response.
+//!
+//! Reads: the client address the server stores in the request
+//! (`ConnectInfo<SocketAddr>`, see `crate::server`). Emits: the request with
+//! an [`Access`] extension for the handlers, or 401 (with
+//! `WWW-Authenticate`), 403 or 429 (with `Retry-After`) as the API's JSON
+//! error. Logs refusals at debug with the client address, the path and the
+//! token's or user's name, never a secret.
+//!
+//! Fails: never; a bcrypt check that cannot run (the blocking pool gone)
+//! is a refusal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::access::{Access, Credentials, Decision, Gate, Verdict};
+
+/// Both schemes vmscope takes, as RFC 9110 lists challenges.
+const CHALLENGE: &str = "Bearer realm=\"vmscope\", Basic realm=\"vmscope\"";
+
+/// At most this many bcrypt checks run at once: each takes a core for tens
+/// of milliseconds, and the rate limits already bound how many arrive.
+const BCRYPT_PARALLEL: usize = 2;
+static BCRYPT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BCRYPT_PARALLEL);
+
+pub async fn enforce(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let creds = Credentials::parse(
+        req.headers()
+            .get_all(AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
+    let verdict = gate.check(
+        req.uri().path(),
+        ip,
+        creds,
+        (Instant::now(), SystemTime::now()),
+    );
+    let decision = match verdict {
+        Verdict::Decided(d) => d,
+        Verdict::Bcrypt(pending) => {
+            // Held across the blocking call: bounds bcrypt's CPU.
+            let permit = BCRYPT_SLOTS.acquire().await;
+            let (pending, ok) = match tokio::task::spawn_blocking(move || {
+                let ok = pending.verify();
+                (pending, ok)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a password check failed to run");
+                    return with_headers(
+                        &gate,
+                        ApiError::Failed("password check failed").into_response(),
+                    );
+                }
+            };
+            drop(permit);
+            gate.finish(pending, ok, Instant::now())
+        }
+    };
+    let resp = match decision {
+        Decision::Allow(access) => {
+            req.extensions_mut().insert::<Access>(access);
+            next.run(req).await
+        }
+        Decision::Refuse(r) => {
+            tracing::debug!(
+                result = r.result.as_str(),
+                client = %ip.map(|i| i.to_string()).unwrap_or_default(),
+                path = req.uri().path(),
+                who = r.who.as_deref().unwrap_or(""),
+                "request refused: {}",
+                r.message
+            );
+            let err = match r.status {
+                401 => ApiError::Unauthorized(r.message),
+                429 => ApiError::RateLimited(r.message),
+                _ => ApiError::Forbidden(r.message),
+            };
+            let mut resp = err.into_response();
+            if r.status == 401 {
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+            }
+            if let Some(s) = r.retry_after {
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(s));
+            }
+            resp
+        }
+    };
+    with_headers(&gate, resp)
+}
+
+fn with_headers(gate: &Gate, mut resp: Response) -> Response {
+    for (name, value) in gate.headers() {
+        // Checked at load (names from a fixed list, no control characters).
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            resp.headers_mut().insert(n, v);
+        }
+    }
+    resp
+}
