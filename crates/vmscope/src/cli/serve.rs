@@ -77,6 +77,9 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
         }
+        if let Some(m) = ledger.ship_metrics() {
+            collector_sources.push(m);
+        }
         let watchdog = crate::alert::start(cfg.watchdog.clone(), snapshots.clone(), store)
             .await
             .context("starting the watchdog")

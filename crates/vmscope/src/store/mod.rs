@@ -28,6 +28,8 @@ pub mod config;
 pub mod ledger;
 pub mod lock;
 pub mod metrics;
+pub mod postgres;
+pub mod spool;
 pub mod sqlite;
 
 use std::path::PathBuf;

@@ -115,6 +115,31 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             horizon_ms INTEGER NOT NULL
         ) WITHOUT ROWID;",
     ),
+    // The fleet ledger's spool (`[ledger] database_url`, ledger/ship.rs):
+    // the keys of rows written here and not yet in PostgreSQL, with the
+    // flush that last wrote them (`seq`) and when they first waited.
+    // Number 5: 4 is the ledger tables' rewrite (rollups).
+    (
+        5,
+        "CREATE TABLE ledger_spool (
+            host              TEXT    NOT NULL,
+            vm_id             TEXT    NOT NULL,
+            incarnation       TEXT    NOT NULL,
+            resolution_s      INTEGER NOT NULL,
+            interval_start_ms INTEGER NOT NULL,
+            seq               INTEGER NOT NULL,
+            spooled_at_ms     INTEGER NOT NULL,
+            PRIMARY KEY (host, vm_id, incarnation, resolution_s, interval_start_ms)
+        ) WITHOUT ROWID;
+        CREATE INDEX ledger_spool_seq ON ledger_spool (seq);
+        CREATE INDEX ledger_spool_age ON ledger_spool (spooled_at_ms);
+        CREATE TABLE ledger_spool_state (
+            id       INTEGER PRIMARY KEY CHECK (id = 1),
+            enabled  INTEGER NOT NULL,
+            next_seq INTEGER NOT NULL
+        );
+        INSERT INTO ledger_spool_state (id, enabled, next_seq) VALUES (1, 0, 1);",
+    ),
 ];
 
 /// The schema version that added the usage ledger's tables.
@@ -895,6 +920,7 @@ impl LedgerStore for SqliteStore {
             for inc in &batch.forget {
                 del.execute([inc]).map_err(q(op))?;
             }
+            spool_rows(&tx, &batch.rows)?;
             if let Some((boot, at)) = &batch.horizon {
                 tx.execute(
                     "INSERT OR REPLACE INTO ledger_state (boot_id, horizon_ms) VALUES (?1, ?2)",
@@ -953,6 +979,203 @@ impl LedgerStore for SqliteStore {
     }
 }
 
+// ---- The fleet ledger's spool (migration 5; store/spool.rs, ledger/ship.rs) ----
+
+/// Within a flush's transaction: when spooling is on, add (or renew, with
+/// this flush's number) the key of every row written, so that the shipper
+/// sends its new totals to PostgreSQL. Off (no `database_url`): one read.
+fn spool_rows(tx: &Connection, rows: &[(LedgerKey, LedgerUsage)]) -> Result<(), StoreError> {
+    let op = "ledger_flush";
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let state: Option<(bool, i64)> = tx
+        .query_row(
+            "SELECT enabled, next_seq FROM ledger_spool_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(q(op))?;
+    let Some((true, seq)) = state else {
+        return Ok(());
+    };
+    tx.execute(
+        "UPDATE ledger_spool_state SET next_seq = next_seq + 1 WHERE id = 1",
+        [],
+    )
+    .map_err(q(op))?;
+    let now = to_ms(SystemTime::now());
+    // A row already waiting keeps its first spool time (the lag metric
+    // says how long PostgreSQL has been behind) and takes the new seq.
+    let mut add = tx
+        .prepare_cached(
+            "INSERT INTO ledger_spool (host, vm_id, incarnation, resolution_s, interval_start_ms, \
+             seq, spooled_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT DO UPDATE SET seq = excluded.seq",
+        )
+        .map_err(q(op))?;
+    for (k, _) in rows {
+        add.execute(params![
+            k.host,
+            k.vm_id,
+            k.incarnation,
+            k.resolution_s,
+            k.interval_start_ms,
+            seq,
+            now
+        ])
+        .map_err(q(op))?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Turn spooling on (a `database_url` is configured) or off; off also
+    /// empties the spool (nothing will ship it). Cheap when unchanged.
+    pub fn spool_set(&mut self, enabled: bool) -> Result<(), StoreError> {
+        let op = "ledger_spool";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let was: bool = tx
+            .query_row(
+                "SELECT enabled FROM ledger_spool_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(q(op))?;
+        if was != enabled {
+            tx.execute(
+                "UPDATE ledger_spool_state SET enabled = ?1 WHERE id = 1",
+                [enabled],
+            )
+            .map_err(q(op))?;
+            if !enabled {
+                tx.execute("DELETE FROM ledger_spool", []).map_err(q(op))?;
+            }
+        }
+        tx.commit().map_err(q(op))
+    }
+
+    /// The oldest `max_rows` spooled rows (by seq) with their current
+    /// totals, after dropping the oldest entries past `bound` (counted in
+    /// the answer). Entries whose row is gone (retention) are removed.
+    pub fn spool_take(
+        &mut self,
+        max_rows: usize,
+        bound: usize,
+    ) -> Result<super::spool::SpoolBatch, StoreError> {
+        let op = "ledger_spool";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let count: i64 = tx
+            .query_row("SELECT COUNT(*) FROM ledger_spool", [], |r| r.get(0))
+            .map_err(q(op))?;
+        let excess = super::spool::excess(to_u64(count), bound);
+        if excess > 0 {
+            tx.execute(
+                "DELETE FROM ledger_spool WHERE (host, vm_id, incarnation, resolution_s, \
+                 interval_start_ms) IN (SELECT host, vm_id, incarnation, resolution_s, \
+                 interval_start_ms FROM ledger_spool ORDER BY seq LIMIT ?1)",
+                [to_i64(excess)],
+            )
+            .map_err(q(op))?;
+        }
+        let mut batch = super::spool::SpoolBatch {
+            dropped: excess,
+            spooled: to_u64(count).saturating_sub(excess),
+            ..Default::default()
+        };
+        {
+            let cols = LEDGER_ROW_COLS
+                .split(", ")
+                .enumerate()
+                .map(|(i, c)| {
+                    let c = c.trim();
+                    if i < 5 { format!("s.{c}") } else { format!("r.{c}") }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {cols}, s.seq, r.vm_name IS NULL FROM ledger_spool s \
+                     LEFT JOIN ledger_rows r ON r.host = s.host AND r.vm_id = s.vm_id \
+                     AND r.incarnation = s.incarnation AND r.resolution_s = s.resolution_s \
+                     AND r.interval_start_ms = s.interval_start_ms ORDER BY s.seq LIMIT ?1"
+                ))
+                .map_err(q(op))?;
+            let mut rows = stmt
+                .query([to_i64(max_rows as u64)])
+                .map_err(q(op))?;
+            let mut orphans = Vec::new();
+            while let Some(r) = rows.next().map_err(q(op))? {
+                let seq: i64 = r.get(19).map_err(q(op))?;
+                let orphan: bool = r.get(20).map_err(q(op))?;
+                if orphan {
+                    orphans.push((
+                        r.get::<_, String>(0).map_err(q(op))?,
+                        r.get::<_, String>(1).map_err(q(op))?,
+                        r.get::<_, String>(2).map_err(q(op))?,
+                        r.get::<_, i64>(3).map_err(q(op))?,
+                        r.get::<_, i64>(4).map_err(q(op))?,
+                    ));
+                    continue;
+                }
+                let (k, u) = row_to_ledger(r).map_err(q(op))?;
+                batch.seqs.push(seq);
+                batch.rows.push((k, u));
+            }
+            drop(rows);
+            drop(stmt);
+            for o in &orphans {
+                tx.execute(
+                    "DELETE FROM ledger_spool WHERE host = ?1 AND vm_id = ?2 AND incarnation = ?3 \
+                     AND resolution_s = ?4 AND interval_start_ms = ?5",
+                    params![o.0, o.1, o.2, o.3, o.4],
+                )
+                .map_err(q(op))?;
+            }
+            batch.spooled = batch.spooled.saturating_sub(orphans.len() as u64);
+        }
+        batch.oldest_ms = tx
+            .query_row("SELECT MIN(spooled_at_ms) FROM ledger_spool", [], |r| {
+                r.get(0)
+            })
+            .map_err(q(op))?;
+        tx.commit().map_err(q(op))?;
+        Ok(batch)
+    }
+
+    /// Remove the spool entries of `keys` that no flush renewed since they
+    /// were taken (seq still at most the one read): a row re-flushed
+    /// meanwhile stays spooled with its newer totals. Returns how many.
+    pub fn spool_ack(&mut self, keys: &[(LedgerKey, i64)]) -> Result<u64, StoreError> {
+        let op = "ledger_spool";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let mut n = 0;
+        {
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM ledger_spool WHERE host = ?1 AND vm_id = ?2 AND incarnation = ?3 \
+                     AND resolution_s = ?4 AND interval_start_ms = ?5 AND seq <= ?6",
+                )
+                .map_err(q(op))?;
+            for (k, seq) in keys {
+                n += del
+                    .execute(params![
+                        k.host,
+                        k.vm_id,
+                        k.incarnation,
+                        k.resolution_s,
+                        k.interval_start_ms,
+                        seq
+                    ])
+                    .map_err(q(op))? as u64;
+            }
+        }
+        tx.commit().map_err(q(op))?;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
@@ -989,12 +1212,12 @@ mod tests {
         {
             let mut s = SqliteStore::open(&path).unwrap();
             assert_eq!(s.journal_mode().unwrap(), "wal");
-            assert_eq!(s.schema_version().unwrap(), 3);
+            assert_eq!(s.schema_version().unwrap(), MIGRATIONS.last().unwrap().0);
             s.apply(&[open("cpu", "host", 10)]).unwrap();
         }
         // Reopening does not re-run migrations and keeps the open episode.
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 3);
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.last().unwrap().0);
         let eps = s.open_episodes().unwrap();
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].started_at, t(10));
