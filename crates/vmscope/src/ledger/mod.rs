@@ -170,10 +170,7 @@ impl LedgerConfig {
         self.fleet_with(crate::outbound::redact::env_string)
     }
 
-    fn fleet_with(
-        &self,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<PgTarget>, String> {
+    fn fleet_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<PgTarget>, String> {
         let (key, url) = match (&self.database_url, &self.database_url_env) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -729,7 +726,10 @@ mod tests {
             ("database_timeout = \"10ms\"", "ledger.database_timeout: "),
             ("database_pool_size = 0", "ledger.database_pool_size: "),
             ("host = \" \"", "ledger.host: "),
-            ("database_url = \"mysql://u:pw1234@h/db\"", "ledger.database_url: "),
+            (
+                "database_url = \"mysql://u:pw1234@h/db\"",
+                "ledger.database_url: ",
+            ),
             (
                 "database_url = \"postgres://u:pw1234@h/db\"\ndatabase_url_env = \"X\"",
                 "ledger.database_url_env: ",
@@ -762,12 +762,18 @@ mod tests {
             "postgres db:5432/f"
         );
         let e = c.fleet_with(|_| None).unwrap_err();
-        assert!(e.starts_with("ledger.database_url_env: ") && e.contains("FLEET_DB"), "{e}");
+        assert!(
+            e.starts_with("ledger.database_url_env: ") && e.contains("FLEET_DB"),
+            "{e}"
+        );
         let bad: LedgerConfig = toml::from_str("database_url_env = \"FLEET_DB\"").unwrap();
         let e = bad
             .fleet_with(|_| Some("postgres://u:pw1234@h".to_owned()))
             .unwrap_err();
-        assert!(e.starts_with("ledger.database_url_env: ") && !e.contains("pw1234"), "{e}");
+        assert!(
+            e.starts_with("ledger.database_url_env: ") && !e.contains("pw1234"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -157,11 +157,7 @@ impl MetricSource for ShipMetrics {
     }
 
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {
-        let state = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Some((
             "ledger_db",
             match state {
@@ -259,9 +255,7 @@ impl Ship {
 
     fn store_call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut crate::store::sqlite::SqliteStore) -> Result<T, StoreError>
-        + Send
-        + 'static,
+        f: impl FnOnce(&mut crate::store::sqlite::SqliteStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let rx = self.store.spool_job(f)?;
         rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
@@ -318,11 +312,13 @@ impl Ship {
             .store_call(move |s| s.spool_ack(&acks))
             .map_err(Failed::Store)?;
         m.shipped.fetch_add(n as u64, Ordering::Relaxed);
-        m.spool.store(
-            batch.spooled.saturating_sub(acked),
-            Ordering::Relaxed,
+        m.spool
+            .store(batch.spooled.saturating_sub(acked), Ordering::Relaxed);
+        tracing::debug!(
+            rows = n,
+            took_ms = started.elapsed().as_millis() as u64,
+            "usage rows shipped"
         );
-        tracing::debug!(rows = n, took_ms = started.elapsed().as_millis() as u64, "usage rows shipped");
         self.succeeded();
         Ok(n)
     }

@@ -225,11 +225,27 @@ impl PgTarget {
                 op,
                 detail: self.scrub(format!("{}: {}", db.severity(), db.message())),
             },
-            // No answer from the server: the connection is gone or broken.
-            None => PgError::Unreachable {
-                what,
-                detail: self.scrub(crate::error::ErrorChain(e).to_string()),
-            },
+            None => {
+                let detail = self.scrub(crate::error::ErrorChain(e).to_string());
+                // The client's own kinds, by their fixed text: no answer
+                // from the server (connecting, I/O, closed, timed out) is
+                // "unreachable"; a value that could not be encoded is ours.
+                let top = e.to_string();
+                if e.is_closed()
+                    || [
+                        "error connecting",
+                        "error communicating",
+                        "connection closed",
+                        "timeout",
+                    ]
+                    .iter()
+                    .any(|p| top.starts_with(p))
+                {
+                    PgError::Unreachable { what, detail }
+                } else {
+                    PgError::Query { what, op, detail }
+                }
+            }
         }
     }
 }
@@ -260,14 +276,44 @@ impl Drop for Conn<'_> {
     fn drop(&mut self) {
         let mut st = self.pool.lock();
         st.in_use = st.in_use.saturating_sub(1);
-        if let Some(c) = self.client.take()
-            && !self.broken
-            && !c.is_closed()
-        {
-            st.idle.push(c);
+        let mut gone = Vec::new();
+        if let Some(c) = self.client.take() {
+            if !self.broken && !c.is_closed() {
+                st.idle.push(c);
+            } else {
+                gone.push(c);
+            }
         }
         drop(st);
         self.pool.freed.notify_one();
+        discard(gone);
+    }
+}
+
+/// Close connections off the caller's thread: the sync client's `Drop`
+/// runs a small runtime of its own, which panics on a tokio worker (the
+/// API's state, holding the pool, is dropped on one at shutdown).
+fn discard(clients: Vec<postgres::Client>) {
+    if clients.is_empty() {
+        return;
+    }
+    // Should the thread not start, the closure is dropped here: the
+    // ManuallyDrop then leaks the clients rather than panic.
+    let clients = std::mem::ManuallyDrop::new(clients);
+    if std::thread::Builder::new()
+        .name("vmscope-pg-close".to_owned())
+        .spawn(move || drop(std::mem::ManuallyDrop::into_inner(clients)))
+        .is_err()
+    {
+        // No thread: leak rather than panic (the server drops the session).
+        tracing::debug!("cannot start a thread to close PostgreSQL connections");
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.lock().idle);
+        discard(idle);
     }
 }
 
@@ -386,6 +432,7 @@ impl PgLedger {
                         broken: false,
                     });
                 }
+                discard(vec![c]);
             }
             if st.in_use < self.pool.size {
                 st.in_use += 1;
@@ -837,15 +884,15 @@ impl PgLedger {
 pub fn pg_usage_sql(by: super::UsageBy) -> String {
     let (key, label) = by.columns();
     format!(
-        "SELECT CASE WHEN $3 > 0 THEN $1 + ((interval_start_ms - $1) / $3) * $3 ELSE $1 END \
-         AS bucket, {key}, (array_agg({label} ORDER BY interval_start_ms DESC))[1], \
+        "SELECT CASE WHEN $3::int8 > 0 THEN $1::int8 + ((interval_start_ms - $1::int8) / $3::int8) \
+         * $3::int8 ELSE $1::int8 END AS bucket, {key}, (array_agg({label} ORDER BY interval_start_ms DESC))[1], \
          MAX(interval_start_ms), SUM(cpu_seconds), SUM(guest_seconds), \
          SUM(vcpu_allocated_seconds), SUM(memory_allocated_byte_seconds), \
          SUM(rss_byte_seconds), SUM(net_rx_bytes)::int8, SUM(net_tx_bytes)::int8, \
          SUM(observed_seconds), SUM(gap_seconds), COUNT(*) \
-         FROM ledger_rows WHERE resolution_s = $5 AND interval_start_ms >= $1 \
-         AND interval_start_ms < $2 AND ($6::text IS NULL OR host = $6) \
-         GROUP BY bucket, {key} ORDER BY bucket, {key} COLLATE \"C\" NULLS FIRST LIMIT $4"
+         FROM ledger_rows WHERE resolution_s = $5::int8 AND interval_start_ms >= $1::int8 \
+         AND interval_start_ms < $2::int8 AND ($6::text IS NULL OR host = $6::text) \
+         GROUP BY bucket, {key} ORDER BY bucket, {key} COLLATE \"C\" NULLS FIRST LIMIT $4::int8"
     )
 }
 
@@ -892,8 +939,8 @@ mod tests {
             sql.contains("(array_agg(project_label ORDER BY interval_start_ms DESC))[1]"),
             "{sql}"
         );
-        assert!(sql.contains("FROM ledger_rows WHERE resolution_s = $5"));
-        assert!(sql.contains("NULLS FIRST LIMIT $4"));
+        assert!(sql.contains("FROM ledger_rows WHERE resolution_s = $5::int8"));
+        assert!(sql.contains("NULLS FIRST LIMIT $4::int8"));
         let vm = pg_usage_sql(UsageBy::Vm);
         assert!(vm.contains("GROUP BY bucket, vm_id") && vm.contains("array_agg(vm_name"));
     }

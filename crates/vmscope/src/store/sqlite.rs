@@ -1090,7 +1090,11 @@ impl SqliteStore {
                 .enumerate()
                 .map(|(i, c)| {
                     let c = c.trim();
-                    if i < 5 { format!("s.{c}") } else { format!("r.{c}") }
+                    if i < 5 {
+                        format!("s.{c}")
+                    } else {
+                        format!("r.{c}")
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -1102,9 +1106,7 @@ impl SqliteStore {
                      AND r.interval_start_ms = s.interval_start_ms ORDER BY s.seq LIMIT ?1"
                 ))
                 .map_err(q(op))?;
-            let mut rows = stmt
-                .query([to_i64(max_rows as u64)])
-                .map_err(q(op))?;
+            let mut rows = stmt.query([to_i64(max_rows as u64)]).map_err(q(op))?;
             let mut orphans = Vec::new();
             while let Some(r) = rows.next().map_err(q(op))? {
                 let seq: i64 = r.get(19).map_err(q(op))?;

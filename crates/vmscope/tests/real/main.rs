@@ -14,6 +14,7 @@ mod e2e;
 mod http_hardening;
 mod hung_mount;
 mod ledger;
+mod ledger_pg;
 mod owners;
 mod owners_http;
 mod owners_libvirt;
