@@ -74,8 +74,8 @@ pub struct ShipConfig {
 }
 
 /// First and longest back-off after a failure.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// The wait after `failures` failures in a row (>= 1): doubling from
 /// [`BACKOFF_MIN`] up to [`BACKOFF_MAX`], scaled by `jitter` in [0, 1) to

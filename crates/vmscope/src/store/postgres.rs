@@ -4,7 +4,7 @@
 //! `GET /api/v1/usage` and `vmscope usage` (docs/ledger.md, "PostgreSQL").
 //!
 //! Reads/writes: the database named by the URL (a [`Secret`]), through a
-//! small bounded pool ([`Pool`]: at most `pool_size` connections, a caller
+//! small bounded pool (`Pool`: at most `pool_size` connections, a caller
 //! waits at most `timeout` for one; every session has `statement_timeout`
 //! = `timeout`, and connect / TCP user timeouts of the same length, so a
 //! dead or slow server costs a caller at most about twice `timeout`, never
