@@ -858,6 +858,12 @@ impl PgLedger {
         }
     }
 
+    /// Can the server be reached and logged into? (`check-config`: reads
+    /// nothing, writes nothing.)
+    pub fn ping(&self) -> Result<(), PgError> {
+        self.with("pg_query", |c| c.simple_query("SELECT 1").map(|_| ()))
+    }
+
     /// Total size of the ledger's tables and indexes, bytes (benchmarks,
     /// diagnostics).
     pub fn size_bytes(&self) -> Result<u64, PgError> {

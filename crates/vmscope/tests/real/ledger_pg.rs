@@ -128,6 +128,30 @@ fn two_agents_write_one_fleet_ledger_that_matches_each_hosts_own() {
     let pg = Postgres::start();
     pg.create_db("fleet", "");
     let url = pg.url("fleet");
+    // check-config says the fleet database answers, without the password.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vmscope.toml");
+    std::fs::write(&file, config(&url, "hv-a")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vmscope"))
+        .arg("check-config")
+        .arg(&file)
+        .env("VMSCOPE_STORE__PATH", dir.path().join("state.db"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "ledger.database_url: postgres 127.0.0.1:{}/fleet reachable",
+            pg.port
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(PASSWORD));
     let roms = Roms::new();
     let vm = QemuVm::start(&roms, small_vm("fleet", Firmware::Idle), None);
     let id = vm.spec.uuid.clone();
