@@ -78,6 +78,8 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (series_id, resolution_s, interval_start_ms)
     );
     CREATE INDEX ledger_facts_time ON ledger_facts USING brin (interval_start_ms);
+    -- The resolutions written: the finest held, without scanning the facts.
+    CREATE TABLE ledger_resolutions (resolution_s integer PRIMARY KEY);
     CREATE VIEW ledger_rows AS
         SELECT s.host, s.vm_id, s.incarnation, f.resolution_s::bigint AS resolution_s,
                f.interval_start_ms, l.vm_name, l.user_key, l.user_label, l.project_key,
@@ -333,6 +335,8 @@ pub struct PgLedger {
     /// label sets.
     series_ids: Mutex<HashMap<(String, String, String), i32>>,
     label_ids: Mutex<HashMap<Labels, i32>>,
+    /// Resolutions known to be in `ledger_resolutions`.
+    resolutions: Mutex<Vec<i32>>,
 }
 
 /// The label columns of one row.
@@ -405,6 +409,7 @@ impl PgLedger {
             migrated: AtomicBool::new(false),
             series_ids: Mutex::new(HashMap::new()),
             label_ids: Mutex::new(HashMap::new()),
+            resolutions: Mutex::new(Vec::new()),
         }
     }
 
@@ -560,6 +565,10 @@ impl PgLedger {
             // restored would fail every batch: look them up again.
             self.lock_series().clear();
             self.lock_labels().clear();
+            self.resolutions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         }
         res
     }
@@ -579,6 +588,7 @@ impl PgLedger {
     ) -> Result<(), postgres::Error> {
         let series = self.series_for(c, rows)?;
         let labels = self.labels_for(c, rows)?;
+        self.note_resolutions(c, rows)?;
         let n = rows.len();
         let (mut sid, mut res, mut start, mut lid) = (
             Vec::with_capacity(n),
@@ -701,6 +711,35 @@ impl PgLedger {
             })
     }
 
+    /// Record resolutions not seen before (a few per agent lifetime).
+    fn note_resolutions(
+        &self,
+        c: &mut postgres::Client,
+        rows: &[&(LedgerKey, LedgerUsage)],
+    ) -> Result<(), postgres::Error> {
+        let mut new: Vec<i32> = {
+            let known = self.resolutions.lock().unwrap_or_else(|p| p.into_inner());
+            rows.iter()
+                .map(|r| i32::try_from(r.0.resolution_s).unwrap_or(i32::MAX))
+                .filter(|r| !known.contains(r))
+                .collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        new.sort_unstable();
+        new.dedup();
+        c.execute(
+            "INSERT INTO ledger_resolutions SELECT unnest($1::int4[]) ON CONFLICT DO NOTHING",
+            &[&new],
+        )?;
+        self.resolutions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(new);
+        Ok(())
+    }
+
     /// The label-set id of every row (in `rows` order), inserting the
     /// missing ones.
     fn labels_for(
@@ -792,11 +831,10 @@ impl PgLedger {
             let resolution: i64 = if q.resolution_s > 0 {
                 q.resolution_s
             } else {
-                // The finest resolution held (few distinct values; a scan
-                // of the primary key's second column is avoided by
-                // asking the dictionary-free facts table directly).
+                // The finest resolution written (a tiny table: the facts
+                // have no index that starts with the resolution).
                 let r: Option<i32> = c
-                    .query_one("SELECT MIN(resolution_s) FROM ledger_facts", &[])?
+                    .query_one("SELECT MIN(resolution_s) FROM ledger_resolutions", &[])?
                     .get(0);
                 match r {
                     Some(r) => i64::from(r),
