@@ -12,7 +12,9 @@
 //! half of them new. Prints rows/s sustained, per-flush latency p50 / p99
 //! over all hosts, the database size after the run (tables + indexes, after
 //! VACUUM) and per month, extrapolated per resolution (60 s rows, plus the
-//! hourly and daily rollups at 1/60 and 1/1440 of their count).
+//! hourly and daily rollups at 1/60 and 1/1440 of their count), and the
+//! time of the usage API's query (by project) over everything written,
+//! for one host and for the fleet.
 //!
 //! Needs root (the cluster runs as the `postgres` user) and Debian's
 //! PostgreSQL 15. Knobs (environment): `FLEET_HOSTS` (100), `FLEET_VMS`
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use vmscope::outbound::redact::Secret;
 use vmscope::store::postgres::{PgLedger, PgTarget};
-use vmscope::store::{DbMetrics, LedgerKey, LedgerUsage};
+use vmscope::store::{DbMetrics, LedgerKey, LedgerUsage, UsageBy, UsageQuery};
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 const T0_MS: i64 = 1_800_000_000_000 / 60_000 * 60_000;
@@ -274,6 +276,38 @@ fn main() {
         sim_speed * hosts as f64
     );
     cluster.sql("VACUUM ANALYZE");
+    // Reading: the API's query over everything written, by project, for
+    // one host and for the fleet (best of three, warm cache).
+    let reader = PgLedger::new(target.clone(), 1, Duration::from_secs(300), metrics.clone());
+    for host in [Some(format!("hv-{:03}.dc1.example.net", 0)), None] {
+        let q = UsageQuery {
+            from_ms: T0_MS,
+            to_ms: T0_MS + (warmup + minutes + 1) * 60_000,
+            step_ms: 0,
+            by: UsageBy::Project,
+            resolution_s: 0,
+            host: host.clone(),
+            limit: 100_000,
+        };
+        let best = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                let n = reader.usage(&q).unwrap().len();
+                (t.elapsed().as_secs_f64(), n)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap();
+        println!(
+            "  usage by project, {}: {:.0} ms ({} totals)",
+            if host.is_some() {
+                "one host"
+            } else {
+                "whole fleet"
+            },
+            best.0 * 1000.0,
+            best.1
+        );
+    }
     let size = |rel: &str| -> f64 {
         cluster
             .sql(&format!("SELECT pg_total_relation_size('{rel}')"))
