@@ -16,8 +16,11 @@
 //! start, and at start the cursors and open rows the previous run flushed.
 //! Emits: `ledger_rows` / `ledger_cursors` / `ledger_state` through
 //! [`crate::store::LedgerStore`]; `vmscope_ledger_*` ([`metrics`]) and the
-//! `/healthz` component `ledger`.
-//! Fails: only [`LedgerConfig::validate`] (a key named). Without a state
+//! `/healthz` component `ledger`. With `database_url` (the fleet ledger),
+//! flushes also spool their rows' keys and [`ship`] sends the rows to
+//! PostgreSQL on its own thread; usage is then read from there.
+//! Fails: only [`LedgerConfig::validate`] (a key named, a database URL's
+//! password never repeated). Without a state
 //! database (none configured, unusable, or the boot id unreadable) the
 //! ledger records nothing and says so (log, `/healthz`,
 //! `vmscope_ledger_persistence_enabled 0`); a failing flush keeps its rows in
