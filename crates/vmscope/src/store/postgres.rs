@@ -524,7 +524,7 @@ impl PgLedger {
                     "SELECT COALESCE(MAX(version), 0) FROM vmscope_schema_migrations",
                     &[],
                 )?
-                .get(0);
+                .try_get(0)?;
             if current > known {
                 return Ok(current);
             }
@@ -688,7 +688,7 @@ impl PgLedger {
                 cache.clear();
             }
             for r in &found {
-                cache.insert((r.get(1), r.get(2), r.get(3)), r.get(0));
+                cache.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
             }
         }
         let cache = self.lock_series();
@@ -705,7 +705,7 @@ impl PgLedger {
                              AND incarnation = $3",
                             &[&r.0.host, &r.0.vm_id, &r.0.incarnation],
                         )
-                        .map(|row| row.get(0))
+                        .and_then(|row| row.try_get(0))
                     })
                     .collect()
             })
@@ -785,7 +785,16 @@ impl PgLedger {
                 cache.clear();
             }
             for r in &found {
-                cache.insert((r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)), r.get(0));
+                cache.insert(
+                    (
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                        r.try_get(5)?,
+                    ),
+                    r.try_get(0)?,
+                );
             }
         }
         let cache = self.lock_labels();
@@ -814,7 +823,7 @@ impl PgLedger {
                             &u.project_label,
                         ],
                     )
-                    .map(|row| row.get(0))
+                    .and_then(|row| row.try_get(0))
                 })
                 .collect(),
         }
@@ -835,7 +844,7 @@ impl PgLedger {
                 // have no index that starts with the resolution).
                 let r: Option<i32> = c
                     .query_one("SELECT MIN(resolution_s) FROM ledger_resolutions", &[])?
-                    .get(0);
+                    .try_get(0)?;
                 match r {
                     Some(r) => i64::from(r),
                     None => return Ok(Vec::new()),
@@ -852,24 +861,26 @@ impl PgLedger {
                     &q.host,
                 ],
             )?;
-            Ok(rows
-                .iter()
-                .map(|r| UsageTotal {
-                    start_ms: r.get(0),
-                    key: r.get(1),
-                    label: r.get(2),
-                    cpu_seconds: r.get(4),
-                    guest_seconds: r.get(5),
-                    vcpu_allocated_seconds: r.get(6),
-                    memory_allocated_byte_seconds: r.get(7),
-                    rss_byte_seconds: r.get(8),
-                    net_rx_bytes: to_u64(r.get(9)),
-                    net_tx_bytes: to_u64(r.get(10)),
-                    observed_seconds: r.get(11),
-                    gap_seconds: r.get(12),
-                    rows: to_u64(r.get(13)),
+            // try_get: a column of another type is an error, not a panic.
+            rows.iter()
+                .map(|r| {
+                    Ok(UsageTotal {
+                        start_ms: r.try_get(0)?,
+                        key: r.try_get(1)?,
+                        label: r.try_get(2)?,
+                        cpu_seconds: r.try_get(4)?,
+                        guest_seconds: r.try_get(5)?,
+                        vcpu_allocated_seconds: r.try_get(6)?,
+                        memory_allocated_byte_seconds: r.try_get(7)?,
+                        rss_byte_seconds: r.try_get(8)?,
+                        net_rx_bytes: to_u64(r.try_get(9)?),
+                        net_tx_bytes: to_u64(r.try_get(10)?),
+                        observed_seconds: r.try_get(11)?,
+                        gap_seconds: r.try_get(12)?,
+                        rows: to_u64(r.try_get(13)?),
+                    })
                 })
-                .collect())
+                .collect()
         })
     }
 
@@ -913,7 +924,7 @@ impl PgLedger {
                      + pg_total_relation_size('ledger_labels'))::bigint",
                     &[],
                 )?
-                .get(0);
+                .try_get(0)?;
             Ok(to_u64(n))
         })
     }
