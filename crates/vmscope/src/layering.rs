@@ -42,9 +42,13 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     ("export", &["model", "error"]),
     ("outbound", &["error"]),
-    ("store", &["export", "model", "error"]),
+    // outbound: `Secret` and redaction for the fleet ledger's database URL
+    ("store", &["export", "model", "error", "outbound"]),
     ("alert", &["export", "model", "error", "store", "outbound"]),
-    ("ledger", &["export", "model", "error", "store", "host"]),
+    (
+        "ledger",
+        &["export", "model", "error", "store", "host", "outbound"],
+    ),
 ];
 
 /// Modules that may name the web framework's types.
