@@ -18,7 +18,10 @@
 //!
 //! Needs root (the cluster runs as the `postgres` user) and Debian's
 //! PostgreSQL 15. Knobs (environment): `FLEET_HOSTS` (100), `FLEET_VMS`
-//! (1000), `FLEET_MINUTES` (15), `FLEET_WARMUP_MINUTES` (2, not timed).
+//! (1000), `FLEET_MINUTES` (15), `FLEET_WARMUP_MINUTES` (2, not timed),
+//! `FLEET_PACE_MS` (6000) and `FLEET_PACED_FLUSHES` (3): after the
+//! saturated run, each host flushes once per pace (spread over it), which
+//! gives the latency of a fleet that is not saturating the server.
 //! Run with `cargo bench -p vmscope --bench ledger_fleet`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -191,6 +194,8 @@ fn main() {
     let vms = knob("FLEET_VMS", 1000);
     let minutes = knob("FLEET_MINUTES", 15) as i64;
     let warmup = knob("FLEET_WARMUP_MINUTES", 2) as i64;
+    let pace = Duration::from_millis(knob("FLEET_PACE_MS", 6000) as u64);
+    let paced = knob("FLEET_PACED_FLUSHES", 3) as i64;
     let cluster = Cluster::start();
     let url = cluster.url();
     let target = PgTarget::parse("bench", &Secret::new(url)).unwrap();
@@ -204,11 +209,13 @@ fn main() {
         2 * vms
     );
     let barrier = Arc::new(Barrier::new(hosts + 1));
+    let saturated_done = Arc::new(Barrier::new(hosts + 1));
     let threads: Vec<_> = (0..hosts)
         .map(|h| {
             let target = target.clone();
             let metrics = metrics.clone();
             let barrier = barrier.clone();
+            let saturated_done = saturated_done.clone();
             std::thread::spawn(move || {
                 let pg = PgLedger::new(target, 1, Duration::from_secs(60), metrics);
                 // Built once, re-dated per minute: the client's own work
@@ -240,20 +247,34 @@ fn main() {
                     lat.push(s);
                     rows += n;
                 }
-                (lat, rows)
+                saturated_done.wait();
+                // Paced: each host flushes once per `pace`, hosts spread
+                // over it, as a real fleet's flushes spread over a minute.
+                let base = Instant::now() + pace.mul_f64(h as f64 / hosts as f64);
+                let mut paced_lat = Vec::new();
+                for k in 0..paced {
+                    let at = base + pace.mul_f64(k as f64);
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    paced_lat.push(flush(warmup + minutes + 1 + k).0);
+                }
+                (lat, rows, paced_lat)
             })
         })
         .collect();
     barrier.wait();
     let start = Instant::now();
+    saturated_done.wait();
+    let wall = start.elapsed().as_secs_f64();
     let mut lat = Vec::new();
+    let mut paced_lat = Vec::new();
     let mut rows = 0;
     for t in threads {
-        let (l, n) = t.join().unwrap();
+        let (l, n, p) = t.join().unwrap();
         lat.extend(l);
         rows += n;
+        paced_lat.extend(p);
     }
-    let wall = start.elapsed().as_secs_f64();
+    paced_lat.sort_by(f64::total_cmp);
     lat.sort_by(f64::total_cmp);
     let flushes = lat.len();
     println!(
@@ -262,12 +283,24 @@ fn main() {
         rows as f64 / 2.0 / wall
     );
     println!(
-        "  flush latency per host ({} rows): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "  flush latency per host ({} rows), saturated: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         2 * vms,
         pct(&lat, 0.5) * 1000.0,
         pct(&lat, 0.99) * 1000.0,
         lat.last().copied().unwrap_or(0.0) * 1000.0
     );
+    if !paced_lat.is_empty() {
+        println!(
+            "  flush latency per host, paced (each host every {} ms, {:.0}x real time, {} flushes): \
+             p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            pace.as_millis(),
+            60.0 / pace.as_secs_f64(),
+            paced_lat.len(),
+            pct(&paced_lat, 0.5) * 1000.0,
+            pct(&paced_lat, 0.99) * 1000.0,
+            paced_lat.last().copied().unwrap_or(0.0) * 1000.0
+        );
+    }
     // Simulated minutes per wall second: how much faster than real time
     // the fleet's flushes go, i.e. how many such fleets one server takes.
     let sim_speed = minutes as f64 * 60.0 / wall;
@@ -282,7 +315,7 @@ fn main() {
     for host in [Some(format!("hv-{:03}.dc1.example.net", 0)), None] {
         let q = UsageQuery {
             from_ms: T0_MS,
-            to_ms: T0_MS + (warmup + minutes + 1) * 60_000,
+            to_ms: T0_MS + (warmup + minutes + paced + 1) * 60_000,
             step_ms: 0,
             by: UsageBy::Project,
             resolution_s: 0,
