@@ -6,7 +6,8 @@
 //! Reads/writes: the database named by the URL (a [`Secret`]), through a
 //! small bounded pool (`Pool`: at most `pool_size` connections, a caller
 //! waits at most `timeout` for one; every session has `statement_timeout`
-//! = `timeout`, and connect / TCP user timeouts of the same length, so a
+//! = `timeout` and `synchronous_commit = on` (an acknowledged batch is
+//! durable: the spool forgets it), and connect / TCP user timeouts of the same length, so a
 //! dead or slow server costs a caller at most about twice `timeout`, never
 //! a hang). Tables ([`MIGRATIONS`], versioned in
 //! `vmscope_schema_migrations`, applied under `pg_advisory_xact_lock` so
@@ -389,8 +390,13 @@ impl PgLedger {
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
             .application_name("vmscope-ledger")
+            // synchronous_commit=on whatever the server's default: the
+            // shipper forgets a spooled row once PostgreSQL acknowledged
+            // it, so an acknowledgement must survive a server crash (with
+            // `off`, a crash loses the last commits and those rows with
+            // them: the real test caught it).
             .options(&format!(
-                "-c statement_timeout={} -c lock_timeout={}",
+                "-c statement_timeout={} -c lock_timeout={} -c synchronous_commit=on",
                 timeout_ms(timeout),
                 timeout_ms(timeout)
             ));
