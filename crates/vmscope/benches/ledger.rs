@@ -8,7 +8,12 @@
 //! - `ledger/flush/1000`: one flush of 1000 changed rows and 1000 cursors
 //!   and the counter totals of 1000 VMs, 50 users and 20 projects (one
 //!   SQLite transaction, WAL, `synchronous = NORMAL`) on a temp file, and
-//!   the read-back of those totals, as the ledger's store job does.
+//!   the read-back of those totals, as the ledger's store job does;
+//! - `ledger/flush_spooled/1000`: the same with the fleet ledger's spool on
+//!   (each row's key also goes in `ledger_spool`; the spool is emptied
+//!   between flushes, untimed, as a shipper keeping up would);
+//! - `ledger/ship_take_ack/1000`: the store thread's part of shipping 1000
+//!   spooled rows (take them joined to their totals, then acknowledge).
 //!
 //! It also prints, once, the state database's growth per VM per day: 100 VMs
 //! accounted for a simulated day (a snapshot every 60 s, a flush after
@@ -114,17 +119,26 @@ fn observe(c: &mut Criterion) {
     });
 }
 
-fn flush(c: &mut Criterion) {
+fn flush(c: &mut Criterion, spooled: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+    let store = std::cell::RefCell::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+    store.borrow_mut().spool_set(spooled).unwrap();
     // Both closures use the accountant: one to make a batch, one to mark
     // it written.
     let a = std::cell::RefCell::new(Accountant::new(cfg()));
     let mut seq = 0;
-    c.bench_function("ledger/flush/1000", |b| {
+    let name = if spooled {
+        "ledger/flush_spooled/1000"
+    } else {
+        "ledger/flush/1000"
+    };
+    c.bench_function(name, |b| {
         b.iter_batched(
             || {
                 seq += 1;
+                if spooled {
+                    drain(&mut store.borrow_mut());
+                }
                 let mut a = a.borrow_mut();
                 a.observe(&snap(seq, seq * 5, vms(1000, seq)));
                 a.batch()
@@ -132,13 +146,19 @@ fn flush(c: &mut Criterion) {
             |(batch, marks)| {
                 // As the ledger thread's store job: write, read the
                 // counter totals back.
-                store.flush_ledger(black_box(&batch)).unwrap();
-                let read = store.ledger_totals(marks.totals_keys()).unwrap();
+                store.borrow_mut().flush_ledger(black_box(&batch)).unwrap();
+                let read = store
+                    .borrow_mut()
+                    .ledger_totals(marks.totals_keys())
+                    .unwrap();
                 a.borrow_mut().flushed(marks, Some(&read));
             },
             criterion::BatchSize::LargeInput,
         );
     });
+    if spooled {
+        return;
+    }
     // The same flush without the counter totals (neither written nor read
     // back): the flush as it was before them, measured alongside.
     c.bench_function("ledger/flush/1000_without_counter_totals", |b| {
@@ -152,10 +172,47 @@ fn flush(c: &mut Criterion) {
                 (batch, marks)
             },
             |(batch, marks)| {
-                store.flush_ledger(black_box(&batch)).unwrap();
+                store.borrow_mut().flush_ledger(black_box(&batch)).unwrap();
                 a.borrow_mut().flushed(marks, Some(&[]));
             },
             criterion::BatchSize::LargeInput,
+        );
+    });
+}
+
+/// Take and acknowledge everything spooled; how many rows.
+fn drain(store: &mut SqliteStore) -> usize {
+    let t = store.spool_take(5000, 10_000_000).unwrap();
+    let n = t.rows.len();
+    let acks: Vec<_> = t.rows.into_iter().map(|(k, _)| k).zip(t.seqs).collect();
+    store.spool_ack(&acks).unwrap();
+    n
+}
+
+fn ship(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::cell::RefCell::new(SqliteStore::open(&dir.path().join("state.db")).unwrap());
+    store.borrow_mut().spool_set(true).unwrap();
+    let a = std::cell::RefCell::new(Accountant::new(cfg()));
+    // A first look: VMs get cursors, rows start at the next snapshot.
+    a.borrow_mut().observe(&snap(1, 0, vms(1000, 0)));
+    let mut seq = 1;
+    c.bench_function("ledger/ship_take_ack/1000", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                let mut a = a.borrow_mut();
+                a.observe(&snap(seq, seq * 5, vms(1000, seq)));
+                let (batch, marks) = a.batch();
+                store.borrow_mut().flush_ledger(&batch).unwrap();
+                a.flushed(marks, None);
+            },
+            |()| {
+                let n = drain(&mut store.borrow_mut());
+                assert!(n >= 1000, "{n} rows shipped");
+            },
+            // One setup, then its routine: each drain has a flush to take.
+            criterion::BatchSize::PerIteration,
         );
     });
 }
@@ -186,7 +243,9 @@ fn growth() {
 fn all(c: &mut Criterion) {
     growth();
     observe(c);
-    flush(c);
+    flush(c, false);
+    flush(c, true);
+    ship(c);
 }
 
 criterion_group!(benches, all);

@@ -42,13 +42,17 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     ("export", &["model", "error"]),
     ("outbound", &["error"]),
-    ("store", &["export", "model", "error"]),
+    // outbound: `Secret` and redaction for the databases' URLs
+    ("store", &["export", "model", "error", "outbound"]),
     // ledger: usage rules read its `UsageReader` (the ledger never imports alert).
     (
         "alert",
         &["export", "model", "error", "store", "outbound", "ledger"],
     ),
-    ("ledger", &["export", "model", "error", "store", "host"]),
+    (
+        "ledger",
+        &["export", "model", "error", "store", "host", "outbound"],
+    ),
     // access: decisions only; the HTTP edge (api) hands requests in.
     ("access", &["export", "error"]),
 ];

@@ -10,6 +10,8 @@
 //! - `step`: a duration (`1h`, `1d`, `3600s`), whole seconds: one total per
 //!   group per step from `from`; absent: one total per group for the whole
 //!   window. At most [`MAX_BUCKETS`] steps.
+//! - `host`: only the rows of this host (a fleet ledger in PostgreSQL
+//!   holds every host's; the local one only this host's).
 //!
 //! JSON by default; CSV (one line per total, a header line first) when
 //! `Accept` asks for `text/csv`.
@@ -17,8 +19,9 @@
 //! Reads: the ledger's [`UsageReader`] (from [`AppState`]). Errors are
 //! [`ApiError`]s: `bad_request` (400, naming the parameter; also an answer
 //! that would exceed [`MAX_TOTALS`]), `unavailable` (503: the ledger is
-//! disabled or has no database), `internal` (500: the database failed;
-//! details only in the log).
+//! disabled or has no database, or the fleet ledger's PostgreSQL cannot be
+//! reached), `internal` (500: the database failed; details only in the
+//! log).
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -77,6 +80,7 @@ fn parse_time(name: &str, v: &str) -> Result<SystemTime, ApiError> {
 pub fn parse_query(pairs: &[(String, String)], now: SystemTime) -> Result<UsageQuery, ApiError> {
     let mut seen: Vec<&str> = Vec::new();
     let (mut from, mut to, mut by, mut step) = (None, None, UsageBy::Vm, None);
+    let mut host = None;
     for (k, v) in pairs {
         if seen.contains(&k.as_str()) {
             return Err(bad(format!("{k}: given more than once")));
@@ -102,9 +106,15 @@ pub fn parse_query(pairs: &[(String, String)], now: SystemTime) -> Result<UsageQ
                     })?;
                 step = Some(d);
             }
+            "host" => {
+                if v.is_empty() || v.len() > 253 || v.chars().any(char::is_control) {
+                    return Err(bad(format!("host: {v:?} is not a host name")));
+                }
+                host = Some(v.clone());
+            }
             other => {
                 return Err(bad(format!(
-                    "{other}: unknown parameter (known: from, to, by, step)"
+                    "{other}: unknown parameter (known: from, to, by, step, host)"
                 )));
             }
         }
@@ -130,7 +140,7 @@ pub fn parse_query(pairs: &[(String, String)], now: SystemTime) -> Result<UsageQ
         step_ms,
         by,
         resolution_s: 0,
-        host: None,
+        host,
         limit: MAX_TOTALS,
     })
 }
@@ -150,6 +160,17 @@ fn unavailable(e: UsageError) -> ApiError {
         UsageError::Store(e) => {
             tracing::warn!(error = %ErrorChain(&e), "usage API query failed");
             ApiError::Failed("the ledger store failed; see the agent's log")
+        }
+        UsageError::Fleet(e) => {
+            // The text names host and database, never the password.
+            tracing::warn!(error = %e, "usage API query of the fleet ledger failed");
+            if e.unreachable() {
+                ApiError::Unavailable(
+                    "the fleet ledger's PostgreSQL cannot be reached (see /healthz and the agent's log)",
+                )
+            } else {
+                ApiError::Failed("the fleet ledger's database failed; see the agent's log")
+            }
         }
     }
 }
@@ -338,6 +359,9 @@ mod tests {
         assert!(err(&[("from", "200"), ("to", "100")]).starts_with("from: "));
         assert!(err(&[("by", "vm"), ("by", "vm")]).contains("more than once"));
         assert!(err(&[("limit", "3")]).starts_with("limit: unknown parameter"));
+        assert!(err(&[("host", "")]).starts_with("host: "));
+        let q = parse_query(&pairs(&[("host", "hv-7")]), now()).unwrap();
+        assert_eq!(q.host.as_deref(), Some("hv-7"));
     }
 
     #[test]

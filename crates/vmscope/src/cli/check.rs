@@ -1,7 +1,8 @@
 //! `vmscope check-config [FILE]`: load and validate exactly what `serve`
 //! would run with (defaults, the file, then `VMSCOPE_*` variables, including
 //! `VMSCOPE_LOG`), say what is wrong, or say which values came from the
-//! environment.
+//! environment; with a fleet ledger (`ledger.database_url`), whether its
+//! PostgreSQL answers (a warning, not an error: the agent spools).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -58,6 +59,32 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     for (key, var) in &cfg.from_env {
         // Values are not printed: some variables may hold secrets.
         let _ = writeln!(out, "  {key} from environment variable {var}");
+    }
+    // A fleet ledger that cannot be reached is not a configuration error
+    // (the agent spools until it can), but worth a line.
+    if cfg.ledger.enabled
+        && let Ok(Some(target)) = cfg.ledger.fleet()
+    {
+        let pg = crate::store::postgres::PgLedger::new(
+            target,
+            1,
+            cfg.ledger.database_timeout,
+            std::sync::Arc::new(crate::store::DbMetrics::new()),
+        );
+        match pg.ping() {
+            Ok(()) => {
+                let _ = writeln!(out, "  ledger.database_url: {} reachable", pg.describe());
+            }
+            Err(e) => {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    format!(
+                        "warning: ledger.database_url: {e}; usage rows would wait in the local spool\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
     }
     print_stdout(&out)
 }

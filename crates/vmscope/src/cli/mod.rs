@@ -130,8 +130,16 @@ pub struct UsageArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// The state database [default: store.path of the configuration].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "database_url")]
     db: Option<PathBuf>,
+    /// Read the fleet ledger in PostgreSQL (postgres://user:pw@host:port/db)
+    /// [default: ledger.database_url of the configuration, if set].
+    /// VMSCOPE_LEDGER__DATABASE_URL keeps the password off the command line.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Only this host's rows.
+    #[arg(long)]
+    host: Option<String>,
     /// Start (RFC 3339 in UTC, a date such as 2026-11-01, or Unix seconds)
     /// [default: to minus 24 hours].
     #[arg(long)]

@@ -109,16 +109,19 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
         }
+        if let Some(m) = ledger.ship_metrics() {
+            collector_sources.push(m);
+        }
         // With `[store] database_url` the watchdog keeps its state in
         // PostgreSQL (a fleet's one database), scoped to this host; the
         // ledger stays in the SQLite store above.
-        // The host name the ledger's rows carry (the collector's, read
-        // from the configured procfs).
-        let host = snapshots
-            .borrow()
+        // The host name the ledger's rows carry (`ledger.host`, else the
+        // collector's, read from the configured procfs).
+        let host = cfg
+            .ledger
             .host
-            .hostname
             .clone()
+            .or_else(|| snapshots.borrow().host.hostname.clone())
             .or_else(|| {
                 std::fs::read_to_string(cfg.roots().proc.join("sys/kernel/hostname"))
                     .ok()

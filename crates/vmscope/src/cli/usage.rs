@@ -2,14 +2,19 @@
 //! database directly (no agent needed, and fine beside a running one).
 //!
 //! Reads: the configuration (for `store.path`, unless `--db`), then the
-//! database read-only, without the agent's lock. The parameters are parsed
+//! database read-only, without the agent's lock; or, with `--database-url`
+//! or `ledger.database_url` (and no `--db`), the fleet ledger in
+//! PostgreSQL, every host's rows (`--host` picks one), as the agent's
+//! API reads it when it has a fleet ledger. The parameters are parsed
 //! by the same code as `GET /api/v1/usage` and the totals come from the
 //! same query ([`crate::store::LedgerStore::usage`]), so both give the same
 //! numbers for the same window and grouping. Emits: a table, CSV (the
 //! API's, FOCUS period column names) or JSON (the API's body) on stdout.
 //! Fails: exit 2 for a bad parameter (the message names it, as the API's
-//! 400 does), 1 for a database that cannot be read (named).
+//! 400 does), 1 for a database that cannot be read (named; a PostgreSQL
+//! URL's password never shows).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, anyhow};
@@ -17,8 +22,10 @@ use anyhow::{Context, anyhow};
 use super::{Failure, UsageArgs, UsageOutput, init_logging, load_config, print_stdout};
 use crate::api::ApiError;
 use crate::api::usage::{answer_json, csv, parse_query};
+use crate::outbound::redact::Secret;
+use crate::store::postgres::{PgLedger, PgTarget};
 use crate::store::sqlite::{LEDGER_SCHEMA, SqliteStore};
-use crate::store::{LedgerStore, UsageTotal};
+use crate::store::{DbMetrics, LedgerStore, UsageQuery, UsageTotal};
 
 pub fn run(args: UsageArgs) -> Result<(), Failure> {
     let mut cfg = load_config(&args.common)?;
@@ -32,6 +39,7 @@ pub fn run(args: UsageArgs) -> Result<(), Failure> {
         ("to", &args.to),
         ("by", &args.by),
         ("step", &args.step),
+        ("host", &args.host),
     ] {
         if let Some(v) = v {
             pairs.push((k.to_owned(), v.clone()));
@@ -42,35 +50,29 @@ pub fn run(args: UsageArgs) -> Result<(), Failure> {
         ApiError::BadRequest(m) => Failure::usage(anyhow!("--{m}")),
         other => Failure::usage(anyhow!("{other}")),
     })?;
-    let path = match args.db.or(cfg.store.path.clone()) {
-        Some(p) => p,
-        None => {
-            return Err(Failure::usage(anyhow!(
-                "no state database: set --db or {}",
-                cfg.store.path_setting()
-            )));
-        }
+    let fleet = match (&args.db, &args.database_url) {
+        (Some(_), _) => None,
+        (None, Some(url)) => Some(
+            PgTarget::parse("--database-url", &Secret::new(url.as_str()))
+                .map_err(|e| Failure::usage(anyhow!(e)))?,
+        ),
+        (None, None) => cfg.ledger.fleet().map_err(|e| Failure::usage(anyhow!(e)))?,
     };
-    let mut store = SqliteStore::open_read_only(&path, LEDGER_SCHEMA)
-        .with_context(|| format!("reading the usage ledger in {}", path.display()))
-        .map_err(Failure::runtime)?;
+    let limit = q.limit;
     // The same choice of rows as the agent's API makes: from the
     // resolutions held and the configured retention.
-    let held = store
-        .resolutions()
-        .with_context(|| format!("reading the usage ledger in {}", path.display()))
-        .map_err(Failure::runtime)?;
-    let q = crate::ledger::resolve(
-        q,
-        &held,
-        &cfg.ledger.retention,
-        crate::store::to_ms(SystemTime::now()),
-    );
-    let limit = q.limit;
-    let totals = store
-        .usage(&q)
-        .with_context(|| format!("querying the usage ledger in {}", path.display()))
-        .map_err(Failure::runtime)?;
+    let pick = |q: UsageQuery, held: &[i64]| {
+        crate::ledger::resolve(
+            q,
+            held,
+            &cfg.ledger.retention,
+            crate::store::to_ms(SystemTime::now()),
+        )
+    };
+    let (q, totals) = match fleet {
+        Some(target) => fleet_usage(target, &cfg.ledger, q, pick)?,
+        None => sqlite_usage(args.db, &cfg, q, pick)?,
+    };
     if totals.len() > limit {
         return Err(Failure::usage(anyhow!(
             "the answer would hold more than {limit} totals; narrow --from/--to or take a larger --step"
@@ -88,6 +90,52 @@ pub fn run(args: UsageArgs) -> Result<(), Failure> {
         UsageOutput::Table => table(&totals),
     };
     print_stdout(&text)
+}
+
+/// Totals from the fleet ledger in PostgreSQL (one connection, the
+/// configured timeout).
+fn fleet_usage(
+    target: PgTarget,
+    cfg: &crate::ledger::LedgerConfig,
+    q: UsageQuery,
+    pick: impl FnOnce(UsageQuery, &[i64]) -> UsageQuery,
+) -> Result<(UsageQuery, Vec<UsageTotal>), Failure> {
+    let pg = PgLedger::new(target, 1, cfg.database_timeout, Arc::new(DbMetrics::new()));
+    let failed = |e| Failure::runtime(anyhow!("querying the fleet usage ledger: {e}"));
+    let held = pg.resolutions().map_err(failed)?;
+    let q = pick(q, &held);
+    let totals = pg.usage(&q).map_err(failed)?;
+    Ok((q, totals))
+}
+
+fn sqlite_usage(
+    db: Option<std::path::PathBuf>,
+    cfg: &crate::config::Config,
+    q: UsageQuery,
+    pick: impl FnOnce(UsageQuery, &[i64]) -> UsageQuery,
+) -> Result<(UsageQuery, Vec<UsageTotal>), Failure> {
+    let path = match db.or(cfg.store.path.clone()) {
+        Some(p) => p,
+        None => {
+            return Err(Failure::usage(anyhow!(
+                "no state database: set --db or {}",
+                cfg.store.path_setting()
+            )));
+        }
+    };
+    let mut store = SqliteStore::open_read_only(&path, LEDGER_SCHEMA)
+        .with_context(|| format!("reading the usage ledger in {}", path.display()))
+        .map_err(Failure::runtime)?;
+    let held = store
+        .resolutions()
+        .with_context(|| format!("reading the usage ledger in {}", path.display()))
+        .map_err(Failure::runtime)?;
+    let q = pick(q, &held);
+    let totals = store
+        .usage(&q)
+        .with_context(|| format!("querying the usage ledger in {}", path.display()))
+        .map_err(Failure::runtime)?;
+    Ok((q, totals))
 }
 
 /// Fixed columns; names and keys are cut so one hostile name cannot

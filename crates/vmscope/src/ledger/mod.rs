@@ -22,7 +22,11 @@
 //! counter totals in a [`CounterSlot`] ([`totals`]; exposed as
 //! `vmscope_{user,project}_*_total` and `vmscope_vm_ledger_*_total`);
 //! `vmscope_ledger_*` ([`metrics`]) and the `/healthz` component `ledger`.
-//! Fails: only [`LedgerConfig::validate`] (a key named). Without a state
+//! With `database_url` (the fleet ledger), flushes also spool their rows'
+//! keys and [`ship`] sends the rows to PostgreSQL on its own thread; usage
+//! is then read from there.
+//! Fails: only [`LedgerConfig::validate`] (a key named, a database URL's
+//! password never repeated). Without a state
 //! database (none configured, unusable, or the boot id unreadable) the
 //! ledger records nothing and says so (log, `/healthz`,
 //! `vmscope_ledger_persistence_enabled 0`); a failing flush keeps its rows in
@@ -31,6 +35,7 @@
 
 pub mod account;
 pub mod metrics;
+pub mod ship;
 pub mod totals;
 
 use std::path::PathBuf;
@@ -47,6 +52,8 @@ use crate::error::ErrorChain;
 use crate::host::Roots;
 use crate::model::Snapshot;
 use crate::model::counters::CounterSlot;
+use crate::outbound::redact::Secret;
+use crate::store::postgres::{PgError, PgLedger, PgTarget};
 use crate::store::{LedgerTotal, Store, StoreError, UsageQuery, UsageTotal};
 
 /// `[ledger]`.
@@ -69,6 +76,25 @@ pub struct LedgerConfig {
     /// Most unwritten rows kept in memory while the database fails; past
     /// it the oldest are dropped and counted.
     pub max_pending_rows: usize,
+    /// The fleet ledger: `postgres://user:password@host:port/db` (a
+    /// secret, never logged). Rows are then also spooled in the state
+    /// database and shipped there (docs/ledger.md, "PostgreSQL"); usage is
+    /// read from there.
+    pub database_url: Option<Secret>,
+    /// The environment variable holding `database_url` instead.
+    pub database_url_env: Option<String>,
+    /// Most spooled rows waiting for PostgreSQL; past it the oldest are
+    /// dropped from the spool (not from the local ledger) and counted.
+    pub max_spool_rows: usize,
+    /// Connect, statement and pool-wait timeout for PostgreSQL.
+    #[serde(deserialize_with = "crate::model::de_duration")]
+    pub database_timeout: Duration,
+    /// Most connections to PostgreSQL (the shipper's and the readers').
+    pub database_pool_size: usize,
+    /// The host name this host's rows carry (default: the kernel's host
+    /// name, as `vmscope_vm_info`'s `host`). Set it when host names are
+    /// not unique across the fleet.
+    pub host: Option<String>,
     /// How long rows of each resolution are kept (`[ledger.retention]`).
     pub retention: Retention,
 }
@@ -191,9 +217,19 @@ impl Default for LedgerConfig {
             flush_interval: Duration::from_secs(60),
             max_pending_rows: 500_000,
             retention: Retention::default(),
+            database_url: None,
+            database_url_env: None,
+            max_spool_rows: 2_000_000,
+            database_timeout: Duration::from_secs(5),
+            database_pool_size: 4,
+            host: None,
         }
     }
 }
+
+/// Bounds of `max_spool_rows` (at 60 s rows, 2 000 000 is a day and a
+/// half of 1000 VMs; the spool holds keys only, ~80 bytes each).
+const SPOOL_ROWS: std::ops::RangeInclusive<usize> = 1000..=100_000_000;
 
 impl LedgerConfig {
     /// Checks serde cannot express; the message starts with the key.
@@ -220,7 +256,64 @@ impl LedgerConfig {
                 self.max_pending_rows
             ));
         }
+        if !SPOOL_ROWS.contains(&self.max_spool_rows) {
+            return Err(format!(
+                "ledger.max_spool_rows: {} is out of range ({} to {})",
+                self.max_spool_rows,
+                SPOOL_ROWS.start(),
+                SPOOL_ROWS.end()
+            ));
+        }
+        let t = self.database_timeout;
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&t) {
+            return Err(format!(
+                "ledger.database_timeout: {} is out of range (100ms to 5m)",
+                show(t)
+            ));
+        }
+        if !(1..=64).contains(&self.database_pool_size) {
+            return Err(format!(
+                "ledger.database_pool_size: {} is out of range (1 to 64)",
+                self.database_pool_size
+            ));
+        }
+        if let Some(h) = &self.host
+            && (h.trim().is_empty() || h.len() > 253 || h.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "ledger.host: {h:?} is not a host name (1 to 253 characters, no control characters)"
+            ));
+        }
+        self.fleet_with(crate::outbound::redact::env_string)?;
         self.retention.validate()
+    }
+
+    /// The fleet ledger's database, if one is configured (`database_url`
+    /// or the variable `database_url_env` names); errors name the key.
+    pub fn fleet(&self) -> Result<Option<PgTarget>, String> {
+        self.fleet_with(crate::outbound::redact::env_string)
+    }
+
+    fn fleet_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<PgTarget>, String> {
+        let (key, url) = match (&self.database_url, &self.database_url_env) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "ledger.database_url_env: set database_url or database_url_env, not both"
+                        .to_owned(),
+                );
+            }
+            (Some(u), None) => ("ledger.database_url", u.clone()),
+            (None, Some(var)) => match env(var).filter(|v| !v.trim().is_empty()) {
+                Some(v) => ("ledger.database_url_env", Secret::new(v.trim())),
+                None => {
+                    return Err(format!(
+                        "ledger.database_url_env: the environment variable {var} is not set"
+                    ));
+                }
+            },
+            (None, None) => return Ok(None),
+        };
+        PgTarget::parse(key, &url).map(Some)
     }
 }
 
@@ -240,6 +333,8 @@ pub struct UsageReader {
     store: Result<Store, NoLedger>,
     /// Which rows answer a query best ([`crate::store::pick_resolution`]).
     retention: Retention,
+    /// The fleet ledger, read instead of the state database when set.
+    pg: Option<Arc<PgLedger>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +345,8 @@ pub enum UsageError {
     TooMany(usize),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Fleet(#[from] PgError),
 }
 
 impl UsageReader {
@@ -257,6 +354,7 @@ impl UsageReader {
         UsageReader {
             store: Err(why),
             retention: Retention::default(),
+            pg: None,
         }
     }
 
@@ -276,9 +374,25 @@ impl UsageReader {
             .map_err(|w| UsageError::Unavailable(*w))?;
         let limit = q.limit;
         let retention = self.retention.clone();
-        let (q, rows) = store
-            .usage(q, move |q, held| resolve(q, held, &retention, now_ms()))
-            .await?;
+        let pick = move |q: UsageQuery, held: &[i64]| resolve(q, held, &retention, now_ms());
+        let (q, rows) = match &self.pg {
+            // The pool bounds how many run; its wait and the statement
+            // timeout bound how long (off the async workers).
+            Some(pg) => {
+                let pg = pg.clone();
+                tokio::task::spawn_blocking(move || {
+                    let q = if q.resolution_s == 0 {
+                        pick(q, &pg.resolutions()?)
+                    } else {
+                        q
+                    };
+                    pg.usage(&q).map(|rows| (q, rows))
+                })
+                .await
+                .map_err(|_| StoreError::Closed)??
+            }
+            None => store.usage(q, pick).await?,
+        };
         if rows.len() > limit {
             return Err(UsageError::TooMany(limit));
         }
@@ -300,6 +414,9 @@ pub fn resolve(mut q: UsageQuery, held: &[i64], retention: &Retention, now_ms: i
 pub struct Ledger {
     usage: UsageReader,
     metrics: Option<Arc<LedgerMetrics>>,
+    /// The shipper to the fleet ledger, with its metrics.
+    shipper: Option<ship::Shipper>,
+    ship_metrics: Option<Arc<ship::ShipMetrics>>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<()>>,
 }
@@ -313,9 +430,17 @@ impl Ledger {
         Ledger {
             usage: UsageReader::unavailable(NoLedger::Disabled),
             metrics: None,
+            shipper: None,
+            ship_metrics: None,
             stop: None,
             done: None,
         }
+    }
+
+    /// The shipper's `vmscope_ledger_spool_*` / `ledger_db` health (`None`
+    /// without a fleet ledger).
+    pub fn ship_metrics(&self) -> Option<Arc<ship::ShipMetrics>> {
+        self.ship_metrics.clone()
     }
 
     /// What `GET /api/v1/usage` reads.
@@ -338,6 +463,10 @@ impl Ledger {
             && tokio::time::timeout(SHUTDOWN_WAIT, done).await.is_err()
         {
             tracing::warn!("the usage ledger's last flush did not finish in time");
+        }
+        // After the last flush: what it spooled ships at the next start.
+        if let Some(s) = self.shipper.take() {
+            s.stop(SHUTDOWN_WAIT).await;
         }
     }
 }
@@ -397,14 +526,18 @@ pub fn start(
             return Ledger {
                 usage: UsageReader::unavailable(NoLedger::NoDatabase),
                 metrics: Some(Arc::new(LedgerMetrics::new(Err(why)))),
+                shipper: None,
+                ship_metrics: None,
                 stop: None,
                 done: None,
             };
         }
     };
+    let (pg, shipper, ship_metrics) = fleet(cfg, &store);
     let reader = UsageReader {
         store: Ok(store.clone()),
         retention: cfg.retention.clone(),
+        pg,
     };
     let shown = path.map_or_else(|| "state database".to_owned(), |p| p.display().to_string());
     let metrics = Arc::new(LedgerMetrics::new(Ok(shown)));
@@ -435,6 +568,7 @@ pub fn start(
     let m = metrics.clone();
     let flush_every = cfg.flush_interval;
     let retention = cfg.retention.clone();
+    let host = cfg.host.clone();
     let spawned = std::thread::Builder::new()
         .name("vmscope-ledger".to_owned())
         .spawn(move || {
@@ -445,6 +579,7 @@ pub fn start(
                 counters,
                 in_flight: None,
                 prune: Prune::new(retention),
+                host,
             };
             worker.run(&handle, snapshots, stop_rx, flush_every);
             // Our store handle goes before "done": whoever waits for the
@@ -459,6 +594,8 @@ pub fn start(
         return Ledger {
             usage: UsageReader::unavailable(NoLedger::NoDatabase),
             metrics: Some(metrics),
+            shipper,
+            ship_metrics,
             stop: None,
             done: None,
         };
@@ -466,8 +603,78 @@ pub fn start(
     Ledger {
         usage: reader,
         metrics: Some(metrics),
+        shipper,
+        ship_metrics,
         stop: Some(stop_tx),
         done: Some(done_rx),
+    }
+}
+
+/// Rows per PostgreSQL transaction: large enough that a host's whole
+/// flush (1000 VMs) goes in one, small enough to stay well inside the
+/// statement timeout.
+const SHIP_BATCH_ROWS: usize = 5000;
+
+/// Spooling on or off (the store thread runs this before the ledger's
+/// first flush: its queue is in order), and with a fleet ledger its
+/// database handle, shipper and metrics.
+#[allow(clippy::type_complexity)]
+fn fleet(
+    cfg: &LedgerConfig,
+    store: &Store,
+) -> (
+    Option<Arc<PgLedger>>,
+    Option<ship::Shipper>,
+    Option<Arc<ship::ShipMetrics>>,
+) {
+    // `validate` has refused a bad URL; this is its fallback.
+    let target = match cfg.fleet() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "no fleet ledger");
+            None
+        }
+    };
+    let on = target.is_some();
+    match store.spool_job(move |s| s.spool_set(on)) {
+        Ok(rx) => {
+            tokio::spawn(async move {
+                if let Ok(Err(e)) = rx.await {
+                    tracing::warn!(error = %ErrorChain(&e), "cannot switch the usage ledger's spool; rows may not reach PostgreSQL");
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %ErrorChain(&e), "cannot switch the usage ledger's spool; rows may not reach PostgreSQL");
+        }
+    }
+    let Some(target) = target else {
+        return (None, None, None);
+    };
+    let pg = Arc::new(PgLedger::new(
+        target,
+        cfg.database_pool_size,
+        cfg.database_timeout,
+        store.metrics().clone(),
+    ));
+    tracing::info!(db = %pg.describe(), "usage ledger ships to the fleet ledger in PostgreSQL");
+    let metrics = Arc::new(ship::ShipMetrics::new(pg.clone()));
+    let shipper = ship::start(
+        store.clone(),
+        pg.clone(),
+        ship::ShipConfig {
+            batch_rows: SHIP_BATCH_ROWS,
+            max_spool_rows: cfg.max_spool_rows,
+            idle: cfg.flush_interval.min(Duration::from_secs(5)) / 2,
+        },
+        metrics.clone(),
+    );
+    match shipper {
+        Ok(s) => (Some(pg), Some(s), Some(metrics)),
+        Err(e) => {
+            tracing::warn!(error = %e, "usage rows stay in the local spool");
+            (Some(pg), None, Some(metrics))
+        }
     }
 }
 
@@ -485,6 +692,8 @@ struct Worker {
     /// The flush the store is working on: its answer, what it carried, when
     /// it was sent.
     in_flight: Option<(FlushResult, BatchMarks, Instant)>,
+    /// `ledger.host`: the host name rows carry instead of the kernel's.
+    host: Option<String>,
     prune: Prune,
 }
 
@@ -588,7 +797,7 @@ impl Worker {
             match woke {
                 Woke::Snapshot => {
                     let snap = snapshots.borrow_and_update().clone();
-                    self.acct.observe(&snap);
+                    self.observe(&snap);
                     // A VM or owner new to the counters gets its series
                     // from the next flush's read-back: do not make it
                     // wait a whole flush interval.
@@ -607,7 +816,7 @@ impl Worker {
             if stopping {
                 // The newest snapshot, then one last flush, waited for.
                 let snap = snapshots.borrow_and_update().clone();
-                self.acct.observe(&snap);
+                self.observe(&snap);
                 self.poll_flush(true, handle);
                 self.flush(handle, true);
                 self.poll_flush(true, handle);
@@ -621,6 +830,19 @@ impl Worker {
                 next_flush = Instant::now() + flush_every;
             }
             self.publish();
+        }
+    }
+
+    /// Account `snap`, under `ledger.host` when set (a copy of the
+    /// snapshot per tick: only paid by hosts that rename themselves).
+    fn observe(&mut self, snap: &Arc<Snapshot>) {
+        match &self.host {
+            Some(h) if snap.host.hostname.as_deref() != Some(h.as_str()) => {
+                let mut renamed = Snapshot::clone(snap);
+                renamed.host.hostname = Some(h.clone());
+                self.acct.observe(&renamed);
+            }
+            _ => self.acct.observe(snap),
         }
     }
 
@@ -795,6 +1017,18 @@ mod tests {
             ("interval = \"2h\"", "ledger.interval: "),
             ("flush_interval = \"0s\"", "ledger.flush_interval: "),
             ("max_pending_rows = 10", "ledger.max_pending_rows: "),
+            ("max_spool_rows = 10", "ledger.max_spool_rows: "),
+            ("database_timeout = \"10ms\"", "ledger.database_timeout: "),
+            ("database_pool_size = 0", "ledger.database_pool_size: "),
+            ("host = \" \"", "ledger.host: "),
+            (
+                "database_url = \"mysql://u:pw1234@h/db\"",
+                "ledger.database_url: ",
+            ),
+            (
+                "database_url = \"postgres://u:pw1234@h/db\"\ndatabase_url_env = \"X\"",
+                "ledger.database_url_env: ",
+            ),
         ] {
             let c: LedgerConfig = toml::from_str(toml).unwrap();
             let e = c.validate().unwrap_err();
@@ -831,6 +1065,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"soon\" is neither a duration"), "{e}");
+    }
+
+    #[test]
+    fn the_fleet_database_comes_from_the_url_or_the_environment() {
+        let c: LedgerConfig = toml::from_str("").unwrap();
+        assert!(c.fleet().unwrap().is_none());
+        let c: LedgerConfig =
+            toml::from_str("database_url = \"postgres://u:pw1234@db:5433/fleet\"").unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.fleet().unwrap().unwrap().describe(),
+            "postgres db:5433/fleet"
+        );
+        // The URL never shows in the config's Debug.
+        assert!(!format!("{c:?}").contains("pw1234"));
+        let c: LedgerConfig = toml::from_str("database_url_env = \"FLEET_DB\"").unwrap();
+        let env = |v: &str| (v == "FLEET_DB").then(|| "postgres://u:pw1234@db/f".to_owned());
+        assert_eq!(
+            c.fleet_with(env).unwrap().unwrap().describe(),
+            "postgres db:5432/f"
+        );
+        let e = c.fleet_with(|_| None).unwrap_err();
+        assert!(
+            e.starts_with("ledger.database_url_env: ") && e.contains("FLEET_DB"),
+            "{e}"
+        );
+        let bad: LedgerConfig = toml::from_str("database_url_env = \"FLEET_DB\"").unwrap();
+        let e = bad
+            .fleet_with(|_| Some("postgres://u:pw1234@h".to_owned()))
+            .unwrap_err();
+        assert!(
+            e.starts_with("ledger.database_url_env: ") && !e.contains("pw1234"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -244,7 +244,7 @@ impl UsageBy {
         }
     }
     /// (key column, label column) of `ledger_rows`.
-    const fn columns(self) -> (&'static str, &'static str) {
+    pub(super) const fn columns(self) -> (&'static str, &'static str) {
         match self {
             UsageBy::User => ("user_key", "user_label"),
             UsageBy::Project => ("project_key", "project_label"),

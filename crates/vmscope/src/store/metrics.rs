@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::export::Histogram;
 
 /// Every value of the `op` label.
-pub const OPS: [&str; 8] = [
+pub const OPS: [&str; 13] = [
     "migrate",
     "load_open",
     "apply",
@@ -17,6 +17,13 @@ pub const OPS: [&str; 8] = [
     "prune",
     "ledger_load",
     "ledger_flush",
+    // The fleet ledger's spool in the state database (ledger/ship.rs).
+    "ledger_spool",
+    // The fleet ledger in PostgreSQL (store/postgres.rs).
+    "pg_migrate",
+    "pg_ship",
+    "pg_query",
+    "pg_delete",
 ];
 
 /// Histogram upper bounds, seconds (SQLite on a local disk: sub-ms to 1 s).

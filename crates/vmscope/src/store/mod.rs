@@ -29,6 +29,8 @@ pub mod ledger;
 pub mod lock;
 pub mod metrics;
 pub mod pg_alerts;
+pub mod postgres;
+pub mod spool;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -84,7 +86,7 @@ pub enum StoreError {
     Postgres {
         op: &'static str,
         #[source]
-        source: postgres::Error,
+        source: ::postgres::Error,
     },
     #[error(
         "the alert store {at} already has a vmscope for host {host:?} (it holds the host's \
@@ -107,7 +109,7 @@ pub enum Location {
     /// The alert state of host `host` in PostgreSQL (`[store]
     /// database_url`); the ledger stays in SQLite.
     Postgres {
-        config: Box<postgres::Config>,
+        config: Box<::postgres::Config>,
         host: String,
     },
 }

@@ -19,6 +19,8 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 mod ledger;
 
+use super::ledger::{LedgerKey, LedgerUsage};
+
 use super::lock::DbLock;
 use super::{
     AlertStore, EpisodePage, EpisodeQuery, EpisodeRow, EpisodeWrite, NotificationLogEntry,
@@ -198,6 +200,31 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
             FROM ledger_facts f
             JOIN ledger_vms v ON v.id = f.vm
             JOIN ledger_owners o ON o.id = f.owner;",
+    ),
+    // The fleet ledger's spool (`[ledger] database_url`, ledger/ship.rs):
+    // the keys of rows written here and not yet in PostgreSQL, with the
+    // flush that last wrote them (`seq`) and when they first waited.
+    // Number 5: 4 is the ledger tables' rewrite (rollups).
+    (
+        5,
+        "CREATE TABLE ledger_spool (
+            host              TEXT    NOT NULL,
+            vm_id             TEXT    NOT NULL,
+            incarnation       TEXT    NOT NULL,
+            resolution_s      INTEGER NOT NULL,
+            interval_start_ms INTEGER NOT NULL,
+            seq               INTEGER NOT NULL,
+            spooled_at_ms     INTEGER NOT NULL,
+            PRIMARY KEY (host, vm_id, incarnation, resolution_s, interval_start_ms)
+        ) WITHOUT ROWID;
+        CREATE INDEX ledger_spool_seq ON ledger_spool (seq);
+        CREATE INDEX ledger_spool_age ON ledger_spool (spooled_at_ms);
+        CREATE TABLE ledger_spool_state (
+            id       INTEGER PRIMARY KEY CHECK (id = 1),
+            enabled  INTEGER NOT NULL,
+            next_seq INTEGER NOT NULL
+        );
+        INSERT INTO ledger_spool_state (id, enabled, next_seq) VALUES (1, 0, 1);",
     ),
     // The ledger's counter totals (ledger/totals.rs): per owner (its own
     // series), per owner kind (the overflow, key '') and per VM id, all the
@@ -811,6 +838,252 @@ impl SqliteStore {
             .optional()
             .map(|v| v.flatten().unwrap_or(0))
             .map_err(q("query"))
+    }
+}
+
+/// SQLite integers are i64; byte counters beyond that (never in practice)
+/// saturate rather than wrap.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const LEDGER_ROW_COLS: &str = "host, vm_id, incarnation, resolution_s, interval_start_ms, \
+     vm_name, user_key, user_label, project_key, project_label, cpu_seconds, guest_seconds, \
+     vcpu_allocated_seconds, memory_allocated_byte_seconds, rss_byte_seconds, net_rx_bytes, \
+     net_tx_bytes, observed_seconds, gap_seconds";
+
+fn row_to_ledger(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LedgerKey, LedgerUsage)> {
+    Ok((
+        LedgerKey {
+            host: r.get(0)?,
+            vm_id: r.get(1)?,
+            incarnation: r.get(2)?,
+            resolution_s: r.get(3)?,
+            interval_start_ms: r.get(4)?,
+        },
+        LedgerUsage {
+            vm_name: r.get(5)?,
+            user_key: r.get(6)?,
+            user_label: r.get(7)?,
+            project_key: r.get(8)?,
+            project_label: r.get(9)?,
+            cpu_seconds: r.get(10)?,
+            guest_seconds: r.get(11)?,
+            vcpu_allocated_seconds: r.get(12)?,
+            memory_allocated_byte_seconds: r.get(13)?,
+            rss_byte_seconds: r.get(14)?,
+            net_rx_bytes: to_u64(r.get(15)?),
+            net_tx_bytes: to_u64(r.get(16)?),
+            observed_seconds: r.get(17)?,
+            gap_seconds: r.get(18)?,
+        },
+    ))
+}
+
+// ---- The fleet ledger's spool (migration 5; store/spool.rs, ledger/ship.rs) ----
+
+/// Within a flush's transaction: whether spooling is on, and if so this
+/// flush's number (taken) and time, for [`spool_key`]. Off (no
+/// `database_url`): one read.
+pub(super) fn spool_begin(tx: &Connection) -> Result<Option<(i64, i64)>, StoreError> {
+    let op = "ledger_flush";
+    let state: Option<(bool, i64)> = tx
+        .query_row(
+            "SELECT enabled, next_seq FROM ledger_spool_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(q(op))?;
+    let Some((true, seq)) = state else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE ledger_spool_state SET next_seq = next_seq + 1 WHERE id = 1",
+        [],
+    )
+    .map_err(q(op))?;
+    Ok(Some((seq, to_ms(SystemTime::now()))))
+}
+
+/// Add (or renew, with this flush's number) the key of a row written by
+/// this flush, raw or rollup, so that the shipper sends its new totals to
+/// PostgreSQL. A row already waiting keeps its first spool time (the lag
+/// metric says how long PostgreSQL has been behind) and takes the new seq.
+pub(super) fn spool_key(
+    tx: &Connection,
+    (seq, now): (i64, i64),
+    k: &LedgerKey,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO ledger_spool (host, vm_id, incarnation, resolution_s, interval_start_ms, \
+         seq, spooled_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT DO UPDATE SET seq = excluded.seq",
+    )
+    .and_then(|mut add| {
+        add.execute(params![
+            k.host,
+            k.vm_id,
+            k.incarnation,
+            k.resolution_s,
+            k.interval_start_ms,
+            seq,
+            now
+        ])
+    })
+    .map_err(q("ledger_flush"))?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Turn spooling on (a `database_url` is configured) or off; off also
+    /// empties the spool (nothing will ship it). Cheap when unchanged.
+    pub fn spool_set(&mut self, enabled: bool) -> Result<(), StoreError> {
+        let op = "ledger_spool";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let was: bool = tx
+            .query_row(
+                "SELECT enabled FROM ledger_spool_state WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(q(op))?;
+        if was != enabled {
+            tx.execute(
+                "UPDATE ledger_spool_state SET enabled = ?1 WHERE id = 1",
+                [enabled],
+            )
+            .map_err(q(op))?;
+            if !enabled {
+                tx.execute("DELETE FROM ledger_spool", []).map_err(q(op))?;
+            }
+        }
+        tx.commit().map_err(q(op))
+    }
+
+    /// The oldest `max_rows` spooled rows (by seq) with their current
+    /// totals, after dropping the oldest entries past `bound` (counted in
+    /// the answer). Entries whose row is gone (retention) are removed.
+    pub fn spool_take(
+        &mut self,
+        max_rows: usize,
+        bound: usize,
+    ) -> Result<super::spool::SpoolBatch, StoreError> {
+        let op = "ledger_spool";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let count: i64 = tx
+            .query_row("SELECT COUNT(*) FROM ledger_spool", [], |r| r.get(0))
+            .map_err(q(op))?;
+        let excess = super::spool::excess(to_u64(count), bound);
+        if excess > 0 {
+            tx.execute(
+                "DELETE FROM ledger_spool WHERE (host, vm_id, incarnation, resolution_s, \
+                 interval_start_ms) IN (SELECT host, vm_id, incarnation, resolution_s, \
+                 interval_start_ms FROM ledger_spool ORDER BY seq LIMIT ?1)",
+                [to_i64(excess)],
+            )
+            .map_err(q(op))?;
+        }
+        let mut batch = super::spool::SpoolBatch {
+            dropped: excess,
+            spooled: to_u64(count).saturating_sub(excess),
+            ..Default::default()
+        };
+        {
+            let cols = LEDGER_ROW_COLS
+                .split(", ")
+                .enumerate()
+                .map(|(i, c)| {
+                    let c = c.trim();
+                    if i < 5 {
+                        format!("s.{c}")
+                    } else {
+                        format!("r.{c}")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut stmt = tx
+                .prepare(&format!(
+                    "SELECT {cols}, s.seq, r.vm_name IS NULL FROM ledger_spool s \
+                     LEFT JOIN ledger_rows r ON r.host = s.host AND r.vm_id = s.vm_id \
+                     AND r.incarnation = s.incarnation AND r.resolution_s = s.resolution_s \
+                     AND r.interval_start_ms = s.interval_start_ms ORDER BY s.seq LIMIT ?1"
+                ))
+                .map_err(q(op))?;
+            let mut rows = stmt.query([to_i64(max_rows as u64)]).map_err(q(op))?;
+            let mut orphans = Vec::new();
+            while let Some(r) = rows.next().map_err(q(op))? {
+                let seq: i64 = r.get(19).map_err(q(op))?;
+                let orphan: bool = r.get(20).map_err(q(op))?;
+                if orphan {
+                    orphans.push((
+                        r.get::<_, String>(0).map_err(q(op))?,
+                        r.get::<_, String>(1).map_err(q(op))?,
+                        r.get::<_, String>(2).map_err(q(op))?,
+                        r.get::<_, i64>(3).map_err(q(op))?,
+                        r.get::<_, i64>(4).map_err(q(op))?,
+                    ));
+                    continue;
+                }
+                let (k, u) = row_to_ledger(r).map_err(q(op))?;
+                batch.seqs.push(seq);
+                batch.rows.push((k, u));
+            }
+            drop(rows);
+            drop(stmt);
+            for o in &orphans {
+                tx.execute(
+                    "DELETE FROM ledger_spool WHERE host = ?1 AND vm_id = ?2 AND incarnation = ?3 \
+                     AND resolution_s = ?4 AND interval_start_ms = ?5",
+                    params![o.0, o.1, o.2, o.3, o.4],
+                )
+                .map_err(q(op))?;
+            }
+            batch.spooled = batch.spooled.saturating_sub(orphans.len() as u64);
+        }
+        batch.oldest_ms = tx
+            .query_row("SELECT MIN(spooled_at_ms) FROM ledger_spool", [], |r| {
+                r.get(0)
+            })
+            .map_err(q(op))?;
+        tx.commit().map_err(q(op))?;
+        Ok(batch)
+    }
+
+    /// Remove the spool entries of `keys` that no flush renewed since they
+    /// were taken (seq still at most the one read): a row re-flushed
+    /// meanwhile stays spooled with its newer totals. Returns how many.
+    pub fn spool_ack(&mut self, keys: &[(LedgerKey, i64)]) -> Result<u64, StoreError> {
+        let op = "ledger_spool";
+        let tx = self.conn.transaction().map_err(q(op))?;
+        let mut n = 0;
+        {
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM ledger_spool WHERE host = ?1 AND vm_id = ?2 AND incarnation = ?3 \
+                     AND resolution_s = ?4 AND interval_start_ms = ?5 AND seq <= ?6",
+                )
+                .map_err(q(op))?;
+            for (k, seq) in keys {
+                n += del
+                    .execute(params![
+                        k.host,
+                        k.vm_id,
+                        k.incarnation,
+                        k.resolution_s,
+                        k.interval_start_ms,
+                        seq
+                    ])
+                    .map_err(q(op))? as u64;
+            }
+        }
+        tx.commit().map_err(q(op))?;
+        Ok(n)
     }
 }
 

@@ -18,6 +18,7 @@ mod http_hardening;
 mod hung_mount;
 mod ledger;
 mod ledger_counters;
+mod ledger_pg;
 mod owners;
 mod owners_http;
 mod owners_libvirt;

@@ -33,22 +33,7 @@ fn vm(roms: &Roms, role: &str) -> QemuVm {
     )
 }
 
-/// The lab and a PostgreSQL server can run here (else skipped, or a loud
-/// failure under CI).
-fn postgres_lab(test: &str) -> bool {
-    if !lab_available(test) {
-        return false;
-    }
-    if postgres::available() {
-        return true;
-    }
-    assert!(
-        !in_ci(),
-        "{test}: PostgreSQL 15 is missing under CI=true (scripts/install-deps.sh)"
-    );
-    eprintln!("{test}: skipped: PostgreSQL 15 is not installed");
-    false
-}
+use crate::support::postgres::lab as postgres_lab;
 
 /// `[owners.sql]` with a fast refresh for tests.
 fn sql_config(url: &str, query: &str, extra: &str) -> String {

@@ -24,23 +24,13 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::SqliteStore;
-use super::q;
+use super::{q, spool_begin, spool_key, to_i64, to_u64};
 use crate::store::StoreError;
 use crate::store::ledger::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
     NetCounter, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageQuery,
     UsageTotal,
 };
-
-/// SQLite integers are i64; byte counters beyond that (never in practice)
-/// saturate rather than wrap.
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
 
 type VmKey = (String, String, String);
 
@@ -324,6 +314,9 @@ fn flush(conn: &mut Connection, ids: &mut IdCache, batch: &LedgerBatch) -> Resul
     let op = OP_FLUSH;
     let tx = conn.transaction().map_err(q(op))?;
     let mut fresh = IdCache::default();
+    // With a fleet ledger, every row this flush writes (raw and rollup)
+    // is spooled for the shipper.
+    let spool = spool_begin(&tx)?;
     {
         // Oldest first, so that a rollup row ends with the newest row's
         // name and owner.
@@ -391,26 +384,27 @@ fn flush(conn: &mut Connection, ids: &mut IdCache, batch: &LedgerBatch) -> Resul
             ])
             .map_err(q(op))?;
             resolutions.insert(k.resolution_s);
+            if let Some(sp) = spool {
+                spool_key(&tx, sp, k)?;
+            }
             let d = new.minus(old.unwrap_or_default());
             if old.is_some() && d == Amounts::default() {
                 continue;
             }
             for r in ROLLUPS.into_iter().filter(|r| *r > k.resolution_s) {
                 let len = r * 1000;
+                let start = k.interval_start_ms.div_euclid(len) * len;
+                if let Some(sp) = spool {
+                    let rolled = LedgerKey {
+                        resolution_s: r,
+                        interval_start_ms: start,
+                        ..k.clone()
+                    };
+                    spool_key(&tx, sp, &rolled)?;
+                }
                 add.execute(params![
-                    k.interval_start_ms.div_euclid(len) * len,
-                    vm,
-                    r,
-                    owner,
-                    d.cpu,
-                    d.guest,
-                    d.vcpu,
-                    d.mem,
-                    d.rss,
-                    d.rx,
-                    d.tx,
-                    d.observed,
-                    d.gap
+                    start, vm, r, owner, d.cpu, d.guest, d.vcpu, d.mem, d.rss, d.rx, d.tx,
+                    d.observed, d.gap
                 ])
                 .map_err(q(op))?;
                 resolutions.insert(r);

@@ -32,6 +32,23 @@ pub fn available() -> bool {
         && run("/usr/bin/id", &["-u", "postgres"]).is_ok()
 }
 
+/// The lab and a PostgreSQL server can run here (else skipped, or a loud
+/// failure under CI).
+pub fn lab(test: &str) -> bool {
+    if !super::lab_available(test) {
+        return false;
+    }
+    if available() {
+        return true;
+    }
+    assert!(
+        !super::in_ci(),
+        "{test}: PostgreSQL 15 is missing under CI=true (scripts/install-deps.sh)"
+    );
+    eprintln!("{test}: skipped: PostgreSQL 15 is not installed");
+    false
+}
+
 /// A running (or stopped, after [`Postgres::stop`]) server.
 pub struct Postgres {
     dir: tempfile::TempDir,
