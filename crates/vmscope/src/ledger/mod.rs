@@ -146,7 +146,7 @@ impl<'de> Deserialize<'de> for Keep {
 
 /// `[ledger.retention]`: rows older than this (by interval start) are
 /// deleted in the background, per resolution.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Retention {
     /// The raw rows (`interval`).
@@ -373,7 +373,7 @@ impl UsageReader {
             .as_ref()
             .map_err(|w| UsageError::Unavailable(*w))?;
         let limit = q.limit;
-        let retention = self.retention.clone();
+        let retention = self.retention;
         let pick = move |q: UsageQuery, held: &[i64]| resolve(q, held, &retention, now_ms());
         let (q, rows) = match &self.pg {
             // The pool bounds how many run; its wait and the statement
@@ -536,7 +536,7 @@ pub fn start(
     let (pg, shipper, ship_metrics) = fleet(cfg, &store);
     let reader = UsageReader {
         store: Ok(store.clone()),
-        retention: cfg.retention.clone(),
+        retention: cfg.retention,
         pg,
     };
     let shown = path.map_or_else(|| "state database".to_owned(), |p| p.display().to_string());
@@ -567,7 +567,7 @@ pub fn start(
     let handle = tokio::runtime::Handle::current();
     let m = metrics.clone();
     let flush_every = cfg.flush_interval;
-    let retention = cfg.retention.clone();
+    let retention = cfg.retention;
     let host = cfg.host.clone();
     let spawned = std::thread::Builder::new()
         .name("vmscope-ledger".to_owned())
@@ -666,6 +666,7 @@ fn fleet(
             batch_rows: SHIP_BATCH_ROWS,
             max_spool_rows: cfg.max_spool_rows,
             idle: cfg.flush_interval.min(Duration::from_secs(5)) / 2,
+            retention: cfg.retention,
         },
         metrics.clone(),
     );

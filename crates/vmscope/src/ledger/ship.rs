@@ -71,7 +71,13 @@ pub struct ShipConfig {
     pub max_spool_rows: usize,
     /// How long to wait when the spool is empty.
     pub idle: Duration,
+    /// `[ledger.retention]`, applied to the fleet ledger too.
+    pub retention: super::Retention,
 }
+
+/// How often the fleet ledger's retention runs, plus up to a tenth of it
+/// at random: a fleet's agents do not all delete at the same moment.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// First and longest back-off after a failure.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -216,6 +222,8 @@ pub fn start(
                 metrics,
                 failures: 0,
                 stop: stop_rx,
+                // Not at start: shipping what waits goes first.
+                next_retention: Instant::now() + RETENTION_EVERY.mul_f64(0.1 + 0.1 * jitter()),
             };
             w.run();
             drop(w);
@@ -236,6 +244,7 @@ struct Ship {
     /// Failed attempts in a row (0: the last one worked).
     failures: u32,
     stop: mpsc::Receiver<()>,
+    next_retention: Instant,
 }
 
 /// Why a round did not ship.
@@ -264,13 +273,51 @@ impl Ship {
     fn run(&mut self) {
         loop {
             let wait = match self.round() {
-                Ok(0) => self.cfg.idle,
+                Ok(0) => {
+                    if Instant::now() >= self.next_retention {
+                        self.retention();
+                    }
+                    self.cfg.idle
+                }
                 // More may be waiting: go on at once.
                 Ok(_) => Duration::ZERO,
                 Err(f) => self.failed(f),
             };
             if self.sleep(wait) {
                 return;
+            }
+        }
+    }
+
+    /// Delete the fleet ledger's rows past `[ledger.retention]`, per
+    /// resolution held (all hosts' rows: every agent of a fleet applies
+    /// the same deletes, which are idempotent, so give them the same
+    /// retention; the shortest wins). Runs only when the spool is empty,
+    /// so it never delays shipping; a failure is logged and tried again an
+    /// hour later.
+    fn retention(&mut self) {
+        self.next_retention = Instant::now() + RETENTION_EVERY.mul_f64(1.0 + 0.1 * jitter());
+        let now = crate::store::to_ms(std::time::SystemTime::now());
+        let held = match self.pg.resolutions() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet ledger retention: cannot read its resolutions; tried again in an hour");
+                return;
+            }
+        };
+        for r in held {
+            let Some(keep) = self.cfg.retention.keep(r).ms() else {
+                continue;
+            };
+            match self.pg.delete_before(r, now.saturating_sub(keep)) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(resolution_s = r, rows = n, "fleet ledger retention deleted old rows");
+                }
+                Err(e) => {
+                    tracing::warn!(resolution_s = r, error = %e, "fleet ledger retention failed; tried again in an hour");
+                    return;
+                }
             }
         }
     }
