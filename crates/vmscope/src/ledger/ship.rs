@@ -312,7 +312,11 @@ impl Ship {
             match self.pg.delete_before(r, now.saturating_sub(keep)) {
                 Ok(0) => {}
                 Ok(n) => {
-                    tracing::info!(resolution_s = r, rows = n, "fleet ledger retention deleted old rows");
+                    tracing::info!(
+                        resolution_s = r,
+                        rows = n,
+                        "fleet ledger retention deleted old rows"
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(resolution_s = r, error = %e, "fleet ledger retention failed; tried again in an hour");
