@@ -18,12 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
 use rustix::process::Signal;
 use serde_json::Value;
 
+use support::hook::Hook;
 use support::lab::{Firmware, QemuVm, Roms, VmSpec};
 use support::{free_port, http, lab_available, poll_until, unique_name, unique_uuid};
 
@@ -96,42 +94,7 @@ impl Drop for Daemon {
     }
 }
 
-/// Webhook bodies Alertmanager posted to us, on a small tokio runtime of
-/// its own (the test thread blocks in polls).
-struct Hook {
-    url: String,
-    bodies: Arc<Mutex<Vec<Value>>>,
-    _rt: tokio::runtime::Runtime,
-}
-
-async fn receive(State(bodies): State<Arc<Mutex<Vec<Value>>>>, body: Bytes) -> &'static str {
-    if let Ok(v) = serde_json::from_slice(&body) {
-        bodies.lock().unwrap().push(v);
-    }
-    "ok"
-}
-
 impl Hook {
-    fn start() -> Hook {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/am", listener.local_addr().unwrap());
-        let app = Router::new().fallback(receive).with_state(bodies.clone());
-        rt.spawn(async move { axum::serve(listener, app).await });
-        Hook {
-            url,
-            bodies,
-            _rt: rt,
-        }
-    }
-
     /// Alerts with `vm_id` in all bodies received so far, as
     /// (notification status, alert).
     fn alerts_for(&self, vm_id: &str) -> Vec<(String, Value)> {
@@ -256,7 +219,7 @@ fn alertmanager_receives_a_busy_vm_alert_and_its_recovery() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let hook = Hook::start();
+    let hook = Hook::start("/am");
     let (am, am_base) = start_alertmanager(dir.path(), &hook);
 
     let roms = Roms::new();

@@ -11,54 +11,16 @@
 
 use crate::support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 
+use support::hook::Hook;
 use support::lab::{Agent, Firmware, QemuVm, Roms, VmSpec};
 use support::{lab_available, poll_until, unique_name, unique_uuid};
 
-/// Webhook bodies vmscope posted, received on a small runtime of its own
-/// (the test thread blocks in polls).
-struct Hook {
-    url: String,
-    bodies: Arc<Mutex<Vec<Value>>>,
-    _rt: tokio::runtime::Runtime,
-}
-
-async fn receive(State(bodies): State<Arc<Mutex<Vec<Value>>>>, body: Bytes) -> &'static str {
-    if let Ok(v) = serde_json::from_slice(&body) {
-        bodies.lock().unwrap().push(v);
-    }
-    "ok"
-}
-
 impl Hook {
-    fn start() -> Hook {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let app = Router::new().fallback(receive).with_state(bodies.clone());
-        rt.spawn(async move { axum::serve(listener, app).await });
-        Hook {
-            url,
-            bodies,
-            _rt: rt,
-        }
-    }
-
     /// The first alert of rule `rule` about project `project` whose
     /// status is `status`, with its notification's status.
     fn alert(&self, rule: &str, project: &str, status: &str) -> Option<(String, Value)> {
@@ -84,7 +46,7 @@ fn a_project_over_its_cpu_quota_fires_and_resolves_once_its_vm_is_frozen() {
         return;
     }
     let started = Instant::now();
-    let hook = Hook::start();
+    let hook = Hook::start("/hook");
     let roms = Roms::new();
     let spec = VmSpec {
         name: unique_name("quota"),

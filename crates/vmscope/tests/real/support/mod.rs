@@ -14,6 +14,7 @@
 //! binary; [`lab_available`] decides whether a test runs, skips, or (under
 //! `CI=true`) fails loudly because the lab is missing. See `docs/lab.md`.
 
+pub mod hook;
 pub mod http;
 pub mod lab;
 pub mod libvirt;
