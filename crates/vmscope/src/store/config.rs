@@ -86,15 +86,20 @@ impl StoreConfig {
     }
 
     /// `database_url`, parsed; `None` when unset. Errors never repeat it.
-    pub fn postgres(&self) -> Result<Option<postgres::Config>, StoreConfigError> {
+    pub fn postgres(&self) -> Result<Option<super::postgres::PgTarget>, StoreConfigError> {
+        const KEY: &str = "store.database_url";
         let Some(url) = &self.database_url else {
             return Ok(None);
         };
-        super::pg_alerts::parse_url(url.expose())
+        super::postgres::PgTarget::parse(KEY, url)
             .map(Some)
             .map_err(|message| StoreConfigError {
-                key: "store.database_url",
-                message,
+                key: KEY,
+                // PgTarget's messages start with the key; ours adds it.
+                message: message
+                    .strip_prefix(&format!("{KEY}: "))
+                    .map(str::to_owned)
+                    .unwrap_or(message),
             })
     }
 
@@ -180,7 +185,7 @@ pub async fn open_alerts_pg(
     host: &str,
     metrics: Arc<DbMetrics>,
 ) -> Result<Option<Opened>, StoreError> {
-    let config = match cfg.postgres() {
+    let target = match cfg.postgres() {
         Ok(Some(c)) => c,
         Ok(None) => return Ok(None),
         Err(e) => {
@@ -191,10 +196,10 @@ pub async fn open_alerts_pg(
             }));
         }
     };
-    let shown = format!("{} (host {host})", super::pg_alerts::describe(&config));
+    let shown = format!("{} (host {host})", target.describe());
     let store = match Store::open(
         Location::Postgres {
-            config: Box::new(config),
+            target: Box::new(target),
             host: host.to_owned(),
         },
         metrics.clone(),

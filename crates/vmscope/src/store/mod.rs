@@ -109,7 +109,7 @@ pub enum Location {
     /// The alert state of host `host` in PostgreSQL (`[store]
     /// database_url`); the ledger stays in SQLite.
     Postgres {
-        config: Box<::postgres::Config>,
+        target: Box<postgres::PgTarget>,
         host: String,
     },
 }
@@ -119,9 +119,9 @@ impl PartialEq for Location {
         match (self, other) {
             (Location::Sqlite(a), Location::Sqlite(b)) => a == b,
             (
-                Location::Postgres { config: a, host: h },
-                Location::Postgres { config: b, host: g },
-            ) => h == g && pg_alerts::describe(a) == pg_alerts::describe(b),
+                Location::Postgres { target: a, host: h },
+                Location::Postgres { target: b, host: g },
+            ) => h == g && a.describe() == b.describe(),
             _ => false,
         }
     }
@@ -241,6 +241,34 @@ pub struct EpisodePage {
     pub next: Option<Position>,
 }
 
+impl EpisodePage {
+    /// The page from a history query that asked for `limit + 1` rows at
+    /// `position` (the extra row only says there is a next page), with
+    /// where that next page starts. Every backend pages alike.
+    pub fn new(
+        active: Vec<EpisodeRow>,
+        mut history: Vec<EpisodeRow>,
+        limit: u32,
+        position: Position,
+    ) -> EpisodePage {
+        let more = history.len() > limit as usize;
+        history.truncate(limit as usize);
+        let next = match (more, position, history.last()) {
+            (false, _, _) | (_, _, None) => None,
+            (true, Position::Page(p), _) => Some(Position::Page(p.saturating_add(1))),
+            (true, _, Some(last)) => Some(Position::After {
+                started_ms: to_ms(last.started_at),
+                id: last.id,
+            }),
+        };
+        EpisodePage {
+            active,
+            history,
+            next,
+        }
+    }
+}
+
 /// Alert state, whatever the backend.
 pub trait AlertStore {
     fn open_episodes(&mut self) -> Result<Vec<EpisodeRow>, StoreError>;
@@ -286,8 +314,8 @@ impl Backend {
     pub fn open(location: &Location) -> Result<Backend, StoreError> {
         match location {
             Location::Sqlite(path) => Ok(Backend::Sqlite(sqlite::SqliteStore::open(path)?)),
-            Location::Postgres { config, host } => Ok(Backend::Postgres(Box::new(
-                pg_alerts::PgAlertStore::open((**config).clone(), host)?,
+            Location::Postgres { target, host } => Ok(Backend::Postgres(Box::new(
+                pg_alerts::PgAlertStore::open(target, host)?,
             ))),
         }
     }
@@ -455,6 +483,17 @@ impl Store {
     pub async fn prune(&self, before: SystemTime) -> Result<u64, StoreError> {
         self.call("prune", move |s| s.prune(before)).await
     }
+}
+
+/// Database integers are i64 (SQLite and PostgreSQL alike); byte counters
+/// beyond that (never in practice) saturate rather than wrap.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored count back: a negative one (never written) reads as 0.
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 /// Milliseconds since the Unix epoch (negative before it, saturating).

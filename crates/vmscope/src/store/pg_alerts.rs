@@ -22,11 +22,13 @@
 //!
 //! Fails: [`StoreError::Postgres`] naming the operation, with the server's
 //! message as its source (never the URL: the password stays out of logs).
+//! The URL is parsed and checked by [`PgTarget`], as the fleet ledger's.
 
 use std::time::{Duration, SystemTime};
 
 use postgres::types::ToSql;
 
+use super::postgres::PgTarget;
 use super::{
     AlertStore, EpisodePage, EpisodeQuery, EpisodeRow, EpisodeWrite, NotificationLogEntry,
     OutboxRow, OutboxWrite, Position, StoreError, from_ms, to_ms,
@@ -90,47 +92,16 @@ fn pg(op: &'static str) -> impl FnOnce(postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { op, source }
 }
 
-/// `host:port/dbname` of a URL, for messages (never user or password).
-pub fn describe(config: &postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
-        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "?".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgresql://{host}:{port}/{}",
-        config.get_dbname().unwrap_or("")
-    )
-}
-
-/// Parse `[store] database_url`. The message never repeats the URL.
-pub fn parse_url(raw: &str) -> Result<postgres::Config, String> {
-    let raw = raw.trim();
-    if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
-        return Err("must be a postgres:// or postgresql:// URL".to_owned());
-    }
-    let cfg: postgres::Config = raw
-        .parse()
-        .map_err(|_| "not a valid PostgreSQL URL".to_owned())?;
-    if cfg.get_hosts().is_empty() {
-        return Err("the URL names no host (postgresql://user@host:port/db, or ?host=/run/postgresql for a socket)".to_owned());
-    }
-    match cfg.get_ssl_mode() {
-        postgres::config::SslMode::Disable | postgres::config::SslMode::Prefer => Ok(cfg),
-        _ => Err("sslmode=require is not supported yet (vmscope speaks to PostgreSQL without TLS); use sslmode=disable on a trusted network or a local socket".to_owned()),
-    }
-}
-
 impl PgAlertStore {
     /// Connect, migrate and take the host's lock.
-    pub fn open(mut config: postgres::Config, host: &str) -> Result<PgAlertStore, StoreError> {
+    pub fn open(target: &PgTarget, host: &str) -> Result<PgAlertStore, StoreError> {
+        let mut config = target.config().clone();
         config
             .connect_timeout(TIMEOUT)
             .tcp_user_timeout(TIMEOUT)
             .application_name("vmscope");
         let mut s = PgAlertStore {
-            shown: describe(&config),
+            shown: target.describe().to_owned(),
             config,
             host: host.to_owned(),
             client: None,
@@ -505,7 +476,7 @@ impl AlertStore for PgAlertStore {
             }
             let lim = p.add(i64::from(limit) + 1);
             let off = p.add(offset);
-            let mut history = episodes(
+            let history = episodes(
                 c,
                 &format!(
                     "SELECT {EPISODE_COLS} FROM alert_episodes WHERE {} \
@@ -515,21 +486,7 @@ impl AlertStore for PgAlertStore {
                 &p,
                 op,
             )?;
-            let more = history.len() > limit as usize;
-            history.truncate(limit as usize);
-            let next = match (more, qy.position, history.last()) {
-                (false, _, _) | (_, _, None) => None,
-                (true, Position::Page(n), _) => Some(Position::Page(n.saturating_add(1))),
-                (true, _, Some(last)) => Some(Position::After {
-                    started_ms: to_ms(last.started_at),
-                    id: last.id,
-                }),
-            };
-            Ok(EpisodePage {
-                active,
-                history,
-                next,
-            })
+            Ok(EpisodePage::new(active, history, limit, qy.position))
         })
     }
 
@@ -587,27 +544,6 @@ impl AlertStore for PgAlertStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn urls_are_checked_without_repeating_them() {
-        for (url, want) in [
-            ("mysql://u:secret@h/db", "must be a postgres://"),
-            (
-                "postgresql://u:secret@h/db?sslmode=require",
-                "sslmode=require",
-            ),
-            (
-                "postgresql://u:secret@h:notaport/db",
-                "not a valid PostgreSQL URL",
-            ),
-        ] {
-            let e = parse_url(url).unwrap_err();
-            assert!(e.contains(want), "{url}: {e}");
-            assert!(!e.contains("secret"), "{e}");
-        }
-        let c = parse_url("postgresql://u:secret@db.example:5433/fleet").unwrap();
-        assert_eq!(describe(&c), "postgresql://db.example:5433/fleet");
-    }
 
     #[test]
     fn filters_number_their_placeholders_and_scope_to_the_host() {

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use super::ledger::{LedgerKey, LedgerUsage, UsageQuery, UsageTotal};
 use super::metrics::DbMetrics;
+use super::{to_i64, to_u64};
 use crate::outbound::redact::{Secret, redact};
 
 /// Versions of the PostgreSQL schema, applied in order, each in the
@@ -215,6 +216,11 @@ impl PgTarget {
         &self.what
     }
 
+    /// What to connect to (the watchdog's alert store connects with it).
+    pub fn config(&self) -> &postgres::Config {
+        &self.config
+    }
+
     fn scrub(&self, text: String) -> String {
         let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
         redact(text, &secrets)
@@ -357,14 +363,6 @@ fn labels_of(u: &LedgerUsage) -> Labels {
         u.project_key.clone(),
         u.project_label.clone(),
     )
-}
-
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 /// Both in `[1, i32::MAX]` ms, as `statement_timeout` takes them.

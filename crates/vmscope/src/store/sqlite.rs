@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 mod ledger;
 
 use super::ledger::{LedgerKey, LedgerUsage};
+use super::{to_i64, to_u64};
 
 use super::lock::DbLock;
 use super::{
@@ -740,7 +741,7 @@ impl AlertStore for SqliteStore {
              ORDER BY started_at_ms DESC, id DESC LIMIT ? OFFSET ?",
             hist_where.join(" AND ")
         );
-        let mut history = self
+        let history = self
             .conn
             .prepare(&sql)
             .and_then(|mut s| {
@@ -748,21 +749,7 @@ impl AlertStore for SqliteStore {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(q(op))?;
-        let more = history.len() > limit as usize;
-        history.truncate(limit as usize);
-        let next = match (more, qy.position, history.last()) {
-            (false, _, _) | (_, _, None) => None,
-            (true, Position::Page(p), _) => Some(Position::Page(p.saturating_add(1))),
-            (true, _, Some(last)) => Some(Position::After {
-                started_ms: to_ms(last.started_at),
-                id: last.id,
-            }),
-        };
-        Ok(EpisodePage {
-            active,
-            history,
-            next,
-        })
+        Ok(EpisodePage::new(active, history, limit, qy.position))
     }
 
     fn notification_log(&mut self, limit: u32) -> Result<Vec<NotificationLogEntry>, StoreError> {
@@ -839,16 +826,6 @@ impl SqliteStore {
             .map(|v| v.flatten().unwrap_or(0))
             .map_err(q("query"))
     }
-}
-
-/// SQLite integers are i64; byte counters beyond that (never in practice)
-/// saturate rather than wrap.
-fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 const LEDGER_ROW_COLS: &str = "host, vm_id, incarnation, resolution_s, interval_start_ms, \

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::process::Signal;
 use serde_json::Value;
-use vmscope::store::pg_alerts::{PgAlertStore, parse_url};
+use vmscope::outbound::redact::Secret;
+use vmscope::store::pg_alerts::PgAlertStore;
+use vmscope::store::postgres::PgTarget;
 use vmscope::store::{
     AlertStore, EpisodeQuery, EpisodeWrite, NotificationLogEntry, OutboxWrite, Position, StoreError,
 };
@@ -41,7 +43,8 @@ fn resolve(rule: &str, scope: &str, at: u64) -> EpisodeWrite {
 }
 
 fn store(pg: &Postgres, host: &str) -> Result<PgAlertStore, StoreError> {
-    PgAlertStore::open(parse_url(&pg.url("fleet")).unwrap(), host)
+    let target = PgTarget::parse("store.database_url", &Secret::new(pg.url("fleet"))).unwrap();
+    PgAlertStore::open(&target, host)
 }
 
 #[test]
