@@ -374,10 +374,13 @@ impl Gate {
                         policy.metrics.count(AuthResult::Ok);
                         Verdict::Decided(Decision::Allow(Access::Anonymous))
                     }
-                    // host_only is enforced by the tenant-scoping step; denied until then.
-                    Anonymous::Deny | Anonymous::HostOnly => decided(Decision::Refuse(
-                        Refusal::new(AuthResult::Missing, "credentials required"),
-                    )),
+                    // Counted by the HTTP edge once the route has taken or
+                    // refused it (`crate::api::access`).
+                    Anonymous::HostOnly => Verdict::Decided(Decision::Allow(Access::HostOnly)),
+                    Anonymous::Deny => decided(Decision::Refuse(Refusal::new(
+                        AuthResult::Missing,
+                        "credentials required",
+                    ))),
                 }
             }
             Credentials::Malformed => decided(Decision::Refuse(Refusal::new(
@@ -484,17 +487,12 @@ fn after_credentials(
         policy.metrics.count(AuthResult::Ok);
         return Decision::Allow(Access::Admin { who });
     }
-    // A tenant. No endpoint filters by tenant yet (the next step does, then
-    // `Access::Tenant` passes through to the handlers): until then a tenant
-    // sees nothing rather than everything.
+    // A tenant: the handlers scope what it sees (each route says whether
+    // it does; the others refuse tenants, see `crate::api::Resource`). The
+    // HTTP edge counts the outcome (ok or forbidden) once the route has
+    // decided, so that a request is counted once.
     let _ = group;
-    Decision::Refuse(
-        Refusal::new(
-            AuthResult::Forbidden,
-            "tenant-scoped tokens are not served by this version yet",
-        )
-        .by(&who),
-    )
+    Decision::Allow(tenant(who, scopes))
 }
 
 /// What [`Access::Tenant`] a list of tenant scopes makes (for the

@@ -44,8 +44,8 @@ pub use metrics::{AccessMetrics, AuthResult};
 use std::sync::Arc;
 
 /// What a request may see, handed to handlers as a request extension.
-/// Handlers filter by it in the next step (tenant scoping); until then a
-/// tenant is refused before any handler runs (see [`Gate::check`]).
+/// A route whose handler does not scope by it refuses everything but
+/// `Admin` and `Anonymous` (see `crate::api::Resource::scoped`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Access {
     /// Everything: an `admin` token, a basic-auth user, or any client when
@@ -59,6 +59,9 @@ pub enum Access {
     },
     /// No credentials, and the endpoint group allows anonymous access.
     Anonymous,
+    /// No credentials, and the group allows host-level aggregates only
+    /// (`anonymous: {scrape: host_only}`): no user, project or VM name.
+    HostOnly,
 }
 
 /// Who a request authenticated as, for logs (never the secret).

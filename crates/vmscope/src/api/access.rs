@@ -24,7 +24,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
-use crate::access::{Access, Credentials, Decision, Gate, Verdict};
+use crate::access::{Access, AuthResult, Credentials, Decision, Gate, Verdict};
+
+/// Set on the response of a route that refused the caller's scope
+/// ([`admit`]), for [`enforce`] to count the outcome.
+#[derive(Debug, Clone, Copy)]
+struct NotForScope(AuthResult);
 
 /// Both schemes vmscope takes, as RFC 9110 lists challenges.
 const CHALLENGE: &str = "Bearer realm=\"vmscope\", Basic realm=\"vmscope\"";
@@ -77,8 +82,19 @@ pub async fn enforce(State(gate): State<Arc<Gate>>, mut req: Request, next: Next
     };
     let resp = match decision {
         Decision::Allow(access) => {
+            // The gate counted admins and anonymous callers; a tenant or
+            // host-only caller is counted here, by what the route did.
+            let counted_here = matches!(access, Access::Tenant { .. } | Access::HostOnly);
             req.extensions_mut().insert::<Access>(access);
-            next.run(req).await
+            let resp = next.run(req).await;
+            if counted_here {
+                gate.metrics()
+                    .count(match resp.extensions().get::<NotForScope>() {
+                        Some(NotForScope(r)) => *r,
+                        None => AuthResult::Ok,
+                    });
+            }
+            resp
         }
         Decision::Refuse(r) => {
             tracing::debug!(
@@ -119,4 +135,34 @@ fn with_headers(gate: &Gate, mut resp: Response) -> Response {
         }
     }
     resp
+}
+
+/// The guard of a route whose handler does not scope by [`Access`]: only
+/// admins and plain anonymous callers get through. A tenant is refused
+/// (403: it is authenticated, but this endpoint is not for tenants); a
+/// `host_only` caller is asked for credentials (401).
+pub async fn admit(req: Request, next: Next) -> Response {
+    match req.extensions().get::<Access>() {
+        Some(Access::Tenant { who, .. }) => {
+            tracing::debug!(
+                path = req.uri().path(),
+                who = %who.describe(),
+                "request refused: endpoint not available to tenant tokens"
+            );
+            let mut resp = ApiError::Forbidden("this endpoint is not available to tenant tokens")
+                .into_response();
+            resp.extensions_mut()
+                .insert(NotForScope(AuthResult::Forbidden));
+            resp
+        }
+        Some(Access::HostOnly) => {
+            let mut resp = ApiError::Unauthorized("credentials required").into_response();
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
+            resp.extensions_mut()
+                .insert(NotForScope(AuthResult::Missing));
+            resp
+        }
+        _ => next.run(req).await,
+    }
 }

@@ -75,6 +75,13 @@ pub struct Resource {
     /// compressed twice, and for what stays small.
     pub compress: bool,
     pub reads: Reads,
+    /// The handler scopes its answer by the request's
+    /// [`crate::access::Access`] (a tenant sees only its VMs and owners;
+    /// anonymous `host_only` only host-level aggregates). Routes that do
+    /// not are refused to tenants (403) and to `host_only` callers (401)
+    /// before their handler runs ([`access::admit`]), so a new route
+    /// leaks nothing until it is written to scope.
+    pub scoped: bool,
 }
 
 impl std::fmt::Debug for Resource {
@@ -94,6 +101,8 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(index::get),
         compress: false,
         reads: Reads::Snapshot,
+        // The list of routes: nothing about VMs or owners.
+        scoped: true,
     },
     Resource {
         path: "/metrics",
@@ -101,6 +110,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(metrics::metrics),
         compress: false,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/metrics.json",
@@ -108,6 +118,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(metrics::metrics_json),
         compress: false,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/healthz",
@@ -115,6 +126,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(health::get),
         compress: false,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/vms",
@@ -122,6 +134,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(vms::list),
         compress: true,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/vms/{id}",
@@ -129,6 +142,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(vms::get),
         compress: true,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/vms/{id}/stats",
@@ -136,6 +150,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(vms::stats),
         compress: true,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/owners",
@@ -143,6 +158,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(owners::list),
         compress: true,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/owners/{kind}/{id}",
@@ -150,6 +166,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(owners::get),
         compress: true,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/host",
@@ -157,6 +174,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(host::get),
         compress: true,
         reads: Reads::Snapshot,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/alerts",
@@ -164,6 +182,7 @@ pub const ROUTES: &[Resource] = &[
         handler: alerts::handler,
         compress: false,
         reads: Reads::AlertHistory,
+        scoped: false,
     },
     Resource {
         path: "/api/v1/usage",
@@ -171,6 +190,7 @@ pub const ROUTES: &[Resource] = &[
         handler: usage::handler,
         compress: true,
         reads: Reads::Usage,
+        scoped: false,
     },
 ];
 
@@ -341,6 +361,11 @@ pub fn router_with_access(state: AppState, gate: Arc<crate::access::Gate>) -> Ro
             handler.layer(CompressionLayer::new())
         } else {
             handler
+        };
+        let handler = if r.scoped {
+            handler
+        } else {
+            handler.route_layer(axum::middleware::from_fn(access::admit))
         };
         app = app.route(r.path, handler);
     }

@@ -301,15 +301,13 @@ fn bearer_tokens_are_checked_by_hash_scope_and_expiry() {
         ))),
         (401, AuthResult::Expired)
     );
-    // A tenant is refused until endpoints filter by tenant (next step).
+    // A tenant token passes with its scope (the routes scope or refuse it).
     assert_eq!(
-        refused(&decided(gate.check(
-            "/metrics",
-            ip,
-            bearer("vms_portal"),
-            T0()
-        ))),
-        (403, AuthResult::Forbidden)
+        decided(gate.check("/metrics", ip, bearer("vms_portal"), T0())),
+        Decision::Allow(vmscope::access::tenant(
+            Principal::Token("portal".into()),
+            &[Scope::Project("acme".into())]
+        ))
     );
     let malformed = Credentials::parse([b"Token abc".as_slice()].into_iter());
     assert_eq!(malformed, Credentials::Malformed);
@@ -323,10 +321,14 @@ fn bearer_tokens_are_checked_by_hash_scope_and_expiry() {
         Decision::Allow(_)
     ));
     let m = gate.metrics();
-    assert_eq!(m.get(AuthResult::Ok), 1);
+    assert_eq!(
+        m.get(AuthResult::Ok),
+        1,
+        "a tenant is counted by the HTTP edge"
+    );
     assert_eq!(m.get(AuthResult::Invalid), 2);
     assert_eq!(m.get(AuthResult::Expired), 1);
-    assert_eq!(m.get(AuthResult::Forbidden), 1);
+    assert_eq!(m.get(AuthResult::Forbidden), 0);
     assert_eq!(m.get(AuthResult::Missing), 1);
     assert_eq!(m.bcrypt_runs(), 0);
     // Debug output of credentials never holds the secret.
