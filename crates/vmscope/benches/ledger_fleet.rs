@@ -321,6 +321,7 @@ fn main() {
             resolution_s: 0,
             host: host.clone(),
             limit: 100_000,
+            owners: None,
         };
         let best = (0..3)
             .map(|_| {

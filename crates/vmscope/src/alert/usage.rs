@@ -193,6 +193,7 @@ pub fn query(key: &UsageKey, now: SystemTime, host: &str) -> UsageQuery {
         resolution_s: 0,
         host: Some(host.to_owned()),
         limit: MAX_GROUPS,
+        owners: None,
     }
 }
 

@@ -24,7 +24,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
 use crate::access::{Access, AuthResult, Credentials, Decision, Gate, Verdict};
+use crate::export::scoped::View;
+use crate::model::scope::TenantScope;
 
 /// Set on the response of a route that refused the caller's scope
 /// ([`admit`]), for [`enforce`] to count the outcome.
@@ -164,5 +169,58 @@ pub async fn admit(req: Request, next: Next) -> Response {
             resp
         }
         _ => next.run(req).await,
+    }
+}
+
+/// What a request may see, for the handlers of routes that scope
+/// (`Resource::scoped`): taken from the [`Access`] the gate decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Viewer {
+    /// Everything: admins, and anonymous callers where the group allows
+    /// them in full.
+    All,
+    /// A tenant's view, or the host-only one.
+    Scoped(View),
+}
+
+impl Viewer {
+    pub fn of(access: &Access) -> Viewer {
+        match access {
+            Access::Admin { .. } | Access::Anonymous => Viewer::All,
+            Access::Tenant {
+                users, projects, ..
+            } => Viewer::Scoped(View::Tenant(TenantScope::new(users, projects))),
+            Access::HostOnly => Viewer::Scoped(View::HostOnly),
+        }
+    }
+
+    /// The tenant, if the request is one's.
+    pub fn tenant(&self) -> Option<&TenantScope> {
+        match self {
+            Viewer::Scoped(View::Tenant(t)) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Viewer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        // The gate sets an Access on every request it lets through; a
+        // handler reached without one is a router built without the gate:
+        // fail closed.
+        match parts.extensions.get::<Access>() {
+            Some(a) => Ok(Viewer::of(a)),
+            None => {
+                tracing::error!(
+                    path = parts.uri.path(),
+                    "request reached a handler without an access decision"
+                );
+                Err(ApiError::Failed(
+                    "access control is not set up for this route",
+                ))
+            }
+        }
     }
 }

@@ -25,31 +25,30 @@ use axum::routing::{MethodRouter, get};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use super::access::Viewer;
 use super::{ApiError, AppState};
 use crate::alert::notification::format_time;
 use crate::alert::{AlertHistory, HistoryError, NoStore};
 use crate::error::ErrorChain;
+use crate::model::identity::OwnerKind;
 use crate::store::{EpisodeQuery, EpisodeRow, Position};
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 1000;
 
-/// The handler, for its row in [`super::ROUTES`].
-pub(super) fn handler<S>() -> MethodRouter<S>
-where
-    S: Clone + Send + Sync + 'static,
-    AlertHistory: FromRef<S>,
-{
-    get(list)
+/// The handler, for its row in [`super::ROUTES`]: scoped by the caller.
+pub(super) fn handler() -> MethodRouter<AppState> {
+    get(list_scoped)
 }
 
-/// This resource alone, over `history` (tests, and embedding it without
-/// the snapshot resources); its path is the table's.
+/// This resource alone, over `history`, unscoped (tests, and embedding it
+/// without the snapshot resources or access control); its path is the
+/// table's.
 pub fn router(history: AlertHistory) -> Router {
     super::ROUTES
         .iter()
         .filter(|r| r.reads == super::Reads::AlertHistory)
-        .fold(Router::new(), |app, r| app.route(r.path, handler()))
+        .fold(Router::new(), |app, r| app.route(r.path, get(list)))
         .with_state(history)
 }
 
@@ -195,7 +194,39 @@ async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
-    let q = parse_query(&pairs)?;
+    answer(&history, parse_query(&pairs)?).await
+}
+
+/// A tenant sees the episodes about its VMs on this host now and about
+/// its owners, whatever the filters say (they narrow within that). An
+/// episode about a VM that is gone is not shown to tenants: the agent no
+/// longer knows whose it was.
+async fn list_scoped(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
+    let mut q = parse_query(&pairs)?;
+    if let Some(tenant) = viewer.tenant() {
+        let view = state.snapshot_for(&viewer)?;
+        let mut keys: Vec<String> = view.vms.iter().map(|vm| format!("vm:{}", vm.id)).collect();
+        for kind in OwnerKind::ALL {
+            keys.extend(
+                tenant
+                    .keys(kind)
+                    .iter()
+                    .map(|k| format!("owner:{kind}:{k}")),
+            );
+        }
+        q.only_scopes = Some(keys);
+    } else if viewer != Viewer::All {
+        return Err(ApiError::Unauthorized("credentials required"));
+    }
+    answer(state.alerts(), q).await
+}
+
+async fn answer(history: &AlertHistory, q: EpisodeQuery) -> Result<Json<Value>, ApiError> {
     let page_mode = matches!(q.position, Position::Page(_));
     let page = history.query(q).await.map_err(unavailable)?;
     let next_page = match page.next {

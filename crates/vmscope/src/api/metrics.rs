@@ -8,6 +8,10 @@
 //! The body is the cached snapshot part plus the live tail, sent as separate
 //! chunks with an exact length, never copied into one buffer.
 //!
+//! Scope: a tenant token is served its view (its VMs and its owners, see
+//! `crate::model::scope`), an anonymous `host_only` caller the host-level
+//! families; both cached per snapshot (`crate::export::scoped`).
+//!
 //! Failure: a compression error is a 500 with no detail (logged).
 
 use std::collections::VecDeque;
@@ -25,11 +29,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use super::access::Viewer;
 use super::{ApiError, AppState};
 use crate::export::{Exposition, ExpositionCache, Format};
 
 pub async fn metrics(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let format = if accepts_openmetrics(&headers) {
@@ -37,23 +43,33 @@ pub async fn metrics(
     } else {
         Format::Text
     };
-    serve(&state, format, &headers)
+    serve(&state, &viewer, format, &headers)
 }
 
 pub async fn metrics_json(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(&state, Format::Json, &headers)
+    serve(&state, &viewer, Format::Json, &headers)
 }
 
-fn serve(state: &AppState, format: Format, headers: &HeaderMap) -> Result<Response, ApiError> {
+fn serve(
+    state: &AppState,
+    viewer: &Viewer,
+    format: Format,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let gzip = accepts_gzip(headers);
     let snapshot = state.snapshot();
-    let cache: &ExpositionCache = state.cache();
-    let exposition = cache
-        .render(&snapshot, state.sources(), format, gzip)
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let exposition = match viewer {
+        Viewer::All => {
+            let cache: &ExpositionCache = state.cache();
+            cache.render(&snapshot, state.sources(), format, gzip)
+        }
+        Viewer::Scoped(view) => state.scoped().render(&snapshot, view, format, gzip),
+    }
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(response(exposition))
 }
 

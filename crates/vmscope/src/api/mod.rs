@@ -46,6 +46,7 @@ pub use error::ApiError;
 pub use http_metrics::HttpMetrics;
 
 use crate::alert::AlertHistory;
+use crate::export::scoped::{ScopedCache, View};
 use crate::export::{ExpositionCache, MetricSource, SnapshotAge, Sources};
 use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
@@ -110,7 +111,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(metrics::metrics),
         compress: false,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/metrics.json",
@@ -118,7 +119,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(metrics::metrics_json),
         compress: false,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/healthz",
@@ -134,7 +135,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(vms::list),
         compress: true,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/api/v1/vms/{id}",
@@ -142,7 +143,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(vms::get),
         compress: true,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/api/v1/vms/{id}/stats",
@@ -150,7 +151,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(vms::stats),
         compress: true,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/api/v1/owners",
@@ -158,7 +159,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(owners::list),
         compress: true,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/api/v1/owners/{kind}/{id}",
@@ -166,7 +167,7 @@ pub const ROUTES: &[Resource] = &[
         handler: || get(owners::get),
         compress: true,
         reads: Reads::Snapshot,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/api/v1/host",
@@ -182,7 +183,7 @@ pub const ROUTES: &[Resource] = &[
         handler: alerts::handler,
         compress: false,
         reads: Reads::AlertHistory,
-        scoped: false,
+        scoped: true,
     },
     Resource {
         path: "/api/v1/usage",
@@ -190,7 +191,7 @@ pub const ROUTES: &[Resource] = &[
         handler: usage::handler,
         compress: true,
         reads: Reads::Usage,
-        scoped: false,
+        scoped: true,
     },
 ];
 
@@ -211,6 +212,8 @@ struct Inner {
     sources: Sources,
     http: Arc<HttpMetrics>,
     cache: ExpositionCache,
+    /// Tenants' and host-only views and expositions.
+    scoped: ScopedCache,
     request_timeout: Duration,
     alerts: AlertHistory,
     usage: UsageReader,
@@ -269,6 +272,7 @@ impl AppState {
                 sources,
                 http,
                 cache: ExpositionCache::new(),
+                scoped: ScopedCache::new(),
                 request_timeout,
                 alerts,
                 usage,
@@ -308,6 +312,24 @@ impl AppState {
     /// The latest published snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         Arc::clone(&self.inner.snapshots.borrow())
+    }
+
+    /// The latest snapshot as `viewer` may see it: whole, or a tenant's
+    /// view (built once per snapshot and tenant). The host-only view has
+    /// no JSON resources: it is asked for credentials.
+    pub(crate) fn snapshot_for(&self, viewer: &access::Viewer) -> Result<Arc<Snapshot>, ApiError> {
+        let snap = self.snapshot();
+        match viewer {
+            access::Viewer::All => Ok(snap),
+            access::Viewer::Scoped(View::Tenant(t)) => Ok(self.inner.scoped.view(&snap, t)),
+            access::Viewer::Scoped(View::HostOnly) => {
+                Err(ApiError::Unauthorized("credentials required"))
+            }
+        }
+    }
+
+    pub(crate) fn scoped(&self) -> &ScopedCache {
+        &self.inner.scoped
     }
 
     /// The HTTP self-metrics (also exported on /metrics).

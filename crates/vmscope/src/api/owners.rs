@@ -19,6 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use serde::Serialize;
 
+use super::access::Viewer;
 use super::vms::VmSummary;
 use super::{ApiError, AppState, json, rfc3339};
 use crate::model::identity::OwnerKind;
@@ -76,11 +77,12 @@ fn kinds(pairs: &[(String, String)]) -> Result<Vec<OwnerKind>, ApiError> {
 
 pub async fn list(
     State(state): State<AppState>,
+    viewer: Viewer,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
     let kinds = kinds(&pairs)?;
-    let snap = state.snapshot();
+    let snap = state.snapshot_for(&viewer)?;
     let owners = kinds
         .into_iter()
         .flat_map(|kind| {
@@ -100,13 +102,14 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<AppState>,
+    viewer: Viewer,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((kind, id)) = path.map_err(|_| {
         ApiError::BadRequest("the owner kind or id in the path is not valid UTF-8".into())
     })?;
     let kind = OwnerKind::from_name(&kind).ok_or_else(|| ApiError::owner_kind_not_found(&kind))?;
-    let snap = state.snapshot();
+    let snap = state.snapshot_for(&viewer)?;
     let totals = snap
         .usage
         .kind(kind)

@@ -13,6 +13,9 @@
 //! - `host`: only the rows of this host (a fleet ledger in PostgreSQL
 //!   holds every host's; the local one only this host's).
 //!
+//! A tenant token sums only the rows the ledger measured as its owners'
+//! (whatever `by`, `host` or the window say).
+//!
 //! JSON by default; CSV (one line per total, a header line first) when
 //! `Accept` asks for `text/csv`.
 //!
@@ -34,10 +37,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use serde_json::{Value, json};
 
+use super::access::Viewer;
 use super::{ApiError, AppState, json as json_response, rfc3339};
 use crate::error::ErrorChain;
+use crate::export::scoped::View;
 use crate::ledger::{NoLedger, UsageError, UsageReader};
-use crate::store::{UsageBy, UsageQuery, UsageTotal, from_ms, to_ms};
+use crate::store::{OwnerKeys, UsageBy, UsageQuery, UsageTotal, from_ms, to_ms};
 
 /// Most steps in one answer.
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -142,6 +147,7 @@ pub fn parse_query(pairs: &[(String, String)], now: SystemTime) -> Result<UsageQ
         resolution_s: 0,
         host,
         limit: MAX_TOTALS,
+        owners: None,
     })
 }
 
@@ -271,11 +277,27 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 
 async fn list(
     State(state): State<AppState>,
+    viewer: Viewer,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| bad(format!("query string: {}", e.body_text())))?;
-    let q = parse_query(&pairs, SystemTime::now())?;
+    let mut q = parse_query(&pairs, SystemTime::now())?;
+    match &viewer {
+        Viewer::All => {}
+        // The rows the ledger measured as the tenant's: by VM, by user or
+        // by project, only those rows are summed (a project's tenant
+        // grouping by user sees its project's usage per user).
+        Viewer::Scoped(View::Tenant(t)) => {
+            q.owners = Some(OwnerKeys {
+                users: t.users().to_vec(),
+                projects: t.projects().to_vec(),
+            });
+        }
+        Viewer::Scoped(View::HostOnly) => {
+            return Err(ApiError::Unauthorized("credentials required"));
+        }
+    }
     let reader: &UsageReader = state.usage();
     let (q, totals) = reader.query(q).await.map_err(unavailable)?;
     if wants_csv(&headers) {

@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use serde::Serialize;
 
+use super::access::Viewer;
 use super::{ApiError, AppState, json, rfc3339};
 use crate::model::{Hypervisor, Owner, Source, VmRates, VmState, VmStats};
 
@@ -89,8 +90,8 @@ struct VmStatsFlat<'a> {
     collected_at: String,
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snap = state.snapshot();
+pub async fn list(State(state): State<AppState>, viewer: Viewer) -> Result<Response, ApiError> {
+    let snap = state.snapshot_for(&viewer)?;
     json(&VmList {
         seq: snap.seq,
         collected_at: rfc3339(snap.collected_at),
@@ -100,22 +101,24 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 pub async fn get(
     State(state): State<AppState>,
+    viewer: Viewer,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) =
         id.map_err(|_| ApiError::BadRequest("the VM id in the path is not valid UTF-8".into()))?;
-    let snap = state.snapshot();
+    let snap = state.snapshot_for(&viewer)?;
     let vm = snap.vm(&id).ok_or_else(|| ApiError::vm_not_found(&id))?;
     json(vm)
 }
 
 pub async fn stats(
     State(state): State<AppState>,
+    viewer: Viewer,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(id) =
         id.map_err(|_| ApiError::BadRequest("the VM id in the path is not valid UTF-8".into()))?;
-    let snap = state.snapshot();
+    let snap = state.snapshot_for(&viewer)?;
     let vm = snap.vm(&id).ok_or_else(|| ApiError::vm_not_found(&id))?;
     let (network_rx_bytes, network_tx_bytes) = vm.network_totals();
     json(&VmStatsFlat {

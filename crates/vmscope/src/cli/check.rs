@@ -21,14 +21,6 @@ pub fn run(file: Option<PathBuf>) -> Result<(), Failure> {
     }
     // The web config as serve loads it (an error names its file and key).
     let web = super::serve::web_config(&cfg).map_err(Failure::usage)?;
-    if let Some((w, _)) = &web {
-        for n in super::serve::web_config_notes(w) {
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("warning: {n}\n").as_bytes(),
-            );
-        }
-    }
     // Deprecation warnings only once every check passed: an error, like
     // any config error, is the first line on stderr and names the key as
     // it was written.

@@ -14,7 +14,7 @@ use super::{Failure, ServeArgs, init_logging};
 use tokio::sync::watch;
 
 use crate::access::tls::TlsState;
-use crate::access::{Anonymous, Gate, Group, WebConfig};
+use crate::access::{Gate, WebConfig};
 use crate::alert::Watchdog;
 use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router_with_access};
 use crate::config::Config;
@@ -53,9 +53,6 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             tls = tls.is_some(),
             "access control from the web config"
         );
-        for n in web_config_notes(w) {
-            tracing::warn!("{n}");
-        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -193,26 +190,6 @@ pub(crate) fn web_config(
     crate::access::reload::load(path)
         .map(Some)
         .map_err(anyhow::Error::msg)
-}
-
-/// Said once at start (and by check-config): settings accepted but not in
-/// force yet.
-pub(crate) fn web_config_notes(web: &WebConfig) -> Vec<String> {
-    let mut notes = Vec::new();
-    if web.anonymous.get(&Group::Scrape) == Some(&Anonymous::HostOnly) {
-        notes.push(
-            "vmscope.anonymous.scrape: host_only is not enforced yet; anonymous scrapes are denied"
-                .to_owned(),
-        );
-    }
-    if web
-        .tokens
-        .iter()
-        .any(|t| !t.scopes.contains(&crate::access::Scope::Admin))
-    {
-        notes.push("vmscope.tokens: tenant-scoped tokens are refused (403) until endpoints filter by tenant".to_owned());
-    }
-    notes
 }
 
 /// The API's state: the metric sources, built once here, in exposition

@@ -52,6 +52,8 @@ pub enum CacheError {
     Deflate(#[source] flate2::CompressError),
     #[error("gzip compression of the exposition stalled")]
     DeflateStalled,
+    #[error("gzip compression of a scoped exposition failed")]
+    Gzip(#[source] std::io::Error),
 }
 
 /// A response body ready to send: `chunks` in order.

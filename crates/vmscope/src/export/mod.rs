@@ -14,7 +14,9 @@
 //! - `counters`: the usage ledger's counters (`vmscope_*_total` kept by
 //!   the ledger), from the committed totals the snapshot carries;
 //! - [`cache`]: encode once per snapshot, gzip once per snapshot, then only
-//!   the small live tail (extra sources) per request.
+//!   the small live tail (extra sources) per request;
+//! - [`scoped`]: a tenant's (or anonymous `host_only`) view and exposition,
+//!   built once per snapshot per view.
 //!
 //! Failure: encoding cannot fail. Anything that would make the output
 //! invalid (duplicate series, bad names, NaN counters) is left out and
@@ -27,6 +29,7 @@ pub mod encoder;
 #[doc(hidden)]
 pub mod fixture;
 pub mod histogram;
+pub mod scoped;
 pub mod snapshot;
 pub mod snapshot_age;
 pub mod usage;

@@ -321,26 +321,57 @@ desc!(
 
 impl MetricSource for Snapshot {
     fn encode(&self, out: &mut MetricWriter<'_>) {
+        SnapshotPart(self, Part::All).encode(out);
+    }
+}
+
+/// Which families of a snapshot an exposition holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Everything (admins, open access).
+    All,
+    /// A tenant's view ([`Snapshot::for_tenant`]): its VMs' families, its
+    /// owners' families and the VM counts, then the build and the
+    /// snapshot's sequence and time. No host and no collector families:
+    /// those are the operator's.
+    Tenant,
+    /// Anonymous `host_only` access: host-level aggregates with no user,
+    /// project or VM name: the host's families, the VM counts by state and
+    /// hypervisor, and the agent's own health (a public status endpoint).
+    HostOnly,
+}
+
+/// A snapshot's families of one [`Part`], as a metric source.
+pub struct SnapshotPart<'a>(pub &'a Snapshot, pub Part);
+
+impl MetricSource for SnapshotPart<'_> {
+    fn encode(&self, out: &mut MetricWriter<'_>) {
         // One dispatch per snapshot, not per series: the text path runs
         // the text writer's own code (the encode benchmark's hot loop).
         match out {
-            MetricWriter::Text(w) => encode_snapshot(self, w),
-            MetricWriter::Samples(c) => encode_snapshot(self, &mut **c),
+            MetricWriter::Text(w) => encode_snapshot(self.0, self.1, w),
+            MetricWriter::Samples(c) => encode_snapshot(self.0, self.1, &mut **c),
         }
     }
 }
 
-fn encode_snapshot(snap: &Snapshot, out: &mut impl Encode) {
+fn encode_snapshot(snap: &Snapshot, part: Part, out: &mut impl Encode) {
     let (vms, skipped) = unique_vms(&snap.vms);
     if snap.seq > 0 {
-        encode_vms(&vms, snap.counters.as_deref(), out);
-        super::usage::encode_usage(&snap.usage, out);
-        if let Some(c) = &snap.counters {
-            super::counters::encode_owner_counters(c, out);
+        if part == Part::HostOnly {
+            super::usage::encode_inventory(&snap.usage, out);
+        } else {
+            encode_vms(&vms, snap.counters.as_deref(), out);
+            super::usage::encode_usage(&snap.usage, out);
+            if let Some(c) = &snap.counters {
+                super::counters::encode_owner_counters(c, out);
+            }
         }
-        encode_host(snap, out);
+        if part != Part::Tenant {
+            encode_host(snap, out);
+        }
     }
-    encode_self(snap, skipped, out);
+    encode_self(snap, skipped, part, out);
 }
 
 /// The VMs to export: the first of each id, in snapshot order.
@@ -554,7 +585,7 @@ fn encode_host(snap: &Snapshot, out: &mut impl Encode) {
     }
 }
 
-fn encode_self(snap: &Snapshot, vms_skipped: usize, out: &mut impl Encode) {
+fn encode_self(snap: &Snapshot, vms_skipped: usize, part: Part, out: &mut impl Encode) {
     out.family(&BUILD_INFO);
     out.sample(
         &[
@@ -574,6 +605,9 @@ fn encode_self(snap: &Snapshot, vms_skipped: usize, out: &mut impl Encode) {
     out.sample(&[], snap.collected_at_unix());
     out.family(&TICK_DURATION);
     out.sample(&[], snap.tick_duration_seconds);
+    if part == Part::Tenant {
+        return;
+    }
 
     out.family(&COLLECTOR_DURATION);
     for c in &snap.collectors {

@@ -144,6 +144,12 @@ pub(super) fn encode_usage(usage: &Usage, out: &mut impl Encode) {
     for kind in OwnerKind::ALL {
         out.sample(&[("kind", kind.as_str())], usage.kind(kind).folded);
     }
+    encode_inventory(usage, out);
+}
+
+/// `vmscope_vms`: VMs by state and hypervisor, no owner in it (also the
+/// anonymous `host_only` exposition's).
+pub(super) fn encode_inventory(usage: &Usage, out: &mut impl Encode) {
     out.family(&VMS);
     for (state, hypervisor, n) in usage.vms.iter() {
         out.sample(

@@ -269,6 +269,26 @@ pub struct UsageQuery {
     pub host: Option<String>,
     /// Most totals answered; one more is asked for to tell "too many".
     pub limit: usize,
+    /// Only the rows of these owners (a tenant's: rows whose user key is
+    /// one of `users` or whose project key is one of `projects`, as the
+    /// row measured them); `None`: every row.
+    pub owners: Option<OwnerKeys>,
+}
+
+/// Owner keys a usage query is restricted to (see [`UsageQuery::owners`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerKeys {
+    pub users: Vec<String>,
+    pub projects: Vec<String>,
+}
+
+impl OwnerKeys {
+    /// The two key lists as JSON arrays, for SQLite's `json_each` (one
+    /// bound value per list, whatever its length: the SQL text is fixed).
+    pub fn json(&self) -> (String, String) {
+        let j = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned());
+        (j(&self.users), j(&self.projects))
+    }
 }
 
 /// One group's usage in one bucket.
@@ -296,7 +316,8 @@ pub struct UsageTotal {
 impl UsageQuery {
     /// The SQL, fixed text but for the two column names chosen by `by`
     /// (never user input); values travel bound: ?1 from, ?2 to, ?3 step,
-    /// ?4 limit, ?5 resolution (resolved, never 0), ?6 host or NULL. The label is a bare column
+    /// ?4 limit, ?5 resolution (resolved, never 0), ?6 host or NULL, ?7 and
+    /// ?8 the owner keys' JSON arrays or NULL. The label is a bare column
     /// next to the one `MAX()`: SQLite takes it from the row with the
     /// latest interval, so a renamed owner shows under its newest label.
     pub fn sql(&self) -> String {
@@ -307,7 +328,9 @@ impl UsageQuery {
              SUM(memory_allocated_byte_seconds), SUM(rss_byte_seconds), SUM(net_rx_bytes), \
              SUM(net_tx_bytes), SUM(observed_seconds), SUM(gap_seconds), COUNT(*) \
              FROM ledger_rows WHERE resolution_s = ?5 AND interval_start_ms >= ?1 \
-             AND interval_start_ms < ?2 AND (?6 IS NULL OR host = ?6) GROUP BY bucket, {key} ORDER BY bucket, {key} LIMIT ?4"
+             AND interval_start_ms < ?2 AND (?6 IS NULL OR host = ?6) \
+             AND (?7 IS NULL OR user_key IN (SELECT value FROM json_each(?7)) \
+             OR project_key IN (SELECT value FROM json_each(?8))) GROUP BY bucket, {key} ORDER BY bucket, {key} LIMIT ?4"
         )
     }
 }
@@ -432,6 +455,7 @@ mod tests {
             resolution_s: 0,
             host: None,
             limit: 10,
+            owners: None,
         }
     }
 

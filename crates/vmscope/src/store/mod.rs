@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use config::{Opened, StoreConfig, open};
 pub use ledger::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
-    NetCounter, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageBy,
-    UsageQuery, UsageTotal, pick_resolution, resolutions,
+    NetCounter, OwnerKeys, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind,
+    UsageBy, UsageQuery, UsageTotal, pick_resolution, resolutions,
 };
 pub use metrics::{DbMetrics, OPS};
 
@@ -217,6 +217,10 @@ pub struct EpisodeQuery {
     /// History page size.
     pub limit: u32,
     pub position: Position,
+    /// Only episodes whose scope key is one of these (a tenant's VMs and
+    /// owners, `crate::api::alerts`); `Some` of an empty list matches
+    /// nothing. `None`: no such restriction.
+    pub only_scopes: Option<Vec<String>>,
 }
 
 /// Where a history page starts.

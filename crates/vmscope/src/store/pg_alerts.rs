@@ -260,6 +260,9 @@ fn filters(q: &EpisodeQuery, host: &str, p: &mut Params) -> Vec<String> {
             ));
         }
     }
+    if let Some(only) = &q.only_scopes {
+        clauses.push(format!("scope_key = ANY({}::text[])", p.add(only.clone())));
+    }
     if let Some(since) = q.since {
         clauses.push(format!(
             "(resolved_at_ms IS NULL OR resolved_at_ms >= {})",

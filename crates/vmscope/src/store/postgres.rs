@@ -877,6 +877,8 @@ impl PgLedger {
                     &limit,
                     &resolution,
                     &q.host,
+                    &q.owners.as_ref().map(|o| &o.users),
+                    &q.owners.as_ref().map(|o| &o.projects),
                 ],
             )?;
             // try_get: a column of another type is an error, not a panic.
@@ -965,6 +967,7 @@ pub fn pg_usage_sql(by: super::UsageBy) -> String {
          SUM(observed_seconds), SUM(gap_seconds), COUNT(*) \
          FROM ledger_rows WHERE resolution_s = $5::int8 AND interval_start_ms >= $1::int8 \
          AND interval_start_ms < $2::int8 AND ($6::text IS NULL OR host = $6::text) \
+         AND ($7::text[] IS NULL OR user_key = ANY($7::text[]) OR project_key = ANY($8::text[])) \
          GROUP BY bucket, {key} ORDER BY bucket, {key} COLLATE \"C\" NULLS FIRST LIMIT $4::int8"
     )
 }

@@ -202,6 +202,7 @@ mod tests {
                 resolution_s: 0,
                 host: None,
                 limit: 100,
+                owners: None,
             })
             .unwrap();
         assert_eq!(all.len(), 5);

@@ -544,6 +544,13 @@ fn filters(q: &EpisodeQuery) -> (Vec<&'static str>, Vec<Value>) {
             values.push(Value::Text(format!("{scope};")));
         }
     }
+    if let Some(only) = &q.only_scopes {
+        // One bound JSON array, however many keys: the SQL text stays fixed.
+        clauses.push("scope_key IN (SELECT value FROM json_each(?))");
+        values.push(Value::Text(
+            serde_json::to_string(only).unwrap_or_else(|_| "[]".to_owned()),
+        ));
+    }
     if let Some(since) = q.since {
         clauses.push("(resolved_at_ms IS NULL OR resolved_at_ms >= ?)");
         values.push(Value::Integer(to_ms(since)));
@@ -1442,6 +1449,7 @@ mod tests {
             resolution_s: 0,
             host: None,
             limit: 100,
+            owners: None,
         };
         let all = s.usage(&q(super::super::UsageBy::Project, 0)).unwrap();
         let got: Vec<(Option<&str>, Option<&str>, f64, u64, u64)> = all

@@ -247,9 +247,13 @@ fn each_failure_has_its_status_and_the_log_holds_no_secret() {
     let r = agent.get("/api/v1/vms", Some(&admin));
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(r.body.contains("\"forbidden\""), "{}", r.body);
-    // A tenant token is refused until endpoints filter by tenant.
+    // A tenant token is served its own view (no host families; it owns
+    // no VM here, so no VM either).
     let r = agent.get("/metrics", Some(&format!("Bearer {TENANT}")));
-    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("vmscope_build_info"), "{}", r.body);
+    assert!(!r.body.contains("vmscope_host_"), "{}", r.body);
+    assert!(!r.body.contains("vmscope_vm_info{"), "{}", r.body);
     // The toolkit's bcrypt user, twice: one bcrypt, then the cache.
     for _ in 0..2 {
         let r = agent.get("/metrics.json", Some(&basic("carol", "carol123")));
@@ -257,12 +261,12 @@ fn each_failure_has_its_status_and_the_log_holds_no_secret() {
     }
 
     let m = agent.metrics();
-    // ok: the first scrape, carol twice, this scrape.
-    assert_eq!(auth_count(&m, "ok"), 4.0);
+    // ok: the first scrape, the tenant, carol twice, this scrape.
+    assert_eq!(auth_count(&m, "ok"), 5.0);
     assert_eq!(auth_count(&m, "missing"), 1.0);
     assert_eq!(auth_count(&m, "invalid"), 3.0);
     assert_eq!(auth_count(&m, "expired"), 1.0);
-    assert_eq!(auth_count(&m, "forbidden"), 2.0);
+    assert_eq!(auth_count(&m, "forbidden"), 1.0);
     assert_eq!(auth_count(&m, "rate_limited"), 0.0);
     // carol's right password once, the wrong one once: two bcrypt runs.
     assert_eq!(m.value("vmscope_http_auth_bcrypt_total", &[]), Some(2.0));

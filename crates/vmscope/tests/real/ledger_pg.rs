@@ -491,6 +491,7 @@ fn pg_ledger_answers_like_sqlite_and_upserts_are_idempotent() {
                 resolution_s,
                 host: host.map(str::to_owned),
                 limit: 100,
+                owners: None,
             };
             let (l, r) = (local.usage(&q).unwrap(), fleet.usage(&q).unwrap());
             assert_eq!(l, r, "{q:?}");

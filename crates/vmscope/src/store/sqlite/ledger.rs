@@ -28,8 +28,8 @@ use super::{q, spool_begin, spool_key, to_i64, to_u64};
 use crate::store::StoreError;
 use crate::store::ledger::{
     LedgerBatch, LedgerCursor, LedgerKey, LedgerRestore, LedgerStore, LedgerTotal, LedgerUsage,
-    NetCounter, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind, UsageQuery,
-    UsageTotal,
+    NetCounter, OwnerKeys, Quantities, ROLLUPS, TOTALS_RESTORE_OWNERS, TotalsDelta, TotalsKind,
+    UsageQuery, UsageTotal,
 };
 
 type VmKey = (String, String, String);
@@ -605,10 +605,20 @@ fn usage(conn: &Connection, qy: &UsageQuery) -> Result<Vec<UsageTotal>, StoreErr
             None => return Ok(Vec::new()),
         }
     };
+    let owners = qy.owners.as_ref().map(OwnerKeys::json);
     let mut stmt = conn.prepare(&qy.sql()).map_err(q(op))?;
     let rows = stmt
         .query_map(
-            params![qy.from_ms, qy.to_ms, qy.step_ms, limit, resolution, qy.host],
+            params![
+                qy.from_ms,
+                qy.to_ms,
+                qy.step_ms,
+                limit,
+                resolution,
+                qy.host,
+                owners.as_ref().map(|o| &o.0),
+                owners.as_ref().map(|o| &o.1)
+            ],
             |r| {
                 Ok(UsageTotal {
                     start_ms: r.get(0)?,
@@ -887,6 +897,7 @@ mod tests {
             resolution_s: 0,
             host: None,
             limit: 10,
+            owners: None,
         };
         let raw_q = s.usage(&q).unwrap();
         let hourly_q = s
