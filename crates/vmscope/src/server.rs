@@ -188,17 +188,20 @@ pub async fn serve(
     metrics: Arc<HttpMetrics>,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve_tls(listener, app, cfg, metrics, None, shutdown).await;
+    serve_tls(listener, app, cfg, metrics, None, None, shutdown).await;
 }
 
 /// [`serve`], speaking TLS on every connection when `tls` is given (see
-/// `crate::access::tls`).
+/// `crate::access::tls`), and setting `gate`'s configured headers
+/// (`http_server_config.headers`) on the answers the server writes itself
+/// (an unparsable request), as the router's middleware does on all others.
 pub async fn serve_tls(
     listener: TcpListener,
     app: Router,
     cfg: &HttpConfig,
     metrics: Arc<HttpMetrics>,
     tls: Option<Arc<TlsState>>,
+    gate: Option<Arc<crate::access::Gate>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
@@ -274,6 +277,7 @@ pub async fn serve_tls(
             slot,
             registry: Arc::clone(&registry),
             metrics: Arc::clone(&metrics),
+            gate: gate.clone(),
         };
         tasks.spawn(conn.run(
             stream,
@@ -434,6 +438,7 @@ struct Connection {
     slot: Arc<Slot>,
     registry: Arc<Registry>,
     metrics: Arc<HttpMetrics>,
+    gate: Option<Arc<crate::access::Gate>>,
 }
 
 impl Drop for Connection {
@@ -546,7 +551,8 @@ impl Connection {
                     // Only after hyper finished cleanly are all earlier
                     // answers out, so that this one is the next on the wire.
                     if res.is_ok() {
-                        answer_and_close(&mut io.io, &err).await;
+                        let headers = self.gate.as_ref().map(|g| g.headers()).unwrap_or_default();
+                        answer_and_close(&mut io.io, &err, &headers).await;
                     }
                 } else if let Err(e) = res {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
@@ -559,15 +565,28 @@ impl Connection {
 /// Writes `err` as a complete HTTP/1.1 response, then closes gently: our
 /// side first, then the client's unread bytes are discarded (bounded in time
 /// and bytes) so that the close does not reset the answer away.
-async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, err: &ApiError) {
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    err: &ApiError,
+    headers: &[(String, String)],
+) {
     let (status, _) = err.status_and_code();
     let body = err.json_body();
-    let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
+    // Checked at load: names from the toolkit's list, values without
+    // control characters (so no header can be smuggled in here).
+    for (name, value) in headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
     let write = async {
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&body).await?;

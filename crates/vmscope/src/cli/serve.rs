@@ -150,7 +150,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .map_err(Failure::runtime)?;
         let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
         let http_metrics = state.shared_http_metrics();
-        let app = router_with_access(state, gate);
+        let app = router_with_access(state, Arc::clone(&gate));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))
@@ -166,6 +166,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             &cfg.http,
             http_metrics,
             tls,
+            Some(gate),
             shutdown_signal(),
         )
         .await;

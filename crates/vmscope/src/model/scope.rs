@@ -178,3 +178,118 @@ fn own_counters(k: &KindCounters, scope: &TenantScope, kind: OwnerKind) -> KindC
         other: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::export::fixture;
+    use crate::model::Owner;
+    use crate::model::counters::Quantities;
+
+    fn owner(user: (Option<&str>, Option<&str>), project: Option<&str>) -> Option<Arc<Owner>> {
+        Some(Arc::new(Owner {
+            user_id: user.0.map(str::to_owned),
+            user_name: user.1.map(str::to_owned),
+            project_id: project.map(str::to_owned),
+            project_name: None,
+        }))
+    }
+
+    fn ids(s: &Snapshot) -> Vec<&str> {
+        s.vms.iter().map(|v| v.id.as_str()).collect()
+    }
+
+    fn scope(users: &[&str], projects: &[&str]) -> TenantScope {
+        let v = |k: &[&str]| k.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        TenantScope::new(&v(users), &v(projects))
+    }
+
+    /// vm-0: u1/p1, vm-1: u2/p1, vm-2: u2/p2, vm-3: nobody's, vm-4: a
+    /// name-only "alice" that joins u1 (the one id named alice).
+    fn host() -> Snapshot {
+        let mut s = fixture::snapshot(5);
+        s.vms[0].owner = owner((Some("u1"), Some("alice")), Some("p1"));
+        s.vms[1].owner = owner((Some("u2"), None), Some("p1"));
+        s.vms[2].owner = owner((Some("u2"), None), Some("p2"));
+        s.vms[3].owner = None;
+        s.vms[4].owner = owner((None, Some("alice")), None);
+        s.with_usage(1)
+    }
+
+    #[test]
+    fn a_tenant_sees_the_vms_of_its_keys_by_the_hosts_grouping() {
+        let h = host();
+        assert_eq!(
+            ids(&h.for_tenant(&scope(&["u1"], &[]))),
+            ["vm-000000", "vm-000004"],
+            "the name-only VM is u1's, as vmscope_vm_info{{user}} says"
+        );
+        assert_eq!(
+            ids(&h.for_tenant(&scope(&[], &["p1"]))),
+            ["vm-000000", "vm-000001"]
+        );
+        // A user and a project: the union.
+        assert_eq!(
+            ids(&h.for_tenant(&scope(&["u2"], &["p1"]))),
+            ["vm-000000", "vm-000001", "vm-000002"]
+        );
+        // Keys are exact: no prefix, no name for an id, nothing for nobody.
+        for s in [scope(&["u"], &[]), scope(&["alice"], &[]), scope(&[], &[])] {
+            assert!(h.for_tenant(&s).vms.is_empty(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_tenant_sees_its_own_owners_whole_and_unfolded_and_no_host() {
+        let h = host();
+        // max_owners 1 folded all but one user on the host.
+        assert!(h.usage.users.folded > 0);
+        let v = h.for_tenant(&scope(&[], &["p1"]));
+        assert!(v.usage.users.owners.is_empty(), "u2 also has a VM in p2");
+        let p1 = &v.usage.projects.owners;
+        assert_eq!(p1.len(), 1);
+        assert_eq!(
+            (p1[0].key.as_str(), p1[0].series.as_str(), p1[0].folded),
+            ("p1", "p1", false)
+        );
+        assert_eq!(p1[0].totals, h.usage.projects.get("p1").unwrap().totals);
+        assert_eq!(v.usage.vms, crate::model::usage::VmCounts::of(&v.vms));
+        assert_eq!(v.host, HostStats::default());
+        assert!(v.collectors.is_empty() && v.discovered.is_empty());
+        assert_eq!((v.seq, v.collected_at), (h.seq, h.collected_at));
+    }
+
+    #[test]
+    fn ledger_counters_are_the_tenants_own() {
+        let mut h = host();
+        let q = Quantities {
+            cpu_seconds: 1.0,
+            ..Quantities::default()
+        };
+        h.counters = Some(Arc::new(CounterTotals {
+            users: KindCounters {
+                owners: vec![("u1".into(), q), ("u2".into(), q)],
+                other: Some(q),
+            },
+            projects: KindCounters {
+                owners: vec![("p1".into(), q), ("p2".into(), q)],
+                other: None,
+            },
+            vms: ids(&h).iter().map(|i| ((*i).to_owned(), q)).collect(),
+        }));
+        let v = h.for_tenant(&scope(&["u2"], &[]));
+        let c = v.counters.unwrap();
+        assert_eq!(c.users.owners, [("u2".to_owned(), q)]);
+        assert_eq!(c.users.other, None);
+        assert!(c.projects.owners.is_empty());
+        let vm_ids: Vec<&str> = c.vms.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(vm_ids, ["vm-000001", "vm-000002"]);
+    }
+
+    #[test]
+    fn scopes_are_normalised_so_equal_tenants_share_a_view() {
+        assert_eq!(scope(&["b", "a", "a"], &[]), scope(&["a", "b"], &[]));
+        assert_ne!(scope(&["a"], &[]), scope(&[], &["a"]));
+    }
+}

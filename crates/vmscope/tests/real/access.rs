@@ -243,6 +243,23 @@ fn each_failure_has_its_status_and_the_log_holds_no_secret() {
         assert_eq!(body["error"]["code"], "unauthorized", "{why}");
         assert_eq!(r.nosniff.as_deref(), Some("nosniff"), "{why}");
     }
+    // An answer the server writes itself (an unparsable request, before
+    // any route) carries the configured headers too.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(&agent.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+            .unwrap();
+        let mut raw = String::new();
+        let _ = c.read_to_string(&mut raw);
+        assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+        assert!(
+            raw.to_ascii_lowercase()
+                .contains("\r\nx-content-type-options: nosniff\r\n"),
+            "{raw}"
+        );
+    }
     // The API allows 10.0.0.0/8 only: the loopback admin is refused 403.
     let r = agent.get("/api/v1/vms", Some(&admin));
     assert_eq!(r.status, 403, "{}", r.body);
