@@ -123,11 +123,14 @@ class Http:
         self.port = port
         self.conn: http.client.HTTPConnection | None = None
 
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     def get(self, path: str, headers: dict | None = None, timeout: float = 120.0):
         """Returns (status, headers, body, seconds) over a kept-alive connection."""
         for attempt in range(2):
             if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+                self.conn = self.connect(timeout)
             try:
                 t0 = time.perf_counter()
                 self.conn.request("GET", path, headers=headers or {})

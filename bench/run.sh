@@ -4,6 +4,7 @@
 #   bench/run.sh            N = 100, 1000, 5000 (~10 min)
 #   bench/run.sh --quick    N = 100, 1000, shorter windows (~4 min)
 #   bench/run.sh --no-build ...   reuse target/release/vmscope as it is
+#   bench/run.sh --access   TLS, bearer auth and a bad-credential flood at N = 1000 (~3 min)
 #
 # Other flags go to bench/bench.py (--help lists them). Builds the stand-in
 # hypervisor and the floor with gcc, vmscope with `cargo build --release`,
@@ -20,10 +21,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
 build=1
+access=0
 args=()
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
+        --access) access=1 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -90,5 +93,9 @@ fi
 VMSCOPE="$ROOT/target/release/vmscope"
 [ -x "$VMSCOPE" ] || { echo "bench/run.sh: $VMSCOPE is missing (run without --no-build)" >&2; exit 2; }
 
+if [ "$access" = 1 ]; then
+    # What TLS, authentication and a flood of bad credentials cost (bench/access.py).
+    exec python3 bench/access.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" "${args[@]}"
+fi
 python3 bench/bench.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" \
     --floor "$WORK/floor" --serve-floor "$WORK/serve_floor" --command "bench/run.sh $*" "${args[@]}"
