@@ -224,3 +224,21 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
         }
     }
 }
+
+/// The client's address and port, when the server recorded it (the TCP
+/// peer; `None` in routers served without `ConnectInfo`, such as tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}

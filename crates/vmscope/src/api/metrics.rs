@@ -29,13 +29,17 @@ use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use super::access::Viewer;
+use super::access::{Peer, Viewer};
 use super::{ApiError, AppState};
 use crate::export::{Exposition, ExpositionCache, Format};
+
+/// The longest a scrape waits for a running tick's snapshot.
+const TICK_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub async fn metrics(
     State(state): State<AppState>,
     viewer: Viewer,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let format = if accepts_openmetrics(&headers) {
@@ -43,6 +47,20 @@ pub async fn metrics(
     } else {
         Format::Text
     };
+    // A scraper's rhythm sets the collector's phase (`pipeline::pace`):
+    // only full expositions, the ones monitoring systems scrape.
+    if let (Viewer::All, Some(who)) = (&viewer, peer.0) {
+        state.pacer().record(who, std::time::Instant::now());
+    }
+    // Mid-tick (a scrape a little early, or a slow tick): the new snapshot
+    // is due any moment; serving the previous one would make this sample
+    // an interval older than the others.
+    // The receiver first: a tick that publishes between the check and the
+    // wait then ends the wait at once.
+    let mut rx = state.snapshots();
+    if state.pacer().ticking() {
+        let _ = tokio::time::timeout(TICK_WAIT, rx.changed()).await;
+    }
     serve(&state, &viewer, format, &headers)
 }
 

@@ -50,6 +50,7 @@ use crate::export::scoped::{ScopedCache, View};
 use crate::export::{ExpositionCache, MetricSource, SnapshotAge, Sources};
 use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
+use crate::pipeline::pace::Pacer;
 
 /// What a resource answers from: the snapshot (always there) or a part of
 /// the agent that may be off (the watchdog's alert history).
@@ -217,6 +218,7 @@ struct Inner {
     request_timeout: Duration,
     alerts: AlertHistory,
     usage: UsageReader,
+    pacer: Pacer,
 }
 
 /// What the API serves, built once at start-up by `vmscope serve`
@@ -233,6 +235,9 @@ pub struct Parts {
     /// What `/api/v1/usage` answers from.
     pub usage: UsageReader,
     pub request_timeout: Duration,
+    /// Told of every full scrape, so that the collector's ticks finish
+    /// just before the scrapes (`crate::pipeline::pace`).
+    pub pacer: Pacer,
 }
 
 impl AppState {
@@ -254,6 +259,7 @@ impl AppState {
             alerts: AlertHistory::disabled(),
             usage: UsageReader::unavailable(NoLedger::Disabled),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            pacer: Pacer::default(),
         })
     }
 
@@ -265,6 +271,7 @@ impl AppState {
             alerts,
             usage,
             request_timeout,
+            pacer,
         } = parts;
         let state = AppState {
             inner: Arc::new(Inner {
@@ -276,6 +283,7 @@ impl AppState {
                 request_timeout,
                 alerts,
                 usage,
+                pacer,
             }),
         };
         state.spawn_prewarm();
@@ -326,6 +334,17 @@ impl AppState {
                 Err(ApiError::Unauthorized("credentials required"))
             }
         }
+    }
+
+    /// A receiver of new snapshots (to wait for the one being collected).
+    pub(crate) fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        let mut rx = self.inner.snapshots.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
+    pub(crate) fn pacer(&self) -> &Pacer {
+        &self.inner.pacer
     }
 
     pub(crate) fn scoped(&self) -> &ScopedCache {

@@ -70,7 +70,8 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let counters = crate::model::counters::CounterSlot::default();
         collector.attach_counters(counters.clone());
         let owner_metrics: Arc<dyn MetricSource> = Arc::new(collector.owner_metrics());
-        let snapshots = spawn(collector, cfg.interval())
+        let pacer = crate::pipeline::pace::Pacer::new();
+        let snapshots = spawn(collector, cfg.interval(), pacer.clone())
             .context("starting the collector thread")
             .map_err(Failure::runtime)?;
         // The store is opened once, here, for everything that keeps state
@@ -148,7 +149,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .context("starting the watchdog")
         .map_err(Failure::runtime)?;
-        let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
+        let state = state_with_usage(
+            snapshots,
+            &watchdog,
+            collector_sources,
+            ledger.usage(),
+            pacer,
+        );
         let http_metrics = state.shared_http_metrics();
         let app = router_with_access(state, Arc::clone(&gate));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -213,6 +220,7 @@ pub fn state_with(
         watchdog,
         collector_sources,
         UsageReader::unavailable(NoLedger::Disabled),
+        crate::pipeline::pace::Pacer::new(),
     )
 }
 
@@ -222,6 +230,7 @@ pub fn state_with_usage(
     watchdog: &Watchdog,
     collector_sources: Vec<Arc<dyn MetricSource>>,
     usage: UsageReader,
+    pacer: crate::pipeline::pace::Pacer,
 ) -> AppState {
     let http = Arc::new(HttpMetrics::new());
     let mut list = vec![watchdog.metrics()];
@@ -236,6 +245,7 @@ pub fn state_with_usage(
         alerts: watchdog.history(),
         usage,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        pacer,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod dedup;
 pub mod follow;
 pub mod health;
 pub mod identity;
+pub mod pace;
 pub mod rates;
 
 use std::sync::Arc;
@@ -307,18 +308,23 @@ impl Collector {
 }
 
 /// Runs the collector on its own thread every `interval`, publishing each
-/// snapshot. Returns the receiving side; the thread stops when every
+/// snapshot, its phase moved toward the scrapes `pacer` predicts (see
+/// [`pace`]). Returns the receiving side; the thread stops when every
 /// receiver is dropped.
 pub fn spawn(
     mut collector: Collector,
     interval: Duration,
+    pacer: pace::Pacer,
 ) -> std::io::Result<watch::Receiver<Arc<Snapshot>>> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(interval)));
     std::thread::Builder::new()
         .name("vmscope-collect".into())
         .spawn(move || {
             let mut next = Instant::now();
+            let mut recent = pace::RecentTicks::default();
             loop {
+                let started = Instant::now();
+                pacer.set_ticking(true);
                 let snap = collector.tick();
                 tracing::debug!(
                     seq = snap.seq,
@@ -326,15 +332,20 @@ pub fn spawn(
                     secs = snap.tick_duration_seconds,
                     "tick"
                 );
-                if tx.send(Arc::new(snap)).is_err() {
+                let sent = tx.send(Arc::new(snap));
+                pacer.set_ticking(false);
+                if sent.is_err() {
                     return;
                 }
-                next += interval;
                 let now = Instant::now();
-                if next <= now {
+                let mut regular = next + interval;
+                if regular <= now {
                     // Fell behind (a slow tick): skip missed ticks rather than burst.
-                    next = now + interval;
+                    regular = now + interval;
                 }
+                let slowest = recent.push(now.saturating_duration_since(started));
+                let lead = pace::lead(slowest, interval);
+                next = pacer.plan(regular, now, interval, lead);
                 std::thread::sleep(next.saturating_duration_since(now));
             }
         })?;

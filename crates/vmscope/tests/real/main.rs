@@ -25,6 +25,7 @@ mod owners_libvirt;
 mod owners_redis;
 mod owners_sql;
 mod owners_usage;
+mod scrape_rate;
 mod state_db;
 mod tenant_escape;
 mod vm_memory;
