@@ -29,6 +29,7 @@ pub mod fixture;
 pub mod histogram;
 pub mod snapshot;
 pub mod snapshot_age;
+pub mod tasks;
 pub mod usage;
 pub mod writer;
 
