@@ -1324,6 +1324,51 @@ mod tests {
     }
 
     #[test]
+    fn sizes_are_bytes_or_a_number_with_a_unit() {
+        let ok = |s: &str| s.parse::<ByteSize>().unwrap().0;
+        assert_eq!(ok("1048576"), 1_048_576);
+        assert_eq!(ok("3MiB"), 3 * 1024 * 1024);
+        assert_eq!(ok("3M"), 3 * 1024 * 1024);
+        assert_eq!(ok("3MB"), 3_000_000);
+        assert_eq!(ok("500kB"), 500_000);
+        assert_eq!(ok("2 KiB"), 2048);
+        assert_eq!(ok("1GiB"), 1 << 30);
+        for bad in ["", "MiB", "3XB", "-1", "1.5MiB", "99999999999999999999GiB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn log_file_keys_from_the_file_and_the_environment() {
+        let c = load(
+            "[log]\nfile = \"/var/log/vmscope/vmscope.log\"\nmax_size = \"1MiB\"\nkeep = 2\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.log.file.as_deref(),
+            Some(Path::new("/var/log/vmscope/vmscope.log"))
+        );
+        assert_eq!(c.log.max_size, ByteSize(1 << 20));
+        assert_eq!(c.log.keep, 2);
+        let c = load("[log]\nmax_size = 4096\n", &[("VMSCOPE_LOG__KEEP", "0")]).unwrap();
+        assert_eq!((c.log.max_size, c.log.keep), (ByteSize(4096), 0));
+        let c = load("", &[("VMSCOPE_LOG__MAX_SIZE", "2MB")]).unwrap();
+        assert_eq!(c.log.max_size, ByteSize(2_000_000));
+        // Defaults: no file, 3 MiB, five kept.
+        let d = LogConfig::default();
+        assert_eq!((d.file, d.max_size, d.keep), (None, ByteSize(3 << 20), 5));
+        for (toml, key) in [
+            ("[log]\nmax_size = 100\n", "log.max_size:"),
+            ("[log]\nmax_size = \"3XB\"\n", "log.max_size:"),
+            ("[log]\nkeep = 1000\n", "log.keep:"),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn a_bad_vmscope_log_is_refused_naming_the_variable() {
         let e = load("", &[("VMSCOPE_LOG", "[[[")]).unwrap_err().to_string();
         assert!(e.starts_with("log.level:"), "{e}");
