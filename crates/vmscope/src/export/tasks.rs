@@ -253,6 +253,29 @@ mod tests {
     }
 
     #[test]
+    fn the_ledgers_own_metrics_report_into_the_global_registry() {
+        // The hook is one line in LedgerMetrics: its flush outcomes reach
+        // vmscope_task_* without the ledger knowing about this registry's
+        // exposition. (Other tests in this process may flush too: counts
+        // are lower bounds.)
+        let before = global()
+            .entries()
+            .into_iter()
+            .find(|e| e.task == LEDGER_FLUSH)
+            .map_or((0, 0), |e| (e.runs, e.errors));
+        let m = crate::ledger::metrics::LedgerMetrics::new(Ok("state.db".into()));
+        m.flushed(0.5, 3, 0);
+        m.flush_failed();
+        let e = global()
+            .entries()
+            .into_iter()
+            .find(|e| e.task == LEDGER_FLUSH)
+            .unwrap();
+        assert!(e.runs >= before.0 + 2 && e.errors > before.1, "{e:?}");
+        assert!(e.last_success.is_some());
+    }
+
+    #[test]
     fn registered_tasks_appear_with_zero_runs_and_names_are_bounded() {
         let h = TaskHealth::new();
         assert!(!text(&h).contains("vmscope_task"), "{}", text(&h));
