@@ -5,7 +5,8 @@
 #
 # What it sets up:
 # - Debian packages: QEMU, libvirt (monolithic libvirtd), Prometheus and its
-#   exporters, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps.
+#   exporters, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps,
+#   systemd (for systemd-analyze only) and adduser (the package test).
 # - libvirt without systemd: the libvirt-qemu user/group, /var/log/libvirt and
 #   /etc/libvirt/qemu.conf running domains as root (see shared/LAB.md).
 # - Python's prometheus_client (the OpenMetrics parser used to validate output).
@@ -38,6 +39,11 @@ declare -A PKGS=(
     # owners tests: the platform's database and session store
     [postgresql]=/usr/lib/postgresql/15/bin/postgres
     [redis-server]=/usr/bin/redis-server
+    # the Debian package test (tests/real/package.rs): systemd-analyze
+    # verify/security on the unit (no systemd runs), and the package's
+    # Depends for its maintainer scripts
+    [systemd]=/usr/bin/systemd-analyze
+    [adduser]=/usr/sbin/adduser
 )
 
 apt_updated=0

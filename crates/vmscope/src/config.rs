@@ -425,6 +425,12 @@ pub struct LogConfig {
     /// A `tracing` filter: `info`, `vmscope=debug,warn`, ...
     pub level: String,
     pub format: LogFormat,
+    /// `serve` also writes its log to this file (stderr keeps it too).
+    pub file: Option<PathBuf>,
+    /// The file is rotated before it would grow past this.
+    pub max_size: ByteSize,
+    /// Rotated files kept (`FILE.1` newest .. `FILE.keep`); 0: none.
+    pub keep: u32,
 }
 
 impl Default for LogConfig {
@@ -432,7 +438,71 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
+            file: None,
+            // The seed libvirt exporter's rotation size.
+            max_size: ByteSize(3 * 1024 * 1024),
+            keep: 5,
         }
+    }
+}
+
+/// A size in bytes, written as a number of bytes or with a unit: `3MiB`,
+/// `512KiB`, `1GiB` (powers of 1024) or `3MB`, `500kB` (powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size (write e.g. 3MiB, 500kB or 1048576)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "kB" | "KB" => 1000,
+            "MB" => 1000 * 1000,
+            "GB" => 1000 * 1000 * 1000,
+            "KiB" | "K" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            u => {
+                return Err(format!(
+                    "{s:?}: unknown unit {u:?} (B, kB, MB, GB, KiB, MiB, GiB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size: a number of bytes or a string such as \"3MiB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -575,6 +645,18 @@ impl Config {
             return bad(format!(
                 "log.level: {:?} is not a valid log filter: {e}",
                 self.log.level
+            ));
+        }
+        if self.log.max_size.0 < 1024 {
+            return bad(format!(
+                "log.max_size: {} bytes is too small (at least 1KiB)",
+                self.log.max_size.0
+            ));
+        }
+        if self.log.keep > 100 {
+            return bad(format!(
+                "log.keep: {} is too many (at most 100)",
+                self.log.keep
             ));
         }
         self.http.validate().map_err(ConfigError::Invalid)?;
@@ -1239,6 +1321,51 @@ mod tests {
         assert_eq!(c.log.level, "debug");
         assert!(c.is_from_env("paths.proc") && c.is_from_env("log.level"));
         assert!(!c.is_from_env("paths.sys"));
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_a_number_with_a_unit() {
+        let ok = |s: &str| s.parse::<ByteSize>().unwrap().0;
+        assert_eq!(ok("1048576"), 1_048_576);
+        assert_eq!(ok("3MiB"), 3 * 1024 * 1024);
+        assert_eq!(ok("3M"), 3 * 1024 * 1024);
+        assert_eq!(ok("3MB"), 3_000_000);
+        assert_eq!(ok("500kB"), 500_000);
+        assert_eq!(ok("2 KiB"), 2048);
+        assert_eq!(ok("1GiB"), 1 << 30);
+        for bad in ["", "MiB", "3XB", "-1", "1.5MiB", "99999999999999999999GiB"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn log_file_keys_from_the_file_and_the_environment() {
+        let c = load(
+            "[log]\nfile = \"/var/log/vmscope/vmscope.log\"\nmax_size = \"1MiB\"\nkeep = 2\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.log.file.as_deref(),
+            Some(Path::new("/var/log/vmscope/vmscope.log"))
+        );
+        assert_eq!(c.log.max_size, ByteSize(1 << 20));
+        assert_eq!(c.log.keep, 2);
+        let c = load("[log]\nmax_size = 4096\n", &[("VMSCOPE_LOG__KEEP", "0")]).unwrap();
+        assert_eq!((c.log.max_size, c.log.keep), (ByteSize(4096), 0));
+        let c = load("", &[("VMSCOPE_LOG__MAX_SIZE", "2MB")]).unwrap();
+        assert_eq!(c.log.max_size, ByteSize(2_000_000));
+        // Defaults: no file, 3 MiB, five kept.
+        let d = LogConfig::default();
+        assert_eq!((d.file, d.max_size, d.keep), (None, ByteSize(3 << 20), 5));
+        for (toml, key) in [
+            ("[log]\nmax_size = 100\n", "log.max_size:"),
+            ("[log]\nmax_size = \"3XB\"\n", "log.max_size:"),
+            ("[log]\nkeep = 1000\n", "log.keep:"),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -426,12 +426,15 @@ async fn run(
         // seq 0 is the placeholder published before the first tick.
         if snap.seq != 0 && snap.seq != last_seq {
             last_seq = snap.seq;
+            let started = std::time::Instant::now();
             // The latest answers, never waited for (an Arc clone).
             let view = usage.borrow().clone();
             let notes = engine.evaluate_with(snap.collected_at, &snap, &view);
             let writes: Vec<EpisodeWrite> = notes.iter().flat_map(writes_for).collect();
             dispatcher.dispatch(&notes, writes).await;
             metrics.set_active(engine.active());
+            crate::export::tasks::global()
+                .succeeded(crate::export::tasks::RULE_EVALUATION, started.elapsed());
             evaluated.send_replace(snap.seq);
         }
         if let Some(store) = &store

@@ -1,5 +1,5 @@
 //! Command-line interface: `serve`, `vms`, `owners`, `usage`, `token`,
-//! `check-config`.
+//! `check-config`, and the hidden `man` (the manual pages, for packaging).
 //!
 //! Errors reach the user once, at this edge, printed with their causes
 //! (`error: cannot read config file x.toml: No such file or directory`) and
@@ -11,7 +11,9 @@
 //! Any other write error (`> /dev/full`) is one `error:` line and status 1.
 
 mod check;
+mod logfile;
 mod logfmt;
+mod man;
 mod owners;
 pub mod serve;
 mod token;
@@ -64,6 +66,14 @@ enum Command {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Write the manual pages (vmscope.1, vmscope-serve.1, ...) into a
+    /// directory: used to build the Debian package.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write into (must exist).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +120,16 @@ pub struct ServeArgs {
     /// tokens, allow-lists, rate limits) [default: http.web_config_file].
     #[arg(long = "web.config.file", value_name = "FILE")]
     web_config_file: Option<PathBuf>,
+    /// Also write the log to this file, rotated by size [default: log.file].
+    #[arg(long = "log.file", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Rotate the log file before it grows past this size (e.g. 3MiB,
+    /// 500kB, or bytes) [default: log.max_size, 3MiB].
+    #[arg(long = "log.max-size", value_name = "SIZE")]
+    log_max_size: Option<crate::config::ByteSize>,
+    /// Rotated log files kept (FILE.1 .. FILE.N) [default: log.keep, 5].
+    #[arg(long = "log.keep", value_name = "N")]
+    log_keep: Option<u32>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +262,7 @@ pub fn main() -> ExitCode {
         Command::Usage(a) => usage::run(a),
         Command::Token(TokenCommand::New(a)) => token::new(a),
         Command::CheckConfig { file, config } => check::run(file.or(config)),
+        Command::Man { dir } => man::run(&dir),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -306,16 +327,36 @@ fn load_config(common: &CommonArgs) -> Result<Config, Failure> {
 /// is loaded). The text format escapes control characters in every field
 /// (see [`logfmt`]); the JSON format is escaped by serde_json.
 fn init_logging(cfg: &Config) {
-    use tracing_subscriber::EnvFilter;
+    init_logging_to(cfg, None);
+}
+
+/// [`init_logging`], and with `file` the same lines (never coloured) go to
+/// the log file too ([`logfile`]).
+fn init_logging_to(cfg: &Config, file: Option<logfile::LogFile>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, Registry, fmt};
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+    fn layer<W>(format: LogFormat, writer: W, ansi: bool) -> Boxed
+    where
+        W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        let l = fmt::layer().with_writer(writer).with_ansi(ansi);
+        match format {
+            LogFormat::Text => l.fmt_fields(logfmt::EscapingFields).boxed(),
+            LogFormat::Json => l.json().boxed(),
+        }
+    }
     let filter = EnvFilter::try_new(&cfg.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match cfg.log.format {
-        LogFormat::Text => builder.fmt_fields(logfmt::EscapingFields).try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut layers = vec![layer(cfg.log.format, std::io::stderr, ansi)];
+    if let Some(f) = file {
+        layers.push(layer(cfg.log.format, f, false));
+    }
+    let _ = tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .try_init();
     // Said once at start: the config was read before logging was set up.
     for r in &cfg.renamed_keys {
         tracing::warn!(old = r.old, new = r.new, "{r}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::{Failure, ServeArgs, init_logging};
+use super::{Failure, ServeArgs, init_logging_to};
 use tokio::sync::watch;
 
 use crate::access::tls::TlsState;
@@ -18,7 +18,7 @@ use crate::access::{Gate, WebConfig};
 use crate::alert::Watchdog;
 use crate::api::{AppState, DEFAULT_REQUEST_TIMEOUT, HttpMetrics, Parts, router_with_access};
 use crate::config::Config;
-use crate::export::{MetricSource, SnapshotAge, Sources};
+use crate::export::{MetricSource, SnapshotAge, Sources, tasks};
 use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
 use crate::pipeline::{Collector, spawn};
@@ -38,9 +38,27 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     if let Some(w) = args.web_config_file {
         cfg.http.web_config_file = Some(w);
     }
+    if let Some(f) = args.log_file {
+        cfg.log.file = Some(f);
+    }
+    if let Some(m) = args.log_max_size {
+        cfg.log.max_size = m;
+    }
+    if let Some(k) = args.log_keep {
+        cfg.log.keep = k;
+    }
     cfg.validate().map_err(Failure::usage)?;
     let web = web_config(&cfg).map_err(Failure::usage)?;
-    init_logging(&cfg);
+    // Opened before anything runs: a log directory that is missing or not
+    // writable is a usage error now, not lines silently lost later.
+    let log_file = match &cfg.log.file {
+        Some(p) => Some(
+            super::logfile::LogFile::open(p, cfg.log.max_size.0, cfg.log.keep)
+                .map_err(Failure::usage)?,
+        ),
+        None => None,
+    };
+    init_logging_to(&cfg, log_file.clone());
     let (web, tls) = match web {
         Some((w, t)) => (Some(w), t.map(|t| Arc::new(TlsState::new(t)))),
         None => (None, None),
@@ -103,7 +121,24 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         if let (Some(w), Some(path)) = (&web, &cfg.http.web_config_file) {
             crate::access::reload::spawn(path.clone(), w, Arc::clone(&gate), tls.clone());
         }
+        // SIGHUP must never end the agent (`systemctl reload`): without a
+        // web config nothing else watches it, and its default action is exit.
+        spawn_sighup_note(cfg.http.web_config_file.is_some());
         let mut collector_sources = vec![owner_metrics, gate.metrics() as Arc<dyn MetricSource>];
+        // Every background task's health, one family set (export::tasks).
+        // Registered here so their series exist before the first run; the
+        // owner refresh appears with the first fetch of a fetched source.
+        tasks::global().register(tasks::COLLECTION);
+        if cfg.watchdog.enabled {
+            tasks::global().register(tasks::RULE_EVALUATION);
+        }
+        if ledger.metrics().is_some() {
+            tasks::global().register(tasks::LEDGER_FLUSH);
+        }
+        collector_sources.push(Arc::new(tasks::TaskMetrics));
+        if let Some(f) = &log_file {
+            collector_sources.push(f.metrics());
+        }
         if let Some(m) = ledger.metrics() {
             collector_sources.push(m);
         }
@@ -182,8 +217,38 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
         watchdog.shutdown().await;
         tracing::info!("stopped");
+        if let Some(f) = &log_file {
+            f.flush(std::time::Duration::from_secs(1));
+        }
         Ok(())
     })
+}
+
+/// Logs each SIGHUP: what it reloads (the web config and its certificates,
+/// see `access::reload`) or that nothing is reloaded. Installing the
+/// handler is what keeps SIGHUP from terminating the process.
+fn spawn_sighup_note(web_config: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; a SIGHUP would stop vmscope");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if web_config {
+                tracing::info!(
+                    "SIGHUP: reloading the web config and its TLS certificates; other settings need a restart"
+                );
+            } else {
+                tracing::info!(
+                    "SIGHUP: no web config to reload (http.web_config_file is unset); other settings need a restart"
+                );
+            }
+        }
+    });
 }
 
 /// The web configuration `serve` runs with (`http.web_config_file`), loaded

@@ -32,6 +32,7 @@ pub mod histogram;
 pub mod scoped;
 pub mod snapshot;
 pub mod snapshot_age;
+pub mod tasks;
 pub mod usage;
 pub mod writer;
 

@@ -110,6 +110,10 @@ impl LedgerMetrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .observe(seconds);
+        crate::export::tasks::global().succeeded(
+            crate::export::tasks::LEDGER_FLUSH,
+            std::time::Duration::try_from_secs_f64(seconds).unwrap_or_default(),
+        );
         self.written.fetch_add(rows as u64, Ordering::Relaxed);
         self.last_flush_ms
             .store(u64::try_from(at_ms).unwrap_or(0), Ordering::Relaxed);
@@ -124,6 +128,7 @@ impl LedgerMetrics {
     }
 
     pub fn flush_failed(&self) {
+        crate::export::tasks::global().failed(crate::export::tasks::LEDGER_FLUSH);
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 

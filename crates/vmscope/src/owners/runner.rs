@@ -217,7 +217,13 @@ fn supervise(
                 Err(RecvTimeoutError::Disconnected) => return panicked(name, shared),
             }
         };
+        let ok = outcome.is_ok();
         record(name, shared, outcome);
+        crate::export::tasks::global().report(
+            crate::export::tasks::OWNER_REFRESH,
+            started.elapsed(),
+            ok,
+        );
         loop {
             shared.drop_retired();
             match stop.recv_timeout(opts.every.saturating_sub(started.elapsed())) {

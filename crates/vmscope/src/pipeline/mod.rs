@@ -326,6 +326,10 @@ pub fn spawn(
                 let started = Instant::now();
                 pacer.set_ticking(true);
                 let snap = collector.tick();
+                crate::export::tasks::global().succeeded(
+                    crate::export::tasks::COLLECTION,
+                    Duration::try_from_secs_f64(snap.tick_duration_seconds).unwrap_or_default(),
+                );
                 tracing::debug!(
                     seq = snap.seq,
                     vms = snap.vms.len(),

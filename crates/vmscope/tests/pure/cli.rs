@@ -447,3 +447,37 @@ fn owners_sums_the_vms_of_each_owner() {
     );
     assert!(table.lines().any(|l| l.starts_with("project ")), "{table}");
 }
+
+#[test]
+fn serve_refuses_a_log_file_it_cannot_open_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    for (path, cause) in [
+        (
+            dir.path().join("missing/vmscope.log"),
+            "No such file or directory",
+        ),
+        (not_a_dir.join("vmscope.log"), "Not a directory"),
+    ] {
+        let (code, _, err) = run(bin()
+            .args(["serve", "--listen", "127.0.0.1:0", "--log.file"])
+            .arg(&path)
+            .env("VMSCOPE_STORE__PATH", dir.path().join("s.db")));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "error: log.file: cannot open {}: {cause}",
+                path.display()
+            )),
+            "{err}"
+        );
+    }
+    // Sizes: a bad unit is a usage error naming the flag; too small names the key.
+    let (code, _, err) = run(bin().args(["serve", "--log.max-size", "3XB"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--log.max-size"), "{err}");
+    let (code, _, err) = run(bin().args(["serve", "--log.max-size", "10"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("error: log.max_size:"), "{err}");
+}

@@ -25,6 +25,7 @@ mod owners_libvirt;
 mod owners_redis;
 mod owners_sql;
 mod owners_usage;
+mod package;
 mod scrape_rate;
 mod state_db;
 mod tenant_escape;
