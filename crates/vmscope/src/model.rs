@@ -376,6 +376,12 @@ pub struct Snapshot {
     /// (`None`: no ledger); see [`counters`].
     #[serde(skip)]
     pub counters: Option<std::sync::Arc<counters::CounterTotals>>,
+    /// The hypervisor processes (PID, start time in clock ticks since
+    /// boot) that this tick found gone: the collection stopped following
+    /// them, so the usage ledger can let go of their cursors once their
+    /// last rows are written, rather than keep them for `forget_after`.
+    #[serde(skip)]
+    pub departed: Vec<(u32, u64)>,
 }
 
 impl Snapshot {
@@ -393,6 +399,7 @@ impl Snapshot {
             label_values_truncated_total: 0,
             usage: usage::Usage::default(),
             counters: None,
+            departed: Vec::new(),
         }
     }
 

@@ -141,6 +141,7 @@ pub fn snapshot(n: usize) -> Snapshot {
         vms,
         usage: Default::default(),
         counters: None,
+        departed: Vec::new(),
     }
     .with_usage(1000)
 }

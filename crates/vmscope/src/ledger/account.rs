@@ -66,6 +66,9 @@ struct Entry {
 struct Tracked {
     cursor: LedgerCursor,
     last_seen_ms: i64,
+    /// The collection found its process gone (`Snapshot::departed`): let
+    /// go of it once its rows are written.
+    departed: bool,
 }
 
 /// Versions of the rows a batch carried, to mark them clean once written.
@@ -200,6 +203,7 @@ impl Accountant {
                 Tracked {
                     cursor: c,
                     last_seen_ms: now_ms,
+                    departed: false,
                 },
             );
         }
@@ -305,8 +309,15 @@ impl Accountant {
                 Tracked {
                     cursor,
                     last_seen_ms: at,
+                    departed: false,
                 },
             );
+        }
+        for (pid, start) in &snap.departed {
+            let inc = (*pid, i64::try_from(*start).unwrap_or(i64::MAX));
+            if let Some(t) = self.cursors.get_mut(&inc) {
+                t.departed = true;
+            }
         }
         self.horizon_ms = Some(self.horizon_ms.map_or(at, |h| h.max(at)));
         let forget_before = at - self.cfg.forget_after_ms;
@@ -398,6 +409,27 @@ impl Accountant {
             }
         }
         self.forgotten.retain(|f| !marks.forget.contains(f));
+        // Departed incarnations whose rows are all written: nothing more
+        // will be accounted to them, so their cursor and rows can go now
+        // rather than after forget_after (churning hosts would otherwise
+        // hold every VM of the last ten minutes). The cursor is deleted
+        // from the store by the next flush.
+        if self.cursors.values().any(|t| t.departed) {
+            let dirty: std::collections::HashSet<Inc> = self
+                .rows
+                .iter()
+                .filter(|(_, e)| e.version > e.flushed)
+                .map(|(&(pid, t, _), _)| (pid, t))
+                .collect();
+            let forgotten = &mut self.forgotten;
+            self.cursors.retain(|inc, t| {
+                let keep = !t.departed || dirty.contains(inc);
+                if !keep {
+                    forgotten.push(t.cursor.incarnation.clone());
+                }
+                keep
+            });
+        }
         self.evict_clean();
     }
 
@@ -1069,6 +1101,41 @@ mod tests {
         a.observe(&snap(5, 700_000, &[]));
         assert_eq!(a.incarnations(), 0);
         assert_eq!(a.batch().0.forget.len(), 1);
+    }
+
+    #[test]
+    fn a_departed_incarnation_is_let_go_once_its_rows_are_written() {
+        let mut a = Accountant::new(cfg());
+        a.observe(&snap(1, 0, &[v(10, 0.0)]));
+        a.observe(&snap(2, 5_000, &[v(10, 1.0)]));
+        let (_, m) = a.batch();
+        a.flushed(m, Some(&[]));
+        assert_eq!(a.incarnations(), 1);
+        // The collection found the process gone.
+        let mut gone = snap(3, 10_000, &[]);
+        gone.departed = vec![(10, ticks(cfg().boot_time, &vm(&v(10, 0.0))) as u64)];
+        a.observe(&gone);
+        assert_eq!(a.incarnations(), 1, "kept until the flush");
+        let (b, m) = a.batch();
+        assert!(b.forget.is_empty());
+        a.flushed(m, Some(&[]));
+        assert_eq!(
+            a.incarnations(),
+            0,
+            "let go without waiting for forget_after"
+        );
+        assert_eq!(a.rows().count(), 0);
+        // The next flush deletes its cursor from the store.
+        assert_eq!(a.batch().0.forget.len(), 1);
+        // Another PID's departure changes nothing.
+        let mut b = Accountant::new(cfg());
+        b.observe(&snap(1, 0, &[v(10, 0.0)]));
+        let mut other = snap(2, 5_000, &[v(10, 1.0)]);
+        other.departed = vec![(11, 0)];
+        b.observe(&other);
+        let (_, m) = b.batch();
+        b.flushed(m, Some(&[]));
+        assert_eq!(b.incarnations(), 1);
     }
 
     #[test]

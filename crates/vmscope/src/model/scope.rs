@@ -133,6 +133,7 @@ impl Snapshot {
             label_values_truncated_total: 0,
             usage,
             counters,
+            departed: Vec::new(),
         }
     }
 }

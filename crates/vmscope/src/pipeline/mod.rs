@@ -79,6 +79,8 @@ pub struct Collector {
     /// Where the usage ledger publishes its counter totals (`None`: no
     /// ledger), carried into each snapshot.
     counters: Option<CounterSlot>,
+    /// VMs the discovery no longer lists this tick (for `Snapshot::departed`).
+    left: Vec<(u32, u64)>,
 }
 
 /// Reads `btime` from /proc/stat.
@@ -165,6 +167,7 @@ impl Collector {
             max_owners: cfg.owners.max_owners,
             label_values_truncated: 0,
             counters: None,
+            left: Vec::new(),
         })
     }
 
@@ -248,10 +251,12 @@ impl Collector {
 
         // Finish VMs: drop the gone, date the rest, compute rates.
         let gone = follow::settle(entries, memos, started, &mut self.vms);
-        for key in gone {
+        for key in &gone {
             self.discovery.forget(key.pid);
-            self.forget(key);
+            self.forget(*key);
         }
+        let mut departed = std::mem::take(&mut self.left);
+        departed.extend(gone.iter().map(|k| (k.pid, k.starttime_ticks)));
         let mut vms = follow::published(&self.vms);
         dedup::dedupe_ids(&mut vms);
         // Per-owner totals here, once per tick, so that a scrape never sums.
@@ -269,6 +274,7 @@ impl Collector {
             label_values_truncated_total: self.label_values_truncated,
             usage,
             counters: self.counters.as_ref().and_then(CounterSlot::get),
+            departed,
         }
     }
 
@@ -279,6 +285,7 @@ impl Collector {
         self.label_values_truncated += r.truncated;
         for key in r.left {
             self.forget(key);
+            self.left.push((key.pid, key.starttime_ticks));
         }
         for d in r.new {
             if let Some(start) = self.start_time_ticks(&d) {
