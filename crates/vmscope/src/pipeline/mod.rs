@@ -357,6 +357,11 @@ pub fn spawn(
                 let slowest = recent.push(now.saturating_duration_since(started));
                 let lead = pace::lead(slowest, interval);
                 next = pacer.plan(regular, now, interval, lead);
+                tracing::trace!(
+                    in_ms = next.saturating_duration_since(now).as_millis() as u64,
+                    regular_ms = regular.saturating_duration_since(now).as_millis() as u64,
+                    "next tick"
+                );
                 std::thread::sleep(next.saturating_duration_since(now));
             }
         })?;

@@ -11,12 +11,13 @@
 //! So the collector keeps its interval but moves its phase: the HTTP edge
 //! tells the [`Pacer`] when each scraper (by client address and port: one
 //! Prometheus job keeps one connection) scrapes; the pacer learns each
-//! one's period and predicts its next scrape; the collector then starts
-//! the tick nearest to that prediction early enough to finish a little
-//! before it ([`Pacer::plan`]). A scraper at the collection interval (or a
-//! multiple of it) then finds every sample the same few milliseconds old;
-//! scrapers at other phases find a constant (if larger) age, which is just
-//! as exact for `rate()`. Nothing is collected twice, no request waits for
+//! one's period and predicts the next scrape of one *reference* scraper
+//! (the most frequent); the collector then starts the tick nearest to that
+//! prediction early enough to finish a little before it ([`Pacer::plan`]).
+//! The schedule then repeats with the reference's period: the reference
+//! finds every sample the same few milliseconds old, and every other
+//! scraper at that period (or a multiple) a constant, if larger, age,
+//! which is just as exact for `rate()`. Nothing is collected twice, no request waits for
 //! a collection, and "encode once per snapshot" stays.
 //!
 //! Bounds: at most [`MAX_SCRAPERS`] scrapers are followed (the least
@@ -40,6 +41,7 @@ const MAX_PERIOD: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, Copy)]
 struct Rhythm {
     who: SocketAddr,
+    first: Instant,
     last: Instant,
     period: Option<Duration>,
 }
@@ -82,6 +84,7 @@ impl Pacer {
         }
         let new = Rhythm {
             who,
+            first: at,
             last: at,
             period: None,
         };
@@ -92,29 +95,51 @@ impl Pacer {
         }
     }
 
-    /// The earliest scrape expected after `now`, from every scraper seen
-    /// within three of its periods.
+    /// The next scrape expected after `now` of the *reference* scraper:
+    /// of those seen within three of their periods, the most frequent, then
+    /// the one followed longest. One reference, not the earliest of all:
+    /// following it makes the schedule repeat with its period, so every
+    /// scraper at that period (or a multiple) finds a constant age; chasing
+    /// whichever scrape comes first makes the schedule repeat only every
+    /// few periods and the ages alternate.
     pub fn next_scrape(&self, now: Instant) -> Option<Instant> {
-        let rs = self.rhythms.lock().unwrap_or_else(|p| p.into_inner());
-        rs.iter()
-            .filter_map(|r| {
-                let p = r.period?;
-                let since = now.saturating_duration_since(r.last);
-                if since > p * 3 {
-                    return None;
-                }
-                // The first multiple of the period after now.
-                let n = (since.as_nanos() / p.as_nanos().max(1)) as u32 + 1;
-                r.last.checked_add(p.checked_mul(n)?)
-            })
-            .min()
+        self.reference(now).map(|(at, _)| at)
     }
 
-    /// When the tick after the one that just ended should start. `regular`
-    /// is the unaligned schedule (the last start plus the interval); a
-    /// predicted scrape moves it to `lead` before that scrape when that is
-    /// at most half an interval away from `regular` and still ahead of
-    /// `now`.
+    /// The reference scraper's next scrape after `now` and its period.
+    fn reference(&self, now: Instant) -> Option<(Instant, Duration)> {
+        let rs = self.rhythms.lock().unwrap_or_else(|p| p.into_inner());
+        let active = || {
+            rs.iter().filter_map(|r| {
+                let p = r.period?;
+                (now.saturating_duration_since(r.last) <= p * 3).then_some((r, p))
+            })
+        };
+        // Measured periods jitter by milliseconds: scrapers within 10% of
+        // the shortest period count as equally frequent, and of those the
+        // one followed longest leads, so that the reference does not flip
+        // between them from scrape to scrape.
+        let shortest = active().map(|(_, p)| p).min()?;
+        let (r, p) = active()
+            .filter(|(_, p)| *p <= shortest + shortest / 10)
+            .min_by_key(|(r, _)| r.first)?;
+        let since = now.saturating_duration_since(r.last);
+        // The first multiple of the period after now.
+        let n = u32::try_from(since.as_nanos() / p.as_nanos().max(1)).ok()? + 1;
+        Some((r.last.checked_add(p.checked_mul(n)?)?, p))
+    }
+
+    /// When the tick after the one that just ended should start.
+    ///
+    /// With a reference scraper of period `S` (at least the interval `C`),
+    /// the ticks of each period are `A`, `A - C`, `A - 2C`, ... (as long as
+    /// they stay at least `0.45 C` after the previous period's `A`), where
+    /// `A` is `lead` before its next scrape: a grid that depends only on
+    /// the scraper, not on when this tick happened to end, so it repeats
+    /// exactly with period `S` and each scraper at that period finds the
+    /// same age at every scrape. The next tick is the first grid point
+    /// a quarter interval or more after `now`. Without a reference (or one scraping more often than
+    /// the interval), `regular`.
     pub fn plan(
         &self,
         regular: Instant,
@@ -122,18 +147,36 @@ impl Pacer {
         interval: Duration,
         lead: Duration,
     ) -> Instant {
-        let Some(scrape) = self.next_scrape(now) else {
+        let Some((scrape, period)) = self.reference(now) else {
             return regular;
         };
-        let Some(aligned) = scrape.checked_sub(lead) else {
+        if period < interval || interval.is_zero() {
             return regular;
-        };
-        let half = interval / 2;
-        if aligned > now && aligned.max(regular) - aligned.min(regular) <= half {
-            aligned
-        } else {
-            regular
         }
+        let Some(mut a) = scrape.checked_sub(lead) else {
+            return regular;
+        };
+        // At least a quarter interval after the tick that just ended (a
+        // lead that grew since it was planned must not make a second tick
+        // right behind it).
+        let soonest = now + interval / 4;
+        if a <= soonest {
+            a += period;
+        }
+        let c = interval.as_nanos();
+        // Grid points at least 0.45 C after the previous period's A. Not
+        // 0.5: common settings (5 s scrapes, 2 s interval) put S - C/2 on
+        // an exact multiple of C, where millisecond jitter in the measured
+        // period would flip the number of ticks from period to period.
+        let k_max = period.saturating_sub(interval.mul_f64(0.45)).as_nanos() / c;
+        // The largest k with a - k C still after `soonest`.
+        let ahead = a
+            .saturating_duration_since(soonest)
+            .as_nanos()
+            .saturating_sub(1);
+        let k = (ahead / c).min(k_max);
+        let back = Duration::from_nanos(u64::try_from(k * c).unwrap_or(u64::MAX));
+        a.checked_sub(back).unwrap_or(regular)
     }
 }
 
@@ -191,15 +234,19 @@ mod tests {
     }
 
     #[test]
-    fn the_earliest_of_several_scrapers_counts_and_the_table_is_bounded() {
+    fn one_reference_scraper_sets_the_phase_and_the_table_is_bounded() {
         let p = Pacer::new();
         let t0 = Instant::now();
+        // Two scrapers every 10 s (phases 0 and 3) and one every 15 s.
+        p.record(addr(3), t0);
+        p.record(addr(3), t0 + 15 * S);
         for (port, offset) in [(1, 0), (2, 3)] {
-            p.record(addr(port), t0 + offset * S);
-            p.record(addr(port), t0 + (offset + 10) * S);
+            p.record(addr(port), t0 + (offset + 1) * S);
+            p.record(addr(port), t0 + (offset + 11) * S);
         }
-        assert_eq!(p.next_scrape(t0 + 14 * S), Some(t0 + 20 * S));
-        assert_eq!(p.next_scrape(t0 + 21 * S), Some(t0 + 23 * S));
+        // The most frequent, then the one seen first: port 1, always.
+        assert_eq!(p.next_scrape(t0 + 12 * S), Some(t0 + 21 * S));
+        assert_eq!(p.next_scrape(t0 + 22 * S), Some(t0 + 31 * S));
         for port in 10..10 + 2 * MAX_SCRAPERS as u16 {
             p.record(addr(port), t0 + 20 * S);
         }
@@ -207,28 +254,41 @@ mod tests {
     }
 
     #[test]
-    fn ticks_move_at_most_half_an_interval_toward_the_scrape() {
+    fn ticks_sit_on_a_grid_anchored_to_the_reference_scrape() {
         let p = Pacer::new();
         let t0 = Instant::now();
-        let interval = 5 * S;
+        let interval = 2 * S;
         let lead = Duration::from_millis(50);
+        let ms = Duration::from_millis;
         // No scraper: the regular schedule.
         assert_eq!(p.plan(t0 + interval, t0, interval, lead), t0 + interval);
-        // A scraper every 5 s at t0 + 2 s + 5k: the tick moves to 50 ms
-        // before its next scrape (1.95 s earlier than regular).
-        p.record(addr(1), t0 - 3 * S);
-        p.record(addr(1), t0 + 2 * S);
-        let now = t0 + 2 * S + Duration::from_millis(10);
-        assert_eq!(
-            p.plan(t0 + interval, now, interval, lead),
-            t0 + 7 * S - lead
-        );
-        // A scrape 4 s after the regular tick is too far: regular.
+        // A scraper every 5 s at t0 + 5k: each period's ticks are A, A - 2 s
+        // and A - 4 s with A = 50 ms before the scrape, whenever the last
+        // tick ended.
+        p.record(addr(1), t0 - 5 * S);
+        p.record(addr(1), t0);
+        let a = t0 + 5 * S - lead;
+        for (ended, want) in [
+            (t0 + ms(10), a - 4 * S),
+            // Less than a quarter interval before a grid point: the next one.
+            (t0 + ms(900), a - 2 * S),
+            (a - 4 * S + ms(30), a - 2 * S),
+            (a - 2 * S + ms(400), a),
+            (a + ms(30), a + 5 * S - 4 * S),
+        ] {
+            assert_eq!(
+                p.plan(ended + interval, ended, interval, lead),
+                want,
+                "after a tick that ended at {:?}",
+                ended - t0
+            );
+        }
+        // A scraper more frequent than the interval does not speed up
+        // collection.
         let q = Pacer::new();
-        q.record(addr(1), t0 - 11 * S);
-        q.record(addr(1), t0 - 2 * S);
-        assert_eq!(q.next_scrape(t0), Some(t0 + 7 * S));
-        assert_eq!(q.plan(t0 + 3 * S, t0, interval, lead), t0 + 3 * S);
+        q.record(addr(1), t0 - S);
+        q.record(addr(1), t0);
+        assert_eq!(q.plan(t0 + interval, t0, interval, lead), t0 + interval);
     }
 
     #[test]
