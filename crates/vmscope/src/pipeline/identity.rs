@@ -9,6 +9,7 @@
 //! record for it (a rewritten libvirt status file), not every tick.
 
 use crate::collectors::VmEntry;
+use crate::hypervisor::DeviceApi;
 use crate::discovery::DiscoveredVm;
 use crate::model::{Hypervisor, VmState, VmStats, cap_label_value};
 
@@ -97,6 +98,9 @@ pub fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
         }
     }
     e.taps = taps;
+    e.device_api = cmd
+        .and_then(|c| c.qmp_socket.as_deref())
+        .map(|p| DeviceApi::Qmp(p.into()));
     cap_identity(&mut e.stats)
 }
 

@@ -1,0 +1,131 @@
+//! Per-disk I/O and balloon memory from each VM's hypervisor API.
+//!
+//! Reads nothing itself on the tick: it hands the VMs whose command line
+//! names an API (`VmEntry::device_api`, QEMU's QMP socket today) to the
+//! `hypervisor` poller, which asks them on its own thread, and copies the
+//! poller's latest answer for each VM into `VmStats::devices` (one `Arc`
+//! clone per VM). Emits: `VmStats::devices`; a failed poll since the last
+//! tick as one `vmscope_collector_errors_total{collector="vm_devices"}`
+//! error of its kind (`timeout`, `io` for connect/io/protocol, `parse`).
+//! Fails: never on the tick. A VM's API that is slow, stuck or garbled
+//! leaves its last good figures in place with `up = false` and their time.
+//! Keeps per VM: which API it was registered with and how many errors the
+//! poller had counted, dropped when the VM leaves.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey};
+use crate::host::CollectError;
+use crate::hypervisor::{DeviceApi, Poller};
+
+pub const SPEC: VmCollectorSpec = VmCollectorSpec {
+    name: "vm_devices",
+    enabled: |c| c.vm_devices.enabled,
+    new: |c| Box::new(VmDevicesCollector::new(c.vm_devices.timeout, c.vm_devices.workers)),
+};
+
+pub struct VmDevicesCollector {
+    /// `None` when the poller thread could not be started (logged once).
+    poller: Option<Poller>,
+    vms: HashMap<VmKey, Registered>,
+}
+
+struct Registered {
+    api: DeviceApi,
+    /// Errors the poller had counted for this VM at the last tick.
+    errors_seen: u64,
+}
+
+impl VmDevicesCollector {
+    pub fn new(timeout: std::time::Duration, workers: usize) -> Self {
+        let poller = Poller::start(timeout, workers)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot start the device poller thread; no per-device figures"))
+            .ok();
+        VmDevicesCollector {
+            poller,
+            vms: HashMap::new(),
+        }
+    }
+}
+
+fn key(k: VmKey) -> (u32, u64) {
+    (k.pid, k.starttime_ticks)
+}
+
+/// A poll error as the collector's error kinds count it.
+fn collect_error(kind: &str, vm: &VmEntry) -> CollectError {
+    let what = format!("the hypervisor API of pid {}", vm.pid);
+    match kind {
+        "timeout" => CollectError::Timeout { what, secs: 0.0 },
+        "parse" => CollectError::Parse {
+            path: PathBuf::from(what),
+            source: vmscope_proc::ParseError::Malformed {
+                kind: vmscope_proc::FileKind::QmpReply,
+                what: "see the log for the poll's error",
+            },
+        },
+        _ => CollectError::Io {
+            path: PathBuf::from(what),
+            source: std::io::Error::other(format!("{kind} error")),
+        },
+    }
+}
+
+impl VmCollector for VmDevicesCollector {
+    fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
+        let Some(poller) = &self.poller else { return };
+        // Register new VMs (and VMs whose API changed) before the wake, so
+        // a new VM is asked in this very round.
+        for vm in vms.iter().filter(|v| !v.gone) {
+            let Some(api) = &vm.device_api else { continue };
+            let api = match api {
+                DeviceApi::Qmp(p) => {
+                    DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy()))
+                }
+            };
+            let k = vm.key();
+            if self.vms.get(&k).is_some_and(|r| r.api == api) {
+                continue;
+            }
+            poller.set(key(k), api.clone());
+            self.vms.insert(
+                k,
+                Registered {
+                    api,
+                    errors_seen: 0,
+                },
+            );
+        }
+        poller.wake();
+        // Contended (the poller is inserting a result right now): the VMs
+        // keep the figures of the last tick.
+        let Some(results) = poller.results() else { return };
+        for vm in vms.iter_mut().filter(|v| !v.gone) {
+            let Some(reg) = self.vms.get_mut(&vm.key()) else {
+                continue;
+            };
+            let Some(d) = results.get(&key(vm.key())) else {
+                continue;
+            };
+            let total: u64 = d.errors_total.iter().map(|(_, n)| n).sum();
+            if total > reg.errors_seen {
+                // One error per tick at most, of the newest poll's kind.
+                let kind = d.last_error.unwrap_or("io");
+                errors.push(collect_error(kind, vm));
+                reg.errors_seen = total;
+            }
+            if vm.stats.devices.as_ref().is_none_or(|cur| !std::sync::Arc::ptr_eq(cur, d)) {
+                vm.stats.devices = Some(std::sync::Arc::clone(d));
+            }
+        }
+    }
+
+    fn forget(&mut self, vm: VmKey) {
+        if self.vms.remove(&vm).is_some()
+            && let Some(p) = &self.poller
+        {
+            p.remove(key(vm));
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! A QMP client: one short conversation with a QEMU monitor socket.
+//!
+//! Reads: the unix socket a VM's command line names (`-qmp unix:...` or
+//! `-chardev socket` + `-mon mode=control`, found by `vmscope_proc`).
+//! Sends: `qmp_capabilities`, `query-blockstats`, `qom-list` (once per VM,
+//! to find the balloon), `query-balloon` and `qom-get ... guest-stats`.
+//! Emits: [`QmpReading`], the figures of one poll.
+//! Fails: [`ApiError`], by kind; never panics and never waits past the
+//! deadline it is given: the connect does not block (a full backlog is an
+//! error, not a wait), every read and write has a timeout set to what is
+//! left of the deadline, a line longer than [`MAX_LINE`] is refused, and at
+//! most [`MAX_SKIPPED`] events are skipped while waiting for an answer.
+//!
+//! Why connect per poll rather than hold the connection: a QEMU monitor
+//! serves one client at a time, so a held connection would lock operators
+//! (and their tools) out of that monitor; a poll holds it for a few
+//! milliseconds per interval.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use vmscope_proc::{GuestMemStats, ParseError, QmpBlockStats, QmpMessage};
+
+/// The longest line read from a monitor (a `query-blockstats` answer for
+/// 64 disks is about 150 KiB).
+pub const MAX_LINE: usize = 1 << 20;
+/// Events skipped while waiting for one answer before giving up.
+pub const MAX_SKIPPED: usize = 64;
+
+/// Why a poll of an API failed, by bounded kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot connect to {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no answer to {step} within the deadline")]
+    Timeout { step: &'static str },
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step}: {source}")]
+    Parse {
+        step: &'static str,
+        #[source]
+        source: ParseError,
+    },
+    #[error("{step}: {what}")]
+    Protocol { step: &'static str, what: String },
+}
+
+impl ApiError {
+    /// The bounded `kind` label of the error counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Connect { .. } => "connect",
+            ApiError::Timeout { .. } => "timeout",
+            ApiError::Io { .. } => "io",
+            ApiError::Parse { .. } => "parse",
+            ApiError::Protocol { .. } => "protocol",
+        }
+    }
+
+    /// Every kind, in the order the counters list them.
+    pub const KINDS: [&'static str; 5] = ["connect", "timeout", "io", "parse", "protocol"];
+}
+
+/// One connected, negotiated monitor.
+pub struct QmpClient {
+    stream: UnixStream,
+    deadline: Instant,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already handed out as lines.
+    consumed: usize,
+}
+
+/// Connects without blocking: a listener whose backlog is full (a QEMU
+/// busy with another client does not accept) is an error right away.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let addr = SocketAddrUnix::new(path)?;
+    rustix::net::connect(&fd, &addr)?;
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+impl QmpClient {
+    /// Connects to `path`, reads the greeting and leaves negotiation mode,
+    /// all before `deadline`.
+    pub fn connect(path: &Path, deadline: Instant) -> Result<Self, ApiError> {
+        let stream = connect_nonblocking(path).map_err(|source| ApiError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut c = QmpClient {
+            stream,
+            deadline,
+            buf: Vec::with_capacity(4096),
+            consumed: 0,
+        };
+        match c.message("greeting")? {
+            QmpMessage::Greeting { .. } => {}
+            other => {
+                return Err(ApiError::Protocol {
+                    step: "greeting",
+                    what: format!("expected the QMP greeting, got {other:?}"),
+                });
+            }
+        }
+        c.execute("qmp_capabilities", None)?;
+        Ok(c)
+    }
+
+    fn remaining(&self, step: &'static str) -> Result<Duration, ApiError> {
+        self.deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(ApiError::Timeout { step })
+    }
+
+    /// The next complete line, without its newline.
+    fn line(&mut self, step: &'static str) -> Result<Vec<u8>, ApiError> {
+        loop {
+            if let Some(nl) = self.buf[self.consumed..].iter().position(|&b| b == b'\n') {
+                let start = self.consumed;
+                self.consumed += nl + 1;
+                let line = self.buf[start..start + nl].to_vec();
+                if self.consumed == self.buf.len() {
+                    self.buf.clear();
+                    self.consumed = 0;
+                }
+                return Ok(line);
+            }
+            if self.buf.len() - self.consumed > MAX_LINE {
+                return Err(ApiError::Protocol {
+                    step,
+                    what: format!("a line longer than {MAX_LINE} bytes"),
+                });
+            }
+            let left = self.remaining(step)?;
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|source| ApiError::Io { step, source })?;
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(ApiError::Protocol {
+                        step,
+                        what: "the monitor closed the connection".into(),
+                    });
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(ApiError::Timeout { step });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ApiError::Io { step, source }),
+            }
+        }
+    }
+
+    /// The next message that is not an event.
+    fn message(&mut self, step: &'static str) -> Result<QmpMessage, ApiError> {
+        for _ in 0..=MAX_SKIPPED {
+            let line = self.line(step)?;
+            match vmscope_proc::parse_qmp_message(&line) {
+                Ok(QmpMessage::Event) => continue,
+                Ok(m) => return Ok(m),
+                Err(source) => return Err(ApiError::Parse { step, source }),
+            }
+        }
+        Err(ApiError::Protocol {
+            step,
+            what: format!("more than {MAX_SKIPPED} events and no answer"),
+        })
+    }
+
+    /// Runs one command; its `return` value, or its error as a protocol
+    /// error (`Err(Ok(..))` is never returned: QMP errors carry their class).
+    pub fn execute(&mut self, cmd: &'static str, args: Option<Value>) -> Result<Value, ApiError> {
+        let mut req = match args {
+            Some(a) => json!({"execute": cmd, "arguments": a}),
+            None => json!({"execute": cmd}),
+        }
+        .to_string();
+        req.push('\n');
+        let left = self.remaining(cmd)?;
+        self.stream
+            .set_write_timeout(Some(left))
+            .map_err(|source| ApiError::Io { step: cmd, source })?;
+        self.stream.write_all(req.as_bytes()).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                ApiError::Timeout { step: cmd }
+            } else {
+                ApiError::Io {
+                    step: cmd,
+                    source: e,
+                }
+            }
+        })?;
+        match self.message(cmd)? {
+            QmpMessage::Return(v) => Ok(v),
+            QmpMessage::Error { class, desc } => Err(ApiError::Protocol {
+                step: cmd,
+                what: format!("{class}: {desc}"),
+            }),
+            other => Err(ApiError::Protocol {
+                step: cmd,
+                what: format!("unexpected {other:?}"),
+            }),
+        }
+    }
+}
+
+/// What one poll of a QEMU monitor found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QmpReading {
+    pub disks: Vec<QmpBlockStats>,
+    /// `query-balloon` `actual`, when the VM has a balloon device.
+    pub balloon_bytes: Option<u64>,
+    /// The guest's own report, when its driver sends one.
+    pub guest: Option<GuestMemStats>,
+}
+
+/// Where a VM's balloon device sits in the QOM tree, once looked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BalloonPath {
+    #[default]
+    Unknown,
+    None,
+    At(String),
+}
+
+fn parsed<T>(step: &'static str, r: Result<T, ParseError>) -> Result<T, ApiError> {
+    r.map_err(|source| ApiError::Parse { step, source })
+}
+
+/// One poll: block stats and, where there is a balloon, its size and the
+/// guest's statistics. `balloon` is looked up on the first poll of a VM
+/// and kept by the caller (a balloon is rarely hot-plugged; a VM restarted
+/// with one is a new VM).
+pub fn poll(path: &Path, deadline: Instant, balloon: &mut BalloonPath) -> Result<QmpReading, ApiError> {
+    let mut c = QmpClient::connect(path, deadline)?;
+    let stats = c.execute("query-blockstats", None)?;
+    let disks = parsed("query-blockstats", vmscope_proc::parse_blockstats(&stats))?;
+    if *balloon == BalloonPath::Unknown {
+        *balloon = BalloonPath::None;
+        for parent in ["/machine/peripheral", "/machine/peripheral-anon"] {
+            let list = c.execute("qom-list", Some(json!({ "path": parent })))?;
+            if let Some(name) = vmscope_proc::balloon_child(&list) {
+                *balloon = BalloonPath::At(format!("{parent}/{name}"));
+                break;
+            }
+        }
+    }
+    let mut reading = QmpReading {
+        disks,
+        ..QmpReading::default()
+    };
+    if let BalloonPath::At(p) = balloon.clone() {
+        let b = c.execute("query-balloon", None).inspect_err(|_| {
+            // Unplugged since the lookup? Look again next poll.
+            *balloon = BalloonPath::Unknown;
+        })?;
+        reading.balloon_bytes = Some(parsed("query-balloon", vmscope_proc::parse_query_balloon(&b))?);
+        let g = c.execute(
+            "qom-get",
+            Some(json!({"path": p.as_str(), "property": "guest-stats"})),
+        )?;
+        reading.guest = parsed("qom-get guest-stats", vmscope_proc::parse_guest_stats(&g))?;
+    }
+    Ok(reading)
+}
