@@ -381,7 +381,10 @@ fn qemu_qmp_socket(opts: &[Opt<'_>]) -> Option<String> {
                 let kv = qemu_opts(v, "chardev");
                 let control = get(&kv, "mode") == Some("control");
                 let pretty = get(&kv, "pretty").is_some_and(qemu_bool);
-                if control && !pretty && let Some(id) = get(&kv, "chardev") {
+                if control
+                    && !pretty
+                    && let Some(id) = get(&kv, "chardev")
+                {
                     monitors.push(Monitor::Chardev(id.to_string()));
                 }
             }
@@ -596,7 +599,12 @@ mod tests {
         );
         assert_eq!(qmp(&["-chardev", chardev, "-mon", "chardev=m2"]), None);
         assert_eq!(
-            qmp(&["-chardev", chardev, "-mon", "chardev=m2,mode=control,pretty=on"]),
+            qmp(&[
+                "-chardev",
+                chardev,
+                "-mon",
+                "chardev=m2,mode=control,pretty=on"
+            ]),
             None
         );
         // The first usable monitor wins.
@@ -625,7 +633,12 @@ mod tests {
                 "-mon",
                 "chardev=charmonitor,id=monitor,mode=control",
             ],
-            &["-chardev", "socket,id=c,path=/run/c.sock", "-mon", "chardev=c,mode=control"],
+            &[
+                "-chardev",
+                "socket,id=c,path=/run/c.sock",
+                "-mon",
+                "chardev=c,mode=control",
+            ],
             &["-mon", "chardev=nowhere,mode=control"],
             &["-qmp"],
         ] {

@@ -307,8 +307,10 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_qmp_message(br#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"#)
-                .unwrap(),
+            parse_qmp_message(
+                br#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESUME"}"#
+            )
+            .unwrap(),
             QmpMessage::Event
         );
     }
@@ -329,7 +331,11 @@ mod tests {
             assert!(parse_qmp_message(bad).is_err(), "{bad:?}");
         }
         // Nesting deeper than serde_json's limit is an error, not a stack overflow.
-        let deep = format!("{{\"return\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!(
+            "{{\"return\": {}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(parse_qmp_message(deep.as_bytes()).is_err());
         // An error without text still reads.
         assert_eq!(
@@ -434,10 +440,16 @@ mod tests {
         // A stat the guest left out (-1, or an older QEMU's missing key).
         let partial = serde_json::json!({"stats": {"stat-total-memory": 100, "stat-free-memory": -1}, "last-update": 5});
         let g = parse_guest_stats(&partial).unwrap().unwrap();
-        assert_eq!((g.total_bytes, g.free_bytes, g.used_bytes()), (Some(100), None, None));
+        assert_eq!(
+            (g.total_bytes, g.free_bytes, g.used_bytes()),
+            (Some(100), None, None)
+        );
         // Free above total (a racy report) gives 0, not an underflow.
         let racy = serde_json::json!({"stats": {"stat-total-memory": 100, "stat-free-memory": 150, "stat-disk-caches": 0}, "last-update": 5});
-        assert_eq!(parse_guest_stats(&racy).unwrap().unwrap().used_bytes(), Some(0));
+        assert_eq!(
+            parse_guest_stats(&racy).unwrap().unwrap().used_bytes(),
+            Some(0)
+        );
     }
 
     #[test]

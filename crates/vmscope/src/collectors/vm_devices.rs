@@ -22,7 +22,12 @@ use crate::hypervisor::{DeviceApi, Poller};
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_devices",
     enabled: |c| c.vm_devices.enabled,
-    new: |c| Box::new(VmDevicesCollector::new(c.vm_devices.timeout, c.vm_devices.workers)),
+    new: |c| {
+        Box::new(VmDevicesCollector::new(
+            c.vm_devices.timeout,
+            c.vm_devices.workers,
+        ))
+    },
 };
 
 pub struct VmDevicesCollector {
@@ -80,9 +85,7 @@ impl VmCollector for VmDevicesCollector {
         for vm in vms.iter().filter(|v| !v.gone) {
             let Some(api) = &vm.device_api else { continue };
             let api = match api {
-                DeviceApi::Qmp(p) => {
-                    DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy()))
-                }
+                DeviceApi::Qmp(p) => DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy())),
             };
             let k = vm.key();
             if self.vms.get(&k).is_some_and(|r| r.api == api) {
@@ -100,7 +103,9 @@ impl VmCollector for VmDevicesCollector {
         poller.wake();
         // Contended (the poller is inserting a result right now): the VMs
         // keep the figures of the last tick.
-        let Some(results) = poller.results() else { return };
+        let Some(results) = poller.results() else {
+            return;
+        };
         for vm in vms.iter_mut().filter(|v| !v.gone) {
             let Some(reg) = self.vms.get_mut(&vm.key()) else {
                 continue;
@@ -115,7 +120,12 @@ impl VmCollector for VmDevicesCollector {
                 errors.push(collect_error(kind, vm));
                 reg.errors_seen = total;
             }
-            if vm.stats.devices.as_ref().is_none_or(|cur| !std::sync::Arc::ptr_eq(cur, d)) {
+            if vm
+                .stats
+                .devices
+                .as_ref()
+                .is_none_or(|cur| !std::sync::Arc::ptr_eq(cur, d))
+            {
                 vm.stats.devices = Some(std::sync::Arc::clone(d));
             }
         }

@@ -331,7 +331,10 @@ mod tests {
             format!("vmscope_vm_guest_memory_unused_bytes{{{vm}}} 80000000"),
             format!("vmscope_vm_guest_major_faults_total{{{vm}}} 12"),
         ] {
-            assert!(text.contains(&format!("\n{line}\n")), "missing {line}:\n{text}");
+            assert!(
+                text.contains(&format!("\n{line}\n")),
+                "missing {line}:\n{text}"
+            );
         }
         // Only VM 1 has figures; what the guest did not report is absent.
         assert_eq!(text.matches("vmscope_vm_device_stats_up{").count(), 1);

@@ -301,3 +301,87 @@ fn guest_memory(g: &vmscope_proc::GuestMemStats) -> GuestMemory {
         minor_faults: g.minor_faults,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::qmp::tests::{GREETING, monitor, qemu_like};
+    use super::*;
+
+    fn wait_for(p: &Poller, key: Key, ok: impl Fn(&VmDevices) -> bool) -> Arc<VmDevices> {
+        let t = Instant::now();
+        loop {
+            if let Some(d) = p.results().and_then(|r| r.get(&key).cloned())
+                && ok(&d)
+            {
+                return d;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no result for {key:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_stuck_monitor_holds_one_worker_and_keeps_the_last_good_figures() {
+        let (_g, good) = monitor(Some(GREETING), qemu_like);
+        let (_s, stuck) = monitor(None, |_| None);
+        let p = Poller::start(Duration::from_millis(300), 2).unwrap();
+        p.set((1, 1), DeviceApi::Qmp(good.clone()));
+        p.set((2, 2), DeviceApi::Qmp(stuck));
+        let t = Instant::now();
+        p.wake();
+        // The good VM's figures come while the stuck one holds its worker.
+        let d = wait_for(&p, (1, 1), |_| true);
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(d.up);
+        assert_eq!(d.source, DeviceSource::Qmp);
+        assert_eq!(d.disks[0].read_bytes, 2560);
+        assert_eq!(d.balloon_bytes, Some(128 << 20));
+        assert_eq!(d.guest_memory.unwrap().used_bytes, Some(30_000_000));
+        // Waking while a round runs never blocks.
+        let w = Instant::now();
+        for _ in 0..100 {
+            p.wake();
+            let _ = p.results();
+        }
+        assert!(w.elapsed() < Duration::from_millis(50));
+        let s = wait_for(&p, (2, 2), |_| true);
+        assert!(!s.up);
+        assert_eq!(s.last_error, Some("timeout"));
+        assert!(
+            s.errors_total.contains(&("timeout", 1)),
+            "{:?}",
+            s.errors_total
+        );
+        assert_eq!(s.last_success_seconds, None);
+
+        // The good VM's monitor goes away: its last good figures stay,
+        // marked down, with the time they were read.
+        let first = d.last_success_seconds.unwrap();
+        drop(_g);
+        let down = loop {
+            p.wake();
+            let d = wait_for(&p, (1, 1), |_| true);
+            if !d.up {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(down.last_error, Some("connect"));
+        assert_eq!(down.disks, d.disks);
+        assert!(down.last_success_seconds.unwrap() >= first);
+
+        // A VM that left is not published again.
+        p.remove((1, 1));
+        p.wake();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(p.results().unwrap().get(&(1, 1)).is_none());
+    }
+}

@@ -262,7 +262,11 @@ fn parsed<T>(step: &'static str, r: Result<T, ParseError>) -> Result<T, ApiError
 /// guest's statistics. `balloon` is looked up on the first poll of a VM
 /// and kept by the caller (a balloon is rarely hot-plugged; a VM restarted
 /// with one is a new VM).
-pub fn poll(path: &Path, deadline: Instant, balloon: &mut BalloonPath) -> Result<QmpReading, ApiError> {
+pub fn poll(
+    path: &Path,
+    deadline: Instant,
+    balloon: &mut BalloonPath,
+) -> Result<QmpReading, ApiError> {
     let mut c = QmpClient::connect(path, deadline)?;
     let stats = c.execute("query-blockstats", None)?;
     let disks = parsed("query-blockstats", vmscope_proc::parse_blockstats(&stats))?;
@@ -285,7 +289,10 @@ pub fn poll(path: &Path, deadline: Instant, balloon: &mut BalloonPath) -> Result
             // Unplugged since the lookup? Look again next poll.
             *balloon = BalloonPath::Unknown;
         })?;
-        reading.balloon_bytes = Some(parsed("query-balloon", vmscope_proc::parse_query_balloon(&b))?);
+        reading.balloon_bytes = Some(parsed(
+            "query-balloon",
+            vmscope_proc::parse_query_balloon(&b),
+        )?);
         let g = c.execute(
             "qom-get",
             Some(json!({"path": p.as_str(), "property": "guest-stats"})),
@@ -293,4 +300,239 @@ pub fn poll(path: &Path, deadline: Instant, balloon: &mut BalloonPath) -> Result
         reading.guest = parsed("qom-get guest-stats", vmscope_proc::parse_guest_stats(&g))?;
     }
     Ok(reading)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    //! The client against scripted monitors on real unix sockets: what QEMU
+    //! sends is recorded from QEMU 7.2; the failures are the ones a real
+    //! monitor cannot be made to produce on demand (tests/real/vm_disk.rs
+    //! runs the client against real QEMU).
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    pub(crate) const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}"#;
+
+    /// A monitor at a fresh path that answers each command with `answer`
+    /// (None: close), after sending `greeting`.
+    pub(crate) fn monitor(
+        greeting: Option<&'static str>,
+        answer: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                if let Some(g) = greeting {
+                    let _ = conn.write_all(format!("{g}\r\n").as_bytes());
+                } else {
+                    // Say nothing: hold the connection open.
+                    std::thread::sleep(Duration::from_secs(10));
+                    continue;
+                }
+                let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    match answer(&line) {
+                        Some(a) => {
+                            if conn.write_all(a.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+        });
+        (dir, path)
+    }
+
+    pub(crate) fn qemu_like(line: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(line).ok()?;
+        let cmd = v.get("execute")?.as_str()?;
+        let ret = match cmd {
+            "qmp_capabilities" => "{}".to_string(),
+            "query-blockstats" => r#"[{"device": "", "qdev": "/machine/peripheral/vd0/virtio-backend", "stats": {"rd_bytes": 2560, "wr_bytes": 512, "rd_operations": 2, "wr_operations": 1, "flush_operations": 0}}]"#.to_string(),
+            "qom-list" => {
+                if v["arguments"]["path"] == "/machine/peripheral-anon" {
+                    r#"[{"name": "type", "type": "string"}, {"name": "device[0]", "type": "child<virtio-balloon-pci>"}]"#.to_string()
+                } else {
+                    r#"[{"name": "type", "type": "string"}, {"name": "vd0", "type": "child<virtio-blk-pci>"}]"#.to_string()
+                }
+            }
+            "query-balloon" => r#"{"actual": 134217728}"#.to_string(),
+            "qom-get" => {
+                assert_eq!(v["arguments"]["path"], "/machine/peripheral-anon/device[0]");
+                r#"{"stats": {"stat-total-memory": 120000000, "stat-free-memory": 80000000, "stat-disk-caches": 10000000}, "last-update": 1764590000}"#.to_string()
+            }
+            _ => return Some(r#"{"error": {"class": "CommandNotFound", "desc": "no"}}"#.to_string() + "\n"),
+        };
+        // An event first, as QEMU may send one at any time.
+        Some(format!(
+            "{{\"timestamp\": {{\"seconds\": 1, \"microseconds\": 2}}, \"event\": \"RESUME\"}}\n{{\"return\": {ret}}}\r\n"
+        ))
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_millis(500)
+    }
+
+    #[test]
+    fn polls_disks_and_balloon_and_remembers_where_the_balloon_is() {
+        let (_d, path) = monitor(Some(GREETING), qemu_like);
+        let mut balloon = BalloonPath::Unknown;
+        let r = poll(&path, soon(), &mut balloon).unwrap();
+        assert_eq!(r.disks.len(), 1);
+        assert_eq!(r.disks[0].device, "vd0");
+        assert_eq!(r.disks[0].read_bytes, 2560);
+        assert_eq!(r.balloon_bytes, Some(128 << 20));
+        let g = r.guest.unwrap();
+        assert_eq!(g.used_bytes(), Some(30_000_000));
+        assert_eq!(
+            balloon,
+            BalloonPath::At("/machine/peripheral-anon/device[0]".into())
+        );
+        // Second poll: the balloon is not looked up again.
+        let again = poll(&path, soon(), &mut balloon).unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn a_silent_monitor_times_out_at_the_deadline() {
+        let (_d, path) = monitor(None, |_| None);
+        let t = Instant::now();
+        let e = poll(
+            &path,
+            t + Duration::from_millis(300),
+            &mut BalloonPath::Unknown,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), "timeout", "{e}");
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(800),
+            "{took:?}"
+        );
+    }
+
+    #[test]
+    fn a_slow_answer_times_out_at_the_deadline() {
+        let (_d, path) = monitor(Some(GREETING), |line| {
+            if line.contains("query-blockstats") {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            qemu_like(line)
+        });
+        let t = Instant::now();
+        let e = poll(
+            &path,
+            t + Duration::from_millis(400),
+            &mut BalloonPath::Unknown,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), "timeout", "{e}");
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    /// A greeting, how to answer, and the error kind that must follow.
+    type Case = (Option<&'static str>, fn(&str) -> Option<String>, &'static str);
+
+    #[test]
+    fn garbage_errors_and_closes_are_counted_by_kind() {
+        let cases: Vec<Case> = vec![
+            (Some("\u{1}\u{2}garbage{{{"), |_| None, "parse"),
+            (Some(r#"{"return": {}}"#), |_| None, "protocol"),
+            (Some(GREETING), |_| None, "protocol"),
+            (
+                Some(GREETING),
+                |_| Some("not json at all\n".into()),
+                "parse",
+            ),
+            (
+                Some(GREETING),
+                |l| {
+                    if l.contains("blockstats") {
+                        Some(
+                            "{\"return\": [{\"device\": \"d\", \"stats\": {\"rd_bytes\": -1}}]}\n"
+                                .into(),
+                        )
+                    } else {
+                        qemu_like(l)
+                    }
+                },
+                "parse",
+            ),
+            (
+                Some(GREETING),
+                |l| {
+                    if l.contains("blockstats") {
+                        Some(
+                            "{\"error\": {\"class\": \"GenericError\", \"desc\": \"nope\"}}\n"
+                                .into(),
+                        )
+                    } else {
+                        qemu_like(l)
+                    }
+                },
+                "protocol",
+            ),
+            (
+                Some(GREETING),
+                |l| {
+                    if l.contains("blockstats") {
+                        Some("{\"event\": \"X\"}\n".repeat(MAX_SKIPPED + 1))
+                    } else {
+                        qemu_like(l)
+                    }
+                },
+                "protocol",
+            ),
+        ];
+        for (greeting, answer, kind) in cases {
+            let (_d, path) = monitor(greeting, answer);
+            let e = poll(&path, soon(), &mut BalloonPath::Unknown).unwrap_err();
+            assert_eq!(e.kind(), kind, "{greeting:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_line_without_end_is_refused_past_the_bound() {
+        let (_d, path) = monitor(Some(GREETING), |l| {
+            if l.contains("blockstats") {
+                Some("[".repeat(MAX_LINE + 10))
+            } else {
+                qemu_like(l)
+            }
+        });
+        let e = poll(
+            &path,
+            Instant::now() + Duration::from_secs(5),
+            &mut BalloonPath::Unknown,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), "protocol", "{e}");
+        assert!(e.to_string().contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn no_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = poll(
+            &dir.path().join("none.sock"),
+            soon(),
+            &mut BalloonPath::Unknown,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), "connect");
+        assert!(e.to_string().contains("none.sock"), "{e}");
+    }
 }

@@ -9,8 +9,8 @@
 //! record for it (a rewritten libvirt status file), not every tick.
 
 use crate::collectors::VmEntry;
-use crate::hypervisor::DeviceApi;
 use crate::discovery::DiscoveredVm;
+use crate::hypervisor::DeviceApi;
 use crate::model::{Hypervisor, VmState, VmStats, cap_label_value};
 
 pub fn hypervisor(kind: vmscope_proc::HypervisorKind) -> Hypervisor {
