@@ -34,6 +34,8 @@ pub struct VmDevicesCollector {
     /// `None` when the poller thread could not be started (logged once).
     poller: Option<Poller>,
     vms: HashMap<VmKey, Registered>,
+    /// One VM's poll deadline, for the error messages.
+    timeout: std::time::Duration,
 }
 
 struct Registered {
@@ -50,6 +52,7 @@ impl VmDevicesCollector {
         VmDevicesCollector {
             poller,
             vms: HashMap::new(),
+            timeout,
         }
     }
 }
@@ -59,10 +62,13 @@ fn key(k: VmKey) -> (u32, u64) {
 }
 
 /// A poll error as the collector's error kinds count it.
-fn collect_error(kind: &str, vm: &VmEntry) -> CollectError {
+fn collect_error(kind: &str, vm: &VmEntry, timeout: std::time::Duration) -> CollectError {
     let what = format!("the hypervisor API of pid {}", vm.pid);
     match kind {
-        "timeout" => CollectError::Timeout { what, secs: 0.0 },
+        "timeout" => CollectError::Timeout {
+            what,
+            secs: timeout.as_secs_f64(),
+        },
         "parse" => CollectError::Parse {
             path: PathBuf::from(what),
             source: vmscope_proc::ParseError::Malformed {
@@ -117,7 +123,7 @@ impl VmCollector for VmDevicesCollector {
             if total > reg.errors_seen {
                 // One error per tick at most, of the newest poll's kind.
                 let kind = d.last_error.unwrap_or("io");
-                errors.push(collect_error(kind, vm));
+                errors.push(collect_error(kind, vm, self.timeout));
                 reg.errors_seen = total;
             }
             if vm

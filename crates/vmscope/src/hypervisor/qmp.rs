@@ -444,7 +444,11 @@ pub(crate) mod tests {
     }
 
     /// A greeting, how to answer, and the error kind that must follow.
-    type Case = (Option<&'static str>, fn(&str) -> Option<String>, &'static str);
+    type Case = (
+        Option<&'static str>,
+        fn(&str) -> Option<String>,
+        &'static str,
+    );
 
     #[test]
     fn garbage_errors_and_closes_are_counted_by_kind() {

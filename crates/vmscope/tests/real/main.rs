@@ -26,6 +26,7 @@ mod owners_redis;
 mod owners_sql;
 mod owners_usage;
 mod state_db;
+mod vm_disk;
 mod vm_memory;
 mod watchdog_e2e;
 mod watchdog_secrets;
