@@ -80,6 +80,8 @@ pub struct QmpClient {
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out as lines.
     consumed: usize,
+    /// The last command got its answer (`return` or a QMP `error`).
+    answered: bool,
 }
 
 /// Connects without blocking: a listener whose backlog is full (a QEMU
@@ -112,6 +114,7 @@ impl QmpClient {
             deadline,
             buf: Vec::with_capacity(4096),
             consumed: 0,
+            answered: false,
         };
         match c.message("greeting")? {
             QmpMessage::Greeting { .. } => {}
@@ -124,6 +127,12 @@ impl QmpClient {
         }
         c.execute("qmp_capabilities", None)?;
         Ok(c)
+    }
+
+    /// True while the conversation is in step: the last command got an
+    /// answer (a QMP error reply included), nothing is left half-read.
+    fn usable(&self) -> bool {
+        self.answered
     }
 
     fn remaining(&self, step: &'static str) -> Result<Duration, ApiError> {
@@ -198,6 +207,7 @@ impl QmpClient {
     /// Runs one command; its `return` value, or its error as a protocol
     /// error (`Err(Ok(..))` is never returned: QMP errors carry their class).
     pub fn execute(&mut self, cmd: &'static str, args: Option<Value>) -> Result<Value, ApiError> {
+        self.answered = false;
         let mut req = match args {
             Some(a) => json!({"execute": cmd, "arguments": a}),
             None => json!({"execute": cmd}),
@@ -221,7 +231,9 @@ impl QmpClient {
                 }
             }
         })?;
-        match self.message(cmd)? {
+        let answer = self.message(cmd)?;
+        self.answered = matches!(answer, QmpMessage::Return(_) | QmpMessage::Error { .. });
+        match answer {
             QmpMessage::Return(v) => Ok(v),
             QmpMessage::Error { class, desc } => Err(ApiError::Protocol {
                 step: cmd,
@@ -258,6 +270,35 @@ fn parsed<T>(step: &'static str, r: Result<T, ParseError>) -> Result<T, ApiError
     r.map_err(|source| ApiError::Parse { step, source })
 }
 
+/// The balloon's size and the guest's report, looking the balloon up first
+/// when its place is not known yet. `None`: the VM has no balloon.
+fn balloon_figures(
+    c: &mut QmpClient,
+    balloon: &mut BalloonPath,
+) -> Result<Option<(u64, Option<GuestMemStats>)>, ApiError> {
+    if *balloon == BalloonPath::Unknown {
+        *balloon = BalloonPath::None;
+        for parent in ["/machine/peripheral", "/machine/peripheral-anon"] {
+            let list = c.execute("qom-list", Some(json!({ "path": parent })))?;
+            if let Some(name) = vmscope_proc::balloon_child(&list) {
+                *balloon = BalloonPath::At(format!("{parent}/{name}"));
+                break;
+            }
+        }
+    }
+    let BalloonPath::At(path) = balloon.clone() else {
+        return Ok(None);
+    };
+    let b = c.execute("query-balloon", None)?;
+    let bytes = parsed("query-balloon", vmscope_proc::parse_query_balloon(&b))?;
+    let g = c.execute(
+        "qom-get",
+        Some(json!({"path": path.as_str(), "property": "guest-stats"})),
+    )?;
+    let guest = parsed("qom-get guest-stats", vmscope_proc::parse_guest_stats(&g))?;
+    Ok(Some((bytes, guest)))
+}
+
 /// One poll: block stats and, where there is a balloon, its size and the
 /// guest's statistics. `balloon` is looked up on the first poll of a VM
 /// and kept by the caller (a balloon is rarely hot-plugged; a VM restarted
@@ -270,34 +311,22 @@ pub fn poll(
     let mut c = QmpClient::connect(path, deadline)?;
     let stats = c.execute("query-blockstats", None)?;
     let disks = parsed("query-blockstats", vmscope_proc::parse_blockstats(&stats))?;
-    if *balloon == BalloonPath::Unknown {
-        *balloon = BalloonPath::None;
-        for parent in ["/machine/peripheral", "/machine/peripheral-anon"] {
-            let list = c.execute("qom-list", Some(json!({ "path": parent })))?;
-            if let Some(name) = vmscope_proc::balloon_child(&list) {
-                *balloon = BalloonPath::At(format!("{parent}/{name}"));
-                break;
-            }
-        }
-    }
     let mut reading = QmpReading {
         disks,
         ..QmpReading::default()
     };
-    if let BalloonPath::At(p) = balloon.clone() {
-        let b = c.execute("query-balloon", None).inspect_err(|_| {
-            // Unplugged since the lookup? Look again next poll.
-            *balloon = BalloonPath::Unknown;
-        })?;
-        reading.balloon_bytes = Some(parsed(
-            "query-balloon",
-            vmscope_proc::parse_query_balloon(&b),
-        )?);
-        let g = c.execute(
-            "qom-get",
-            Some(json!({"path": p.as_str(), "property": "guest-stats"})),
-        )?;
-        reading.guest = parsed("qom-get guest-stats", vmscope_proc::parse_guest_stats(&g))?;
+    // The balloon is optional: a QEMU that refuses these commands (QMP
+    // error: no such command, no balloon any more) still gives its disks.
+    // Anything else (timeout, garbage) fails the poll.
+    match balloon_figures(&mut c, balloon) {
+        Ok(Some((bytes, guest))) => {
+            reading.balloon_bytes = Some(bytes);
+            reading.guest = guest;
+        }
+        Ok(None) => {}
+        // Looked up again next poll.
+        Err(ApiError::Protocol { .. }) if c.usable() => *balloon = BalloonPath::Unknown,
+        Err(e) => return Err(e),
     }
     Ok(reading)
 }
@@ -400,6 +429,25 @@ pub(crate) mod tests {
         // Second poll: the balloon is not looked up again.
         let again = poll(&path, soon(), &mut balloon).unwrap();
         assert_eq!(again, r);
+    }
+
+    #[test]
+    fn a_qemu_refusing_the_balloon_commands_still_gives_its_disks() {
+        let (_d, path) = monitor(Some(GREETING), |l| {
+            if l.contains("qom-list") {
+                Some(
+                    "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"no qom-list\"}}\n"
+                        .into(),
+                )
+            } else {
+                qemu_like(l)
+            }
+        });
+        let mut balloon = BalloonPath::Unknown;
+        let r = poll(&path, soon(), &mut balloon).unwrap();
+        assert_eq!(r.disks[0].read_bytes, 2560);
+        assert_eq!((r.balloon_bytes, r.guest), (None, None));
+        assert_eq!(balloon, BalloonPath::Unknown);
     }
 
     #[test]
