@@ -356,3 +356,170 @@ fn a_silent_or_garbled_monitor_keeps_the_tick_on_time_and_is_counted() {
     );
     assert!(ticks >= 4.0, "{ticks} ticks in 5 s at a 1 s interval");
 }
+
+/// Where `scripts/install-deps.sh` puts the Linux test guest.
+const LINUX_GUEST: &str = "/var/cache/vmscope-lab/linux-guest";
+
+/// The guest's kernel and initramfs, when install-deps.sh built them. Like
+/// [`lab_available`]: missing under `CI=true` is a failure, elsewhere a skip.
+fn linux_guest(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let dir = Path::new(LINUX_GUEST);
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
+    if kernel.exists() && initrd.exists() {
+        return Some((kernel, initrd));
+    }
+    let why = format!("{LINUX_GUEST} has no guest (run scripts/install-deps.sh)");
+    assert!(!crate::support::in_ci(), "{test}: {why}");
+    eprintln!("{test}: skipped: {why}");
+    None
+}
+
+#[test]
+fn guest_memory_equals_qmp_and_the_guests_own_memtotal() {
+    if !lab_available("vm_disk") {
+        return;
+    }
+    let Some((kernel, initrd)) = linux_guest("vm_disk") else {
+        return;
+    };
+    let roms = Roms::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("agent-qmp.sock");
+    let theirs = dir.path().join("test-qmp.sock");
+    let serial = dir.path().join("serial.log");
+    let spec = VmSpec {
+        memory_mib: 128,
+        ..spec("balloon")
+    };
+    let _vm = QemuVm::start_with(
+        &roms,
+        spec.clone(),
+        None,
+        Boot::Linux,
+        &args(&[
+            "-kernel",
+            &kernel.display().to_string(),
+            "-initrd",
+            &initrd.display().to_string(),
+            "-append",
+            "console=ttyS0 rdinit=/init quiet",
+            "-serial",
+            &format!("file:{}", serial.display()),
+            "-device",
+            "virtio-balloon-pci,id=balloon0",
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", ours.display()),
+            "-chardev",
+            &format!(
+                "socket,id=test,path={},server=on,wait=off",
+                theirs.display()
+            ),
+            "-mon",
+            "chardev=test,mode=control",
+        ]),
+    );
+    // What the guest itself says: its MemTotal, printed by its init once
+    // the balloon driver is loaded.
+    let (console, booted) =
+        poll_until(Duration::from_secs(120), Duration::from_millis(250), || {
+            let log = std::fs::read_to_string(&serial).unwrap_or_default();
+            log.contains("vmscope-guest: ready").then_some(log)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the guest did not boot: {}",
+                std::fs::read_to_string(&serial).unwrap_or_default()
+            )
+        });
+    eprintln!("guest ready {:?} after the boot began", booted.elapsed());
+    assert!(
+        !console.contains("insmod"),
+        "guest driver failed: {console}"
+    );
+    let memtotal_kib: f64 = console
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal on the console: {console}"));
+
+    // The stats period, as libvirt's <memballoon><stats period='4'/> sets
+    // it: longer than vmscope's interval, so that vmscope's latest figures
+    // (asked at one tick, published at the next) and a direct read can
+    // carry the same report.
+    let mut qmp = Qmp::connect(&theirs);
+    qmp.execute(
+        "qom-set",
+        Some(serde_json::json!({
+            "path": "/machine/peripheral/balloon0",
+            "property": "guest-stats-polling-interval",
+            "value": 4
+        })),
+    );
+    let agent = Agent::start(1);
+    let vm = [("vm_id", spec.uuid.as_str())];
+    agent.wait_for_series(
+        "vmscope_vm_guest_memory_total_bytes",
+        &vm,
+        Duration::from_secs(30),
+    );
+
+    // The same report: vmscope's and QMP's carry the same update time.
+    let (m, stats) = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let m = agent.metrics();
+        let t = m.value("vmscope_vm_guest_memory_updated_timestamp_seconds", &vm)?;
+        let g = qmp.execute(
+            "qom-get",
+            Some(serde_json::json!({"path": "/machine/peripheral/balloon0", "property": "guest-stats"})),
+        );
+        (g["last-update"].as_f64() == Some(t)).then_some((m, g["stats"].clone()))
+    })
+    .expect("vmscope's guest report never matched QMP's")
+    .0;
+    let stat = |k: &str| {
+        stats[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("QMP {k}: {stats}"))
+    };
+    for (metric, key) in [
+        ("vmscope_vm_guest_memory_total_bytes", "stat-total-memory"),
+        (
+            "vmscope_vm_guest_memory_available_bytes",
+            "stat-available-memory",
+        ),
+        ("vmscope_vm_guest_memory_unused_bytes", "stat-free-memory"),
+        (
+            "vmscope_vm_guest_memory_disk_caches_bytes",
+            "stat-disk-caches",
+        ),
+        ("vmscope_vm_guest_swap_in_bytes_total", "stat-swap-in"),
+        ("vmscope_vm_guest_swap_out_bytes_total", "stat-swap-out"),
+        ("vmscope_vm_guest_major_faults_total", "stat-major-faults"),
+        ("vmscope_vm_guest_minor_faults_total", "stat-minor-faults"),
+    ] {
+        assert_eq!(
+            m.value(metric, &vm),
+            Some(stat(key)),
+            "{metric} vs QMP {key}"
+        );
+    }
+    assert_eq!(
+        m.value("vmscope_vm_guest_memory_used_bytes", &vm),
+        Some(stat("stat-total-memory") - stat("stat-free-memory") - stat("stat-disk-caches"))
+    );
+    // The guest's own word on its memory.
+    assert_eq!(
+        m.value("vmscope_vm_guest_memory_total_bytes", &vm),
+        Some(memtotal_kib * 1024.0)
+    );
+    let free = m
+        .value("vmscope_vm_guest_memory_unused_bytes", &vm)
+        .unwrap();
+    assert!(free > 0.0 && free < memtotal_kib * 1024.0, "unused {free}");
+    // No balloon inflated: the guest has all of its 128 MiB.
+    let actual = qmp.execute("query-balloon", None)["actual"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(actual, (128u64 << 20) as f64);
+    assert_eq!(m.value("vmscope_vm_balloon_bytes", &vm), Some(actual));
+}

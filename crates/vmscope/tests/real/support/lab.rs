@@ -139,6 +139,10 @@ pub enum Boot {
     /// QEMU's own SeaBIOS, which boots from the first disk given in the
     /// extra arguments (reading its boot sector through the disk's device).
     SeaBios,
+    /// A Linux kernel given in the extra arguments (`-kernel`, `-initrd`),
+    /// always under TCG: a real guest kernel under this lab's nested KVM
+    /// crawls and hangs (shared/LAB.md).
+    Linux,
 }
 
 /// What to start.
@@ -179,7 +183,13 @@ impl QemuVm {
     ) -> QemuVm {
         let pidfile = roms.dir().join(format!("{}.pid", spec.name));
         let rom = roms.path(spec.firmware);
-        let accel = if kvm_usable() { "kvm" } else { "tcg" };
+        let accel = if boot == Boot::Linux {
+            "tcg,tb-size=16"
+        } else if kvm_usable() {
+            "kvm"
+        } else {
+            "tcg"
+        };
         let mut args: Vec<String> = [
             "-accel",
             accel,
