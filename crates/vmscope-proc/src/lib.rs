@@ -9,6 +9,7 @@
 //! bytes exactly as the kernel gives them; the caller converts ticks and pages
 //! with `sysconf`, never with hard-coded values.
 
+pub mod blockstat;
 pub mod cmdline;
 pub mod error;
 pub mod firecracker;
@@ -25,6 +26,7 @@ pub mod schedstat;
 pub mod stat;
 pub mod statm;
 
+pub use blockstat::*;
 pub use cmdline::*;
 pub use error::{FileKind, ParseError};
 pub use firecracker::*;

@@ -46,6 +46,8 @@ const SAMPLES: &[&[u8]] = &[
     LIBVIRT,
     QMP_BLOCKSTATS,
     QMP_GUEST_STATS,
+    b"       5        0       10        4        1        0        1        0        0       12        4        0        0        0        0        2        3\n",
+    b"8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n253:1 rbytes=4096\n",
     b"2346790185 118620305 8912\n",
     b"0.42 1.37 12.30 2/345 6789\n",
     b"/usr/bin/qemu-system-x86_64\0-name\0guest=a,,b,debug-threads=on\0-smp\0sockets=2,cores=2\0-m\0size=1G\0-netdev\0tap,id=n0,ifname=t0\0",
@@ -63,6 +65,9 @@ fn all_parsers(buf: &[u8]) {
     let _ = parse_mountinfo(buf);
     let _ = parse_firecracker_config(buf);
     let _ = parse_libvirt_status(buf);
+    let _ = parse_block_stat(buf);
+    let _ = parse_uevent_devname(buf);
+    let _ = parse_cgroup_io_stat(buf);
     if let Ok(QmpMessage::Return(v)) = parse_qmp_message(buf) {
         let _ = parse_blockstats(&v);
         let _ = parse_query_balloon(&v);
