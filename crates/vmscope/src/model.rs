@@ -179,12 +179,16 @@ pub struct DiskIo {
 pub enum DeviceSource {
     /// QEMU's QMP monitor socket (`query-blockstats`, the balloon).
     Qmp,
+    /// No API: the host block devices the hypervisor process holds open,
+    /// from `/sys/dev/block/MAJ:MIN/stat` (named by the host: `loop0`, `dm-3`).
+    Sysfs,
 }
 
 impl DeviceSource {
     pub const fn as_str(self) -> &'static str {
         match self {
             DeviceSource::Qmp => "qmp",
+            DeviceSource::Sysfs => "sysfs",
         }
     }
 }

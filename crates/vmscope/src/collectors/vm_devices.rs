@@ -1,10 +1,11 @@
 //! Per-disk I/O and balloon memory from each VM's hypervisor API.
 //!
-//! Reads nothing itself on the tick: it hands the VMs whose command line
-//! names an API (`VmEntry::device_api`, QEMU's QMP socket today) to the
-//! `hypervisor` poller, which asks them on its own thread, and copies the
-//! poller's latest answer for each VM into `VmStats::devices` (one `Arc`
-//! clone per VM). Emits: `VmStats::devices`; a failed poll since the last
+//! Reads nothing itself on the tick: it hands every VM to the `hypervisor`
+//! poller, through its API where the command line names one
+//! (`VmEntry::device_api`, QEMU's QMP socket today) and else through the
+//! host block devices its process holds open, and copies the poller's
+//! latest answer for each VM into `VmStats::devices` (one `Arc` clone per
+//! VM; none for a VM with neither). Emits: `VmStats::devices`; a failed poll since the last
 //! tick as one `vmscope_collector_errors_total{collector="vm_devices"}`
 //! error of its kind (`timeout`, `io` for connect/io/protocol, `parse`).
 //! Fails: never on the tick. A VM's API that is slow, stuck or garbled
@@ -89,9 +90,15 @@ impl VmCollector for VmDevicesCollector {
         // Register new VMs (and VMs whose API changed) before the wake, so
         // a new VM is asked in this very round.
         for vm in vms.iter().filter(|v| !v.gone) {
-            let Some(api) = &vm.device_api else { continue };
-            let api = match api {
-                DeviceApi::Qmp(p) => DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy())),
+            let api = match &vm.device_api {
+                Some(DeviceApi::Qmp(p)) => {
+                    DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy()))
+                }
+                // No API: the host block devices it holds open.
+                Some(DeviceApi::Block { .. }) | None => DeviceApi::Block {
+                    fd_dir: ctx.roots.pid(vm.pid).join("fd"),
+                    sys: ctx.roots.sys.clone(),
+                },
             };
             let k = vm.key();
             if self.vms.get(&k).is_some_and(|r| r.api == api) {
@@ -117,6 +124,7 @@ impl VmCollector for VmDevicesCollector {
                 continue;
             };
             let Some(d) = results.get(&key(vm.key())) else {
+                vm.stats.devices = None;
                 continue;
             };
             let total: u64 = d.errors_total.iter().map(|(_, n)| n).sum();

@@ -1,7 +1,8 @@
 //! Per-device families: each VM's disks and balloon as its hypervisor's API
 //! reports them (`VmStats::devices`, filled by `collectors/vm_devices`).
 //!
-//! Reads only the snapshot's VMs. Every series carries `vm_id` and
+//! Reads only the snapshot's VMs (their figures come from QMP, or from the
+//! host block devices of VMs with no API; see docs/hypervisor-apis.md). Every series carries `vm_id` and
 //! `vm_name` (the VM's shared label set); disks add `device`, the disk's
 //! name in the VM's configuration. Which source gave a VM's figures is
 //! `vmscope_vm_device_stats_info{source}`; whether the last read worked,
@@ -25,7 +26,7 @@ desc!(
     SOURCE_INFO,
     gauge,
     "vmscope_vm_device_stats_info",
-    "Where a VM's per-disk and balloon figures come from (source: qmp = QEMU's QMP socket named on its command line); always 1."
+    "Where a VM's per-disk and balloon figures come from (source: qmp = QEMU's QMP socket named on its command line; sysfs = the host block devices the hypervisor process holds open); always 1."
 );
 desc!(
     SOURCE_UP,
@@ -49,31 +50,31 @@ desc!(
     DISK_READ_BYTES,
     counter,
     "vmscope_vm_disk_read_bytes_total",
-    "Bytes the guest read from this disk, as the hypervisor counts them (QMP query-blockstats rd_bytes; libvirt's block.N.rd.bytes)."
+    "Bytes read from this disk: the guest's reads as the hypervisor counts them (QMP rd_bytes; libvirt's block.N.rd.bytes), or, for VMs with no API, the host block device's (sysfs)."
 );
 desc!(
     DISK_WRITE_BYTES,
     counter,
     "vmscope_vm_disk_write_bytes_total",
-    "Bytes the guest wrote to this disk, as the hypervisor counts them (QMP wr_bytes; libvirt's block.N.wr.bytes)."
+    "Bytes written to this disk: the guest's writes as the hypervisor counts them (QMP wr_bytes; libvirt's block.N.wr.bytes), or, for VMs with no API, the host block device's (sysfs)."
 );
 desc!(
     DISK_READ_REQ,
     counter,
     "vmscope_vm_disk_read_requests_total",
-    "Read requests the guest made to this disk, as the hypervisor counts them (QMP rd_operations)."
+    "Read requests to this disk (QMP rd_operations, or the host block device's reads completed)."
 );
 desc!(
     DISK_WRITE_REQ,
     counter,
     "vmscope_vm_disk_write_requests_total",
-    "Write requests the guest made to this disk, as the hypervisor counts them (QMP wr_operations)."
+    "Write requests to this disk (QMP wr_operations, or the host block device's writes completed)."
 );
 desc!(
     DISK_FLUSH_REQ,
     counter,
     "vmscope_vm_disk_flush_requests_total",
-    "Flush requests the guest made to this disk, as the hypervisor counts them (QMP flush_operations)."
+    "Flush requests to this disk (QMP flush_operations, or the host block device's flushes)."
 );
 desc!(
     DISK_READ_TIME,

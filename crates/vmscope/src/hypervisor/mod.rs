@@ -18,6 +18,7 @@
 //! the tick, which keeps showing that VM's last good figures with their time
 //! (`last_success_seconds`).
 
+pub mod block;
 pub mod qmp;
 
 use std::collections::HashMap;
@@ -30,19 +31,23 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::model::{
     DeviceSource, DiskStats, GuestMemory, VmDevices, cap_label_value, unix_seconds,
 };
-use qmp::{ApiError, BalloonPath, QmpReading};
+use qmp::{ApiError, BalloonPath};
 
 /// How to reach a VM's API.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DeviceApi {
     /// A QMP monitor listening on this unix socket (below the host's root).
     Qmp(PathBuf),
+    /// No API: the block devices among the process's descriptors
+    /// (`fd_dir` = `/proc/PID/fd`), read from `sys` (`/sys`).
+    Block { fd_dir: PathBuf, sys: PathBuf },
 }
 
 impl DeviceApi {
     pub fn source(&self) -> DeviceSource {
         match self {
             DeviceApi::Qmp(_) => DeviceSource::Qmp,
+            DeviceApi::Block { .. } => DeviceSource::Sysfs,
         }
     }
 }
@@ -58,10 +63,19 @@ struct Target {
     state: Mutex<TargetState>,
 }
 
+/// The figures of one good poll, whatever the source.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Reading {
+    disks: Vec<DiskStats>,
+    balloon_bytes: Option<u64>,
+    guest: Option<GuestMemory>,
+}
+
 #[derive(Default)]
 struct TargetState {
     balloon: BalloonPath,
-    last_good: Option<QmpReading>,
+    block: block::BlockState,
+    last_good: Option<Reading>,
     last_success: Option<f64>,
     errors: [u64; ApiError::KINDS.len()],
     /// The last poll failed (to log once per change of state).
@@ -189,7 +203,11 @@ fn round(shared: &Shared) {
                         .get(&t.key)
                         .is_some_and(|cur| Arc::ptr_eq(cur, t));
                     if still {
-                        lock(&shared.results).insert(t.key, devices);
+                        let mut results = lock(&shared.results);
+                        match devices {
+                            Some(d) => results.insert(t.key, d),
+                            None => results.remove(&t.key),
+                        };
                     }
                 }
             });
@@ -197,27 +215,39 @@ fn round(shared: &Shared) {
     });
 }
 
-fn poll_one(t: &Target, timeout: Duration) -> Arc<VmDevices> {
+/// Polls one VM; `None` when it has nothing to publish (no block device
+/// and no API, never a good answer).
+fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
     let mut st = lock(&t.state);
     let deadline = Instant::now() + timeout;
-    let res = match &t.api {
-        DeviceApi::Qmp(path) => {
-            let balloon = &mut st.balloon;
-            // The parsers never panic (property-tested); if a bug proves
-            // otherwise, the poller still lives and counts it.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                qmp::poll(path, deadline, balloon)
-            }))
-            .unwrap_or_else(|_| {
-                Err(ApiError::Protocol {
-                    step: "poll",
-                    what: "the poll panicked".into(),
+    let st = &mut *st;
+    // The parsers never panic (property-tested); if a bug proves
+    // otherwise, the poller still lives and counts it.
+    let res: Result<Option<Reading>, ApiError> =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &t.api {
+            DeviceApi::Qmp(path) => qmp::poll(path, deadline, &mut st.balloon).map(|r| {
+                Some(Reading {
+                    disks: disks(&r.disks),
+                    balloon_bytes: r.balloon_bytes,
+                    guest: r.guest.as_ref().map(guest_memory),
                 })
+            }),
+            DeviceApi::Block { fd_dir, sys } => block::poll(fd_dir, sys, deadline, &mut st.block)
+                .map(|d| {
+                    d.map(|disks| Reading {
+                        disks,
+                        ..Reading::default()
+                    })
+                }),
+        }))
+        .unwrap_or_else(|_| {
+            Err(ApiError::Protocol {
+                step: "poll",
+                what: "the poll panicked".into(),
             })
-        }
-    };
+        });
     match res {
-        Ok(reading) => {
+        Ok(Some(reading)) => {
             if st.down {
                 tracing::info!(pid = t.key.0, api = ?t.api, "hypervisor API answers again");
             }
@@ -225,6 +255,12 @@ fn poll_one(t: &Target, timeout: Duration) -> Arc<VmDevices> {
             st.last_error = None;
             st.last_good = Some(reading);
             st.last_success = Some(unix_seconds(SystemTime::now()));
+        }
+        Ok(None) => {
+            st.down = false;
+            st.last_error = None;
+            st.last_good = None;
+            return None;
         }
         Err(e) => {
             if let Some(i) = ApiError::KINDS.iter().position(|k| *k == e.kind()) {
@@ -239,7 +275,7 @@ fn poll_one(t: &Target, timeout: Duration) -> Arc<VmDevices> {
             st.last_error = Some(e.kind());
         }
     }
-    Arc::new(devices(t.api.source(), &st))
+    Some(Arc::new(devices(t.api.source(), st)))
 }
 
 /// The published value of one target's state.
@@ -255,9 +291,9 @@ fn devices(source: DeviceSource, st: &TargetState) -> VmDevices {
             .map(|(k, n)| (*k, n))
             .collect(),
         last_error: st.last_error,
-        disks: reading.map(|r| disks(&r.disks)).unwrap_or_default(),
+        disks: reading.map(|r| r.disks.clone()).unwrap_or_default(),
         balloon_bytes: reading.and_then(|r| r.balloon_bytes),
-        guest_memory: reading.and_then(|r| r.guest.as_ref()).map(guest_memory),
+        guest_memory: reading.and_then(|r| r.guest),
     }
 }
 

@@ -523,3 +523,98 @@ fn guest_memory_equals_qmp_and_the_guests_own_memtotal() {
     assert_eq!(actual, (128u64 << 20) as f64);
     assert_eq!(m.value("vmscope_vm_balloon_bytes", &vm), Some(actual));
 }
+
+/// A loop device over a file, detached on drop.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Err(e) = crate::support::lab::run("/usr/sbin/losetup", &["-d", &self.0]) {
+            eprintln!("vm_disk: detaching {}: {e}", self.0);
+        }
+    }
+}
+
+/// `/sys/block/NAME/stat` as (read bytes, read requests, write bytes, write requests).
+fn kernel_block_stat(name: &str) -> (f64, f64, f64, f64) {
+    let text = std::fs::read_to_string(format!("/sys/block/{name}/stat")).unwrap();
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (f[2] * 512.0, f[0], f[6] * 512.0, f[4])
+}
+
+#[test]
+fn without_an_api_the_held_block_devices_are_read_from_sysfs() {
+    if !lab_available("vm_disk") {
+        return;
+    }
+    let roms = Roms::new();
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("boot.img");
+    boot_disk(&img);
+    let dev = crate::support::lab::run(
+        "/usr/sbin/losetup",
+        &["--find", "--show", &img.display().to_string()],
+    )
+    .expect("losetup")
+    .trim()
+    .to_owned();
+    let _loop = Loop(dev.clone());
+    let name = dev.trim_start_matches("/dev/").to_owned();
+    let spec = spec("blockdev");
+    // No QMP socket: the VM's disk is a host block device it holds open.
+    let _vm = QemuVm::start_with(
+        &roms,
+        spec.clone(),
+        None,
+        Boot::SeaBios,
+        &args(&[
+            "-drive",
+            &format!("file={dev},format=raw,if=none,id=drive0,cache=none"),
+            "-device",
+            "virtio-blk-pci,drive=drive0,id=vd0",
+        ]),
+    );
+    // The guest's known I/O reached the device (plus whatever QEMU reads
+    // itself when it opens it).
+    poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let (rb, _, wb, _) = kernel_block_stat(&name);
+        (rb >= 2560.0 && wb >= 512.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no I/O on {dev}: {:?}", kernel_block_stat(&name)));
+
+    let agent = Agent::start(1);
+    let disk0 = [("vm_id", spec.uuid.as_str()), ("device", name.as_str())];
+    agent.wait_for_series(
+        "vmscope_vm_disk_read_bytes_total",
+        &disk0,
+        Duration::from_secs(15),
+    );
+    let (m, kernel) = poll_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let before = kernel_block_stat(&name);
+        let m = agent.metrics();
+        (kernel_block_stat(&name) == before).then_some((m, before))
+    })
+    .expect("the device's counters never held still across a scrape")
+    .0;
+    let got = |metric: &str| m.value(metric, &disk0).unwrap();
+    assert_eq!(got("vmscope_vm_disk_read_bytes_total"), kernel.0);
+    assert_eq!(got("vmscope_vm_disk_read_requests_total"), kernel.1);
+    assert_eq!(got("vmscope_vm_disk_write_bytes_total"), kernel.2);
+    assert_eq!(got("vmscope_vm_disk_write_requests_total"), kernel.3);
+    assert!(got("vmscope_vm_disk_read_bytes_total") >= 2560.0);
+    let vm = [("vm_id", spec.uuid.as_str())];
+    assert_eq!(
+        m.value(
+            "vmscope_vm_device_stats_info",
+            &[("vm_id", spec.uuid.as_str()), ("source", "sysfs")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.value("vmscope_vm_device_stats_up", &vm), Some(1.0));
+    // Only the VM's block devices: no other disk for it.
+    assert_eq!(m.all("vmscope_vm_disk_read_bytes_total", &vm).len(), 1);
+    assert_eq!(m.value("vmscope_vm_balloon_bytes", &vm), None);
+}
