@@ -40,7 +40,9 @@ pub struct VmDevicesCollector {
 }
 
 struct Registered {
-    api: DeviceApi,
+    /// The VM's `device_api` it was registered with (compared each tick
+    /// without building paths: the tick's cost stays one compare per VM).
+    from: Option<DeviceApi>,
     /// Errors the poller had counted for this VM at the last tick.
     errors_seen: u64,
 }
@@ -90,6 +92,10 @@ impl VmCollector for VmDevicesCollector {
         // Register new VMs (and VMs whose API changed) before the wake, so
         // a new VM is asked in this very round.
         for vm in vms.iter().filter(|v| !v.gone) {
+            let k = vm.key();
+            if self.vms.get(&k).is_some_and(|r| r.from == vm.device_api) {
+                continue;
+            }
             let api = match &vm.device_api {
                 Some(DeviceApi::Qmp(p)) => {
                     DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy()))
@@ -100,15 +106,11 @@ impl VmCollector for VmDevicesCollector {
                     sys: ctx.roots.sys.clone(),
                 },
             };
-            let k = vm.key();
-            if self.vms.get(&k).is_some_and(|r| r.api == api) {
-                continue;
-            }
-            poller.set(key(k), api.clone());
+            poller.set(key(k), api);
             self.vms.insert(
                 k,
                 Registered {
-                    api,
+                    from: vm.device_api.clone(),
                     errors_seen: 0,
                 },
             );
@@ -151,5 +153,65 @@ impl VmCollector for VmDevicesCollector {
         {
             p.remove(key(vm));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::collectors::testing::{ctx, entry};
+    use crate::host::{FdBudget, Roots};
+    use crate::hypervisor::qmp::tests::{GREETING, monitor, qemu_like};
+
+    #[test]
+    fn copies_the_latest_figures_counts_failures_and_forgets() {
+        let (_g, good) = monitor(Some(GREETING), qemu_like);
+        let (_s, silent) = monitor(None, |_| None);
+        let dir = tempfile::tempdir().unwrap();
+        // Sockets are absolute host paths: resolve them below "/".
+        let roots = Roots {
+            rootfs: "/".into(),
+            ..Roots::under(dir.path())
+        };
+        let budget = FdBudget::new(8);
+        let mut c = VmDevicesCollector::new(Duration::from_millis(200), 2);
+        let mut vms = [entry(7, 70), entry(8, 80), entry(9, 90)];
+        vms[0].device_api = Some(DeviceApi::Qmp(good));
+        vms[1].device_api = Some(DeviceApi::Qmp(silent));
+        // vms[2]: no API and no /proc/9/fd in the fixture: nothing.
+        let mut errors = Vec::new();
+        let t = Instant::now();
+        let mut ticks = 0;
+        while t.elapsed() < Duration::from_secs(5)
+            && (vms[0].stats.devices.is_none() || vms[1].stats.devices.is_none())
+        {
+            let started = Instant::now();
+            c.collect(&ctx(&roots, &budget, ticks), &mut vms, &mut errors);
+            // The tick never waits for a poll.
+            assert!(started.elapsed() < Duration::from_millis(50));
+            ticks += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let good = vms[0]
+            .stats
+            .devices
+            .clone()
+            .expect("figures for the good VM");
+        assert!(good.up);
+        assert_eq!(good.disks[0].device, "vd0");
+        let silent = vms[1]
+            .stats
+            .devices
+            .clone()
+            .expect("a state for the silent VM");
+        assert!(!silent.up && silent.disks.is_empty());
+        assert_eq!(vms[2].stats.devices, None);
+        assert!(errors.iter().any(|e| e.kind() == "timeout"), "{errors:?}");
+        c.forget(vms[0].key());
+        assert!(!c.vms.contains_key(&vms[0].key()));
+        assert_eq!(c.vms.len(), 2);
     }
 }
