@@ -34,6 +34,8 @@ pub enum FileKind {
     BlockStat,
     /// A cgroup v2 `io.stat`.
     CgroupIoStat,
+    /// Cloud Hypervisor's `vm.counters` answer.
+    ChCounters,
 }
 
 impl FileKind {
@@ -52,6 +54,7 @@ impl FileKind {
             FileKind::QmpReply => "qmp_reply",
             FileKind::BlockStat => "sys_block_stat",
             FileKind::CgroupIoStat => "cgroup_io_stat",
+            FileKind::ChCounters => "cloud_hypervisor_counters",
         }
     }
 }
@@ -71,6 +74,7 @@ impl fmt::Display for FileKind {
             FileKind::QmpReply => "QMP reply",
             FileKind::BlockStat => "/sys/dev/block/<dev>/stat",
             FileKind::CgroupIoStat => "cgroup io.stat",
+            FileKind::ChCounters => "Cloud Hypervisor vm.counters",
         })
     }
 }

@@ -10,6 +10,7 @@
 //! with `sysconf`, never with hard-coded values.
 
 pub mod blockstat;
+pub mod chcounters;
 pub mod cmdline;
 pub mod error;
 pub mod firecracker;
@@ -27,6 +28,7 @@ pub mod stat;
 pub mod statm;
 
 pub use blockstat::*;
+pub use chcounters::*;
 pub use cmdline::*;
 pub use error::{FileKind, ParseError};
 pub use firecracker::*;

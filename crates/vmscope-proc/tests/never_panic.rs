@@ -68,6 +68,7 @@ fn all_parsers(buf: &[u8]) {
     let _ = parse_block_stat(buf);
     let _ = parse_uevent_devname(buf);
     let _ = parse_cgroup_io_stat(buf);
+    let _ = parse_ch_counters(buf);
     if let Ok(QmpMessage::Return(v)) = parse_qmp_message(buf) {
         let _ = parse_blockstats(&v);
         let _ = parse_query_balloon(&v);

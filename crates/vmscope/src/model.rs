@@ -179,6 +179,8 @@ pub struct DiskIo {
 pub enum DeviceSource {
     /// QEMU's QMP monitor socket (`query-blockstats`, the balloon).
     Qmp,
+    /// Cloud Hypervisor's API socket (`vm.counters`).
+    CloudHypervisor,
     /// No API: the host block devices the hypervisor process holds open,
     /// from `/sys/dev/block/MAJ:MIN/stat` (named by the host: `loop0`, `dm-3`).
     Sysfs,
@@ -188,6 +190,7 @@ impl DeviceSource {
     pub const fn as_str(self) -> &'static str {
         match self {
             DeviceSource::Qmp => "qmp",
+            DeviceSource::CloudHypervisor => "cloud_hypervisor",
             DeviceSource::Sysfs => "sysfs",
         }
     }

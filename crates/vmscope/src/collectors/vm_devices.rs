@@ -100,6 +100,9 @@ impl VmCollector for VmDevicesCollector {
                 Some(DeviceApi::Qmp(p)) => {
                     DeviceApi::Qmp(ctx.roots.host_path(&p.to_string_lossy()))
                 }
+                Some(DeviceApi::CloudHypervisor(p)) => {
+                    DeviceApi::CloudHypervisor(ctx.roots.host_path(&p.to_string_lossy()))
+                }
                 // No API: the host block devices it holds open.
                 Some(DeviceApi::Block { .. }) | None => DeviceApi::Block {
                     fd_dir: ctx.roots.pid(vm.pid).join("fd"),

@@ -19,6 +19,7 @@
 //! (`last_success_seconds`).
 
 pub mod block;
+pub mod ch;
 pub mod qmp;
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ use qmp::{ApiError, BalloonPath};
 pub enum DeviceApi {
     /// A QMP monitor listening on this unix socket (below the host's root).
     Qmp(PathBuf),
+    /// Cloud Hypervisor's API socket (`--api-socket`), below the host's root.
+    CloudHypervisor(PathBuf),
     /// No API: the block devices among the process's descriptors
     /// (`fd_dir` = `/proc/PID/fd`), read from `sys` (`/sys`).
     Block { fd_dir: PathBuf, sys: PathBuf },
@@ -47,6 +50,7 @@ impl DeviceApi {
     pub fn source(&self) -> DeviceSource {
         match self {
             DeviceApi::Qmp(_) => DeviceSource::Qmp,
+            DeviceApi::CloudHypervisor(_) => DeviceSource::CloudHypervisor,
             DeviceApi::Block { .. } => DeviceSource::Sysfs,
         }
     }
@@ -232,6 +236,12 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
                     guest: r.guest.as_ref().map(guest_memory),
                 })
             }),
+            DeviceApi::CloudHypervisor(path) => ch::poll(path, deadline).map(|d| {
+                Some(Reading {
+                    disks: ch_disks(&d),
+                    ..Reading::default()
+                })
+            }),
             DeviceApi::Block { fd_dir, sys } => block::poll(fd_dir, sys, deadline, &mut st.block)
                 .map(|d| {
                     d.map(|disks| Reading {
@@ -321,6 +331,24 @@ fn disks(list: &[vmscope_proc::QmpBlockStats]) -> Vec<DiskStats> {
         });
     }
     out
+}
+
+/// Cloud Hypervisor's disks as published (no flush or time counters).
+fn ch_disks(list: &[vmscope_proc::ChDiskCounters]) -> Vec<DiskStats> {
+    list.iter()
+        .map(|d| {
+            let mut device = d.device.clone();
+            cap_label_value(&mut device);
+            DiskStats {
+                device,
+                read_bytes: d.read_bytes,
+                write_bytes: d.write_bytes,
+                read_requests: d.read_requests,
+                write_requests: d.write_requests,
+                ..DiskStats::default()
+            }
+        })
+        .collect()
 }
 
 fn guest_memory(g: &vmscope_proc::GuestMemStats) -> GuestMemory {

@@ -86,7 +86,7 @@ pub struct QmpClient {
 
 /// Connects without blocking: a listener whose backlog is full (a QEMU
 /// busy with another client does not accept) is an error right away.
-fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+pub(crate) fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
