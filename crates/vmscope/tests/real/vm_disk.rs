@@ -618,3 +618,137 @@ fn without_an_api_the_held_block_devices_are_read_from_sysfs() {
     assert_eq!(m.all("vmscope_vm_disk_read_bytes_total", &vm).len(), 1);
     assert_eq!(m.value("vmscope_vm_balloon_bytes", &vm), None);
 }
+
+/// A process that is Cloud Hypervisor to discovery (`argv[0]` and `comm`
+/// `cloud-hypervisor`, `--api-socket PATH`: python3 run through a symlink
+/// of that name) and serves `GET /api/v1/vm.counters` on its API socket in
+/// Cloud Hypervisor's format. Killed on drop.
+struct FakeCloudHypervisor {
+    child: std::process::Child,
+}
+
+impl Drop for FakeCloudHypervisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the fake API answers: two disks and a net device, as Cloud
+/// Hypervisor's `vmm` serializes its devices' counters.
+const CH_COUNTERS: &str = r#"{"_disk0":{"read_bytes":123456,"write_bytes":7890,"read_ops":30,"write_ops":7},"data":{"read_bytes":0,"write_bytes":4096,"read_ops":0,"write_ops":1},"_net0":{"rx_bytes":10,"rx_frames":1,"tx_bytes":20,"tx_frames":2},"__rng":{}}"#;
+
+const CH_SERVER: &str = r#"
+import socket, sys
+path = sys.argv[sys.argv.index("--api-socket") + 1]
+body = sys.stdin.readline().strip().encode()
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    req = b""
+    while b"\r\n\r\n" not in req:
+        d = c.recv(4096)
+        if not d:
+            break
+        req += d
+    if req.startswith(b"GET /api/v1/vm.counters "):
+        head = "HTTP/1.1 200 \r\nServer: Cloud Hypervisor API\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        c.sendall(head.encode() + body)
+    else:
+        c.sendall(b"HTTP/1.1 404 \r\nContent-Length: 0\r\n\r\n")
+    c.close()
+"#;
+
+fn ch_get_counters(path: &Path) -> serde_json::Value {
+    use std::io::Read;
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.write_all(b"GET /api/v1/vm.counters HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let text = String::from_utf8(all).unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
+}
+
+#[test]
+fn cloud_hypervisor_disks_come_from_its_api_socket() {
+    if !lab_available("vm_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("cloud-hypervisor");
+    std::os::unix::fs::symlink(crate::support::PYTHON, &exe).unwrap();
+    let sock = dir.path().join("ch-api.sock");
+    let mut child = std::process::Command::new(&exe)
+        .args(["-c", CH_SERVER, "--api-socket", &sock.display().to_string()])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{CH_COUNTERS}\n").as_bytes())
+        .unwrap();
+    let ch = FakeCloudHypervisor { child };
+    let pid = ch.child.id().to_string();
+    poll_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        sock.exists().then_some(())
+    })
+    .expect("the fake API socket never appeared");
+
+    let agent = Agent::start(1);
+    let m = agent.wait_for_series(
+        "vmscope_vm_info",
+        &[("pid", pid.as_str()), ("hypervisor", "cloud_hypervisor")],
+        Duration::from_secs(15),
+    );
+    let info = m.all("vmscope_vm_info", &[("pid", pid.as_str())]);
+    let vm_id = info[0].label("vm_id").unwrap().to_owned();
+    let disk0 = [("vm_id", vm_id.as_str()), ("device", "_disk0")];
+    let m = agent.wait_for_series(
+        "vmscope_vm_disk_read_bytes_total",
+        &disk0,
+        Duration::from_secs(15),
+    );
+    // The API read directly says the same.
+    let direct = ch_get_counters(&sock);
+    let api = |dev: &str, k: &str| direct[dev][k].as_f64().unwrap();
+    for (dev, metric, key) in [
+        ("_disk0", "vmscope_vm_disk_read_bytes_total", "read_bytes"),
+        ("_disk0", "vmscope_vm_disk_write_bytes_total", "write_bytes"),
+        ("_disk0", "vmscope_vm_disk_read_requests_total", "read_ops"),
+        (
+            "_disk0",
+            "vmscope_vm_disk_write_requests_total",
+            "write_ops",
+        ),
+        ("data", "vmscope_vm_disk_write_bytes_total", "write_bytes"),
+        ("data", "vmscope_vm_disk_write_requests_total", "write_ops"),
+    ] {
+        let labels = [("vm_id", vm_id.as_str()), ("device", dev)];
+        assert_eq!(
+            m.value(metric, &labels),
+            Some(api(dev, key)),
+            "{metric}{labels:?}"
+        );
+    }
+    assert_eq!(
+        m.value("vmscope_vm_disk_read_bytes_total", &disk0),
+        Some(123_456.0)
+    );
+    let vm = [("vm_id", vm_id.as_str())];
+    // Disks only: the net device and the RNG are not disks.
+    assert_eq!(m.all("vmscope_vm_disk_read_bytes_total", &vm).len(), 2);
+    assert_eq!(
+        m.value(
+            "vmscope_vm_device_stats_info",
+            &[("vm_id", vm_id.as_str()), ("source", "cloud_hypervisor")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m.value("vmscope_vm_device_stats_up", &vm), Some(1.0));
+}
