@@ -1014,6 +1014,44 @@ mod tests {
     }
 
     #[test]
+    fn vm_devices_keys_are_checked_and_named() {
+        let c = load(
+            "[collectors.vm_devices]\ntimeout = \"500ms\"\nworkers = 2\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.collectors.vm_devices.timeout, Duration::from_millis(500));
+        assert_eq!(c.collectors.vm_devices.workers, 2);
+        let c = load("", &[("VMSCOPE_COLLECTORS__VM_DEVICES__ENABLED", "false")]).unwrap();
+        assert!(!c.collectors.vm_devices.enabled);
+        for (toml, key) in [
+            (
+                "timeout = \"0s\"",
+                "collectors.vm_devices.timeout: 0s is out of range",
+            ),
+            (
+                "timeout = \"1m\"",
+                "collectors.vm_devices.timeout: 1m is out of range",
+            ),
+            (
+                "workers = 0",
+                "collectors.vm_devices.workers: 0 is out of range",
+            ),
+            (
+                "workers = 65",
+                "collectors.vm_devices.workers: 65 is out of range",
+            ),
+            ("timeout = 2", "timeout"),
+            ("socket = \"/x\"", "socket"),
+        ] {
+            let e = load(&format!("[collectors.vm_devices]\n{toml}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let e = load("interval = \"0s\"\n", &[]).unwrap_err().to_string();
         assert!(e.starts_with("interval: 0s is out of range"), "{e}");
