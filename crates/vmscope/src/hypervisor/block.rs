@@ -96,8 +96,11 @@ pub fn poll(
     if st.scanned.is_none_or(|t| t.elapsed() >= RESCAN) {
         let ids = match scan(fd_dir, deadline) {
             Ok(ids) => ids,
-            // The process exited (vm_process tells): nothing to say.
+            // The process exited (vm_process tells): nothing to say, and
+            // nothing to look for again before the next rescan.
             Err(ApiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                st.devices.clear();
+                st.scanned = Some(Instant::now());
                 return Ok(None);
             }
             Err(ApiError::Io { source, .. })
@@ -160,6 +163,11 @@ mod tests {
         let r = poll(Path::new("/proc/self/fd"), dir.path(), soon, &mut st).unwrap();
         assert_eq!(r, None);
         assert!(st.scanned.is_some());
+        // No such process: nothing, and no new listing before RESCAN.
+        let mut gone = BlockState::default();
+        let none = poll(&dir.path().join("no/fd"), dir.path(), soon, &mut gone).unwrap();
+        assert_eq!(none, None);
+        assert!(gone.scanned.is_some());
 
         // A device list known, read from a fixture sysfs.
         let dev = dir.path().join("dev/block/7:3");
