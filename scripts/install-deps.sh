@@ -10,6 +10,7 @@
 # - libvirt without systemd: the libvirt-qemu user/group, /var/log/libvirt and
 #   /etc/libvirt/qemu.conf running domains as root (see shared/LAB.md).
 # - Python's prometheus_client (the OpenMetrics parser used to validate output).
+# - A Linux test guest (kernel + busybox initramfs) in /var/cache/vmscope-lab.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -111,6 +112,51 @@ else
     echo "install-deps: installing python3-prometheus-client (no pip for $(command -v python3))"
     apt_update_once
     apt-get install -y -qq --no-install-recommends python3-prometheus-client
+fi
+
+# A Linux guest for the balloon test (crates/vmscope/tests/real/vm_disk.rs):
+# Debian's kernel and busybox-static, unpacked with dpkg-deb (never
+# installed), and an initramfs whose init loads the virtio balloon driver,
+# prints MemTotal to the serial console and idles. Built only when missing.
+GUEST=/var/cache/vmscope-lab/linux-guest
+if [[ ! -s $GUEST/vmlinuz || ! -s $GUEST/initramfs.cpio.gz ]]; then
+    apt_update_once
+    work=$(mktemp -d)
+    # (apt warns that it downloads unsandboxed into a root-only directory: harmless)
+    kernel_pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+    (cd "$work" && apt-get download -qq busybox-static "$kernel_pkg")
+    dpkg-deb -x "$work"/linux-image-*.deb "$work/k"
+    dpkg-deb -x "$work"/busybox-static_*.deb "$work/bb"
+    mkdir -p "$work/root/bin" "$work/root/lib"
+    cp "$work/bb/bin/busybox" "$work/root/bin/"
+    mods=$(echo "$work"/k/lib/modules/*/kernel/drivers/virtio)
+    # Dependency order (modules.dep is made at install time, not shipped).
+    for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon; do
+        if [[ -e $mods/$m.ko.xz ]]; then
+            xz -dc "$mods/$m.ko.xz" >"$work/root/lib/$m.ko"
+        else
+            cp "$mods/$m.ko" "$work/root/lib/"
+        fi
+    done
+    cat >"$work/root/init" <<'INIT'
+#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon; do
+    /bin/busybox insmod /lib/$m.ko || echo "vmscope-guest: insmod $m failed"
+done
+/bin/busybox grep MemTotal /proc/meminfo
+echo "vmscope-guest: ready"
+while true; do /bin/busybox sleep 1000; done
+INIT
+    chmod 755 "$work/root/init"
+    (cd "$work/root" && find . | "$work/bb/bin/busybox" cpio -o -H newc 2>/dev/null | gzip -1 >"$work/initramfs.cpio.gz")
+    mkdir -p "$GUEST"
+    cp "$work"/k/boot/vmlinuz-* "$GUEST/vmlinuz"
+    cp "$work/initramfs.cpio.gz" "$GUEST/initramfs.cpio.gz"
+    rm -rf "$work"
+    echo "install-deps: built the Linux test guest in $GUEST"
 fi
 
 echo "install-deps: done"

@@ -117,6 +117,11 @@ pub struct VmCmdline {
     pub fc_id: Option<String>,
     /// Firecracker `--config-file` path (read it with [`crate::parse_firecracker_config`]).
     pub fc_config_file: Option<String>,
+    /// QEMU's first QMP monitor on a unix socket that QEMU listens on
+    /// (`-qmp unix:PATH,server=on`, or `-chardev socket,id=X,path=PATH,server=on`
+    /// with `-mon chardev=X,mode=control`); absolute paths only, and not a
+    /// `pretty=on` monitor (its replies span lines).
+    pub qmp_socket: Option<String>,
 }
 
 impl VmCmdline {
@@ -134,6 +139,7 @@ impl VmCmdline {
             api_socket: None,
             fc_id: None,
             fc_config_file: None,
+            qmp_socket: None,
         }
     }
 }
@@ -329,8 +335,75 @@ fn qemu_tap(value: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A listening unix socket path from a `-qmp`/`-chardev` value's options:
+/// `server` on, a `path` that is absolute.
+fn listening_unix_path(kv: &[(String, String)]) -> Option<String> {
+    let server = get(kv, "server").is_some_and(qemu_bool);
+    let path = get(kv, "path")?;
+    (server && path.starts_with('/')).then(|| path.to_string())
+}
+
+/// The QMP socket from QEMU's monitor options (see [`VmCmdline::qmp_socket`]):
+/// the first QMP monitor, in command-line order, that listens on a unix
+/// socket path.
+fn qemu_qmp_socket(opts: &[Opt<'_>]) -> Option<String> {
+    enum Monitor {
+        Path(String),
+        Chardev(String),
+    }
+    let mut chardevs: Vec<(String, String)> = Vec::new();
+    let mut monitors: Vec<Monitor> = Vec::new();
+    for (name, values) in opts {
+        let Some(v) = values.first().copied() else {
+            continue;
+        };
+        match *name {
+            // `-qmp unix:PATH,server=on,wait=off` (the legacy chardev form:
+            // the path runs to the first comma).
+            "qmp" => {
+                if let Some(rest) = v.strip_prefix("unix:") {
+                    let (path, flags) = rest.split_once(',').unwrap_or((rest, ""));
+                    // Bare flags (`server,nowait`) follow the backend name.
+                    let mut kv = qemu_opts(&format!("unix,{flags}"), "backend");
+                    kv.push(("path".to_string(), path.to_string()));
+                    monitors.extend(listening_unix_path(&kv).map(Monitor::Path));
+                }
+            }
+            "chardev" => {
+                let kv = qemu_opts(v, "backend");
+                if get(&kv, "backend") == Some("socket")
+                    && let (Some(id), Some(path)) = (get(&kv, "id"), listening_unix_path(&kv))
+                {
+                    chardevs.push((id.to_string(), path));
+                }
+            }
+            "mon" => {
+                let kv = qemu_opts(v, "chardev");
+                let control = get(&kv, "mode") == Some("control");
+                let pretty = get(&kv, "pretty").is_some_and(qemu_bool);
+                if control
+                    && !pretty
+                    && let Some(id) = get(&kv, "chardev")
+                {
+                    monitors.push(Monitor::Chardev(id.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    // A chardev may be defined after the -mon that uses it: resolve at the end.
+    monitors.into_iter().find_map(|m| match m {
+        Monitor::Path(p) => Some(p),
+        Monitor::Chardev(id) => chardevs
+            .iter()
+            .find(|(c, _)| *c == id)
+            .map(|(_, p)| p.clone()),
+    })
+}
+
 fn qemu(opts: &[Opt<'_>]) -> VmCmdline {
     let mut vm = VmCmdline::new(HypervisorKind::Qemu);
+    vm.qmp_socket = qemu_qmp_socket(opts);
     let mut accels: Vec<String> = Vec::new();
     let mut machine_accel: Option<String> = None;
     for (name, values) in opts {
@@ -501,6 +574,76 @@ mod tests {
         let mut a = vec!["/usr/bin/qemu-system-x86_64"];
         a.extend_from_slice(rest);
         parse_vm_cmdline(&argv(&a)).unwrap()
+    }
+
+    #[test]
+    fn qemu_qmp_socket_forms() {
+        let qmp = |rest: &[&str]| q(rest).qmp_socket;
+        assert_eq!(
+            qmp(&["-qmp", "unix:/run/vm1/qmp.sock,server=on,wait=off"]).as_deref(),
+            Some("/run/vm1/qmp.sock")
+        );
+        assert_eq!(
+            qmp(&["-qmp", "unix:/run/q.sock,server,nowait"]).as_deref(),
+            Some("/run/q.sock")
+        );
+        // -chardev + -mon, either order; the readline monitor is not QMP.
+        let chardev = "socket,id=m2,path=/run/m2.sock,server=on,wait=off";
+        assert_eq!(
+            qmp(&["-chardev", chardev, "-mon", "chardev=m2,mode=control"]).as_deref(),
+            Some("/run/m2.sock")
+        );
+        assert_eq!(
+            qmp(&["-mon", "chardev=m2,mode=control", "-chardev", chardev]).as_deref(),
+            Some("/run/m2.sock")
+        );
+        assert_eq!(qmp(&["-chardev", chardev, "-mon", "chardev=m2"]), None);
+        assert_eq!(
+            qmp(&[
+                "-chardev",
+                chardev,
+                "-mon",
+                "chardev=m2,mode=control,pretty=on"
+            ]),
+            None
+        );
+        // The first usable monitor wins.
+        assert_eq!(
+            qmp(&[
+                "-qmp",
+                "tcp:127.0.0.1:4444,server=on",
+                "-qmp",
+                "unix:/a.sock,server=on",
+                "-qmp",
+                "unix:/b.sock,server=on"
+            ])
+            .as_deref(),
+            Some("/a.sock")
+        );
+        // Not ours to connect to: client mode, relative paths, libvirt's
+        // passed descriptor, TCP, stdio.
+        for rest in [
+            &["-qmp", "unix:/run/q.sock"][..],
+            &["-qmp", "unix:q.sock,server=on"],
+            &["-qmp", "stdio"],
+            &["-qmp", "tcp:127.0.0.1:4444,server=on,wait=off"],
+            &[
+                "-chardev",
+                "socket,id=charmonitor,fd=31,server=on,wait=off",
+                "-mon",
+                "chardev=charmonitor,id=monitor,mode=control",
+            ],
+            &[
+                "-chardev",
+                "socket,id=c,path=/run/c.sock",
+                "-mon",
+                "chardev=c,mode=control",
+            ],
+            &["-mon", "chardev=nowhere,mode=control"],
+            &["-qmp"],
+        ] {
+            assert_eq!(qmp(rest), None, "{rest:?}");
+        }
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub enum FileKind {
     FirecrackerConfig,
     /// A libvirt status (`/run/libvirt/qemu/<name>.xml`) or domain XML.
     LibvirtStatus,
+    /// One message from a QEMU QMP monitor socket.
+    QmpReply,
+    /// `/sys/dev/block/<maj>:<min>/stat`.
+    BlockStat,
+    /// A cgroup v2 `io.stat`.
+    CgroupIoStat,
+    /// Cloud Hypervisor's `vm.counters` answer.
+    ChCounters,
 }
 
 impl FileKind {
@@ -43,6 +51,10 @@ impl FileKind {
             FileKind::LoadAvg => "proc_loadavg",
             FileKind::FirecrackerConfig => "firecracker_config",
             FileKind::LibvirtStatus => "libvirt_status_xml",
+            FileKind::QmpReply => "qmp_reply",
+            FileKind::BlockStat => "sys_block_stat",
+            FileKind::CgroupIoStat => "cgroup_io_stat",
+            FileKind::ChCounters => "cloud_hypervisor_counters",
         }
     }
 }
@@ -59,6 +71,10 @@ impl fmt::Display for FileKind {
             FileKind::LoadAvg => "/proc/loadavg",
             FileKind::FirecrackerConfig => "firecracker config file",
             FileKind::LibvirtStatus => "libvirt status XML",
+            FileKind::QmpReply => "QMP reply",
+            FileKind::BlockStat => "/sys/dev/block/<dev>/stat",
+            FileKind::CgroupIoStat => "cgroup io.stat",
+            FileKind::ChCounters => "Cloud Hypervisor vm.counters",
         })
     }
 }

@@ -9,6 +9,8 @@
 //! bytes exactly as the kernel gives them; the caller converts ticks and pages
 //! with `sysconf`, never with hard-coded values.
 
+pub mod blockstat;
+pub mod chcounters;
 pub mod cmdline;
 pub mod error;
 pub mod firecracker;
@@ -20,10 +22,13 @@ pub mod metadata;
 pub mod mountinfo;
 pub mod netdev;
 pub mod procstat;
+pub mod qmp;
 pub mod schedstat;
 pub mod stat;
 pub mod statm;
 
+pub use blockstat::*;
+pub use chcounters::*;
 pub use cmdline::*;
 pub use error::{FileKind, ParseError};
 pub use firecracker::*;
@@ -35,6 +40,7 @@ pub use metadata::Metadata;
 pub use mountinfo::*;
 pub use netdev::*;
 pub use procstat::*;
+pub use qmp::*;
 pub use schedstat::*;
 pub use stat::*;
 pub use statm::*;

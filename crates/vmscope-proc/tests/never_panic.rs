@@ -33,6 +33,8 @@ const LIBVIRT: &[u8] = br#"<domstatus state='running' reason='booted' pid='1234'
   </domain>
 </domstatus>
 "#;
+const QMP_BLOCKSTATS: &[u8] = br#"{"return": [{"device": "drive0", "stats": {"rd_bytes": 2560, "wr_bytes": 512, "rd_operations": 2, "wr_operations": 1, "flush_operations": 0, "rd_total_time_ns": 207158}, "qdev": "/machine/peripheral/vd0/virtio-backend"}]}"#;
+const QMP_GUEST_STATS: &[u8] = br#"{"return": {"stats": {"stat-swap-out": 0, "stat-free-memory": 80000000, "stat-total-memory": 120000000, "stat-disk-caches": 10000000, "stat-major-faults": -1}, "last-update": 1764590000}}"#;
 const SAMPLES: &[&[u8]] = &[
     STAT,
     NETDEV,
@@ -42,6 +44,10 @@ const SAMPLES: &[&[u8]] = &[
     IO,
     FC,
     LIBVIRT,
+    QMP_BLOCKSTATS,
+    QMP_GUEST_STATS,
+    b"       5        0       10        4        1        0        1        0        0       12        4        0        0        0        0        2        3\n",
+    b"8:16 rbytes=1459200 wbytes=314773504 rios=192 wios=353 dbytes=0 dios=0\n253:1 rbytes=4096\n",
     b"2346790185 118620305 8912\n",
     b"0.42 1.37 12.30 2/345 6789\n",
     b"/usr/bin/qemu-system-x86_64\0-name\0guest=a,,b,debug-threads=on\0-smp\0sockets=2,cores=2\0-m\0size=1G\0-netdev\0tap,id=n0,ifname=t0\0",
@@ -59,6 +65,16 @@ fn all_parsers(buf: &[u8]) {
     let _ = parse_mountinfo(buf);
     let _ = parse_firecracker_config(buf);
     let _ = parse_libvirt_status(buf);
+    let _ = parse_block_stat(buf);
+    let _ = parse_uevent_devname(buf);
+    let _ = parse_cgroup_io_stat(buf);
+    let _ = parse_ch_counters(buf);
+    if let Ok(QmpMessage::Return(v)) = parse_qmp_message(buf) {
+        let _ = parse_blockstats(&v);
+        let _ = parse_query_balloon(&v);
+        let _ = parse_guest_stats(&v);
+        let _ = balloon_child(&v);
+    }
     let _ = classify_comm(buf);
     let args = split_cmdline(buf);
     if let Some(a0) = args.first() {

@@ -144,6 +144,8 @@ pub struct CollectorsConfig {
     pub vm_io: bool,
     /// TAP interface counters.
     pub vm_net: bool,
+    /// Per-disk I/O and balloon memory from the hypervisor's own API.
+    pub vm_devices: DevicesConfig,
     pub host_filesystem: FilesystemConfig,
 }
 
@@ -153,6 +155,7 @@ impl Default for CollectorsConfig {
             vm_vcpu: true,
             vm_io: true,
             vm_net: true,
+            vm_devices: DevicesConfig::default(),
             host_filesystem: FilesystemConfig::default(),
         }
     }
@@ -384,6 +387,30 @@ fn decimal(s: &str) -> Option<f64> {
         && t.chars()
             .all(|c| c.is_ascii_digit() || c == '.' || c == '-');
     if ok { t.parse().ok() } else { None }
+}
+
+/// `[collectors.vm_devices]`: the hypervisor API poller (`hypervisor/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesConfig {
+    pub enabled: bool,
+    /// How long one VM's whole conversation with its API (connect, every
+    /// query) may take; capped at half the collection interval (`"2s"`).
+    #[serde(deserialize_with = "crate::model::de_duration")]
+    pub timeout: Duration,
+    /// VMs asked at the same time: a hung API holds one of them for up to
+    /// `timeout`, the others go on.
+    pub workers: usize,
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        DevicesConfig {
+            enabled: true,
+            timeout: Duration::from_secs(2),
+            workers: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -639,6 +666,19 @@ impl Config {
             return bad(format!(
                 "collectors.host_filesystem.timeout: {} is out of range (above 0, at most 30s)",
                 show(t)
+            ));
+        }
+        let t = self.collectors.vm_devices.timeout;
+        if t.is_zero() || t > Duration::from_secs(30) {
+            return bad(format!(
+                "collectors.vm_devices.timeout: {} is out of range (above 0, at most 30s)",
+                show(t)
+            ));
+        }
+        let w = self.collectors.vm_devices.workers;
+        if !(1..=64).contains(&w) {
+            return bad(format!(
+                "collectors.vm_devices.workers: {w} is out of range (1 to 64)"
             ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -1052,6 +1092,44 @@ mod tests {
     fn secrets_in_env_are_not_config_keys() {
         for var in crate::alert::config::env_vars() {
             assert!(load("", &[(var, "x")]).is_ok(), "{var}");
+        }
+    }
+
+    #[test]
+    fn vm_devices_keys_are_checked_and_named() {
+        let c = load(
+            "[collectors.vm_devices]\ntimeout = \"500ms\"\nworkers = 2\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.collectors.vm_devices.timeout, Duration::from_millis(500));
+        assert_eq!(c.collectors.vm_devices.workers, 2);
+        let c = load("", &[("VMSCOPE_COLLECTORS__VM_DEVICES__ENABLED", "false")]).unwrap();
+        assert!(!c.collectors.vm_devices.enabled);
+        for (toml, key) in [
+            (
+                "timeout = \"0s\"",
+                "collectors.vm_devices.timeout: 0s is out of range",
+            ),
+            (
+                "timeout = \"1m\"",
+                "collectors.vm_devices.timeout: 1m is out of range",
+            ),
+            (
+                "workers = 0",
+                "collectors.vm_devices.workers: 0 is out of range",
+            ),
+            (
+                "workers = 65",
+                "collectors.vm_devices.workers: 65 is out of range",
+            ),
+            ("timeout = 2", "timeout"),
+            ("socket = \"/x\"", "socket"),
+        ] {
+            let e = load(&format!("[collectors.vm_devices]\n{toml}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
         }
     }
 

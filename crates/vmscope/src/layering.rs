@@ -27,7 +27,9 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("host", &[]),
     ("discovery", &["host", "model"]),
-    ("collectors", &["host", "model", "config"]),
+    ("collectors", &["host", "model", "config", "hypervisor"]),
+    // hypervisor: API clients and their poller thread (collectors/vm_devices drives it).
+    ("hypervisor", &["model"]),
     (
         "owners",
         // outbound: `Secret` and redaction for database URLs and tokens

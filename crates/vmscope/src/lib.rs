@@ -6,6 +6,7 @@
 //! ```text
 //! error, model, host     what everything stands on (no agent imports)
 //! discovery, collectors  which VMs exist; one file per thing measured
+//! hypervisor             each hypervisor's own API, polled off the tick
 //! owners                 who owns each VM (sources, one resolve step)
 //! pipeline               the tick: one immutable Arc<Snapshot> per interval
 //! export, outbound       metric sources and encoders; delivery out
@@ -26,6 +27,8 @@ pub mod model;
 pub mod discovery;
 
 pub mod collectors;
+
+pub mod hypervisor;
 
 pub mod owners;
 

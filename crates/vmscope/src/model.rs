@@ -174,6 +174,92 @@ pub struct DiskIo {
     pub write_bytes: u64,
 }
 
+/// Where a VM's per-device figures ([`VmDevices`]) come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSource {
+    /// QEMU's QMP monitor socket (`query-blockstats`, the balloon).
+    Qmp,
+    /// Cloud Hypervisor's API socket (`vm.counters`).
+    CloudHypervisor,
+    /// No API: the host block devices the hypervisor process holds open,
+    /// from `/sys/dev/block/MAJ:MIN/stat` (named by the host: `loop0`, `dm-3`).
+    Sysfs,
+}
+
+impl DeviceSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeviceSource::Qmp => "qmp",
+            DeviceSource::CloudHypervisor => "cloud_hypervisor",
+            DeviceSource::Sysfs => "sysfs",
+        }
+    }
+}
+
+/// One of a VM's disks, as the hypervisor counts it (the guest's requests,
+/// after the hypervisor's own caching is irrelevant: these are what the
+/// guest asked for).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DiskStats {
+    /// The disk's name in the VM's configuration (QEMU: drive id, else the
+    /// device id); capped like every label value.
+    pub device: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_requests: u64,
+    pub write_requests: u64,
+    pub flush_requests: u64,
+    pub read_time_seconds: f64,
+    pub write_time_seconds: f64,
+    pub flush_time_seconds: f64,
+}
+
+/// Memory as the guest's balloon driver reports it, in bytes and counts;
+/// `None` where the guest did not report a statistic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GuestMemory {
+    /// Unix seconds of the guest's last report.
+    pub updated_at_seconds: f64,
+    pub total_bytes: Option<u64>,
+    pub available_bytes: Option<u64>,
+    pub unused_bytes: Option<u64>,
+    pub disk_caches_bytes: Option<u64>,
+    /// total - unused - disk caches: in use without buffers and cache.
+    pub used_bytes: Option<u64>,
+    pub swap_in_bytes: Option<u64>,
+    pub swap_out_bytes: Option<u64>,
+    pub major_faults: Option<u64>,
+    pub minor_faults: Option<u64>,
+}
+
+/// What the hypervisor's own API said about a VM's devices, read off the
+/// tick by `hypervisor/`'s poller and shared (`Arc`) into every snapshot
+/// until the next read: last good figures, plus whether the last read
+/// worked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmDevices {
+    pub source: DeviceSource,
+    /// The last read worked (false: the figures are the last good ones).
+    pub up: bool,
+    /// Unix seconds of the last read that worked (`None`: none yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_success_seconds: Option<f64>,
+    /// Failed reads since vmscope started following the VM, by kind
+    /// (`connect`, `timeout`, `io`, `parse`, `protocol`).
+    pub errors_total: Vec<(&'static str, u64)>,
+    /// The kind of the last read's error, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<&'static str>,
+    pub disks: Vec<DiskStats>,
+    /// The balloon's current size: memory the guest has with the balloon
+    /// applied (QMP `query-balloon` `actual`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_memory: Option<GuestMemory>,
+}
+
 /// Rates over the last interval, computed from two consecutive samples.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct VmRates {
@@ -256,6 +342,11 @@ pub struct VmStats {
     pub network: Vec<NetStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskIo>,
+    /// Per-disk and balloon figures from the hypervisor's API. One shared
+    /// value per poll, not per tick: the poller runs on its own rhythm and
+    /// every snapshot until its next answer points at the same figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Arc<VmDevices>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rates: Option<VmRates>,
     /// False when this tick's read failed and the values are the last good ones.
@@ -291,6 +382,7 @@ impl VmStats {
             memory_utilization_ratio: None,
             network: Vec::new(),
             disk: None,
+            devices: None,
             rates: None,
             collect_success: false,
             collect_age_seconds: 0.0,

@@ -12,9 +12,11 @@
 //! under `[collectors]` in the configuration (`vm_io = false`,
 //! `[collectors.host_filesystem]`). Collectors that cannot be turned off
 //! (`vm_process`, `host_cpu`, `host_memory`, `host_load`) have no key. The
-//! metric names keep their older subsystems where they differ (`vm_io`
-//! fills `vmscope_vm_disk_*`, `vm_net` fills `vmscope_vm_network_*`): a
-//! metric name is an interface, renamed only with a deprecation cycle.
+//! metric names keep their older subsystems where they differ (`vm_net`
+//! fills `vmscope_vm_network_*`, `vm_devices` fills `vmscope_vm_disk_*`
+//! and `vmscope_vm_guest_*`): a metric name is an interface, renamed only
+//! with a deprecation cycle (`vm_io`'s process-wide bytes moved to
+//! `vmscope_vm_io_*` to free `vmscope_vm_disk_*` for the per-disk family).
 //!
 //! **State.** A [`VmEntry`] is what the pipeline and every collector share
 //! about one VM: its identity, its published values and its health for this
@@ -23,13 +25,14 @@
 //! collector, keyed by the VM's [`VmKey`], and is dropped in
 //! [`VmCollector::forget`] when the VM leaves.
 //!
-//! Collectors import `host` (roots, file reads, clock) and `model`, never
-//! `discovery`.
+//! Collectors import `host` (roots, file reads, clock), `model` and
+//! `hypervisor` (the API clients `vm_devices` drives), never `discovery`.
 
 pub mod host_cpu;
 pub mod host_filesystem;
 pub mod host_load;
 pub mod host_memory;
+pub mod vm_devices;
 pub mod vm_io;
 pub mod vm_net;
 pub mod vm_process;
@@ -39,6 +42,7 @@ use std::time::Instant;
 
 use crate::config::CollectorsConfig;
 use crate::host::{Clock, CollectError, FdBudget, Roots};
+use crate::hypervisor::DeviceApi;
 use crate::model::{HostStats, VmStats};
 
 /// What every collector may read during one tick.
@@ -77,6 +81,9 @@ pub struct VmEntry {
     pub taps: Vec<String>,
     /// vCPU thread ids known from the hypervisor's own records (libvirt).
     pub known_vcpu_tids: Vec<(u32, u32)>,
+    /// The hypervisor's own API, where the command line names one
+    /// (`vm_devices` polls it).
+    pub device_api: Option<DeviceApi>,
     /// Thread count at the last good `stat` read (set by `vm_process`): when
     /// it changes, `vm_vcpu` looks for vCPU threads again.
     pub num_threads: u64,
@@ -96,6 +103,7 @@ impl VmEntry {
             stats,
             taps: Vec::new(),
             known_vcpu_tids: Vec::new(),
+            device_api: None,
             num_threads: 0,
             gone: false,
             failed: false,
@@ -141,8 +149,13 @@ pub struct HostCollectorSpec {
 
 /// Order matters: `vm_process` runs first and marks exited VMs, which the
 /// others then skip.
-pub const VM_COLLECTORS: &[VmCollectorSpec] =
-    &[vm_process::SPEC, vm_vcpu::SPEC, vm_io::SPEC, vm_net::SPEC];
+pub const VM_COLLECTORS: &[VmCollectorSpec] = &[
+    vm_process::SPEC,
+    vm_vcpu::SPEC,
+    vm_io::SPEC,
+    vm_net::SPEC,
+    vm_devices::SPEC,
+];
 
 pub const HOST_COLLECTORS: &[HostCollectorSpec] = &[
     host_cpu::SPEC,
@@ -224,7 +237,7 @@ mod tests {
         assert_eq!(names.len(), n, "{names:?}");
         let keys = toml::Value::try_from(CollectorsConfig::default()).unwrap();
         let keys = keys.as_table().unwrap();
-        assert_eq!(keys.len(), 4);
+        assert_eq!(keys.len(), 5);
         for key in keys.keys() {
             assert!(
                 names.contains(&key.as_str()),
@@ -239,6 +252,7 @@ mod tests {
             ("vm_vcpu", "vm_vcpu = false"),
             ("vm_io", "vm_io = false"),
             ("vm_net", "vm_net = false"),
+            ("vm_devices", "vm_devices.enabled = false"),
             ("host_filesystem", "host_filesystem.enabled = false"),
         ] {
             let c: CollectorsConfig = toml::from_str(toml).unwrap();

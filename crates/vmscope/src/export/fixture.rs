@@ -79,6 +79,7 @@ pub fn vm(i: usize) -> VmStats {
             read_bytes: 4096 * n,
             write_bytes: 8192,
         }),
+        devices: None,
         rates: Some(VmRates {
             window_seconds: 15.0,
             cpu_cores: 0.25,

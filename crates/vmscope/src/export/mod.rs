@@ -9,6 +9,8 @@
 //!   structured samples for pushers ([`SampleCollector`]);
 //! - [`snapshot`]: the per-VM, host and self catalogue from one `Snapshot`
 //!   (names per `docs`/METRICS.md);
+//! - `devices`: per-disk and balloon families from each VM's hypervisor
+//!   API (`VmStats::devices`), one call from the per-VM catalogue;
 //! - [`usage`]: the per-owner (`vmscope_user_*`, `vmscope_project_*`) and
 //!   VM-inventory families, from the totals the snapshot carries;
 //! - `counters`: the usage ledger's counters (`vmscope_*_total` kept by
@@ -25,6 +27,7 @@
 
 pub mod cache;
 mod counters;
+mod devices;
 pub mod encoder;
 #[doc(hidden)]
 pub mod fixture;

@@ -10,6 +10,7 @@
 
 use crate::collectors::VmEntry;
 use crate::discovery::DiscoveredVm;
+use crate::hypervisor::DeviceApi;
 use crate::model::{Hypervisor, VmState, VmStats, cap_label_value};
 
 pub fn hypervisor(kind: vmscope_proc::HypervisorKind) -> Hypervisor {
@@ -97,6 +98,17 @@ pub fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
         }
     }
     e.taps = taps;
+    e.device_api = cmd.and_then(|c| match c.kind {
+        vmscope_proc::HypervisorKind::Qemu => {
+            c.qmp_socket.as_deref().map(|p| DeviceApi::Qmp(p.into()))
+        }
+        vmscope_proc::HypervisorKind::CloudHypervisor => c
+            .api_socket
+            .as_deref()
+            .filter(|p| p.starts_with('/'))
+            .map(|p| DeviceApi::CloudHypervisor(p.into())),
+        vmscope_proc::HypervisorKind::Firecracker => None,
+    });
     cap_identity(&mut e.stats)
 }
 

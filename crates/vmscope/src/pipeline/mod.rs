@@ -125,6 +125,9 @@ impl Collector {
         // A hung mount may cost at most half a tick.
         let mut c = cfg.collectors.clone();
         c.host_filesystem.timeout = c.host_filesystem.timeout.min(cfg.interval / 2);
+        // Nor may a poll of a hypervisor API outlast half a tick (it runs
+        // off the tick; this keeps its figures at most one interval old).
+        c.vm_devices.timeout = c.vm_devices.timeout.min(cfg.interval / 2);
         let c = &c;
         let vm_collectors = VM_COLLECTORS
             .iter()

@@ -81,6 +81,7 @@ fn nasty_vm(i: usize, name: &str) -> VmStats {
             ..NetStats::default()
         }],
         disk: None,
+        devices: None,
         rates: None,
         collect_success: false,
         collect_age_seconds: f64::INFINITY,

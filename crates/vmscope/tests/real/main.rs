@@ -29,6 +29,7 @@ mod package;
 mod scrape_rate;
 mod state_db;
 mod tenant_escape;
+mod vm_disk;
 mod vm_memory;
 mod watchdog_e2e;
 mod watchdog_secrets;

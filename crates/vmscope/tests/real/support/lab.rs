@@ -131,6 +131,20 @@ pub fn kvm_usable() -> bool {
         .is_ok()
 }
 
+/// What the VM boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    /// The spec's firmware ROM as the BIOS (no OS, no disk access).
+    Rom,
+    /// QEMU's own SeaBIOS, which boots from the first disk given in the
+    /// extra arguments (reading its boot sector through the disk's device).
+    SeaBios,
+    /// A Linux kernel given in the extra arguments (`-kernel`, `-initrd`),
+    /// always under TCG: a real guest kernel under this lab's nested KVM
+    /// crawls and hangs (shared/LAB.md).
+    Linux,
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
@@ -155,9 +169,27 @@ impl QemuVm {
     /// default devices, an rtl8139 on `tap` (so the TAP's counters move when
     /// QEMU reads frames), `-daemonize` with a pidfile.
     pub fn start(roms: &Roms, spec: VmSpec, tap: Option<&Tap>) -> QemuVm {
+        QemuVm::start_with(roms, spec, tap, Boot::Rom, &[])
+    }
+
+    /// [`QemuVm::start`] booting as `boot` says, with `extra` arguments
+    /// (disks, a balloon, QMP sockets) before `-daemonize`.
+    pub fn start_with(
+        roms: &Roms,
+        spec: VmSpec,
+        tap: Option<&Tap>,
+        boot: Boot,
+        extra: &[String],
+    ) -> QemuVm {
         let pidfile = roms.dir().join(format!("{}.pid", spec.name));
         let rom = roms.path(spec.firmware);
-        let accel = if kvm_usable() { "kvm" } else { "tcg" };
+        let accel = if boot == Boot::Linux {
+            "tcg,tb-size=16"
+        } else if kvm_usable() {
+            "kvm"
+        } else {
+            "tcg"
+        };
         let mut args: Vec<String> = [
             "-accel",
             accel,
@@ -173,9 +205,10 @@ impl QemuVm {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if boot == Boot::Rom {
+            args.extend(["-bios".to_owned(), rom.display().to_string()]);
+        }
         args.extend([
-            "-bios".to_owned(),
-            rom.display().to_string(),
             "-name".to_owned(),
             match &spec.process_name {
                 Some(p) => format!("guest={},process={p},debug-threads=on", spec.name),
@@ -196,6 +229,7 @@ impl QemuVm {
                 "rtl8139,netdev=n0".to_owned(),
             ]);
         }
+        args.extend(extra.iter().cloned());
         args.extend([
             "-pidfile".to_owned(),
             pidfile.display().to_string(),

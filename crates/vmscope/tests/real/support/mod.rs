@@ -21,6 +21,7 @@ pub mod libvirt;
 pub mod metrics;
 pub mod postgres;
 pub mod prom;
+pub mod qmp;
 pub mod redis;
 pub mod tls;
 

@@ -1,0 +1,451 @@
+//! What each hypervisor's own API knows and `/proc` does not: per-disk I/O
+//! and the guest's memory as its balloon driver reports it.
+//!
+//! Reads: each VM's API, as its command line names it ([`DeviceApi`]; QEMU's
+//! QMP socket today, see [`qmp`]). Emits: one [`VmDevices`] per VM and poll,
+//! shared (`Arc`) into every snapshot until the next poll. Fails: per VM,
+//! counted by kind in that VM's `errors_total` and logged once per change
+//! of state; the last good figures stay, marked `up = false`.
+//!
+//! **Off the tick's hot path.** The [`Poller`] runs on a thread of its own
+//! (`vmscope-devices`). The tick registers and drops VMs, wakes the poller
+//! once per tick (never blocking: a wake while a round runs is coalesced)
+//! and takes the latest results with `try_lock` (never waiting: a lock is
+//! held only to insert one finished result). A round polls the VMs on up to
+//! `workers` scoped threads, each VM's whole conversation bounded by
+//! `timeout` (connect without blocking, a timeout on every read and write):
+//! a stuck monitor holds one worker for at most `timeout` and never delays
+//! the tick, which keeps showing that VM's last good figures with their time
+//! (`last_success_seconds`).
+
+pub mod block;
+pub mod ch;
+pub mod qmp;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::model::{
+    DeviceSource, DiskStats, GuestMemory, VmDevices, cap_label_value, unix_seconds,
+};
+use qmp::{ApiError, BalloonPath};
+
+/// How to reach a VM's API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceApi {
+    /// A QMP monitor listening on this unix socket (below the host's root).
+    Qmp(PathBuf),
+    /// Cloud Hypervisor's API socket (`--api-socket`), below the host's root.
+    CloudHypervisor(PathBuf),
+    /// No API: the block devices among the process's descriptors
+    /// (`fd_dir` = `/proc/PID/fd`), read from `sys` (`/sys`).
+    Block { fd_dir: PathBuf, sys: PathBuf },
+}
+
+impl DeviceApi {
+    pub fn source(&self) -> DeviceSource {
+        match self {
+            DeviceApi::Qmp(_) => DeviceSource::Qmp,
+            DeviceApi::CloudHypervisor(_) => DeviceSource::CloudHypervisor,
+            DeviceApi::Block { .. } => DeviceSource::Sysfs,
+        }
+    }
+}
+
+/// Which VM: (pid, process start time), the same key the collectors use.
+pub type Key = (u32, u64);
+
+/// One VM the poller asks.
+struct Target {
+    key: Key,
+    api: DeviceApi,
+    /// Only the worker polling this VM locks it (rounds never overlap).
+    state: Mutex<TargetState>,
+}
+
+/// The figures of one good poll, whatever the source.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Reading {
+    disks: Vec<DiskStats>,
+    balloon_bytes: Option<u64>,
+    guest: Option<GuestMemory>,
+}
+
+#[derive(Default)]
+struct TargetState {
+    balloon: BalloonPath,
+    block: block::BlockState,
+    last_good: Option<Reading>,
+    last_success: Option<f64>,
+    errors: [u64; ApiError::KINDS.len()],
+    /// The last poll failed (to log once per change of state).
+    down: bool,
+    last_error: Option<&'static str>,
+}
+
+struct Shared {
+    targets: Mutex<HashMap<Key, Arc<Target>>>,
+    results: Mutex<HashMap<Key, Arc<VmDevices>>>,
+    stop: AtomicBool,
+    timeout: Duration,
+    workers: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind
+    // (maps of values), still consistent: carry on with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The poller thread and the tick's handle on it. Dropping it stops the
+/// thread after its current round.
+pub struct Poller {
+    shared: Arc<Shared>,
+    wake: SyncSender<()>,
+}
+
+impl Poller {
+    /// Starts the poller thread. `timeout` bounds one VM's conversation;
+    /// `workers` VMs are asked at once.
+    pub fn start(timeout: Duration, workers: usize) -> std::io::Result<Poller> {
+        let shared = Arc::new(Shared {
+            targets: Mutex::new(HashMap::new()),
+            results: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            timeout,
+            workers: workers.max(1),
+        });
+        let (wake, rx) = sync_channel(1);
+        let s = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("vmscope-devices".into())
+            .spawn(move || run(&s, &rx))?;
+        Ok(Poller { shared, wake })
+    }
+
+    /// Follows `key` through `api` (replacing what it was followed through).
+    pub fn set(&self, key: Key, api: DeviceApi) {
+        let mut targets = lock(&self.shared.targets);
+        if targets.get(&key).is_some_and(|t| t.api == api) {
+            return;
+        }
+        targets.insert(
+            key,
+            Arc::new(Target {
+                key,
+                api,
+                state: Mutex::new(TargetState::default()),
+            }),
+        );
+        drop(targets);
+        lock(&self.shared.results).remove(&key);
+    }
+
+    /// Stops following `key` and drops its results.
+    pub fn remove(&self, key: Key) {
+        lock(&self.shared.targets).remove(&key);
+        lock(&self.shared.results).remove(&key);
+    }
+
+    /// Asks for a round; never blocks (a round already asked for or running
+    /// absorbs this one).
+    pub fn wake(&self) {
+        match self.wake.try_send(()) {
+            Ok(()) | Err(TrySendError::Full(())) => {}
+            Err(TrySendError::Disconnected(())) => {
+                tracing::warn!("the device poller thread is gone; per-device figures stop");
+            }
+        }
+    }
+
+    /// The latest results, if nobody is inserting one right now.
+    pub fn results(&self) -> Option<MutexGuard<'_, HashMap<Key, Arc<VmDevices>>>> {
+        match self.shared.results.try_lock() {
+            Ok(g) => Some(g),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        // The thread sees the flag, or the closed channel, and returns.
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn run(shared: &Shared, wake: &Receiver<()>) {
+    while wake.recv().is_ok() {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        round(shared);
+    }
+}
+
+/// Polls every target once, on up to `workers` threads.
+fn round(shared: &Shared) {
+    let targets: Vec<Arc<Target>> = lock(&shared.targets).values().cloned().collect();
+    if targets.is_empty() {
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let workers = shared.workers.min(targets.len());
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let devices = poll_one(t, shared.timeout);
+                    // Publish only while the VM is still followed through
+                    // this target (it may have left during the poll).
+                    let still = lock(&shared.targets)
+                        .get(&t.key)
+                        .is_some_and(|cur| Arc::ptr_eq(cur, t));
+                    if still {
+                        let mut results = lock(&shared.results);
+                        match devices {
+                            Some(d) => results.insert(t.key, d),
+                            None => results.remove(&t.key),
+                        };
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Polls one VM; `None` when it has nothing to publish (no block device
+/// and no API, never a good answer).
+fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
+    let mut st = lock(&t.state);
+    let deadline = Instant::now() + timeout;
+    let st = &mut *st;
+    // The parsers never panic (property-tested); if a bug proves
+    // otherwise, the poller still lives and counts it.
+    let res: Result<Option<Reading>, ApiError> =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &t.api {
+            DeviceApi::Qmp(path) => qmp::poll(path, deadline, &mut st.balloon).map(|r| {
+                Some(Reading {
+                    disks: disks(&r.disks),
+                    balloon_bytes: r.balloon_bytes,
+                    guest: r.guest.as_ref().map(guest_memory),
+                })
+            }),
+            DeviceApi::CloudHypervisor(path) => ch::poll(path, deadline).map(|d| {
+                Some(Reading {
+                    disks: ch_disks(&d),
+                    ..Reading::default()
+                })
+            }),
+            DeviceApi::Block { fd_dir, sys } => block::poll(fd_dir, sys, deadline, &mut st.block)
+                .map(|d| {
+                    d.map(|disks| Reading {
+                        disks,
+                        ..Reading::default()
+                    })
+                }),
+        }))
+        .unwrap_or_else(|_| {
+            Err(ApiError::Protocol {
+                step: "poll",
+                what: "the poll panicked".into(),
+            })
+        });
+    match res {
+        Ok(Some(reading)) => {
+            if st.down {
+                tracing::info!(pid = t.key.0, api = ?t.api, "hypervisor API answers again");
+            }
+            st.down = false;
+            st.last_error = None;
+            st.last_good = Some(reading);
+            st.last_success = Some(unix_seconds(SystemTime::now()));
+        }
+        Ok(None) => {
+            st.down = false;
+            st.last_error = None;
+            st.last_good = None;
+            return None;
+        }
+        Err(e) => {
+            if let Some(i) = ApiError::KINDS.iter().position(|k| *k == e.kind()) {
+                st.errors[i] += 1;
+            }
+            if !st.down {
+                tracing::warn!(pid = t.key.0, api = ?t.api, error = %e, "hypervisor API poll failed; keeping the last good figures");
+            } else {
+                tracing::debug!(pid = t.key.0, error = %e, "hypervisor API poll failed again");
+            }
+            st.down = true;
+            st.last_error = Some(e.kind());
+        }
+    }
+    Some(Arc::new(devices(t.api.source(), st)))
+}
+
+/// The published value of one target's state.
+fn devices(source: DeviceSource, st: &TargetState) -> VmDevices {
+    let reading = st.last_good.as_ref();
+    VmDevices {
+        source,
+        up: !st.down,
+        last_success_seconds: st.last_success,
+        errors_total: ApiError::KINDS
+            .iter()
+            .zip(st.errors)
+            .map(|(k, n)| (*k, n))
+            .collect(),
+        last_error: st.last_error,
+        disks: reading.map(|r| r.disks.clone()).unwrap_or_default(),
+        balloon_bytes: reading.and_then(|r| r.balloon_bytes),
+        guest_memory: reading.and_then(|r| r.guest),
+    }
+}
+
+/// QMP's disks as published: names capped like every label value, a name
+/// seen twice (after the cap) kept once.
+fn disks(list: &[vmscope_proc::QmpBlockStats]) -> Vec<DiskStats> {
+    const NS: f64 = 1e-9;
+    let mut out: Vec<DiskStats> = Vec::with_capacity(list.len());
+    for d in list {
+        let mut device = d.device.clone();
+        cap_label_value(&mut device);
+        if out.iter().any(|o| o.device == device) {
+            continue;
+        }
+        out.push(DiskStats {
+            device,
+            read_bytes: d.read_bytes,
+            write_bytes: d.write_bytes,
+            read_requests: d.read_requests,
+            write_requests: d.write_requests,
+            flush_requests: d.flush_requests,
+            read_time_seconds: d.read_time_ns as f64 * NS,
+            write_time_seconds: d.write_time_ns as f64 * NS,
+            flush_time_seconds: d.flush_time_ns as f64 * NS,
+        });
+    }
+    out
+}
+
+/// Cloud Hypervisor's disks as published (no flush or time counters).
+fn ch_disks(list: &[vmscope_proc::ChDiskCounters]) -> Vec<DiskStats> {
+    list.iter()
+        .map(|d| {
+            let mut device = d.device.clone();
+            cap_label_value(&mut device);
+            DiskStats {
+                device,
+                read_bytes: d.read_bytes,
+                write_bytes: d.write_bytes,
+                read_requests: d.read_requests,
+                write_requests: d.write_requests,
+                ..DiskStats::default()
+            }
+        })
+        .collect()
+}
+
+fn guest_memory(g: &vmscope_proc::GuestMemStats) -> GuestMemory {
+    GuestMemory {
+        updated_at_seconds: g.last_update as f64,
+        total_bytes: g.total_bytes,
+        available_bytes: g.available_bytes,
+        unused_bytes: g.free_bytes,
+        disk_caches_bytes: g.disk_caches_bytes,
+        used_bytes: g.used_bytes(),
+        swap_in_bytes: g.swap_in_bytes,
+        swap_out_bytes: g.swap_out_bytes,
+        major_faults: g.major_faults,
+        minor_faults: g.minor_faults,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::qmp::tests::{GREETING, monitor, qemu_like};
+    use super::*;
+
+    fn wait_for(p: &Poller, key: Key, ok: impl Fn(&VmDevices) -> bool) -> Arc<VmDevices> {
+        let t = Instant::now();
+        loop {
+            if let Some(d) = p.results().and_then(|r| r.get(&key).cloned())
+                && ok(&d)
+            {
+                return d;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "no result for {key:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_stuck_monitor_holds_one_worker_and_keeps_the_last_good_figures() {
+        let (_g, good) = monitor(Some(GREETING), qemu_like);
+        let (_s, stuck) = monitor(None, |_| None);
+        let p = Poller::start(Duration::from_millis(300), 2).unwrap();
+        p.set((1, 1), DeviceApi::Qmp(good.clone()));
+        p.set((2, 2), DeviceApi::Qmp(stuck));
+        let t = Instant::now();
+        p.wake();
+        // The good VM's figures come while the stuck one holds its worker.
+        let d = wait_for(&p, (1, 1), |_| true);
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(d.up);
+        assert_eq!(d.source, DeviceSource::Qmp);
+        assert_eq!(d.disks[0].read_bytes, 2560);
+        assert_eq!(d.balloon_bytes, Some(128 << 20));
+        assert_eq!(d.guest_memory.unwrap().used_bytes, Some(30_000_000));
+        // Waking while a round runs never blocks.
+        let w = Instant::now();
+        for _ in 0..100 {
+            p.wake();
+            let _ = p.results();
+        }
+        assert!(w.elapsed() < Duration::from_millis(50));
+        let s = wait_for(&p, (2, 2), |_| true);
+        assert!(!s.up);
+        assert_eq!(s.last_error, Some("timeout"));
+        assert!(
+            s.errors_total.contains(&("timeout", 1)),
+            "{:?}",
+            s.errors_total
+        );
+        assert_eq!(s.last_success_seconds, None);
+
+        // The good VM's monitor goes away: its last good figures stay,
+        // marked down, with the time they were read.
+        let first = d.last_success_seconds.unwrap();
+        drop(_g);
+        let down = loop {
+            p.wake();
+            let d = wait_for(&p, (1, 1), |_| true);
+            if !d.up {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(down.last_error, Some("connect"));
+        assert_eq!(down.disks, d.disks);
+        assert!(down.last_success_seconds.unwrap() >= first);
+
+        // A VM that left is not published again.
+        p.remove((1, 1));
+        p.wake();
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(p.results().unwrap().get(&(1, 1)).is_none());
+    }
+}
