@@ -5,7 +5,7 @@
 #
 # What it sets up:
 # - Debian packages: QEMU, libvirt (monolithic libvirtd), Prometheus and its
-#   exporters, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps.
+#   exporters, VictoriaMetrics, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps.
 # - libvirt without systemd: the libvirt-qemu user/group, /var/log/libvirt and
 #   /etc/libvirt/qemu.conf running domains as root (see shared/LAB.md).
 # - Python's prometheus_client (the OpenMetrics parser used to validate output).
@@ -38,6 +38,8 @@ declare -A PKGS=(
     # owners tests: the platform's database and session store
     [postgresql]=/usr/lib/postgresql/15/bin/postgres
     [redis-server]=/usr/bin/redis-server
+    # push tests: a second remote_write receiver besides Prometheus
+    [victoria-metrics]=/usr/bin/victoria-metrics
 )
 
 apt_updated=0
