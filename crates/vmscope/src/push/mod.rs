@@ -310,6 +310,11 @@ async fn feed(
 }
 
 /// Sends queued pushes in order, retrying as the module docs say.
+///
+/// The pause after a retryable failure holds for the destination, not for
+/// one push: when the push being retried is dropped (the queue filled up
+/// behind it), the next one still waits out the pause, so a receiver
+/// answering 429 is never hit faster than it asked.
 async fn send_loop(
     d: Arc<Destination>,
     client: reqwest::Client,
@@ -320,14 +325,31 @@ async fn send_loop(
 ) {
     let secrets_owned = d.secrets();
     let secrets: Vec<&str> = secrets_owned.iter().map(String::as_str).collect();
-    let mut failing = false;
-    loop {
+    // Logged on a change of state only, never per attempt.
+    let mut state = State::Ok;
+    let mut backoff = Backoff::new(d.max_backoff);
+    let mut pause: Option<Duration> = None;
+    'batches: loop {
         let batch = tokio::select! {
             b = queue.pop() => match b { Some(b) => b, None => break },
             _ = stop.changed() => break,
         };
-        let mut backoff = Backoff::new(d.max_backoff);
         let outcome = loop {
+            if let Some(p) = pause.take() {
+                tokio::select! {
+                    _ = tokio::time::sleep(p) => {}
+                    _ = stop.changed() => {
+                        m.queue.fetch_sub(batch.samples, Ordering::Relaxed);
+                        m.dropped.fetch_add(batch.samples, Ordering::Relaxed);
+                        break 'batches;
+                    }
+                }
+                // The queue filled up behind this push: it is the oldest,
+                // so it goes first.
+                if queue.len() >= d.max_queue {
+                    break Outcome::Dropped;
+                }
+            }
             let mut req = client.post(&d.url).body(batch.body.clone());
             for (k, v) in pusher.headers() {
                 req = req.header(*k, *v);
@@ -356,21 +378,13 @@ async fn send_loop(
                     kind,
                 )) => {
                     m.error(kind.label());
-                    if !failing {
-                        failing = true;
+                    if state != State::Failing {
+                        state = State::Failing;
                         tracing::warn!(destination = %d.name, error = %message, "push failing; retrying with backoff");
                     }
-                    // The queue filled up behind this push: it is the
-                    // oldest, so it goes first.
-                    if queue.len() >= d.max_queue {
-                        break Outcome::Dropped;
-                    }
-                    let pause = backoff.pause(retry_after);
-                    tracing::debug!(destination = %d.name, kind = kind.label(), pause = ?pause, "push retry");
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = stop.changed() => break Outcome::Dropped,
-                    }
+                    let p = backoff.pause(retry_after);
+                    tracing::debug!(destination = %d.name, kind = kind.label(), pause = ?p, "push retry");
+                    pause = Some(p);
                 }
             }
         };
@@ -383,14 +397,20 @@ async fn send_loop(
                     .unwrap_or(Duration::ZERO)
                     .as_secs_f64();
                 DestinationMetrics::set_f64(&m.last_success, now);
-                if failing {
-                    failing = false;
+                backoff = Backoff::new(d.max_backoff);
+                if state != State::Ok {
+                    state = State::Ok;
                     tracing::info!(destination = %d.name, "push recovered");
                 }
             }
             Outcome::Rejected(msg) => {
                 m.rejected.fetch_add(batch.samples, Ordering::Relaxed);
-                tracing::warn!(destination = %d.name, seq = batch.seq, error = %msg, "push rejected; not retried");
+                if state != State::Rejected {
+                    state = State::Rejected;
+                    tracing::warn!(destination = %d.name, seq = batch.seq, error = %msg, "push rejected; not retried (logged again after a success)");
+                } else {
+                    tracing::debug!(destination = %d.name, seq = batch.seq, error = %msg, "push rejected");
+                }
             }
             Outcome::Dropped => {
                 m.dropped.fetch_add(batch.samples, Ordering::Relaxed);
@@ -406,6 +426,13 @@ async fn send_loop(
         m.queue.fetch_sub(b.samples, Ordering::Relaxed);
         m.dropped.fetch_add(b.samples, Ordering::Relaxed);
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ok,
+    Failing,
+    Rejected,
 }
 
 enum Outcome {
