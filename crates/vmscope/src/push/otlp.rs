@@ -180,6 +180,7 @@ pub const ATTRIBUTES: &[(&str, &str)] = &[
     ("mode", "cpu.mode"),
     ("route", "http.route"),
     ("method", "http.request.method"),
+    ("status", "http.response.status_code"),
 ];
 
 /// The attribute name of the Prometheus label `label`.

@@ -567,6 +567,7 @@ fn otlp_arrives_with_every_family_typed_with_temporality_unit_and_attributes() {
                     "mode",
                     "route",
                     "method",
+                    "status",
                     "le"
                 ]
                 .contains(&kv.key.as_str()),
