@@ -8,11 +8,13 @@
 //! host name, each VM's start). Never fails: encoding cannot.
 //!
 //! Two destinations pushing the same snapshot share one collection
-//! ([`SampleCache`]); the sources' live families (HTTP self-metrics) are
-//! then as of the first of them.
+//! ([`SampleCache`]) while either is still encoding it; the sources' live
+//! families (HTTP self-metrics) are then as of the first of them. The
+//! cache holds it weakly: a collection of 1000 VMs is some MiB of strings,
+//! and it is garbage as soon as the last destination has its body.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 use crate::export::{Family, MetricSource, MetricWriter, SampleCollector, Sources};
@@ -62,26 +64,52 @@ pub fn collect(snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Collected 
 /// The last collection, shared by the destinations.
 pub struct SampleCache {
     sources: Sources,
-    last: Mutex<Option<Arc<Collected>>>,
+    last: Mutex<Weak<Collected>>,
 }
 
 impl SampleCache {
     pub fn new(sources: Sources) -> Self {
         SampleCache {
             sources,
-            last: Mutex::new(None),
+            last: Mutex::new(Weak::new()),
         }
     }
 
-    /// `snap` collected, or the collection another destination already
-    /// made of it. Blocking work: call it off the async workers.
+    /// `snap` collected, or the collection another destination is still
+    /// using. Blocking work: call it off the async workers.
     pub fn get(&self, snap: &Snapshot) -> Arc<Collected> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = last.as_ref().filter(|c| c.seq == snap.seq) {
-            return Arc::clone(c);
+        if let Some(c) = last.upgrade().filter(|c| c.seq == snap.seq) {
+            return c;
         }
         let c = Arc::new(collect(snap, self.sources.as_slice()));
-        *last = Some(Arc::clone(&c));
+        *last = Arc::downgrade(&c);
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::fixture;
+
+    #[test]
+    fn destinations_share_a_collection_only_while_one_holds_it() {
+        let cache = SampleCache::new(Sources::default());
+        let snap = fixture::snapshot(2);
+        let a = cache.get(&snap);
+        let b = cache.get(&snap);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(
+            a.samples,
+            a.families.iter().map(|f| f.samples.len()).sum::<usize>()
+        );
+        assert_eq!(a.vm_starts.len(), 2);
+        drop((a, b));
+        // Nobody holds it: the cache does not keep it alive.
+        assert!(cache.last.lock().unwrap().upgrade().is_none());
+        let mut next = fixture::snapshot(2);
+        next.seq += 1;
+        assert_eq!(cache.get(&next).seq, next.seq);
     }
 }

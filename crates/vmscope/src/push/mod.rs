@@ -4,7 +4,7 @@
 //!
 //! - [`config`]: `[[push.remote_write]]`, `[[push.otlp]]`, resolved into
 //!   [`config::Destination`]s;
-//! - [`collect`]: a snapshot's series as values, once per snapshot for all
+//! - [`collect`](mod@collect): a snapshot's series as values, once per snapshot for all
 //!   destinations (the structured-sample encoder of `export`);
 //! - [`remote_write`], [`otlp`]: one [`Pusher`] each, in the [`PUSHERS`]
 //!   table (adding a protocol = its file + one line there);
