@@ -1,6 +1,6 @@
 //! The real-component tests: one binary (linked once) for everything that
 //! starts real processes beside vmscope: QEMU VMs, libvirtd, Prometheus,
-//! Alertmanager, HTTP receivers, a FUSE mount, unprivileged agents, tmpfs
+//! VictoriaMetrics, Alertmanager, HTTP receivers, a FUSE mount, unprivileged agents, tmpfs
 //! "full disks". Needs root; see `docs/lab.md`. Tests whose CPU figures
 //! need the machine to themselves (`e2e::`, `watchdog_e2e::`) run alone
 //! (`.config/nextest.toml`).
