@@ -364,7 +364,12 @@ async fn send_loop(
                     req.basic_auth(username, Some(password.expose()))
                 }
             };
-            match send_classified(req, &secrets).await {
+            // Shutdown does not wait out a slow receiver's timeout.
+            let result = tokio::select! {
+                r = send_classified(req, &secrets) => r,
+                _ = stop.changed() => break Outcome::Dropped,
+            };
+            match result {
                 Ok(()) => break Outcome::Sent,
                 Err((DeliveryError::Rejected(msg), kind)) => {
                     m.error(kind.label());

@@ -785,3 +785,44 @@ fn bad_push_config_names_the_key() {
         "{stderr}"
     );
 }
+
+#[test]
+fn shutdown_does_not_wait_for_a_hung_receiver() {
+    // Accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = Arc::clone(&held);
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let config = format!(
+        "{}[[push.otlp]]\nurl = \"http://{addr}/v1/metrics\"\ntimeout = \"60s\"\n",
+        fixture_paths()
+    );
+    let agent = Agent::start_with(1, &config);
+    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        (!held.lock().unwrap().is_empty()).then_some(())
+    })
+    .expect("the pusher connected");
+    std::thread::sleep(Duration::from_millis(500));
+    // The hung push holds the queue; scrapes are not affected.
+    let t = Instant::now();
+    let m = agent.metrics();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(
+        m.value("vmscope_push_queue_samples", &[("destination", "otlp")])
+            .unwrap()
+            > 0.0
+    );
+    let t = Instant::now();
+    let log = agent.stop(rustix::process::Signal::TERM);
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "stopping took {:?} with a push hanging (timeout 60s):\n{log}",
+        t.elapsed()
+    );
+    assert!(log.contains("stopped"), "{log}");
+}
