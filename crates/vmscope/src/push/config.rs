@@ -110,10 +110,11 @@ fn default_timeout() -> Duration {
 fn default_max_backoff() -> Duration {
     Duration::from_secs(60)
 }
-/// 20 pushes: five minutes of a 15 s interval. A push of 1000 VMs is a
-/// few hundred KiB compressed, so a full queue stays in single MiB.
+/// 10 pushes: 150 s of a 15 s interval. A push of 1000 VMs is about
+/// 490 KiB (remote_write, snappy; benches/push.rs), so a full queue is
+/// some 5 MiB per destination.
 fn default_max_queue() -> usize {
-    20
+    10
 }
 
 fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -380,7 +381,7 @@ mod tests {
         assert!(d[0].secrets().contains(&"tok-123456".to_owned()));
         assert_eq!(d[1].labels, [("region".to_owned(), "eu-1".to_owned())]);
         assert_eq!(d[2].kind, Kind::Otlp);
-        assert_eq!(d[2].max_queue, 20);
+        assert_eq!(d[2].max_queue, 10);
         assert_eq!(d[2].client.timeout, Duration::from_secs(10));
         // Secrets never print.
         assert!(!format!("{d:?}").contains("p4ssword"));
