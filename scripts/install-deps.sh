@@ -5,7 +5,7 @@
 #
 # What it sets up:
 # - Debian packages: QEMU, libvirt (monolithic libvirtd), Prometheus and its
-#   exporters, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps,
+#   exporters, VictoriaMetrics, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps,
 #   systemd (for systemd-analyze only) and adduser (the package test).
 # - libvirt without systemd: the libvirt-qemu user/group, /var/log/libvirt and
 #   /etc/libvirt/qemu.conf running domains as root (see shared/LAB.md).
@@ -45,6 +45,8 @@ declare -A PKGS=(
     # Depends for its maintainer scripts
     [systemd]=/usr/bin/systemd-analyze
     [adduser]=/usr/sbin/adduser
+    # push tests: a second remote_write receiver besides Prometheus
+    [victoria-metrics]=/usr/bin/victoria-metrics
 )
 
 apt_updated=0

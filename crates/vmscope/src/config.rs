@@ -54,6 +54,8 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     /// The usage ledger (see docs/ledger.md).
     pub ledger: crate::ledger::LedgerConfig,
+    /// remote_write and OTLP destinations (see docs/push.md).
+    pub push: crate::push::PushConfig,
     /// (dotted key, variable) for every value set from the environment,
     /// sorted by variable; filled by the loader.
     #[serde(skip)]
@@ -78,6 +80,7 @@ impl Default for Config {
             watchdog: crate::alert::WatchdogConfig::default(),
             store: crate::store::StoreConfig::default(),
             ledger: crate::ledger::LedgerConfig::default(),
+            push: crate::push::PushConfig::default(),
             from_env: Vec::new(),
             renamed_keys: Vec::new(),
         }
@@ -708,6 +711,9 @@ impl Config {
             .validate(self.interval())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.ledger.validate().map_err(ConfigError::Invalid)?;
+        self.push
+            .validate(self.interval())
+            .map_err(ConfigError::Invalid)?;
         // Usage rules need the ledger, and windows of at least one row.
         self.watchdog
             .validate_usage(self.ledger.enabled.then_some(self.ledger.interval))

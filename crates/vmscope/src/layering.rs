@@ -55,6 +55,8 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         "ledger",
         &["export", "model", "error", "store", "host", "outbound"],
     ),
+    // push: reads snapshots and metric sources, sends through outbound.
+    ("push", &["export", "model", "error", "outbound"]),
     // access: decisions only; the HTTP edge (api) hands requests in.
     ("access", &["export", "error"]),
 ];

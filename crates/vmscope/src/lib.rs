@@ -12,6 +12,7 @@
 //! export, outbound       metric sources and encoders; delivery out
 //! store, alert           state database; the watchdog and its sinks
 //! ledger                 usage per VM incarnation and interval, persisted
+//! push                   remote_write and OTLP pushers fed by the snapshots
 //! access                 web config (TLS, users, tokens), access decisions
 //! config                 every section, loaded and checked
 //! api, server            the HTTP edge
@@ -45,6 +46,8 @@ pub mod store;
 pub mod alert;
 
 pub mod ledger;
+
+pub mod push;
 
 // Who may read what over HTTP (no web framework types).
 pub mod access;

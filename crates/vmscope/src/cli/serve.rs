@@ -49,6 +49,10 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
     }
     cfg.validate().map_err(Failure::usage)?;
     let web = web_config(&cfg).map_err(Failure::usage)?;
+    let push_destinations = cfg
+        .push
+        .destinations(cfg.interval())
+        .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
     // Opened before anything runs: a log directory that is missing or not
     // writable is a usage error now, not lines silently lost later.
     let log_file = match &cfg.log.file {
@@ -184,6 +188,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .context("starting the watchdog")
         .map_err(Failure::runtime)?;
+        // Pushers: their metrics follow the other sources in /metrics, and
+        // they push those same sources after each snapshot's families.
+        let push_metrics = Arc::new(crate::push::PushMetrics::new());
+        if !push_destinations.is_empty() {
+            collector_sources.push(Arc::clone(&push_metrics) as Arc<dyn MetricSource>);
+        }
+        let push_snapshots = snapshots.clone();
         let state = state_with_usage(
             snapshots,
             &watchdog,
@@ -191,6 +202,14 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             ledger.usage(),
             pacer,
         );
+        let pushers = crate::push::start(
+            push_destinations,
+            push_snapshots,
+            Sources::new(state.sources().to_vec()),
+            &push_metrics,
+        )
+        .context("starting the pushers")
+        .map_err(Failure::runtime)?;
         let http_metrics = state.shared_http_metrics();
         let app = router_with_access(state, Arc::clone(&gate));
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -212,6 +231,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             shutdown_signal(),
         )
         .await;
+        pushers.shutdown().await;
         // The ledger's last flush first: the watchdog's shutdown closes the store.
         ledger.shutdown().await;
         // Let the sinks flush what is queued (bounded by watchdog.shutdown_timeout).
@@ -268,7 +288,7 @@ pub(crate) fn web_config(
 /// The API's state: the metric sources, built once here, in exposition
 /// order (after the snapshot's families): the watchdog's, the snapshot
 /// age, the HTTP self-metrics (with the server's connection counters).
-/// Next: pushers take the same `Sources`.
+/// Pushers take the same `Sources` (`vmscope serve` hands them over).
 pub fn state(snapshots: watch::Receiver<Arc<Snapshot>>, watchdog: &Watchdog) -> AppState {
     state_with(snapshots, watchdog, Vec::new())
 }

@@ -26,6 +26,9 @@ pub struct ClientOptions {
     pub timeout: Duration,
     /// Extra PEM CA certificate(s) to trust.
     pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate (a lab receiver with a self-signed
+    /// certificate nobody distributed). Off unless a config says so.
+    pub insecure_skip_verify: bool,
 }
 
 /// Building a client failed.
@@ -58,6 +61,9 @@ pub fn client(opts: &ClientOptions) -> Result<reqwest::Client, ClientError> {
             return Err(ca_err("no PEM certificate in the file".to_owned()));
         }
         b = b.tls_certs_merge(certs);
+    }
+    if opts.insecure_skip_verify {
+        b = b.tls_danger_accept_invalid_certs(true);
     }
     b.build().map_err(|e| ClientError::Build {
         reason: describe_error(&e, &[]),
@@ -93,19 +99,64 @@ pub fn error_message(status: u16, body: String, secrets: &[&str]) -> String {
 /// 2xx ok; 429, 5xx and transport errors retryable (with the receiver's
 /// `Retry-After`); other statuses rejected.
 pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), DeliveryError> {
+    send_classified(req, secrets).await.map_err(|(e, _)| e)
+}
+
+/// What went wrong with one attempt, for counting failures by kind (the
+/// message of a [`DeliveryError`] is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// No answer in time.
+    Timeout,
+    /// No connection, or the connection broke.
+    Unreachable,
+    /// The receiver answered with this non-2xx status.
+    Status(u16),
+}
+
+impl FailureKind {
+    /// A bounded label value: `timeout`, `unreachable`, `http_429`,
+    /// `http_5xx`, `http_4xx`, `http_other`.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeout",
+            FailureKind::Unreachable => "unreachable",
+            FailureKind::Status(429) => "http_429",
+            FailureKind::Status(500..=599) => "http_5xx",
+            FailureKind::Status(400..=499) => "http_4xx",
+            FailureKind::Status(_) => "http_other",
+        }
+    }
+}
+
+/// [`send`], also saying what kind of failure it was.
+pub async fn send_classified(
+    req: reqwest::RequestBuilder,
+    secrets: &[&str],
+) -> Result<(), (DeliveryError, FailureKind)> {
     let resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
-            return Err(DeliveryError::Retryable {
-                message: describe_error(&e.without_url(), secrets),
-                retry_after: None,
-            });
+            let kind = if e.is_timeout() {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Unreachable
+            };
+            let message = describe_error(&e.without_url(), secrets);
+            return Err((
+                DeliveryError::Retryable {
+                    message,
+                    retry_after: None,
+                },
+                kind,
+            ));
         }
     };
     let status = resp.status();
     if status.is_success() {
         return Ok(());
     }
+    let kind = FailureKind::Status(status.as_u16());
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -115,12 +166,15 @@ pub async fn send(req: reqwest::RequestBuilder, secrets: &[&str]) -> Result<(), 
     let body = resp.text().await.unwrap_or_default();
     let message = error_message(status.as_u16(), body, secrets);
     if is_retryable(status.as_u16()) {
-        Err(DeliveryError::Retryable {
-            message,
-            retry_after,
-        })
+        Err((
+            DeliveryError::Retryable {
+                message,
+                retry_after,
+            },
+            kind,
+        ))
     } else {
-        Err(DeliveryError::Rejected(message))
+        Err((DeliveryError::Rejected(message), kind))
     }
 }
 
@@ -132,6 +186,7 @@ mod tests {
         ClientOptions {
             timeout: Duration::from_secs(1),
             ca_file,
+            insecure_skip_verify: false,
         }
     }
 

@@ -182,6 +182,7 @@ impl Config {
         ClientOptions {
             timeout: self.timeout,
             ca_file: self.ca_file.clone(),
+            insecure_skip_verify: false,
         }
     }
 }

@@ -339,6 +339,8 @@ fn the_shipped_example_config_passes_check_config() {
         "[watchdog]",
         "[watchdog.rules.",
         "[watchdog.sinks.",
+        "[[push.remote_write]]",
+        "[[push.otlp]]",
     ] {
         assert!(text.contains(section), "{section} missing from the example");
     }

@@ -1,6 +1,6 @@
 //! The real-component tests: one binary (linked once) for everything that
 //! starts real processes beside vmscope: QEMU VMs, libvirtd, Prometheus,
-//! Alertmanager, HTTP receivers, a FUSE mount, unprivileged agents, tmpfs
+//! VictoriaMetrics, Alertmanager, HTTP receivers, a FUSE mount, unprivileged agents, tmpfs
 //! "full disks". Needs root; see `docs/lab.md`. Tests whose CPU figures
 //! need the machine to themselves (`e2e::`, `watchdog_e2e::`) run alone
 //! (`.config/nextest.toml`).
@@ -26,6 +26,7 @@ mod owners_redis;
 mod owners_sql;
 mod owners_usage;
 mod package;
+mod push;
 mod scrape_rate;
 mod state_db;
 mod tenant_escape;

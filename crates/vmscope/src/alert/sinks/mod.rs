@@ -424,6 +424,7 @@ fn http_client(name: &str, d: &Delivery) -> Result<reqwest::Client, SinkError> {
     let opts = ClientOptions {
         timeout: d.timeout,
         ca_file: d.ca_file.clone(),
+        insecure_skip_verify: false,
     };
     outbound::client::client(&opts).map_err(|e| match e {
         ClientError::CaFile { path, reason } => SinkError::CaFile {

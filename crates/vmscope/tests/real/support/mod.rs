@@ -9,6 +9,7 @@
 //! - [`prom`]: a real Prometheus server scraping the agent.
 //! - [`libvirt`]: libvirtd/virtlogd start-up and a transient test domain.
 //! - [`redis`]: a real `redis-server` on a private port, restartable.
+//! - [`victoria`]: a real VictoriaMetrics accepting remote_write.
 //!
 //! Everything here needs root (TAP devices, AF_PACKET, libvirt) and a QEMU
 //! binary; [`lab_available`] decides whether a test runs, skips, or (under
@@ -24,6 +25,7 @@ pub mod prom;
 pub mod qmp;
 pub mod redis;
 pub mod tls;
+pub mod victoria;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -30,9 +30,19 @@ impl Prometheus {
     /// Starts Prometheus with one scrape job per (job name, target, extra
     /// YAML lines of the job, indented four spaces: `authorization:` ...).
     pub fn start_jobs(jobs: &[(&str, &str, &str)]) -> Prometheus {
+        Prometheus::start_with(jobs, &[])
+    }
+
+    /// Starts Prometheus scraping nothing, accepting remote_write at
+    /// `{base}/api/v1/write` (`--web.enable-remote-write-receiver`).
+    pub fn start_remote_write_receiver() -> Prometheus {
+        Prometheus::start_with(&[], &["--web.enable-remote-write-receiver"])
+    }
+
+    fn start_with(jobs: &[(&str, &str, &str)], flags: &[&str]) -> Prometheus {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Prometheus::try_start(jobs) {
+            match Prometheus::try_start(jobs, flags) {
                 Ok(p) => return p,
                 Err(e) => last_err = e,
             }
@@ -40,7 +50,7 @@ impl Prometheus {
         panic!("prometheus did not come up: {last_err}");
     }
 
-    fn try_start(jobs: &[(&str, &str, &str)]) -> Result<Prometheus, String> {
+    fn try_start(jobs: &[(&str, &str, &str)], flags: &[&str]) -> Result<Prometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("vmscope-e2e-prom-")
             .tempdir()
@@ -63,6 +73,7 @@ impl Prometheus {
                 dir.path().join("tsdb").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -92,16 +103,7 @@ impl Prometheus {
 
     /// An instant query; returns the `data.result` array (empty if no series).
     pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
-        let url = format!("{}/api/v1/query", self.base);
-        let resp = http::get_with_query(&url, &[("query", expr)]).expect("prometheus query");
-        assert_eq!(resp.status, 200, "query {expr}: {}", resp.body);
-        let body: serde_json::Value =
-            serde_json::from_str(&resp.body).expect("prometheus answer is JSON");
-        assert_eq!(body["status"], "success", "query {expr}: {body}");
-        body["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        query(&self.base, expr, None)
     }
 
     /// The scrape targets' health and last error, for failure messages.
@@ -110,6 +112,25 @@ impl Prometheus {
             .map(|r| r.body)
             .unwrap_or_else(|e| e)
     }
+}
+
+/// An instant query against a Prometheus-compatible API at `base`
+/// (Prometheus, VictoriaMetrics): the `data.result` array.
+pub fn query(base: &str, expr: &str, time: Option<&str>) -> Vec<serde_json::Value> {
+    let url = format!("{base}/api/v1/query");
+    let mut params = vec![("query", expr)];
+    if let Some(t) = time {
+        params.push(("time", t));
+    }
+    let resp = http::get_with_query(&url, &params).expect("prometheus query");
+    assert_eq!(resp.status, 200, "query {expr}: {}", resp.body);
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.body).expect("prometheus answer is JSON");
+    assert_eq!(body["status"], "success", "query {expr}: {body}");
+    body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 impl Drop for Prometheus {

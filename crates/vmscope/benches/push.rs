@@ -1,0 +1,80 @@
+//! One push of a 1000-VM snapshot: what a pusher's task spends per push,
+//! to compare with one tick's CPU (`tick/steady/1000` in `benches/tick.rs`,
+//! run in the same session; issue 14's target: at most 20% of a tick per
+//! push and destination).
+//!
+//! - `push/collect_1000_vms`: the snapshot (and a live source, the HTTP
+//!   self-metrics) through the structured-sample encoder: once per
+//!   snapshot, shared by every destination;
+//! - `push/remote_write_1000_vms`: building the `WriteRequest`, protobuf
+//!   encoding and snappy, from a collection;
+//! - `push/otlp_1000_vms`: building the OTLP request, protobuf encoding and
+//!   gzip level 1, from a collection;
+//! - `push/*_whole_1000_vms`: collection plus one protocol: the cost of a
+//!   push when it is the only destination.
+//!
+//! Sizes (raw and compressed) are printed once. Run with
+//! `cargo bench -p vmscope --bench push -- --warm-up-time 1 --measurement-time 5`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use prost::Message;
+use vmscope::api::HttpMetrics;
+use vmscope::export::{MetricSource, fixture};
+use vmscope::push::{collect, otlp, remote_write};
+
+const VMS: usize = 1000;
+
+fn benches(c: &mut Criterion) {
+    let snap = fixture::snapshot(VMS);
+    let sources: Vec<Arc<dyn MetricSource>> = vec![Arc::new(HttpMetrics::new())];
+    let start = SystemTime::now() - Duration::from_secs(3600);
+    let labels = vec![("region".to_owned(), "eu-1".to_owned())];
+
+    let collected = collect(&snap, &sources);
+    let rw_raw = remote_write::write_request(&collected, &labels).encoded_len();
+    let rw = remote_write::encode(&collected, &labels).len();
+    let ot_raw = otlp::request(&collected, start, &labels).encoded_len();
+    let ot = otlp::encode(&collected, start, &labels).len();
+    eprintln!(
+        "{VMS} VMs: {} families, {} series; remote_write {rw_raw} bytes, {rw} snappy; otlp {ot_raw} bytes, {ot} gzip",
+        collected.families.len(),
+        collected.samples
+    );
+
+    let mut g = c.benchmark_group("push");
+    g.bench_function(format!("collect_{VMS}_vms"), |b| {
+        b.iter(|| black_box(collect(&snap, &sources)))
+    });
+    g.bench_function(format!("remote_write_{VMS}_vms"), |b| {
+        b.iter(|| black_box(remote_write::encode(&collected, &labels)))
+    });
+    g.bench_function(format!("otlp_{VMS}_vms"), |b| {
+        b.iter(|| black_box(otlp::encode(&collected, start, &labels)))
+    });
+    g.bench_function(format!("remote_write_whole_{VMS}_vms"), |b| {
+        b.iter(|| {
+            let c = collect(&snap, &sources);
+            black_box(remote_write::encode(&c, &labels))
+        })
+    });
+    g.bench_function(format!("otlp_whole_{VMS}_vms"), |b| {
+        b.iter(|| {
+            let c = collect(&snap, &sources);
+            black_box(otlp::encode(&c, start, &labels))
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = push;
+    config = Criterion::default().sample_size(20);
+    targets = benches
+}
+criterion_main!(push);
