@@ -12,6 +12,7 @@
 //! store, alert           state database; the watchdog and its sinks
 //! ledger                 usage per VM incarnation and interval, persisted
 //! access                 web config (TLS, users, tokens), access decisions
+//! proxy                  PromQL tenant scoping, the upstream Prometheus client
 //! config                 every section, loaded and checked
 //! api, server            the HTTP edge
 //! cli                    the commands; `serve` is the composition root
@@ -45,6 +46,9 @@ pub mod ledger;
 
 // Who may read what over HTTP (no web framework types).
 pub mod access;
+
+// The tenant query proxy in front of Prometheus (no web framework types).
+pub mod proxy;
 
 // Configuration of all of the above.
 pub mod config;

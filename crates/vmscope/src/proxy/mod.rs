@@ -1,0 +1,12 @@
+//! The tenant query proxy: PromQL scoping ([`scope`], pure) and the
+//! upstream Prometheus client ([`upstream`]). See `docs/proxy.md`.
+//!
+//! Reads: queries and their parameters as plain values (the HTTP edge,
+//! `crate::api::prometheus`, hands them in; this module knows no web
+//! framework), the `[proxy]` configuration. Emits: the rewritten query and
+//! Prometheus' answer. Fails: a refused query is a [`scope::ScopeError`]
+//! (400), an upstream failure an [`upstream::UpstreamError`] (502/504).
+
+pub mod scope;
+
+pub use scope::{ScopeError, TenantMatcher};
