@@ -7,6 +7,11 @@
 //! Prometheus' answer. Fails: a refused query is a [`scope::ScopeError`]
 //! (400), an upstream failure an [`upstream::UpstreamError`] (502/504).
 
+pub mod config;
+pub mod grafana;
 pub mod scope;
+pub mod upstream;
 
+pub use config::{GrafanaConfig, ProxyConfig};
 pub use scope::{ScopeError, TenantMatcher};
+pub use upstream::{Answer, Endpoint, Upstream, UpstreamError};
