@@ -31,7 +31,13 @@ use crate::export::{Exposition, ExpositionCache, Format};
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
+    access: Option<axum::extract::Extension<crate::access::Access>>,
 ) -> Result<Response, ApiError> {
+    // The dual mode: `?query=` is a PromQL query through the proxy.
+    if super::prometheus::is_query(&uri) {
+        return Ok(super::prometheus::metrics_query(&state, access, &uri).await);
+    }
     let format = if accepts_openmetrics(&headers) {
         Format::OpenMetrics
     } else {

@@ -151,7 +151,14 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         .await
         .context("starting the watchdog")
         .map_err(Failure::runtime)?;
-        let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage());
+        if cfg.proxy.owner_labels {
+            crate::export::owner_labels::enable(&cfg.proxy.user_label, &cfg.proxy.project_label);
+        }
+        let proxy = crate::proxy::Proxy::new(cfg.proxy.clone())
+            .context("building the query proxy's Prometheus client")
+            .map_err(Failure::runtime)?;
+        let state = state_with_usage(snapshots, &watchdog, collector_sources, ledger.usage())
+            .with_proxy(Arc::new(proxy));
         let http_metrics = state.shared_http_metrics();
         let app = router_with_access(state, gate);
         let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -145,11 +145,15 @@ impl Upstream {
         endpoint: &Endpoint,
         params: &[(String, String)],
     ) -> Result<Answer, UpstreamError> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in params {
-            form.append_pair(k, v);
-        }
-        let form = form.finish();
+        // (A block: the serializer is not Send and must not live across
+        // the awaits below.)
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in params {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
         let url = format!("{}{}", self.base, endpoint.path());
         let req = match endpoint {
             Endpoint::LabelValues(_) => self.client.get(format!("{url}?{form}")),
