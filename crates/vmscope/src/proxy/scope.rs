@@ -488,4 +488,23 @@ mod tests {
             .join()
             .unwrap();
     }
+
+    // In place of a cargo-fuzz target (the fuzz crate builds vmscope-proc
+    // alone; this module would bring the whole agent): arbitrary text from
+    // PromQL's alphabet never panics the scoper, and whatever it accepts
+    // holds the matcher in every selector of the re-parsed answer.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        #[test]
+        fn arbitrary_text_never_panics_and_accepted_text_is_scoped(
+            q in "[a-z_(){}\\[\\]\"=~!,+*/^ 0-9:@.-]{0,80}"
+        ) {
+            let t = acme();
+            if let Ok(out) = scope_query(&q, &t) {
+                let e = parser::parse(&out).unwrap();
+                proptest::prop_assert!(holds(&e, &t), "{} -> {}", q, out);
+            }
+            let _ = scope_selector(&q, &t);
+        }
+    }
 }

@@ -25,6 +25,7 @@ mod owners_libvirt;
 mod owners_redis;
 mod owners_sql;
 mod owners_usage;
+mod proxy;
 mod state_db;
 mod vm_memory;
 mod watchdog_e2e;

@@ -30,9 +30,15 @@ impl Prometheus {
     /// Starts Prometheus with one scrape job per (job name, target, extra
     /// YAML lines of the job, indented four spaces: `authorization:` ...).
     pub fn start_jobs(jobs: &[(&str, &str, &str)]) -> Prometheus {
+        Prometheus::start_jobs_at(None, jobs)
+    }
+
+    /// [`Prometheus::start_jobs`] on a given loopback port (for an agent
+    /// configured with Prometheus' address before Prometheus starts).
+    pub fn start_jobs_at(port: Option<u16>, jobs: &[(&str, &str, &str)]) -> Prometheus {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Prometheus::try_start(jobs) {
+            match Prometheus::try_start(port, jobs) {
                 Ok(p) => return p,
                 Err(e) => last_err = e,
             }
@@ -40,7 +46,7 @@ impl Prometheus {
         panic!("prometheus did not come up: {last_err}");
     }
 
-    fn try_start(jobs: &[(&str, &str, &str)]) -> Result<Prometheus, String> {
+    fn try_start(port: Option<u16>, jobs: &[(&str, &str, &str)]) -> Result<Prometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("vmscope-e2e-prom-")
             .tempdir()
@@ -55,7 +61,7 @@ impl Prometheus {
         fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
         let log = fs::File::create(dir.path().join("prometheus.log"))
             .map_err(|e| format!("create prometheus.log: {e}"))?;
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", port.unwrap_or_else(free_port));
         let child = Command::new(PROMETHEUS)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
