@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::config::ProxyConfig;
 use crate::outbound::client::{self, ClientOptions, describe_error};
-use crate::outbound::redact::{snippet, url_secrets};
+use crate::outbound::redact::snippet;
 
 /// Largest answer passed on (a tenant's query over a whole fleet's
 /// history is bounded by Prometheus' own limits; this bounds our memory).
@@ -127,9 +127,7 @@ impl Upstream {
             ca_file: None,
         })?;
         let base = cfg.prometheus_url.trim_end_matches('/').to_owned();
-        let secrets = url_secrets(&base);
-        let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        let shown = crate::outbound::redact::redact(base.clone(), &refs);
+        let (shown, secrets) = shown_url(&base);
         Ok(Upstream {
             client,
             base,
@@ -203,6 +201,23 @@ impl Upstream {
     }
 }
 
+/// The URL for messages, with a password (`http://user:pw@host`) replaced
+/// by `***`, and the password as the secret to scrub from error text. The
+/// rest of a Prometheus URL is not secret, and naming it says where vmscope
+/// looked.
+fn shown_url(base: &str) -> (String, Vec<String>) {
+    match reqwest::Url::parse(base) {
+        Ok(mut u) => match u.password().map(str::to_owned) {
+            Some(pw) => {
+                let _ = u.set_password(Some("***"));
+                (u.as_str().trim_end_matches('/').to_owned(), vec![pw])
+            }
+            None => (base.to_owned(), Vec::new()),
+        },
+        Err(_) => (base.to_owned(), Vec::new()),
+    }
+}
+
 /// Keeps the parameters `endpoint` documents, in order (repeated
 /// `match[]` kept).
 pub fn documented(endpoint: &Endpoint, params: Vec<(String, String)>) -> Vec<(String, String)> {
@@ -246,6 +261,17 @@ mod tests {
             vec![p("match[]", "a"), p("match[]", "b"), p("query", "c")],
         );
         assert_eq!(kept, vec![p("match[]", "a"), p("match[]", "b")]);
+    }
+
+    #[test]
+    fn messages_name_the_url_without_its_password() {
+        assert_eq!(
+            shown_url("http://prom:9090"),
+            ("http://prom:9090".to_owned(), vec![])
+        );
+        let (shown, secrets) = shown_url("https://ops:s3cret-pw@prom.example/p");
+        assert_eq!(shown, "https://ops:***@prom.example/p");
+        assert_eq!(secrets, vec!["s3cret-pw".to_owned()]);
     }
 
     #[test]
