@@ -9,7 +9,7 @@
 //! is encoded through `MetricSource::encode`, which takes no
 //! configuration; it changes only the shared label set built once per VM
 //! per encoding, not the per-series path. Emits: the label set
-//! [`vm_label_set`]. Fails: never (a second [`enable`] keeps the first
+//! `vm_label_set`. Fails: never (a second [`enable`] keeps the first
 //! names and says so).
 
 use std::sync::OnceLock;

@@ -20,7 +20,7 @@
 //! each selector (label matchers intersect), a user matcher on the tenant
 //! label is kept next to it (it can only narrow), and the printed query is
 //! parsed again and every selector of that second tree must hold the
-//! tenant matcher ([`verify`]), so a printer bug cannot drop it.
+//! tenant matcher (`verify`), so a printer bug cannot drop it.
 
 use std::fmt;
 
