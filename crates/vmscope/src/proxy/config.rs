@@ -215,4 +215,48 @@ mod tests {
         );
         bad(|c| c.grafana.base = "/g?x".into(), "proxy.grafana.base");
     }
+
+    #[test]
+    fn prom_url_is_read_when_nothing_else_sets_the_key() {
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let load = |file: Option<&str>, vars: &[(&str, &str)]| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            if let Some(text) = file {
+                std::fs::write(&path, text).unwrap();
+            }
+            crate::config::Config::load_with_env(file.map(|_| path.as_path()), env(vars)).unwrap()
+        };
+        let c = load(None, &[]);
+        assert_eq!(c.proxy.prometheus_url, "http://localhost:9090");
+        let c = load(None, &[("PROM_URL", "http://prom:9090")]);
+        assert_eq!(c.proxy.prometheus_url, "http://prom:9090");
+        assert!(c.is_from_env("proxy.prometheus_url"));
+        let c = load(
+            None,
+            &[
+                ("PROM_URL", "http://a:1"),
+                ("VMSCOPE_PROXY__PROMETHEUS_URL", "http://b:2"),
+            ],
+        );
+        assert_eq!(c.proxy.prometheus_url, "http://b:2");
+        let c = load(
+            Some("[proxy]\nprometheus_url = \"http://file:3\"\n"),
+            &[("PROM_URL", "http://a:1")],
+        );
+        assert_eq!(c.proxy.prometheus_url, "http://file:3");
+        // A bad value from PROM_URL names the variable.
+        let e = crate::config::Config::load_with_env(None, env(&[("PROM_URL", "prom:9090")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("proxy.prometheus_url") && e.contains("PROM_URL"),
+            "{e}"
+        );
+    }
 }
