@@ -11,7 +11,7 @@
 //! Prometheus for the same work.
 //!
 //! First, what tenancy costs the exposition: one text encode of a
-//! 1000-VM snapshot (owners on every VM) without and then with the owner
+//! 1000-VM fixture snapshot (owners on its libvirt VMs) without and with the owner
 //! labels on every per-VM series (`[proxy] owner_labels`; a process-wide
 //! switch, so "off" is measured first), median of 101 encodes each.
 //!
