@@ -25,6 +25,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9847";
 /// The log filter variable: overrides `log.level` and is checked like it.
 pub const LOG_ENV: &str = "VMSCOPE_LOG";
 
+/// The seed platform's variable for `proxy.prometheus_url`, read when
+/// neither the file nor `VMSCOPE_PROXY__PROMETHEUS_URL` sets the key.
+pub const PROM_URL_ENV: &str = "PROM_URL";
+
 /// Environment variables with the `VMSCOPE_` prefix that are not config
 /// keys: the log filter, and the secrets the watchdog reads itself.
 pub fn is_non_config_env(name: &str) -> bool {
@@ -56,6 +60,8 @@ pub struct Config {
     pub ledger: crate::ledger::LedgerConfig,
     /// remote_write and OTLP destinations (see docs/push.md).
     pub push: crate::push::PushConfig,
+    /// The tenant query proxy and Grafana embedding (see docs/proxy.md).
+    pub proxy: crate::proxy::ProxyConfig,
     /// (dotted key, variable) for every value set from the environment,
     /// sorted by variable; filled by the loader.
     #[serde(skip)]
@@ -81,6 +87,7 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             ledger: crate::ledger::LedgerConfig::default(),
             push: crate::push::PushConfig::default(),
+            proxy: crate::proxy::ProxyConfig::default(),
             from_env: Vec::new(),
             renamed_keys: Vec::new(),
         }
@@ -582,9 +589,15 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut prom_url = None;
         let mut vars: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("VMSCOPE_"))
+            .filter(|(k, v)| {
+                if k == PROM_URL_ENV && !v.trim().is_empty() {
+                    prom_url = Some(v.clone());
+                }
+                k.starts_with("VMSCOPE_")
+            })
             .collect();
         // Sorted so that errors and `check-config`'s report do not depend on
         // the order of the process environment.
@@ -604,6 +617,7 @@ impl Config {
             seconds_to_duration,
         )?);
         let store_path_set = tree_has(&mut tree, "store", "path");
+        let prom_url = prom_url.filter(|_| !tree_has(&mut tree, "proxy", "prometheus_url"));
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
             let from = env_source(&from_env, &key)
@@ -624,6 +638,10 @@ impl Config {
             // `validate` like the file's value, never silently ignored.
             cfg.log.level = filter;
             from_env.push(("log.level".into(), LOG_ENV.into()));
+        }
+        if let Some(url) = prom_url {
+            cfg.proxy.prometheus_url = url;
+            from_env.push(("proxy.prometheus_url".into(), PROM_URL_ENV.into()));
         }
         cfg.from_env = from_env;
         cfg.renamed_keys = renamed;
@@ -714,6 +732,7 @@ impl Config {
         self.push
             .validate(self.interval())
             .map_err(ConfigError::Invalid)?;
+        self.proxy.validate().map_err(ConfigError::Invalid)?;
         // Usage rules need the ledger, and windows of at least one row.
         self.watchdog
             .validate_usage(self.ledger.enabled.then_some(self.ledger.interval))

@@ -59,6 +59,8 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("push", &["export", "model", "error", "outbound"]),
     // access: decisions only; the HTTP edge (api) hands requests in.
     ("access", &["export", "error"]),
+    // proxy: pure scoping plus the upstream client (outbound's redaction).
+    ("proxy", &["model", "error", "outbound"]),
 ];
 
 /// Modules that may name the web framework's types.

@@ -14,6 +14,7 @@
 //! ledger                 usage per VM incarnation and interval, persisted
 //! push                   remote_write and OTLP pushers fed by the snapshots
 //! access                 web config (TLS, users, tokens), access decisions
+//! proxy                  PromQL tenant scoping, the upstream Prometheus client
 //! config                 every section, loaded and checked
 //! api, server            the HTTP edge
 //! cli                    the commands; `serve` is the composition root
@@ -51,6 +52,9 @@ pub mod push;
 
 // Who may read what over HTTP (no web framework types).
 pub mod access;
+
+// The tenant query proxy in front of Prometheus (no web framework types).
+pub mod proxy;
 
 // Configuration of all of the above.
 pub mod config;

@@ -41,7 +41,13 @@ pub async fn metrics(
     viewer: Viewer,
     peer: Peer,
     headers: HeaderMap,
+    uri: axum::http::Uri,
+    access: Option<axum::extract::Extension<crate::access::Access>>,
 ) -> Result<Response, ApiError> {
+    // The dual mode: `?query=` is a PromQL query through the proxy.
+    if super::prometheus::is_query(&uri) {
+        return Ok(super::prometheus::metrics_query(&state, access, &uri).await);
+    }
     let format = if accepts_openmetrics(&headers) {
         Format::OpenMetrics
     } else {

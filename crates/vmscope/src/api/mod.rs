@@ -18,6 +18,7 @@
 pub mod access;
 pub mod alerts;
 pub mod error;
+mod grafana;
 mod health;
 mod host;
 pub mod http_metrics;
@@ -25,6 +26,7 @@ mod index;
 pub mod limits;
 mod metrics;
 mod owners;
+mod prometheus;
 pub mod usage;
 mod vms;
 
@@ -60,6 +62,10 @@ pub enum Reads {
     AlertHistory,
     /// The usage ledger's tables (`crate::ledger::UsageReader`).
     Usage,
+    /// The Prometheus behind the query proxy (`crate::proxy`).
+    Prometheus,
+    /// Nothing but the request (and the configuration).
+    Request,
 }
 
 /// One resource the router serves: the table row that the router, the index
@@ -194,6 +200,64 @@ pub const ROUTES: &[Resource] = &[
         reads: Reads::Usage,
         scoped: true,
     },
+    // The query proxy and Grafana embedding scope by Access themselves
+    // (crate::proxy, docs/proxy.md).
+    Resource {
+        path: "/api/v1/prometheus/query",
+        summary: "Prometheus instant query through the proxy (GET or POST form); a tenant's query is rewritten to its own series.",
+        handler: prometheus::query,
+        compress: true,
+        reads: Reads::Prometheus,
+        scoped: true,
+    },
+    Resource {
+        path: "/api/v1/prometheus/query_range",
+        summary: "Prometheus range query through the proxy (GET or POST form).",
+        handler: prometheus::query_range,
+        compress: true,
+        reads: Reads::Prometheus,
+        scoped: true,
+    },
+    Resource {
+        path: "/api/v1/prometheus/series",
+        summary: "Prometheus series by match[] through the proxy (GET or POST form).",
+        handler: prometheus::series,
+        compress: true,
+        reads: Reads::Prometheus,
+        scoped: true,
+    },
+    Resource {
+        path: "/api/v1/prometheus/labels",
+        summary: "Prometheus label names through the proxy (GET or POST form).",
+        handler: prometheus::labels,
+        compress: true,
+        reads: Reads::Prometheus,
+        scoped: true,
+    },
+    Resource {
+        path: "/api/v1/prometheus/label/{name}/values",
+        summary: "Prometheus values of one label through the proxy (GET or POST form).",
+        handler: prometheus::label_values,
+        compress: true,
+        reads: Reads::Prometheus,
+        scoped: true,
+    },
+    Resource {
+        path: "/grafana/panel_iframe_src",
+        summary: "The same-origin Grafana iframe URL of one panel (uid, panelId); a tenant's owner variable is fixed from its token.",
+        handler: || get(grafana::panel_iframe_src),
+        compress: false,
+        reads: Reads::Request,
+        scoped: true,
+    },
+    Resource {
+        path: "/grafana/panel.png",
+        summary: "410 Gone: panel images are not rendered; use /grafana/panel_iframe_src.",
+        handler: || get(grafana::panel_png),
+        compress: false,
+        reads: Reads::Request,
+        scoped: true,
+    },
 ];
 
 /// Default bound on the time to answer one request.
@@ -219,6 +283,8 @@ struct Inner {
     alerts: AlertHistory,
     usage: UsageReader,
     pacer: Pacer,
+    /// Set once by [`AppState::with_proxy`] (unset: those routes answer 503).
+    proxy: std::sync::OnceLock<Arc<crate::proxy::Proxy>>,
 }
 
 /// What the API serves, built once at start-up by `vmscope serve`
@@ -284,6 +350,7 @@ impl AppState {
                 alerts,
                 usage,
                 pacer,
+                proxy: std::sync::OnceLock::new(),
             }),
         };
         state.spawn_prewarm();
@@ -382,6 +449,21 @@ impl AppState {
     /// The usage ledger's reader (`/api/v1/usage`).
     pub(crate) fn usage(&self) -> &UsageReader {
         &self.inner.usage
+    }
+
+    /// The query proxy and Grafana embedding (`/api/v1/prometheus/*`,
+    /// `/metrics?query=`, `/grafana/*`); without it those answer 503.
+    /// Set once: a second call keeps the first proxy.
+    pub fn with_proxy(self, proxy: Arc<crate::proxy::Proxy>) -> Self {
+        if self.inner.proxy.set(proxy).is_err() {
+            tracing::debug!("the query proxy was set up already");
+        }
+        self
+    }
+
+    /// The query proxy, when set up.
+    pub(crate) fn proxy(&self) -> Option<Arc<crate::proxy::Proxy>> {
+        self.inner.proxy.get().cloned()
     }
 }
 

@@ -195,13 +195,20 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
             collector_sources.push(Arc::clone(&push_metrics) as Arc<dyn MetricSource>);
         }
         let push_snapshots = snapshots.clone();
+        if cfg.proxy.owner_labels {
+            crate::export::owner_labels::enable(&cfg.proxy.user_label, &cfg.proxy.project_label);
+        }
+        let proxy = crate::proxy::Proxy::new(cfg.proxy.clone())
+            .context("building the query proxy's Prometheus client")
+            .map_err(Failure::runtime)?;
         let state = state_with_usage(
             snapshots,
             &watchdog,
             collector_sources,
             ledger.usage(),
             pacer,
-        );
+        )
+        .with_proxy(Arc::new(proxy));
         let pushers = crate::push::start(
             push_destinations,
             push_snapshots,

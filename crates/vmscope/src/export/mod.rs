@@ -32,6 +32,7 @@ pub mod encoder;
 #[doc(hidden)]
 pub mod fixture;
 pub mod histogram;
+pub mod owner_labels;
 pub mod scoped;
 pub mod snapshot;
 pub mod snapshot_age;

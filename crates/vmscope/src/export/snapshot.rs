@@ -434,8 +434,15 @@ fn encode_vms(vms: &[&VmStats], counters: Option<&CounterTotals>, out: &mut impl
 
     // Every other per-VM series carries the same two labels: escape them
     // once per VM, not once per series.
-    let vms: Vec<(&VmStats, LabelSet)> =
-        vms.iter().map(|vm| (*vm, out.label_set(&id(vm)))).collect();
+    // (With tenancy on, the owner keys too: `super::owner_labels`.)
+    let vms: Vec<(&VmStats, LabelSet)> = (vms.iter())
+        .map(|vm| {
+            (
+                *vm,
+                super::owner_labels::vm_label_set(out, vm, &users, &projects),
+            )
+        })
+        .collect();
     let vms = vms.as_slice();
 
     out.family(&VM_STATE);

@@ -26,6 +26,7 @@ mod owners_redis;
 mod owners_sql;
 mod owners_usage;
 mod package;
+mod proxy;
 mod push;
 mod scrape_rate;
 mod state_db;

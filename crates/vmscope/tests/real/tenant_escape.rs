@@ -88,6 +88,24 @@ const PROBES: &[Probe] = &[
     p("/api/v1/usage", "/api/v1/usage?by=project&step=1h", TEXT, true),
     p("/api/v1/usage", "/api/v1/usage?by=project", CSV, true),
     p("/api/v1/usage", "/api/v1/usage?by=vm&host={host}&from=0", TEXT, true),
+    // The query proxy, in front of a real Prometheus that scrapes this
+    // agent with the admin token (owner labels on every per-VM series).
+    p("/metrics", "/metrics?query=vmscope_vm_info", TEXT, true),
+    p("/metrics", "/metrics?query=vmscope_vm_info{vm_id=\"{id}\"}", TEXT, true),
+    p("/api/v1/prometheus/query", "/api/v1/prometheus/query?query=vmscope_vm_info", TEXT, true),
+    p("/api/v1/prometheus/query", "/api/v1/prometheus/query?query={__name__=~\"vmscope_(vm|user|project)_.*\",project=\"{project}\"}", TEXT, true),
+    p("/api/v1/prometheus/query", "/api/v1/prometheus/query?query=sum by (vm_name, user, project) (max_over_time(vmscope_vm_cpu_seconds_total[1m]))", TEXT, true),
+    p("/api/v1/prometheus/query", "/api/v1/prometheus/query?query=label_replace(vmscope_vm_info, \"x\", \"$1\", \"vm_name\", \"(.*)\") or vector(1)", TEXT, true),
+    p("/api/v1/prometheus/query_range", "/api/v1/prometheus/query_range?query=vmscope_vm_info&start={ago}&end={now}&step=5", TEXT, true),
+    p("/api/v1/prometheus/series", "/api/v1/prometheus/series?match[]=vmscope_vm_info", TEXT, true),
+    p("/api/v1/prometheus/series", "/api/v1/prometheus/series?match[]={vm_id=\"{id}\"}", TEXT, true),
+    p("/api/v1/prometheus/labels", "/api/v1/prometheus/labels", TEXT, false),
+    p("/api/v1/prometheus/label/{name}/values", "/api/v1/prometheus/label/vm_name/values", TEXT, true),
+    p("/api/v1/prometheus/label/{name}/values", "/api/v1/prometheus/label/project/values", TEXT, true),
+    p("/api/v1/prometheus/label/{name}/values", "/api/v1/prometheus/label/user_name/values", TEXT, true),
+    p("/grafana/panel_iframe_src", "/grafana/panel_iframe_src?uid=abc&panelId=2", TEXT, false),
+    p("/grafana/panel_iframe_src", "/grafana/panel_iframe_src?uid=abc&panelId=2&var-project={project}", TEXT, false),
+    p("/grafana/panel.png", "/grafana/panel.png?uid=abc&panelId=2", TEXT, false),
 ];
 
 const ADMIN: &str = "vms_escape_suite_admin_token_000000000001";
@@ -133,7 +151,13 @@ impl Tenant {
 
     fn fill(&self, template: &str, host: &str) -> String {
         let (id, name) = &self.vms[0];
-        template
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let filled = template
+            .replace("{now}", &now.to_string())
+            .replace("{ago}", &(now - 120).to_string())
             .replace("{id}", id)
             .replace("{uuid}", id)
             .replace("{name}", name)
@@ -141,7 +165,22 @@ impl Tenant {
             .replace("{project_name}", &self.project_name.replace(' ', "%20"))
             .replace("{user}", &self.user)
             .replace("{project}", &self.project)
-            .replace("{host}", host)
+            .replace("{host}", host);
+        // PromQL in a query string: percent-encode what a URI cannot hold.
+        match filled.split_once('?') {
+            Some((path, query)) => {
+                let mut q = String::new();
+                for b in query.bytes() {
+                    if b.is_ascii_alphanumeric() || b"-_.~=&%".contains(&b) {
+                        q.push(char::from(b));
+                    } else {
+                        q.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                format!("{path}?{q}")
+            }
+            None => filled,
+        }
     }
 }
 
@@ -264,10 +303,15 @@ fn a_tenant_reads_nothing_of_another_through_any_endpoint() {
     );
     let web_path = dir.path().join("web.yml");
     std::fs::write(&web_path, web).unwrap();
+    let prom_port = crate::support::free_port();
     let config = format!(
         r#"
 [http]
 web_config_file = {web_path:?}
+
+[proxy]
+prometheus_url = "http://127.0.0.1:{prom_port}"
+owner_labels = true
 
 [owners.file]
 path = {mapping_path:?}
@@ -305,6 +349,15 @@ sustained = "1s"
         .trim()
         .to_owned();
     let url = |path: &str| agent.url(path);
+    let target = agent.url("").trim_start_matches("http://").to_owned();
+    let prom = crate::support::prom::Prometheus::start_jobs_at(
+        Some(prom_port),
+        &[(
+            "vmscope",
+            target.as_str(),
+            &format!("    authorization:\n      type: Bearer\n      credentials: {ADMIN}\n"),
+        )],
+    );
 
     // Everything is there for the admin: both tenants' VMs attributed,
     // their alerts firing, their ledger rows flushed.
@@ -312,6 +365,13 @@ sustained = "1s"
         let m = get(&url("/metrics"), Some(ADMIN), TEXT, false).body;
         let alerts = get(&url("/api/v1/alerts"), Some(ADMIN), TEXT, false).body;
         let usage = get(&url("/api/v1/usage?by=vm"), Some(ADMIN), TEXT, false).body;
+        let scraped = get(
+            &url("/api/v1/prometheus/query?query=vmscope_vm_info"),
+            Some(ADMIN),
+            TEXT,
+            false,
+        )
+        .body;
         [&a, &b]
             .iter()
             .all(|t| {
@@ -320,6 +380,7 @@ sustained = "1s"
                         alerts.contains(&format!("vm:{id}")) && usage.contains(id.as_str())
                     })
                     && alerts.contains(&format!("owner:project:{}", t.project))
+                    && scraped.contains(&t.project)
             })
             .then_some(())
     })
@@ -336,7 +397,7 @@ sustained = "1s"
                 let path = victim.fill(probe.request, &host);
                 let got = get(&url(&path), Some(attacker.token), probe.accept, gzip);
                 assert!(
-                    matches!(got.status, 200 | 400 | 403 | 404),
+                    matches!(got.status, 200 | 400 | 403 | 404 | 410),
                     "{path} as {}: status {}: {}",
                     attacker.project,
                     got.status,
@@ -381,7 +442,7 @@ sustained = "1s"
             let path = a.fill(probe.request, &host);
             let got = get(&url(&path), None, probe.accept, gzip);
             assert!(
-                matches!(got.status, 200 | 401),
+                matches!(got.status, 200 | 401 | 410),
                 "{path} anonymous: status {}: {}",
                 got.status,
                 got.body
@@ -443,6 +504,7 @@ sustained = "1s"
             403
         );
     }
+    drop(prom);
     drop(vms);
 }
 

@@ -30,19 +30,25 @@ impl Prometheus {
     /// Starts Prometheus with one scrape job per (job name, target, extra
     /// YAML lines of the job, indented four spaces: `authorization:` ...).
     pub fn start_jobs(jobs: &[(&str, &str, &str)]) -> Prometheus {
-        Prometheus::start_with(jobs, &[])
+        Prometheus::start_with(None, jobs, &[])
+    }
+
+    /// [`Prometheus::start_jobs`] on a given loopback port (for an agent
+    /// configured with Prometheus' address before Prometheus starts).
+    pub fn start_jobs_at(port: Option<u16>, jobs: &[(&str, &str, &str)]) -> Prometheus {
+        Prometheus::start_with(port, jobs, &[])
     }
 
     /// Starts Prometheus scraping nothing, accepting remote_write at
     /// `{base}/api/v1/write` (`--web.enable-remote-write-receiver`).
     pub fn start_remote_write_receiver() -> Prometheus {
-        Prometheus::start_with(&[], &["--web.enable-remote-write-receiver"])
+        Prometheus::start_with(None, &[], &["--web.enable-remote-write-receiver"])
     }
 
-    fn start_with(jobs: &[(&str, &str, &str)], flags: &[&str]) -> Prometheus {
+    fn start_with(port: Option<u16>, jobs: &[(&str, &str, &str)], flags: &[&str]) -> Prometheus {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Prometheus::try_start(jobs, flags) {
+            match Prometheus::try_start(port, jobs, flags) {
                 Ok(p) => return p,
                 Err(e) => last_err = e,
             }
@@ -50,7 +56,11 @@ impl Prometheus {
         panic!("prometheus did not come up: {last_err}");
     }
 
-    fn try_start(jobs: &[(&str, &str, &str)], flags: &[&str]) -> Result<Prometheus, String> {
+    fn try_start(
+        port: Option<u16>,
+        jobs: &[(&str, &str, &str)],
+        flags: &[&str],
+    ) -> Result<Prometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("vmscope-e2e-prom-")
             .tempdir()
@@ -65,7 +75,7 @@ impl Prometheus {
         fs::write(&config, text).map_err(|e| format!("write {}: {e}", config.display()))?;
         let log = fs::File::create(dir.path().join("prometheus.log"))
             .map_err(|e| format!("create prometheus.log: {e}"))?;
-        let addr = format!("127.0.0.1:{}", free_port());
+        let addr = format!("127.0.0.1:{}", port.unwrap_or_else(free_port));
         let child = Command::new(PROMETHEUS)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
