@@ -16,6 +16,7 @@ use serde::Serialize;
 
 pub mod counters;
 pub mod identity;
+pub mod pace;
 pub mod scope;
 pub mod usage;
 

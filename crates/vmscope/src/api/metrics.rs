@@ -53,7 +53,7 @@ pub async fn metrics(
     } else {
         Format::Text
     };
-    // A scraper's rhythm sets the collector's phase (`pipeline::pace`):
+    // A scraper's rhythm sets the collector's phase (`model::pace`):
     // only full expositions, the ones monitoring systems scrape.
     if let (Viewer::All, Some(who)) = (&viewer, peer.0) {
         state.pacer().record(who, std::time::Instant::now());

@@ -52,7 +52,7 @@ use crate::export::scoped::{ScopedCache, View};
 use crate::export::{ExpositionCache, MetricSource, SnapshotAge, Sources};
 use crate::ledger::{NoLedger, UsageReader};
 use crate::model::Snapshot;
-use crate::pipeline::pace::Pacer;
+use crate::model::pace::Pacer;
 
 /// What a resource answers from: the snapshot (always there) or a part of
 /// the agent that may be off (the watchdog's alert history).
@@ -302,7 +302,7 @@ pub struct Parts {
     pub usage: UsageReader,
     pub request_timeout: Duration,
     /// Told of every full scrape, so that the collector's ticks finish
-    /// just before the scrapes (`crate::pipeline::pace`).
+    /// just before the scrapes (`crate::model::pace`).
     pub pacer: Pacer,
 }
 

@@ -92,7 +92,7 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         let counters = crate::model::counters::CounterSlot::default();
         collector.attach_counters(counters.clone());
         let owner_metrics: Arc<dyn MetricSource> = Arc::new(collector.owner_metrics());
-        let pacer = crate::pipeline::pace::Pacer::new();
+        let pacer = crate::model::pace::Pacer::new();
         let snapshots = spawn(collector, cfg.interval(), pacer.clone())
             .context("starting the collector thread")
             .map_err(Failure::runtime)?;
@@ -312,7 +312,7 @@ pub fn state_with(
         watchdog,
         collector_sources,
         UsageReader::unavailable(NoLedger::Disabled),
-        crate::pipeline::pace::Pacer::new(),
+        crate::model::pace::Pacer::new(),
     )
 }
 
@@ -322,7 +322,7 @@ pub fn state_with_usage(
     watchdog: &Watchdog,
     collector_sources: Vec<Arc<dyn MetricSource>>,
     usage: UsageReader,
-    pacer: crate::pipeline::pace::Pacer,
+    pacer: crate::model::pace::Pacer,
 ) -> AppState {
     let http = Arc::new(HttpMetrics::new());
     let mut list = vec![watchdog.metrics()];

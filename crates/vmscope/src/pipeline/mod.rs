@@ -26,7 +26,6 @@ pub mod dedup;
 pub mod follow;
 pub mod health;
 pub mod identity;
-pub mod pace;
 pub mod rates;
 
 use std::sync::Arc;
@@ -319,19 +318,19 @@ impl Collector {
 
 /// Runs the collector on its own thread every `interval`, publishing each
 /// snapshot, its phase moved toward the scrapes `pacer` predicts (see
-/// [`pace`]). Returns the receiving side; the thread stops when every
+/// [`crate::model::pace`]). Returns the receiving side; the thread stops when every
 /// receiver is dropped.
 pub fn spawn(
     mut collector: Collector,
     interval: Duration,
-    pacer: pace::Pacer,
+    pacer: crate::model::pace::Pacer,
 ) -> std::io::Result<watch::Receiver<Arc<Snapshot>>> {
     let (tx, rx) = watch::channel(Arc::new(Snapshot::empty(interval)));
     std::thread::Builder::new()
         .name("vmscope-collect".into())
         .spawn(move || {
             let mut next = Instant::now();
-            let mut recent = pace::RecentTicks::default();
+            let mut recent = crate::model::pace::RecentTicks::default();
             loop {
                 let started = Instant::now();
                 pacer.set_ticking(true);
@@ -358,7 +357,7 @@ pub fn spawn(
                     regular = now + interval;
                 }
                 let slowest = recent.push(now.saturating_duration_since(started));
-                let lead = pace::lead(slowest, interval);
+                let lead = crate::model::pace::lead(slowest, interval);
                 next = pacer.plan(regular, now, interval, lead);
                 tracing::trace!(
                     in_ms = next.saturating_duration_since(now).as_millis() as u64,

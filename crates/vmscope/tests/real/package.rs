@@ -163,7 +163,7 @@ fn scrape_vm(port: u16, uuid: &str, timeout: Duration) -> Exposition {
     poll_until(timeout, Duration::from_millis(200), || {
         let e = Exposition::parse(&http::get(&url).ok()?.body).ok()?;
         let found = e
-            .value("vmscope_vm_disk_read_bytes_total", &[("vm_id", uuid)])
+            .value("vmscope_vm_io_read_bytes_total", &[("vm_id", uuid)])
             .is_some();
         last = e;
         found.then_some(())
@@ -271,7 +271,7 @@ fn the_package_installs_runs_as_its_unit_sees_other_users_vms_and_purges_clean()
     let pid = agent.id();
     let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     assert!(
-        e.value("vmscope_vm_disk_read_bytes_total", &[("vm_id", &uuid)])
+        e.value("vmscope_vm_io_read_bytes_total", &[("vm_id", &uuid)])
             .is_some(),
         "the VM's /proc/PID/io counters are missing as the unit's user; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
@@ -342,7 +342,7 @@ fn the_package_installs_runs_as_its_unit_sees_other_users_vms_and_purges_clean()
     .expect("the VM in the scrape without capabilities");
     stop(bare);
     assert_eq!(
-        e.value("vmscope_vm_disk_read_bytes_total", &[("vm_id", &uuid)]),
+        e.value("vmscope_vm_io_read_bytes_total", &[("vm_id", &uuid)]),
         None,
         "without CAP_SYS_PTRACE /proc/PID/io of a root process must be unreadable"
     );

@@ -3,7 +3,7 @@
 //! CPU-burning QEMU VM, with three scrape jobs (three scrape phases
 //! relative to the collection, chosen by Prometheus from the job names),
 //! every 5 s, while vmscope collects every 2 s. Without scrape-aligned
-//! collection (`pipeline::pace`) a scrape finds a sample 0 to 2 s old, the
+//! collection (`model::pace`) a scrape finds a sample 0 to 2 s old, the
 //! age varies from scrape to scrape, and `rate(...[30s])` is off by up to
 //! 2/30; with it, each job's samples are a constant age old and the rate
 //! is the counter's true slope. Bound: 1%.
