@@ -10,7 +10,7 @@
 //!
 //! - **Which VMs**: those whose user key is one of the tenant's users or
 //!   whose project key is one of its projects. Keys are the grouping keys
-//!   of [`identity`] (id, else name; a name-only VM joins the one id its
+//!   of [`super::identity`] (id, else name; a name-only VM joins the one id its
 //!   name carries), computed over the *whole* host, as on
 //!   `vmscope_vm_info{user,project}` and `vmscope_user_*{user}`, so a VM is
 //!   the tenant's exactly when the unscoped exposition says it is.
