@@ -326,14 +326,7 @@ impl Accountant {
             .values()
             .any(|t| t.last_seen_ms < forget_before)
         {
-            let forgotten = &mut self.forgotten;
-            self.cursors.retain(|_, t| {
-                let keep = t.last_seen_ms >= forget_before;
-                if !keep {
-                    forgotten.push(t.cursor.incarnation.clone());
-                }
-                keep
-            });
+            self.forget_cursors(|_, t| t.last_seen_ms < forget_before);
         }
         self.bound();
     }
@@ -421,16 +414,23 @@ impl Accountant {
                 .filter(|(_, e)| e.version > e.flushed)
                 .map(|(&(pid, t, _), _)| (pid, t))
                 .collect();
-            let forgotten = &mut self.forgotten;
-            self.cursors.retain(|inc, t| {
-                let keep = !t.departed || dirty.contains(inc);
-                if !keep {
-                    forgotten.push(t.cursor.incarnation.clone());
-                }
-                keep
-            });
+            self.forget_cursors(|inc, t| t.departed && !dirty.contains(inc));
         }
         self.evict_clean();
+    }
+
+    /// Drops the cursors `gone` picks; the next flush deletes them from
+    /// the store.
+    fn forget_cursors(&mut self, gone: impl Fn(&Inc, &Tracked) -> bool) {
+        let forgotten = &mut self.forgotten;
+        self.cursors.retain(|inc, t| {
+            if gone(inc, t) {
+                forgotten.push(t.cursor.incarnation.clone());
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// The batch behind `marks` was not written: its counter usage goes
