@@ -175,6 +175,20 @@ fn main() {
     for size in [100, 1024, 4096] {
         let q = query(size);
         let scoped = scope_query(&q, &tenant).unwrap();
+        // The rewrite alone, in process (parse, add, print, check).
+        let mut rewrite: Vec<f64> = (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(scope_query(&q, &tenant).unwrap());
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        println!(
+            "rewrite alone, {} B: p50 {:.3} ms, p99 {:.3} ms",
+            q.len(),
+            pct(&mut rewrite, 0.5),
+            pct(&mut rewrite, 0.99)
+        );
         let (mut direct, mut through) = (Vec::new(), Vec::new());
         for i in 0..ROUNDS + 100 {
             let t = Instant::now();
