@@ -388,6 +388,7 @@ def host_overview():
     b.add(timeseries("Top VMs by CPU (cores)", [target(f"topk(10, vm:vmscope_vm_cpu_seconds:rate{w}{{{SEL}}}{OWNER_JOIN})", "{{vm_name}}")], "short", "Host CPU cores used by each VM's hypervisor process; filtered by the user and project variables."), 12, 8)
     b.add(timeseries("Top VMs by resident memory", [target(f"topk(10, vmscope_vm_memory_rss_bytes{{{SEL}}}{OWNER_JOIN})", "{{vm_name}}")], "bytes"), 12, 8)
     b.add(timeseries("Top VMs by network (received + sent)", [target(f"topk(10, (vm:vmscope_vm_network_receive_bytes:rate{w}{{{SEL}}} + vm:vmscope_vm_network_transmit_bytes:rate{w}{{{SEL}}}){OWNER_JOIN})", "{{vm_name}}")], "Bps"), 12, 8)
+    b.add(timeseries("Top VMs by disk (read + written)", [target(f"topk(10, (vm:vmscope_vm_disk_read_bytes:rate{w}{{{SEL}}} + vm:vmscope_vm_disk_write_bytes:rate{w}{{{SEL}}}){OWNER_JOIN})", "{{vm_name}}")], "Bps", "Per-disk figures from each VM's API (QMP, Cloud Hypervisor) or its host block devices."), 12, 8)
     b.add(timeseries("Top VMs by steal (vCPU run-queue wait)", [target(f"topk(10, vm:vmscope_vm_vcpu_wait_seconds:rate{w}{{{SEL}}}{OWNER_JOIN})", "{{vm_name}}")], "short", "Seconds per second the VM's vCPU threads waited for a host CPU: what the guest sees as steal."), 12, 8)
     b.add(table("VMs", [
         target(f"vmscope_vm_info{{{SEL}}}{OWNER_JOIN}", "info"),
@@ -569,7 +570,10 @@ def self_view():
     b.add(stat("Tick duration", f"vmscope_tick_duration_seconds{{{SEL}}}", "s", legend="{{instance}}"), 4, 4)
     b.add(table("Build", [target(f"vmscope_build_info{{{SEL}}}")]), 12, 4)
     b.add(timeseries("Collector duration", [target(f"vmscope_collector_duration_seconds{{{SEL}}}", "{{collector}}")], "s", stack=True), 8, 8)
-    b.add(timeseries("Collector errors", [target(f"sum by (collector, kind) (rate(vmscope_collector_errors_total{{{SEL}}}[{RW}]))", "{{collector}} {{kind}}")], "short"), 8, 8)
+    # A collector's error counter exists from its first error on: the zero
+    # line per collector (from vmscope_collector_success) keeps healthy
+    # collectors on the panel instead of "No data".
+    b.add(timeseries("Collector errors", [target(f"sum by (collector, kind) (rate(vmscope_collector_errors_total{{{SEL}}}[{RW}])) or 0 * sum by (collector) (vmscope_collector_success{{{SEL}}})", "{{collector}} {{kind}}")], "short", "Errors per second by collector and kind (gone, io, parse, timeout); 0 for collectors that never failed."), 8, 8)
     b.add(timeseries("Collectors failing", [target(f"1 - vmscope_collector_success{{{SEL}}}", "{{collector}}")], "short", "1 when the collector failed on the last tick."), 8, 8)
     b.add(timeseries("VMs discovered by source", [target(f"vmscope_vms_discovered{{{SEL}}}", "{{source}}")], "short", stack=True), 8, 8)
     b.add(timeseries("Label values cut, series skipped", [
