@@ -46,6 +46,7 @@ CONFIG = {
     "for_vm": "10m",
     "for_self": "5m",
     "push_stale_seconds": 300,
+    "task_stale_seconds": 300,
     "grafana_schema_version": 39,
     "refresh": "30s",
 }
@@ -174,6 +175,13 @@ def alerting_rules():
               "vmscope cannot push to {{ $labels.destination }} from {{ $labels.instance }}.",
               "No push to the destination succeeded for a while and pushes keep failing; the queue fills and then drops the oldest samples.",
               "vmscope_push_errors_total{destination=...} by kind: http_4xx (rejected: fix URL, token or tenant header), http_5xx/http_429/timeout/unreachable (the receiver is down or overloaded). Check the receiver, then vmscope_push_dropped_samples_total for the gap."),
+        alert("VmscopeTaskFailing",
+              f"increase(vmscope_task_errors_total{{{j}}}[10m]) > 0"
+              f" and on(job, instance, task) (time() - vmscope_task_last_success_timestamp_seconds{{{j}}} > {c['task_stale_seconds']})",
+              c["for_self"], "warning",
+              "vmscope's background task {{ $labels.task }} keeps failing on {{ $labels.instance }}.",
+              "The task (collection, owner refresh, ledger flush, a push, rule evaluation) has errors and no success for a while (vmscope_task_*).",
+              "Find the task's own figures on the \"vmscope itself\" dashboard (ledger flush: the state database's disk; owner_refresh: the owner source; pushes: the receiver) and the agent's log lines for it; a task with no success since start never shows a timestamp."),
         alert("VmscopeOwnerSourceFailing", f"vmscope_owner_source_up{{{j}}} == 0", c["for_self"], "warning",
               "vmscope's owner source {{ $labels.source }} fails on {{ $labels.instance }}.",
               "Attribution runs on the last good mapping; VMs started since then have no owner and their usage goes to no one.",
@@ -273,27 +281,44 @@ def timeseries(title, targets, unit="short", description="", stack=False):
     }
 
 
-def stat(title, expr, unit="short", description="", legend=""):
+def stat(title, expr, unit="short", description="", legend="", text_mode="auto"):
     return {
         "type": "stat", "title": title, "description": description, "datasource": DS,
         "targets": with_refs([target(expr, legend, instant=True)]),
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "value", "graphMode": "area", "textMode": "auto"},
+                    "colorMode": "value", "graphMode": "area", "textMode": text_mode},
     }
 
 
-def table(title, targets, description="", unit="short"):
+def table(title, targets, description="", unit="short", units=None):
+    """An instant table; with several queries their value columns are
+    merged on the labels and named by the queries' legends, and `units`
+    (legend -> unit) overrides the unit per column."""
     for t in targets:
         t["instant"] = True
         t["range"] = False
         t["format"] = "table"
+    with_refs(targets)
+    transformations = []
+    overrides = []
+    if len(targets) > 1:
+        transformations = [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                           "renameByName": {f"Value #{t['refId']}": t["legendFormat"] for t in targets}}},
+        ]
+        for name, u in sorted((units or {}).items()):
+            overrides.append({"matcher": {"id": "byName", "options": name},
+                              "properties": [{"id": "unit", "value": u}]})
+    else:
+        transformations = [{"id": "organize", "options": {"excludeByName": {"Time": True}}}]
     return {
         "type": "table", "title": title, "description": description, "datasource": DS,
-        "targets": with_refs(targets),
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": targets,
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": overrides},
         "options": {"showHeader": True},
-        "transformations": [{"id": "merge", "options": {}}] if len(targets) > 1 else [],
+        "transformations": transformations,
     }
 
 
@@ -378,7 +403,7 @@ def host_overview():
         target(f"vmscope_host_filesystem_size_bytes{{{SEL}}}", "size"),
         target(f"vmscope_host_filesystem_avail_bytes{{{SEL}}}", "available"),
         target(f"1 - vmscope_host_filesystem_avail_bytes{{{SEL}}} / vmscope_host_filesystem_size_bytes{{{SEL}}}", "used"),
-    ], "Size, space available to unprivileged users, and used share, per mounted filesystem.", "bytes"), 12, 8)
+    ], "Size, space available to unprivileged users, and the share not available to them, per mounted filesystem.", "bytes", {"used": "percentunit"}), 12, 8)
     b.add(timeseries("Filesystem space available", [
         target(f"vmscope_host_filesystem_avail_bytes{{{SEL}}}", "{{instance}} {{mountpoint}}"),
     ], "bytes"), 12, 8)
@@ -405,7 +430,7 @@ def vm_detail():
     b = Board()
     vm_var = query_var("vm", "VM", f'label_values(vmscope_vm_info{{{SEL}, user=~"$user", project=~"$project"}}, vm_name)')
     b.row("State")
-    b.add(stat("State", f"vmscope_vm_state{{{VM_SEL}}} == 1", legend="{{state}}"), 4, 4)
+    b.add(stat("State", f"vmscope_vm_state{{{VM_SEL}}} == 1", legend="{{state}}", text_mode="name"), 4, 4)
     b.add(stat("Uptime", f"time() - vmscope_vm_start_time_seconds{{{VM_SEL}}}", "s"), 4, 4)
     b.add(stat("vCPUs", f"vmscope_vm_allocated_vcpus{{{VM_SEL}}}"), 4, 4)
     b.add(stat("Memory allocated", f"vmscope_vm_memory_allocated_bytes{{{VM_SEL}}}", "bytes"), 4, 4)
@@ -482,7 +507,8 @@ def vm_detail():
         target(f"vmscope_vm_device_stats_up{{{VM_SEL}}}", "up"),
         target(f"time() - vmscope_vm_device_stats_last_success_timestamp_seconds{{{VM_SEL}}}", "age"),
         target(f"vmscope_vm_device_stats_errors_total{{{VM_SEL}}}", "errors"),
-    ]), 12, 6)
+    ], "Where the per-disk and balloon figures come from, whether the last read worked, its age, and failed reads by kind.",
+        units={"up": "bool_yes_no", "age": "s"}), 12, 6)
     b.add(timeseries("Ledger usage (over all incarnations)", [
         target(f"rate(vmscope_vm_ledger_cpu_seconds_total{{{VM_SEL}}}[{RW}])", "CPU cores"),
         target(f"rate(vmscope_vm_ledger_vcpu_allocated_seconds_total{{{VM_SEL}}}[{RW}])", "vCPUs allocated"),
@@ -507,12 +533,12 @@ def owners():
         b.add(timeseries(f"Network per {kind}", [
             target(f"vmscope_{kind}_network_receive_bytes_per_second{{{s}}}", f"{{{{{kind}}}}} received"),
             target(f"vmscope_{kind}_network_transmit_bytes_per_second{{{s}}}", f"{{{{{kind}}}}} sent"),
-        ], "Bps"), 8, 8)
+            target(f"{kind}:vmscope_{kind}_network_receive_bytes:rate{lw}{{{s}}} + {kind}:vmscope_{kind}_network_transmit_bytes:rate{lw}{{{s}}}", f"{{{{{kind}}}}} both, ledger {lw} rate"),
+        ], "Bps", "Last collection interval (received, sent), and the ledger counters' rate (both directions, smoother)."), 8, 8)
         b.add(timeseries(f"Ledger usage rate per {kind}", [
             target(f"{kind}:vmscope_{kind}_cpu_seconds:rate{lw}{{{s}}}", f"{{{{{kind}}}}} CPU cores"),
             target(f"{kind}:vmscope_{kind}_vcpu_allocated_seconds:rate{lw}{{{s}}}", f"{{{{{kind}}}}} vCPUs allocated"),
             target(f"{kind}:vmscope_{kind}_memory_allocated_byte_seconds:rate{lw}{{{s}}} / 2^30", f"{{{{{kind}}}}} GiB allocated"),
-            target(f"{kind}:vmscope_{kind}_network_receive_bytes:rate{lw}{{{s}}} + {kind}:vmscope_{kind}_network_transmit_bytes:rate{lw}{{{s}}}", f"{{{{{kind}}}}} network B/s"),
         ], "short", "From the usage ledger's counters (they survive VM exits and agent restarts), as recorded by the rules."), 16, 8)
         b.add(table(f"{Kind}s: now and usage over the time range", [
             target(f"vmscope_{kind}_allocated_vcpus{{{s}}}", "vCPUs allocated"),
@@ -521,7 +547,8 @@ def owners():
             target(f"increase(vmscope_{kind}_vcpu_allocated_seconds_total{{{s}}}[$__range]) / 3600", "vCPU hours"),
             target(f"increase(vmscope_{kind}_memory_allocated_byte_seconds_total{{{s}}}[$__range]) / 3600 / 2^30", "GiB hours"),
             target(f"(increase(vmscope_{kind}_network_receive_bytes_total{{{s}}}[$__range]) + increase(vmscope_{kind}_network_transmit_bytes_total{{{s}}}[$__range])) / 2^30", "network GiB"),
-        ], "Allocation now, and usage summed over the dashboard's time range from the ledger's counters."), 24, 7)
+        ], "Allocation now, and usage summed over the dashboard's time range from the ledger's counters.",
+            units={"memory allocated": "bytes", "network GiB": "short"}), 24, 7)
         b.add(table(f"{Kind} names", [target(f"vmscope_{kind}_info{{{s}}}")], f"vmscope_{kind}_info: the display name of each {kind} key."), 24, 5)
     b.row("Attribution")
     b.add(timeseries("Owners with running VMs", [
@@ -533,7 +560,8 @@ def owners():
         target(f"vmscope_owner_source_up{{{SEL}}}", "up"),
         target(f"time() - vmscope_owner_source_last_success_timestamp_seconds{{{SEL}}}", "seconds since success"),
         target(f"vmscope_owner_source_rows_skipped{{{SEL}}}", "rows skipped"),
-    ], "Each owner source: up, seconds since its last good fetch, malformed rows skipped."), 8, 8)
+    ], "Each owner source: up, seconds since its last good fetch, malformed rows skipped.",
+        units={"up": "bool_yes_no", "seconds since success": "s"}), 8, 8)
     return dashboard("vmscope-owners", "vmscope / Owners",
                      "Per user and per project: VMs, CPU, memory, network now, and usage from the ledger.",
                      b.finish(), owner_vars(), ["owners"])
@@ -607,7 +635,7 @@ def self_view():
         target(f"rate(vmscope_push_dropped_samples_total{{{SEL}}}[{RW}])", "{{destination}} dropped/s"),
     ], "short"), 8, 8)
     b.add(timeseries("Push health", [
-        target(f"time() - vmscope_push_last_success_timestamp_seconds{{{SEL}}}", "{{destination}} since success (s)"),
+        target(f"time() - (vmscope_push_last_success_timestamp_seconds{{{SEL}}} > 0)", "{{destination}} since success (s)"),
         target(f"vmscope_push_duration_seconds{{{SEL}}}", "{{destination}} build time (s)"),
         target(f"sum by (destination, kind) (rate(vmscope_push_errors_total{{{SEL}}}[{RW}]))", "{{destination}} {{kind}} errors/s"),
     ], "short"), 8, 8)

@@ -94,7 +94,11 @@ def legend(fmt_str, labels, expr):
     out = fmt_str
     for k, v in labels.items():
         out = out.replace("{{" + k + "}}", v).replace("{{ " + k + " }}", v)
-    return out
+    # A label the series lacks renders as nothing, as in Grafana.
+    while "{{" in out and "}}" in out[out.index("{{"):]:
+        i = out.index("{{")
+        out = out[:i] + out[out.index("}}", i) + 2:]
+    return " ".join(out.split())
 
 
 def esc(s):
@@ -166,7 +170,8 @@ def draw_stat(p, box, results, unit):
     if not vals:
         return [text(x0 + w / 2, y0 + h / 2 + 4, "No data", 14, MUTED, "middle")]
     if len(vals) == 1:
-        return [text(x0 + w / 2, y0 + h / 2 + 10, fmt(vals[0][1], unit), 26, "#73bf69", "middle", "bold")]
+        shown = vals[0][0] if p.get("options", {}).get("textMode") == "name" else fmt(vals[0][1], unit)
+        return [text(x0 + w / 2, y0 + h / 2 + 10, shown, 26, "#73bf69", "middle", "bold")]
     out = []
     for i, (name, v) in enumerate(vals[:3]):
         y = y0 + 18 + i * 20
@@ -177,6 +182,9 @@ def draw_stat(p, box, results, unit):
 
 def draw_table(p, box, results, unit):
     x0, y0, w, h = box
+    col_units = {o["matcher"]["options"]: o["properties"][0]["value"]
+                 for o in p.get("fieldConfig", {}).get("overrides", [])
+                 if o.get("matcher", {}).get("id") == "byName" and o.get("properties")}
     # One row per label set; one value column per query (merged, as the
     # dashboards' "merge" transformation does).
     rows = {}
@@ -207,7 +215,7 @@ def draw_table(p, box, results, unit):
         for i, ln in enumerate(shown_labels):
             out.append(text(x0 + 6 + i * cw, y, clip(d.get(ln, ""), cw - 4, 10), 10))
         for i, c in enumerate(cols):
-            out.append(text(x0 + 6 + (len(shown_labels) + i) * cw, y, fmt(vals.get(c), unit), 10))
+            out.append(text(x0 + 6 + (len(shown_labels) + i) * cw, y, fmt(vals.get(c), col_units.get(c, unit)), 10))
     if len(rows) > max_rows:
         out.append(text(x0 + w - 6, y0 + h - 4, f"+{len(rows) - max_rows} rows", 9, MUTED, "end"))
     return out
