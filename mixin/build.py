@@ -415,11 +415,17 @@ def host_overview():
     b.add(timeseries("Top VMs by network (received + sent)", [target(f"topk(10, (vm:vmscope_vm_network_receive_bytes:rate{w}{{{SEL}}} + vm:vmscope_vm_network_transmit_bytes:rate{w}{{{SEL}}}){OWNER_JOIN})", "{{vm_name}}")], "Bps"), 12, 8)
     b.add(timeseries("Top VMs by disk (read + written)", [target(f"topk(10, (vm:vmscope_vm_disk_read_bytes:rate{w}{{{SEL}}} + vm:vmscope_vm_disk_write_bytes:rate{w}{{{SEL}}}){OWNER_JOIN})", "{{vm_name}}")], "Bps", "Per-disk figures from each VM's API (QMP, Cloud Hypervisor) or its host block devices."), 12, 8)
     b.add(timeseries("Top VMs by steal (vCPU run-queue wait)", [target(f"topk(10, vm:vmscope_vm_vcpu_wait_seconds:rate{w}{{{SEL}}}{OWNER_JOIN})", "{{vm_name}}")], "short", "Seconds per second the VM's vCPU threads waited for a host CPU: what the guest sees as steal."), 12, 8)
+    # The VM's facts joined in from vmscope_vm_info (which also applies the
+    # owner variables), so that the columns merge into one row per VM.
+    facts = (' * on(job, instance, vm_id) group_left(hypervisor, owner_user, owner_project) '
+             'vmscope_vm_info{' + SEL + ', user=~"$user", project=~"$project"}')
     b.add(table("VMs", [
-        target(f"vmscope_vm_info{{{SEL}}}{OWNER_JOIN}", "info"),
-        target(f"vm:vmscope_vm_cpu_seconds:rate{w}{{{SEL}}}{OWNER_JOIN}", "cpu"),
-        target(f"vmscope_vm_memory_rss_bytes{{{SEL}}}{OWNER_JOIN}", "rss"),
-    ], "Every VM of the chosen hosts and owners: identity, CPU cores, RSS."), 24, 9)
+        target(f"vm:vmscope_vm_cpu_seconds:rate{w}{{{SEL}}}{facts}", "CPU cores"),
+        target(f"vmscope_vm_allocated_vcpus{{{SEL}}}{facts}", "vCPUs"),
+        target(f"vmscope_vm_memory_rss_bytes{{{SEL}}}{facts}", "RSS"),
+        target(f"vmscope_vm_memory_allocated_bytes{{{SEL}}}{facts}", "memory allocated"),
+    ], "Every VM of the chosen hosts and owners: hypervisor, owner, CPU cores, vCPUs, RSS, memory allocated.",
+        units={"RSS": "bytes", "memory allocated": "bytes"}), 24, 9)
     return dashboard("vmscope-host", "vmscope / Host overview",
                      "The host's CPU, memory and filesystems, its VMs by state, and the top VMs.",
                      b.finish(), owner_vars(), ["host"])
@@ -473,7 +479,9 @@ def vm_detail():
     b.add(timeseries("Network bytes", [
         target(f"rate(vmscope_vm_network_receive_bytes_total{{{VM_SEL}}}[{RW}])", "{{interface}} received"),
         target(f"rate(vmscope_vm_network_transmit_bytes_total{{{VM_SEL}}}[{RW}])", "{{interface}} sent"),
-    ], "Bps", "The VM's direction: received = the TAP's host-side tx."), 8, 8)
+        target(f"rate(vmscope_vm_ledger_network_receive_bytes_total{{{VM_SEL}}}[{CONFIG['ledger_rate_window']}])", "ledger: received, all interfaces and incarnations"),
+        target(f"rate(vmscope_vm_ledger_network_transmit_bytes_total{{{VM_SEL}}}[{CONFIG['ledger_rate_window']}])", "ledger: sent, all interfaces and incarnations"),
+    ], "Bps", "The VM's direction: received = the TAP's host-side tx. The ledger's counters survive VM restarts and move once per ledger flush."), 8, 8)
     b.add(timeseries("Network packets", [
         target(f"rate(vmscope_vm_network_receive_packets_total{{{VM_SEL}}}[{RW}])", "{{interface}} received"),
         target(f"rate(vmscope_vm_network_transmit_packets_total{{{VM_SEL}}}[{RW}])", "{{interface}} sent"),
@@ -502,20 +510,20 @@ def vm_detail():
         target(f"rate(vmscope_vm_disk_flush_time_seconds_total{{{VM_SEL}}}[{RW}])", "{{device}} flush"),
     ], "s", "Seconds of request time per second; divided by the request rate it is the mean latency."), 8, 8)
     b.row("Device statistics source and ledger")
+    # up, age and errors each joined with the info series' source label, so
+    # that the three merge into one row per VM.
+    src = f" * on(job, instance, vm_id) group_left(source) vmscope_vm_device_stats_info{{{VM_SEL}}}"
     b.add(table("Device statistics source", [
-        target(f"vmscope_vm_device_stats_info{{{VM_SEL}}}", "source"),
-        target(f"vmscope_vm_device_stats_up{{{VM_SEL}}}", "up"),
-        target(f"time() - vmscope_vm_device_stats_last_success_timestamp_seconds{{{VM_SEL}}}", "age"),
-        target(f"vmscope_vm_device_stats_errors_total{{{VM_SEL}}}", "errors"),
-    ], "Where the per-disk and balloon figures come from, whether the last read worked, its age, and failed reads by kind.",
+        target(f"vmscope_vm_device_stats_up{{{VM_SEL}}}{src}", "up"),
+        target(f"(time() - vmscope_vm_device_stats_last_success_timestamp_seconds{{{VM_SEL}}}){src}", "age"),
+        target(f"sum without (kind) (vmscope_vm_device_stats_errors_total{{{VM_SEL}}}){src}", "errors"),
+    ], "Where the per-disk and balloon figures come from (qmp, cloud_hypervisor, sysfs), whether the last read worked, its age, and failed reads.",
         units={"up": "bool_yes_no", "age": "s"}), 12, 6)
     b.add(timeseries("Ledger usage (over all incarnations)", [
-        target(f"rate(vmscope_vm_ledger_cpu_seconds_total{{{VM_SEL}}}[{RW}])", "CPU cores"),
-        target(f"rate(vmscope_vm_ledger_vcpu_allocated_seconds_total{{{VM_SEL}}}[{RW}])", "vCPUs allocated"),
-        target(f"rate(vmscope_vm_ledger_memory_allocated_byte_seconds_total{{{VM_SEL}}}[{RW}]) / 2^30", "GiB allocated"),
-        target(f"rate(vmscope_vm_ledger_network_receive_bytes_total{{{VM_SEL}}}[{RW}])", "received B/s"),
-        target(f"rate(vmscope_vm_ledger_network_transmit_bytes_total{{{VM_SEL}}}[{RW}])", "sent B/s"),
-    ], "short", "The usage ledger's per-VM counters, which survive VM restarts; they move once per ledger flush."), 12, 6)
+        target(f"rate(vmscope_vm_ledger_cpu_seconds_total{{{VM_SEL}}}[{CONFIG['ledger_rate_window']}])", "CPU cores"),
+        target(f"rate(vmscope_vm_ledger_vcpu_allocated_seconds_total{{{VM_SEL}}}[{CONFIG['ledger_rate_window']}])", "vCPUs allocated"),
+        target(f"rate(vmscope_vm_ledger_memory_allocated_byte_seconds_total{{{VM_SEL}}}[{CONFIG['ledger_rate_window']}]) / 2^30", "GiB allocated"),
+    ], "short", "The usage ledger's per-VM counters (CPU cores, vCPUs and GiB allocated, on average), which survive VM restarts; they move once per ledger flush. Network: on the network panel."), 12, 6)
     return dashboard("vmscope-vm", "vmscope / VM detail",
                      "Every per-VM family for one VM: state, CPU, vCPUs, memory, guest memory, network, disks, ledger.",
                      b.finish(), [*owner_vars(), vm_var], ["vm"])
