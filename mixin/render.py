@@ -36,6 +36,8 @@ ROW_H = 30          # px per grid row unit
 PAD = 4
 BG, PANEL_BG, FG, MUTED, GRID = "#111217", "#181b1f", "#d8d9da", "#8e8e8e", "#2c3235"
 COLORS = ["#73bf69", "#f2cc0c", "#5794f2", "#ff9830", "#f2495c", "#b877d9", "#8ab8ff", "#ffb357", "#96d98d", "#fade2a"]
+PREFERRED = ["vm_name", "alert", "collector", "task", "source", "mountpoint", "device", "user", "project",
+             "owner_user", "owner_project", "hypervisor", "scope", "severity"]
 BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "5m"}
 
 
@@ -126,6 +128,19 @@ def draw_timeseries(p, box, results, unit):
                 series.append((legend(legend_fmt, r["metric"], ""), pts))
     if not series:
         return [text(x0 + w / 2, y0 + h / 2, "No data", 14, MUTED, "middle")]
+    if p.get("fieldConfig", {}).get("defaults", {}).get("custom", {}).get("stacking", {}).get("mode") == "normal":
+        # Stacked, as Grafana draws it: each series on top of the ones
+        # before it (range queries share one step grid, so times align).
+        below = {}
+        stacked = []
+        for name, pts in series:
+            top = [(t, v + below.get(t, 0.0)) for t, v in pts]
+            below.update(dict(top))
+            stacked.append((name, top, pts[-1][1]))
+        series_last = {name: last for name, _, last in stacked}
+        series = [(name, top) for name, top, _ in stacked]
+    else:
+        series_last = {name: pts[-1][1] for name, pts in series}
     leg_rows = min(len(series), max(1, int((h - 60) / 3 / 13)))
     plot = (x0 + 58, y0 + 6, w - 66, h - 22 - leg_rows * 13)
     ts = [t for _, pts in series for t, _ in pts]
@@ -158,7 +173,7 @@ def draw_timeseries(p, box, results, unit):
         yy = ly + (i // 3) * 13
         c = COLORS[i % len(COLORS)]
         out.append(f'<rect x="{lx:.1f}" y="{yy - 7:.1f}" width="10" height="3" fill="{c}"/>')
-        out.append(text(lx + 14, yy, clip(f"{name}  {fmt(pts[-1][1], unit)}", colw - 20, 9), 9, FG))
+        out.append(text(lx + 14, yy, clip(f"{name}  {fmt(series_last[name], unit)}", colw - 20, 9), 9, FG))
     if len(series) > leg_rows * 3:
         out.append(text(x0 + w - 6, y0 + h - 4, f"+{len(series) - leg_rows * 3} more", 9, MUTED, "end"))
     return out
@@ -202,7 +217,9 @@ def draw_table(p, box, results, unit):
                     label_names.append(k)
     if not rows:
         return [text(x0 + w / 2, y0 + h / 2, "No data", 14, MUTED, "middle")]
-    shown_labels = label_names[: max(1, min(len(label_names), 6 - min(len(cols), 3)))]
+    # The labels that name a row first; instance last (one host, mostly).
+    label_names.sort(key=lambda n: (PREFERRED.index(n) if n in PREFERRED else len(PREFERRED), n == "instance"))
+    shown_labels = label_names[: max(2, 8 - len(cols))]
     headers = shown_labels + cols
     cw = (w - 12) / len(headers)
     out = []
