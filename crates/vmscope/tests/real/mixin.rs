@@ -5,7 +5,8 @@
 //! receives frames, a virtio disk, a balloon with guest statistics and a
 //! QMP socket, so that every per-VM family the VM-detail dashboard shows
 //! exists. The agent runs the watchdog (a VM-CPU rule that the busy VM
-//! trips), the ledger (2 s flushes) and two remote_write pushes (one into
+//! trips while it gets its core, and a host-memory rule that holds all
+//! along, so the watchdog dashboard always has a firing alert), the ledger (2 s flushes) and two remote_write pushes (one into
 //! this Prometheus, one to a closed port, which fails and drops).
 //!
 //! Then every template variable's `label_values()` must offer the lab's
@@ -145,6 +146,7 @@ fn every_dashboard_query_and_recording_rule_returns_data_from_a_real_agent() {
             "[owners.file]\npath = {mapping:?}\ninterval = \"500ms\"\n\
              [ledger]\nflush_interval = \"2s\"\n\
              [watchdog.rules.vm_cpu]\nmetric = \"vm_cpu_utilization_ratio\"\nthreshold = 0.3\nsustained = \"2s\"\n\
+             [watchdog.rules.lab_memory]\nmetric = \"host_memory_used_ratio\"\nthreshold = 0.01\nsustained = \"2s\"\n\
              [[push.remote_write]]\nname = \"lab\"\nurl = \"http://127.0.0.1:{prom_port}/api/v1/write\"\ninterval = \"2s\"\n\
              labels = {{ job = \"vmscope-push\", instance = \"pushed\" }}\n\
              [[push.remote_write]]\nname = \"down\"\nurl = \"http://127.0.0.1:{closed}/api/v1/write\"\ninterval = \"1s\"\ntimeout = \"300ms\"\nmax_queue = 1\n"
