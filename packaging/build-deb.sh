@@ -72,6 +72,10 @@ install -D -m 0644 packaging/default "$root/etc/default/vmscope"
 install -D -m 0644 packaging/vmscope.service "$root/lib/systemd/system/vmscope.service"
 install -m 0644 packaging/share/README.dashboards "$root/usr/share/vmscope/dashboards/README"
 install -m 0644 packaging/share/README.rules "$root/usr/share/vmscope/rules/README"
+# The mixin (docs/dashboards.md): Grafana dashboards to import, rules for
+# Prometheus' rule_files.
+install -m 0644 mixin/dashboards/*.json "$root/usr/share/vmscope/dashboards/"
+install -m 0644 mixin/rules/*.yml "$root/usr/share/vmscope/rules/"
 
 man=$(mktemp -d)
 "$binary" man "$man"

@@ -11,4 +11,5 @@ mod cli;
 mod exposition;
 mod fixtures;
 mod metrics_doc;
+mod mixin;
 mod owners;

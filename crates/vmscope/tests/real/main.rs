@@ -19,6 +19,7 @@ mod hung_mount;
 mod ledger;
 mod ledger_counters;
 mod ledger_pg;
+mod mixin;
 mod owners;
 mod owners_http;
 mod owners_libvirt;

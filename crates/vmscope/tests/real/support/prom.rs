@@ -46,9 +46,20 @@ impl Prometheus {
     }
 
     fn start_with(port: Option<u16>, jobs: &[(&str, &str, &str)], flags: &[&str]) -> Prometheus {
+        Prometheus::start_full(port, jobs, flags, &[])
+    }
+
+    /// [`Prometheus::start_jobs_at`] with extra command-line `flags` and
+    /// `rule_files` (recording and alerting rules, evaluated every second).
+    pub fn start_full(
+        port: Option<u16>,
+        jobs: &[(&str, &str, &str)],
+        flags: &[&str],
+        rule_files: &[&std::path::Path],
+    ) -> Prometheus {
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Prometheus::try_start(port, jobs, flags) {
+            match Prometheus::try_start(port, jobs, flags, rule_files) {
                 Ok(p) => return p,
                 Err(e) => last_err = e,
             }
@@ -60,13 +71,23 @@ impl Prometheus {
         port: Option<u16>,
         jobs: &[(&str, &str, &str)],
         flags: &[&str],
+        rule_files: &[&std::path::Path],
     ) -> Result<Prometheus, String> {
         let dir = tempfile::Builder::new()
             .prefix("vmscope-e2e-prom-")
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let config = dir.path().join("prometheus.yml");
-        let mut text = "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n".to_owned();
+        let mut text =
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+                .to_owned();
+        if !rule_files.is_empty() {
+            text.push_str("rule_files:\n");
+            for f in rule_files {
+                text.push_str(&format!("  - '{}'\n", f.display()));
+            }
+        }
+        text.push_str("scrape_configs:\n");
         for (job, target, extra) in jobs {
             text.push_str(&format!(
                 "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n{extra}"
