@@ -224,22 +224,29 @@ const MASK: &str = "vmscope_re_";
 /// The scoper needs a compiled regex only on the tenant's own label (the
 /// conflict check in [`add_to_selector`]): those are never masked.
 ///
+/// How: `job=~"a.*"` is parsed as `job="vmscope_re_0"` (an equality,
+/// which compiles nothing), and `!~` as `!=`; after the rewrite and its
+/// check, the operator and the original token are put back.
+///
 /// Why it cannot change what is forwarded: a placeholder replaces one
-/// whole string token by another string token, so the tree that is
-/// rewritten and verified has the shape of the query that goes out; the
-/// original tokens are put back verbatim after the check. The token
-/// boundaries are the parser's own (quotes, backslash escapes, line
-/// comments), and a value is masked only when `unquote_string` (the
-/// parser's unescaper) accepts it and `regex-syntax` parses it as the
-/// parser would compile it (`^(?:v)$`), so a bad regex is still refused
-/// here with a message. Whatever the scanner is unsure of (a label that is
-/// not a plain name, the placeholder prefix already in the query) stays
-/// unmasked: slower, never different.
+/// whole string token by another and the operator by its equality twin,
+/// so the tree that is rewritten and verified has the shape of the query
+/// that goes out (only these matchers' operators and values differ, and
+/// each placeholder is checked to be exactly one matcher's whole value in
+/// the re-parsed tree). The token boundaries are Prometheus' own (quotes,
+/// backslash escapes, line comments), and a value is masked only when
+/// `unquote_string` (the parser's unescaper) accepts it and
+/// `regex-syntax` parses it as the parser would compile it (`^(?:v)$`),
+/// so a bad regex is still refused here with a message. Whatever the
+/// scanner is unsure of (a label that is not a plain name, `__name__`,
+/// the placeholder prefix already in the query) stays unmasked: slower,
+/// never different.
 struct Masked {
     text: String,
-    /// The original string tokens, quotes included; placeholder `i` is
-    /// `"vmscope_re_<i>"`.
-    originals: Vec<String>,
+    /// Per placeholder `i` (`name="vmscope_re_<i>"` for `=~`,
+    /// `name!="vmscope_re_<i>"` for `!~`): whether it was `!~`, and the
+    /// original string token, quotes included.
+    originals: Vec<(bool, String)>,
 }
 
 impl Masked {
@@ -261,8 +268,20 @@ impl Masked {
             let index: Option<usize> = tail[..digits].parse().ok();
             match (index, tail.as_bytes().get(digits)) {
                 (Some(i), Some(b'"')) if i < seen.len() && !seen[i] => {
+                    // The printer wrote `name="…"` or `name!="…"`: the
+                    // regex operator goes back with the value.
+                    let (negated, token) = &self.originals[i];
+                    let op = if *negated { "!=" } else { "=" };
+                    let Some(head) = out.strip_suffix(op) else {
+                        return Err(ScopeError::Unverified);
+                    };
+                    if !*negated && head.ends_with('!') {
+                        return Err(ScopeError::Unverified);
+                    }
+                    out.truncate(head.len());
+                    out.push_str(if *negated { "!~" } else { "=~" });
                     seen[i] = true;
-                    out.push_str(&self.originals[i]);
+                    out.push_str(token);
                     rest = &tail[digits + 1..];
                 }
                 _ => return Err(ScopeError::Unverified),
@@ -318,16 +337,19 @@ fn mask_regexes(q: &str, keep: &str) -> Masked {
                     continue;
                 };
                 let token = &q[j..end];
-                let maskable = label_before(q, i).is_some_and(|l| l != keep)
+                // `__name__` is left alone: an equality on it is printed
+                // as the selector's name, not as a matcher.
+                let maskable = label_before(q, i).is_some_and(|l| l != keep && l != "__name__")
                     && escapes_are_plain(token)
                     && promql_parser::util::unquote_string(token).is_ok_and(|v| valid_regex(&v));
                 if maskable {
-                    out.push_str(&q[copied..j]);
-                    out.push('"');
+                    let negated = b[i] == b'!';
+                    out.push_str(&q[copied..i]);
+                    out.push_str(if negated { "!=\"" } else { "=\"" });
                     out.push_str(MASK);
                     out.push_str(&originals.len().to_string());
                     out.push('"');
-                    originals.push(token.to_owned());
+                    originals.push((negated, token.to_owned()));
                     copied = end;
                 }
                 i = end;
@@ -513,7 +535,7 @@ fn add_to_selector(vs: &mut VectorSelector, t: &TenantMatcher) -> Result<(), Sco
 
 /// Parses the printed query again: every selector must hold the tenant
 /// matcher, and each of the `masks` placeholders must be the whole value
-/// of one regex matcher, once (so putting the original tokens back
+/// of one (equality) matcher, once (so putting the original tokens back
 /// changes matcher values and nothing else), or nothing is forwarded.
 fn verify(printed: &str, t: &TenantMatcher, masks: usize) -> Result<(), ScopeError> {
     let e = parser::parse(printed).map_err(|_| ScopeError::Unverified)?;
@@ -527,7 +549,7 @@ fn verify(printed: &str, t: &TenantMatcher, masks: usize) -> Result<(), ScopeErr
     }
 }
 
-/// False when a placeholder is anywhere but a regex matcher's whole value
+/// False when a placeholder is anywhere but a matcher's whole value
 /// (inside another string, say, had the scanner and the parser disagreed
 /// on where a string ends), or appears twice. Marks the ones found.
 fn masks_in_place(e: &Expr, seen: &mut [bool]) -> bool {
@@ -548,7 +570,7 @@ fn masks_in_place(e: &Expr, seen: &mut [bool]) -> bool {
                     .strip_prefix(MASK)
                     .and_then(|i| i.parse::<usize>().ok());
                 match (&m.op, index) {
-                    (MatchOp::Re(_) | MatchOp::NotRe(_), Some(i)) if i < seen.len() && !seen[i] => {
+                    (MatchOp::Equal | MatchOp::NotEqual, Some(i)) if i < seen.len() && !seen[i] => {
                         seen[i] = true
                     }
                     _ => ok = false,
@@ -823,18 +845,29 @@ mod tests {
         let m = mask_regexes(r#"x{a=~"1", "b"=~"2", project=~"3"} # c=~"4""#, "project");
         assert_eq!(
             m.text,
-            r#"x{a=~"vmscope_re_0", "b"=~"2", project=~"3"} # c=~"4""#
+            r#"x{a="vmscope_re_0", "b"=~"2", project=~"3"} # c=~"4""#
         );
-        assert_eq!(m.originals, [r#""1""#]);
-        // A placeholder the printer lost or doubled is never forwarded.
+        assert_eq!(m.originals, [(false, r#""1""#.to_owned())]);
+        // A placeholder the printer lost, doubled or wrote under another
+        // operator is never forwarded.
         assert_eq!(m.unmask("x".into()), Err(ScopeError::Unverified));
         assert_eq!(
-            m.unmask(r#"x{a=~"vmscope_re_0",b=~"vmscope_re_0"}"#.into()),
+            m.unmask(r#"x{a="vmscope_re_0",b="vmscope_re_0"}"#.into()),
             Err(ScopeError::Unverified)
         );
         assert_eq!(
-            m.unmask(r#"x{a=~"vmscope_re_0"}"#.into()).unwrap(),
+            m.unmask(r#"x{a!="vmscope_re_0"}"#.into()),
+            Err(ScopeError::Unverified)
+        );
+        assert_eq!(
+            m.unmask(r#"x{a="vmscope_re_0"}"#.into()).unwrap(),
             r#"x{a=~"1"}"#
+        );
+        let m = mask_regexes(r#"x{a!~'1', __name__=~"y"}"#, "project");
+        assert_eq!(m.text, r#"x{a!="vmscope_re_0", __name__=~"y"}"#);
+        assert_eq!(
+            m.unmask(r#"x{a!="vmscope_re_0"}"#.into()).unwrap(),
+            "x{a!~'1'}"
         );
     }
 
