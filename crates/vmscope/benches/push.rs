@@ -11,7 +11,11 @@
 //! - `push/otlp_1000_vms`: building the OTLP request, protobuf encoding and
 //!   gzip level 1, from a collection;
 //! - `push/*_whole_1000_vms`: collection plus one protocol: the cost of a
-//!   push when it is the only destination.
+//!   push when it is the only destination (OTLP's path);
+//! - `push/remote_write_direct_1000_vms`: what a remote_write destination
+//!   runs: protobuf bytes written straight from the snapshot
+//!   (`encode_snapshot`), then snappy; `remote_write_snappy_only_1000_vms`
+//!   is the snappy part alone.
 //!
 //! Sizes (raw and compressed) are printed once. Run with
 //! `cargo bench -p vmscope --bench push -- --warm-up-time 1 --measurement-time 5`.
@@ -62,6 +66,32 @@ fn benches(c: &mut Criterion) {
             let c = collect(&snap, &sources);
             black_box(remote_write::encode(&c, &labels))
         })
+    });
+    // What a remote_write destination runs: protobuf written straight
+    // from the snapshot, then snappy.
+    g.bench_function(format!("remote_write_direct_{VMS}_vms"), |b| {
+        b.iter(|| black_box(remote_write::encode_snapshot(&snap, &sources, &labels)))
+    });
+    // Its two parts: the bytes alone, and snappy over them.
+    let raw = {
+        let host = snap.host.hostname.clone().unwrap_or_default();
+        let mut c =
+            vmscope::export::SampleCollector::with_sink(Box::new(remote_write::WireSink::new(
+                snap.collected_at,
+                remote_write::external_labels(&labels, &host),
+            )));
+        let mut w = vmscope::export::MetricWriter::samples(&mut c);
+        snap.encode(&mut w);
+        for s in &sources {
+            s.encode(&mut w);
+        }
+        w.finish();
+        c.into_sink::<remote_write::WireSink>()
+            .unwrap()
+            .into_bytes()
+    };
+    g.bench_function(format!("remote_write_snappy_only_{VMS}_vms"), |b| {
+        b.iter(|| black_box(::snap::raw::Encoder::new().compress_vec(&raw).unwrap()))
     });
     g.bench_function(format!("otlp_whole_{VMS}_vms"), |b| {
         b.iter(|| {

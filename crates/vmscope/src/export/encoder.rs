@@ -19,7 +19,8 @@
 //! families and series the text encoder writes (a test holds this over the
 //! fixture snapshot). Neither fails.
 
-use std::collections::HashSet;
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
 
 use super::writer::{
     Desc, Format, LabelSet, MetricType, TextWriter, Value, WriterState, le_text, valid_label_names,
@@ -219,6 +220,97 @@ pub struct Family {
     pub samples: Vec<Sample>,
 }
 
+/// The labels of one admitted series, lent to a [`SeriesSink`]: a shared
+/// set's labels, then the series' own, then a histogram bucket's `le`.
+/// Names are distinct (the rules refuse a collision); not sorted.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesLabels<'x> {
+    set: &'x [(&'static str, String)],
+    own: &'x [(&'x str, &'x str)],
+    le: Option<&'x str>,
+}
+
+impl<'x> SeriesLabels<'x> {
+    pub fn iter(&self) -> impl Iterator<Item = (&'x str, &'x str)> + 'x {
+        let (set, own, le) = (self.set, self.own, self.le);
+        set.iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(own.iter().copied())
+            .chain(le.map(|v| ("le", v)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len() + self.own.len() + usize::from(self.le.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where a [`SampleCollector`] puts the series its rules admit: as values
+/// ([`Families`], the default), or straight into a wire format (the
+/// remote_write encoder writes protobuf bytes as the series come, with no
+/// per-series allocation).
+pub trait SeriesSink: Send + 'static {
+    /// A family's first admitted series follows.
+    fn family(&mut self, desc: &'static Desc);
+    /// One admitted series of the family last announced, named
+    /// `desc.name` followed by `suffix` (`""`, `"_bucket"`, `"_sum"`,
+    /// `"_count"`).
+    fn series(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: SeriesLabels<'_>,
+        value: Value,
+    );
+    /// For [`SampleCollector::into_sink`].
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+/// The default sink: families and series as values.
+#[derive(Debug, Default)]
+pub struct Families(pub Vec<Family>);
+
+impl SeriesSink for Families {
+    fn family(&mut self, desc: &'static Desc) {
+        self.0.push(Family {
+            desc,
+            samples: Vec::new(),
+        });
+    }
+
+    fn series(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: SeriesLabels<'_>,
+        value: Value,
+    ) {
+        let name = if suffix.is_empty() {
+            desc.name.to_owned()
+        } else {
+            format!("{}{suffix}", desc.name)
+        };
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if let Some(f) = self.0.last_mut() {
+            f.samples.push(Sample {
+                name,
+                labels,
+                value,
+            });
+        }
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Ok,
@@ -233,6 +325,9 @@ enum Mode {
     Shared,
 }
 
+/// A shared set's labels, owned.
+type SetLabels = Vec<(&'static str, String)>;
+
 /// A label set registered with `label_set`.
 #[derive(Debug)]
 struct SharedSet {
@@ -242,55 +337,104 @@ struct SharedSet {
     used_in: u32,
 }
 
-/// Collects families and series as values (the `Samples` encoder).
-#[derive(Debug, Default)]
+/// The structured encoder (the `Samples` arm): applies the text writer's
+/// rules to each call and hands what they admit to its [`SeriesSink`].
 pub struct SampleCollector {
-    families: Vec<Family>,
+    sink: Box<dyn SeriesSink>,
     names: HashSet<&'static str>,
     current: Option<(&'static Desc, State)>,
-    /// Whether the current family's [`Family`] was pushed (first series).
+    /// Whether the sink was told of the current family (first series).
     opened: bool,
     mode: Option<Mode>,
-    /// Label blocks of the current family's series, for the duplicate check.
+    /// Label blocks of the current family's plain series and histograms,
+    /// for the duplicate check.
     seen: HashSet<Vec<(String, String)>>,
     sets: Vec<SharedSet>,
+    /// Registered sets by their labels and validity (as the text writer
+    /// finds an equal set again: one set per distinct label block).
+    set_index: HashMap<(SetLabels, bool), usize>,
     family_no: u32,
+    /// The set of the current run of `sample_in` calls, and the extra
+    /// labels of the run's series so far: within a run, series differ only
+    /// by those (the text writer's duplicate check, without keys).
     run: Option<usize>,
+    run_extras: Vec<Vec<(&'static str, String)>>,
+    run_len: usize,
     duplicate: u64,
     invalid: u64,
 }
 
+impl std::fmt::Debug for SampleCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleCollector")
+            .field("sets", &self.sets.len())
+            .field("duplicate", &self.duplicate)
+            .field("invalid", &self.invalid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SampleCollector {
+    fn default() -> Self {
+        Self::with_sink(Box::new(Families::default()))
+    }
+}
+
 impl SampleCollector {
+    /// A collector keeping series as values ([`Families`]).
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The families collected, in the order they were written.
-    pub fn families(&self) -> &[Family] {
-        &self.families
+    /// A collector handing admitted series to `sink`.
+    pub fn with_sink(sink: Box<dyn SeriesSink>) -> Self {
+        SampleCollector {
+            sink,
+            names: HashSet::new(),
+            current: None,
+            opened: false,
+            mode: None,
+            seen: HashSet::new(),
+            sets: Vec::new(),
+            set_index: HashMap::new(),
+            family_no: 0,
+            run: None,
+            run_extras: Vec::new(),
+            run_len: 0,
+            duplicate: 0,
+            invalid: 0,
+        }
     }
 
+    /// The sink, if it is a `T`.
+    pub fn into_sink<T: SeriesSink>(self) -> Option<T> {
+        self.sink.into_any().downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// The families collected (empty when the sink is not [`Families`]),
+    /// in the order they were written.
     pub fn into_families(self) -> Vec<Family> {
-        self.families
+        self.into_sink::<Families>()
+            .map(|f| f.0)
+            .unwrap_or_default()
     }
 
     fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
         let owned: Vec<(&'static str, String)> =
             labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
         let valid = valid_label_names(labels, false);
-        if let Some(i) = self
-            .sets
-            .iter()
-            .position(|s| s.labels == owned && s.valid == valid)
-        {
+        let key = (owned, valid);
+        if let Some(&i) = self.set_index.get(&key) {
             return LabelSet::from_index(i);
         }
         self.sets.push(SharedSet {
-            labels: owned,
+            labels: key.0.clone(),
             valid,
             used_in: 0,
         });
-        LabelSet::from_index(self.sets.len() - 1)
+        let i = self.sets.len() - 1;
+        self.set_index.insert(key, i);
+        LabelSet::from_index(i)
     }
 
     fn close_family(&mut self) {
@@ -362,32 +506,29 @@ impl SampleCollector {
         }
     }
 
-    /// Keeps a series unless its labels repeat one of this family's.
-    fn push(&mut self, key: Vec<(String, String)>, samples: Vec<Sample>) {
-        if !self.seen.insert(key) {
-            self.duplicate += 1;
-            return;
-        }
-        let Some((desc, _)) = self.current else {
-            return;
-        };
+    /// The current family, announced to the sink at its first series.
+    fn open(&mut self) -> Option<&'static Desc> {
+        let (desc, _) = self.current?;
         if !self.opened {
-            self.families.push(Family {
-                desc,
-                samples: Vec::new(),
-            });
+            self.sink.family(desc);
             self.opened = true;
         }
-        if let Some(f) = self.families.last_mut() {
-            f.samples.extend(samples);
-        }
+        Some(desc)
     }
 
-    fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-        labels
+    /// False (and counted) when a plain series or histogram repeats the
+    /// labels of one of this family's.
+    fn first_time(&mut self, labels: &[(&str, &str)]) -> bool {
+        let key = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+            .collect();
+        if self.seen.insert(key) {
+            true
+        } else {
+            self.duplicate += 1;
+            false
+        }
     }
 
     fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
@@ -398,16 +539,18 @@ impl SampleCollector {
             self.invalid += 1;
             return;
         }
-        let Some((desc, _)) = self.current else {
+        if !self.first_time(labels) {
+            return;
+        }
+        let Some(desc) = self.open() else {
             return;
         };
-        let labels = Self::owned(labels);
-        let sample = Sample {
-            name: desc.name.to_owned(),
-            labels: labels.clone(),
-            value,
+        let l = SeriesLabels {
+            set: &[],
+            own: labels,
+            le: None,
         };
-        self.push(labels, vec![sample]);
+        self.sink.series(desc, "", l, value);
     }
 
     fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
@@ -440,27 +583,44 @@ impl SampleCollector {
                 }
             }
             self.run = Some(set.index());
+            self.run_len = 0;
         }
-        let Some((desc, _)) = self.current else {
+        // Within a run, series differ only by their extra labels (a
+        // handful: vCPUs, interfaces, modes). The buffers are reused.
+        let run = &self.run_extras[..self.run_len.min(self.run_extras.len())];
+        let repeated = run.iter().any(|seen| {
+            seen.len() == extra.len()
+                && seen
+                    .iter()
+                    .zip(extra)
+                    .all(|((a, x), (b, y))| a == b && x == y)
+        });
+        if repeated {
+            self.duplicate += 1;
+            return;
+        }
+        if self.run_len < self.run_extras.len() {
+            let slot = &mut self.run_extras[self.run_len];
+            slot.clear();
+            slot.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        } else {
+            self.run_extras
+                .push(extra.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+        }
+        self.run_len += 1;
+        let Some(desc) = self.open() else {
             return;
         };
-        let mut labels: Vec<(String, String)> = self
-            .sets
-            .get(set.index())
-            .map(|s| {
-                s.labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        labels.extend(Self::owned(extra));
-        let sample = Sample {
-            name: desc.name.to_owned(),
-            labels: labels.clone(),
-            value,
+        let Some(shared) = self.sets.get(set.index()) else {
+            return;
         };
-        self.push(labels, vec![sample]);
+        let own: &[(&str, &str)] = extra;
+        let l = SeriesLabels {
+            set: &shared.labels,
+            own,
+            le: None,
+        };
+        self.sink.series(desc, "", l, value);
     }
 
     fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
@@ -474,32 +634,33 @@ impl SampleCollector {
         if !self.admit(labels, |d| valid && d.kind == MetricType::Histogram) {
             return;
         }
-        let Some((desc, _)) = self.current else {
+        if !self.first_time(labels) {
+            return;
+        }
+        let Some(desc) = self.open() else {
             return;
         };
-        let key = Self::owned(labels);
-        let mut samples = Vec::with_capacity(buckets.len() + 3);
         for (le, n) in buckets
             .iter()
             .copied()
             .chain(std::iter::once((f64::INFINITY, count)))
         {
-            let mut l = key.clone();
-            l.push(("le".to_owned(), le_text(le, Format::Text)));
-            samples.push(Sample {
-                name: format!("{}_bucket", desc.name),
-                labels: l,
-                value: Value::U64(n),
-            });
+            let le = le_text(le, Format::Text);
+            let l = SeriesLabels {
+                set: &[],
+                own: labels,
+                le: Some(&le),
+            };
+            self.sink.series(desc, "_bucket", l, Value::U64(n));
         }
         for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
-            samples.push(Sample {
-                name: format!("{}{suffix}", desc.name),
-                labels: key.clone(),
-                value: v,
-            });
+            let l = SeriesLabels {
+                set: &[],
+                own: labels,
+                le: None,
+            };
+            self.sink.series(desc, suffix, l, v);
         }
-        self.push(key, samples);
     }
 
     fn finish(&mut self) {
@@ -624,14 +785,10 @@ mod tests {
         w.finish();
 
         let (text_families, text_series) = parse_text(&text);
-        let families: Vec<String> = collector
-            .families()
-            .iter()
-            .map(|f| f.desc.name.to_owned())
-            .collect();
+        let collected = collector.into_families();
+        let families: Vec<String> = collected.iter().map(|f| f.desc.name.to_owned()).collect();
         assert_eq!(families, text_families);
-        let series: Vec<Series> = collector
-            .families()
+        let series: Vec<Series> = collected
             .iter()
             .flat_map(|f| &f.samples)
             .map(|s| (s.name.clone(), s.labels.clone(), as_f64(s.value)))

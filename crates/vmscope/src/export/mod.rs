@@ -41,7 +41,9 @@ pub mod usage;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
-pub use encoder::{Encode, Family, MetricWriter, Sample, SampleCollector};
+pub use encoder::{
+    Encode, Families, Family, MetricWriter, Sample, SampleCollector, SeriesLabels, SeriesSink,
+};
 pub use histogram::Histogram;
 pub use snapshot_age::SnapshotAge;
 pub use writer::{Desc, Format, MetricType, TextWriter, Value, WriterState};

@@ -75,6 +75,11 @@ impl SampleCache {
         }
     }
 
+    /// The live sources, in `/metrics` order (after the snapshot).
+    pub fn sources(&self) -> &[Arc<dyn MetricSource>] {
+        self.sources.as_slice()
+    }
+
     /// `snap` collected, or the collection another destination is still
     /// using. Blocking work: call it off the async workers.
     pub fn get(&self, snap: &Snapshot) -> Arc<Collected> {

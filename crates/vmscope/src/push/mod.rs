@@ -67,10 +67,13 @@ pub enum Kind {
     Otlp,
 }
 
-/// What a protocol does with one collected snapshot.
+/// What a protocol does with one snapshot.
 pub trait Pusher: Send + Sync {
-    /// The request body (compressed) for `c`.
-    fn encode(&self, c: &Collected) -> Vec<u8>;
+    /// The request body (compressed) for `snap` and the number of series
+    /// in it. `cache` holds the snapshot as values for the protocols that
+    /// build their messages from those (OTLP); remote_write writes its
+    /// bytes straight from the snapshot. Blocking work.
+    fn encode(&self, snap: &Snapshot, cache: &SampleCache) -> (Vec<u8>, u64);
     /// Headers every request carries (content type and encoding, ...).
     fn headers(&self) -> &'static [(&'static str, &'static str)];
 }
@@ -148,8 +151,9 @@ struct RemoteWrite {
 }
 
 impl Pusher for RemoteWrite {
-    fn encode(&self, c: &Collected) -> Vec<u8> {
-        remote_write::encode(c, &self.labels)
+    fn encode(&self, snap: &Snapshot, cache: &SampleCache) -> (Vec<u8>, u64) {
+        let (body, n) = remote_write::encode_snapshot(snap, cache.sources(), &self.labels);
+        (body, n as u64)
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
         remote_write::HEADERS
@@ -162,8 +166,9 @@ struct Otlp {
 }
 
 impl Pusher for Otlp {
-    fn encode(&self, c: &Collected) -> Vec<u8> {
-        otlp::encode(c, self.start, &self.attrs)
+    fn encode(&self, snap: &Snapshot, cache: &SampleCache) -> (Vec<u8>, u64) {
+        let c = cache.get(snap);
+        (otlp::encode(&c, self.start, &self.attrs), c.samples as u64)
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
         otlp::HEADERS
@@ -286,8 +291,8 @@ async fn feed(
         let (cache, pusher) = (Arc::clone(&cache), Arc::clone(&pusher));
         let started = Instant::now();
         let encoded = tokio::task::spawn_blocking(move || {
-            let c = cache.get(&snap);
-            (pusher.encode(&c), c.samples as u64, c.seq)
+            let (body, samples) = pusher.encode(&snap, &cache);
+            (body, samples, snap.seq)
         })
         .await;
         let Ok((body, samples, seq)) = encoded else {

@@ -17,10 +17,18 @@
 //! The real-component tests push into Prometheus and VictoriaMetrics,
 //! which decode them with the upstream definitions.
 
+use std::any::Any;
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use prost::Message;
+use smallvec::SmallVec;
 
 use super::collect::Collected;
-use crate::export::MetricType;
+use crate::export::{
+    Desc, MetricSource, MetricType, MetricWriter, SampleCollector, SeriesLabels, SeriesSink, Value,
+};
+use crate::model::Snapshot;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct WriteRequest {
@@ -148,6 +156,190 @@ pub fn encode(c: &Collected, configured: &[(String, String)]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The compressed body for a snapshot, written straight from the
+/// snapshot and `sources` (in `/metrics` order) as protobuf bytes: the
+/// push path. Returns the body and its number of series.
+///
+/// Why not [`write_request`]: that builds every series as owned strings
+/// twice (a [`Collected`], then prost structs) before encoding, some
+/// 650 000 small allocations for 1000 VMs (6.7 ticks per push, measured).
+/// Here the structured encoder's rules ([`SampleCollector`], the same
+/// families and series as the text exposition) hand each admitted series
+/// to [`WireSink`], which sorts its labels on the stack and appends the
+/// bytes: nothing is allocated per series. [`write_request`] stays as
+/// the readable reference that the tests compare this with.
+pub fn encode_snapshot(
+    snap: &Snapshot,
+    sources: &[Arc<dyn MetricSource>],
+    configured: &[(String, String)],
+) -> (Vec<u8>, usize) {
+    let host = snap.host.hostname.clone().unwrap_or_default();
+    let sink = WireSink::new(snap.collected_at, external_labels(configured, &host));
+    let mut c = SampleCollector::with_sink(Box::new(sink));
+    let mut w = MetricWriter::samples(&mut c);
+    snap.encode(&mut w);
+    for s in sources {
+        s.encode(&mut w);
+    }
+    w.finish();
+    let Some(sink) = c.into_sink::<WireSink>() else {
+        return (Vec::new(), 0);
+    };
+    let samples = sink.samples;
+    let raw = sink.into_bytes();
+    // As in `encode`: compressing cannot fail below ~4 GiB.
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .unwrap_or_default();
+    (body, samples)
+}
+
+/// A `WriteRequest` written as series arrive ([`SeriesSink`]).
+pub struct WireSink {
+    /// Milliseconds since the epoch: every sample's timestamp.
+    ts: i64,
+    /// External labels, added to a series without a label of that name.
+    external: Vec<(String, String)>,
+    /// `WriteRequest.timeseries` fields, back to back.
+    series: Vec<u8>,
+    /// `WriteRequest.metadata` fields, appended at the end.
+    meta: Vec<u8>,
+    samples: usize,
+}
+
+impl WireSink {
+    pub fn new(at: SystemTime, external: Vec<(String, String)>) -> Self {
+        let ts = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        WireSink {
+            ts,
+            external,
+            // 1000 VMs: about 4.5 MB; grown by doubling from here.
+            series: Vec::with_capacity(1 << 20),
+            meta: Vec::new(),
+            samples: 0,
+        }
+    }
+
+    /// The uncompressed `WriteRequest`.
+    pub fn into_bytes(mut self) -> Vec<u8> {
+        self.series.extend_from_slice(&self.meta);
+        self.series
+    }
+}
+
+fn varint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field's key byte (field numbers below 16).
+const fn len_key(field: u8) -> u8 {
+    (field << 3) | 2
+}
+
+/// The encoded size of a string field of `n` bytes (key, length, bytes).
+fn str_field_len(n: usize) -> usize {
+    1 + varint_len(n as u64) + n
+}
+
+impl SeriesSink for WireSink {
+    fn family(&mut self, desc: &'static Desc) {
+        let kind: u64 = match desc.kind {
+            MetricType::Counter => 1,
+            MetricType::Gauge => 2,
+            MetricType::Histogram => 3,
+        };
+        let len =
+            1 + varint_len(kind) + str_field_len(desc.name.len()) + str_field_len(desc.help.len());
+        self.meta.push(len_key(3));
+        put_varint(&mut self.meta, len as u64);
+        self.meta.push(1 << 3); // type, varint
+        put_varint(&mut self.meta, kind);
+        for (field, text) in [(2, desc.name), (4, desc.help)] {
+            self.meta.push(len_key(field));
+            put_varint(&mut self.meta, text.len() as u64);
+            self.meta.extend_from_slice(text.as_bytes());
+        }
+    }
+
+    fn series(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: SeriesLabels<'_>,
+        value: Value,
+    ) {
+        // (name, value, value continued): `__name__` is the family's name
+        // and its suffix, written without joining them.
+        let mut l: SmallVec<[(&str, &str, &str); 24]> = SmallVec::new();
+        l.push(("__name__", desc.name, suffix));
+        l.extend(labels.iter().map(|(k, v)| (k, v, "")));
+        for (k, v) in &self.external {
+            if !labels.iter().any(|(n, _)| n == k) {
+                l.push((k.as_str(), v.as_str(), ""));
+            }
+        }
+        l.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let label_len = |(k, v, w): &(&str, &str, &str)| {
+            str_field_len(k.len()) + str_field_len(v.len() + w.len())
+        };
+        let ts = u64::try_from(self.ts).unwrap_or(0);
+        // Sample: value (key + 8 bytes), timestamp (key + varint).
+        let sample_len = 9 + 1 + varint_len(ts);
+        let body_len: usize = l
+            .iter()
+            .map(|x| {
+                let n = label_len(x);
+                1 + varint_len(n as u64) + n
+            })
+            .sum::<usize>()
+            + 1
+            + varint_len(sample_len as u64)
+            + sample_len;
+        let out = &mut self.series;
+        out.push(len_key(1));
+        put_varint(out, body_len as u64);
+        for x in &l {
+            let (k, v, w) = *x;
+            out.push(len_key(1));
+            put_varint(out, label_len(x) as u64);
+            out.push(len_key(1));
+            put_varint(out, k.len() as u64);
+            out.extend_from_slice(k.as_bytes());
+            out.push(len_key(2));
+            put_varint(out, (v.len() + w.len()) as u64);
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(w.as_bytes());
+        }
+        out.push(len_key(2));
+        put_varint(out, sample_len as u64);
+        out.push((1 << 3) | 1); // value, 64-bit
+        out.extend_from_slice(&super::as_f64(value).to_le_bytes());
+        out.push(2 << 3); // timestamp, varint
+        put_varint(out, ts);
+        self.samples += 1;
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
 /// Extra headers of a remote_write request.
 pub const HEADERS: &[(&str, &str)] = &[
     ("content-type", "application/x-protobuf"),
@@ -200,6 +392,69 @@ mod tests {
             .unwrap();
         assert_eq!(cpu_meta.r#type, 1);
         assert!(!cpu_meta.help.is_empty());
+    }
+
+    /// The request as a comparable value: series (sorted labels, value,
+    /// time) in order, and the metadata.
+    type Decoded = (
+        Vec<(Vec<(String, String)>, String, i64)>,
+        Vec<MetricMetadata>,
+    );
+
+    fn decoded(raw: &[u8]) -> Decoded {
+        let req = WriteRequest::decode(raw).unwrap();
+        let series = req
+            .timeseries
+            .into_iter()
+            .map(|t| {
+                let l = t.labels.into_iter().map(|l| (l.name, l.value)).collect();
+                // Bits, so that NaN equals NaN.
+                (
+                    l,
+                    format!("{:x}", t.samples[0].value.to_bits()),
+                    t.samples[0].timestamp,
+                )
+            })
+            .collect();
+        (series, req.metadata)
+    }
+
+    #[test]
+    fn the_wire_encoder_writes_what_the_reference_encoder_builds() {
+        use crate::export::Histogram;
+        static DUR: Desc = Desc::histogram("t_duration_seconds", "A histogram.");
+        struct Timed;
+        impl MetricSource for Timed {
+            fn encode(&self, out: &mut MetricWriter<'_>) {
+                static BOUNDS: [f64; 3] = [0.005, 0.25, 1.0];
+                let mut h = Histogram::new(&BOUNDS);
+                for v in [0.001, 0.1, 0.3, 7.0] {
+                    h.observe(v);
+                }
+                out.family(&DUR);
+                h.write(out, &[("route", "/a")]);
+                h.write(out, &[("route", "/a")]); // a repeated series, skipped
+            }
+        }
+        let mut snap = fixture::snapshot(5);
+        snap.vms[1].name = "a \"quoted\" \\ näme\nwith newline".into();
+        let sources: Vec<Arc<dyn MetricSource>> = vec![Arc::new(Timed)];
+        let ext = [
+            ("region".to_owned(), "eu".to_owned()),
+            ("vm_id".to_owned(), "never-over-a-series-label".to_owned()),
+        ];
+        let (body, n) = encode_snapshot(&snap, &sources, &ext);
+        let wire = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
+        let c = collect(&snap, &sources);
+        let reference = write_request(&c, &external_labels(&ext, &c.host)).encode_to_vec();
+        assert_eq!(n, c.samples);
+        let (got, got_meta) = decoded(&wire);
+        let (want, want_meta) = decoded(&reference);
+        assert!(got.len() > 200, "{}", got.len());
+        assert_eq!(got, want);
+        assert_eq!(got_meta, want_meta);
+        // Histogram buckets are there, with `le`.
+        assert!(got.iter().any(|(l, _, _)| l.iter().any(|(k, _)| k == "le")));
     }
 
     #[test]
