@@ -1,4 +1,5 @@
-//! libvirt status/domain XML, plus the Firecracker config JSON.
+//! libvirt status/domain XML and remote-protocol replies, plus the
+//! Firecracker config JSON.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,4 +9,13 @@ fuzz_target!(|data: &[u8]| {
         assert!(!d.name.is_empty());
     }
     let _ = vmscope_proc::parse_firecracker_config(data);
+    use vmscope_proc::libvirt_rpc as rpc;
+    if let Ok(recs) = rpc::parse_all_domain_stats(data) {
+        for r in &recs {
+            assert!(rpc::domain_stats(r).disks.len() <= rpc::MAX_DISKS);
+        }
+    }
+    let _ = rpc::parse_header(data);
+    let _ = rpc::parse_error(data);
+    let _ = rpc::parse_auth_list(data);
 });

@@ -36,6 +36,8 @@ pub enum FileKind {
     CgroupIoStat,
     /// Cloud Hypervisor's `vm.counters` answer.
     ChCounters,
+    /// A message of libvirt's remote protocol.
+    LibvirtRpc,
 }
 
 impl FileKind {
@@ -55,6 +57,7 @@ impl FileKind {
             FileKind::BlockStat => "sys_block_stat",
             FileKind::CgroupIoStat => "cgroup_io_stat",
             FileKind::ChCounters => "cloud_hypervisor_counters",
+            FileKind::LibvirtRpc => "libvirt_rpc",
         }
     }
 }
@@ -75,6 +78,7 @@ impl fmt::Display for FileKind {
             FileKind::BlockStat => "/sys/dev/block/<dev>/stat",
             FileKind::CgroupIoStat => "cgroup io.stat",
             FileKind::ChCounters => "Cloud Hypervisor vm.counters",
+            FileKind::LibvirtRpc => "libvirt remote protocol message",
         })
     }
 }

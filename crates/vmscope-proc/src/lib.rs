@@ -16,6 +16,7 @@ pub mod error;
 pub mod firecracker;
 pub mod io;
 pub mod libvirt;
+pub mod libvirt_rpc;
 pub mod loadavg;
 pub mod meminfo;
 pub mod metadata;

@@ -183,6 +183,8 @@ pub enum DeviceSource {
     Qmp,
     /// Cloud Hypervisor's API socket (`vm.counters`).
     CloudHypervisor,
+    /// libvirt's API (`virConnectGetAllDomainStats`), for libvirt domains.
+    Libvirt,
     /// No API: the host block devices the hypervisor process holds open,
     /// from `/sys/dev/block/MAJ:MIN/stat` (named by the host: `loop0`, `dm-3`).
     Sysfs,
@@ -193,6 +195,7 @@ impl DeviceSource {
         match self {
             DeviceSource::Qmp => "qmp",
             DeviceSource::CloudHypervisor => "cloud_hypervisor",
+            DeviceSource::Libvirt => "libvirt",
             DeviceSource::Sysfs => "sysfs",
         }
     }

@@ -1,8 +1,11 @@
 //! What each hypervisor's own API knows and `/proc` does not: per-disk I/O
 //! and the guest's memory as its balloon driver reports it.
 //!
-//! Reads: each VM's API, as its command line names it ([`DeviceApi`]; QEMU's
-//! QMP socket today, see [`qmp`]). Emits: one [`VmDevices`] per VM and poll,
+//! Reads: each VM's API ([`DeviceApi`]): QEMU's QMP socket or Cloud
+//! Hypervisor's API socket as the command line names it ([`qmp`], [`ch`]),
+//! libvirtd for libvirt domains ([`libvirt`]: one call per round for all
+//! of them, on a thread beside the workers), else the host block devices
+//! the process holds ([`block`]). Emits: one [`VmDevices`] per VM and poll,
 //! shared (`Arc`) into every snapshot until the next poll. Fails: per VM,
 //! counted by kind in that VM's `errors_total` and logged once per change
 //! of state; the last good figures stay, marked `up = false`.
@@ -20,6 +23,7 @@
 
 pub mod block;
 pub mod ch;
+pub mod libvirt;
 pub mod qmp;
 
 use std::collections::HashMap;
@@ -41,6 +45,9 @@ pub enum DeviceApi {
     Qmp(PathBuf),
     /// Cloud Hypervisor's API socket (`--api-socket`), below the host's root.
     CloudHypervisor(PathBuf),
+    /// A libvirt domain, by UUID, asked through libvirtd's read-only
+    /// socket (relative to the run root until the collector resolves it).
+    Libvirt { socket: PathBuf, uuid: String },
     /// No API: the block devices among the process's descriptors
     /// (`fd_dir` = `/proc/PID/fd`), read from `sys` (`/sys`).
     Block { fd_dir: PathBuf, sys: PathBuf },
@@ -51,6 +58,7 @@ impl DeviceApi {
         match self {
             DeviceApi::Qmp(_) => DeviceSource::Qmp,
             DeviceApi::CloudHypervisor(_) => DeviceSource::CloudHypervisor,
+            DeviceApi::Libvirt { .. } => DeviceSource::Libvirt,
             DeviceApi::Block { .. } => DeviceSource::Sysfs,
         }
     }
@@ -93,6 +101,9 @@ struct Shared {
     stop: AtomicBool,
     timeout: Duration,
     workers: usize,
+    /// libvirtd's client, made on the first round with a libvirt domain;
+    /// only the round's libvirt thread locks it.
+    libvirt: Mutex<Option<libvirt::LibvirtClient>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +129,7 @@ impl Poller {
             stop: AtomicBool::new(false),
             timeout,
             workers: workers.max(1),
+            libvirt: Mutex::new(None),
         });
         let (wake, rx) = sync_channel(1);
         let s = Arc::clone(&shared);
@@ -194,34 +206,100 @@ fn round(shared: &Shared) {
     if targets.is_empty() {
         return;
     }
+    // libvirt domains: one call for all of them, on a thread of its own
+    // beside the workers (a stuck libvirtd holds only that thread).
+    let (lv, targets): (Vec<_>, Vec<_>) = targets
+        .into_iter()
+        .partition(|t| matches!(t.api, DeviceApi::Libvirt { .. }));
     let next = AtomicUsize::new(0);
     let workers = shared.workers.min(targets.len());
     std::thread::scope(|s| {
+        if let Some(DeviceApi::Libvirt { socket, .. }) = lv.first().map(|t| &t.api) {
+            s.spawn(|| {
+                let answer = libvirt_round(shared, socket);
+                for t in &lv {
+                    publish(shared, t, poll_one(t, shared.timeout, Some(&answer)));
+                }
+            });
+        }
         for _ in 0..workers {
             s.spawn(|| {
                 while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let devices = poll_one(t, shared.timeout);
-                    // Publish only while the VM is still followed through
-                    // this target (it may have left during the poll).
-                    let still = lock(&shared.targets)
-                        .get(&t.key)
-                        .is_some_and(|cur| Arc::ptr_eq(cur, t));
-                    if still {
-                        let mut results = lock(&shared.results);
-                        match devices {
-                            Some(d) => results.insert(t.key, d),
-                            None => results.remove(&t.key),
-                        };
-                    }
+                    publish(shared, t, poll_one(t, shared.timeout, None));
                 }
             });
         }
     });
 }
 
+/// Publishes a poll's outcome, only while the VM is still followed through
+/// this target (it may have left during the poll).
+fn publish(shared: &Shared, t: &Arc<Target>, devices: Option<Arc<VmDevices>>) {
+    let still = lock(&shared.targets)
+        .get(&t.key)
+        .is_some_and(|cur| Arc::ptr_eq(cur, t));
+    if still {
+        let mut results = lock(&shared.results);
+        match devices {
+            Some(d) => results.insert(t.key, d),
+            None => results.remove(&t.key),
+        };
+    }
+}
+
+/// One round's answer from libvirtd: every running domain by UUID.
+type LibvirtAnswer =
+    Result<HashMap<String, vmscope_proc::libvirt_rpc::LibvirtDomainStats>, ApiError>;
+
+fn libvirt_round(shared: &Shared, socket: &std::path::Path) -> LibvirtAnswer {
+    let deadline = Instant::now() + shared.timeout;
+    let mut client = lock(&shared.libvirt);
+    if client.as_ref().is_none_or(|c| c.path() != socket) {
+        *client = Some(libvirt::LibvirtClient::new(socket.to_path_buf()));
+    }
+    match client.as_mut() {
+        Some(c) => c.all_domain_stats(deadline),
+        None => Err(ApiError::Protocol {
+            step: "connect",
+            what: "no libvirt client".into(),
+        }),
+    }
+}
+
+/// A copy of the round's error for one domain (same kind and text).
+fn copy_error(e: &ApiError) -> ApiError {
+    let copy_io = |s: &std::io::Error| std::io::Error::new(s.kind(), s.to_string());
+    match e {
+        ApiError::Connect { path, source } => ApiError::Connect {
+            path: path.clone(),
+            source: copy_io(source),
+        },
+        ApiError::Timeout { step } => ApiError::Timeout { step },
+        ApiError::Io { step, source } => ApiError::Io {
+            step,
+            source: copy_io(source),
+        },
+        ApiError::Parse { step, .. } => ApiError::Parse {
+            step,
+            source: vmscope_proc::ParseError::Malformed {
+                kind: vmscope_proc::FileKind::LibvirtRpc,
+                what: "see the log for libvirt's answer",
+            },
+        },
+        ApiError::Protocol { step, what } => ApiError::Protocol {
+            step,
+            what: what.clone(),
+        },
+    }
+}
+
 /// Polls one VM; `None` when it has nothing to publish (no block device
 /// and no API, never a good answer).
-fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
+fn poll_one(
+    t: &Target,
+    timeout: Duration,
+    libvirt: Option<&LibvirtAnswer>,
+) -> Option<Arc<VmDevices>> {
     let mut st = lock(&t.state);
     let deadline = Instant::now() + timeout;
     let st = &mut *st;
@@ -236,6 +314,24 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
                     guest: r.guest.as_ref().map(guest_memory),
                 })
             }),
+            DeviceApi::Libvirt { uuid, .. } => match libvirt {
+                Some(Ok(all)) => match all.get(uuid) {
+                    Some(d) => Ok(Some(Reading {
+                        disks: disks(&d.disks),
+                        balloon_bytes: d.balloon_bytes,
+                        guest: d.guest.as_ref().map(guest_memory),
+                    })),
+                    None => Err(ApiError::Protocol {
+                        step: "getting the domain stats",
+                        what: "libvirtd did not list this domain among its running ones".into(),
+                    }),
+                },
+                Some(Err(e)) => Err(copy_error(e)),
+                None => Err(ApiError::Protocol {
+                    step: "poll",
+                    what: "no libvirt answer this round".into(),
+                }),
+            },
             DeviceApi::CloudHypervisor(path) => ch::poll(path, deadline).map(|d| {
                 Some(Reading {
                     disks: ch_disks(&d),

@@ -13,6 +13,9 @@ use crate::discovery::DiscoveredVm;
 use crate::hypervisor::DeviceApi;
 use crate::model::{Hypervisor, VmState, VmStats, cap_label_value};
 
+/// libvirtd's read-only socket, relative to the run root (`/run`).
+const LIBVIRT_SOCKET: &str = "libvirt/libvirt-sock-ro";
+
 pub fn hypervisor(kind: vmscope_proc::HypervisorKind) -> Hypervisor {
     match kind {
         vmscope_proc::HypervisorKind::Qemu => Hypervisor::Qemu,
@@ -98,16 +101,23 @@ pub fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
         }
     }
     e.taps = taps;
-    e.device_api = cmd.and_then(|c| match c.kind {
-        vmscope_proc::HypervisorKind::Qemu => {
-            c.qmp_socket.as_deref().map(|p| DeviceApi::Qmp(p.into()))
-        }
-        vmscope_proc::HypervisorKind::CloudHypervisor => c
-            .api_socket
-            .as_deref()
-            .filter(|p| p.starts_with('/'))
-            .map(|p| DeviceApi::CloudHypervisor(p.into())),
-        vmscope_proc::HypervisorKind::Firecracker => None,
+    // A libvirt domain: libvirt holds its monitor, so libvirt's API.
+    let libvirt_api = lv.and(s.uuid.clone()).map(|uuid| DeviceApi::Libvirt {
+        socket: LIBVIRT_SOCKET.into(),
+        uuid,
+    });
+    e.device_api = libvirt_api.or_else(|| {
+        cmd.and_then(|c| match c.kind {
+            vmscope_proc::HypervisorKind::Qemu => {
+                c.qmp_socket.as_deref().map(|p| DeviceApi::Qmp(p.into()))
+            }
+            vmscope_proc::HypervisorKind::CloudHypervisor => c
+                .api_socket
+                .as_deref()
+                .filter(|p| p.starts_with('/'))
+                .map(|p| DeviceApi::CloudHypervisor(p.into())),
+            vmscope_proc::HypervisorKind::Firecracker => None,
+        })
     });
     cap_identity(&mut e.stats)
 }
@@ -281,6 +291,14 @@ mod tests {
         assert_eq!(e.known_vcpu_tids, [(0, 5000), (1, 5001)]);
         // libvirt's interfaces first, then command-line TAPs not yet listed.
         assert_eq!(e.taps, ["vnet0", "vnet1", "tap-extra"]);
+        // libvirt holds the monitor: per-disk figures come from its API.
+        assert_eq!(
+            e.device_api,
+            Some(DeviceApi::Libvirt {
+                socket: "libvirt/libvirt-sock-ro".into(),
+                uuid: "aaaaaaaa-0000-0000-0000-000000000001".into(),
+            })
+        );
     }
 
     #[test]
