@@ -1,5 +1,5 @@
-//! libvirt status/domain XML and remote-protocol replies, plus the
-//! Firecracker config JSON.
+//! libvirt status/domain XML and remote-protocol replies, plus
+//! Firecracker's config JSON and metrics lines.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!d.name.is_empty());
     }
     let _ = vmscope_proc::parse_firecracker_config(data);
+    let _ = vmscope_proc::parse_firecracker_metrics_line(data);
     use vmscope_proc::libvirt_rpc as rpc;
     if let Ok(recs) = rpc::parse_all_domain_stats(data) {
         for r in &recs {

@@ -38,6 +38,8 @@ pub enum FileKind {
     ChCounters,
     /// A message of libvirt's remote protocol.
     LibvirtRpc,
+    /// One line of Firecracker's metrics file.
+    FirecrackerMetrics,
 }
 
 impl FileKind {
@@ -58,6 +60,7 @@ impl FileKind {
             FileKind::CgroupIoStat => "cgroup_io_stat",
             FileKind::ChCounters => "cloud_hypervisor_counters",
             FileKind::LibvirtRpc => "libvirt_rpc",
+            FileKind::FirecrackerMetrics => "firecracker_metrics",
         }
     }
 }
@@ -79,6 +82,7 @@ impl fmt::Display for FileKind {
             FileKind::CgroupIoStat => "cgroup io.stat",
             FileKind::ChCounters => "Cloud Hypervisor vm.counters",
             FileKind::LibvirtRpc => "libvirt remote protocol message",
+            FileKind::FirecrackerMetrics => "Firecracker metrics line",
         })
     }
 }

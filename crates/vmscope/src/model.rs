@@ -185,6 +185,8 @@ pub enum DeviceSource {
     CloudHypervisor,
     /// libvirt's API (`virConnectGetAllDomainStats`), for libvirt domains.
     Libvirt,
+    /// Firecracker's metrics file (`--metrics-path`), its deltas added up.
+    Firecracker,
     /// No API: the host block devices the hypervisor process holds open,
     /// from `/sys/dev/block/MAJ:MIN/stat` (named by the host: `loop0`, `dm-3`).
     Sysfs,
@@ -196,6 +198,7 @@ impl DeviceSource {
             DeviceSource::Qmp => "qmp",
             DeviceSource::CloudHypervisor => "cloud_hypervisor",
             DeviceSource::Libvirt => "libvirt",
+            DeviceSource::Firecracker => "firecracker",
             DeviceSource::Sysfs => "sysfs",
         }
     }

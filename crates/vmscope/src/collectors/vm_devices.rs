@@ -3,7 +3,8 @@
 //! Reads nothing itself on the tick: it hands every VM to the `hypervisor`
 //! poller, through its API where the command line names one
 //! (`VmEntry::device_api`: QMP, Cloud Hypervisor's socket, libvirtd's
-//! read-only socket for libvirt domains) and else through the
+//! read-only socket for libvirt domains, Firecracker's metrics file) and
+//! else through the
 //! host block devices its process holds open, and copies the poller's
 //! latest answer for each VM into `VmStats::devices` (one `Arc` clone per
 //! VM; none for a VM with neither). Emits: `VmStats::devices`; a failed poll since the last
@@ -104,6 +105,13 @@ impl VmCollector for VmDevicesCollector {
                 Some(DeviceApi::CloudHypervisor(p)) => {
                     DeviceApi::CloudHypervisor(ctx.roots.host_path(&p.to_string_lossy()))
                 }
+                // The process's own view of the path (jailed VMs too).
+                Some(DeviceApi::Firecracker(p)) => DeviceApi::Firecracker(
+                    ctx.roots
+                        .pid(vm.pid)
+                        .join("root")
+                        .join(p.strip_prefix("/").unwrap_or(p)),
+                ),
                 Some(DeviceApi::Libvirt { socket, uuid }) => DeviceApi::Libvirt {
                     socket: ctx.roots.run.join(socket),
                     uuid: uuid.clone(),

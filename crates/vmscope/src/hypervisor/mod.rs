@@ -4,7 +4,8 @@
 //! Reads: each VM's API ([`DeviceApi`]): QEMU's QMP socket or Cloud
 //! Hypervisor's API socket as the command line names it ([`qmp`], [`ch`]),
 //! libvirtd for libvirt domains ([`libvirt`]: one call per round for all
-//! of them, on a thread beside the workers), else the host block devices
+//! of them, on a thread beside the workers), Firecracker's metrics file
+//! ([`firecracker`]), else the host block devices
 //! the process holds ([`block`]). Emits: one [`VmDevices`] per VM and poll,
 //! shared (`Arc`) into every snapshot until the next poll. Fails: per VM,
 //! counted by kind in that VM's `errors_total` and logged once per change
@@ -23,6 +24,7 @@
 
 pub mod block;
 pub mod ch;
+pub mod firecracker;
 pub mod libvirt;
 pub mod qmp;
 
@@ -48,6 +50,9 @@ pub enum DeviceApi {
     /// A libvirt domain, by UUID, asked through libvirtd's read-only
     /// socket (relative to the run root until the collector resolves it).
     Libvirt { socket: PathBuf, uuid: String },
+    /// Firecracker's metrics file (`--metrics-path`), as the process sees
+    /// it until the collector resolves it through `/proc/PID/root`.
+    Firecracker(PathBuf),
     /// No API: the block devices among the process's descriptors
     /// (`fd_dir` = `/proc/PID/fd`), read from `sys` (`/sys`).
     Block { fd_dir: PathBuf, sys: PathBuf },
@@ -59,6 +64,7 @@ impl DeviceApi {
             DeviceApi::Qmp(_) => DeviceSource::Qmp,
             DeviceApi::CloudHypervisor(_) => DeviceSource::CloudHypervisor,
             DeviceApi::Libvirt { .. } => DeviceSource::Libvirt,
+            DeviceApi::Firecracker(_) => DeviceSource::Firecracker,
             DeviceApi::Block { .. } => DeviceSource::Sysfs,
         }
     }
@@ -87,6 +93,7 @@ struct Reading {
 struct TargetState {
     balloon: BalloonPath,
     block: block::BlockState,
+    fc: firecracker::FcState,
     last_good: Option<Reading>,
     last_success: Option<f64>,
     errors: [u64; ApiError::KINDS.len()],
@@ -332,6 +339,12 @@ fn poll_one(
                     what: "no libvirt answer this round".into(),
                 }),
             },
+            DeviceApi::Firecracker(path) => firecracker::poll(path, &mut st.fc).map(|d| {
+                d.map(|disks| Reading {
+                    disks,
+                    ..Reading::default()
+                })
+            }),
             DeviceApi::CloudHypervisor(path) => ch::poll(path, deadline).map(|d| {
                 Some(Reading {
                     disks: ch_disks(&d),

@@ -116,7 +116,13 @@ pub fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
                 .as_deref()
                 .filter(|p| p.starts_with('/'))
                 .map(|p| DeviceApi::CloudHypervisor(p.into())),
-            vmscope_proc::HypervisorKind::Firecracker => None,
+            // Absolute only: a relative path is relative to a working
+            // directory that may have changed since.
+            vmscope_proc::HypervisorKind::Firecracker => c
+                .fc_metrics_path
+                .as_deref()
+                .filter(|p| p.starts_with('/'))
+                .map(|p| DeviceApi::Firecracker(p.into())),
         })
     });
     cap_identity(&mut e.stats)
@@ -227,6 +233,25 @@ mod tests {
             ("fc-7", "fc-7")
         );
         assert_eq!(e.stats.hypervisor, Hypervisor::Firecracker);
+        // No --metrics-path: no per-disk source.
+        assert_eq!(e.device_api, None);
+        let fc = VmCmdline {
+            fc_metrics_path: Some("/run/fc/fc-7.metrics".into()),
+            ..cmdline(HypervisorKind::Firecracker)
+        };
+        let e = identify(&process(HypervisorKind::Firecracker, fc));
+        assert_eq!(
+            e.device_api,
+            Some(DeviceApi::Firecracker("/run/fc/fc-7.metrics".into()))
+        );
+        let fc = VmCmdline {
+            fc_metrics_path: Some("relative.metrics".into()),
+            ..cmdline(HypervisorKind::Firecracker)
+        };
+        assert_eq!(
+            identify(&process(HypervisorKind::Firecracker, fc)).device_api,
+            None
+        );
 
         let ch = VmCmdline {
             api_socket: Some("/run/ch/web1.sock".into()),
