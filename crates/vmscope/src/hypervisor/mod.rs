@@ -84,6 +84,9 @@ struct Target {
 /// The figures of one good poll, whatever the source.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Reading {
+    /// Set when the source is not the API's own (block devices: cgroup
+    /// or sysfs, decided per poll).
+    source: Option<DeviceSource>,
     disks: Vec<DiskStats>,
     balloon_bytes: Option<u64>,
     guest: Option<GuestMemory>,
@@ -316,6 +319,7 @@ fn poll_one(
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &t.api {
             DeviceApi::Qmp(path) => qmp::poll(path, deadline, &mut st.balloon).map(|r| {
                 Some(Reading {
+                    source: None,
                     disks: disks(&r.disks),
                     balloon_bytes: r.balloon_bytes,
                     guest: r.guest.as_ref().map(guest_memory),
@@ -324,6 +328,7 @@ fn poll_one(
             DeviceApi::Libvirt { uuid, .. } => match libvirt {
                 Some(Ok(all)) => match all.get(uuid) {
                     Some(d) => Ok(Some(Reading {
+                        source: None,
                         disks: disks(&d.disks),
                         balloon_bytes: d.balloon_bytes,
                         guest: d.guest.as_ref().map(guest_memory),
@@ -354,6 +359,7 @@ fn poll_one(
             DeviceApi::Block { fd_dir, sys } => block::poll(fd_dir, sys, deadline, &mut st.block)
                 .map(|d| {
                     d.map(|disks| Reading {
+                        source: Some(st.block.source()),
                         disks,
                         ..Reading::default()
                     })
@@ -401,7 +407,7 @@ fn poll_one(
 fn devices(source: DeviceSource, st: &TargetState) -> VmDevices {
     let reading = st.last_good.as_ref();
     VmDevices {
-        source,
+        source: reading.and_then(|r| r.source).unwrap_or(source),
         up: !st.down,
         last_success_seconds: st.last_success,
         errors_total: ApiError::KINDS
