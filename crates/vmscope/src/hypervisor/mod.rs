@@ -563,4 +563,52 @@ mod tests {
         std::thread::sleep(Duration::from_millis(400));
         assert!(p.results().unwrap().get(&(1, 1)).is_none());
     }
+
+    #[test]
+    fn a_stuck_libvirtd_fails_its_domains_by_timeout_and_delays_nobody() {
+        let (_g, good) = monitor(Some(GREETING), qemu_like);
+        // A libvirtd that accepts connections (the backlog does) and never
+        // answers.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("libvirt-sock-ro");
+        let _stuck = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let p = Poller::start(Duration::from_millis(300), 2).unwrap();
+        p.set((1, 1), DeviceApi::Qmp(good));
+        for (i, uuid) in [
+            "aaaaaaaa-0000-0000-0000-000000000001",
+            "aaaaaaaa-0000-0000-0000-000000000002",
+        ]
+        .iter()
+        .enumerate()
+        {
+            p.set(
+                (10 + i as u32, 1),
+                DeviceApi::Libvirt {
+                    socket: sock.clone(),
+                    uuid: (*uuid).into(),
+                },
+            );
+        }
+        let t = Instant::now();
+        p.wake();
+        let d = wait_for(&p, (1, 1), |_| true);
+        assert!(d.up);
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "the QMP VM waited for libvirtd: {:?}",
+            t.elapsed()
+        );
+        for key in [(10, 1), (11, 1)] {
+            let s = wait_for(&p, key, |_| true);
+            assert!(!s.up);
+            assert_eq!(s.source, DeviceSource::Libvirt);
+            assert_eq!(s.last_error, Some("timeout"));
+        }
+        // One call for all domains: both failed within one deadline.
+        assert!(
+            t.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 }
