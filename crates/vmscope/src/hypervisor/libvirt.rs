@@ -41,6 +41,8 @@ const MAX_SKIPPED: usize = 64;
 pub struct LibvirtClient {
     path: PathBuf,
     conn: Option<Conn>,
+    /// The last call failed (for the poller's log-once-per-change).
+    pub down: bool,
 }
 
 struct Conn {
@@ -50,7 +52,11 @@ struct Conn {
 
 impl LibvirtClient {
     pub fn new(path: PathBuf) -> Self {
-        LibvirtClient { path, conn: None }
+        LibvirtClient {
+            path,
+            conn: None,
+            down: false,
+        }
     }
 
     pub fn path(&self) -> &Path {

@@ -267,13 +267,27 @@ fn libvirt_round(shared: &Shared, socket: &std::path::Path) -> LibvirtAnswer {
     if client.as_ref().is_none_or(|c| c.path() != socket) {
         *client = Some(libvirt::LibvirtClient::new(socket.to_path_buf()));
     }
-    match client.as_mut() {
-        Some(c) => c.all_domain_stats(deadline),
-        None => Err(ApiError::Protocol {
+    let Some(c) = client.as_mut() else {
+        return Err(ApiError::Protocol {
             step: "connect",
             what: "no libvirt client".into(),
-        }),
+        });
+    };
+    let answer = c.all_domain_stats(deadline);
+    // Logged here once per change of state, not once per domain (each
+    // domain's own failure is logged at debug).
+    match (&answer, c.down) {
+        (Err(e), false) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "libvirtd does not answer; libvirt domains keep their last good disk and balloon figures");
+            c.down = true;
+        }
+        (Ok(_), true) => {
+            tracing::info!(socket = %socket.display(), "libvirtd answers again");
+            c.down = false;
+        }
+        _ => {}
     }
+    answer
 }
 
 /// A copy of the round's error for one domain (same kind and text).
@@ -373,7 +387,7 @@ fn poll_one(
         });
     match res {
         Ok(Some(reading)) => {
-            if st.down {
+            if st.down && libvirt.is_none() {
                 tracing::info!(pid = t.key.0, api = ?t.api, "hypervisor API answers again");
             }
             st.down = false;
@@ -391,7 +405,9 @@ fn poll_one(
             if let Some(i) = ApiError::KINDS.iter().position(|k| *k == e.kind()) {
                 st.errors[i] += 1;
             }
-            if !st.down {
+            // A libvirtd that failed the whole round is logged once by
+            // libvirt_round, not once per domain.
+            if !st.down && !matches!(libvirt, Some(Err(_))) {
                 tracing::warn!(pid = t.key.0, api = ?t.api, error = %e, "hypervisor API poll failed; keeping the last good figures");
             } else {
                 tracing::debug!(pid = t.key.0, error = %e, "hypervisor API poll failed again");
