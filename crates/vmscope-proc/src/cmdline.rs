@@ -117,6 +117,9 @@ pub struct VmCmdline {
     pub fc_id: Option<String>,
     /// Firecracker `--config-file` path (read it with [`crate::parse_firecracker_config`]).
     pub fc_config_file: Option<String>,
+    /// Firecracker `--metrics-path` (read its lines with
+    /// [`crate::parse_firecracker_metrics_line`]).
+    pub fc_metrics_path: Option<String>,
     /// QEMU's first QMP monitor on a unix socket that QEMU listens on
     /// (`-qmp unix:PATH,server=on`, or `-chardev socket,id=X,path=PATH,server=on`
     /// with `-mon chardev=X,mode=control`); absolute paths only, and not a
@@ -139,6 +142,7 @@ impl VmCmdline {
             api_socket: None,
             fc_id: None,
             fc_config_file: None,
+            fc_metrics_path: None,
             qmp_socket: None,
         }
     }
@@ -555,6 +559,7 @@ fn firecracker(opts: &[Opt<'_>]) -> VmCmdline {
         match *name {
             "id" => vm.fc_id = Some((*v).to_string()),
             "config-file" => vm.fc_config_file = Some((*v).to_string()),
+            "metrics-path" => vm.fc_metrics_path = Some((*v).to_string()),
             "api-sock" => vm.api_socket = Some((*v).to_string()),
             _ => {}
         }
@@ -1026,6 +1031,14 @@ mod tests {
             parse_vm_cmdline(&argv(&["firecracker", "--no-api", "--config-file=/c.json"])).unwrap();
         assert_eq!(vm.fc_config_file.as_deref(), Some("/c.json"));
         assert_eq!(vm.api_socket, None);
+        assert_eq!(vm.fc_metrics_path, None);
+        let vm = parse_vm_cmdline(&argv(&[
+            "firecracker",
+            "--metrics-path",
+            "/run/fc/vm-7.metrics",
+        ]))
+        .unwrap();
+        assert_eq!(vm.fc_metrics_path.as_deref(), Some("/run/fc/vm-7.metrics"));
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum FileKind {
     CgroupIoStat,
     /// Cloud Hypervisor's `vm.counters` answer.
     ChCounters,
+    /// A message of libvirt's remote protocol.
+    LibvirtRpc,
+    /// One line of Firecracker's metrics file.
+    FirecrackerMetrics,
 }
 
 impl FileKind {
@@ -55,6 +59,8 @@ impl FileKind {
             FileKind::BlockStat => "sys_block_stat",
             FileKind::CgroupIoStat => "cgroup_io_stat",
             FileKind::ChCounters => "cloud_hypervisor_counters",
+            FileKind::LibvirtRpc => "libvirt_rpc",
+            FileKind::FirecrackerMetrics => "firecracker_metrics",
         }
     }
 }
@@ -75,6 +81,8 @@ impl fmt::Display for FileKind {
             FileKind::BlockStat => "/sys/dev/block/<dev>/stat",
             FileKind::CgroupIoStat => "cgroup io.stat",
             FileKind::ChCounters => "Cloud Hypervisor vm.counters",
+            FileKind::LibvirtRpc => "libvirt remote protocol message",
+            FileKind::FirecrackerMetrics => "Firecracker metrics line",
         })
     }
 }

@@ -183,6 +183,13 @@ pub enum DeviceSource {
     Qmp,
     /// Cloud Hypervisor's API socket (`vm.counters`).
     CloudHypervisor,
+    /// libvirt's API (`virConnectGetAllDomainStats`), for libvirt domains.
+    Libvirt,
+    /// Firecracker's metrics file (`--metrics-path`), its deltas added up.
+    Firecracker,
+    /// No API: the VM's own cgroup v2 `io.stat`, for the host block
+    /// devices its process holds open (only the VM's I/O on them).
+    Cgroup,
     /// No API: the host block devices the hypervisor process holds open,
     /// from `/sys/dev/block/MAJ:MIN/stat` (named by the host: `loop0`, `dm-3`).
     Sysfs,
@@ -193,6 +200,9 @@ impl DeviceSource {
         match self {
             DeviceSource::Qmp => "qmp",
             DeviceSource::CloudHypervisor => "cloud_hypervisor",
+            DeviceSource::Libvirt => "libvirt",
+            DeviceSource::Firecracker => "firecracker",
+            DeviceSource::Cgroup => "cgroup",
             DeviceSource::Sysfs => "sysfs",
         }
     }

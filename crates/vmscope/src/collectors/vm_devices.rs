@@ -2,7 +2,9 @@
 //!
 //! Reads nothing itself on the tick: it hands every VM to the `hypervisor`
 //! poller, through its API where the command line names one
-//! (`VmEntry::device_api`, QEMU's QMP socket today) and else through the
+//! (`VmEntry::device_api`: QMP, Cloud Hypervisor's socket, libvirtd's
+//! read-only socket for libvirt domains, Firecracker's metrics file) and
+//! else through the
 //! host block devices its process holds open, and copies the poller's
 //! latest answer for each VM into `VmStats::devices` (one `Arc` clone per
 //! VM; none for a VM with neither). Emits: `VmStats::devices`; a failed poll since the last
@@ -103,6 +105,17 @@ impl VmCollector for VmDevicesCollector {
                 Some(DeviceApi::CloudHypervisor(p)) => {
                     DeviceApi::CloudHypervisor(ctx.roots.host_path(&p.to_string_lossy()))
                 }
+                // The process's own view of the path (jailed VMs too).
+                Some(DeviceApi::Firecracker(p)) => DeviceApi::Firecracker(
+                    ctx.roots
+                        .pid(vm.pid)
+                        .join("root")
+                        .join(p.strip_prefix("/").unwrap_or(p)),
+                ),
+                Some(DeviceApi::Libvirt { socket, uuid }) => DeviceApi::Libvirt {
+                    socket: ctx.roots.run.join(socket),
+                    uuid: uuid.clone(),
+                },
                 // No API: the host block devices it holds open.
                 Some(DeviceApi::Block { .. }) | None => DeviceApi::Block {
                     fd_dir: ctx.roots.pid(vm.pid).join("fd"),

@@ -26,7 +26,7 @@ desc!(
     SOURCE_INFO,
     gauge,
     "vmscope_vm_device_stats_info",
-    "Where a VM's per-disk and balloon figures come from (source: qmp = QEMU's QMP socket named on its command line; cloud_hypervisor = its --api-socket vm.counters; sysfs = the host block devices the hypervisor process holds open); always 1."
+    "Where a VM's per-disk and balloon figures come from (source: qmp = QEMU's QMP socket named on its command line; cloud_hypervisor = its --api-socket vm.counters; libvirt = libvirtd's GetAllDomainStats for libvirt domains; firecracker = its --metrics-path file, deltas added up; cgroup = the VM's own cgroup v2 io.stat for the host block devices it holds; sysfs = the host block devices the hypervisor process holds open); always 1."
 );
 desc!(
     SOURCE_UP,

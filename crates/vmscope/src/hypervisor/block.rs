@@ -8,6 +8,15 @@
 //! [`RESCAN`] (disks are rarely hot-plugged). Emits: one [`DiskStats`] per
 //! device, named by the host (`loop0`, `dm-3`, `sdb`): a block device the
 //! VM shares with other processes counts their I/O too.
+//!
+//! **Its own cgroup first.** When the process sits alone in a cgroup v2
+//! group (`/proc/PID/cgroup`'s `0::` line names a group other than the
+//! root whose `cgroup.procs` lists exactly this process, checked at every
+//! rescan), that group's `io.stat` gives the same devices' bytes and
+//! requests counting only the VM's own I/O (source `cgroup`; no flush or
+//! time counters there). A group shared with other processes would count
+//! theirs too, so it is not used: no guessing from group names.
+//!
 //! Fails: [`ApiError`] (`io`, `parse`, `timeout` past the deadline); a
 //! process whose descriptors vmscope may not read (not root) has no
 //! figures, silently, like `vm_io`'s refused `/proc/PID/io`.
@@ -18,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::qmp::ApiError;
-use crate::model::{DiskStats, cap_label_value};
+use crate::model::{DeviceSource, DiskStats, cap_label_value};
 
 /// How often the process's descriptors are listed again.
 pub const RESCAN: Duration = Duration::from_secs(60);
@@ -33,6 +42,42 @@ pub struct BlockState {
     scanned: Option<Instant>,
     /// Descriptors may not be read (not root): stop asking.
     denied: bool,
+    /// The process's own cgroup v2 directory, when it is alone in it.
+    cgroup: Option<PathBuf>,
+    /// Where the last published figures came from.
+    source: Option<DeviceSource>,
+}
+
+impl BlockState {
+    /// `cgroup` when the last poll read the VM's own cgroup, else `sysfs`.
+    pub fn source(&self) -> DeviceSource {
+        self.source.unwrap_or(DeviceSource::Sysfs)
+    }
+}
+
+/// The cgroup v2 directory `pid` has to itself: the group named by the
+/// `0::` line of `proc_pid/cgroup`, below `sys/fs/cgroup` (unified) or
+/// `sys/fs/cgroup/unified` (hybrid), if it is not the root and its
+/// `cgroup.procs` lists `pid` and nothing else.
+pub fn own_cgroup(proc_pid: &Path, sys: &Path) -> Option<PathBuf> {
+    let pid: u32 = proc_pid.file_name()?.to_str()?.parse().ok()?;
+    let text = std::fs::read_to_string(proc_pid.join("cgroup")).ok()?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    let rel = rel.strip_prefix('/')?;
+    // The root group holds everything not placed elsewhere; a path that
+    // climbs out (`..`) is not a group.
+    if rel.is_empty() || rel.split('/').any(|c| c == ".." || c == ".") {
+        return None;
+    }
+    let dir = ["fs/cgroup", "fs/cgroup/unified"]
+        .iter()
+        .map(|m| sys.join(m).join(rel))
+        .find(|d| d.join("io.stat").is_file())?;
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+    let mut members = procs.lines().filter(|l| !l.trim().is_empty());
+    let alone = members.next().and_then(|l| l.trim().parse::<u32>().ok()) == Some(pid)
+        && members.next().is_none();
+    alone.then_some(dir)
 }
 
 fn io(step: &'static str) -> impl Fn(std::io::Error) -> ApiError {
@@ -121,10 +166,42 @@ pub fn poll(
             })
             .collect();
         st.scanned = Some(Instant::now());
+        st.cgroup = fd_dir.parent().and_then(|p| own_cgroup(p, sys));
     }
     if st.devices.is_empty() {
         return Ok(None);
     }
+    if let Some(dir) = &st.cgroup {
+        match std::fs::read(dir.join("io.stat")) {
+            Ok(buf) => {
+                let stats = vmscope_proc::parse_cgroup_io_stat(&buf);
+                st.source = Some(DeviceSource::Cgroup);
+                // A device the group has done no I/O on has no line: 0.
+                return Ok(Some(
+                    st.devices
+                        .iter()
+                        .map(|((major, minor), device)| {
+                            let s = stats
+                                .iter()
+                                .find(|s| (s.major, s.minor) == (*major, *minor));
+                            DiskStats {
+                                device: device.clone(),
+                                read_bytes: s.map_or(0, |s| s.read_bytes),
+                                write_bytes: s.map_or(0, |s| s.write_bytes),
+                                read_requests: s.map_or(0, |s| s.read_requests),
+                                write_requests: s.map_or(0, |s| s.write_requests),
+                                ..DiskStats::default()
+                            }
+                        })
+                        .collect(),
+                ));
+            }
+            // The group went away (the VM moved or left): the devices'
+            // own counters until the next rescan looks again.
+            Err(_) => st.cgroup = None,
+        }
+    }
+    st.source = Some(DeviceSource::Sysfs);
     let mut disks = Vec::with_capacity(st.devices.len());
     for ((major, minor), device) in &st.devices {
         let path: PathBuf = sys.join(format!("dev/block/{major}:{minor}/stat"));
@@ -194,5 +271,98 @@ mod tests {
         assert_eq!(e.kind(), "io");
         // No uevent: the device number names it.
         assert_eq!(name(dir.path(), (8, 1)), "8:1");
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn a_cgroup_of_its_own_is_used_and_a_shared_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (proc_pid, sys) = (dir.path().join("proc/4242"), dir.path().join("sys"));
+        let group = sys.join("fs/cgroup/machine.slice/vm1.scope");
+        write(&proc_pid.join("cgroup"), "0::/machine.slice/vm1.scope\n");
+        write(&group.join("cgroup.procs"), "4242\n");
+        write(
+            &group.join("io.stat"),
+            "7:3 rbytes=4096 wbytes=1024 rios=1 wios=2 dbytes=0 dios=0\n8:0 rbytes=9 wbytes=9 rios=9 wios=9 dbytes=0 dios=0\n",
+        );
+        assert_eq!(own_cgroup(&proc_pid, &sys), Some(group.clone()));
+
+        // Polled: the VM's held devices from its group's io.stat, a held
+        // device with no line is 0, a line for a device it does not hold
+        // is not a disk of it.
+        let soon = Instant::now() + Duration::from_secs(2);
+        let mut st = BlockState {
+            devices: vec![((7, 3), "loop3".into()), ((7, 4), "loop4".into())],
+            scanned: Some(Instant::now()),
+            cgroup: own_cgroup(&proc_pid, &sys),
+            ..BlockState::default()
+        };
+        let disks = poll(&proc_pid.join("fd"), &sys, soon, &mut st)
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.source(), DeviceSource::Cgroup);
+        assert_eq!(disks.len(), 2);
+        assert_eq!(
+            (
+                disks[0].device.as_str(),
+                disks[0].read_bytes,
+                disks[0].write_bytes
+            ),
+            ("loop3", 4096, 1024)
+        );
+        assert_eq!((disks[0].read_requests, disks[0].write_requests), (1, 2));
+        assert_eq!(
+            (disks[1].device.as_str(), disks[1].read_bytes),
+            ("loop4", 0)
+        );
+
+        // The group gone: the devices' own counters (sysfs) from then on.
+        std::fs::remove_file(group.join("io.stat")).unwrap();
+        for d in ["7:3", "7:4"] {
+            write(
+                &sys.join(format!("dev/block/{d}/stat")),
+                "1 0 2 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n",
+            );
+        }
+        let disks = poll(&proc_pid.join("fd"), &sys, soon, &mut st)
+            .unwrap()
+            .unwrap();
+        assert_eq!(st.source(), DeviceSource::Sysfs);
+        assert_eq!(disks[0].read_bytes, 1024);
+        write(&group.join("io.stat"), "");
+
+        // Shared with another process, the root group, a v1-only host, a
+        // path that climbs out: none is the VM's own.
+        write(&group.join("cgroup.procs"), "4242\n4243\n");
+        assert_eq!(own_cgroup(&proc_pid, &sys), None);
+        write(&group.join("cgroup.procs"), "4243\n");
+        assert_eq!(own_cgroup(&proc_pid, &sys), None);
+        write(&group.join("cgroup.procs"), "4242\n");
+        assert!(own_cgroup(&proc_pid, &sys).is_some());
+        write(&proc_pid.join("cgroup"), "0::/\n");
+        assert_eq!(own_cgroup(&proc_pid, &sys), None);
+        write(
+            &proc_pid.join("cgroup"),
+            "7:blkio:/machine.slice/vm1.scope\n",
+        );
+        assert_eq!(own_cgroup(&proc_pid, &sys), None);
+        write(
+            &proc_pid.join("cgroup"),
+            "0::/machine.slice/../machine.slice/vm1.scope\n",
+        );
+        assert_eq!(own_cgroup(&proc_pid, &sys), None);
+        // Hybrid hosts mount v2 at fs/cgroup/unified.
+        let hybrid = sys.join("fs/cgroup/unified/vm2.scope");
+        write(
+            &proc_pid.join("cgroup"),
+            "1:name=systemd:/x\n0::/vm2.scope\n",
+        );
+        write(&hybrid.join("cgroup.procs"), "4242\n");
+        write(&hybrid.join("io.stat"), "");
+        assert_eq!(own_cgroup(&proc_pid, &sys), Some(hybrid));
     }
 }

@@ -1,8 +1,12 @@
 //! What each hypervisor's own API knows and `/proc` does not: per-disk I/O
 //! and the guest's memory as its balloon driver reports it.
 //!
-//! Reads: each VM's API, as its command line names it ([`DeviceApi`]; QEMU's
-//! QMP socket today, see [`qmp`]). Emits: one [`VmDevices`] per VM and poll,
+//! Reads: each VM's API ([`DeviceApi`]): QEMU's QMP socket or Cloud
+//! Hypervisor's API socket as the command line names it ([`qmp`], [`ch`]),
+//! libvirtd for libvirt domains ([`libvirt`]: one call per round for all
+//! of them, on a thread beside the workers), Firecracker's metrics file
+//! ([`firecracker`]), else the host block devices
+//! the process holds ([`block`]). Emits: one [`VmDevices`] per VM and poll,
 //! shared (`Arc`) into every snapshot until the next poll. Fails: per VM,
 //! counted by kind in that VM's `errors_total` and logged once per change
 //! of state; the last good figures stay, marked `up = false`.
@@ -20,6 +24,8 @@
 
 pub mod block;
 pub mod ch;
+pub mod firecracker;
+pub mod libvirt;
 pub mod qmp;
 
 use std::collections::HashMap;
@@ -41,6 +47,12 @@ pub enum DeviceApi {
     Qmp(PathBuf),
     /// Cloud Hypervisor's API socket (`--api-socket`), below the host's root.
     CloudHypervisor(PathBuf),
+    /// A libvirt domain, by UUID, asked through libvirtd's read-only
+    /// socket (relative to the run root until the collector resolves it).
+    Libvirt { socket: PathBuf, uuid: String },
+    /// Firecracker's metrics file (`--metrics-path`), as the process sees
+    /// it until the collector resolves it through `/proc/PID/root`.
+    Firecracker(PathBuf),
     /// No API: the block devices among the process's descriptors
     /// (`fd_dir` = `/proc/PID/fd`), read from `sys` (`/sys`).
     Block { fd_dir: PathBuf, sys: PathBuf },
@@ -51,6 +63,8 @@ impl DeviceApi {
         match self {
             DeviceApi::Qmp(_) => DeviceSource::Qmp,
             DeviceApi::CloudHypervisor(_) => DeviceSource::CloudHypervisor,
+            DeviceApi::Libvirt { .. } => DeviceSource::Libvirt,
+            DeviceApi::Firecracker(_) => DeviceSource::Firecracker,
             DeviceApi::Block { .. } => DeviceSource::Sysfs,
         }
     }
@@ -70,6 +84,9 @@ struct Target {
 /// The figures of one good poll, whatever the source.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Reading {
+    /// Set when the source is not the API's own (block devices: cgroup
+    /// or sysfs, decided per poll).
+    source: Option<DeviceSource>,
     disks: Vec<DiskStats>,
     balloon_bytes: Option<u64>,
     guest: Option<GuestMemory>,
@@ -79,6 +96,7 @@ struct Reading {
 struct TargetState {
     balloon: BalloonPath,
     block: block::BlockState,
+    fc: firecracker::FcState,
     last_good: Option<Reading>,
     last_success: Option<f64>,
     errors: [u64; ApiError::KINDS.len()],
@@ -93,6 +111,9 @@ struct Shared {
     stop: AtomicBool,
     timeout: Duration,
     workers: usize,
+    /// libvirtd's client, made on the first round with a libvirt domain;
+    /// only the round's libvirt thread locks it.
+    libvirt: Mutex<Option<libvirt::LibvirtClient>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +139,7 @@ impl Poller {
             stop: AtomicBool::new(false),
             timeout,
             workers: workers.max(1),
+            libvirt: Mutex::new(None),
         });
         let (wake, rx) = sync_channel(1);
         let s = Arc::clone(&shared);
@@ -194,34 +216,114 @@ fn round(shared: &Shared) {
     if targets.is_empty() {
         return;
     }
+    // libvirt domains: one call for all of them, on a thread of its own
+    // beside the workers (a stuck libvirtd holds only that thread).
+    let (lv, targets): (Vec<_>, Vec<_>) = targets
+        .into_iter()
+        .partition(|t| matches!(t.api, DeviceApi::Libvirt { .. }));
     let next = AtomicUsize::new(0);
     let workers = shared.workers.min(targets.len());
     std::thread::scope(|s| {
+        if let Some(DeviceApi::Libvirt { socket, .. }) = lv.first().map(|t| &t.api) {
+            s.spawn(|| {
+                let answer = libvirt_round(shared, socket);
+                for t in &lv {
+                    publish(shared, t, poll_one(t, shared.timeout, Some(&answer)));
+                }
+            });
+        }
         for _ in 0..workers {
             s.spawn(|| {
                 while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let devices = poll_one(t, shared.timeout);
-                    // Publish only while the VM is still followed through
-                    // this target (it may have left during the poll).
-                    let still = lock(&shared.targets)
-                        .get(&t.key)
-                        .is_some_and(|cur| Arc::ptr_eq(cur, t));
-                    if still {
-                        let mut results = lock(&shared.results);
-                        match devices {
-                            Some(d) => results.insert(t.key, d),
-                            None => results.remove(&t.key),
-                        };
-                    }
+                    publish(shared, t, poll_one(t, shared.timeout, None));
                 }
             });
         }
     });
 }
 
+/// Publishes a poll's outcome, only while the VM is still followed through
+/// this target (it may have left during the poll).
+fn publish(shared: &Shared, t: &Arc<Target>, devices: Option<Arc<VmDevices>>) {
+    let still = lock(&shared.targets)
+        .get(&t.key)
+        .is_some_and(|cur| Arc::ptr_eq(cur, t));
+    if still {
+        let mut results = lock(&shared.results);
+        match devices {
+            Some(d) => results.insert(t.key, d),
+            None => results.remove(&t.key),
+        };
+    }
+}
+
+/// One round's answer from libvirtd: every running domain by UUID.
+type LibvirtAnswer =
+    Result<HashMap<String, vmscope_proc::libvirt_rpc::LibvirtDomainStats>, ApiError>;
+
+fn libvirt_round(shared: &Shared, socket: &std::path::Path) -> LibvirtAnswer {
+    let deadline = Instant::now() + shared.timeout;
+    let mut client = lock(&shared.libvirt);
+    if client.as_ref().is_none_or(|c| c.path() != socket) {
+        *client = Some(libvirt::LibvirtClient::new(socket.to_path_buf()));
+    }
+    let Some(c) = client.as_mut() else {
+        return Err(ApiError::Protocol {
+            step: "connect",
+            what: "no libvirt client".into(),
+        });
+    };
+    let answer = c.all_domain_stats(deadline);
+    // Logged here once per change of state, not once per domain (each
+    // domain's own failure is logged at debug).
+    match (&answer, c.down) {
+        (Err(e), false) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "libvirtd does not answer; libvirt domains keep their last good disk and balloon figures");
+            c.down = true;
+        }
+        (Ok(_), true) => {
+            tracing::info!(socket = %socket.display(), "libvirtd answers again");
+            c.down = false;
+        }
+        _ => {}
+    }
+    answer
+}
+
+/// A copy of the round's error for one domain (same kind and text).
+fn copy_error(e: &ApiError) -> ApiError {
+    let copy_io = |s: &std::io::Error| std::io::Error::new(s.kind(), s.to_string());
+    match e {
+        ApiError::Connect { path, source } => ApiError::Connect {
+            path: path.clone(),
+            source: copy_io(source),
+        },
+        ApiError::Timeout { step } => ApiError::Timeout { step },
+        ApiError::Io { step, source } => ApiError::Io {
+            step,
+            source: copy_io(source),
+        },
+        ApiError::Parse { step, .. } => ApiError::Parse {
+            step,
+            source: vmscope_proc::ParseError::Malformed {
+                kind: vmscope_proc::FileKind::LibvirtRpc,
+                what: "see the log for libvirt's answer",
+            },
+        },
+        ApiError::Protocol { step, what } => ApiError::Protocol {
+            step,
+            what: what.clone(),
+        },
+    }
+}
+
 /// Polls one VM; `None` when it has nothing to publish (no block device
 /// and no API, never a good answer).
-fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
+fn poll_one(
+    t: &Target,
+    timeout: Duration,
+    libvirt: Option<&LibvirtAnswer>,
+) -> Option<Arc<VmDevices>> {
     let mut st = lock(&t.state);
     let deadline = Instant::now() + timeout;
     let st = &mut *st;
@@ -231,9 +333,35 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &t.api {
             DeviceApi::Qmp(path) => qmp::poll(path, deadline, &mut st.balloon).map(|r| {
                 Some(Reading {
+                    source: None,
                     disks: disks(&r.disks),
                     balloon_bytes: r.balloon_bytes,
                     guest: r.guest.as_ref().map(guest_memory),
+                })
+            }),
+            DeviceApi::Libvirt { uuid, .. } => match libvirt {
+                Some(Ok(all)) => match all.get(uuid) {
+                    Some(d) => Ok(Some(Reading {
+                        source: None,
+                        disks: disks(&d.disks),
+                        balloon_bytes: d.balloon_bytes,
+                        guest: d.guest.as_ref().map(guest_memory),
+                    })),
+                    None => Err(ApiError::Protocol {
+                        step: "getting the domain stats",
+                        what: "libvirtd did not list this domain among its running ones".into(),
+                    }),
+                },
+                Some(Err(e)) => Err(copy_error(e)),
+                None => Err(ApiError::Protocol {
+                    step: "poll",
+                    what: "no libvirt answer this round".into(),
+                }),
+            },
+            DeviceApi::Firecracker(path) => firecracker::poll(path, &mut st.fc).map(|d| {
+                d.map(|disks| Reading {
+                    disks,
+                    ..Reading::default()
                 })
             }),
             DeviceApi::CloudHypervisor(path) => ch::poll(path, deadline).map(|d| {
@@ -245,6 +373,7 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
             DeviceApi::Block { fd_dir, sys } => block::poll(fd_dir, sys, deadline, &mut st.block)
                 .map(|d| {
                     d.map(|disks| Reading {
+                        source: Some(st.block.source()),
                         disks,
                         ..Reading::default()
                     })
@@ -258,7 +387,7 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
         });
     match res {
         Ok(Some(reading)) => {
-            if st.down {
+            if st.down && libvirt.is_none() {
                 tracing::info!(pid = t.key.0, api = ?t.api, "hypervisor API answers again");
             }
             st.down = false;
@@ -276,7 +405,9 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
             if let Some(i) = ApiError::KINDS.iter().position(|k| *k == e.kind()) {
                 st.errors[i] += 1;
             }
-            if !st.down {
+            // A libvirtd that failed the whole round is logged once by
+            // libvirt_round, not once per domain.
+            if !st.down && !matches!(libvirt, Some(Err(_))) {
                 tracing::warn!(pid = t.key.0, api = ?t.api, error = %e, "hypervisor API poll failed; keeping the last good figures");
             } else {
                 tracing::debug!(pid = t.key.0, error = %e, "hypervisor API poll failed again");
@@ -292,7 +423,7 @@ fn poll_one(t: &Target, timeout: Duration) -> Option<Arc<VmDevices>> {
 fn devices(source: DeviceSource, st: &TargetState) -> VmDevices {
     let reading = st.last_good.as_ref();
     VmDevices {
-        source,
+        source: reading.and_then(|r| r.source).unwrap_or(source),
         up: !st.down,
         last_success_seconds: st.last_success,
         errors_total: ApiError::KINDS
@@ -447,5 +578,53 @@ mod tests {
         p.wake();
         std::thread::sleep(Duration::from_millis(400));
         assert!(p.results().unwrap().get(&(1, 1)).is_none());
+    }
+
+    #[test]
+    fn a_stuck_libvirtd_fails_its_domains_by_timeout_and_delays_nobody() {
+        let (_g, good) = monitor(Some(GREETING), qemu_like);
+        // A libvirtd that accepts connections (the backlog does) and never
+        // answers.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("libvirt-sock-ro");
+        let _stuck = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let p = Poller::start(Duration::from_millis(300), 2).unwrap();
+        p.set((1, 1), DeviceApi::Qmp(good));
+        for (i, uuid) in [
+            "aaaaaaaa-0000-0000-0000-000000000001",
+            "aaaaaaaa-0000-0000-0000-000000000002",
+        ]
+        .iter()
+        .enumerate()
+        {
+            p.set(
+                (10 + i as u32, 1),
+                DeviceApi::Libvirt {
+                    socket: sock.clone(),
+                    uuid: (*uuid).into(),
+                },
+            );
+        }
+        let t = Instant::now();
+        p.wake();
+        let d = wait_for(&p, (1, 1), |_| true);
+        assert!(d.up);
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "the QMP VM waited for libvirtd: {:?}",
+            t.elapsed()
+        );
+        for key in [(10, 1), (11, 1)] {
+            let s = wait_for(&p, key, |_| true);
+            assert!(!s.up);
+            assert_eq!(s.source, DeviceSource::Libvirt);
+            assert_eq!(s.last_error, Some("timeout"));
+        }
+        // One call for all domains: both failed within one deadline.
+        assert!(
+            t.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

@@ -13,6 +13,9 @@ use crate::discovery::DiscoveredVm;
 use crate::hypervisor::DeviceApi;
 use crate::model::{Hypervisor, VmState, VmStats, cap_label_value};
 
+/// libvirtd's read-only socket, relative to the run root (`/run`).
+const LIBVIRT_SOCKET: &str = "libvirt/libvirt-sock-ro";
+
 pub fn hypervisor(kind: vmscope_proc::HypervisorKind) -> Hypervisor {
     match kind {
         vmscope_proc::HypervisorKind::Qemu => Hypervisor::Qemu,
@@ -98,16 +101,29 @@ pub fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
         }
     }
     e.taps = taps;
-    e.device_api = cmd.and_then(|c| match c.kind {
-        vmscope_proc::HypervisorKind::Qemu => {
-            c.qmp_socket.as_deref().map(|p| DeviceApi::Qmp(p.into()))
-        }
-        vmscope_proc::HypervisorKind::CloudHypervisor => c
-            .api_socket
-            .as_deref()
-            .filter(|p| p.starts_with('/'))
-            .map(|p| DeviceApi::CloudHypervisor(p.into())),
-        vmscope_proc::HypervisorKind::Firecracker => None,
+    // A libvirt domain: libvirt holds its monitor, so libvirt's API.
+    let libvirt_api = lv.and(s.uuid.clone()).map(|uuid| DeviceApi::Libvirt {
+        socket: LIBVIRT_SOCKET.into(),
+        uuid,
+    });
+    e.device_api = libvirt_api.or_else(|| {
+        cmd.and_then(|c| match c.kind {
+            vmscope_proc::HypervisorKind::Qemu => {
+                c.qmp_socket.as_deref().map(|p| DeviceApi::Qmp(p.into()))
+            }
+            vmscope_proc::HypervisorKind::CloudHypervisor => c
+                .api_socket
+                .as_deref()
+                .filter(|p| p.starts_with('/'))
+                .map(|p| DeviceApi::CloudHypervisor(p.into())),
+            // Absolute only: a relative path is relative to a working
+            // directory that may have changed since.
+            vmscope_proc::HypervisorKind::Firecracker => c
+                .fc_metrics_path
+                .as_deref()
+                .filter(|p| p.starts_with('/'))
+                .map(|p| DeviceApi::Firecracker(p.into())),
+        })
     });
     cap_identity(&mut e.stats)
 }
@@ -217,6 +233,25 @@ mod tests {
             ("fc-7", "fc-7")
         );
         assert_eq!(e.stats.hypervisor, Hypervisor::Firecracker);
+        // No --metrics-path: no per-disk source.
+        assert_eq!(e.device_api, None);
+        let fc = VmCmdline {
+            fc_metrics_path: Some("/run/fc/fc-7.metrics".into()),
+            ..cmdline(HypervisorKind::Firecracker)
+        };
+        let e = identify(&process(HypervisorKind::Firecracker, fc));
+        assert_eq!(
+            e.device_api,
+            Some(DeviceApi::Firecracker("/run/fc/fc-7.metrics".into()))
+        );
+        let fc = VmCmdline {
+            fc_metrics_path: Some("relative.metrics".into()),
+            ..cmdline(HypervisorKind::Firecracker)
+        };
+        assert_eq!(
+            identify(&process(HypervisorKind::Firecracker, fc)).device_api,
+            None
+        );
 
         let ch = VmCmdline {
             api_socket: Some("/run/ch/web1.sock".into()),
@@ -281,6 +316,14 @@ mod tests {
         assert_eq!(e.known_vcpu_tids, [(0, 5000), (1, 5001)]);
         // libvirt's interfaces first, then command-line TAPs not yet listed.
         assert_eq!(e.taps, ["vnet0", "vnet1", "tap-extra"]);
+        // libvirt holds the monitor: per-disk figures come from its API.
+        assert_eq!(
+            e.device_api,
+            Some(DeviceApi::Libvirt {
+                socket: "libvirt/libvirt-sock-ro".into(),
+                uuid: "aaaaaaaa-0000-0000-0000-000000000001".into(),
+            })
+        );
     }
 
     #[test]

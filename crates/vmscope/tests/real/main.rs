@@ -33,6 +33,8 @@ mod scrape_rate;
 mod state_db;
 mod tenant_escape;
 mod vm_disk;
+mod vm_disk_firecracker;
+mod vm_disk_libvirt;
 mod vm_memory;
 mod watchdog_e2e;
 mod watchdog_secrets;

@@ -26,7 +26,7 @@ use crate::support::{lab_available, poll_until, unique_name, unique_uuid};
 /// (read) 4 sectors from C0/H0/S3 to ES:8000; then `hlt; jmp $-1`.
 const BOOT_CODE: &str = "31c08ec0b80103b90200ba8000bb007ccd13b80402b90300ba8000bb0080cd13f4ebfd";
 
-fn boot_disk(path: &Path) {
+pub(crate) fn boot_disk(path: &Path) {
     let mut code: Vec<u8> = (0..BOOT_CODE.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&BOOT_CODE[i..i + 2], 16).unwrap())
@@ -362,7 +362,7 @@ const LINUX_GUEST: &str = "/var/cache/vmscope-lab/linux-guest";
 
 /// The guest's kernel and initramfs, when install-deps.sh built them. Like
 /// [`lab_available`]: missing under `CI=true` is a failure, elsewhere a skip.
-fn linux_guest(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+pub(crate) fn linux_guest(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let dir = Path::new(LINUX_GUEST);
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
     if kernel.exists() && initrd.exists() {

@@ -162,7 +162,12 @@ impl Domain {
             rom = rom.display(),
             tap = tap.name,
         );
-        let file = roms.dir().join(format!("{name}.xml"));
+        Domain::start_xml(roms.dir(), name, &xml)
+    }
+
+    /// Defines (from `xml`, written into `dir`) and starts domain `name`.
+    pub fn start_xml(dir: &Path, name: &str, xml: &str) -> Domain {
+        let file = dir.join(format!("{name}.xml"));
         fs::write(&file, xml).expect("write domain XML");
         let file = file.display().to_string();
         virsh(&["define", &file]).expect("virsh define");
