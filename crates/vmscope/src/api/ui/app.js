@@ -25,7 +25,8 @@
     const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
     let i = 0;
     while (Math.abs(n) >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-    return (i === 0 ? n.toFixed(0) : n.toFixed(n < 10 ? 2 : 1)) + ' ' + u[i];
+    const digits = i === 0 ? (Number.isInteger(n) || n >= 10 ? 0 : 1) : (n < 10 ? 2 : 1);
+    return n.toFixed(digits) + ' ' + u[i];
   }
   const rate = (n) => (n == null ? '–' : bytes(n) + '/s');
   const cores = (n) => (n == null ? '–' : n.toFixed(n < 10 ? 2 : 1));
