@@ -1344,3 +1344,77 @@ async fn status_page_files_are_cached_by_content_hash() {
     let r = get(&app, "/ui/..%2FCargo.toml").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+/// The history list, one other VM's history and the page, as `token`.
+async fn as_(app: &Router, token: &str) -> (Resp, Resp, Resp) {
+    let auth = format!("Bearer {token}");
+    let h = [(header::AUTHORIZATION, auth.as_str())];
+    (
+        call(app, Method::GET, "/api/v1/history", &h).await,
+        call(app, Method::GET, "/api/v1/vms/vm-000001/history", &h).await,
+        call(app, Method::GET, "/", &h).await,
+    )
+}
+
+/// The history and the page behind the access gate: a tenant gets its own
+/// VMs' series and no host, another VM's is a 404, and the page tells its
+/// script what this caller may see.
+#[tokio::test]
+async fn history_and_page_are_scoped_by_the_callers_token() {
+    use vmscope::access::{Gate, WebConfig};
+    let sha = vmscope::access::token::sha256_hex;
+    let (admin, tenant) = ("vms_pure_history_admin_0001", "vms_pure_history_tenant_002");
+    let web = WebConfig::parse(
+        &format!(
+            "vmscope:\n  tokens:\n    - {{name: admin, sha256: {}, scope: admin}}\n    - {{name: u0, sha256: {}, scope: \"user:u0\"}}\n",
+            sha(admin),
+            sha(tenant)
+        ),
+        std::path::Path::new("/nonexistent"),
+    )
+    .unwrap();
+    let (tx, rx) = watch::channel(Arc::new(snapshot()));
+    let app = vmscope::api::router_with_access(
+        AppState::new(rx, Vec::new()),
+        Arc::new(Gate::new(Some(web))),
+    );
+    // Wait for the subscriber to record the first snapshot.
+    let mut snap = snapshot();
+    snap.seq = 2;
+    tx.send(Arc::new(snap)).unwrap();
+    let mut admin_ids = Vec::new();
+    for _ in 0..200 {
+        let (h, _, _) = as_(&app, admin).await;
+        admin_ids = h.json()["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect();
+        if admin_ids.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(admin_ids.len(), 5, "{admin_ids:?}");
+    let (h, one, page) = as_(&app, admin).await;
+    assert!(h.json()["host"].is_object());
+    assert_eq!(one.status, StatusCode::OK);
+    assert!(page.text().contains("data-viewer=\"all\""));
+
+    let (h, one, page) = as_(&app, tenant).await;
+    let h = h.json();
+    let ids: Vec<&str> = h["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["vm-000000"], "{h}");
+    assert!(h["host"].is_null(), "{h}");
+    assert_eq!(one.status, StatusCode::NOT_FOUND, "{}", one.text());
+    assert!(!one.text().contains("cpu_cores"));
+    assert!(page.text().contains("data-viewer=\"tenant\""));
+    let none = call(&app, Method::GET, "/api/v1/history", &[]).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+}

@@ -58,6 +58,8 @@ impl Browser {
                 "--no-sandbox",
                 "--remote-debugging-pipe",
                 "--disable-gpu",
+                "--disable-breakpad",
+                "--disable-crash-reporter",
                 "--no-first-run",
                 "--no-default-browser-check",
                 "--no-proxy-server",
