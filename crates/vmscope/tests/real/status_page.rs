@@ -405,6 +405,27 @@ sustained = "1s"
     std::thread::sleep(Duration::from_secs(6));
     browser.drain();
 
+    // The error collection works: a control tab's error and exception are seen.
+    let control = browser.new_tab();
+    browser.eval(
+        &control,
+        "console.error('vmscope-probe'); setTimeout(() => { throw new Error('vmscope-throw'); }, 0); true",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    browser.drain();
+    assert!(
+        browser
+            .events_of(&control, "Runtime.consoleAPICalled")
+            .any(|e| e.to_string().contains("vmscope-probe")),
+        "console errors are not collected"
+    );
+    assert!(
+        browser
+            .events_of(&control, "Runtime.exceptionThrown")
+            .any(|e| e.to_string().contains("vmscope-throw")),
+        "exceptions are not collected"
+    );
+
     // ---- nothing went wrong, nothing left loopback ----
     for tab in [&tab, &ttab] {
         let errors: Vec<&Value> = browser
