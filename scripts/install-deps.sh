@@ -6,7 +6,8 @@
 # What it sets up:
 # - Debian packages: QEMU, libvirt (monolithic libvirtd), Prometheus and its
 #   exporters, VictoriaMetrics, PostgreSQL 15 and Redis (started by the tests, never as services), iproute2, python3, wrk, hyperfine, curl, jq, procps,
-#   systemd (for systemd-analyze only) and adduser (the package test).
+#   systemd (for systemd-analyze only) and adduser (the package test),
+#   chromium (the status page test, headless).
 # - libvirt without systemd: the libvirt-qemu user/group, /var/log/libvirt and
 #   /etc/libvirt/qemu.conf running domains as root (see shared/LAB.md).
 # - Python's prometheus_client (the OpenMetrics parser used to validate output).
@@ -47,6 +48,8 @@ declare -A PKGS=(
     [adduser]=/usr/sbin/adduser
     # push tests: a second remote_write receiver besides Prometheus
     [victoria-metrics]=/usr/bin/victoria-metrics
+    # the status page test (tests/real/status_page.rs): a real headless browser
+    [chromium]=/usr/bin/chromium
 )
 
 apt_updated=0

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 pub mod counters;
+pub mod history;
 pub mod identity;
 pub mod pace;
 pub mod scope;

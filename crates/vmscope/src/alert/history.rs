@@ -44,6 +44,12 @@ impl AlertHistory {
         AlertHistory::new(Err(NoStore::Disabled))
     }
 
+    /// Whether there is a history to read (the status page shows alerts
+    /// only then).
+    pub fn available(&self) -> bool {
+        self.store.is_ok()
+    }
+
     /// The episodes `q` asks for: all active ones and one page of history.
     pub async fn query(&self, q: EpisodeQuery) -> Result<EpisodePage, HistoryError> {
         let store = self

@@ -1,5 +1,6 @@
 //! The HTTP API: `/metrics` (Prometheus text or OpenMetrics), `/metrics.json`,
-//! the JSON resources under `/api/v1`, `/healthz` and an index at `/`.
+//! the JSON resources under `/api/v1`, `/healthz` and the status page at
+//! `/` (with its files under `/ui/`, see [`ui`]).
 //!
 //! Reads: the latest `Arc<Snapshot>` from a `tokio::sync::watch` channel
 //! (never blocking the collector) and the extra metric sources. Emits: HTTP
@@ -20,6 +21,7 @@ pub mod alerts;
 pub mod error;
 mod grafana;
 mod health;
+mod history;
 mod host;
 pub mod http_metrics;
 mod index;
@@ -27,6 +29,7 @@ pub mod limits;
 mod metrics;
 mod owners;
 mod prometheus;
+pub mod ui;
 pub mod usage;
 mod vms;
 
@@ -105,11 +108,21 @@ impl std::fmt::Debug for Resource {
 pub const ROUTES: &[Resource] = &[
     Resource {
         path: "/",
-        summary: "This index.",
+        summary: "The status page: host gauges, alerts, the VMs with their last hour as graphs, and this index.",
         handler: || get(index::get),
-        compress: false,
+        compress: true,
         reads: Reads::Snapshot,
-        // The list of routes: nothing about VMs or owners.
+        // The page's own HTML holds nothing about VMs or owners; its
+        // script reads the scoped JSON resources with the caller's
+        // credentials.
+        scoped: true,
+    },
+    Resource {
+        path: "/ui/{file}",
+        summary: "The status page's embedded script and style sheet (app.js, app.css), cached by content hash.",
+        handler: || get(ui::get),
+        compress: true,
+        reads: Reads::Request,
         scoped: true,
     },
     Resource {
@@ -156,6 +169,22 @@ pub const ROUTES: &[Resource] = &[
         path: "/api/v1/vms/{id}/stats",
         summary: "One VM's usage as flat totals and rates.",
         handler: || get(vms::stats),
+        compress: true,
+        reads: Reads::Snapshot,
+        scoped: true,
+    },
+    Resource {
+        path: "/api/v1/vms/{id}/history",
+        summary: "One VM's last hour (CPU cores, RSS, network rates), one point per 15 s; ?points=1..240.",
+        handler: || get(history::vm),
+        compress: true,
+        reads: Reads::Snapshot,
+        scoped: true,
+    },
+    Resource {
+        path: "/api/v1/history",
+        summary: "Every VM's last hour (and the host's, for admins), coarsened to ?points=1..240 (default 60): the status page's sparklines.",
+        handler: || get(history::list),
         compress: true,
         reads: Reads::Snapshot,
         scoped: true,
@@ -283,6 +312,9 @@ struct Inner {
     alerts: AlertHistory,
     usage: UsageReader,
     pacer: Pacer,
+    /// The last hour per VM and of the host (the status page's graphs),
+    /// fed by [`AppState::spawn_history`].
+    history: crate::model::history::History,
     /// Set once by [`AppState::with_proxy`] (unset: those routes answer 503).
     proxy: std::sync::OnceLock<Arc<crate::proxy::Proxy>>,
 }
@@ -350,10 +382,12 @@ impl AppState {
                 alerts,
                 usage,
                 pacer,
+                history: crate::model::history::History::new(),
                 proxy: std::sync::OnceLock::new(),
             }),
         };
         state.spawn_prewarm();
+        state.spawn_history();
         state
     }
 
@@ -382,6 +416,39 @@ impl AppState {
                 }
             }
         });
+    }
+
+    /// Records each new snapshot into the history, off the collector's
+    /// tick (the collector only publishes; this task does the O(VMs)
+    /// work). Holds a weak reference and ends with the state; outside a
+    /// tokio runtime there is no history (empty series).
+    fn spawn_history(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rx = self.inner.snapshots.clone();
+        let weak = Arc::downgrade(&self.inner);
+        rt.spawn(async move {
+            // The snapshot there now counts too (the first tick may have
+            // been published before this task started).
+            loop {
+                let snap = Arc::clone(&rx.borrow_and_update());
+                {
+                    let Some(inner) = weak.upgrade() else { return };
+                    if snap.seq > 0 {
+                        inner.history.record(&snap);
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The per-VM and host history (`/api/v1/history`).
+    pub(crate) fn history(&self) -> &crate::model::history::History {
+        &self.inner.history
     }
 
     /// The latest published snapshot.

@@ -145,6 +145,7 @@ fn concrete(path: &str) -> String {
         return path.replace("{kind}", "user").replace("{id}", "u0");
     }
     path.replace("{id}", "vm-000001")
+        .replace("{file}", "app.js")
 }
 
 // ---- a small OpenAPI 3.0 schema checker: enough for our own spec ----
@@ -677,7 +678,9 @@ async fn index_lists_every_route() {
     for path in ROUTES.iter().map(|r| r.path).chain(watchdog_routes()) {
         assert!(page.contains(&format!("<code>{path}</code>")), "{path}");
     }
-    assert!(page.contains("<a href=\"/api/v1/alerts\">"), "{page}");
+    // Relative links: the page works under a reverse proxy's prefix.
+    assert!(page.contains("<a href=\"api/v1/alerts\">"), "{page}");
+    assert!(!page.contains("href=\"/"), "{page}");
 }
 
 #[test]
@@ -1025,4 +1028,393 @@ async fn alerts_errors_are_documented_json_naming_the_parameter() {
         "a disabled watchdog creates no database"
     );
     wd.shutdown().await;
+}
+
+// ---- the status page and its history ----
+
+/// Sends `snap` and waits until the history subscriber has recorded it
+/// (its series for `id` has `points` points).
+/// (The watch channel keeps only the newest snapshot: a subscriber that
+/// lags skips ticks, so each tick here is awaited.)
+async fn feed_history(
+    app: &Router,
+    tx: &watch::Sender<Arc<Snapshot>>,
+    snap: Snapshot,
+    id: &str,
+    points: usize,
+) {
+    feed_until(app, tx, snap, id, |h| {
+        h["t"].as_array().unwrap().len() == points
+    })
+    .await;
+}
+
+async fn feed_until(
+    app: &Router,
+    tx: &watch::Sender<Arc<Snapshot>>,
+    snap: Snapshot,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) {
+    tx.send(Arc::new(snap)).unwrap();
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let r = get(app, &format!("/api/v1/vms/{id}/history")).await;
+        if r.status == StatusCode::OK {
+            last = r.json();
+            if done(&last) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the history of {id} never got there: {last}");
+}
+
+#[tokio::test]
+async fn history_follows_the_snapshots_and_matches_the_spec() {
+    let spec = spec();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let at = |secs: u64, cpu: f64| {
+        let mut s = snapshot();
+        s.seq = secs + 1;
+        s.collected_at = start + Duration::from_secs(secs);
+        for v in &mut s.vms {
+            if let Some(r) = v.rates.as_mut() {
+                r.cpu_cores = cpu;
+            }
+        }
+        s
+    };
+    let (app, tx) = app(at(0, 1.0));
+    // Two ticks in the first 15 s step (averaged), one in each of the next two.
+    feed_history(&app, &tx, at(0, 1.0), "vm-000001", 1).await;
+    feed_until(&app, &tx, at(5, 3.0), "vm-000001", |h| {
+        h["cpu_cores"][0] == 2.0
+    })
+    .await;
+    feed_history(&app, &tx, at(15, 4.0), "vm-000001", 2).await;
+    feed_history(&app, &tx, at(30, 5.0), "vm-000001", 3).await;
+
+    let one = get(&app, "/api/v1/vms/vm-000001/history").await;
+    assert_eq!(one.status, StatusCode::OK);
+    check_documented(&spec, "/api/v1/vms/{id}/history", &one);
+    let one = one.json();
+    assert_eq!(one["id"], "vm-000001");
+    assert_eq!(one["step_seconds"], 15);
+    assert_eq!(one["window_seconds"], 3600);
+    assert_eq!(
+        one["t"],
+        serde_json::json!([1_800_000_000u64, 1_800_000_015u64, 1_800_000_030u64])
+    );
+    assert_eq!(one["cpu_cores"], serde_json::json!([2.0, 4.0, 5.0]));
+    assert_eq!(one["network_rx_bytes_per_second"][0], 100.0);
+
+    let all = get(&app, "/api/v1/history?points=2").await;
+    check_documented(&spec, "/api/v1/history", &all);
+    let all = all.json();
+    // The odd VM has no rates: no history, not listed.
+    let ids: Vec<&str> = all["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert!(!ids.contains(&"odd id/ü"));
+    let v1 = all["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "vm-000001")
+        .unwrap();
+    // Coarsened to 2 points: steps {0, 15} (3 ticks: 1, 3, 4) and {30}.
+    let near = |v: &Value, want: f64| (v.as_f64().unwrap() - want).abs() < 1e-4 * want.max(1.0);
+    assert!(
+        near(&v1["cpu_cores"][0], 8.0 / 3.0) && near(&v1["cpu_cores"][1], 5.0),
+        "{v1}"
+    );
+    // The host: 0.35 of 64 CPUs, 156 GiB used.
+    assert!(near(&all["host"]["cpu_cores"][0], 22.4), "{}", all["host"]);
+    assert!(
+        near(&all["host"]["memory_used_bytes"][0], (156u64 << 30) as f64),
+        "{}",
+        all["host"]
+    );
+
+    // Errors, as documented.
+    for (uri, status) in [
+        ("/api/v1/vms/nope/history", StatusCode::NOT_FOUND),
+        (
+            "/api/v1/vms/vm-000001/history?points=0",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/history?points=241", StatusCode::BAD_REQUEST),
+        ("/api/v1/history?vm=vm-000001", StatusCode::BAD_REQUEST),
+    ] {
+        let r = get(&app, uri).await;
+        assert_eq!(r.status, status, "{uri}: {}", r.text());
+        let template = if uri.starts_with("/api/v1/vms/") {
+            "/api/v1/vms/{id}/history"
+        } else {
+            "/api/v1/history"
+        };
+        check_documented(&spec, template, &r);
+    }
+    let r = get(&app, "/api/v1/history?points=241").await;
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("points:"),
+        "{}",
+        r.text()
+    );
+
+    // A VM that left the snapshot leaves the history.
+    let mut fewer = at(45, 1.0);
+    fewer.vms.retain(|v| v.id != "vm-000002");
+    tx.send(Arc::new(fewer)).unwrap();
+    feed_history(&app, &tx, at(45, 1.0), "vm-000001", 4).await;
+    let mut fewer = at(46, 1.0);
+    fewer.vms.retain(|v| v.id != "vm-000002");
+    feed_history(&app, &tx, fewer, "vm-000001", 4).await;
+    let all = get(&app, "/api/v1/history").await.json();
+    assert!(
+        all["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["id"] != "vm-000002"),
+        "{all}"
+    );
+}
+
+fn gzip_len(b: &[u8]) -> usize {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(b).unwrap();
+    e.finish().unwrap().len()
+}
+
+#[tokio::test]
+async fn the_status_page_fits_its_budget_gzipped() {
+    let (app, _tx) = app(snapshot());
+    let page = get(&app, "/").await.body;
+    let mut total = gzip_len(&page);
+    for a in vmscope::api::ui::ASSETS {
+        total += gzip_len(a.body.as_bytes());
+    }
+    println!(
+        "status page: {total} bytes gzipped (budget {})",
+        vmscope::api::ui::BUDGET_GZIP_BYTES
+    );
+    assert!(
+        total <= vmscope::api::ui::BUDGET_GZIP_BYTES,
+        "{total} bytes"
+    );
+    assert!(total > 1000, "{total}: the files are embedded");
+}
+
+/// Every URL the page and its files name is relative to the page (so the
+/// page works under a reverse proxy's path prefix) and on this host: no
+/// scheme, no `//host`, no root-relative path, no font or import.
+#[tokio::test]
+async fn every_url_of_the_status_page_is_relative() {
+    let (app, _tx) = app(snapshot());
+    let page = get(&app, "/").await.text();
+    let mut sources: Vec<(&str, String)> = vec![("index", page)];
+    for a in vmscope::api::ui::ASSETS {
+        sources.push((a.name, a.body.to_owned()));
+    }
+    let mut urls = 0;
+    for (name, text) in &sources {
+        // The SVG namespace is a name, never fetched.
+        let text = text.replace("'http://www.w3.org/2000/svg'", "SVGNS");
+        for bad in [
+            "http://",
+            "https://",
+            "ws://",
+            "wss://",
+            "@import",
+            "@font-face",
+            "url(",
+            "XMLHttpRequest",
+            "WebSocket",
+            "EventSource",
+            "sendBeacon",
+            "location.origin",
+        ] {
+            assert!(!text.contains(bad), "{name} contains {bad}");
+        }
+        // Attribute URLs and the script's fetches.
+        for marker in [
+            "href=\"",
+            "src=\"",
+            "getJSON('",
+            "fetch('",
+            "fetch(\"",
+            "'api/",
+            "+ 'api/",
+        ] {
+            for (i, _) in text.match_indices(marker) {
+                let rest = &text[i + marker.len()..];
+                urls += 1;
+                assert!(
+                    !rest.starts_with('/') && !rest.starts_with("//"),
+                    "{name}: {marker}{} is not relative",
+                    rest.chars().take(40).collect::<String>()
+                );
+            }
+        }
+    }
+    assert!(
+        urls >= 10,
+        "found only {urls} URLs: the scan looks at nothing"
+    );
+    // The script fetches exactly these, all relative.
+    let js = vmscope::api::ui::ASSETS[0].body;
+    for want in [
+        "getJSON('api/v1/host')",
+        "getJSON('api/v1/vms')",
+        "getJSON('api/v1/history')",
+        "getJSON('api/v1/alerts?limit=10')",
+    ] {
+        assert!(js.contains(want), "app.js lacks {want}");
+    }
+}
+
+#[tokio::test]
+async fn status_page_files_are_cached_by_content_hash() {
+    let (app, _tx) = app(snapshot());
+    let page = get(&app, "/").await;
+    assert_eq!(page.header(header::CACHE_CONTROL), "no-cache");
+    let csp = page.header(header::CONTENT_SECURITY_POLICY).to_owned();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text();
+    assert!(
+        html.contains("data-viewer=\"all\"") && html.contains("data-alerts=\"off\""),
+        "{html}"
+    );
+    for a in vmscope::api::ui::ASSETS {
+        let hash = vmscope::api::ui::hash_of(a.name).unwrap();
+        assert_eq!(hash, vmscope::api::ui::content_hash(a.body));
+        let url = format!("ui/{}?v={hash}", a.name);
+        assert!(html.contains(&url), "the page does not load {url}");
+        let r = get(&app, &format!("/{url}")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.body, a.body.as_bytes());
+        assert!(
+            r.header(header::CONTENT_TYPE)
+                .starts_with(a.content_type.split(';').next().unwrap())
+        );
+        assert_eq!(
+            r.header(header::CACHE_CONTROL),
+            "public, max-age=31536000, immutable"
+        );
+        let etag = r.header(header::ETAG).to_owned();
+        assert_eq!(etag, format!("\"{hash}\""));
+        // Without the hash: revalidated, and 304 when unchanged.
+        let plain = get(&app, &format!("/ui/{}", a.name)).await;
+        assert_eq!(plain.header(header::CACHE_CONTROL), "no-cache");
+        let again = call(
+            &app,
+            Method::GET,
+            &format!("/ui/{}", a.name),
+            &[(header::IF_NONE_MATCH, etag.as_str())],
+        )
+        .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+        assert!(again.body.is_empty());
+        let stale = call(
+            &app,
+            Method::GET,
+            &format!("/ui/{}", a.name),
+            &[(header::IF_NONE_MATCH, "\"0000\"")],
+        )
+        .await;
+        assert_eq!(stale.status, StatusCode::OK);
+    }
+    let r = get(&app, "/ui/secret.txt").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    let r = get(&app, "/ui/..%2FCargo.toml").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// The history list, one other VM's history and the page, as `token`.
+async fn as_(app: &Router, token: &str) -> (Resp, Resp, Resp) {
+    let auth = format!("Bearer {token}");
+    let h = [(header::AUTHORIZATION, auth.as_str())];
+    (
+        call(app, Method::GET, "/api/v1/history", &h).await,
+        call(app, Method::GET, "/api/v1/vms/vm-000001/history", &h).await,
+        call(app, Method::GET, "/", &h).await,
+    )
+}
+
+/// The history and the page behind the access gate: a tenant gets its own
+/// VMs' series and no host, another VM's is a 404, and the page tells its
+/// script what this caller may see.
+#[tokio::test]
+async fn history_and_page_are_scoped_by_the_callers_token() {
+    use vmscope::access::{Gate, WebConfig};
+    let sha = vmscope::access::token::sha256_hex;
+    let (admin, tenant) = ("vms_pure_history_admin_0001", "vms_pure_history_tenant_002");
+    let web = WebConfig::parse(
+        &format!(
+            "vmscope:\n  tokens:\n    - {{name: admin, sha256: {}, scope: admin}}\n    - {{name: u0, sha256: {}, scope: \"user:u0\"}}\n",
+            sha(admin),
+            sha(tenant)
+        ),
+        std::path::Path::new("/nonexistent"),
+    )
+    .unwrap();
+    let (tx, rx) = watch::channel(Arc::new(snapshot()));
+    let app = vmscope::api::router_with_access(
+        AppState::new(rx, Vec::new()),
+        Arc::new(Gate::new(Some(web))),
+    );
+    // Wait for the subscriber to record the first snapshot.
+    let mut snap = snapshot();
+    snap.seq = 2;
+    tx.send(Arc::new(snap)).unwrap();
+    let mut admin_ids = Vec::new();
+    for _ in 0..200 {
+        let (h, _, _) = as_(&app, admin).await;
+        admin_ids = h.json()["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect();
+        if admin_ids.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(admin_ids.len(), 5, "{admin_ids:?}");
+    let (h, one, page) = as_(&app, admin).await;
+    assert!(h.json()["host"].is_object());
+    assert_eq!(one.status, StatusCode::OK);
+    assert!(page.text().contains("data-viewer=\"all\""));
+
+    let (h, one, page) = as_(&app, tenant).await;
+    let h = h.json();
+    let ids: Vec<&str> = h["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["vm-000000"], "{h}");
+    assert!(h["host"].is_null(), "{h}");
+    assert_eq!(one.status, StatusCode::NOT_FOUND, "{}", one.text());
+    assert!(!one.text().contains("cpu_cores"));
+    assert!(page.text().contains("data-viewer=\"tenant\""));
+    let none = call(&app, Method::GET, "/api/v1/history", &[]).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
 }

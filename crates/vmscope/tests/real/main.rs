@@ -31,6 +31,7 @@ mod proxy;
 mod push;
 mod scrape_rate;
 mod state_db;
+mod status_page;
 mod tenant_escape;
 mod vm_disk;
 mod vm_disk_firecracker;

@@ -52,6 +52,8 @@ const CSV: &str = "text/csv";
 #[rustfmt::skip]
 const PROBES: &[Probe] = &[
     p("/", "/", TEXT, false),
+    p("/ui/{file}", "/ui/app.js", TEXT, false),
+    p("/ui/{file}", "/ui/app.css", TEXT, false),
     p("/metrics", "/metrics", TEXT, true),
     p("/metrics", "/metrics", OPENMETRICS, true),
     p("/metrics", "/metrics?vm_id={id}&user={user}", TEXT, true),
@@ -64,6 +66,11 @@ const PROBES: &[Probe] = &[
     p("/api/v1/vms/{id}", "/api/v1/vms/{uuid}", TEXT, true),
     p("/api/v1/vms/{id}/stats", "/api/v1/vms/{id}/stats", TEXT, true),
     p("/api/v1/vms/{id}/stats", "/api/v1/vms/{name}/stats", TEXT, false),
+    p("/api/v1/vms/{id}/history", "/api/v1/vms/{id}/history", TEXT, true),
+    p("/api/v1/vms/{id}/history", "/api/v1/vms/{id}/history?points=1", TEXT, true),
+    p("/api/v1/vms/{id}/history", "/api/v1/vms/{name}/history", TEXT, false),
+    p("/api/v1/history", "/api/v1/history", TEXT, true),
+    p("/api/v1/history", "/api/v1/history?points=240", TEXT, true),
     p("/api/v1/owners", "/api/v1/owners", TEXT, true),
     p("/api/v1/owners", "/api/v1/owners?kind=user", TEXT, true),
     p("/api/v1/owners", "/api/v1/owners?kind=project", TEXT, true),
@@ -485,6 +492,7 @@ sustained = "1s"
         for path in [
             format!("/api/v1/vms/{id}"),
             format!("/api/v1/vms/{id}/stats"),
+            format!("/api/v1/vms/{id}/history"),
         ] {
             let r = get(&url(&path), Some(attacker.token), TEXT, false);
             assert_eq!(r.status, 404, "{path}: {}", r.body);
@@ -553,6 +561,22 @@ fn check_own_view(t: &Tenant, get: &dyn Fn(&str) -> Reply) {
     let mut want: Vec<String> = own_ids.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
     assert_eq!(listed, want, "/api/v1/vms lists exactly the tenant's VMs");
+
+    // The history: exactly its VMs (each has had ticks by now), no host.
+    let history: Value = serde_json::from_str(&get("/api/v1/history").body).unwrap();
+    let mut listed = ids_in(&history["vms"], "id");
+    listed.sort();
+    assert_eq!(
+        listed, want,
+        "/api/v1/history lists exactly the tenant's VMs"
+    );
+    assert!(
+        history["host"].is_null(),
+        "a tenant sees no host history: {history}"
+    );
+    // The status page tells its script what this caller may see.
+    let page = get("/").body;
+    assert!(page.contains("data-viewer=\"tenant\""), "{page}");
 
     let owners: Value = serde_json::from_str(&get("/api/v1/owners").body).unwrap();
     let keys = ids_in(&owners["owners"], "key");

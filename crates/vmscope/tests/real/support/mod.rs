@@ -15,6 +15,7 @@
 //! binary; [`lab_available`] decides whether a test runs, skips, or (under
 //! `CI=true`) fails loudly because the lab is missing. See `docs/lab.md`.
 
+pub mod chromium;
 pub mod hook;
 pub mod http;
 pub mod lab;
