@@ -1,6 +1,5 @@
 //! `vmscope_task_*`: one health family set for every background task
-//! (collection, owner refresh, ledger flush, rule evaluation, and the
-//! pushes to come), so one alert rule covers them all:
+//! (collection, owner refresh, ledger flush, rule evaluation, pushes), so one alert rule covers them all:
 //! `time() - vmscope_task_last_success_timestamp_seconds > 3 * interval`.
 //!
 //! Each task reports into one small registry, [`global`], at the place
@@ -13,10 +12,10 @@
 //! (`vmscope_owner_source_*`, `vmscope_ledger_*`, ...): these are the
 //! common denominator, not a copy.
 //!
-//! Pushers (`push/`) report with their own task name constant (say
-//! `"push_remote_write"`): [`TaskHealth::succeeded`] / [`TaskHealth::failed`]
-//! take any `&'static str`, and [`TaskHealth::register`] at start makes the
-//! series exist before the first run.
+//! Pushers (`push/`) report per protocol ([`PUSH_REMOTE_WRITE`],
+//! [`PUSH_OTLP`]): a push that was sent succeeded, one that was refused or
+//! dropped failed. [`TaskHealth::register`] at start makes the series
+//! exist before the first run.
 //!
 //! Reads: what the tasks reported (one short mutex, no IO). Emits:
 //! `vmscope_task_last_success_timestamp_seconds{task}` (only once a run
@@ -39,6 +38,11 @@ pub const OWNER_REFRESH: &str = "owner_refresh";
 pub const LEDGER_FLUSH: &str = "ledger_flush";
 /// One watchdog evaluation of the rules over a snapshot (and dispatch).
 pub const RULE_EVALUATION: &str = "rule_evaluation";
+/// One push to a remote_write destination, retries included (all such
+/// destinations count here; per destination see `vmscope_push_*`).
+pub const PUSH_REMOTE_WRITE: &str = "push_remote_write";
+/// One push to an OTLP destination, retries included.
+pub const PUSH_OTLP: &str = "push_otlp";
 
 static LAST_SUCCESS: Desc = Desc::gauge(
     "vmscope_task_last_success_timestamp_seconds",

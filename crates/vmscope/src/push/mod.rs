@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::export::{Sources, Value};
+use crate::export::{Sources, Value, tasks};
 use crate::model::Snapshot;
 use crate::outbound::client::send_classified;
 use crate::outbound::{Backoff, BoundedQueue, DeliveryError};
@@ -117,6 +117,14 @@ impl Kind {
             .iter()
             .find(|e| e.kind == self)
             .unwrap_or(&PUSHERS[0])
+    }
+
+    /// The name its pushes report under in `vmscope_task_*{task}`.
+    pub fn task(self) -> &'static str {
+        match self {
+            Kind::RemoteWrite => tasks::PUSH_REMOTE_WRITE,
+            Kind::Otlp => tasks::PUSH_OTLP,
+        }
     }
 
     /// The config key (`remote_write`, `otlp`).
@@ -236,6 +244,7 @@ pub fn start(
             reason: e.to_string(),
         })?;
         let pusher: Arc<dyn Pusher> = Arc::from((d.kind.entry().build)(&d, process_start));
+        tasks::global().register(d.kind.task());
         let m = metrics.destination(&d.name);
         let queue = Arc::new(BoundedQueue::new(d.max_queue, |_: &Batch| false));
         let d = Arc::new(d);
@@ -339,6 +348,7 @@ async fn send_loop(
             b = queue.pop() => match b { Some(b) => b, None => break },
             _ = stop.changed() => break,
         };
+        let started = Instant::now();
         let outcome = loop {
             if let Some(p) = pause.take() {
                 tokio::select! {
@@ -401,6 +411,7 @@ async fn send_loop(
         m.queue.fetch_sub(batch.samples, Ordering::Relaxed);
         match outcome {
             Outcome::Sent => {
+                tasks::global().succeeded(d.kind.task(), started.elapsed());
                 m.sent.fetch_add(batch.samples, Ordering::Relaxed);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -414,6 +425,7 @@ async fn send_loop(
                 }
             }
             Outcome::Rejected(msg) => {
+                tasks::global().failed(d.kind.task());
                 m.rejected.fetch_add(batch.samples, Ordering::Relaxed);
                 if state != State::Rejected {
                     state = State::Rejected;
@@ -423,6 +435,7 @@ async fn send_loop(
                 }
             }
             Outcome::Dropped => {
+                tasks::global().failed(d.kind.task());
                 m.dropped.fetch_add(batch.samples, Ordering::Relaxed);
             }
         }

@@ -702,6 +702,13 @@ fn a_failing_receiver_is_retried_paced_or_dropped_by_the_rules_and_ticks_stay_on
     );
     assert!(rejected > 0.0);
     assert!(err("http_4xx") >= 4.0);
+    // The refused and dropped pushes are the push task's failed runs.
+    let task_errors = metric(
+        &agent,
+        "vmscope_task_errors_total",
+        &[("task", "push_remote_write")],
+    );
+    assert!(task_errors > 0.0, "no failed push runs in vmscope_task_*");
 
     // 5. 200: pushes are sent, the queue drains, the success is stamped.
     rx.answer(Answer::Ok);
@@ -716,7 +723,12 @@ fn a_failing_receiver_is_retried_paced_or_dropped_by_the_rules_and_ticks_stay_on
             &[("destination", "flaky"), ("result", "sent")],
         )?;
         let last = m.value("vmscope_push_last_success_timestamp_seconds", &d)?;
-        (sent > 0.0 && last >= ok_since - 1.0).then_some(())
+        // And the push task's health says so.
+        let task = m.value(
+            "vmscope_task_last_success_timestamp_seconds",
+            &[("task", "push_remote_write")],
+        )?;
+        (sent > 0.0 && last >= ok_since - 1.0 && task >= ok_since - 1.0).then_some(())
     })
     .unwrap_or_else(|| {
         panic!(
