@@ -12,3 +12,4 @@ mod exposition;
 mod fixtures;
 mod metrics_doc;
 mod owners;
+mod top;
