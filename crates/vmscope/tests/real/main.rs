@@ -31,6 +31,7 @@ mod push;
 mod scrape_rate;
 mod state_db;
 mod tenant_escape;
+mod top;
 mod vm_disk;
 mod vm_memory;
 mod watchdog_e2e;
