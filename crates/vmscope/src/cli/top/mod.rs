@@ -255,12 +255,14 @@ fn run_screen(
         ratatui::crossterm::execute!(
             std::io::stdout(),
             ratatui::crossterm::terminal::EnterAlternateScreen,
+            ratatui::crossterm::terminal::Clear(ratatui::crossterm::terminal::ClearType::All),
             ratatui::crossterm::cursor::Hide
         )
         .context("terminal alternate screen")?;
         let backend = ratatui::backend::CrosstermBackend::new(std::io::stdout());
         let mut terminal = ratatui::Terminal::new(backend).context("terminal")?;
-        terminal.clear().context("terminal")?;
+        // Not `terminal.clear()`: it asks the terminal for the cursor
+        // position, which a pseudo-terminal without a reader never answers.
         let mut reads = 1u64;
         let mut dirty = true;
         while !quit.load(Ordering::Relaxed) {
