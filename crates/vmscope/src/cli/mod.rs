@@ -49,6 +49,7 @@ enum Command {
     Vms(VmsArgs),
     /// A full-screen, refreshing view of the VMs (like virt-top), from a
     /// running agent (--url) or measured here; --batch for CSV/JSON lines.
+    #[command(after_long_help = top::KEYS_HELP)]
     Top(top::TopArgs),
     /// Print who uses this host now: per user and project, their VMs,
     /// vCPUs, CPU, memory and network, measured over a short window.

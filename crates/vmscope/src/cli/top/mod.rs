@@ -85,6 +85,23 @@ pub struct TopArgs {
     output: BatchOutput,
 }
 
+/// The keys, for `--help` and the manual page.
+pub const KEYS_HELP: &str = "\
+Keys:
+  P M N T     sort by CPU, memory (RSS), name, CPU time; the same key again reverses
+  F < >       choose the sort column from a menu / step left and right; R reverses
+  /           filter: a case-insensitive regex over name, id and owner
+              (name:RE or owner:RE for one of them); Esc clears it
+  g           group by owner (per-owner totals); Enter on an owner lists its VMs
+  Enter, Esc  one VM's detail (per vCPU, per TAP, its alerts) / back
+  Up Down PgUp PgDn Home End   move the selection
+  q, Ctrl-C   quit
+
+Columns: CPU% is host CPU in % of one core (200 = two cores); GUEST% and
+STEAL% are guest code and vCPU run-queue wait in % of the VM's vCPUs. NO_COLOR
+turns colour off. Exit status: 0 ok, 1 the agent or collection failed at
+start, 2 bad usage.";
+
 /// How long one read of an agent may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
