@@ -8,7 +8,7 @@ lab: real QEMU command lines, two vCPU threads, a TAP each):
 1. `vmscope serve --interval 1` is started and waited for until it lists
    the N VMs;
 2. startup: `vmscope top --url` on a pseudo-terminal (120x40), from exec
-   to the first frame that shows a stand-in's row (the first read of
+   to the first frame that shows all N VMs (the first read of
    /metrics.json included), R runs; the same for `--batch`, from exec to
    the CSV header (printed after the first read); and the same measured
    locally (no --url: one collection tick of the N VMs before the frame);
@@ -59,6 +59,7 @@ class Screen:
         self.waiting: set[bytes] = set()
         self.first: dict[bytes, float] = {}
         self.bytes = 0
+        self.head = b""
         self.buf = b""
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self._drain, daemon=True)
@@ -75,16 +76,18 @@ class Screen:
             now = time.perf_counter()
             with self.lock:
                 self.bytes += len(chunk)
+                if len(self.head) < 64_000:
+                    self.head += chunk
                 # Keep only a tail to search in: the frame is redrawn in place.
                 self.buf = (self.buf + chunk)[-200_000:]
                 for needle in list(self.waiting):
-                    if needle in self.buf:
+                    if needle in self.buf or needle in self.head:
                         self.first[needle] = now - self.t0
                         self.waiting.discard(needle)
 
     def wait_for(self, needle: bytes, timeout: float = 20.0) -> float:
         with self.lock:
-            if needle in self.buf:
+            if needle in self.buf or needle in self.head:
                 return time.perf_counter() - self.t0
             self.waiting.add(needle)
         end = time.monotonic() + timeout
@@ -95,7 +98,7 @@ class Screen:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"top exited with {self.proc.returncode}: {self.buf[-2000:]!r}")
             time.sleep(0.002)
-        raise RuntimeError(f"no {needle!r} on screen within {timeout}s: {self.buf[-2000:]!r}")
+        raise RuntimeError(f"no {needle!r} on screen within {timeout}s: {self.head[:8000]!r}")
 
     def quit(self) -> None:
         try:
@@ -107,12 +110,12 @@ class Screen:
         os.close(self.master)
 
 
-def startup_screen(argv: list[str], runs: int) -> dict:
+def startup_screen(argv: list[str], runs: int, needle: bytes) -> dict:
     times = []
     for _ in range(runs):
         s = Screen(argv)
         try:
-            times.append(s.wait_for(b"bench-"))
+            times.append(s.wait_for(needle))
         finally:
             s.quit()
     return summary(times)
@@ -142,10 +145,10 @@ def summary(times: list[float]) -> dict:
     }
 
 
-def cpu_screen(argv: list[str], seconds: float, agent_pid: int | None) -> dict:
+def cpu_screen(argv: list[str], seconds: float, agent_pid: int | None, needle: bytes) -> dict:
     s = Screen(argv)
     try:
-        s.wait_for(b"bench-")
+        s.wait_for(needle)
         time.sleep(2.0)  # past the first frames
         meter = CpuMeter(s.proc.pid)
         agent = CpuMeter(agent_pid) if agent_pid else None
@@ -200,15 +203,17 @@ def main() -> int:
         agent.wait_vms(args.vms)
         url = f"http://127.0.0.1:{port}"
         top = [str(args.vmscope), "top"]
+        # A VM's row (ratatui writes words between cursor moves: no spaces).
+        frame = b"bench-"
         log(f"startup, {args.runs} runs per mode")
-        result["startup_screen_url"] = startup_screen(top + ["--url", url], args.runs)
+        result["startup_screen_url"] = startup_screen(top + ["--url", url], args.runs, frame)
         result["startup_batch_url"] = startup_batch(top + ["--batch", "--url", url], args.runs)
-        result["startup_screen_local"] = startup_screen(top, args.runs)
+        result["startup_screen_local"] = startup_screen(top, args.runs, frame)
         result["startup_batch_local"] = startup_batch(top + ["--batch"], args.runs)
         log(f"CPU, {args.seconds:.0f} s per mode")
         result["agent_alone_percent_of_one_core"] = agent_alone(agent.pid, args.seconds)
-        result["cpu_screen_url"] = cpu_screen(top + ["--url", url, "-d", "1"], args.seconds, agent.pid)
-        result["cpu_screen_local"] = cpu_screen(top + ["-d", "1"], args.seconds, None)
+        result["cpu_screen_url"] = cpu_screen(top + ["--url", url, "-d", "1"], args.seconds, agent.pid, frame)
+        result["cpu_screen_local"] = cpu_screen(top + ["-d", "1"], args.seconds, None, frame)
         agent.stop(lab)
     finally:
         lab.cleanup()
