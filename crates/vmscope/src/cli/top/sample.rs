@@ -156,7 +156,7 @@ impl Sample {
         for fam in &doc.families {
             for s in &fam.samples {
                 let value = s.value.as_f64();
-                let label = |k: &str| s.labels.get(k).map(|v| v.as_ref());
+                let label = |k: &str| s.labels.get(k);
                 let Some(id) = label("vm_id") else {
                     // Host and vmscope's own families.
                     host_seen |= fam.name.starts_with("vmscope_host_");
@@ -403,30 +403,87 @@ struct Family<'a> {
 #[derive(Deserialize)]
 struct JsonSample<'a> {
     #[serde(borrow, default)]
-    labels: HashMap<std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>>,
+    labels: Labels<'a>,
     #[serde(default)]
-    value: Value<'a>,
+    value: Value,
 }
 
-/// A sample's value: a number, or `"NaN"`/`"+Inf"`/`"-Inf"` as strings;
-/// histograms have none.
-#[derive(Deserialize, Default)]
-#[serde(untagged)]
-enum Value<'a> {
-    Number(f64),
-    /// `"NaN"`, `"+Inf"`, `"-Inf"` (or anything newer): no figure.
-    Other(serde::de::IgnoredAny),
-    #[default]
-    Absent,
-    #[serde(skip)]
-    _Borrowed(std::marker::PhantomData<&'a ()>),
+/// A sample's labels, in document order: a few per sample, so a vector
+/// (searched linearly) beats a map, and the strings borrow from the body.
+#[derive(Default)]
+struct Labels<'a>(Vec<(Text<'a>, Text<'a>)>);
+
+impl<'a> Labels<'a> {
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.0 == k)
+            .map(|(_, v)| v.0.as_ref())
+    }
 }
 
-impl Value<'_> {
-    fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Number(v) if v.is_finite() => Some(*v),
-            _ => None,
+/// A string borrowed from the body unless it had escapes.
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Labels<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Labels<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of label names to values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Labels<'a>, A::Error> {
+                let mut v = Vec::with_capacity(4);
+                while let Some(pair) = m.next_entry::<Text<'de>, Text<'de>>()? {
+                    v.push(pair);
+                }
+                Ok(Labels(v))
+            }
         }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A sample's value: a number, or `"NaN"`/`"+Inf"`/`"-Inf"` as strings
+/// (no figure); histograms have none.
+#[derive(Default)]
+struct Value(Option<f64>);
+
+impl Value {
+    fn as_f64(&self) -> Option<f64> {
+        self.0.filter(|v| v.is_finite())
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(Value(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(Value(Some(v as f64)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value(Some(v as f64)))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Value, E> {
+                Ok(Value(None))
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value(None))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
