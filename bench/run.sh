@@ -102,7 +102,9 @@ if [ "$access" = 1 ]; then
 fi
 if [ "$top" = 1 ]; then
     # What `vmscope top` costs at startup and per refresh (bench/top.py).
-    exec python3 bench/top.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" "${args[@]}"
+    # Not exec: the EXIT trap removes $WORK afterwards.
+    python3 bench/top.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" "${args[@]}"
+    exit 0
 fi
 python3 bench/bench.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" \
     --floor "$WORK/floor" --serve-floor "$WORK/serve_floor" --command "bench/run.sh $*" "${args[@]}"
