@@ -117,14 +117,16 @@ fn header(model: &Model, chrome: &Chrome) -> Vec<TextLine<'static>> {
         .filter(|a| *a > 0.0)
         .map(clock)
         .unwrap_or_else(|| "--:--:--".into());
+    // /metrics.json carries no host name: then the title goes without.
     let host = model
         .host()
         .and_then(|h| h.hostname.clone())
-        .unwrap_or_else(|| "-".into());
+        .map(|h| format!(" - {}", clean(&h)))
+        .unwrap_or_default();
     let title = TextLine::from(vec![
         Span::styled("vmscope top", style(chrome, bold.fg(Color::Cyan), bold)),
         Span::raw(format!(
-            " - {host} - {} - every {}s - {at} UTC",
+            "{host} - {} - every {}s - {at} UTC",
             chrome.source,
             trim_float(chrome.refresh_seconds)
         )),
