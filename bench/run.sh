@@ -5,6 +5,7 @@
 #   bench/run.sh --quick    N = 100, 1000, shorter windows (~4 min)
 #   bench/run.sh --no-build ...   reuse target/release/vmscope as it is
 #   bench/run.sh --access   TLS, bearer auth and a bad-credential flood at N = 1000 (~3 min)
+#   bench/run.sh --top      vmscope top: startup and CPU at a 1 s refresh, 200 VMs (~3 min)
 #
 # Other flags go to bench/bench.py (--help lists them). Builds the stand-in
 # hypervisor and the floor with gcc, vmscope with `cargo build --release`,
@@ -22,11 +23,13 @@ cd "$ROOT"
 
 build=1
 access=0
+top=0
 args=()
 for a in "$@"; do
     case "$a" in
         --no-build) build=0 ;;
         --access) access=1 ;;
+        --top) top=1 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -96,6 +99,12 @@ VMSCOPE="$ROOT/target/release/vmscope"
 if [ "$access" = 1 ]; then
     # What TLS, authentication and a flood of bad credentials cost (bench/access.py).
     exec python3 bench/access.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" "${args[@]}"
+fi
+if [ "$top" = 1 ]; then
+    # What `vmscope top` costs at startup and per refresh (bench/top.py).
+    # Not exec: the EXIT trap removes $WORK afterwards.
+    python3 bench/top.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" "${args[@]}"
+    exit 0
 fi
 python3 bench/bench.py --work "$WORK" --vmscope "$VMSCOPE" --standin "$WORK/standin" \
     --floor "$WORK/floor" --serve-floor "$WORK/serve_floor" --command "bench/run.sh $*" "${args[@]}"

@@ -1,4 +1,4 @@
-//! Command-line interface: `serve`, `vms`, `owners`, `usage`, `token`,
+//! Command-line interface: `serve`, `vms`, `top`, `owners`, `usage`, `token`,
 //! `check-config`, and the hidden `man` (the manual pages, for packaging).
 //!
 //! Errors reach the user once, at this edge, printed with their causes
@@ -17,6 +17,7 @@ mod man;
 mod owners;
 pub mod serve;
 mod token;
+pub mod top;
 mod usage;
 mod vms;
 
@@ -46,6 +47,10 @@ enum Command {
     Serve(ServeArgs),
     /// Print the VMs on this host now, measured over a short window.
     Vms(VmsArgs),
+    /// A full-screen, refreshing view of the VMs (like virt-top), from a
+    /// running agent (--url) or measured here; --batch for CSV/JSON lines.
+    #[command(after_long_help = top::KEYS_HELP)]
+    Top(top::TopArgs),
     /// Print who uses this host now: per user and project, their VMs,
     /// vCPUs, CPU, memory and network, measured over a short window.
     Owners(OwnersArgs),
@@ -258,6 +263,7 @@ pub fn main() -> ExitCode {
     let res = match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Vms(a) => vms::run(a),
+        Command::Top(a) => top::run(a),
         Command::Owners(a) => owners::run(a),
         Command::Usage(a) => usage::run(a),
         Command::Token(TokenCommand::New(a)) => token::new(a),

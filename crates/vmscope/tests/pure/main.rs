@@ -13,3 +13,4 @@ mod fixtures;
 mod metrics_doc;
 mod mixin;
 mod owners;
+mod top;

@@ -33,6 +33,7 @@ mod scrape_rate;
 mod state_db;
 mod status_page;
 mod tenant_escape;
+mod top;
 mod vm_disk;
 mod vm_disk_firecracker;
 mod vm_disk_libvirt;
