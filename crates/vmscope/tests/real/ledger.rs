@@ -29,6 +29,17 @@ pub(crate) fn db(path: &Path) -> Connection {
 }
 
 /// Per incarnation of `vm_id`: (rows, cpu, observed, gap).
+/// [`totals`] without the incarnations of `qemu -daemonize`'s first
+/// process: it carries the VM's command line (so its UUID) while it waits
+/// for the daemon it forked to come up, uses next to no CPU, and exits. A tick that
+/// lands in that window (seconds on a loaded machine) rightly records it,
+/// with its few CPU hundredths; the assertions count the processes that ran the VM.
+fn ran(t: Vec<(String, i64, f64, f64, f64)>) -> Vec<(String, i64, f64, f64, f64)> {
+    t.into_iter()
+        .filter(|(_, _, cpu, observed, _)| !(*cpu < 0.1 && *observed < 3.0))
+        .collect()
+}
+
 fn totals(path: &Path, vm_id: &str) -> Vec<(String, i64, f64, f64, f64)> {
     let c = db(path);
     let mut s = c
@@ -317,7 +328,7 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     std::thread::sleep(Duration::from_secs(4));
 
     let k1 = freeze_and_settle(&vm, &path);
-    let t = totals(&path, &id);
+    let t = ran(totals(&path, &id));
     eprintln!("ledger: after restart and crash: /proc {k1:.3} s; per incarnation {t:?}");
     assert_eq!(t.len(), 1, "one VM process, one incarnation: {t:?}");
     let (_, _, cpu1, observed1, gap1) = t[0].clone();
@@ -344,13 +355,19 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     // the old one's total unchanged.
     vm.kill_and_wait(Signal::KILL);
     let vm2 = QemuVm::start(&roms, spec, None);
-    poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+    poll_until(Duration::from_secs(20), Duration::from_millis(100), || {
         cursor(&path, &id, vm2.pid)
     })
-    .expect("the restarted VM's cursor was not flushed within 10 s");
+    .unwrap_or_else(|| {
+        panic!(
+            "the restarted VM's cursor was not flushed within 20 s; rows {:?}; log:\n{}",
+            totals(&path, &id),
+            agent.log()
+        )
+    });
     std::thread::sleep(Duration::from_secs(3));
     let k2 = freeze_and_settle(&vm2, &path);
-    let t = totals(&path, &id);
+    let t = ran(totals(&path, &id));
     eprintln!("ledger: after the VM restart: /proc {k2:.3} s; per incarnation {t:?}");
     assert_eq!(t.len(), 2, "{t:?}");
     assert_close("the first incarnation after it ended", t[0].2, k1);
