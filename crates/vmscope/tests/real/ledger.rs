@@ -28,7 +28,6 @@ pub(crate) fn db(path: &Path) -> Connection {
     Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open state.db")
 }
 
-/// Per incarnation of `vm_id`: (rows, cpu, observed, gap).
 /// [`totals`] without the incarnations of `qemu -daemonize`'s first
 /// process: it carries the VM's command line (so its UUID) while it waits
 /// for the daemon it forked to come up, uses next to no CPU, and exits. A tick that
@@ -40,6 +39,7 @@ fn ran(t: Vec<(String, i64, f64, f64, f64)>) -> Vec<(String, i64, f64, f64, f64)
         .collect()
 }
 
+/// Per incarnation of `vm_id`: (rows, cpu, observed, gap).
 fn totals(path: &Path, vm_id: &str) -> Vec<(String, i64, f64, f64, f64)> {
     let c = db(path);
     let mut s = c
