@@ -673,7 +673,7 @@ impl SampleCollector {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::export::{Histogram, MetricSource, encode, fixture};
 
@@ -744,7 +744,7 @@ mod tests {
 
     /// A source that uses the rest of the vocabulary, and breaks the rules
     /// in each way the writer counts.
-    struct Odd;
+    pub(crate) struct Odd;
 
     impl MetricSource for Odd {
         fn encode(&self, out: &mut MetricWriter<'_>) {

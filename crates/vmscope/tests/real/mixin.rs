@@ -34,21 +34,6 @@ mod files;
 /// vanished VM): their panels draw a zero line until then.
 const ONLY_AFTER_AN_ERROR: &[&str] = &["vmscope_collector_errors_total"];
 
-/// Where `scripts/install-deps.sh` puts the Linux test guest.
-const LINUX_GUEST: &str = "/var/cache/vmscope-lab/linux-guest";
-
-fn linux_guest(test: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-    let dir = Path::new(LINUX_GUEST);
-    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
-    if kernel.exists() && initrd.exists() {
-        return Some((kernel, initrd));
-    }
-    let why = format!("{LINUX_GUEST} has no guest (run scripts/install-deps.sh)");
-    assert!(!crate::support::in_ci(), "{test}: {why}");
-    eprintln!("{test}: skipped: {why}");
-    None
-}
-
 fn spec(role: &str, firmware: Firmware, memory_mib: u64) -> VmSpec {
     VmSpec {
         name: unique_name(role),
@@ -69,7 +54,7 @@ fn every_dashboard_query_and_recording_rule_returns_data_from_a_real_agent() {
     if !lab_available("mixin") {
         return;
     }
-    let Some((kernel, initrd)) = linux_guest("mixin") else {
+    let Some((kernel, initrd)) = super::vm_disk::linux_guest("mixin") else {
         return;
     };
     let started = Instant::now();
