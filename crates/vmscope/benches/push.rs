@@ -80,12 +80,7 @@ fn benches(c: &mut Criterion) {
                 snap.collected_at,
                 remote_write::external_labels(&labels, &host),
             )));
-        let mut w = vmscope::export::MetricWriter::samples(&mut c);
-        snap.encode(&mut w);
-        for s in &sources {
-            s.encode(&mut w);
-        }
-        w.finish();
+        vmscope::push::collect::write_all(&snap, &sources, &mut c);
         c.into_sink::<remote_write::WireSink>()
             .unwrap()
             .into_bytes()

@@ -36,15 +36,21 @@ pub struct Collected {
     pub samples: usize,
 }
 
-/// Collects `snap` and `sources` (in `/metrics` order).
-pub fn collect(snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Collected {
-    let mut c = SampleCollector::new();
-    let mut w = MetricWriter::samples(&mut c);
+/// Writes `snap` and then `sources` (the `/metrics` order) into `c`, and
+/// finishes it (the skip counts).
+pub fn write_all(snap: &Snapshot, sources: &[Arc<dyn MetricSource>], c: &mut SampleCollector) {
+    let mut w = MetricWriter::samples(c);
     snap.encode(&mut w);
     for s in sources {
         s.encode(&mut w);
     }
     w.finish();
+}
+
+/// Collects `snap` and `sources` (in `/metrics` order).
+pub fn collect(snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Collected {
+    let mut c = SampleCollector::new();
+    write_all(snap, sources, &mut c);
     let families = c.into_families();
     let samples = families.iter().map(|f| f.samples.len()).sum();
     Collected {

@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 
 use super::collect::Collected;
 use crate::export::{
-    Desc, MetricSource, MetricType, MetricWriter, SampleCollector, SeriesLabels, SeriesSink, Value,
+    Desc, MetricSource, MetricType, SampleCollector, SeriesLabels, SeriesSink, Value,
 };
 use crate::model::Snapshot;
 
@@ -176,12 +176,7 @@ pub fn encode_snapshot(
     let host = snap.host.hostname.clone().unwrap_or_default();
     let sink = WireSink::new(snap.collected_at, external_labels(configured, &host));
     let mut c = SampleCollector::with_sink(Box::new(sink));
-    let mut w = MetricWriter::samples(&mut c);
-    snap.encode(&mut w);
-    for s in sources {
-        s.encode(&mut w);
-    }
-    w.finish();
+    super::collect::write_all(snap, sources, &mut c);
     let Some(sink) = c.into_sink::<WireSink>() else {
         return (Vec::new(), 0);
     };
