@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vmscope_proc::LibvirtDomain;
 
@@ -92,6 +93,10 @@ fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
     }
 }
 
+/// The longest the agent's first collection waits for a fetched owner
+/// source's first answer (each source's own timeout, if shorter).
+pub const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 /// The enabled owner sources, in precedence order, and what the tick last
 /// resolved from them.
 pub struct Owners {
@@ -158,6 +163,26 @@ impl Owners {
         })
     }
 
+    /// Before the first tick resolves: each fetched source's first answer,
+    /// waited for at most its timeout (and [`FIRST_ANSWER_WAIT`]); the
+    /// sources fetch in parallel, so the waits overlap.
+    fn wait_for_first_answers(&self) {
+        let start = Instant::now();
+        for (name, layer) in &self.layers {
+            if let Layer::Map(r, _) = layer {
+                let until = start + r.timeout.min(FIRST_ANSWER_WAIT);
+                if !r.published.wait_first(until) {
+                    tracing::warn!(
+                        source = name,
+                        waited = ?until.saturating_duration_since(start),
+                        "owner source has not answered by the first collection; \
+                         its VMs have no owner from it until it does"
+                    );
+                }
+            }
+        }
+    }
+
     /// Takes the newest map of each fetched source; `true` if any changed.
     fn refresh_maps(&mut self) -> bool {
         let mut changed = false;
@@ -186,6 +211,9 @@ impl Owners {
         vms: impl IntoIterator<Item = (&'a mut VmStats, &'a Records)>,
     ) -> u64 {
         let mut truncated = 0;
+        if self.tick == 0 {
+            self.wait_for_first_answers();
+        }
         if self.refresh_maps() {
             self.generation += 1;
         }
@@ -372,6 +400,64 @@ mod tests {
             };
             Ok([(VmKey::Name("vm1".into()), row)].into_iter().collect())
         }
+    }
+
+    /// A fetched source whose fetch takes `delay`, then answers `vm1`'s row.
+    struct Slow(std::time::Duration);
+
+    impl OwnerSource for Slow {
+        fn fetch(&mut self) -> Result<OwnerMap, FetchError> {
+            std::thread::sleep(self.0);
+            let row = owner([Some("u-slow"), None, None, None]);
+            Ok([(VmKey::Name("vm1".into()), row)].into_iter().collect())
+        }
+    }
+
+    fn slow_owners(delay_ms: u64, timeout_ms: u64) -> Owners {
+        let running = runner::spawn(
+            "slow",
+            Box::new(Slow(std::time::Duration::from_millis(delay_ms))),
+            RunOptions {
+                every: std::time::Duration::from_secs(60),
+                timeout: std::time::Duration::from_millis(timeout_ms),
+            },
+        )
+        .unwrap();
+        Owners::from_layers(vec![("slow", Layer::Map(running, Arc::default()))])
+    }
+
+    #[test]
+    fn the_first_tick_waits_for_a_slow_sources_first_answer() {
+        // The restart case the ledger needs: the first tick after a start
+        // must already know the owners, or its usage is billed to nobody.
+        let mut owners = slow_owners(300, 5000);
+        let records: Records = (None, None);
+        let mut v = vm(1);
+        owners.resolve([(&mut v, &records)]);
+        assert_eq!(
+            v.owner.as_ref().and_then(|o| o.user_id.as_deref()),
+            Some("u-slow")
+        );
+    }
+
+    #[test]
+    fn the_first_tick_waits_no_longer_than_the_sources_timeout() {
+        let mut owners = slow_owners(3000, 200);
+        let records: Records = (None, None);
+        let mut v = vm(1);
+        let started = std::time::Instant::now();
+        owners.resolve([(&mut v, &records)]);
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(150)
+                && took < std::time::Duration::from_secs(2),
+            "the first resolve took {took:?}"
+        );
+        assert_eq!(v.owner, None);
+        // Later ticks never wait.
+        let started = std::time::Instant::now();
+        owners.resolve([(&mut v, &records)]);
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
     }
 
     #[test]

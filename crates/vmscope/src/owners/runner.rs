@@ -20,7 +20,7 @@
 //! dropped (the worker after its current fetch).
 
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::OwnerMap;
@@ -99,6 +99,10 @@ pub struct Published {
     /// Maps the tick has let go of ([`Running::retire`]), freed by the
     /// supervisor.
     retired: Mutex<Vec<Arc<OwnerMap>>>,
+    /// The first fetch has answered (a map or an error): see
+    /// [`Published::wait_first`].
+    answered: Mutex<bool>,
+    answered_cv: Condvar,
 }
 
 impl Published {
@@ -106,6 +110,33 @@ impl Published {
     /// (the caller keeps the one it has: never wait on a source).
     pub fn try_map(&self) -> Option<Arc<OwnerMap>> {
         self.map.try_read().ok().map(|m| Arc::clone(&m))
+    }
+
+    /// Waits until the first fetch has answered, a map or an error, or
+    /// `until` passes; `true` if it answered. Only the agent's first tick
+    /// waits: without it, a source slower than the collector's first
+    /// read (a file read races it; a database takes longer) leaves every
+    /// VM ownerless for a tick, and the ledger would bill that tick's
+    /// usage, after a restart the whole downtime's, to nobody.
+    pub fn wait_first(&self, until: Instant) -> bool {
+        let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*answered {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            answered = self
+                .answered_cv
+                .wait_timeout(answered, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    fn set_answered(&self) {
+        *self.answered.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.answered_cv.notify_all();
     }
 
     pub fn health(&self) -> Health {
@@ -131,6 +162,9 @@ impl Published {
 pub struct Running {
     pub name: &'static str,
     pub published: Arc<Published>,
+    /// The source's fetch timeout: the longest the first tick waits for
+    /// its first answer.
+    pub timeout: Duration,
     /// A message wakes the supervisor to free retired maps; dropping the
     /// sender stops it.
     wake: mpsc::Sender<()>,
@@ -178,6 +212,7 @@ pub fn spawn(
     Ok(Running {
         name,
         published,
+        timeout: opts.timeout,
         wake: stop_tx,
     })
 }
@@ -277,6 +312,7 @@ fn record(
             }
         }
     }
+    shared.set_answered();
 }
 
 fn panicked(name: &'static str, shared: &Published) {
