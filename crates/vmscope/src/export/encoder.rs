@@ -225,22 +225,53 @@ pub struct Family {
 /// Names are distinct (the rules refuse a collision); not sorted.
 #[derive(Debug, Clone, Copy)]
 pub struct SeriesLabels<'x> {
+    /// The shared set's number within this collection (the same set
+    /// always has the same number), when the series has one: a sink may
+    /// prepare a set's labels once for all of its series.
+    set_id: Option<usize>,
     set: &'x [(&'static str, String)],
+    /// A set's series' own labels (names fixed in the program).
+    extra: &'x [(&'static str, &'x str)],
+    /// A plain series' or histogram's labels.
     own: &'x [(&'x str, &'x str)],
     le: Option<&'x str>,
 }
 
 impl<'x> SeriesLabels<'x> {
+    /// The shared set (its number and labels), if the series has one.
+    pub fn set(&self) -> Option<(usize, &'x [(&'static str, String)])> {
+        self.set_id.map(|i| (i, self.set))
+    }
+
+    /// The labels that are not a shared set's: the series' own, then a
+    /// histogram bucket's `le`.
+    pub fn own(&self) -> impl Iterator<Item = (&'x str, &'x str)> + 'x {
+        let (extra, own, le) = (self.extra, self.own, self.le);
+        extra
+            .iter()
+            .map(|&(k, v)| (k, v))
+            .chain(own.iter().copied())
+            .chain(le.map(|v| ("le", v)))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&'x str, &'x str)> + 'x {
-        let (set, own, le) = (self.set, self.own, self.le);
+        let (set, extra, own, le) = (self.set, self.extra, self.own, self.le);
         set.iter()
             .map(|(k, v)| (*k, v.as_str()))
+            .chain(extra.iter().map(|&(k, v)| (k, v)))
             .chain(own.iter().copied())
             .chain(le.map(|v| ("le", v)))
     }
 
     pub fn len(&self) -> usize {
-        self.set.len() + self.own.len() + usize::from(self.le.is_some())
+        self.set.len() + self.extra.len() + self.own.len() + usize::from(self.le.is_some())
+    }
+
+    /// A set's series' own labels, whose names are fixed in the program
+    /// (a sink may key a cache on the names' addresses); empty for other
+    /// series.
+    pub fn extra(&self) -> &'x [(&'static str, &'x str)] {
+        self.extra
     }
 
     pub fn is_empty(&self) -> bool {
@@ -325,6 +356,11 @@ enum Mode {
     Shared,
 }
 
+/// The collector's hasher: label values come from outside (VM names,
+/// owners), so randomly seeded, but not SipHash (a push hashes every
+/// VM's label set).
+type Hasher = foldhash::fast::RandomState;
+
 /// A shared set's labels, owned.
 type SetLabels = Vec<(&'static str, String)>;
 
@@ -337,29 +373,81 @@ struct SharedSet {
     used_in: u32,
 }
 
+/// The extra labels of the series of one run of `sample_in` calls, for
+/// the duplicate check, in buffers reused from run to run: no allocation
+/// per series (a push writes some 50 000 of them).
+#[derive(Debug, Default)]
+struct RunExtras {
+    /// All values of the run, back to back.
+    text: String,
+    /// (name, end of the value in `text`) per label, series after series.
+    labels: Vec<(&'static str, usize)>,
+    /// Where each series' labels end in `labels`.
+    series: Vec<usize>,
+}
+
+impl RunExtras {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.labels.clear();
+        self.series.clear();
+    }
+
+    /// Adds `extra` unless the run has a series with the same labels;
+    /// `false` if it has.
+    fn insert(&mut self, extra: &[(&'static str, &str)]) -> bool {
+        let mut from = 0;
+        let mut text_from = 0;
+        for &to in &self.series {
+            let labels = self.labels.get(from..to).unwrap_or_default();
+            from = to;
+            let mut at = text_from;
+            if let Some(&(_, end)) = labels.last() {
+                text_from = end;
+            }
+            if labels.len() != extra.len() {
+                continue;
+            }
+            let same = labels.iter().zip(extra).all(|(&(name, end), (k, v))| {
+                let value = self.text.get(at..end).unwrap_or_default();
+                at = end;
+                name == *k && value == *v
+            });
+            if same {
+                return false;
+            }
+        }
+        for (k, v) in extra {
+            self.text.push_str(v);
+            self.labels.push((k, self.text.len()));
+        }
+        self.series.push(self.labels.len());
+        true
+    }
+}
+
 /// The structured encoder (the `Samples` arm): applies the text writer's
 /// rules to each call and hands what they admit to its [`SeriesSink`].
 pub struct SampleCollector {
     sink: Box<dyn SeriesSink>,
-    names: HashSet<&'static str>,
+    names: HashSet<&'static str, Hasher>,
     current: Option<(&'static Desc, State)>,
     /// Whether the sink was told of the current family (first series).
     opened: bool,
     mode: Option<Mode>,
     /// Label blocks of the current family's plain series and histograms,
     /// for the duplicate check.
-    seen: HashSet<Vec<(String, String)>>,
+    seen: HashSet<Vec<(String, String)>, Hasher>,
     sets: Vec<SharedSet>,
     /// Registered sets by their labels and validity (as the text writer
     /// finds an equal set again: one set per distinct label block).
-    set_index: HashMap<(SetLabels, bool), usize>,
+    set_index: HashMap<(SetLabels, bool), usize, Hasher>,
     family_no: u32,
     /// The set of the current run of `sample_in` calls, and the extra
     /// labels of the run's series so far: within a run, series differ only
     /// by those (the text writer's duplicate check, without keys).
     run: Option<usize>,
-    run_extras: Vec<Vec<(&'static str, String)>>,
-    run_len: usize,
+    run_extras: RunExtras,
     duplicate: u64,
     invalid: u64,
 }
@@ -390,17 +478,16 @@ impl SampleCollector {
     pub fn with_sink(sink: Box<dyn SeriesSink>) -> Self {
         SampleCollector {
             sink,
-            names: HashSet::new(),
+            names: HashSet::default(),
             current: None,
             opened: false,
             mode: None,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             sets: Vec::new(),
-            set_index: HashMap::new(),
+            set_index: HashMap::default(),
             family_no: 0,
             run: None,
-            run_extras: Vec::new(),
-            run_len: 0,
+            run_extras: RunExtras::default(),
             duplicate: 0,
             invalid: 0,
         }
@@ -546,7 +633,9 @@ impl SampleCollector {
             return;
         };
         let l = SeriesLabels {
+            set_id: None,
             set: &[],
+            extra: &[],
             own: labels,
             le: None,
         };
@@ -583,41 +672,25 @@ impl SampleCollector {
                 }
             }
             self.run = Some(set.index());
-            self.run_len = 0;
+            self.run_extras.clear();
         }
         // Within a run, series differ only by their extra labels (a
-        // handful: vCPUs, interfaces, modes). The buffers are reused.
-        let run = &self.run_extras[..self.run_len.min(self.run_extras.len())];
-        let repeated = run.iter().any(|seen| {
-            seen.len() == extra.len()
-                && seen
-                    .iter()
-                    .zip(extra)
-                    .all(|((a, x), (b, y))| a == b && x == y)
-        });
-        if repeated {
+        // handful: vCPUs, interfaces, modes).
+        if !self.run_extras.insert(extra) {
             self.duplicate += 1;
             return;
         }
-        if self.run_len < self.run_extras.len() {
-            let slot = &mut self.run_extras[self.run_len];
-            slot.clear();
-            slot.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        } else {
-            self.run_extras
-                .push(extra.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
-        }
-        self.run_len += 1;
         let Some(desc) = self.open() else {
             return;
         };
         let Some(shared) = self.sets.get(set.index()) else {
             return;
         };
-        let own: &[(&str, &str)] = extra;
         let l = SeriesLabels {
+            set_id: Some(set.index()),
             set: &shared.labels,
-            own,
+            extra,
+            own: &[],
             le: None,
         };
         self.sink.series(desc, "", l, value);
@@ -647,7 +720,9 @@ impl SampleCollector {
         {
             let le = le_text(le, Format::Text);
             let l = SeriesLabels {
+                set_id: None,
                 set: &[],
+                extra: &[],
                 own: labels,
                 le: Some(&le),
             };
@@ -655,7 +730,9 @@ impl SampleCollector {
         }
         for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
             let l = SeriesLabels {
+                set_id: None,
                 set: &[],
+                extra: &[],
                 own: labels,
                 le: None,
             };
@@ -676,6 +753,25 @@ impl SampleCollector {
 pub(crate) mod tests {
     use super::*;
     use crate::export::{Histogram, MetricSource, encode, fixture};
+
+    #[test]
+    fn a_run_refuses_exactly_the_repeated_extra_labels() {
+        let mut r = RunExtras::default();
+        assert!(r.insert(&[("vcpu", "1")]));
+        assert!(!r.insert(&[("vcpu", "1")]));
+        // Values are compared whole, not as prefixes of the buffer.
+        assert!(r.insert(&[("vcpu", "12")]));
+        assert!(r.insert(&[("vcpu", "")]));
+        assert!(!r.insert(&[("vcpu", "")]));
+        assert!(r.insert(&[("vcpu", "1"), ("mode", "")]));
+        assert!(!r.insert(&[("vcpu", "1"), ("mode", "")]));
+        assert!(r.insert(&[("mode", "1")]));
+        assert!(r.insert(&[]));
+        assert!(!r.insert(&[]));
+        assert!(!r.insert(&[("vcpu", "12")]));
+        r.clear();
+        assert!(r.insert(&[("vcpu", "1")]));
+    }
 
     type Series = (String, Vec<(String, String)>, f64);
 

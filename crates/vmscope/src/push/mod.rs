@@ -34,6 +34,7 @@ pub mod config;
 pub mod metrics;
 pub mod otlp;
 pub mod remote_write;
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
