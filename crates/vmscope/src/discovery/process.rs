@@ -19,6 +19,18 @@
 //! [`MAX_SKIPPED_LISTINGS`] ticks in a row: on a quiet host the tick then
 //! costs nothing per unrelated process.
 //!
+//! With process events ([`super::events`], the kernel's connector), no
+//! listing runs per tick: [`ProcessScanner::scan`] is handed the tick's
+//! [`Batch`] and classifies only the processes that exec'd since the last
+//! tick, plus the children forked by a hypervisor (or by a process that
+//! exec'd in the same batch): `qemu -daemonize` forks the VM's process,
+//! which never execs. Exit events drop processes, a hypervisor only once
+//! its `stat` says it is gone or a zombie (a leader thread that exits
+//! alone leaves its process running). The young-process grace is not
+//! needed then: a process that execs QEMU later sends its own exec event.
+//! A lost batch (socket overrun) and the periodic rescan list /proc as
+//! before; [`ScanStats::listing`] says when and why.
+//!
 //! Failure: a process that exits mid-read is skipped silently (it is not a
 //! VM we knew); unreadable hypervisor command lines are counted.
 
@@ -32,7 +44,9 @@ use vmscope_proc::{
     parse_vm_cmdline, split_cmdline,
 };
 
+use super::events::{Batch, Change};
 use crate::host::{Clock, Roots, read_once};
+use crate::model::ListingReason;
 
 /// A process younger than this is classified again on the next tick.
 pub const EXEC_GRACE_SECS: f64 = 10.0;
@@ -54,6 +68,8 @@ pub struct ScanStats {
     pub examined: usize,
     /// Hypervisor processes whose command line could not be used.
     pub unusable: usize,
+    /// Whether /proc was listed this tick, and why.
+    pub listing: Option<ListingReason>,
 }
 
 #[derive(Debug)]
@@ -103,12 +119,14 @@ impl ProcessScanner {
         self.young.insert(pid);
     }
 
-    /// Lists /proc and returns the hypervisor processes found.
+    /// Returns the hypervisor processes found: from `events` (what changed
+    /// since the last tick) when given, else by listing /proc.
     pub fn scan(
         &mut self,
         roots: &Roots,
         clock: &Clock,
         now: Instant,
+        events: Option<&Batch>,
         stats: &mut ScanStats,
     ) -> std::io::Result<Vec<Arc<ProcVm>>> {
         let full = self
@@ -118,6 +136,93 @@ impl ProcessScanner {
             self.others.clear();
             self.last_full = Some(now);
         }
+        match events {
+            Some(batch) => self.scan_events(roots, clock, full, batch, stats),
+            None => self.scan_listing(roots, clock, full, stats),
+        }
+    }
+
+    /// One tick with process events: apply the batch, then classify what
+    /// exec'd (or list /proc when the batch was lost or a rescan is due).
+    fn scan_events(
+        &mut self,
+        roots: &Roots,
+        clock: &Clock,
+        full: bool,
+        batch: &Batch,
+        stats: &mut ScanStats,
+    ) -> std::io::Result<Vec<Arc<ProcVm>>> {
+        // In kernel order, so that a PID reused within the batch (exit,
+        // then fork and exec of a new process) ends up a candidate.
+        let mut candidates: Vec<u32> = Vec::new();
+        for change in &batch.changes {
+            match *change {
+                Change::Exec(pid) => {
+                    self.others.remove(&pid);
+                    self.vms.remove(&pid);
+                    candidates.push(pid);
+                }
+                Change::Fork { parent, child } => {
+                    if self.vms.contains_key(&parent) || candidates.contains(&parent) {
+                        self.others.remove(&child);
+                        candidates.push(child);
+                    }
+                }
+                Change::Exit(pid) => {
+                    candidates.retain(|p| *p != pid);
+                    self.others.remove(&pid);
+                    if self.vms.contains_key(&pid) && !self.still_running(roots, pid) {
+                        self.vms.remove(&pid);
+                    }
+                }
+            }
+        }
+        // Exec events stand for the grace period; `forget` adds a PID here
+        // for the listing path only.
+        self.young.clear();
+        if full || batch.lost {
+            stats.listing = Some(if full {
+                ListingReason::Rescan
+            } else {
+                ListingReason::EventsLost
+            });
+            self.list(roots, clock, stats)?;
+            self.young.clear();
+            return Ok(self.found());
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        for pid in candidates {
+            stats.examined += 1;
+            let found = self.classify(roots, clock, pid, stats);
+            self.record(pid, found, || {
+                std::fs::metadata(roots.pid(pid))
+                    .ok()
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            });
+        }
+        self.young.clear();
+        Ok(self.found())
+    }
+
+    /// Whether `pid` still runs (not gone, not a zombie): a hypervisor's
+    /// exit event came from its leader thread, which can exit alone.
+    fn still_running(&mut self, roots: &Roots, pid: u32) -> bool {
+        if read_once(&roots.pid(pid).join("stat"), &mut self.buf).is_err() {
+            return false;
+        }
+        parse_stat(&self.buf).is_ok_and(|s| !matches!(s.state, b'Z' | b'X' | b'x'))
+    }
+
+    /// One tick without process events: list /proc unless no process was
+    /// created since the last listing.
+    fn scan_listing(
+        &mut self,
+        roots: &Roots,
+        clock: &Clock,
+        full: bool,
+        stats: &mut ScanStats,
+    ) -> std::io::Result<Vec<Arc<ProcVm>>> {
         let last_pid = read_once(&roots.proc.join("loadavg"), &mut self.buf)
             .ok()
             .and_then(|()| last_pid_from_loadavg(&self.buf));
@@ -144,6 +249,18 @@ impl ProcessScanner {
             return Ok(self.found());
         }
         self.skipped = 0;
+        stats.listing = Some(if full {
+            ListingReason::Rescan
+        } else {
+            ListingReason::Tick
+        });
+        self.list(roots, clock, stats)?;
+        Ok(self.found())
+    }
+
+    /// Lists /proc: classifies every PID not known yet, and forgets the
+    /// known ones that are no longer listed.
+    fn list(&mut self, roots: &Roots, clock: &Clock, stats: &mut ScanStats) -> std::io::Result<()> {
         self.young.clear();
         self.listed.clear();
         for entry in std::fs::read_dir(&roots.proc)? {
@@ -164,7 +281,7 @@ impl ProcessScanner {
         let listed = &self.listed;
         self.others.retain(|p, _| listed.contains(p));
         self.vms.retain(|p, _| listed.contains(p));
-        Ok(self.found())
+        Ok(())
     }
 
     /// Files what `classify` said about `pid`. `ino` gives the inode of its
