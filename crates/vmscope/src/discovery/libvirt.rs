@@ -293,3 +293,91 @@ fn drain(fd: &OwnedFd) -> Drained {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn status(name: &str, pid: u32) -> String {
+        format!(
+            "<domstatus state='running' reason='booted' pid='{pid}'>\n  <domain type='kvm' id='1'>\n    <name>{name}</name><uuid>9d1b8a33-52c7-4f5e-9f6a-0c2d3e4f5a6b</uuid>\n    <memory unit='KiB'>1048576</memory><vcpu placement='static'>2</vcpu>\n  </domain>\n</domstatus>\n"
+        )
+    }
+
+    /// libvirtd's way: write a new file, rename it over the old one.
+    fn rewrite(dir: &Path, name: &str, pid: u32) {
+        let tmp = dir.join(format!("{name}.xml.new"));
+        std::fs::write(&tmp, status(name, pid)).unwrap();
+        std::fs::rename(&tmp, dir.join(format!("{name}.xml"))).unwrap();
+    }
+
+    fn found(s: &mut LibvirtScanner, dir: &Path) -> Vec<(String, Option<u32>)> {
+        let mut errors = Vec::new();
+        let d = s.scan(dir, false, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        d.iter().map(|d| (d.name.clone(), d.pid)).collect()
+    }
+
+    #[test]
+    fn inotify_reads_what_changed_and_survives_the_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("qemu");
+        let mut s = LibvirtScanner::new(true);
+        // No directory: no libvirt, no watch, no error.
+        assert!(found(&mut s, &dir).is_empty());
+        assert!(!s.watching());
+
+        std::fs::create_dir(&dir).unwrap();
+        rewrite(&dir, "a", 10);
+        assert_eq!(found(&mut s, &dir), vec![("a".into(), Some(10))]);
+        assert!(s.watching());
+
+        rewrite(&dir, "b", 20);
+        assert_eq!(
+            found(&mut s, &dir),
+            vec![("a".into(), Some(10)), ("b".into(), Some(20))]
+        );
+
+        // Rewritten in place with the same size and modification time: the
+        // mtime check alone would keep the old pid; the event says changed.
+        let a = dir.join("a.xml");
+        let mtime = std::fs::metadata(&a).unwrap().modified().unwrap();
+        std::fs::write(&a, status("a", 11)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(
+            found(&mut s, &dir),
+            vec![("a".into(), Some(11)), ("b".into(), Some(20))]
+        );
+
+        std::fs::remove_file(dir.join("b.xml")).unwrap();
+        assert_eq!(found(&mut s, &dir), vec![("a".into(), Some(11))]);
+
+        // The directory goes away (libvirt uninstalled, /run remounted):
+        // the watch ends, and is set up again when it comes back.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(found(&mut s, &dir).is_empty());
+        assert!(!s.watching());
+        std::fs::create_dir(&dir).unwrap();
+        rewrite(&dir, "c", 30);
+        assert_eq!(found(&mut s, &dir), vec![("c".into(), Some(30))]);
+        assert!(s.watching());
+    }
+
+    #[test]
+    fn without_inotify_the_directory_is_listed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().to_path_buf();
+        let mut s = LibvirtScanner::new(false);
+        rewrite(&dir, "a", 10);
+        assert_eq!(found(&mut s, &dir), vec![("a".into(), Some(10))]);
+        assert!(!s.watching());
+        rewrite(&dir, "b", 20);
+        assert_eq!(found(&mut s, &dir).len(), 2);
+    }
+}

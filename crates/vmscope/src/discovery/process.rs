@@ -437,7 +437,253 @@ fn hypervisor_executable(dir: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::last_pid_from_loadavg;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::discovery::events::{Batch, Change};
+
+    /// A /proc tree in a temporary directory, with processes added and
+    /// removed by hand: what the scanner sees is exactly what the test wrote.
+    struct Tree {
+        _dir: tempfile::TempDir,
+        roots: Roots,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            let dir = tempfile::tempdir().unwrap();
+            let roots = Roots::under(dir.path());
+            std::fs::create_dir_all(&roots.proc).unwrap();
+            std::fs::write(roots.proc.join("loadavg"), "0.1 0.1 0.1 1/100 500\n").unwrap();
+            Tree { _dir: dir, roots }
+        }
+
+        /// A process started `starttime` ticks after boot, in `state`.
+        fn add(&self, pid: u32, comm: &str, state: char, argv: &[&str]) {
+            let d = self.roots.pid(pid);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} ({comm}) {state} 1 1 1 0 -1 4194560 100 0 0 0 1500 500 0 0 20 0 4 0 1000 1073741824 32768 0\n"),
+            )
+            .unwrap();
+            let mut cmdline = argv.join("\0");
+            cmdline.push('\0');
+            std::fs::write(d.join("cmdline"), cmdline).unwrap();
+        }
+
+        fn qemu(&self, pid: u32, name: &str) {
+            self.add(
+                pid,
+                "qemu-system-x86",
+                'S',
+                &[
+                    "/usr/bin/qemu-system-x86_64",
+                    "-name",
+                    &format!("guest={name}"),
+                    "-m",
+                    "512",
+                ],
+            );
+        }
+
+        fn remove(&self, pid: u32) {
+            std::fs::remove_dir_all(self.roots.pid(pid)).unwrap();
+        }
+    }
+
+    /// Every process started long ago (no young-process grace).
+    fn clock() -> Clock {
+        Clock {
+            ticks_per_second: 100,
+            boot_time: 1_000_000,
+            now: 2_000_000.0,
+        }
+    }
+
+    fn batch(changes: &[Change]) -> Batch {
+        Batch {
+            changes: changes.to_vec(),
+            forks: changes.len() as u64,
+            ..Batch::default()
+        }
+    }
+
+    fn pids(found: &[Arc<ProcVm>]) -> Vec<u32> {
+        found.iter().map(|v| v.pid).collect()
+    }
+
+    #[test]
+    fn events_classify_only_what_changed() {
+        let t = Tree::new();
+        t.add(100, "bash", 'S', &["bash"]);
+        t.qemu(200, "a");
+        let mut s = ProcessScanner::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        let scan = |s: &mut ProcessScanner, b: &Batch, at: u64| {
+            let mut st = ScanStats::default();
+            let found = s
+                .scan(
+                    &t.roots,
+                    &clock(),
+                    t0 + Duration::from_secs(at),
+                    Some(b),
+                    &mut st,
+                )
+                .unwrap();
+            (pids(&found), st)
+        };
+
+        // The first tick lists (it is the first rescan).
+        let (found, st) = scan(&mut s, &batch(&[]), 0);
+        assert_eq!(found, vec![200]);
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+
+        // A VM that appears without an event is not seen: no listing runs.
+        t.qemu(300, "b");
+        let (found, st) = scan(&mut s, &batch(&[]), 1);
+        assert_eq!((found, st.listing, st.examined), (vec![200], None, 0));
+
+        // Its exec event makes it found, reading only it.
+        let (found, st) = scan(&mut s, &batch(&[Change::Exec(300)]), 2);
+        assert_eq!((found, st.listing, st.examined), (vec![200, 300], None, 1));
+
+        // `qemu -daemonize`: the exec'd process forks the VM and exits,
+        // all between two ticks; the child never execs.
+        t.qemu(401, "c");
+        let (found, _) = scan(
+            &mut s,
+            &batch(&[
+                Change::Exec(400),
+                Change::Fork {
+                    parent: 400,
+                    child: 401,
+                },
+                Change::Exit(400),
+            ]),
+            3,
+        );
+        assert_eq!(found, vec![200, 300, 401]);
+
+        // A child forked by a known VM in a later batch is looked at too;
+        // one forked by anything else is not read at all.
+        t.qemu(402, "d");
+        t.add(101, "bash", 'S', &["bash"]);
+        let (found, st) = scan(
+            &mut s,
+            &batch(&[
+                Change::Fork {
+                    parent: 401,
+                    child: 402,
+                },
+                Change::Fork {
+                    parent: 100,
+                    child: 101,
+                },
+            ]),
+            4,
+        );
+        assert_eq!((found, st.examined), (vec![200, 300, 401, 402], 1));
+
+        // Exits: a gone process and a zombie are dropped; a hypervisor whose
+        // stat still says running (its leader thread exited alone) stays.
+        t.remove(300);
+        t.add(402, "qemu-system-x86", 'Z', &[]);
+        let (found, _) = scan(
+            &mut s,
+            &batch(&[Change::Exit(300), Change::Exit(402), Change::Exit(401)]),
+            5,
+        );
+        assert_eq!(found, vec![200, 401]);
+
+        // A VM that exec's something else is no VM any more.
+        t.add(200, "sh", 'S', &["/bin/sh", "-c", "true"]);
+        let (found, _) = scan(&mut s, &batch(&[Change::Exec(200)]), 6);
+        assert_eq!(found, vec![401]);
+    }
+
+    #[test]
+    fn lost_events_and_the_rescan_list_proc() {
+        let t = Tree::new();
+        t.qemu(200, "a");
+        let mut s = ProcessScanner::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut st = ScanStats::default();
+        s.scan(&t.roots, &clock(), t0, Some(&batch(&[])), &mut st)
+            .unwrap();
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+
+        // Events were lost: the listing finds what they would have said,
+        // and drops what exited meanwhile.
+        t.qemu(300, "b");
+        t.remove(200);
+        let lost = Batch {
+            lost: true,
+            ..Batch::default()
+        };
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(1),
+                Some(&lost),
+                &mut st,
+            )
+            .unwrap();
+        assert_eq!(pids(&found), vec![300]);
+        assert_eq!(st.listing, Some(ListingReason::EventsLost));
+
+        // The rescan interval passed: a listing, though no event was lost.
+        t.qemu(500, "c");
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(61),
+                Some(&batch(&[])),
+                &mut st,
+            )
+            .unwrap();
+        assert_eq!(pids(&found), vec![300, 500]);
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+    }
+
+    #[test]
+    fn without_events_every_tick_with_new_processes_lists() {
+        let t = Tree::new();
+        t.qemu(200, "a");
+        let mut s = ProcessScanner::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        let mut st = ScanStats::default();
+        s.scan(&t.roots, &clock(), t0, None, &mut st).unwrap();
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+        t.qemu(300, "b");
+        std::fs::write(t.roots.proc.join("loadavg"), "0.1 0.1 0.1 1/100 501\n").unwrap();
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(1),
+                None,
+                &mut st,
+            )
+            .unwrap();
+        assert_eq!(pids(&found), vec![200, 300]);
+        assert_eq!(st.listing, Some(ListingReason::Tick));
+        // The last PID did not move: the listing is skipped.
+        let mut st = ScanStats::default();
+        s.scan(
+            &t.roots,
+            &clock(),
+            t0 + Duration::from_secs(2),
+            None,
+            &mut st,
+        )
+        .unwrap();
+        assert_eq!(st.listing, None);
+    }
 
     #[test]
     fn last_pid() {
