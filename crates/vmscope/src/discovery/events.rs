@@ -59,7 +59,7 @@ const RECV_BUFFER_BYTES: usize = 4 << 20;
 
 /// How often the receiving thread wakes with nothing to read, to see
 /// whether it should stop.
-const POLL_STOP: Duration = Duration::from_secs(1);
+pub const POLL_STOP: Duration = Duration::from_secs(1);
 
 /// One change to the set of processes, in kernel order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
