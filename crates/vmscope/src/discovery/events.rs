@@ -39,7 +39,8 @@ use rustix::io::Errno;
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink, sockopt};
 use vmscope_proc::{
-    CN_IDX_PROC, PROC_CN_MCAST_LISTEN, ProcEvent, parse_proc_events, subscribe_message,
+    CN_IDX_PROC, PROC_CN_MCAST_IGNORE, PROC_CN_MCAST_LISTEN, ProcEvent, parse_proc_events,
+    subscribe_message,
 };
 
 /// Changes kept between two ticks at most; past this the batch is lost
@@ -60,6 +61,35 @@ const RECV_BUFFER_BYTES: usize = 4 << 20;
 /// How often the receiving thread wakes with nothing to read, to see
 /// whether it should stop.
 pub const POLL_STOP: Duration = Duration::from_secs(1);
+
+/// Ticks in a row on which processes were created (the kernel's last PID
+/// moved) but no event came, after which the subscription counts as broken.
+pub const SILENT_TICKS: u32 = 3;
+
+/// Tells a subscription that stopped delivering from a quiet host: on a
+/// quiet host no event comes and no PID is handed out either.
+#[derive(Debug, Default)]
+pub struct Silence {
+    last_pid: Option<u64>,
+    ticks: u32,
+}
+
+impl Silence {
+    /// One tick: the last PID handed out (`/proc/loadavg`, read before the
+    /// batch was taken) and the batch's task creations. True once
+    /// processes were created on [`SILENT_TICKS`] ticks in a row without a
+    /// single fork event.
+    pub fn broken(&mut self, last_pid: Option<u64>, forks: u64) -> bool {
+        let moved = last_pid.is_some() && self.last_pid.is_some() && last_pid != self.last_pid;
+        self.last_pid = last_pid;
+        if forks > 0 {
+            self.ticks = 0;
+        } else if moved {
+            self.ticks += 1;
+        }
+        self.ticks >= SILENT_TICKS
+    }
+}
 
 /// One change to the set of processes, in kernel order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +289,19 @@ fn wait_for_ack(fd: &OwnedFd, batch: &mut Batch) -> Result<(), StartError> {
 }
 
 /// The receiving thread: one datagram at a time into the shared batch.
+/// On the way out it unsubscribes: kernels before 6.6 count listeners by
+/// subscriptions, and keep building events for a closed socket otherwise.
 fn receive(fd: &OwnedFd, shared: &Shared) {
+    receive_until_stopped(fd, shared);
+    let port = match rustix::net::getsockname(fd) {
+        Ok(addr) => SocketAddrNetlink::try_from(addr).map_or(0, |a| a.pid()),
+        Err(_) => 0,
+    };
+    let msg = subscribe_message(PROC_CN_MCAST_IGNORE, port);
+    let _ = rustix::net::sendto(fd, &msg, SendFlags::empty(), &SocketAddrNetlink::new(0, 0));
+}
+
+fn receive_until_stopped(fd: &OwnedFd, shared: &Shared) {
     let mut buf = vec![0u8; 8192];
     let mut events = Vec::with_capacity(16);
     while !shared.stop.load(Ordering::Relaxed) {
@@ -326,6 +368,30 @@ mod tests {
         );
         assert_eq!(b.forks, 2);
         assert!(!b.lost);
+    }
+
+    #[test]
+    fn silence_is_new_pids_without_events_on_three_ticks_in_a_row() {
+        let mut s = Silence::default();
+        // A quiet host: nothing moves, nothing comes.
+        for _ in 0..10 {
+            assert!(!s.broken(Some(100), 0));
+        }
+        // PIDs move and events come.
+        assert!(!s.broken(Some(110), 10));
+        // Two silent ticks, then an event (late, from the previous tick).
+        assert!(!s.broken(Some(111), 0));
+        assert!(!s.broken(Some(112), 0));
+        assert!(!s.broken(Some(112), 1));
+        // Three in a row: broken.
+        assert!(!s.broken(Some(113), 0));
+        assert!(!s.broken(Some(114), 0));
+        assert!(s.broken(Some(115), 0));
+        // An unreadable loadavg proves nothing.
+        let mut s = Silence::default();
+        for _ in 0..5 {
+            assert!(!s.broken(None, 0));
+        }
     }
 
     #[test]

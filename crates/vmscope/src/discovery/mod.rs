@@ -15,7 +15,7 @@
 //! so a tick does not list /proc; else, or once the events fail, by
 //! listing /proc ([`process`]). Events that stop arriving while the
 //! kernel's last PID (`/proc/loadavg`) keeps moving for
-//! [`SILENT_TICKS`] ticks count as failed. Either way a full listing runs
+//! [`events::SILENT_TICKS`] ticks count as failed. Either way a full listing runs
 //! every `discovery.rescan`. [`DiscoveryStats`] says which mode runs and
 //! counts the listings by reason.
 //!
@@ -67,10 +67,6 @@ pub struct DiscoveryOptions {
     pub process_events: bool,
 }
 
-/// Ticks in a row on which processes were created (the last PID moved)
-/// but no event came, after which the events are taken as broken.
-pub const SILENT_TICKS: u32 = 3;
-
 pub struct Discovery {
     opts: DiscoveryOptions,
     process: process::ProcessScanner,
@@ -78,9 +74,8 @@ pub struct Discovery {
     libvirt_dir: PathBuf,
     /// The process-events subscription, while it works.
     events: Option<events::ProcEvents>,
-    /// Ticks in a row with a moving last PID and no fork event.
-    silent: u32,
-    last_pid: Option<u64>,
+    /// Whether the subscription still delivers.
+    silence: events::Silence,
     /// The libvirt listing follows the process scanner's rescan clock.
     libvirt_last_full: Option<Instant>,
     stats: DiscoveryStats,
@@ -99,8 +94,7 @@ impl Discovery {
             libvirt: libvirt::LibvirtScanner::new(opts.process_events),
             libvirt_dir: roots.run.join("libvirt").join("qemu"),
             events,
-            silent: 0,
-            last_pid: None,
+            silence: events::Silence::default(),
             libvirt_last_full: None,
             stats: DiscoveryStats::default(),
             buf: Vec::new(),
@@ -116,24 +110,24 @@ impl Discovery {
     /// This tick's process events, or `None` (list /proc) when there is no
     /// subscription or it just failed.
     fn take_events(&mut self, roots: &Roots) -> Option<events::Batch> {
-        let batch = self.events.as_ref()?.take();
+        let events = self.events.as_ref()?;
+        // The last PID before the batch: a fork that moved it has queued its
+        // event by then (the kernel sends it from the fork), so the batch
+        // holds it unless the thread is that far behind.
+        let last_pid = read_once(&roots.proc.join("loadavg"), &mut self.buf)
+            .ok()
+            .and_then(|()| process::last_pid_from_loadavg(&self.buf));
+        let batch = events.take();
         let failed = if let Some(e) = &batch.failed {
             Some(e.clone())
         } else {
             // Processes were created but no event came: the events do not
             // reach us (or no longer), whatever the socket says.
-            let last_pid = read_once(&roots.proc.join("loadavg"), &mut self.buf)
-                .ok()
-                .and_then(|()| process::last_pid_from_loadavg(&self.buf));
-            let moved = last_pid.is_some() && self.last_pid.is_some() && last_pid != self.last_pid;
-            self.last_pid = last_pid;
-            if batch.forks > 0 {
-                self.silent = 0;
-            } else if moved {
-                self.silent += 1;
-            }
-            (self.silent >= SILENT_TICKS).then(|| {
-                format!("no process event in {SILENT_TICKS} ticks while processes were created")
+            self.silence.broken(last_pid, batch.forks).then(|| {
+                format!(
+                    "no process event in {} ticks while processes were created",
+                    events::SILENT_TICKS
+                )
             })
         };
         if let Some(error) = failed {

@@ -153,23 +153,24 @@ impl ProcessScanner {
         stats: &mut ScanStats,
     ) -> std::io::Result<Vec<Arc<ProcVm>>> {
         // In kernel order, so that a PID reused within the batch (exit,
-        // then fork and exec of a new process) ends up a candidate.
-        let mut candidates: Vec<u32> = Vec::new();
+        // then fork and exec of a new process) ends up a candidate. A set:
+        // a busy host's batch holds thousands of changes.
+        let mut candidates: HashSet<u32> = HashSet::new();
         for change in &batch.changes {
             match *change {
                 Change::Exec(pid) => {
                     self.others.remove(&pid);
                     self.vms.remove(&pid);
-                    candidates.push(pid);
+                    candidates.insert(pid);
                 }
                 Change::Fork { parent, child } => {
                     if self.vms.contains_key(&parent) || candidates.contains(&parent) {
                         self.others.remove(&child);
-                        candidates.push(child);
+                        candidates.insert(child);
                     }
                 }
                 Change::Exit(pid) => {
-                    candidates.retain(|p| *p != pid);
+                    candidates.remove(&pid);
                     self.others.remove(&pid);
                     if self.vms.contains_key(&pid) && !self.still_running(roots, pid) {
                         self.vms.remove(&pid);
@@ -190,8 +191,8 @@ impl ProcessScanner {
             self.young.clear();
             return Ok(self.found());
         }
+        let mut candidates: Vec<u32> = candidates.into_iter().collect();
         candidates.sort_unstable();
-        candidates.dedup();
         for pid in candidates {
             stats.examined += 1;
             let found = self.classify(roots, clock, pid, stats);

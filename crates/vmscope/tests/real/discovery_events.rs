@@ -91,6 +91,45 @@ fn seconds_until(agent: &Agent, uuid: &str, present: bool) -> f64 {
 }
 
 #[test]
+fn the_connector_reports_fork_exec_and_exit_of_a_child_in_order() {
+    if !lab_available("discovery_events") {
+        return;
+    }
+    use vmscope::discovery::events::{Change, ProcEvents};
+    let events = ProcEvents::start().expect("root may subscribe to process events");
+    let _ = events.take();
+    let mut child = Command::new("/bin/true").spawn().expect("spawn /bin/true");
+    let pid = child.id();
+    child.wait().expect("wait /bin/true");
+    let ours = |c: &Change| match *c {
+        Change::Fork { child, .. } => child == pid,
+        Change::Exec(p) | Change::Exit(p) => p == pid,
+    };
+    let mut seen = Vec::new();
+    let mut forks = 0;
+    let done = poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let b = events.take();
+        assert!(!b.lost && b.failed.is_none(), "{b:?}");
+        forks += b.forks;
+        seen.extend(b.changes.into_iter().filter(|c| ours(c)));
+        seen.iter().any(|c| *c == Change::Exit(pid)).then_some(())
+    });
+    assert!(done.is_some(), "no exit event for {pid}: {seen:?}");
+    assert_eq!(
+        seen,
+        vec![
+            Change::Fork {
+                parent: std::process::id(),
+                child: pid
+            },
+            Change::Exec(pid),
+            Change::Exit(pid)
+        ]
+    );
+    assert!(forks >= 1);
+}
+
+#[test]
 fn events_find_vms_and_do_not_list_proc_for_other_processes() {
     if !lab_available("discovery_events") {
         return;
