@@ -112,7 +112,7 @@ fn the_connector_reports_fork_exec_and_exit_of_a_child_in_order() {
         assert!(!b.lost && b.failed.is_none(), "{b:?}");
         forks += b.forks;
         seen.extend(b.changes.into_iter().filter(|c| ours(c)));
-        seen.iter().any(|c| *c == Change::Exit(pid)).then_some(())
+        seen.contains(&Change::Exit(pid)).then_some(())
     });
     assert!(done.is_some(), "no exit event for {pid}: {seen:?}");
     assert_eq!(
