@@ -245,3 +245,48 @@ fn without_events_every_tick_with_new_processes_lists_proc() {
     vm.kill_and_wait(Signal::KILL);
     seconds_until(&agent, &spec.uuid, false);
 }
+
+#[test]
+fn a_libvirt_domain_is_found_and_dropped_through_events_and_inotify() {
+    if !lab_available("discovery_events") {
+        return;
+    }
+    if !crate::support::libvirt::installed() {
+        assert!(
+            !crate::support::in_ci(),
+            "libvirt is not installed under CI=true (scripts/install-deps.sh)"
+        );
+        eprintln!("discovery_events: libvirt part skipped: libvirtd not installed");
+        return;
+    }
+    crate::support::libvirt::ensure_daemons().expect("libvirtd up");
+    // The agent first, so the domain's status file appears under the watch.
+    let agent = Agent::start(1);
+    let m = agent.metrics();
+    assert_eq!(mode(&m, "libvirt", "inotify"), Some(1.0), "{}", agent.log());
+    assert_eq!(mode(&m, "process", "events"), Some(1.0));
+    let roms = Roms::new();
+    let tap = crate::support::lab::Tap::new();
+    let name = unique_name("inotify");
+    let uuid = unique_uuid();
+    let dom = crate::support::libvirt::Domain::start_with_metadata(&roms, &name, &uuid, &tap, "");
+    let found_after = seconds_until(&agent, &uuid, true);
+    let vm = agent
+        .api_vms_with_id(&uuid)
+        .pop()
+        .expect("the domain in /api/v1/vms");
+    assert_eq!(vm["source"], "libvirt", "{vm}");
+    assert!(
+        found_after < 2.5,
+        "domain found {found_after:.2} s after `virsh start` returned"
+    );
+    drop(dom);
+    let gone_after = seconds_until(&agent, &uuid, false);
+    assert!(
+        gone_after < 2.5,
+        "domain gone {gone_after:.2} s after `virsh destroy`"
+    );
+    let m = agent.metrics();
+    assert_eq!(listings(&m, "tick"), 0.0, "no per-tick listing");
+    assert_eq!(mode(&m, "libvirt", "inotify"), Some(1.0));
+}
