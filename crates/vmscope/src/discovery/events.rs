@@ -2,10 +2,10 @@
 //! exited since the last tick, so that discovery need not list `/proc`.
 //!
 //! Reads: a `NETLINK_CONNECTOR` socket bound to the `CN_IDX_PROC` group and
-//! subscribed with `PROC_CN_MCAST_LISTEN` (needs `CAP_NET_ADMIN` in the
-//! initial user namespace, and the initial PID namespace: the kernel
-//! reports PIDs as that namespace sees them and ignores subscriptions from
-//! any other).
+//! subscribed with `PROC_CN_MCAST_LISTEN`. Needs the initial PID and user
+//! namespaces (the kernel reports PIDs as the initial PID namespace sees
+//! them and ignores subscriptions from any other), and on older kernels
+//! `CAP_NET_ADMIN` (6.18 lets any user subscribe).
 //!
 //! Emits: a [`Batch`] per tick ([`ProcEvents::take`]): process forks
 //! (parent, child), execs and exits in kernel order, how many tasks were
@@ -166,7 +166,7 @@ impl Batch {
 pub enum StartError {
     #[error("cannot open a process-events connector socket")]
     Socket(#[source] std::io::Error),
-    #[error("cannot join the process-events group (needs CAP_NET_ADMIN)")]
+    #[error("cannot join the process-events group (older kernels need CAP_NET_ADMIN)")]
     Bind(#[source] std::io::Error),
     #[error("cannot subscribe to process events")]
     Subscribe(#[source] std::io::Error),
