@@ -40,6 +40,8 @@ pub enum FileKind {
     LibvirtRpc,
     /// One line of Firecracker's metrics file.
     FirecrackerMetrics,
+    /// A datagram from the kernel's process-events connector (netlink).
+    ProcEvents,
 }
 
 impl FileKind {
@@ -61,6 +63,7 @@ impl FileKind {
             FileKind::ChCounters => "cloud_hypervisor_counters",
             FileKind::LibvirtRpc => "libvirt_rpc",
             FileKind::FirecrackerMetrics => "firecracker_metrics",
+            FileKind::ProcEvents => "proc_connector",
         }
     }
 }
@@ -83,6 +86,7 @@ impl fmt::Display for FileKind {
             FileKind::ChCounters => "Cloud Hypervisor vm.counters",
             FileKind::LibvirtRpc => "libvirt remote protocol message",
             FileKind::FirecrackerMetrics => "Firecracker metrics line",
+            FileKind::ProcEvents => "process-events connector datagram",
         })
     }
 }

@@ -35,7 +35,13 @@ const LIBVIRT: &[u8] = br#"<domstatus state='running' reason='booted' pid='1234'
 "#;
 const QMP_BLOCKSTATS: &[u8] = br#"{"return": [{"device": "drive0", "stats": {"rd_bytes": 2560, "wr_bytes": 512, "rd_operations": 2, "wr_operations": 1, "flush_operations": 0, "rd_total_time_ns": 207158}, "qdev": "/machine/peripheral/vd0/virtio-backend"}]}"#;
 const QMP_GUEST_STATS: &[u8] = br#"{"return": {"stats": {"stat-swap-out": 0, "stat-free-memory": 80000000, "stat-total-memory": 120000000, "stat-disk-caches": 10000000, "stat-major-faults": -1}, "last-update": 1764590000}}"#;
+/// One process-events connector datagram (little-endian, as on x86_64):
+/// nlmsghdr (NLMSG_DONE) + cn_msg (CN_IDX_PROC) + an exec event of pid 4242.
+const PROC_EVENT_EXEC: &[u8] = b"\x3c\0\0\0\x03\0\0\0\0\0\0\0\0\0\0\0\
+\x01\0\0\0\x01\0\0\0\x07\0\0\0\0\0\0\0\x18\0\0\0\
+\x02\0\0\0\x01\0\0\0\x15\xcd\x5b\x07\0\0\0\0\x92\x10\0\0\x92\x10\0\0";
 const SAMPLES: &[&[u8]] = &[
+    PROC_EVENT_EXEC,
     STAT,
     NETDEV,
     MOUNTINFO,
@@ -69,6 +75,7 @@ fn all_parsers(buf: &[u8]) {
     let _ = parse_uevent_devname(buf);
     let _ = parse_cgroup_io_stat(buf);
     let _ = parse_ch_counters(buf);
+    let _ = parse_proc_events(buf, &mut Vec::new());
     if let Ok(QmpMessage::Return(v)) = parse_qmp_message(buf) {
         let _ = parse_blockstats(&v);
         let _ = parse_query_balloon(&v);
@@ -266,5 +273,21 @@ proptest! {
         prop_assert_eq!(v.len(), 1);
         prop_assert_eq!(&v[0].name, &name);
         prop_assert_eq!((v[0].rx_bytes, v[0].rx_drops, v[0].tx_bytes, v[0].tx_drops), (rx, 3, tx, 6));
+    }
+}
+
+#[test]
+fn proc_event_sample_is_an_exec() {
+    // The sample above must be what it says, or the mutations test junk.
+    let mut out = Vec::new();
+    if cfg!(target_endian = "little") {
+        parse_proc_events(PROC_EVENT_EXEC, &mut out).unwrap();
+        assert_eq!(
+            out,
+            vec![ProcEvent::Exec {
+                pid: 4242,
+                tgid: 4242
+            }]
+        );
     }
 }

@@ -130,6 +130,20 @@ pub struct DiscoveryConfig {
     /// Re-classify every process this often (`"5m"`; was `rescan_secs`).
     #[serde(deserialize_with = "crate::model::de_duration")]
     pub rescan: Duration,
+    /// Learn of new processes from the kernel's process events instead of
+    /// listing /proc every tick, and of libvirt status changes from inotify
+    /// (`"auto"`: where the agent may; `"off"`: always list).
+    pub process_events: ProcessEvents,
+}
+
+/// `discovery.process_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessEvents {
+    /// Events (and inotify) when available, else listing.
+    Auto,
+    /// Always list /proc and libvirt's status directory.
+    Off,
 }
 
 impl Default for DiscoveryConfig {
@@ -138,6 +152,7 @@ impl Default for DiscoveryConfig {
             process: true,
             libvirt: true,
             rescan: Duration::from_secs(300),
+            process_events: ProcessEvents::Auto,
         }
     }
 }

@@ -64,6 +64,65 @@ impl Source {
     }
 }
 
+/// Why discovery listed /proc on a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListingReason {
+    /// No process events: the listing is how new processes are found.
+    Tick,
+    /// The periodic full re-classification (`discovery.rescan`), and the
+    /// first listing at start.
+    Rescan,
+    /// Process events were lost (the kernel's queue overflowed): only a
+    /// listing knows which processes exist now.
+    EventsLost,
+}
+
+impl ListingReason {
+    pub const ALL: [ListingReason; 3] = [
+        ListingReason::Tick,
+        ListingReason::Rescan,
+        ListingReason::EventsLost,
+    ];
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ListingReason::Tick => "tick",
+            ListingReason::Rescan => "rescan",
+            ListingReason::EventsLost => "events_lost",
+        }
+    }
+}
+
+/// How discovery finds VMs right now, and what it cost since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoveryStats {
+    /// New processes come from the kernel's process events (else from
+    /// listing /proc).
+    pub process_events: bool,
+    /// libvirt's status directory is watched with inotify (else listed
+    /// every tick); `None` when libvirt discovery is off.
+    pub libvirt_inotify: Option<bool>,
+    /// /proc listings since start, by [`ListingReason::ALL`] index.
+    pub listings: [u64; 3],
+}
+
+impl DiscoveryStats {
+    pub fn listings(&self, reason: ListingReason) -> u64 {
+        let i = ListingReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.listings.get(i).copied().unwrap_or(0)
+    }
+
+    pub fn count_listing(&mut self, reason: ListingReason) {
+        if let Some(i) = ListingReason::ALL.iter().position(|r| *r == reason)
+            && let Some(n) = self.listings.get_mut(i)
+        {
+            *n += 1;
+        }
+    }
+}
+
 /// VM run state, exposed as one 0/1 series per state (StateSet style).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -468,6 +527,9 @@ pub struct Snapshot {
     pub collectors: Vec<CollectorStatus>,
     /// VMs found per source this tick.
     pub discovered: Vec<(Source, usize)>,
+    /// How discovery worked (events or listing) and its listing counts.
+    #[serde(skip)]
+    pub discovery: DiscoveryStats,
     /// Identity strings cut to [`MAX_LABEL_VALUE_BYTES`] since start.
     #[serde(skip)]
     pub label_values_truncated_total: u64,
@@ -500,6 +562,7 @@ impl Snapshot {
             vms: Vec::new(),
             collectors: Vec::new(),
             discovered: Vec::new(),
+            discovery: DiscoveryStats::default(),
             label_values_truncated_total: 0,
             usage: usage::Usage::default(),
             counters: None,

@@ -35,6 +35,9 @@ pub(super) fn measure(common: &CommonArgs, window: f64) -> Result<Snapshot, Fail
         cfg.log.level = "warn".into();
     }
     init_logging(&cfg);
+    // Two ticks: the first lists /proc anyway, and a subscription to
+    // process events would only add a warning where it is not allowed.
+    cfg.discovery.process_events = crate::config::ProcessEvents::Off;
     if !(window.is_finite() && (0.05..=60.0).contains(&window)) {
         return Err(Failure::usage(anyhow::anyhow!(
             "--window: {window} is out of range (0.05 to 60 seconds)"

@@ -19,6 +19,18 @@
 //! [`MAX_SKIPPED_LISTINGS`] ticks in a row: on a quiet host the tick then
 //! costs nothing per unrelated process.
 //!
+//! With process events ([`super::events`], the kernel's connector), no
+//! listing runs per tick: [`ProcessScanner::scan`] is handed the tick's
+//! [`Batch`] and classifies only the processes that exec'd since the last
+//! tick, plus the children forked by a hypervisor (or by a process that
+//! exec'd in the same batch): `qemu -daemonize` forks the VM's process,
+//! which never execs. Exit events drop processes, a hypervisor only once
+//! its `stat` says it is gone or a zombie (a leader thread that exits
+//! alone leaves its process running). The young-process grace is not
+//! needed then: a process that execs QEMU later sends its own exec event.
+//! A lost batch (socket overrun) and the periodic rescan list /proc as
+//! before; [`ScanStats::listing`] says when and why.
+//!
 //! Failure: a process that exits mid-read is skipped silently (it is not a
 //! VM we knew); unreadable hypervisor command lines are counted.
 
@@ -32,7 +44,9 @@ use vmscope_proc::{
     parse_vm_cmdline, split_cmdline,
 };
 
+use super::events::{Batch, Change};
 use crate::host::{Clock, Roots, read_once};
+use crate::model::ListingReason;
 
 /// A process younger than this is classified again on the next tick.
 pub const EXEC_GRACE_SECS: f64 = 10.0;
@@ -54,6 +68,8 @@ pub struct ScanStats {
     pub examined: usize,
     /// Hypervisor processes whose command line could not be used.
     pub unusable: usize,
+    /// Whether /proc was listed this tick, and why.
+    pub listing: Option<ListingReason>,
 }
 
 #[derive(Debug)]
@@ -103,12 +119,14 @@ impl ProcessScanner {
         self.young.insert(pid);
     }
 
-    /// Lists /proc and returns the hypervisor processes found.
+    /// Returns the hypervisor processes found: from `events` (what changed
+    /// since the last tick) when given, else by listing /proc.
     pub fn scan(
         &mut self,
         roots: &Roots,
         clock: &Clock,
         now: Instant,
+        events: Option<&Batch>,
         stats: &mut ScanStats,
     ) -> std::io::Result<Vec<Arc<ProcVm>>> {
         let full = self
@@ -118,6 +136,94 @@ impl ProcessScanner {
             self.others.clear();
             self.last_full = Some(now);
         }
+        match events {
+            Some(batch) => self.scan_events(roots, clock, full, batch, stats),
+            None => self.scan_listing(roots, clock, full, stats),
+        }
+    }
+
+    /// One tick with process events: apply the batch, then classify what
+    /// exec'd (or list /proc when the batch was lost or a rescan is due).
+    fn scan_events(
+        &mut self,
+        roots: &Roots,
+        clock: &Clock,
+        full: bool,
+        batch: &Batch,
+        stats: &mut ScanStats,
+    ) -> std::io::Result<Vec<Arc<ProcVm>>> {
+        // In kernel order, so that a PID reused within the batch (exit,
+        // then fork and exec of a new process) ends up a candidate. A set:
+        // a busy host's batch holds thousands of changes.
+        let mut candidates: HashSet<u32> = HashSet::new();
+        for change in &batch.changes {
+            match *change {
+                Change::Exec(pid) => {
+                    self.others.remove(&pid);
+                    self.vms.remove(&pid);
+                    candidates.insert(pid);
+                }
+                Change::Fork { parent, child } => {
+                    if self.vms.contains_key(&parent) || candidates.contains(&parent) {
+                        self.others.remove(&child);
+                        candidates.insert(child);
+                    }
+                }
+                Change::Exit(pid) => {
+                    candidates.remove(&pid);
+                    self.others.remove(&pid);
+                    if self.vms.contains_key(&pid) && !self.still_running(roots, pid) {
+                        self.vms.remove(&pid);
+                    }
+                }
+            }
+        }
+        // Exec events stand for the grace period; `forget` adds a PID here
+        // for the listing path only.
+        self.young.clear();
+        if full || batch.lost {
+            stats.listing = Some(if full {
+                ListingReason::Rescan
+            } else {
+                ListingReason::EventsLost
+            });
+            self.list(roots, clock, stats)?;
+            self.young.clear();
+            return Ok(self.found());
+        }
+        let mut candidates: Vec<u32> = candidates.into_iter().collect();
+        candidates.sort_unstable();
+        for pid in candidates {
+            stats.examined += 1;
+            let found = self.classify(roots, clock, pid, stats);
+            self.record(pid, found, || {
+                std::fs::metadata(roots.pid(pid))
+                    .ok()
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            });
+        }
+        self.young.clear();
+        Ok(self.found())
+    }
+
+    /// Whether `pid` still runs (not gone, not a zombie): a hypervisor's
+    /// exit event came from its leader thread, which can exit alone.
+    fn still_running(&mut self, roots: &Roots, pid: u32) -> bool {
+        if read_once(&roots.pid(pid).join("stat"), &mut self.buf).is_err() {
+            return false;
+        }
+        parse_stat(&self.buf).is_ok_and(|s| !matches!(s.state, b'Z' | b'X' | b'x'))
+    }
+
+    /// One tick without process events: list /proc unless no process was
+    /// created since the last listing.
+    fn scan_listing(
+        &mut self,
+        roots: &Roots,
+        clock: &Clock,
+        full: bool,
+        stats: &mut ScanStats,
+    ) -> std::io::Result<Vec<Arc<ProcVm>>> {
         let last_pid = read_once(&roots.proc.join("loadavg"), &mut self.buf)
             .ok()
             .and_then(|()| last_pid_from_loadavg(&self.buf));
@@ -144,6 +250,18 @@ impl ProcessScanner {
             return Ok(self.found());
         }
         self.skipped = 0;
+        stats.listing = Some(if full {
+            ListingReason::Rescan
+        } else {
+            ListingReason::Tick
+        });
+        self.list(roots, clock, stats)?;
+        Ok(self.found())
+    }
+
+    /// Lists /proc: classifies every PID not known yet, and forgets the
+    /// known ones that are no longer listed.
+    fn list(&mut self, roots: &Roots, clock: &Clock, stats: &mut ScanStats) -> std::io::Result<()> {
         self.young.clear();
         self.listed.clear();
         for entry in std::fs::read_dir(&roots.proc)? {
@@ -164,7 +282,7 @@ impl ProcessScanner {
         let listed = &self.listed;
         self.others.retain(|p, _| listed.contains(p));
         self.vms.retain(|p, _| listed.contains(p));
-        Ok(self.found())
+        Ok(())
     }
 
     /// Files what `classify` said about `pid`. `ino` gives the inode of its
@@ -320,7 +438,253 @@ fn hypervisor_executable(dir: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::last_pid_from_loadavg;
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::discovery::events::{Batch, Change};
+
+    /// A /proc tree in a temporary directory, with processes added and
+    /// removed by hand: what the scanner sees is exactly what the test wrote.
+    struct Tree {
+        _dir: tempfile::TempDir,
+        roots: Roots,
+    }
+
+    impl Tree {
+        fn new() -> Tree {
+            let dir = tempfile::tempdir().unwrap();
+            let roots = Roots::under(dir.path());
+            std::fs::create_dir_all(&roots.proc).unwrap();
+            std::fs::write(roots.proc.join("loadavg"), "0.1 0.1 0.1 1/100 500\n").unwrap();
+            Tree { _dir: dir, roots }
+        }
+
+        /// A process started `starttime` ticks after boot, in `state`.
+        fn add(&self, pid: u32, comm: &str, state: char, argv: &[&str]) {
+            let d = self.roots.pid(pid);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("stat"),
+                format!("{pid} ({comm}) {state} 1 1 1 0 -1 4194560 100 0 0 0 1500 500 0 0 20 0 4 0 1000 1073741824 32768 0\n"),
+            )
+            .unwrap();
+            let mut cmdline = argv.join("\0");
+            cmdline.push('\0');
+            std::fs::write(d.join("cmdline"), cmdline).unwrap();
+        }
+
+        fn qemu(&self, pid: u32, name: &str) {
+            self.add(
+                pid,
+                "qemu-system-x86",
+                'S',
+                &[
+                    "/usr/bin/qemu-system-x86_64",
+                    "-name",
+                    &format!("guest={name}"),
+                    "-m",
+                    "512",
+                ],
+            );
+        }
+
+        fn remove(&self, pid: u32) {
+            std::fs::remove_dir_all(self.roots.pid(pid)).unwrap();
+        }
+    }
+
+    /// Every process started long ago (no young-process grace).
+    fn clock() -> Clock {
+        Clock {
+            ticks_per_second: 100,
+            boot_time: 1_000_000,
+            now: 2_000_000.0,
+        }
+    }
+
+    fn batch(changes: &[Change]) -> Batch {
+        Batch {
+            changes: changes.to_vec(),
+            forks: changes.len() as u64,
+            ..Batch::default()
+        }
+    }
+
+    fn pids(found: &[Arc<ProcVm>]) -> Vec<u32> {
+        found.iter().map(|v| v.pid).collect()
+    }
+
+    #[test]
+    fn events_classify_only_what_changed() {
+        let t = Tree::new();
+        t.add(100, "bash", 'S', &["bash"]);
+        t.qemu(200, "a");
+        let mut s = ProcessScanner::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        let scan = |s: &mut ProcessScanner, b: &Batch, at: u64| {
+            let mut st = ScanStats::default();
+            let found = s
+                .scan(
+                    &t.roots,
+                    &clock(),
+                    t0 + Duration::from_secs(at),
+                    Some(b),
+                    &mut st,
+                )
+                .unwrap();
+            (pids(&found), st)
+        };
+
+        // The first tick lists (it is the first rescan).
+        let (found, st) = scan(&mut s, &batch(&[]), 0);
+        assert_eq!(found, vec![200]);
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+
+        // A VM that appears without an event is not seen: no listing runs.
+        t.qemu(300, "b");
+        let (found, st) = scan(&mut s, &batch(&[]), 1);
+        assert_eq!((found, st.listing, st.examined), (vec![200], None, 0));
+
+        // Its exec event makes it found, reading only it.
+        let (found, st) = scan(&mut s, &batch(&[Change::Exec(300)]), 2);
+        assert_eq!((found, st.listing, st.examined), (vec![200, 300], None, 1));
+
+        // `qemu -daemonize`: the exec'd process forks the VM and exits,
+        // all between two ticks; the child never execs.
+        t.qemu(401, "c");
+        let (found, _) = scan(
+            &mut s,
+            &batch(&[
+                Change::Exec(400),
+                Change::Fork {
+                    parent: 400,
+                    child: 401,
+                },
+                Change::Exit(400),
+            ]),
+            3,
+        );
+        assert_eq!(found, vec![200, 300, 401]);
+
+        // A child forked by a known VM in a later batch is looked at too;
+        // one forked by anything else is not read at all.
+        t.qemu(402, "d");
+        t.add(101, "bash", 'S', &["bash"]);
+        let (found, st) = scan(
+            &mut s,
+            &batch(&[
+                Change::Fork {
+                    parent: 401,
+                    child: 402,
+                },
+                Change::Fork {
+                    parent: 100,
+                    child: 101,
+                },
+            ]),
+            4,
+        );
+        assert_eq!((found, st.examined), (vec![200, 300, 401, 402], 1));
+
+        // Exits: a gone process and a zombie are dropped; a hypervisor whose
+        // stat still says running (its leader thread exited alone) stays.
+        t.remove(300);
+        t.add(402, "qemu-system-x86", 'Z', &[]);
+        let (found, _) = scan(
+            &mut s,
+            &batch(&[Change::Exit(300), Change::Exit(402), Change::Exit(401)]),
+            5,
+        );
+        assert_eq!(found, vec![200, 401]);
+
+        // A VM that exec's something else is no VM any more.
+        t.add(200, "sh", 'S', &["/bin/sh", "-c", "true"]);
+        let (found, _) = scan(&mut s, &batch(&[Change::Exec(200)]), 6);
+        assert_eq!(found, vec![401]);
+    }
+
+    #[test]
+    fn lost_events_and_the_rescan_list_proc() {
+        let t = Tree::new();
+        t.qemu(200, "a");
+        let mut s = ProcessScanner::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut st = ScanStats::default();
+        s.scan(&t.roots, &clock(), t0, Some(&batch(&[])), &mut st)
+            .unwrap();
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+
+        // Events were lost: the listing finds what they would have said,
+        // and drops what exited meanwhile.
+        t.qemu(300, "b");
+        t.remove(200);
+        let lost = Batch {
+            lost: true,
+            ..Batch::default()
+        };
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(1),
+                Some(&lost),
+                &mut st,
+            )
+            .unwrap();
+        assert_eq!(pids(&found), vec![300]);
+        assert_eq!(st.listing, Some(ListingReason::EventsLost));
+
+        // The rescan interval passed: a listing, though no event was lost.
+        t.qemu(500, "c");
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(61),
+                Some(&batch(&[])),
+                &mut st,
+            )
+            .unwrap();
+        assert_eq!(pids(&found), vec![300, 500]);
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+    }
+
+    #[test]
+    fn without_events_every_tick_with_new_processes_lists() {
+        let t = Tree::new();
+        t.qemu(200, "a");
+        let mut s = ProcessScanner::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        let mut st = ScanStats::default();
+        s.scan(&t.roots, &clock(), t0, None, &mut st).unwrap();
+        assert_eq!(st.listing, Some(ListingReason::Rescan));
+        t.qemu(300, "b");
+        std::fs::write(t.roots.proc.join("loadavg"), "0.1 0.1 0.1 1/100 501\n").unwrap();
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(1),
+                None,
+                &mut st,
+            )
+            .unwrap();
+        assert_eq!(pids(&found), vec![200, 300]);
+        assert_eq!(st.listing, Some(ListingReason::Tick));
+        // The last PID did not move: the listing is skipped.
+        let mut st = ScanStats::default();
+        s.scan(
+            &t.roots,
+            &clock(),
+            t0 + Duration::from_secs(2),
+            None,
+            &mut st,
+        )
+        .unwrap();
+        assert_eq!(st.listing, None);
+    }
 
     #[test]
     fn last_pid() {

@@ -138,6 +138,11 @@ pub fn snapshot(n: usize) -> Snapshot {
             },
         ],
         discovered: vec![(Source::Process, n - libvirt), (Source::Libvirt, libvirt)],
+        discovery: crate::model::DiscoveryStats {
+            process_events: true,
+            libvirt_inotify: Some(true),
+            listings: [0, 1, 0],
+        },
         label_values_truncated_total: 0,
         vms,
         usage: Default::default(),

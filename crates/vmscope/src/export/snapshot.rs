@@ -20,7 +20,7 @@ use crate::BuildInfo;
 use crate::model::counters::CounterTotals;
 use crate::model::identity::{OwnerIndex, OwnerKind, label};
 use crate::model::usage::series_label;
-use crate::model::{NetStats, Snapshot, Source, VmState, VmStats};
+use crate::model::{ListingReason, NetStats, Snapshot, Source, VmState, VmStats};
 
 macro_rules! desc {
     ($id:ident, $kind:ident, $name:literal, $help:expr) => {
@@ -289,6 +289,18 @@ desc!(
     gauge,
     "vmscope_vms_discovered",
     "VMs found on the last tick, by discovery source."
+);
+desc!(
+    DISCOVERY_MODE,
+    gauge,
+    "vmscope_discovery_mode",
+    "1 for how each discovery source learns of changes now (process: events from the kernel or listing /proc; libvirt: inotify or listing its status directory), 0 for the other way."
+);
+desc!(
+    PROC_LISTINGS,
+    counter,
+    "vmscope_discovery_proc_listings_total",
+    "/proc listings made by discovery since vmscope started, by reason (tick: no process events; rescan: the periodic full re-classification, and the first; events_lost: process events were lost)."
 );
 desc!(
     VMS_SKIPPED,
@@ -643,6 +655,20 @@ fn encode_self(snap: &Snapshot, vms_skipped: usize, part: Part, out: &mut impl E
             .map(|(_, n)| *n)
             .sum();
         out.sample(&[("source", source.as_str())], n);
+    }
+    out.family(&DISCOVERY_MODE);
+    let d = &snap.discovery;
+    for (mode, on) in [("events", d.process_events), ("listing", !d.process_events)] {
+        out.sample(&[("source", "process"), ("mode", mode)], u64::from(on));
+    }
+    if let Some(inotify) = d.libvirt_inotify {
+        for (mode, on) in [("inotify", inotify), ("listing", !inotify)] {
+            out.sample(&[("source", "libvirt"), ("mode", mode)], u64::from(on));
+        }
+    }
+    out.family(&PROC_LISTINGS);
+    for reason in ListingReason::ALL {
+        out.sample(&[("reason", reason.as_str())], d.listings(reason));
     }
     out.family(&VMS_SKIPPED);
     out.sample(&[], vms_skipped);

@@ -130,6 +130,7 @@ impl Snapshot {
             vms,
             collectors: Vec::new(),
             discovered: Vec::new(),
+            discovery: Default::default(),
             label_values_truncated_total: 0,
             usage,
             counters,

@@ -119,6 +119,7 @@ impl Collector {
                 process: cfg.discovery.process,
                 libvirt: cfg.discovery.libvirt,
                 rescan: cfg.discovery.rescan,
+                process_events: cfg.discovery.process_events == crate::config::ProcessEvents::Auto,
             },
         );
         // A hung mount may cost at most half a tick.
@@ -273,6 +274,7 @@ impl Collector {
             vms,
             collectors: statuses,
             discovered,
+            discovery: self.discovery.stats(),
             label_values_truncated_total: self.label_values_truncated,
             usage,
             counters: self.counters.as_ref().and_then(CounterSlot::get),

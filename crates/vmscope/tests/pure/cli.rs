@@ -86,6 +86,10 @@ fn check_config_names_what_is_wrong() {
         ("does_not_exist.toml", "cannot read config file"),
         ("bad_watchdog.toml", "watchdog.rules.host_cpu.sustained"),
         (
+            "bad_process_events.toml",
+            "discovery.process_events: unknown variant `sometimes`, expected `auto` or `off`",
+        ),
+        (
             "usage_rule_without_ledger.toml",
             "watchdog.rules.project_cpu_quota.metric: owner_usage_cpu_seconds reads the usage ledger, which is disabled",
         ),

@@ -13,6 +13,7 @@ mod access;
 mod access_tls;
 mod alert_store_pg;
 mod cli_robustness;
+mod discovery_events;
 mod e2e;
 mod http_hardening;
 mod hung_mount;
