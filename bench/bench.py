@@ -494,10 +494,17 @@ class Vmscope:
         wait_http(port, "/healthz", 30, self.proc)
 
     def seq(self) -> int:
-        status, _, body, _ = self.http.get("/healthz")
-        if status != 200:
-            raise RuntimeError(f"vmscope /healthz answered {status}: {body[:200]!r}")
-        return int(json.loads(body)["seq"])
+        # /healthz answers 503 "stale" while the newest snapshot is older
+        # than 3 intervals: at 10 000 VMs a tick can outlast that (its
+        # time is what is being measured). Right after a tick it is fresh.
+        end = time.monotonic() + 120
+        while True:
+            status, _, body, _ = self.http.get("/healthz")
+            if status == 200:
+                return int(json.loads(body)["seq"])
+            if status != 503 or time.monotonic() > end or self.proc.poll() is not None:
+                raise RuntimeError(f"vmscope /healthz answered {status}: {body[:200]!r}")
+            time.sleep(0.05)
 
     def collect_ns(self) -> int:
         return run_ns(self.pid, "vmscope-collect")
@@ -505,7 +512,8 @@ class Vmscope:
     def between_ticks(self) -> None:
         """Returns just after a tick finished, so windows hold whole ticks."""
         n0 = self.collect_ns()
-        end = time.monotonic() + 5
+        # Long enough for a tick of 10 000 VMs on a loaded machine.
+        end = time.monotonic() + 60
         while self.collect_ns() == n0 and time.monotonic() < end:
             time.sleep(0.01)
         # The tick is running; wait until the thread is idle for 50 ms.
@@ -722,7 +730,7 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
         st["rss_bytes"] = rss_bytes(proc.pid)
         res[label] = st
         log(f"N={n_total}: {label} {st['cpu_per_request_s']*1e3:.1f} ms CPU/scrape, p50 {st['p50_s']*1e3:.1f} ms")
-    if n_total == 1000 or args.wrk_all:
+    if n_total == args.detail_n or args.wrk_all:
         all_cpus = f"0-{(os.cpu_count() or 1) - 1}"
         for gz in (False, True):
             kind = "gzip" if gz else "plain"
@@ -1049,6 +1057,8 @@ def main() -> int:
     ap.add_argument("--churn-wave", type=int, default=500)
     ap.add_argument("--churn-pause", type=float, default=1.2)
     ap.add_argument("--real-vms", type=int, default=3)
+    ap.add_argument("--detail-n", type=int, default=1000,
+                    help="N of wrk, independence and churn (issues 4 and 17: 1000; smaller for smoke runs)")
     ap.add_argument("--features-n", type=int, default=1000,
                     help="N of the feature configurations (issue 17: 1000); must be one of --sizes")
     ap.add_argument("--feature-configs", default="off,owners,ledger,auth,push,devices,all",
@@ -1146,9 +1156,9 @@ def main() -> int:
                         res = measure_n(args, lab, vms, peers[0], peers[1], args.floor, n)
                         res["rep"] = rep
                         entry["reps"].append(res)
-                        if n == 1000 and "independence" not in skip:
+                        if n == args.detail_n and "independence" not in skip:
                             results.setdefault("independence", []).append(independence(args, lab, vms, args.floor))
-                        if n == 1000 and "churn" not in skip and rep == args.repeat - 1:
+                        if n == args.detail_n and "churn" not in skip and rep == args.repeat - 1:
                             # Once: memory after churn is a trend, not a ratio.
                             results["churn"] = churn(args, lab, vms)
                     finally:
@@ -1172,6 +1182,8 @@ def main() -> int:
             # An hour's figures are not thrown away with one failure.
             args.out.mkdir(parents=True, exist_ok=True)
             partial = args.out / f"{stamp}-partial.json"
+            results["partial"] = True
+            results["seconds"] = round(time.monotonic() - t_start)
             partial.write_text(json.dumps(results, indent=1, default=str) + "\n")
             log(f"failed: what was measured so far is in {partial}")
     results["seconds"] = round(time.monotonic() - t_start)

@@ -89,6 +89,11 @@ def normalise(results: dict) -> dict:
     return r
 
 
+def detail_n(results: dict) -> int:
+    """The N of wrk, independence and churn (1000 but in smoke runs)."""
+    return int((results.get("params") or {}).get("detail_n") or 1000)
+
+
 def at(results: dict, n: int) -> list[dict]:
     """The repetitions measured at N = n (empty if none)."""
     for r in results["per_n"]:
@@ -149,13 +154,14 @@ def targets17(results: dict) -> list[tuple[str, str, bool | None]]:
                      f"collect thread {spread(g, pct)}", med(g) <= 0.02))
     else:
         rows.append(("independent of other processes", "not run", None))
-    reps = at(results, 1000)
+    dn = detail_n(results)
+    reps = at(results, dn)
     for fmt in ("plain", "gzip"):
         r = [div(x["vmscope"][f"wrk_{fmt}"]["requests_per_s"], x[f"serve_floor_{fmt}"]["requests_per_s"])
              for x in reps if f"wrk_{fmt}" in x["vmscope"] and f"serve_floor_{fmt}" in x]
         r = [v for v in r if v is not None]
         if r:
-            rows.append((f"serving >= 0.9x the serving floor ({fmt}, 1000 VMs)", spread(r, x2), med(r) >= 0.9))
+            rows.append((f"serving >= 0.9x the serving floor ({fmt}, {dn} VMs)", spread(r, x2), med(r) >= 0.9))
         else:
             rows.append((f"serving vs its floor ({fmt})", "not run", None))
     big = at(results, 10000)
@@ -182,9 +188,10 @@ def targets17(results: dict) -> list[tuple[str, str, bool | None]]:
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     """Issue 4's targets at N = 1000, on the medians: (target, measured, pass)."""
     rows: list[tuple[str, str, bool | None]] = []
-    reps = at(results, 1000)
+    dn = detail_n(results)
+    reps = at(results, dn)
     if not reps:
-        return [("all targets are at N = 1000", "N = 1000 not run", None)]
+        return [(f"all targets are at N = {dn}", f"N = {dn} not run", None)]
     idle_r = [x["vmscope"]["idle"]["cpu_per_tick_s"] / floor_of(x) for x in reps]
     scr_r = [x["vmscope"]["scraped"]["cpu_per_tick_s"] / floor_of(x) for x in reps]
     pe_r = [x["process_exporter"]["cpu_per_request_s"] / x["vmscope"]["scraped"]["cpu_per_tick_s"] for x in reps]
@@ -268,7 +275,8 @@ def markdown(results: dict) -> str:
     out: list[str] = []
     w = out.append
     w(f"Run of `{results['command'].strip()}` on {f['date']}, vmscope {f['git']}, "
-      f"{results['seconds']} s in all.\n")
+      f"{results.get('seconds', '?')} s in all"
+      f"{' (PARTIAL: the run failed; this is what it measured before)' if results.get('partial') else ''}.\n")
     w(f"Machine: {f['nproc']} CPUs ({f['cpu']}), {f['mem_gib']} GiB, kernel {f['kernel']}, "
       f"load average before/after {' '.join(f['load_before'])} / {' '.join(f.get('load_after', []))}. "
       f"Peers: {f['process_exporter']}; {f['node_exporter']}. "
@@ -363,9 +371,10 @@ def markdown(results: dict) -> str:
                 ms(med(r["vmscope"]["collector_durations_s"].get(c) for r in x["reps"])) for c in names) + " |")
         w("")
 
-    r1000 = at(results, 1000)
+    dn = detail_n(results)
+    r1000 = at(results, dn)
     if r1000 and all("wrk_plain" in r["vmscope"] for r in r1000):
-        w("### /metrics throughput at N = 1000 (`wrk -t1 -c8 -d10s`)\n")
+        w(f"### /metrics throughput at N = {dn} (`wrk -t1 -c8 -d10s`)\n")
         w("vmscope pinned to CPU 0, wrk to CPU 1. The serving floor is `bench/floor/serve_floor.c`: "
           "an epoll server that answers every request with the body vmscope just served, from memory, "
           "pinned the same way: what loopback allows for a body that size on this machine.\n")
@@ -388,7 +397,7 @@ def markdown(results: dict) -> str:
 
     ind = results.get("independence") or []
     if ind:
-        w("### Independence from other processes (N = 1000 VMs)\n")
+        w(f"### Independence from other processes (N = {dn} VMs)\n")
         w("| other processes | vmscope process CPU/tick | collect thread CPU/tick | floor + listing |")
         w("|---:|---:|---:|---:|")
         for label, key, fk in (("0", "without", "floor_listing_without"),
@@ -402,7 +411,7 @@ def markdown(results: dict) -> str:
     c = results.get("churn")
     if c:
         w("### Memory after churn\n")
-        w(f"{c['vms_churned']} VMs started and killed in waves of {c['wave']} (about 1000 alive throughout, "
+        w(f"{c['vms_churned']} VMs started and killed in waves of {c['wave']} (about {dn} alive throughout, "
           f"vmscope ticking every second and scraped once per wave) in {c['seconds']} s: RSS "
           f"{mib(c['rss_before_bytes'])} before, {mib(c['rss_after_bytes'])} after, peak {mib(c['rss_peak_bytes'])}.\n")
         ms_ = c.get("rss_milestones") or []
@@ -444,7 +453,7 @@ def markdown(results: dict) -> str:
         if "push" in by:
             w("Pushes received per push run: " + ", ".join(str(r["checks"]["pushes"]) for r in by["push"]) + ".\n")
 
-    w("### Targets (issue 4, at N = 1000)\n")
+    w(f"### Targets (issue 4, at N = {dn})\n")
     target_table(w, targets(results))
     return "\n".join(out) + "\n"
 
