@@ -2,9 +2,9 @@
 # The vmscope benchmark, one command (root): see docs/benchmarks.md.
 #
 #   bench/run.sh            N = 100, 1000, 5000, 10000, and every wave-2 feature
-#                           priced at N = 1000; each configuration 3 times (~75 min)
+#                           priced at N = 1000; each configuration 3 times (~70 min)
 #   bench/run.sh --quick    N = 100, 1000, shorter windows, 3 times (~25 min)
-#   bench/run.sh --features only the feature configurations at N = 1000, 3 times (~30 min)
+#   bench/run.sh --features only the feature configurations at N = 1000, 3 times (~25 min)
 #   bench/run.sh --repeat K ...   K repetitions instead of 3 (the report gives medians and spreads)
 #   bench/run.sh --no-build ...   reuse target/release/vmscope as it is
 #   bench/run.sh --access   TLS, bearer auth and a bad-credential flood at N = 1000 (~3 min)
