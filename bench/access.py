@@ -42,7 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import GZIP, CpuMeter, Http, Lab, free_port, log, percentile  # noqa: E402
+from bench import GZIP, CpuMeter, Http, Lab, agent_config, free_port, log, percentile  # noqa: E402
 
 ADMIN = "vms_bench_access_admin_token_0000000000001"
 CAROL_HASH = "$2y$10$qRTBuFoULoYNA7AQ/F3ck.trZBPyjV64.oA4ZsSBCIWvXuvQlQTuu"
@@ -98,7 +98,10 @@ class Agent:
 
     def __init__(self, lab: Lab, binary: Path, web: Path | None, tls: bool):
         self.port = free_port()
-        argv = [str(binary), "serve", "--listen", f"127.0.0.1:{self.port}", "--interval", "1"]
+        # The shipped defaults, with the state database in the run's
+        # directory (not root's /var/lib/vmscope).
+        cfg = agent_config(lab.work, f"access-{self.port}")
+        argv = [str(binary), "serve", "-c", str(cfg), "--listen", f"127.0.0.1:{self.port}", "--interval", "1"]
         if web:
             argv += ["--web.config.file", str(web)]
         env = dict(os.environ, VMSCOPE_LOG="warn")

@@ -9,18 +9,29 @@ and cleans up after a crash). What it does, in one run on the same processes:
    installed as `qemu-system-x86_64`, real QEMU command lines, two threads
    named "CPU 0/KVM" and "CPU 1/KVM") in a private network namespace that
    holds one real TAP per stand-in;
-2. runs `vmscope serve --interval 1`, Debian's prometheus-process-exporter
-   (one group per VM) and prometheus-node-exporter (host collectors only);
-3. for N = 100, 1000 (and 5000 unless --quick) measures CPU per collection
-   (vmscope: process CPU over K ticks while nothing scrapes, then with one
-   scrape per tick; the floor (bench/floor/floor.c) at the same time; peers:
-   CPU per scrape, since they collect on scrape), /metrics latency p50/p99,
-   series, bytes and RSS;
-4. at N = 1000: wrk requests/s on vmscope's /metrics (plain and gzip), tick
-   cost with 0 vs 5000 extra sleeper processes, and vmscope's RSS before and
-   after churning 10 000 VMs through start and stop;
-5. writes bench/results/<stamp>.{json,md} and the results section of
-   docs/benchmarks.md.
+2. runs `vmscope serve --interval 1` (its config file from the run's scratch
+   directory: the state database never lands in /var/lib/vmscope),
+   Debian's prometheus-process-exporter (one group per VM) and
+   prometheus-node-exporter (host collectors only);
+3. for N = 100, 1000, 5000 and 10 000 (100 and 1000 with --quick), each
+   --repeat times with a fresh agent, measures CPU per collection
+   (vmscope with the shipped defaults: process CPU over K ticks while
+   nothing scrapes, then with one scrape per tick; the floor
+   (bench/floor/floor.c) at the same time; peers: CPU per scrape, since
+   they collect on scrape), /metrics latency p50/p99, series, bytes and RSS;
+4. at N = 1000, each repetition: wrk requests/s on vmscope's /metrics
+   (plain and gzip) against the serving floor, tick cost with 0 vs 5000
+   extra sleeper processes; once: vmscope's RSS before and after churning
+   10 000 VMs through start and stop;
+5. at N = 1000 (--features-n), issue 17's feature configurations, each
+   --repeat times: every wave-2 feature off, each alone (owners from a
+   100 000-row mapping file, the ledger, bearer-token auth, one
+   remote_write push to bench/receiver.py, the vm_devices poller), all on:
+   tick alone and tick + one gzip scrape against the floor running
+   alongside, RSS; each feature checked to be working in its run;
+6. writes bench/results/<stamp>.{json,md} and the results section of
+   docs/benchmarks.md (bench/report.py renders: medians over the
+   repetitions, ratios as median (min-max)).
 
 CPU times are read from the kernel: /proc/PID/stat utime+stime (clock
 ticks, whole process, exited threads included) and the sum of
@@ -87,11 +98,16 @@ def run_ns(pid: int, thread_comm: str | None = None) -> int:
     return total
 
 
-def rss_bytes(pid: int) -> int:
+def status_bytes(pid: int, key: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM) in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    return status_bytes(pid, "VmRSS")
 
 
 class CpuMeter:
@@ -119,8 +135,10 @@ class CpuMeter:
 
 
 class Http:
-    def __init__(self, port: int):
+    def __init__(self, port: int, headers: dict | None = None):
         self.port = port
+        # Sent with every request (the bearer token of an agent with auth on).
+        self.headers = dict(headers or {})
         self.conn: http.client.HTTPConnection | None = None
 
     def connect(self, timeout: float) -> http.client.HTTPConnection:
@@ -133,7 +151,7 @@ class Http:
                 self.conn = self.connect(timeout)
             try:
                 t0 = time.perf_counter()
-                self.conn.request("GET", path, headers=headers or {})
+                self.conn.request("GET", path, headers=dict(self.headers, **(headers or {})))
                 r = self.conn.getresponse()
                 body = r.read()
                 dt = time.perf_counter() - t0
@@ -245,9 +263,13 @@ class Lab:
         subprocess.run(["ip", "-n", self.netns, "-batch", "-"], input=script.encode(), check=True)
         self.taps_made = upto
 
+    @staticmethod
+    def vm_uuid(seq: int) -> str:
+        return str(uuid.UUID(int=(0x5EED << 96) | seq))
+
     def standin_argv(self, seq: int, tap: str) -> list[str]:
         """A real (libvirt-style) QEMU command line."""
-        u = str(uuid.UUID(int=(0x5EED << 96) | seq))
+        u = self.vm_uuid(seq)
         mac = "52:54:00:%02x:%02x:%02x" % ((seq >> 16) & 0xFF, (seq >> 8) & 0xFF, seq & 0xFF)
         name = f"bench-{seq}"
         return [
@@ -279,6 +301,14 @@ class Lab:
     def spawn_vms(self, count: int, taps: list[str] | None = None, env_extra: dict | None = None) -> list[int]:
         """Starts `count` stand-ins inside the private namespace; returns their seqs."""
         env = {"PATH": "/usr/bin:/bin", "VMSCOPE_STANDIN_VCPUS": "2", **(env_extra or {})}
+        if taps is None:
+            # TAPs no stand-in holds (after churn, sequence numbers run past
+            # the TAP names: a new stand-in must still name a TAP that exists,
+            # or vm_net would price a missing interface).
+            used = {t for _, t in self.vms.values()}
+            taps = [t for t in (f"vmsb{i}" for i in range(self.taps_made)) if t not in used][:count]
+            if len(taps) < count:
+                raise RuntimeError(f"{count} stand-ins wanted, {len(taps)} free TAPs (make_taps first)")
         seqs = []
         assert self.ns_fd is not None
         setns(self.ns_fd)
@@ -286,7 +316,7 @@ class Lab:
             for i in range(count):
                 seq = self.next_seq
                 self.next_seq += 1
-                tap = taps[i] if taps else f"vmsb{seq}"
+                tap = taps[i]
                 p = subprocess.Popen(
                     self.standin_argv(seq, tap),
                     executable=str(self.qemu),
@@ -406,21 +436,75 @@ class Lab:
 # ---------------------------------------------------------------- measurements
 
 
+# The wave-2 features a configuration can switch on (issue 17 prices each):
+# owners from a 100 000-row mapping file, the usage ledger, bearer-token
+# auth, one remote_write destination, the per-disk `vm_devices` poller.
+FEATURES = ("owners", "ledger", "auth", "push", "devices")
+
+
+def toml_str(s: str | Path) -> str:
+    return json.dumps(str(s))  # a TOML basic string for any path
+
+
+def agent_config(work: Path, tag: str, features: set[str] | None = None, owners_csv: Path | None = None,
+                 push_url: str | None = None, web_config: Path | None = None) -> Path:
+    """vmscope's config file for one agent of the run.
+
+    `features` None: the shipped defaults (ledger, vm_devices and the
+    watchdog on, nothing else), as `vmscope serve` runs with no file. Either
+    way the state database goes into the run's scratch directory, never
+    the host's /var/lib/vmscope, one file per agent (a fresh ledger each).
+    """
+    lines = [f"[store]\npath = {toml_str(work / f'state-{tag}.db')}"]
+    if features is not None:
+        unknown = features - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown features {sorted(unknown)} (known: {', '.join(FEATURES)})")
+        lines.append(f"[ledger]\nenabled = {str('ledger' in features).lower()}")
+        lines.append(f"[collectors.vm_devices]\nenabled = {str('devices' in features).lower()}")
+        if "auth" in features:
+            assert web_config is not None
+            lines.append(f"[http]\nweb_config_file = {toml_str(web_config)}")
+        if "owners" in features:
+            assert owners_csv is not None
+            lines.append(f"[owners.file]\npath = {toml_str(owners_csv)}")
+        if "push" in features:
+            assert push_url is not None
+            # No interval: a push per snapshot, i.e. per tick, the push twin
+            # of the one scrape per tick the windows model.
+            lines.append(f"[[push.remote_write]]\nname = \"bench\"\nurl = {toml_str(push_url)}")
+    path = work / f"vmscope-{tag}.toml"
+    path.write_text("\n\n".join(lines) + "\n")
+    return path
+
+
 class Vmscope:
-    def __init__(self, lab: Lab, binary: Path, port: int):
+    def __init__(self, lab: Lab, binary: Path, port: int, config: Path | None = None,
+                 headers: dict | None = None):
         env = dict(os.environ, VMSCOPE_LOG="warn")
-        self.proc = lab.server([str(binary), "serve", "--listen", f"127.0.0.1:{port}", "--interval", "1"],
+        if config is None:
+            config = agent_config(lab.work, f"default-{port}")
+        self.config = config
+        self.proc = lab.server([str(binary), "serve", "-c", str(config),
+                                "--listen", f"127.0.0.1:{port}", "--interval", "1"],
                                "vmscope.log", env=env)
         self.pid = self.proc.pid
-        self.http = Http(port)
+        self.http = Http(port, headers)
         self.port = port
         wait_http(port, "/healthz", 30, self.proc)
 
     def seq(self) -> int:
-        status, _, body, _ = self.http.get("/healthz")
-        if status != 200:
-            raise RuntimeError(f"vmscope /healthz answered {status}: {body[:200]!r}")
-        return int(json.loads(body)["seq"])
+        # /healthz answers 503 "stale" while the newest snapshot is older
+        # than 3 intervals: at 10 000 VMs a tick can outlast that (its
+        # time is what is being measured). Right after a tick it is fresh.
+        end = time.monotonic() + 120
+        while True:
+            status, _, body, _ = self.http.get("/healthz")
+            if status == 200:
+                return int(json.loads(body)["seq"])
+            if status != 503 or time.monotonic() > end or self.proc.poll() is not None:
+                raise RuntimeError(f"vmscope /healthz answered {status}: {body[:200]!r}")
+            time.sleep(0.05)
 
     def collect_ns(self) -> int:
         return run_ns(self.pid, "vmscope-collect")
@@ -428,7 +512,8 @@ class Vmscope:
     def between_ticks(self) -> None:
         """Returns just after a tick finished, so windows hold whole ticks."""
         n0 = self.collect_ns()
-        end = time.monotonic() + 5
+        # Long enough for a tick of 10 000 VMs on a loaded machine.
+        end = time.monotonic() + 60
         while self.collect_ns() == n0 and time.monotonic() < end:
             time.sleep(0.01)
         # The tick is running; wait until the thread is idle for 50 ms.
@@ -460,8 +545,10 @@ class Vmscope:
         if self.proc in lab.servers:
             lab.servers.remove(self.proc)
 
-    def wait_vms(self, n: int, timeout: float = 120) -> None:
-        end = time.monotonic() + timeout
+    def wait_vms(self, n: int, timeout: float | None = None) -> None:
+        # Discovering 10 000 new VMs (and opening their files past the
+        # descriptor limit) takes longer than 1000.
+        end = time.monotonic() + (timeout if timeout is not None else 120 + n / 50)
         while time.monotonic() < end:
             c = self.vm_count()
             if c >= n:
@@ -639,11 +726,11 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
     }
     for label, (proc, h) in (("process_exporter", pe), ("node_exporter", ne)):
         log(f"N={n_total}: {label} (up to {args.peer_requests} gzip scrapes or {args.peer_budget:.0f}s)")
-        st = scrape_stats(h, proc.pid, args.peer_requests, GZIP, budget_s=args.peer_budget)
+        st = scrape_stats(h, proc.pid, args.peer_requests, GZIP, budget_s=args.peer_budget, min_requests=3)
         st["rss_bytes"] = rss_bytes(proc.pid)
         res[label] = st
         log(f"N={n_total}: {label} {st['cpu_per_request_s']*1e3:.1f} ms CPU/scrape, p50 {st['p50_s']*1e3:.1f} ms")
-    if n_total == 1000 or args.wrk_all:
+    if n_total == args.detail_n or args.wrk_all:
         all_cpus = f"0-{(os.cpu_count() or 1) - 1}"
         for gz in (False, True):
             kind = "gzip" if gz else "plain"
@@ -754,6 +841,167 @@ def churn(args, lab: Lab, vms: Vmscope) -> dict:
             "rss_milestones": milestones}
 
 
+# ---------------------------------------------------------------- features (issue 17)
+
+
+def owners_csv(path: Path, vm_seqs: list[int], rows: int, lab: Lab) -> dict:
+    """A mapping file of `rows` rows: one per stand-in alive (by UUID, every
+    VM attributed: 250 users, 50 projects, as the owners benches use), the
+    rest for VMs of other hosts (what a platform's whole export looks like)."""
+    users, projects = 250, 50
+    with open(path, "w") as f:
+        f.write("id,user_id,user_name,project_id,project_name\n")
+        for seq in vm_seqs:
+            u, pr = seq % users, seq % projects
+            f.write(f"{lab.vm_uuid(seq)},u-{u},user {u},p-{pr},project {pr}\n")
+        for i in range(max(0, rows - len(vm_seqs))):
+            u, pr = i % 20000, i % 4000
+            f.write(f"{uuid.UUID(int=(0xF11E << 96) | i)},u-{u},user {u},p-{pr},project {pr}\n")
+    return {"rows": max(rows, len(vm_seqs)), "this_host": len(vm_seqs), "bytes": path.stat().st_size}
+
+
+class Receiver:
+    """bench/receiver.py: a remote_write receiver that accepts and discards."""
+
+    def __init__(self, lab: Lab):
+        self.port = free_port()
+        self.proc = lab.server([sys.executable, str(HERE / "receiver.py"), str(self.port)], "receiver.log")
+        self.http = Http(self.port)
+        wait_http(self.port, "/stats", 10, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}/api/v1/write"
+
+    def stats(self) -> dict:
+        status, _, body, _ = self.http.get("/stats", timeout=10)
+        if status != 200:
+            raise RuntimeError(f"the push receiver answered {status}")
+        return json.loads(body)
+
+
+def family_present(text: str, name: str, label: str | None = None) -> bool:
+    for line in text.splitlines():
+        if line.startswith(name) and (label is None or label in line):
+            return True
+    return False
+
+
+def feature_checks(vms: Vmscope, features: set[str], receiver: Receiver | None, pushes_before: int) -> dict:
+    """What this agent visibly does, per feature, after its windows (a
+    scrape now no longer matters). A feature that should be on and is not,
+    or the reverse, stops the run: the figures would price the wrong thing."""
+    _, h, body, _ = vms.http.get("/metrics", GZIP)
+    text = decoded(h, body).decode(errors="replace")
+    unauth = Http(vms.port)
+    try:
+        status_unauth = unauth.get("/metrics", timeout=30)[0]
+    finally:
+        unauth.close()
+    status, _, body, _ = vms.http.get("/api/v1/owners")
+    owners = len(json.loads(body).get("owners", [])) if status == 200 else -1
+    pushes = (receiver.stats()["requests"] - pushes_before) if receiver else 0
+    seen = {
+        "owners": owners > 0,
+        "ledger": family_present(text, "vmscope_ledger_incarnations"),
+        "auth": status_unauth == 401,
+        "push": family_present(text, "vmscope_push_samples_total") and pushes > 0,
+        "devices": family_present(text, "vmscope_collector_duration_seconds", 'collector="vm_devices"'),
+    }
+    wrong = sorted(f for f in FEATURES if seen[f] != (f in features))
+    if wrong:
+        raise RuntimeError(f"features {wrong} are not as configured {sorted(features)}: observed {seen} "
+                           f"(owners listed {owners}, unauthenticated /metrics {status_unauth}, pushes {pushes}); "
+                           f"config {vms.config}")
+    return {"seen": seen, "owners_listed": owners, "unauthenticated_status": status_unauth,
+            "pushes": pushes}
+
+
+def feature_sets(names: list[str]) -> list[tuple[str, set[str]]]:
+    """`off`, `all`, or a feature alone (`owners`, ...) or `+`-joined."""
+    out = []
+    for name in names:
+        if name == "off":
+            out.append((name, set()))
+        elif name == "all":
+            out.append((name, set(FEATURES)))
+        else:
+            fs = set(name.split("+"))
+            if not fs <= set(FEATURES):
+                raise SystemExit(f"bench.py: --feature-configs: unknown feature in {name!r} "
+                                 f"(known: off, all, {', '.join(FEATURES)})")
+            out.append((name, fs))
+    return out
+
+
+def feature_matrix_rep(args, lab: Lab, pe: tuple, floor: Path, n_total: int, rep: int, prep: dict) -> list[dict]:
+    """One repetition: each configuration in turn (a fresh agent each, the
+    order rotated by the repetition so the machine's drift spreads over
+    all), at the same N: the tick alone and the tick with one gzip scrape
+    per tick, each with the floor running alongside, RSS after each."""
+    k = args.feature_ticks
+    configs = feature_sets(args.feature_configs.split(","))
+    shift = rep % len(configs)
+    configs = configs[shift:] + configs[:shift]
+    out = []
+    pe_proc, pe_http = pe
+    log(f"features rep {rep + 1}: process-exporter ({args.feature_peer_requests} gzip scrapes)")
+    pe_st = scrape_stats(pe_http, pe_proc.pid, args.feature_peer_requests, GZIP, min_requests=3)
+    for name, fs in configs:
+        receiver = prep.get("receiver")
+        cfg = agent_config(args.work, f"{name}-{rep}", fs, owners_csv=prep.get("owners_csv"),
+                           push_url=receiver.url if receiver else None, web_config=prep.get("web_config"))
+        headers = prep["auth_header"] if "auth" in fs else None
+        pushes_before = receiver.stats()["requests"] if receiver else 0
+        t0 = time.monotonic()
+        vms = Vmscope(lab, args.vmscope, free_port(), cfg, headers)
+        try:
+            vms.wait_vms(n_total + lab.real_alive)
+            ready_s = time.monotonic() - t0
+            # A few ticks with every file held open; the owners file parsed
+            # and the first ledger rows opened.
+            time.sleep(3)
+            log(f"features rep {rep + 1}: {name}: {k} ticks alone, then {k} with one gzip scrape each")
+            f = run_floor(floor, k, listing=False)
+            idle = vms.window(k)
+            fl_idle = floor_result(f)
+            rss_idle = rss_bytes(vms.pid)
+            f = run_floor(floor, k, listing=False)
+            scraped = vms.window(k, scrape_each_tick=True)
+            fl_scraped = floor_result(f)
+            rss_scraped, hwm = rss_bytes(vms.pid), status_bytes(vms.pid, "VmHWM")
+            checks = feature_checks(vms, fs, receiver, pushes_before)
+        finally:
+            vms.stop(lab)
+        r = {
+            "config": name, "features": sorted(fs), "rep": rep, "n_standins": n_total,
+            "ready_s": round(ready_s, 1),
+            "idle": idle, "scraped": scraped,
+            "floor_idle": fl_idle, "floor_scraped": fl_scraped,
+            "rss_idle_bytes": rss_idle, "rss_bytes": rss_scraped, "hwm_bytes": hwm,
+            "checks": checks,
+        }
+        out.append(r)
+        log(f"features rep {rep + 1}: {name}: tick {idle['cpu_per_tick_s'] * 1e3:.2f} ms "
+            f"({idle['cpu_per_tick_s'] / fl_idle['cpu_per_iteration_seconds']:.2f}x floor), "
+            f"tick + scrape {scraped['cpu_per_tick_s'] * 1e3:.2f} ms "
+            f"({scraped['cpu_per_tick_s'] / fl_scraped['cpu_per_iteration_seconds']:.2f}x), "
+            f"RSS {rss_scraped / 2**20:.1f} MiB")
+    return [dict(r, process_exporter=pe_st) for r in out]
+
+
+def feature_prep(args, lab: Lab) -> dict:
+    """What the feature configurations share: the mapping file, the web
+    config and its token, the push receiver."""
+    from access import ADMIN, web_config  # bench/access.py: 1000 bearer tokens, as --access measures
+
+    prep: dict = {}
+    path = args.work / "owners.csv"
+    prep["owners_file"] = owners_csv(path, sorted(lab.vms), args.owner_rows, lab)
+    prep["owners_csv"] = path
+    prep["web_config"] = web_config(args.work, tls=False)
+    prep["auth_header"] = {"Authorization": f"Bearer {ADMIN}"}
+    prep["receiver"] = Receiver(lab)
+    return prep
+
+
 def machine_facts() -> dict:
     cpu_model = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -792,7 +1040,11 @@ def main() -> int:
     ap.add_argument("--serve-floor", type=Path, default=None,
                     help="bench/floor/serve_floor.c built: the HTTP serving floor for the wrk comparison")
     ap.add_argument("--quick", action="store_true", help="N = 100 and 1000 only, shorter windows")
-    ap.add_argument("--sizes", default=None, help="comma-separated N (default 100,1000,5000; quick 100,1000)")
+    ap.add_argument("--sizes", default=None,
+                    help="comma-separated N (default 100,1000,5000,10000; quick 100,1000)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="repetitions of every measured configuration (default 3): a fresh agent each, "
+                         "the report gives the median and the spread (min-max) of the ratios")
     ap.add_argument("--ticks", type=int, default=None, help="ticks per CPU window (default 30; quick 12)")
     ap.add_argument("--requests", type=int, default=None, help="vmscope latency requests (default 200; quick 100)")
     ap.add_argument("--peer-requests", type=int, default=None, help="peer scrapes (default 50; quick 20)")
@@ -805,19 +1057,44 @@ def main() -> int:
     ap.add_argument("--churn-wave", type=int, default=500)
     ap.add_argument("--churn-pause", type=float, default=1.2)
     ap.add_argument("--real-vms", type=int, default=3)
-    ap.add_argument("--skip", default="", help="comma list of: independence,churn")
+    ap.add_argument("--detail-n", type=int, default=1000,
+                    help="N of wrk, independence and churn (issues 4 and 17: 1000; smaller for smoke runs)")
+    ap.add_argument("--features-n", type=int, default=1000,
+                    help="N of the feature configurations (issue 17: 1000); must be one of --sizes")
+    ap.add_argument("--feature-configs", default="off,owners,ledger,auth,push,devices,all",
+                    help="configurations priced against each other: off, all, a feature alone "
+                         f"({', '.join(FEATURES)}) or features joined with +")
+    ap.add_argument("--feature-ticks", type=int, default=None,
+                    help="ticks per window in the feature configurations (default: --ticks)")
+    ap.add_argument("--feature-peer-requests", type=int, default=10,
+                    help="process-exporter scrapes per feature repetition (its CPU per scrape, same run)")
+    ap.add_argument("--owner-rows", type=int, default=100000, help="rows of the owners mapping file")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: sweep (the per-N measurements), independence, churn, features")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--no-docs", action="store_true",
+                    help="do not rewrite docs/benchmarks.md's results section (smoke runs)")
     ap.add_argument("--perf", action="store_true",
                     help="record vmscope with `perf record -g` during each tick + scrape window "
                          "(bench/results/perf-N.data; read with `perf report -i ...`)")
     ap.add_argument("--command", default="bench/run.sh", help="the command line to record")
     args = ap.parse_args()
-    sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "100,1000,5000")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("100,1000" if args.quick else "100,1000,5000,10000")).split(",")]
+    if args.repeat < 1:
+        raise SystemExit("bench.py: --repeat must be at least 1")
     args.ticks = args.ticks or (12 if args.quick else 30)
+    args.feature_ticks = args.feature_ticks or args.ticks
     args.requests = args.requests or (100 if args.quick else 200)
     args.peer_requests = args.peer_requests or (20 if args.quick else 50)
     args.peer_budget = args.peer_budget or (20.0 if args.quick else 60.0)
     skip = set(filter(None, args.skip.split(",")))
+    unknown = skip - {"sweep", "independence", "churn", "features"}
+    if unknown:
+        raise SystemExit(f"bench.py: --skip: unknown {sorted(unknown)} (sweep, independence, churn, features)")
+    feature_sets(args.feature_configs.split(","))  # a typo fails now, not after an hour
+    if "features" not in skip and args.features_n not in sizes:
+        raise SystemExit(f"bench.py: --features-n {args.features_n} is not among --sizes {sizes} "
+                         "(or --skip features)")
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -828,8 +1105,11 @@ def main() -> int:
     facts = machine_facts()
     lab = Lab(args.work, args.standin)
     results: dict = {"facts": facts, "command": args.command, "sizes": sizes, "ticks_per_window": args.ticks,
+                     "repeat": args.repeat, "format": 2,
                      "per_n": [], "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     t_start = time.monotonic()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    ok = False
     try:
         lab.setup()
         lab.real_alive = lab.start_real_vms(args.real_vms)
@@ -846,48 +1126,80 @@ def main() -> int:
         wait_http(ne_port, "/metrics", 30, ne)
         peers = ((pe, Http(pe_port)), (ne, Http(ne_port)))
         have = 0
-        vms: Vmscope | None = None
         for n in sizes:
             log(f"N={n}: creating TAPs and starting {n - have} stand-ins")
             t0 = time.monotonic()
             lab.make_taps(n)
+            t_taps = time.monotonic()
             lab.spawn_vms(n - have)
+            t_spawn = time.monotonic()
+            setup = {"new_standins": n - have, "taps_s": round(t_taps - t0, 1),
+                     "spawn_s": round(t_spawn - t_taps, 1)}
+            log(f"N={n}: {n - have} TAPs in {setup['taps_s']}s, stand-ins started in {setup['spawn_s']}s")
             have = n
-            # A fresh vmscope per N: it pre-encodes every /metrics variant
-            # asked for in the last 3 minutes on each tick, so "nothing
-            # scrapes" needs an instance that has never been scraped.
-            if vms is not None:
-                vms.stop(lab)
-            vms = Vmscope(lab, args.vmscope, free_port())
-            vms.wait_vms(n + lab.real_alive)
-            log(f"N={n}: {n} stand-ins up and seen by vmscope in {time.monotonic() - t0:.1f}s")
-            time.sleep(3)  # a few ticks with every file held open
-            res = measure_n(args, lab, vms, peers[0], peers[1], args.floor, n)
-            results["per_n"].append(res)
-            if n == 1000:
-                if "independence" not in skip:
-                    results["independence"] = independence(args, lab, vms, args.floor)
-                if "churn" not in skip:
-                    results["churn"] = churn(args, lab, vms)
+            entry: dict = {"n_standins": n, "setup": setup, "reps": []}
+            results["per_n"].append(entry)
+            if "sweep" not in skip:
+                for rep in range(args.repeat):
+                    # A fresh vmscope per N and repetition: it pre-encodes
+                    # every /metrics variant asked for in the last 3 minutes
+                    # on each tick, so "nothing scrapes" needs an instance
+                    # that has never been scraped.
+                    t1 = time.monotonic()
+                    vms = Vmscope(lab, args.vmscope, free_port())
+                    try:
+                        vms.wait_vms(n + lab.real_alive)
+                        seen_s = round(time.monotonic() - t1, 1)
+                        setup.setdefault("agent_ready_s", []).append(seen_s)
+                        log(f"N={n} rep {rep + 1}/{args.repeat}: all {n} stand-ins seen by a fresh vmscope in {seen_s}s")
+                        time.sleep(3)  # a few ticks with every file held open
+                        res = measure_n(args, lab, vms, peers[0], peers[1], args.floor, n)
+                        res["rep"] = rep
+                        entry["reps"].append(res)
+                        if n == args.detail_n and "independence" not in skip:
+                            results.setdefault("independence", []).append(independence(args, lab, vms, args.floor))
+                        if n == args.detail_n and "churn" not in skip and rep == args.repeat - 1:
+                            # Once: memory after churn is a trend, not a ratio.
+                            results["churn"] = churn(args, lab, vms)
+                    finally:
+                        vms.stop(lab)
+            if n == args.features_n and "features" not in skip:
+                prep = feature_prep(args, lab)
+                results["features_setup"] = {"owners_file": prep["owners_file"], "n_standins": n,
+                                             "ticks_per_window": args.feature_ticks,
+                                             "configs": args.feature_configs.split(",")}
+                for rep in range(args.repeat):
+                    results.setdefault("features", []).extend(
+                        feature_matrix_rep(args, lab, peers[0], args.floor, n, rep, prep))
         results["vmscope_errors_in_log"] = sum(
             1 for line in (args.work / "vmscope.log").read_text(errors="replace").splitlines()
             if "ERROR" in line or "panicked" in line)
+        ok = True
     finally:
         log("cleaning up")
         lab.cleanup()
+        if not ok:
+            # An hour's figures are not thrown away with one failure.
+            args.out.mkdir(parents=True, exist_ok=True)
+            partial = args.out / f"{stamp}-partial.json"
+            results["partial"] = True
+            results["seconds"] = round(time.monotonic() - t_start)
+            partial.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            log(f"failed: what was measured so far is in {partial}")
     results["seconds"] = round(time.monotonic() - t_start)
     results["facts"]["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
 
     import report  # bench/report.py
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     md = report.markdown(results)
     (args.out / f"{stamp}.md").write_text(md)
-    report.update_docs(REPO / "docs" / "benchmarks.md", md)
+    if not args.no_docs:
+        report.update_docs(REPO / "docs" / "benchmarks.md", md)
     print(md)
-    log(f"wrote {args.out}/{stamp}.json, .md and docs/benchmarks.md in {results['seconds']}s")
+    log(f"wrote {args.out}/{stamp}.json, .md{'' if args.no_docs else ' and docs/benchmarks.md'} "
+        f"in {results['seconds']}s")
     return 0
 
 
