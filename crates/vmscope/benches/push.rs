@@ -15,7 +15,10 @@
 //! - `push/remote_write_direct_1000_vms`: what a remote_write destination
 //!   runs: protobuf bytes written straight from the snapshot
 //!   (`encode_snapshot`), then snappy; `remote_write_snappy_only_1000_vms`
-//!   is the snappy part alone.
+//!   is the snappy part alone;
+//! - `push/otlp_direct_1000_vms`: what an OTLP destination runs, likewise
+//!   (`otlp::encode_snapshot`, then gzip level 1);
+//!   `otlp_gzip_only_1000_vms` is the gzip part alone.
 //!
 //! Sizes (raw and compressed) are printed once. Run with
 //! `cargo bench -p vmscope --bench push -- --warm-up-time 1 --measurement-time 5`.
@@ -87,6 +90,28 @@ fn benches(c: &mut Criterion) {
     };
     g.bench_function(format!("remote_write_snappy_only_{VMS}_vms"), |b| {
         b.iter(|| black_box(::snap::raw::Encoder::new().compress_vec(&raw).unwrap()))
+    });
+    // What an OTLP destination runs: protobuf written straight from the
+    // snapshot, then gzip.
+    g.bench_function(format!("otlp_direct_{VMS}_vms"), |b| {
+        b.iter(|| black_box(otlp::encode_snapshot(&snap, &sources, start, &labels)))
+    });
+    let ot_raw_direct = {
+        use std::io::Read;
+        let (body, _) = otlp::encode_snapshot(&snap, &sources, start, &labels);
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(body.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        raw
+    };
+    g.bench_function(format!("otlp_gzip_only_{VMS}_vms"), |b| {
+        b.iter(|| {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+            gz.write_all(&ot_raw_direct).unwrap();
+            black_box(gz.finish().unwrap())
+        })
     });
     g.bench_function(format!("otlp_whole_{VMS}_vms"), |b| {
         b.iter(|| {

@@ -245,7 +245,7 @@ impl<'x> SeriesLabels<'x> {
 
     /// The labels that are not a shared set's: the series' own, then a
     /// histogram bucket's `le`.
-    pub fn own(&self) -> impl Iterator<Item = (&'x str, &'x str)> + 'x {
+    pub fn own(&self) -> impl Iterator<Item = (&'x str, &'x str)> + Clone + 'x {
         let (extra, own, le) = (self.extra, self.own, self.le);
         extra
             .iter()
@@ -254,7 +254,7 @@ impl<'x> SeriesLabels<'x> {
             .chain(le.map(|v| ("le", v)))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&'x str, &'x str)> + 'x {
+    pub fn iter(&self) -> impl Iterator<Item = (&'x str, &'x str)> + Clone + 'x {
         let (set, extra, own, le) = (self.set, self.extra, self.own, self.le);
         set.iter()
             .map(|(k, v)| (*k, v.as_str()))

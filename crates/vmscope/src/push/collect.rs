@@ -1,23 +1,24 @@
-//! One snapshot's series as values, collected once for every destination.
+//! One snapshot's series as values: the readable reference that the
+//! push encoders' byte-writing sinks are tested against
+//! (`remote_write::WireSink`, `otlp::OtlpSink`), and [`write_all`], the
+//! walk both use.
 //!
-//! Reads: an `Arc<Snapshot>` and the live metric sources (`Sources`, the
-//! same list `/metrics` writes after the snapshot's families). Emits:
-//! [`Collected`]: the families through the structured-sample encoder
+//! Reads: a `Snapshot` and the live metric sources (the same list
+//! `/metrics` writes after the snapshot's families). Emits: [`Collected`]:
+//! the families through the structured-sample encoder
 //! ([`SampleCollector`]), so a push carries exactly the families and
 //! series `/metrics` serves, plus what the encoders need besides (time,
 //! host name, each VM's start). Never fails: encoding cannot.
 //!
-//! Two destinations pushing the same snapshot share one collection
-//! ([`SampleCache`]) while either is still encoding it; the sources' live
-//! families (HTTP self-metrics) are then as of the first of them. The
-//! cache holds it weakly: a collection of 1000 VMs is some MiB of strings,
-//! and it is garbage as soon as the last destination has its body.
+//! The pushers no longer share a collection between destinations: each
+//! writes its bytes straight from the snapshot, which costs less than
+//! building the values once (measured in `benches/push.rs`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::export::{Family, MetricSource, MetricWriter, SampleCollector, Sources};
+use crate::export::{Family, MetricSource, MetricWriter, SampleCollector};
 use crate::model::Snapshot;
 
 /// One snapshot as series values.
@@ -64,63 +65,5 @@ pub fn collect(snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Collected 
             .collect(),
         families,
         samples,
-    }
-}
-
-/// The last collection, shared by the destinations.
-pub struct SampleCache {
-    sources: Sources,
-    last: Mutex<Weak<Collected>>,
-}
-
-impl SampleCache {
-    pub fn new(sources: Sources) -> Self {
-        SampleCache {
-            sources,
-            last: Mutex::new(Weak::new()),
-        }
-    }
-
-    /// The live sources, in `/metrics` order (after the snapshot).
-    pub fn sources(&self) -> &[Arc<dyn MetricSource>] {
-        self.sources.as_slice()
-    }
-
-    /// `snap` collected, or the collection another destination is still
-    /// using. Blocking work: call it off the async workers.
-    pub fn get(&self, snap: &Snapshot) -> Arc<Collected> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = last.upgrade().filter(|c| c.seq == snap.seq) {
-            return c;
-        }
-        let c = Arc::new(collect(snap, self.sources.as_slice()));
-        *last = Arc::downgrade(&c);
-        c
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::export::fixture;
-
-    #[test]
-    fn destinations_share_a_collection_only_while_one_holds_it() {
-        let cache = SampleCache::new(Sources::default());
-        let snap = fixture::snapshot(2);
-        let a = cache.get(&snap);
-        let b = cache.get(&snap);
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(
-            a.samples,
-            a.families.iter().map(|f| f.samples.len()).sum::<usize>()
-        );
-        assert_eq!(a.vm_starts.len(), 2);
-        drop((a, b));
-        // Nobody holds it: the cache does not keep it alive.
-        assert!(cache.last.lock().unwrap().upgrade().is_none());
-        let mut next = fixture::snapshot(2);
-        next.seq += 1;
-        assert_eq!(cache.get(&next).seq, next.seq);
     }
 }

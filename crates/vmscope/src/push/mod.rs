@@ -43,12 +43,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::export::{Sources, Value, tasks};
+use crate::export::{MetricSource, Sources, Value, tasks};
 use crate::model::Snapshot;
 use crate::outbound::client::send_classified;
 use crate::outbound::{Backoff, BoundedQueue, DeliveryError};
 
-pub use collect::{Collected, SampleCache, collect};
+pub use collect::{Collected, collect};
 pub use config::{Destination, PushConfig};
 pub use metrics::{DestinationMetrics, PushMetrics};
 
@@ -70,11 +70,11 @@ pub enum Kind {
 
 /// What a protocol does with one snapshot.
 pub trait Pusher: Send + Sync {
-    /// The request body (compressed) for `snap` and the number of series
-    /// in it. `cache` holds the snapshot as values for the protocols that
-    /// build their messages from those (OTLP); remote_write writes its
-    /// bytes straight from the snapshot. Blocking work.
-    fn encode(&self, snap: &Snapshot, cache: &SampleCache) -> (Vec<u8>, u64);
+    /// The request body (compressed) for `snap`, then the live `sources`
+    /// (the `/metrics` order), and the number of series in it. Both
+    /// protocols write their bytes straight from the snapshot; each
+    /// destination encodes its own push. Blocking work.
+    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64);
     /// Headers every request carries (content type and encoding, ...).
     fn headers(&self) -> &'static [(&'static str, &'static str)];
 }
@@ -160,8 +160,8 @@ struct RemoteWrite {
 }
 
 impl Pusher for RemoteWrite {
-    fn encode(&self, snap: &Snapshot, cache: &SampleCache) -> (Vec<u8>, u64) {
-        let (body, n) = remote_write::encode_snapshot(snap, cache.sources(), &self.labels);
+    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64) {
+        let (body, n) = remote_write::encode_snapshot(snap, sources, &self.labels);
         (body, n as u64)
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
@@ -175,9 +175,9 @@ struct Otlp {
 }
 
 impl Pusher for Otlp {
-    fn encode(&self, snap: &Snapshot, cache: &SampleCache) -> (Vec<u8>, u64) {
-        let c = cache.get(snap);
-        (otlp::encode(&c, self.start, &self.attrs), c.samples as u64)
+    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64) {
+        let (body, n) = otlp::encode_snapshot(snap, sources, self.start, &self.attrs);
+        (body, n as u64)
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
         otlp::HEADERS
@@ -235,7 +235,7 @@ pub fn start(
     metrics: &PushMetrics,
 ) -> Result<Pushers, PushError> {
     let process_start = SystemTime::now();
-    let cache = Arc::new(SampleCache::new(sources));
+    let sources = Arc::new(sources);
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for d in destinations {
@@ -252,7 +252,7 @@ pub fn start(
         tasks.push(tokio::spawn(feed(
             Arc::clone(&d),
             snapshots.clone(),
-            Arc::clone(&cache),
+            Arc::clone(&sources),
             pusher.clone(),
             Arc::clone(&queue),
             Arc::clone(&m),
@@ -275,7 +275,7 @@ pub fn start(
 async fn feed(
     d: Arc<Destination>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    cache: Arc<SampleCache>,
+    sources: Arc<Sources>,
     pusher: Arc<dyn Pusher>,
     queue: Arc<BoundedQueue<Batch>>,
     m: Arc<DestinationMetrics>,
@@ -298,10 +298,10 @@ async fn feed(
             continue;
         }
         last = Some(Instant::now());
-        let (cache, pusher) = (Arc::clone(&cache), Arc::clone(&pusher));
+        let (sources, pusher) = (Arc::clone(&sources), Arc::clone(&pusher));
         let started = Instant::now();
         let encoded = tokio::task::spawn_blocking(move || {
-            let (body, samples) = pusher.encode(&snap, &cache);
+            let (body, samples) = pusher.encode(&snap, sources.as_slice());
             (body, samples, snap.seq)
         })
         .await;

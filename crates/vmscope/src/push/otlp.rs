@@ -28,13 +28,21 @@
 //! into the agent, and generating code needs `protoc` at build time. A
 //! test decodes our requests with that crate (the official definitions).
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
 use super::collect::Collected;
-use crate::export::{Family, MetricType, Sample};
+use super::wire::{put_fixed64, put_len, put_str, put_varint, str_field_len, varint_len};
+use crate::export::{
+    Desc, Family, MetricSource, MetricType, Sample, SampleCollector, SeriesLabels, SeriesSink,
+    Value,
+};
+use crate::model::Snapshot;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ExportMetricsServiceRequest {
@@ -336,13 +344,27 @@ pub fn request(
             }),
         })
         .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource(&c.host, attrs)),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics,
+            }],
+        }],
+    }
+}
+
+/// The one resource: the agent on its host, then the configured
+/// attributes (which may replace those).
+fn resource(host: &str, attrs: &[(String, String)]) -> Resource {
     let mut resource = vec![
         kv("service.name", "vmscope"),
         kv("service.version", crate::BuildInfo::VERSION),
         kv("os.type", "linux"),
     ];
-    if !c.host.is_empty() {
-        resource.push(kv("host.name", &c.host));
+    if !host.is_empty() {
+        resource.push(kv("host.name", host));
     }
     for (k, v) in attrs {
         match resource.iter_mut().find(|a| a.key == *k) {
@@ -350,35 +372,332 @@ pub fn request(
             None => resource.push(kv(k, v)),
         }
     }
-    ExportMetricsServiceRequest {
-        resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: resource,
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "vmscope".to_owned(),
-                    version: crate::BuildInfo::VERSION.to_owned(),
-                }),
-                metrics,
-            }],
-        }],
+    Resource {
+        attributes: resource,
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "vmscope".to_owned(),
+        version: crate::BuildInfo::VERSION.to_owned(),
     }
 }
 
 /// The gzip'd body for `c`.
 pub fn encode(c: &Collected, process_start: SystemTime, attrs: &[(String, String)]) -> Vec<u8> {
-    let raw = request(c, process_start, attrs).encode_to_vec();
+    gzip(&[&request(c, process_start, attrs).encode_to_vec()])
+}
+
+/// `parts`, one after the other, gzip'd.
+fn gzip(parts: &[&[u8]]) -> Vec<u8> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
     // Level 1: the agent's CPU matters more than bytes on the wire (as for
     // the cached /metrics gzip). Writing into a Vec cannot fail.
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4),
-        flate2::Compression::new(1),
-    );
-    if gz.write_all(&raw).is_err() {
-        return Vec::new();
+    let mut gz =
+        flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::new(1));
+    for p in parts {
+        if gz.write_all(p).is_err() {
+            return Vec::new();
+        }
     }
     gz.finish().unwrap_or_default()
+}
+
+/// The gzip'd body for a snapshot, written straight from the snapshot and
+/// `sources` (in `/metrics` order) as protobuf bytes: the push path.
+/// Returns the body and its number of series.
+///
+/// Why not [`request`]: that builds every series as owned strings twice
+/// (a [`Collected`], then prost structs), 3.5 ticks per push at 1000 VMs
+/// (measured). As for remote_write ([`super::remote_write::WireSink`]),
+/// the structured encoder's rules hand each admitted series to
+/// [`OtlpSink`], which writes each VM's attributes once per push and its
+/// series' points as bytes. [`request`] stays as the readable reference
+/// the tests compare this with.
+pub fn encode_snapshot(
+    snap: &Snapshot,
+    sources: &[Arc<dyn MetricSource>],
+    process_start: SystemTime,
+    attrs: &[(String, String)],
+) -> (Vec<u8>, usize) {
+    let sink = OtlpSink::new(snap, process_start);
+    let mut c = SampleCollector::with_sink(Box::new(sink));
+    super::collect::write_all(snap, sources, &mut c);
+    let Some(mut sink) = c.into_sink::<OtlpSink>() else {
+        return (Vec::new(), 0);
+    };
+    sink.close_metric();
+    let host = snap.host.hostname.clone().unwrap_or_default();
+    // The envelope around the metrics: ExportMetricsServiceRequest {
+    // resource_metrics { resource, scope_metrics { scope, metrics... } } }.
+    let resource = resource(&host, attrs).encode_to_vec();
+    let scope = scope().encode_to_vec();
+    let scope_metrics_len = str_field_len(scope.len()) + sink.metrics.len();
+    let resource_metrics_len = str_field_len(resource.len()) + str_field_len(scope_metrics_len);
+    let mut head = Vec::with_capacity(64 + resource.len() + scope.len());
+    put_len(&mut head, 1, resource_metrics_len);
+    put_len(&mut head, 1, resource.len());
+    head.extend_from_slice(&resource);
+    put_len(&mut head, 2, scope_metrics_len);
+    put_len(&mut head, 1, scope.len());
+    head.extend_from_slice(&scope);
+    (gzip(&[&head, &sink.metrics]), sink.samples)
+}
+
+/// `ScopeMetrics.metrics` written as series arrive ([`SeriesSink`]).
+pub struct OtlpSink {
+    /// The snapshot's time and this process' start, Unix nanoseconds.
+    now: u64,
+    started: u64,
+    /// Each VM's start, Unix nanoseconds, by `vm_id` (its counters' start).
+    vm_starts: HashMap<String, u64>,
+    /// `Metric` fields (`ScopeMetrics.metrics`), back to back.
+    metrics: Vec<u8>,
+    /// The current family's data points.
+    points: Vec<u8>,
+    current: Option<&'static Desc>,
+    /// Each shared label set's attributes, written once, by set number.
+    sets: Vec<Option<SetAttrs>>,
+    /// The histogram series being gathered (buckets come one by one).
+    hist: HistogramParts,
+    samples: usize,
+}
+
+/// A shared label set's labels as `NumberDataPoint.attributes` fields,
+/// and its VM's start when it has a `vm_id`.
+struct SetAttrs {
+    bytes: Vec<u8>,
+    vm_start: Option<u64>,
+}
+
+#[derive(Default)]
+struct HistogramParts {
+    bounds: Vec<f64>,
+    cumulative: Vec<u64>,
+    sum: Option<f64>,
+}
+
+/// `NumberDataPoint.attributes` and `HistogramDataPoint.attributes`.
+const NUMBER_ATTRIBUTES: u8 = 7;
+const HISTOGRAM_ATTRIBUTES: u8 = 9;
+
+/// A data point's attribute: a `KeyValue` with a string `AnyValue`, the
+/// label renamed per the conventions ([`attribute_name`]).
+fn put_attribute(out: &mut Vec<u8>, field: u8, label: &str, value: &str) {
+    let key = attribute_name(label);
+    let any_len = str_field_len(value.len());
+    let kv_len = str_field_len(key.len()) + 1 + varint_len(any_len as u64) + any_len;
+    put_len(out, field, kv_len);
+    put_str(out, 1, key);
+    put_len(out, 2, any_len);
+    put_str(out, 1, value);
+}
+
+impl OtlpSink {
+    pub fn new(snap: &Snapshot, process_start: SystemTime) -> Self {
+        OtlpSink {
+            now: nanos(snap.collected_at),
+            started: nanos(process_start),
+            vm_starts: snap
+                .vms
+                .iter()
+                .map(|v| (v.id.clone(), secs_to_nanos(v.start_time_seconds)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            // 1000 VMs: about 3 MB.
+            metrics: Vec::with_capacity(1 << 20),
+            points: Vec::new(),
+            current: None,
+            sets: Vec::new(),
+            hist: HistogramParts::default(),
+            samples: 0,
+        }
+    }
+
+    /// Writes the current family's `Metric` (if any) from its points.
+    fn close_metric(&mut self) {
+        let Some(desc) = self.current.take() else {
+            return;
+        };
+        // The data arm: its points, then temporality (and monotonicity).
+        let (field, extra) = match desc.kind {
+            MetricType::Gauge => (5, 0),
+            MetricType::Counter => (7, 4),
+            MetricType::Histogram => (9, 2),
+        };
+        let data_len = self.points.len() + extra;
+        let unit = unit_of(desc.name);
+        let metric_len = str_field_len(desc.name.len())
+            + str_field_len(desc.help.len())
+            + str_field_len(unit.len())
+            + str_field_len(data_len);
+        let out = &mut self.metrics;
+        put_len(out, 2, metric_len);
+        put_str(out, 1, desc.name);
+        put_str(out, 2, desc.help);
+        put_str(out, 3, unit);
+        put_len(out, field, data_len);
+        out.extend_from_slice(&self.points);
+        if desc.kind != MetricType::Gauge {
+            out.push(2 << 3); // aggregation_temporality, varint
+            put_varint(out, CUMULATIVE as u64);
+        }
+        if desc.kind == MetricType::Counter {
+            out.push(3 << 3); // is_monotonic, varint
+            out.push(1);
+        }
+        self.points.clear();
+    }
+
+    /// The start of a counter series: its VM's when it has a `vm_id`.
+    fn start_of(&self, vm_id: Option<&str>) -> u64 {
+        vm_id
+            .and_then(|id| self.vm_starts.get(id))
+            .copied()
+            .unwrap_or(self.started)
+    }
+
+    /// A number point: `attrs` (written `NumberDataPoint.attributes`
+    /// fields) and the series' other labels.
+    fn number_point<'a>(
+        &mut self,
+        desc: &'static Desc,
+        attrs: &[u8],
+        own: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+        start: u64,
+        value: Value,
+    ) {
+        let own_len: usize = own
+            .clone()
+            .map(|(k, v)| {
+                let key = attribute_name(k);
+                let any = str_field_len(v.len());
+                str_field_len(str_field_len(key.len()) + 1 + varint_len(any as u64) + any)
+            })
+            .sum();
+        let with_start = desc.kind == MetricType::Counter;
+        let point_len = attrs.len() + own_len + if with_start { 9 } else { 0 } + 9 + 9;
+        let out = &mut self.points;
+        put_len(out, 1, point_len);
+        out.extend_from_slice(attrs);
+        for (k, v) in own {
+            put_attribute(out, NUMBER_ATTRIBUTES, k, v);
+        }
+        if with_start {
+            put_fixed64(out, 2, start);
+        }
+        put_fixed64(out, 3, self.now);
+        put_fixed64(out, 4, super::as_f64(value).to_bits());
+        self.samples += 1;
+    }
+
+    /// A histogram's `_bucket`, `_sum` or `_count` series: the point is
+    /// written at `_count`, the last of them.
+    fn histogram_part(&mut self, suffix: &str, labels: SeriesLabels<'_>, value: Value) {
+        // Counted as Prometheus series (each bucket, `_sum`, `_count`), as
+        // remote_write counts them.
+        self.samples += 1;
+        let v = super::as_f64(value);
+        match suffix {
+            "_bucket" => {
+                let le = labels
+                    .own()
+                    .find(|(k, _)| *k == "le")
+                    .and_then(|(_, v)| v.parse::<f64>().ok());
+                if let Some(le) = le.filter(|l| l.is_finite()) {
+                    self.hist.bounds.push(le);
+                }
+                self.hist.cumulative.push(v as u64);
+            }
+            "_sum" => self.hist.sum = Some(v),
+            _ => {
+                let parts = std::mem::take(&mut self.hist);
+                let mut attrs = Vec::new();
+                for (k, v) in labels.iter() {
+                    put_attribute(&mut attrs, HISTOGRAM_ATTRIBUTES, k, v);
+                }
+                let n = parts.cumulative.len();
+                let point_len = attrs.len()
+                    + 9 * 3
+                    + if parts.sum.is_some() { 9 } else { 0 }
+                    + str_field_len(8 * n)
+                    + str_field_len(8 * parts.bounds.len());
+                let out = &mut self.points;
+                put_len(out, 1, point_len);
+                out.extend_from_slice(&attrs);
+                put_fixed64(out, 2, self.started);
+                put_fixed64(out, 3, self.now);
+                put_fixed64(out, 4, v as u64);
+                if let Some(sum) = parts.sum {
+                    put_fixed64(out, 5, sum.to_bits());
+                }
+                // Per-bucket counts from the cumulative ones (packed).
+                put_len(out, 6, 8 * n);
+                let mut prev = 0;
+                for &c in &parts.cumulative {
+                    out.extend_from_slice(&c.saturating_sub(prev).to_le_bytes());
+                    prev = c;
+                }
+                put_len(out, 7, 8 * parts.bounds.len());
+                for b in &parts.bounds {
+                    out.extend_from_slice(&b.to_bits().to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+impl SeriesSink for OtlpSink {
+    fn family(&mut self, desc: &'static Desc) {
+        self.close_metric();
+        self.current = Some(desc);
+        self.hist = HistogramParts::default();
+    }
+
+    fn series(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: SeriesLabels<'_>,
+        value: Value,
+    ) {
+        if desc.kind == MetricType::Histogram {
+            return self.histogram_part(suffix, labels, value);
+        }
+        let Some((id, set)) = labels.set() else {
+            let vm_id = labels.iter().find(|(k, _)| *k == "vm_id").map(|(_, v)| v);
+            let start = self.start_of(vm_id);
+            return self.number_point(desc, &[], labels.iter(), start, value);
+        };
+        if self.sets.len() <= id {
+            self.sets.resize_with(id + 1, || None);
+        }
+        let mut slot = self.sets.get_mut(id).and_then(Option::take);
+        let prepared = slot.get_or_insert_with(|| {
+            let mut bytes = Vec::new();
+            for (k, v) in set {
+                put_attribute(&mut bytes, NUMBER_ATTRIBUTES, k, v);
+            }
+            let vm_id = set.iter().find(|(k, _)| *k == "vm_id");
+            SetAttrs {
+                bytes,
+                vm_start: vm_id.map(|(_, id)| self.start_of(Some(id))),
+            }
+        });
+        let start = prepared.vm_start.unwrap_or_else(|| {
+            let vm_id = labels.own().find(|(k, _)| *k == "vm_id").map(|(_, v)| v);
+            self.start_of(vm_id)
+        });
+        self.number_point(desc, &prepared.bytes, labels.own(), start, value);
+        if let Some(s) = self.sets.get_mut(id) {
+            *s = slot;
+        }
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
 /// Extra headers of an OTLP/HTTP request.
@@ -401,6 +720,46 @@ mod tests {
         assert_eq!(unit_of("vmscope_host_memory_used_ratio"), "1");
         assert_eq!(unit_of("vmscope_vm_network_receive_packets_total"), "");
         assert_eq!(unit_of("vmscope_vm_info"), "");
+    }
+
+    fn gunzip(body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut raw)
+            .unwrap();
+        raw
+    }
+
+    #[test]
+    fn the_wire_encoder_writes_what_the_reference_encoder_builds() {
+        // The encoder tests' source breaks each rule the text writer
+        // counts, and has a histogram: the wire encoder must skip exactly
+        // what the reference does and rebuild histograms the same way.
+        use crate::export::encoder::tests::Odd;
+        let mut snap = fixture::snapshot(5);
+        snap.vms[1].name = "a \"quoted\" \\ näme\nwith newline".into();
+        snap.vms[2].start_time_seconds = 0.0;
+        let sources: Vec<Arc<dyn MetricSource>> =
+            vec![Arc::new(Odd), Arc::new(crate::api::HttpMetrics::new())];
+        let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let attrs = [
+            ("deployment.environment".to_owned(), "lab".to_owned()),
+            ("service.name".to_owned(), "vmscope-eu".to_owned()),
+        ];
+        let (body, n) = encode_snapshot(&snap, &sources, started, &attrs);
+        let got = ExportMetricsServiceRequest::decode(gunzip(&body).as_slice()).unwrap();
+        let c = collect(&snap, &sources);
+        let want = request(&c, started, &attrs);
+        assert_eq!(n, c.samples);
+        let metrics = &got.resource_metrics[0].scope_metrics[0].metrics;
+        assert!(metrics.len() > 20, "{}", metrics.len());
+        assert!(
+            metrics
+                .iter()
+                .any(|m| matches!(m.data, Some(Data::Histogram(_))))
+        );
+        assert_eq!(got, want);
     }
 
     #[test]
