@@ -21,6 +21,9 @@
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use smallvec::SmallVec;
 
 use super::writer::{
     Desc, Format, LabelSet, MetricType, TextWriter, Value, WriterState, le_text, valid_label_names,
@@ -373,6 +376,76 @@ struct SharedSet {
     used_in: u32,
 }
 
+/// The label blocks of a family's plain series and histograms, for the
+/// duplicate check: by hash, the labels themselves kept back to back in
+/// buffers reused from family to family (no allocation per series; the
+/// hash only finds candidates, equal labels decide).
+#[derive(Debug, Default)]
+struct SeenLabels {
+    by_hash: HashMap<u64, SmallVec<[usize; 1]>, Hasher>,
+    hasher: Hasher,
+    /// All names and values, back to back.
+    text: String,
+    /// (end of the name, end of the value) in `text`, per label, series
+    /// after series.
+    labels: Vec<(usize, usize)>,
+    /// Where each series' labels start in `labels` (and the next's end).
+    series: Vec<usize>,
+}
+
+impl SeenLabels {
+    fn clear(&mut self) {
+        self.by_hash.clear();
+        self.text.clear();
+        self.labels.clear();
+        self.series.clear();
+    }
+
+    /// Series `i`'s labels.
+    fn get(&self, i: usize) -> impl Iterator<Item = (&str, &str)> {
+        let from = self.series.get(i).copied().unwrap_or(0);
+        let to = self.series.get(i + 1).copied().unwrap_or(self.labels.len());
+        let mut at = if from == 0 {
+            0
+        } else {
+            self.labels.get(from - 1).map_or(0, |l| l.1)
+        };
+        self.labels
+            .get(from..to)
+            .unwrap_or_default()
+            .iter()
+            .map(move |&(name_end, value_end)| {
+                let k = self.text.get(at..name_end).unwrap_or_default();
+                let v = self.text.get(name_end..value_end).unwrap_or_default();
+                at = value_end;
+                (k, v)
+            })
+    }
+
+    /// Adds `labels` unless the family has a series with the same ones;
+    /// `false` if it has.
+    fn insert(&mut self, labels: &[(&str, &str)]) -> bool {
+        let h = self.hasher.hash_one(labels);
+        if let Some(candidates) = self.by_hash.get(&h)
+            && candidates
+                .iter()
+                .any(|&i| self.get(i).eq(labels.iter().copied()))
+        {
+            return false;
+        }
+        let i = self.series.len();
+        self.series.push(self.labels.len());
+        for (k, v) in labels {
+            self.text.push_str(k);
+            let name_end = self.text.len();
+            self.text.push_str(v);
+            self.labels.push((name_end, self.text.len()));
+        }
+        self.by_hash.entry(h).or_default().push(i);
+        true
+    }
+}
+
 /// The extra labels of the series of one run of `sample_in` calls, for
 /// the duplicate check, in buffers reused from run to run: no allocation
 /// per series (a push writes some 50 000 of them).
@@ -437,7 +510,7 @@ pub struct SampleCollector {
     mode: Option<Mode>,
     /// Label blocks of the current family's plain series and histograms,
     /// for the duplicate check.
-    seen: HashSet<Vec<(String, String)>, Hasher>,
+    seen: SeenLabels,
     sets: Vec<SharedSet>,
     /// Registered sets by their labels and validity (as the text writer
     /// finds an equal set again: one set per distinct label block).
@@ -482,7 +555,7 @@ impl SampleCollector {
             current: None,
             opened: false,
             mode: None,
-            seen: HashSet::default(),
+            seen: SeenLabels::default(),
             sets: Vec::new(),
             set_index: HashMap::default(),
             family_no: 0,
@@ -606,11 +679,7 @@ impl SampleCollector {
     /// False (and counted) when a plain series or histogram repeats the
     /// labels of one of this family's.
     fn first_time(&mut self, labels: &[(&str, &str)]) -> bool {
-        let key = labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        if self.seen.insert(key) {
+        if self.seen.insert(labels) {
             true
         } else {
             self.duplicate += 1;
@@ -753,6 +822,26 @@ impl SampleCollector {
 pub(crate) mod tests {
     use super::*;
     use crate::export::{Histogram, MetricSource, encode, fixture};
+
+    #[test]
+    fn a_family_refuses_exactly_the_repeated_label_blocks() {
+        let mut s = SeenLabels::default();
+        assert!(s.insert(&[("a", "1"), ("b", "2")]));
+        assert!(!s.insert(&[("a", "1"), ("b", "2")]));
+        // Same bytes, other boundaries: other labels.
+        assert!(s.insert(&[("a", "12"), ("b", "")]));
+        assert!(s.insert(&[("a1", ""), ("b", "2")]));
+        assert!(s.insert(&[("b", "2"), ("a", "1")]));
+        assert!(s.insert(&[("a", "1")]));
+        assert!(s.insert(&[]));
+        assert!(!s.insert(&[]));
+        assert!(!s.insert(&[("a", "1")]));
+        assert!(!s.insert(&[("a", "12"), ("b", "")]));
+        assert!(s.get(0).eq([("a", "1"), ("b", "2")]));
+        assert!(s.get(2).eq([("a1", ""), ("b", "2")]));
+        s.clear();
+        assert!(s.insert(&[("a", "1"), ("b", "2")]));
+    }
 
     #[test]
     fn a_run_refuses_exactly_the_repeated_extra_labels() {

@@ -175,7 +175,11 @@ pub fn encode_snapshot(
     configured: &[(String, String)],
 ) -> (Vec<u8>, usize) {
     let host = snap.host.hostname.clone().unwrap_or_default();
-    let sink = WireSink::new(snap.collected_at, external_labels(configured, &host));
+    let sink = WireSink::with_vms(
+        snap.collected_at,
+        external_labels(configured, &host),
+        snap.vms.len(),
+    );
     let mut c = SampleCollector::with_sink(Box::new(sink));
     super::collect::write_all(snap, sources, &mut c);
     let Some(sink) = c.into_sink::<WireSink>() else {
@@ -378,6 +382,14 @@ fn label_field_len(k: &str, v: &str, w: &str) -> usize {
 
 impl WireSink {
     pub fn new(at: SystemTime, external: Vec<(String, String)>) -> Self {
+        Self::with_vms(at, external, 0)
+    }
+
+    /// A sink for a snapshot of `vms` VMs: its buffer is sized for them at
+    /// once (about 4.5 KB per VM, measured at 1000; growing by doubling
+    /// from 1 MiB copied 7 MB per push). Capacity not written to is not
+    /// touched, so it costs address space, not memory.
+    pub fn with_vms(at: SystemTime, external: Vec<(String, String)>, vms: usize) -> Self {
         let ts = at
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -385,8 +397,7 @@ impl WireSink {
         WireSink {
             ts,
             external,
-            // 1000 VMs: about 4.5 MB; grown by doubling from here.
-            series: Vec::with_capacity(1 << 20),
+            series: Vec::with_capacity((64 << 10) + vms.saturating_mul(5 << 10)),
             meta: Vec::new(),
             samples: 0,
             sets: Vec::new(),
