@@ -259,7 +259,9 @@ impl OwnerSource for MappingFile {
             // Never parsed, or the readers hold another map (the runner
             // dropped a late answer): a full fetch.
             let bytes = self.read()?;
-            return self.parse_file(&meta, now, bytes).map(Fetched::Map);
+            return self
+                .parse_file(&meta, now, bytes)
+                .map(|m| Fetched::Map(Box::new(m)));
         };
         if seen.trusted && seen.stamp == stamp(&meta) && seen.verified.elapsed() < REVERIFY {
             return Ok(Fetched::Unchanged);
@@ -273,7 +275,8 @@ impl OwnerSource for MappingFile {
             seen.verified = Instant::now();
             return Ok(Fetched::Unchanged);
         }
-        self.parse_file(&meta, now, bytes).map(Fetched::Map)
+        self.parse_file(&meta, now, bytes)
+            .map(|m| Fetched::Map(Box::new(m)))
     }
 }
 
@@ -297,9 +300,10 @@ struct Doc {
     vm: Vec<Row>,
 }
 
-/// The rows of a whole file; how many were skipped. An error when the file
+/// The rows of a whole file; how many were skipped (public for
+/// `benches/owners_map.rs`). An error when the file
 /// does not parse as a whole (nothing is taken from a half-written file).
-fn parse(text: &str, format: Format) -> Result<(OwnerMap, usize), String> {
+pub fn parse(text: &str, format: Format) -> Result<(OwnerMap, usize), String> {
     let mut map = OwnerMap::default();
     let mut skipped = 0;
     let mut take = |r: Row| {

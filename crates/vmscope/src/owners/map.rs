@@ -8,7 +8,7 @@
 //!
 //! Design (issue 17: a 100 000-row mapping cost ~80 MiB): a platform has
 //! many VMs but far fewer owners, so each distinct owner row is stored once
-//! ([`OwnerMap::owners`]) and a VM key points at it by a `u32` index.
+//! (`owners`) and a VM key points at it by a `u32` index.
 //! UUID ids, the common key, are kept as 16 bytes rather than a 36-byte
 //! string; other ids and names as `Box<str>` (no spare capacity). A lookup
 //! allocates nothing, except for a non-UUID id with uppercase letters.

@@ -45,7 +45,7 @@ pub trait OwnerSource: Send + 'static {
     /// fetches; the runner then compares versions, not rows.
     fn refresh(&mut self, published: Option<u64>) -> Result<Fetched, FetchError> {
         let _ = published;
-        self.fetch().map(Fetched::Map)
+        self.fetch().map(|m| Fetched::Map(Box::new(m)))
     }
 }
 
@@ -55,8 +55,9 @@ pub enum Fetched {
     /// The rows are those of the map the readers hold.
     Unchanged,
     /// The rows as read now (maybe still equal to the published ones: the
-    /// runner checks the version).
-    Map(OwnerMap),
+    /// runner checks the version). Boxed: an `OwnerMap` is a few hundred
+    /// bytes of tables' headers, moved between threads.
+    Map(Box<OwnerMap>),
 }
 
 /// Why one fetch failed: `kind` becomes the error counter's label, so it is
@@ -329,7 +330,7 @@ fn record(
                     let rows = map.len();
                     // Outside the lock: compacting reallocates the tables.
                     map.compact();
-                    let map = Arc::new(map);
+                    let map = Arc::new(*map);
                     let old = std::mem::replace(
                         &mut *shared.map.write().unwrap_or_else(PoisonError::into_inner),
                         map,
@@ -537,6 +538,56 @@ mod tests {
         let before = t.health().last_success;
         eventually("another success", || t.health().last_success != before);
         assert!(Arc::ptr_eq(&first, &t.r.published.try_map().unwrap()));
+    }
+
+    /// Builds its map once, then answers `Unchanged` whenever the readers
+    /// hold a map; records what it was asked with.
+    struct Remembers {
+        asked: Arc<Mutex<Vec<Option<u64>>>>,
+    }
+
+    impl OwnerSource for Remembers {
+        fn fetch(&mut self) -> Result<OwnerMap, FetchError> {
+            Ok([(
+                VmKey::Pid(7),
+                Owner {
+                    user_id: Some("u".into()),
+                    ..Owner::default()
+                },
+            )]
+            .into_iter()
+            .collect())
+        }
+
+        fn refresh(&mut self, published: Option<u64>) -> Result<Fetched, FetchError> {
+            self.asked.lock().unwrap().push(published);
+            match published {
+                Some(_) => Ok(Fetched::Unchanged),
+                None => self.fetch().map(|m| Fetched::Map(Box::new(m))),
+            }
+        }
+    }
+
+    #[test]
+    fn a_source_is_asked_relative_to_the_map_the_readers_hold() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let source = Remembers {
+            asked: Arc::clone(&asked),
+        };
+        let r = spawn("test", Box::new(source), FAST).unwrap();
+        eventually("three refreshes", || asked.lock().unwrap().len() >= 3);
+        let map = r.published.try_map().unwrap();
+        assert_eq!(map.len(), 1);
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked[0], None);
+        assert!(
+            asked[1..].iter().all(|v| *v == Some(map.version())),
+            "{asked:?}"
+        );
+        // Unchanged answers still count as successes, with the rows kept.
+        let h = r.published.health();
+        assert!(h.up);
+        assert_eq!(h.rows, 1);
     }
 
     #[test]
