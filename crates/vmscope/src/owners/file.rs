@@ -2,8 +2,8 @@
 //! platform's orchestration writes, mapping VMs to owners.
 //!
 //! Reads: the file (TOML, JSON or CSV, by `format` or the extension), on the
-//! source's own thread every `interval`, parsing it only when its size or
-//! modification time changed. Emits: an [`OwnerMap`] of its rows. Each row
+//! source's own thread every `interval`: a `stat`, and the file itself only
+//! when the stat says it may have changed (see "Unchanged" below). Emits: an [`OwnerMap`] of its rows. Each row
 //! names its VM by exactly one of `id` (UUID or the platform's VM id),
 //! `name` or `pid`, and any of `user_id`, `user_name`, `project_id`,
 //! `project_name`:
@@ -18,17 +18,35 @@
 //! header line with those column names, then one row per line (fields may be
 //! double-quoted, `""` for a quote).
 //!
+//! Unchanged: a refresh answers [`Fetched::Unchanged`] (no read, no map
+//! built, nothing published) when the file's stat (device, inode, size,
+//! mtime and ctime, to the nanosecond) is the one of the last parse, and
+//! that parse's map is the one the readers hold. ctime is in the stamp
+//! because no writer can set it: a rewrite that restores the old mtime
+//! (`touch -r`, `cp -p`, `rsync -t` in place) still moves it; the inode
+//! catches an atomic rename of a new file. A stamp is only trusted once it
+//! is [`RACY`] old when taken (git's "racily clean" rule): a rewrite of the
+//! same size within the same timestamp tick as the previous write (coarse
+//! filesystem clocks tick in milliseconds, FAT's in 2 s) cannot be told
+//! from the stat, so while the file is that young each refresh reads it and
+//! compares a hash of its bytes instead (a few ms for a 5 MB file), still
+//! without parsing when the bytes are the same. As a safety net against a
+//! clock that misbehaves (an NFS server whose clock lags), the bytes are
+//! also hashed at least every [`REVERIFY`].
+//!
 //! Fails: a file that cannot be read or does not parse as a whole is a
 //! failed fetch (`read` / `parse`) and the last good mapping stays: a
 //! half-written file never replaces a good one. A row without a VM key, or
 //! with two, is skipped and counted in the log, never fatal.
 
+use std::hash::Hasher;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
 
-use super::{FetchError, OwnerMap, OwnerSource, OwnersConfig, RunOptions, Source, VmKey};
+use super::{FetchError, Fetched, OwnerMap, OwnerSource, OwnersConfig, RunOptions, Source, VmKey};
 use crate::model::Owner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -101,12 +119,7 @@ pub fn start(cfg: &OwnersConfig) -> Option<Source> {
     // `validate` refused a format it cannot tell; this is its fallback.
     let format = c.format().ok().flatten()?;
     Some(Source::Fetched(
-        Box::new(MappingFile {
-            path,
-            format,
-            seen: None,
-            last: OwnerMap::default(),
-        }),
+        Box::new(MappingFile::new(path, format)),
         RunOptions {
             every: c.interval,
             timeout: c.timeout,
@@ -114,32 +127,156 @@ pub fn start(cfg: &OwnersConfig) -> Option<Source> {
     ))
 }
 
+/// A stat of the file younger than this when taken is not trusted to show
+/// the next rewrite: see the module doc.
+pub const RACY: Duration = Duration::from_secs(2);
+
+/// The bytes are hashed at least this often even when the stat is trusted.
+pub const REVERIFY: Duration = Duration::from_secs(300);
+
 struct MappingFile {
     path: PathBuf,
     format: Format,
-    /// (size, mtime) of the file last parsed.
-    seen: Option<(u64, SystemTime)>,
-    last: OwnerMap,
+    /// What the last successful parse saw.
+    seen: Option<Seen>,
+    /// [`RACY`]; a field so that tests can trust a file they just wrote.
+    racy: Duration,
+    /// Parses so far (for the tests: an unchanged file is not parsed).
+    parses: u64,
+    /// Reads of the file's bytes so far (likewise).
+    reads: u64,
+}
+
+/// The file as last parsed.
+struct Seen {
+    stamp: Stamp,
+    /// The stamp was at least [`RACY`] old when taken.
+    trusted: bool,
+    /// When the bytes were last hashed.
+    verified: Instant,
+    /// Hash of the bytes parsed.
+    bytes: u64,
+    /// [`OwnerMap::version`] of the map they gave.
+    version: u64,
+}
+
+/// Device, inode, size, mtime and ctime (ns).
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    (
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// Whether the file's last change (mtime or ctime, the later) is at least
+/// `racy` before `now`. A change time in the future (a skewed clock) is
+/// never trusted.
+fn settled(m: &std::fs::Metadata, now: SystemTime, racy: Duration) -> bool {
+    let changed = |secs: i64, nsec: i64| {
+        let nanos = i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        now - nanos
+    };
+    let age = changed(m.mtime(), m.mtime_nsec()).min(changed(m.ctime(), m.ctime_nsec()));
+    age >= racy.as_nanos() as i128
+}
+
+fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(b);
+    h.finish()
+}
+
+impl MappingFile {
+    fn new(path: PathBuf, format: Format) -> Self {
+        MappingFile {
+            path,
+            format,
+            seen: None,
+            racy: RACY,
+            parses: 0,
+            reads: 0,
+        }
+    }
+
+    /// Parses the file's `bytes`; `meta` is its stat, taken (at `now`)
+    /// before the read, so that a write after it changes the next stat.
+    fn parse_file(
+        &mut self,
+        meta: &std::fs::Metadata,
+        now: SystemTime,
+        bytes: Vec<u8>,
+    ) -> Result<OwnerMap, FetchError> {
+        let hash = hash_bytes(&bytes);
+        let text = String::from_utf8(bytes).map_err(|e| FetchError::new("parse", e))?;
+        self.parses += 1;
+        let (map, skipped) = parse(&text, self.format).map_err(|e| FetchError::new("parse", e))?;
+        drop(text);
+        if skipped > 0 {
+            tracing::warn!(path = %self.path.display(), skipped, "owner mapping rows without exactly one of id, name, pid were skipped");
+        }
+        self.seen = Some(Seen {
+            stamp: stamp(meta),
+            trusted: settled(meta, now, self.racy),
+            verified: Instant::now(),
+            bytes: hash,
+            version: map.version(),
+        });
+        Ok(map)
+    }
+
+    fn read(&mut self) -> Result<Vec<u8>, FetchError> {
+        self.reads += 1;
+        std::fs::read(&self.path).map_err(|e| FetchError::new("read", e))
+    }
+
+    fn metadata(&self) -> Result<std::fs::Metadata, FetchError> {
+        std::fs::metadata(&self.path).map_err(|e| FetchError::new("read", e))
+    }
 }
 
 impl OwnerSource for MappingFile {
     fn fetch(&mut self) -> Result<OwnerMap, FetchError> {
-        let meta = std::fs::metadata(&self.path).map_err(|e| FetchError::new("read", e))?;
-        let stamp = (
-            meta.len(),
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        if self.seen == Some(stamp) {
-            return Ok(self.last.clone());
+        let now = SystemTime::now();
+        let meta = self.metadata()?;
+        let bytes = self.read()?;
+        self.parse_file(&meta, now, bytes)
+    }
+
+    fn refresh(&mut self, published: Option<u64>) -> Result<Fetched, FetchError> {
+        let now = SystemTime::now();
+        let meta = self.metadata()?;
+        let Some(seen) = self.seen.as_mut().filter(|s| published == Some(s.version)) else {
+            // Never parsed, or the readers hold another map (the runner
+            // dropped a late answer): a full fetch.
+            let bytes = self.read()?;
+            return self
+                .parse_file(&meta, now, bytes)
+                .map(|m| Fetched::Map(Box::new(m)));
+        };
+        if seen.trusted && seen.stamp == stamp(&meta) && seen.verified.elapsed() < REVERIFY {
+            return Ok(Fetched::Unchanged);
         }
-        let text = std::fs::read_to_string(&self.path).map_err(|e| FetchError::new("read", e))?;
-        let (map, skipped) = parse(&text, self.format).map_err(|e| FetchError::new("parse", e))?;
-        if skipped > 0 {
-            tracing::warn!(path = %self.path.display(), skipped, "owner mapping rows without exactly one of id, name, pid were skipped");
+        let bytes = self.read()?;
+        let hash = hash_bytes(&bytes);
+        if let Some(seen) = self.seen.as_mut().filter(|s| s.bytes == hash) {
+            // Touched, or rewritten with the same bytes: nothing to parse.
+            seen.stamp = stamp(&meta);
+            seen.trusted = settled(&meta, now, self.racy);
+            seen.verified = Instant::now();
+            return Ok(Fetched::Unchanged);
         }
-        self.seen = Some(stamp);
-        self.last = map.clone();
-        Ok(map)
+        self.parse_file(&meta, now, bytes)
+            .map(|m| Fetched::Map(Box::new(m)))
     }
 }
 
@@ -163,61 +300,76 @@ struct Doc {
     vm: Vec<Row>,
 }
 
-/// The rows of a whole file; how many were skipped. An error when the file
+/// The rows of a whole file; how many were skipped (public for
+/// `benches/owners_map.rs`). An error when the file
 /// does not parse as a whole (nothing is taken from a half-written file).
-fn parse(text: &str, format: Format) -> Result<(OwnerMap, usize), String> {
-    let rows: Vec<Row> = match format {
-        Format::Toml => toml::from_str::<Doc>(text).map_err(|e| e.to_string())?.vm,
+pub fn parse(text: &str, format: Format) -> Result<(OwnerMap, usize), String> {
+    let mut map = OwnerMap::default();
+    let mut skipped = 0;
+    let mut take = |r: Row| {
+        if !add_row(&mut map, r) {
+            skipped += 1;
+        }
+    };
+    match format {
+        Format::Toml => toml::from_str::<Doc>(text)
+            .map_err(|e| e.to_string())?
+            .vm
+            .into_iter()
+            .for_each(take),
         Format::Json => {
-            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
             let rows = if v.is_array() {
                 v
             } else {
-                v.get("vm").cloned().unwrap_or(serde_json::Value::Null)
+                v.get_mut("vm")
+                    .map_or(serde_json::Value::Null, serde_json::Value::take)
             };
-            serde_json::from_value(rows).map_err(|e| e.to_string())?
+            let rows: Vec<Row> = serde_json::from_value(rows).map_err(|e| e.to_string())?;
+            rows.into_iter().for_each(take);
         }
-        Format::Csv => csv_rows(text)?,
-    };
-    let mut map = OwnerMap::default();
-    let mut skipped = 0;
-    for r in rows {
-        let key = match (r.id, r.name, r.pid) {
-            (Some(id), None, None) if !id.trim().is_empty() => VmKey::Id(id.trim().to_owned()),
-            (None, Some(name), None) if !name.is_empty() => VmKey::Name(name),
-            (None, None, Some(pid)) => VmKey::Pid(pid),
-            _ => {
-                skipped += 1;
-                continue;
-            }
-        };
-        let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
-        let owner = Owner {
-            user_id: nonempty(r.user_id),
-            user_name: nonempty(r.user_name),
-            project_id: nonempty(r.project_id),
-            project_name: nonempty(r.project_name),
-        };
-        if owner == Owner::default() {
-            skipped += 1;
-            continue;
-        }
-        map.insert(key, owner);
+        // Row by row into the map: a 100 000-line file is never held as
+        // rows of owned strings on top of the map.
+        Format::Csv => csv_rows(text, &mut take)?,
     }
     map.skipped = skipped;
     Ok((map, skipped))
 }
 
-/// CSV with a header line naming the columns. The file parses as a whole or
-/// not at all: an unknown column, an unterminated quote or a row with the
-/// wrong number of fields is an error.
-fn csv_rows(text: &str) -> Result<Vec<Row>, String> {
+/// Puts one row in `map`; `false` if it is malformed (no VM key or two, no
+/// owner field).
+fn add_row(map: &mut OwnerMap, r: Row) -> bool {
+    let key = match (r.id, r.name, r.pid) {
+        (Some(id), None, None) if !id.trim().is_empty() => VmKey::Id(id.trim().to_owned()),
+        (None, Some(name), None) if !name.is_empty() => VmKey::Name(name),
+        (None, None, Some(pid)) => VmKey::Pid(pid),
+        _ => return false,
+    };
+    let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+    let owner = Owner {
+        user_id: nonempty(r.user_id),
+        user_name: nonempty(r.user_name),
+        project_id: nonempty(r.project_id),
+        project_name: nonempty(r.project_name),
+    };
+    if owner == Owner::default() {
+        return false;
+    }
+    map.insert(key, owner);
+    true
+}
+
+/// CSV with a header line naming the columns, each row handed to `each`.
+/// The file parses as a whole or not at all: an unknown column, an
+/// unterminated quote or a row with the wrong number of fields is an error
+/// (the caller drops what `each` built).
+fn csv_rows(text: &str, each: &mut impl FnMut(Row)) -> Result<(), String> {
     let mut lines = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty());
     let Some((_, header)) = lines.next() else {
-        return Ok(Vec::new());
+        return Ok(());
     };
     let columns = csv_fields(header).ok_or("line 1: unterminated quote")?;
     for c in &columns {
@@ -228,7 +380,6 @@ fn csv_rows(text: &str) -> Result<Vec<Row>, String> {
             ));
         }
     }
-    let mut rows = Vec::new();
     for (i, line) in lines {
         let n = i + 1;
         let fields = csv_fields(line).ok_or_else(|| format!("line {n}: unterminated quote"))?;
@@ -261,9 +412,9 @@ fn csv_rows(text: &str) -> Result<Vec<Row>, String> {
                 _ => row.project_name = v,
             }
         }
-        rows.push(row);
+        each(row);
     }
-    Ok(rows)
+    Ok(())
 }
 
 const COLUMNS: &[&str] = &[
@@ -303,6 +454,9 @@ fn csv_fields(line: &str) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use std::sync::Arc;
+
     use super::*;
     use crate::owners::VmFacts;
 
@@ -386,12 +540,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("owners.toml");
         std::fs::write(&path, "[[vm]]\nname = \"web-1\"\nuser_name = \"alice\"\n").unwrap();
-        let mut src = MappingFile {
-            path: path.clone(),
-            format: Format::Toml,
-            seen: None,
-            last: OwnerMap::default(),
-        };
+        let mut src = MappingFile::new(path.clone(), Format::Toml);
         let map = src.fetch().unwrap();
         assert_eq!(user(&map, facts("x", "web-1", 1)).as_deref(), Some("alice"));
         // Half-written: the fetch fails (the runner keeps the last map).
@@ -405,6 +554,131 @@ mod tests {
         // Gone: a read error.
         std::fs::remove_file(&path).unwrap();
         assert_eq!(src.fetch().unwrap_err().kind, "read");
+    }
+
+    fn version(f: Fetched) -> u64 {
+        match f {
+            Fetched::Map(m) => m.version(),
+            Fetched::Unchanged => panic!("expected a map, got unchanged"),
+        }
+    }
+
+    const ALICE: &str = "name,user_name\nweb-1,alice\n";
+    const BOBBY: &str = "name,user_name\nweb-1,bobby\n";
+
+    #[test]
+    fn an_unchanged_file_is_neither_read_nor_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owners.csv");
+        std::fs::write(&path, ALICE).unwrap();
+        let mut src = MappingFile::new(path.clone(), Format::Csv);
+        let v = version(src.refresh(None).unwrap());
+        assert_eq!((src.reads, src.parses), (1, 1));
+        // Just written, so the stat is not trusted yet: read and hashed,
+        // not parsed.
+        assert!(matches!(src.refresh(Some(v)).unwrap(), Fetched::Unchanged));
+        assert_eq!((src.reads, src.parses), (2, 1));
+        // A settled file (here: a zero racy window): the stat alone.
+        src.racy = Duration::ZERO;
+        src.seen.as_mut().unwrap().trusted = true;
+        for _ in 0..3 {
+            assert!(matches!(src.refresh(Some(v)).unwrap(), Fetched::Unchanged));
+        }
+        assert_eq!((src.reads, src.parses), (2, 1));
+        // Readers holding another map (the runner dropped a late answer)
+        // get the full map again.
+        assert_eq!(version(src.refresh(Some(v ^ 1)).unwrap()), v);
+        assert_eq!(version(src.refresh(None).unwrap()), v);
+        // Touched (new mtime and ctime), same bytes: read, not parsed.
+        let parses = src.parses;
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(1))
+            .unwrap();
+        assert!(matches!(src.refresh(Some(v)).unwrap(), Fetched::Unchanged));
+        assert_eq!(src.parses, parses);
+    }
+
+    /// Rewrites `path` in place with `text` and puts its mtime back to what
+    /// it was, to the nanosecond: only the bytes (and the ctime) differ.
+    fn rewrite_keeping_mtime(path: &std::path::Path, text: &str) {
+        let before = std::fs::metadata(path).unwrap();
+        std::fs::write(path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(before.modified().unwrap()).unwrap();
+        let after = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            (after.ino(), after.len(), after.modified().unwrap()),
+            (before.ino(), before.len(), before.modified().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_the_same_mtime_is_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owners.csv");
+        std::fs::write(&path, ALICE).unwrap();
+        let mut src = MappingFile::new(path.clone(), Format::Csv);
+        let v = version(src.refresh(None).unwrap());
+
+        // Within the racy window: the bytes are compared.
+        rewrite_keeping_mtime(&path, BOBBY);
+        let Fetched::Map(map) = src.refresh(Some(v)).unwrap() else {
+            panic!("a rewrite of the same size and mtime was missed");
+        };
+        assert_eq!(user(&map, facts("x", "web-1", 1)).as_deref(), Some("bobby"));
+        let v = map.version();
+
+        // With the stat trusted at once (no racy window), the ctime, which
+        // no writer can set back, still tells.
+        src.racy = Duration::ZERO;
+        assert!(matches!(src.refresh(Some(v)).unwrap(), Fetched::Unchanged));
+        std::thread::sleep(Duration::from_millis(20));
+        rewrite_keeping_mtime(&path, ALICE);
+        let Fetched::Map(map) = src.refresh(Some(v)).unwrap() else {
+            panic!("a rewrite that kept the mtime was missed");
+        };
+        assert_eq!(user(&map, facts("x", "web-1", 1)).as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn through_the_runner_an_unchanged_file_keeps_the_readers_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("owners.csv");
+        std::fs::write(&path, ALICE).unwrap();
+        let opts = RunOptions {
+            every: Duration::from_millis(20),
+            timeout: Duration::from_secs(5),
+        };
+        let r = crate::owners::runner::spawn(
+            "file",
+            Box::new(MappingFile::new(path.clone(), Format::Csv)),
+            opts,
+        )
+        .unwrap();
+        let published = &r.published;
+        let eventually = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f() {
+                assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        eventually("the first map", &|| published.health().up);
+        let first = published.try_map().unwrap();
+        for _ in 0..3 {
+            let before = published.health().last_success;
+            eventually("another refresh", &|| {
+                published.health().last_success != before
+            });
+        }
+        assert!(Arc::ptr_eq(&first, &published.try_map().unwrap()));
+        assert_eq!(published.health().rows, 1);
+        // A real change (same size, same mtime) is published.
+        rewrite_keeping_mtime(&path, BOBBY);
+        eventually("the change", &|| {
+            let m = published.try_map().unwrap();
+            user(&m, facts("x", "web-1", 1)).as_deref() == Some("bobby")
+        });
     }
 
     #[test]

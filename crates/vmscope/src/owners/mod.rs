@@ -55,7 +55,7 @@ use crate::outbound::Secret;
 pub use map::{DaysHistogram, Inventory, OwnerMap, VmKey};
 pub use metrics::OwnerSourceMetrics;
 pub use resolve::{Owners, fill};
-pub use runner::{FetchError, Health, OwnerSource, RunOptions};
+pub use runner::{FetchError, Fetched, Health, OwnerSource, RunOptions};
 
 /// `[owners]`: the precedence, the cardinality cap and one sub-table per
 /// source, keyed by the source's name.

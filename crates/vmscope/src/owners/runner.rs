@@ -7,6 +7,12 @@
 //! waits: the lock is only ever held for a pointer swap), and the source's
 //! [`Health`].
 //!
+//! A refresh that finds the rows unchanged (the source says so, or the
+//! map it built has the [`OwnerMap::version`] of the published one)
+//! publishes nothing: the readers keep their `Arc` (the tick re-resolves
+//! no VM) and no copy of the map is made or compared row by row; only the
+//! health's `last_success` moves.
+//!
 //! Two threads per source: a worker that owns the source and fetches when
 //! asked, and a supervisor that asks every `every` and waits at most
 //! `timeout`. A fetch is blocking code that cannot be cancelled: one that
@@ -30,6 +36,28 @@ pub trait OwnerSource: Send + 'static {
     /// Reads the source's rows, all of them. Blocking is fine (this runs on
     /// the source's own thread); the runner enforces the timeout.
     fn fetch(&mut self) -> Result<OwnerMap, FetchError>;
+
+    /// What the runner calls: like [`OwnerSource::fetch`], but a source
+    /// that can tell cheaply that its rows are still those of the map the
+    /// readers hold (`published`: that map's [`OwnerMap::version`], `None`
+    /// before the first) answers [`Fetched::Unchanged`] without building a
+    /// map (the mapping file: by its stat, see `file.rs`). By default it
+    /// fetches; the runner then compares versions, not rows.
+    fn refresh(&mut self, published: Option<u64>) -> Result<Fetched, FetchError> {
+        let _ = published;
+        self.fetch().map(|m| Fetched::Map(Box::new(m)))
+    }
+}
+
+/// One refresh's answer.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The rows are those of the map the readers hold.
+    Unchanged,
+    /// The rows as read now (maybe still equal to the published ones: the
+    /// runner checks the version). Boxed: an `OwnerMap` is a few hundred
+    /// bytes of tables' headers, moved between threads.
+    Map(Box<OwnerMap>),
 }
 
 /// Why one fetch failed: `kind` becomes the error counter's label, so it is
@@ -194,13 +222,14 @@ pub fn spawn(
 ) -> std::io::Result<Running> {
     let published = Arc::new(Published::default());
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let (ask_tx, ask_rx) = mpsc::sync_channel::<()>(1);
-    let (answer_tx, answer_rx) = mpsc::sync_channel::<Result<OwnerMap, FetchError>>(1);
+    // Each ask carries the version of the map the readers hold.
+    let (ask_tx, ask_rx) = mpsc::sync_channel::<Option<u64>>(1);
+    let (answer_tx, answer_rx) = mpsc::sync_channel::<Result<Fetched, FetchError>>(1);
     std::thread::Builder::new()
         .name(format!("vmscope-owners-{name}-fetch"))
         .spawn(move || {
-            for () in ask_rx {
-                if answer_tx.send(source.fetch()).is_err() {
+            for published in ask_rx {
+                if answer_tx.send(source.refresh(published)).is_err() {
                     return;
                 }
             }
@@ -221,11 +250,15 @@ fn supervise(
     name: &'static str,
     opts: RunOptions,
     shared: &Published,
-    ask: &mpsc::SyncSender<()>,
-    answer: &mpsc::Receiver<Result<OwnerMap, FetchError>>,
+    ask: &mpsc::SyncSender<Option<u64>>,
+    answer: &mpsc::Receiver<Result<Fetched, FetchError>>,
     stop: &mpsc::Receiver<()>,
 ) {
     let mut hanging = false;
+    // The version of the published map (`None`: the empty one at start).
+    // A late answer that was dropped never becomes it, so the source is
+    // always asked relative to what the readers really hold.
+    let mut published: Option<u64> = None;
     loop {
         let started = Instant::now();
         if hanging {
@@ -239,11 +272,21 @@ fn supervise(
         let timed_out = || ("timeout", format!("no answer within {:?}", opts.timeout));
         let outcome = if hanging {
             Err(timed_out())
-        } else if ask.send(()).is_err() {
+        } else if ask.send(published).is_err() {
             return panicked(name, shared);
         } else {
             match answer.recv_timeout(opts.timeout) {
-                Ok(Ok(map)) => Ok(map),
+                Ok(Ok(Fetched::Map(map))) if Some(map.version()) == published => {
+                    // Equal rows, built again: dropped here, on the source's
+                    // thread, and nothing is published.
+                    drop(map);
+                    Ok(Fetched::Unchanged)
+                }
+                Ok(Ok(Fetched::Map(map))) => {
+                    published = Some(map.version());
+                    Ok(Fetched::Map(map))
+                }
+                Ok(Ok(Fetched::Unchanged)) => Ok(Fetched::Unchanged),
                 Ok(Err(e)) => Err((e.kind, format!("{e}: {}", e.source))),
                 Err(RecvTimeoutError::Timeout) => {
                     hanging = true;
@@ -272,28 +315,41 @@ fn supervise(
     }
 }
 
-/// Publishes a good map (only when it changed, so the tick re-resolves only
-/// then) or counts the error; logs when `up` changes.
+/// Publishes a changed map (the tick re-resolves only then), notes an
+/// unchanged refresh, or counts the error; logs when `up` changes.
 fn record(
     name: &'static str,
     shared: &Published,
-    outcome: Result<OwnerMap, (&'static str, String)>,
+    outcome: Result<Fetched, (&'static str, String)>,
 ) {
     let was_up = shared.health().up;
     match outcome {
-        Ok(map) => {
-            let rows = map.len();
-            {
-                let mut current = shared.map.write().unwrap_or_else(PoisonError::into_inner);
-                if **current != map {
-                    *current = Arc::new(map);
+        Ok(fetched) => {
+            let rows = match fetched {
+                Fetched::Map(mut map) => {
+                    let rows = map.len();
+                    // Outside the lock: compacting reallocates the tables.
+                    map.compact();
+                    let map = Arc::new(*map);
+                    let old = std::mem::replace(
+                        &mut *shared.map.write().unwrap_or_else(PoisonError::into_inner),
+                        map,
+                    );
+                    // Freed here, on the source's thread, if the tick no
+                    // longer holds it.
+                    drop(old);
+                    Some(rows)
                 }
-            }
+                Fetched::Unchanged => None,
+            };
             shared.update(|h| {
                 h.up = true;
                 h.last_success = Some(SystemTime::now());
-                h.rows = rows;
+                if let Some(rows) = rows {
+                    h.rows = rows;
+                }
             });
+            let rows = shared.health().rows;
             if !was_up {
                 tracing::info!(source = name, rows, "owner source up");
             }
@@ -482,6 +538,56 @@ mod tests {
         let before = t.health().last_success;
         eventually("another success", || t.health().last_success != before);
         assert!(Arc::ptr_eq(&first, &t.r.published.try_map().unwrap()));
+    }
+
+    /// Builds its map once, then answers `Unchanged` whenever the readers
+    /// hold a map; records what it was asked with.
+    struct Remembers {
+        asked: Arc<Mutex<Vec<Option<u64>>>>,
+    }
+
+    impl OwnerSource for Remembers {
+        fn fetch(&mut self) -> Result<OwnerMap, FetchError> {
+            Ok([(
+                VmKey::Pid(7),
+                Owner {
+                    user_id: Some("u".into()),
+                    ..Owner::default()
+                },
+            )]
+            .into_iter()
+            .collect())
+        }
+
+        fn refresh(&mut self, published: Option<u64>) -> Result<Fetched, FetchError> {
+            self.asked.lock().unwrap().push(published);
+            match published {
+                Some(_) => Ok(Fetched::Unchanged),
+                None => self.fetch().map(|m| Fetched::Map(Box::new(m))),
+            }
+        }
+    }
+
+    #[test]
+    fn a_source_is_asked_relative_to_the_map_the_readers_hold() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let source = Remembers {
+            asked: Arc::clone(&asked),
+        };
+        let r = spawn("test", Box::new(source), FAST).unwrap();
+        eventually("three refreshes", || asked.lock().unwrap().len() >= 3);
+        let map = r.published.try_map().unwrap();
+        assert_eq!(map.len(), 1);
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked[0], None);
+        assert!(
+            asked[1..].iter().all(|v| *v == Some(map.version())),
+            "{asked:?}"
+        );
+        // Unchanged answers still count as successes, with the rows kept.
+        let h = r.published.health();
+        assert!(h.up);
+        assert_eq!(h.rows, 1);
     }
 
     #[test]
