@@ -374,21 +374,6 @@ struct SharedSet {
     valid: bool,
     /// The number of the family it was last used in (0: never).
     used_in: u32,
-    /// Lists of extra-label names already checked with this set (valid
-    /// names, none of the set's), by the names' addresses and lengths:
-    /// they are fixed in the program, so a VM's series check each list
-    /// once per push, not once per series.
-    checked: SmallVec<[(NamesKey, bool); 4]>,
-}
-
-/// Label names fixed in the program, by address and length.
-type NamesKey = SmallVec<[(usize, usize); 4]>;
-
-fn names_key(extra: &[(&'static str, &str)]) -> NamesKey {
-    extra
-        .iter()
-        .map(|(k, _)| (k.as_ptr() as usize, k.len()))
-        .collect()
 }
 
 /// The label blocks of a family's plain series and histograms, for the
@@ -606,7 +591,6 @@ impl SampleCollector {
             labels: key.0.clone(),
             valid,
             used_in: 0,
-            checked: SmallVec::new(),
         });
         let i = self.sets.len() - 1;
         self.set_index.insert(key, i);
@@ -728,23 +712,19 @@ impl SampleCollector {
     }
 
     fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
-        let Some(shared) = self.sets.get_mut(set.index()) else {
+        let Some(shared) = self.sets.get(set.index()) else {
             self.invalid += 1;
             return;
         };
-        let key = names_key(extra);
-        let names_ok = match shared.checked.iter().find(|(k, _)| *k == key) {
-            Some(&(_, ok)) => ok,
-            None => {
-                let collides = extra
-                    .iter()
-                    .any(|(k, _)| shared.labels.iter().any(|(n, _)| n == k));
-                let ok = valid_label_names(extra, false) && !collides;
-                shared.checked.push((key, ok));
-                ok
-            }
-        };
-        if !shared.valid || !names_ok || !self.enter_mode(Mode::Shared) {
+        let set_valid = shared.valid;
+        let collides = extra
+            .iter()
+            .any(|(k, _)| shared.labels.iter().any(|(n, _)| n == k));
+        if !set_valid
+            || !valid_label_names(extra, false)
+            || collides
+            || !self.enter_mode(Mode::Shared)
+        {
             self.invalid += 1;
             return;
         }
