@@ -207,6 +207,7 @@ pub struct WireSink {
     samples: usize,
     /// Each shared label set's labels, written once, by set number.
     sets: Vec<Option<SetBytes>>,
+    shapes: Vec<Shape>,
 }
 
 /// A shared label set with the external labels it lacks, sorted by name
@@ -216,74 +217,65 @@ pub struct WireSink {
 /// push's time).
 struct SetBytes {
     bytes: Vec<u8>,
-    /// Sorted by name: where each `Label` field is in `bytes`.
-    entries: Vec<SetEntry>,
-    /// Where the set's series put their own labels, per list of names.
+    /// Where each label (in its shape's order) starts in `bytes`.
+    starts: Vec<usize>,
+    /// Its label names, in [`WireSink::shapes`].
+    shape: usize,
+}
+
+/// The sorted label names of shared sets (external ones marked), and
+/// where their series put their own labels. Every VM's set usually has
+/// the same names, so a push has one or a few shapes: kept apart from the
+/// per-VM bytes, the plans stay in cache while the walk goes VM by VM
+/// (per-VM plans were a cache miss per series).
+struct Shape {
+    names: Vec<(String, bool)>,
     plans: Vec<Plan>,
 }
 
-/// Where the series of a set with one list of own-label names put them
-/// among the set's labels: worked out (by comparing names) at the first
-/// such series, then only looked up by the names' addresses (they are
-/// fixed in the program: [`SeriesLabels::extra`]). Comparing names per
-/// series was a fifth of a push (memcmp).
+/// Where the series with one list of own-label names put them among a
+/// shape's labels: worked out (by comparing names) at the first such
+/// series, then only looked up by the names' addresses (they are fixed in
+/// the program: [`SeriesLabels::extra`]). Comparing names per series was
+/// a fifth of a push (memcmp).
 struct Plan {
     /// The own labels' names, as (address, length).
     key: SmallVec<[(usize, usize); 4]>,
     /// The own labels (0: `__name__`; i: own label i - 1) in name order,
-    /// each with the index of the set entry it goes before.
+    /// each with the index of the set label it goes before.
     order: SmallVec<[(usize, usize); 4]>,
-    /// Set entries left out: external labels the series has itself.
+    /// Set labels left out: external labels the series has itself.
     skip: SmallVec<[usize; 2]>,
-    /// The bytes of the set's entries that are written.
-    set_len: usize,
 }
 
 impl Plan {
-    fn new(set: &SetBytes, key: SmallVec<[(usize, usize); 4]>, names: &[&str]) -> Self {
+    fn new(shape: &Shape, key: SmallVec<[(usize, usize); 4]>, names: &[&str]) -> Self {
         let mut order: SmallVec<[(usize, usize); 4]> = names
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let before = set
-                    .entries
-                    .partition_point(|e| set.name(e) < name.as_bytes());
+                let before = shape.names.partition_point(|(n, _)| n.as_str() < *name);
                 (i, before)
             })
             .collect();
         order.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| names[a.0].cmp(names[b.0])));
-        let skip: SmallVec<[usize; 2]> = set
-            .entries
+        let skip = shape
+            .names
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.external && names.iter().any(|n| n.as_bytes() == set.name(e)))
+            .filter(|(_, (n, external))| *external && names.contains(&n.as_str()))
             .map(|(i, _)| i)
             .collect();
-        let skipped: usize = skip
-            .iter()
-            .filter_map(|&i| set.entries.get(i))
-            .map(|e| e.end - e.start)
-            .sum();
-        Plan {
-            key,
-            order,
-            skip,
-            set_len: set.bytes.len() - skipped,
-        }
+        Plan { key, order, skip }
     }
 }
 
-struct SetEntry {
-    start: usize,
-    end: usize,
-    /// The label's name, within `bytes`.
-    name: std::ops::Range<usize>,
-    /// An external label: left out of a series that has that name itself.
-    external: bool,
-}
-
 impl SetBytes {
-    fn new(set: &[(&'static str, String)], external: &[(String, String)]) -> Self {
+    fn new(
+        set: &[(&'static str, String)],
+        external: &[(String, String)],
+        shapes: &mut Vec<Shape>,
+    ) -> Self {
         let mut all: SmallVec<[(&str, &str, bool); 24]> =
             set.iter().map(|(k, v)| (*k, v.as_str(), false)).collect();
         for (k, v) in external {
@@ -293,39 +285,67 @@ impl SetBytes {
         }
         all.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut bytes = Vec::new();
-        let mut entries = Vec::with_capacity(all.len());
-        for (k, v, external) in all {
-            let start = bytes.len();
+        let mut starts = Vec::with_capacity(all.len());
+        for &(k, v, _) in &all {
+            starts.push(bytes.len());
             put_label(&mut bytes, k, v, "");
-            let name_start = bytes.len() - label_len(k, v, "") + 1 + varint_len(k.len() as u64);
-            entries.push(SetEntry {
-                start,
-                end: bytes.len(),
-                name: name_start..name_start + k.len(),
-                external,
-            });
         }
+        let same = |shape: &Shape| {
+            shape.names.len() == all.len()
+                && shape
+                    .names
+                    .iter()
+                    .zip(&all)
+                    .all(|((n, e), (k, _, x))| n == k && e == x)
+        };
+        let shape = match shapes.iter().position(same) {
+            Some(i) => i,
+            None => {
+                shapes.push(Shape {
+                    names: all.iter().map(|&(k, _, e)| (k.to_owned(), e)).collect(),
+                    plans: Vec::new(),
+                });
+                shapes.len() - 1
+            }
+        };
         SetBytes {
             bytes,
-            entries,
-            plans: Vec::new(),
+            starts,
+            shape,
         }
     }
 
-    /// Copies entries `from..to` (but `skip`) to `out`.
+    /// Where label `i` starts (the end for `i` past the last).
+    fn start(&self, i: usize) -> usize {
+        self.starts.get(i).copied().unwrap_or(self.bytes.len())
+    }
+
+    /// The bytes written of the set: all but `skip`.
+    fn len_without(&self, skip: &[usize]) -> usize {
+        self.bytes.len()
+            - skip
+                .iter()
+                .map(|&i| self.start(i + 1) - self.start(i))
+                .sum::<usize>()
+    }
+
+    /// Copies labels `from..to` (but `skip`) to `out`.
     fn copy(&self, out: &mut Vec<u8>, from: usize, to: usize, skip: &[usize]) {
-        let start = |i: usize| self.entries.get(i).map_or(self.bytes.len(), |e| e.start);
         if skip.iter().all(|&i| i < from || i >= to) {
-            out.extend_from_slice(self.bytes.get(start(from)..start(to)).unwrap_or_default());
+            out.extend_from_slice(
+                self.bytes
+                    .get(self.start(from)..self.start(to))
+                    .unwrap_or_default(),
+            );
             return;
         }
         for i in (from..to).filter(|i| !skip.contains(i)) {
-            out.extend_from_slice(self.bytes.get(start(i)..start(i + 1)).unwrap_or_default());
+            out.extend_from_slice(
+                self.bytes
+                    .get(self.start(i)..self.start(i + 1))
+                    .unwrap_or_default(),
+            );
         }
-    }
-
-    fn name(&self, e: &SetEntry) -> &[u8] {
-        self.bytes.get(e.name.clone()).unwrap_or_default()
     }
 }
 
@@ -401,6 +421,7 @@ impl WireSink {
             meta: Vec::new(),
             samples: 0,
             sets: Vec::new(),
+            shapes: Vec::new(),
         }
     }
 
@@ -421,24 +442,28 @@ impl WireSink {
         let Some(slot) = self.sets.get_mut(id) else {
             return;
         };
-        let prepared = slot.get_or_insert_with(|| SetBytes::new(set, &self.external));
+        let shapes = &mut self.shapes;
+        let prepared = slot.get_or_insert_with(|| SetBytes::new(set, &self.external, shapes));
+        let Some(shape) = shapes.get_mut(prepared.shape) else {
+            return;
+        };
         let extra = labels.extra();
         let key: SmallVec<[(usize, usize); 4]> = extra
             .iter()
             .map(|(k, _)| (k.as_ptr() as usize, k.len()))
             .collect();
-        let i = match prepared.plans.iter().position(|p| p.key == key) {
+        let i = match shape.plans.iter().position(|p| p.key == key) {
             Some(i) => i,
             None => {
                 let mut names: SmallVec<[&str; 4]> = SmallVec::new();
                 names.push("__name__");
                 names.extend(extra.iter().map(|(k, _)| *k));
-                let plan = Plan::new(prepared, key, &names);
-                prepared.plans.push(plan);
-                prepared.plans.len() - 1
+                let plan = Plan::new(shape, key, &names);
+                shape.plans.push(plan);
+                shape.plans.len() - 1
             }
         };
-        let Some(plan) = prepared.plans.get(i) else {
+        let Some(plan) = shape.plans.get(i) else {
             return;
         };
         // Own label i: 0 is `__name__` (the family's name and suffix,
@@ -447,7 +472,7 @@ impl WireSink {
             None => ("__name__", desc.name, suffix),
             Some(j) => extra.get(j).map_or(("", "", ""), |&(k, v)| (k, v, "")),
         };
-        let labels_len = plan.set_len
+        let labels_len = prepared.len_without(&plan.skip)
             + plan
                 .order
                 .iter()
@@ -465,7 +490,7 @@ impl WireSink {
             put_label(out, k, v, w);
             from = before;
         }
-        prepared.copy(out, from, prepared.entries.len(), &plan.skip);
+        prepared.copy(out, from, prepared.starts.len(), &plan.skip);
         close_series(out, self.ts, value);
         self.samples += 1;
     }
