@@ -14,7 +14,8 @@
  * Files beyond the descriptor limit are opened, read and closed on each
  * iteration instead (as vmscope does past its descriptor budget).
  *
- * Output: one JSON object on stdout with the process CPU time
+ * Output: "ready" on stderr once set up (the driver waits for it), then one
+ * JSON object on stdout with the process CPU time
  * (CLOCK_PROCESS_CPUTIME_ID, ns resolution) per iteration.
  *
  * --eof-read adds the second pread per file that a read-until-EOF loop makes
@@ -171,6 +172,9 @@ int main(int argc, char **argv) {
     add_fd("/proc/stat");
     add_fd("/proc/meminfo");
     add_fd("/proc/loadavg");
+    /* The driver starts its measurement window once every floor is set up. */
+    fprintf(stderr, "ready\n");
+    fflush(stderr);
 
     double cpu0 = cpu_seconds(), busy_wall = 0;
     long bytes = 0, failed = 0;
