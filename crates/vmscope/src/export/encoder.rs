@@ -376,35 +376,36 @@ struct SharedSet {
     used_in: u32,
 }
 
-/// The label blocks of a family's plain series and histograms, for the
-/// duplicate check: by hash, the labels themselves kept back to back in
-/// buffers reused from family to family (no allocation per series; the
-/// hash only finds candidates, equal labels decide).
+/// Label blocks (one per series) kept back to back in buffers reused
+/// from one check to the next: no allocation per series (a push writes
+/// some 50 000). The storage of both duplicate checks below.
 #[derive(Debug, Default)]
-struct SeenLabels {
-    by_hash: HashMap<u64, SmallVec<[usize; 1]>, Hasher>,
-    hasher: Hasher,
+struct LabelBlocks {
     /// All names and values, back to back.
     text: String,
-    /// (end of the name, end of the value) in `text`, per label, series
-    /// after series.
+    /// (end of the name, end of the value) in `text`, per label, block
+    /// after block.
     labels: Vec<(usize, usize)>,
-    /// Where each series' labels start in `labels` (and the next's end).
-    series: Vec<usize>,
+    /// Where each block's labels start in `labels` (and the previous
+    /// block's end).
+    blocks: Vec<usize>,
 }
 
-impl SeenLabels {
+impl LabelBlocks {
     fn clear(&mut self) {
-        self.by_hash.clear();
         self.text.clear();
         self.labels.clear();
-        self.series.clear();
+        self.blocks.clear();
     }
 
-    /// Series `i`'s labels.
+    fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Block `i`'s labels.
     fn get(&self, i: usize) -> impl Iterator<Item = (&str, &str)> {
-        let from = self.series.get(i).copied().unwrap_or(0);
-        let to = self.series.get(i + 1).copied().unwrap_or(self.labels.len());
+        let from = self.blocks.get(i).copied().unwrap_or(0);
+        let to = self.blocks.get(i + 1).copied().unwrap_or(self.labels.len());
         let mut at = if from == 0 {
             0
         } else {
@@ -422,79 +423,73 @@ impl SeenLabels {
             })
     }
 
-    /// Adds `labels` unless the family has a series with the same ones;
-    /// `false` if it has.
-    fn insert(&mut self, labels: &[(&str, &str)]) -> bool {
-        let h = self.hasher.hash_one(labels);
-        if let Some(candidates) = self.by_hash.get(&h)
-            && candidates
-                .iter()
-                .any(|&i| self.get(i).eq(labels.iter().copied()))
-        {
-            return false;
-        }
-        let i = self.series.len();
-        self.series.push(self.labels.len());
+    /// Whether block `i` is `labels`.
+    fn is(&self, i: usize, labels: &[(&str, &str)]) -> bool {
+        self.get(i).eq(labels.iter().copied())
+    }
+
+    /// Appends `labels` as a block; its number.
+    fn push(&mut self, labels: &[(&str, &str)]) -> usize {
+        self.blocks.push(self.labels.len());
         for (k, v) in labels {
             self.text.push_str(k);
             let name_end = self.text.len();
             self.text.push_str(v);
             self.labels.push((name_end, self.text.len()));
         }
+        self.blocks.len() - 1
+    }
+}
+
+/// The label blocks of a family's plain series and histograms, for the
+/// duplicate check: found by hash (a family may have thousands), equal
+/// labels decide.
+#[derive(Debug, Default)]
+struct SeenLabels {
+    by_hash: HashMap<u64, SmallVec<[usize; 1]>, Hasher>,
+    hasher: Hasher,
+    seen: LabelBlocks,
+}
+
+impl SeenLabels {
+    fn clear(&mut self) {
+        self.by_hash.clear();
+        self.seen.clear();
+    }
+
+    /// Adds `labels` unless the family has a series with the same ones;
+    /// `false` if it has.
+    fn insert(&mut self, labels: &[(&str, &str)]) -> bool {
+        let h = self.hasher.hash_one(labels);
+        if let Some(candidates) = self.by_hash.get(&h)
+            && candidates.iter().any(|&i| self.seen.is(i, labels))
+        {
+            return false;
+        }
+        let i = self.seen.push(labels);
         self.by_hash.entry(h).or_default().push(i);
         true
     }
 }
 
 /// The extra labels of the series of one run of `sample_in` calls, for
-/// the duplicate check, in buffers reused from run to run: no allocation
-/// per series (a push writes some 50 000 of them).
+/// the duplicate check: a run is a handful of series (vCPUs, interfaces,
+/// modes), compared one by one.
 #[derive(Debug, Default)]
-struct RunExtras {
-    /// All values of the run, back to back.
-    text: String,
-    /// (name, end of the value in `text`) per label, series after series.
-    labels: Vec<(&'static str, usize)>,
-    /// Where each series' labels end in `labels`.
-    series: Vec<usize>,
-}
+struct RunExtras(LabelBlocks);
 
 impl RunExtras {
     fn clear(&mut self) {
-        self.text.clear();
-        self.labels.clear();
-        self.series.clear();
+        self.0.clear();
     }
 
     /// Adds `extra` unless the run has a series with the same labels;
     /// `false` if it has.
     fn insert(&mut self, extra: &[(&'static str, &str)]) -> bool {
-        let mut from = 0;
-        let mut text_from = 0;
-        for &to in &self.series {
-            let labels = self.labels.get(from..to).unwrap_or_default();
-            from = to;
-            let mut at = text_from;
-            if let Some(&(_, end)) = labels.last() {
-                text_from = end;
-            }
-            if labels.len() != extra.len() {
-                continue;
-            }
-            let same = labels.iter().zip(extra).all(|(&(name, end), (k, v))| {
-                let value = self.text.get(at..end).unwrap_or_default();
-                at = end;
-                name == *k && value == *v
-            });
-            if same {
-                return false;
-            }
+        if (0..self.0.len()).any(|i| self.0.is(i, extra)) {
+            return false;
         }
-        for (k, v) in extra {
-            self.text.push_str(v);
-            self.labels.push((k, self.text.len()));
-        }
-        self.series.push(self.labels.len());
+        self.0.push(extra);
         true
     }
 }
@@ -837,8 +832,8 @@ pub(crate) mod tests {
         assert!(!s.insert(&[]));
         assert!(!s.insert(&[("a", "1")]));
         assert!(!s.insert(&[("a", "12"), ("b", "")]));
-        assert!(s.get(0).eq([("a", "1"), ("b", "2")]));
-        assert!(s.get(2).eq([("a1", ""), ("b", "2")]));
+        assert!(s.seen.get(0).eq([("a", "1"), ("b", "2")]));
+        assert!(s.seen.get(2).eq([("a1", ""), ("b", "2")]));
         s.clear();
         assert!(s.insert(&[("a", "1"), ("b", "2")]));
     }
