@@ -447,6 +447,7 @@ def toml_str(s: str | Path) -> str:
 
 
 def agent_config(work: Path, tag: str, features: set[str] | None = None, owners_csv: Path | None = None,
+                 push_protocol: str = "remote_write",
                  push_url: str | None = None, web_config: Path | None = None) -> Path:
     """vmscope's config file for one agent of the run.
 
@@ -472,7 +473,7 @@ def agent_config(work: Path, tag: str, features: set[str] | None = None, owners_
             assert push_url is not None
             # No interval: a push per snapshot, i.e. per tick, the push twin
             # of the one scrape per tick the windows model.
-            lines.append(f"[[push.remote_write]]\nname = \"bench\"\nurl = {toml_str(push_url)}")
+            lines.append(f"[[push.{push_protocol}]]\nname = \"bench\"\nurl = {toml_str(push_url)}")
     path = work / f"vmscope-{tag}.toml"
     path.write_text("\n\n".join(lines) + "\n")
     return path
@@ -916,8 +917,16 @@ def feature_checks(vms: Vmscope, features: set[str], receiver: Receiver | None, 
         raise RuntimeError(f"features {wrong} are not as configured {sorted(features)}: observed {seen} "
                            f"(owners listed {owners}, unauthenticated /metrics {status_unauth}, pushes {pushes}); "
                            f"config {vms.config}")
+    # What pushing costs, as the agent measures it: the encoding thread's
+    # CPU clock around each body it built (issue 14: per push, against a
+    # tick's CPU).
+    def total(name: str) -> float | None:
+        m = re.search(rf'^{name}{{destination="bench"}} (\S+)$', text, re.M)
+        return float(m.group(1)) if m else None
+    cpu, encodes = total("vmscope_push_encode_cpu_seconds_total"), total("vmscope_push_encodes_total")
+    push_cpu = cpu / encodes if cpu is not None and encodes else None
     return {"seen": seen, "owners_listed": owners, "unauthenticated_status": status_unauth,
-            "pushes": pushes}
+            "pushes": pushes, "push_cpu_per_push_s": push_cpu, "push_encodes": encodes}
 
 
 def feature_sets(names: list[str]) -> list[tuple[str, set[str]]]:
@@ -953,6 +962,7 @@ def feature_matrix_rep(args, lab: Lab, pe: tuple, floor: Path, n_total: int, rep
     for name, fs in configs:
         receiver = prep.get("receiver")
         cfg = agent_config(args.work, f"{name}-{rep}", fs, owners_csv=prep.get("owners_csv"),
+                           push_protocol=args.feature_push,
                            push_url=receiver.url if receiver else None, web_config=prep.get("web_config"))
         headers = prep["auth_header"] if "auth" in fs else None
         pushes_before = receiver.stats()["requests"] if receiver else 0
@@ -1070,6 +1080,8 @@ def main() -> int:
     ap.add_argument("--feature-configs", default="off,owners,ledger,auth,push,devices,all",
                     help="configurations priced against each other: off, all, a feature alone "
                          f"({', '.join(FEATURES)}) or features joined with +")
+    ap.add_argument("--feature-push", choices=("remote_write", "otlp"), default="remote_write",
+                    help="the protocol of the push feature's one destination (default remote_write)")
     ap.add_argument("--feature-ticks", type=int, default=None,
                     help="ticks per window in the feature configurations (default: --ticks)")
     ap.add_argument("--feature-peer-requests", type=int, default=10,
@@ -1173,6 +1185,7 @@ def main() -> int:
                 prep = feature_prep(args, lab)
                 results["features_setup"] = {"owners_file": prep["owners_file"], "n_standins": n,
                                              "ticks_per_window": args.feature_ticks,
+                                             "push_protocol": args.feature_push,
                                              "configs": args.feature_configs.split(",")}
                 for rep in range(args.repeat):
                     results.setdefault("features", []).extend(

@@ -120,6 +120,13 @@ def feature_rss_added(by: dict[str, list[dict]], name: str) -> list[float]:
     return [f["rss_bytes"] - off[f["rep"]] for f in by.get(name, []) if f["rep"] in off]
 
 
+def push_per_tick(by: dict[str, list[dict]]) -> list[tuple[float, float]]:
+    """(CPU per push, `off`'s process CPU per tick), per repetition with both."""
+    off = {f["rep"]: f["idle"]["cpu_per_tick_s"] for f in by.get("off", [])}
+    return [(f["checks"]["push_cpu_per_push_s"], off[f["rep"]]) for f in by.get("push", [])
+            if f["rep"] in off and f["checks"].get("push_cpu_per_push_s")]
+
+
 def targets17(results: dict) -> list[tuple[str, str, bool | None]]:
     """Issue 17's targets: (target, measured, pass); pass None = not judged."""
     rows: list[tuple[str, str, bool | None]] = []
@@ -431,7 +438,7 @@ def markdown(results: dict) -> str:
           f"owners: a {of.get('rows', '?')}-row CSV mapping file ({of.get('this_host', '?')} rows for this "
           f"host's VMs, {kib(of.get('bytes'))}); ledger: SQLite in the run's directory; auth: a web config "
           "with 1000 bearer tokens, every request carrying one; push: one remote_write destination per "
-          "snapshot (every tick) to a receiver that discards; devices: the `vm_devices` poller (the "
+          f"snapshot (every tick) to a receiver that discards ({fs.get('push_protocol', 'remote_write')}); devices: the `vm_devices` poller (the "
           "stand-ins' QMP sockets do not exist, so this prices failing connects, not real polls). "
           "Each feature was checked to be working (or absent) after its windows. RSS after the scraped "
           "window; added = minus `off` in the same run.\n")
@@ -452,6 +459,13 @@ def markdown(results: dict) -> str:
             w(f"process-exporter per scrape (same runs) / every feature's tick + one scrape: {spread(pe, x0)}.\n")
         if "push" in by:
             w("Pushes received per push run: " + ", ".join(str(r["checks"]["pushes"]) for r in by["push"]) + ".\n")
+            rows = push_per_tick(by)
+            if rows:
+                proto = fs.get("push_protocol", "remote_write")
+                w(f"CPU of one {proto} push (the agent's `vmscope_push_encode_cpu_seconds_total` / "
+                  "`vmscope_push_encodes_total`, every push of the run, a steady host: the series reused) "
+                  "against the tick's CPU of `off` in the same repetition (issue 14: at most 0.2): "
+                  + "; ".join(f"{ms(c)} / {ms(t)} = {c / t:.2f}" for c, t in rows) + ".\n")
 
     w(f"### Targets (issue 4, at N = {dn})\n")
     target_table(w, targets(results))
