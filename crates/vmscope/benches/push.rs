@@ -13,11 +13,14 @@
 //! - `push/*_whole_1000_vms`: collection plus one protocol: the cost of a
 //!   push when it is the only destination (OTLP's path);
 //! - `push/remote_write_direct_1000_vms`: what a remote_write destination
-//!   runs: protobuf bytes written straight from the snapshot
-//!   (`encode_snapshot`), then snappy; `remote_write_snappy_only_1000_vms`
-//!   is the snappy part alone;
+//!   runs on a steady host: protobuf bytes written straight from the
+//!   snapshot (`encode_snapshot`), reusing its last push's series, then
+//!   snappy; `remote_write_direct_cold_1000_vms` writes every series
+//!   afresh (a first push, or after the series changed);
+//!   `remote_write_snappy_only_1000_vms` is the snappy part alone;
 //! - `push/otlp_direct_1000_vms`: what an OTLP destination runs, likewise
-//!   (`otlp::encode_snapshot`, then gzip level 1);
+//!   (`otlp::encode_snapshot`, then gzip level 1; `otlp_direct_cold_1000_vms`
+//!   without its last push);
 //!   `otlp_gzip_only_1000_vms` is the gzip part alone.
 //!
 //! Sizes (raw and compressed) are printed once. Run with
@@ -72,8 +75,28 @@ fn benches(c: &mut Criterion) {
     });
     // What a remote_write destination runs: protobuf written straight
     // from the snapshot, then snappy.
+    // Steady: the destination's template from its last push is reused
+    // (the same series; only values and timestamps rewritten).
+    let mut last = remote_write::Template::default();
     g.bench_function(format!("remote_write_direct_{VMS}_vms"), |b| {
-        b.iter(|| black_box(remote_write::encode_snapshot(&snap, &sources, &labels)))
+        b.iter(|| {
+            black_box(remote_write::encode_snapshot(
+                &snap, &sources, &labels, &mut last,
+            ))
+        })
+    });
+    assert_eq!(last.reused(), collected.samples);
+    // Cold: every series written afresh (the first push, or one after the
+    // series changed).
+    g.bench_function(format!("remote_write_direct_cold_{VMS}_vms"), |b| {
+        b.iter(|| {
+            black_box(remote_write::encode_snapshot(
+                &snap,
+                &sources,
+                &labels,
+                &mut remote_write::Template::default(),
+            ))
+        })
     });
     // Its two parts: the bytes alone, and snappy over them.
     let raw = {
@@ -92,13 +115,40 @@ fn benches(c: &mut Criterion) {
         b.iter(|| black_box(::snap::raw::Encoder::new().compress_vec(&raw).unwrap()))
     });
     // What an OTLP destination runs: protobuf written straight from the
-    // snapshot, then gzip.
+    // snapshot (reusing its last push's series), then gzip.
+    let mut last_otlp = otlp::Template::default();
     g.bench_function(format!("otlp_direct_{VMS}_vms"), |b| {
-        b.iter(|| black_box(otlp::encode_snapshot(&snap, &sources, start, &labels)))
+        b.iter(|| {
+            black_box(otlp::encode_snapshot(
+                &snap,
+                &sources,
+                start,
+                &labels,
+                &mut last_otlp,
+            ))
+        })
+    });
+    assert_eq!(last_otlp.reused(), collected.samples);
+    g.bench_function(format!("otlp_direct_cold_{VMS}_vms"), |b| {
+        b.iter(|| {
+            black_box(otlp::encode_snapshot(
+                &snap,
+                &sources,
+                start,
+                &labels,
+                &mut otlp::Template::default(),
+            ))
+        })
     });
     let ot_raw_direct = {
         use std::io::Read;
-        let (body, _) = otlp::encode_snapshot(&snap, &sources, start, &labels);
+        let (body, _) = otlp::encode_snapshot(
+            &snap,
+            &sources,
+            start,
+            &labels,
+            &mut otlp::Template::default(),
+        );
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(body.as_slice())
             .read_to_end(&mut raw)

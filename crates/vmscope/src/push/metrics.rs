@@ -6,7 +6,9 @@
 //! `vmscope_push_queue_samples{destination}`,
 //! `vmscope_push_last_success_timestamp_seconds{destination}`,
 //! `vmscope_push_duration_seconds{destination}` (encode and compress of the
-//! last push). Plain atomics: the pushers write, `/metrics` reads, nobody
+//! last push, wall time), `vmscope_push_encode_cpu_seconds_total{destination}`
+//! and `vmscope_push_encodes_total{destination}` (what pushing costs: CPU
+//! per push is their ratio). Plain atomics: the pushers write, `/metrics` reads, nobody
 //! waits.
 
 use std::sync::Mutex;
@@ -50,6 +52,15 @@ static DURATION: Desc = Desc::gauge(
     "CPU-bound part of the last push to the destination: building and compressing the request body.",
 );
 
+static ENCODE_CPU: Desc = Desc::counter(
+    "vmscope_push_encode_cpu_seconds_total",
+    "CPU time spent building and compressing the destination's request bodies (the encoding thread's own CPU time, not wall time).",
+);
+static ENCODES: Desc = Desc::counter(
+    "vmscope_push_encodes_total",
+    "Request bodies built for the destination (one per pushed snapshot); vmscope_push_encode_cpu_seconds_total divided by this is the CPU of one push.",
+);
+
 /// One destination's counters.
 #[derive(Debug, Default)]
 pub struct DestinationMetrics {
@@ -62,6 +73,9 @@ pub struct DestinationMetrics {
     pub last_success: AtomicU64,
     /// f64 bits.
     pub duration: AtomicU64,
+    /// Nanoseconds of thread CPU time spent encoding.
+    pub encode_cpu_ns: AtomicU64,
+    pub encodes: AtomicU64,
 }
 
 impl DestinationMetrics {
@@ -148,6 +162,17 @@ impl MetricSource for PushMetrics {
         for (name, m) in &d {
             out.sample(&[("destination", name)], M::f64(&m.duration));
         }
+        out.family(&ENCODE_CPU);
+        for (name, m) in &d {
+            out.sample(
+                &[("destination", name)],
+                M::n(&m.encode_cpu_ns) as f64 / 1e9,
+            );
+        }
+        out.family(&ENCODES);
+        for (name, m) in &d {
+            out.sample(&[("destination", name)], M::n(&m.encodes));
+        }
     }
 }
 
@@ -168,6 +193,8 @@ mod tests {
         rw.error("http_429");
         rw.error("not-a-kind");
         DestinationMetrics::set_f64(&rw.last_success, 1_700_000_000.5);
+        rw.encode_cpu_ns.fetch_add(2_500_000, Ordering::Relaxed);
+        rw.encodes.fetch_add(2, Ordering::Relaxed);
         m.destination("otlp");
         let text = encode(Format::Text, &[&m]);
         for want in [
@@ -178,6 +205,8 @@ mod tests {
             "vmscope_push_last_success_timestamp_seconds{destination=\"rw\"} 1700000000.5\n",
             "vmscope_push_queue_samples{destination=\"otlp\"} 0\n",
             "vmscope_push_dropped_samples_total{destination=\"otlp\"} 0\n",
+            "vmscope_push_encode_cpu_seconds_total{destination=\"rw\"} 0.0025\n",
+            "vmscope_push_encodes_total{destination=\"rw\"} 2\n",
         ] {
             assert!(text.contains(want), "{want} not in:\n{text}");
         }

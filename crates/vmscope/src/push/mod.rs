@@ -34,10 +34,11 @@ pub mod config;
 pub mod metrics;
 pub mod otlp;
 pub mod remote_write;
+mod reuse;
 mod wire;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -96,6 +97,7 @@ pub const PUSHERS: &[PusherEntry] = &[
         build: |d, _| {
             Box::new(RemoteWrite {
                 labels: d.labels.clone(),
+                last: Mutex::default(),
             })
         },
     },
@@ -106,6 +108,7 @@ pub const PUSHERS: &[PusherEntry] = &[
             Box::new(Otlp {
                 start,
                 attrs: d.labels.clone(),
+                last: Mutex::default(),
             })
         },
     },
@@ -157,11 +160,22 @@ impl Kind {
 
 struct RemoteWrite {
     labels: Vec<(String, String)>,
+    /// The last push's series, reused while they stay the same. One
+    /// destination encodes one push at a time: never contended.
+    last: Mutex<remote_write::Template>,
 }
 
 impl Pusher for RemoteWrite {
     fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64) {
-        let (body, n) = remote_write::encode_snapshot(snap, sources, &self.labels);
+        // A panic mid-encode (none is known) would leave a half-written
+        // template: start afresh rather than reuse it.
+        let mut last = self.last.lock().unwrap_or_else(|p| {
+            self.last.clear_poison();
+            let mut g = p.into_inner();
+            *g = remote_write::Template::default();
+            g
+        });
+        let (body, n) = remote_write::encode_snapshot(snap, sources, &self.labels, &mut last);
         (body, n as u64)
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
@@ -172,11 +186,19 @@ impl Pusher for RemoteWrite {
 struct Otlp {
     start: SystemTime,
     attrs: Vec<(String, String)>,
+    /// As for remote_write: the last push's series.
+    last: Mutex<otlp::Template>,
 }
 
 impl Pusher for Otlp {
     fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64) {
-        let (body, n) = otlp::encode_snapshot(snap, sources, self.start, &self.attrs);
+        let mut last = self.last.lock().unwrap_or_else(|p| {
+            self.last.clear_poison();
+            let mut g = p.into_inner();
+            *g = otlp::Template::default();
+            g
+        });
+        let (body, n) = otlp::encode_snapshot(snap, sources, self.start, &self.attrs, &mut last);
         (body, n as u64)
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
@@ -270,6 +292,15 @@ pub fn start(
     Ok(Pushers { tasks, stop })
 }
 
+/// The calling thread's CPU time, nanoseconds.
+fn thread_cpu() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0))
+}
+
 /// Waits for each new snapshot; at most once per `interval` encodes it
 /// and queues the push.
 async fn feed(
@@ -301,14 +332,19 @@ async fn feed(
         let (sources, pusher) = (Arc::clone(&sources), Arc::clone(&pusher));
         let started = Instant::now();
         let encoded = tokio::task::spawn_blocking(move || {
+            // The encoding runs on this one thread from start to end, so
+            // its CPU clock is the push's CPU (what the operator pays).
+            let cpu = thread_cpu();
             let (body, samples) = pusher.encode(&snap, sources.as_slice());
-            (body, samples, snap.seq)
+            (body, samples, snap.seq, thread_cpu().saturating_sub(cpu))
         })
         .await;
-        let Ok((body, samples, seq)) = encoded else {
+        let Ok((body, samples, seq, cpu)) = encoded else {
             continue;
         };
         DestinationMetrics::set_f64(&m.duration, started.elapsed().as_secs_f64());
+        m.encode_cpu_ns.fetch_add(cpu, Ordering::Relaxed);
+        m.encodes.fetch_add(1, Ordering::Relaxed);
         m.queue.fetch_add(samples, Ordering::Relaxed);
         let batch = Batch {
             body: body.into(),

@@ -37,6 +37,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prost::Message;
 
 use super::collect::Collected;
+use super::reuse::SeriesKeys;
 use super::wire::{put_fixed64, put_len, put_str, put_varint, str_field_len, varint_len};
 use crate::export::{
     Desc, Family, MetricSource, MetricType, Sample, SampleCollector, SeriesLabels, SeriesSink,
@@ -415,19 +416,25 @@ fn gzip(parts: &[&[u8]]) -> Vec<u8> {
 /// [`OtlpSink`], which writes each VM's attributes once per push and its
 /// series' points as bytes. [`request`] stays as the readable reference
 /// the tests compare this with.
+///
+/// `last` is what the destination kept from its previous push: the series
+/// that are the same ones in the same order (a steady host) reuse its
+/// bytes with their values and times rewritten ([`Template`]).
 pub fn encode_snapshot(
     snap: &Snapshot,
     sources: &[Arc<dyn MetricSource>],
     process_start: SystemTime,
     attrs: &[(String, String)],
+    last: &mut Template,
 ) -> (Vec<u8>, usize) {
-    let sink = OtlpSink::new(snap, process_start);
+    let mut sink = OtlpSink::new(snap, process_start);
+    sink.reuse(std::mem::take(last));
     let mut c = SampleCollector::with_sink(Box::new(sink));
     super::collect::write_all(snap, sources, &mut c);
     let Some(mut sink) = c.into_sink::<OtlpSink>() else {
         return (Vec::new(), 0);
     };
-    sink.close_metric();
+    sink.end();
     let host = snap.host.hostname.clone().unwrap_or_default();
     // The envelope around the metrics: ExportMetricsServiceRequest {
     // resource_metrics { resource, scope_metrics { scope, metrics... } } }.
@@ -442,7 +449,54 @@ pub fn encode_snapshot(
     put_len(&mut head, 2, scope_metrics_len);
     put_len(&mut head, 1, scope.len());
     head.extend_from_slice(&scope);
-    (gzip(&[&head, &sink.metrics]), sink.samples)
+    let body = gzip(&[&head, &sink.metrics]);
+    let samples = sink.samples;
+    *last = sink.into_template();
+    (body, samples)
+}
+
+/// What a destination keeps from its last push: the `Metric` fields, what
+/// each series was and where its value sits ([`SeriesKeys`]), and where
+/// each family's `Metric` and points start. The next push rewrites, for
+/// every series that is the one at the same place last time, only its
+/// value, time and start time (fixed 64-bit fields: the bytes keep their
+/// size). Memory: the fields (about 3 KB per VM) and about 30 bytes per
+/// series, held between pushes.
+#[derive(Default)]
+pub struct Template {
+    metrics: Vec<u8>,
+    keys: SeriesKeys,
+    families: Vec<KeptFamily>,
+    /// The process start the bytes were written with.
+    started: u64,
+    reused: usize,
+}
+
+impl Template {
+    /// How many series of the last push reused the bytes of the push
+    /// before (all of them on a steady host).
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+}
+
+/// One family's `Metric` in [`Template::metrics`].
+#[derive(Clone, Copy)]
+struct KeptFamily {
+    desc: &'static Desc,
+    /// Where its `Metric` field and its first point start.
+    metric: usize,
+    points: usize,
+    /// Its first series' number in the keys.
+    first_key: usize,
+}
+
+/// Where the reuse is: the next series' number in the keys, and the
+/// family being reused (`None` before the first).
+#[derive(Clone, Copy)]
+struct Replay {
+    key: usize,
+    family: Option<usize>,
 }
 
 /// `ScopeMetrics.metrics` written as series arrive ([`SeriesSink`]).
@@ -462,6 +516,18 @@ pub struct OtlpSink {
     /// The histogram series being gathered (buckets come one by one).
     hist: HistogramParts,
     samples: usize,
+    /// This push's series (positions in `metrics`; the current family's
+    /// in `points` until it is closed) and families: the next push's
+    /// template, the last push's while reusing it.
+    keys: SeriesKeys,
+    families: Vec<KeptFamily>,
+    /// The current family's first series in `keys` (written afresh).
+    first_key: usize,
+    /// While the series so far were last push's.
+    replay: Option<Replay>,
+    reused: usize,
+    /// Counter starts by shared set number this push (0: not looked up).
+    set_starts: Vec<u64>,
 }
 
 /// A shared label set's labels as `NumberDataPoint.attributes` fields,
@@ -494,6 +560,18 @@ fn put_attribute(out: &mut Vec<u8>, field: u8, label: &str, value: &str) {
     put_str(out, 1, value);
 }
 
+/// Overwrites the 8 bytes at `at` with `bits` (little-endian); false if
+/// they are not there.
+fn put_at(buf: &mut [u8], at: usize, bits: u64) -> bool {
+    match buf.get_mut(at..at.saturating_add(8)) {
+        Some(b) if b.len() == 8 => {
+            b.copy_from_slice(&bits.to_le_bytes());
+            true
+        }
+        _ => false,
+    }
+}
+
 impl OtlpSink {
     pub fn new(snap: &Snapshot, process_start: SystemTime) -> Self {
         OtlpSink {
@@ -513,7 +591,199 @@ impl OtlpSink {
             sets: Vec::new(),
             hist: HistogramParts::default(),
             samples: 0,
+            keys: SeriesKeys::default(),
+            families: Vec::new(),
+            first_key: 0,
+            replay: None,
+            reused: 0,
+            set_starts: Vec::new(),
         }
+    }
+
+    /// Continues from `last`, the previous push's template.
+    fn reuse(&mut self, mut last: Template) {
+        let keep = last.started == self.started;
+        last.keys.begin(keep);
+        if last.keys.is_empty() {
+            last.metrics.clear();
+            last.families.clear();
+        } else {
+            self.replay = Some(Replay {
+                key: 0,
+                family: None,
+            });
+        }
+        let want = self.metrics.capacity();
+        last.metrics
+            .reserve(want.saturating_sub(last.metrics.len()));
+        self.metrics = last.metrics;
+        self.keys = last.keys;
+        self.families = last.families;
+    }
+
+    /// The template for the next push.
+    fn into_template(self) -> Template {
+        Template {
+            metrics: self.metrics,
+            keys: self.keys,
+            families: self.families,
+            started: self.started,
+            reused: self.reused,
+        }
+    }
+
+    /// Where family `f`'s series end in the keys.
+    fn end_of(&self, f: usize) -> usize {
+        self.families
+            .get(f + 1)
+            .map_or(self.keys.len(), |n| n.first_key)
+    }
+
+    /// Ends the reuse after template family `f` (all of it reused; `None`:
+    /// before the first): what follows it is forgotten.
+    fn cut_after(&mut self, f: Option<usize>) {
+        self.replay = None;
+        let next = f.map_or(0, |f| f + 1);
+        let (metric, key) = match self.families.get(next) {
+            Some(n) => (n.metric, n.first_key),
+            None => (self.metrics.len(), self.keys.len()),
+        };
+        self.metrics.truncate(metric);
+        self.keys.cut(key);
+        self.families.truncate(next);
+        self.first_key = key;
+        // Family `f` is in the bytes already.
+        self.current = None;
+    }
+
+    /// Ends the reuse inside template family `f`, at series `key`: the
+    /// family's points reused so far go back to `points`, its series'
+    /// positions become positions there, and the family is written afresh
+    /// from here on (its `Metric` and everything after it forgotten).
+    fn reopen(&mut self, f: usize, key: usize) {
+        self.replay = None;
+        let Some(fam) = self.families.get(f).copied() else {
+            return self.cut_after(None);
+        };
+        // Its points end where its next series starts, or (all of them
+        // reused, a series more) where the next family's `Metric` does.
+        let upto = if key < self.end_of(f) {
+            self.keys.start(key)
+        } else {
+            self.families.get(f + 1).map(|n| n.metric)
+        }
+        .unwrap_or(self.metrics.len());
+        self.points.clear();
+        self.points
+            .extend_from_slice(self.metrics.get(fam.points..upto).unwrap_or_default());
+        self.keys.cut(key);
+        self.keys.shift(fam.first_key, fam.points, 0);
+        self.metrics.truncate(fam.metric);
+        self.families.truncate(f);
+        self.first_key = fam.first_key;
+        self.current = Some(fam.desc);
+    }
+
+    /// Ends the push: a reuse that got here saw exactly last push's
+    /// series, or fewer.
+    fn end(&mut self) {
+        let Some(r) = self.replay else {
+            return self.close_metric();
+        };
+        match r.family {
+            Some(f) if r.key < self.end_of(f) => {
+                self.reopen(f, r.key);
+                self.close_metric();
+            }
+            f => self.cut_after(f),
+        }
+    }
+
+    /// A counter series' start when reusing: its VM's start (looked up
+    /// once per set and push), else this process'.
+    fn replay_start(&mut self, labels: &SeriesLabels<'_>) -> u64 {
+        let own = |labels: &SeriesLabels<'_>| {
+            labels
+                .iter()
+                .find(|(k, _)| *k == "vm_id")
+                .map(|(_, v)| v.to_owned())
+        };
+        let Some((id, set)) = labels.set() else {
+            let vm_id = own(labels);
+            return self.start_of(vm_id.as_deref());
+        };
+        if let Some(&s) = self.set_starts.get(id).filter(|s| **s != 0) {
+            return s;
+        }
+        let start = match set.iter().find(|(k, _)| *k == "vm_id") {
+            Some((_, v)) => self.start_of(Some(v)),
+            None => return self.start_of(own(labels).as_deref()),
+        };
+        if self.set_starts.len() <= id {
+            self.set_starts.resize(id + 1, 0);
+        }
+        if let Some(s) = self.set_starts.get_mut(id) {
+            *s = start;
+        }
+        start
+    }
+
+    /// Rewrites the value (and time, and start) of a reused series whose
+    /// value sits at `at`; a histogram's parts are gathered as when
+    /// writing, and its point rewritten at `_count`. False if the bytes
+    /// are not where they should be (then the series is written afresh).
+    fn patch(
+        &mut self,
+        at: usize,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: &SeriesLabels<'_>,
+        value: Value,
+    ) -> bool {
+        let v = super::as_f64(value);
+        let now = self.now;
+        if desc.kind == MetricType::Histogram {
+            match suffix {
+                "_bucket" => {
+                    self.gather_bucket(labels, v);
+                    return true;
+                }
+                "_sum" => {
+                    self.hist.sum = Some(v);
+                    return true;
+                }
+                _ => {}
+            }
+            let (started, m, parts) = (self.started, &mut self.metrics, &self.hist);
+            let mut ok = put_at(m, at, v as u64)
+                && put_at(m, at.wrapping_sub(9), now)
+                && put_at(m, at.wrapping_sub(18), started);
+            let mut p = at + 8;
+            if let Some(sum) = parts.sum {
+                ok &= put_at(m, p + 1, sum.to_bits());
+                p += 9;
+            }
+            let n = parts.cumulative.len();
+            p += 1 + varint_len((8 * n) as u64);
+            let mut prev = 0;
+            for (i, &c) in parts.cumulative.iter().enumerate() {
+                ok &= put_at(m, p + 8 * i, c.saturating_sub(prev));
+                prev = c;
+            }
+            if ok {
+                self.hist = HistogramParts::default();
+            }
+            return ok;
+        }
+        let start = if desc.kind == MetricType::Counter {
+            Some(self.replay_start(labels))
+        } else {
+            None
+        };
+        let m = &mut self.metrics;
+        put_at(m, at, v.to_bits())
+            && put_at(m, at.wrapping_sub(9), now)
+            && start.is_none_or(|s| put_at(m, at.wrapping_sub(18), s))
     }
 
     /// Writes the current family's `Metric` (if any) from its points.
@@ -534,12 +804,22 @@ impl OtlpSink {
             + str_field_len(unit.len())
             + str_field_len(data_len);
         let out = &mut self.metrics;
+        let metric = out.len();
         put_len(out, 2, metric_len);
         put_str(out, 1, desc.name);
         put_str(out, 2, desc.help);
         put_str(out, 3, unit);
         put_len(out, field, data_len);
+        let points = out.len();
         out.extend_from_slice(&self.points);
+        // The family's series were recorded at positions in `points`.
+        self.keys.shift(self.first_key, 0, points);
+        self.families.push(KeptFamily {
+            desc,
+            metric,
+            points,
+            first_key: self.first_key,
+        });
         if desc.kind != MetricType::Gauge {
             out.push(2 << 3); // aggregation_temporality, varint
             put_varint(out, CUMULATIVE as u64);
@@ -593,25 +873,40 @@ impl OtlpSink {
         self.samples += 1;
     }
 
+    /// A histogram bucket's series: its bound and cumulative count.
+    fn gather_bucket(&mut self, labels: &SeriesLabels<'_>, v: f64) {
+        let le = labels
+            .own()
+            .find(|(k, _)| *k == "le")
+            .and_then(|(_, v)| v.parse::<f64>().ok());
+        if let Some(le) = le.filter(|l| l.is_finite()) {
+            self.hist.bounds.push(le);
+        }
+        self.hist.cumulative.push(v as u64);
+    }
+
     /// A histogram's `_bucket`, `_sum` or `_count` series: the point is
     /// written at `_count`, the last of them.
-    fn histogram_part(&mut self, suffix: &str, labels: SeriesLabels<'_>, value: Value) {
-        // Counted as Prometheus series (each bucket, `_sum`, `_count`), as
-        // remote_write counts them.
-        self.samples += 1;
+    fn histogram_part(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: SeriesLabels<'_>,
+        value: Value,
+    ) {
         let v = super::as_f64(value);
+        // Every part is recorded at the point's start (where it will be
+        // written); `_count` with its count's position.
+        let start = self.points.len();
         match suffix {
             "_bucket" => {
-                let le = labels
-                    .own()
-                    .find(|(k, _)| *k == "le")
-                    .and_then(|(_, v)| v.parse::<f64>().ok());
-                if let Some(le) = le.filter(|l| l.is_finite()) {
-                    self.hist.bounds.push(le);
-                }
-                self.hist.cumulative.push(v as u64);
+                self.gather_bucket(&labels, v);
+                self.keys.record(start, start, desc, suffix, &labels);
             }
-            "_sum" => self.hist.sum = Some(v),
+            "_sum" => {
+                self.hist.sum = Some(v);
+                self.keys.record(start, start, desc, suffix, &labels);
+            }
             _ => {
                 let parts = std::mem::take(&mut self.hist);
                 let mut attrs = Vec::new();
@@ -630,6 +925,7 @@ impl OtlpSink {
                 put_fixed64(out, 2, self.started);
                 put_fixed64(out, 3, self.now);
                 put_fixed64(out, 4, v as u64);
+                let count_at = out.len() - 8;
                 if let Some(sum) = parts.sum {
                     put_fixed64(out, 5, sum.to_bits());
                 }
@@ -644,6 +940,7 @@ impl OtlpSink {
                 for b in &parts.bounds {
                     out.extend_from_slice(&b.to_bits().to_le_bytes());
                 }
+                self.keys.record(start, count_at, desc, suffix, &labels);
             }
         }
     }
@@ -651,9 +948,34 @@ impl OtlpSink {
 
 impl SeriesSink for OtlpSink {
     fn family(&mut self, desc: &'static Desc) {
+        self.hist = HistogramParts::default();
+        if let Some(r) = self.replay {
+            match r.family {
+                // The last family was not over: written afresh.
+                Some(f) if r.key < self.end_of(f) => {
+                    self.reopen(f, r.key);
+                }
+                f => {
+                    let next = f.map_or(0, |f| f + 1);
+                    let same = self
+                        .families
+                        .get(next)
+                        .is_some_and(|n| std::ptr::eq(n.desc, desc) && n.first_key == r.key);
+                    if same {
+                        self.replay = Some(Replay {
+                            key: r.key,
+                            family: Some(next),
+                        });
+                        self.current = Some(desc);
+                        return;
+                    }
+                    self.cut_after(f);
+                }
+            }
+        }
         self.close_metric();
         self.current = Some(desc);
-        self.hist = HistogramParts::default();
+        self.first_key = self.keys.len();
     }
 
     fn series(
@@ -663,9 +985,44 @@ impl SeriesSink for OtlpSink {
         labels: SeriesLabels<'_>,
         value: Value,
     ) {
-        if desc.kind == MetricType::Histogram {
-            return self.histogram_part(suffix, labels, value);
+        if let Some(r) = self.replay {
+            // Counted as Prometheus series (each bucket, `_sum`,
+            // `_count`), as remote_write counts them.
+            self.samples += 1;
+            if let Some(at) = self.keys.matches(r.key, desc, suffix, &labels)
+                && self.patch(at, desc, suffix, &labels, value)
+            {
+                self.replay = Some(Replay {
+                    key: r.key + 1,
+                    family: r.family,
+                });
+                self.reused += 1;
+                return;
+            }
+            self.samples -= 1;
+            match r.family {
+                Some(f) => self.reopen(f, r.key),
+                None => self.cut_after(None),
+            }
         }
+        if desc.kind == MetricType::Histogram {
+            self.samples += 1;
+            return self.histogram_part(desc, suffix, labels, value);
+        }
+        let start = self.points.len();
+        self.number(desc, labels, value);
+        let at = self.points.len().saturating_sub(8);
+        self.keys.record(start, at, desc, suffix, &labels);
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+impl OtlpSink {
+    /// A gauge's or counter's series, written afresh.
+    fn number(&mut self, desc: &'static Desc, labels: SeriesLabels<'_>, value: Value) {
         let Some((id, set)) = labels.set() else {
             let vm_id = labels.iter().find(|(k, _)| *k == "vm_id").map(|(_, v)| v);
             let start = self.start_of(vm_id);
@@ -694,10 +1051,6 @@ impl SeriesSink for OtlpSink {
         if let Some(s) = self.sets.get_mut(id) {
             *s = slot;
         }
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 
@@ -748,7 +1101,7 @@ mod tests {
             ("deployment.environment".to_owned(), "lab".to_owned()),
             ("service.name".to_owned(), "vmscope-eu".to_owned()),
         ];
-        let (body, n) = encode_snapshot(&snap, &sources, started, &attrs);
+        let (body, n) = encode_snapshot(&snap, &sources, started, &attrs, &mut Template::default());
         let got = ExportMetricsServiceRequest::decode(gunzip(&body).as_slice()).unwrap();
         let c = collect(&snap, &sources);
         let want = request(&c, started, &attrs);
@@ -761,6 +1114,95 @@ mod tests {
                 .any(|m| matches!(m.data, Some(Data::Histogram(_))))
         );
         assert_eq!(got, want);
+    }
+
+    /// Encodes `snap` with `template` and checks the request is byte for
+    /// byte a fresh encoding's; the number of series reused.
+    fn push_with(snap: &Snapshot, started: SystemTime, template: &mut Template) -> usize {
+        use crate::export::encoder::tests::Odd;
+        let sources: Vec<Arc<dyn MetricSource>> = vec![
+            Arc::new(Odd),
+            Arc::new(crate::push::reuse::tests::Moving(snap.seq)),
+        ];
+        let attrs = [("deployment.environment".to_owned(), "lab".to_owned())];
+        let (body, n) = encode_snapshot(snap, &sources, started, &attrs, template);
+        let (fresh, fresh_n) =
+            encode_snapshot(snap, &sources, started, &attrs, &mut Template::default());
+        assert_eq!(n, fresh_n);
+        let (got, want) = (gunzip(&body), gunzip(&fresh));
+        let metrics = |raw: &[u8]| {
+            let r = ExportMetricsServiceRequest::decode(raw).unwrap();
+            r.resource_metrics[0].scope_metrics[0].metrics.clone()
+        };
+        let (g, w) = (metrics(&got), metrics(&want));
+        for (a, b) in g.iter().zip(&w) {
+            // As bytes: NaN is not equal to itself.
+            assert_eq!(a.encode_to_vec(), b.encode_to_vec(), "{a:?}\n{b:?}");
+        }
+        assert_eq!(g.len(), w.len());
+        assert_eq!(got, want);
+        template.reused()
+    }
+
+    #[test]
+    fn a_steady_host_reuses_every_series_and_the_request_is_what_writing_afresh_gives() {
+        let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut snap = fixture::snapshot(20);
+        let mut t = Template::default();
+        assert_eq!(push_with(&snap, started, &mut t), 0);
+        let all = t.keys.len();
+        assert!(all > 500, "{all}");
+        for (i, vm) in snap.vms.iter_mut().enumerate() {
+            vm.cpu.user += 1.5 * i as f64;
+            vm.memory_rss_bytes += 4096;
+        }
+        snap.collected_at += std::time::Duration::from_secs(15);
+        snap.seq += 1;
+        assert_eq!(push_with(&snap, started, &mut t), all);
+        // A VM restarted under the same identity: its counters' start.
+        snap.vms[4].start_time_seconds += 100.0;
+        assert_eq!(push_with(&snap, started, &mut t), all);
+        snap.host.load1 = f64::NAN;
+        assert_eq!(push_with(&snap, started, &mut t), all);
+    }
+
+    #[test]
+    fn what_changes_between_pushes_is_written_afresh_from_there_on() {
+        let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut snap = fixture::snapshot(20);
+        let mut t = Template::default();
+        push_with(&snap, started, &mut t);
+        let all = t.keys.len();
+        // A VM renamed: its shared set changed, in the middle of families.
+        snap.vms[7].name = "renamed".into();
+        let reused = push_with(&snap, started, &mut t);
+        assert!(0 < reused && reused < all, "{reused} of {all}");
+        assert_eq!(push_with(&snap, started, &mut t), all);
+        // A vCPU more on one VM: a family longer than last time.
+        let mut v = snap.vms[3].vcpus[0].clone();
+        v.index = 9;
+        snap.vms[3].vcpus.push(v);
+        assert!(push_with(&snap, started, &mut t) < t.keys.len());
+        assert_eq!(push_with(&snap, started, &mut t), t.keys.len());
+        // The last VM gone: every per-VM family one VM shorter.
+        snap.vms.pop();
+        assert!(push_with(&snap, started, &mut t) < t.keys.len());
+        assert_eq!(push_with(&snap, started, &mut t), t.keys.len());
+        // The first VM gone, a VM more at the end.
+        snap.vms.remove(0);
+        push_with(&snap, started, &mut t);
+        snap.vms.push(fixture::snapshot(21).vms.pop().unwrap());
+        push_with(&snap, started, &mut t);
+        assert_eq!(push_with(&snap, started, &mut t), t.keys.len());
+        // Another process start: every counter's start time.
+        let later = started + std::time::Duration::from_secs(60);
+        assert_eq!(push_with(&snap, later, &mut t), 0);
+        // No VMs at all, then back.
+        let vms = std::mem::take(&mut snap.vms);
+        push_with(&snap, later, &mut t);
+        snap.vms = vms;
+        push_with(&snap, later, &mut t);
+        assert_eq!(push_with(&snap, later, &mut t), t.keys.len());
     }
 
     #[test]

@@ -309,6 +309,22 @@ fn remote_write_into_prometheus_and_victoriametrics_equals_what_metrics_served()
             m.value("vmscope_push_dropped_samples_total", &[("destination", d)]),
             Some(0.0)
         );
+        // What pushing costs: some CPU per encoded body, and less than
+        // the wall time the agent has run.
+        let encodes = m
+            .value("vmscope_push_encodes_total", &[("destination", d)])
+            .unwrap_or(0.0);
+        let cpu = m
+            .value(
+                "vmscope_push_encode_cpu_seconds_total",
+                &[("destination", d)],
+            )
+            .unwrap_or(0.0);
+        assert!(encodes >= 1.0, "{d}: no encode counted");
+        assert!(
+            cpu > 0.0 && cpu / encodes < 1.0,
+            "{d}: {cpu} s of encode CPU over {encodes} bodies"
+        );
     }
 }
 
