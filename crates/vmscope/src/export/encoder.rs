@@ -364,9 +364,6 @@ enum Mode {
 /// VM's label set).
 type Hasher = foldhash::fast::RandomState;
 
-/// A shared set's labels, owned.
-type SetLabels = Vec<(&'static str, String)>;
-
 /// A label set registered with `label_set`.
 #[derive(Debug)]
 struct SharedSet {
@@ -507,9 +504,13 @@ pub struct SampleCollector {
     /// for the duplicate check.
     seen: SeenLabels,
     sets: Vec<SharedSet>,
-    /// Registered sets by their labels and validity (as the text writer
-    /// finds an equal set again: one set per distinct label block).
-    set_index: HashMap<(SetLabels, bool), usize, Hasher>,
+    /// Registered sets by the hash of their labels (as the text writer
+    /// finds an equal set again: one set per distinct label block). By
+    /// hash, not by an owned key: a push registers every VM's set, and a
+    /// key was a second copy of each set's strings (measured: malloc was
+    /// 7% of a push).
+    set_index: HashMap<u64, SmallVec<[usize; 1]>, Hasher>,
+    hasher: Hasher,
     family_no: u32,
     /// The set of the current run of `sample_in` calls, and the extra
     /// labels of the run's series so far: within a run, series differ only
@@ -553,6 +554,7 @@ impl SampleCollector {
             seen: SeenLabels::default(),
             sets: Vec::new(),
             set_index: HashMap::default(),
+            hasher: Hasher::default(),
             family_no: 0,
             run: None,
             run_extras: RunExtras::default(),
@@ -575,20 +577,28 @@ impl SampleCollector {
     }
 
     fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
-        let owned: Vec<(&'static str, String)> =
-            labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
-        let valid = valid_label_names(labels, false);
-        let key = (owned, valid);
-        if let Some(&i) = self.set_index.get(&key) {
+        let h = self.hasher.hash_one(labels);
+        let same = |s: &SharedSet| {
+            s.labels.len() == labels.len()
+                && s.labels
+                    .iter()
+                    .zip(labels)
+                    .all(|((a, x), (b, y))| a == b && x == y)
+        };
+        if let Some(&i) = self
+            .set_index
+            .get(&h)
+            .and_then(|c| c.iter().find(|&&i| self.sets.get(i).is_some_and(same)))
+        {
             return LabelSet::from_index(i);
         }
         self.sets.push(SharedSet {
-            labels: key.0.clone(),
-            valid,
+            labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+            valid: valid_label_names(labels, false),
             used_in: 0,
         });
         let i = self.sets.len() - 1;
-        self.set_index.insert(key, i);
+        self.set_index.entry(h).or_default().push(i);
         LabelSet::from_index(i)
     }
 
