@@ -178,26 +178,29 @@ pub struct HistogramDataPoint {
 }
 
 /// Prometheus label -> OpenTelemetry attribute, where the semantic
-/// conventions name one. Labels not listed keep their name (`vm_id`,
+/// conventions name one, on the families whose name contains the third
+/// part (`""`: every family). Labels not listed keep their name (`vm_id`,
 /// `vm_name`, `vcpu`, `state`, ...: the conventions have no VM-on-a-host
 /// attributes; `host.*` describe the resource, the hypervisor host).
-pub const ATTRIBUTES: &[(&str, &str)] = &[
-    ("interface", "network.interface.name"),
-    ("device", "system.device"),
-    ("mountpoint", "system.filesystem.mountpoint"),
-    ("fstype", "system.filesystem.type"),
-    ("mode", "cpu.mode"),
-    ("route", "http.route"),
-    ("method", "http.request.method"),
-    ("status", "http.response.status_code"),
+/// `mode` is `cpu.mode` only on CPU families: `vmscope_discovery_mode`'s
+/// `mode` (events or listing) is no CPU mode.
+pub const ATTRIBUTES: &[(&str, &str, &str)] = &[
+    ("interface", "network.interface.name", ""),
+    ("device", "system.device", ""),
+    ("mountpoint", "system.filesystem.mountpoint", ""),
+    ("fstype", "system.filesystem.type", ""),
+    ("mode", "cpu.mode", "_cpu_"),
+    ("route", "http.route", ""),
+    ("method", "http.request.method", ""),
+    ("status", "http.response.status_code", ""),
 ];
 
-/// The attribute name of the Prometheus label `label`.
-pub fn attribute_name(label: &str) -> &str {
+/// The attribute name of the Prometheus label `label` on family `family`.
+pub fn attribute_name<'a>(family: &str, label: &'a str) -> &'a str {
     ATTRIBUTES
         .iter()
-        .find(|(l, _)| *l == label)
-        .map_or(label, |(_, a)| a)
+        .find(|(l, _, on)| *l == label && family.contains(on))
+        .map_or(label, |(_, a, _)| a)
 }
 
 /// The UCUM unit of a metric name's unit suffix (METRICS.md: base units,
@@ -224,10 +227,10 @@ fn kv(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn attributes(labels: &[(String, String)]) -> Vec<KeyValue> {
+fn attributes(family: &str, labels: &[(String, String)]) -> Vec<KeyValue> {
     labels
         .iter()
-        .map(|(k, v)| kv(attribute_name(k), v))
+        .map(|(k, v)| kv(attribute_name(family, k), v))
         .collect()
 }
 
@@ -260,7 +263,7 @@ fn number_points(f: &Family, c: &Collected, start: Option<u64>, now: u64) -> Vec
     f.samples
         .iter()
         .map(|s| NumberDataPoint {
-            attributes: attributes(&s.labels),
+            attributes: attributes(f.desc.name, &s.labels),
             start_time_unix_nano: start.map_or(0, |p| start_of(s, c, p)),
             time_unix_nano: now,
             as_double: super::as_f64(s.value),
@@ -300,7 +303,7 @@ fn histogram_points(f: &Family, start: u64, now: u64) -> Vec<HistogramDataPoint>
                 prev = c;
             }
             out.push(HistogramDataPoint {
-                attributes: attributes(&s.labels),
+                attributes: attributes(f.desc.name, &s.labels),
                 start_time_unix_nano: start,
                 time_unix_nano: now,
                 count: n,
@@ -550,8 +553,8 @@ const HISTOGRAM_ATTRIBUTES: u8 = 9;
 
 /// A data point's attribute: a `KeyValue` with a string `AnyValue`, the
 /// label renamed per the conventions ([`attribute_name`]).
-fn put_attribute(out: &mut Vec<u8>, field: u8, label: &str, value: &str) {
-    let key = attribute_name(label);
+fn put_attribute(out: &mut Vec<u8>, field: u8, family: &str, label: &str, value: &str) {
+    let key = attribute_name(family, label);
     let any_len = str_field_len(value.len());
     let kv_len = str_field_len(key.len()) + 1 + varint_len(any_len as u64) + any_len;
     put_len(out, field, kv_len);
@@ -852,7 +855,7 @@ impl OtlpSink {
         let own_len: usize = own
             .clone()
             .map(|(k, v)| {
-                let key = attribute_name(k);
+                let key = attribute_name(desc.name, k);
                 let any = str_field_len(v.len());
                 str_field_len(str_field_len(key.len()) + 1 + varint_len(any as u64) + any)
             })
@@ -863,7 +866,7 @@ impl OtlpSink {
         put_len(out, 1, point_len);
         out.extend_from_slice(attrs);
         for (k, v) in own {
-            put_attribute(out, NUMBER_ATTRIBUTES, k, v);
+            put_attribute(out, NUMBER_ATTRIBUTES, desc.name, k, v);
         }
         if with_start {
             put_fixed64(out, 2, start);
@@ -911,7 +914,7 @@ impl OtlpSink {
                 let parts = std::mem::take(&mut self.hist);
                 let mut attrs = Vec::new();
                 for (k, v) in labels.iter() {
-                    put_attribute(&mut attrs, HISTOGRAM_ATTRIBUTES, k, v);
+                    put_attribute(&mut attrs, HISTOGRAM_ATTRIBUTES, desc.name, k, v);
                 }
                 let n = parts.cumulative.len();
                 let point_len = attrs.len()
@@ -1034,8 +1037,11 @@ impl OtlpSink {
         let mut slot = self.sets.get_mut(id).and_then(Option::take);
         let prepared = slot.get_or_insert_with(|| {
             let mut bytes = Vec::new();
+            // Written once for every family the set's series are in: so
+            // only the renames that hold on every family apply (a set's
+            // labels are a VM's identity; none is family-scoped).
             for (k, v) in set {
-                put_attribute(&mut bytes, NUMBER_ATTRIBUTES, k, v);
+                put_attribute(&mut bytes, NUMBER_ATTRIBUTES, "", k, v);
             }
             let vm_id = set.iter().find(|(k, _)| *k == "vm_id");
             SetAttrs {
@@ -1241,6 +1247,15 @@ mod tests {
             (snap.vms[0].start_time_seconds * 1e9) as u64
         );
         assert!(p.attributes.iter().any(|a| a.key == "cpu.mode"));
+        // `mode` elsewhere is no CPU mode.
+        let discovery = metrics
+            .iter()
+            .find(|m| m.name == "vmscope_discovery_mode")
+            .unwrap();
+        let Some(Data::Gauge(g)) = &discovery.data else {
+            panic!("{discovery:?}")
+        };
+        assert!(g.data_points[0].attributes.iter().any(|a| a.key == "mode"));
         assert!(p.attributes.iter().any(|a| a.key == "vm_id"));
         // A host counter starts with the process.
         let host_counter = metrics
