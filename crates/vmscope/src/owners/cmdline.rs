@@ -41,6 +41,14 @@ pub enum Over {
     Name,
 }
 
+impl Config {
+    /// Whether the source is on and matches over the command line (then
+    /// discovery keeps each VM's; else it does not hold them).
+    pub fn reads_command_lines(&self) -> bool {
+        self.pattern.is_some() && self.over == Over::Cmdline
+    }
+}
+
 fn pattern<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
     let text = String::deserialize(d)?;
     compile(&text).map(Some).map_err(serde::de::Error::custom)
