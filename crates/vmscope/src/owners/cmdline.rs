@@ -134,6 +134,21 @@ mod tests {
         }
     }
 
+    /// Discovery keeps the joined command lines only for a pattern over
+    /// them.
+    #[test]
+    fn only_a_pattern_over_the_command_line_reads_command_lines() {
+        let cfg = |toml: &str| toml::from_str::<OwnersConfig>(toml).unwrap().cmdline;
+        assert!(
+            !cfg("").reads_command_lines(),
+            "no pattern: the source is off"
+        );
+        assert!(cfg("[cmdline]\npattern = '(?P<user>u-[a-z]+)'").reads_command_lines());
+        assert!(
+            !cfg("[cmdline]\nover = 'name'\npattern = '(?P<user>u-[a-z]+)'").reads_command_lines()
+        );
+    }
+
     #[test]
     fn captures_user_and_project_from_the_vm_name() {
         let s = source(
