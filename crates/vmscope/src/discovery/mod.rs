@@ -65,6 +65,9 @@ pub struct DiscoveryOptions {
     /// every tick); libvirt's status directory is watched with inotify
     /// likewise.
     pub process_events: bool,
+    /// Keep each hypervisor's joined command line (`ProcVm::command_line`)
+    /// for the `cmdline` owner source.
+    pub keep_command_line: bool,
 }
 
 pub struct Discovery {
@@ -90,7 +93,8 @@ impl Discovery {
             None
         };
         Discovery {
-            process: process::ProcessScanner::new(opts.rescan),
+            process: process::ProcessScanner::new(opts.rescan)
+                .keep_command_line(opts.keep_command_line),
             libvirt: libvirt::LibvirtScanner::new(opts.process_events),
             libvirt_dir: roots.run.join("libvirt").join("qemu"),
             events,

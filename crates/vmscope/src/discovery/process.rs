@@ -58,7 +58,9 @@ pub struct ProcVm {
     pub starttime_ticks: u64,
     pub cmdline: VmCmdline,
     /// The arguments joined by spaces, for the `cmdline` owner source's
-    /// pattern (owners/cmdline.rs).
+    /// pattern (owners/cmdline.rs); empty unless that source matches over
+    /// it ([`ProcessScanner::keep_command_line`]: ~1 KiB per VM, 10 MB at
+    /// 10 000 VMs, kept for nothing otherwise).
     pub command_line: String,
 }
 
@@ -92,6 +94,8 @@ pub struct ProcessScanner {
     rescan: Duration,
     last_full: Option<Instant>,
     buf: Vec<u8>,
+    /// Whether [`ProcVm::command_line`] is filled.
+    keep_command_line: bool,
 }
 
 impl ProcessScanner {
@@ -106,7 +110,15 @@ impl ProcessScanner {
             rescan,
             last_full: None,
             buf: Vec::with_capacity(4096),
+            keep_command_line: true,
         }
+    }
+
+    /// Whether each VM keeps its joined command line (the `cmdline` owner
+    /// source over `cmdline` needs it; nothing else reads it).
+    pub fn keep_command_line(mut self, keep: bool) -> Self {
+        self.keep_command_line = keep;
+        self
     }
 
     /// Forget a PID (its process exited or was replaced), so that it is
@@ -367,7 +379,11 @@ impl ProcessScanner {
             pid,
             starttime_ticks: stat.starttime_ticks,
             cmdline,
-            command_line: args.join(" "),
+            command_line: if self.keep_command_line {
+                args.join(" ")
+            } else {
+                String::new()
+            },
         }))
     }
 
@@ -511,6 +527,34 @@ mod tests {
 
     fn pids(found: &[Arc<ProcVm>]) -> Vec<u32> {
         found.iter().map(|v| v.pid).collect()
+    }
+
+    /// The joined command line is kept only when asked for (the `cmdline`
+    /// owner source): 1 KiB per VM otherwise held for nothing.
+    #[test]
+    fn the_command_line_is_kept_only_when_asked_for() {
+        let t = Tree::new();
+        t.qemu(200, "a");
+        for keep in [true, false] {
+            let mut s = ProcessScanner::new(Duration::from_secs(300)).keep_command_line(keep);
+            let found = s
+                .scan(
+                    &t.roots,
+                    &clock(),
+                    Instant::now(),
+                    None,
+                    &mut ScanStats::default(),
+                )
+                .unwrap();
+            assert_eq!(pids(&found), vec![200]);
+            let vm = &found[0];
+            assert_eq!(vm.cmdline.name.as_deref(), Some("a"), "parsed either way");
+            if keep {
+                assert!(vm.command_line.contains("guest=a"), "{}", vm.command_line);
+            } else {
+                assert_eq!(vm.command_line, "");
+            }
+        }
     }
 
     #[test]

@@ -21,6 +21,19 @@
 //! a stuck monitor holds one worker for at most `timeout` and never delays
 //! the tick, which keeps showing that VM's last good figures with their time
 //! (`last_success_seconds`).
+//!
+//! **A socket that is not there costs nothing per tick.** A VM whose API
+//! socket cannot even be connected to (missing, or nobody listening: a
+//! command line naming a monitor that was never created) is asked again
+//! only after a delay that doubles with each failed connect, from
+//! [`RETRY_FIRST`] to [`RETRY_MAX`], spread per VM so that VMs that failed
+//! together do not retry together ([`Backoff`]). Meanwhile it keeps its
+//! published state (`up = false`, `errors_total{kind="connect"}` counting
+//! the attempts, not the ticks) and the tick gets no new error for it; the
+//! first failures of a round are logged at `warn`, at most
+//! [`WARN_PER_ROUND`] of them, the rest summed in one line. A VM that
+//! restarts (new PID or start time) or whose API changes is a new target
+//! and is asked at once; a socket that appears is found at the next retry.
 
 pub mod block;
 pub mod ch;
@@ -29,6 +42,7 @@ pub mod libvirt;
 pub mod qmp;
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -73,6 +87,59 @@ impl DeviceApi {
 /// Which VM: (pid, process start time), the same key the collectors use.
 pub type Key = (u32, u64);
 
+/// First delay before a VM whose API could not be connected to is asked
+/// again: a QEMU that is still starting has its monitor within this.
+pub const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// Longest delay between two connects to a missing socket: a socket that
+/// appears later is found within this (plus the spread).
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Failed polls logged at `warn` per round; the rest are summed in one line
+/// (10 000 VMs naming a missing socket are one line, not 10 000).
+pub const WARN_PER_ROUND: usize = 5;
+
+/// When a VM whose API could not be connected to is asked again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backoff {
+    /// Failed connects in a row.
+    failures: u32,
+    /// Not asked before this (None: asked every round).
+    until: Option<Instant>,
+}
+
+impl Backoff {
+    /// Whether the VM is asked in a round starting at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.until.is_none_or(|u| now >= u)
+    }
+
+    /// A connect failed at `now`: the next try waits [`retry_delay`].
+    pub fn failed(&mut self, now: Instant, key: Key, first: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        self.until = Some(now + retry_delay(self.failures, key, first));
+    }
+
+    /// The API answered (or failed after connecting): asked every round.
+    pub fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// The delay after `failures` failed connects in a row: `first` doubled
+/// per failure up to [`RETRY_MAX`], plus up to a quarter more chosen by
+/// `key` (deterministic per VM and failure count), so that the 10 000 VMs
+/// of one host that failed in the same round spread their retries over
+/// the next ones instead of coming back in one burst.
+pub fn retry_delay(failures: u32, key: Key, first: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let base = first
+        .saturating_mul(1 << doublings)
+        .min(RETRY_MAX.max(first));
+    let quarter = u64::try_from(base.as_millis() / 4).unwrap_or(u64::MAX);
+    // A fixed-key hasher: the spread must not depend on the process.
+    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one((key, failures));
+    base + Duration::from_millis(h % (quarter + 1))
+}
+
 /// One VM the poller asks.
 struct Target {
     key: Key,
@@ -103,6 +170,8 @@ struct TargetState {
     /// The last poll failed (to log once per change of state).
     down: bool,
     last_error: Option<&'static str>,
+    /// Connect failures: when to ask again.
+    retry: Backoff,
 }
 
 struct Shared {
@@ -114,6 +183,10 @@ struct Shared {
     /// libvirtd's client, made on the first round with a libvirt domain;
     /// only the round's libvirt thread locks it.
     libvirt: Mutex<Option<libvirt::LibvirtClient>>,
+    /// [`RETRY_FIRST`] (shorter in tests).
+    retry_first: Duration,
+    /// Failed polls of the current round logged at `warn` so far.
+    warned: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -133,6 +206,15 @@ impl Poller {
     /// Starts the poller thread. `timeout` bounds one VM's conversation;
     /// `workers` VMs are asked at once.
     pub fn start(timeout: Duration, workers: usize) -> std::io::Result<Poller> {
+        Self::start_with_retry(timeout, workers, RETRY_FIRST)
+    }
+
+    /// [`Poller::start`] with another first retry delay (tests).
+    fn start_with_retry(
+        timeout: Duration,
+        workers: usize,
+        retry_first: Duration,
+    ) -> std::io::Result<Poller> {
         let shared = Arc::new(Shared {
             targets: Mutex::new(HashMap::new()),
             results: Mutex::new(HashMap::new()),
@@ -140,6 +222,8 @@ impl Poller {
             timeout,
             workers: workers.max(1),
             libvirt: Mutex::new(None),
+            retry_first,
+            warned: AtomicUsize::new(0),
         });
         let (wake, rx) = sync_channel(1);
         let s = Arc::clone(&shared);
@@ -210,12 +294,19 @@ fn run(shared: &Shared, wake: &Receiver<()>) {
     }
 }
 
-/// Polls every target once, on up to `workers` threads.
+/// Polls every target that is due once, on up to `workers` threads.
 fn round(shared: &Shared) {
-    let targets: Vec<Arc<Target>> = lock(&shared.targets).values().cloned().collect();
+    let now = Instant::now();
+    // Rounds never overlap, so no worker holds a target's state here.
+    let targets: Vec<Arc<Target>> = lock(&shared.targets)
+        .values()
+        .filter(|t| lock(&t.state).retry.due(now))
+        .cloned()
+        .collect();
     if targets.is_empty() {
         return;
     }
+    shared.warned.store(0, Ordering::Relaxed);
     // libvirt domains: one call for all of them, on a thread of its own
     // beside the workers (a stuck libvirtd holds only that thread).
     let (lv, targets): (Vec<_>, Vec<_>) = targets
@@ -228,18 +319,25 @@ fn round(shared: &Shared) {
             s.spawn(|| {
                 let answer = libvirt_round(shared, socket);
                 for t in &lv {
-                    publish(shared, t, poll_one(t, shared.timeout, Some(&answer)));
+                    publish(shared, t, poll_one(t, shared, Some(&answer)));
                 }
             });
         }
         for _ in 0..workers {
             s.spawn(|| {
                 while let Some(t) = targets.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    publish(shared, t, poll_one(t, shared.timeout, None));
+                    publish(shared, t, poll_one(t, shared, None));
                 }
             });
         }
     });
+    let warned = shared.warned.load(Ordering::Relaxed);
+    if warned > WARN_PER_ROUND {
+        tracing::warn!(
+            more = warned - WARN_PER_ROUND,
+            "more VMs' hypervisor APIs failed this round (logged at debug; each VM's vmscope_vm_device_stats_up is 0)"
+        );
+    }
 }
 
 /// Publishes a poll's outcome, only while the VM is still followed through
@@ -321,11 +419,11 @@ fn copy_error(e: &ApiError) -> ApiError {
 /// and no API, never a good answer).
 fn poll_one(
     t: &Target,
-    timeout: Duration,
+    shared: &Shared,
     libvirt: Option<&LibvirtAnswer>,
 ) -> Option<Arc<VmDevices>> {
     let mut st = lock(&t.state);
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + shared.timeout;
     let st = &mut *st;
     // The parsers never panic (property-tested); if a bug proves
     // otherwise, the poller still lives and counts it.
@@ -394,20 +492,32 @@ fn poll_one(
             st.last_error = None;
             st.last_good = Some(reading);
             st.last_success = Some(unix_seconds(SystemTime::now()));
+            st.retry.reset();
         }
         Ok(None) => {
             st.down = false;
             st.last_error = None;
             st.last_good = None;
+            st.retry.reset();
             return None;
         }
         Err(e) => {
             if let Some(i) = ApiError::KINDS.iter().position(|k| *k == e.kind()) {
                 st.errors[i] += 1;
             }
+            // Nothing to talk to: back off. libvirt domains are asked in
+            // one call per round whatever happens, so they never back off.
+            if matches!(e, ApiError::Connect { .. }) && libvirt.is_none() {
+                st.retry.failed(Instant::now(), t.key, shared.retry_first);
+            } else {
+                st.retry.reset();
+            }
             // A libvirtd that failed the whole round is logged once by
             // libvirt_round, not once per domain.
-            if !st.down && !matches!(libvirt, Some(Err(_))) {
+            if !st.down
+                && !matches!(libvirt, Some(Err(_)))
+                && shared.warned.fetch_add(1, Ordering::Relaxed) < WARN_PER_ROUND
+            {
                 tracing::warn!(pid = t.key.0, api = ?t.api, error = %e, "hypervisor API poll failed; keeping the last good figures");
             } else {
                 tracing::debug!(pid = t.key.0, error = %e, "hypervisor API poll failed again");
@@ -500,8 +610,115 @@ fn guest_memory(g: &vmscope_proc::GuestMemStats) -> GuestMemory {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::qmp::tests::{GREETING, monitor, qemu_like};
+    use super::qmp::tests::{GREETING, monitor, monitor_at, qemu_like};
     use super::*;
+
+    #[test]
+    fn the_retry_delay_doubles_up_to_the_cap_spread_by_vm() {
+        let first = Duration::from_secs(2);
+        let key = (4242, 17);
+        // Each delay is its base (2, 4, 8, ... capped at 60 s) plus at most
+        // a quarter of it.
+        let bases = [2, 4, 8, 16, 32, 60, 60, 60];
+        for (i, base) in bases.iter().enumerate() {
+            let d = retry_delay(i as u32 + 1, key, first);
+            let base = Duration::from_secs(*base);
+            assert!(
+                d >= base && d <= base + base / 4,
+                "failure {}: {d:?}",
+                i + 1
+            );
+        }
+        // A huge count neither overflows nor passes the cap.
+        let d = retry_delay(u32::MAX, key, first);
+        assert!(d >= RETRY_MAX && d <= RETRY_MAX + RETRY_MAX / 4, "{d:?}");
+        // The same VM and count: the same delay; 1000 VMs that failed in
+        // the same round: spread over the quarter, not one burst.
+        assert_eq!(retry_delay(3, key, first), retry_delay(3, key, first));
+        let mut at: Vec<Duration> = (0..1000u32)
+            .map(|pid| retry_delay(6, (pid, 1), first))
+            .collect();
+        at.sort();
+        at.dedup();
+        assert!(at.len() > 900, "{} distinct delays of 1000", at.len());
+        assert!(at[at.len() - 1] - at[0] > Duration::from_secs(12), "{at:?}");
+    }
+
+    #[test]
+    fn a_backoff_is_due_again_after_its_delay_and_reset_by_an_answer() {
+        let t0 = Instant::now();
+        let first = Duration::from_secs(2);
+        let mut b = Backoff::default();
+        assert!(b.due(t0), "a new VM is asked at once");
+        b.failed(t0, (1, 1), first);
+        assert!(!b.due(t0));
+        assert!(!b.due(t0 + Duration::from_millis(1999)));
+        assert!(b.due(t0 + Duration::from_millis(2500)));
+        // The second failure waits at least twice as long.
+        let t1 = t0 + Duration::from_millis(2500);
+        b.failed(t1, (1, 1), first);
+        assert!(!b.due(t1 + Duration::from_millis(3999)));
+        assert!(b.due(t1 + Duration::from_secs(5)));
+        b.reset();
+        assert!(b.due(t1), "answered: asked every round again");
+        assert_eq!(b, Backoff::default());
+    }
+
+    /// 10 000 VMs naming a monitor socket that does not exist cost one
+    /// connect each, then nothing per round until their retry; the socket
+    /// appearing is found at the next retry.
+    #[test]
+    fn a_missing_socket_backs_off_and_recovers_when_it_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let p = Poller::start_with_retry(Duration::from_millis(300), 2, Duration::from_millis(700))
+            .unwrap();
+        p.set((5, 5), DeviceApi::Qmp(path.clone()));
+        let t0 = Instant::now();
+        p.wake();
+        let d = wait_for(&p, (5, 5), |_| true);
+        assert!(!d.up);
+        assert_eq!(d.last_error, Some("connect"));
+        assert!(
+            d.errors_total.contains(&("connect", 1)),
+            "{:?}",
+            d.errors_total
+        );
+        // Rounds within the backoff: nobody connects, nothing is published
+        // again (the tick sees the same Arc, hence no new error).
+        while t0.elapsed() < Duration::from_millis(500) {
+            p.wake();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let same = wait_for(&p, (5, 5), |_| true);
+        assert!(
+            Arc::ptr_eq(&d, &same),
+            "republished during the backoff: {same:?}"
+        );
+        // The socket appears: the next retry finds it.
+        monitor_at(&path, Some(GREETING), qemu_like);
+        let up = loop {
+            p.wake();
+            let d = wait_for(&p, (5, 5), |_| true);
+            if d.up {
+                break d;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "never recovered: {d:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // 0.7 s, plus at most a quarter: one or (if the socket came after
+        // the retry) two failed connects, never one per round.
+        let connects = up
+            .errors_total
+            .iter()
+            .find(|(k, _)| *k == "connect")
+            .map(|(_, n)| *n);
+        assert!(matches!(connects, Some(1 | 2)), "{:?}", up.errors_total);
+        assert_eq!(up.disks[0].read_bytes, 2560);
+    }
 
     fn wait_for(p: &Poller, key: Key, ok: impl Fn(&VmDevices) -> bool) -> Arc<VmDevices> {
         let t = Instant::now();

@@ -354,7 +354,18 @@ pub(crate) mod tests {
     ) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("qmp.sock");
-        let listener = UnixListener::bind(&path).unwrap();
+        monitor_at(&path, greeting, answer);
+        (dir, path)
+    }
+
+    /// [`monitor`] listening at `path` (which must not exist yet), for as
+    /// long as the test runs.
+    pub(crate) fn monitor_at(
+        path: &std::path::Path,
+        greeting: Option<&'static str>,
+        answer: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) {
+        let listener = UnixListener::bind(path).unwrap();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
@@ -378,7 +389,6 @@ pub(crate) mod tests {
                 }
             }
         });
-        (dir, path)
     }
 
     pub(crate) fn qemu_like(line: &str) -> Option<String> {

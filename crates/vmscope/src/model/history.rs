@@ -13,12 +13,15 @@
 //! - **One point per [`STEP_SECS`]** (15 s) per series, the mean of the
 //!   ticks that fell in it (a 1 s tick updates the current point in place),
 //!   so the buffer's length does not depend on the collection interval.
-//! - **A ring per VM** of at most [`POINTS`] (240: one hour) points of
-//!   24 bytes (a `u32` time, a tick count, four `f32`: CPU cores, RSS, and
-//!   network receive and transmit rates; `f32` keeps 7 digits, plenty for a
-//!   graph), allocated once at its full size: about 5.9 KiB per VM, 6 MB
+//! - **A ring per VM** of at most [`POINTS`] (240: one hour) steps of
+//!   18 bytes: four `f32` (CPU cores, RSS, and network receive and
+//!   transmit rates; `f32` keeps 7 digits, plenty for a graph) and a `u16`
+//!   tick count, 0 for a step without a tick. A step's time is implied by
+//!   its place in the ring (the ring keeps the oldest step's), so the
+//!   24-byte [`Point`] with its own time is built only when the series is
+//!   read. Allocated once at its full size: about 4.4 KiB per VM, 4.3 MB
 //!   for 1000 VMs (measured by `memory_per_vm_at_1000_vms`, which prints
-//!   the figure; docs/status-page.md).
+//!   the figure; docs/status-page.md; it was 5.9 KiB with a time per point).
 //! - **Bounded**: a VM absent from the latest snapshot is dropped with its
 //!   ring; at most [`MAX_VMS`] VMs are followed (others are counted in
 //!   [`History::untracked`] and get no history). Points older than
@@ -54,55 +57,98 @@ pub type VmPoint = Point<4>;
 /// The host's point: CPU cores in use, memory used bytes.
 pub type HostPoint = Point<2>;
 
-/// One series: at most [`POINTS`] points, oldest first.
+/// One series: one entry per step from `first` on, at most [`POINTS`],
+/// oldest first; a step without a tick (slow ticks, a stalled agent) is an
+/// entry with 0 ticks, never the first one.
 #[derive(Debug, Clone)]
 struct Ring<const N: usize> {
-    points: VecDeque<Point<N>>,
+    /// Each step's mean values.
+    values: VecDeque<[f32; N]>,
+    /// Ticks averaged into each step (0: none).
+    ticks: VecDeque<u16>,
+    /// Start of the oldest step, Unix seconds (meaningless when empty).
+    first: u32,
 }
 
 impl<const N: usize> Ring<N> {
     fn new() -> Self {
         Ring {
-            points: VecDeque::with_capacity(POINTS),
+            values: VecDeque::with_capacity(POINTS),
+            ticks: VecDeque::with_capacity(POINTS),
+            first: 0,
         }
+    }
+
+    fn pop_front(&mut self) {
+        self.values.pop_front();
+        self.ticks.pop_front();
+        self.first = self.first.saturating_add(STEP_SECS);
     }
 
     /// Adds one tick's values at Unix second `now`.
     fn add(&mut self, now: u32, v: [f32; N]) {
         let t = now - now % STEP_SECS;
-        // Old points go first (also when ticks are rarer than steps).
-        while self
-            .points
-            .front()
-            .is_some_and(|p| p.t.saturating_add(WINDOW_SECS) <= t)
-        {
-            self.points.pop_front();
+        // Old steps go first (also when ticks are rarer than steps), then
+        // gaps left at the front.
+        while !self.ticks.is_empty() && self.first.saturating_add(WINDOW_SECS) <= t {
+            self.pop_front();
         }
-        match self.points.back_mut() {
-            Some(last) if last.t == t => {
-                last.ticks = last.ticks.saturating_add(1);
-                let n = last.ticks as f32;
-                for (m, x) in last.v.iter_mut().zip(v) {
-                    *m += (x - *m) / n;
+        while self.ticks.front() == Some(&0) {
+            self.pop_front();
+        }
+        let Some(len) = u32::try_from(self.ticks.len()).ok().filter(|n| *n > 0) else {
+            self.first = t;
+            self.values.push_back(v);
+            self.ticks.push_back(1);
+            return;
+        };
+        let last = self.first.saturating_add((len - 1) * STEP_SECS);
+        if t == last {
+            if let (Some(n), Some(m)) = (self.ticks.back_mut(), self.values.back_mut()) {
+                *n = n.saturating_add(1);
+                let k = f32::from(*n);
+                for (m, x) in m.iter_mut().zip(v) {
+                    *m += (x - *m) / k;
                 }
             }
-            // A clock stepped back: keep the series ordered, drop the tick.
-            Some(last) if last.t > t => {}
-            _ => {
-                if self.points.len() >= POINTS {
-                    self.points.pop_front();
-                }
-                self.points.push_back(Point { t, ticks: 1, v });
-            }
+            return;
+        }
+        // A clock stepped back: keep the series ordered, drop the tick.
+        if t < last {
+            return;
+        }
+        // Steps without a tick in between (fewer than POINTS: the oldest
+        // step is within the window of `t`).
+        for _ in 1..(t - last) / STEP_SECS {
+            self.values.push_back([0.0; N]);
+            self.ticks.push_back(0);
+        }
+        self.values.push_back(v);
+        self.ticks.push_back(1);
+        while self.ticks.len() > POINTS {
+            self.pop_front();
         }
     }
 
     fn to_vec(&self) -> Vec<Point<N>> {
-        self.points.iter().copied().collect()
+        let mut t = self.first;
+        let mut out = Vec::with_capacity(self.ticks.len());
+        for (v, n) in self.values.iter().zip(&self.ticks) {
+            if *n > 0 {
+                out.push(Point {
+                    t,
+                    ticks: u32::from(*n),
+                    v: *v,
+                });
+            }
+            t = t.saturating_add(STEP_SECS);
+        }
+        out
     }
 
     fn heap_bytes(&self) -> usize {
-        self.points.capacity() * std::mem::size_of::<Point<N>>()
+        self.values.capacity() * std::mem::size_of::<[f32; N]>()
+            + self.ticks.capacity() * std::mem::size_of::<u16>()
     }
 }
 
@@ -351,6 +397,31 @@ mod tests {
         assert!(pts.iter().all(|p| p.t > 1_800_000_000 + 7200 - 3600 - 600));
     }
 
+    /// Steps without a tick take no point, and the points after them keep
+    /// their own times (the ring stores none: they are implied).
+    #[test]
+    fn steps_without_a_tick_are_skipped_and_times_stay_right() {
+        let h = History::new();
+        let t0 = 1_800_000_000;
+        for (at, cpu) in [(0, 1.0), (1, 3.0), (47, 5.0), (200, 7.0), (201, 9.0)] {
+            h.record(&snap(t0 + at, &[("a", Some(cpu))]));
+        }
+        let pts = h.vm("a").unwrap();
+        let got: Vec<(u32, u32, f32)> = pts.iter().map(|p| (p.t, p.ticks, p.v[0])).collect();
+        let t0 = t0 as u32;
+        assert_eq!(
+            got,
+            vec![(t0, 2, 2.0), (t0 + 45, 1, 5.0), (t0 + 195, 2, 8.0)]
+        );
+        // An hour later the old steps (gaps included) are gone.
+        h.record(&snap(u64::from(t0) + 3600 + 46, &[("a", Some(1.0))]));
+        let pts = h.vm("a").unwrap();
+        assert_eq!(
+            pts.iter().map(|p| p.t).collect::<Vec<_>>(),
+            vec![t0 + 195, t0 + 3645]
+        );
+    }
+
     #[test]
     fn at_most_max_vms_are_followed() {
         let h = History::new();
@@ -404,7 +475,12 @@ mod tests {
             per_vm,
             h.heap_bytes() / 1024
         );
-        assert!(per_vm < 8 * 1024, "{per_vm} bytes per VM");
-        assert!(per_vm > POINTS * std::mem::size_of::<VmPoint>(), "{per_vm}");
+        // Below the old layout (a 24-byte point per step, time included),
+        // above the rings' own 18 bytes per step.
+        assert!(
+            per_vm < POINTS * std::mem::size_of::<VmPoint>(),
+            "{per_vm} bytes per VM"
+        );
+        assert!(per_vm > POINTS * 18, "{per_vm}");
     }
 }

@@ -41,6 +41,14 @@ pub enum Over {
     Name,
 }
 
+impl Config {
+    /// Whether the source is on and matches over the command line (then
+    /// discovery keeps each VM's; else it does not hold them).
+    pub fn reads_command_lines(&self) -> bool {
+        self.pattern.is_some() && self.over == Over::Cmdline
+    }
+}
+
 fn pattern<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
     let text = String::deserialize(d)?;
     compile(&text).map(Some).map_err(serde::de::Error::custom)
@@ -124,6 +132,21 @@ mod tests {
             process: p,
             libvirt: None,
         }
+    }
+
+    /// Discovery keeps the joined command lines only for a pattern over
+    /// them.
+    #[test]
+    fn only_a_pattern_over_the_command_line_reads_command_lines() {
+        let cfg = |toml: &str| toml::from_str::<OwnersConfig>(toml).unwrap().cmdline;
+        assert!(
+            !cfg("").reads_command_lines(),
+            "no pattern: the source is off"
+        );
+        assert!(cfg("[cmdline]\npattern = '(?P<user>u-[a-z]+)'").reads_command_lines());
+        assert!(
+            !cfg("[cmdline]\nover = 'name'\npattern = '(?P<user>u-[a-z]+)'").reads_command_lines()
+        );
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl Collector {
                 libvirt: cfg.discovery.libvirt,
                 rescan: cfg.discovery.rescan,
                 process_events: cfg.discovery.process_events == crate::config::ProcessEvents::Auto,
+                keep_command_line: cfg.owners.cmdline.reads_command_lines(),
             },
         );
         // A hung mount may cost at most half a tick.
