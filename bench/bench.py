@@ -925,8 +925,11 @@ def feature_checks(vms: Vmscope, features: set[str], receiver: Receiver | None, 
         return float(m.group(1)) if m else None
     cpu, encodes = total("vmscope_push_encode_cpu_seconds_total"), total("vmscope_push_encodes_total")
     push_cpu = cpu / encodes if cpu is not None and encodes else None
+    sent = re.search(r'^vmscope_push_samples_total{destination="bench",result="sent"} (\S+)$', text, re.M)
     return {"seen": seen, "owners_listed": owners, "unauthenticated_status": status_unauth,
-            "pushes": pushes, "push_cpu_per_push_s": push_cpu, "push_encodes": encodes}
+            "pushes": pushes, "push_cpu_per_push_s": push_cpu, "push_encodes": encodes,
+            "push_reused_series": total("vmscope_push_reused_series"),
+            "push_series_per_push": float(sent.group(1)) / encodes if sent and encodes else None}
 
 
 def feature_sets(names: list[str]) -> list[tuple[str, set[str]]]:

@@ -465,7 +465,10 @@ def markdown(results: dict) -> str:
                 w(f"CPU of one {proto} push (the agent's `vmscope_push_encode_cpu_seconds_total` / "
                   "`vmscope_push_encodes_total`, every push of the run, a steady host: the series reused) "
                   "against the tick's CPU of `off` in the same repetition (issue 14: at most 0.2): "
-                  + "; ".join(f"{ms(c)} / {ms(t)} = {c / t:.2f}" for c, t in rows) + ".\n")
+                  + "; ".join(f"{ms(c)} / {ms(t)} = {c / t:.2f}" for c, t in rows) + ". Series reused by the "
+                  "last push of each run / series per push: "
+                  + ", ".join(f"{r['checks'].get('push_reused_series')} / {r['checks'].get('push_series_per_push') or 0:.0f}"
+                              for r in by["push"]) + ".\n")
 
     w(f"### Targets (issue 4, at N = {dn})\n")
     target_table(w, targets(results))

@@ -8,7 +8,8 @@
 //! `vmscope_push_duration_seconds{destination}` (encode and compress of the
 //! last push, wall time), `vmscope_push_encode_cpu_seconds_total{destination}`
 //! and `vmscope_push_encodes_total{destination}` (what pushing costs: CPU
-//! per push is their ratio). Plain atomics: the pushers write, `/metrics` reads, nobody
+//! per push is their ratio), `vmscope_push_reused_series{destination}`
+//! (series of the last push written from the push before). Plain atomics: the pushers write, `/metrics` reads, nobody
 //! waits.
 
 use std::sync::Mutex;
@@ -61,6 +62,11 @@ static ENCODES: Desc = Desc::counter(
     "Request bodies built for the destination (one per pushed snapshot); vmscope_push_encode_cpu_seconds_total divided by this is the CPU of one push.",
 );
 
+static REUSED: Desc = Desc::gauge(
+    "vmscope_push_reused_series",
+    "Series of the last push to the destination whose bytes were reused from the push before (only their value and time rewritten): all of them on a steady host; fewer after VMs, devices or labels changed.",
+);
+
 /// One destination's counters.
 #[derive(Debug, Default)]
 pub struct DestinationMetrics {
@@ -76,6 +82,7 @@ pub struct DestinationMetrics {
     /// Nanoseconds of thread CPU time spent encoding.
     pub encode_cpu_ns: AtomicU64,
     pub encodes: AtomicU64,
+    pub reused: AtomicU64,
 }
 
 impl DestinationMetrics {
@@ -173,6 +180,10 @@ impl MetricSource for PushMetrics {
         for (name, m) in &d {
             out.sample(&[("destination", name)], M::n(&m.encodes));
         }
+        out.family(&REUSED);
+        for (name, m) in &d {
+            out.sample(&[("destination", name)], M::n(&m.reused));
+        }
     }
 }
 
@@ -195,6 +206,7 @@ mod tests {
         DestinationMetrics::set_f64(&rw.last_success, 1_700_000_000.5);
         rw.encode_cpu_ns.fetch_add(2_500_000, Ordering::Relaxed);
         rw.encodes.fetch_add(2, Ordering::Relaxed);
+        rw.reused.store(30, Ordering::Relaxed);
         m.destination("otlp");
         let text = encode(Format::Text, &[&m]);
         for want in [
@@ -207,6 +219,7 @@ mod tests {
             "vmscope_push_dropped_samples_total{destination=\"otlp\"} 0\n",
             "vmscope_push_encode_cpu_seconds_total{destination=\"rw\"} 0.0025\n",
             "vmscope_push_encodes_total{destination=\"rw\"} 2\n",
+            "vmscope_push_reused_series{destination=\"rw\"} 30\n",
         ] {
             assert!(text.contains(want), "{want} not in:\n{text}");
         }

@@ -75,9 +75,19 @@ pub trait Pusher: Send + Sync {
     /// (the `/metrics` order), and the number of series in it. Both
     /// protocols write their bytes straight from the snapshot; each
     /// destination encodes its own push. Blocking work.
-    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64);
+    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Encoded;
     /// Headers every request carries (content type and encoding, ...).
     fn headers(&self) -> &'static [(&'static str, &'static str)];
+}
+
+/// One encoded request body.
+pub struct Encoded {
+    /// Compressed.
+    pub body: Vec<u8>,
+    /// Series in it.
+    pub samples: u64,
+    /// Series whose bytes were reused from the destination's last push.
+    pub reused: u64,
 }
 
 /// One row of [`PUSHERS`].
@@ -166,7 +176,7 @@ struct RemoteWrite {
 }
 
 impl Pusher for RemoteWrite {
-    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64) {
+    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Encoded {
         // A panic mid-encode (none is known) would leave a half-written
         // template: start afresh rather than reuse it.
         let mut last = self.last.lock().unwrap_or_else(|p| {
@@ -176,7 +186,11 @@ impl Pusher for RemoteWrite {
             g
         });
         let (body, n) = remote_write::encode_snapshot(snap, sources, &self.labels, &mut last);
-        (body, n as u64)
+        Encoded {
+            body,
+            samples: n as u64,
+            reused: last.reused() as u64,
+        }
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
         remote_write::HEADERS
@@ -191,7 +205,7 @@ struct Otlp {
 }
 
 impl Pusher for Otlp {
-    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> (Vec<u8>, u64) {
+    fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Encoded {
         let mut last = self.last.lock().unwrap_or_else(|p| {
             self.last.clear_poison();
             let mut g = p.into_inner();
@@ -199,7 +213,11 @@ impl Pusher for Otlp {
             g
         });
         let (body, n) = otlp::encode_snapshot(snap, sources, self.start, &self.attrs, &mut last);
-        (body, n as u64)
+        Encoded {
+            body,
+            samples: n as u64,
+            reused: last.reused() as u64,
+        }
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
         otlp::HEADERS
@@ -335,13 +353,23 @@ async fn feed(
             // The encoding runs on this one thread from start to end, so
             // its CPU clock is the push's CPU (what the operator pays).
             let cpu = thread_cpu();
-            let (body, samples) = pusher.encode(&snap, sources.as_slice());
-            (body, samples, snap.seq, thread_cpu().saturating_sub(cpu))
+            let e = pusher.encode(&snap, sources.as_slice());
+            (e, snap.seq, thread_cpu().saturating_sub(cpu))
         })
         .await;
-        let Ok((body, samples, seq, cpu)) = encoded else {
+        let Ok((
+            Encoded {
+                body,
+                samples,
+                reused,
+            },
+            seq,
+            cpu,
+        )) = encoded
+        else {
             continue;
         };
+        m.reused.store(reused, Ordering::Relaxed);
         DestinationMetrics::set_f64(&m.duration, started.elapsed().as_secs_f64());
         m.encode_cpu_ns.fetch_add(cpu, Ordering::Relaxed);
         m.encodes.fetch_add(1, Ordering::Relaxed);

@@ -321,6 +321,25 @@ fn remote_write_into_prometheus_and_victoriametrics_equals_what_metrics_served()
             )
             .unwrap_or(0.0);
         assert!(encodes >= 1.0, "{d}: no encode counted");
+        // The VMs, their devices and labels did not change between
+        // pushes: a push after the first reuses the one before.
+        let reused = m
+            .value("vmscope_push_reused_series", &[("destination", d)])
+            .unwrap_or(0.0);
+        let series = m
+            .value(
+                "vmscope_push_samples_total",
+                &[("destination", d), ("result", "sent")],
+            )
+            .unwrap_or(0.0)
+            / encodes;
+        eprintln!(
+            "push: {d}: {encodes} pushes, the last reused {reused} series (about {series:.0} per push)"
+        );
+        assert!(
+            encodes < 2.0 || reused > 0.0,
+            "{d}: nothing reused over {encodes} pushes"
+        );
         assert!(
             cpu > 0.0 && cpu / encodes < 1.0,
             "{d}: {cpu} s of encode CPU over {encodes} bodies"
