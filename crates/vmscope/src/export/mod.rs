@@ -41,6 +41,7 @@ pub mod usage;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
+pub(crate) use encoder::same_str;
 pub use encoder::{
     Encode, Families, Family, MetricWriter, Sample, SampleCollector, SeriesLabels, SeriesSink,
 };
