@@ -162,8 +162,12 @@ impl Tenant {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
+        // The range ends a step after now: its last evaluation at the
+        // whole second `now` can fall before the first scrape's sample,
+        // which the setup's instant query saw a moment later (an empty
+        // range, once in a loaded CI run).
         let filled = template
-            .replace("{now}", &now.to_string())
+            .replace("{now}", &(now + 5).to_string())
             .replace("{ago}", &(now - 120).to_string())
             .replace("{id}", id)
             .replace("{uuid}", id)
