@@ -41,10 +41,10 @@ pub mod usage;
 pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
-pub(crate) use encoder::same_str;
 pub use encoder::{
     Encode, Families, Family, MetricWriter, Sample, SampleCollector, SeriesLabels, SeriesSink,
 };
+pub(crate) use encoder::{same_bytes, same_labels, same_str};
 pub use histogram::Histogram;
 pub use snapshot_age::SnapshotAge;
 pub use writer::{Desc, Format, MetricType, TextWriter, Value, WriterState};
