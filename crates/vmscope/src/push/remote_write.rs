@@ -26,7 +26,7 @@ use smallvec::SmallVec;
 
 use super::collect::Collected;
 use super::reuse::SeriesKeys;
-use super::wire::{len_key, put_varint, str_field_len, varint_len};
+use super::wire::{put_fixed64, put_len, put_str, put_varint, str_field_len, varint_len};
 use crate::export::{
     Desc, MetricSource, MetricType, SampleCollector, SeriesLabels, SeriesSink, Value,
 };
@@ -267,7 +267,7 @@ pub struct WireSink {
     /// Milliseconds since the epoch: every sample's timestamp.
     ts: i64,
     /// The timestamp as its varint bytes (the same for every series).
-    ts_bytes: SmallVec<[u8; 10]>,
+    ts_bytes: Vec<u8>,
     /// External labels, added to a series without a label of that name.
     external: Vec<(String, String)>,
     /// The bytes written (`timeseries` fields, then the `metadata`
@@ -276,7 +276,6 @@ pub struct WireSink {
     /// While the series so far were last push's: the next one's number
     /// in the template.
     replay: Option<usize>,
-    reused: usize,
     samples: usize,
     /// Each shared label set's labels, written once, by set number.
     sets: Vec<Option<SetBytes>>,
@@ -433,17 +432,14 @@ fn sample_len(ts: u64) -> usize {
 fn open_series(out: &mut Vec<u8>, ts: i64, labels_len: usize) {
     let sample_len = sample_len(u64::try_from(ts).unwrap_or(0));
     let body_len = labels_len + 1 + varint_len(sample_len as u64) + sample_len;
-    out.push(len_key(1));
-    put_varint(out, body_len as u64);
+    put_len(out, 1, body_len);
 }
 
 /// Writes the series' one sample.
 fn close_series(out: &mut Vec<u8>, ts: i64, value: Value) {
     let ts = u64::try_from(ts).unwrap_or(0);
-    out.push(len_key(2));
-    put_varint(out, sample_len(ts) as u64);
-    out.push((1 << 3) | 1); // value, 64-bit
-    out.extend_from_slice(&super::as_f64(value).to_le_bytes());
+    put_len(out, 2, sample_len(ts));
+    put_fixed64(out, 1, super::as_f64(value).to_bits()); // value, double
     out.push(2 << 3); // timestamp, varint
     put_varint(out, ts);
 }
@@ -456,13 +452,9 @@ fn label_len(k: &str, v: &str, w: &str) -> usize {
 
 /// A `TimeSeries.labels` field: key, length, the `Label` message.
 fn put_label(out: &mut Vec<u8>, k: &str, v: &str, w: &str) {
-    out.push(len_key(1));
-    put_varint(out, label_len(k, v, w) as u64);
-    out.push(len_key(1));
-    put_varint(out, k.len() as u64);
-    out.extend_from_slice(k.as_bytes());
-    out.push(len_key(2));
-    put_varint(out, (v.len() + w.len()) as u64);
+    put_len(out, 1, label_len(k, v, w));
+    put_str(out, 1, k);
+    put_len(out, 2, v.len() + w.len());
     out.extend_from_slice(v.as_bytes());
     out.extend_from_slice(w.as_bytes());
 }
@@ -487,13 +479,8 @@ impl WireSink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .unwrap_or(0);
-        let mut ts_bytes = SmallVec::new();
-        let mut v = u64::try_from(ts).unwrap_or(0);
-        while v >= 0x80 {
-            ts_bytes.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        ts_bytes.push(v as u8);
+        let mut ts_bytes = Vec::with_capacity(10);
+        put_varint(&mut ts_bytes, u64::try_from(ts).unwrap_or(0));
         let mut t = Template::default();
         t.body.reserve((64 << 10) + vms.saturating_mul(5 << 10));
         WireSink {
@@ -502,7 +489,6 @@ impl WireSink {
             external,
             t,
             replay: None,
-            reused: 0,
             samples: 0,
             sets: Vec::new(),
             shapes: Vec::new(),
@@ -513,6 +499,7 @@ impl WireSink {
     /// series are reused while this push's are the same ones.
     pub fn reuse(&mut self, mut last: Template) {
         last.meta.clear();
+        last.reused = 0;
         let ts_len = self.ts_bytes.len();
         let keep = last.external == self.external && last.ts_len == ts_len;
         last.keys.begin(keep);
@@ -571,7 +558,6 @@ impl WireSink {
             // Fewer series than last time: the rest are gone.
             self.t.cut(i);
         }
-        self.t.reused = self.reused;
         self.t
     }
 
@@ -664,15 +650,12 @@ impl SeriesSink for WireSink {
         };
         let len =
             1 + varint_len(kind) + str_field_len(desc.name.len()) + str_field_len(desc.help.len());
-        self.t.meta.push(len_key(3));
-        put_varint(&mut self.t.meta, len as u64);
-        self.t.meta.push(1 << 3); // type, varint
-        put_varint(&mut self.t.meta, kind);
-        for (field, text) in [(2, desc.name), (4, desc.help)] {
-            self.t.meta.push(len_key(field));
-            put_varint(&mut self.t.meta, text.len() as u64);
-            self.t.meta.extend_from_slice(text.as_bytes());
-        }
+        let meta = &mut self.t.meta;
+        put_len(meta, 3, len);
+        meta.push(1 << 3); // type, varint
+        put_varint(meta, kind);
+        put_str(meta, 2, desc.name);
+        put_str(meta, 4, desc.help);
     }
 
     fn series(
@@ -685,7 +668,7 @@ impl SeriesSink for WireSink {
         if let Some(i) = self.replay {
             if self.replays(i, desc, suffix, &labels, value) {
                 self.replay = Some(i + 1);
-                self.reused += 1;
+                self.t.reused += 1;
                 self.samples += 1;
                 return;
             }
