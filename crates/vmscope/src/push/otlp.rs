@@ -514,8 +514,9 @@ pub struct OtlpSink {
     /// The current family's data points.
     points: Vec<u8>,
     current: Option<&'static Desc>,
-    /// Each shared label set's attributes, written once, by set number.
-    sets: Vec<Option<SetAttrs>>,
+    /// Each shared label set's labels as `NumberDataPoint.attributes`
+    /// fields, written once, by set number.
+    sets: Vec<Option<Vec<u8>>>,
     /// The histogram series being gathered (buckets come one by one).
     hist: HistogramParts,
     samples: usize,
@@ -531,13 +532,6 @@ pub struct OtlpSink {
     reused: usize,
     /// Counter starts by shared set number this push (0: not looked up).
     set_starts: Vec<u64>,
-}
-
-/// A shared label set's labels as `NumberDataPoint.attributes` fields,
-/// and its VM's start when it has a `vm_id`.
-struct SetAttrs {
-    bytes: Vec<u8>,
-    vm_start: Option<u64>,
 }
 
 #[derive(Default)]
@@ -702,25 +696,22 @@ impl OtlpSink {
         }
     }
 
-    /// A counter series' start when reusing: its VM's start (looked up
-    /// once per set and push), else this process'.
-    fn replay_start(&mut self, labels: &SeriesLabels<'_>) -> u64 {
-        let own = |labels: &SeriesLabels<'_>| {
-            labels
-                .iter()
-                .find(|(k, _)| *k == "vm_id")
-                .map(|(_, v)| v.to_owned())
-        };
+    /// A counter series' start: its VM's (from its set's `vm_id`, looked
+    /// up once per set and push, else its own `vm_id`), else this
+    /// process'. Written afresh and reused alike.
+    fn counter_start(&mut self, labels: &SeriesLabels<'_>) -> u64 {
+        fn vm_id<'x>(labels: &SeriesLabels<'x>) -> Option<&'x str> {
+            labels.iter().find(|(k, _)| *k == "vm_id").map(|(_, v)| v)
+        }
         let Some((id, set)) = labels.set() else {
-            let vm_id = own(labels);
-            return self.start_of(vm_id.as_deref());
+            return self.start_of(vm_id(labels));
         };
         if let Some(&s) = self.set_starts.get(id).filter(|s| **s != 0) {
             return s;
         }
         let start = match set.iter().find(|(k, _)| *k == "vm_id") {
             Some((_, v)) => self.start_of(Some(v)),
-            None => return self.start_of(own(labels).as_deref()),
+            None => return self.start_of(vm_id(labels)),
         };
         if self.set_starts.len() <= id {
             self.set_starts.resize(id + 1, 0);
@@ -779,7 +770,7 @@ impl OtlpSink {
             return ok;
         }
         let start = if desc.kind == MetricType::Counter {
-            Some(self.replay_start(labels))
+            Some(self.counter_start(labels))
         } else {
             None
         };
@@ -1026,9 +1017,13 @@ impl SeriesSink for OtlpSink {
 impl OtlpSink {
     /// A gauge's or counter's series, written afresh.
     fn number(&mut self, desc: &'static Desc, labels: SeriesLabels<'_>, value: Value) {
+        // Only a counter's point carries its start.
+        let start = if desc.kind == MetricType::Counter {
+            self.counter_start(&labels)
+        } else {
+            0
+        };
         let Some((id, set)) = labels.set() else {
-            let vm_id = labels.iter().find(|(k, _)| *k == "vm_id").map(|(_, v)| v);
-            let start = self.start_of(vm_id);
             return self.number_point(desc, &[], labels.iter(), start, value);
         };
         if self.sets.len() <= id {
@@ -1043,17 +1038,9 @@ impl OtlpSink {
             for (k, v) in set {
                 put_attribute(&mut bytes, NUMBER_ATTRIBUTES, "", k, v);
             }
-            let vm_id = set.iter().find(|(k, _)| *k == "vm_id");
-            SetAttrs {
-                bytes,
-                vm_start: vm_id.map(|(_, id)| self.start_of(Some(id))),
-            }
+            bytes
         });
-        let start = prepared.vm_start.unwrap_or_else(|| {
-            let vm_id = labels.own().find(|(k, _)| *k == "vm_id").map(|(_, v)| v);
-            self.start_of(vm_id)
-        });
-        self.number_point(desc, &prepared.bytes, labels.own(), start, value);
+        self.number_point(desc, prepared, labels.own(), start, value);
         if let Some(s) = self.sets.get_mut(id) {
             *s = slot;
         }
