@@ -15,7 +15,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::export::{Desc, MetricSource, MetricWriter};
+use crate::export::{Desc, MetricSource, MetricWriter, Value};
 
 /// `kind` values of `vmscope_push_errors_total`, in output order
 /// ([`crate::outbound::client::FailureKind::label`]).
@@ -147,43 +147,29 @@ impl MetricSource for PushMetrics {
                 M::n(&m.rejected),
             );
         }
-        out.family(&DROPPED);
-        for (name, m) in &d {
-            out.sample(&[("destination", name)], M::n(&m.dropped));
-        }
+        // A family with one series per destination.
+        let each =
+            |out: &mut MetricWriter<'_>, desc: &'static Desc, value: &dyn Fn(&M) -> Value| {
+                out.family(desc);
+                for (name, m) in &d {
+                    out.sample(&[("destination", name)], value(m));
+                }
+            };
+        each(out, &DROPPED, &|m| M::n(&m.dropped).into());
         out.family(&ERRORS);
         for (name, m) in &d {
             for (kind, cell) in ERROR_KINDS.iter().zip(&m.errors) {
                 out.sample(&[("destination", name), ("kind", kind)], M::n(cell));
             }
         }
-        out.family(&QUEUE);
-        for (name, m) in &d {
-            out.sample(&[("destination", name)], M::n(&m.queue));
-        }
-        out.family(&LAST_SUCCESS);
-        for (name, m) in &d {
-            out.sample(&[("destination", name)], M::f64(&m.last_success));
-        }
-        out.family(&DURATION);
-        for (name, m) in &d {
-            out.sample(&[("destination", name)], M::f64(&m.duration));
-        }
-        out.family(&ENCODE_CPU);
-        for (name, m) in &d {
-            out.sample(
-                &[("destination", name)],
-                M::n(&m.encode_cpu_ns) as f64 / 1e9,
-            );
-        }
-        out.family(&ENCODES);
-        for (name, m) in &d {
-            out.sample(&[("destination", name)], M::n(&m.encodes));
-        }
-        out.family(&REUSED);
-        for (name, m) in &d {
-            out.sample(&[("destination", name)], M::n(&m.reused));
-        }
+        each(out, &QUEUE, &|m| M::n(&m.queue).into());
+        each(out, &LAST_SUCCESS, &|m| M::f64(&m.last_success).into());
+        each(out, &DURATION, &|m| M::f64(&m.duration).into());
+        each(out, &ENCODE_CPU, &|m| {
+            (M::n(&m.encode_cpu_ns) as f64 / 1e9).into()
+        });
+        each(out, &ENCODES, &|m| M::n(&m.encodes).into());
+        each(out, &REUSED, &|m| M::n(&m.reused).into());
     }
 }
 

@@ -168,6 +168,18 @@ impl Kind {
     }
 }
 
+/// A destination's kept last push, locked. A panic mid-encode (none is
+/// known) would leave a half-written template: that one is started afresh
+/// rather than reused.
+fn last_push<T: Default>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| {
+        m.clear_poison();
+        let mut g = p.into_inner();
+        *g = T::default();
+        g
+    })
+}
+
 struct RemoteWrite {
     labels: Vec<(String, String)>,
     /// The last push's series, reused while they stay the same. One
@@ -177,14 +189,7 @@ struct RemoteWrite {
 
 impl Pusher for RemoteWrite {
     fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Encoded {
-        // A panic mid-encode (none is known) would leave a half-written
-        // template: start afresh rather than reuse it.
-        let mut last = self.last.lock().unwrap_or_else(|p| {
-            self.last.clear_poison();
-            let mut g = p.into_inner();
-            *g = remote_write::Template::default();
-            g
-        });
+        let mut last = last_push(&self.last);
         let (body, n) = remote_write::encode_snapshot(snap, sources, &self.labels, &mut last);
         Encoded {
             body,
@@ -206,12 +211,7 @@ struct Otlp {
 
 impl Pusher for Otlp {
     fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Encoded {
-        let mut last = self.last.lock().unwrap_or_else(|p| {
-            self.last.clear_poison();
-            let mut g = p.into_inner();
-            *g = otlp::Template::default();
-            g
-        });
+        let mut last = last_push(&self.last);
         let (body, n) = otlp::encode_snapshot(snap, sources, self.start, &self.attrs, &mut last);
         Encoded {
             body,
