@@ -122,4 +122,9 @@ impl MetricSource for AccessMetrics {
             out.sample(&[], f64::from_bits(self.reload_ts.load(Ordering::Relaxed)));
         }
     }
+
+    /// With authentication on, every request moves `vmscope_http_auth_total`.
+    fn volatile(&self) -> bool {
+        true
+    }
 }

@@ -236,6 +236,11 @@ impl MetricSource for HttpMetrics {
             h.write(out, &labels);
         }
     }
+
+    /// Every request served moves these (the scrape before this one).
+    fn volatile(&self) -> bool {
+        true
+    }
 }
 
 fn method_label(m: &Method) -> &'static str {

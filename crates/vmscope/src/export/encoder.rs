@@ -8,6 +8,11 @@
 //! - [`MetricWriter::Samples`]: a [`SampleCollector`] that keeps each family
 //!   and its series as values, `(name, labels, value)`, for a pusher
 //!   (remote_write, OTLP) that builds its own messages.
+//! - [`MetricWriter::Fingerprint`]: a [`Fingerprint`] that hashes every
+//!   call and writes nothing: what a source would write has changed exactly
+//!   when its fingerprint has (the exposition cache keeps the text of the
+//!   sources that did not change between scrapes).
+//! - [`MetricWriter::Tee`]: text and its fingerprint from one walk.
 //!
 //! Each call is one `match` on the arm; the text arm then runs exactly the
 //! code it ran before there were arms (the encode benchmark holds this).
@@ -39,6 +44,11 @@ pub enum MetricWriter<'a> {
     Text(TextWriter<'a>),
     /// Structured samples, for pushers.
     Samples(&'a mut SampleCollector),
+    /// A hash of the calls, for caches.
+    Fingerprint(&'a mut Fingerprint),
+    /// Text and the hash of the calls that wrote it, in one walk (a source
+    /// read twice could change in between).
+    Tee(Tee<'a>),
 }
 
 impl<'a> MetricWriter<'a> {
@@ -52,6 +62,20 @@ impl<'a> MetricWriter<'a> {
         MetricWriter::Text(TextWriter::resume(out, format, prior))
     }
 
+    /// Continues a text exposition like [`MetricWriter::resume`] and
+    /// hashes the calls into `fingerprint` as they are written.
+    pub fn resume_tee(
+        out: &'a mut String,
+        format: Format,
+        prior: &'a WriterState,
+        fingerprint: &'a mut Fingerprint,
+    ) -> Self {
+        MetricWriter::Tee(Tee {
+            text: TextWriter::resume(out, format, prior),
+            fp: fingerprint,
+        })
+    }
+
     /// Collects samples into `into` instead of writing text.
     pub fn samples(into: &'a mut SampleCollector) -> Self {
         MetricWriter::Samples(into)
@@ -61,8 +85,8 @@ impl<'a> MetricWriter<'a> {
     /// collecting samples).
     pub fn family_starts(&self) -> &[(&'static str, usize)] {
         match self {
-            MetricWriter::Text(w) => w.family_starts(),
-            MetricWriter::Samples(_) => &[],
+            MetricWriter::Text(w) | MetricWriter::Tee(Tee { text: w, .. }) => w.family_starts(),
+            MetricWriter::Samples(_) | MetricWriter::Fingerprint(_) => &[],
         }
     }
 
@@ -71,6 +95,8 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) => w.label_set(labels),
             MetricWriter::Samples(c) => c.label_set(labels),
+            MetricWriter::Fingerprint(f) => f.label_set(labels),
+            MetricWriter::Tee(t) => t.label_set(labels),
         }
     }
 
@@ -79,6 +105,8 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) => w.family(desc),
             MetricWriter::Samples(c) => c.family(desc),
+            MetricWriter::Fingerprint(f) => f.family(desc),
+            MetricWriter::Tee(t) => t.family(desc),
         }
     }
 
@@ -89,6 +117,8 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) => w.sample(labels, value),
             MetricWriter::Samples(c) => c.sample(labels, value),
+            MetricWriter::Fingerprint(f) => f.sample(labels, value),
+            MetricWriter::Tee(t) => t.sample(labels, value),
         }
     }
 
@@ -105,6 +135,8 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) => w.sample_in(set, extra, value),
             MetricWriter::Samples(c) => c.sample_in(set, extra, value),
+            MetricWriter::Fingerprint(f) => f.sample_in(set, extra, value),
+            MetricWriter::Tee(t) => t.sample_in(set, extra, value),
         }
     }
 
@@ -119,6 +151,8 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) => w.histogram(labels, buckets, sum, count),
             MetricWriter::Samples(c) => c.histogram(labels, buckets, sum, count),
+            MetricWriter::Fingerprint(f) => f.histogram(labels, buckets, sum, count),
+            MetricWriter::Tee(t) => t.histogram(labels, buckets, sum, count),
         }
     }
 
@@ -131,6 +165,8 @@ impl<'a> MetricWriter<'a> {
                 c.close_family();
                 WriterState::default()
             }
+            MetricWriter::Fingerprint(_) => WriterState::default(),
+            MetricWriter::Tee(t) => t.text.suspend(),
         }
     }
 
@@ -139,6 +175,8 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) => w.finish(),
             MetricWriter::Samples(c) => c.finish(),
+            MetricWriter::Fingerprint(_) => {}
+            MetricWriter::Tee(t) => t.text.finish(),
         }
     }
 }
@@ -203,6 +241,223 @@ impl Encode for SampleCollector {
     }
     fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
         SampleCollector::histogram(self, labels, buckets, sum, count);
+    }
+}
+
+/// A hash of every call a source makes, in order, and nothing written: two
+/// runs of a source with equal fingerprints write the same text (given the
+/// same format and the same writer state before them). Not a guard against
+/// an adversary: a 64-bit foldhash with a fixed seed, over values the
+/// process itself produced.
+pub struct Fingerprint {
+    h: foldhash::fast::FoldHasher<'static>,
+    /// The hash of each label set's labels, by the set's number in the
+    /// writer that numbered it: `sample_in` hashes the labels, not the
+    /// number (the text writer numbers repeated sets once, this does not).
+    sets: Vec<u64>,
+}
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        use std::hash::BuildHasher as _;
+        static SEED: foldhash::fast::FixedState =
+            foldhash::fast::FixedState::with_seed(0x0076_6d73_636f_7065);
+        Fingerprint {
+            h: SEED.build_hasher(),
+            sets: Vec::new(),
+        }
+    }
+}
+
+impl Fingerprint {
+    /// The hash of the calls so far.
+    pub fn finish(&self) -> u64 {
+        std::hash::Hasher::finish(&self.h)
+    }
+
+    fn str(&mut self, s: &str) {
+        use std::hash::Hasher as _;
+        // Length first: ("ab", "c") and ("a", "bc") differ.
+        self.h.write_usize(s.len());
+        self.h.write(s.as_bytes());
+    }
+
+    fn labels(&mut self, labels: &[(&str, &str)]) {
+        use std::hash::Hasher as _;
+        self.h.write_usize(labels.len());
+        for (k, v) in labels {
+            self.str(k);
+            self.str(v);
+        }
+    }
+
+    fn value(&mut self, v: Value) {
+        use std::hash::Hasher as _;
+        match v {
+            Value::U64(v) => {
+                self.h.write_u8(0);
+                self.h.write_u64(v);
+            }
+            Value::I64(v) => {
+                self.h.write_u8(1);
+                self.h.write_i64(v);
+            }
+            Value::F64(v) => {
+                self.h.write_u8(2);
+                self.h.write_u64(v.to_bits());
+            }
+        }
+    }
+
+    fn tag(&mut self, t: u8) {
+        std::hash::Hasher::write_u8(&mut self.h, t);
+    }
+
+    pub fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        let set = LabelSet::from_index(self.sets.len());
+        self.register(set, labels);
+        set
+    }
+
+    /// Notes the labels of `set`, numbered by another writer.
+    fn register(&mut self, set: LabelSet, labels: &[(&'static str, &str)]) {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // The labels alone: the two writers number the same set differently.
+        let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
+        h.write_usize(labels.len());
+        for (k, v) in labels {
+            h.write_usize(k.len());
+            h.write(k.as_bytes());
+            h.write_usize(v.len());
+            h.write(v.as_bytes());
+        }
+        let i = set.index();
+        if self.sets.len() <= i {
+            self.sets.resize(i + 1, 0);
+        }
+        if let Some(slot) = self.sets.get_mut(i) {
+            *slot = h.finish();
+        }
+    }
+
+    pub fn family(&mut self, desc: &'static Desc) {
+        self.tag(b'F');
+        self.str(desc.name);
+    }
+
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+        self.tag(b'S');
+        self.labels(labels);
+        self.value(value);
+    }
+
+    pub fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
+        use std::hash::Hasher as _;
+        self.tag(b'I');
+        let labels = self.sets.get(set.index()).copied().unwrap_or(u64::MAX);
+        self.h.write_u64(labels);
+        self.h.write_usize(extra.len());
+        for (k, v) in extra {
+            self.str(k);
+            self.str(v);
+        }
+        self.value(value);
+    }
+
+    pub fn histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        use std::hash::Hasher as _;
+        self.tag(b'H');
+        self.labels(labels);
+        self.h.write_usize(buckets.len());
+        for (le, n) in buckets {
+            self.h.write_u64(le.to_bits());
+            self.h.write_u64(*n);
+        }
+        self.h.write_u64(sum.to_bits());
+        self.h.write_u64(count);
+    }
+}
+
+impl Encode for Fingerprint {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        Fingerprint::label_set(self, labels)
+    }
+    fn family(&mut self, desc: &'static Desc) {
+        Fingerprint::family(self, desc);
+    }
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        Fingerprint::sample(self, labels, value.into());
+    }
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        Fingerprint::sample_in(self, set, extra, value.into());
+    }
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        Fingerprint::histogram(self, labels, buckets, sum, count);
+    }
+}
+
+/// The [`MetricWriter::Tee`] arm: a text writer and a fingerprint of
+/// what it was asked to write.
+pub struct Tee<'a> {
+    text: TextWriter<'a>,
+    fp: &'a mut Fingerprint,
+}
+
+impl Tee<'_> {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        let set = self.text.label_set(labels);
+        self.fp.register(set, labels);
+        set
+    }
+    fn family(&mut self, desc: &'static Desc) {
+        self.fp.family(desc);
+        self.text.family(desc);
+    }
+    fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+        self.fp.sample(labels, value);
+        self.text.sample(labels, value);
+    }
+    fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
+        self.fp.sample_in(set, extra, value);
+        self.text.sample_in(set, extra, value);
+    }
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        self.fp.histogram(labels, buckets, sum, count);
+        self.text.histogram(labels, buckets, sum, count);
+    }
+}
+
+impl Encode for Tee<'_> {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        Tee::label_set(self, labels)
+    }
+    fn family(&mut self, desc: &'static Desc) {
+        Tee::family(self, desc);
+    }
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        Tee::sample(self, labels, value.into());
+    }
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
+        Tee::sample_in(self, set, extra, value.into());
+    }
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
+        Tee::histogram(self, labels, buckets, sum, count);
     }
 }
 

@@ -42,7 +42,8 @@ pub mod writer;
 
 pub use cache::{CacheError, Exposition, ExpositionCache};
 pub use encoder::{
-    Encode, Families, Family, MetricWriter, Sample, SampleCollector, SeriesLabels, SeriesSink,
+    Encode, Families, Family, Fingerprint, MetricWriter, Sample, SampleCollector, SeriesLabels,
+    SeriesSink,
 };
 pub(crate) use encoder::{same_bytes, same_labels, same_str};
 pub use histogram::Histogram;
@@ -61,6 +62,16 @@ pub trait MetricSource: Send + Sync {
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {
         None
     }
+
+    /// True when what the source writes changes from one request to the
+    /// next (the HTTP server's own request counts, an age computed from
+    /// the clock): the exposition cache writes it afresh on every request,
+    /// after the other sources. Any other source is written once and kept
+    /// for as long as its [`Fingerprint`](encoder::Fingerprint) does not
+    /// change, so `false` is never wrong, only slower for such a source.
+    fn volatile(&self) -> bool {
+        false
+    }
 }
 
 impl<T: MetricSource + ?Sized> MetricSource for std::sync::Arc<T> {
@@ -70,6 +81,10 @@ impl<T: MetricSource + ?Sized> MetricSource for std::sync::Arc<T> {
 
     fn health(&self) -> Option<(&'static str, ComponentHealth)> {
         (**self).health()
+    }
+
+    fn volatile(&self) -> bool {
+        (**self).volatile()
     }
 }
 

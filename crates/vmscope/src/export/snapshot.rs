@@ -365,6 +365,8 @@ impl MetricSource for SnapshotPart<'_> {
         match out {
             MetricWriter::Text(w) => encode_snapshot(self.0, self.1, w),
             MetricWriter::Samples(c) => encode_snapshot(self.0, self.1, &mut **c),
+            MetricWriter::Fingerprint(f) => encode_snapshot(self.0, self.1, &mut **f),
+            MetricWriter::Tee(t) => encode_snapshot(self.0, self.1, t),
         }
     }
 }

@@ -42,4 +42,9 @@ impl MetricSource for SnapshotAge {
             out.sample(&[], age);
         }
     }
+
+    /// The age moves with the clock between any two requests.
+    fn volatile(&self) -> bool {
+        true
+    }
 }

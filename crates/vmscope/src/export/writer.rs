@@ -620,27 +620,43 @@ impl<'a> TextWriter<'a> {
                 r
             }
             Format::Text | Format::OpenMetrics => {
-                let mut range = (0, 0);
-                for (i, (le, n)) in buckets
-                    .iter()
-                    .copied()
-                    .chain(std::iter::once((f64::INFINITY, count)))
-                    .enumerate()
-                {
+                // The labels are escaped once, on the first line, and
+                // copied onto the others (a histogram is 10-20 lines).
+                self.out.push_str(desc.name);
+                self.out.push_str("_bucket");
+                let range =
+                    self.text_labels(labels, Some(buckets.first().map_or(f64::INFINITY, |b| b.0)));
+                let pairs = self
+                    .out
+                    .get(range.0 + 1..range.1)
+                    .unwrap_or_default()
+                    .to_owned();
+                self.out.push(' ');
+                self.text_value(Value::U64(buckets.first().map_or(count, |b| b.1)));
+                self.out.push('\n');
+                let rest = buckets.get(1..).unwrap_or_default().iter().copied();
+                let rest = rest.chain((!buckets.is_empty()).then_some((f64::INFINITY, count)));
+                for (le, n) in rest {
                     self.out.push_str(desc.name);
-                    self.out.push_str("_bucket");
-                    let r = self.text_labels(labels, Some(le));
-                    if i == 0 {
-                        range = r;
+                    self.out.push_str("_bucket{");
+                    self.out.push_str(&pairs);
+                    if !pairs.is_empty() {
+                        self.out.push(',');
                     }
-                    self.out.push(' ');
+                    self.out.push_str("le=\"");
+                    write_le(self.out, le, self.format);
+                    self.out.push_str("\"} ");
                     self.text_value(Value::U64(n));
                     self.out.push('\n');
                 }
                 for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
                     self.out.push_str(desc.name);
                     self.out.push_str(suffix);
-                    self.text_labels(labels, None);
+                    if !pairs.is_empty() {
+                        self.out.push('{');
+                        self.out.push_str(&pairs);
+                        self.out.push('}');
+                    }
                     self.out.push(' ');
                     self.text_value(v);
                     self.out.push('\n');
@@ -1108,6 +1124,37 @@ mod tests {
             "t_dur_seconds_sum{route=\"/x\"} 1.25\nt_dur_seconds_count{route=\"/x\"} 3\n"
         ));
         assert!(s.ends_with("# EOF\n"));
+    }
+
+    /// A histogram's lines, whole: labels escaped (once, copied onto each
+    /// line), none, and no finite buckets at all.
+    #[test]
+    fn histogram_lines_in_text() {
+        let s = enc(Format::Text, |w| {
+            w.family(&H);
+            w.histogram(
+                &[("route", "a\"b"), ("m", "GET")],
+                &[(0.5, 1), (2.0, 2)],
+                1.25,
+                3,
+            );
+            w.histogram(&[], &[(0.5, 0)], 0.0, 0);
+            w.histogram(&[("route", "none")], &[], 4.0, 1);
+        });
+        let want = "# HELP t_dur_seconds Histogram.\n# TYPE t_dur_seconds histogram\n\
+            t_dur_seconds_bucket{route=\"a\\\"b\",m=\"GET\",le=\"0.5\"} 1\n\
+            t_dur_seconds_bucket{route=\"a\\\"b\",m=\"GET\",le=\"2\"} 2\n\
+            t_dur_seconds_bucket{route=\"a\\\"b\",m=\"GET\",le=\"+Inf\"} 3\n\
+            t_dur_seconds_sum{route=\"a\\\"b\",m=\"GET\"} 1.25\n\
+            t_dur_seconds_count{route=\"a\\\"b\",m=\"GET\"} 3\n\
+            t_dur_seconds_bucket{le=\"0.5\"} 0\n\
+            t_dur_seconds_bucket{le=\"+Inf\"} 0\n\
+            t_dur_seconds_sum 0\n\
+            t_dur_seconds_count 0\n\
+            t_dur_seconds_bucket{route=\"none\",le=\"+Inf\"} 1\n\
+            t_dur_seconds_sum{route=\"none\"} 4\n\
+            t_dur_seconds_count{route=\"none\"} 1\n";
+        assert!(s.starts_with(want), "{s}");
     }
 
     #[test]
