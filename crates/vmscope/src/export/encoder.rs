@@ -649,9 +649,6 @@ type Hasher = foldhash::fast::RandomState;
 struct SharedSet {
     labels: Vec<(&'static str, String)>,
     valid: bool,
-    /// Which of the collector's `name_lists` its label names are (by the
-    /// names' addresses: every VM's set has the same names).
-    names: usize,
     /// The number of the family it was last used in (0: never).
     used_in: u32,
 }
@@ -804,27 +801,8 @@ pub struct SampleCollector {
     /// by those (the text writer's duplicate check, without keys).
     run: Option<usize>,
     run_extras: RunExtras,
-    /// The distinct name lists of the registered sets, by address.
-    name_lists: Vec<SmallVec<[(usize, usize); 8]>>,
-    /// The verdict of the last name check of `sample_in` (see `names_ok`).
-    names_memo: Option<NamesMemo>,
     duplicate: u64,
     invalid: u64,
-}
-
-/// A set's name list and the extra labels' names (by address: they are
-/// `'static`), and whether they pass the name checks together.
-#[derive(Debug)]
-struct NamesMemo {
-    set_names: usize,
-    extra: SmallVec<[(usize, usize); 4]>,
-    ok: bool,
-}
-
-/// Where a `'static` name lives and how long it is: equal addresses mean
-/// equal names (the converse does not hold, which only costs a check).
-fn name_key(name: &'static str) -> (usize, usize) {
-    (name.as_ptr().addr(), name.len())
 }
 
 impl std::fmt::Debug for SampleCollector {
@@ -864,8 +842,6 @@ impl SampleCollector {
             family_no: 0,
             run: None,
             run_extras: RunExtras::default(),
-            name_lists: Vec::new(),
-            names_memo: None,
             duplicate: 0,
             invalid: 0,
         }
@@ -894,22 +870,9 @@ impl SampleCollector {
         {
             return LabelSet::from_index(i);
         }
-        let key = labels.iter().map(|(k, _)| name_key(k));
-        let names = match self
-            .name_lists
-            .iter()
-            .position(|l| l.iter().copied().eq(key.clone()))
-        {
-            Some(i) => i,
-            None => {
-                self.name_lists.push(key.collect());
-                self.name_lists.len() - 1
-            }
-        };
         self.sets.push(SharedSet {
             labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             valid: valid_label_names(labels, false),
-            names,
             used_in: 0,
         });
         let i = self.sets.len() - 1;
@@ -1031,40 +994,20 @@ impl SampleCollector {
         self.sink.series(desc, "", l, value);
     }
 
-    /// Whether `extra`'s names are valid and none is one of the set's.
-    /// Both depend on the names alone, and a family's series repeat the
-    /// same few name lists (`'static`): the last verdict is kept by the
-    /// names' addresses (the checks were a tenth of a push's walk).
-    fn names_ok(&mut self, set: usize, extra: &[(&'static str, &str)]) -> bool {
-        let Some(shared) = self.sets.get(set) else {
-            return false;
-        };
-        let key = extra.iter().map(|(k, _)| name_key(k));
-        if let Some(m) = &self.names_memo
-            && m.set_names == shared.names
-            && m.extra.iter().copied().eq(key.clone())
-        {
-            return m.ok;
-        }
-        let collides = extra
-            .iter()
-            .any(|(k, _)| shared.labels.iter().any(|(n, _)| same_str(n, k)));
-        let ok = valid_label_names(extra, false) && !collides;
-        self.names_memo = Some(NamesMemo {
-            set_names: shared.names,
-            extra: key.collect(),
-            ok,
-        });
-        ok
-    }
-
     fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
         let Some(shared) = self.sets.get(set.index()) else {
             self.invalid += 1;
             return;
         };
         let set_valid = shared.valid;
-        if !set_valid || !self.names_ok(set.index(), extra) || !self.enter_mode(Mode::Shared) {
+        let collides = extra
+            .iter()
+            .any(|(k, _)| shared.labels.iter().any(|(n, _)| same_str(n, k)));
+        if !set_valid
+            || !valid_label_names(extra, false)
+            || collides
+            || !self.enter_mode(Mode::Shared)
+        {
             self.invalid += 1;
             return;
         }
@@ -1311,10 +1254,9 @@ pub(crate) mod tests {
         assert_eq!(skipped[1].2, 3.0, "{skipped:?}");
     }
 
-    /// The name checks of shared sets (kept by the names' addresses) give
-    /// the text writer's verdicts whatever came before: a valid name list
-    /// after a colliding one, the same extra names with a set whose own
-    /// names collide with them.
+    /// The name checks of shared sets give the text writer's verdicts in
+    /// any order: a valid name list after a colliding one, the same extra
+    /// names with a set whose own names collide with them.
     #[test]
     fn name_checks_of_shared_sets_agree_with_the_text_writer_in_any_order() {
         static SHARED: Desc = Desc::gauge("t_shared", "Shared sets.");
