@@ -127,6 +127,7 @@ fn benches(c: &mut Criterion) {
                 &sources,
                 start,
                 &labels,
+                true,
                 &mut last_otlp,
             ))
         })
@@ -143,6 +144,7 @@ fn benches(c: &mut Criterion) {
                 &sources,
                 s,
                 &labels,
+                true,
                 &mut last_otlp,
             ))
         })
@@ -155,6 +157,7 @@ fn benches(c: &mut Criterion) {
             &sources,
             start,
             &labels,
+            true,
             &mut otlp::Template::default(),
         );
         let mut raw = Vec::new();

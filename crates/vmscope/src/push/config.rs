@@ -88,6 +88,23 @@ pub struct DestinationConfig {
     /// attributes.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The body's encoding. OTLP: `gzip` (default) or `none` (for a
+    /// collector on the same host, where compressing costs CPU and saves
+    /// nothing: about a third of a push's CPU at 1000 VMs). remote_write:
+    /// `snappy`, the protocol's only one.
+    #[serde(default)]
+    pub compression: Option<String>,
+}
+
+/// How a request body is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Snappy's block format (remote_write).
+    Snappy,
+    /// `Content-Encoding: gzip` (OTLP's default).
+    Gzip,
+    /// As is.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +159,7 @@ pub struct Destination {
     pub max_backoff: Duration,
     pub max_queue: usize,
     pub labels: Vec<(String, String)>,
+    pub compression: Compression,
 }
 
 impl Destination {
@@ -304,6 +322,21 @@ impl DestinationConfig {
         if self.max_queue == 0 {
             return Err(format!("{key}.max_queue: must be at least 1"));
         }
+        let compression = match (kind, self.compression.as_deref()) {
+            (Kind::RemoteWrite, None | Some("snappy")) => Compression::Snappy,
+            (Kind::RemoteWrite, Some(other)) => {
+                return Err(format!(
+                    "{key}.compression: {other:?}: remote_write bodies are always \"snappy\" (the protocol has no other)"
+                ));
+            }
+            (Kind::Otlp, None | Some("gzip")) => Compression::Gzip,
+            (Kind::Otlp, Some("none")) => Compression::None,
+            (Kind::Otlp, Some(other)) => {
+                return Err(format!(
+                    "{key}.compression: {other:?}: one of \"gzip\" (the default) or \"none\""
+                ));
+            }
+        };
         let mut labels = Vec::new();
         for (k, v) in &self.labels {
             if !kind.valid_label(k) {
@@ -329,6 +362,7 @@ impl DestinationConfig {
             max_backoff: self.max_backoff,
             max_queue: self.max_queue,
             labels,
+            compression,
         })
     }
 }
@@ -434,6 +468,34 @@ mod tests {
             let e = c.validate(FIVE).unwrap_err();
             assert!(e.starts_with(want), "{body}: {e}");
         }
+        for (kind, value, want) in [
+            (
+                "remote_write",
+                "gzip",
+                "push.remote_write[0].compression: \"gzip\": remote_write bodies are always \"snappy\"",
+            ),
+            (
+                "otlp",
+                "zstd",
+                "push.otlp[0].compression: \"zstd\": one of \"gzip\" (the default) or \"none\"",
+            ),
+        ] {
+            let c = parse(&format!(
+                "[[{kind}]]\nurl = \"http://x/\"\ncompression = \"{value}\"\n"
+            ));
+            let e = c.validate(FIVE).unwrap_err();
+            assert!(e.starts_with(want), "{kind} {value}: {e}");
+        }
+        let ok = parse(
+            "[[remote_write]]\nurl = \"http://x/\"\ncompression = \"snappy\"\n\
+             [[otlp]]\nurl = \"http://y/\"\n[[otlp]]\nurl = \"http://z/\"\ncompression = \"none\"\n",
+        );
+        let d = ok.destinations(FIVE).unwrap();
+        let got: Vec<Compression> = d.iter().map(|d| d.compression).collect();
+        assert_eq!(
+            got,
+            [Compression::Snappy, Compression::Gzip, Compression::None]
+        );
         let twice = parse(
             "[[remote_write]]\nurl = \"http://x/\"\nname = \"a\"\n[[otlp]]\nurl = \"http://y/\"\nname = \"a\"\n",
         );

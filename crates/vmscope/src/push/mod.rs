@@ -118,6 +118,7 @@ pub const PUSHERS: &[PusherEntry] = &[
             Box::new(Otlp {
                 start,
                 attrs: d.labels.clone(),
+                gzip: d.compression != config::Compression::None,
                 last: Mutex::default(),
             })
         },
@@ -205,6 +206,8 @@ impl Pusher for RemoteWrite {
 struct Otlp {
     start: SystemTime,
     attrs: Vec<(String, String)>,
+    /// `compression = "gzip"` (else the body goes as is).
+    gzip: bool,
     /// As for remote_write: the last push's series.
     last: Mutex<otlp::Template>,
 }
@@ -212,7 +215,8 @@ struct Otlp {
 impl Pusher for Otlp {
     fn encode(&self, snap: &Snapshot, sources: &[Arc<dyn MetricSource>]) -> Encoded {
         let mut last = last_push(&self.last);
-        let (body, n) = otlp::encode_snapshot(snap, sources, self.start, &self.attrs, &mut last);
+        let (body, n) =
+            otlp::encode_snapshot(snap, sources, self.start, &self.attrs, self.gzip, &mut last);
         Encoded {
             body,
             samples: n as u64,
@@ -220,7 +224,11 @@ impl Pusher for Otlp {
         }
     }
     fn headers(&self) -> &'static [(&'static str, &'static str)] {
-        otlp::HEADERS
+        if self.gzip {
+            otlp::HEADERS
+        } else {
+            otlp::HEADERS_PLAIN
+        }
     }
 }
 

@@ -408,7 +408,7 @@ fn gzip(parts: &[&[u8]]) -> Vec<u8> {
     gz.finish().unwrap_or_default()
 }
 
-/// The gzip'd body for a snapshot, written straight from the snapshot and
+/// The body for a snapshot (gzip'd when `gzip`), written straight from the snapshot and
 /// `sources` (in `/metrics` order) as protobuf bytes: the push path.
 /// Returns the body and its number of series.
 ///
@@ -428,6 +428,7 @@ pub fn encode_snapshot(
     sources: &[Arc<dyn MetricSource>],
     process_start: SystemTime,
     attrs: &[(String, String)],
+    gzip_it: bool,
     last: &mut Template,
 ) -> (Vec<u8>, usize) {
     let mut sink = OtlpSink::new(snap, process_start);
@@ -452,7 +453,13 @@ pub fn encode_snapshot(
     put_len(&mut head, 2, scope_metrics_len);
     put_len(&mut head, 1, scope.len());
     head.extend_from_slice(&scope);
-    let body = gzip(&[&head, &sink.metrics]);
+    let body = if gzip_it {
+        gzip(&[&head, &sink.metrics])
+    } else {
+        let mut body = head;
+        body.extend_from_slice(&sink.metrics);
+        body
+    };
     let samples = sink.samples;
     *last = sink.into_template();
     (body, samples)
@@ -1053,6 +1060,9 @@ pub const HEADERS: &[(&str, &str)] = &[
     ("content-encoding", "gzip"),
 ];
 
+/// [`HEADERS`] of a request sent uncompressed (`compression = "none"`).
+pub const HEADERS_PLAIN: &[(&str, &str)] = &[("content-type", "application/x-protobuf")];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1094,8 +1104,25 @@ mod tests {
             ("deployment.environment".to_owned(), "lab".to_owned()),
             ("service.name".to_owned(), "vmscope-eu".to_owned()),
         ];
-        let (body, n) = encode_snapshot(&snap, &sources, started, &attrs, &mut Template::default());
+        let (body, n) = encode_snapshot(
+            &snap,
+            &sources,
+            started,
+            &attrs,
+            true,
+            &mut Template::default(),
+        );
         let got = ExportMetricsServiceRequest::decode(gunzip(&body).as_slice()).unwrap();
+        // `compression = "none"`: the same request, as is.
+        let (plain, _) = encode_snapshot(
+            &snap,
+            &sources,
+            started,
+            &attrs,
+            false,
+            &mut Template::default(),
+        );
+        assert_eq!(plain, gunzip(&body));
         let c = collect(&snap, &sources);
         let want = request(&c, started, &attrs);
         assert_eq!(n, c.samples);
@@ -1118,9 +1145,15 @@ mod tests {
             Arc::new(crate::push::reuse::tests::Moving(snap.seq)),
         ];
         let attrs = [("deployment.environment".to_owned(), "lab".to_owned())];
-        let (body, n) = encode_snapshot(snap, &sources, started, &attrs, template);
-        let (fresh, fresh_n) =
-            encode_snapshot(snap, &sources, started, &attrs, &mut Template::default());
+        let (body, n) = encode_snapshot(snap, &sources, started, &attrs, true, template);
+        let (fresh, fresh_n) = encode_snapshot(
+            snap,
+            &sources,
+            started,
+            &attrs,
+            true,
+            &mut Template::default(),
+        );
         assert_eq!(n, fresh_n);
         let (got, want) = (gunzip(&body), gunzip(&fresh));
         let metrics = |raw: &[u8]| {

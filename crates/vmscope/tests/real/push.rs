@@ -395,11 +395,14 @@ fn otlp_arrives_with_every_family_typed_with_temporality_unit_and_attributes() {
         process_name: None,
     };
     let _vm = QemuVm::start(&roms, spec.clone(), Some(&tap));
+    // A second destination takes the same pushes uncompressed.
+    let plain_rx = Receiver::start(0, "/v1/metrics", Answer::Ok);
     let config = format!(
         "[[push.otlp]]\nurl = \"{}\"\nbearer_token = \"push-token-123\"\n\
          headers = {{ \"X-Scope-OrgID\" = \"tenant-7\" }}\n\
-         labels = {{ \"deployment.environment\" = \"lab\" }}\n",
-        rx.url
+         labels = {{ \"deployment.environment\" = \"lab\" }}\n\
+         [[push.otlp]]\nname = \"plain\"\nurl = \"{}\"\ncompression = \"none\"\n",
+        rx.url, plain_rx.url
     );
     let agent = Agent::start_with(1, &config);
     let uuid = spec.uuid.as_str();
@@ -522,6 +525,38 @@ fn otlp_arrives_with_every_family_typed_with_temporality_unit_and_attributes() {
         checked.values().any(|k| k == "histogram"),
         "no histogram pushed: {checked:?}"
     );
+
+    // `compression = "none"`: no Content-Encoding, the protobuf as is,
+    // every family served (the newest push, made after that scrape).
+    let plain = plain_rx
+        .requests()
+        .into_iter()
+        .rev()
+        .find_map(|r| {
+            let d = ExportMetricsServiceRequest::decode(r.body.as_slice()).ok()?;
+            format!("{d:?}").contains(uuid).then_some((r, d))
+        })
+        .unwrap_or_else(|| panic!("no uncompressed OTLP push; agent log:\n{}", agent.log()));
+    assert!(plain.0.headers.get("content-encoding").is_none());
+    assert_eq!(
+        plain
+            .0
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/x-protobuf")
+    );
+    let plain_names: BTreeSet<&str> = plain.1.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    for name in before.keys() {
+        assert!(
+            plain_names.contains(name.as_str()),
+            "{name} served but not pushed uncompressed"
+        );
+    }
 
     // Attributes: the VM's series, renamed per the semantic conventions.
     let points = |name: &str| -> Vec<(BTreeMap<String, String>, f64, u64, u64)> {
