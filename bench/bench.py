@@ -473,7 +473,11 @@ def agent_config(work: Path, tag: str, features: set[str] | None = None, owners_
             assert push_url is not None
             # No interval: a push per snapshot, i.e. per tick, the push twin
             # of the one scrape per tick the windows model.
-            lines.append(f"[[push.{push_protocol}]]\nname = \"bench\"\nurl = {toml_str(push_url)}")
+            # `otlp_plain`: an OTLP destination with compression = "none".
+            kind = "otlp" if push_protocol == "otlp_plain" else push_protocol
+            lines.append(f"[[push.{kind}]]\nname = \"bench\"\nurl = {toml_str(push_url)}")
+            if push_protocol == "otlp_plain":
+                lines.append('compression = "none"')
     path = work / f"vmscope-{tag}.toml"
     path.write_text("\n\n".join(lines) + "\n")
     return path
@@ -1083,8 +1087,9 @@ def main() -> int:
     ap.add_argument("--feature-configs", default="off,owners,ledger,auth,push,devices,all",
                     help="configurations priced against each other: off, all, a feature alone "
                          f"({', '.join(FEATURES)}) or features joined with +")
-    ap.add_argument("--feature-push", choices=("remote_write", "otlp"), default="remote_write",
-                    help="the protocol of the push feature's one destination (default remote_write)")
+    ap.add_argument("--feature-push", choices=("remote_write", "otlp", "otlp_plain"), default="remote_write",
+                    help="the protocol of the push feature's one destination (default remote_write; "
+                         "otlp_plain: OTLP with compression = \"none\")")
     ap.add_argument("--feature-ticks", type=int, default=None,
                     help="ticks per window in the feature configurations (default: --ticks)")
     ap.add_argument("--feature-peer-requests", type=int, default=10,
