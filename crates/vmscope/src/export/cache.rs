@@ -284,15 +284,7 @@ impl ExpositionCache {
         w.finish();
 
         let chunks = if gzip {
-            let gz = match prefix.gzip.get() {
-                Some(gz) => gz,
-                None => {
-                    let built = self.gzip_prefix(format, prefix)?;
-                    // A concurrent request may have won the race: either copy is fine.
-                    let _ = prefix.gzip.set(built);
-                    prefix.gzip.get().ok_or(CacheError::DeflateStalled)?
-                }
-            };
+            let gz = built_once(&prefix.gzip, || self.gzip_prefix(format, prefix))?;
             let mut crc = gz.crc.clone();
             let len = gz.len + steady.text.len() as u64 + tail.len() as u64;
             // The first request with this text stores it (it may change by
@@ -301,14 +293,7 @@ impl ExpositionCache {
                 crc.update(&steady.text);
                 stored_blocks(&steady.text)
             } else {
-                let d = match steady.gzip.get() {
-                    Some(d) => d,
-                    None => {
-                        let built = deflate_text(&steady.text)?;
-                        let _ = steady.gzip.set(built);
-                        steady.gzip.get().ok_or(CacheError::DeflateStalled)?
-                    }
-                };
+                let d = built_once(&steady.gzip, || deflate_text(&steady.text))?;
                 crc.combine(&d.crc);
                 d.deflated.clone()
             };
@@ -366,9 +351,8 @@ impl ExpositionCache {
             let prefix = entry
                 .slot(*format)
                 .get_or_init(|| encode_prefix(&entry.snapshot, *format, &self.bodies));
-            if *gzip && prefix.gzip.get().is_none() {
-                let built = self.gzip_prefix(*format, prefix)?;
-                let _ = prefix.gzip.set(built);
+            if *gzip {
+                built_once(&prefix.gzip, || self.gzip_prefix(*format, prefix))?;
             }
             n += 1;
         }
@@ -474,6 +458,20 @@ fn encode_prefix(snapshot: &Snapshot, format: Format, pool: &Arc<BodyPool>) -> P
         gzip: OnceLock::new(),
         steady: Mutex::new(None),
     }
+}
+
+/// `cell`'s value, built by `make` when it has none. Not under a lock: a
+/// concurrent caller may build it too and win the race; either copy is
+/// fine (both come from the same input).
+fn built_once<T>(
+    cell: &OnceLock<T>,
+    make: impl FnOnce() -> Result<T, CacheError>,
+) -> Result<&T, CacheError> {
+    if let Some(v) = cell.get() {
+        return Ok(v);
+    }
+    let _ = cell.set(make()?);
+    cell.get().ok_or(CacheError::DeflateStalled)
 }
 
 /// The steady sources' text after `prefix`: the kept one when what they

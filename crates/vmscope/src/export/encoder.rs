@@ -313,12 +313,6 @@ impl Fingerprint {
         std::hash::Hasher::write_u8(&mut self.h, t);
     }
 
-    pub fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
-        let set = LabelSet::from_index(self.sets.len());
-        self.register(set, labels);
-        set
-    }
-
     /// Notes the labels of `set`, numbered by another writer.
     fn register(&mut self, set: LabelSet, labels: &[(&'static str, &str)]) {
         use std::hash::{BuildHasher as _, Hasher as _};
@@ -339,20 +333,35 @@ impl Fingerprint {
             *slot = h.finish();
         }
     }
+}
 
-    pub fn family(&mut self, desc: &'static Desc) {
+impl Encode for Fingerprint {
+    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        let set = LabelSet::from_index(self.sets.len());
+        self.register(set, labels);
+        set
+    }
+
+    fn family(&mut self, desc: &'static Desc) {
         self.tag(b'F');
         self.str(desc.name);
     }
 
-    pub fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        let value = value.into();
         self.tag(b'S');
         self.labels(labels);
         self.value(value);
     }
 
-    pub fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
+    fn sample_in(
+        &mut self,
+        set: LabelSet,
+        extra: &[(&'static str, &str)],
+        value: impl Into<Value>,
+    ) {
         use std::hash::Hasher as _;
+        let value = value.into();
         self.tag(b'I');
         let labels = self.sets.get(set.index()).copied().unwrap_or(u64::MAX);
         self.h.write_u64(labels);
@@ -364,13 +373,7 @@ impl Fingerprint {
         self.value(value);
     }
 
-    pub fn histogram(
-        &mut self,
-        labels: &[(&str, &str)],
-        buckets: &[(f64, u64)],
-        sum: f64,
-        count: u64,
-    ) {
+    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
         use std::hash::Hasher as _;
         self.tag(b'H');
         self.labels(labels);
@@ -384,29 +387,6 @@ impl Fingerprint {
     }
 }
 
-impl Encode for Fingerprint {
-    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
-        Fingerprint::label_set(self, labels)
-    }
-    fn family(&mut self, desc: &'static Desc) {
-        Fingerprint::family(self, desc);
-    }
-    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
-        Fingerprint::sample(self, labels, value.into());
-    }
-    fn sample_in(
-        &mut self,
-        set: LabelSet,
-        extra: &[(&'static str, &str)],
-        value: impl Into<Value>,
-    ) {
-        Fingerprint::sample_in(self, set, extra, value.into());
-    }
-    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
-        Fingerprint::histogram(self, labels, buckets, sum, count);
-    }
-}
-
 /// The [`MetricWriter::Tee`] arm: a text writer and a fingerprint of
 /// what it was asked to write.
 pub struct Tee<'a> {
@@ -414,7 +394,7 @@ pub struct Tee<'a> {
     fp: &'a mut Fingerprint,
 }
 
-impl Tee<'_> {
+impl Encode for Tee<'_> {
     fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
         let set = self.text.label_set(labels);
         self.fp.register(set, labels);
@@ -424,29 +404,10 @@ impl Tee<'_> {
         self.fp.family(desc);
         self.text.family(desc);
     }
-    fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
+        let value = value.into();
         self.fp.sample(labels, value);
         self.text.sample(labels, value);
-    }
-    fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
-        self.fp.sample_in(set, extra, value);
-        self.text.sample_in(set, extra, value);
-    }
-    fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
-        self.fp.histogram(labels, buckets, sum, count);
-        self.text.histogram(labels, buckets, sum, count);
-    }
-}
-
-impl Encode for Tee<'_> {
-    fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
-        Tee::label_set(self, labels)
-    }
-    fn family(&mut self, desc: &'static Desc) {
-        Tee::family(self, desc);
-    }
-    fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Value>) {
-        Tee::sample(self, labels, value.into());
     }
     fn sample_in(
         &mut self,
@@ -454,10 +415,13 @@ impl Encode for Tee<'_> {
         extra: &[(&'static str, &str)],
         value: impl Into<Value>,
     ) {
-        Tee::sample_in(self, set, extra, value.into());
+        let value = value.into();
+        self.fp.sample_in(set, extra, value);
+        self.text.sample_in(set, extra, value);
     }
     fn histogram(&mut self, labels: &[(&str, &str)], buckets: &[(f64, u64)], sum: f64, count: u64) {
-        Tee::histogram(self, labels, buckets, sum, count);
+        self.fp.histogram(labels, buckets, sum, count);
+        self.text.histogram(labels, buckets, sum, count);
     }
 }
 

@@ -67,8 +67,8 @@ pub trait MetricSource: Send + Sync {
     /// next (the HTTP server's own request counts, an age computed from
     /// the clock): the exposition cache writes it afresh on every request,
     /// after the other sources. Any other source is written once and kept
-    /// for as long as its [`Fingerprint`] does not
-    /// change, so `false` is never wrong, only slower for such a source.
+    /// for as long as its [`Fingerprint`] does not change, so `false` is
+    /// never wrong, only slower for such a source.
     fn volatile(&self) -> bool {
         false
     }

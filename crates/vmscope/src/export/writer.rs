@@ -622,30 +622,34 @@ impl<'a> TextWriter<'a> {
             Format::Text | Format::OpenMetrics => {
                 // The labels are escaped once, on the first line, and
                 // copied onto the others (a histogram is 10-20 lines).
-                self.out.push_str(desc.name);
-                self.out.push_str("_bucket");
-                let range =
-                    self.text_labels(labels, Some(buckets.first().map_or(f64::INFINITY, |b| b.0)));
-                let pairs = self
-                    .out
-                    .get(range.0 + 1..range.1)
-                    .unwrap_or_default()
-                    .to_owned();
-                self.out.push(' ');
-                self.text_value(Value::U64(buckets.first().map_or(count, |b| b.1)));
-                self.out.push('\n');
-                let rest = buckets.get(1..).unwrap_or_default().iter().copied();
-                let rest = rest.chain((!buckets.is_empty()).then_some((f64::INFINITY, count)));
-                for (le, n) in rest {
+                let mut range = (0, 0);
+                let mut pairs = String::new();
+                for (i, (le, n)) in buckets
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once((f64::INFINITY, count)))
+                    .enumerate()
+                {
                     self.out.push_str(desc.name);
-                    self.out.push_str("_bucket{");
-                    self.out.push_str(&pairs);
-                    if !pairs.is_empty() {
-                        self.out.push(',');
+                    self.out.push_str("_bucket");
+                    if i == 0 {
+                        range = self.text_labels(labels, Some(le));
+                        pairs = self
+                            .out
+                            .get(range.0 + 1..range.1)
+                            .unwrap_or_default()
+                            .to_owned();
+                    } else {
+                        self.out.push('{');
+                        self.out.push_str(&pairs);
+                        if !pairs.is_empty() {
+                            self.out.push(',');
+                        }
+                        self.out.push_str("le=\"");
+                        write_le(self.out, le, self.format);
+                        self.out.push_str("\"}");
                     }
-                    self.out.push_str("le=\"");
-                    write_le(self.out, le, self.format);
-                    self.out.push_str("\"} ");
+                    self.out.push(' ');
                     self.text_value(Value::U64(n));
                     self.out.push('\n');
                 }
