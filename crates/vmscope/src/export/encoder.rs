@@ -518,6 +518,26 @@ pub trait SeriesSink: Send + 'static {
         labels: SeriesLabels<'_>,
         value: Value,
     );
+    /// While the collector replays the sink's last push
+    /// ([`SampleCollector::replaying`]): if this is the series at the same
+    /// place last time (name, suffix, labels; families follow from the
+    /// series, [`family`](Self::family) is not called), take `value` for it
+    /// and return true. Otherwise return false: the collector then
+    /// [`restart`](Self::restart)s the whole push. A sink that keeps no
+    /// last push returns false.
+    fn replay(
+        &mut self,
+        _desc: &'static Desc,
+        _suffix: &'static str,
+        _labels: &SeriesLabels<'_>,
+        _value: Value,
+    ) -> bool {
+        false
+    }
+    /// Back to where the push began (its last push kept, nothing of this
+    /// one), after a replay that failed: the series come again, from the
+    /// first, through every rule.
+    fn restart(&mut self) {}
     /// For [`SampleCollector::into_sink`].
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
@@ -569,6 +589,18 @@ enum State {
     Ok,
     Duplicate,
     Invalid,
+}
+
+/// Where a collector is with a replay of its sink's last push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Every rule runs (no replay asked, or after a restart).
+    Off,
+    /// Every series so far was the sink's last push's.
+    On,
+    /// One was not: the rest of the walk is ignored, and the push done
+    /// again ([`SampleCollector::restart`]).
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -767,6 +799,7 @@ pub struct SampleCollector {
     run_extras: RunExtras,
     duplicate: u64,
     invalid: u64,
+    replay: Replay,
 }
 
 impl std::fmt::Debug for SampleCollector {
@@ -808,7 +841,72 @@ impl SampleCollector {
             run_extras: RunExtras::default(),
             duplicate: 0,
             invalid: 0,
+            replay: Replay::Off,
         }
+    }
+
+    /// Replays the sink's last push: while each series is the one at the
+    /// same place last time ([`SeriesSink::replay`]), the rules that
+    /// depend only on labels and on the series before (label names, a
+    /// set's collisions, repeated series) are not run again: the same
+    /// series in the same order get the same verdicts, and a push that
+    /// had none refused is the only kind replayed. Those that depend on
+    /// values (a counter's sign, a histogram's buckets) and on the family
+    /// (its name, a name repeated) still run. The first series that is
+    /// not last push's, or that a rule refuses, ends the replay: the
+    /// caller sees [`replay_failed`](Self::replay_failed) and walks again
+    /// after [`restart`](Self::restart), with every rule.
+    ///
+    /// Why: on a steady host the push's series are last push's, and these
+    /// rules were a third of a push's CPU (32 000 series at 1000 VMs,
+    /// perf of the benchmark's agent).
+    pub fn replaying(mut self) -> Self {
+        self.replay = Replay::On;
+        self
+    }
+
+    /// Whether a replay ended before the walk did (then [`restart`](Self::restart)).
+    pub fn replay_failed(&self) -> bool {
+        self.replay == Replay::Failed
+    }
+
+    /// Whether the walk was a replay that held to its end.
+    pub fn replayed(&self) -> bool {
+        self.replay == Replay::On
+    }
+
+    /// Forgets the walk so far and tells the sink to ([`SeriesSink::restart`]):
+    /// the next walk runs every rule.
+    pub fn restart(&mut self) {
+        let sink = std::mem::replace(&mut self.sink, Box::new(Families::default()));
+        *self = Self::with_sink(sink);
+        self.sink.restart();
+    }
+
+    /// Series refused so far: (repeated, invalid).
+    pub fn skipped(&self) -> (u64, u64) {
+        (self.duplicate, self.invalid)
+    }
+
+    /// A replayed series: the family's and the value's rules
+    /// (`value_ok`), then the sink's check that it is last push's.
+    fn replay_one(
+        &mut self,
+        value_ok: impl FnOnce(&Desc) -> bool,
+        suffix: &'static str,
+        labels: &SeriesLabels<'_>,
+        value: Value,
+    ) -> bool {
+        let ok = match self.current {
+            Some((desc, State::Ok)) => {
+                value_ok(desc) && self.sink.replay(desc, suffix, labels, value)
+            }
+            _ => false,
+        };
+        if !ok {
+            self.replay = Replay::Failed;
+        }
+        ok
     }
 
     /// The sink, if it is a `T`.
@@ -825,6 +923,10 @@ impl SampleCollector {
     }
 
     fn label_set(&mut self, labels: &[(&'static str, &str)]) -> LabelSet {
+        if self.replay == Replay::Failed {
+            // The walk is done again; its sets are not needed.
+            return LabelSet::from_index(usize::MAX);
+        }
         let h = self.hasher.hash_one(labels);
         let same = |s: &SharedSet| same_labels(&s.labels, labels);
         if let Some(&i) = self
@@ -849,6 +951,9 @@ impl SampleCollector {
     }
 
     fn family(&mut self, desc: &'static Desc) {
+        if self.replay == Replay::Failed {
+            return;
+        }
         self.close_family();
         let valid = valid_metric_name(desc.name)
             && (desc.kind != MetricType::Counter
@@ -935,6 +1040,21 @@ impl SampleCollector {
     }
 
     fn sample(&mut self, labels: &[(&str, &str)], value: Value) {
+        match self.replay {
+            Replay::Off => {}
+            Replay::Failed => return,
+            Replay::On => {
+                let l = SeriesLabels {
+                    set_id: None,
+                    set: &[],
+                    extra: &[],
+                    own: labels,
+                    le: None,
+                };
+                self.replay_one(Self::counter_or_gauge_ok(value), "", &l, value);
+                return;
+            }
+        }
         if !self.admit(labels, Self::counter_or_gauge_ok(value)) {
             return;
         }
@@ -959,10 +1079,36 @@ impl SampleCollector {
     }
 
     fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
+        if self.replay == Replay::Failed {
+            return;
+        }
         let Some(shared) = self.sets.get(set.index()) else {
             self.invalid += 1;
             return;
         };
+        if self.replay == Replay::On {
+            // Of the set's rules only its validity runs (kept per set): the
+            // extra labels' names, collisions and repeats are last push's.
+            let l = SeriesLabels {
+                set_id: Some(set.index()),
+                set: &shared.labels,
+                extra,
+                own: &[],
+                le: None,
+            };
+            // Not `replay_one`: `l` borrows `self.sets`.
+            let ok = match self.current {
+                Some((desc, State::Ok)) if shared.valid => {
+                    Self::counter_or_gauge_ok(value)(desc)
+                        && self.sink.replay(desc, "", &l, value)
+                }
+                _ => false,
+            };
+            if !ok {
+                self.replay = Replay::Failed;
+            }
+            return;
+        }
         let set_valid = shared.valid;
         let collides = extra
             .iter()
@@ -1020,6 +1166,11 @@ impl SampleCollector {
         let finite = buckets.iter().all(|b| b.0.is_finite());
         let within = buckets.last().is_none_or(|b| b.1 <= count);
         let valid = ordered && finite && within && !sum.is_nan();
+        match self.replay {
+            Replay::Off => {}
+            Replay::Failed => return,
+            Replay::On => return self.replay_histogram(labels, buckets, sum, count, valid),
+        }
         if !self.admit(labels, |d| valid && d.kind == MetricType::Histogram) {
             return;
         }
@@ -1053,6 +1204,57 @@ impl SampleCollector {
                 le: None,
             };
             self.sink.series(desc, suffix, l, v);
+        }
+    }
+
+    /// A histogram's series replayed ([`replaying`](Self::replaying)):
+    /// `valid` is what its values make of it.
+    fn replay_histogram(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+        valid: bool,
+    ) {
+        // The family's and the values' rules once; the sink's check for
+        // each series.
+        if !(valid
+            && self
+                .current
+                .is_some_and(|(d, _)| d.kind == MetricType::Histogram))
+        {
+            self.replay = Replay::Failed;
+            return;
+        }
+        for (le, n) in buckets
+            .iter()
+            .copied()
+            .chain(std::iter::once((f64::INFINITY, count)))
+        {
+            let le = le_text(le, Format::Text);
+            let l = SeriesLabels {
+                set_id: None,
+                set: &[],
+                extra: &[],
+                own: labels,
+                le: Some(&le),
+            };
+            if !self.replay_one(|_| true, "_bucket", &l, Value::U64(n)) {
+                return;
+            }
+        }
+        for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
+            let l = SeriesLabels {
+                set_id: None,
+                set: &[],
+                extra: &[],
+                own: labels,
+                le: None,
+            };
+            if !self.replay_one(|_| true, suffix, &l, v) {
+                return;
+            }
         }
     }
 

@@ -38,8 +38,18 @@ pub struct Collected {
 }
 
 /// Writes `snap` and then `sources` (the `/metrics` order) into `c`, and
-/// finishes it (the skip counts).
+/// finishes it (the skip counts). A replay ([`SampleCollector::replaying`])
+/// that fails is done again with every rule: the second walk reads the
+/// live sources again, which only makes their values newer.
 pub fn write_all(snap: &Snapshot, sources: &[Arc<dyn MetricSource>], c: &mut SampleCollector) {
+    walk(snap, sources, c);
+    if c.replay_failed() {
+        c.restart();
+        walk(snap, sources, c);
+    }
+}
+
+fn walk(snap: &Snapshot, sources: &[Arc<dyn MetricSource>], c: &mut SampleCollector) {
     let mut w = MetricWriter::samples(c);
     snap.encode(&mut w);
     for s in sources {

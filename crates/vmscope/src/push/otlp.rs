@@ -432,9 +432,14 @@ pub fn encode_snapshot(
     last: &mut Template,
 ) -> (Vec<u8>, usize) {
     let mut sink = OtlpSink::new(snap, process_start);
+    let replay = last.clean && !last.keys.is_empty();
     sink.reuse(std::mem::take(last));
     let mut c = SampleCollector::with_sink(Box::new(sink));
+    if replay {
+        c = c.replaying();
+    }
     super::collect::write_all(snap, sources, &mut c);
+    let (clean, replayed) = (c.skipped() == (0, 0), c.replayed());
     let Some(mut sink) = c.into_sink::<OtlpSink>() else {
         return (Vec::new(), 0);
     };
@@ -462,6 +467,8 @@ pub fn encode_snapshot(
     };
     let samples = sink.samples;
     *last = sink.into_template();
+    last.clean = clean;
+    last.replayed = replayed;
     (body, samples)
 }
 
@@ -480,6 +487,12 @@ pub struct Template {
     /// The process start the bytes were written with.
     started: u64,
     reused: usize,
+    /// Whether the push refused no series (the only kind replayed, as
+    /// for remote_write).
+    clean: bool,
+    /// Whether the last push was a replay of the one before that held to
+    /// its end (its rules not run again).
+    replayed: bool,
 }
 
 impl Template {
@@ -487,6 +500,12 @@ impl Template {
     /// before (all of them on a steady host).
     pub fn reused(&self) -> usize {
         self.reused
+    }
+
+    /// Whether the last push replayed the one before it
+    /// ([`SampleCollector::replaying`]).
+    pub fn replayed(&self) -> bool {
+        self.replayed
     }
 }
 
@@ -564,6 +583,17 @@ fn put_attribute(out: &mut Vec<u8>, field: u8, family: &str, label: &str, value:
     put_str(out, 1, value);
 }
 
+/// The bytes a `Metric`'s data arm has after its points: temporality
+/// (sums and histograms) and monotonicity (sums), written by
+/// `OtlpSink::close_metric`.
+fn data_trailer(kind: MetricType) -> usize {
+    match kind {
+        MetricType::Gauge => 0,
+        MetricType::Counter => 4,
+        MetricType::Histogram => 2,
+    }
+}
+
 /// Overwrites the 8 bytes at `at` with `bits` (little-endian); false if
 /// they are not there.
 fn put_at(buf: &mut [u8], at: usize, bits: u64) -> bool {
@@ -633,6 +663,8 @@ impl OtlpSink {
             families: self.families,
             started: self.started,
             reused: self.reused,
+            clean: false,
+            replayed: false,
         }
     }
 
@@ -670,11 +702,16 @@ impl OtlpSink {
             return self.cut_after(None);
         };
         // Its points end where its next series starts, or (all of them
-        // reused, a series more) where the next family's `Metric` does.
+        // reused, a series more) before its temporality and monotonicity,
+        // which end it where the next family's `Metric` starts.
         let upto = if key < self.end_of(f) {
             self.keys.start(key)
         } else {
-            self.families.get(f + 1).map(|n| n.metric)
+            let end = self
+                .families
+                .get(f + 1)
+                .map_or(self.metrics.len(), |n| n.metric);
+            Some(end.saturating_sub(data_trailer(fam.desc.kind)))
         }
         .unwrap_or(self.metrics.len());
         self.points.clear();
@@ -793,12 +830,12 @@ impl OtlpSink {
             return;
         };
         // The data arm: its points, then temporality (and monotonicity).
-        let (field, extra) = match desc.kind {
-            MetricType::Gauge => (5, 0),
-            MetricType::Counter => (7, 4),
-            MetricType::Histogram => (9, 2),
+        let field = match desc.kind {
+            MetricType::Gauge => 5,
+            MetricType::Counter => 7,
+            MetricType::Histogram => 9,
         };
-        let data_len = self.points.len() + extra;
+        let data_len = self.points.len() + data_trailer(desc.kind);
         let unit = unit_of(desc.name);
         let metric_len = str_field_len(desc.name.len())
             + str_field_len(desc.help.len())
@@ -1016,6 +1053,71 @@ impl SeriesSink for OtlpSink {
         self.keys.record(start, at, desc, suffix, &labels);
     }
 
+    fn replay(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: &SeriesLabels<'_>,
+        value: Value,
+    ) -> bool {
+        let Some(r) = self.replay else {
+            return false;
+        };
+        // The family being replayed, or (it is over) the template's next
+        // one, which this series must begin.
+        let family = match r.family {
+            Some(f) if r.key < self.end_of(f) => f,
+            f => {
+                let next = f.map_or(0, |f| f + 1);
+                let begins = self
+                    .families
+                    .get(next)
+                    .is_some_and(|n| std::ptr::eq(n.desc, desc) && n.first_key == r.key);
+                if !begins {
+                    return false;
+                }
+                self.hist = HistogramParts::default();
+                next
+            }
+        };
+        let Some(at) = self.keys.matches(r.key, desc, suffix, labels) else {
+            return false;
+        };
+        if !self.patch(at, desc, suffix, labels, value) {
+            return false;
+        }
+        self.replay = Some(Replay {
+            key: r.key + 1,
+            family: Some(family),
+        });
+        self.current = Some(desc);
+        self.samples += 1;
+        self.reused += 1;
+        true
+    }
+
+    fn restart(&mut self) {
+        // The template's bytes are as they were: a replay only rewrote
+        // values (which the next walk rewrites again), never cut.
+        self.keys.begin(true);
+        if self.keys.is_empty() {
+            self.metrics.clear();
+            self.families.clear();
+        }
+        self.replay = (!self.keys.is_empty()).then_some(Replay {
+            key: 0,
+            family: None,
+        });
+        self.points.clear();
+        self.current = None;
+        self.sets.clear();
+        self.hist = HistogramParts::default();
+        self.samples = 0;
+        self.first_key = 0;
+        self.reused = 0;
+        self.set_starts.clear();
+    }
+
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
     }
@@ -1138,12 +1240,10 @@ mod tests {
 
     /// Encodes `snap` with `template` and checks the request is byte for
     /// byte a fresh encoding's; the number of series reused.
-    fn push_with(snap: &Snapshot, started: SystemTime, template: &mut Template) -> usize {
-        use crate::export::encoder::tests::Odd;
-        let sources: Vec<Arc<dyn MetricSource>> = vec![
-            Arc::new(Odd),
-            Arc::new(crate::push::reuse::tests::Moving(snap.seq)),
-        ];
+    /// The sources are the test ones in `mode`
+    /// ([`sources`](crate::push::reuse::tests::sources)).
+    fn push_with(snap: &Snapshot, started: SystemTime, template: &mut Template, mode: u8) -> usize {
+        let sources = crate::push::reuse::tests::sources(mode, snap.seq);
         let attrs = [("deployment.environment".to_owned(), "lab".to_owned())];
         let (body, n) = encode_snapshot(snap, &sources, started, &attrs, true, template);
         let (fresh, fresh_n) = encode_snapshot(
@@ -1172,10 +1272,19 @@ mod tests {
 
     #[test]
     fn a_steady_host_reuses_every_series_and_the_request_is_what_writing_afresh_gives() {
+        // With a source that breaks rules (never replayed) and without
+        // (replayed from the second push on).
+        for mode in [u8::MAX, 0] {
+            steady(mode);
+        }
+    }
+
+    fn steady(mode: u8) {
+        let replays = mode != u8::MAX;
         let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let mut snap = fixture::snapshot(20);
         let mut t = Template::default();
-        assert_eq!(push_with(&snap, started, &mut t), 0);
+        assert_eq!(push_with(&snap, started, &mut t, mode), 0);
         let all = t.keys.len();
         assert!(all > 500, "{all}");
         for (i, vm) in snap.vms.iter_mut().enumerate() {
@@ -1184,51 +1293,90 @@ mod tests {
         }
         snap.collected_at += std::time::Duration::from_secs(15);
         snap.seq += 1;
-        assert_eq!(push_with(&snap, started, &mut t), all);
+        assert_eq!(push_with(&snap, started, &mut t, mode), all);
+        assert_eq!(t.replayed(), replays);
         // A VM restarted under the same identity: its counters' start.
         snap.vms[4].start_time_seconds += 100.0;
-        assert_eq!(push_with(&snap, started, &mut t), all);
+        assert_eq!(push_with(&snap, started, &mut t, mode), all);
+        assert_eq!(t.replayed(), replays);
         snap.host.load1 = f64::NAN;
-        assert_eq!(push_with(&snap, started, &mut t), all);
+        assert_eq!(push_with(&snap, started, &mut t, mode), all);
+        assert_eq!(t.replayed(), replays);
     }
 
     #[test]
     fn what_changes_between_pushes_is_written_afresh_from_there_on() {
+        for mode in [u8::MAX, 0] {
+            changes(mode);
+        }
+    }
+
+    fn changes(mode: u8) {
+        let replays = mode != u8::MAX;
         let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         let mut snap = fixture::snapshot(20);
         let mut t = Template::default();
-        push_with(&snap, started, &mut t);
+        push_with(&snap, started, &mut t, mode);
         let all = t.keys.len();
         // A VM renamed: its shared set changed, in the middle of families.
         snap.vms[7].name = "renamed".into();
-        let reused = push_with(&snap, started, &mut t);
+        let reused = push_with(&snap, started, &mut t, mode);
         assert!(0 < reused && reused < all, "{reused} of {all}");
-        assert_eq!(push_with(&snap, started, &mut t), all);
+        assert!(!t.replayed());
+        assert_eq!(push_with(&snap, started, &mut t, mode), all);
+        assert_eq!(t.replayed(), replays);
         // A vCPU more on one VM: a family longer than last time.
         let mut v = snap.vms[3].vcpus[0].clone();
         v.index = 9;
         snap.vms[3].vcpus.push(v);
-        assert!(push_with(&snap, started, &mut t) < t.keys.len());
-        assert_eq!(push_with(&snap, started, &mut t), t.keys.len());
+        assert!(push_with(&snap, started, &mut t, mode) < t.keys.len());
+        assert!(!t.replayed());
+        assert_eq!(push_with(&snap, started, &mut t, mode), t.keys.len());
+        assert_eq!(t.replayed(), replays);
         // The last VM gone: every per-VM family one VM shorter.
         snap.vms.pop();
-        assert!(push_with(&snap, started, &mut t) < t.keys.len());
-        assert_eq!(push_with(&snap, started, &mut t), t.keys.len());
+        assert!(push_with(&snap, started, &mut t, mode) < t.keys.len());
+        assert!(!t.replayed());
+        assert_eq!(push_with(&snap, started, &mut t, mode), t.keys.len());
+        assert_eq!(t.replayed(), replays);
         // The first VM gone, a VM more at the end.
         snap.vms.remove(0);
-        push_with(&snap, started, &mut t);
+        push_with(&snap, started, &mut t, mode);
         snap.vms.push(fixture::snapshot(21).vms.pop().unwrap());
-        push_with(&snap, started, &mut t);
-        assert_eq!(push_with(&snap, started, &mut t), t.keys.len());
+        push_with(&snap, started, &mut t, mode);
+        assert_eq!(push_with(&snap, started, &mut t, mode), t.keys.len());
+        assert_eq!(t.replayed(), replays);
         // Another process start: every counter's start time.
         let later = started + std::time::Duration::from_secs(60);
-        assert_eq!(push_with(&snap, later, &mut t), 0);
+        assert_eq!(push_with(&snap, later, &mut t, mode), 0);
         // No VMs at all, then back.
         let vms = std::mem::take(&mut snap.vms);
-        push_with(&snap, later, &mut t);
+        push_with(&snap, later, &mut t, mode);
         snap.vms = vms;
-        push_with(&snap, later, &mut t);
-        assert_eq!(push_with(&snap, later, &mut t), t.keys.len());
+        push_with(&snap, later, &mut t, mode);
+        assert_eq!(push_with(&snap, later, &mut t, mode), t.keys.len());
+        assert_eq!(t.replayed(), replays);
+    }
+
+    #[test]
+    fn a_replay_ends_where_a_rule_or_the_series_differ_and_the_push_is_what_writing_afresh_gives() {
+        use crate::push::reuse::tests::BREAKS;
+        let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut snap = fixture::snapshot(5);
+        let mut t = Template::default();
+        for (mode, clean) in BREAKS {
+            push_with(&snap, started, &mut t, 0);
+            snap.seq += 1;
+            push_with(&snap, started, &mut t, 0);
+            assert!(t.replayed(), "mode {mode}");
+            // Compared with a fresh encoding (`push_with`).
+            snap.seq += 1;
+            push_with(&snap, started, &mut t, mode);
+            assert!(!t.replayed(), "mode {mode}");
+            assert_eq!(t.clean, clean, "mode {mode}");
+            push_with(&snap, started, &mut t, 0);
+            assert!(!t.replayed(), "mode {mode}");
+        }
     }
 
     #[test]

@@ -186,14 +186,21 @@ pub fn encode_snapshot(
         external_labels(configured, &host),
         snap.vms.len(),
     );
+    let replay = last.clean && !last.keys.is_empty();
     sink.reuse(std::mem::take(last));
     let mut c = SampleCollector::with_sink(Box::new(sink));
+    if replay {
+        c = c.replaying();
+    }
     super::collect::write_all(snap, sources, &mut c);
+    let (clean, replayed) = (c.skipped() == (0, 0), c.replayed());
     let Some(sink) = c.into_sink::<WireSink>() else {
         return (Vec::new(), 0);
     };
     let samples = sink.samples;
     let mut template = sink.into_template();
+    template.clean = clean;
+    template.replayed = replayed;
     // The request is the series then the metadata; the series part stays
     // for the next push.
     let series_end = template.body.len();
@@ -230,6 +237,13 @@ pub struct Template {
     /// Snappy's output buffer, kept so that it is not allocated and
     /// zeroed (5 MB at 1000 VMs) every push.
     compressed: Vec<u8>,
+    /// Whether the push refused no series: only such a push is replayed
+    /// ([`SampleCollector::replaying`]; one that refused some would fail
+    /// its replay at the same place every time).
+    clean: bool,
+    /// Whether the last push was a replay of the one before that held to
+    /// its end (its rules not run again).
+    replayed: bool,
 }
 
 impl Template {
@@ -237,6 +251,12 @@ impl Template {
     /// before (all of them on a steady host).
     pub fn reused(&self) -> usize {
         self.reused
+    }
+
+    /// Whether the last push replayed the one before it
+    /// ([`SampleCollector::replaying`]).
+    pub fn replayed(&self) -> bool {
+        self.replayed
     }
 
     /// Snappy over `body`, into the kept buffer; the compressed bytes.
@@ -276,6 +296,9 @@ pub struct WireSink {
     /// While the series so far were last push's: the next one's number
     /// in the template.
     replay: Option<usize>,
+    /// While replaying: the family whose metadata was written last (the
+    /// collector announces no families then).
+    replayed_family: Option<&'static Desc>,
     samples: usize,
     /// Each shared label set's labels, written once, by set number.
     sets: Vec<Option<SetBytes>>,
@@ -489,6 +512,7 @@ impl WireSink {
             external,
             t,
             replay: None,
+            replayed_family: None,
             samples: 0,
             sets: Vec::new(),
             shapes: Vec::new(),
@@ -704,6 +728,42 @@ impl SeriesSink for WireSink {
         self.samples += 1;
     }
 
+    fn replay(
+        &mut self,
+        desc: &'static Desc,
+        suffix: &'static str,
+        labels: &SeriesLabels<'_>,
+        value: Value,
+    ) -> bool {
+        let Some(i) = self.replay else {
+            return false;
+        };
+        if !self.replays(i, desc, suffix, labels, value) {
+            return false;
+        }
+        if !self.replayed_family.is_some_and(|d| std::ptr::eq(d, desc)) {
+            self.family(desc);
+            self.replayed_family = Some(desc);
+        }
+        self.replay = Some(i + 1);
+        self.t.reused += 1;
+        self.samples += 1;
+        true
+    }
+
+    fn restart(&mut self) {
+        // The template's bytes are as they were (a replay only rewrote
+        // values, which the next walk rewrites again).
+        self.t.meta.clear();
+        self.t.reused = 0;
+        self.t.keys.begin(true);
+        self.replay = (!self.t.keys.is_empty()).then_some(0);
+        self.replayed_family = None;
+        self.samples = 0;
+        self.sets.clear();
+        self.shapes.clear();
+    }
+
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
     }
@@ -832,10 +892,17 @@ mod tests {
 
     /// Encodes `snap` with `template` and checks the request equals a
     /// fresh encoding of the same snapshot; the number of series reused.
-    fn push_with(snap: &Snapshot, ext: &[(String, String)], template: &mut Template) -> usize {
-        use crate::export::encoder::tests::Odd;
-        use crate::push::reuse::tests::Moving;
-        let sources: Vec<Arc<dyn MetricSource>> = vec![Arc::new(Odd), Arc::new(Moving(snap.seq))];
+    /// Pushes `snap` and the test sources in `mode`
+    /// ([`sources`](crate::push::reuse::tests::sources)) with `template`,
+    /// checks the request is byte for byte a fresh encoding's, and
+    /// returns how many series were reused.
+    fn push_with(
+        snap: &Snapshot,
+        ext: &[(String, String)],
+        template: &mut Template,
+        mode: u8,
+    ) -> usize {
+        let sources = crate::push::reuse::tests::sources(mode, snap.seq);
         let (body, n) = encode_snapshot(snap, &sources, ext, template);
         let (fresh, fresh_n) = encode_snapshot(snap, &sources, ext, &mut Template::default());
         assert_eq!(n, fresh_n);
@@ -850,11 +917,20 @@ mod tests {
 
     #[test]
     fn a_steady_host_reuses_every_series_and_the_request_is_what_writing_afresh_gives() {
+        // With a source that breaks rules (never replayed) and without
+        // (replayed from the second push on).
+        for mode in [u8::MAX, 0] {
+            steady(mode);
+        }
+    }
+
+    fn steady(mode: u8) {
+        let replays = mode != u8::MAX;
         let ext = [("region".to_owned(), "eu".to_owned())];
         let mut snap = fixture::snapshot(20);
         let mut t = Template::default();
         assert_eq!(
-            push_with(&snap, &ext, &mut t),
+            push_with(&snap, &ext, &mut t, mode),
             0,
             "nothing to reuse at first"
         );
@@ -867,55 +943,96 @@ mod tests {
         }
         snap.collected_at += std::time::Duration::from_secs(15);
         snap.seq += 1;
-        assert_eq!(push_with(&snap, &ext, &mut t), series);
+        assert_eq!(push_with(&snap, &ext, &mut t, mode), series);
+        assert_eq!(t.replayed(), replays);
         // NaN and a negative gauge are values like any other.
         snap.host.load1 = f64::NAN;
-        assert_eq!(push_with(&snap, &ext, &mut t), series);
+        assert_eq!(push_with(&snap, &ext, &mut t, mode), series);
+        assert_eq!(t.replayed(), replays);
     }
 
     #[test]
     fn what_changes_between_pushes_is_written_afresh_from_there_on() {
+        for mode in [u8::MAX, 0] {
+            changes(mode);
+        }
+    }
+
+    fn changes(mode: u8) {
+        let replays = mode != u8::MAX;
         let ext = [("region".to_owned(), "eu".to_owned())];
         let mut snap = fixture::snapshot(20);
         let mut t = Template::default();
-        push_with(&snap, &ext, &mut t);
+        push_with(&snap, &ext, &mut t, mode);
         let all = t.keys.len();
 
         // A VM renamed: its shared set changed.
         snap.vms[7].name = "renamed".into();
-        let reused = push_with(&snap, &ext, &mut t);
+        let reused = push_with(&snap, &ext, &mut t, mode);
         assert!(reused < all, "{reused} of {all}");
-        assert_eq!(push_with(&snap, &ext, &mut t), all);
+        assert!(!t.replayed());
+        assert_eq!(push_with(&snap, &ext, &mut t, mode), all);
+        assert_eq!(t.replayed(), replays);
 
         // A vCPU more on one VM: a series' own labels differ.
         let mut v = snap.vms[3].vcpus[0].clone();
         v.index = 9;
         snap.vms[3].vcpus.push(v);
-        let reused = push_with(&snap, &ext, &mut t);
+        let reused = push_with(&snap, &ext, &mut t, mode);
         assert!(reused < t.keys.len());
+        assert!(!t.replayed());
         let all = t.keys.len();
         assert!(all > 0);
-        assert_eq!(push_with(&snap, &ext, &mut t), all);
+        assert_eq!(push_with(&snap, &ext, &mut t, mode), all);
+        assert_eq!(t.replayed(), replays);
 
         // A VM gone (fewer series), a VM more (more series).
         snap.vms.pop();
-        push_with(&snap, &ext, &mut t);
+        push_with(&snap, &ext, &mut t, mode);
         snap.vms.push(fixture::snapshot(21).vms.pop().unwrap());
-        push_with(&snap, &ext, &mut t);
-        assert_eq!(push_with(&snap, &ext, &mut t), t.keys.len());
+        push_with(&snap, &ext, &mut t, mode);
+        assert_eq!(push_with(&snap, &ext, &mut t, mode), t.keys.len());
+        assert_eq!(t.replayed(), replays);
 
         // The host renamed: the `instance` label of every series.
         snap.host.hostname = Some("hv2".into());
-        assert_eq!(push_with(&snap, &ext, &mut t), 0);
+        assert_eq!(push_with(&snap, &ext, &mut t, mode), 0);
         // Other external labels.
         let ext2 = [("region".to_owned(), "us".to_owned())];
-        assert_eq!(push_with(&snap, &ext2, &mut t), 0);
+        assert_eq!(push_with(&snap, &ext2, &mut t, mode), 0);
         // No VMs at all, then back.
         let vms = std::mem::take(&mut snap.vms);
-        push_with(&snap, &ext2, &mut t);
+        push_with(&snap, &ext2, &mut t, mode);
         snap.vms = vms;
-        push_with(&snap, &ext2, &mut t);
-        assert_eq!(push_with(&snap, &ext2, &mut t), t.keys.len());
+        push_with(&snap, &ext2, &mut t, mode);
+        assert_eq!(push_with(&snap, &ext2, &mut t, mode), t.keys.len());
+        assert_eq!(t.replayed(), replays);
+    }
+
+    #[test]
+    fn a_replay_ends_where_a_rule_or_the_series_differ_and_the_push_is_what_writing_afresh_gives() {
+        use crate::push::reuse::tests::BREAKS;
+        let ext = [("region".to_owned(), "eu".to_owned())];
+        let mut snap = fixture::snapshot(5);
+        let mut t = Template::default();
+        for (mode, clean) in BREAKS {
+            // Twice the same series: the second push replays the first.
+            push_with(&snap, &ext, &mut t, 0);
+            snap.seq += 1;
+            push_with(&snap, &ext, &mut t, 0);
+            assert!(t.replayed(), "mode {mode}");
+            // Each push is compared with a fresh encoding (`push_with`):
+            // what a rule refuses is left out and counted as when every
+            // rule runs.
+            snap.seq += 1;
+            push_with(&snap, &ext, &mut t, mode);
+            assert!(!t.replayed(), "mode {mode}");
+            assert_eq!(t.clean, clean, "mode {mode}");
+            // Back: not replayed (refused series last time, or other
+            // series), and then replayed again.
+            push_with(&snap, &ext, &mut t, 0);
+            assert!(!t.replayed(), "mode {mode}");
+        }
     }
 
     #[test]

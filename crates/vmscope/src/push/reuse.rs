@@ -235,6 +235,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::export::{SampleCollector, SeriesSink, Value};
     use std::any::Any;
+    use std::sync::Arc;
 
     /// A histogram and a counter whose values follow the snapshot's
     /// sequence number (so that a reused point must be rewritten).
@@ -251,6 +252,81 @@ pub(crate) mod tests {
             out.family(&C);
             out.sample(&[("vm_id", "vm-000002")], n as f64);
         }
+    }
+
+    /// A source that breaks no rule in mode 0 and, in each other mode,
+    /// either breaks one (of those a replay does not run again, or of
+    /// those it does) or changes shape.
+    pub(crate) struct Breaks(pub u8);
+
+    /// The modes of [`Breaks`] past 0, and whether the push refuses
+    /// nothing in each.
+    pub(crate) const BREAKS: [(u8, bool); 9] = [
+        (1, false), // a counter negative
+        (2, false), // a histogram's sum NaN
+        (3, false), // a series repeated in a set's run
+        (4, true),  // a series fewer in the middle
+        (5, true),  // a series more
+        (6, false), // a family again
+        (7, false), // an extra label that is one of the set's
+        (8, false), // a set's run again, later in the family
+        (9, false), // a family declared again between its series
+    ];
+
+    impl crate::export::MetricSource for Breaks {
+        fn encode(&self, out: &mut crate::export::MetricWriter<'_>) {
+            static C: Desc = Desc::counter("t_breaks_total", "Breaks.");
+            static H: Desc = Desc::histogram("t_breaks_seconds", "Breaks.");
+            static G: Desc = Desc::gauge("t_breaks", "Breaks.");
+            let m = self.0;
+            out.family(&C);
+            out.sample(&[("k", "a")], if m == 1 { -1.0 } else { 1.0 });
+            if m == 9 {
+                // The same series as last time follow, but the family is
+                // a repeated one now: they are refused.
+                out.family(&C);
+            }
+            out.sample(&[("k", "b")], 2u64);
+            out.family(&H);
+            let sum = if m == 2 { f64::NAN } else { 1.5 };
+            out.histogram(&[("k", "a")], &[(0.5, 1), (1.0, 2)], sum, 3);
+            out.family(&G);
+            let x = out.label_set(&[("vm_id", "x")]);
+            let y = out.label_set(&[("vm_id", "y")]);
+            out.sample_in(x, &[("vcpu", "0")], 1.0);
+            if m == 3 {
+                out.sample_in(x, &[("vcpu", "0")], 1.0);
+            }
+            if m != 4 {
+                out.sample_in(x, &[("vcpu", "1")], 1.0);
+            }
+            if m == 5 {
+                out.sample_in(x, &[("vcpu", "2")], 1.0);
+            }
+            if m == 7 {
+                out.sample_in(x, &[("vm_id", "z")], 1.0);
+            }
+            out.sample_in(y, &[("vcpu", "0")], 1.0);
+            if m == 8 {
+                out.sample_in(x, &[("vcpu", "3")], 1.0);
+            }
+            if m == 6 {
+                out.family(&C);
+                out.sample(&[("k", "c")], 1u64);
+            }
+        }
+    }
+
+    /// The sources a push test walks after the snapshot: [`Breaks`] in
+    /// `mode`, or (`mode` `u8::MAX`) the encoder tests' source that
+    /// breaks every rule, then [`Moving`].
+    pub(crate) fn sources(mode: u8, seq: u64) -> Vec<Arc<dyn crate::export::MetricSource>> {
+        let first: Arc<dyn crate::export::MetricSource> = if mode == u8::MAX {
+            Arc::new(crate::export::encoder::tests::Odd)
+        } else {
+            Arc::new(Breaks(mode))
+        };
+        vec![first, Arc::new(Moving(seq))]
     }
 
     static A: Desc = Desc::gauge("a", "A.");
