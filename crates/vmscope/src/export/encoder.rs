@@ -591,6 +591,42 @@ enum State {
     Invalid,
 }
 
+/// A histogram's series in order (each bucket with its `le`, then `_sum`
+/// and `_count`) given to `each` (suffix, labels, value) while it returns
+/// true.
+fn histogram_series(
+    labels: &[(&str, &str)],
+    buckets: &[(f64, u64)],
+    sum: f64,
+    count: u64,
+    mut each: impl FnMut(&'static str, &SeriesLabels<'_>, Value) -> bool,
+) {
+    fn own<'x>(labels: &'x [(&'x str, &'x str)], le: Option<&'x str>) -> SeriesLabels<'x> {
+        SeriesLabels {
+            set_id: None,
+            set: &[],
+            extra: &[],
+            own: labels,
+            le,
+        }
+    }
+    for (le, n) in buckets
+        .iter()
+        .copied()
+        .chain(std::iter::once((f64::INFINITY, count)))
+    {
+        let le = le_text(le, Format::Text);
+        if !each("_bucket", &own(labels, Some(&le)), Value::U64(n)) {
+            return;
+        }
+    }
+    for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
+        if !each(suffix, &own(labels, None), v) {
+            return;
+        }
+    }
+}
+
 /// Where a collector is with a replay of its sink's last push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Replay {
@@ -1190,31 +1226,10 @@ impl SampleCollector {
         let Some(desc) = self.open() else {
             return;
         };
-        for (le, n) in buckets
-            .iter()
-            .copied()
-            .chain(std::iter::once((f64::INFINITY, count)))
-        {
-            let le = le_text(le, Format::Text);
-            let l = SeriesLabels {
-                set_id: None,
-                set: &[],
-                extra: &[],
-                own: labels,
-                le: Some(&le),
-            };
-            self.sink.series(desc, "_bucket", l, Value::U64(n));
-        }
-        for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
-            let l = SeriesLabels {
-                set_id: None,
-                set: &[],
-                extra: &[],
-                own: labels,
-                le: None,
-            };
-            self.sink.series(desc, suffix, l, v);
-        }
+        histogram_series(labels, buckets, sum, count, |suffix, l, v| {
+            self.sink.series(desc, suffix, *l, v);
+            true
+        });
     }
 
     /// A histogram's series replayed ([`replaying`](Self::replaying)):
@@ -1237,35 +1252,9 @@ impl SampleCollector {
             self.replay = Replay::Failed;
             return;
         }
-        for (le, n) in buckets
-            .iter()
-            .copied()
-            .chain(std::iter::once((f64::INFINITY, count)))
-        {
-            let le = le_text(le, Format::Text);
-            let l = SeriesLabels {
-                set_id: None,
-                set: &[],
-                extra: &[],
-                own: labels,
-                le: Some(&le),
-            };
-            if !self.replay_one(|_| true, "_bucket", &l, Value::U64(n)) {
-                return;
-            }
-        }
-        for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
-            let l = SeriesLabels {
-                set_id: None,
-                set: &[],
-                extra: &[],
-                own: labels,
-                le: None,
-            };
-            if !self.replay_one(|_| true, suffix, &l, v) {
-                return;
-            }
-        }
+        histogram_series(labels, buckets, sum, count, |suffix, l, v| {
+            self.replay_one(|_| true, suffix, l, v)
+        });
     }
 
     fn finish(&mut self) {
