@@ -460,6 +460,32 @@ pub struct SeriesLabels<'x> {
 }
 
 impl<'x> SeriesLabels<'x> {
+    /// A plain series' or histogram's labels (`le`: a bucket's bound).
+    fn plain(own: &'x [(&'x str, &'x str)], le: Option<&'x str>) -> Self {
+        SeriesLabels {
+            set_id: None,
+            set: &[],
+            extra: &[],
+            own,
+            le,
+        }
+    }
+
+    /// A series of shared set `id` (its labels `set`) with its own `extra`.
+    fn in_set(
+        id: usize,
+        set: &'x [(&'static str, String)],
+        extra: &'x [(&'static str, &'x str)],
+    ) -> Self {
+        SeriesLabels {
+            set_id: Some(id),
+            set,
+            extra,
+            own: &[],
+            le: None,
+        }
+    }
+
     /// The shared set (its number and labels), if the series has one.
     pub fn set(&self) -> Option<(usize, &'x [(&'static str, String)])> {
         self.set_id.map(|i| (i, self.set))
@@ -601,29 +627,42 @@ fn histogram_series(
     count: u64,
     mut each: impl FnMut(&'static str, &SeriesLabels<'_>, Value) -> bool,
 ) {
-    fn own<'x>(labels: &'x [(&'x str, &'x str)], le: Option<&'x str>) -> SeriesLabels<'x> {
-        SeriesLabels {
-            set_id: None,
-            set: &[],
-            extra: &[],
-            own: labels,
-            le,
-        }
-    }
     for (le, n) in buckets
         .iter()
         .copied()
         .chain(std::iter::once((f64::INFINITY, count)))
     {
         let le = le_text(le, Format::Text);
-        if !each("_bucket", &own(labels, Some(&le)), Value::U64(n)) {
+        if !each(
+            "_bucket",
+            &SeriesLabels::plain(labels, Some(&le)),
+            Value::U64(n),
+        ) {
             return;
         }
     }
     for (suffix, v) in [("_sum", Value::F64(sum)), ("_count", Value::U64(count))] {
-        if !each(suffix, &own(labels, None), v) {
+        if !each(suffix, &SeriesLabels::plain(labels, None), v) {
             return;
         }
+    }
+}
+
+/// Whether a replayed series passes: the current family's rules and
+/// `value_ok`, then the sink's check that it is last push's series. Over
+/// the collector's fields, not the collector, so that labels borrowing its
+/// sets can be replayed.
+fn passes_replay(
+    current: Option<(&'static Desc, State)>,
+    sink: &mut dyn SeriesSink,
+    value_ok: impl FnOnce(&Desc) -> bool,
+    suffix: &'static str,
+    labels: &SeriesLabels<'_>,
+    value: Value,
+) -> bool {
+    match current {
+        Some((desc, State::Ok)) => value_ok(desc) && sink.replay(desc, suffix, labels, value),
+        _ => false,
     }
 }
 
@@ -944,12 +983,14 @@ impl SampleCollector {
         labels: &SeriesLabels<'_>,
         value: Value,
     ) -> bool {
-        let ok = match self.current {
-            Some((desc, State::Ok)) => {
-                value_ok(desc) && self.sink.replay(desc, suffix, labels, value)
-            }
-            _ => false,
-        };
+        let ok = passes_replay(
+            self.current,
+            self.sink.as_mut(),
+            value_ok,
+            suffix,
+            labels,
+            value,
+        );
         if !ok {
             self.replay = Replay::Failed;
         }
@@ -1091,13 +1132,7 @@ impl SampleCollector {
             Replay::Off => {}
             Replay::Failed => return,
             Replay::On => {
-                let l = SeriesLabels {
-                    set_id: None,
-                    set: &[],
-                    extra: &[],
-                    own: labels,
-                    le: None,
-                };
+                let l = SeriesLabels::plain(labels, None);
                 self.replay_one(Self::counter_or_gauge_ok(value), "", &l, value);
                 return;
             }
@@ -1115,14 +1150,8 @@ impl SampleCollector {
         let Some(desc) = self.open() else {
             return;
         };
-        let l = SeriesLabels {
-            set_id: None,
-            set: &[],
-            extra: &[],
-            own: labels,
-            le: None,
-        };
-        self.sink.series(desc, "", l, value);
+        self.sink
+            .series(desc, "", SeriesLabels::plain(labels, None), value);
     }
 
     fn sample_in(&mut self, set: LabelSet, extra: &[(&'static str, &str)], value: Value) {
@@ -1136,21 +1165,10 @@ impl SampleCollector {
         if self.replay == Replay::On {
             // Of the set's rules only its validity runs (kept per set): the
             // extra labels' names, collisions and repeats are last push's.
-            let l = SeriesLabels {
-                set_id: Some(set.index()),
-                set: &shared.labels,
-                extra,
-                own: &[],
-                le: None,
-            };
+            let l = SeriesLabels::in_set(set.index(), &shared.labels, extra);
+            let value_ok = |d: &Desc| shared.valid && Self::counter_or_gauge_ok(value)(d);
             // Not `replay_one`: `l` borrows `self.sets`.
-            let ok = match self.current {
-                Some((desc, State::Ok)) if shared.valid => {
-                    Self::counter_or_gauge_ok(value)(desc) && self.sink.replay(desc, "", &l, value)
-                }
-                _ => false,
-            };
-            if !ok {
+            if !passes_replay(self.current, self.sink.as_mut(), value_ok, "", &l, value) {
                 self.replay = Replay::Failed;
             }
             return;
@@ -1194,13 +1212,7 @@ impl SampleCollector {
         let Some(shared) = self.sets.get(set.index()) else {
             return;
         };
-        let l = SeriesLabels {
-            set_id: Some(set.index()),
-            set: &shared.labels,
-            extra,
-            own: &[],
-            le: None,
-        };
+        let l = SeriesLabels::in_set(set.index(), &shared.labels, extra);
         self.sink.series(desc, "", l, value);
     }
 

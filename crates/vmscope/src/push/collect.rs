@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::export::{Family, MetricSource, MetricWriter, SampleCollector};
+use crate::export::{Family, MetricSource, MetricWriter, SampleCollector, SeriesSink};
 use crate::model::Snapshot;
 
 /// One snapshot as series values.
@@ -47,6 +47,38 @@ pub fn write_all(snap: &Snapshot, sources: &[Arc<dyn MetricSource>], c: &mut Sam
         c.restart();
         walk(snap, sources, c);
     }
+}
+
+/// How a push's walk went: what the next push decides its replay on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Walk {
+    /// No series refused: only such a push is replayed (one that refused
+    /// some would fail its replay at the same place every time).
+    pub clean: bool,
+    /// The walk replayed the push before it to its end (its label rules
+    /// not run again).
+    pub replayed: bool,
+}
+
+/// Walks `snap` and `sources` into `sink` ([`write_all`]), replaying the
+/// sink's last push when `replay` ([`SampleCollector::replaying`]); the
+/// sink back, and how the walk went.
+pub fn walk_push<T: SeriesSink>(
+    snap: &Snapshot,
+    sources: &[Arc<dyn MetricSource>],
+    sink: T,
+    replay: bool,
+) -> Option<(T, Walk)> {
+    let mut c = SampleCollector::with_sink(Box::new(sink));
+    if replay {
+        c = c.replaying();
+    }
+    write_all(snap, sources, &mut c);
+    let walk = Walk {
+        clean: c.skipped() == (0, 0),
+        replayed: c.replayed(),
+    };
+    c.into_sink::<T>().map(|sink| (sink, walk))
 }
 
 fn walk(snap: &Snapshot, sources: &[Arc<dyn MetricSource>], c: &mut SampleCollector) {

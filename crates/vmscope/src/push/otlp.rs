@@ -39,8 +39,7 @@ use super::collect::Collected;
 use super::reuse::SeriesKeys;
 use super::wire::{put_fixed64, put_len, put_str, put_varint, str_field_len, varint_len};
 use crate::export::{
-    Desc, Family, MetricSource, MetricType, Sample, SampleCollector, SeriesLabels, SeriesSink,
-    Value,
+    Desc, Family, MetricSource, MetricType, Sample, SeriesLabels, SeriesSink, Value,
 };
 use crate::model::{Snapshot, VmStats};
 
@@ -431,16 +430,10 @@ pub fn encode_snapshot(
     last: &mut Template,
 ) -> (Vec<u8>, usize) {
     let mut sink = OtlpSink::new(snap, process_start);
-    let replay = last.clean && !last.keys.is_empty();
+    let replay = last.keys.replayable();
     sink.reuse(std::mem::take(last));
     sink.starts_from(&snap.vms);
-    let mut c = SampleCollector::with_sink(Box::new(sink));
-    if replay {
-        c = c.replaying();
-    }
-    super::collect::write_all(snap, sources, &mut c);
-    let (clean, replayed) = (c.skipped() == (0, 0), c.replayed());
-    let Some(mut sink) = c.into_sink::<OtlpSink>() else {
+    let Some((mut sink, walk)) = super::collect::walk_push(snap, sources, sink, replay) else {
         return (Vec::new(), 0);
     };
     sink.end();
@@ -467,8 +460,7 @@ pub fn encode_snapshot(
     };
     let samples = sink.samples;
     *last = sink.into_template();
-    last.clean = clean;
-    last.replayed = replayed;
+    last.keys.set_walk(walk);
     (body, samples)
 }
 
@@ -489,12 +481,6 @@ pub struct Template {
     reused: usize,
     /// The VMs' starts (`OtlpSink::vm_starts`).
     vm_starts: Vec<(String, u64)>,
-    /// Whether the push refused no series (the only kind replayed, as
-    /// for remote_write).
-    clean: bool,
-    /// Whether the last push was a replay of the one before that held to
-    /// its end (its rules not run again).
-    replayed: bool,
 }
 
 impl Template {
@@ -505,9 +491,9 @@ impl Template {
     }
 
     /// Whether the last push replayed the one before it
-    /// ([`SampleCollector::replaying`]).
+    /// ([`SampleCollector::replaying`](crate::export::SampleCollector::replaying)).
     pub fn replayed(&self) -> bool {
-        self.replayed
+        self.keys.walk().replayed
     }
 }
 
@@ -654,16 +640,6 @@ impl OtlpSink {
     /// Continues from `last`, the previous push's template.
     fn reuse(&mut self, mut last: Template) {
         let keep = last.started == self.started;
-        last.keys.begin(keep);
-        if last.keys.is_empty() {
-            last.metrics.clear();
-            last.families.clear();
-        } else {
-            self.replay = Some(Replay {
-                key: 0,
-                family: None,
-            });
-        }
         let want = self.metrics.capacity();
         last.metrics
             .reserve(want.saturating_sub(last.metrics.len()));
@@ -671,6 +647,21 @@ impl OtlpSink {
         self.keys = last.keys;
         self.families = last.families;
         self.vm_starts = last.vm_starts;
+        self.begin(keep);
+    }
+
+    /// Starts this push on the template: its series reused while they
+    /// match, or forgotten (`keep` false: another process start).
+    fn begin(&mut self, keep: bool) {
+        self.keys.begin(keep);
+        if self.keys.is_empty() {
+            self.metrics.clear();
+            self.families.clear();
+        }
+        self.replay = (!self.keys.is_empty()).then_some(Replay {
+            key: 0,
+            family: None,
+        });
     }
 
     /// The template for the next push.
@@ -682,8 +673,6 @@ impl OtlpSink {
             started: self.started,
             reused: self.reused,
             vm_starts: self.vm_starts,
-            clean: false,
-            replayed: false,
         }
     }
 
@@ -1122,15 +1111,7 @@ impl SeriesSink for OtlpSink {
     fn restart(&mut self) {
         // The template's bytes are as they were: a replay only rewrote
         // values (which the next walk rewrites again), never cut.
-        self.keys.begin(true);
-        if self.keys.is_empty() {
-            self.metrics.clear();
-            self.families.clear();
-        }
-        self.replay = (!self.keys.is_empty()).then_some(Replay {
-            key: 0,
-            family: None,
-        });
+        self.begin(true);
         self.points.clear();
         self.current = None;
         self.sets.clear();
@@ -1396,7 +1377,7 @@ mod tests {
             snap.seq += 1;
             push_with(&snap, started, &mut t, mode);
             assert!(!t.replayed(), "mode {mode}");
-            assert_eq!(t.clean, clean, "mode {mode}");
+            assert_eq!(t.keys.walk().clean, clean, "mode {mode}");
             push_with(&snap, started, &mut t, 0);
             assert!(!t.replayed(), "mode {mode}");
         }

@@ -27,9 +27,7 @@ use smallvec::SmallVec;
 use super::collect::Collected;
 use super::reuse::SeriesKeys;
 use super::wire::{put_fixed64, put_len, put_str, put_varint, str_field_len, varint_len};
-use crate::export::{
-    Desc, MetricSource, MetricType, SampleCollector, SeriesLabels, SeriesSink, Value,
-};
+use crate::export::{Desc, MetricSource, MetricType, SeriesLabels, SeriesSink, Value};
 use crate::model::Snapshot;
 
 #[derive(Clone, PartialEq, Message)]
@@ -165,7 +163,7 @@ pub fn encode(c: &Collected, configured: &[(String, String)]) -> Vec<u8> {
 /// Why not [`write_request`]: that builds every series as owned strings
 /// twice (a [`Collected`], then prost structs) before encoding, some
 /// 650 000 small allocations for 1000 VMs (6.7 ticks per push, measured).
-/// Here the structured encoder's rules ([`SampleCollector`], the same
+/// Here the structured encoder's rules ([`SampleCollector`](crate::export::SampleCollector), the same
 /// families and series as the text exposition) hand each admitted series
 /// to [`WireSink`], which sorts its labels on the stack and appends the
 /// bytes: nothing is allocated per series. [`write_request`] stays as
@@ -186,21 +184,14 @@ pub fn encode_snapshot(
         external_labels(configured, &host),
         snap.vms.len(),
     );
-    let replay = last.clean && !last.keys.is_empty();
+    let replay = last.keys.replayable();
     sink.reuse(std::mem::take(last));
-    let mut c = SampleCollector::with_sink(Box::new(sink));
-    if replay {
-        c = c.replaying();
-    }
-    super::collect::write_all(snap, sources, &mut c);
-    let (clean, replayed) = (c.skipped() == (0, 0), c.replayed());
-    let Some(sink) = c.into_sink::<WireSink>() else {
+    let Some((sink, walk)) = super::collect::walk_push(snap, sources, sink, replay) else {
         return (Vec::new(), 0);
     };
     let samples = sink.samples;
     let mut template = sink.into_template();
-    template.clean = clean;
-    template.replayed = replayed;
+    template.keys.set_walk(walk);
     // The request is the series then the metadata; the series part stays
     // for the next push.
     let series_end = template.body.len();
@@ -237,13 +228,6 @@ pub struct Template {
     /// Snappy's output buffer, kept so that it is not allocated and
     /// zeroed (5 MB at 1000 VMs) every push.
     compressed: Vec<u8>,
-    /// Whether the push refused no series: only such a push is replayed
-    /// ([`SampleCollector::replaying`]; one that refused some would fail
-    /// its replay at the same place every time).
-    clean: bool,
-    /// Whether the last push was a replay of the one before that held to
-    /// its end (its rules not run again).
-    replayed: bool,
 }
 
 impl Template {
@@ -254,9 +238,9 @@ impl Template {
     }
 
     /// Whether the last push replayed the one before it
-    /// ([`SampleCollector::replaying`]).
+    /// ([`SampleCollector::replaying`](crate::export::SampleCollector::replaying)).
     pub fn replayed(&self) -> bool {
-        self.replayed
+        self.keys.walk().replayed
     }
 
     /// Snappy over `body`, into the kept buffer; the compressed bytes.
@@ -522,21 +506,27 @@ impl WireSink {
     /// Continues from `last`, the template of the previous push: its
     /// series are reused while this push's are the same ones.
     pub fn reuse(&mut self, mut last: Template) {
-        last.meta.clear();
-        last.reused = 0;
         let ts_len = self.ts_bytes.len();
         let keep = last.external == self.external && last.ts_len == ts_len;
-        last.keys.begin(keep);
-        if last.keys.is_empty() {
-            last.body.clear();
-        } else {
-            self.replay = Some(0);
-        }
         last.external.clone_from(&self.external);
         last.ts_len = ts_len;
         let want = self.t.body.capacity();
         last.body.reserve(want.saturating_sub(last.body.len()));
         self.t = last;
+        self.begin(keep);
+    }
+
+    /// Starts this push on the template: nothing of it written yet, the
+    /// template's series reused while they match, or forgotten (`keep`
+    /// false: written with other external labels or timestamp width).
+    fn begin(&mut self, keep: bool) {
+        self.t.meta.clear();
+        self.t.reused = 0;
+        self.t.keys.begin(keep);
+        if self.t.keys.is_empty() {
+            self.t.body.clear();
+        }
+        self.replay = (!self.t.keys.is_empty()).then_some(0);
     }
 
     /// Whether series `i` of the template is this one; if so, its value
@@ -754,10 +744,7 @@ impl SeriesSink for WireSink {
     fn restart(&mut self) {
         // The template's bytes are as they were (a replay only rewrote
         // values, which the next walk rewrites again).
-        self.t.meta.clear();
-        self.t.reused = 0;
-        self.t.keys.begin(true);
-        self.replay = (!self.t.keys.is_empty()).then_some(0);
+        self.begin(true);
         self.replayed_family = None;
         self.samples = 0;
         self.sets.clear();
@@ -1027,7 +1014,7 @@ mod tests {
             snap.seq += 1;
             push_with(&snap, &ext, &mut t, mode);
             assert!(!t.replayed(), "mode {mode}");
-            assert_eq!(t.clean, clean, "mode {mode}");
+            assert_eq!(t.keys.walk().clean, clean, "mode {mode}");
             // Back: not replayed (refused series last time, or other
             // series), and then replayed again.
             push_with(&snap, &ext, &mut t, 0);

@@ -15,6 +15,7 @@
 //! Emits: nothing. Fails: never; an offset past 4 GiB (never in practice)
 //! only turns the reuse off.
 
+use super::collect::Walk;
 use crate::export::{Desc, SeriesLabels, same_bytes, same_labels, same_str};
 
 /// The keys of the last push's series, in order.
@@ -32,6 +33,8 @@ pub struct SeriesKeys {
     set_state: Vec<u8>,
     /// False once an offset did not fit.
     usable: bool,
+    /// How the push that recorded these keys walked.
+    walk: Walk,
 }
 
 #[derive(Clone, Copy)]
@@ -58,6 +61,21 @@ impl SeriesKeys {
             self.sets.clear();
             self.usable = true;
         }
+    }
+
+    /// Whether the next push may replay the one these keys are of: it
+    /// refused nothing, and there is something to replay.
+    pub fn replayable(&self) -> bool {
+        self.walk.clean && !self.keys.is_empty()
+    }
+
+    /// How the push these keys are of walked.
+    pub fn walk(&self) -> Walk {
+        self.walk
+    }
+
+    pub fn set_walk(&mut self, walk: Walk) {
+        self.walk = walk;
     }
 
     pub fn len(&self) -> usize {
