@@ -70,8 +70,6 @@ pub enum CacheError {
     Deflate(#[source] flate2::CompressError),
     #[error("gzip compression of the exposition stalled")]
     DeflateStalled,
-    #[error("gzip compression of a scoped exposition failed")]
-    Gzip(#[source] std::io::Error),
 }
 
 /// A response body ready to send: `chunks` in order.
@@ -673,6 +671,32 @@ fn gzip_tail(mut crc: crc32fast::Hasher, len: u64, tail: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// `parts`, one after the other, as one gzip member at level 1.
+///
+/// Why not `flate2`'s `GzEncoder`: its CRC-32 is zlib-rs' (the input copied
+/// into the window and folded as it goes), about a tenth of the whole
+/// gzip on a 3 MB OTLP push; `crc32fast` over the same bytes costs a fifth
+/// of that (measured on the OTLP request of 1000 VMs: 0.27 against 0.065
+/// ms). The deflate stream is the same.
+pub(crate) fn gzip_parts(parts: &[&[u8]]) -> Result<Vec<u8>, CacheError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(GZIP_HEADER.len() + len / 4 + 64);
+    out.extend_from_slice(&GZIP_HEADER);
+    let mut c = Compress::new(Compression::new(PREFIX_LEVEL), false);
+    let mut crc = crc32fast::Hasher::new();
+    for p in parts {
+        deflate(&mut c, p, &mut out, FlushCompress::None)?;
+        crc.update(p);
+    }
+    deflate(&mut c, &[], &mut out, FlushCompress::Finish)?;
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    // ISIZE is the length modulo 2^32 by definition.
+    #[allow(clippy::cast_possible_truncation)]
+    let isize = len as u32;
+    out.extend_from_slice(&isize.to_le_bytes());
+    Ok(out)
+}
+
 /// Runs `input` through `c` into `out` until the flush completes.
 fn deflate(
     c: &mut Compress,
@@ -806,6 +830,38 @@ mod tests {
         cache.render(&snap, &[], Format::Text, false).unwrap();
         let g = cache.gap[variant(Format::Text, false)].load(Ordering::Relaxed);
         assert!((30..5_000).contains(&g), "{g}");
+    }
+
+    #[test]
+    fn gzip_parts_is_one_gzip_member_of_the_parts_in_order() {
+        // Parts of every size around the deflater's buffers, an empty one,
+        // and text that does not compress (the CRC and ISIZE are checked
+        // by the decoder).
+        let mut noise = Vec::new();
+        let mut x: u32 = 1;
+        for _ in 0..300_000 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            noise.push((x >> 24) as u8);
+        }
+        let text = "vm_cpu_seconds_total{vm_id=\"a\"} 1\n".repeat(50_000);
+        let parts: Vec<&[u8]> = vec![b"", text.as_bytes(), &noise, b"x", b"", &noise[..7]];
+        let gz = gzip_parts(&parts).unwrap();
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, parts.concat());
+        assert!(
+            gz.len() < plain.len() / 2,
+            "{} of {}",
+            gz.len(),
+            plain.len()
+        );
+        let mut empty = Vec::new();
+        flate2::read::GzDecoder::new(&gzip_parts(&[]).unwrap()[..])
+            .read_to_end(&mut empty)
+            .unwrap();
+        assert!(empty.is_empty());
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod tasks;
 pub mod usage;
 pub mod writer;
 
+pub(crate) use cache::gzip_parts;
 pub use cache::{CacheError, Exposition, ExpositionCache};
 pub use encoder::{
     Encode, Families, Family, Fingerprint, MetricWriter, Sample, SampleCollector, SeriesLabels,

@@ -20,12 +20,9 @@
 //! Failure: a gzip error is a [`CacheError`]; nothing partial is kept.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 
 use super::cache::{CacheError, Exposition};
 use super::snapshot::{Part, SnapshotPart};
@@ -162,7 +159,5 @@ impl ScopedCache {
 }
 
 fn gzip_all(text: &[u8]) -> Result<Bytes, CacheError> {
-    let mut gz = GzEncoder::new(Vec::with_capacity(text.len() / 4), Compression::fast());
-    gz.write_all(text).map_err(CacheError::Gzip)?;
-    gz.finish().map(Bytes::from).map_err(CacheError::Gzip)
+    super::cache::gzip_parts(&[text]).map(Bytes::from)
 }

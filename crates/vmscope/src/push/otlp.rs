@@ -29,7 +29,6 @@
 //! test decodes our requests with that crate (the official definitions).
 
 use std::any::Any;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -393,17 +392,9 @@ pub fn encode(c: &Collected, process_start: SystemTime, attrs: &[(String, String
 
 /// `parts`, one after the other, gzip'd.
 fn gzip(parts: &[&[u8]]) -> Vec<u8> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    // Level 1: the agent's CPU matters more than bytes on the wire (as for
-    // the cached /metrics gzip). Writing into a Vec cannot fail.
-    let mut gz =
-        flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::new(1));
-    for p in parts {
-        if gz.write_all(p).is_err() {
-            return Vec::new();
-        }
-    }
-    gz.finish().unwrap_or_default()
+    // Level 1, as for the cached /metrics gzip: the agent's CPU matters
+    // more than bytes on the wire. Deflating into a Vec does not fail.
+    crate::export::gzip_parts(parts).unwrap_or_default()
 }
 
 /// The body for a snapshot (gzip'd when `gzip`), written straight from the snapshot and
@@ -549,6 +540,11 @@ pub struct OtlpSink {
     reused: usize,
     /// Counter starts by shared set number this push (0: not looked up).
     set_starts: Vec<u64>,
+    /// Where in `vm_starts` the last VM looked up was: families list VMs
+    /// in the snapshot's order (by id), so the next one is usually this
+    /// one or the one after it (a binary search per VM and family, comparing ids,
+    /// was 2% of a replayed push).
+    start_hint: std::cell::Cell<usize>,
 }
 
 #[derive(Default)]
@@ -617,6 +613,7 @@ impl OtlpSink {
             replay: None,
             reused: 0,
             set_starts: Vec::new(),
+            start_hint: std::cell::Cell::new(0),
         }
     }
 
@@ -880,8 +877,15 @@ impl OtlpSink {
     /// The start of a counter series: its VM's when it has a `vm_id`.
     fn start_of(&self, vm_id: Option<&str>) -> u64 {
         let found = vm_id.and_then(|id| {
-            let at = self.vm_starts.partition_point(|(k, _)| k.as_str() < id);
-            self.vm_starts.get(at).filter(|(k, _)| k == id)
+            let hint = self.start_hint.get();
+            // The hint first: of VMs with the same id the first is found.
+            let at = [hint, hint.wrapping_add(1)]
+                .into_iter()
+                .find(|&i| self.vm_starts.get(i).is_some_and(|(k, _)| k == id))
+                .unwrap_or_else(|| self.vm_starts.partition_point(|(k, _)| k.as_str() < id));
+            let found = self.vm_starts.get(at).filter(|(k, _)| k == id)?;
+            self.start_hint.set(at);
+            Some(found)
         });
         found
             .map(|&(_, s)| s)
@@ -1381,6 +1385,42 @@ mod tests {
             push_with(&snap, started, &mut t, 0);
             assert!(!t.replayed(), "mode {mode}");
         }
+    }
+
+    #[test]
+    fn a_vms_start_is_found_whatever_order_vms_are_looked_up_in() {
+        let started = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let mut sink = OtlpSink::new(&fixture::snapshot(0), started);
+        // Sorted by id, as `starts_from` keeps them; "b" twice (a discovery
+        // bug: the first is the one the exposition keeps); "d" unknown (0).
+        let kept = [
+            ("a", 10),
+            ("b", 20),
+            ("b", 30),
+            ("c", 40),
+            ("d", 0),
+            ("e", 50),
+        ];
+        sink.vm_starts = kept.iter().map(|&(k, s)| (k.to_owned(), s)).collect();
+        let expected = |id: &str| {
+            kept.iter()
+                .find(|(k, _)| *k == id)
+                .map(|&(_, s)| s)
+                .filter(|&s| s > 0)
+                .unwrap_or(nanos(started))
+        };
+        let ids = ["a", "b", "c", "d", "e", "x", ""];
+        // Every sequence of three lookups, so each id follows each other.
+        for i in ids {
+            for j in ids {
+                for k in ids {
+                    for id in [i, j, k] {
+                        assert_eq!(sink.start_of(Some(id)), expected(id), "{i} {j} {k}: {id}");
+                    }
+                }
+            }
+        }
+        assert_eq!(sink.start_of(None), nanos(started));
     }
 
     #[test]
