@@ -31,8 +31,8 @@ use std::hash::BuildHasher;
 use smallvec::SmallVec;
 
 use super::writer::{
-    Desc, Format, LabelSet, MetricType, TextWriter, Value, WriterState, le_text, valid_label_names,
-    valid_metric_name,
+    Desc, Drain, Format, LabelSet, MetricType, TextWriter, Value, WriterState, le_text,
+    valid_label_names, valid_metric_name,
 };
 
 /// The encoder a source writes into (see the module docs).
@@ -55,6 +55,12 @@ impl<'a> MetricWriter<'a> {
     /// Starts a new text exposition at the end of `out`.
     pub fn new(out: &'a mut String, format: Format) -> Self {
         MetricWriter::Text(TextWriter::new(out, format))
+    }
+
+    /// Starts a new text exposition that hands its text to `drain` in
+    /// pieces of at least `at` bytes; see [`TextWriter::draining`].
+    pub fn draining(out: &'a mut String, format: Format, drain: Drain<'a>, at: usize) -> Self {
+        MetricWriter::Text(TextWriter::draining(out, format, drain, at))
     }
 
     /// Continues a text exposition whose beginning was written earlier.
