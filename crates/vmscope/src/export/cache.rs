@@ -356,11 +356,7 @@ impl ExpositionCache {
                 .clear();
         }
         for (i, (format, gzip)) in VARIANTS.iter().enumerate() {
-            let asked = self
-                .last_asked
-                .get(i)
-                .map_or(0, |a| a.load(Ordering::Relaxed));
-            if asked == 0 || now.saturating_sub(asked) > PREWARM_WINDOW_MS {
+            let Some(asked) = self.asked_lately(i, now) else {
                 if *gzip {
                     // Nobody gzips this format any more: let go of the
                     // chunks kept for reuse (a tenth of a body).
@@ -369,7 +365,7 @@ impl ExpositionCache {
                     }
                 }
                 continue;
-            }
+            };
             let gap = self.gap.get(i).map_or(0, |g| g.load(Ordering::Relaxed));
             // 10 % slack: scrapes jitter.
             if gap != 0 && asked + gap > now + horizon + gap / 10 {
@@ -386,15 +382,39 @@ impl ExpositionCache {
         Ok(n)
     }
 
+    /// When variant `v` was last asked for, if within the prewarm window
+    /// of `now` (milliseconds since `born`).
+    fn asked_lately(&self, v: usize, now: u64) -> Option<u64> {
+        let asked = self
+            .last_asked
+            .get(v)
+            .map_or(0, |a| a.load(Ordering::Relaxed));
+        (asked != 0 && now.saturating_sub(asked) <= PREWARM_WINDOW_MS).then_some(asked)
+    }
+
     /// Whether `format`, gzip'd or not, was asked for lately (what
     /// [`ExpositionCache::prewarm`] encodes).
     fn wanted(&self, format: Format, gzip: bool) -> bool {
-        let asked = self
-            .last_asked
-            .get(variant(format, gzip))
-            .map_or(0, |a| a.load(Ordering::Relaxed));
+        // + 1 as `render` stamps it.
         let now = self.born.elapsed().as_millis() as u64 + 1;
-        asked != 0 && now.saturating_sub(asked) <= PREWARM_WINDOW_MS
+        self.asked_lately(variant(format, gzip), now).is_some()
+    }
+
+    /// Runs `gzip` against the chunks kept from `format`'s last gzip'd
+    /// prefix and keeps the chunks it returns for the next.
+    fn gzip_after_last(
+        &self,
+        format: Format,
+        gzip: impl FnOnce(Option<&Deflated>) -> Result<(GzipPrefix, Deflated), CacheError>,
+    ) -> Result<GzipPrefix, CacheError> {
+        let slot = self
+            .deflated
+            .get(format_slot(format))
+            .ok_or(CacheError::DeflateStalled)?;
+        let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let (gz, chunks) = gzip(last.as_ref())?;
+        *last = Some(chunks);
+        Ok(gz)
     }
 
     /// The prefix of `snapshot` in `format`, for a request (or a prewarm)
@@ -426,24 +446,19 @@ impl ExpositionCache {
     /// at 10 000) and the pool's buffers for the next. The gzip is byte
     /// for byte the one the whole text would give ([`Chunker`]).
     fn encode_gzip_only(&self, snapshot: &Snapshot, format: Format) -> Result<Prefix, CacheError> {
-        let slot = self
-            .deflated
-            .get(format_slot(format))
-            .ok_or(CacheError::DeflateStalled)?;
-        let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let mut chunker = Chunker::new(last.as_ref(), &self.chunk_hasher);
-        let mut text = String::with_capacity(2 * MIN_CHUNK);
-        let state = {
+        let mut state = WriterState::default();
+        let gz = self.gzip_after_last(format, |last| {
+            let mut chunker = Chunker::new(last, &self.chunk_hasher);
+            let mut text = String::with_capacity(2 * MIN_CHUNK);
             let mut drain = |piece: &str, starts: &[(&'static str, usize)]| {
                 let key = starts.first().map_or("", |s| s.0);
                 chunker.add(key, piece.as_bytes());
             };
             let mut w = MetricWriter::draining(&mut text, format, &mut drain, MIN_CHUNK);
             snapshot.encode(&mut w);
-            w.suspend()
-        };
-        let (gz, chunks) = chunker.finish()?;
-        *last = Some(chunks);
+            state = w.suspend();
+            chunker.finish()
+        })?;
         Ok(Prefix {
             body: OnceLock::new(),
             state,
@@ -457,14 +472,9 @@ impl ExpositionCache {
     /// prefix of `format` whose text did not change.
     fn gzip_prefix(&self, format: Format, prefix: &Prefix) -> Result<GzipPrefix, CacheError> {
         let body = prefix.body.get().ok_or(CacheError::DeflateStalled)?;
-        let slot = self
-            .deflated
-            .get(format_slot(format))
-            .ok_or(CacheError::DeflateStalled)?;
-        let mut last = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let (gz, chunks) = gzip_chunked(body, &prefix.starts, last.as_ref(), &self.chunk_hasher)?;
-        *last = Some(chunks);
-        Ok(gz)
+        self.gzip_after_last(format, |last| {
+            gzip_chunked(body, &prefix.starts, last, &self.chunk_hasher)
+        })
     }
 
     fn entry(&self, snapshot: &Arc<Snapshot>) -> Arc<Entry> {
@@ -1200,14 +1210,27 @@ mod tests {
         );
     }
 
-    /// The gzip chunks kept for reuse go when nobody has asked for gzip in
-    /// that format for the prewarm window: they are a tenth of a body.
-    #[test]
-    fn reuse_chunks_are_dropped_when_gzip_is_no_longer_asked_for() {
+    /// A cache made ten minutes ago, so that a request can be dated
+    /// before the prewarm window.
+    fn aged_cache() -> ExpositionCache {
         let mut cache = ExpositionCache::new();
         cache.born = Instant::now()
             .checked_sub(std::time::Duration::from_secs(600))
             .unwrap();
+        cache
+    }
+
+    /// Variant `v` last asked for a second before the prewarm window.
+    fn asked_long_ago(cache: &ExpositionCache, v: usize) {
+        let long_ago = cache.born.elapsed().as_millis() as u64 - PREWARM_WINDOW_MS - 1000;
+        cache.last_asked[v].store(long_ago, Ordering::Relaxed);
+    }
+
+    /// The gzip chunks kept for reuse go when nobody has asked for gzip in
+    /// that format for the prewarm window: they are a tenth of a body.
+    #[test]
+    fn reuse_chunks_are_dropped_when_gzip_is_no_longer_asked_for() {
+        let cache = aged_cache();
         let snap = Arc::new(fixture::snapshot(20));
         cache.render(&snap, &[], Format::Text, true).unwrap();
         assert!(cache.deflated[0].lock().unwrap().is_some());
@@ -1218,8 +1241,7 @@ mod tests {
             "asked just now"
         );
         let v = variant(Format::Text, true);
-        let long_ago = cache.born.elapsed().as_millis() as u64 - PREWARM_WINDOW_MS - 1000;
-        cache.last_asked[v].store(long_ago, Ordering::Relaxed);
+        asked_long_ago(&cache, v);
         cache.prewarm(&snap, tick).unwrap();
         assert!(cache.deflated[0].lock().unwrap().is_none());
     }
@@ -1335,15 +1357,11 @@ mod tests {
     /// Prometheus scrapes gzip): they are a body each.
     #[test]
     fn body_buffers_are_let_go_when_nobody_asks_for_plain_text() {
-        let mut cache = ExpositionCache::new();
-        cache.born = Instant::now()
-            .checked_sub(std::time::Duration::from_secs(600))
-            .unwrap();
+        let cache = aged_cache();
         let a = Arc::new(fixture::snapshot(50));
         let b = Arc::new(fixture::next_tick(&a));
         drop(cache.render(&a, &[], Format::Text, false).unwrap());
-        let long_ago = cache.born.elapsed().as_millis() as u64 - PREWARM_WINDOW_MS - 1000;
-        cache.last_asked[variant(Format::Text, false)].store(long_ago, Ordering::Relaxed);
+        asked_long_ago(&cache, variant(Format::Text, false));
         // b is encoded for gzip only; a's body went back to the pool.
         cache.render(&b, &[], Format::Text, true).unwrap();
         let pooled = || cache.bodies.free.lock().unwrap().len();

@@ -698,12 +698,8 @@ impl<'a> TextWriter<'a> {
     /// needs to continue this exposition elsewhere.
     pub fn suspend(mut self) -> WriterState {
         self.close_family();
-        if let Some((drain, _)) = self.drain.as_mut()
-            && !self.out.is_empty()
-        {
-            drain(self.out, &self.starts);
-            self.out.clear();
-            self.starts.clear();
+        if !self.out.is_empty() {
+            self.hand_over();
         }
         let mut families = std::mem::take(&mut self.families);
         if let Some(p) = self.prior {
@@ -763,16 +759,22 @@ impl<'a> TextWriter<'a> {
         Some(desc)
     }
 
-    fn write_metadata(&mut self, desc: &'static Desc) {
-        // Only here, before a family's first byte: the byte ranges the
-        // duplicate checks keep are the current family's.
-        if let Some((drain, at)) = self.drain.as_mut()
-            && !self.starts.is_empty()
-            && self.out.len() >= *at
-        {
+    /// A draining writer's text so far to its drain; `out` starts over.
+    /// Nothing for a writer that does not drain.
+    fn hand_over(&mut self) {
+        if let Some((drain, _)) = self.drain.as_mut() {
             drain(self.out, &self.starts);
             self.out.clear();
             self.starts.clear();
+        }
+    }
+
+    fn write_metadata(&mut self, desc: &'static Desc) {
+        // Only here, before a family's first byte: the byte ranges the
+        // duplicate checks keep are the current family's.
+        let due = |(_, at): &(Drain<'a>, usize)| self.out.len() >= *at;
+        if !self.starts.is_empty() && self.drain.as_ref().is_some_and(due) {
+            self.hand_over();
         }
         self.starts.push((desc.name, self.out.len()));
         match self.format {

@@ -544,7 +544,7 @@ pub struct OtlpSink {
     /// in the snapshot's order (by id), so the next one is usually this
     /// one or the one after it (a binary search per VM and family, comparing ids,
     /// was 2% of a replayed push).
-    start_hint: std::cell::Cell<usize>,
+    start_hint: usize,
 }
 
 #[derive(Default)]
@@ -613,7 +613,7 @@ impl OtlpSink {
             replay: None,
             reused: 0,
             set_starts: Vec::new(),
-            start_hint: std::cell::Cell::new(0),
+            start_hint: 0,
         }
     }
 
@@ -875,16 +875,16 @@ impl OtlpSink {
     }
 
     /// The start of a counter series: its VM's when it has a `vm_id`.
-    fn start_of(&self, vm_id: Option<&str>) -> u64 {
+    fn start_of(&mut self, vm_id: Option<&str>) -> u64 {
         let found = vm_id.and_then(|id| {
-            let hint = self.start_hint.get();
+            let hint = self.start_hint;
             // The hint first: of VMs with the same id the first is found.
             let at = [hint, hint.wrapping_add(1)]
                 .into_iter()
                 .find(|&i| self.vm_starts.get(i).is_some_and(|(k, _)| k == id))
                 .unwrap_or_else(|| self.vm_starts.partition_point(|(k, _)| k.as_str() < id));
             let found = self.vm_starts.get(at).filter(|(k, _)| k == id)?;
-            self.start_hint.set(at);
+            self.start_hint = at;
             Some(found)
         });
         found
