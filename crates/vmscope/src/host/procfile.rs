@@ -9,10 +9,16 @@
 //!
 //! The number of descriptors kept open is bounded by a shared [`FdBudget`];
 //! past it, files are opened per read (slower, never wrong).
+//!
+//! `open`, `pread` and `close` are rustix's direct system calls, not
+//! glibc's wrappers (which `std::fs::File` uses): in a multi-threaded
+//! process each of those wrappers is a cancellation point that switches
+//! asynchronous cancellation on and off around the call, 1.2% of the
+//! collect thread's profile at 10 000 VMs (300 000 files a tick past the
+//! descriptor budget) for nothing: this process never cancels a thread.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -133,7 +139,7 @@ impl FdBudget {
 #[derive(Debug)]
 pub struct ProcFile {
     path: PathBuf,
-    file: Option<File>,
+    file: Option<OwnedFd>,
     budget: FdBudget,
     /// The file is one record produced whole by each read (`stat`, `io`,
     /// `schedstat`, `meminfo`): a read that does not fill the buffer has
@@ -170,7 +176,7 @@ impl ProcFile {
             let n = pread_all(f, buf, self.single_record)?;
             return Ok(&buf[..n]);
         }
-        let f = File::open(&self.path)?;
+        let f = open(&self.path)?;
         // Over budget the file is read the same way and then closed: open,
         // pread, close, as the floor does. `read_to_end` added a `statx`, an
         // `lseek` and a 32-byte probe read per file: at 10 000 VMs about
@@ -195,7 +201,7 @@ impl Drop for ProcFile {
 
 /// Reads from offset 0 into `buf`, growing it as needed; returns the
 /// length read. `buf` stays initialized between calls (no zeroing per read).
-fn pread_all(f: &File, buf: &mut Vec<u8>, single_record: bool) -> io::Result<usize> {
+fn pread_all(f: &OwnedFd, buf: &mut Vec<u8>, single_record: bool) -> io::Result<usize> {
     if buf.len() < 4096 {
         buf.resize(4096, 0);
     }
@@ -205,12 +211,26 @@ fn pread_all(f: &File, buf: &mut Vec<u8>, single_record: bool) -> io::Result<usi
             let grown = buf.len() * 2;
             buf.resize(grown, 0);
         }
-        let n = f.read_at(&mut buf[filled..], filled as u64)?;
+        let n = match rustix::io::pread(f, &mut buf[filled..], filled as u64) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         filled += n;
         if n == 0 || (single_record && filled < buf.len()) {
             return Ok(filled);
         }
     }
+}
+
+/// Opens `path` read-only (close-on-exec), as `File::open` does.
+fn open(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// A host-wide file below the proc root (`stat`, `meminfo`, `loadavg`),
@@ -254,7 +274,7 @@ impl HostFile {
 /// `pread` until EOF, close, without the `statx` and `lseek` that
 /// `read_to_end` adds to size its buffer (a procfs file has no size).
 pub fn read_once(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-    let f = File::open(path)?;
+    let f = open(path)?;
     let n = pread_all(&f, buf, false)?;
     buf.truncate(n);
     Ok(())
