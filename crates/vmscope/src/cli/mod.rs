@@ -13,6 +13,7 @@
 mod check;
 mod logfile;
 mod logfmt;
+mod malloc;
 mod man;
 mod owners;
 pub mod serve;

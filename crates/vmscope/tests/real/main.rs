@@ -20,6 +20,7 @@ mod hung_mount;
 mod ledger;
 mod ledger_counters;
 mod ledger_pg;
+mod malloc;
 mod mixin;
 mod owners;
 mod owners_http;
