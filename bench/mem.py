@@ -95,7 +95,11 @@ def main() -> int:
     ap.add_argument("--standin", type=Path, required=True)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--ticks", type=int, default=20)
-    ap.add_argument("--features", default="", help="comma list of bench.py features to switch on (default: off)")
+    ap.add_argument("--features", default="", help="comma list of bench.py features to switch on (default: off); "
+                    "'defaults' for the shipped defaults (what `vmscope serve` runs with no file)")
+    ap.add_argument("--plain", action="store_true",
+                    help="also scrape the plain text once per tick (as the benchmark's sweep does); by default "
+                         "only gzip, as Prometheus asks")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the agent (e.g. MALLOC_ARENA_MAX=2)")
     ap.add_argument("--cpu-ticks", type=int, default=0,
                     help="first, a window of this many ticks with nothing scraping: process and "
@@ -111,7 +115,7 @@ def main() -> int:
         lab.setup()
         lab.make_taps(args.n)
         lab.spawn_vms(args.n)
-        feats = set(filter(None, args.features.split(",")))
+        feats = None if args.features == "defaults" else set(filter(None, args.features.split(",")))
         cfg = bench.agent_config(work, "mem", feats)
         for kv in args.env:
             k, v = kv.split("=", 1)
@@ -149,6 +153,8 @@ def main() -> int:
             t = time.monotonic()
             agent.http.get("/metrics", bench.GZIP)
             first.append(time.monotonic() - t)
+            if args.plain:
+                agent.http.get("/metrics")
         cpu = meter.stop()
         n = max(agent.seq() - s0, 1)
         coll = (agent.collect_ns() - c0) / 1e9
@@ -161,7 +167,8 @@ def main() -> int:
               f"collect thread {coll / n * 1e3:.2f} ms, the rest (encode + gzip + serve) {(cpu - coll) / n * 1e3:.2f} ms; "
               f"first scrape after a tick p50 {bench.percentile(first, 50) * 1e3:.2f} ms, "
               f"20 more back to back p50 {bench.percentile(again, 50) * 1e3:.2f} ms")
-        report(agent.pid, work / "vmscope.log", f"after {args.ticks} ticks with one gzip scrape each")
+        what = "one gzip and one plain scrape" if args.plain else "one gzip scrape"
+        report(agent.pid, work / "vmscope.log", f"after {args.ticks} ticks with {what} each")
         if args.heaptrack:
             # The agent itself gets the SIGTERM (a clean exit: heaptrack
             # writes its trace); then its wrapper is reaped.
