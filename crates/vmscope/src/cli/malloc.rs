@@ -2,17 +2,20 @@
 //!
 //! glibc gives each thread that allocates its own arena, up to 8 per core,
 //! and an arena keeps what was freed in it for its own later use. The
-//! agent's ten threads (collector, HTTP workers, ledger, pollers) each take
-//! one, and memory freed in one arena is never reused by another: at
-//! 10 000 VMs (shipped defaults, `bench/mem.py`) 14 arenas held 43 MiB that
-//! nothing used, of an RSS of 166 MiB. With at most two arenas: 141.5 MiB
-//! (24.7 MiB free inside them); at 1000 VMs 37.6-38.2 -> 33.9-34.5 MiB, and
-//! CPU per tick unchanged (18.79 against 18.60-18.83 ms, same runs).
+//! agent's ten threads (collector, HTTP workers, ledger, pollers) each took
+//! one: 13-14 arenas, each holding freed memory the others could not reuse.
+//! With at most two (`bench/mem.py`, shipped defaults, after 20 ticks with
+//! a gzip scrape each): at 1000 VMs 37.6 and 38.2 -> 34.5 and 33.9 MiB
+//! (free inside the arenas 8.3 and 9.4 -> 4.8 and 4.4 MiB), CPU per tick unchanged
+//! (18.79 against 18.60-18.83 ms, same runs); at 10 000 VMs 165.8 and
+//! 168.6 -> 141.5 and 163.7 MiB: there most of what is left free (25-38
+//! MiB) is in the main heap itself, whose top glibc can only give back
+//! when nothing live sits above the freed space.
 //!
-//! A fixed `mmap` threshold (`glibc.malloc.mmap_threshold`) would give back
-//! 11 MiB more at 10 000 VMs, but cost 1 ms per tick at 1000 (5%): the
-//! buffers a tick allocates would then be fresh mappings, faulted in page
-//! by page every tick. Not set.
+//! A fixed `mmap` threshold (`glibc.malloc.mmap_threshold=262144`) kept
+//! more of that out of the heap (130.3 MiB at 10 000 VMs, one run) but cost
+//! 1 ms per tick at 1000 (5%, two runs): the buffers a tick allocates are
+//! then fresh mappings, faulted in page by page every tick. Not set.
 //!
 //! The operator's own choice wins: with `MALLOC_ARENA_MAX` in the
 //! environment, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES` (both read
