@@ -710,6 +710,9 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
                                  "-o", str(args.out / f"perf-{n_total}.data")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     scraped = vms.window(k, scrape_each_tick=True)
+    # Scraped as Prometheus scrapes (gzip only, once per tick), before any
+    # plain-text request makes the agent keep the text body too.
+    rss_gzip_only = rss_bytes(vms.pid)
     if perf is not None:
         perf.send_signal(signal.SIGINT)
         perf.wait(timeout=60)
@@ -729,6 +732,7 @@ def measure_n(args, lab: Lab, vms: Vmscope, pe: tuple, ne: tuple, floor: Path, n
             "plain": v_plain,
             "gzip": v_gzip,
             "rss_bytes": rss_bytes(vms.pid),
+            "rss_gzip_only_bytes": rss_gzip_only,
             "collector_durations_s": durations,
         },
         "floor": floor_plain,

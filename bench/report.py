@@ -182,8 +182,13 @@ def targets17(results: dict) -> list[tuple[str, str, bool | None]]:
                          f"{m_low * 1e6:.2f} -> {m_high * 1e6:.2f} us/VM", m_high <= 1.3 * m_low))
         r = [x["vmscope"]["idle"]["cpu_per_tick_s"] / floor_of(x) for x in big]
         rows.append(("10 000 VMs: tick <= 1.2x the floor", spread(r, x2), med(r) <= 1.2))
+        gz_only = [x["vmscope"]["rss_gzip_only_bytes"] for x in big if "rss_gzip_only_bytes" in x["vmscope"]]
+        if gz_only:
+            rows.append(("10 000 VMs: RSS <= 120 MiB, scraped as Prometheus does (gzip only; largest run)",
+                         spread(gz_only, mib), max(gz_only) <= 120 * MIB))
         rss = [max(x["vmscope"]["rss_bytes"], x["vmscope"].get("rss_after_wrk_bytes", 0)) for x in big]
-        rows.append(("10 000 VMs: RSS <= 120 MiB (largest run)", spread(rss, mib), max(rss) <= 120 * MIB))
+        rows.append(("10 000 VMs: RSS <= 120 MiB after plain-text scrapes too (largest run)", spread(rss, mib),
+                     max(rss) <= 120 * MIB))
         p50 = [x["vmscope"]["gzip"]["p50_s"] for x in big]
         rows.append(("10 000 VMs: gzip scrape p50 < 5 ms", spread(p50, lambda s: f"{s * 1e3:.2f} ms"),
                      med(p50) < 0.005))
@@ -320,8 +325,10 @@ def markdown(results: dict) -> str:
         v = lambda get: med(get(r["vmscope"]) for r in reps)  # noqa: E731
         w(f"| {n} | vmscope, tick only (nothing scrapes) | {ms(v(lambda s: s['idle']['cpu_per_tick_s']))} | "
           f"{vs(lambda r: r['vmscope']['idle']['cpu_per_tick_s'])} | | | | | {mib(v(lambda s: s['rss_bytes']))} |")
+        gz_rss = (mib(v(lambda s: s["rss_gzip_only_bytes"]))
+                  if all("rss_gzip_only_bytes" in r["vmscope"] for r in reps) else "")
         w(f"| {n} | vmscope, tick + one gzip scrape | {ms(v(lambda s: s['scraped']['cpu_per_tick_s']))} | "
-          f"{vs(lambda r: r['vmscope']['scraped']['cpu_per_tick_s'])} | | | | | |")
+          f"{vs(lambda r: r['vmscope']['scraped']['cpu_per_tick_s'])} | | | | | {gz_rss} |")
         if all("after_scrapes" in r["vmscope"] for r in reps):
             w(f"| {n} | vmscope, tick, nothing scraping, < 3 min after text and gzip scrapes (pre-encodes both) "
               f"| {ms(v(lambda s: s['after_scrapes']['cpu_per_tick_s']))} | "
