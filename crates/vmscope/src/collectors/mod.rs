@@ -3,9 +3,11 @@
 //! Adding a collector is one new file plus one line in [`VM_COLLECTORS`] or
 //! [`HOST_COLLECTORS`]. The tick (see `pipeline/`) wraps every collector run:
 //! it times it, counts its errors by kind and never lets one failure stop the
-//! others. VM collectors work on the whole batch of VMs at once, so that a
+//! others. VM collectors work on a batch of VMs at once, so that a
 //! collector like `vm_net` can read one `/proc/net/dev` per network namespace
-//! instead of one file per interface.
+//! instead of one file per interface; those that read only each process's
+//! own files ([`VmCollectorSpec::per_vm`]) get the VMs a few at a time,
+//! all of them for one group of VMs before the next group.
 //!
 //! **One name per collector.** A collector's `name` is its file name, its
 //! `collector` label on the `vmscope_collector_*` self-metrics and its key
@@ -136,6 +138,10 @@ pub trait HostCollector: Send {
 pub struct VmCollectorSpec {
     /// The collector's one name (see the module doc).
     pub name: &'static str,
+    /// Its work for one VM needs nothing of the others' (one process's own
+    /// files): the tick may hand it the VMs a few at a time, interleaved
+    /// with the other such collectors (`pipeline::VM_CHUNK` says why).
+    pub per_vm: bool,
     pub enabled: fn(&CollectorsConfig) -> bool,
     pub new: fn(&CollectorsConfig) -> Box<dyn VmCollector>,
 }

@@ -24,6 +24,7 @@ use crate::hypervisor::{DeviceApi, Poller};
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_devices",
+    per_vm: false,
     enabled: |c| c.vm_devices.enabled,
     new: |c| {
         Box::new(VmDevicesCollector::new(

@@ -15,6 +15,7 @@ use crate::model::DiskIo;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_io",
+    per_vm: true,
     enabled: |c| c.vm_io,
     new: |_| Box::new(VmIo::default()),
 };

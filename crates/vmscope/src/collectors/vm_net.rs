@@ -18,6 +18,7 @@ use crate::model::NetStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_net",
+    per_vm: false,
     enabled: |c| c.vm_net,
     new: |_| Box::new(VmNet::default()),
 };

@@ -22,6 +22,7 @@ use crate::model::{Source, VmState};
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_process",
+    per_vm: true,
     enabled: |_| true,
     new: |_| Box::new(VmProcess::default()),
 };

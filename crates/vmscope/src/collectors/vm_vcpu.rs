@@ -21,6 +21,7 @@ use crate::model::VcpuStats;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_vcpu",
+    per_vm: true,
     enabled: |c| c.vm_vcpu,
     new: |_| Box::new(VmVcpu::default()),
 };

@@ -47,6 +47,18 @@ use health::Counters;
 /// [`crate::error::ErrorChain`].
 pub use crate::error::ErrorChain;
 
+/// How many VMs the per-VM collectors (`vm_process`, `vm_vcpu`, `vm_io`)
+/// take at a time: each reads all of its files for these VMs before any
+/// collector moves on to the next ones. Reading one process's files back to
+/// back finds the kernel's structures for it (task, signal, mm, creds,
+/// proc inodes) still in the CPU's caches; one collector over every VM and
+/// then the next, as before, walks them all again from memory. The floor
+/// program read in either order at 1000 VMs, same run: 11.3-11.5 ms VM by
+/// VM against 12.5-13.1 ms file kind by file kind (4 runs each). 16 VMs'
+/// worth of those structures fit in a core's L2 cache, and the collectors'
+/// calls and timings are paid once per 16 VMs.
+pub const VM_CHUNK: usize = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("cannot read the boot time from {path}")]
@@ -60,7 +72,10 @@ pub struct Collector {
     interval: Duration,
     discovery: Discovery,
     discovery_counters: Counters,
-    vm_collectors: Vec<(&'static str, Box<dyn VmCollector>, Counters)>,
+    /// Name, `per_vm` (see [`VM_CHUNK`]), the collector, its counts.
+    vm_collectors: Vec<(&'static str, bool, Box<dyn VmCollector>, Counters)>,
+    /// [`VM_CHUNK`] (smaller in tests).
+    vm_chunk: usize,
     host_collectors: Vec<(&'static str, Box<dyn HostCollector>, Counters)>,
     vms: Vec<Followed>,
     host: HostStats,
@@ -133,7 +148,7 @@ impl Collector {
         let vm_collectors = VM_COLLECTORS
             .iter()
             .filter(|s| (s.enabled)(c))
-            .map(|s| (s.name, (s.new)(c), Counters::default()))
+            .map(|s| (s.name, s.per_vm, (s.new)(c), Counters::default()))
             .collect();
         let host_collectors = HOST_COLLECTORS
             .iter()
@@ -154,6 +169,7 @@ impl Collector {
             discovery,
             discovery_counters: Counters::default(),
             vm_collectors,
+            vm_chunk: VM_CHUNK,
             host_collectors,
             vms: Vec::new(),
             host: HostStats {
@@ -235,8 +251,24 @@ impl Collector {
             now: started,
         };
         let (mut entries, memos) = follow::split(&mut self.vms);
+        // The leading per-VM collectors, a few VMs at a time (VM_CHUNK).
+        let lead = self.vm_collectors.iter().take_while(|c| c.1).count();
+        let mut spent = vec![Duration::ZERO; lead];
+        let mut errs: Vec<Vec<CollectError>> = (0..lead).map(|_| Vec::new()).collect();
+        for chunk in entries.chunks_mut(self.vm_chunk.max(1)) {
+            for (i, (_, _, c, _)) in self.vm_collectors[..lead].iter_mut().enumerate() {
+                let t = Instant::now();
+                c.collect(&ctx, chunk, &mut errs[i]);
+                spent[i] += t.elapsed();
+            }
+        }
+        for (i, (name, _, _, counters)) in self.vm_collectors[..lead].iter_mut().enumerate() {
+            let ok = counters.absorb(name, &errs[i], started);
+            statuses.push(counters.status(name, spent[i], ok));
+        }
+        // The rest over the whole batch (vm_net: one net/dev per namespace).
         let mut errors = Vec::new();
-        for (name, c, counters) in self.vm_collectors.iter_mut() {
+        for (name, _, c, counters) in self.vm_collectors[lead..].iter_mut() {
             let t = Instant::now();
             errors.clear();
             c.collect(&ctx, &mut entries, &mut errors);
@@ -313,7 +345,7 @@ impl Collector {
 
     /// A VM left: every collector drops what it kept for it.
     fn forget(&mut self, key: VmKey) {
-        for (_, c, _) in self.vm_collectors.iter_mut() {
+        for (_, _, c, _) in self.vm_collectors.iter_mut() {
             c.forget(key);
         }
     }
@@ -424,6 +456,43 @@ mod tests {
         }
     }
 
+    /// A collector that notes each call: its name and how many VMs it got.
+    struct Log(&'static str, Arc<Mutex<Vec<(&'static str, usize)>>>);
+
+    impl VmCollector for Log {
+        fn collect(&mut self, _: &Ctx<'_>, vms: &mut [VmEntry], _: &mut Vec<CollectError>) {
+            self.1.lock().unwrap().push((self.0, vms.len()));
+        }
+        fn forget(&mut self, _: VmKey) {}
+    }
+
+    #[test]
+    fn per_vm_collectors_take_turns_a_few_vms_at_a_time_and_the_rest_see_all() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
+        let cfg = Config {
+            paths: Roots::under(&fixture).into(),
+            interval: Duration::from_secs(1),
+            ..Config::default()
+        };
+        let mut c = Collector::with_budget(&cfg, FdBudget::new(0)).unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        c.vm_collectors.clear();
+        for (name, per_vm) in [("a", true), ("b", true), ("net", false)] {
+            let l = Box::new(Log(name, Arc::clone(&log)));
+            c.vm_collectors.push((name, per_vm, l, Counters::default()));
+        }
+        c.vm_chunk = 4;
+        let snap = c.tick();
+        assert_eq!(c.followed(), 6);
+        // a and b read all they need for four VMs before either goes on.
+        assert_eq!(
+            *log.lock().unwrap(),
+            [("a", 4), ("b", 4), ("a", 2), ("b", 2), ("net", 6)]
+        );
+        let named: Vec<&str> = snap.collectors.iter().map(|s| s.name).collect();
+        assert_eq!(named[..4], ["discovery", "a", "b", "net"]);
+    }
+
     fn followed_keys(c: &Collector) -> HashSet<VmKey> {
         c.vms.iter().map(|f| f.entry.key()).collect()
     }
@@ -449,7 +518,7 @@ mod tests {
         let mut c = Collector::with_budget(&cfg, FdBudget::new(0)).unwrap();
         let spy = Spy::default();
         c.vm_collectors
-            .push(("spy", Box::new(spy.clone()), Counters::default()));
+            .push(("spy", false, Box::new(spy.clone()), Counters::default()));
         c.tick();
         assert!(c.followed() >= 5);
         assert_eq!(*spy.0.lock().unwrap(), followed_keys(&c));
