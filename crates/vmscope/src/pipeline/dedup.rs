@@ -9,7 +9,10 @@ use crate::model::VmStats;
 
 /// Sorts by id and makes ids unique (see the module doc).
 pub fn dedupe_ids(vms: &mut [VmStats]) {
-    vms.sort_by(|a, b| {
+    // Unstable sorts, with the pid as the last key so the order is the
+    // same whatever the input's: a stable sort allocated a scratch copy of
+    // half the VMs (200 KB per sort per tick at 1000 VMs).
+    vms.sort_unstable_by(|a, b| {
         a.id.cmp(&b.id)
             .then(a.start_time_seconds.total_cmp(&b.start_time_seconds))
             .then(a.pid.cmp(&b.pid))
@@ -22,7 +25,7 @@ pub fn dedupe_ids(vms: &mut [VmStats]) {
             prev = Some(v.id.clone());
         }
     }
-    vms.sort_by(|a, b| a.id.cmp(&b.id));
+    vms.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(a.pid.cmp(&b.pid)));
 }
 
 #[cfg(test)]

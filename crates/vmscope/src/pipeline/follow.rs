@@ -92,16 +92,16 @@ pub struct Reconciled {
 }
 
 /// Follows new VMs, forgets vanished ones, refreshes identities.
-pub fn reconcile(followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Reconciled {
+pub fn reconcile(mut followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Reconciled {
     let mut by_pid: HashMap<u32, DiscoveredVm> = found.into_iter().map(|d| (d.pid, d)).collect();
-    let mut kept = Vec::with_capacity(by_pid.len());
     let mut left = Vec::new();
     let mut truncated = 0;
-    for mut f in followed {
+    // In place: the vector (and its capacity) stays from tick to tick.
+    followed.retain_mut(|f| {
         let Some(d) = by_pid.remove(&f.entry.pid) else {
             tracing::debug!(vm_id = %f.entry.stats.id, vm_name = %f.entry.stats.name, pid = f.entry.pid, "VM gone");
             left.push(f.entry.key());
-            continue;
+            return false;
         };
         // Without a process record (a libvirt domain whose QEMU the scan
         // does not list) the start time cannot be compared; the held `stat`
@@ -113,14 +113,15 @@ pub fn reconcile(followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Reconcile
         if !same_process {
             left.push(f.entry.key());
             by_pid.insert(d.pid, d);
-            continue;
+            return false;
         }
         if !(same_arc(&f.memo.applied.0, &d.process) && same_arc(&f.memo.applied.1, &d.libvirt)) {
             truncated += apply_identity(&mut f.entry, &d);
             f.memo.applied = (d.process.clone(), d.libvirt.clone());
         }
-        kept.push(f);
-    }
+        true
+    });
+    let kept = followed;
     let mut new: Vec<DiscoveredVm> = by_pid.into_values().collect();
     new.sort_by_key(|d| d.pid);
     Reconciled {
@@ -133,29 +134,33 @@ pub fn reconcile(followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Reconcile
 
 /// Splits the followed VMs into the entries the collectors work on and the
 /// pipeline's memos, in the same order; the marks of the last tick cleared.
-pub fn split(followed: &mut Vec<Followed>) -> (Vec<VmEntry>, Vec<Memo>) {
-    let mut entries = Vec::with_capacity(followed.len());
-    let mut memos = Vec::with_capacity(followed.len());
+/// `entries` and `memos` come in empty and are filled (vectors kept from
+/// tick to tick: at 1000 VMs they are half a megabyte each).
+pub fn split(followed: &mut Vec<Followed>, entries: &mut Vec<VmEntry>, memos: &mut Vec<Memo>) {
+    entries.clear();
+    memos.clear();
+    entries.reserve(followed.len());
+    memos.reserve(followed.len());
     for f in followed.drain(..) {
         let mut e = f.entry;
         health::reset_marks(&mut e);
         entries.push(e);
         memos.push(f.memo);
     }
-    (entries, memos)
 }
 
 /// After the collectors ran: drops the VMs found gone (returned, for their
 /// collectors' state and discovery to forget), dates the rest and computes
-/// their rates; they are pushed onto `into` in order.
+/// their rates; they are pushed onto `into` in order. `entries` and
+/// `memos` are left empty, their capacity kept.
 pub fn settle(
-    entries: Vec<VmEntry>,
-    memos: Vec<Memo>,
+    entries: &mut Vec<VmEntry>,
+    memos: &mut Vec<Memo>,
     now: Instant,
     into: &mut Vec<Followed>,
 ) -> Vec<VmKey> {
     let mut gone = Vec::new();
-    for (mut entry, mut memo) in entries.into_iter().zip(memos) {
+    for (mut entry, mut memo) in entries.drain(..).zip(memos.drain(..)) {
         if entry.gone {
             gone.push(entry.key());
             continue;
@@ -170,11 +175,16 @@ pub fn settle(
 /// The VMs to publish: all but those never read successfully (no values
 /// worth showing yet).
 pub fn published(followed: &[Followed]) -> Vec<VmStats> {
-    followed
-        .iter()
-        .filter(|f| f.entry.last_success.is_some())
-        .map(|f| f.entry.stats.clone())
-        .collect()
+    // Sized up front: a filtered `collect` grew it by doubling, copying
+    // the VMs' stats each time.
+    let mut out = Vec::with_capacity(followed.len());
+    out.extend(
+        followed
+            .iter()
+            .filter(|f| f.entry.last_success.is_some())
+            .map(|f| f.entry.stats.clone()),
+    );
+    out
 }
 
 #[cfg(test)]
@@ -317,22 +327,24 @@ mod tests {
             proc_vm(3, 30, "c"),
         ]);
         // Tick 1: every VM read fine.
-        let (mut entries, memos) = split(&mut followed);
+        let (mut entries, mut memos) = (Vec::new(), Vec::new());
+        split(&mut followed, &mut entries, &mut memos);
         for e in &mut entries {
             e.stats.cpu.user = 1.0;
         }
-        assert!(settle(entries, memos, t0, &mut followed).is_empty());
+        assert!(settle(&mut entries, &mut memos, t0, &mut followed).is_empty());
+        assert!(entries.is_empty() && memos.is_empty());
         assert_eq!(published(&followed).len(), 3);
         assert!(followed.iter().all(|f| f.entry.stats.rates.is_none()));
 
         // Tick 2, one second later: 1 used a core, 2 failed, 3 exited.
-        let (mut entries, memos) = split(&mut followed);
+        split(&mut followed, &mut entries, &mut memos);
         assert!(entries.iter().all(|e| !e.gone && !e.failed));
         entries[0].stats.cpu.user = 2.0;
         entries[1].failed = true;
         entries[2].gone = true;
         let t1 = t0 + Duration::from_secs(1);
-        let gone = settle(entries, memos, t1, &mut followed);
+        let gone = settle(&mut entries, &mut memos, t1, &mut followed);
         assert_eq!(gone, [key(3, 30)]);
         assert_eq!(pids(&followed), [1, 2]);
         let a = &followed[0].entry.stats;

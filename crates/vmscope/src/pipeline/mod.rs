@@ -76,6 +76,10 @@ pub struct Collector {
     vm_collectors: Vec<(&'static str, bool, Box<dyn VmCollector>, Counters)>,
     /// [`VM_CHUNK`] (smaller in tests).
     vm_chunk: usize,
+    /// The tick's split of `vms`, empty between ticks: kept for their
+    /// capacity (`follow::split`).
+    spare_entries: Vec<crate::collectors::VmEntry>,
+    spare_memos: Vec<follow::Memo>,
     host_collectors: Vec<(&'static str, Box<dyn HostCollector>, Counters)>,
     vms: Vec<Followed>,
     host: HostStats,
@@ -170,6 +174,8 @@ impl Collector {
             discovery_counters: Counters::default(),
             vm_collectors,
             vm_chunk: VM_CHUNK,
+            spare_entries: Vec::new(),
+            spare_memos: Vec::new(),
             host_collectors,
             vms: Vec::new(),
             host: HostStats {
@@ -250,7 +256,9 @@ impl Collector {
             tick: self.tick,
             now: started,
         };
-        let (mut entries, memos) = follow::split(&mut self.vms);
+        let mut entries = std::mem::take(&mut self.spare_entries);
+        let mut memos = std::mem::take(&mut self.spare_memos);
+        follow::split(&mut self.vms, &mut entries, &mut memos);
         // The leading per-VM collectors, a few VMs at a time (VM_CHUNK).
         let lead = self.vm_collectors.iter().take_while(|c| c.1).count();
         let mut spent = vec![Duration::ZERO; lead];
@@ -286,7 +294,9 @@ impl Collector {
         }
 
         // Finish VMs: drop the gone, date the rest, compute rates.
-        let gone = follow::settle(entries, memos, started, &mut self.vms);
+        let gone = follow::settle(&mut entries, &mut memos, started, &mut self.vms);
+        self.spare_entries = entries;
+        self.spare_memos = memos;
         for key in &gone {
             self.discovery.forget(key.pid);
             self.forget(*key);
