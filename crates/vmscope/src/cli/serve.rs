@@ -26,7 +26,7 @@ use crate::store::DbMetrics;
 
 pub fn run(args: ServeArgs) -> Result<(), Failure> {
     // First, before any thread allocates (cli/malloc.rs says why).
-    let arenas = super::malloc::limit_arenas();
+    let (arenas, mmap_threshold) = super::malloc::tune();
     // Flags override the file and the environment, and the whole is checked
     // after that: `--interval 1` may be what makes a 3 s rule valid.
     let mut cfg = Config::load_unvalidated(args.common.config.as_deref(), std::env::vars())
@@ -65,7 +65,13 @@ pub fn run(args: ServeArgs) -> Result<(), Failure> {
         None => None,
     };
     init_logging_to(&cfg, log_file.clone());
-    tracing::debug!(?arenas, max = super::malloc::ARENAS, "glibc malloc arenas");
+    tracing::debug!(
+        ?arenas,
+        max = super::malloc::ARENAS,
+        ?mmap_threshold,
+        bytes = super::malloc::MMAP_THRESHOLD,
+        "glibc malloc settings"
+    );
     let (web, tls) = match web {
         Some((w, t)) => (Some(w), t.map(|t| Arc::new(TlsState::new(t)))),
         None => (None, None),
