@@ -121,11 +121,10 @@ pub fn reconcile(mut followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Recon
         }
         true
     });
-    let kept = followed;
     let mut new: Vec<DiscoveredVm> = by_pid.into_values().collect();
     new.sort_by_key(|d| d.pid);
     Reconciled {
-        kept,
+        kept: followed,
         left,
         new,
         truncated,

@@ -53,10 +53,12 @@ pub use crate::error::ErrorChain;
 /// back finds the kernel's structures for it (task, signal, mm, creds,
 /// proc inodes) still in the CPU's caches; one collector over every VM and
 /// then the next, as before, walks them all again from memory. The floor
-/// program read in either order at 1000 VMs, same run: 11.3-11.5 ms VM by
-/// VM against 12.5-13.1 ms file kind by file kind (4 runs each). 16 VMs'
-/// worth of those structures fit in a core's L2 cache, and the collectors'
-/// calls and timings are paid once per 16 VMs.
+/// program read its files in each order at 1000 VMs, same lab: 11.2-11.5 ms
+/// VM by VM, 12.4-13.1 ms file kind by file kind, 11.8-11.9 ms kind by kind
+/// in groups of 16 VMs. 16 VMs' worth of those structures fit in a core's
+/// L2 cache, and the collectors' calls and timings are paid once per 16.
+/// Only collectors at the head of `VM_COLLECTORS` take turns this way; a
+/// `per_vm` one listed after a batch one would run over the whole batch.
 pub const VM_CHUNK: usize = 16;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! glibc's malloc arenas: a serving agent keeps to two (`cli/malloc.rs`:
-//! each thread's own arena kept memory the others could not reuse, 43 MiB
-//! at 10 000 VMs), unless the operator chose through the environment.
+//! each thread's own arena kept memory the others could not reuse, 3-4 MiB
+//! at 1000 VMs), unless the operator chose through the environment.
 //!
 //! Arenas are counted from outside, in `/proc/PID/maps`: every arena but
 //! the main one lives in heaps that glibc maps at a 64 MiB boundary, 64 MiB
