@@ -138,13 +138,25 @@ pub fn reconcile(mut followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Recon
 pub fn split(followed: &mut Vec<Followed>, entries: &mut Vec<VmEntry>, memos: &mut Vec<Memo>) {
     entries.clear();
     memos.clear();
-    entries.reserve(followed.len());
-    memos.reserve(followed.len());
+    room_for(entries, followed.len());
+    room_for(memos, followed.len());
     for f in followed.drain(..) {
         let mut e = f.entry;
         health::reset_marks(&mut e);
         entries.push(e);
         memos.push(f.memo);
+    }
+}
+
+/// Makes `v` hold at least `n` elements, growing it to `n` and a
+/// sixteenth, not by doubling as `push` and `reserve` do: the tick's VM
+/// vectors are kept from tick to tick at about 600 bytes a VM, and
+/// doubling left up to half of each empty (6400 slots, 3.7 MB, for the
+/// followed VMs at 10 000). Growth stays amortised: a vector is copied
+/// once per sixteenth more VMs.
+pub fn room_for<T>(v: &mut Vec<T>, n: usize) {
+    if n > v.capacity() {
+        v.reserve_exact(n.saturating_add(n / 16).saturating_sub(v.len()));
     }
 }
 
