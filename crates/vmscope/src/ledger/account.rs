@@ -36,6 +36,7 @@
 //!   flush writes with the rows and cursors.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::totals::{Totals, TotalsMarks};
@@ -51,24 +52,180 @@ use crate::store::{
 /// tick; the `<boot id>:<pid>:<ticks>` string is made once per incarnation.
 type Inc = (u32, i64);
 
-/// A row and its write versions: dirty while `version > flushed`.
+/// The strings that name an incarnation in the store: one allocation per
+/// incarnation, shared by its cursor and every row it adds to. (Each row
+/// and each cursor held its own copies: at 10 000 VMs, with a row or two
+/// per VM, the rows alone held 20 000 sets.)
+#[derive(Debug)]
+struct Ids {
+    host: String,
+    vm_id: String,
+    /// `<boot id>:<pid>:<process start, clock ticks since boot>`.
+    incarnation: String,
+}
+
+/// The name and owners a row carries: those of the latest observation
+/// that added to it. Shared by an incarnation's rows, and replaced (not
+/// edited) when an observation says otherwise.
+#[derive(Debug, Default, PartialEq)]
+struct Names {
+    vm_name: String,
+    user_key: Option<String>,
+    user_label: Option<String>,
+    project_key: Option<String>,
+    project_label: Option<String>,
+}
+
+impl Names {
+    /// What `vm` says, borrowed: (name, user key, user label, project
+    /// key, project label).
+    fn of<'a>(vm: &'a VmStats, owners: &Owners<'a>) -> NamesRef<'a> {
+        let owner = vm.owner.as_deref();
+        (
+            vm.name.as_str(),
+            owner.and_then(|o| owners.users.key(o)),
+            owner.and_then(|o| identity::label(o, OwnerKind::User)),
+            owner.and_then(|o| owners.projects.key(o)),
+            owner.and_then(|o| identity::label(o, OwnerKind::Project)),
+        )
+    }
+
+    fn same(&self, r: &NamesRef<'_>) -> bool {
+        self.vm_name == r.0
+            && self.user_key.as_deref() == r.1
+            && self.user_label.as_deref() == r.2
+            && self.project_key.as_deref() == r.3
+            && self.project_label.as_deref() == r.4
+    }
+
+    /// `slot` says what `vm` says now; allocates only when that changed.
+    fn refresh(slot: &mut Arc<Names>, vm: &VmStats, owners: &Owners<'_>) {
+        let r = Names::of(vm, owners);
+        if !slot.same(&r) {
+            *slot = Arc::new(Names {
+                vm_name: r.0.to_owned(),
+                user_key: r.1.map(str::to_owned),
+                user_label: r.2.map(str::to_owned),
+                project_key: r.3.map(str::to_owned),
+                project_label: r.4.map(str::to_owned),
+            });
+        }
+    }
+}
+
+type NamesRef<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+/// A row's quantities: [`LedgerUsage`] without its strings.
+#[derive(Debug, Clone, Copy, Default)]
+struct Amounts {
+    cpu_seconds: f64,
+    guest_seconds: Option<f64>,
+    vcpu_allocated_seconds: f64,
+    memory_allocated_byte_seconds: f64,
+    rss_byte_seconds: f64,
+    net_rx_bytes: u64,
+    net_tx_bytes: u64,
+    observed_seconds: f64,
+    gap_seconds: f64,
+}
+
+/// A row and its write versions: dirty while `version > flushed`. Its
+/// interval start is in its key. About 120 bytes: the store's
+/// [`LedgerKey`] and [`LedgerUsage`] (300 bytes and eight strings) are
+/// built only for the rows a flush writes.
 #[derive(Debug, Clone)]
 struct Entry {
-    key: LedgerKey,
-    usage: LedgerUsage,
+    ids: Arc<Ids>,
+    names: Arc<Names>,
+    resolution_s: i64,
+    amounts: Amounts,
     version: u64,
     flushed: u64,
+}
+
+impl Entry {
+    fn key(&self, interval_start_ms: i64) -> LedgerKey {
+        LedgerKey {
+            host: self.ids.host.clone(),
+            vm_id: self.ids.vm_id.clone(),
+            incarnation: self.ids.incarnation.clone(),
+            resolution_s: self.resolution_s,
+            interval_start_ms,
+        }
+    }
+
+    fn usage(&self) -> LedgerUsage {
+        let (n, a) = (&*self.names, &self.amounts);
+        LedgerUsage {
+            vm_name: n.vm_name.clone(),
+            user_key: n.user_key.clone(),
+            user_label: n.user_label.clone(),
+            project_key: n.project_key.clone(),
+            project_label: n.project_label.clone(),
+            cpu_seconds: a.cpu_seconds,
+            guest_seconds: a.guest_seconds,
+            vcpu_allocated_seconds: a.vcpu_allocated_seconds,
+            memory_allocated_byte_seconds: a.memory_allocated_byte_seconds,
+            rss_byte_seconds: a.rss_byte_seconds,
+            net_rx_bytes: a.net_rx_bytes,
+            net_tx_bytes: a.net_tx_bytes,
+            observed_seconds: a.observed_seconds,
+            gap_seconds: a.gap_seconds,
+        }
+    }
+}
+
+/// The last observation of an incarnation: [`LedgerCursor`] without its
+/// strings (those are the incarnation's [`Ids`]).
+#[derive(Debug, Clone)]
+struct Cursor {
+    at_ms: i64,
+    cpu_seconds: f64,
+    guest_seconds: Option<f64>,
+    net: Vec<NetCounter>,
+    vcpus: Option<u32>,
+    memory_bytes: Option<u64>,
+    rss_bytes: u64,
+    running: bool,
 }
 
 /// A cursor and when it was last matched by a snapshot (to forget
 /// incarnations that are gone).
 #[derive(Debug, Clone)]
 struct Tracked {
-    cursor: LedgerCursor,
+    ids: Arc<Ids>,
+    /// The latest observation's name and owners, for the rows it adds to.
+    names: Arc<Names>,
+    cursor: Cursor,
     last_seen_ms: i64,
     /// The collection found its process gone (`Snapshot::departed`): let
     /// go of it once its rows are written.
     departed: bool,
+}
+
+impl Tracked {
+    fn store_cursor(&self) -> LedgerCursor {
+        let c = &self.cursor;
+        LedgerCursor {
+            host: self.ids.host.clone(),
+            vm_id: self.ids.vm_id.clone(),
+            incarnation: self.ids.incarnation.clone(),
+            at_ms: c.at_ms,
+            cpu_seconds: c.cpu_seconds,
+            guest_seconds: c.guest_seconds,
+            net: c.net.clone(),
+            vcpus: c.vcpus,
+            memory_bytes: c.memory_bytes,
+            rss_bytes: c.rss_bytes,
+            running: c.running,
+        }
+    }
 }
 
 /// Versions of the rows a batch carried, to mark them clean once written.
@@ -168,13 +325,6 @@ struct Owners<'a> {
     projects: OwnerIndex<'a>,
 }
 
-/// Sets `dst` to `src` without allocating when they are already equal.
-fn set_opt(dst: &mut Option<String>, src: Option<&str>) {
-    if dst.as_deref() != src {
-        *dst = src.map(str::to_owned);
-    }
-}
-
 impl Accountant {
     pub fn new(cfg: AccountConfig) -> Self {
         Accountant {
@@ -198,24 +348,77 @@ impl Accountant {
             let Some(inc) = parse_inc(&c.incarnation) else {
                 continue;
             };
+            let cursor = Cursor {
+                at_ms: c.at_ms,
+                cpu_seconds: c.cpu_seconds,
+                guest_seconds: c.guest_seconds,
+                net: c.net,
+                vcpus: c.vcpus,
+                memory_bytes: c.memory_bytes,
+                rss_bytes: c.rss_bytes,
+                running: c.running,
+            };
+            let ids = Arc::new(Ids {
+                host: c.host,
+                vm_id: c.vm_id,
+                incarnation: c.incarnation,
+            });
             self.cursors.insert(
                 inc,
                 Tracked {
-                    cursor: c,
+                    ids,
+                    // Set by the first observation, before it adds to a row.
+                    names: Arc::default(),
+                    cursor,
                     last_seen_ms: now_ms,
                     departed: false,
                 },
             );
         }
-        for (k, usage) in r.rows {
+        for (k, u) in r.rows {
             let Some((pid, t)) = parse_inc(&k.incarnation) else {
                 continue;
             };
+            // The cursor's strings when it has the same ones.
+            let ids = match self.cursors.get(&(pid, t)) {
+                Some(c)
+                    if c.ids.incarnation == k.incarnation
+                        && c.ids.vm_id == k.vm_id
+                        && c.ids.host == k.host =>
+                {
+                    Arc::clone(&c.ids)
+                }
+                _ => Arc::new(Ids {
+                    host: k.host,
+                    vm_id: k.vm_id,
+                    incarnation: k.incarnation,
+                }),
+            };
+            let amounts = Amounts {
+                cpu_seconds: u.cpu_seconds,
+                guest_seconds: u.guest_seconds,
+                vcpu_allocated_seconds: u.vcpu_allocated_seconds,
+                memory_allocated_byte_seconds: u.memory_allocated_byte_seconds,
+                rss_byte_seconds: u.rss_byte_seconds,
+                net_rx_bytes: u.net_rx_bytes,
+                net_tx_bytes: u.net_tx_bytes,
+                observed_seconds: u.observed_seconds,
+                gap_seconds: u.gap_seconds,
+            };
+            let names = Arc::new(Names {
+                vm_name: u.vm_name,
+                user_key: u.user_key,
+                user_label: u.user_label,
+                project_key: u.project_key,
+                project_label: u.project_label,
+            });
             self.rows.insert(
                 (pid, t, k.interval_start_ms),
                 Entry {
-                    key: k,
-                    usage,
+                    ids,
+                    names,
+                    resolution_s: k.resolution_s,
+                    amounts,
                     version: 0,
                     flushed: 0,
                 },
@@ -259,12 +462,14 @@ impl Accountant {
                     // Same or older snapshot: nothing new.
                     continue;
                 }
+                Names::refresh(&mut t.names, vm, &owners);
                 account(
                     &self.cfg,
                     &mut self.rows,
                     &mut self.version,
                     &mut self.totals,
                     inc,
+                    (&t.ids, &t.names),
                     &t.cursor,
                     &now,
                     vm,
@@ -275,14 +480,20 @@ impl Accountant {
                 continue;
             }
             let host = snap.host.hostname.as_deref().unwrap_or_default();
-            let inc_s = incarnation(&self.cfg.boot_id, self.cfg.boot_time, vm);
+            let ids = Arc::new(Ids {
+                host: host.to_owned(),
+                vm_id: vm.id.clone(),
+                incarnation: incarnation(&self.cfg.boot_id, self.cfg.boot_time, vm),
+            });
+            let mut names = Arc::default();
+            Names::refresh(&mut names, vm, &owners);
             let start_ms = (vm.start_time_seconds * 1000.0).round() as i64;
-            let mut cursor = new_cursor(host, &inc_s, vm);
+            let mut cursor = new_cursor(vm);
             match self.horizon_ms {
                 // Started after the ledger last looked: its counters
                 // started at 0 when it started.
                 Some(h) if start_ms >= h - self.cfg.gap_after_ms && start_ms < at => {
-                    let zero = LedgerCursor {
+                    let zero = Cursor {
                         at_ms: start_ms,
                         guest_seconds: now.guest_seconds.map(|_| 0.0),
                         ..cursor.clone()
@@ -293,6 +504,7 @@ impl Accountant {
                         &mut self.version,
                         &mut self.totals,
                         inc,
+                        (&ids, &names),
                         &zero,
                         &now,
                         vm,
@@ -307,6 +519,8 @@ impl Accountant {
             self.cursors.insert(
                 inc,
                 Tracked {
+                    ids,
+                    names,
                     cursor,
                     last_seen_ms: at,
                     departed: false,
@@ -378,11 +592,11 @@ impl Accountant {
         let mut marks = BatchMarks::default();
         for (k, e) in &self.rows {
             if e.version > e.flushed {
-                batch.rows.push((e.key.clone(), e.usage.clone()));
+                batch.rows.push((e.key(k.2), e.usage()));
                 marks.rows.push((*k, e.version));
             }
         }
-        batch.cursors = self.cursors.values().map(|t| t.cursor.clone()).collect();
+        batch.cursors = self.cursors.values().map(Tracked::store_cursor).collect();
         batch.forget = self.forgotten.clone();
         marks.forget = self.forgotten.clone();
         batch.horizon = self.horizon_ms.map(|h| (self.cfg.boot_id.clone(), h));
@@ -425,7 +639,7 @@ impl Accountant {
         let forgotten = &mut self.forgotten;
         self.cursors.retain(|inc, t| {
             if gone(inc, t) {
-                forgotten.push(t.cursor.incarnation.clone());
+                forgotten.push(t.ids.incarnation.clone());
                 false
             } else {
                 true
@@ -479,9 +693,9 @@ impl Accountant {
         self.totals.len()
     }
 
-    /// Every row in memory (tests).
-    pub fn rows(&self) -> impl Iterator<Item = (&LedgerKey, &LedgerUsage)> {
-        self.rows.values().map(|e| (&e.key, &e.usage))
+    /// Every row in memory, as the store would get it (tests).
+    pub fn rows(&self) -> impl Iterator<Item = (LedgerKey, LedgerUsage)> + '_ {
+        self.rows.iter().map(|(k, e)| (e.key(k.2), e.usage()))
     }
 }
 
@@ -494,7 +708,8 @@ fn account(
     version: &mut u64,
     totals: &mut Totals,
     inc: Inc,
-    prev: &LedgerCursor,
+    (ids, names): (&Arc<Ids>, &Arc<Names>),
+    prev: &Cursor,
     now: &Obs,
     vm: &VmStats,
     owners: &Owners<'_>,
@@ -556,35 +771,20 @@ fn account(
         *version += 1;
         let v = *version;
         let e = rows.entry((inc.0, inc.1, start)).or_insert_with(|| Entry {
-            key: LedgerKey {
-                host: prev.host.clone(),
-                vm_id: prev.vm_id.clone(),
-                incarnation: prev.incarnation.clone(),
-                resolution_s: len / 1000,
-                interval_start_ms: start,
-            },
-            usage: LedgerUsage::default(),
+            ids: Arc::clone(ids),
+            names: Arc::clone(names),
+            resolution_s: len / 1000,
+            amounts: Amounts::default(),
             version: v,
             flushed: 0,
         });
         e.version = v;
-        let u = &mut e.usage;
-        if u.vm_name != vm.name {
-            u.vm_name.clone_from(&vm.name);
+        // The latest observation's name and owners (`names` was refreshed
+        // from `vm`).
+        if !Arc::ptr_eq(&e.names, names) {
+            e.names = Arc::clone(names);
         }
-        set_opt(&mut u.user_key, owner.and_then(|o| owners.users.key(o)));
-        set_opt(
-            &mut u.user_label,
-            owner.and_then(|o| identity::label(o, OwnerKind::User)),
-        );
-        set_opt(
-            &mut u.project_key,
-            owner.and_then(|o| owners.projects.key(o)),
-        );
-        set_opt(
-            &mut u.project_label,
-            owner.and_then(|o| identity::label(o, OwnerKind::Project)),
-        );
+        let u = &mut e.amounts;
         u.cpu_seconds += c;
         if let Some(g) = g {
             u.guest_seconds = Some(u.guest_seconds.unwrap_or(0.0) + g);
@@ -626,11 +826,8 @@ fn account(
 
 /// A cursor for a VM seen for the first time (counters filled in by
 /// [`update_cursor`]).
-fn new_cursor(host: &str, inc: &str, vm: &VmStats) -> LedgerCursor {
-    LedgerCursor {
-        host: host.to_owned(),
-        vm_id: vm.id.clone(),
-        incarnation: inc.to_owned(),
+fn new_cursor(vm: &VmStats) -> Cursor {
+    Cursor {
         at_ms: 0,
         cpu_seconds: 0.0,
         guest_seconds: None,
@@ -644,7 +841,7 @@ fn new_cursor(host: &str, inc: &str, vm: &VmStats) -> LedgerCursor {
 
 /// The cursor now holds this observation; interface names are copied only
 /// when they changed.
-fn update_cursor(c: &mut LedgerCursor, now: &Obs, vm: &VmStats) {
+fn update_cursor(c: &mut Cursor, now: &Obs, vm: &VmStats) {
     c.at_ms = now.at_ms;
     c.cpu_seconds = now.cpu_seconds;
     c.guest_seconds = now.guest_seconds;
@@ -808,12 +1005,12 @@ mod tests {
     /// (interval start relative to T0 in s, usage), sorted.
     fn rows(a: &Accountant) -> Vec<(i64, LedgerUsage)> {
         a.rows()
-            .map(|(k, u)| (k.interval_start_ms / 1000 - T0 as i64, u.clone()))
+            .map(|(k, u)| (k.interval_start_ms / 1000 - T0 as i64, u))
             .collect()
     }
 
     fn total(a: &Accountant, f: impl Fn(&LedgerUsage) -> f64) -> f64 {
-        a.rows().map(|(_, u)| f(u)).sum()
+        a.rows().map(|(_, u)| f(&u)).sum()
     }
 
     #[test]
@@ -844,6 +1041,34 @@ mod tests {
         assert_eq!(u0.vm_name, "web-1");
         assert_eq!(u0.user_key.as_deref(), Some("alice"));
         assert_eq!(u0.project_key.as_deref(), Some("proj-1"));
+    }
+
+    /// At 10 000 VMs the ledger holds 10 000 to 20 000 rows: a row is its
+    /// numbers and two shared pointers, not the store's eight strings.
+    #[test]
+    fn rows_share_their_incarnations_strings() {
+        assert!(
+            std::mem::size_of::<Entry>() <= 128,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
+        let mut a = Accountant::new(cfg());
+        a.observe(&snap(1, 50_000, &[v(10, 100.0)]));
+        a.observe(&snap(2, 70_000, &[v(10, 110.0)]));
+        a.observe(&snap(3, 130_000, &[v(10, 120.0)]));
+        let t = a.cursors.values().next().unwrap();
+        assert_eq!(a.rows.len(), 3);
+        assert!(
+            a.rows
+                .values()
+                .all(|e| Arc::ptr_eq(&e.ids, &t.ids) && Arc::ptr_eq(&e.names, &t.names))
+        );
+        // A new name: a new shared record, for the rows it adds to.
+        let mut renamed = snap(4, 140_000, &[v(10, 121.0)]);
+        renamed.vms[0].name = "web-2".into();
+        a.observe(&renamed);
+        let names: Vec<String> = rows(&a).into_iter().map(|(_, u)| u.vm_name).collect();
+        assert_eq!(names, ["web-1", "web-1", "web-2"]);
     }
 
     #[test]
