@@ -35,38 +35,83 @@ pub struct Memo {
     pub applied: AppliedIdentity,
 }
 
-/// One VM being followed.
-#[derive(Debug)]
+/// The VMs being followed, kept from tick to tick: each VM's entry (what
+/// the collectors work on) and the pipeline's memo of it, in two vectors
+/// of the same length and order. The collectors get `entries` as it is:
+/// no per-tick move into a vector of their own and back (at 10 000 VMs
+/// that was a second 6 MB vector, and 12 MB copied per tick).
+#[derive(Debug, Default)]
 pub struct Followed {
-    pub entry: VmEntry,
-    pub memo: Memo,
+    pub entries: Vec<VmEntry>,
+    pub memos: Vec<Memo>,
 }
 
 impl Followed {
-    /// A VM seen for the first time: identity applied, nothing measured yet.
-    /// `truncated` counts identity strings cut to the label-value cap.
-    pub fn new(d: &DiscoveredVm, starttime_ticks: u64, clock: &Clock, truncated: &mut u64) -> Self {
-        let key = VmKey {
-            pid: d.pid,
-            starttime_ticks,
-        };
-        let mut entry = VmEntry::new(
-            key,
-            VmStats {
-                start_time_seconds: clock.start_time(starttime_ticks),
-                ..VmStats::unmeasured(d.pid, d.source)
-            },
-        );
-        *truncated += apply_identity(&mut entry, d);
-        tracing::debug!(vm_id = %entry.stats.id, vm_name = %entry.stats.name, pid = d.pid, source = d.source.as_str(), "following a new VM");
-        Followed {
-            entry,
-            memo: Memo {
-                prev: None,
-                applied: (d.process.clone(), d.libvirt.clone()),
-            },
-        }
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Room for `n` VMs ([`room_for`]).
+    pub fn room_for(&mut self, n: usize) {
+        room_for(&mut self.entries, n);
+        room_for(&mut self.memos, n);
+    }
+
+    pub fn push(&mut self, (entry, memo): (VmEntry, Memo)) {
+        self.entries.push(entry);
+        self.memos.push(memo);
+    }
+
+    /// Keeps the VMs `keep` says to, in order (both vectors in step).
+    fn retain(&mut self, mut keep: impl FnMut(&mut VmEntry, &mut Memo) -> bool) {
+        let mut kept = 0;
+        let n = self.entries.len().min(self.memos.len());
+        for i in 0..n {
+            let (Some(e), Some(m)) = (self.entries.get_mut(i), self.memos.get_mut(i)) else {
+                break;
+            };
+            if keep(e, m) {
+                // Kept VMs move down over the dropped ones, in order.
+                self.entries.swap(kept, i);
+                self.memos.swap(kept, i);
+                kept += 1;
+            }
+        }
+        self.entries.truncate(kept);
+        self.memos.truncate(kept);
+    }
+}
+
+/// A VM seen for the first time: identity applied, nothing measured yet.
+/// `truncated` counts identity strings cut to the label-value cap.
+pub fn new_vm(
+    d: &DiscoveredVm,
+    starttime_ticks: u64,
+    clock: &Clock,
+    truncated: &mut u64,
+) -> (VmEntry, Memo) {
+    let key = VmKey {
+        pid: d.pid,
+        starttime_ticks,
+    };
+    let mut entry = VmEntry::new(
+        key,
+        VmStats {
+            start_time_seconds: clock.start_time(starttime_ticks),
+            ..VmStats::unmeasured(d.pid, d.source)
+        },
+    );
+    *truncated += apply_identity(&mut entry, d);
+    tracing::debug!(vm_id = %entry.stats.id, vm_name = %entry.stats.name, pid = d.pid, source = d.source.as_str(), "following a new VM");
+    let memo = Memo {
+        prev: None,
+        applied: (d.process.clone(), d.libvirt.clone()),
+    };
+    (entry, memo)
 }
 
 fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
@@ -77,11 +122,9 @@ fn same_arc<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
     }
 }
 
-/// The followed VMs set against what discovery found this tick.
+/// What discovery found this tick against the VMs followed.
 #[derive(Debug)]
 pub struct Reconciled {
-    /// Still there, in their previous order, identity up to date.
-    pub kept: Vec<Followed>,
     /// No longer there (not discovered, or the PID now belongs to another
     /// process): whatever collectors keep for them can go.
     pub left: Vec<VmKey>,
@@ -91,16 +134,16 @@ pub struct Reconciled {
     pub truncated: u64,
 }
 
-/// Follows new VMs, forgets vanished ones, refreshes identities.
-pub fn reconcile(mut followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Reconciled {
+/// Drops the followed VMs that are gone (kept ones stay in their order,
+/// identity up to date) and returns them, and the new ones.
+pub fn reconcile(followed: &mut Followed, found: Vec<DiscoveredVm>) -> Reconciled {
     let mut by_pid: HashMap<u32, DiscoveredVm> = found.into_iter().map(|d| (d.pid, d)).collect();
     let mut left = Vec::new();
     let mut truncated = 0;
-    // In place: the vector (and its capacity) stays from tick to tick.
-    followed.retain_mut(|f| {
-        let Some(d) = by_pid.remove(&f.entry.pid) else {
-            tracing::debug!(vm_id = %f.entry.stats.id, vm_name = %f.entry.stats.name, pid = f.entry.pid, "VM gone");
-            left.push(f.entry.key());
+    followed.retain(|entry, memo| {
+        let Some(d) = by_pid.remove(&entry.pid) else {
+            tracing::debug!(vm_id = %entry.stats.id, vm_name = %entry.stats.name, pid = entry.pid, "VM gone");
+            left.push(entry.key());
             return false;
         };
         // Without a process record (a libvirt domain whose QEMU the scan
@@ -109,51 +152,39 @@ pub fn reconcile(mut followed: Vec<Followed>, found: Vec<DiscoveredVm>) -> Recon
         let same_process = d
             .process
             .as_ref()
-            .is_none_or(|p| p.starttime_ticks == f.entry.starttime_ticks);
+            .is_none_or(|p| p.starttime_ticks == entry.starttime_ticks);
         if !same_process {
-            left.push(f.entry.key());
+            left.push(entry.key());
             by_pid.insert(d.pid, d);
             return false;
         }
-        if !(same_arc(&f.memo.applied.0, &d.process) && same_arc(&f.memo.applied.1, &d.libvirt)) {
-            truncated += apply_identity(&mut f.entry, &d);
-            f.memo.applied = (d.process.clone(), d.libvirt.clone());
+        if !(same_arc(&memo.applied.0, &d.process) && same_arc(&memo.applied.1, &d.libvirt)) {
+            truncated += apply_identity(entry, &d);
+            memo.applied = (d.process.clone(), d.libvirt.clone());
         }
         true
     });
     let mut new: Vec<DiscoveredVm> = by_pid.into_values().collect();
     new.sort_by_key(|d| d.pid);
     Reconciled {
-        kept: followed,
         left,
         new,
         truncated,
     }
 }
 
-/// Splits the followed VMs into the entries the collectors work on and the
-/// pipeline's memos, in the same order; the marks of the last tick cleared.
-/// `entries` and `memos` come in empty and are filled (vectors kept from
-/// tick to tick: at 1000 VMs they are half a megabyte each).
-pub fn split(followed: &mut Vec<Followed>, entries: &mut Vec<VmEntry>, memos: &mut Vec<Memo>) {
-    entries.clear();
-    memos.clear();
-    room_for(entries, followed.len());
-    room_for(memos, followed.len());
-    for f in followed.drain(..) {
-        let mut e = f.entry;
-        health::reset_marks(&mut e);
-        entries.push(e);
-        memos.push(f.memo);
+/// Before the collectors run: the marks of the last tick cleared.
+pub fn begin(followed: &mut Followed) {
+    for e in &mut followed.entries {
+        health::reset_marks(e);
     }
 }
 
 /// Makes `v` hold at least `n` elements, growing it to `n` and a
-/// sixteenth, not by doubling as `push` and `reserve` do: the tick's VM
-/// vectors are kept from tick to tick at about 600 bytes a VM, and
-/// doubling left up to half of each empty (6400 slots, 3.7 MB, for the
-/// followed VMs at 10 000). Growth stays amortised: a vector is copied
-/// once per sixteenth more VMs.
+/// sixteenth, not by doubling as `push` and `reserve` do: the followed
+/// VMs are kept from tick to tick at about 600 bytes a VM, and doubling
+/// left up to half of them empty (6400 slots, 3.7 MB, at 10 000 VMs).
+/// Growth stays amortised: a vector is copied once per sixteenth more VMs.
 pub fn room_for<T>(v: &mut Vec<T>, n: usize) {
     if n > v.capacity() {
         v.reserve_exact(n.saturating_add(n / 16).saturating_sub(v.len()));
@@ -162,38 +193,33 @@ pub fn room_for<T>(v: &mut Vec<T>, n: usize) {
 
 /// After the collectors ran: drops the VMs found gone (returned, for their
 /// collectors' state and discovery to forget), dates the rest and computes
-/// their rates; they are pushed onto `into` in order. `entries` and
-/// `memos` are left empty, their capacity kept.
-pub fn settle(
-    entries: &mut Vec<VmEntry>,
-    memos: &mut Vec<Memo>,
-    now: Instant,
-    into: &mut Vec<Followed>,
-) -> Vec<VmKey> {
+/// their rates, in place.
+pub fn settle(followed: &mut Followed, now: Instant) -> Vec<VmKey> {
     let mut gone = Vec::new();
-    for (mut entry, mut memo) in entries.drain(..).zip(memos.drain(..)) {
+    followed.retain(|entry, memo| {
         if entry.gone {
             gone.push(entry.key());
-            continue;
+            return false;
         }
-        let fresh = health::settle(&mut entry, now);
+        let fresh = health::settle(entry, now);
         memo.prev = rates::advance(&mut entry.stats, memo.prev, fresh, now);
-        into.push(Followed { entry, memo });
-    }
+        true
+    });
     gone
 }
 
 /// The VMs to publish: all but those never read successfully (no values
 /// worth showing yet).
-pub fn published(followed: &[Followed]) -> Vec<VmStats> {
+pub fn published(followed: &Followed) -> Vec<VmStats> {
     // Sized up front: a filtered `collect` grew it by doubling, copying
     // the VMs' stats each time.
     let mut out = Vec::with_capacity(followed.len());
     out.extend(
         followed
+            .entries
             .iter()
-            .filter(|f| f.entry.last_success.is_some())
-            .map(|f| f.entry.stats.clone()),
+            .filter(|e| e.last_success.is_some())
+            .map(|e| e.stats.clone()),
     );
     out
 }
@@ -257,43 +283,64 @@ mod tests {
         }
     }
 
-    fn follow(found: &[DiscoveredVm]) -> Vec<Followed> {
-        found
-            .iter()
-            .map(|d| {
-                let start = d.process.as_ref().map_or(0, |p| p.starttime_ticks);
-                Followed::new(d, start, &CLOCK, &mut 0)
-            })
-            .collect()
+    fn follow(found: &[DiscoveredVm]) -> Followed {
+        let mut f = Followed::default();
+        for d in found {
+            let start = d.process.as_ref().map_or(0, |p| p.starttime_ticks);
+            f.push(new_vm(d, start, &CLOCK, &mut 0));
+        }
+        f
     }
 
-    fn pids(f: &[Followed]) -> Vec<u32> {
-        f.iter().map(|f| f.entry.pid).collect()
+    fn pids(f: &Followed) -> Vec<u32> {
+        f.entries.iter().map(|e| e.pid).collect()
     }
 
     #[test]
     fn a_new_vm_has_identity_and_start_time_but_no_values() {
-        let f = Followed::new(&proc_vm(7, 250, "a"), 250, &CLOCK, &mut 0);
-        assert_eq!(f.entry.key(), key(7, 250));
-        assert_eq!(f.entry.stats.name, "a");
-        assert_eq!(f.entry.stats.start_time_seconds, 1_002.5);
-        assert_eq!(f.entry.last_success, None);
-        assert!(f.memo.prev.is_none());
-        assert!(published(&[f]).is_empty());
+        let (entry, memo) = new_vm(&proc_vm(7, 250, "a"), 250, &CLOCK, &mut 0);
+        assert_eq!(entry.key(), key(7, 250));
+        assert_eq!(entry.stats.name, "a");
+        assert_eq!(entry.stats.start_time_seconds, 1_002.5);
+        assert_eq!(entry.last_success, None);
+        assert!(memo.prev.is_none());
+        let mut f = Followed::default();
+        f.push((entry, memo));
+        assert!(published(&f).is_empty());
     }
 
     #[test]
     fn kept_left_and_new() {
         let a = proc_vm(1, 10, "a");
-        let followed = follow(&[a.clone(), proc_vm(2, 20, "b"), proc_vm(3, 30, "c")]);
-        // Tick 2: 1 is unchanged, 2's PID now belongs to a new process,
-        // 3 is gone, 9 and 4 are new.
+        let mut followed = follow(&[
+            proc_vm(5, 50, "e"),
+            a.clone(),
+            proc_vm(2, 20, "b"),
+            proc_vm(3, 30, "c"),
+            proc_vm(6, 60, "f"),
+        ]);
+        // Tick 2: 1, 5 and 6 are unchanged, 2's PID now belongs to a new
+        // process, 3 is gone, 9 and 4 are new.
         let b2 = proc_vm(2, 21, "b2");
         let r = reconcile(
-            followed,
-            vec![proc_vm(9, 90, "i"), b2, a, proc_vm(4, 40, "d")],
+            &mut followed,
+            vec![
+                proc_vm(9, 90, "i"),
+                proc_vm(6, 60, "f"),
+                b2,
+                a,
+                proc_vm(4, 40, "d"),
+                proc_vm(5, 50, "e"),
+            ],
         );
-        assert_eq!(pids(&r.kept), [1]);
+        // In their order, entries and memos in step.
+        assert_eq!(pids(&followed), [5, 1, 6]);
+        let applied: Vec<u32> = followed
+            .memos
+            .iter()
+            .map(|m| m.applied.0.as_ref().map_or(0, |p| p.pid))
+            .collect();
+        assert_eq!(applied, [5, 1, 6]);
         assert_eq!(r.left, [key(2, 20), key(3, 30)]);
         let new: Vec<(u32, u64)> = r
             .new
@@ -309,24 +356,25 @@ mod tests {
         let mut followed = follow(std::slice::from_ref(&a));
         // Anything the collectors or a previous identity wrote stays while
         // discovery hands out the same record...
-        followed[0].entry.stats.name = "kept".into();
-        let r = reconcile(followed, vec![a.clone()]);
-        assert_eq!(r.kept[0].entry.stats.name, "kept");
+        followed.entries[0].stats.name = "kept".into();
+        reconcile(&mut followed, vec![a.clone()]);
+        assert_eq!(followed.entries[0].stats.name, "kept");
         // ...and is rebuilt from a new one (same process, new Arc).
         let renamed = proc_vm(1, 10, "renamed");
-        let r = reconcile(r.kept, vec![renamed]);
-        assert_eq!(r.kept[0].entry.stats.name, "renamed");
+        let r = reconcile(&mut followed, vec![renamed]);
+        assert_eq!(followed.entries[0].stats.name, "renamed");
         assert!(r.left.is_empty() && r.new.is_empty());
     }
 
     #[test]
     fn a_libvirt_domain_without_process_record_is_kept_and_reidentified() {
         let d = libvirt_vm(5, "dom");
-        let followed = vec![Followed::new(&d, 55, &CLOCK, &mut 0)];
-        let r = reconcile(followed, vec![libvirt_vm(5, "dom-renamed")]);
-        assert_eq!(pids(&r.kept), [5]);
-        assert_eq!(r.kept[0].entry.key(), key(5, 55));
-        assert_eq!(r.kept[0].entry.stats.name, "dom-renamed");
+        let mut followed = Followed::default();
+        followed.push(new_vm(&d, 55, &CLOCK, &mut 0));
+        reconcile(&mut followed, vec![libvirt_vm(5, "dom-renamed")]);
+        assert_eq!(pids(&followed), [5]);
+        assert_eq!(followed.entries[0].key(), key(5, 55));
+        assert_eq!(followed.entries[0].stats.name, "dom-renamed");
     }
 
     #[test]
@@ -338,35 +386,36 @@ mod tests {
             proc_vm(3, 30, "c"),
         ]);
         // Tick 1: every VM read fine.
-        let (mut entries, mut memos) = (Vec::new(), Vec::new());
-        split(&mut followed, &mut entries, &mut memos);
-        for e in &mut entries {
+        begin(&mut followed);
+        for e in &mut followed.entries {
             e.stats.cpu.user = 1.0;
         }
-        assert!(settle(&mut entries, &mut memos, t0, &mut followed).is_empty());
-        assert!(entries.is_empty() && memos.is_empty());
+        assert!(settle(&mut followed, t0).is_empty());
         assert_eq!(published(&followed).len(), 3);
-        assert!(followed.iter().all(|f| f.entry.stats.rates.is_none()));
+        assert!(followed.entries.iter().all(|e| e.stats.rates.is_none()));
 
-        // Tick 2, one second later: 1 used a core, 2 failed, 3 exited.
-        split(&mut followed, &mut entries, &mut memos);
-        assert!(entries.iter().all(|e| !e.gone && !e.failed));
-        entries[0].stats.cpu.user = 2.0;
-        entries[1].failed = true;
-        entries[2].gone = true;
+        // Tick 2, one second later: 1 used a core, 2 exited, 3 failed.
+        begin(&mut followed);
+        assert!(followed.entries.iter().all(|e| !e.gone && !e.failed));
+        followed.entries[0].stats.cpu.user = 2.0;
+        followed.entries[1].gone = true;
+        followed.entries[2].failed = true;
         let t1 = t0 + Duration::from_secs(1);
-        let gone = settle(&mut entries, &mut memos, t1, &mut followed);
-        assert_eq!(gone, [key(3, 30)]);
-        assert_eq!(pids(&followed), [1, 2]);
-        let a = &followed[0].entry.stats;
+        let gone = settle(&mut followed, t1);
+        assert_eq!(gone, [key(2, 20)]);
+        assert_eq!(pids(&followed), [1, 3]);
+        assert_eq!(followed.memos.len(), 2);
+        let a = &followed.entries[0].stats;
         assert!(a.collect_success);
         assert_eq!(a.rates.map(|r| r.cpu_cores), Some(1.0));
         assert_eq!(a.rates.and_then(|r| r.cpu_utilization_ratio), Some(0.5));
-        let b = &followed[1].entry.stats;
-        assert!(!b.collect_success);
-        assert_eq!(b.collect_age_seconds, 1.0);
-        assert_eq!(b.rates, None);
-        // The failed VM keeps its tick-1 sample for its next good read.
-        assert_eq!(followed[1].memo.prev.map(|p| p.at), Some(t0));
+        let c = &followed.entries[1].stats;
+        assert!(!c.collect_success);
+        assert_eq!(c.collect_age_seconds, 1.0);
+        assert_eq!(c.rates, None);
+        // The failed VM keeps its tick-1 sample for its next good read
+        // (its memo moved down with it).
+        assert_eq!(followed.memos[1].prev.map(|p| p.at), Some(t0));
+        assert_eq!(followed.memos[0].prev.map(|p| p.at), Some(t1));
     }
 }

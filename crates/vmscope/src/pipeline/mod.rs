@@ -78,12 +78,9 @@ pub struct Collector {
     vm_collectors: Vec<(&'static str, bool, Box<dyn VmCollector>, Counters)>,
     /// [`VM_CHUNK`] (smaller in tests).
     vm_chunk: usize,
-    /// The tick's split of `vms`, empty between ticks: kept for their
-    /// capacity (`follow::split`).
-    spare_entries: Vec<crate::collectors::VmEntry>,
-    spare_memos: Vec<follow::Memo>,
     host_collectors: Vec<(&'static str, Box<dyn HostCollector>, Counters)>,
-    vms: Vec<Followed>,
+    /// The VMs followed: entries and memos, kept from tick to tick.
+    vms: Followed,
     host: HostStats,
     tick: u64,
     ticks_per_second: u64,
@@ -176,10 +173,8 @@ impl Collector {
             discovery_counters: Counters::default(),
             vm_collectors,
             vm_chunk: VM_CHUNK,
-            spare_entries: Vec::new(),
-            spare_memos: Vec::new(),
             host_collectors,
-            vms: Vec::new(),
+            vms: Followed::default(),
             host: HostStats {
                 hostname,
                 ..HostStats::default()
@@ -245,8 +240,10 @@ impl Collector {
         // the owner sources' latest maps.
         self.label_values_truncated += self.owners.resolve(
             self.vms
+                .entries
                 .iter_mut()
-                .map(|f| (&mut f.entry.stats, &f.memo.applied)),
+                .zip(&self.vms.memos)
+                .map(|(e, m)| (&mut e.stats, &m.applied)),
         );
 
         // VM collectors.
@@ -258,9 +255,8 @@ impl Collector {
             tick: self.tick,
             now: started,
         };
-        let mut entries = std::mem::take(&mut self.spare_entries);
-        let mut memos = std::mem::take(&mut self.spare_memos);
-        follow::split(&mut self.vms, &mut entries, &mut memos);
+        follow::begin(&mut self.vms);
+        let entries = &mut self.vms.entries;
         // The leading per-VM collectors, a few VMs at a time (VM_CHUNK).
         let lead = self.vm_collectors.iter().take_while(|c| c.1).count();
         let mut spent = vec![Duration::ZERO; lead];
@@ -281,7 +277,7 @@ impl Collector {
         for (name, _, c, counters) in self.vm_collectors[lead..].iter_mut() {
             let t = Instant::now();
             errors.clear();
-            c.collect(&ctx, &mut entries, &mut errors);
+            c.collect(&ctx, entries, &mut errors);
             let ok = counters.absorb(name, &errors, started);
             statuses.push(counters.status(name, t.elapsed(), ok));
         }
@@ -296,9 +292,7 @@ impl Collector {
         }
 
         // Finish VMs: drop the gone, date the rest, compute rates.
-        let gone = follow::settle(&mut entries, &mut memos, started, &mut self.vms);
-        self.spare_entries = entries;
-        self.spare_memos = memos;
+        let gone = follow::settle(&mut self.vms, started);
         for key in &gone {
             self.discovery.forget(key.pid);
             self.forget(*key);
@@ -329,19 +323,17 @@ impl Collector {
 
     /// Follows new VMs, forgets vanished ones, refreshes identities.
     fn follow(&mut self, found: Vec<DiscoveredVm>, clock: &Clock) {
-        let r = follow::reconcile(std::mem::take(&mut self.vms), found);
-        self.vms = r.kept;
+        let r = follow::reconcile(&mut self.vms, found);
         self.label_values_truncated += r.truncated;
         for key in r.left {
             self.forget(key);
             self.left.push((key.pid, key.starttime_ticks));
         }
-        let want = self.vms.len() + r.new.len();
-        follow::room_for(&mut self.vms, want);
+        self.vms.room_for(self.vms.len() + r.new.len());
         for d in r.new {
             if let Some(start) = self.start_time_ticks(&d) {
-                let f = Followed::new(&d, start, clock, &mut self.label_values_truncated);
-                self.vms.push(f);
+                let vm = follow::new_vm(&d, start, clock, &mut self.label_values_truncated);
+                self.vms.push(vm);
             }
         }
     }
@@ -521,9 +513,8 @@ mod tests {
         c.tick();
         // Six VMs found (one is dropped at its first read); pushed one by
         // one they made a capacity of 8.
-        assert_eq!(c.vms.capacity(), 6);
-        assert_eq!(c.spare_entries.capacity(), 6);
-        assert_eq!(c.spare_memos.capacity(), 6);
+        assert_eq!(c.vms.entries.capacity(), 6);
+        assert_eq!(c.vms.memos.capacity(), 6);
     }
 
     #[test]
@@ -540,7 +531,7 @@ mod tests {
     }
 
     fn followed_keys(c: &Collector) -> HashSet<VmKey> {
-        c.vms.iter().map(|f| f.entry.key()).collect()
+        c.vms.entries.iter().map(|e| e.key()).collect()
     }
 
     #[test]
