@@ -163,8 +163,12 @@ struct Reading {
 struct TargetState {
     balloon: BalloonPath,
     block: block::BlockState,
-    fc: firecracker::FcState,
-    last_good: Option<Reading>,
+    /// Boxed, like `last_good`: a target is followed for every VM (10 000
+    /// on a dense host), most of them never Firecracker's, and many never
+    /// answer (no socket): the state of one that does not was 488 bytes,
+    /// now 216.
+    fc: Option<Box<firecracker::FcState>>,
+    last_good: Option<Box<Reading>>,
     last_success: Option<f64>,
     errors: [u64; ApiError::KINDS.len()],
     /// The last poll failed (to log once per change of state).
@@ -456,12 +460,13 @@ fn poll_one(
                     what: "no libvirt answer this round".into(),
                 }),
             },
-            DeviceApi::Firecracker(path) => firecracker::poll(path, &mut st.fc).map(|d| {
-                d.map(|disks| Reading {
-                    disks,
-                    ..Reading::default()
-                })
-            }),
+            DeviceApi::Firecracker(path) => firecracker::poll(path, st.fc.get_or_insert_default())
+                .map(|d| {
+                    d.map(|disks| Reading {
+                        disks,
+                        ..Reading::default()
+                    })
+                }),
             DeviceApi::CloudHypervisor(path) => ch::poll(path, deadline).map(|d| {
                 Some(Reading {
                     disks: ch_disks(&d),
@@ -490,7 +495,7 @@ fn poll_one(
             }
             st.down = false;
             st.last_error = None;
-            st.last_good = Some(reading);
+            st.last_good = Some(Box::new(reading));
             st.last_success = Some(unix_seconds(SystemTime::now()));
             st.retry.reset();
         }
@@ -531,7 +536,7 @@ fn poll_one(
 
 /// The published value of one target's state.
 fn devices(source: DeviceSource, st: &TargetState) -> VmDevices {
-    let reading = st.last_good.as_ref();
+    let reading = st.last_good.as_deref();
     VmDevices {
         source: reading.and_then(|r| r.source).unwrap_or(source),
         up: !st.down,
@@ -734,6 +739,14 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// One target per VM, answered or not: what a dense host of VMs whose
+    /// API never answers (or that have none) holds per VM stays small.
+    #[test]
+    fn a_target_that_never_answered_is_small() {
+        let size = std::mem::size_of::<Target>();
+        assert!(size <= 320, "{size} bytes");
     }
 
     #[test]
