@@ -472,15 +472,20 @@ mod tests {
         fn forget(&mut self, _: VmKey) {}
     }
 
-    #[test]
-    fn per_vm_collectors_take_turns_a_few_vms_at_a_time_and_the_rest_see_all() {
+    /// A collector over the `host1` fixture tree, holding no descriptors.
+    fn host1_collector() -> Collector {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
         let cfg = Config {
             paths: Roots::under(&fixture).into(),
             interval: Duration::from_secs(1),
             ..Config::default()
         };
-        let mut c = Collector::with_budget(&cfg, FdBudget::new(0)).unwrap();
+        Collector::with_budget(&cfg, FdBudget::new(0)).unwrap()
+    }
+
+    #[test]
+    fn per_vm_collectors_take_turns_a_few_vms_at_a_time_and_the_rest_see_all() {
+        let mut c = host1_collector();
         let log = Arc::new(Mutex::new(Vec::new()));
         c.vm_collectors.clear();
         for (name, per_vm) in [("a", true), ("b", true), ("net", false)] {
@@ -503,13 +508,7 @@ mod tests {
     /// doubling (at 10 000 VMs doubling left 3.7 MB of empty slots).
     #[test]
     fn kept_vm_vectors_are_sized_to_the_vms_not_doubled() {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/host1");
-        let cfg = Config {
-            paths: Roots::under(&fixture).into(),
-            interval: Duration::from_secs(1),
-            ..Config::default()
-        };
-        let mut c = Collector::with_budget(&cfg, FdBudget::new(0)).unwrap();
+        let mut c = host1_collector();
         c.tick();
         // Six VMs found (one is dropped at its first read); pushed one by
         // one they made a capacity of 8.
