@@ -85,6 +85,12 @@ pub struct ProcessScanner {
     vms: HashMap<u32, Arc<ProcVm>>,
     /// PIDs seen but too young to settle: looked at again every tick.
     young: HashSet<u32>,
+    /// Hypervisors forgotten since the last batch (their process was
+    /// found gone): their forks in the next batch are still looked at.
+    /// `qemu -daemonize` forks the VM and exits; when the tick reads the
+    /// parent gone before the fork event is handled, the VM would
+    /// otherwise wait for the periodic rescan to be found.
+    forgotten: HashSet<u32>,
     /// The last PID the kernel handed out (`/proc/loadavg`), at the last
     /// listing: unchanged means no process was created since.
     last_pid: Option<u64>,
@@ -103,6 +109,7 @@ impl ProcessScanner {
         ProcessScanner {
             others: HashMap::new(),
             young: HashSet::new(),
+            forgotten: HashSet::new(),
             last_pid: None,
             skipped: 0,
             vms: HashMap::new(),
@@ -124,7 +131,9 @@ impl ProcessScanner {
     /// Forget a PID (its process exited or was replaced), so that it is
     /// classified afresh if it is listed again.
     pub fn forget(&mut self, pid: u32) {
-        self.vms.remove(&pid);
+        if self.vms.remove(&pid).is_some() {
+            self.forgotten.insert(pid);
+        }
         self.others.remove(&pid);
         // Look at it again next tick even if no listing runs: the PID may
         // already belong to a new process (it is dropped if it is gone).
@@ -176,7 +185,10 @@ impl ProcessScanner {
                     candidates.insert(pid);
                 }
                 Change::Fork { parent, child } => {
-                    if self.vms.contains_key(&parent) || candidates.contains(&parent) {
+                    if self.vms.contains_key(&parent)
+                        || candidates.contains(&parent)
+                        || self.forgotten.contains(&parent)
+                    {
                         self.others.remove(&child);
                         candidates.insert(child);
                     }
@@ -193,6 +205,7 @@ impl ProcessScanner {
         // Exec events stand for the grace period; `forget` adds a PID here
         // for the listing path only.
         self.young.clear();
+        self.forgotten.clear();
         if full || batch.lost {
             stats.listing = Some(if full {
                 ListingReason::Rescan
@@ -644,6 +657,54 @@ mod tests {
         t.add(200, "sh", 'S', &["/bin/sh", "-c", "true"]);
         let (found, _) = scan(&mut s, &batch(&[Change::Exec(200)]), 6);
         assert_eq!(found, vec![401]);
+    }
+
+    /// `qemu -daemonize` whose parent the tick found gone (and forgot)
+    /// before the batch with its fork came: the VM it forked is found at
+    /// the next tick, not at the next rescan.
+    #[test]
+    fn a_forgotten_hypervisors_fork_is_still_followed() {
+        let t = Tree::new();
+        let mut s = ProcessScanner::new(Duration::from_secs(300));
+        let t0 = Instant::now();
+        let mut scan = |b: &Batch, at: u64| {
+            let mut st = ScanStats::default();
+            let found = s
+                .scan(
+                    &t.roots,
+                    &clock(),
+                    t0 + Duration::from_secs(at),
+                    Some(b),
+                    &mut st,
+                )
+                .unwrap();
+            pids(&found)
+        };
+        assert!(scan(&batch(&[]), 0).is_empty());
+        t.qemu(500, "parent");
+        assert_eq!(scan(&batch(&[Change::Exec(500)]), 1), vec![500]);
+        // The tick read 500 gone: the pipeline forgets it.
+        t.remove(500);
+        s.forget(500);
+        t.qemu(501, "vm");
+        let fork = Change::Fork {
+            parent: 500,
+            child: 501,
+        };
+        let mut scan = |b: &Batch, at: u64| {
+            let mut st = ScanStats::default();
+            let found = s
+                .scan(
+                    &t.roots,
+                    &clock(),
+                    t0 + Duration::from_secs(at),
+                    Some(b),
+                    &mut st,
+                )
+                .unwrap();
+            pids(&found)
+        };
+        assert_eq!(scan(&batch(&[fork, Change::Exit(500)]), 2), vec![501]);
     }
 
     #[test]
