@@ -570,6 +570,28 @@ mod tests {
         }
     }
 
+    /// One tick's scan with event batch `b`, `at` seconds after `t0`:
+    /// the hypervisor pids found and the scan's stats.
+    fn scan_events(
+        s: &mut ProcessScanner,
+        t: &Tree,
+        t0: Instant,
+        b: &Batch,
+        at: u64,
+    ) -> (Vec<u32>, ScanStats) {
+        let mut st = ScanStats::default();
+        let found = s
+            .scan(
+                &t.roots,
+                &clock(),
+                t0 + Duration::from_secs(at),
+                Some(b),
+                &mut st,
+            )
+            .unwrap();
+        (pids(&found), st)
+    }
+
     #[test]
     fn events_classify_only_what_changed() {
         let t = Tree::new();
@@ -577,19 +599,7 @@ mod tests {
         t.qemu(200, "a");
         let mut s = ProcessScanner::new(Duration::from_secs(300));
         let t0 = Instant::now();
-        let scan = |s: &mut ProcessScanner, b: &Batch, at: u64| {
-            let mut st = ScanStats::default();
-            let found = s
-                .scan(
-                    &t.roots,
-                    &clock(),
-                    t0 + Duration::from_secs(at),
-                    Some(b),
-                    &mut st,
-                )
-                .unwrap();
-            (pids(&found), st)
-        };
+        let scan = |s: &mut ProcessScanner, b: &Batch, at: u64| scan_events(s, &t, t0, b, at);
 
         // The first tick lists (it is the first rescan).
         let (found, st) = scan(&mut s, &batch(&[]), 0);
@@ -667,22 +677,10 @@ mod tests {
         let t = Tree::new();
         let mut s = ProcessScanner::new(Duration::from_secs(300));
         let t0 = Instant::now();
-        let mut scan = |b: &Batch, at: u64| {
-            let mut st = ScanStats::default();
-            let found = s
-                .scan(
-                    &t.roots,
-                    &clock(),
-                    t0 + Duration::from_secs(at),
-                    Some(b),
-                    &mut st,
-                )
-                .unwrap();
-            pids(&found)
-        };
-        assert!(scan(&batch(&[]), 0).is_empty());
+        let scan = |s: &mut ProcessScanner, b: &Batch, at: u64| scan_events(s, &t, t0, b, at).0;
+        assert!(scan(&mut s, &batch(&[]), 0).is_empty());
         t.qemu(500, "parent");
-        assert_eq!(scan(&batch(&[Change::Exec(500)]), 1), vec![500]);
+        assert_eq!(scan(&mut s, &batch(&[Change::Exec(500)]), 1), vec![500]);
         // The tick read 500 gone: the pipeline forgets it.
         t.remove(500);
         s.forget(500);
@@ -691,20 +689,10 @@ mod tests {
             parent: 500,
             child: 501,
         };
-        let mut scan = |b: &Batch, at: u64| {
-            let mut st = ScanStats::default();
-            let found = s
-                .scan(
-                    &t.roots,
-                    &clock(),
-                    t0 + Duration::from_secs(at),
-                    Some(b),
-                    &mut st,
-                )
-                .unwrap();
-            pids(&found)
-        };
-        assert_eq!(scan(&batch(&[fork, Change::Exit(500)]), 2), vec![501]);
+        assert_eq!(
+            scan(&mut s, &batch(&[fork, Change::Exit(500)]), 2),
+            vec![501]
+        );
     }
 
     #[test]
