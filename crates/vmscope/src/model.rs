@@ -424,6 +424,11 @@ pub struct VmStats {
     pub collect_success: bool,
     /// Seconds since the values were last read successfully (0 when fresh).
     pub collect_age_seconds: f64,
+    /// `id` had `-pid<pid>` appended because an older process claims the
+    /// same id in this snapshot (see `pipeline::dedup`). Not served: the
+    /// suffixed `id` is what the series carry.
+    #[serde(skip)]
+    pub id_suffixed: bool,
 }
 
 impl VmStats {
@@ -457,6 +462,21 @@ impl VmStats {
             rates: None,
             collect_success: false,
             collect_age_seconds: 0.0,
+            id_suffixed: false,
+        }
+    }
+
+    /// The id this VM's process claims, without the `-pid<pid>` that
+    /// keeps series unique while another process claims it too: the id a
+    /// record that outlives the overlap (the usage ledger, which tells
+    /// processes apart by incarnation) is kept under. `qemu -daemonize`'s
+    /// first process and an incoming migration overlap their VM's process
+    /// briefly; keyed by `id`, the ledger billed the whole life of the
+    /// newer process to `<uuid>-pid<N>` once a tick saw them together.
+    pub fn claimed_id(&self) -> &str {
+        match self.id.rfind("-pid") {
+            Some(at) if self.id_suffixed => &self.id[..at],
+            _ => &self.id,
         }
     }
 

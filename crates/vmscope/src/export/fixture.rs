@@ -91,6 +91,7 @@ pub fn vm(i: usize) -> VmStats {
         }),
         collect_success: true,
         collect_age_seconds: 0.0,
+        id_suffixed: false,
     }
 }
 

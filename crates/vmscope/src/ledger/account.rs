@@ -482,7 +482,9 @@ impl Accountant {
             let host = snap.host.hostname.as_deref().unwrap_or_default();
             let ids = Arc::new(Ids {
                 host: host.to_owned(),
-                vm_id: vm.id.clone(),
+                // Not `id`: a tick that sees another process claim the
+                // same id (for a moment) must not name the incarnation.
+                vm_id: vm.claimed_id().to_owned(),
                 incarnation: incarnation(&self.cfg.boot_id, self.cfg.boot_time, vm),
             });
             let mut names = Arc::default();
@@ -811,7 +813,7 @@ fn account(
         (0.0, 0.0)
     };
     totals.add(
-        &vm.id,
+        vm.claimed_id(),
         owner.and_then(|o| owners.users.key(o)),
         owner.and_then(|o| owners.projects.key(o)),
         &Quantities {
@@ -1698,5 +1700,51 @@ mod tests {
         a.observe(&s);
         flush(&mut a, &mut store);
         assert_eq!(shown(&mut a).vm("vm-10").unwrap().cpu_seconds, 3.5);
+    }
+
+    /// `qemu -daemonize`: the first process waits while the VM's process
+    /// it forked comes up, both with the VM's UUID. A tick in that window
+    /// gives the newer one `<id>-pid<N>` for series' sake; the ledger must
+    /// still bill it (all its life, not just that tick) to the VM's id.
+    /// It billed it to `vm-1-pid20` for good: fixed at first sight.
+    #[test]
+    fn a_process_seen_beside_another_claiming_its_id_is_billed_to_the_id() {
+        let (_dir, mut store) = db();
+        let mut a = Accountant::new(cfg());
+        let tick = |seq, at_ms, vms: &[V]| {
+            let mut s = snap(seq, at_ms, vms);
+            crate::pipeline::dedup::dedupe_ids(&mut s.vms);
+            s.with_usage(1000)
+        };
+        let mut parent = v(10, 0.0);
+        parent.start = (T0 + 1) as f64;
+        a.observe(&tick(1, 0, &[]));
+        let daemon = |cpu| V {
+            start: (T0 + 2) as f64,
+            ..v(20, cpu)
+        };
+        let both = tick(2, 3_000, &[parent.clone(), daemon(0.5)]);
+        assert_eq!(both.vms[1].id, "vm-1-pid20", "the series stay apart");
+        a.observe(&both);
+        a.observe(&tick(3, 5_000, &[daemon(2.0)]));
+        a.observe(&tick(4, 10_000, &[daemon(6.0)]));
+        flush(&mut a, &mut store);
+        let daemon_rows: Vec<(String, f64)> = a
+            .rows()
+            .filter(|(k, _)| k.incarnation.contains(":20:"))
+            .map(|(k, u)| (k.vm_id, u.cpu_seconds))
+            .collect();
+        assert!(!daemon_rows.is_empty());
+        assert!(
+            daemon_rows.iter().all(|(id, _)| id == "vm-1"),
+            "{daemon_rows:?}"
+        );
+        let billed: f64 = daemon_rows.iter().map(|r| r.1).sum();
+        assert!((billed - 6.0).abs() < 1e-9, "from its start: {billed}");
+        assert!(a.cursors.values().all(|t| t.ids.vm_id == "vm-1"));
+        // The per-VM counter is the VM's, with no `-pid20` series.
+        let c = shown(&mut a);
+        assert_eq!(c.vm("vm-1").unwrap().cpu_seconds, 6.0);
+        assert!(c.vm("vm-1-pid20").is_none());
     }
 }

@@ -192,7 +192,9 @@ impl Totals {
         self.seq = snap.seq;
         self.at_ms = at_ms;
         for vm in &snap.vms {
-            match self.vms.get_mut(vm.id.as_str()) {
+            // The id the ledger's rows are under (see `claimed_id`).
+            let id = vm.claimed_id();
+            match self.vms.get_mut(id) {
                 Some(c) => {
                     c.seen_seq = snap.seq;
                     if c.label.as_deref() != Some(vm.name.as_str()) {
@@ -201,7 +203,7 @@ impl Totals {
                 }
                 None => {
                     self.vms.insert(
-                        vm.id.clone(),
+                        id.to_owned(),
                         Counter {
                             label: Some(vm.name.clone()),
                             seen_seq: snap.seq,

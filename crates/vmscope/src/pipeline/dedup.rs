@@ -21,6 +21,7 @@ pub fn dedupe_ids(vms: &mut [VmStats]) {
     for v in vms.iter_mut() {
         if prev.as_deref() == Some(v.id.as_str()) {
             v.id = format!("{}-pid{}", v.id, v.pid);
+            v.id_suffixed = true;
         } else {
             prev = Some(v.id.clone());
         }

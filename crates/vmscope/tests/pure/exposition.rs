@@ -85,6 +85,7 @@ fn nasty_vm(i: usize, name: &str) -> VmStats {
         rates: None,
         collect_success: false,
         collect_age_seconds: f64::INFINITY,
+        id_suffixed: false,
     }
 }
 

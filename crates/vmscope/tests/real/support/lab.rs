@@ -462,7 +462,12 @@ impl Agent {
                     .iter()
                     .flat_map(|p| [std::ffi::OsStr::new("-c"), p.as_os_str()]),
             )
-            .env("VMSCOPE_LOG", "info")
+            // VMSCOPE_TEST_LOG raises it when chasing a failure, e.g.
+            // "info,vmscope::pipeline=debug".
+            .env(
+                "VMSCOPE_LOG",
+                std::env::var("VMSCOPE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("VMSCOPE_STORE__PATH", state_dir.join("state.db"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
