@@ -291,7 +291,9 @@ impl ExpositionCache {
             .get_or_init(|| self.encode(&entry.snapshot, format, gzip));
 
         let steady = steady(prefix, extra, format);
-        let mut tail = String::with_capacity(4 * 1024);
+        // The volatile tail is 5-10 KiB (the HTTP server's histograms
+        // with their HELP texts): one allocation, no regrowth.
+        let mut tail = String::with_capacity(16 * 1024);
         let mut w = MetricWriter::resume(&mut tail, format, &steady.state);
         for s in extra.iter().filter(|s| s.volatile()) {
             s.encode(&mut w);
