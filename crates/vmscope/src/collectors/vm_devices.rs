@@ -15,10 +15,9 @@
 //! Keeps per VM: which API it was registered with and how many errors the
 //! poller had counted, dropped when the VM leaves.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap};
 use crate::host::CollectError;
 use crate::hypervisor::{DeviceApi, Poller};
 
@@ -37,7 +36,7 @@ pub const SPEC: VmCollectorSpec = VmCollectorSpec {
 pub struct VmDevicesCollector {
     /// `None` when the poller thread could not be started (logged once).
     poller: Option<Poller>,
-    vms: HashMap<VmKey, Registered>,
+    vms: VmMap<Registered>,
     /// One VM's poll deadline, for the error messages.
     timeout: std::time::Duration,
 }
@@ -57,7 +56,7 @@ impl VmDevicesCollector {
             .ok();
         VmDevicesCollector {
             poller,
-            vms: HashMap::new(),
+            vms: VmMap::default(),
             timeout,
         }
     }

@@ -7,9 +7,7 @@
 //! is counted once per VM and not asked again. Keeps one held `io` per VM
 //! (and whether it was refused), dropped when the VM leaves.
 
-use std::collections::HashMap;
-
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap, record_vm_error};
 use crate::host::{CollectError, ProcFile};
 use crate::model::DiskIo;
 
@@ -23,7 +21,7 @@ pub const SPEC: VmCollectorSpec = VmCollectorSpec {
 #[derive(Default)]
 pub struct VmIo {
     buf: Vec<u8>,
-    vms: HashMap<VmKey, IoFile>,
+    vms: VmMap<IoFile>,
 }
 
 /// One VM's `/proc/PID/io`.

@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 
+type Fast = foldhash::fast::RandomState;
+
 use vmscope_proc::{NetDevStats, parse_net_dev};
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap};
 use crate::host::{CollectError, ProcFile};
 use crate::model::NetStats;
 
@@ -29,7 +31,7 @@ pub struct VmNet {
     /// One held `net/dev` per namespace, opened through a member VM's pid.
     files: HashMap<String, (u32, ProcFile)>,
     /// Each VM's network namespace (the `/proc/PID/ns/net` link text).
-    netns: HashMap<VmKey, Option<String>>,
+    netns: VmMap<Option<String>>,
 }
 
 /// Converts host-side TAP counters into the guest's direction.
@@ -67,8 +69,8 @@ impl VmCollector for VmNet {
         // Group VM indexes by namespace (one key copy per namespace, not
         // per VM: usually every VM shares the host's).
         let groups: Vec<(String, Vec<usize>)> = {
-            let mut by_ns: HashMap<&str, Vec<usize>> = HashMap::new();
-            let mut live: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            let mut by_ns: HashMap<&str, Vec<usize>, Fast> = HashMap::default();
+            let mut live: std::collections::HashSet<&str, Fast> = Default::default();
             for (i, vm) in vms.iter().enumerate() {
                 if vm.gone {
                     continue;
@@ -105,7 +107,9 @@ impl VmCollector for VmNet {
             }
         }
         for (members, devs) in tables {
-            let by_name: HashMap<&str, &NetDevStats> =
+            // Every interface of the host (10 000 TAPs at 10 000 VMs),
+            // looked up a few times per VM: foldhash, not SipHash.
+            let by_name: HashMap<&str, &NetDevStats, Fast> =
                 devs.iter().map(|d| (d.name.as_str(), d)).collect();
             for i in members {
                 let Some(vm) = vms.get_mut(i) else { continue };

@@ -14,9 +14,7 @@
 //! PID was reused). Keeps one held `stat` and `statm` per VM, dropped when
 //! the VM leaves.
 
-use std::collections::HashMap;
-
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap, record_vm_error};
 use crate::host::{CollectError, ProcFile};
 use crate::model::{Source, VmState};
 
@@ -32,7 +30,7 @@ pub struct VmProcess {
     buf: Vec<u8>,
     /// Each VM's `/proc/PID/stat` and `statm` (`None`: there is no statm
     /// file, use stat's RSS), held open: they also pin the process.
-    stat: HashMap<VmKey, (ProcFile, Option<ProcFile>)>,
+    stat: VmMap<(ProcFile, Option<ProcFile>)>,
 }
 
 impl VmCollector for VmProcess {

@@ -12,10 +12,9 @@
 //! Keeps each VM's vCPU threads (with their held files) and rescan marks,
 //! dropped when the VM leaves.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap, record_vm_error};
 use crate::host::{CollectError, ProcFile, read_once};
 use crate::model::VcpuStats;
 
@@ -32,7 +31,7 @@ pub const RESCAN_MIN_TICKS: u64 = 3;
 #[derive(Default)]
 pub struct VmVcpu {
     buf: Vec<u8>,
-    vms: HashMap<VmKey, Threads>,
+    vms: VmMap<Threads>,
 }
 
 /// One vCPU thread being followed.

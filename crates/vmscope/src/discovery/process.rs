@@ -80,9 +80,9 @@ pub struct ProcessScanner {
     /// with the inode of their /proc directory: a PID reused by a new
     /// process between two listings comes with another inode, so it is
     /// classified afresh instead of being taken for the old one.
-    others: HashMap<u32, u64>,
+    others: HashMap<u32, u64, foldhash::fast::RandomState>,
     /// PIDs known to be hypervisors.
-    vms: HashMap<u32, Arc<ProcVm>>,
+    vms: HashMap<u32, Arc<ProcVm>, foldhash::fast::RandomState>,
     /// PIDs seen but too young to settle: looked at again every tick.
     young: HashSet<u32>,
     /// Hypervisors forgotten since the last batch (their process was
@@ -107,12 +107,13 @@ pub struct ProcessScanner {
 impl ProcessScanner {
     pub fn new(rescan: Duration) -> Self {
         ProcessScanner {
-            others: HashMap::new(),
+            // PIDs, looked up for every process of every listing: foldhash.
+            others: HashMap::default(),
             young: HashSet::new(),
             forgotten: HashSet::new(),
             last_pid: None,
             skipped: 0,
-            vms: HashMap::new(),
+            vms: HashMap::default(),
             listed: HashSet::new(),
             rescan,
             last_full: None,

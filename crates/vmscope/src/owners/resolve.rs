@@ -104,8 +104,9 @@ pub struct Owners {
     /// Bumped whenever a fetched source's map changed.
     generation: u64,
     tick: u64,
-    /// Per VM (pid, start time bits).
-    seen: HashMap<(u32, u64), Seen>,
+    /// Per VM (pid, start time bits); looked up for every VM at every
+    /// tick, so hashed with foldhash.
+    seen: HashMap<(u32, u64), Seen, foldhash::fast::RandomState>,
 }
 
 impl Owners {
@@ -135,7 +136,7 @@ impl Owners {
             layers,
             generation: 0,
             tick: 0,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
         }
     }
 
