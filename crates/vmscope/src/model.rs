@@ -474,9 +474,13 @@ impl VmStats {
     /// briefly; keyed by `id`, the ledger billed the whole life of the
     /// newer process to `<uuid>-pid<N>` once a tick saw them together.
     pub fn claimed_id(&self) -> &str {
+        if !self.id_suffixed {
+            // Every VM of every snapshot, twice: no search unless marked.
+            return &self.id;
+        }
         match self.id.rfind("-pid") {
-            Some(at) if self.id_suffixed => &self.id[..at],
-            _ => &self.id,
+            Some(at) => &self.id[..at],
+            None => &self.id,
         }
     }
 
@@ -656,5 +660,37 @@ mod label_cap_tests {
         assert!(cap_label_value(&mut s));
         assert_eq!(s.len(), MAX_LABEL_VALUE_BYTES - 1);
         assert!(s.chars().all(|c| c == 'x'));
+    }
+}
+
+#[cfg(test)]
+mod claimed_id_tests {
+    use super::*;
+
+    /// Only dedup's own suffix comes off: a VM whose name merely looks
+    /// like one keeps it.
+    #[test]
+    fn only_a_marked_suffix_comes_off() {
+        let mut v = VmStats::unmeasured(7, Source::Process);
+        v.id = "web-pid7".into();
+        assert_eq!(v.claimed_id(), "web-pid7");
+        let mut both = vec![
+            VmStats {
+                id: "u".into(),
+                start_time_seconds: 1.0,
+                ..VmStats::unmeasured(3, Source::Process)
+            },
+            VmStats {
+                id: "u".into(),
+                start_time_seconds: 2.0,
+                ..VmStats::unmeasured(7, Source::Process)
+            },
+        ];
+        crate::pipeline::dedup::dedupe_ids(&mut both);
+        let ids: Vec<(&str, &str)> = both
+            .iter()
+            .map(|v| (v.id.as_str(), v.claimed_id()))
+            .collect();
+        assert_eq!(ids, [("u", "u"), ("u-pid7", "u")]);
     }
 }

@@ -273,7 +273,9 @@ pub struct AccountConfig {
 #[derive(Debug)]
 pub struct Accountant {
     cfg: AccountConfig,
-    cursors: HashMap<Inc, Tracked>,
+    /// Looked up for every VM of every snapshot: foldhash, not SipHash
+    /// (the keys are PIDs and start times).
+    cursors: HashMap<Inc, Tracked, foldhash::fast::RandomState>,
     /// (pid, ticks, interval start) -> row.
     rows: BTreeMap<(u32, i64, i64), Entry>,
     /// Up to when (ms) the ledger has looked: a VM that started after this
@@ -330,7 +332,7 @@ impl Accountant {
         Accountant {
             totals: Totals::new(cfg.max_owners),
             cfg,
-            cursors: HashMap::new(),
+            cursors: HashMap::default(),
             rows: BTreeMap::new(),
             horizon_ms: None,
             version: 0,

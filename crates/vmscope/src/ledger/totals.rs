@@ -83,7 +83,7 @@ impl Counter {
 /// One owner kind's counters.
 #[derive(Debug, Default)]
 struct KindTotals {
-    owners: HashMap<String, Counter>,
+    owners: HashMap<String, Counter, Keyed>,
     /// Owners holding a series.
     held: usize,
     other: Counter,
@@ -107,13 +107,18 @@ impl TotalsMarks {
     }
 }
 
+/// VM ids and owner keys, looked up twice per VM per snapshot: foldhash
+/// (its quality variant, seeded per process: the keys come from command
+/// lines and owner sources) rather than SipHash.
+type Keyed = foldhash::quality::RandomState;
+
 /// The counter totals between flushes.
 #[derive(Debug)]
 pub struct Totals {
     max_owners: usize,
     users: KindTotals,
     projects: KindTotals,
-    vms: HashMap<String, Counter>,
+    vms: HashMap<String, Counter, Keyed>,
     /// The snapshot being accounted.
     seq: u64,
     at_ms: i64,
@@ -136,7 +141,7 @@ impl Totals {
             max_owners: max_owners.max(1),
             users: KindTotals::default(),
             projects: KindTotals::default(),
-            vms: HashMap::new(),
+            vms: HashMap::default(),
             seq: 0,
             at_ms: 0,
             changed: false,
