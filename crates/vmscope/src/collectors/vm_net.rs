@@ -10,13 +10,15 @@
 
 use std::collections::HashMap;
 
-type Fast = foldhash::fast::RandomState;
-
 use vmscope_proc::{NetDevStats, parse_net_dev};
 
 use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap};
 use crate::host::{CollectError, ProcFile};
 use crate::model::NetStats;
+
+/// The per-tick maps below are keyed by namespace and interface names:
+/// foldhash, as `VmMap` is.
+type Fast = foldhash::fast::RandomState;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
     name: "vm_net",

@@ -1421,9 +1421,6 @@ mod tests {
         }
     }
 
-    /// A new snapshot reuses the compressed chunks whose text did not
-    /// change and still decodes to exactly its plain body, also when
-    /// families come and go between snapshots.
     /// The compressed prefix is held once: the chunks kept for the next
     /// snapshot are slices of the gzip body being served, not copies.
     #[test]
@@ -1442,6 +1439,9 @@ mod tests {
         }
     }
 
+    /// A new snapshot reuses the compressed chunks whose text did not
+    /// change and still decodes to exactly its plain body, also when
+    /// families come and go between snapshots.
     #[test]
     fn next_snapshot_reuses_unchanged_chunks() {
         let cache = ExpositionCache::new();
