@@ -13,7 +13,7 @@
 
 use crate::support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -87,7 +87,7 @@ pub(crate) fn small_vm(role: &str, firmware: Firmware) -> VmSpec {
 }
 
 /// Waits until the ledger has flushed once (its horizon is written).
-pub(crate) fn wait_for_first_flush(path: &Path) {
+fn wait_for_first_flush(path: &Path) {
     poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
         db(path)
             .query_row("SELECT COUNT(*) FROM ledger_state", [], |r| {
@@ -100,11 +100,29 @@ pub(crate) fn wait_for_first_flush(path: &Path) {
 }
 
 /// Waits until the cursor of the VM `vm_id` running as `pid` is flushed.
-pub(crate) fn wait_for_cursor(path: &Path, vm_id: &str, pid: i32) {
+fn wait_for_cursor(path: &Path, vm_id: &str, pid: i32) {
     poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
         cursor(path, vm_id, pid)
     })
     .expect("the VM's cursor was not flushed within 10 s");
+}
+
+/// An agent with `config` keeping its state in `dir`, once its ledger has
+/// looked (its horizon is written: a VM started now is counted from its
+/// start), then `spec`'s VM started and its cursor flushed. Returns the
+/// agent, its state database and the VM.
+pub(crate) fn agent_then_vm(
+    config: &str,
+    dir: &Path,
+    roms: &Roms,
+    spec: &VmSpec,
+) -> (Agent, PathBuf, QemuVm) {
+    let agent = Agent::start_in(1, config, dir);
+    let path = agent.state_db();
+    wait_for_first_flush(&path);
+    let vm = QemuVm::start(roms, spec.clone(), None);
+    wait_for_cursor(&path, &spec.uuid, vm.pid);
+    (agent, path, vm)
 }
 
 pub(crate) fn freeze_and_settle(vm: &QemuVm, path: &Path) -> f64 {
@@ -249,11 +267,7 @@ fn a_reused_pid_is_a_new_incarnation_counted_from_zero() {
     let roms = Roms::new();
     let spec = small_vm("ledger-pid", Firmware::Busy);
     let id = spec.uuid.clone();
-    let agent = Agent::start_in(1, CONFIG, dir.path());
-    let path = agent.state_db();
-    wait_for_first_flush(&path);
-    let mut first = QemuVm::start(&roms, spec.clone(), None);
-    wait_for_cursor(&path, &id, first.pid);
+    let (agent, path, mut first) = agent_then_vm(CONFIG, dir.path(), &roms, &spec);
     std::thread::sleep(Duration::from_secs(3));
     // Frozen and flushed, then the agent crashes and the VM dies while
     // it is away.
@@ -309,11 +323,7 @@ fn an_incoming_migration_is_billed_to_the_vm_not_to_a_pid_suffixed_id() {
     let roms = Roms::new();
     let spec = small_vm("ledger-src", Firmware::Busy);
     let id = spec.uuid.clone();
-    let agent = Agent::start_in(1, CONFIG, dir.path());
-    let path = agent.state_db();
-    wait_for_first_flush(&path);
-    let mut source = QemuVm::start(&roms, spec.clone(), None);
-    wait_for_cursor(&path, &id, source.pid);
+    let (agent, path, mut source) = agent_then_vm(CONFIG, dir.path(), &roms, &spec);
     // The destination: same UUID, its own name (and so pidfile), waiting
     // for a migration stream that never comes.
     let dest_spec = VmSpec {
@@ -379,14 +389,9 @@ fn cpu_agrees_with_proc_across_agent_restart_crash_and_vm_restart() {
     let spec = small_vm("ledger", Firmware::Busy);
     let id = spec.uuid.clone();
 
-    let agent = Agent::start_in(1, CONFIG, dir.path());
-    let path = agent.state_db();
+    // Started after the ledger has looked: counted from its start.
+    let (agent, path, mut vm) = agent_then_vm(CONFIG, dir.path(), &roms, &spec);
     assert_eq!(path, dir.path().join("state.db"));
-    // The ledger has looked (its horizon is written): a VM started now is
-    // counted from its start.
-    wait_for_first_flush(&path);
-    let mut vm = QemuVm::start(&roms, spec.clone(), None);
-    wait_for_cursor(&path, &id, vm.pid);
     std::thread::sleep(Duration::from_secs(4));
 
     // A clean restart: the last flush at SIGTERM, the cursor continues.
@@ -694,11 +699,7 @@ fn a_full_disk_keeps_rows_in_memory_and_delivers_them_when_space_is_back() {
     let roms = Roms::new();
     let spec = small_vm("ledger-full", Firmware::Busy);
     let id = spec.uuid.clone();
-    let agent = Agent::start_in(1, CONFIG, &fs.0);
-    let path = agent.state_db();
-    wait_for_first_flush(&path);
-    let vm = QemuVm::start(&roms, spec, None);
-    wait_for_cursor(&path, &id, vm.pid);
+    let (agent, path, vm) = agent_then_vm(CONFIG, &fs.0, &roms, &spec);
 
     // Fill the disk: flushes fail, rows wait in memory.
     let filler = fs.0.join("filler");

@@ -14,10 +14,8 @@ use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process};
 
-use crate::ledger::{
-    CONFIG, assert_close, db, freeze_and_settle, small_vm, wait_for_cursor, wait_for_first_flush,
-};
-use crate::support::lab::{Agent, Firmware, QemuVm, Roms};
+use crate::ledger::{CONFIG, agent_then_vm, assert_close, db, freeze_and_settle, small_vm};
+use crate::support::lab::{Agent, Firmware, Roms};
 use crate::support::metrics::{Exposition, assert_promtool_clean};
 use crate::support::{http, lab_available, poll_until};
 
@@ -100,11 +98,7 @@ fn user_counter_agrees_with_proc_survives_kill_9_and_outlives_its_vm() {
     let u = [("user", user.as_str())];
     let v = [("vm_id", id.as_str())];
 
-    let agent = Agent::start_in(1, &config, dir.path());
-    let path = agent.state_db();
-    wait_for_first_flush(&path);
-    let mut vm = QemuVm::start(&roms, spec, None);
-    wait_for_cursor(&path, &id, vm.pid);
+    let (agent, path, mut vm) = agent_then_vm(&config, dir.path(), &roms, &spec);
     agent.wait_for_series(USER_CPU, &u, Duration::from_secs(15));
     std::thread::sleep(Duration::from_secs(3));
 
