@@ -20,10 +20,12 @@ const LAST_FIELD: usize = 43;
 
 /// The fields of one stat line that vmscope uses.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ProcStat {
+pub struct ProcStat<'a> {
     pub pid: u32,
-    /// Raw `comm` bytes (at most 15 bytes on a normal kernel), without the parentheses.
-    pub comm: Vec<u8>,
+    /// Raw `comm` bytes (at most 15 bytes on a normal kernel), without the
+    /// parentheses: borrowed from the line, since the collectors parse every
+    /// VM's stat on every tick and only discovery looks at the name.
+    pub comm: &'a [u8],
     /// State letter (`R`, `S`, `D`, `Z`, `T`, `t`, `X`, `I`, ...).
     pub state: u8,
     pub ppid: u32,
@@ -46,15 +48,15 @@ pub struct ProcStat {
     pub guest_time_ticks: Option<u64>,
 }
 
-impl ProcStat {
+impl ProcStat<'_> {
     /// `comm` as text, non-UTF-8 bytes replaced.
     pub fn comm_lossy(&self) -> String {
-        String::from_utf8_lossy(&self.comm).into_owned()
+        String::from_utf8_lossy(self.comm).into_owned()
     }
 }
 
 /// Parse one stat line. See the module docs for what fails.
-pub fn parse_stat(buf: &[u8]) -> Result<ProcStat, ParseError> {
+pub fn parse_stat(buf: &[u8]) -> Result<ProcStat<'_>, ParseError> {
     if buf.iter().all(u8::is_ascii_whitespace) {
         return Err(ParseError::Empty { kind: KIND });
     }
@@ -76,7 +78,7 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat, ParseError> {
 
     let pid_text = buf[..open].trim_ascii();
     let pid = field_u32(KIND, "pid", pid_text)?;
-    let comm = buf[open + 1..close].to_vec();
+    let comm = &buf[open + 1..close];
 
     // tokens[0] is man-page field 3 (state), so field n is tokens[n - 3].
     // Up to field 43 (guest_time) plus one, which tells whether the line
@@ -103,13 +105,17 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat, ParseError> {
         tokens
             .get(n - 3)
             .copied()
-            .ok_or(if cut && n - 3 == tokens.len() {
-                ParseError::Truncated {
-                    kind: KIND,
-                    field: name,
+            // Built only on failure: this runs for seven fields of every
+            // VM on every tick.
+            .ok_or_else(|| {
+                if cut && n - 3 == tokens.len() {
+                    ParseError::Truncated {
+                        kind: KIND,
+                        field: name,
+                    }
+                } else {
+                    ParseError::missing(KIND, name)
                 }
-            } else {
-                ParseError::missing(KIND, name)
             })
     };
     let num = |n: usize, name: &'static str| -> Result<u64, ParseError> {
@@ -200,7 +206,8 @@ mod tests {
             b"CPU 0/KVM",
             b"",
         ] {
-            let s = parse_stat(&with_comm(comm)).unwrap();
+            let line = with_comm(comm);
+            let s = parse_stat(&line).unwrap();
             assert_eq!(s.comm, comm, "comm {:?}", String::from_utf8_lossy(comm));
             assert_eq!(s.pid, 77);
             assert_eq!(s.utime_ticks, 1234);
@@ -210,7 +217,8 @@ mod tests {
 
     #[test]
     fn non_utf8_comm() {
-        let s = parse_stat(&with_comm(b"\xff\xfe(\x80)")).unwrap();
+        let line = with_comm(b"\xff\xfe(\x80)");
+        let s = parse_stat(&line).unwrap();
         assert_eq!(s.comm, b"\xff\xfe(\x80)");
         assert_eq!(s.comm_lossy(), "\u{fffd}\u{fffd}(\u{fffd})");
     }

@@ -198,7 +198,7 @@ impl CpuSeconds {
 }
 
 /// One vCPU thread.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct VcpuStats {
     /// vCPU index inside the guest (0-based).
     pub index: u32,
@@ -214,7 +214,7 @@ pub struct VcpuStats {
 
 /// One TAP interface, counted in the VM's direction: `rx` is what the guest
 /// received (the TAP's host-side tx), `tx` is what the guest sent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct NetStats {
     pub interface: String,
     pub rx_bytes: u64,
@@ -370,7 +370,7 @@ pub fn cap_label_value(s: &mut String) -> bool {
 }
 
 /// Everything vmscope knows about one VM at one tick.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, PartialEq, Serialize)]
 pub struct VmStats {
     /// Stable identity: the UUID when the hypervisor has one, else an id
     /// derived from (pid, process start time) that survives PID reuse.
@@ -429,6 +429,114 @@ pub struct VmStats {
     /// suffixed `id` is what the series carry.
     #[serde(skip)]
     pub id_suffixed: bool,
+}
+
+// `Clone` by hand for `clone_from`: each tick's snapshot copies every VM's
+// stats into the vector of a snapshot no reader holds any more
+// (`pipeline::follow::published`), and a derived `clone_from` allocates
+// each string and vector anew (about five allocations per VM per tick).
+impl Clone for NetStats {
+    fn clone(&self) -> Self {
+        let mut n = NetStats {
+            interface: String::new(),
+            ..*self
+        };
+        n.interface.clone_from(&self.interface);
+        n
+    }
+
+    fn clone_from(&mut self, src: &Self) {
+        let NetStats {
+            interface,
+            rx_bytes,
+            rx_packets,
+            rx_errors,
+            rx_drops,
+            tx_bytes,
+            tx_packets,
+            tx_errors,
+            tx_drops,
+        } = src;
+        self.interface.clone_from(interface);
+        (
+            self.rx_bytes,
+            self.rx_packets,
+            self.rx_errors,
+            self.rx_drops,
+        ) = (*rx_bytes, *rx_packets, *rx_errors, *rx_drops);
+        (
+            self.tx_bytes,
+            self.tx_packets,
+            self.tx_errors,
+            self.tx_drops,
+        ) = (*tx_bytes, *tx_packets, *tx_errors, *tx_drops);
+    }
+}
+
+impl Clone for VmStats {
+    fn clone(&self) -> Self {
+        let mut v = VmStats::unmeasured(self.pid, self.source);
+        v.clone_from(self);
+        v
+    }
+
+    fn clone_from(&mut self, src: &Self) {
+        // Destructured so that a new field cannot be forgotten here.
+        let VmStats {
+            id,
+            name,
+            hypervisor,
+            source,
+            pid,
+            uuid,
+            state,
+            start_time_seconds,
+            owner,
+            owner_source,
+            flavor,
+            display_name,
+            allocated_vcpus,
+            allocated_memory_bytes,
+            cpu,
+            vcpus,
+            memory_rss_bytes,
+            memory_virtual_bytes,
+            memory_utilization_ratio,
+            network,
+            disk,
+            devices,
+            rates,
+            collect_success,
+            collect_age_seconds,
+            id_suffixed,
+        } = src;
+        self.id.clone_from(id);
+        self.name.clone_from(name);
+        self.hypervisor = *hypervisor;
+        self.source = *source;
+        self.pid = *pid;
+        self.uuid.clone_from(uuid);
+        self.state = *state;
+        self.start_time_seconds = *start_time_seconds;
+        self.owner.clone_from(owner);
+        self.owner_source = *owner_source;
+        self.flavor.clone_from(flavor);
+        self.display_name.clone_from(display_name);
+        self.allocated_vcpus = *allocated_vcpus;
+        self.allocated_memory_bytes = *allocated_memory_bytes;
+        self.cpu = *cpu;
+        self.vcpus.clone_from(vcpus);
+        self.memory_rss_bytes = *memory_rss_bytes;
+        self.memory_virtual_bytes = *memory_virtual_bytes;
+        self.memory_utilization_ratio = *memory_utilization_ratio;
+        self.network.clone_from(network);
+        self.disk = *disk;
+        self.devices.clone_from(devices);
+        self.rates = *rates;
+        self.collect_success = *collect_success;
+        self.collect_age_seconds = *collect_age_seconds;
+        self.id_suffixed = *id_suffixed;
+    }
 }
 
 impl VmStats {

@@ -39,7 +39,7 @@ pub struct VmNet {
 /// Converts host-side TAP counters into the guest's direction.
 pub fn guest_view(d: &NetDevStats) -> NetStats {
     NetStats {
-        interface: d.name.clone(),
+        interface: d.name.clone().into_owned(),
         ..guest_counters(d)
     }
 }
@@ -94,10 +94,11 @@ impl VmCollector for VmNet {
                 .map(|(ns, members)| (ns.to_owned(), members))
                 .collect()
         };
-        let mut tables: Vec<(Vec<usize>, Vec<NetDevStats>)> = Vec::with_capacity(groups.len());
+        // Each namespace's table is applied before the next is read: its
+        // interface names borrow the read buffer.
         for (ns, members) in groups {
             match self.read_ns(ctx, &ns, &members, vms) {
-                Ok(devs) => tables.push((members, devs)),
+                Ok(devs) => apply(&devs, &members, vms),
                 Err(e) => {
                     for &i in &members {
                         if let Some(vm) = vms.get_mut(i) {
@@ -105,42 +106,6 @@ impl VmCollector for VmNet {
                         }
                     }
                     errors.push(e);
-                }
-            }
-        }
-        for (members, devs) in tables {
-            // Every interface of the host (10 000 TAPs at 10 000 VMs),
-            // looked up a few times per VM: foldhash, not SipHash.
-            let by_name: HashMap<&str, &NetDevStats, Fast> =
-                devs.iter().map(|d| (d.name.as_str(), d)).collect();
-            for i in members {
-                let Some(vm) = vms.get_mut(i) else { continue };
-                // The interfaces to report: the VM's TAPs that exist now.
-                let present = || vm.taps.iter().filter(|t| by_name.contains_key(t.as_str()));
-                let same_taps = vm.stats.network.len() == present().count()
-                    && vm
-                        .stats
-                        .network
-                        .iter()
-                        .zip(present())
-                        .all(|(n, t)| n.interface == *t);
-                if same_taps {
-                    // The usual tick: same interfaces, new counters; no
-                    // interface names copied again.
-                    for n in &mut vm.stats.network {
-                        if let Some(d) = by_name.get(n.interface.as_str()) {
-                            *n = NetStats {
-                                interface: std::mem::take(&mut n.interface),
-                                ..guest_counters(d)
-                            };
-                        }
-                    }
-                } else {
-                    vm.stats.network = vm
-                        .taps
-                        .iter()
-                        .filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d)))
-                        .collect();
                 }
             }
         }
@@ -158,7 +123,7 @@ impl VmNet {
         ns: &str,
         members: &[usize],
         vms: &[VmEntry],
-    ) -> Result<Vec<NetDevStats>, CollectError> {
+    ) -> Result<Vec<NetDevStats<'_>>, CollectError> {
         // Reuse the held file if its pid is still a member; else try members
         // in turn (one may be exiting).
         let mut last_err = None;
@@ -170,6 +135,7 @@ impl VmNet {
                 .filter(|v| !v.gone && Some(v.pid) != held)
                 .map(|v| v.pid),
         );
+        let mut read = None;
         for pid in pids {
             if self.files.get(ns).is_none_or(|(p, _)| *p != pid) {
                 let path = ctx.roots.pid(pid).join("net").join("dev");
@@ -179,15 +145,57 @@ impl VmNet {
             let Some((_, file)) = self.files.get_mut(ns) else {
                 continue;
             };
-            match file.read(&mut self.buf) {
-                Ok(data) => return Ok(parse_net_dev(data)),
+            // The length only: a borrow of the buffer returned from inside
+            // the loop would last past the loop for the borrow checker.
+            match file.read(&mut self.buf).map(<[u8]>::len) {
+                Ok(n) => {
+                    read = Some(n);
+                    break;
+                }
                 Err(e) => {
                     last_err = Some(CollectError::from_proc_io(pid, file.path(), e));
                     self.files.remove(ns);
                 }
             }
         }
-        Err(last_err.unwrap_or(CollectError::Gone { pid: 0 }))
+        match read {
+            Some(n) => Ok(parse_net_dev(self.buf.get(..n).unwrap_or_default())),
+            None => Err(last_err.unwrap_or(CollectError::Gone { pid: 0 })),
+        }
+    }
+}
+
+/// One namespace's interfaces into its VMs' `network`, in the order of
+/// each VM's TAPs (those that exist).
+fn apply(devs: &[NetDevStats<'_>], members: &[usize], vms: &mut [VmEntry]) {
+    let by_name: HashMap<&str, &NetDevStats<'_>, Fast> =
+        devs.iter().map(|d| (d.name.as_ref(), d)).collect();
+    for &i in members {
+        let Some(vm) = vms.get_mut(i) else { continue };
+        let present = || vm.taps.iter().filter(|t| by_name.contains_key(t.as_str()));
+        let same_taps = vm.stats.network.len() == present().count()
+            && vm
+                .stats
+                .network
+                .iter()
+                .zip(present())
+                .all(|(n, t)| n.interface == *t);
+        if same_taps {
+            for n in &mut vm.stats.network {
+                if let Some(d) = by_name.get(n.interface.as_str()) {
+                    *n = NetStats {
+                        interface: std::mem::take(&mut n.interface),
+                        ..guest_counters(d)
+                    };
+                }
+            }
+        } else {
+            vm.stats.network = vm
+                .taps
+                .iter()
+                .filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d)))
+                .collect();
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub const RESCAN_MIN_TICKS: u64 = 3;
 pub struct VmVcpu {
     buf: Vec<u8>,
     vms: VmMap<Threads>,
+    /// One VM's readings, copied into its `VmStats::vcpus` (whose
+    /// allocation is kept): no vector allocated per VM per tick.
+    out: Vec<VcpuStats>,
 }
 
 /// One vCPU thread being followed.
@@ -107,7 +110,8 @@ impl VmCollector for VmVcpu {
                 st.rescan_due = false;
                 st.rescan_tick = ctx.tick + RESCAN_MIN_TICKS;
             }
-            let mut out = Vec::with_capacity(st.vcpus.len());
+            let out = &mut self.out;
+            out.clear();
             let mut vanished = false;
             for t in st.vcpus.iter_mut() {
                 match read_thread(ctx, t, &mut self.buf) {
@@ -126,7 +130,8 @@ impl VmCollector for VmVcpu {
                 st.rescan_tick = ctx.tick + 1;
             }
             if !vm.failed || !out.is_empty() {
-                vm.stats.vcpus = out;
+                vm.stats.vcpus.clear();
+                vm.stats.vcpus.extend_from_slice(out);
             }
         }
     }

@@ -355,11 +355,12 @@ impl ProcessScanner {
         let Ok(stat) = parse_stat(&self.buf) else {
             return Classified::Vanished;
         };
+        let starttime_ticks = stat.starttime_ticks;
         // Kernel threads (children of kthreadd) never become hypervisors.
         let kernel_thread = pid == 2 || stat.ppid == 2;
-        let age = clock.now - clock.start_time(stat.starttime_ticks);
+        let age = clock.now - clock.start_time(starttime_ticks);
         let settled = kernel_thread || age >= EXEC_GRACE_SECS;
-        if kernel_thread || (classify_comm(&stat.comm).is_none() && !hypervisor_executable(&dir)) {
+        if kernel_thread || (classify_comm(stat.comm).is_none() && !hypervisor_executable(&dir)) {
             return Classified::Other { settled };
         }
         if read_once(&dir.join("cmdline"), &mut self.buf).is_err() {
@@ -391,7 +392,7 @@ impl ProcessScanner {
         }
         Classified::Vm(Box::new(ProcVm {
             pid,
-            starttime_ticks: stat.starttime_ticks,
+            starttime_ticks,
             cmdline,
             command_line: if self.keep_command_line {
                 args.join(" ")

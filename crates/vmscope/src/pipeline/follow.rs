@@ -209,18 +209,22 @@ pub fn settle(followed: &mut Followed, now: Instant) -> Vec<VmKey> {
 }
 
 /// The VMs to publish: all but those never read successfully (no values
-/// worth showing yet).
-pub fn published(followed: &Followed) -> Vec<VmStats> {
-    // Sized up front: a filtered `collect` grew it by doubling, copying
-    // the VMs' stats each time.
-    let mut out = Vec::with_capacity(followed.len());
-    out.extend(
-        followed
-            .entries
-            .iter()
-            .filter(|e| e.last_success.is_some())
-            .map(|e| e.stats.clone()),
-    );
+/// worth showing yet), copied into `spare` (the VMs of a snapshot no one
+/// reads any more, or empty): `clone_from` keeps the strings and vectors
+/// it already has, so a steady host allocates nothing here.
+pub fn published(followed: &Followed, spare: Vec<VmStats>) -> Vec<VmStats> {
+    let mut out = spare;
+    // Sized up front: growing by doubling copied the VMs' stats each time.
+    out.reserve(followed.len().saturating_sub(out.len()));
+    let mut n = 0;
+    for e in followed.entries.iter().filter(|e| e.last_success.is_some()) {
+        match out.get_mut(n) {
+            Some(slot) => slot.clone_from(&e.stats),
+            None => out.push(e.stats.clone()),
+        }
+        n += 1;
+    }
+    out.truncate(n);
     out
 }
 
@@ -306,7 +310,7 @@ mod tests {
         assert!(memo.prev.is_none());
         let mut f = Followed::default();
         f.push((entry, memo));
-        assert!(published(&f).is_empty());
+        assert!(published(&f, Vec::new()).is_empty());
     }
 
     #[test]
@@ -391,7 +395,7 @@ mod tests {
             e.stats.cpu.user = 1.0;
         }
         assert!(settle(&mut followed, t0).is_empty());
-        assert_eq!(published(&followed).len(), 3);
+        assert_eq!(published(&followed, Vec::new()).len(), 3);
         assert!(followed.entries.iter().all(|e| e.stats.rates.is_none()));
 
         // Tick 2, one second later: 1 used a core, 2 exited, 3 failed.
@@ -417,5 +421,60 @@ mod tests {
         // (its memo moved down with it).
         assert_eq!(followed.memos[1].prev.map(|p| p.at), Some(t0));
         assert_eq!(followed.memos[0].prev.map(|p| p.at), Some(t1));
+    }
+
+    #[test]
+    fn published_reuses_a_spare_snapshot_and_copies_every_field() {
+        use crate::model::{NetStats, Owner, VcpuStats};
+        let t0 = Instant::now();
+        let mut followed = follow(&[proc_vm(1, 10, "a"), proc_vm(2, 20, "b")]);
+        begin(&mut followed);
+        for (i, e) in followed.entries.iter_mut().enumerate() {
+            let s = &mut e.stats;
+            s.uuid = Some(format!("uuid-{i}"));
+            s.owner = Some(std::sync::Arc::new(Owner {
+                user_id: Some(format!("u{i}")),
+                ..Owner::default()
+            }));
+            s.flavor = Some("m1.small".into());
+            s.cpu.user = 1.5 + i as f64;
+            s.vcpus = vec![VcpuStats {
+                index: 0,
+                tid: 100 + i as u32,
+                cpu_seconds: 2.0,
+                wait_seconds: Some(0.5),
+            }];
+            s.network = vec![NetStats {
+                interface: format!("tap{i}"),
+                rx_bytes: 7,
+                ..NetStats::default()
+            }];
+            s.memory_rss_bytes = 4096;
+        }
+        assert!(settle(&mut followed, t0).is_empty());
+        // A spare from another tick: three VMs with other values, longer
+        // vectors, and one more VM than is published now.
+        let mut spare = published(&followed, Vec::new());
+        spare.push(spare[0].clone());
+        for s in &mut spare {
+            s.id.push_str("-an-older-and-longer-id");
+            s.uuid = None;
+            s.flavor = None;
+            s.vcpus.extend_from_slice(&[s.vcpus[0]; 3]);
+            s.network[0].interface.push_str("-old");
+            s.cpu.user = 99.0;
+        }
+        let vcpus_buffer = spare[0].vcpus.as_ptr();
+        let out = published(&followed, spare);
+        let fresh: Vec<VmStats> = followed.entries.iter().map(|e| e.stats.clone()).collect();
+        assert_eq!(out, fresh);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].network[0].interface, "tap1");
+        assert_eq!(out[1].uuid.as_deref(), Some("uuid-1"));
+        assert_eq!(
+            out[0].vcpus.as_ptr(),
+            vcpus_buffer,
+            "the spare's vector is reused"
+        );
     }
 }

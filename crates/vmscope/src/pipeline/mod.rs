@@ -39,7 +39,7 @@ use crate::discovery::{DiscoveredVm, Discovery, DiscoveryOptions};
 use crate::host::{Clock, CollectError, FdBudget, Roots, read_once};
 use crate::model::counters::CounterSlot;
 use crate::model::usage::Usage;
-use crate::model::{HostStats, Snapshot, Source, unix_seconds};
+use crate::model::{HostStats, Snapshot, Source, VmStats, unix_seconds};
 use follow::Followed;
 use health::Counters;
 
@@ -98,6 +98,9 @@ pub struct Collector {
     counters: Option<CounterSlot>,
     /// VMs the discovery no longer lists this tick (for `Snapshot::departed`).
     left: Vec<(u32, u64)>,
+    /// The VMs of a snapshot no one reads any more ([`Collector::recycle`]),
+    /// reused by the next tick's.
+    spare: Vec<VmStats>,
 }
 
 /// Reads `btime` from /proc/stat.
@@ -191,6 +194,7 @@ impl Collector {
             label_values_truncated: 0,
             counters: None,
             left: Vec::new(),
+            spare: Vec::new(),
         })
     }
 
@@ -299,7 +303,7 @@ impl Collector {
         }
         let mut departed = std::mem::take(&mut self.left);
         departed.extend(gone.iter().map(|k| (k.pid, k.starttime_ticks)));
-        let mut vms = follow::published(&self.vms);
+        let mut vms = follow::published(&self.vms, std::mem::take(&mut self.spare));
         dedup::dedupe_ids(&mut vms);
         // Per-owner totals here, once per tick, so that a scrape never sums.
         let usage = Usage::of(&vms, self.max_owners);
@@ -349,6 +353,12 @@ impl Collector {
         Some(vmscope_proc::parse_stat(&self.buf).ok()?.starttime_ticks)
     }
 
+    /// Takes back a snapshot no one else holds: its VMs' strings and
+    /// vectors are reused by the next tick's snapshot.
+    pub fn recycle(&mut self, snap: Snapshot) {
+        self.spare = snap.vms;
+    }
+
     /// A VM left: every collector drops what it kept for it.
     fn forget(&mut self, key: VmKey) {
         for (_, _, c, _) in self.vm_collectors.iter_mut() {
@@ -372,9 +382,17 @@ pub fn spawn(
         .spawn(move || {
             let mut next = Instant::now();
             let mut recent = crate::model::pace::RecentTicks::default();
+            // The last two snapshots sent. The channel and its readers hold
+            // the newest; the one before is usually free by the next tick
+            // and, if no one holds it, lends its memory to the next one.
+            let mut sent_before: Option<Arc<Snapshot>> = None;
+            let mut sent_last: Option<Arc<Snapshot>> = None;
             loop {
                 let started = Instant::now();
                 pacer.set_ticking(true);
+                if let Some(Ok(old)) = sent_before.take().map(Arc::try_unwrap) {
+                    collector.recycle(old);
+                }
                 let snap = collector.tick();
                 crate::export::tasks::global().succeeded(
                     crate::export::tasks::COLLECTION,
@@ -386,7 +404,9 @@ pub fn spawn(
                     secs = snap.tick_duration_seconds,
                     "tick"
                 );
-                let sent = tx.send(Arc::new(snap));
+                let snap = Arc::new(snap);
+                sent_before = sent_last.replace(Arc::clone(&snap));
+                let sent = tx.send(snap);
                 pacer.set_ticking(false);
                 if sent.is_err() {
                     return;

@@ -1334,7 +1334,7 @@ mod tests {
         assert_eq!(push_with(&snap, started, &mut t, mode), all);
         assert_eq!(t.replayed(), replays);
         // A vCPU more on one VM: a family longer than last time.
-        let mut v = snap.vms[3].vcpus[0].clone();
+        let mut v = snap.vms[3].vcpus[0];
         v.index = 9;
         snap.vms[3].vcpus.push(v);
         assert!(push_with(&snap, started, &mut t, mode) < t.keys.len());

@@ -962,7 +962,7 @@ mod tests {
         assert_eq!(t.replayed(), replays);
 
         // A vCPU more on one VM: a series' own labels differ.
-        let mut v = snap.vms[3].vcpus[0].clone();
+        let mut v = snap.vms[3].vcpus[0];
         v.index = 9;
         snap.vms[3].vcpus.push(v);
         let reused = push_with(&snap, &ext, &mut t, mode);
