@@ -145,6 +145,17 @@ impl VmCollector for VmDevicesCollector {
                 vm.stats.devices = None;
                 continue;
             };
+            // The poller publishes a new `Arc` per answer: the same one is
+            // the same figures and errors, and nothing of it is read (its
+            // memory is cold by now, on every VM of every tick).
+            if vm
+                .stats
+                .devices
+                .as_ref()
+                .is_some_and(|cur| std::sync::Arc::ptr_eq(cur, d))
+            {
+                continue;
+            }
             let total: u64 = d.errors_total.iter().map(|(_, n)| n).sum();
             if total > reg.errors_seen {
                 // One error per tick at most, of the newest poll's kind.
@@ -152,14 +163,7 @@ impl VmCollector for VmDevicesCollector {
                 errors.push(collect_error(kind, vm, self.timeout));
                 reg.errors_seen = total;
             }
-            if vm
-                .stats
-                .devices
-                .as_ref()
-                .is_none_or(|cur| !std::sync::Arc::ptr_eq(cur, d))
-            {
-                vm.stats.devices = Some(std::sync::Arc::clone(d));
-            }
+            vm.stats.devices = Some(std::sync::Arc::clone(d));
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Memo {
 pub struct Followed {
     pub entries: Vec<VmEntry>,
     pub memos: Vec<Memo>,
+    /// A VM was added or re-identified since [`Followed::sort_by_id`].
+    unsorted: bool,
 }
 
 impl Followed {
@@ -64,6 +66,38 @@ impl Followed {
     pub fn push(&mut self, (entry, memo): (VmEntry, Memo)) {
         self.entries.push(entry);
         self.memos.push(memo);
+        self.unsorted = true;
+    }
+
+    /// Puts the VMs in the order snapshots list them (id, then start time,
+    /// then pid: `dedup::dedupe_ids`), so that each tick's snapshot comes
+    /// out sorted and is not sorted again. Only after a VM was added or
+    /// re-identified; dropping VMs keeps the order.
+    pub fn sort_by_id(&mut self) {
+        if !std::mem::take(&mut self.unsorted) {
+            return;
+        }
+        let by_claim = |a: &VmEntry, b: &VmEntry| {
+            a.stats
+                .id
+                .cmp(&b.stats.id)
+                .then(
+                    a.stats
+                        .start_time_seconds
+                        .total_cmp(&b.stats.start_time_seconds),
+                )
+                .then(a.pid.cmp(&b.pid))
+        };
+        if self.entries.is_sorted_by(|a, b| by_claim(a, b).is_le()) {
+            return;
+        }
+        let mut pairs: Vec<(VmEntry, Memo)> =
+            self.entries.drain(..).zip(self.memos.drain(..)).collect();
+        pairs.sort_unstable_by(|a, b| by_claim(&a.0, &b.0));
+        for (e, m) in pairs {
+            self.entries.push(e);
+            self.memos.push(m);
+        }
     }
 
     /// Keeps the VMs `keep` says to, in order (both vectors in step).
@@ -140,6 +174,7 @@ pub fn reconcile(followed: &mut Followed, found: Vec<DiscoveredVm>) -> Reconcile
     let mut by_pid: HashMap<u32, DiscoveredVm> = found.into_iter().map(|d| (d.pid, d)).collect();
     let mut left = Vec::new();
     let mut truncated = 0;
+    let mut reidentified = false;
     followed.retain(|entry, memo| {
         let Some(d) = by_pid.remove(&entry.pid) else {
             tracing::debug!(vm_id = %entry.stats.id, vm_name = %entry.stats.name, pid = entry.pid, "VM gone");
@@ -159,11 +194,13 @@ pub fn reconcile(followed: &mut Followed, found: Vec<DiscoveredVm>) -> Reconcile
             return false;
         }
         if !(same_arc(&memo.applied.0, &d.process) && same_arc(&memo.applied.1, &d.libvirt)) {
+            reidentified = true;
             truncated += apply_identity(entry, &d);
             memo.applied = (d.process.clone(), d.libvirt.clone());
         }
         true
     });
+    followed.unsorted |= reidentified;
     let mut new: Vec<DiscoveredVm> = by_pid.into_values().collect();
     new.sort_by_key(|d| d.pid);
     Reconciled {
@@ -476,5 +513,49 @@ mod tests {
             vcpus_buffer,
             "the spare's vector is reused"
         );
+    }
+
+    #[test]
+    fn the_followed_vms_are_kept_in_snapshot_order_with_their_memos() {
+        let t0 = Instant::now();
+        let found = [
+            proc_vm(30, 300, "c"),
+            proc_vm(10, 100, "a"),
+            proc_vm(20, 200, "b"),
+        ];
+        let mut followed = follow(&found);
+        let ids = |f: &Followed| {
+            f.entries
+                .iter()
+                .map(|e| e.stats.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let unsorted = ids(&followed);
+        followed.sort_by_id();
+        let sorted = ids(&followed);
+        assert!(sorted.is_sorted(), "{sorted:?}");
+        assert_ne!(unsorted, sorted, "the fixture must start out of order");
+        // Each memo moved with its VM.
+        for (e, m) in followed.entries.iter().zip(&followed.memos) {
+            assert_eq!(m.applied.0.as_ref().map(|p| p.pid), Some(e.pid));
+        }
+        // The snapshot comes out in that order: dedupe_ids has nothing to move.
+        begin(&mut followed);
+        assert!(settle(&mut followed, t0).is_empty());
+        let mut vms = published(&followed, Vec::new());
+        let before: Vec<String> = vms.iter().map(|v| v.id.clone()).collect();
+        super::super::dedup::dedupe_ids(&mut vms);
+        assert_eq!(vms.iter().map(|v| v.id.clone()).collect::<Vec<_>>(), before);
+        // A VM found later, whose id sorts first, is put in its place.
+        let r = reconcile(&mut followed, [&found[..], &[proc_vm(5, 1, "0")]].concat());
+        for d in &r.new {
+            followed.push(new_vm(d, 1, &CLOCK, &mut 0));
+        }
+        followed.sort_by_id();
+        assert!(ids(&followed).is_sorted(), "{:?}", ids(&followed));
+        assert_eq!(followed.len(), 4);
+        for (e, m) in followed.entries.iter().zip(&followed.memos) {
+            assert_eq!(m.applied.0.as_ref().map(|p| p.pid), Some(e.pid));
+        }
     }
 }

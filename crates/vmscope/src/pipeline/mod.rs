@@ -240,6 +240,7 @@ impl Collector {
         );
         let discovered = discovered_per_source(&found.vms);
         self.follow(found.vms, &clock);
+        self.vms.sort_by_id();
         // Owners (owners/): one resolve step over discovery's records and
         // the owner sources' latest maps.
         self.label_values_truncated += self.owners.resolve(
