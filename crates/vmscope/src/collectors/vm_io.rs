@@ -7,7 +7,7 @@
 //! is counted once per VM and not asked again. Keeps one held `io` per VM
 //! (and whether it was refused), dropped when the VM leaves.
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
 use crate::host::{CollectError, ProcFile};
 use crate::model::DiskIo;
 
@@ -21,11 +21,11 @@ pub const SPEC: VmCollectorSpec = VmCollectorSpec {
 #[derive(Default)]
 pub struct VmIo {
     buf: Vec<u8>,
-    vms: VmMap<IoFile>,
 }
 
-/// One VM's `/proc/PID/io`.
-struct IoFile {
+/// One VM's `/proc/PID/io` (in its entry's `Held`).
+#[derive(Debug)]
+pub(super) struct IoFile {
     file: ProcFile,
     /// The file needs ptrace-read rights: stop asking once refused.
     denied: bool,
@@ -35,7 +35,7 @@ impl VmCollector for VmIo {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
         for vm in vms.iter_mut().filter(|v| !v.gone) {
             let pid = vm.pid;
-            let io = self.vms.entry(vm.key()).or_insert_with(|| IoFile {
+            let io = vm.held.io.get_or_insert_with(|| IoFile {
                 file: ProcFile::new(ctx.roots.pid(pid).join("io"), ctx.budget),
                 denied: false,
             });
@@ -65,9 +65,8 @@ impl VmCollector for VmIo {
         }
     }
 
-    fn forget(&mut self, vm: VmKey) {
-        self.vms.remove(&vm);
-    }
+    /// Nothing: the VM's file is in its entry.
+    fn forget(&mut self, _: VmKey) {}
 }
 
 #[cfg(test)]
@@ -103,10 +102,11 @@ mod tests {
             })
         );
         // Nothing is kept for a VM already gone when it was first seen.
-        assert_eq!(c.vms.len(), 1);
+        assert!(vms[0].held.io.is_some() && vms[1].held.io.is_none());
         assert_eq!(vms[1].stats.disk, None);
-        c.forget(vms[0].key());
-        assert!(c.vms.is_empty());
+        assert_eq!(budget.in_use(), 1);
+        // The pipeline drops a VM that left: its file goes with it.
+        drop(vms);
         assert_eq!(budget.in_use(), 0);
     }
 

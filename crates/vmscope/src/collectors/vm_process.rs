@@ -14,7 +14,7 @@
 //! PID was reused). Keeps one held `stat` and `statm` per VM, dropped when
 //! the VM leaves.
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
 use crate::host::{CollectError, ProcFile};
 use crate::model::{Source, VmState};
 
@@ -28,45 +28,65 @@ pub const SPEC: VmCollectorSpec = VmCollectorSpec {
 #[derive(Default)]
 pub struct VmProcess {
     buf: Vec<u8>,
-    /// Each VM's `/proc/PID/stat` and `statm` (`None`: there is no statm
-    /// file, use stat's RSS), held open: they also pin the process.
-    stat: VmMap<(ProcFile, Option<ProcFile>)>,
+}
+
+/// A VM's `/proc/PID/stat` and `statm` (`None`: there is no statm file,
+/// use stat's RSS), held open: they also pin the process. In its entry's
+/// `Held`.
+#[derive(Debug)]
+pub(super) struct Files {
+    stat: ProcFile,
+    statm: Option<ProcFile>,
 }
 
 impl VmCollector for VmProcess {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
         for vm in vms.iter_mut() {
-            let (stat, statm) = self.stat.entry(vm.key()).or_insert_with(|| {
+            // Out of the entry while the entry is updated, then back.
+            let mut files = vm.held.process.take().unwrap_or_else(|| {
                 let dir = ctx.roots.pid(vm.pid);
-                (
-                    ProcFile::new(dir.join("stat"), ctx.budget),
-                    Some(ProcFile::new(dir.join("statm"), ctx.budget)),
-                )
-            });
-            if let Err(e) = one(ctx, vm, stat, &mut self.buf) {
-                record_vm_error(vm, e, errors);
-                continue;
-            }
-            if let Some(file) = statm {
-                match rss(ctx, vm.pid, file, &mut self.buf) {
-                    Ok(bytes) => set_rss(&mut vm.stats, bytes),
-                    // No statm at all (not a real procfs): stat's RSS, and
-                    // no further tries.
-                    Err(CollectError::Io { source, .. })
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        *statm = None;
-                    }
-                    Err(e @ CollectError::Gone { .. }) => record_vm_error(vm, e, errors),
-                    // Counted; stat's RSS stands in for this tick.
-                    Err(e) => errors.push(e),
+                Files {
+                    stat: ProcFile::new(dir.join("stat"), ctx.budget),
+                    statm: Some(ProcFile::new(dir.join("statm"), ctx.budget)),
                 }
-            }
+            });
+            self.read(ctx, vm, &mut files, errors);
+            vm.held.process = Some(files);
         }
     }
 
-    fn forget(&mut self, vm: VmKey) {
-        self.stat.remove(&vm);
+    /// Nothing: the VM's files are in its entry.
+    fn forget(&mut self, _: VmKey) {}
+}
+
+impl VmProcess {
+    fn read(
+        &mut self,
+        ctx: &Ctx<'_>,
+        vm: &mut VmEntry,
+        files: &mut Files,
+        errors: &mut Vec<CollectError>,
+    ) {
+        let Files { stat, statm } = files;
+        if let Err(e) = one(ctx, vm, stat, &mut self.buf) {
+            record_vm_error(vm, e, errors);
+            return;
+        }
+        if let Some(file) = statm {
+            match rss(ctx, vm.pid, file, &mut self.buf) {
+                Ok(bytes) => set_rss(&mut vm.stats, bytes),
+                // No statm at all (not a real procfs): stat's RSS, and
+                // no further tries.
+                Err(CollectError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    *statm = None;
+                }
+                Err(e @ CollectError::Gone { .. }) => record_vm_error(vm, e, errors),
+                // Counted; stat's RSS stands in for this tick.
+                Err(e) => errors.push(e),
+            }
+        }
     }
 }
 
@@ -188,13 +208,13 @@ mod tests {
         assert!(!vms[0].gone && vms[1].gone);
         assert!(matches!(errors[..], [CollectError::Gone { pid: 8 }]));
 
-        // The pipeline forgets it: its descriptor goes back to the budget.
-        c.forget(vms[1].key());
+        // The pipeline drops it: its descriptor goes back to the budget.
+        let [kept, left] = vms;
+        drop(left);
         assert_eq!(budget.in_use(), 1);
-        assert_eq!(c.stat.len(), 1);
+        assert!(kept.held.process.is_some());
         // A new process on pid 8 is a new VM with its own file.
-        let mut vms = [entry(7, 700), entry(8, 999)];
-        vms[1].gone = false;
+        let mut vms = [kept, entry(8, 999)];
         errors.clear();
         c.collect(&ctx(&roots, &budget, 3), &mut vms, &mut errors);
         assert!(errors.is_empty() && !vms[1].gone);

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap, record_vm_error};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, record_vm_error};
 use crate::host::{CollectError, ProcFile, read_once};
 use crate::model::VcpuStats;
 
@@ -31,7 +31,6 @@ pub const RESCAN_MIN_TICKS: u64 = 3;
 #[derive(Default)]
 pub struct VmVcpu {
     buf: Vec<u8>,
-    vms: VmMap<Threads>,
     /// One VM's readings, copied into its `VmStats::vcpus` (whose
     /// allocation is kept): no vector allocated per VM per tick.
     out: Vec<VcpuStats>,
@@ -47,9 +46,9 @@ struct VcpuThread {
     stat: ProcFile,
 }
 
-/// What is kept for one VM across ticks.
+/// What is kept for one VM across ticks (in its entry's `Held`).
 #[derive(Debug)]
-struct Threads {
+pub(super) struct Threads {
     vcpus: Vec<VcpuThread>,
     /// The process's thread count when last looked at (from `vm_process`).
     num_threads: u64,
@@ -93,55 +92,66 @@ pub fn vcpu_index_from_thread_name(comm: &[u8]) -> Option<u32> {
 impl VmCollector for VmVcpu {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
         for vm in vms.iter_mut().filter(|v| !v.gone) {
-            let st = self.vms.entry(vm.key()).or_default();
-            if vm.num_threads != st.num_threads {
-                // Cheap signal that vCPU threads may have come or gone.
-                st.num_threads = vm.num_threads;
-                st.rescan_due = true;
-            }
-            if st.rescan_due && ctx.tick >= st.rescan_tick {
-                match Self::threads(ctx, vm, std::mem::take(&mut st.vcpus), &mut self.buf) {
-                    Ok(t) => st.vcpus = t,
-                    Err(e) => {
-                        record_vm_error(vm, e, errors);
-                        continue;
-                    }
-                }
-                st.rescan_due = false;
-                st.rescan_tick = ctx.tick + RESCAN_MIN_TICKS;
-            }
-            let out = &mut self.out;
-            out.clear();
-            let mut vanished = false;
-            for t in st.vcpus.iter_mut() {
-                match read_thread(ctx, t, &mut self.buf) {
-                    Ok(v) => out.push(v),
-                    Err(CollectError::Gone { .. }) => vanished = true,
-                    Err(e) => {
-                        vm.failed = true;
-                        errors.push(e);
-                    }
-                }
-            }
-            if vanished {
-                // Either the VM is exiting (vm_process will see it next
-                // tick) or a vCPU was unplugged: look again next tick.
-                st.rescan_due = true;
-                st.rescan_tick = ctx.tick + 1;
-            }
-            if !vm.failed || !out.is_empty() {
-                vm.stats.vcpus.clear();
-                vm.stats.vcpus.extend_from_slice(out);
-            }
+            // Out of the entry while the entry is updated, then back.
+            let mut st = vm.held.vcpu.take().unwrap_or_default();
+            self.one(ctx, vm, &mut st, errors);
+            vm.held.vcpu = Some(st);
         }
     }
 
-    fn forget(&mut self, vm: VmKey) {
-        self.vms.remove(&vm);
-    }
+    /// Nothing: the VM's threads are in its entry.
+    fn forget(&mut self, _: VmKey) {}
 }
 
 impl VmVcpu {
+    fn one(
+        &mut self,
+        ctx: &Ctx<'_>,
+        vm: &mut VmEntry,
+        st: &mut Threads,
+        errors: &mut Vec<CollectError>,
+    ) {
+        if vm.num_threads != st.num_threads {
+            // Cheap signal that vCPU threads may have come or gone.
+            st.num_threads = vm.num_threads;
+            st.rescan_due = true;
+        }
+        if st.rescan_due && ctx.tick >= st.rescan_tick {
+            match Self::threads(ctx, vm, std::mem::take(&mut st.vcpus), &mut self.buf) {
+                Ok(t) => st.vcpus = t,
+                Err(e) => {
+                    record_vm_error(vm, e, errors);
+                    return;
+                }
+            }
+            st.rescan_due = false;
+            st.rescan_tick = ctx.tick + RESCAN_MIN_TICKS;
+        }
+        let out = &mut self.out;
+        out.clear();
+        let mut vanished = false;
+        for t in st.vcpus.iter_mut() {
+            match read_thread(ctx, t, &mut self.buf) {
+                Ok(v) => out.push(v),
+                Err(CollectError::Gone { .. }) => vanished = true,
+                Err(e) => {
+                    vm.failed = true;
+                    errors.push(e);
+                }
+            }
+        }
+        if vanished {
+            // Either the VM is exiting (vm_process will see it next
+            // tick) or a vCPU was unplugged: look again next tick.
+            st.rescan_due = true;
+            st.rescan_tick = ctx.tick + 1;
+        }
+        if !vm.failed || !out.is_empty() {
+            vm.stats.vcpus.clear();
+            vm.stats.vcpus.extend_from_slice(out);
+        }
+    }
+
     /// The VM's vCPU threads now, keeping the held files of `old` threads that
     /// are still there.
     fn threads(
@@ -296,9 +306,9 @@ mod tests {
         );
         assert_eq!(budget.in_use(), 3);
 
-        // The VM left: its threads' descriptors go back to the budget.
-        c.forget(vms[0].key());
-        assert!(c.vms.is_empty());
+        // The VM left: the pipeline drops its entry, and its threads'
+        // descriptors go back to the budget.
+        drop(vms);
         assert_eq!(budget.in_use(), 0);
     }
 
