@@ -67,9 +67,7 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat<'_>, ParseError> {
             kind: KIND,
             what: "no '(' before comm",
         })?;
-    let close = buf
-        .iter()
-        .rposition(|&b| b == b')')
+    let close = memchr::memrchr(b')', buf)
         .filter(|&c| c > open)
         .ok_or(ParseError::Malformed {
             kind: KIND,
@@ -84,14 +82,24 @@ pub fn parse_stat(buf: &[u8]) -> Result<ProcStat<'_>, ParseError> {
     // Up to field 43 (guest_time) plus one, which tells whether the line
     // goes on past the fields used.
     // On the stack: this runs for every VM on every tick.
+    // A plain loop over the bytes: the iterator chain (split, filter, zip)
+    // was a third of this parser's time.
     let mut slots: [&[u8]; LAST_FIELD - 1] = [&[]; LAST_FIELD - 1];
     let mut len = 0;
-    for (slot, t) in slots.iter_mut().zip(
-        buf[close + 1..]
-            .split(u8::is_ascii_whitespace)
-            .filter(|t| !t.is_empty()),
-    ) {
-        *slot = t;
+    let rest = &buf[close + 1..];
+    let mut i = 0;
+    while len < slots.len() {
+        while rest.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        let start = i;
+        while rest.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        if i == start {
+            break;
+        }
+        slots[len] = &rest[start..i];
         len += 1;
     }
     // The kernel ends the line with '\n'; without it the last number may be

@@ -244,6 +244,22 @@ proptest! {
     }
 
     #[test]
+    fn stat_fields_split_on_any_whitespace_run(
+        seps in prop::collection::vec(prop::collection::vec(prop::sample::select(vec![b' ', b'\t', b'\n', b'\r', b'\x0c']), 1..4), 60),
+    ) {
+        // The same fields with other whitespace between them read the same.
+        let close = STAT.iter().rposition(|&b| b == b')').unwrap();
+        let mut line = STAT[..=close].to_vec();
+        let fields = STAT[close + 1..].split(u8::is_ascii_whitespace).filter(|t| !t.is_empty());
+        for (f, sep) in fields.zip(seps.iter().cycle()) {
+            line.extend_from_slice(sep);
+            line.extend_from_slice(f);
+        }
+        line.push(b'\n');
+        prop_assert_eq!(parse_stat(&line).unwrap(), parse_stat(STAT).unwrap());
+    }
+
+    #[test]
     fn stat_cut_short_never_misreads(cut in 0..STAT.len()) {
         // Any prefix either fails or yields exactly the full line's values
         // for every field it reports.

@@ -473,6 +473,16 @@ impl Clone for NetStats {
     }
 }
 
+/// `to.clone_from(from)` without touching the counts when both are the
+/// same `Arc` already (a steady VM's owner, a device answer not renewed):
+/// those counters live in memory shared with other threads and are cold.
+fn clone_arc_from<T>(to: &mut Option<Arc<T>>, from: &Option<Arc<T>>) {
+    match (&*to, from) {
+        (Some(a), Some(b)) if Arc::ptr_eq(a, b) => {}
+        _ => to.clone_from(from),
+    }
+}
+
 impl Clone for VmStats {
     fn clone(&self) -> Self {
         let mut v = VmStats::unmeasured(self.pid, self.source);
@@ -518,7 +528,7 @@ impl Clone for VmStats {
         self.uuid.clone_from(uuid);
         self.state = *state;
         self.start_time_seconds = *start_time_seconds;
-        self.owner.clone_from(owner);
+        clone_arc_from(&mut self.owner, owner);
         self.owner_source = *owner_source;
         self.flavor.clone_from(flavor);
         self.display_name.clone_from(display_name);
@@ -531,7 +541,7 @@ impl Clone for VmStats {
         self.memory_utilization_ratio = *memory_utilization_ratio;
         self.network.clone_from(network);
         self.disk = *disk;
-        self.devices.clone_from(devices);
+        clone_arc_from(&mut self.devices, devices);
         self.rates = *rates;
         self.collect_success = *collect_success;
         self.collect_age_seconds = *collect_age_seconds;

@@ -22,11 +22,12 @@
 //!
 //! **State.** A [`VmEntry`] is what the pipeline and every collector share
 //! about one VM: its identity, its published values and its health for this
-//! tick. What the per-VM collectors (`vm_process`, `vm_vcpu`, `vm_io`) keep
-//! across ticks for a VM (held descriptors, thread lists, a refusal to
-//! remember) rides in the entry's [`Held`], private to them, and is dropped
-//! with the entry when the VM leaves. Batch collectors keep theirs keyed by
-//! the VM's [`VmKey`] ([`VmMap`]) and drop it in [`VmCollector::forget`].
+//! tick. What a collector keeps across ticks for a VM (held descriptors,
+//! thread lists, its network namespace, a refusal to remember) rides in the
+//! entry's [`Held`], private to the collectors, and is dropped with the
+//! entry when the VM leaves; what must also be undone elsewhere (the
+//! device poller's registration) is kept by the collector, keyed by the
+//! VM's [`VmKey`] ([`VmMap`]), and dropped in [`VmCollector::forget`].
 //!
 //! Collectors import `host` (roots, file reads, clock), `model` and
 //! `hypervisor` (the API clients `vm_devices` drives), never `discovery`.
@@ -105,7 +106,7 @@ pub struct VmEntry {
     pub held: Held,
 }
 
-/// What the per-VM collectors keep for one VM between ticks, carried in its
+/// What the collectors keep for one VM between ticks, carried in its
 /// [`VmEntry`] and dropped with it (which closes its files and gives their
 /// descriptors back to the budget). Each collector kept this in a map of
 /// its own keyed by [`VmKey`]: at 10 000 VMs every lookup found its bucket
@@ -117,6 +118,9 @@ pub struct Held {
     process: Option<vm_process::Files>,
     vcpu: Option<vm_vcpu::Threads>,
     io: Option<vm_io::IoFile>,
+    /// `vm_net`: the process's network namespace (`None` inside: not
+    /// readable), read once.
+    netns: Option<Option<String>>,
 }
 
 impl VmEntry {

@@ -95,7 +95,12 @@ impl VmCollector for VmDevicesCollector {
         // a new VM is asked in this very round.
         for vm in vms.iter().filter(|v| !v.gone) {
             let k = vm.key();
-            if self.vms.get(&k).is_some_and(|r| r.from == vm.device_api) {
+            let same = |r: &Registered| match (&r.from, &vm.device_api) {
+                (None, None) => true,
+                (Some(a), Some(b)) => a.same_as(b),
+                _ => false,
+            };
+            if self.vms.get(&k).is_some_and(same) {
                 continue;
             }
             let api = match &vm.device_api {

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 
 use vmscope_proc::{NetDevStats, parse_net_dev};
 
-use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey, VmMap};
+use super::{Ctx, VmCollector, VmCollectorSpec, VmEntry, VmKey};
 use crate::host::{CollectError, ProcFile};
 use crate::model::NetStats;
 
 /// The per-tick maps below are keyed by namespace and interface names:
-/// foldhash, as `VmMap` is.
+/// foldhash, as the collectors' `VmMap` is.
 type Fast = foldhash::fast::RandomState;
 
 pub const SPEC: VmCollectorSpec = VmCollectorSpec {
@@ -32,8 +32,6 @@ pub struct VmNet {
     buf: Vec<u8>,
     /// One held `net/dev` per namespace, opened through a member VM's pid.
     files: HashMap<String, (u32, ProcFile)>,
-    /// Each VM's network namespace (the `/proc/PID/ns/net` link text).
-    netns: VmMap<Option<String>>,
 }
 
 /// Converts host-side TAP counters into the guest's direction.
@@ -61,9 +59,10 @@ fn guest_counters(d: &NetDevStats) -> NetStats {
 
 impl VmCollector for VmNet {
     fn collect(&mut self, ctx: &Ctx<'_>, vms: &mut [VmEntry], errors: &mut Vec<CollectError>) {
-        for vm in vms.iter().filter(|v| !v.gone) {
-            self.netns.entry(vm.key()).or_insert_with(|| {
-                std::fs::read_link(ctx.roots.pid(vm.pid).join("ns").join("net"))
+        for vm in vms.iter_mut().filter(|v| !v.gone) {
+            let pid = vm.pid;
+            vm.held.netns.get_or_insert_with(|| {
+                std::fs::read_link(ctx.roots.pid(pid).join("ns").join("net"))
                     .ok()
                     .map(|p| p.to_string_lossy().into_owned())
             });
@@ -77,7 +76,7 @@ impl VmCollector for VmNet {
                 if vm.gone {
                     continue;
                 }
-                let ns = self.netns.get(&vm.key()).and_then(|n| n.as_deref());
+                let ns = vm.held.netns.as_ref().and_then(|n| n.as_deref());
                 if let Some(ns) = ns {
                     live.insert(ns);
                 }
@@ -111,9 +110,8 @@ impl VmCollector for VmNet {
         }
     }
 
-    fn forget(&mut self, vm: VmKey) {
-        self.netns.remove(&vm);
-    }
+    /// Nothing: the VM's namespace is in its entry.
+    fn forget(&mut self, _: VmKey) {}
 }
 
 impl VmNet {
@@ -244,12 +242,11 @@ mod tests {
         assert_eq!(net, [("tap0", 200, 100), ("tap1", 400, 300)]);
         // Both VMs share a namespace: one held file.
         assert_eq!(budget.in_use(), 1);
-        assert_eq!(c.netns.len(), 2);
+        assert!(vms.iter().all(|v| v.held.netns.is_some()));
 
-        c.forget(vms[0].key());
-        c.forget(vms[1].key());
-        assert!(c.netns.is_empty());
-        // The namespace's file goes with its last VM, at the next tick.
+        // The VMs left (the pipeline drops their entries); the namespace's
+        // file goes with its last VM, at the next tick.
+        drop(vms);
         c.collect(&ctx(&roots, &budget, 2), &mut [], &mut errors);
         assert_eq!(budget.in_use(), 0);
     }

@@ -223,9 +223,17 @@ impl ProcFile {
         // 30 000 files are opened per tick, and those were 4 of its 7
         // syscalls per file. The budget is taken only once a read worked,
         // so a failed first read (process gone, `io` refused) keeps none.
-        let n = pread_all(&f, buf, self.single_record)?;
+        let n = match pread_all(&f, buf, self.single_record) {
+            Ok(n) => n,
+            Err(e) => {
+                close(f);
+                return Err(e);
+            }
+        };
         if self.budget.try_take() {
             self.file = Some(f);
+        } else {
+            close(f);
         }
         Ok(&buf[..n])
     }
@@ -233,10 +241,24 @@ impl ProcFile {
 
 impl Drop for ProcFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if let Some(f) = self.file.take() {
+            close(f);
             self.budget.give_back();
         }
     }
+}
+
+/// Closes `fd` with the system call itself. Dropping an `OwnedFd` calls
+/// glibc's `close`, a cancellation point that switches asynchronous
+/// cancellation on and off around the call (see the module doc): 6% of
+/// the collect thread's user time at 10 000 VMs, where about 30 000 files
+/// past the descriptor budget are closed per tick.
+#[allow(unsafe_code)]
+fn close(fd: OwnedFd) {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: `into_raw_fd` takes the descriptor out of its owner, so it
+    // is closed once, here, and never used again.
+    unsafe { rustix::io::close(fd.into_raw_fd()) }
 }
 
 /// Reads from offset 0 into `buf`, growing it as needed; returns the

@@ -43,7 +43,7 @@ pub mod qmp;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
@@ -73,6 +73,36 @@ pub enum DeviceApi {
 }
 
 impl DeviceApi {
+    /// The same API, paths compared byte for byte. `PathBuf`'s `==`
+    /// compares components, and `vm_devices` asks this for every VM on
+    /// every tick (2.6% of the collect thread's user time at 10 000 VMs);
+    /// two spellings of one path only cost a re-registration.
+    pub fn same_as(&self, other: &DeviceApi) -> bool {
+        fn b(p: &Path) -> &[u8] {
+            p.as_os_str().as_encoded_bytes()
+        }
+        match (self, other) {
+            (DeviceApi::Qmp(x), DeviceApi::Qmp(y))
+            | (DeviceApi::CloudHypervisor(x), DeviceApi::CloudHypervisor(y))
+            | (DeviceApi::Firecracker(x), DeviceApi::Firecracker(y)) => b(x) == b(y),
+            (
+                DeviceApi::Libvirt { socket, uuid },
+                DeviceApi::Libvirt {
+                    socket: s2,
+                    uuid: u2,
+                },
+            ) => uuid == u2 && b(socket) == b(s2),
+            (
+                DeviceApi::Block { fd_dir, sys },
+                DeviceApi::Block {
+                    fd_dir: f2,
+                    sys: s2,
+                },
+            ) => b(fd_dir) == b(f2) && b(sys) == b(s2),
+            _ => false,
+        }
+    }
+
     pub fn source(&self) -> DeviceSource {
         match self {
             DeviceApi::Qmp(_) => DeviceSource::Qmp,
@@ -617,6 +647,27 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::qmp::tests::{GREETING, monitor, monitor_at, qemu_like};
     use super::*;
+
+    #[test]
+    fn same_api_is_the_same_variant_and_the_same_bytes() {
+        let libvirt = |uuid: &str| DeviceApi::Libvirt {
+            socket: "libvirt/libvirt-sock-ro".into(),
+            uuid: uuid.into(),
+        };
+        let block = |sys: &str| DeviceApi::Block {
+            fd_dir: "/proc/7/fd".into(),
+            sys: sys.into(),
+        };
+        let qmp = DeviceApi::Qmp("/run/vm.qmp".into());
+        for a in [&qmp, &libvirt("u1"), &block("/sys")] {
+            assert!(a.same_as(&a.clone()), "{a:?}");
+        }
+        assert!(!qmp.same_as(&DeviceApi::CloudHypervisor("/run/vm.qmp".into())));
+        assert!(!qmp.same_as(&DeviceApi::Qmp("/run/vm2.qmp".into())));
+        assert!(!libvirt("u1").same_as(&libvirt("u2")));
+        assert!(!block("/sys").same_as(&block("/host/sys")));
+        assert!(!block("/sys").same_as(&qmp));
+    }
 
     #[test]
     fn the_retry_delay_doubles_up_to_the_cap_spread_by_vm() {
