@@ -166,10 +166,13 @@ impl VmNet {
 /// One namespace's interfaces into its VMs' `network`, in the order of
 /// each VM's TAPs (those that exist).
 fn apply(devs: &[NetDevStats<'_>], members: &[usize], vms: &mut [VmEntry]) {
+    // Every interface of the host (10 000 TAPs at 10 000 VMs), looked up a
+    // few times per VM: foldhash, not SipHash.
     let by_name: HashMap<&str, &NetDevStats<'_>, Fast> =
         devs.iter().map(|d| (d.name.as_ref(), d)).collect();
     for &i in members {
         let Some(vm) = vms.get_mut(i) else { continue };
+        // The interfaces to report: the VM's TAPs that exist now.
         let present = || vm.taps.iter().filter(|t| by_name.contains_key(t.as_str()));
         let same_taps = vm.stats.network.len() == present().count()
             && vm
@@ -179,6 +182,8 @@ fn apply(devs: &[NetDevStats<'_>], members: &[usize], vms: &mut [VmEntry]) {
                 .zip(present())
                 .all(|(n, t)| n.interface == *t);
         if same_taps {
+            // The usual tick: same interfaces, new counters; no interface
+            // names copied again.
             for n in &mut vm.stats.network {
                 if let Some(d) = by_name.get(n.interface.as_str()) {
                     *n = NetStats {

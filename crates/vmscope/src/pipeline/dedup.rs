@@ -5,19 +5,26 @@
 //! the same host): the older keeps the id, the other gets `-pidN` appended,
 //! so no series is ever duplicated. Cannot fail.
 
+use std::cmp::Ordering;
+
 use crate::model::VmStats;
+
+/// The order ids are claimed in: by id, the oldest process first, the pid
+/// last so that the order is the same whatever the input's (the sorts are
+/// unstable: a stable sort allocated a scratch copy of half the VMs). The
+/// followed VMs are kept in this order too (`Followed::sort_by_id`).
+pub fn claim_order(a: &VmStats, b: &VmStats) -> Ordering {
+    a.id.cmp(&b.id)
+        .then(a.start_time_seconds.total_cmp(&b.start_time_seconds))
+        .then(a.pid.cmp(&b.pid))
+}
 
 /// Sorts by id and makes ids unique (see the module doc).
 pub fn dedupe_ids(vms: &mut [VmStats]) {
-    // The followed VMs are kept in this order (`follow::sort_by_id`), so
-    // the sort, which moved every VM's stats each tick, is usually skipped.
-    let by_claim = |a: &VmStats, b: &VmStats| {
-        a.id.cmp(&b.id)
-            .then(a.start_time_seconds.total_cmp(&b.start_time_seconds))
-            .then(a.pid.cmp(&b.pid))
-    };
-    if !vms.is_sorted_by(|a, b| by_claim(a, b).is_le()) {
-        vms.sort_unstable_by(by_claim);
+    // The followed VMs come in this order already, so the sort, which
+    // moved every VM's stats each tick, is usually skipped.
+    if !vms.is_sorted_by(|a, b| claim_order(a, b).is_le()) {
+        vms.sort_unstable_by(claim_order);
     }
     // Each run of one id: the first (oldest) keeps it, the others are
     // suffixed; compared with the run's first, which keeps its id.

@@ -69,25 +69,15 @@ impl Followed {
         self.unsorted = true;
     }
 
-    /// Puts the VMs in the order snapshots list them (id, then start time,
-    /// then pid: `dedup::dedupe_ids`), so that each tick's snapshot comes
-    /// out sorted and is not sorted again. Only after a VM was added or
-    /// re-identified; dropping VMs keeps the order.
+    /// Puts the VMs in the order snapshots list them (`dedup::claim_order`),
+    /// so that each tick's snapshot comes out sorted and is not sorted
+    /// again. Only after a VM was added or re-identified; dropping VMs
+    /// keeps the order.
     pub fn sort_by_id(&mut self) {
         if !std::mem::take(&mut self.unsorted) {
             return;
         }
-        let by_claim = |a: &VmEntry, b: &VmEntry| {
-            a.stats
-                .id
-                .cmp(&b.stats.id)
-                .then(
-                    a.stats
-                        .start_time_seconds
-                        .total_cmp(&b.stats.start_time_seconds),
-                )
-                .then(a.pid.cmp(&b.pid))
-        };
+        let by_claim = |a: &VmEntry, b: &VmEntry| super::dedup::claim_order(&a.stats, &b.stats);
         if self.entries.is_sorted_by(|a, b| by_claim(a, b).is_le()) {
             return;
         }
