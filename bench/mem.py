@@ -107,6 +107,10 @@ def main() -> int:
     ap.add_argument("--heaptrack", type=Path, default=None,
                     help="run the agent under heaptrack, its trace written to this path (.zst added); "
                          "read it with heaptrack_print")
+    ap.add_argument("--heaptrack-live", action="store_true",
+                    help="with --heaptrack: end the agent with SIGKILL right after the last report, so that "
+                         "heaptrack_print's 'leaked' figures are what was allocated at that moment (a clean "
+                         "exit frees it all)")
     args = ap.parse_args()
     import tempfile
     work = Path(tempfile.mkdtemp(prefix="vmscope-mem."))
@@ -171,8 +175,9 @@ def main() -> int:
         report(agent.pid, work / "vmscope.log", f"after {args.ticks} ticks with {what} each")
         if args.heaptrack:
             # The agent itself gets the SIGTERM (a clean exit: heaptrack
-            # writes its trace); then its wrapper is reaped.
-            os.kill(agent.pid, 15)
+            # writes its trace); then its wrapper is reaped. SIGKILL leaves
+            # the live allocations unfreed: heaptrack reports them as leaks.
+            os.kill(agent.pid, 9 if args.heaptrack_live else 15)
             agent.proc.wait(timeout=120)
         agent.stop(lab)
     finally:
