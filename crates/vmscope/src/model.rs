@@ -452,6 +452,23 @@ impl Clone for NetStats {
     }
 }
 
+/// `to` made a copy of `from`, keeping the elements (and their strings)
+/// it has. Grown to exactly `from.len()` when it must grow: `Vec`'s own
+/// `clone_from` and `extend` give a first allocation room for at least 4
+/// elements, and most VMs have one TAP: a `NetStats` is 88 bytes, so each
+/// VM's network took 352, in each of the three copies of every VM the
+/// agent holds between ticks (the followed VMs, the snapshot being
+/// served and the one kept for reuse): 7.9 MB at 10 000 VMs.
+pub fn clone_vec_exact<T: Clone>(to: &mut Vec<T>, from: &[T]) {
+    to.truncate(from.len());
+    if to.capacity() < from.len() {
+        to.reserve_exact(from.len() - to.len());
+    }
+    let (same, rest) = from.split_at(to.len());
+    to.clone_from_slice(same);
+    to.extend_from_slice(rest);
+}
+
 /// `to.clone_from(from)` without touching the counts when both are the
 /// same `Arc` already (a steady VM's owner, a device answer not renewed):
 /// those counters live in memory shared with other threads and are cold.
@@ -514,11 +531,11 @@ impl Clone for VmStats {
         self.allocated_vcpus = *allocated_vcpus;
         self.allocated_memory_bytes = *allocated_memory_bytes;
         self.cpu = *cpu;
-        self.vcpus.clone_from(vcpus);
+        clone_vec_exact(&mut self.vcpus, vcpus);
         self.memory_rss_bytes = *memory_rss_bytes;
         self.memory_virtual_bytes = *memory_virtual_bytes;
         self.memory_utilization_ratio = *memory_utilization_ratio;
-        self.network.clone_from(network);
+        clone_vec_exact(&mut self.network, network);
         self.disk = *disk;
         clone_arc_from(&mut self.devices, devices);
         self.rates = *rates;
@@ -789,5 +806,36 @@ mod claimed_id_tests {
             .map(|v| (v.id.as_str(), v.claimed_id()))
             .collect();
         assert_eq!(ids, [("u", "u"), ("u-pid7", "u")]);
+    }
+}
+
+#[cfg(test)]
+mod clone_tests {
+    use super::*;
+
+    #[test]
+    fn clone_vec_exact_copies_into_what_it_has_and_grows_to_the_length() {
+        let name = |s: &str| NetStats {
+            interface: s.into(),
+            ..NetStats::default()
+        };
+        let mut to: Vec<NetStats> = Vec::new();
+        clone_vec_exact(&mut to, &[name("tap0")]);
+        assert_eq!(to, [name("tap0")]);
+        assert_eq!(to.capacity(), 1, "not Vec's first growth of 4");
+        // Longer: grows to exactly the new length, the kept element's
+        // string buffer reused.
+        to[0].interface.reserve(64);
+        let buf = to[0].interface.as_ptr();
+        clone_vec_exact(&mut to, &[name("tap1"), name("tap2"), name("tap3")]);
+        assert_eq!(to, [name("tap1"), name("tap2"), name("tap3")]);
+        assert_eq!(to.capacity(), 3);
+        assert_eq!(to[0].interface.as_ptr(), buf);
+        // Shorter: truncated, the buffer kept for the next.
+        clone_vec_exact(&mut to, &[name("x")]);
+        assert_eq!(to, [name("x")]);
+        assert_eq!(to.capacity(), 3);
+        clone_vec_exact(&mut to, &[]);
+        assert!(to.is_empty());
     }
 }

@@ -193,11 +193,12 @@ fn apply(devs: &[NetDevStats<'_>], members: &[usize], vms: &mut [VmEntry]) {
                 }
             }
         } else {
-            vm.stats.network = vm
-                .taps
-                .iter()
-                .filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d)))
-                .collect();
+            // Sized exactly: collected from a filter, one TAP got room for
+            // four (`model::clone_vec_exact` says what that costs).
+            let mut network = Vec::with_capacity(present().count());
+            network
+                .extend(present().filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d))));
+            vm.stats.network = network;
         }
     }
 }
@@ -245,6 +246,10 @@ mod tests {
             .collect();
         // The guest's direction: rx is the TAP's tx.
         assert_eq!(net, [("tap0", 200, 100), ("tap1", 400, 300)]);
+        // One interface each (vm 7's other TAP is gone), held in a vector
+        // of one: the VMs' stats are copied into every snapshot.
+        let caps: Vec<usize> = vms.iter().map(|v| v.stats.network.capacity()).collect();
+        assert_eq!(caps, [1, 1]);
         // Both VMs share a namespace: one held file.
         assert_eq!(budget.in_use(), 1);
         assert!(vms.iter().all(|v| v.held.netns.is_some()));

@@ -147,8 +147,7 @@ impl VmVcpu {
             st.rescan_tick = ctx.tick + 1;
         }
         if !vm.failed || !out.is_empty() {
-            vm.stats.vcpus.clear();
-            vm.stats.vcpus.extend_from_slice(out);
+            crate::model::clone_vec_exact(&mut vm.stats.vcpus, out);
         }
     }
 

@@ -488,6 +488,15 @@ mod tests {
         // A spare from another tick: three VMs with other values, longer
         // vectors, and one more VM than is published now.
         let mut spare = published(&followed, Vec::new());
+        // Fresh copies hold their vectors at their length: one TAP is 88
+        // bytes, not the 352 of `Vec`'s smallest growth (4 elements).
+        assert_eq!(
+            spare
+                .iter()
+                .map(|s| (s.network.capacity(), s.vcpus.capacity()))
+                .collect::<Vec<_>>(),
+            [(1, 1), (1, 1)]
+        );
         spare.push(spare[0].clone());
         for s in &mut spare {
             s.id.push_str("-an-older-and-longer-id");

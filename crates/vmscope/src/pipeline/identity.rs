@@ -100,6 +100,8 @@ pub fn apply_identity(e: &mut VmEntry, d: &DiscoveredVm) -> u64 {
             }
         }
     }
+    // Pushed one by one (room for four): held as long as the VM is.
+    taps.shrink_to_fit();
     e.taps = taps;
     // A libvirt domain: libvirt holds its monitor, so libvirt's API.
     let libvirt_api = lv.and(s.uuid.clone()).map(|uuid| DeviceApi::Libvirt {
