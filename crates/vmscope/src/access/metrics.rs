@@ -123,8 +123,26 @@ impl MetricSource for AccessMetrics {
         }
     }
 
-    /// With authentication on, every request moves `vmscope_http_auth_total`.
+    /// With a web config, every request moves `vmscope_http_auth_total`.
+    /// Without one nothing is counted: written once and kept, like the
+    /// steady sources (whose check would still see a count that moved).
     fn volatile(&self) -> bool {
-        true
+        self.configured.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volatile_only_with_a_web_config() {
+        let m = AccessMetrics::new();
+        assert!(!m.volatile(), "an open server counts nothing per request");
+        m.loaded(1.0);
+        assert!(m.volatile());
+        // A reload that fails keeps the config, and the counting.
+        m.reload_failed();
+        assert!(m.volatile());
     }
 }

@@ -564,8 +564,7 @@ pub fn router_with_access(state: AppState, gate: Arc<crate::access::Gate>) -> Ro
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(from_fn_with_state(gate, access::enforce))
         .layer(RequestBodyLimitLayer::new(limits::BODY_LIMIT_BYTES))
-        .layer(from_fn_with_state(state.clone(), limits::enforce))
-        .layer(from_fn_with_state(state, http_metrics::track))
+        .layer(from_fn_with_state(state, limits::track_and_enforce))
 }
 
 /// A JSON response from a borrowed value (the snapshot outlives no handler).

@@ -31,7 +31,7 @@ use std::hash::BuildHasher;
 use smallvec::SmallVec;
 
 use super::writer::{
-    Desc, Drain, Format, LabelSet, MetricType, TextWriter, Value, WriterState, le_text,
+    Desc, Drain, Format, LabelSet, MetricType, SeriesText, TextWriter, Value, WriterState, le_text,
     valid_label_names, valid_metric_name,
 };
 
@@ -93,6 +93,17 @@ impl<'a> MetricWriter<'a> {
         match self {
             MetricWriter::Text(w) | MetricWriter::Tee(Tee { text: w, .. }) => w.family_starts(),
             MetricWriter::Samples(_) | MetricWriter::Fingerprint(_) => &[],
+        }
+    }
+
+    /// The text format being written (Prometheus text or OpenMetrics),
+    /// `None` for JSON and for the arms that write no text.
+    pub fn text_format(&self) -> Option<Format> {
+        match self {
+            MetricWriter::Text(w) | MetricWriter::Tee(Tee { text: w, .. }) => {
+                Some(w.format()).filter(|f| *f != Format::Json)
+            }
+            MetricWriter::Samples(_) | MetricWriter::Fingerprint(_) => None,
         }
     }
 
@@ -159,6 +170,33 @@ impl<'a> MetricWriter<'a> {
             MetricWriter::Samples(c) => c.histogram(labels, buckets, sum, count),
             MetricWriter::Fingerprint(f) => f.histogram(labels, buckets, sum, count),
             MetricWriter::Tee(t) => t.histogram(labels, buckets, sum, count),
+        }
+    }
+
+    /// One histogram series, copied from `cache` when it holds this
+    /// series at `version` already; see [`TextWriter::histogram_cached`].
+    /// The other arms write it as [`MetricWriter::histogram`] does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn histogram_cached(
+        &mut self,
+        cache: &mut SeriesText,
+        version: u64,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        match self {
+            MetricWriter::Text(w) => {
+                w.histogram_cached(cache, version, labels, buckets, sum, count)
+            }
+            MetricWriter::Samples(c) => c.histogram(labels, buckets, sum, count),
+            MetricWriter::Fingerprint(f) => f.histogram(labels, buckets, sum, count),
+            MetricWriter::Tee(t) => {
+                t.fp.histogram(labels, buckets, sum, count);
+                t.text
+                    .histogram_cached(cache, version, labels, buckets, sum, count);
+            }
         }
     }
 

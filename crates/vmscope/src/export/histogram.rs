@@ -2,7 +2,7 @@
 //! with fixed bucket bounds: per-bucket counts while observing, cumulative
 //! buckets when written, as the exposition formats want them.
 
-use super::MetricWriter;
+use super::{MetricWriter, SeriesText};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Histogram<const N: usize> {
@@ -38,13 +38,37 @@ impl<const N: usize> Histogram<N> {
     /// Writes this histogram as one series (`labels`) of the writer's
     /// current family.
     pub fn write(&self, out: &mut MetricWriter<'_>, labels: &[(&str, &str)]) {
+        out.histogram(labels, &self.cumulative(), self.sum, self.count);
+    }
+
+    /// [`Histogram::write`], copying the text kept in `cache` when this
+    /// series was written there with the same count (an observation is
+    /// the only change, and it moves the count). `labels` must be the
+    /// same at every call with one `cache`.
+    pub fn write_cached(
+        &self,
+        out: &mut MetricWriter<'_>,
+        labels: &[(&str, &str)],
+        cache: &mut SeriesText,
+    ) {
+        out.histogram_cached(
+            cache,
+            self.count,
+            labels,
+            &self.cumulative(),
+            self.sum,
+            self.count,
+        );
+    }
+
+    fn cumulative(&self) -> [(f64, u64); N] {
         let mut cumulative = [(0.0, 0u64); N];
         let mut acc = 0u64;
         for ((slot, bound), n) in cumulative.iter_mut().zip(self.bounds).zip(self.buckets) {
             acc += n;
             *slot = (*bound, acc);
         }
-        out.histogram(labels, &cumulative, self.sum, self.count);
+        cumulative
     }
 }
 

@@ -49,7 +49,7 @@ pub use encoder::{
 pub(crate) use encoder::{same_bytes, same_labels, same_str};
 pub use histogram::Histogram;
 pub use snapshot_age::SnapshotAge;
-pub use writer::{Desc, Drain, Format, MetricType, TextWriter, Value, WriterState};
+pub use writer::{Desc, Drain, Format, MetricType, SeriesText, TextWriter, Value, WriterState};
 
 /// Anything that can write metric families. Implementations write each of
 /// their families once, all samples of a family together, and must not

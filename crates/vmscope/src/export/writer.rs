@@ -195,6 +195,19 @@ pub struct WriterState {
     skipped: Skipped,
 }
 
+/// One series' text as a [`TextWriter`] wrote it, kept by its source
+/// for [`TextWriter::histogram_cached`]. Empty until the first write.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesText {
+    format: Option<Format>,
+    /// The family it was written in (its name).
+    family: Option<&'static str>,
+    version: u64,
+    text: String,
+    /// Its identifying labels' byte range within `text`.
+    labels: (usize, usize),
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Skipped {
     duplicate: u64,
@@ -649,6 +662,74 @@ impl<'a> TextWriter<'a> {
         sum: f64,
         count: u64,
     ) {
+        let Some(desc) = self.histogram_family(labels, buckets, sum, count) else {
+            return;
+        };
+        let line_start = self.out.len();
+        let range = self.histogram_lines(desc, labels, buckets, sum, count);
+        self.commit_series(line_start, range.0, range.1);
+    }
+
+    /// [`TextWriter::histogram`], or a copy of the same series' text from
+    /// `cache` when it was written there at the same `version` (the
+    /// source's word that the values are unchanged: a histogram's count)
+    /// for this format and family. Otherwise written and kept in `cache`.
+    /// For a source that writes many histograms on every request of
+    /// which few change between two requests (the HTTP server's own
+    /// request durations: one series per route, method and status, and
+    /// only the one being scraped moves). JSON is always written.
+    pub fn histogram_cached(
+        &mut self,
+        cache: &mut SeriesText,
+        version: u64,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) {
+        if self.format == Format::Json {
+            return self.histogram(labels, buckets, sum, count);
+        }
+        let hit = cache.version == version
+            && cache.format == Some(self.format)
+            && self.fam.is_some_and(|(d, _)| cache.family == Some(d.name));
+        if hit {
+            // The series was valid when it was kept, with these labels and
+            // values: only the family's state is checked again.
+            if self.open_family_for_copy().is_none() {
+                return;
+            }
+            let line_start = self.out.len();
+            self.out.push_str(&cache.text);
+            let (s, e) = cache.labels;
+            self.commit_series(line_start, line_start + s, line_start + e);
+            return;
+        }
+        let Some(desc) = self.histogram_family(labels, buckets, sum, count) else {
+            return;
+        };
+        let line_start = self.out.len();
+        let range = self.histogram_lines(desc, labels, buckets, sum, count);
+        cache.text.clear();
+        cache
+            .text
+            .push_str(self.out.get(line_start..).unwrap_or_default());
+        cache.labels = (range.0 - line_start, range.1 - line_start);
+        cache.version = version;
+        cache.format = Some(self.format);
+        cache.family = Some(desc.name);
+        self.commit_series(line_start, range.0, range.1);
+    }
+
+    /// Checks a histogram series against the current family (writing the
+    /// family's metadata before its first series); `None`: skipped.
+    fn histogram_family(
+        &mut self,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) -> Option<&'static Desc> {
         let ordered = buckets.windows(2).all(|w| match w {
             [a, b] => a.0 < b.0 && a.1 <= b.1,
             _ => true,
@@ -656,12 +737,27 @@ impl<'a> TextWriter<'a> {
         let finite = buckets.iter().all(|b| b.0.is_finite());
         let within = buckets.last().is_none_or(|b| b.1 <= count);
         let valid = ordered && finite && within && !sum.is_nan();
-        let Some(desc) = self.sample_family(labels, |d| valid && d.kind == MetricType::Histogram)
-        else {
-            return;
-        };
-        let line_start = self.out.len();
-        let range = match self.format {
+        self.sample_family(labels, |d| valid && d.kind == MetricType::Histogram)
+    }
+
+    /// [`TextWriter::sample_family`] for a series copied from a
+    /// [`SeriesText`] of this family: its labels and values were checked
+    /// when it was kept.
+    fn open_family_for_copy(&mut self) -> Option<&'static Desc> {
+        self.sample_family(&[], |d| d.kind == MetricType::Histogram)
+    }
+
+    /// The lines of one histogram series; returns the byte range of its
+    /// identifying labels (for the duplicate check).
+    fn histogram_lines(
+        &mut self,
+        desc: &'static Desc,
+        labels: &[(&str, &str)],
+        buckets: &[(f64, u64)],
+        sum: f64,
+        count: u64,
+    ) -> (usize, usize) {
+        match self.format {
             Format::Json => {
                 self.json_sample_open();
                 let r = self.json_labels(labels);
@@ -736,8 +832,7 @@ impl<'a> TextWriter<'a> {
                 }
                 range
             }
-        };
-        self.commit_series(line_start, range.0, range.1);
+        }
     }
 
     /// Closes the current family and returns what a [`MetricWriter::resume`](super::MetricWriter::resume)
@@ -1188,7 +1283,7 @@ mod tests {
     static H: Desc = Desc::histogram("t_dur_seconds", "Histogram.");
     static BADC: Desc = Desc::counter("t_not_suffixed", "Counter without _total.");
 
-    fn enc(format: Format, f: impl Fn(&mut MetricWriter<'_>)) -> String {
+    fn enc(format: Format, mut f: impl FnMut(&mut MetricWriter<'_>)) -> String {
         let mut s = String::new();
         let mut w = MetricWriter::new(&mut s, format);
         f(&mut w);
@@ -1269,6 +1364,75 @@ mod tests {
             t_dur_seconds_sum{route=\"none\"} 4\n\
             t_dur_seconds_count{route=\"none\"} 1\n";
         assert!(s.starts_with(want), "{s}");
+    }
+
+    /// A kept series is copied while its version holds, byte for byte what
+    /// writing it gives; a new version, another format or another family
+    /// writes it again. A copy is still checked as a series: written twice
+    /// in one family, the second is left out and counted.
+    #[test]
+    fn cached_histograms_copy_while_the_version_holds() {
+        let labels = [("route", "/metrics"), ("m", "GET")];
+        for format in [Format::Text, Format::OpenMetrics] {
+            let mut cache = SeriesText::default();
+            let plain = enc(format, |w| {
+                w.family(&H);
+                w.histogram(&labels, &[(0.5, 1), (2.0, 2)], 1.25, 3);
+            });
+            let mut write = |version: u64, buckets: &[(f64, u64)], sum: f64, count: u64| {
+                let mut s = String::new();
+                let mut w = MetricWriter::new(&mut s, format);
+                w.family(&H);
+                w.histogram_cached(&mut cache, version, &labels, buckets, sum, count);
+                w.finish();
+                s
+            };
+            assert_eq!(write(3, &[(0.5, 1), (2.0, 2)], 1.25, 3), plain);
+            // Same version: the kept text, whatever the values say (the
+            // caller vouches they are the same).
+            assert_eq!(write(3, &[(0.5, 9), (2.0, 9)], 9.0, 9), plain);
+            // A new version is written again.
+            let moved = write(4, &[(0.5, 2), (2.0, 3)], 1.5, 4);
+            assert!(
+                moved.contains("_count{route=\"/metrics\",m=\"GET\"} 4\n"),
+                "{moved}"
+            );
+            assert_eq!(write(4, &[], 0.0, 0), moved);
+        }
+
+        // Kept in text, asked in OpenMetrics: written in OpenMetrics.
+        let mut cache = SeriesText::default();
+        let mut s = String::new();
+        let mut w = MetricWriter::new(&mut s, Format::Text);
+        w.family(&H);
+        w.histogram_cached(&mut cache, 1, &labels, &[(2.0, 1)], 1.0, 1);
+        w.finish();
+        let om = enc(Format::OpenMetrics, |w| {
+            w.family(&H);
+            w.histogram_cached(&mut cache.clone(), 1, &labels, &[(2.0, 1)], 1.0, 1);
+        });
+        assert!(om.contains("le=\"2.0\""), "{om}");
+
+        // Another family: written there, not copied from the first.
+        static H2: Desc = Desc::histogram("t_other_seconds", "Other.");
+        let other = enc(Format::Text, |w| {
+            w.family(&H2);
+            w.histogram_cached(&mut cache.clone(), 1, &labels, &[(2.0, 1)], 1.0, 1);
+        });
+        assert!(other.contains("t_other_seconds_count{"), "{other}");
+        assert!(!other.contains("t_dur_seconds"), "{other}");
+
+        // Twice in one family: one series, one skipped duplicate.
+        let twice = enc(Format::Text, |w| {
+            w.family(&H);
+            w.histogram_cached(&mut cache, 1, &labels, &[(2.0, 1)], 1.0, 1);
+            w.histogram_cached(&mut cache, 1, &labels, &[(2.0, 1)], 1.0, 1);
+        });
+        assert_eq!(twice.matches("t_dur_seconds_count{").count(), 1, "{twice}");
+        assert!(
+            twice.contains("vmscope_exposition_series_skipped{reason=\"duplicate\"} 1"),
+            "{twice}"
+        );
     }
 
     /// Bounds are formatted once per writer and reused: each series, and
