@@ -207,9 +207,13 @@ impl<const N: usize> Ring<N> {
 
 #[derive(Debug)]
 struct Inner {
-    vms: HashMap<Arc<str>, Ring<4>>,
+    /// Each VM's ring and the number of the last recording whose snapshot
+    /// had the VM. foldhash: looked up for every VM of every snapshot.
+    vms: HashMap<Arc<str>, (Ring<4>, u64), foldhash::fast::RandomState>,
     host: Ring<2>,
     untracked: usize,
+    /// Recordings so far.
+    recorded: u64,
 }
 
 /// The in-memory history: shared by the subscriber that records and the
@@ -223,9 +227,10 @@ impl Default for History {
     fn default() -> Self {
         History {
             inner: Mutex::new(Inner {
-                vms: HashMap::new(),
+                vms: HashMap::default(),
                 host: Ring::new(),
                 untracked: 0,
+                recorded: 0,
             }),
         }
     }
@@ -250,10 +255,18 @@ impl History {
         let now = unix_secs(snap.collected_at);
         let mut g = self.lock();
         let inner = &mut *g;
-        // Snapshot VMs are sorted by id: a binary search per kept VM.
-        inner.vms.retain(|id, _| snap.vm(id).is_some());
-        let mut untracked = 0;
+        inner.recorded += 1;
+        let this = inner.recorded;
+        // Each VM of the snapshot marks its ring (one lookup per VM); the
+        // rings left unmarked are the VMs that left. (A binary search of
+        // the snapshot per ring cost more than the rest: 3 ms a tick at
+        // 10 000 VMs.)
+        let mut new = Vec::new();
         for vm in &snap.vms {
+            let ring = inner.vms.get_mut(vm.id.as_str()).map(|(ring, seen)| {
+                *seen = this;
+                ring
+            });
             let Some(r) = vm.rates else { continue };
             let v = [
                 r.cpu_cores as f32,
@@ -261,12 +274,19 @@ impl History {
                 r.network_rx_bytes_per_second as f32,
                 r.network_tx_bytes_per_second as f32,
             ];
-            if let Some(ring) = inner.vms.get_mut(vm.id.as_str()) {
-                ring.add(now, v);
-            } else if inner.vms.len() < MAX_VMS {
+            match ring {
+                Some(ring) => ring.add(now, v),
+                None => new.push((vm.id.as_str(), v)),
+            }
+        }
+        inner.vms.retain(|_, (_, seen)| *seen == this);
+        // New VMs after the ones that left made room.
+        let mut untracked = 0;
+        for (id, v) in new {
+            if inner.vms.len() < MAX_VMS {
                 let mut ring = Ring::new();
                 ring.add(now, v);
-                inner.vms.insert(Arc::from(vm.id.as_str()), ring);
+                inner.vms.insert(Arc::from(id), (ring, this));
             } else {
                 untracked += 1;
             }
@@ -285,13 +305,13 @@ impl History {
 
     /// One VM's points, oldest first (`None`: not followed).
     pub fn vm(&self, id: &str) -> Option<Vec<VmPoint>> {
-        self.lock().vms.get(id).map(Ring::to_vec)
+        self.lock().vms.get(id).map(|(r, _)| r.to_vec())
     }
 
     /// The points of each of `ids` that is followed, in `ids`' order.
     pub fn vms<'a>(&self, ids: impl Iterator<Item = &'a str>) -> Vec<(&'a str, Vec<VmPoint>)> {
         let g = self.lock();
-        ids.filter_map(|id| g.vms.get(id).map(|r| (id, r.to_vec())))
+        ids.filter_map(|id| g.vms.get(id).map(|(r, _)| (id, r.to_vec())))
             .collect()
     }
 
@@ -318,12 +338,12 @@ impl History {
     /// the allocations, from their capacities).
     pub fn heap_bytes(&self) -> usize {
         let g = self.lock();
-        let slot = std::mem::size_of::<(Arc<str>, Ring<4>)>() + 1;
+        let slot = std::mem::size_of::<(Arc<str>, (Ring<4>, u64))>() + 1;
         let vms: usize = g
             .vms
             .iter()
             // An Arc<str>'s allocation: two counts and the bytes.
-            .map(|(id, r)| r.heap_bytes() + id.len() + 2 * std::mem::size_of::<usize>())
+            .map(|(id, (r, _))| r.heap_bytes() + id.len() + 2 * std::mem::size_of::<usize>())
             .sum();
         vms + g.vms.capacity() * slot + g.host.heap_bytes()
     }
@@ -483,6 +503,32 @@ mod tests {
         h.record(&snap(1_800_000_000, &vms));
         assert_eq!(h.len(), MAX_VMS);
         assert_eq!(h.untracked(), 3);
+        // Three followed VMs leave: the three left out take their places
+        // in the same recording.
+        h.record(&snap(1_800_000_001, &vms[3..]));
+        assert_eq!((h.len(), h.untracked()), (MAX_VMS, 0));
+        assert!(h.vm(&ids[0]).is_none());
+        assert_eq!(h.vm(&ids[MAX_VMS + 2]).map(|p| p.len()), Some(1));
+    }
+
+    /// A followed VM without rates in one snapshot (a failed read) is
+    /// still there: its ring stays.
+    #[test]
+    fn a_followed_vm_without_rates_for_a_tick_keeps_its_history() {
+        let h = History::new();
+        h.record(&snap(1_800_000_000, &[("a", Some(1.0))]));
+        h.record(&snap(1_800_000_015, &[("a", None)]));
+        h.record(&snap(1_800_000_030, &[("a", Some(2.0))]));
+        // The first point is still there (the step without a value has
+        // no point).
+        let t: Vec<u32> = h.vm("a").unwrap().iter().map(|p| p.t).collect();
+        assert_eq!(
+            t,
+            [
+                1_800_000_000 - 1_800_000_000 % STEP_SECS,
+                1_800_000_030 - 1_800_000_030 % STEP_SECS
+            ]
+        );
     }
 
     #[test]
