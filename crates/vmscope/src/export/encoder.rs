@@ -176,7 +176,6 @@ impl<'a> MetricWriter<'a> {
     /// One histogram series, copied from `cache` when it holds this
     /// series at `version` already; see [`TextWriter::histogram_cached`].
     /// The other arms write it as [`MetricWriter::histogram`] does.
-    #[allow(clippy::too_many_arguments)]
     pub fn histogram_cached(
         &mut self,
         cache: &mut SeriesText,
