@@ -12,8 +12,8 @@
 //! Failure: none; a poisoned lock is recovered (the data is plain counters).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, TryLockError};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -232,7 +232,11 @@ impl MetricSource for HttpMetrics {
             map.iter().map(|(k, v)| (*k, *v)).collect()
         };
         out.family(&DURATION);
-        let mut texts = self.texts.try_lock().ok();
+        let mut texts = match self.texts.try_lock() {
+            Ok(t) => Some(t),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
         for (key, h) in series {
             let (route, method, status) = key;
             let mut code = itoa::Buffer::new();

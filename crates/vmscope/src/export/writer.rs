@@ -714,7 +714,10 @@ impl<'a> TextWriter<'a> {
         cache
             .text
             .push_str(self.out.get(line_start..).unwrap_or_default());
-        cache.labels = (range.0 - line_start, range.1 - line_start);
+        cache.labels = (
+            range.0.saturating_sub(line_start),
+            range.1.saturating_sub(line_start),
+        );
         cache.version = version;
         cache.format = Some(self.format);
         cache.family = Some(desc.name);
