@@ -262,6 +262,7 @@ impl History {
         // the snapshot per ring cost more than the rest: 3 ms a tick at
         // 10 000 VMs.)
         let mut new = Vec::new();
+        let mut untracked = 0;
         for vm in &snap.vms {
             let ring = inner.vms.get_mut(vm.id.as_str()).map(|(ring, seen)| {
                 *seen = this;
@@ -276,12 +277,13 @@ impl History {
             ];
             match ring {
                 Some(ring) => ring.add(now, v),
-                None => new.push((vm.id.as_str(), v)),
+                // No more than could ever be added: the rest are untracked.
+                None if new.len() < MAX_VMS => new.push((vm.id.as_str(), v)),
+                None => untracked += 1,
             }
         }
         inner.vms.retain(|_, (_, seen)| *seen == this);
         // New VMs after the ones that left made room.
-        let mut untracked = 0;
         for (id, v) in new {
             if inner.vms.len() < MAX_VMS {
                 let mut ring = Ring::new();
