@@ -196,8 +196,9 @@ fn apply(devs: &[NetDevStats<'_>], members: &[usize], vms: &mut [VmEntry]) {
             // Sized exactly: collected from a filter, one TAP got room for
             // four (`model::clone_vec_exact` says what that costs).
             let mut network = Vec::with_capacity(present().count());
-            network
-                .extend(present().filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d))));
+            network.extend(
+                (vm.taps.iter()).filter_map(|t| by_name.get(t.as_str()).map(|d| guest_view(d))),
+            );
             vm.stats.network = network;
         }
     }

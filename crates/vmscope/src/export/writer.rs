@@ -662,12 +662,9 @@ impl<'a> TextWriter<'a> {
         sum: f64,
         count: u64,
     ) {
-        let Some(desc) = self.histogram_family(labels, buckets, sum, count) else {
-            return;
-        };
-        let line_start = self.out.len();
-        let range = self.histogram_lines(desc, labels, buckets, sum, count);
-        self.commit_series(line_start, range.0, range.1);
+        if let Some((line_start, _, range)) = self.histogram_series(labels, buckets, sum, count) {
+            self.commit_series(line_start, range.0, range.1);
+        }
     }
 
     /// [`TextWriter::histogram`], or a copy of the same series' text from
@@ -696,7 +693,10 @@ impl<'a> TextWriter<'a> {
         if hit {
             // The series was valid when it was kept, with these labels and
             // values: only the family's state is checked again.
-            if self.open_family_for_copy().is_none() {
+            if self
+                .sample_family(&[], |d| d.kind == MetricType::Histogram)
+                .is_none()
+            {
                 return;
             }
             let line_start = self.out.len();
@@ -705,11 +705,10 @@ impl<'a> TextWriter<'a> {
             self.commit_series(line_start, line_start + s, line_start + e);
             return;
         }
-        let Some(desc) = self.histogram_family(labels, buckets, sum, count) else {
+        let Some((line_start, desc, range)) = self.histogram_series(labels, buckets, sum, count)
+        else {
             return;
         };
-        let line_start = self.out.len();
-        let range = self.histogram_lines(desc, labels, buckets, sum, count);
         cache.text.clear();
         cache
             .text
@@ -725,14 +724,16 @@ impl<'a> TextWriter<'a> {
     }
 
     /// Checks a histogram series against the current family (writing the
-    /// family's metadata before its first series); `None`: skipped.
-    fn histogram_family(
+    /// family's metadata before its first series) and writes its lines,
+    /// not yet committed: where they start, the family, and the range of
+    /// the identifying labels. `None`: skipped.
+    fn histogram_series(
         &mut self,
         labels: &[(&str, &str)],
         buckets: &[(f64, u64)],
         sum: f64,
         count: u64,
-    ) -> Option<&'static Desc> {
+    ) -> Option<(usize, &'static Desc, (usize, usize))> {
         let ordered = buckets.windows(2).all(|w| match w {
             [a, b] => a.0 < b.0 && a.1 <= b.1,
             _ => true,
@@ -740,14 +741,10 @@ impl<'a> TextWriter<'a> {
         let finite = buckets.iter().all(|b| b.0.is_finite());
         let within = buckets.last().is_none_or(|b| b.1 <= count);
         let valid = ordered && finite && within && !sum.is_nan();
-        self.sample_family(labels, |d| valid && d.kind == MetricType::Histogram)
-    }
-
-    /// [`TextWriter::sample_family`] for a series copied from a
-    /// [`SeriesText`] of this family: its labels and values were checked
-    /// when it was kept.
-    fn open_family_for_copy(&mut self) -> Option<&'static Desc> {
-        self.sample_family(&[], |d| d.kind == MetricType::Histogram)
+        let desc = self.sample_family(labels, |d| valid && d.kind == MetricType::Histogram)?;
+        let line_start = self.out.len();
+        let range = self.histogram_lines(desc, labels, buckets, sum, count);
+        Some((line_start, desc, range))
     }
 
     /// The lines of one histogram series; returns the byte range of its
